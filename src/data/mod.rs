@@ -1,0 +1,298 @@
+//! Datasets: inputs (N first) with optional labels and the input ids that follow every
+//! row through selections and derived datasets. Loaders for .npy, .csv and .parquet.
+
+pub mod npy;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use polars::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::model::fmt_shape;
+
+/// How the features of one sample are laid out, which decides the coordinate columns
+/// of an attribution relation.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Modality {
+    /// (channels, height, width); coordinates `channel`, `row`, `col`.
+    Image { channels: usize, height: usize, width: usize },
+    /// Named columns; coordinate `column`.
+    Tabular { columns: Vec<String> },
+    /// Any other shape; only the flat `feature` index.
+    Tensor,
+}
+
+#[derive(Clone, Debug)]
+pub struct Dataset {
+    pub name: String,
+    /// Where it came from: a file, or the expression that derived it.
+    pub source: String,
+    pub sample_shape: Vec<usize>,
+    pub modality: Modality,
+    values: Vec<f32>,
+    labels: Option<Vec<i64>>,
+    /// The input id of each row: its index in the dataset it was loaded as.
+    ids: Vec<i64>,
+}
+
+/// Rows of a dataset picked by a dataset expression (positions into the dataset).
+#[derive(Clone, Debug)]
+pub struct Selection {
+    pub dataset: Arc<Dataset>,
+    pub rows: Vec<usize>,
+}
+
+impl Selection {
+    pub fn all(dataset: Arc<Dataset>) -> Selection {
+        let rows = (0..dataset.len()).collect();
+        Selection { dataset, rows }
+    }
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+    /// The selected samples, in order, as one contiguous buffer.
+    pub fn values(&self) -> Vec<f32> {
+        let mut out = Vec::with_capacity(self.rows.len() * self.dataset.sample_len());
+        for &r in &self.rows {
+            out.extend_from_slice(self.dataset.row(r));
+        }
+        out
+    }
+    pub fn ids(&self) -> Vec<i64> {
+        self.rows.iter().map(|&r| self.dataset.id(r)).collect()
+    }
+    pub fn labels(&self) -> Vec<Option<i64>> {
+        self.rows.iter().map(|&r| self.dataset.label(r)).collect()
+    }
+}
+
+impl Dataset {
+    pub fn new(name: &str, source: &str, sample_shape: Vec<usize>, modality: Modality, values: Vec<f32>, labels: Option<Vec<i64>>) -> Result<Dataset> {
+        let len: usize = sample_shape.iter().product();
+        if len == 0 || values.len() % len != 0 {
+            return Err(Error::shape(format!("{source}: {} values do not divide into samples of shape {}", values.len(), fmt_shape(&sample_shape))));
+        }
+        let n = values.len() / len;
+        if let Some(l) = &labels
+            && l.len() != n
+        {
+            return Err(Error::shape(format!("{source}: {n} inputs but {} labels", l.len())));
+        }
+        Ok(Dataset { name: name.to_string(), source: source.to_string(), sample_shape, modality, values, labels, ids: (0..n as i64).collect() })
+    }
+
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+    pub fn sample_len(&self) -> usize {
+        self.sample_shape.iter().product()
+    }
+    pub fn row(&self, i: usize) -> &[f32] {
+        let len = self.sample_len();
+        &self.values[i * len..(i + 1) * len]
+    }
+    pub fn label(&self, i: usize) -> Option<i64> {
+        self.labels.as_ref().map(|l| l[i])
+    }
+    pub fn has_labels(&self) -> bool {
+        self.labels.is_some()
+    }
+    pub fn id(&self, i: usize) -> i64 {
+        self.ids[i]
+    }
+    /// The position of the row with input id `id`.
+    pub fn position_of(&self, id: i64) -> Option<usize> {
+        // ids are increasing in every dataset the engine builds
+        self.ids.binary_search(&id).ok()
+    }
+    pub fn id_range(&self) -> Option<(i64, i64)> {
+        Some((*self.ids.first()?, *self.ids.last()?))
+    }
+
+    /// The mean sample.
+    pub fn mean(&self) -> Vec<f32> {
+        let len = self.sample_len();
+        let mut sum = vec![0.0f64; len];
+        for i in 0..self.len() {
+            for (s, v) in sum.iter_mut().zip(self.row(i)) {
+                *s += *v as f64;
+            }
+        }
+        let n = self.len().max(1) as f64;
+        sum.into_iter().map(|s| (s / n) as f32).collect()
+    }
+
+    /// Names of the features, for column coordinates and WINDOW lists.
+    pub fn column_names(&self) -> Option<&[String]> {
+        match &self.modality {
+            Modality::Tabular { columns } => Some(columns),
+            _ => None,
+        }
+    }
+
+    /// The first non-finite value, as (row, feature index).
+    fn first_nonfinite(&self) -> Option<(usize, usize)> {
+        let pos = self.values.iter().position(|v| !v.is_finite())?;
+        Some((pos / self.sample_len(), pos % self.sample_len()))
+    }
+
+    pub fn describe_feature(&self, f: usize) -> String {
+        match &self.modality {
+            Modality::Image { height, width, .. } => {
+                let (c, r, col) = (f / (height * width), f / width % height, f % width);
+                format!("channel {c}, row {r}, col {col}")
+            }
+            Modality::Tabular { columns } => format!("column `{}`", columns[f]),
+            Modality::Tensor => format!("feature {f}"),
+        }
+    }
+}
+
+/// Loads a dataset from .npy (with optional labels), .csv or .parquet (with a label column
+/// or a labels file). Non-finite inputs are refused unless `allow_nonfinite`.
+pub fn load(name: &str, path: &Path, labels: Option<&Path>, label_column: Option<&str>, allow_nonfinite: bool) -> Result<Dataset> {
+    let shown = path.display().to_string();
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_lowercase();
+    let mut ds = match ext.as_str() {
+        "npy" => {
+            if let Some(col) = label_column {
+                return Err(Error::data(format!("LABEL COLUMN {col} applies to .csv and .parquet files; give LABELS 'labels.npy' for {shown}")));
+            }
+            let bytes = read_file(path)?;
+            let array = npy::read_npy(&bytes, &shown)?;
+            if array.shape.len() < 2 {
+                return Err(Error::shape(format!("{shown} has shape {} but inputs need a batch dimension first and features after it", fmt_shape(&array.shape)))
+                    .hint("for a single feature per input, save an array of shape (N, 1)"));
+            }
+            let sample_shape = array.shape[1..].to_vec();
+            let modality = match sample_shape.as_slice() {
+                [c, h, w] => Modality::Image { channels: *c, height: *h, width: *w },
+                [h, w] => Modality::Image { channels: 1, height: *h, width: *w },
+                [d] => Modality::Tabular { columns: (0..*d).map(|i| format!("x{i}")).collect() },
+                _ => Modality::Tensor,
+            };
+            Dataset::new(name, &shown, sample_shape, modality, array.to_f32(), None)?
+        }
+        "csv" | "parquet" => {
+            let df = if ext == "csv" {
+                CsvReadOptions::default()
+                    .with_has_header(true)
+                    .try_into_reader_with_file_path(Some(path.to_path_buf()))
+                    .and_then(|r| r.finish())
+            } else {
+                std::fs::File::open(path).map_err(PolarsError::from).and_then(|f| ParquetReader::new(f).finish())
+            }
+            .map_err(|e| Error::data(format!("cannot read {shown}: {}", first_line(&e.to_string()))))?;
+            tabular_from_frame(name, &shown, df, label_column)?
+        }
+        _ => {
+            return Err(Error::data(format!("cannot tell the format of {shown}")).hint("use .npy (tensors, N first), .csv or .parquet (tabular)"));
+        }
+    };
+    if let Some(lpath) = labels {
+        if ds.labels.is_some() {
+            return Err(Error::data("give either LABELS or LABEL COLUMN, not both"));
+        }
+        let l = load_labels(lpath)?;
+        if l.len() != ds.len() {
+            return Err(Error::shape(format!("{shown} has {} inputs but {} has {} labels", ds.len(), lpath.display(), l.len())));
+        }
+        ds.labels = Some(l);
+    }
+    if ds.is_empty() {
+        return Err(Error::data(format!("{shown} holds no inputs")));
+    }
+    if !allow_nonfinite && let Some((row, f)) = ds.first_nonfinite() {
+        let v = ds.row(row)[f];
+        return Err(Error::data(format!("{shown}: input {row} holds {v} at {}", ds.describe_feature(f)))
+            .hint("clean the data, or SET allow_nonfinite = true to load it anyway"));
+    }
+    Ok(ds)
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| Error::io(format!("cannot read {}: {e}", path.display())))
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or("")
+}
+
+fn load_labels(path: &Path) -> Result<Vec<i64>> {
+    let shown = path.display().to_string();
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_lowercase();
+    match ext.as_str() {
+        "npy" => {
+            let array = npy::read_npy(&read_file(path)?, &shown)?;
+            if array.shape.len() != 1 && !(array.shape.len() == 2 && array.shape[1] == 1) {
+                return Err(Error::shape(format!("labels {shown} must have shape (N,), not {}", fmt_shape(&array.shape))));
+            }
+            array.to_i64(&format!("labels {shown}"))
+        }
+        "csv" => {
+            let df = CsvReadOptions::default()
+                .with_has_header(true)
+                .try_into_reader_with_file_path(Some(path.to_path_buf()))
+                .and_then(|r| r.finish())
+                .map_err(|e| Error::data(format!("cannot read {shown}: {}", first_line(&e.to_string()))))?;
+            if df.width() != 1 {
+                return Err(Error::data(format!("labels {shown} must have exactly one column, it has {}", df.width())));
+            }
+            column_i64(&df.columns()[0], &shown)
+        }
+        _ => Err(Error::data(format!("cannot tell the format of labels {shown}; use .npy or .csv"))),
+    }
+}
+
+fn column_i64(col: &Column, origin: &str) -> Result<Vec<i64>> {
+    let name = col.name().to_string();
+    let floats = col
+        .cast(&DataType::Float64)
+        .map_err(|_| Error::data(format!("{origin}: label column `{name}` is not numeric")))?;
+    let ca = floats.f64().map_err(|e| Error::data(e.to_string()))?;
+    ca.iter()
+        .enumerate()
+        .map(|(i, v)| match v {
+            Some(x) if x.fract() == 0.0 => Ok(x as i64),
+            Some(x) => Err(Error::data(format!("{origin}: label `{name}` of row {i} is {x}, not a whole number"))),
+            None => Err(Error::data(format!("{origin}: label `{name}` of row {i} is missing"))),
+        })
+        .collect()
+}
+
+fn tabular_from_frame(name: &str, origin: &str, df: DataFrame, label_column: Option<&str>) -> Result<Dataset> {
+    let mut labels = None;
+    if let Some(lc) = label_column {
+        let Some(col) = df.columns().iter().find(|c| c.name().as_str() == lc) else {
+            let names: Vec<String> = df.get_column_names().iter().map(|s| s.to_string()).collect();
+            return Err(Error::unknown("label column", lc, &names, &format!("columns of {origin}")));
+        };
+        labels = Some(column_i64(col, origin)?);
+    }
+    let features: Vec<&Column> = df.columns().iter().filter(|c| Some(c.name().as_str()) != label_column).collect();
+    if features.is_empty() {
+        return Err(Error::data(format!("{origin} has no feature columns")));
+    }
+    let n = df.height();
+    let d = features.len();
+    let mut values = vec![0.0f32; n * d];
+    for (j, col) in features.iter().enumerate() {
+        if !col.dtype().is_primitive_numeric() && !col.dtype().is_bool() {
+            return Err(Error::data(format!("{origin}: column `{}` holds {} values; features must be numbers", col.name(), col.dtype())));
+        }
+        let floats = col.cast(&DataType::Float32).map_err(|e| Error::data(e.to_string()))?;
+        let ca = floats.f32().map_err(|e| Error::data(e.to_string()))?;
+        for (i, v) in ca.iter().enumerate() {
+            values[i * d + j] = v.ok_or_else(|| Error::data(format!("{origin}: row {i}, column `{}` is empty", col.name())))?;
+        }
+    }
+    let columns = features.iter().map(|c| c.name().to_string()).collect();
+    Dataset::new(name, origin, vec![d], Modality::Tabular { columns }, values, labels)
+}

@@ -1,0 +1,257 @@
+//! Errors are data until the edge: a kind, a message, the span of query text they come
+//! from (if any) and hints. `render` turns one into the text a user sees, with the line
+//! and a caret under the span.
+
+use std::fmt;
+
+/// A byte range in the text of a script.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Span {
+    pub start: usize,
+    pub end: usize,
+}
+
+impl Span {
+    pub fn new(start: usize, end: usize) -> Self {
+        Span { start, end }
+    }
+    /// The smallest span covering both.
+    pub fn to(self, other: Span) -> Span {
+        Span { start: self.start.min(other.start), end: self.end.max(other.end) }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The text does not parse.
+    Syntax,
+    /// A name (model, dataset, layer, column, method, parameter, variable) is unknown or taken.
+    Name,
+    /// A parameter or literal is out of its accepted range or of the wrong type.
+    Value,
+    /// Shapes do not fit (data vs model, weights vs architecture, windows vs inputs).
+    Shape,
+    /// A model file or architecture is unreadable or inconsistent.
+    Model,
+    /// A data file is unreadable or holds values the engine refuses (NaN, wrong dtype).
+    Data,
+    /// Reading or writing a file failed.
+    Io,
+    /// The relational part of a query failed (types, expressions).
+    Query,
+    /// The statement was cancelled by the user.
+    Cancelled,
+}
+
+impl ErrorKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            ErrorKind::Syntax => "syntax",
+            ErrorKind::Name => "name",
+            ErrorKind::Value => "value",
+            ErrorKind::Shape => "shape",
+            ErrorKind::Model => "model",
+            ErrorKind::Data => "data",
+            ErrorKind::Io => "io",
+            ErrorKind::Query => "query",
+            ErrorKind::Cancelled => "cancelled",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Error {
+    pub kind: ErrorKind,
+    pub message: String,
+    pub span: Option<Span>,
+    pub hints: Vec<String>,
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Error { kind, message: message.into(), span: None, hints: Vec::new() }
+    }
+    pub fn syntax(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Syntax, message)
+    }
+    pub fn name(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Name, message)
+    }
+    pub fn value(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Value, message)
+    }
+    pub fn shape(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Shape, message)
+    }
+    pub fn model(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Model, message)
+    }
+    pub fn data(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Data, message)
+    }
+    pub fn io(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Io, message)
+    }
+    pub fn query(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Query, message)
+    }
+
+    /// Attaches a span unless the error already has a more precise one.
+    pub fn at(mut self, span: Span) -> Self {
+        if self.span.is_none() {
+            self.span = Some(span);
+        }
+        self
+    }
+    pub fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hints.push(hint.into());
+        self
+    }
+
+    /// An "unknown X" error with a "did you mean" hint and the list of known names.
+    pub fn unknown(what: &str, name: &str, known: &[String], known_label: &str) -> Self {
+        let mut err = Error::name(format!("unknown {what} `{name}`"));
+        if let Some(close) = closest(name, known) {
+            err = err.hint(format!("did you mean `{close}`?"));
+        }
+        if known.is_empty() {
+            err.hint(format!("there are no {known_label} yet"))
+        } else {
+            err.hint(format!("{known_label}: {}", list_names(known, 12)))
+        }
+    }
+
+    /// Renders the error for a human: message, location, the source line with a caret,
+    /// and hints. `origin` names the text (a file name, or `<command>`).
+    pub fn render(&self, source: &str, origin: &str) -> String {
+        let mut out = format!("error[{}]: {}", self.kind.label(), self.message);
+        if let Some(span) = self.span.filter(|s| s.start <= source.len()) {
+            let (line_no, col, line_text) = locate(source, span.start);
+            let gutter = line_no.to_string().len();
+            let line_text = line_text.trim_end_matches('\r');
+            let caret_start = line_text[..col.min(line_text.len())].chars().count();
+            let span_end_in_line = (span.end.min(source.len()) - span.start).min(line_text.len() - col.min(line_text.len()));
+            let caret_len = line_text[col.min(line_text.len())..col.min(line_text.len()) + span_end_in_line]
+                .chars()
+                .count()
+                .max(1);
+            out.push_str(&format!(
+                "\n{pad}--> {origin}:{line_no}:{}\n{pad} |\n{line_no} | {line_text}\n{pad} | {}{}",
+                caret_start + 1,
+                " ".repeat(caret_start),
+                "^".repeat(caret_len),
+                pad = " ".repeat(gutter),
+            ));
+        }
+        for hint in &self.hints {
+            out.push_str(&format!("\n  = help: {hint}"));
+        }
+        out
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.message)?;
+        for hint in &self.hints {
+            write!(f, " ({hint})")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<polars::prelude::PolarsError> for Error {
+    fn from(err: polars::prelude::PolarsError) -> Self {
+        Error::query(polars_message(&err))
+    }
+}
+
+impl From<candle_core::Error> for Error {
+    fn from(err: candle_core::Error) -> Self {
+        Error::model(err.to_string())
+    }
+}
+
+/// Polars prefixes its messages with a kind and sometimes appends a long
+/// "this error occurred with the following context" trailer; keep the first line.
+fn polars_message(err: &polars::prelude::PolarsError) -> String {
+    let text = err.to_string();
+    let first = text.lines().next().unwrap_or("").trim();
+    first.to_string()
+}
+
+/// 1-based line number, 0-based byte column, and the text of the line holding `offset`.
+pub fn locate(source: &str, offset: usize) -> (usize, usize, &str) {
+    let offset = offset.min(source.len());
+    let line_start = source[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = source[offset..].find('\n').map_or(source.len(), |i| offset + i);
+    let line_no = source[..line_start].matches('\n').count() + 1;
+    (line_no, offset - line_start, &source[line_start..line_end])
+}
+
+/// The known name closest to `name` by edit distance, if close enough to be a likely typo.
+pub fn closest<'a>(name: &str, known: &'a [String]) -> Option<&'a str> {
+    let lower = name.to_lowercase();
+    known
+        .iter()
+        .map(|k| (edit_distance(&lower, &k.to_lowercase()), k))
+        .filter(|(d, k)| *d > 0 && *d <= (k.chars().count().max(name.chars().count()) / 3).max(1))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k.as_str())
+        .or_else(|| known.iter().find(|k| k.to_lowercase() == lower && k.as_str() != name).map(|k| k.as_str()))
+}
+
+/// A comma-separated list, shortened to `max` names with a count of the rest.
+pub fn list_names(names: &[String], max: usize) -> String {
+    if names.len() <= max {
+        names.join(", ")
+    } else {
+        format!("{}, … ({} more)", names[..max].join(", "), names.len() - max)
+    }
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    let mut cur = vec![0; b.len() + 1];
+    for i in 1..=a.len() {
+        cur[0] = i;
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            cur[j] = (prev[j] + 1).min(cur[j - 1] + 1).min(prev[j - 1] + cost);
+        }
+        std::mem::swap(&mut prev, &mut cur);
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_caret_under_span() {
+        let src = "LOAD DATA d FROM 'x.npy';\nSELECT foo FROM m(d);";
+        let start = src.find("foo").unwrap();
+        let err = Error::name("unknown column `foo`").at(Span::new(start, start + 3)).hint("did you mean `row`?");
+        let text = err.render(src, "q.iql");
+        assert_eq!(
+            text,
+            "error[name]: unknown column `foo`\n --> q.iql:2:8\n  |\n2 | SELECT foo FROM m(d);\n  |        ^^^\n  = help: did you mean `row`?"
+        );
+    }
+
+    #[test]
+    fn closest_names() {
+        let known: Vec<String> = ["conv1", "conv2", "relu1", "fc1"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(closest("conv3", &known), Some("conv1"));
+        assert_eq!(closest("fc", &known), Some("fc1"));
+        assert_eq!(closest("zzzzzz", &known), None);
+        assert_eq!(closest("CONV1", &known), Some("conv1"));
+    }
+}

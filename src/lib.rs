@@ -1,0 +1,4 @@
+pub mod error;
+pub mod model;
+pub mod data;
+pub mod ops;

@@ -1,0 +1,267 @@
+//! The layer types of the architecture format: each has a forward that keeps what its
+//! backward needs (the `Memo`) and a backward that returns the input gradient only.
+
+use super::kernels::{self, ConvGeom, Window2d};
+use super::tensor::Batch;
+use crate::error::{Error, Result};
+
+/// A layer with its weights, ready to run.
+#[derive(Clone, Debug)]
+pub enum Op {
+    Linear { inp: usize, out: usize, weight: Vec<f32>, bias: Option<Vec<f32>> },
+    Conv2d { out: usize, groups: usize, win: Window2d, weight: Vec<f32>, bias: Option<Vec<f32>> },
+    Relu,
+    LeakyRelu { slope: f32 },
+    Sigmoid,
+    Tanh,
+    Gelu { tanh_approx: bool },
+    /// Softmax along `axis` of the sample (the batch axis excluded).
+    Softmax { axis: usize },
+    MaxPool2d { win: Window2d },
+    AvgPool2d { win: Window2d, count_include_pad: bool },
+    AdaptiveAvgPool2d { out: (usize, usize) },
+    /// Reshape only: values keep their order (PyTorch's flatten is row-major).
+    Flatten,
+    Identity,
+    /// Eval-mode batch norm folded to a per-channel affine map `x·scale + shift`.
+    BatchNorm { scale: Vec<f32>, shift: Vec<f32> },
+}
+
+/// What a forward pass keeps for the backward besides the layer's input and output.
+#[derive(Clone, Debug, Default)]
+pub enum Memo {
+    #[default]
+    None,
+    /// For each max-pool output, the index of its maximum in its plane.
+    Argmax(Vec<u32>),
+}
+
+/// A layer of a model: its hook-point name, its architecture type and the op.
+#[derive(Clone, Debug)]
+pub struct Layer {
+    pub name: String,
+    pub kind: String,
+    pub op: Op,
+    /// Shape of one sample of the input / output (batch dimension excluded).
+    pub in_shape: Vec<usize>,
+    pub out_shape: Vec<usize>,
+}
+
+impl Op {
+    pub fn param_count(&self) -> usize {
+        match self {
+            Op::Linear { weight, bias, .. } | Op::Conv2d { weight, bias, .. } => weight.len() + bias.as_ref().map_or(0, Vec::len),
+            // weight, bias (the running statistics are buffers, not parameters)
+            Op::BatchNorm { scale, .. } => 2 * scale.len(),
+            _ => 0,
+        }
+    }
+
+    /// True for element-wise nonlinearities, whose backward a rule may replace.
+    pub fn is_nonlinearity(&self) -> bool {
+        matches!(self, Op::Relu | Op::LeakyRelu { .. } | Op::Sigmoid | Op::Tanh | Op::Gelu { .. } | Op::Softmax { .. })
+    }
+}
+
+fn erf(x: f64) -> f64 {
+    libm::erf(x)
+}
+
+fn gelu_forward(x: f32, tanh_approx: bool) -> f32 {
+    let x = x as f64;
+    let y = if tanh_approx {
+        let k = (2.0 / std::f64::consts::PI).sqrt();
+        0.5 * x * (1.0 + (k * (x + 0.044715 * x * x * x)).tanh())
+    } else {
+        0.5 * x * (1.0 + erf(x / std::f64::consts::SQRT_2))
+    };
+    y as f32
+}
+
+fn gelu_grad(x: f32, tanh_approx: bool) -> f32 {
+    let x = x as f64;
+    let g = if tanh_approx {
+        let k = (2.0 / std::f64::consts::PI).sqrt();
+        let inner = k * (x + 0.044715 * x * x * x);
+        let t = inner.tanh();
+        0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * k * (1.0 + 3.0 * 0.044715 * x * x)
+    } else {
+        let cdf = 0.5 * (1.0 + erf(x / std::f64::consts::SQRT_2));
+        let pdf = (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt();
+        cdf + x * pdf
+    };
+    g as f32
+}
+
+/// (outer, axis length, inner) strides for an axis of a sample shape.
+fn axis_split(shape: &[usize], axis: usize) -> (usize, usize, usize) {
+    let outer: usize = shape[..axis].iter().product();
+    let inner: usize = shape[axis + 1..].iter().product();
+    (outer, shape[axis], inner)
+}
+
+impl Layer {
+    /// Runs the layer on a batch. With `keep`, also returns what its backward needs.
+    pub fn forward(&self, x: &Batch, keep: bool) -> Result<(Batch, Memo)> {
+        let n = x.rows();
+        let xs = x.data();
+        let mut shape = Vec::with_capacity(self.out_shape.len() + 1);
+        shape.push(n);
+        shape.extend_from_slice(&self.out_shape);
+        let mut y = Batch::zeros(shape);
+        let mut memo = Memo::None;
+        let ys = y.data_mut();
+        match &self.op {
+            Op::Linear { inp, out, weight, bias } => {
+                let rows = xs.len() / inp;
+                kernels::linear_forward(xs, rows, *inp, *out, weight, bias.as_deref(), ys);
+            }
+            Op::Conv2d { out, groups, win, weight, bias } => {
+                let g = self.conv_geom(*out, *groups, win);
+                kernels::conv2d_forward(xs, n, &g, weight, bias.as_deref(), ys);
+            }
+            Op::Relu => map(xs, ys, |v| if v > 0.0 { v } else { 0.0 }),
+            Op::LeakyRelu { slope } => map(xs, ys, |v| if v > 0.0 { v } else { v * slope }),
+            Op::Sigmoid => map(xs, ys, |v| 1.0 / (1.0 + (-v).exp())),
+            Op::Tanh => map(xs, ys, f32::tanh),
+            Op::Gelu { tanh_approx } => map(xs, ys, |v| gelu_forward(v, *tanh_approx)),
+            Op::Softmax { axis } => {
+                let (outer, len, inner) = axis_split(&self.in_shape, *axis);
+                for block in 0..n * outer {
+                    for i in 0..inner {
+                        let at = |k: usize| block * len * inner + k * inner + i;
+                        let max = (0..len).map(|k| xs[at(k)]).fold(f32::NEG_INFINITY, f32::max);
+                        let mut sum = 0.0f32;
+                        for k in 0..len {
+                            let e = (xs[at(k)] - max).exp();
+                            ys[at(k)] = e;
+                            sum += e;
+                        }
+                        for k in 0..len {
+                            ys[at(k)] /= sum;
+                        }
+                    }
+                }
+            }
+            Op::MaxPool2d { win } => {
+                let (planes, h, w, oh, ow) = self.pool_dims(n);
+                let arg = kernels::maxpool2d_forward(xs, planes, h, w, win, oh, ow, ys);
+                if keep {
+                    memo = Memo::Argmax(arg);
+                }
+            }
+            Op::AvgPool2d { win, count_include_pad } => {
+                let (planes, h, w, oh, ow) = self.pool_dims(n);
+                kernels::avgpool2d(xs, planes, h, w, win, *count_include_pad, oh, ow, ys, false);
+            }
+            Op::AdaptiveAvgPool2d { .. } => {
+                let (planes, h, w, oh, ow) = self.pool_dims(n);
+                kernels::adaptive_avgpool2d(xs, planes, h, w, oh, ow, ys, false);
+            }
+            Op::Flatten | Op::Identity => ys.copy_from_slice(xs),
+            Op::BatchNorm { scale, shift } => {
+                let channels = scale.len();
+                let inner: usize = self.in_shape[1..].iter().product();
+                for (i, (o, v)) in ys.iter_mut().zip(xs).enumerate() {
+                    let c = (i / inner) % channels;
+                    *o = v * scale[c] + shift[c];
+                }
+            }
+        }
+        Ok((y, memo))
+    }
+
+    /// The input gradient given the layer's input `x`, output `y`, memo and output gradient.
+    pub fn backward(&self, x: &Batch, y: &Batch, memo: &Memo, gy: &Batch) -> Result<Batch> {
+        let n = x.rows();
+        let mut gx = Batch::zeros(x.shape().to_vec());
+        let xs = x.data();
+        let ys = y.data();
+        let gys = gy.data();
+        let gxs = gx.data_mut();
+        match &self.op {
+            Op::Linear { inp, out, weight, .. } => {
+                let rows = xs.len() / inp;
+                kernels::linear_backward(gys, rows, *inp, *out, weight, gxs);
+            }
+            Op::Conv2d { out, groups, win, weight, .. } => {
+                let g = self.conv_geom(*out, *groups, win);
+                kernels::conv2d_backward(gys, n, &g, weight, gxs);
+            }
+            // PyTorch's relu backward passes the gradient where the output is > 0.
+            Op::Relu => zip3(gxs, xs, gys, |x, g| if x > 0.0 { g } else { 0.0 }),
+            Op::LeakyRelu { slope } => zip3(gxs, xs, gys, |x, g| if x > 0.0 { g } else { g * slope }),
+            Op::Sigmoid => zip3(gxs, ys, gys, |y, g| g * y * (1.0 - y)),
+            Op::Tanh => zip3(gxs, ys, gys, |y, g| g * (1.0 - y * y)),
+            Op::Gelu { tanh_approx } => zip3(gxs, xs, gys, |x, g| g * gelu_grad(x, *tanh_approx)),
+            Op::Softmax { axis } => {
+                let (outer, len, inner) = axis_split(&self.in_shape, *axis);
+                for block in 0..n * outer {
+                    for i in 0..inner {
+                        let at = |k: usize| block * len * inner + k * inner + i;
+                        let dot: f32 = (0..len).map(|k| gys[at(k)] * ys[at(k)]).sum();
+                        for k in 0..len {
+                            gxs[at(k)] = ys[at(k)] * (gys[at(k)] - dot);
+                        }
+                    }
+                }
+            }
+            Op::MaxPool2d { .. } => {
+                let Memo::Argmax(arg) = memo else {
+                    return Err(Error::model(format!("internal: max-pool `{}` has no recorded maxima", self.name)));
+                };
+                let (planes, h, w, oh, ow) = self.pool_dims(n);
+                kernels::maxpool2d_backward(gys, arg, planes, h, w, oh, ow, gxs);
+            }
+            Op::AvgPool2d { win, count_include_pad } => {
+                let (planes, h, w, oh, ow) = self.pool_dims(n);
+                kernels::avgpool2d(gys, planes, h, w, win, *count_include_pad, oh, ow, gxs, true);
+            }
+            Op::AdaptiveAvgPool2d { .. } => {
+                let (planes, h, w, oh, ow) = self.pool_dims(n);
+                kernels::adaptive_avgpool2d(gys, planes, h, w, oh, ow, gxs, true);
+            }
+            Op::Flatten | Op::Identity => gxs.copy_from_slice(gys),
+            Op::BatchNorm { scale, .. } => {
+                let channels = scale.len();
+                let inner: usize = self.in_shape[1..].iter().product();
+                for (i, (o, g)) in gxs.iter_mut().zip(gys).enumerate() {
+                    *o = g * scale[(i / inner) % channels];
+                }
+            }
+        }
+        Ok(gx)
+    }
+
+    fn conv_geom(&self, out: usize, groups: usize, win: &Window2d) -> ConvGeom {
+        ConvGeom {
+            c: self.in_shape[0],
+            h: self.in_shape[1],
+            w: self.in_shape[2],
+            out,
+            groups,
+            win: *win,
+            oh: self.out_shape[1],
+            ow: self.out_shape[2],
+        }
+    }
+
+    /// (planes, h, w, oh, ow) of a pooling layer over a batch of n.
+    fn pool_dims(&self, n: usize) -> (usize, usize, usize, usize, usize) {
+        let r = self.in_shape.len();
+        let planes = n * self.in_shape[..r - 2].iter().product::<usize>();
+        (planes, self.in_shape[r - 2], self.in_shape[r - 1], self.out_shape[r - 2], self.out_shape[r - 1])
+    }
+}
+
+fn map(xs: &[f32], ys: &mut [f32], f: impl Fn(f32) -> f32) {
+    for (y, x) in ys.iter_mut().zip(xs) {
+        *y = f(*x);
+    }
+}
+
+fn zip3(out: &mut [f32], a: &[f32], g: &[f32], f: impl Fn(f32, f32) -> f32) {
+    for ((o, a), g) in out.iter_mut().zip(a).zip(g) {
+        *o = f(*a, *g);
+    }
+}

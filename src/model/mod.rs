@@ -1,0 +1,179 @@
+//! Models with hook points. A model is a sequence of named layers over `Batch`es; every
+//! layer's output is a hook point that a forward pass can read (record into the
+//! activation cache) or overwrite (patching, layer integrated gradients). The backward
+//! pass is layer-wise and computes input gradients only; a `BackwardRule` may replace
+//! any layer's backward (guided backprop, deconvolution, DeepLift).
+
+pub mod arch;
+pub mod kernels;
+pub mod layer;
+pub mod loader;
+pub mod tensor;
+
+use std::path::Path;
+
+pub use layer::{Layer, Memo, Op};
+pub use tensor::{Batch, fmt_shape};
+
+use crate::error::{Error, Result};
+
+#[derive(Debug)]
+pub struct Model {
+    /// The name given in the architecture file.
+    pub arch_name: String,
+    /// Where the weights came from.
+    pub source: String,
+    pub input_shape: Vec<usize>,
+    pub layers: Vec<Layer>,
+}
+
+/// The values of one forward pass: `values[0]` is the input of layer `start`, and
+/// `values[i + 1]` the output of layer `start + i` (its hook point).
+#[derive(Debug)]
+pub struct Tape {
+    pub start: usize,
+    pub values: Vec<Batch>,
+    memos: Vec<Memo>,
+}
+
+impl Tape {
+    /// The last value computed (the logits for a full forward).
+    pub fn output(&self) -> &Batch {
+        self.values.last().expect("a tape holds at least its input")
+    }
+    pub fn into_output(mut self) -> Batch {
+        self.values.pop().expect("a tape holds at least its input")
+    }
+    /// The output of `layer`, if this pass computed and kept it.
+    pub fn hook(&self, layer: usize) -> Option<&Batch> {
+        layer.checked_sub(self.start).and_then(|i| self.values.get(i + 1))
+    }
+}
+
+/// Called with each layer's index and output during a forward pass; it may read the
+/// output (record it) or overwrite it (patch it).
+pub type Hook<'a> = &'a (dyn Fn(usize, &mut Batch) -> Result<()> + Sync);
+
+/// Which part of the model to run and what to keep.
+#[derive(Clone, Copy)]
+pub struct Forward<'a> {
+    /// First layer to run; the input is what that layer consumes.
+    pub from: usize,
+    /// One past the last layer to run.
+    pub to: usize,
+    /// Keep every value and memo for a backward pass.
+    pub keep: bool,
+    pub hook: Option<Hook<'a>>,
+}
+
+/// Replaces the backward of chosen layers. Returning `None` keeps the layer's gradient.
+pub trait BackwardRule: Sync {
+    fn backward(&self, index: usize, layer: &Layer, x: &Batch, y: &Batch, gy: &Batch) -> Option<Result<Batch>>;
+}
+
+/// The plain gradient: no layer's backward is replaced.
+pub struct Gradient;
+
+impl BackwardRule for Gradient {
+    fn backward(&self, _: usize, _: &Layer, _: &Batch, _: &Batch, _: &Batch) -> Option<Result<Batch>> {
+        None
+    }
+}
+
+impl Model {
+    /// Loads weights (safetensors or .pth) with an architecture file, checking every
+    /// tensor's shape against the architecture.
+    pub fn load(weights: &Path, arch: &Path) -> Result<Model> {
+        let arch_shown = arch.display().to_string();
+        let text = std::fs::read_to_string(arch).map_err(|e| Error::io(format!("cannot read architecture {arch_shown}: {e}")))?;
+        let spec = arch::Arch::parse(&text, &arch_shown)?;
+        let tensors = loader::read_weights(weights)?;
+        let layers = spec.build(tensors, &weights.display().to_string())?;
+        Ok(Model { arch_name: spec.name, source: weights.display().to_string(), input_shape: spec.input_shape, layers })
+    }
+
+    /// The flat length of one output (the number of classes of a classifier).
+    pub fn output_len(&self) -> usize {
+        self.layers.last().map_or(0, |l| l.out_shape.iter().product())
+    }
+
+    pub fn input_len(&self) -> usize {
+        self.input_shape.iter().product()
+    }
+
+    pub fn layer_index(&self, name: &str) -> Option<usize> {
+        self.layers.iter().position(|l| l.name == name)
+    }
+
+    pub fn layer_names(&self) -> Vec<String> {
+        self.layers.iter().map(|l| l.name.clone()).collect()
+    }
+
+    pub fn param_count(&self) -> usize {
+        self.layers.iter().map(|l| l.op.param_count()).sum()
+    }
+
+    /// The full model, keeping values for a backward pass.
+    pub fn full(&self) -> Forward<'static> {
+        Forward { from: 0, to: self.layers.len(), keep: true, hook: None }
+    }
+
+    /// Runs layers `fwd.from..fwd.to` on `input` (samples of that first layer's input shape).
+    pub fn run(&self, input: Batch, fwd: &Forward) -> Result<Tape> {
+        let to = fwd.to.min(self.layers.len());
+        let in_shape: &[usize] = if fwd.from == 0 { &self.input_shape } else { &self.layers[fwd.from - 1].out_shape };
+        if input.sample_len() != in_shape.iter().product::<usize>() {
+            return Err(Error::shape(format!(
+                "samples of shape {} do not fit the input {} of `{}`",
+                fmt_shape(input.sample_shape()),
+                fmt_shape(in_shape),
+                self.layers.get(fwd.from).map_or("the model", |l| l.name.as_str())
+            )));
+        }
+        let input = input.reshaped(in_shape);
+        let mut values = vec![input];
+        let mut memos = Vec::new();
+        for index in fwd.from..to {
+            let layer = &self.layers[index];
+            let x = values.last().expect("non-empty");
+            let (mut y, memo) = layer.forward(x, fwd.keep)?;
+            if let Some(hook) = fwd.hook {
+                hook(index, &mut y)?;
+            }
+            if fwd.keep {
+                memos.push(memo);
+            } else {
+                values.clear();
+            }
+            values.push(y);
+        }
+        Ok(Tape { start: fwd.from, values, memos })
+    }
+
+    /// The model's outputs on a batch (no values kept).
+    pub fn logits(&self, input: Batch) -> Result<Batch> {
+        let fwd = Forward { from: 0, to: self.layers.len(), keep: false, hook: None };
+        Ok(self.run(input, &fwd)?.into_output())
+    }
+
+    /// Back-propagates `grad` (the gradient of the tape's output) to the tape's input,
+    /// layer by layer, through `rule`. `observe` sees the gradient at each hook point
+    /// (the output of each layer) on the way down.
+    pub fn backward(&self, tape: &Tape, grad: Batch, rule: &dyn BackwardRule, observe: &mut dyn FnMut(usize, &Batch)) -> Result<Batch> {
+        if tape.memos.len() + 1 != tape.values.len() {
+            return Err(Error::model("internal: backward over a forward pass that kept no values"));
+        }
+        let mut grad = grad;
+        for i in (0..tape.memos.len()).rev() {
+            let index = tape.start + i;
+            let layer = &self.layers[index];
+            observe(index, &grad);
+            let (x, y) = (&tape.values[i], &tape.values[i + 1]);
+            grad = match rule.backward(index, layer, x, y, &grad) {
+                Some(result) => result?,
+                None => layer.backward(x, y, &tape.memos[i], &grad)?,
+            };
+        }
+        Ok(grad)
+    }
+}

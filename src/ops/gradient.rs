@@ -1,0 +1,121 @@
+//! The gradient engine: one forward keeping what the backward needs, one layer-wise
+//! backward seeded with the target output, for a tile of rows at a time; tiles run in
+//! parallel across the machine's threads. Saliency, input × gradient, SmoothGrad and
+//! the rule-based methods are thin uses of it; integrated gradients is in integrated.rs.
+
+use rayon::prelude::*;
+
+use super::rng::Rng;
+use super::rules::{Deconvolution, GuidedBackprop};
+use super::{Control, Method, Request};
+use crate::error::{Error, Result};
+use crate::model::{BackwardRule, Batch, Gradient, Model};
+
+/// Gradients of each row's target output with respect to the row.
+pub fn gradients(model: &Model, rows: Batch, targets: &[usize], rule: &dyn BackwardRule) -> Result<Batch> {
+    let tape = model.run(rows, &model.full())?;
+    let out = tape.output();
+    let classes = out.sample_len();
+    let mut seed = Batch::zeros(out.shape().to_vec());
+    for (r, &t) in targets.iter().enumerate() {
+        if t >= classes {
+            return Err(Error::value(format!("target {t} is out of range: the model has {classes} outputs")));
+        }
+        seed.row_mut(r)[t] = 1.0;
+    }
+    model.backward(&tape, seed, rule, &mut |_, _| {})
+}
+
+/// Runs `work` on every item in parallel, stopping early if the statement is cancelled;
+/// `units(i)` is how much progress item i makes.
+pub fn par_items<T: Send>(n: usize, control: &Control, units: impl Fn(usize) -> usize + Sync, work: impl Fn(usize) -> Result<T> + Sync) -> Result<Vec<T>> {
+    (0..n)
+        .into_par_iter()
+        .map(|i| {
+            control.check()?;
+            let out = work(i)?;
+            control.advance(units(i));
+            Ok(out)
+        })
+        .collect()
+}
+
+fn rule_of(method: &Method) -> &'static dyn BackwardRule {
+    match method {
+        Method::GuidedBackprop => &GuidedBackprop,
+        Method::Deconvolution => &Deconvolution,
+        _ => &Gradient,
+    }
+}
+
+/// Saliency, input × gradient, SmoothGrad, guided backprop and deconvolution.
+pub fn attribute(method: &Method, req: &Request) -> Result<Vec<f32>> {
+    let d = req.d();
+    let n = req.n();
+    let shape = &req.model.input_shape;
+    let mut out = match method {
+        Method::SmoothGrad { samples, stdev, seed, abs } => {
+            // Captum's NoiseTunnel: the mean over samples of saliency at x + N(0, stdev²);
+            // noise only inside the window (outside, the input is held as it is).
+            let per_input = par_items(n, req.control, |_| 1, |i| {
+                let mut rng = Rng::new(*seed, req.ids[i] as u64);
+                let x = req.input(i);
+                let mut noisy = Vec::with_capacity(samples * d);
+                for _ in 0..*samples {
+                    for (f, &v) in x.iter().enumerate() {
+                        let noise = if req.features.in_window(f) { (rng.normal() * stdev) as f32 } else { 0.0 };
+                        noisy.push(v + noise);
+                    }
+                }
+                let mut sum = vec![0.0f32; d];
+                for chunk in noisy.chunks(req.batch_rows.max(1) * d) {
+                    let rows = chunk.len() / d;
+                    let grads = gradients(req.model, Batch::new(batch_shape(rows, shape), chunk.to_vec())?, &vec![req.targets[i]; rows], &Gradient)?;
+                    for r in 0..rows {
+                        for (s, g) in sum.iter_mut().zip(grads.row(r)) {
+                            *s += if *abs { g.abs() } else { *g };
+                        }
+                    }
+                }
+                Ok(sum.into_iter().map(|s| s / *samples as f32).collect::<Vec<f32>>())
+            })?;
+            per_input.concat()
+        }
+        _ => {
+            let tile = req.batch_rows.clamp(1, 64);
+            let tiles = n.div_ceil(tile);
+            let rule = rule_of(method);
+            let per_tile = par_items(tiles, req.control, |t| tile.min(n - t * tile), |t| {
+                let (a, b) = (t * tile, ((t + 1) * tile).min(n));
+                let rows = Batch::new(batch_shape(b - a, shape), req.inputs[a * d..b * d].to_vec())?;
+                Ok(gradients(req.model, rows, &req.targets[a..b], rule)?.into_data())
+            })?;
+            let mut grads = per_tile.concat();
+            match method {
+                Method::Saliency { abs: true } => grads.iter_mut().for_each(|g| *g = g.abs()),
+                Method::InputXGradient => grads.iter_mut().zip(req.inputs).for_each(|(g, x)| *g *= x),
+                _ => {}
+            }
+            grads
+        }
+    };
+    zero_outside_window(&mut out, req);
+    Ok(out)
+}
+
+pub(crate) fn batch_shape(rows: usize, sample: &[usize]) -> Vec<usize> {
+    let mut s = Vec::with_capacity(sample.len() + 1);
+    s.push(rows);
+    s.extend_from_slice(sample);
+    s
+}
+
+/// Projection: only the window's features are attributed.
+pub(crate) fn zero_outside_window(out: &mut [f32], req: &Request) {
+    let d = req.d();
+    for (k, v) in out.iter_mut().enumerate() {
+        if !req.features.in_window(k % d) {
+            *v = 0.0;
+        }
+    }
+}

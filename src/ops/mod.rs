@@ -1,0 +1,459 @@
+//! The interpretation operators. One gradient engine (`gradient`) serves saliency,
+//! input × gradient, SmoothGrad, the backward-rule methods and integrated gradients; one
+//! perturbation engine (`perturbation`) serves occlusion, feature ablation and Shapley
+//! sampling. Each method follows Captum's definition and defaults to the letter.
+
+pub mod gradient;
+pub mod integrated;
+pub mod perturbation;
+pub mod quadrature;
+pub mod rng;
+pub mod rules;
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use crate::error::{Error, Result, Span};
+use crate::model::Model;
+pub use quadrature::Rule;
+
+/// How a method's per-feature results combine over a group of features (GRANULARITY).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    /// Gradient methods: a group's attribution is the sum over its features.
+    Gradient,
+    /// Perturbation methods: a group is perturbed together; every feature of it carries
+    /// the group's value (Captum's feature_mask convention), which is the group's row.
+    Perturbation,
+}
+
+/// A method with all its parameters resolved.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Method {
+    Saliency { abs: bool },
+    InputXGradient,
+    IntegratedGradients { steps: usize, rule: Rule },
+    SmoothGrad { samples: usize, stdev: f64, seed: u64, abs: bool },
+    GuidedBackprop,
+    Deconvolution,
+    /// `window` / `stride`: the sliding window's edge (spatial for images, along the
+    /// features for tabular data); None takes the GRANULARITY patch.
+    Occlusion { window: Option<usize>, stride: Option<usize> },
+    FeatureAblation,
+    ShapleySampling { samples: usize, seed: u64 },
+}
+
+impl Method {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Method::Saliency { .. } => "saliency",
+            Method::InputXGradient => "input_x_gradient",
+            Method::IntegratedGradients { .. } => "integrated_gradients",
+            Method::SmoothGrad { .. } => "smoothgrad",
+            Method::GuidedBackprop => "guided_backprop",
+            Method::Deconvolution => "deconvolution",
+            Method::Occlusion { .. } => "occlusion",
+            Method::FeatureAblation => "feature_ablation",
+            Method::ShapleySampling { .. } => "shapley_sampling",
+        }
+    }
+
+    pub fn family(&self) -> Family {
+        match self {
+            Method::Occlusion { .. } | Method::FeatureAblation | Method::ShapleySampling { .. } => Family::Perturbation,
+            _ => Family::Gradient,
+        }
+    }
+
+    /// Whether the method compares against a baseline (BASELINE applies).
+    pub fn uses_baseline(&self) -> bool {
+        matches!(self, Method::IntegratedGradients { .. } | Method::Occlusion { .. } | Method::FeatureAblation | Method::ShapleySampling { .. })
+    }
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.name())?;
+        match self {
+            Method::Saliency { abs } => write!(f, "(abs = {abs})"),
+            Method::IntegratedGradients { steps, rule } => write!(f, "(steps = {steps}, rule = {})", rule.name()),
+            Method::SmoothGrad { samples, stdev, seed, abs } => write!(f, "(samples = {samples}, stdev = {stdev}, seed = {seed}, abs = {abs})"),
+            Method::Occlusion { window, stride } => match (window, stride) {
+                (Some(w), Some(s)) => write!(f, "(window = {w}, stride = {s})"),
+                (Some(w), None) => write!(f, "(window = {w})"),
+                _ => Ok(()),
+            },
+            Method::ShapleySampling { samples, seed } => write!(f, "(samples = {samples}, seed = {seed})"),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A parameter value as written in a query.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ParamValue {
+    Number(f64),
+    Bool(bool),
+    Text(String),
+}
+
+impl fmt::Display for ParamValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ParamValue::Number(n) => write!(f, "{n}"),
+            ParamValue::Bool(b) => write!(f, "{b}"),
+            ParamValue::Text(s) => write!(f, "'{s}'"),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum ParamKind {
+    Int { min: i64, max: i64 },
+    Float { min: f64 },
+    Bool,
+    Choice(&'static [&'static str]),
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct ParamSpec {
+    pub name: &'static str,
+    pub kind: ParamKind,
+    /// The default as text (for SHOW METHODS), or None if the parameter has no default.
+    pub default: Option<&'static str>,
+    /// A session setting (SET name = …) that overrides the default when present.
+    pub setting: Option<&'static str>,
+}
+
+pub struct MethodInfo {
+    pub name: &'static str,
+    pub family: Family,
+    pub params: &'static [ParamSpec],
+    pub captum: &'static str,
+    pub summary: &'static str,
+}
+
+const fn int(name: &'static str, min: i64, default: Option<&'static str>, setting: Option<&'static str>) -> ParamSpec {
+    ParamSpec { name, kind: ParamKind::Int { min, max: i64::MAX }, default, setting }
+}
+
+const SEED: ParamSpec = ParamSpec { name: "seed", kind: ParamKind::Int { min: 0, max: i64::MAX }, default: Some("0"), setting: Some("seed") };
+
+pub const METHODS: &[MethodInfo] = &[
+    MethodInfo {
+        name: "saliency",
+        family: Family::Gradient,
+        params: &[ParamSpec { name: "abs", kind: ParamKind::Bool, default: Some("true"), setting: None }],
+        captum: "Saliency",
+        summary: "gradient of the target output (absolute value by default)",
+    },
+    MethodInfo {
+        name: "input_x_gradient",
+        family: Family::Gradient,
+        params: &[],
+        captum: "InputXGradient",
+        summary: "input times gradient",
+    },
+    MethodInfo {
+        name: "integrated_gradients",
+        family: Family::Gradient,
+        params: &[
+            int("steps", 1, Some("50"), Some("steps")),
+            ParamSpec { name: "rule", kind: ParamKind::Choice(Rule::NAMES), default: Some("gausslegendre"), setting: None },
+        ],
+        captum: "IntegratedGradients",
+        summary: "path integral of gradients from the baseline to the input",
+    },
+    MethodInfo {
+        name: "smoothgrad",
+        family: Family::Gradient,
+        params: &[
+            int("samples", 1, Some("5"), None),
+            ParamSpec { name: "stdev", kind: ParamKind::Float { min: 0.0 }, default: Some("1.0"), setting: None },
+            SEED,
+            ParamSpec { name: "abs", kind: ParamKind::Bool, default: Some("true"), setting: None },
+        ],
+        captum: "NoiseTunnel(Saliency), nt_type='smoothgrad'",
+        summary: "saliency averaged over noisy copies of the input",
+    },
+    MethodInfo {
+        name: "guided_backprop",
+        family: Family::Gradient,
+        params: &[],
+        captum: "GuidedBackprop",
+        summary: "gradient with ReLUs passing only positive gradients of positive inputs",
+    },
+    MethodInfo {
+        name: "deconvolution",
+        family: Family::Gradient,
+        params: &[],
+        captum: "Deconvolution",
+        summary: "gradient with ReLUs applied to the gradient instead of the input",
+    },
+    MethodInfo {
+        name: "occlusion",
+        family: Family::Perturbation,
+        params: &[int("window", 1, None, None), int("stride", 1, Some("1"), None)],
+        captum: "Occlusion",
+        summary: "output change when a sliding window is set to the baseline (mean over covering windows)",
+    },
+    MethodInfo {
+        name: "feature_ablation",
+        family: Family::Perturbation,
+        params: &[],
+        captum: "FeatureAblation",
+        summary: "output change when a feature (or GRANULARITY group) is set to the baseline",
+    },
+    MethodInfo {
+        name: "shapley_sampling",
+        family: Family::Perturbation,
+        params: &[int("samples", 1, Some("25"), None), SEED],
+        captum: "ShapleyValueSampling",
+        summary: "Shapley values estimated from random feature permutations",
+    },
+];
+
+pub fn method_info(name: &str) -> Option<&'static MethodInfo> {
+    METHODS.iter().find(|m| m.name.eq_ignore_ascii_case(name))
+}
+
+pub fn method_names() -> Vec<String> {
+    METHODS.iter().map(|m| m.name.to_string()).collect()
+}
+
+/// A parameter as given in a query, with where it was written.
+pub struct GivenParam<'a> {
+    pub name: &'a str,
+    pub name_span: Span,
+    pub value: ParamValue,
+    pub value_span: Span,
+}
+
+/// Resolves a method call: checks every parameter's name and range, fills defaults
+/// (session settings first), and builds the `Method`.
+pub fn resolve_method(info: &MethodInfo, given: &[GivenParam], setting: &dyn Fn(&str) -> Option<ParamValue>) -> Result<Method> {
+    let mut values: Vec<Option<ParamValue>> = vec![None; info.params.len()];
+    for g in given {
+        let Some(pos) = info.params.iter().position(|p| p.name.eq_ignore_ascii_case(g.name)) else {
+            let known: Vec<String> = info.params.iter().map(|p| p.name.to_string()).collect();
+            let label = format!("parameters of {}", info.name);
+            let err = if known.is_empty() {
+                Error::name(format!("{} takes no parameters", info.name))
+            } else {
+                Error::unknown(&format!("parameter of {}", info.name), g.name, &known, &label)
+            };
+            return Err(err.at(g.name_span));
+        };
+        if values[pos].is_some() {
+            return Err(Error::name(format!("parameter `{}` is given twice", g.name)).at(g.name_span));
+        }
+        check_param(info, &info.params[pos], &g.value).map_err(|e| e.at(g.value_span))?;
+        values[pos] = Some(g.value.clone());
+    }
+    for (spec, v) in info.params.iter().zip(values.iter_mut()) {
+        if v.is_none()
+            && let Some(s) = spec.setting.and_then(setting)
+        {
+            check_param(info, spec, &s).map_err(|e| Error { message: format!("{} (from SET {})", e.message, spec.setting.unwrap_or("")), ..e })?;
+            *v = Some(s);
+        }
+    }
+    let get = |name: &str| -> Option<&ParamValue> { info.params.iter().position(|p| p.name == name).and_then(|i| values[i].as_ref()) };
+    let default_of = |name: &str| -> ParamValue {
+        let spec = info.params.iter().find(|p| p.name == name);
+        match spec.and_then(|s| s.default.map(|d| (s.kind, d))) {
+            Some((ParamKind::Bool, d)) => ParamValue::Bool(d == "true"),
+            Some((ParamKind::Choice(_), d)) => ParamValue::Text(d.to_string()),
+            Some((_, d)) => ParamValue::Number(d.parse().unwrap_or(0.0)),
+            None => ParamValue::Number(0.0),
+        }
+    };
+    let num = |name: &str| -> f64 {
+        match get(name).cloned().unwrap_or_else(|| default_of(name)) {
+            ParamValue::Number(n) => n,
+            _ => 0.0,
+        }
+    };
+    let flag = |name: &str| -> bool { matches!(get(name).cloned().unwrap_or_else(|| default_of(name)), ParamValue::Bool(true)) };
+    let text = |name: &str| -> String {
+        match get(name).cloned().unwrap_or_else(|| default_of(name)) {
+            ParamValue::Text(t) => t,
+            other => other.to_string(),
+        }
+    };
+    let method = match info.name {
+        "saliency" => Method::Saliency { abs: flag("abs") },
+        "input_x_gradient" => Method::InputXGradient,
+        "integrated_gradients" => {
+            let rule = Rule::parse(&text("rule")).unwrap_or(Rule::GaussLegendre);
+            let steps = num("steps") as usize;
+            if steps < rule.min_steps() {
+                let span = given.iter().find(|g| g.name == "steps").map(|g| g.value_span);
+                let err = Error::value(format!("steps must be ≥ {} for rule {}", rule.min_steps(), rule.name()));
+                return Err(match span {
+                    Some(s) => err.at(s),
+                    None => err,
+                });
+            }
+            Method::IntegratedGradients { steps, rule }
+        }
+        "smoothgrad" => Method::SmoothGrad { samples: num("samples") as usize, stdev: num("stdev"), seed: num("seed") as u64, abs: flag("abs") },
+        "guided_backprop" => Method::GuidedBackprop,
+        "deconvolution" => Method::Deconvolution,
+        "occlusion" => Method::Occlusion { window: get("window").map(|_| num("window") as usize), stride: get("stride").map(|_| num("stride") as usize) },
+        "feature_ablation" => Method::FeatureAblation,
+        "shapley_sampling" => Method::ShapleySampling { samples: num("samples") as usize, seed: num("seed") as u64 },
+        other => return Err(Error::name(format!("method `{other}` has no implementation"))),
+    };
+    Ok(method)
+}
+
+fn check_param(info: &MethodInfo, spec: &ParamSpec, value: &ParamValue) -> Result<()> {
+    let name = spec.name;
+    match (spec.kind, value) {
+        (ParamKind::Int { min, max }, ParamValue::Number(n)) => {
+            if n.fract() != 0.0 {
+                Err(Error::value(format!("{name} must be a whole number, got {n}")))
+            } else if *n < min as f64 || *n > max as f64 {
+                Err(Error::value(format!("{name} must be ≥ {min}, got {n}")))
+            } else {
+                Ok(())
+            }
+        }
+        (ParamKind::Float { min }, ParamValue::Number(n)) => {
+            if !n.is_finite() || *n < min {
+                Err(Error::value(format!("{name} must be a number ≥ {min}, got {n}")))
+            } else {
+                Ok(())
+            }
+        }
+        (ParamKind::Bool, ParamValue::Bool(_)) => Ok(()),
+        (ParamKind::Choice(choices), ParamValue::Text(t)) => {
+            if choices.iter().any(|c| c.eq_ignore_ascii_case(t)) || (info.name == "integrated_gradients" && Rule::parse(t).is_some()) {
+                Ok(())
+            } else {
+                let known: Vec<String> = choices.iter().map(|c| c.to_string()).collect();
+                Err(Error::unknown(&format!("{name} for {}", info.name), t, &known, "accepted"))
+            }
+        }
+        (kind, v) => {
+            let want = match kind {
+                ParamKind::Int { .. } => "a whole number",
+                ParamKind::Float { .. } => "a number",
+                ParamKind::Bool => "true or false",
+                ParamKind::Choice(c) => return Err(Error::value(format!("{name} must be one of {}, got {v}", c.join(", ")))),
+            };
+            Err(Error::value(format!("{name} must be {want}, got {v}")))
+        }
+    }
+}
+
+/// Cooperative cancellation and progress, checked between tiles.
+pub struct Control<'a> {
+    pub cancel: &'a AtomicBool,
+    pub done: AtomicUsize,
+    pub on_progress: Option<&'a (dyn Fn(usize) + Sync)>,
+}
+
+impl<'a> Control<'a> {
+    pub fn new(cancel: &'a AtomicBool) -> Self {
+        Control { cancel, done: AtomicUsize::new(0), on_progress: None }
+    }
+    pub fn check(&self) -> Result<()> {
+        if self.cancel.load(Ordering::Relaxed) {
+            Err(Error::new(crate::error::ErrorKind::Cancelled, "cancelled"))
+        } else {
+            Ok(())
+        }
+    }
+    pub fn advance(&self, units: usize) {
+        let done = self.done.fetch_add(units, Ordering::Relaxed) + units;
+        if let Some(f) = self.on_progress {
+            f(done);
+        }
+    }
+}
+
+/// An axis-aligned box of an image: channels, rows and columns (half-open).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rect {
+    pub channels: (usize, usize),
+    pub rows: (usize, usize),
+    pub cols: (usize, usize),
+}
+
+/// The features a query attributes (its window) and how they are grouped.
+#[derive(Clone, Debug)]
+pub struct Features {
+    /// For each feature, its group, or `OUTSIDE` if it lies outside the window.
+    pub group_of: Vec<u32>,
+    pub groups: usize,
+    /// The image layout (channels, height, width) and the window's box, for occlusion.
+    pub image: Option<((usize, usize, usize), Rect)>,
+    /// For tabular data, the window's features in order (occlusion slides along them).
+    pub order: Vec<usize>,
+}
+
+pub const OUTSIDE: u32 = u32::MAX;
+
+impl Features {
+    pub fn len(&self) -> usize {
+        self.group_of.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.group_of.is_empty()
+    }
+    pub fn in_window(&self, f: usize) -> bool {
+        self.group_of[f] != OUTSIDE
+    }
+    /// The features of each group, in feature order.
+    pub fn members(&self) -> Vec<Vec<usize>> {
+        let mut out = vec![Vec::new(); self.groups];
+        for (f, &g) in self.group_of.iter().enumerate() {
+            if g != OUTSIDE {
+                out[g as usize].push(f);
+            }
+        }
+        out
+    }
+}
+
+/// Everything a method needs for one batch of inputs.
+pub struct Request<'a> {
+    pub model: &'a Model,
+    /// n inputs of `model.input_len()` features each.
+    pub inputs: &'a [f32],
+    /// n baselines, already equal to the input outside the window.
+    pub baselines: &'a [f32],
+    pub targets: &'a [usize],
+    /// Input ids, which seed the random streams of stochastic methods.
+    pub ids: &'a [i64],
+    pub features: &'a Features,
+    /// The most rows one forward pass may hold.
+    pub batch_rows: usize,
+    pub control: &'a Control<'a>,
+}
+
+impl Request<'_> {
+    pub fn n(&self) -> usize {
+        self.targets.len()
+    }
+    pub fn d(&self) -> usize {
+        self.model.input_len()
+    }
+    pub fn input(&self, i: usize) -> &[f32] {
+        &self.inputs[i * self.d()..(i + 1) * self.d()]
+    }
+    pub fn baseline(&self, i: usize) -> &[f32] {
+        &self.baselines[i * self.d()..(i + 1) * self.d()]
+    }
+}
+
+/// Per-feature attributions (n × d, Captum's layout; zero outside the window).
+pub fn attribute(method: &Method, req: &Request) -> Result<Vec<f32>> {
+    match method {
+        Method::Saliency { .. } | Method::InputXGradient | Method::SmoothGrad { .. } | Method::GuidedBackprop | Method::Deconvolution => gradient::attribute(method, req),
+        Method::IntegratedGradients { steps, rule } => integrated::attribute(*steps, *rule, req),
+        Method::Occlusion { .. } | Method::FeatureAblation | Method::ShapleySampling { .. } => perturbation::attribute(method, req),
+    }
+}

@@ -1,0 +1,170 @@
+//! The perturbation engine: copies of an input, each with some features set to the
+//! baseline (or, for Shapley sampling, some set to the input), run forward in batches of
+//! at most `batch_rows`, keeping only the target output. Occlusion, feature ablation and
+//! Shapley sampling differ only in which copies they make and how they credit the change.
+
+use rayon::prelude::*;
+
+use super::gradient::{batch_shape, par_items};
+use super::rng::Rng;
+use super::{Method, Request};
+use crate::error::{Error, Result};
+use crate::model::{Batch, Model};
+
+/// The target output for `count` copies of `start`, copy k modified by `fill(k, row)`.
+fn evaluate(model: &Model, start: &[f32], count: usize, target: usize, batch_rows: usize, fill: &(dyn Fn(usize, &mut [f32]) + Sync)) -> Result<Vec<f32>> {
+    let d = start.len();
+    let chunk = batch_rows.max(1);
+    let outputs: Vec<Vec<f32>> = (0..count.div_ceil(chunk))
+        .into_par_iter()
+        .map(|c| {
+            let (a, b) = (c * chunk, ((c + 1) * chunk).min(count));
+            let mut rows = Vec::with_capacity((b - a) * d);
+            for k in a..b {
+                let at = rows.len();
+                rows.extend_from_slice(start);
+                fill(k, &mut rows[at..at + d]);
+            }
+            let logits = model.logits(Batch::new(batch_shape(b - a, &model.input_shape), rows)?)?;
+            let classes = logits.sample_len();
+            if target >= classes {
+                return Err(Error::value(format!("target {target} is out of range: the model has {classes} outputs")));
+            }
+            Ok((0..b - a).map(|r| logits.row(r)[target]).collect())
+        })
+        .collect::<Result<_>>()?;
+    Ok(outputs.concat())
+}
+
+pub fn attribute(method: &Method, req: &Request) -> Result<Vec<f32>> {
+    let per_input = par_items(req.n(), req.control, |_| 1, |i| match method {
+        Method::Occlusion { window, stride } => occlusion(req, i, window.unwrap_or(1), stride.unwrap_or(1)),
+        Method::FeatureAblation => ablation(req, i),
+        Method::ShapleySampling { samples, seed } => shapley(req, i, *samples, *seed),
+        _ => Err(Error::value(format!("{} is not a perturbation method", method.name()))),
+    })?;
+    Ok(per_input.concat())
+}
+
+/// The feature sets a sliding window covers (within the query's window).
+fn occlusion_patches(req: &Request, window: usize, stride: usize) -> Result<Vec<Vec<usize>>> {
+    let f = req.features;
+    let mut patches = Vec::new();
+    if let Some(((_, h, w), rect)) = f.image {
+        let (r0, r1) = rect.rows;
+        let (c0, c1) = rect.cols;
+        if window > r1 - r0 || window > c1 - c0 {
+            return Err(Error::shape(format!("an occlusion window of {window}×{window} does not fit the {}×{} region", r1 - r0, c1 - c0)));
+        }
+        let mut r = r0;
+        while r + window <= r1 {
+            let mut c = c0;
+            while c + window <= c1 {
+                let mut patch = Vec::with_capacity(window * window * (rect.channels.1 - rect.channels.0));
+                for ch in rect.channels.0..rect.channels.1 {
+                    for rr in r..r + window {
+                        for cc in c..c + window {
+                            patch.push(ch * h * w + rr * w + cc);
+                        }
+                    }
+                }
+                patches.push(patch);
+                c += stride;
+            }
+            r += stride;
+        }
+    } else {
+        let order = &f.order;
+        if window > order.len() {
+            return Err(Error::shape(format!("an occlusion window of {window} features does not fit the {} features attributed", order.len())));
+        }
+        let mut s = 0;
+        while s + window <= order.len() {
+            patches.push(order[s..s + window].to_vec());
+            s += stride;
+        }
+    }
+    Ok(patches)
+}
+
+/// Captum's Occlusion: each feature gets the mean, over the windows covering it, of
+/// F(x) − F(x with the window at the baseline). Features no window covers get 0.
+fn occlusion(req: &Request, i: usize, window: usize, stride: usize) -> Result<Vec<f32>> {
+    let patches = occlusion_patches(req, window, stride)?;
+    let (x, b) = (req.input(i), req.baseline(i));
+    let out = evaluate(req.model, x, patches.len() + 1, req.targets[i], req.batch_rows, &|k, row| {
+        if k > 0 {
+            for &f in &patches[k - 1] {
+                row[f] = b[f];
+            }
+        }
+    })?;
+    let mut total = vec![0.0f32; x.len()];
+    let mut count = vec![0u32; x.len()];
+    for (patch, y) in patches.iter().zip(&out[1..]) {
+        let diff = out[0] - y;
+        for &f in patch {
+            total[f] += diff;
+            count[f] += 1;
+        }
+    }
+    Ok(total.iter().zip(&count).map(|(t, &c)| if c == 0 { 0.0 } else { t / c as f32 }).collect())
+}
+
+/// Captum's FeatureAblation: every feature of a group gets F(x) − F(x with the group at the baseline).
+fn ablation(req: &Request, i: usize) -> Result<Vec<f32>> {
+    let members = req.features.members();
+    let (x, b) = (req.input(i), req.baseline(i));
+    let out = evaluate(req.model, x, members.len() + 1, req.targets[i], req.batch_rows, &|k, row| {
+        if k > 0 {
+            for &f in &members[k - 1] {
+                row[f] = b[f];
+            }
+        }
+    })?;
+    let mut attr = vec![0.0f32; x.len()];
+    for (group, y) in members.iter().zip(&out[1..]) {
+        for &f in group {
+            attr[f] = out[0] - y;
+        }
+    }
+    Ok(attr)
+}
+
+/// Captum's ShapleyValueSampling: for each random order of the groups, add them one at a
+/// time to the baseline and credit each with the change it makes; average over orders.
+fn shapley(req: &Request, i: usize, samples: usize, seed: u64) -> Result<Vec<f32>> {
+    let members = req.features.members();
+    let g = members.len();
+    let mut rng = Rng::new(seed, req.ids[i] as u64);
+    let perms: Vec<Vec<usize>> = (0..samples).map(|_| rng.permutation(g)).collect();
+    let (x, b) = (req.input(i), req.baseline(i));
+    // Row 0 is the baseline; row 1 + s·g + j has the first j + 1 groups of order s added.
+    let out = evaluate(req.model, b, 1 + samples * g, req.targets[i], req.batch_rows, &|k, row| {
+        if k > 0 {
+            let (s, j) = ((k - 1) / g, (k - 1) % g);
+            for &grp in &perms[s][..=j] {
+                for &f in &members[grp] {
+                    row[f] = x[f];
+                }
+            }
+        }
+    })?;
+    let mut credit = vec![0.0f32; g];
+    for (s, perm) in perms.iter().enumerate() {
+        let mut prev = out[0];
+        for (j, &grp) in perm.iter().enumerate() {
+            let cur = out[1 + s * g + j];
+            credit[grp] += cur - prev;
+            prev = cur;
+        }
+        req.control.check()?;
+    }
+    let mut attr = vec![0.0f32; x.len()];
+    for (grp, fs) in members.iter().enumerate() {
+        for &f in fs {
+            attr[f] = credit[grp] / samples as f32;
+        }
+    }
+    Ok(attr)
+}

@@ -1,0 +1,51 @@
+//! Helpers shared by the test modules: paths and fixtures.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use ialgebra::data::npy::{NpyData, read_npy};
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn fixture(rel: &str) -> PathBuf {
+    root().join("tests/fixtures").join(rel)
+}
+
+/// A .npy array as (shape, f64 values).
+pub fn npy(path: &Path) -> (Vec<usize>, Vec<f64>) {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let a = read_npy(&bytes, &path.display().to_string()).unwrap();
+    let values = match a.data {
+        NpyData::Float(v) => v,
+        NpyData::Int(v) => v.into_iter().map(|x| x as f64).collect(),
+    };
+    (a.shape, values)
+}
+
+/// An array of a Captum oracle case: `tests/fixtures/oracle/attributions/<case>/<key>.npy`.
+pub fn oracle(case: &str, key: &str) -> (Vec<usize>, Vec<f64>) {
+    npy(&fixture(&format!("oracle/attributions/{case}/{key}.npy")))
+}
+
+pub fn oracle_output(model: &str, key: &str) -> (Vec<usize>, Vec<f64>) {
+    npy(&fixture(&format!("oracle/outputs/{model}_outputs/{key}.npy")))
+}
+
+/// Asserts |a − b| ≤ atol + rtol·|b| elementwise, reporting the worst element.
+pub fn assert_close(what: &str, got: &[f64], want: &[f64], atol: f64, rtol: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: {} values, expected {}", got.len(), want.len());
+    let mut worst = (0.0f64, 0usize);
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let excess = (g - w).abs() - (atol + rtol * w.abs());
+        if excess > worst.0 || g.is_nan() != w.is_nan() {
+            worst = (excess.max(f64::MIN_POSITIVE), i);
+        }
+    }
+    if worst.0 > 0.0 {
+        let i = worst.1;
+        panic!("{what}: element {i} is {} but the reference has {} (atol {atol}, rtol {rtol})", got[i], want[i]);
+    }
+}

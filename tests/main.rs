@@ -1,0 +1,4 @@
+//! The one integration test binary: each module tests one face of the product.
+
+mod common;
+mod parity;
