@@ -2,3 +2,8 @@ pub mod error;
 pub mod model;
 pub mod data;
 pub mod ops;
+pub mod syntax;
+pub mod plan;
+pub mod exec;
+pub mod output;
+pub mod cli;

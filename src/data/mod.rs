@@ -116,6 +116,23 @@ impl Dataset {
         Some((*self.ids.first()?, *self.ids.last()?))
     }
 
+    /// A derived dataset of some rows, keeping their input ids and labels.
+    pub fn subset(&self, name: &str, source: &str, rows: &[usize]) -> Dataset {
+        let mut values = Vec::with_capacity(rows.len() * self.sample_len());
+        for &r in rows {
+            values.extend_from_slice(self.row(r));
+        }
+        Dataset {
+            name: name.to_string(),
+            source: source.to_string(),
+            sample_shape: self.sample_shape.clone(),
+            modality: self.modality.clone(),
+            values,
+            labels: self.labels.as_ref().map(|l| rows.iter().map(|&r| l[r]).collect()),
+            ids: rows.iter().map(|&r| self.ids[r]).collect(),
+        }
+    }
+
     /// The mean sample.
     pub fn mean(&self) -> Vec<f32> {
         let len = self.sample_len();

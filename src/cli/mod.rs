@@ -1,0 +1,195 @@
+//! The `ialg` command: `ialg run FILE`, `ialg -c TEXT`, a script on stdin, or the REPL.
+//! All of them end in `Runner::run_text`, which executes through the one `Session`.
+
+mod repl;
+
+use std::io::{IsTerminal, Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::exec::{Output, Session};
+use crate::output::{Format, render};
+
+#[derive(Parser, Debug)]
+#[command(name = "ialg", version, about = "Ask a neural network why: an interactive query engine for interpretation (IQL)")]
+pub struct Cli {
+    /// Run TEXT (one or more statements) and exit.
+    #[arg(short = 'c', long = "command", value_name = "TEXT")]
+    command: Option<String>,
+    /// How results are printed.
+    #[arg(short = 'f', long, value_name = "table|csv|json", default_value = "table", value_parser = parse_format, global = true)]
+    format: Format,
+    /// Set a script variable (used as :name), overriding the script's VAR default.
+    #[arg(long = "var", value_name = "NAME=VALUE", value_parser = parse_var, global = true)]
+    vars: Vec<(String, String)>,
+    /// Carry on after a failed statement (the exit code still reports the failure).
+    #[arg(long, global = true)]
+    keep_going: bool,
+    /// Print each statement (with the comments before it) ahead of its result.
+    #[arg(short = 'e', long, global = true)]
+    echo: bool,
+    #[command(subcommand)]
+    sub: Option<Sub>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Sub {
+    /// Run a script of IQL statements.
+    Run {
+        /// The script (.iql); `-` reads standard input.
+        file: PathBuf,
+    },
+    /// Start the interactive shell.
+    Repl,
+}
+
+fn parse_format(s: &str) -> Result<Format, String> {
+    Format::parse(s).ok_or_else(|| format!("unknown format `{s}`: use table, csv or json"))
+}
+
+fn parse_var(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("`{s}` should be NAME=VALUE"))?;
+    let k = k.trim().trim_start_matches(':');
+    if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(format!("`{k}` is not a variable name"));
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut runner = Runner::new(cli.format, cli.keep_going, cli.echo);
+    for (k, v) in &cli.vars {
+        runner.session.set_variable(k, v);
+    }
+    runner.install_interrupt_handler();
+    let ok = match (&cli.command, &cli.sub) {
+        (Some(text), _) => runner.run_text(text, "<command>"),
+        (None, Some(Sub::Run { file })) => {
+            if file.as_os_str() == "-" {
+                runner.run_stdin()
+            } else {
+                match std::fs::read_to_string(file) {
+                    Ok(text) => runner.run_text(&text, &file.display().to_string()),
+                    Err(e) => {
+                        eprintln!("error[io]: cannot read {}: {e}", file.display());
+                        false
+                    }
+                }
+            }
+        }
+        (None, Some(Sub::Repl)) => repl::run(&mut runner),
+        (None, None) => {
+            if std::io::stdin().is_terminal() {
+                repl::run(&mut runner)
+            } else {
+                runner.run_stdin()
+            }
+        }
+    };
+    if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+/// Executes text through the session and prints what comes back.
+pub struct Runner {
+    pub session: Session,
+    pub format: Format,
+    pub keep_going: bool,
+    pub echo: bool,
+    pub timing: bool,
+}
+
+impl Runner {
+    pub fn new(format: Format, keep_going: bool, echo: bool) -> Runner {
+        Runner { session: Session::new(), format, keep_going, echo, timing: false }
+    }
+
+    /// Ctrl-C while a statement runs cancels it (between batches); the session survives.
+    fn install_interrupt_handler(&self) {
+        let flag = self.session.cancel_flag();
+        let _ = ctrlc::set_handler(move || flag.store(true, std::sync::atomic::Ordering::Relaxed));
+    }
+
+    fn run_stdin(&mut self) -> bool {
+        let mut text = String::new();
+        if let Err(e) = std::io::stdin().read_to_string(&mut text) {
+            eprintln!("error[io]: cannot read standard input: {e}");
+            return false;
+        }
+        self.run_text(&text, "<stdin>")
+    }
+
+    /// Runs a script, printing each result as it arrives and each error with its caret.
+    /// Returns whether everything succeeded.
+    pub fn run_text(&mut self, text: &str, origin: &str) -> bool {
+        let format = self.format;
+        let echo = self.echo;
+        let timing = self.timing;
+        let mut prev_end = 0usize;
+        let started = std::cell::Cell::new(std::time::Instant::now());
+        let mut sink = |stmt: &crate::syntax::ast::Statement, result: crate::error::Result<Output>| {
+            if echo {
+                let from = leading_comments_start(text, prev_end, stmt.span.start);
+                println!("{};", text[from..stmt.span.end].trim());
+            }
+            prev_end = stmt.span.end;
+            match result {
+                Ok(out) => print_output(&out, format),
+                Err(e) => eprintln!("{}", e.render(text, origin)),
+            }
+            if timing {
+                println!("Time: {:.3} ms", started.get().elapsed().as_secs_f64() * 1e3);
+            }
+            let _ = std::io::stdout().flush();
+            started.set(std::time::Instant::now());
+        };
+        match self.session.run_script(text, self.keep_going, &mut sink) {
+            Ok(ok) => ok,
+            Err(e) => {
+                eprintln!("{}", e.render(text, origin));
+                false
+            }
+        }
+    }
+}
+
+/// Where the comments directly before a statement begin (so --echo shows them too).
+fn leading_comments_start(text: &str, prev_end: usize, start: usize) -> usize {
+    let between = &text[prev_end..start];
+    // Skip the `;` and blank space that closed the previous statement.
+    let trimmed = between.trim_start_matches(|c: char| c == ';' || c.is_whitespace());
+    start - trimmed.len()
+}
+
+fn terminal_width() -> usize {
+    if std::io::stdout().is_terminal() {
+        terminal_size::terminal_size().map(|(w, _)| w.0 as usize).unwrap_or(100)
+    } else {
+        160
+    }
+}
+
+pub fn print_output(out: &Output, format: Format) {
+    match out {
+        Output::Table(df) => match render(df, format, terminal_width(), 40) {
+            Ok(text) => {
+                let text = text.trim_end();
+                println!("{text}");
+                if format == Format::Table {
+                    println!();
+                }
+            }
+            Err(e) => eprintln!("error[{}]: {}", e.kind.label(), e),
+        },
+        Output::Message(m) => {
+            if format == Format::Table {
+                println!("{m}");
+            } else {
+                eprintln!("{m}");
+            }
+        }
+        Output::Plan(p) => println!("{}", p.trim_end()),
+    }
+}

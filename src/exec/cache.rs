@@ -1,0 +1,140 @@
+//! The activation cache: hook-point values keyed by (model instance, input content,
+//! hook point), within a memory budget, evicting the least recently used entries.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Key {
+    /// A model instance (reloading a name gives a new instance).
+    pub model: u64,
+    /// Hash of the input's values (bit patterns).
+    pub input: u64,
+    /// Layer index of the hook point.
+    pub hook: usize,
+}
+
+struct Entry {
+    values: Arc<Vec<f32>>,
+    last_used: u64,
+}
+
+pub struct ActivationCache {
+    entries: HashMap<Key, Entry>,
+    budget_bytes: usize,
+    bytes: usize,
+    tick: u64,
+    pub hits: u64,
+    pub misses: u64,
+    pub evictions: u64,
+}
+
+/// A content hash of one input: equal values give equal keys, whatever dataset they are in.
+pub fn input_hash(values: &[f32]) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    values.len().hash(&mut h);
+    for v in values {
+        v.to_bits().hash(&mut h);
+    }
+    h.finish()
+}
+
+impl ActivationCache {
+    pub fn new(budget_bytes: usize) -> Self {
+        ActivationCache { entries: HashMap::new(), budget_bytes, bytes: 0, tick: 0, hits: 0, misses: 0, evictions: 0 }
+    }
+
+    pub fn get(&mut self, key: &Key) -> Option<Arc<Vec<f32>>> {
+        self.tick += 1;
+        match self.entries.get_mut(key) {
+            Some(e) => {
+                e.last_used = self.tick;
+                self.hits += 1;
+                Some(e.values.clone())
+            }
+            None => {
+                self.misses += 1;
+                None
+            }
+        }
+    }
+
+    pub fn put(&mut self, key: Key, values: Vec<f32>) {
+        let size = entry_bytes(&values);
+        if size > self.budget_bytes {
+            return;
+        }
+        self.tick += 1;
+        if let Some(old) = self.entries.insert(key, Entry { values: Arc::new(values), last_used: self.tick }) {
+            self.bytes -= entry_bytes(&old.values);
+        }
+        self.bytes += size;
+        self.evict_to(self.budget_bytes);
+    }
+
+    fn evict_to(&mut self, budget: usize) {
+        while self.bytes > budget {
+            let Some(oldest) = self.entries.iter().min_by_key(|(_, e)| e.last_used).map(|(k, _)| k.clone()) else { break };
+            if let Some(e) = self.entries.remove(&oldest) {
+                self.bytes -= entry_bytes(&e.values);
+                self.evictions += 1;
+            }
+        }
+    }
+
+    pub fn set_budget(&mut self, bytes: usize) {
+        self.budget_bytes = bytes;
+        self.evict_to(bytes);
+    }
+
+    /// Drops every entry of a model instance (it was replaced or unloaded).
+    pub fn forget_model(&mut self, model: u64) {
+        let before = self.entries.len();
+        self.entries.retain(|k, _| k.model != model);
+        self.bytes = self.entries.values().map(|e| entry_bytes(&e.values)).sum();
+        self.evictions += (before - self.entries.len()) as u64;
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+    pub fn budget(&self) -> usize {
+        self.budget_bytes
+    }
+}
+
+fn entry_bytes(values: &[f32]) -> usize {
+    values.len() * 4 + 64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(i: u64) -> Key {
+        Key { model: 1, input: i, hook: 0 }
+    }
+
+    #[test]
+    fn evicts_least_recently_used() {
+        let mut c = ActivationCache::new(3 * (40 + 64));
+        for i in 0..3 {
+            c.put(key(i), vec![0.0; 10]);
+        }
+        assert!(c.get(&key(0)).is_some()); // 0 is now the most recent
+        c.put(key(3), vec![0.0; 10]);
+        assert!(c.get(&key(1)).is_none(), "1 was the least recently used");
+        assert!(c.get(&key(0)).is_some());
+        assert_eq!(c.len(), 3);
+        assert_eq!(c.evictions, 1);
+        c.set_budget(0);
+        assert!(c.is_empty());
+    }
+}

@@ -1,0 +1,340 @@
+//! Running the interpretation operators of a plan: predictions (served by the
+//! activation cache when it can), targets, baselines, the window and groups, the method,
+//! and the attribution or prediction relation as a DataFrame.
+
+use polars::prelude::*;
+use rayon::prelude::*;
+
+use super::State;
+use super::cache::{Key, input_hash};
+use crate::data::{Modality, Selection};
+use crate::error::{Error, Result};
+use crate::model::{Batch, Forward, Model, Op};
+use crate::ops::{self, Control, Family, Features, OUTSIDE, Rect, Request};
+use crate::plan::{Attribution, BaselineSpec, GranularitySpec, Prediction, TargetSpec, WindowSpec};
+
+/// Logits of every selected input: from the cache where present, else from one batched
+/// forward pass over the missing inputs, whose outputs (and any `record`ed hook points)
+/// are stored in the cache.
+pub(super) fn logits(state: &mut State, model_name: &str, sel: &Selection, record: &[usize]) -> Result<Vec<Vec<f32>>> {
+    let loaded = state.model(model_name)?;
+    let (model, model_id) = (loaded.model.clone(), loaded.id);
+    let out_hook = model.layers.len() - 1;
+    let d = model.input_len();
+    let hashes: Vec<u64> = sel.rows.iter().map(|&r| input_hash(sel.dataset.row(r))).collect();
+    let mut out: Vec<Option<Vec<f32>>> = Vec::with_capacity(sel.len());
+    let mut missing = Vec::new();
+    for (i, h) in hashes.iter().enumerate() {
+        let key = Key { model: model_id, input: *h, hook: out_hook };
+        let cached = if state.settings.cache_mb > 0 { state.cache.get(&key) } else { None };
+        if cached.is_none() {
+            missing.push(i);
+        }
+        out.push(cached.map(|v| v.as_ref().clone()));
+    }
+    if !missing.is_empty() {
+        let rows = state.batch_rows(&model);
+        let mut wanted: Vec<usize> = record.to_vec();
+        wanted.push(out_hook);
+        wanted.sort_unstable();
+        wanted.dedup();
+        let cancel = state.cancel.clone();
+        // Forward the missing inputs chunk by chunk, in parallel; keep the wanted hook points.
+        let chunks: Vec<Vec<Vec<Vec<f32>>>> = missing
+            .par_chunks(rows)
+            .map(|chunk| {
+                if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+                    return Err(Error::new(crate::error::ErrorKind::Cancelled, "cancelled"));
+                }
+                let mut data = Vec::with_capacity(chunk.len() * d);
+                for &i in chunk {
+                    data.extend_from_slice(sel.dataset.row(sel.rows[i]));
+                }
+                let keep = wanted.len() > 1;
+                let fwd = Forward { from: 0, to: model.layers.len(), keep, hook: None };
+                let tape = model.run(Batch::new(batch_shape(chunk.len(), &model.input_shape), data)?, &fwd)?;
+                Ok(wanted
+                    .iter()
+                    .map(|&h| {
+                        let b = tape.hook(h).unwrap_or(tape.output());
+                        (0..chunk.len()).map(|r| b.row(r).to_vec()).collect()
+                    })
+                    .collect())
+            })
+            .collect::<Result<_>>()?;
+        let mut k = 0;
+        for (chunk, per_hook) in missing.chunks(rows).zip(chunks) {
+            for (j, &i) in chunk.iter().enumerate() {
+                for (h, values) in wanted.iter().zip(&per_hook) {
+                    if *h == out_hook {
+                        out[i] = Some(values[j].clone());
+                    }
+                    if state.settings.cache_mb > 0 {
+                        state.cache.put(Key { model: model_id, input: hashes[i], hook: *h }, values[j].clone());
+                    }
+                }
+                k += 1;
+            }
+        }
+        debug_assert_eq!(k, missing.len());
+    }
+    Ok(out.into_iter().map(|o| o.unwrap_or_default()).collect())
+}
+
+fn batch_shape(rows: usize, sample: &[usize]) -> Vec<usize> {
+    let mut s = vec![rows];
+    s.extend_from_slice(sample);
+    s
+}
+
+/// Index of the largest value (the first, on ties, as torch.argmax).
+fn argmax(v: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, x) in v.iter().enumerate() {
+        if *x > v[best] || (x.is_nan() && !v[best].is_nan()) {
+            best = i;
+        }
+    }
+    best
+}
+
+/// The prediction relation: input, label, prediction, confidence, correct, logits.
+pub(super) fn run_prediction(state: &mut State, p: &Prediction) -> Result<DataFrame> {
+    let sel = state.select(&p.data)?;
+    let logits = logits(state, &p.model, &sel, &[])?;
+    let model = state.model(&p.model)?.model.clone();
+    let ends_in_softmax = matches!(model.layers.last().map(|l| &l.op), Some(Op::Softmax { .. }));
+    let outputs = model.output_len();
+    let labels = sel.labels();
+    let mut prediction = Vec::with_capacity(sel.len());
+    let mut confidence = Vec::with_capacity(sel.len());
+    for l in &logits {
+        let k = argmax(l);
+        prediction.push(k as i64);
+        // The model's probability for its prediction: softmax of the logits, unless the
+        // model already ends in a softmax.
+        let c = if ends_in_softmax {
+            l[k]
+        } else {
+            let max = l[k];
+            let z: f32 = l.iter().map(|v| (v - max).exp()).sum();
+            1.0 / z
+        };
+        confidence.push(c);
+    }
+    let correct: Vec<Option<bool>> = labels.iter().zip(&prediction).map(|(l, p)| l.map(|l| l == *p)).collect();
+    let mut columns = vec![
+        Column::new("input".into(), sel.ids()),
+        Column::new("label".into(), labels),
+        Column::new("prediction".into(), prediction),
+        Column::new("confidence".into(), confidence),
+        Column::new("correct".into(), correct),
+    ];
+    for k in 0..outputs {
+        columns.push(Column::new(format!("logit_{k}").into(), logits.iter().map(|l| l[k]).collect::<Vec<f32>>()));
+    }
+    Ok(DataFrame::new(sel.len(), columns)?)
+}
+
+/// The attribution relation of an interpretation.
+pub(super) fn run_attribution(state: &mut State, a: &Attribution) -> Result<DataFrame> {
+    let sel = state.select(&a.data)?;
+    let model = state.model(&a.model)?.model.clone();
+    let n = sel.len();
+    let d = model.input_len();
+    let logits = logits(state, &a.model, &sel, &[])?;
+    let predictions: Vec<usize> = logits.iter().map(|l| argmax(l)).collect();
+    let labels = sel.labels();
+    let ids = sel.ids();
+    let targets: Vec<usize> = match &a.target {
+        TargetSpec::Predicted => predictions.clone(),
+        TargetSpec::Class(c) => vec![*c; n],
+        TargetSpec::Label => labels
+            .iter()
+            .zip(&ids)
+            .map(|(l, id)| match l {
+                Some(l) if *l >= 0 && (*l as usize) < model.output_len() => Ok(*l as usize),
+                Some(l) => Err(Error::value(format!("input {id} has label {l}, which is not an output of `{}` (0..{})", a.model, model.output_len() - 1))),
+                None => Err(Error::value(format!("input {id} has no label"))),
+            })
+            .collect::<Result<_>>()?,
+    };
+    let inputs = sel.values();
+    let features = features(&a.window, &a.granularity, &a.modality, d)?;
+    let mut baselines = baselines(state, &a.baseline, n, d)?;
+    // Projection: outside the window the input is part of the baseline.
+    for i in 0..n {
+        for f in 0..d {
+            if !features.in_window(f) {
+                baselines[i * d + f] = inputs[i * d + f];
+            }
+        }
+    }
+    let cancel = state.cancel.clone();
+    let control = Control::new(&cancel);
+    let req = Request {
+        model: &model,
+        inputs: &inputs,
+        baselines: &baselines,
+        targets: &targets,
+        ids: &ids,
+        features: &features,
+        batch_rows: state.batch_rows(&model),
+        control: &control,
+    };
+    let attr = ops::attribute(&a.method, &req)?;
+    relation(&sel, &labels, &predictions, &targets, &inputs, &attr, &features, a)
+}
+
+/// The window (projection) and groups (granularity) as the methods see them.
+fn features(window: &WindowSpec, gran: &GranularitySpec, modality: &Modality, d: usize) -> Result<Features> {
+    let mut group_of = vec![OUTSIDE; d];
+    let mut groups = 0usize;
+    let mut order = Vec::new();
+    let mut image = None;
+    match modality {
+        Modality::Image { channels, height, width } => {
+            let (c, h, w) = (*channels, *height, *width);
+            let rect = match window {
+                WindowSpec::Rect(r) => *r,
+                _ => Rect { channels: (0, c), rows: (0, h), cols: (0, w) },
+            };
+            image = Some(((c, h, w), rect));
+            let (r0, c0) = (rect.rows.0, rect.cols.0);
+            let (rh, rw) = (rect.rows.1 - r0, rect.cols.1 - c0);
+            let k = match gran {
+                GranularitySpec::Patch(k) => *k,
+                _ => 1,
+            };
+            let per_row = rw.div_ceil(k);
+            for ch in rect.channels.0..rect.channels.1 {
+                for r in rect.rows.0..rect.rows.1 {
+                    for col in rect.cols.0..rect.cols.1 {
+                        let f = ch * h * w + r * w + col;
+                        order.push(f);
+                        group_of[f] = match gran {
+                            GranularitySpec::Pixel | GranularitySpec::Patch(_) => (((r - r0) / k) * per_row + (col - c0) / k) as u32,
+                            _ => {
+                                groups += 1;
+                                (groups - 1) as u32
+                            }
+                        };
+                    }
+                }
+            }
+            if matches!(gran, GranularitySpec::Pixel | GranularitySpec::Patch(_)) {
+                groups = rh.div_ceil(k) * per_row;
+            }
+        }
+        _ => {
+            let picked: Vec<usize> = match window {
+                WindowSpec::Columns(cols) => cols.clone(),
+                _ => (0..d).collect(),
+            };
+            let mut sorted = picked.clone();
+            sorted.sort_unstable();
+            for (g, f) in sorted.iter().enumerate() {
+                group_of[*f] = g as u32;
+            }
+            groups = sorted.len();
+            order = picked;
+        }
+    }
+    Ok(Features { group_of, groups, image, order })
+}
+
+fn baselines(state: &State, spec: &BaselineSpec, n: usize, d: usize) -> Result<Vec<f32>> {
+    Ok(match spec {
+        BaselineSpec::Zero => vec![0.0; n * d],
+        BaselineSpec::Constant(c) => vec![*c; n * d],
+        BaselineSpec::Mean(name) => state.dataset(name)?.mean().repeat(n),
+        BaselineSpec::Data(r) => {
+            let sel = state.select(r)?;
+            let values = sel.values();
+            match sel.len() {
+                1 => values.repeat(n),
+                m if m == n => values,
+                m => {
+                    return Err(Error::shape(format!("BASELINE {r} holds {m} inputs; give one (used for every input) or one per explained input ({n})")));
+                }
+            }
+        }
+    })
+}
+
+/// Builds the attribution relation: one row per (input, feature), or per (input, group).
+#[allow(clippy::too_many_arguments)]
+fn relation(sel: &Selection, labels: &[Option<i64>], predictions: &[usize], targets: &[usize], inputs: &[f32], attr: &[f32], features: &Features, a: &Attribution) -> Result<DataFrame> {
+    let d = features.len();
+    let grouped = matches!(a.granularity, GranularitySpec::Pixel | GranularitySpec::Patch(_));
+    let members: Vec<Vec<usize>> = if grouped {
+        features.members()
+    } else {
+        let mut fs: Vec<usize> = (0..d).filter(|&f| features.in_window(f)).collect();
+        fs.sort_unstable();
+        fs.into_iter().map(|f| vec![f]).collect()
+    };
+    let sum_groups = a.method.family() == Family::Gradient;
+    let rows = sel.len() * members.len();
+    let ids = sel.ids();
+    let mut c_input = Vec::with_capacity(rows);
+    let mut c_label = Vec::with_capacity(rows);
+    let mut c_pred = Vec::with_capacity(rows);
+    let mut c_target = Vec::with_capacity(rows);
+    let mut c_group = Vec::with_capacity(rows);
+    let mut c_feature = Vec::with_capacity(rows);
+    let mut c_size = Vec::with_capacity(rows);
+    let mut c_value = Vec::with_capacity(rows);
+    let mut c_attr = Vec::with_capacity(rows);
+    for i in 0..sel.len() {
+        let x = &inputs[i * d..(i + 1) * d];
+        let at = &attr[i * d..(i + 1) * d];
+        for (g, m) in members.iter().enumerate() {
+            c_input.push(ids[i]);
+            c_label.push(labels[i]);
+            c_pred.push(predictions[i] as i64);
+            c_target.push(targets[i] as i64);
+            c_group.push(g as i64);
+            c_feature.push(m[0] as i64);
+            c_size.push(m.len() as i64);
+            c_value.push(m.iter().map(|&f| x[f]).sum::<f32>() / m.len() as f32);
+            c_attr.push(if sum_groups { m.iter().map(|&f| at[f]).sum::<f32>() } else { at[m[0]] });
+        }
+    }
+    let mut columns = vec![
+        Column::new("input".into(), c_input),
+        Column::new("label".into(), c_label),
+        Column::new("prediction".into(), c_pred),
+        Column::new("target".into(), c_target),
+    ];
+    if grouped {
+        columns.push(Column::new("group".into(), c_group));
+    }
+    match &a.modality {
+        Modality::Image { height, width, .. } => {
+            let (h, w) = (*height as i64, *width as i64);
+            columns.push(Column::new("channel".into(), c_feature.iter().map(|f| f / (h * w)).collect::<Vec<i64>>()));
+            columns.push(Column::new("row".into(), c_feature.iter().map(|f| f / w % h).collect::<Vec<i64>>()));
+            columns.push(Column::new("col".into(), c_feature.iter().map(|f| f % w).collect::<Vec<i64>>()));
+        }
+        Modality::Tabular { columns: names } => {
+            columns.push(Column::new("column".into(), c_feature.iter().map(|&f| names[f as usize].as_str()).collect::<Vec<&str>>()));
+        }
+        Modality::Tensor => {}
+    }
+    columns.insert(if grouped { 5 } else { 4 }, Column::new("feature".into(), c_feature));
+    if grouped {
+        columns.push(Column::new("size".into(), c_size));
+    }
+    columns.push(Column::new("value".into(), c_value));
+    columns.push(Column::new("attribution".into(), c_attr));
+    Ok(DataFrame::new(rows, columns)?)
+}
+
+/// Rows a forward pass may hold: the batch_size setting, or what the memory budget allows
+/// for the model's activations and their gradients.
+pub(super) fn auto_batch_rows(model: &Model, memory_mb: usize) -> usize {
+    let floats: usize = model.input_len() + model.layers.iter().map(|l| l.out_shape.iter().product::<usize>()).sum::<usize>();
+    let per_row = floats * 4 * 2;
+    ((memory_mb << 20) / per_row.max(1)).clamp(1, 4096)
+}

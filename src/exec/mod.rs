@@ -1,0 +1,338 @@
+//! Stage 3: plans run against the session — loaded models and datasets, settings,
+//! script variables and the activation cache. `Session::execute` is the one entry point
+//! that the REPL, the script runner, `-c` and the Rust API all share.
+
+mod cache;
+mod interpret;
+mod relational;
+mod show;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use polars::prelude::DataFrame;
+
+pub use cache::ActivationCache;
+
+use crate::data::{self, Dataset, Selection};
+use crate::error::{Error, ErrorKind, Result};
+use crate::model::Model;
+use crate::ops::ParamValue;
+use crate::plan::{self, Catalog, DatasetInfo, DatasetRef, Literal, ModelInfo, Pick, Plan, Setting};
+use crate::syntax::{self, ast::Statement};
+
+/// What a statement produced.
+#[derive(Debug, Clone)]
+pub enum Output {
+    /// A relation: the answer to a query or a SHOW.
+    Table(DataFrame),
+    /// A one-line confirmation (LOAD, SET, EXPORT…).
+    Message(String),
+    /// The text of a plan (PLAN).
+    Plan(String),
+}
+
+impl Output {
+    pub fn frame(&self) -> Option<&DataFrame> {
+        match self {
+            Output::Table(df) => Some(df),
+            _ => None,
+        }
+    }
+}
+
+/// A model as loaded into the session.
+pub struct LoadedModel {
+    pub model: Arc<Model>,
+    /// Distinguishes reloads of one name in the activation cache.
+    pub id: u64,
+    pub arch: PathBuf,
+}
+
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub method: Option<String>,
+    pub steps: Option<usize>,
+    pub seed: Option<u64>,
+    pub batch_size: Option<usize>,
+    pub memory_mb: usize,
+    pub cache_mb: usize,
+    pub allow_nonfinite: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings { method: None, steps: None, seed: None, batch_size: None, memory_mb: 512, cache_mb: 256, allow_nonfinite: false }
+    }
+}
+
+pub(crate) struct State {
+    models: BTreeMap<String, LoadedModel>,
+    datasets: BTreeMap<String, Arc<Dataset>>,
+    pub(crate) settings: Settings,
+    variables: BTreeMap<String, Literal>,
+    cache: ActivationCache,
+    cancel: Arc<AtomicBool>,
+    next_model_id: u64,
+}
+
+/// An interactive session: what has been loaded and set, and the caches.
+pub struct Session {
+    state: State,
+}
+
+impl Default for Session {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Session {
+    pub fn new() -> Session {
+        let settings = Settings::default();
+        Session {
+            state: State {
+                models: BTreeMap::new(),
+                datasets: BTreeMap::new(),
+                cache: ActivationCache::new(settings.cache_mb << 20),
+                settings,
+                variables: BTreeMap::new(),
+                cancel: Arc::new(AtomicBool::new(false)),
+                next_model_id: 1,
+            },
+        }
+    }
+
+    /// Parses and runs a script, stopping at the first error.
+    pub fn execute(&mut self, text: &str) -> Result<Vec<Output>> {
+        let mut outputs = Vec::new();
+        let mut failure = None;
+        self.run_script(text, false, &mut |_, result| match result {
+            Ok(out) => outputs.push(out),
+            Err(e) => failure = Some(e),
+        })?;
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(outputs),
+        }
+    }
+
+    /// Parses a script (a syntax error anywhere stops it before anything runs), then runs
+    /// its statements in order, handing each result to `sink`. Stops at the first failed
+    /// statement unless `keep_going`. Returns whether every statement succeeded.
+    pub fn run_script(&mut self, text: &str, keep_going: bool, sink: &mut dyn FnMut(&Statement, Result<Output>)) -> Result<bool> {
+        let script = syntax::parse(text)?;
+        let mut ok = true;
+        for stmt in &script.statements {
+            let result = self.execute_statement(stmt);
+            let failed = result.is_err();
+            sink(stmt, result);
+            if failed {
+                ok = false;
+                if !keep_going {
+                    break;
+                }
+            }
+        }
+        Ok(ok)
+    }
+
+    /// Runs one parsed statement.
+    pub fn execute_statement(&mut self, stmt: &Statement) -> Result<Output> {
+        self.state.cancel.store(false, std::sync::atomic::Ordering::Relaxed);
+        let plan = plan::plan(stmt, &self.state)?;
+        // A failure inside a third-party library must not end the session.
+        let state = &mut self.state;
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| state.run(plan)));
+        match result {
+            Ok(r) => r.map_err(|e| if e.span.is_none() && e.kind != ErrorKind::Syntax { e.at(stmt.span) } else { e }),
+            Err(panic) => {
+                let what = panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_else(|| "unknown failure".into());
+                Err(Error::query(format!("internal error: {what}")).at(stmt.span).hint("the session is intact; please report this query"))
+            }
+        }
+    }
+
+    /// Sets a script variable from outside the script (`--var name=value`); it overrides
+    /// the default a script's VAR gives.
+    pub fn set_variable(&mut self, name: &str, value: &str) {
+        let lit = if let Ok(n) = value.parse::<f64>() {
+            Literal::Number(n)
+        } else if value.eq_ignore_ascii_case("true") || value.eq_ignore_ascii_case("false") {
+            Literal::Bool(value.eq_ignore_ascii_case("true"))
+        } else {
+            Literal::Text(value.to_string())
+        };
+        self.state.variables.insert(name.to_string(), lit);
+    }
+
+    /// The flag a Ctrl-C handler sets to cancel the running statement.
+    pub fn cancel_flag(&self) -> Arc<AtomicBool> {
+        self.state.cancel.clone()
+    }
+
+    pub fn model(&self, name: &str) -> Option<Arc<Model>> {
+        self.state.models.get(name).map(|m| m.model.clone())
+    }
+
+    pub fn model_names(&self) -> Vec<String> {
+        self.state.model_names()
+    }
+
+    pub fn dataset_names(&self) -> Vec<String> {
+        self.state.dataset_names()
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.state.settings
+    }
+
+    /// (entries, bytes, hits, misses) of the activation cache.
+    pub fn cache_stats(&self) -> (usize, usize, u64, u64) {
+        let c = &self.state.cache;
+        (c.len(), c.bytes(), c.hits, c.misses)
+    }
+}
+
+impl State {
+    fn model(&self, name: &str) -> Result<&LoadedModel> {
+        self.models.get(name).ok_or_else(|| Error::unknown("model", name, &self.model_names(), "loaded models"))
+    }
+
+    fn dataset(&self, name: &str) -> Result<Arc<Dataset>> {
+        self.datasets.get(name).cloned().ok_or_else(|| Error::unknown("dataset", name, &self.dataset_names(), "loaded datasets"))
+    }
+
+    /// The rows a dataset reference picks.
+    fn select(&self, r: &DatasetRef) -> Result<Selection> {
+        let ds = self.dataset(&r.name)?;
+        let rows: Vec<usize> = match r.pick {
+            Pick::All => (0..ds.len()).collect(),
+            Pick::One(id) => vec![ds.position_of(id).ok_or_else(|| Error::value(format!("`{}` has no input {id}", r.name)))?],
+            Pick::Range(a, b) => (0..ds.len()).filter(|&i| a.is_none_or(|a| ds.id(i) >= a) && b.is_none_or(|b| ds.id(i) < b)).collect(),
+        };
+        Ok(Selection { dataset: ds, rows })
+    }
+
+    fn batch_rows(&self, model: &Model) -> usize {
+        self.settings.batch_size.unwrap_or_else(|| interpret::auto_batch_rows(model, self.settings.memory_mb))
+    }
+
+    fn run(&mut self, plan: Plan) -> Result<Output> {
+        match plan {
+            Plan::LoadModel { name, weights, arch } => {
+                let arch = arch.ok_or_else(|| Error::model("an architecture file is needed"))?;
+                let model = Model::load(&weights, &arch)?;
+                if self.datasets.contains_key(&name) {
+                    return Err(Error::name(format!("`{name}` is already a dataset; choose another name for the model")));
+                }
+                let msg = format!(
+                    "loaded model {name}: {} layers, {} parameters, input {}, {} outputs",
+                    model.layers.len(),
+                    model.param_count(),
+                    crate::model::fmt_shape(&model.input_shape),
+                    model.output_len()
+                );
+                let id = self.next_model_id;
+                self.next_model_id += 1;
+                if let Some(old) = self.models.insert(name, LoadedModel { model: Arc::new(model), id, arch }) {
+                    self.cache.forget_model(old.id);
+                }
+                Ok(Output::Message(msg))
+            }
+            Plan::LoadData { name, path, labels, label_column } => {
+                if self.models.contains_key(&name) {
+                    return Err(Error::name(format!("`{name}` is already a model; choose another name for the dataset")));
+                }
+                let ds = data::load(&name, &path, labels.as_deref(), label_column.as_deref(), self.settings.allow_nonfinite)?;
+                let msg = format!(
+                    "loaded data {name}: {} inputs of shape {}{}",
+                    ds.len(),
+                    crate::model::fmt_shape(&ds.sample_shape),
+                    if ds.has_labels() { ", with labels" } else { "" }
+                );
+                self.datasets.insert(name, Arc::new(ds));
+                Ok(Output::Message(msg))
+            }
+            Plan::Let { name, dataset } => {
+                let sel = self.select(&dataset)?;
+                let derived = Arc::new(sel.dataset.subset(&name, &dataset.to_string(), &sel.rows));
+                let msg = format!("{name} = {dataset}: {} inputs", derived.len());
+                self.datasets.insert(name, derived);
+                Ok(Output::Message(msg))
+            }
+            Plan::Set { name, value } => {
+                let s = &mut self.settings;
+                match value {
+                    Setting::Method(m) => s.method = Some(m),
+                    Setting::Steps(v) => s.steps = Some(v),
+                    Setting::Seed(v) => s.seed = Some(v),
+                    Setting::BatchSize(v) => s.batch_size = v,
+                    Setting::MemoryMb(v) => s.memory_mb = v,
+                    Setting::CacheMb(v) => {
+                        s.cache_mb = v;
+                        self.cache.set_budget(v << 20);
+                    }
+                    Setting::AllowNonfinite(v) => s.allow_nonfinite = v,
+                }
+                Ok(Output::Message(format!("{name} = {}", show::setting_value(&self.settings, &name))))
+            }
+            Plan::Var { name, value } => {
+                let msg = format!(":{name} = {value}");
+                self.variables.insert(name, value);
+                Ok(Output::Message(msg))
+            }
+            Plan::ShowModels => show::models(self),
+            Plan::ShowData => show::datasets(self),
+            Plan::ShowMethods => show::methods(),
+            Plan::ShowLayers { model } => show::layers(self, &model),
+            Plan::ShowCache => show::cache(self),
+            Plan::ShowSettings => show::settings(self),
+            Plan::Query(node) => Ok(Output::Table(relational::run(&node, self)?)),
+            Plan::Explain(node) => Ok(Output::Plan(node.to_string())),
+            Plan::Export { query, path, format, overwrite } => {
+                let mut df = relational::run(&query, self)?;
+                crate::output::write_frame(&mut df, &path, format, overwrite)?;
+                Ok(Output::Message(format!("exported {} rows × {} columns to {}", df.height(), df.width(), path.display())))
+            }
+        }
+    }
+}
+
+impl Catalog for State {
+    fn model(&self, name: &str) -> Option<ModelInfo> {
+        self.models.get(name).map(|m| ModelInfo { input_shape: m.model.input_shape.clone(), output_len: m.model.output_len(), layers: m.model.layer_names() })
+    }
+    fn model_names(&self) -> Vec<String> {
+        self.models.keys().cloned().collect()
+    }
+    fn dataset(&self, name: &str) -> Option<DatasetInfo> {
+        self.datasets.get(name).map(|d| DatasetInfo {
+            len: d.len(),
+            sample_shape: d.sample_shape.clone(),
+            modality: d.modality.clone(),
+            has_labels: d.has_labels(),
+            id_range: d.id_range().unwrap_or((0, -1)),
+        })
+    }
+    fn dataset_names(&self) -> Vec<String> {
+        self.datasets.keys().cloned().collect()
+    }
+    fn setting(&self, name: &str) -> Option<ParamValue> {
+        let s = &self.settings;
+        match name {
+            "method" => s.method.clone().map(ParamValue::Text),
+            "steps" => s.steps.map(|v| ParamValue::Number(v as f64)),
+            "seed" => s.seed.map(|v| ParamValue::Number(v as f64)),
+            _ => None,
+        }
+    }
+    fn variable(&self, name: &str) -> Option<Literal> {
+        self.variables.get(name).cloned()
+    }
+    fn variable_names(&self) -> Vec<String> {
+        self.variables.keys().cloned().collect()
+    }
+}

@@ -1,0 +1,167 @@
+//! The relational operators of a plan, run on polars: each IQL expression becomes a
+//! polars expression, each operator a lazy-frame step.
+
+use polars::prelude::*;
+
+use super::State;
+use super::interpret::{run_attribution, run_prediction};
+use crate::error::{Error, Result};
+use crate::plan::{Node, NodeKind};
+use crate::syntax::ast::{BinaryOp, Expr as Ast, ExprKind, SetOp, UnaryOp};
+
+/// Runs a query plan to a DataFrame.
+pub(super) fn run(node: &Node, state: &mut State) -> Result<DataFrame> {
+    Ok(build(node, state)?.collect()?)
+}
+
+fn build(node: &Node, state: &mut State) -> Result<LazyFrame> {
+    Ok(match &node.kind {
+        NodeKind::Attribute(a) => run_attribution(state, a)?.lazy(),
+        NodeKind::Predict(p) => run_prediction(state, p)?.lazy(),
+        NodeKind::Filter { input, predicate } => build(input, state)?.filter(expr(predicate)?),
+        NodeKind::Aggregate { input, keys, aggregates } => {
+            let lf = build(input, state)?;
+            let aggs = aggregates.iter().map(|(name, e)| Ok(expr(e)?.alias(name.as_str()))).collect::<Result<Vec<_>>>()?;
+            if keys.is_empty() {
+                lf.select(aggs)
+            } else {
+                let by = keys.iter().map(|(name, e)| Ok(expr(e)?.alias(name.as_str()))).collect::<Result<Vec<_>>>()?;
+                lf.group_by_stable(by).agg(aggs)
+            }
+        }
+        NodeKind::Project { input, exprs } => {
+            let cols = exprs.iter().map(|(name, e)| Ok(expr(e)?.alias(name.as_str()))).collect::<Result<Vec<_>>>()?;
+            build(input, state)?.select(cols)
+        }
+        NodeKind::Sort { input, keys } => {
+            let by = keys.iter().map(|(e, _)| expr(e)).collect::<Result<Vec<_>>>()?;
+            let desc: Vec<bool> = keys.iter().map(|(_, d)| *d).collect();
+            let opts = SortMultipleOptions::default().with_order_descending_multi(desc).with_nulls_last(true).with_maintain_order(true);
+            build(input, state)?.sort_by_exprs(by, opts)
+        }
+        NodeKind::Limit { input, count, offset } => build(input, state)?.slice(*offset as i64, (*count).min(IdxSize::MAX as usize) as IdxSize),
+        NodeKind::Distinct { input } => build(input, state)?.unique_stable(None, UniqueKeepStrategy::First),
+        NodeKind::SetOp { op, left, right } => {
+            let l = build(left, state)?.collect()?;
+            let r = build(right, state)?.collect()?;
+            set_op(*op, l, r)?.lazy()
+        }
+    })
+}
+
+/// SQL set operations: columns match by position; INTERSECT / EXCEPT / UNION remove
+/// duplicates, UNION ALL keeps them; NULLs compare equal (IS NOT DISTINCT FROM).
+fn set_op(op: SetOp, left: DataFrame, right: DataFrame) -> Result<DataFrame> {
+    let names: Vec<PlSmallStr> = left.get_column_names().into_iter().cloned().collect();
+    let mut lcols = Vec::new();
+    let mut rcols = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let (lc, rc) = (&left.columns()[i], &right.columns()[i]);
+        let (lt, rt) = (lc.dtype().clone(), rc.dtype().clone());
+        let common = if lt == rt {
+            lt
+        } else if lt.is_primitive_numeric() && rt.is_primitive_numeric() {
+            DataType::Float64
+        } else {
+            DataType::String
+        };
+        lcols.push(col(lc.name().clone()).cast(common.clone()).alias(name.clone()));
+        rcols.push(col(rc.name().clone()).cast(common).alias(name.clone()));
+    }
+    let l = left.lazy().select(lcols);
+    let r = right.lazy().select(rcols);
+    let on: Vec<Expr> = names.iter().map(|n| col(n.clone())).collect();
+    let joined = |how: JoinType| {
+        let mut args = JoinArgs::new(how);
+        args.nulls_equal = true;
+        l.clone().join(r.clone(), on.clone(), on.clone(), args).unique_stable(None, UniqueKeepStrategy::First)
+    };
+    let out = match op {
+        SetOp::UnionAll => concat([l, r], UnionArgs::default())?,
+        SetOp::Union => concat([l, r], UnionArgs::default())?.unique_stable(None, UniqueKeepStrategy::First),
+        SetOp::Intersect => joined(JoinType::Semi),
+        SetOp::Except => joined(JoinType::Anti),
+    };
+    Ok(out.collect()?)
+}
+
+/// An IQL expression (already resolved by the planner) as a polars expression.
+pub fn expr(e: &Ast) -> Result<Expr> {
+    Ok(match &e.kind {
+        ExprKind::Column { name, .. } => col(name.name.as_str()),
+        ExprKind::Number(n) => {
+            if n.fract() == 0.0 && n.abs() < 9e15 {
+                lit(*n as i64)
+            } else {
+                lit(*n)
+            }
+        }
+        ExprKind::Str(s) => lit(s.clone()),
+        ExprKind::Bool(b) => lit(*b),
+        ExprKind::Null => lit(NULL),
+        ExprKind::Var(v) => return Err(Error::query(format!("internal: unresolved variable :{v}")).at(e.span)),
+        ExprKind::Unary { op: UnaryOp::Not, expr: inner } => expr(inner)?.not(),
+        ExprKind::Unary { op: UnaryOp::Neg, expr: inner } => -expr(inner)?,
+        ExprKind::Binary { op, left, right } => {
+            let (l, r) = (expr(left)?, expr(right)?);
+            match op {
+                BinaryOp::Or => l.or(r),
+                BinaryOp::And => l.and(r),
+                BinaryOp::Eq => l.eq(r),
+                BinaryOp::NotEq => l.neq(r),
+                BinaryOp::Lt => l.lt(r),
+                BinaryOp::LtEq => l.lt_eq(r),
+                BinaryOp::Gt => l.gt(r),
+                BinaryOp::GtEq => l.gt_eq(r),
+                BinaryOp::Add => l + r,
+                BinaryOp::Sub => l - r,
+                BinaryOp::Mul => l * r,
+                // `/` divides as numbers do (1 / 2 = 0.5), as in DuckDB.
+                BinaryOp::Div => l.true_div(r),
+                BinaryOp::Mod => l % r,
+            }
+        }
+        ExprKind::Call { name, args, star } => {
+            let arg = |i: usize| -> Result<Expr> { expr(&args[i]) };
+            match name.name.as_str() {
+                "count" if *star => len(),
+                "count" => arg(0)?.count(),
+                "sum" => arg(0)?.sum(),
+                "mean" | "avg" => arg(0)?.mean(),
+                "min" => arg(0)?.min(),
+                "max" => arg(0)?.max(),
+                "median" => arg(0)?.median(),
+                "std" => arg(0)?.std(1),
+                "var" => arg(0)?.var(1),
+                "abs" => arg(0)?.abs(),
+                "sqrt" => arg(0)?.sqrt(),
+                "exp" => arg(0)?.exp(),
+                "ln" => arg(0)?.log(lit(std::f64::consts::E)),
+                "floor" => arg(0)?.floor(),
+                "ceil" => arg(0)?.ceil(),
+                "pow" => arg(0)?.pow(arg(1)?),
+                "round" => {
+                    let decimals = match args.get(1).map(|a| &a.kind) {
+                        None => 0,
+                        Some(ExprKind::Number(n)) if *n >= 0.0 && n.fract() == 0.0 => *n as u32,
+                        Some(_) => return Err(Error::query("round's second argument must be a whole number of decimals ≥ 0").at(e.span)),
+                    };
+                    arg(0)?.round(decimals, RoundMode::HalfAwayFromZero)
+                }
+                other => return Err(Error::query(format!("internal: unknown function {other}")).at(e.span)),
+            }
+        }
+        ExprKind::IsNull { expr: inner, negated } => {
+            let x = expr(inner)?;
+            if *negated { x.is_not_null() } else { x.is_null() }
+        }
+        ExprKind::InList { expr: inner, list, negated } => {
+            let x = expr(inner)?;
+            let mut any = lit(false);
+            for item in list {
+                any = any.or(x.clone().eq(expr(item)?));
+            }
+            if *negated { any.not() } else { any }
+        }
+    })
+}

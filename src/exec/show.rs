@@ -1,0 +1,126 @@
+//! SHOW statements: relations describing the session.
+
+use polars::prelude::*;
+
+use super::{Output, Settings, State};
+use crate::data::Modality;
+use crate::error::Result;
+use crate::model::fmt_shape;
+use crate::ops::{METHODS, ParamKind};
+use crate::plan::SETTINGS;
+
+pub(super) fn models(state: &State) -> Result<Output> {
+    let names: Vec<&str> = state.models.keys().map(|s| s.as_str()).collect();
+    let ms: Vec<_> = state.models.values().collect();
+    let df = df!(
+        "model" => names,
+        "layers" => ms.iter().map(|m| m.model.layers.len() as i64).collect::<Vec<_>>(),
+        "parameters" => ms.iter().map(|m| m.model.param_count() as i64).collect::<Vec<_>>(),
+        "input" => ms.iter().map(|m| fmt_shape(&m.model.input_shape)).collect::<Vec<_>>(),
+        "outputs" => ms.iter().map(|m| m.model.output_len() as i64).collect::<Vec<_>>(),
+        "weights" => ms.iter().map(|m| m.model.source.clone()).collect::<Vec<_>>(),
+        "arch" => ms.iter().map(|m| m.arch.display().to_string()).collect::<Vec<_>>(),
+    )?;
+    Ok(Output::Table(df))
+}
+
+pub(super) fn datasets(state: &State) -> Result<Output> {
+    let names: Vec<&str> = state.datasets.keys().map(|s| s.as_str()).collect();
+    let ds: Vec<_> = state.datasets.values().collect();
+    let kind = |m: &Modality| match m {
+        Modality::Image { .. } => "image",
+        Modality::Tabular { .. } => "tabular",
+        Modality::Tensor => "tensor",
+    };
+    let df = df!(
+        "dataset" => names,
+        "inputs" => ds.iter().map(|d| d.len() as i64).collect::<Vec<_>>(),
+        "shape" => ds.iter().map(|d| fmt_shape(&d.sample_shape)).collect::<Vec<_>>(),
+        "kind" => ds.iter().map(|d| kind(&d.modality)).collect::<Vec<_>>(),
+        "labels" => ds.iter().map(|d| d.has_labels()).collect::<Vec<_>>(),
+        "ids" => ds.iter().map(|d| d.id_range().map(|(a, b)| format!("{a}..{b}")).unwrap_or_default()).collect::<Vec<_>>(),
+        "source" => ds.iter().map(|d| d.source.clone()).collect::<Vec<_>>(),
+    )?;
+    Ok(Output::Table(df))
+}
+
+pub(super) fn methods() -> Result<Output> {
+    let params: Vec<String> = METHODS
+        .iter()
+        .map(|m| {
+            m.params
+                .iter()
+                .map(|p| {
+                    let range = match p.kind {
+                        ParamKind::Int { min, .. } => format!(" ≥ {min}"),
+                        ParamKind::Float { min } => format!(" ≥ {min}"),
+                        ParamKind::Bool => String::new(),
+                        ParamKind::Choice(c) => format!(" in {}", c.join("|")),
+                    };
+                    match p.default {
+                        Some(d) => format!("{} = {d}{range}", p.name),
+                        None => format!("{} (required){range}", p.name),
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .collect();
+    let df = df!(
+        "method" => METHODS.iter().map(|m| m.name).collect::<Vec<_>>(),
+        "kind" => METHODS.iter().map(|m| match m.family { crate::ops::Family::Gradient => "gradient", crate::ops::Family::Perturbation => "perturbation" }).collect::<Vec<_>>(),
+        "parameters" => params,
+        "captum" => METHODS.iter().map(|m| m.captum).collect::<Vec<_>>(),
+        "description" => METHODS.iter().map(|m| m.summary).collect::<Vec<_>>(),
+    )?;
+    Ok(Output::Table(df))
+}
+
+pub(super) fn layers(state: &State, name: &str) -> Result<Output> {
+    let m = &state.model(name)?.model;
+    let df = df!(
+        "layer" => m.layers.iter().map(|l| l.name.clone()).collect::<Vec<_>>(),
+        "type" => m.layers.iter().map(|l| l.kind.clone()).collect::<Vec<_>>(),
+        "output_shape" => m.layers.iter().map(|l| fmt_shape(&l.out_shape)).collect::<Vec<_>>(),
+        "parameters" => m.layers.iter().map(|l| l.op.param_count() as i64).collect::<Vec<_>>(),
+    )?;
+    Ok(Output::Table(df))
+}
+
+pub(super) fn cache(state: &State) -> Result<Output> {
+    let c = &state.cache;
+    let df = df!(
+        "entries" => [c.len() as i64],
+        "bytes" => [c.bytes() as i64],
+        "budget_bytes" => [c.budget() as i64],
+        "hits" => [c.hits as i64],
+        "misses" => [c.misses as i64],
+        "evictions" => [c.evictions as i64],
+    )?;
+    Ok(Output::Table(df))
+}
+
+pub(super) fn setting_value(s: &Settings, name: &str) -> String {
+    match name {
+        "method" => s.method.clone().unwrap_or_else(|| "integrated_gradients (default)".into()),
+        "steps" => s.steps.map(|v| v.to_string()).unwrap_or_else(|| "50 (default)".into()),
+        "seed" => s.seed.map(|v| v.to_string()).unwrap_or_else(|| "0 (default)".into()),
+        "batch_size" => s.batch_size.map(|v| v.to_string()).unwrap_or_else(|| "auto".into()),
+        "memory_mb" => s.memory_mb.to_string(),
+        "cache_mb" => s.cache_mb.to_string(),
+        "allow_nonfinite" => s.allow_nonfinite.to_string(),
+        _ => String::new(),
+    }
+}
+
+pub(super) fn settings(state: &State) -> Result<Output> {
+    let mut names: Vec<String> = SETTINGS.iter().map(|(n, _)| n.to_string()).collect();
+    let mut values: Vec<String> = SETTINGS.iter().map(|(n, _)| setting_value(&state.settings, n)).collect();
+    let mut about: Vec<String> = SETTINGS.iter().map(|(_, d)| d.to_string()).collect();
+    for (k, v) in &state.variables {
+        names.push(format!(":{k}"));
+        values.push(v.to_string());
+        about.push("script variable".into());
+    }
+    Ok(Output::Table(df!("name" => names, "value" => values, "description" => about)?))
+}

@@ -1,0 +1,8 @@
+//! Stage 4: results for people and files. Terminal tables that fit the width, CSV and
+//! JSON for pipes, and exports written atomically.
+
+pub mod export;
+pub mod table;
+
+pub use export::write_frame;
+pub use table::{Format, render};

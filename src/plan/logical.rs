@@ -1,0 +1,269 @@
+//! The logical plan: what a statement will do, with every name resolved and every
+//! parameter checked. `Display` prints it for `PLAN`.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use crate::data::Modality;
+use crate::ops::{Method, Rect};
+use crate::syntax::ast::{Expr, SetOp};
+
+#[derive(Clone, Debug)]
+pub enum Plan {
+    LoadModel { name: String, weights: PathBuf, arch: Option<PathBuf> },
+    LoadData { name: String, path: PathBuf, labels: Option<PathBuf>, label_column: Option<String> },
+    ShowModels,
+    ShowData,
+    ShowMethods,
+    ShowLayers { model: String },
+    ShowCache,
+    ShowSettings,
+    Set { name: String, value: Setting },
+    Var { name: String, value: Literal },
+    Let { name: String, dataset: DatasetRef },
+    Query(Node),
+    Export { query: Node, path: PathBuf, format: ExportFormat, overwrite: bool },
+    Explain(Node),
+}
+
+/// A resolved literal (no script variables left).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Literal {
+    Number(f64),
+    Text(String),
+    Bool(bool),
+}
+
+impl fmt::Display for Literal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Literal::Number(n) => write!(f, "{n}"),
+            Literal::Text(t) => write!(f, "{t}"),
+            Literal::Bool(b) => write!(f, "{b}"),
+        }
+    }
+}
+
+/// A checked session setting.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Setting {
+    Method(String),
+    Steps(usize),
+    BatchSize(Option<usize>),
+    Seed(u64),
+    CacheMb(usize),
+    MemoryMb(usize),
+    AllowNonfinite(bool),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExportFormat {
+    Csv,
+    Parquet,
+    Json,
+}
+
+/// Rows of a loaded dataset picked by input id.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DatasetRef {
+    pub name: String,
+    pub pick: Pick,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Pick {
+    All,
+    One(i64),
+    /// Input ids in [start, end); None = open.
+    Range(Option<i64>, Option<i64>),
+}
+
+impl fmt::Display for DatasetRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.pick {
+            Pick::All => write!(f, "{}", self.name),
+            Pick::One(i) => write!(f, "{}[{i}]", self.name),
+            Pick::Range(a, b) => {
+                let a = a.map(|v| v.to_string()).unwrap_or_default();
+                let b = b.map(|v| v.to_string()).unwrap_or_default();
+                write!(f, "{}[{a}:{b}]", self.name)
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum TargetSpec {
+    Predicted,
+    Label,
+    Class(usize),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum BaselineSpec {
+    Zero,
+    /// The mean input of a whole loaded dataset.
+    Mean(String),
+    Constant(f32),
+    /// One input (broadcast) or one per explained input.
+    Data(DatasetRef),
+}
+
+/// Which features are attributed (projection).
+#[derive(Clone, Debug, PartialEq)]
+pub enum WindowSpec {
+    All,
+    Rect(Rect),
+    /// Tabular feature indices, in the order given.
+    Columns(Vec<usize>),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GranularitySpec {
+    /// One row per feature.
+    Feature,
+    /// Spatial positions, all channels together.
+    Pixel,
+    /// k×k spatial patches (all channels), aligned to the window's corner.
+    Patch(usize),
+    /// One row per tabular column (the same as Feature for tabular data).
+    Column,
+}
+
+#[derive(Clone, Debug)]
+pub struct Attribution {
+    pub model: String,
+    pub data: DatasetRef,
+    pub method: Method,
+    pub target: TargetSpec,
+    pub baseline: BaselineSpec,
+    pub window: WindowSpec,
+    pub granularity: GranularitySpec,
+    pub modality: Modality,
+}
+
+#[derive(Clone, Debug)]
+pub struct Prediction {
+    pub model: String,
+    pub data: DatasetRef,
+}
+
+/// A relational operator and the columns it produces.
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub kind: NodeKind,
+    pub columns: Vec<String>,
+}
+
+#[derive(Clone, Debug)]
+pub enum NodeKind {
+    Attribute(Box<Attribution>),
+    Predict(Prediction),
+    Filter { input: Box<Node>, predicate: Expr },
+    /// Group by `keys` (each named), computing the named aggregate calls.
+    Aggregate { input: Box<Node>, keys: Vec<(String, Expr)>, aggregates: Vec<(String, Expr)> },
+    /// Named output expressions.
+    Project { input: Box<Node>, exprs: Vec<(String, Expr)> },
+    Sort { input: Box<Node>, keys: Vec<(Expr, bool)> },
+    Limit { input: Box<Node>, count: usize, offset: usize },
+    Distinct { input: Box<Node> },
+    SetOp { op: SetOp, left: Box<Node>, right: Box<Node> },
+}
+
+impl Node {
+    pub fn new(kind: NodeKind, columns: Vec<String>) -> Node {
+        Node { kind, columns }
+    }
+
+    fn fmt_tree(&self, f: &mut fmt::Formatter<'_>, depth: usize) -> fmt::Result {
+        let pad = "  ".repeat(depth);
+        let arrow = if depth == 0 { "" } else { "└─ " };
+        let list = |items: &[(String, Expr)]| -> String {
+            items
+                .iter()
+                .map(|(name, e)| {
+                    let text = e.to_string();
+                    if text == *name { text } else { format!("{text} AS {name}") }
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match &self.kind {
+            NodeKind::Attribute(a) => {
+                writeln!(f, "{pad}{arrow}Attribute {}({}) USING {}", a.model, a.data, a.method)?;
+                let target = match &a.target {
+                    TargetSpec::Predicted => "predicted".to_string(),
+                    TargetSpec::Label => "label".to_string(),
+                    TargetSpec::Class(c) => format!("class {c}"),
+                };
+                let baseline = match &a.baseline {
+                    BaselineSpec::Zero => "zero".to_string(),
+                    BaselineSpec::Mean(d) => format!("mean({d})"),
+                    BaselineSpec::Constant(c) => format!("{c}"),
+                    BaselineSpec::Data(d) => d.to_string(),
+                };
+                let window = match &a.window {
+                    WindowSpec::All => "all features".to_string(),
+                    WindowSpec::Rect(r) => format!("channels {}:{}, rows {}:{}, cols {}:{}", r.channels.0, r.channels.1, r.rows.0, r.rows.1, r.cols.0, r.cols.1),
+                    WindowSpec::Columns(c) => format!("{} columns", c.len()),
+                };
+                let gran = match &a.granularity {
+                    GranularitySpec::Feature => "feature".to_string(),
+                    GranularitySpec::Pixel => "pixel".to_string(),
+                    GranularitySpec::Patch(k) => format!("patch({k})"),
+                    GranularitySpec::Column => "column".to_string(),
+                };
+                let base = if a.method.uses_baseline() { format!(", baseline {baseline}") } else { String::new() };
+                writeln!(f, "{pad}   target {target}{base}, window {window}, granularity {gran}")
+            }
+            NodeKind::Predict(p) => writeln!(f, "{pad}{arrow}Predict {}({})", p.model, p.data),
+            NodeKind::Filter { input, predicate } => {
+                writeln!(f, "{pad}{arrow}Filter {predicate}")?;
+                input.fmt_tree(f, depth + 1)
+            }
+            NodeKind::Aggregate { input, keys, aggregates } => {
+                let k = if keys.is_empty() { "()".to_string() } else { list(keys) };
+                writeln!(f, "{pad}{arrow}Aggregate by {k}: {}", list(aggregates))?;
+                input.fmt_tree(f, depth + 1)
+            }
+            NodeKind::Project { input, exprs } => {
+                writeln!(f, "{pad}{arrow}Project {}", list(exprs))?;
+                input.fmt_tree(f, depth + 1)
+            }
+            NodeKind::Sort { input, keys } => {
+                let k: Vec<String> = keys.iter().map(|(e, d)| format!("{e}{}", if *d { " DESC" } else { "" })).collect();
+                writeln!(f, "{pad}{arrow}Sort {}", k.join(", "))?;
+                input.fmt_tree(f, depth + 1)
+            }
+            NodeKind::Limit { input, count, offset } => {
+                if *offset > 0 {
+                    writeln!(f, "{pad}{arrow}Limit {count} offset {offset}")?;
+                } else {
+                    writeln!(f, "{pad}{arrow}Limit {count}")?;
+                }
+                input.fmt_tree(f, depth + 1)
+            }
+            NodeKind::Distinct { input } => {
+                writeln!(f, "{pad}{arrow}Distinct")?;
+                input.fmt_tree(f, depth + 1)
+            }
+            NodeKind::SetOp { op, left, right } => {
+                let word = match op {
+                    SetOp::Union => "Union",
+                    SetOp::UnionAll => "Union all",
+                    SetOp::Intersect => "Intersect",
+                    SetOp::Except => "Except",
+                };
+                writeln!(f, "{pad}{arrow}{word}")?;
+                left.fmt_tree(f, depth + 1)?;
+                right.fmt_tree(f, depth + 1)
+            }
+        }
+    }
+}
+
+impl fmt::Display for Node {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.fmt_tree(f, 0)
+    }
+}

@@ -1,0 +1,353 @@
+//! Planning the relational part: SELECT lists, WHERE, GROUP BY with aggregates, HAVING,
+//! ORDER BY (by output name, ordinal or source column), DISTINCT, LIMIT, subqueries and
+//! set operations. Column names are checked here, against each operator's columns.
+
+use super::interpret::{plan_interpretation, plan_prediction};
+use super::*;
+use crate::syntax::ast::{Expr, ExprKind, Ident, Query, QueryKind, Select, SelectItem, SetOp, Source};
+
+pub const AGGREGATES: &[&str] = &["sum", "mean", "avg", "min", "max", "count", "median", "std", "var"];
+/// Scalar functions and how many arguments they take.
+pub const SCALARS: &[(&str, usize, usize)] = &[("abs", 1, 1), ("sqrt", 1, 1), ("exp", 1, 1), ("ln", 1, 1), ("round", 1, 2), ("floor", 1, 1), ("ceil", 1, 1), ("pow", 2, 2)];
+
+pub(super) fn plan_query(q: &Query, catalog: &dyn Catalog) -> Result<Node> {
+    match &q.kind {
+        QueryKind::Select(s) => plan_select(s, catalog),
+        QueryKind::Predict(call) => plan_prediction(call, catalog),
+        QueryKind::SetOp { op, left, right } => {
+            let l = plan_query(left, catalog)?;
+            let r = plan_query(right, catalog)?;
+            if l.columns.len() != r.columns.len() {
+                let word = match op {
+                    SetOp::Union | SetOp::UnionAll => "UNION",
+                    SetOp::Intersect => "INTERSECT",
+                    SetOp::Except => "EXCEPT",
+                };
+                return Err(Error::query(format!(
+                    "both sides of {word} must have the same number of columns: the left has {} ({}), the right {} ({})",
+                    l.columns.len(),
+                    l.columns.join(", "),
+                    r.columns.len(),
+                    r.columns.join(", ")
+                ))
+                .at(q.span));
+            }
+            let columns = l.columns.clone();
+            Ok(Node::new(NodeKind::SetOp { op: *op, left: Box::new(l), right: Box::new(r) }, columns))
+        }
+    }
+}
+
+fn plan_source(source: &Source, catalog: &dyn Catalog) -> Result<(Node, Option<String>)> {
+    match source {
+        Source::Interpretation(i) => Ok((plan_interpretation(i, catalog)?, None)),
+        Source::Predict(call) => Ok((plan_prediction(call, catalog)?, None)),
+        Source::Subquery { query, alias } => Ok((plan_query(query, catalog)?, alias.as_ref().map(|a| a.name.clone()))),
+    }
+}
+
+fn plan_select(s: &Select, catalog: &dyn Catalog) -> Result<Node> {
+    let (mut node, alias) = plan_source(&s.from, catalog)?;
+    let scope = Scope { columns: node.columns.clone(), alias };
+
+    if let Some(w) = &s.filter {
+        if let Some(agg) = find_aggregate(w) {
+            return Err(Error::query("aggregates are not allowed in WHERE").at(agg.span).hint("filter groups with HAVING"));
+        }
+        let predicate = scope.resolve(w, catalog)?;
+        let columns = node.columns.clone();
+        node = Node::new(NodeKind::Filter { input: Box::new(node), predicate }, columns);
+    }
+
+    let aggregate_mode = !s.group_by.is_empty()
+        || s.having.is_some()
+        || s.items.iter().any(|i| matches!(i, SelectItem::Expr { expr, .. } if find_aggregate(expr).is_some()));
+
+    // Named output expressions, and hidden ORDER BY keys.
+    let mut outputs: Vec<(String, Expr)> = Vec::new();
+    let mut sort_keys: Vec<(Expr, bool)> = Vec::new();
+    let mut hidden = 0usize;
+
+    if aggregate_mode {
+        // GROUP BY keys: a source expression, or the alias of a select item.
+        let mut keys: Vec<(String, Expr)> = Vec::new();
+        for g in &s.group_by {
+            let expr = match &g.kind {
+                ExprKind::Column { qualifier: None, name } if !scope.has(&name.name) => {
+                    match s.items.iter().find_map(|i| match i {
+                        SelectItem::Expr { expr, alias: Some(a) } if a.name == name.name => Some(expr),
+                        _ => None,
+                    }) {
+                        Some(aliased) => aliased,
+                        None => g,
+                    }
+                }
+                ExprKind::Number(_) => return Err(Error::query("GROUP BY takes columns or expressions, not positions").at(g.span)),
+                _ => g,
+            };
+            if let Some(agg) = find_aggregate(expr) {
+                return Err(Error::query("aggregates are not allowed in GROUP BY").at(agg.span));
+            }
+            let resolved = scope.resolve(expr, catalog)?;
+            keys.push((output_name(&resolved), resolved));
+        }
+        let mut aggs: Vec<(String, Expr)> = Vec::new();
+        for item in &s.items {
+            match item {
+                SelectItem::Wildcard(sp) => {
+                    return Err(Error::query("SELECT * cannot be combined with GROUP BY or aggregates").at(*sp).hint("list the grouped columns and aggregates"));
+                }
+                SelectItem::Expr { expr, alias } => {
+                    let resolved = scope.resolve(expr, catalog)?;
+                    let rewritten = rewrite_grouped(&resolved, &keys, &mut aggs)?;
+                    let name = alias.as_ref().map(|a| a.name.clone()).unwrap_or_else(|| output_name(&resolved));
+                    outputs.push((name, rewritten));
+                }
+            }
+        }
+        let having = s.having.as_ref().map(|h| scope.resolve(h, catalog).and_then(|r| rewrite_grouped(&r, &keys, &mut aggs))).transpose()?;
+        let out_names: Vec<String> = outputs.iter().map(|(n, _)| n.clone()).collect();
+        for o in &s.order_by {
+            let key = match order_output(&o.expr, &out_names)? {
+                Some(name) => column(&name, o.expr.span),
+                None => {
+                    let resolved = scope.resolve(&o.expr, catalog)?;
+                    let rewritten = rewrite_grouped(&resolved, &keys, &mut aggs)?;
+                    let name = format!("__order{hidden}");
+                    hidden += 1;
+                    outputs.push((name.clone(), rewritten));
+                    column(&name, o.expr.span)
+                }
+            };
+            sort_keys.push((key, o.descending));
+        }
+        let mut columns: Vec<String> = keys.iter().map(|(n, _)| n.clone()).collect();
+        columns.extend(aggs.iter().map(|(n, _)| n.clone()));
+        node = Node::new(NodeKind::Aggregate { input: Box::new(node), keys, aggregates: aggs }, columns);
+        if let Some(h) = having {
+            let columns = node.columns.clone();
+            node = Node::new(NodeKind::Filter { input: Box::new(node), predicate: h }, columns);
+        }
+    } else {
+        for item in &s.items {
+            match item {
+                SelectItem::Wildcard(_) => {
+                    for c in &scope.columns {
+                        outputs.push((c.clone(), column(c, s.span)));
+                    }
+                }
+                SelectItem::Expr { expr, alias } => {
+                    let resolved = scope.resolve(expr, catalog)?;
+                    let name = alias.as_ref().map(|a| a.name.clone()).unwrap_or_else(|| output_name(&resolved));
+                    outputs.push((name, resolved));
+                }
+            }
+        }
+        let out_names: Vec<String> = outputs.iter().map(|(n, _)| n.clone()).collect();
+        for o in &s.order_by {
+            let key = match order_output(&o.expr, &out_names)? {
+                Some(name) => column(&name, o.expr.span),
+                None => {
+                    let resolved = scope.resolve(&o.expr, catalog)?;
+                    let name = format!("__order{hidden}");
+                    hidden += 1;
+                    outputs.push((name.clone(), resolved));
+                    column(&name, o.expr.span)
+                }
+            };
+            sort_keys.push((key, o.descending));
+        }
+    }
+
+    dedupe_names(&mut outputs);
+    let columns: Vec<String> = outputs.iter().map(|(n, _)| n.clone()).collect();
+    node = Node::new(NodeKind::Project { input: Box::new(node), exprs: outputs.clone() }, columns);
+    if s.distinct {
+        if hidden > 0 {
+            return Err(Error::query("with SELECT DISTINCT, ORDER BY must use selected columns").at(s.span));
+        }
+        let columns = node.columns.clone();
+        node = Node::new(NodeKind::Distinct { input: Box::new(node) }, columns);
+    }
+    if !sort_keys.is_empty() {
+        let columns = node.columns.clone();
+        node = Node::new(NodeKind::Sort { input: Box::new(node), keys: sort_keys }, columns);
+    }
+    if let Some(l) = &s.limit {
+        let count = resolve_int(&l.count, catalog, "LIMIT")?;
+        let offset = l.offset.as_ref().map(|o| resolve_int(o, catalog, "OFFSET")).transpose()?.unwrap_or(0);
+        if count < 0 || offset < 0 {
+            return Err(Error::value("LIMIT and OFFSET must be ≥ 0").at(l.count.span));
+        }
+        let columns = node.columns.clone();
+        node = Node::new(NodeKind::Limit { input: Box::new(node), count: count as usize, offset: offset as usize }, columns);
+    }
+    if hidden > 0 {
+        let visible: Vec<(String, Expr)> = outputs.iter().filter(|(n, _)| !n.starts_with("__order")).map(|(n, _)| (n.clone(), column(n, s.span))).collect();
+        let columns = visible.iter().map(|(n, _)| n.clone()).collect();
+        node = Node::new(NodeKind::Project { input: Box::new(node), exprs: visible }, columns);
+    }
+    Ok(node)
+}
+
+/// An ORDER BY key that names an output column (by name or 1-based position).
+fn order_output(expr: &Expr, outputs: &[String]) -> Result<Option<String>> {
+    match &expr.kind {
+        ExprKind::Number(n) => {
+            let k = *n as usize;
+            if n.fract() != 0.0 || k < 1 || k > outputs.len() {
+                return Err(Error::query(format!("ORDER BY position {n} is not between 1 and {}", outputs.len())).at(expr.span));
+            }
+            Ok(Some(outputs[k - 1].clone()))
+        }
+        ExprKind::Column { qualifier: None, name } if outputs.contains(&name.name) => Ok(Some(name.name.clone())),
+        _ => Ok(None),
+    }
+}
+
+fn column(name: &str, span: Span) -> Expr {
+    Expr { kind: ExprKind::Column { qualifier: None, name: Ident { name: name.to_string(), span } }, span }
+}
+
+/// The name of an unaliased output: a column keeps its name, anything else is its text.
+fn output_name(e: &Expr) -> String {
+    match &e.kind {
+        ExprKind::Column { name, .. } => name.name.clone(),
+        _ => e.to_string(),
+    }
+}
+
+fn dedupe_names(outputs: &mut [(String, Expr)]) {
+    let mut seen: Vec<String> = Vec::new();
+    for (name, _) in outputs.iter_mut() {
+        let base = name.clone();
+        let mut k = 1;
+        while seen.contains(name) {
+            *name = format!("{base}_{k}");
+            k += 1;
+        }
+        seen.push(name.clone());
+    }
+}
+
+pub fn find_aggregate(e: &Expr) -> Option<&Expr> {
+    match &e.kind {
+        ExprKind::Call { name, .. } if AGGREGATES.contains(&name.name.to_lowercase().as_str()) => Some(e),
+        ExprKind::Call { args, .. } => args.iter().find_map(find_aggregate),
+        ExprKind::Unary { expr, .. } | ExprKind::IsNull { expr, .. } => find_aggregate(expr),
+        ExprKind::Binary { left, right, .. } => find_aggregate(left).or_else(|| find_aggregate(right)),
+        ExprKind::InList { expr, list, .. } => find_aggregate(expr).or_else(|| list.iter().find_map(find_aggregate)),
+        _ => None,
+    }
+}
+
+/// Rewrites an expression over grouped rows: group keys and aggregate calls become
+/// columns of the Aggregate operator; any other column is an error.
+fn rewrite_grouped(e: &Expr, keys: &[(String, Expr)], aggs: &mut Vec<(String, Expr)>) -> Result<Expr> {
+    let text = e.to_string();
+    if let Some((name, _)) = keys.iter().find(|(_, k)| k.to_string() == text) {
+        return Ok(column(name, e.span));
+    }
+    let kind = match &e.kind {
+        ExprKind::Call { name, args, .. } if AGGREGATES.contains(&name.name.to_lowercase().as_str()) => {
+            for a in args {
+                if let Some(inner) = find_aggregate(a) {
+                    return Err(Error::query("aggregates cannot be nested").at(inner.span));
+                }
+            }
+            if !aggs.iter().any(|(n, _)| *n == text) {
+                aggs.push((text.clone(), e.clone()));
+            }
+            return Ok(column(&text, e.span));
+        }
+        ExprKind::Column { name, .. } => {
+            return Err(Error::query(format!("column `{}` must appear in GROUP BY or be used in an aggregate", name.name)).at(e.span));
+        }
+        ExprKind::Call { name, args, star } => {
+            ExprKind::Call { name: name.clone(), args: args.iter().map(|a| rewrite_grouped(a, keys, aggs)).collect::<Result<_>>()?, star: *star }
+        }
+        ExprKind::Unary { op, expr } => ExprKind::Unary { op: *op, expr: Box::new(rewrite_grouped(expr, keys, aggs)?) },
+        ExprKind::Binary { op, left, right } => {
+            ExprKind::Binary { op: *op, left: Box::new(rewrite_grouped(left, keys, aggs)?), right: Box::new(rewrite_grouped(right, keys, aggs)?) }
+        }
+        ExprKind::IsNull { expr, negated } => ExprKind::IsNull { expr: Box::new(rewrite_grouped(expr, keys, aggs)?), negated: *negated },
+        ExprKind::InList { expr, list, negated } => ExprKind::InList {
+            expr: Box::new(rewrite_grouped(expr, keys, aggs)?),
+            list: list.iter().map(|a| rewrite_grouped(a, keys, aggs)).collect::<Result<_>>()?,
+            negated: *negated,
+        },
+        other => other.clone(),
+    };
+    Ok(Expr { kind, span: e.span })
+}
+
+/// The columns visible to a SELECT: its source's, reachable also as `alias.column`.
+struct Scope {
+    columns: Vec<String>,
+    alias: Option<String>,
+}
+
+impl Scope {
+    fn has(&self, name: &str) -> bool {
+        self.columns.iter().any(|c| c == name)
+    }
+
+    /// Checks every column and function, replaces script variables by their values and
+    /// qualified names by the column they denote.
+    fn resolve(&self, e: &Expr, catalog: &dyn Catalog) -> Result<Expr> {
+        let kind = match &e.kind {
+            ExprKind::Column { qualifier, name } => {
+                let full = match qualifier {
+                    Some(q) => format!("{}.{}", q.name, name.name),
+                    None => name.name.clone(),
+                };
+                let resolved = if self.has(&full) {
+                    full
+                } else if qualifier.as_ref().is_some_and(|q| Some(&q.name) == self.alias.as_ref()) && self.has(&name.name) {
+                    name.name.clone()
+                } else {
+                    let visible: Vec<String> = self.columns.iter().filter(|c| !c.starts_with("__")).cloned().collect();
+                    return Err(Error::unknown("column", &full, &visible, "columns").at(e.span));
+                };
+                ExprKind::Column { qualifier: None, name: Ident { name: resolved, span: name.span } }
+            }
+            ExprKind::Var(v) => match variable(v, e.span, catalog)? {
+                Literal::Number(n) => ExprKind::Number(n),
+                Literal::Text(t) => ExprKind::Str(t),
+                Literal::Bool(b) => ExprKind::Bool(b),
+            },
+            ExprKind::Call { name, args, star } => {
+                let lower = name.name.to_lowercase();
+                let is_agg = AGGREGATES.contains(&lower.as_str());
+                if *star && lower != "count" {
+                    return Err(Error::query(format!("only count takes *, not {}", name.name)).at(e.span));
+                }
+                if is_agg {
+                    if !*star && args.len() != 1 {
+                        return Err(Error::query(format!("{} takes one argument", name.name)).at(e.span));
+                    }
+                } else if let Some((_, min, max)) = SCALARS.iter().find(|(n, _, _)| *n == lower) {
+                    if args.len() < *min || args.len() > *max {
+                        let want = if min == max { min.to_string() } else { format!("{min} or {max}") };
+                        return Err(Error::query(format!("{} takes {want} argument(s), got {}", name.name, args.len())).at(e.span));
+                    }
+                } else {
+                    let mut known: Vec<String> = AGGREGATES.iter().map(|s| s.to_string()).collect();
+                    known.extend(SCALARS.iter().map(|(n, _, _)| n.to_string()));
+                    return Err(Error::unknown("function", &name.name, &known, "functions").at(name.span));
+                }
+                ExprKind::Call { name: Ident { name: lower, span: name.span }, args: args.iter().map(|a| self.resolve(a, catalog)).collect::<Result<_>>()?, star: *star }
+            }
+            ExprKind::Unary { op, expr } => ExprKind::Unary { op: *op, expr: Box::new(self.resolve(expr, catalog)?) },
+            ExprKind::Binary { op, left, right } => ExprKind::Binary { op: *op, left: Box::new(self.resolve(left, catalog)?), right: Box::new(self.resolve(right, catalog)?) },
+            ExprKind::IsNull { expr, negated } => ExprKind::IsNull { expr: Box::new(self.resolve(expr, catalog)?), negated: *negated },
+            ExprKind::InList { expr, list, negated } => ExprKind::InList {
+                expr: Box::new(self.resolve(expr, catalog)?),
+                list: list.iter().map(|a| self.resolve(a, catalog)).collect::<Result<_>>()?,
+                negated: *negated,
+            },
+            other => other.clone(),
+        };
+        Ok(Expr { kind, span: e.span })
+    }
+}

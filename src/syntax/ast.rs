@@ -1,0 +1,635 @@
+//! The typed syntax tree. Every node carries the span of text it came from; `Display`
+//! prints canonical IQL that parses back to the same tree.
+
+use std::fmt;
+
+use crate::error::Span;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ident {
+    pub name: String,
+    pub span: Span,
+}
+
+/// A literal where the language takes a value: a number, a string, true/false, a bare
+/// word (read as a string) or a script variable `:name`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Value {
+    pub kind: ValueKind,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum ValueKind {
+    Number(f64),
+    Str(String),
+    Bool(bool),
+    Word(String),
+    Var(String),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Script {
+    pub statements: Vec<Statement>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Statement {
+    pub kind: StatementKind,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum StatementKind {
+    LoadModel { name: Ident, path: Value, arch: Option<Value> },
+    LoadData { name: Ident, path: Value, labels: Option<Value>, label_column: Option<Ident> },
+    Show(Show),
+    Set { name: Ident, value: Value },
+    Var { name: Ident, value: Value },
+    Let { name: Ident, dataset: DatasetExpr },
+    Query(Query),
+    Export { query: Query, path: Value, overwrite: bool },
+    Plan(Query),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Show {
+    Models,
+    Data,
+    Methods,
+    Layers(Ident),
+    Cache,
+    Settings,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Query {
+    pub kind: QueryKind,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum QueryKind {
+    Select(Box<Select>),
+    /// `PREDICT m(x)`: shorthand for `SELECT * FROM PREDICT m(x)`.
+    Predict(ModelCall),
+    SetOp { op: SetOp, left: Box<Query>, right: Box<Query> },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SetOp {
+    Union,
+    UnionAll,
+    Intersect,
+    Except,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Select {
+    pub distinct: bool,
+    pub items: Vec<SelectItem>,
+    pub from: Source,
+    pub filter: Option<Expr>,
+    pub group_by: Vec<Expr>,
+    pub having: Option<Expr>,
+    pub order_by: Vec<OrderItem>,
+    pub limit: Option<Limit>,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum SelectItem {
+    Wildcard(Span),
+    Expr { expr: Expr, alias: Option<Ident> },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct OrderItem {
+    pub expr: Expr,
+    pub descending: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Limit {
+    pub count: Value,
+    pub offset: Option<Value>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Source {
+    Interpretation(Interpretation),
+    Predict(ModelCall),
+    Subquery { query: Box<Query>, alias: Option<Ident> },
+}
+
+/// `m(x)` with its interpretation clauses.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Interpretation {
+    pub call: ModelCall,
+    pub using: Option<MethodCall>,
+    pub target: Option<Target>,
+    pub baseline: Option<Baseline>,
+    pub window: Option<Window>,
+    pub granularity: Option<Granularity>,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelCall {
+    pub model: Ident,
+    pub data: DatasetExpr,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct DatasetExpr {
+    pub name: Ident,
+    pub index: Option<Index>,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Index {
+    One(Value),
+    Range { start: Option<Value>, end: Option<Value> },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct MethodCall {
+    pub name: Ident,
+    pub params: Vec<Param>,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Param {
+    pub name: Ident,
+    pub value: Value,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Target {
+    pub kind: TargetKind,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum TargetKind {
+    Predicted,
+    Label,
+    Class(Value),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Baseline {
+    pub kind: BaselineKind,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum BaselineKind {
+    Zero,
+    /// The mean input of a dataset (of the interpreted dataset when None).
+    Mean(Option<DatasetExpr>),
+    Constant(Value),
+    Data(DatasetExpr),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Window {
+    pub kind: WindowKind,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum WindowKind {
+    Image(Vec<WindowRange>),
+    Columns(Vec<ColumnItem>),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Axis {
+    Rows,
+    Cols,
+    Channels,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct WindowRange {
+    pub axis: Axis,
+    pub start: Value,
+    pub end: Value,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum ColumnItem {
+    Name(Ident),
+    Range { start: Value, end: Value, span: Span },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Granularity {
+    pub kind: GranularityKind,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum GranularityKind {
+    Pixel,
+    Patch(Value),
+    Column,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Expr {
+    pub kind: ExprKind,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum ExprKind {
+    Column { qualifier: Option<Ident>, name: Ident },
+    Number(f64),
+    Str(String),
+    Bool(bool),
+    Null,
+    Var(String),
+    Unary { op: UnaryOp, expr: Box<Expr> },
+    Binary { op: BinaryOp, left: Box<Expr>, right: Box<Expr> },
+    /// A function call; `star` for `count(*)`.
+    Call { name: Ident, args: Vec<Expr>, star: bool },
+    IsNull { expr: Box<Expr>, negated: bool },
+    InList { expr: Box<Expr>, list: Vec<Expr>, negated: bool },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnaryOp {
+    Not,
+    Neg,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BinaryOp {
+    Or,
+    And,
+    Eq,
+    NotEq,
+    Lt,
+    LtEq,
+    Gt,
+    GtEq,
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Mod,
+}
+
+impl BinaryOp {
+    pub fn symbol(self) -> &'static str {
+        match self {
+            BinaryOp::Or => "OR",
+            BinaryOp::And => "AND",
+            BinaryOp::Eq => "=",
+            BinaryOp::NotEq => "!=",
+            BinaryOp::Lt => "<",
+            BinaryOp::LtEq => "<=",
+            BinaryOp::Gt => ">",
+            BinaryOp::GtEq => ">=",
+            BinaryOp::Add => "+",
+            BinaryOp::Sub => "-",
+            BinaryOp::Mul => "*",
+            BinaryOp::Div => "/",
+            BinaryOp::Mod => "%",
+        }
+    }
+}
+
+// ---------------------------------------------------------------- Display: canonical IQL
+
+/// Words a bare identifier may not be (they are reserved by the grammar).
+const RESERVED: &[&str] = &[
+    "select", "from", "where", "having", "order", "limit", "offset", "as", "and", "or", "not", "is", "in", "null", "true", "false", "union", "intersect", "except", "distinct", "using",
+];
+
+impl fmt::Display for Ident {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let bare = self.name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && self.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !RESERVED.contains(&self.name.to_lowercase().as_str());
+        if bare { write!(f, "{}", self.name) } else { write!(f, "\"{}\"", self.name) }
+    }
+}
+
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+fn number(n: f64) -> String {
+    // Rust prints the shortest text that reads back as the same f64.
+    format!("{n}")
+}
+
+impl fmt::Display for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            ValueKind::Number(n) => write!(f, "{}", number(*n)),
+            ValueKind::Str(s) => write!(f, "{}", quote(s)),
+            ValueKind::Bool(b) => write!(f, "{b}"),
+            ValueKind::Word(w) => write!(f, "{w}"),
+            ValueKind::Var(v) => write!(f, ":{v}"),
+        }
+    }
+}
+
+impl fmt::Display for Script {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for s in &self.statements {
+            writeln!(f, "{s};")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Statement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            StatementKind::LoadModel { name, path, arch } => {
+                write!(f, "LOAD MODEL {name} FROM {path}")?;
+                if let Some(a) = arch {
+                    write!(f, " ARCH {a}")?;
+                }
+                Ok(())
+            }
+            StatementKind::LoadData { name, path, labels, label_column } => {
+                write!(f, "LOAD DATA {name} FROM {path}")?;
+                if let Some(l) = labels {
+                    write!(f, " LABELS {l}")?;
+                }
+                if let Some(c) = label_column {
+                    write!(f, " LABEL COLUMN {c}")?;
+                }
+                Ok(())
+            }
+            StatementKind::Show(show) => match show {
+                Show::Models => write!(f, "SHOW MODELS"),
+                Show::Data => write!(f, "SHOW DATA"),
+                Show::Methods => write!(f, "SHOW METHODS"),
+                Show::Layers(m) => write!(f, "SHOW LAYERS OF {m}"),
+                Show::Cache => write!(f, "SHOW CACHE"),
+                Show::Settings => write!(f, "SHOW SETTINGS"),
+            },
+            StatementKind::Set { name, value } => write!(f, "SET {name} = {value}"),
+            StatementKind::Var { name, value } => write!(f, "VAR {name} = {value}"),
+            StatementKind::Let { name, dataset } => write!(f, "LET {name} = {dataset}"),
+            StatementKind::Query(q) => write!(f, "{q}"),
+            StatementKind::Export { query, path, overwrite } => {
+                write!(f, "EXPORT {query} TO {path}")?;
+                if *overwrite {
+                    write!(f, " OVERWRITE")?;
+                }
+                Ok(())
+            }
+            StatementKind::Plan(q) => write!(f, "PLAN {q}"),
+        }
+    }
+}
+
+impl fmt::Display for Query {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            QueryKind::Select(s) => write!(f, "{s}"),
+            QueryKind::Predict(call) => write!(f, "PREDICT {call}"),
+            QueryKind::SetOp { op, left, right } => {
+                let word = match op {
+                    SetOp::Union => "UNION",
+                    SetOp::UnionAll => "UNION ALL",
+                    SetOp::Intersect => "INTERSECT",
+                    SetOp::Except => "EXCEPT",
+                };
+                // Parenthesise every operand: always valid, and keeps the tree's shape.
+                write!(f, "({left}) {word} ({right})")
+            }
+        }
+    }
+}
+
+impl fmt::Display for Select {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SELECT ")?;
+        if self.distinct {
+            write!(f, "DISTINCT ")?;
+        }
+        for (i, item) in self.items.iter().enumerate() {
+            if i > 0 {
+                write!(f, ", ")?;
+            }
+            match item {
+                SelectItem::Wildcard(_) => write!(f, "*")?,
+                SelectItem::Expr { expr, alias } => {
+                    write!(f, "{expr}")?;
+                    if let Some(a) = alias {
+                        write!(f, " AS {a}")?;
+                    }
+                }
+            }
+        }
+        write!(f, " FROM {}", self.from)?;
+        if let Some(w) = &self.filter {
+            write!(f, " WHERE {w}")?;
+        }
+        if !self.group_by.is_empty() {
+            let keys: Vec<String> = self.group_by.iter().map(|e| e.to_string()).collect();
+            write!(f, " GROUP BY {}", keys.join(", "))?;
+        }
+        if let Some(h) = &self.having {
+            write!(f, " HAVING {h}")?;
+        }
+        if !self.order_by.is_empty() {
+            let keys: Vec<String> = self.order_by.iter().map(|o| format!("{}{}", o.expr, if o.descending { " DESC" } else { "" })).collect();
+            write!(f, " ORDER BY {}", keys.join(", "))?;
+        }
+        if let Some(l) = &self.limit {
+            write!(f, " LIMIT {}", l.count)?;
+            if let Some(o) = &l.offset {
+                write!(f, " OFFSET {o}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Interpretation(i) => write!(f, "{i}"),
+            Source::Predict(call) => write!(f, "PREDICT {call}"),
+            Source::Subquery { query, alias } => {
+                write!(f, "({query})")?;
+                if let Some(a) = alias {
+                    write!(f, " AS {a}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl fmt::Display for Interpretation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.call)?;
+        if let Some(m) = &self.using {
+            write!(f, " USING {m}")?;
+        }
+        if let Some(t) = &self.target {
+            write!(f, " TARGET {t}")?;
+        }
+        if let Some(b) = &self.baseline {
+            write!(f, " BASELINE {b}")?;
+        }
+        if let Some(w) = &self.window {
+            write!(f, " WINDOW {w}")?;
+        }
+        if let Some(g) = &self.granularity {
+            write!(f, " GRANULARITY {g}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for ModelCall {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}({})", self.model, self.data)
+    }
+}
+
+impl fmt::Display for DatasetExpr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.name)?;
+        match &self.index {
+            None => Ok(()),
+            Some(Index::One(v)) => write!(f, "[{v}]"),
+            Some(Index::Range { start, end }) => {
+                let s = start.as_ref().map(|v| v.to_string()).unwrap_or_default();
+                let e = end.as_ref().map(|v| v.to_string()).unwrap_or_default();
+                // `[:name]` would read as a variable index; a start keeps a slice a slice.
+                let s = if s.is_empty() && end.as_ref().is_some_and(|v| matches!(v.kind, ValueKind::Var(_))) { "0".to_string() } else { s };
+                write!(f, "[{s}:{e}]")
+            }
+        }
+    }
+}
+
+impl fmt::Display for MethodCall {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.name)?;
+        if !self.params.is_empty() {
+            let ps: Vec<String> = self.params.iter().map(|p| format!("{} = {}", p.name, p.value)).collect();
+            write!(f, "({})", ps.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            TargetKind::Predicted => write!(f, "PREDICTED"),
+            TargetKind::Label => write!(f, "LABEL"),
+            TargetKind::Class(v) => write!(f, "{v}"),
+        }
+    }
+}
+
+impl fmt::Display for Baseline {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            BaselineKind::Zero => write!(f, "zero"),
+            BaselineKind::Mean(None) => write!(f, "mean"),
+            BaselineKind::Mean(Some(d)) => write!(f, "mean({d})"),
+            BaselineKind::Constant(v) => write!(f, "{v}"),
+            BaselineKind::Data(d) => write!(f, "{d}"),
+        }
+    }
+}
+
+impl fmt::Display for Window {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            WindowKind::Image(ranges) => {
+                let parts: Vec<String> = ranges
+                    .iter()
+                    .map(|r| {
+                        let axis = match r.axis {
+                            Axis::Rows => "rows",
+                            Axis::Cols => "cols",
+                            Axis::Channels => "channels",
+                        };
+                        format!("{axis} {}:{}", r.start, r.end)
+                    })
+                    .collect();
+                write!(f, "{}", parts.join(", "))
+            }
+            WindowKind::Columns(items) => {
+                let parts: Vec<String> = items
+                    .iter()
+                    .map(|c| match c {
+                        ColumnItem::Name(n) => n.to_string(),
+                        ColumnItem::Range { start, end, .. } => format!("{start}:{end}"),
+                    })
+                    .collect();
+                write!(f, "columns {}", parts.join(", "))
+            }
+        }
+    }
+}
+
+impl fmt::Display for Granularity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            GranularityKind::Pixel => write!(f, "pixel"),
+            GranularityKind::Patch(k) => write!(f, "patch({k})"),
+            GranularityKind::Column => write!(f, "column"),
+        }
+    }
+}
+
+impl fmt::Display for Expr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            ExprKind::Column { qualifier: Some(q), name } => write!(f, "{q}.{name}"),
+            ExprKind::Column { qualifier: None, name } => write!(f, "{name}"),
+            ExprKind::Number(n) => write!(f, "{}", number(*n)),
+            ExprKind::Str(s) => write!(f, "{}", quote(s)),
+            ExprKind::Bool(b) => write!(f, "{b}"),
+            ExprKind::Null => write!(f, "NULL"),
+            ExprKind::Var(v) => write!(f, ":{v}"),
+            ExprKind::Unary { op: UnaryOp::Not, expr } => write!(f, "NOT {}", paren(expr)),
+            ExprKind::Unary { op: UnaryOp::Neg, expr } => write!(f, "-{}", paren(expr)),
+            ExprKind::Binary { op, left, right } => write!(f, "{} {} {}", paren(left), op.symbol(), paren(right)),
+            ExprKind::Call { name, args, star } => {
+                if *star {
+                    write!(f, "{name}(*)")
+                } else {
+                    let a: Vec<String> = args.iter().map(|e| e.to_string()).collect();
+                    write!(f, "{name}({})", a.join(", "))
+                }
+            }
+            ExprKind::IsNull { expr, negated } => write!(f, "{} IS {}NULL", paren(expr), if *negated { "NOT " } else { "" }),
+            ExprKind::InList { expr, list, negated } => {
+                let a: Vec<String> = list.iter().map(|e| e.to_string()).collect();
+                write!(f, "{} {}IN ({})", paren(expr), if *negated { "NOT " } else { "" }, a.join(", "))
+            }
+        }
+    }
+}
+
+/// Compound operands are parenthesised so that the printed text keeps the tree's shape.
+fn paren(e: &Expr) -> String {
+    match e.kind {
+        ExprKind::Binary { .. } | ExprKind::Unary { .. } | ExprKind::IsNull { .. } | ExprKind::InList { .. } => format!("({e})"),
+        ExprKind::Number(n) if n < 0.0 => format!("({e})"),
+        _ => e.to_string(),
+    }
+}

@@ -1,0 +1,697 @@
+//! pest pairs → typed AST, one `visit_<rule>` per grammar rule. The `Children` helper
+//! makes each visitor read like its rule and checks that every child was consumed.
+
+use std::sync::LazyLock;
+
+use pest::Parser;
+use pest::iterators::{Pair, Pairs};
+use pest::pratt_parser::{Assoc, Op, PrattParser};
+use pest_derive::Parser;
+
+use super::ast::*;
+use crate::error::{Error, Result, Span};
+
+#[derive(Parser)]
+#[grammar = "../grammar/iql.pest"]
+pub struct IqlParser;
+
+static PRATT: LazyLock<PrattParser<Rule>> = LazyLock::new(|| {
+    PrattParser::new()
+        .op(Op::infix(Rule::op_or, Assoc::Left))
+        .op(Op::infix(Rule::op_and, Assoc::Left))
+        .op(Op::prefix(Rule::op_not))
+        .op(Op::infix(Rule::op_eq, Assoc::Left)
+            | Op::infix(Rule::op_ne, Assoc::Left)
+            | Op::infix(Rule::op_lt, Assoc::Left)
+            | Op::infix(Rule::op_le, Assoc::Left)
+            | Op::infix(Rule::op_gt, Assoc::Left)
+            | Op::infix(Rule::op_ge, Assoc::Left))
+        .op(Op::postfix(Rule::is_null) | Op::postfix(Rule::in_list))
+        .op(Op::infix(Rule::op_add, Assoc::Left) | Op::infix(Rule::op_sub, Assoc::Left))
+        .op(Op::infix(Rule::op_mul, Assoc::Left) | Op::infix(Rule::op_div, Assoc::Left) | Op::infix(Rule::op_mod, Assoc::Left))
+        .op(Op::prefix(Rule::op_neg))
+});
+
+/// Parses a script of statements separated by `;`.
+pub fn parse_script(text: &str) -> Result<Script> {
+    let mut pairs = IqlParser::parse(Rule::script, text).map_err(convert_error)?;
+    let script = pairs.next().ok_or_else(|| Error::syntax("empty parse"))?;
+    let statements = script.into_inner().filter(|p| p.as_rule() != Rule::EOI).map(visit_statement).collect::<Result<_>>()?;
+    Ok(Script { statements })
+}
+
+fn span(pair: &Pair<Rule>) -> Span {
+    let s = pair.as_span();
+    Span::new(s.start(), s.end())
+}
+
+/// The children of a pair, consumed in grammar order.
+struct Children<'a> {
+    inner: std::iter::Peekable<Pairs<'a, Rule>>,
+    parent: Rule,
+}
+
+impl<'a> Children<'a> {
+    fn of(pair: Pair<'a, Rule>) -> Self {
+        let parent = pair.as_rule();
+        Children { inner: pair.into_inner().peekable(), parent }
+    }
+    /// The next child, which the grammar guarantees.
+    fn next(&mut self) -> Result<Pair<'a, Rule>> {
+        self.inner.next().ok_or_else(|| Error::syntax(format!("internal: {:?} ended early", self.parent)))
+    }
+    /// The next child if it is of rule `rule`.
+    fn take(&mut self, rule: Rule) -> Option<Pair<'a, Rule>> {
+        if self.inner.peek().map(|p| p.as_rule()) == Some(rule) { self.inner.next() } else { None }
+    }
+    /// Skips keywords (kw_* rules).
+    fn skip_keywords(&mut self) {
+        while self.inner.peek().is_some_and(|p| is_keyword(p.as_rule())) {
+            self.inner.next();
+        }
+    }
+    fn done(mut self) {
+        debug_assert!(self.inner.next().is_none(), "unconsumed child in {:?}", self.parent);
+    }
+}
+
+fn is_keyword(rule: Rule) -> bool {
+    format!("{rule:?}").starts_with("kw_")
+}
+
+fn visit_statement(pair: Pair<Rule>) -> Result<Statement> {
+    let sp = span(&pair);
+    let rule = pair.as_rule();
+    let mut c = Children::of(pair);
+    c.skip_keywords();
+    let kind = match rule {
+        Rule::load_model => {
+            let name = visit_ident(c.next()?)?;
+            c.skip_keywords();
+            let path = visit_path(c.next()?)?;
+            c.skip_keywords();
+            let arch = c.take(Rule::path).map(visit_path).transpose()?;
+            StatementKind::LoadModel { name, path, arch }
+        }
+        Rule::load_data => {
+            let name = visit_ident(c.next()?)?;
+            c.skip_keywords();
+            let path = visit_path(c.next()?)?;
+            let mut labels = None;
+            let mut label_column = None;
+            if let Some(l) = c.take(Rule::labels_file) {
+                let mut lc = Children::of(l);
+                lc.skip_keywords();
+                labels = Some(visit_path(lc.next()?)?);
+                lc.done();
+            } else if let Some(l) = c.take(Rule::label_column) {
+                let mut lc = Children::of(l);
+                lc.skip_keywords();
+                label_column = Some(visit_ident(lc.next()?)?);
+                lc.done();
+            }
+            StatementKind::LoadData { name, path, labels, label_column }
+        }
+        Rule::show => {
+            let what = c.next()?;
+            let show = match what.as_rule() {
+                Rule::show_models => Show::Models,
+                Rule::show_data => Show::Data,
+                Rule::show_methods => Show::Methods,
+                Rule::show_cache => Show::Cache,
+                Rule::show_settings => Show::Settings,
+                _ => {
+                    let mut lc = Children::of(what);
+                    lc.skip_keywords();
+                    let m = visit_ident(lc.next()?)?;
+                    lc.done();
+                    Show::Layers(m)
+                }
+            };
+            StatementKind::Show(show)
+        }
+        Rule::set_stmt | Rule::var_stmt => {
+            let name = visit_ident(c.next()?)?;
+            let value = visit_value(c.next()?)?;
+            if rule == Rule::set_stmt { StatementKind::Set { name, value } } else { StatementKind::Var { name, value } }
+        }
+        Rule::let_stmt => {
+            let name = visit_ident(c.next()?)?;
+            let dataset = visit_dataset(c.next()?)?;
+            StatementKind::Let { name, dataset }
+        }
+        Rule::export => {
+            let query = visit_query(c.next()?)?;
+            c.skip_keywords();
+            let path = visit_path(c.next()?)?;
+            let overwrite = c.take(Rule::overwrite).is_some();
+            StatementKind::Export { query, path, overwrite }
+        }
+        Rule::plan_stmt => StatementKind::Plan(visit_query(c.next()?)?),
+        Rule::query => {
+            // the query rule has no keywords of its own: rebuild from the whole pair
+            return Ok(Statement { kind: StatementKind::Query(visit_query_children(c, sp)?), span: sp });
+        }
+        other => return Err(Error::syntax(format!("internal: unexpected statement {other:?}")).at(sp)),
+    };
+    c.done();
+    Ok(Statement { kind, span: sp })
+}
+
+fn visit_path(pair: Pair<Rule>) -> Result<Value> {
+    let mut c = Children::of(pair);
+    let v = visit_value_token(c.next()?)?;
+    c.done();
+    Ok(v)
+}
+
+fn visit_query(pair: Pair<Rule>) -> Result<Query> {
+    let sp = span(&pair);
+    visit_query_children(Children::of(pair), sp)
+}
+
+/// query = intersect_term ~ (set_op ~ intersect_term)*   (left-associative)
+fn visit_query_children(mut c: Children, sp: Span) -> Result<Query> {
+    let mut left = visit_intersect(c.next()?)?;
+    while let Some(op) = c.inner.next() {
+        let op = match op.as_rule() {
+            Rule::op_union_all => SetOp::UnionAll,
+            Rule::op_union => SetOp::Union,
+            _ => SetOp::Except,
+        };
+        let right = visit_intersect(c.next()?)?;
+        let s = left.span.to(right.span);
+        left = Query { kind: QueryKind::SetOp { op, left: Box::new(left), right: Box::new(right) }, span: s };
+    }
+    let _ = sp;
+    Ok(left)
+}
+
+fn visit_intersect(pair: Pair<Rule>) -> Result<Query> {
+    let mut c = Children::of(pair);
+    let mut left = visit_query_term(c.next()?)?;
+    while c.take(Rule::op_intersect).is_some() {
+        let right = visit_query_term(c.next()?)?;
+        let s = left.span.to(right.span);
+        left = Query { kind: QueryKind::SetOp { op: SetOp::Intersect, left: Box::new(left), right: Box::new(right) }, span: s };
+    }
+    c.done();
+    Ok(left)
+}
+
+fn visit_query_term(pair: Pair<Rule>) -> Result<Query> {
+    let sp = span(&pair);
+    match pair.as_rule() {
+        Rule::select => Ok(Query { kind: QueryKind::Select(Box::new(visit_select(pair)?)), span: sp }),
+        Rule::predict_query => {
+            let mut c = Children::of(pair);
+            c.skip_keywords();
+            let call = visit_model_call(c.next()?)?;
+            c.done();
+            Ok(Query { kind: QueryKind::Predict(call), span: sp })
+        }
+        _ => visit_query(pair),
+    }
+}
+
+fn visit_select(pair: Pair<Rule>) -> Result<Select> {
+    let sp = span(&pair);
+    let mut c = Children::of(pair);
+    c.skip_keywords();
+    let distinct = c.take(Rule::distinct).is_some();
+    let items = visit_select_list(c.next()?)?;
+    c.skip_keywords();
+    let from = visit_source(c.next()?)?;
+    let mut select = Select { distinct, items, from, filter: None, group_by: vec![], having: None, order_by: vec![], limit: None, span: sp };
+    if let Some(w) = c.take(Rule::where_clause) {
+        select.filter = Some(visit_clause_expr(w)?);
+    }
+    if let Some(g) = c.take(Rule::group_by) {
+        let mut gc = Children::of(g);
+        gc.skip_keywords();
+        while let Some(e) = gc.take(Rule::expr) {
+            select.group_by.push(visit_expr(e)?);
+        }
+        gc.done();
+    }
+    if let Some(h) = c.take(Rule::having) {
+        select.having = Some(visit_clause_expr(h)?);
+    }
+    if let Some(o) = c.take(Rule::order_by) {
+        let mut oc = Children::of(o);
+        oc.skip_keywords();
+        while let Some(item) = oc.take(Rule::order_item) {
+            let mut ic = Children::of(item);
+            let expr = visit_expr(ic.next()?)?;
+            let descending = ic.take(Rule::order_dir).is_some_and(|d| d.as_str().eq_ignore_ascii_case("desc"));
+            ic.done();
+            select.order_by.push(OrderItem { expr, descending });
+        }
+        oc.done();
+    }
+    if let Some(l) = c.take(Rule::limit) {
+        let mut lc = Children::of(l);
+        lc.skip_keywords();
+        let count = visit_int_value(lc.next()?)?;
+        lc.skip_keywords();
+        let offset = lc.take(Rule::int_value).map(visit_int_value).transpose()?;
+        lc.done();
+        select.limit = Some(Limit { count, offset });
+    }
+    c.done();
+    Ok(select)
+}
+
+fn visit_clause_expr(pair: Pair<Rule>) -> Result<Expr> {
+    let mut c = Children::of(pair);
+    c.skip_keywords();
+    let e = visit_expr(c.next()?)?;
+    c.done();
+    Ok(e)
+}
+
+fn visit_select_list(pair: Pair<Rule>) -> Result<Vec<SelectItem>> {
+    Children::of(pair)
+        .inner
+        .map(|item| {
+            let sp = span(&item);
+            let mut c = Children::of(item);
+            if c.take(Rule::star).is_some() {
+                return Ok(SelectItem::Wildcard(sp));
+            }
+            let expr = visit_expr(c.next()?)?;
+            c.skip_keywords();
+            let alias = c.take(Rule::ident).map(visit_ident).transpose()?;
+            c.done();
+            Ok(SelectItem::Expr { expr, alias })
+        })
+        .collect()
+}
+
+fn visit_source(pair: Pair<Rule>) -> Result<Source> {
+    let mut c = Children::of(pair);
+    let inner = c.next()?;
+    c.done();
+    match inner.as_rule() {
+        Rule::subquery => {
+            let mut sc = Children::of(inner);
+            let query = visit_query(sc.next()?)?;
+            sc.skip_keywords();
+            let alias = sc.take(Rule::ident).map(visit_ident).transpose()?;
+            sc.done();
+            Ok(Source::Subquery { query: Box::new(query), alias })
+        }
+        Rule::predict_source => {
+            let mut pc = Children::of(inner);
+            pc.skip_keywords();
+            let call = visit_model_call(pc.next()?)?;
+            pc.done();
+            Ok(Source::Predict(call))
+        }
+        _ => Ok(Source::Interpretation(visit_interpretation(inner)?)),
+    }
+}
+
+fn visit_interpretation(pair: Pair<Rule>) -> Result<Interpretation> {
+    let sp = span(&pair);
+    let mut c = Children::of(pair);
+    let call = visit_model_call(c.next()?)?;
+    let mut interp = Interpretation { call, using: None, target: None, baseline: None, window: None, granularity: None, span: sp };
+    while let Some(clause) = c.inner.next() {
+        let csp = span(&clause);
+        let rule = clause.as_rule();
+        let twice = |name: &str| Error::syntax(format!("{name} is given twice")).at(csp);
+        let mut cc = Children::of(clause);
+        cc.skip_keywords();
+        match rule {
+            Rule::using_clause => {
+                if interp.using.is_some() {
+                    return Err(twice("USING"));
+                }
+                interp.using = Some(visit_method_call(cc.next()?)?);
+            }
+            Rule::target_clause => {
+                if interp.target.is_some() {
+                    return Err(twice("TARGET"));
+                }
+                let t = cc.next()?;
+                let tsp = span(&t);
+                let inner = Children::of(t).next()?;
+                let kind = match inner.as_rule() {
+                    Rule::target_predicted => TargetKind::Predicted,
+                    Rule::target_label => TargetKind::Label,
+                    _ => TargetKind::Class(visit_int_value(inner)?),
+                };
+                interp.target = Some(Target { kind, span: tsp });
+            }
+            Rule::baseline_clause => {
+                if interp.baseline.is_some() {
+                    return Err(twice("BASELINE"));
+                }
+                let b = cc.next()?;
+                let bsp = span(&b);
+                let inner = Children::of(b).next()?;
+                let kind = match inner.as_rule() {
+                    Rule::baseline_zero => BaselineKind::Zero,
+                    Rule::baseline_mean => {
+                        let mut mc = Children::of(inner);
+                        mc.skip_keywords();
+                        BaselineKind::Mean(mc.take(Rule::dataset).map(visit_dataset).transpose()?)
+                    }
+                    Rule::baseline_constant => BaselineKind::Constant(visit_value_token(Children::of(inner).next()?)?),
+                    _ => BaselineKind::Data(visit_dataset(inner)?),
+                };
+                interp.baseline = Some(Baseline { kind, span: bsp });
+            }
+            Rule::window_clause => {
+                if interp.window.is_some() {
+                    return Err(twice("WINDOW"));
+                }
+                let w = cc.next()?;
+                let kind = if w.as_rule() == Rule::window_image {
+                    let ranges = w
+                        .into_inner()
+                        .map(|r| {
+                            let rsp = span(&r);
+                            let mut rc = Children::of(r);
+                            let axis_pair = rc.next()?;
+                            let axis = match axis_pair.as_str().to_lowercase().as_str() {
+                                "rows" => Axis::Rows,
+                                "cols" => Axis::Cols,
+                                _ => Axis::Channels,
+                            };
+                            let start = visit_int_value(rc.next()?)?;
+                            let end = visit_int_value(rc.next()?)?;
+                            rc.done();
+                            Ok(WindowRange { axis, start, end, span: rsp })
+                        })
+                        .collect::<Result<_>>()?;
+                    WindowKind::Image(ranges)
+                } else {
+                    let mut wc = Children::of(w);
+                    wc.skip_keywords();
+                    let items = wc
+                        .inner
+                        .map(|item| {
+                            let inner = Children::of(item).next()?;
+                            match inner.as_rule() {
+                                Rule::column_range => {
+                                    let isp = span(&inner);
+                                    let mut rc = Children::of(inner);
+                                    let start = visit_int_value(rc.next()?)?;
+                                    let end = visit_int_value(rc.next()?)?;
+                                    Ok(ColumnItem::Range { start, end, span: isp })
+                                }
+                                Rule::string => {
+                                    let v = visit_value_token(inner)?;
+                                    let name = match v.kind {
+                                        ValueKind::Str(name) => name,
+                                        other => format!("{other:?}"),
+                                    };
+                                    Ok(ColumnItem::Name(Ident { name, span: v.span }))
+                                }
+                                _ => Ok(ColumnItem::Name(visit_ident(inner)?)),
+                            }
+                        })
+                        .collect::<Result<_>>()?;
+                    WindowKind::Columns(items)
+                };
+                interp.window = Some(Window { kind, span: csp });
+            }
+            Rule::granularity_clause => {
+                if interp.granularity.is_some() {
+                    return Err(twice("GRANULARITY"));
+                }
+                let g = cc.next()?;
+                let gsp = span(&g);
+                let inner = Children::of(g).next()?;
+                let kind = match inner.as_rule() {
+                    Rule::gran_pixel => GranularityKind::Pixel,
+                    Rule::gran_column => GranularityKind::Column,
+                    _ => {
+                        let mut pc = Children::of(inner);
+                        pc.skip_keywords();
+                        GranularityKind::Patch(visit_int_value(pc.next()?)?)
+                    }
+                };
+                interp.granularity = Some(Granularity { kind, span: gsp });
+            }
+            other => return Err(Error::syntax(format!("internal: unexpected clause {other:?}")).at(csp)),
+        }
+    }
+    Ok(interp)
+}
+
+fn visit_method_call(pair: Pair<Rule>) -> Result<MethodCall> {
+    let sp = span(&pair);
+    let mut c = Children::of(pair);
+    let name = visit_ident(c.next()?)?;
+    let mut params = Vec::new();
+    while let Some(p) = c.take(Rule::param) {
+        let mut pc = Children::of(p);
+        let pname = visit_ident(pc.next()?)?;
+        let value = visit_value(pc.next()?)?;
+        pc.done();
+        params.push(Param { name: pname, value });
+    }
+    c.done();
+    Ok(MethodCall { name, params, span: sp })
+}
+
+fn visit_model_call(pair: Pair<Rule>) -> Result<ModelCall> {
+    let sp = span(&pair);
+    let mut c = Children::of(pair);
+    let model = visit_ident(c.next()?)?;
+    let data = visit_dataset(c.next()?)?;
+    c.done();
+    Ok(ModelCall { model, data, span: sp })
+}
+
+fn visit_dataset(pair: Pair<Rule>) -> Result<DatasetExpr> {
+    let sp = span(&pair);
+    let mut c = Children::of(pair);
+    let name = visit_ident(c.next()?)?;
+    let index = match c.take(Rule::index_spec) {
+        None => None,
+        Some(spec) => {
+            let inner = Children::of(spec).next()?;
+            Some(if inner.as_rule() == Rule::slice {
+                let mut sc = Children::of(inner);
+                let start = sc.take(Rule::slice_start).map(|p| Children::of(p).next().and_then(visit_int_value)).transpose()?;
+                let end = sc.take(Rule::slice_end).map(|p| Children::of(p).next().and_then(visit_int_value)).transpose()?;
+                sc.done();
+                Index::Range { start, end }
+            } else {
+                Index::One(visit_int_value(inner)?)
+            })
+        }
+    };
+    c.done();
+    Ok(DatasetExpr { name, index, span: sp })
+}
+
+fn visit_int_value(pair: Pair<Rule>) -> Result<Value> {
+    let inner = Children::of(pair).next()?;
+    visit_value_token(inner)
+}
+
+fn visit_value(pair: Pair<Rule>) -> Result<Value> {
+    let inner = Children::of(pair).next()?;
+    visit_value_token(inner)
+}
+
+/// A literal token: number, integer, unsigned, string, boolean, variable or word.
+fn visit_value_token(pair: Pair<Rule>) -> Result<Value> {
+    let sp = span(&pair);
+    let text = pair.as_str();
+    let kind = match pair.as_rule() {
+        Rule::number | Rule::integer | Rule::unsigned => {
+            ValueKind::Number(text.parse().map_err(|_| Error::syntax(format!("`{text}` is not a number")).at(sp))?)
+        }
+        Rule::string => ValueKind::Str(unquote(text)),
+        Rule::boolean => ValueKind::Bool(text.eq_ignore_ascii_case("true")),
+        Rule::variable => ValueKind::Var(text[1..].to_string()),
+        Rule::word => ValueKind::Word(text.to_string()),
+        other => return Err(Error::syntax(format!("internal: unexpected value {other:?}")).at(sp)),
+    };
+    Ok(Value { kind, span: sp })
+}
+
+fn unquote(text: &str) -> String {
+    text[1..text.len() - 1].replace("''", "'")
+}
+
+fn visit_ident(pair: Pair<Rule>) -> Result<Ident> {
+    let sp = span(&pair);
+    let inner = Children::of(pair).next()?;
+    let text = inner.as_str();
+    let name = if inner.as_rule() == Rule::quoted_ident { text[1..text.len() - 1].to_string() } else { text.to_string() };
+    Ok(Ident { name, span: sp })
+}
+
+fn visit_expr(pair: Pair<Rule>) -> Result<Expr> {
+    PRATT
+        .map_primary(visit_primary)
+        .map_prefix(|op, rhs| {
+            let rhs = rhs?;
+            let sp = span(&op).to(rhs.span);
+            let op = if op.as_rule() == Rule::op_not { UnaryOp::Not } else { UnaryOp::Neg };
+            Ok(Expr { kind: ExprKind::Unary { op, expr: Box::new(rhs) }, span: sp })
+        })
+        .map_postfix(|lhs, op| {
+            let lhs = lhs?;
+            let sp = lhs.span.to(span(&op));
+            let rule = op.as_rule();
+            let mut c = Children::of(op);
+            let negated = c.take(Rule::negated).is_some();
+            c.skip_keywords();
+            let kind = if rule == Rule::is_null {
+                ExprKind::IsNull { expr: Box::new(lhs), negated }
+            } else {
+                let list = c.inner.map(visit_expr).collect::<Result<_>>()?;
+                ExprKind::InList { expr: Box::new(lhs), list, negated }
+            };
+            Ok(Expr { kind, span: sp })
+        })
+        .map_infix(|lhs, op, rhs| {
+            let (lhs, rhs) = (lhs?, rhs?);
+            let op = match op.as_rule() {
+                Rule::op_or => BinaryOp::Or,
+                Rule::op_and => BinaryOp::And,
+                Rule::op_eq => BinaryOp::Eq,
+                Rule::op_ne => BinaryOp::NotEq,
+                Rule::op_lt => BinaryOp::Lt,
+                Rule::op_le => BinaryOp::LtEq,
+                Rule::op_gt => BinaryOp::Gt,
+                Rule::op_ge => BinaryOp::GtEq,
+                Rule::op_add => BinaryOp::Add,
+                Rule::op_sub => BinaryOp::Sub,
+                Rule::op_mul => BinaryOp::Mul,
+                Rule::op_div => BinaryOp::Div,
+                _ => BinaryOp::Mod,
+            };
+            let sp = lhs.span.to(rhs.span);
+            Ok(Expr { kind: ExprKind::Binary { op, left: Box::new(lhs), right: Box::new(rhs) }, span: sp })
+        })
+        .parse(pair.into_inner())
+}
+
+fn visit_primary(pair: Pair<Rule>) -> Result<Expr> {
+    let sp = span(&pair);
+    let kind = match pair.as_rule() {
+        Rule::expr => return visit_expr(pair),
+        Rule::null => ExprKind::Null,
+        Rule::function_call => {
+            let mut c = Children::of(pair);
+            let name = visit_ident(c.next()?)?;
+            let star = c.take(Rule::star).is_some();
+            let args = c.inner.map(visit_expr).collect::<Result<_>>()?;
+            ExprKind::Call { name, args, star }
+        }
+        Rule::column_ref => {
+            let mut c = Children::of(pair);
+            let first = visit_ident(c.next()?)?;
+            match c.take(Rule::ident) {
+                Some(second) => ExprKind::Column { qualifier: Some(first), name: visit_ident(second)? },
+                None => ExprKind::Column { qualifier: None, name: first },
+            }
+        }
+        _ => match visit_value_token(pair)?.kind {
+            ValueKind::Number(n) => ExprKind::Number(n),
+            ValueKind::Str(s) => ExprKind::Str(s),
+            ValueKind::Bool(b) => ExprKind::Bool(b),
+            ValueKind::Var(v) => ExprKind::Var(v),
+            ValueKind::Word(w) => ExprKind::Str(w),
+        },
+    };
+    Ok(Expr { kind, span: sp })
+}
+
+/// Human names for grammar rules in "expected …" messages.
+fn rule_name(rule: &Rule) -> String {
+    let s = format!("{rule:?}");
+    if let Some(kw) = s.strip_prefix("kw_") {
+        return kw.to_uppercase();
+    }
+    match rule {
+        Rule::EOI => "end of input".into(),
+        Rule::ident | Rule::bare_ident | Rule::quoted_ident => "a name".into(),
+        Rule::string | Rule::path => "a quoted string ('...')".into(),
+        Rule::number | Rule::unsigned | Rule::integer | Rule::int_value => "a number".into(),
+        Rule::variable => "a variable (:name)".into(),
+        Rule::value => "a value".into(),
+        Rule::expr | Rule::literal | Rule::primary | Rule::column_ref | Rule::function_call => "an expression".into(),
+        Rule::select_item | Rule::select_list => "a column or expression".into(),
+        Rule::star => "`*`".into(),
+        Rule::dataset => "a dataset (name, name[i] or name[a:b])".into(),
+        Rule::query | Rule::select | Rule::intersect_term => "a query (SELECT …)".into(),
+        Rule::statement => "a statement".into(),
+        Rule::op_eq => "`=`".into(),
+        Rule::op_ne => "`!=`".into(),
+        Rule::op_lt | Rule::op_le | Rule::op_gt | Rule::op_ge => "a comparison".into(),
+        Rule::op_add | Rule::op_sub | Rule::op_mul | Rule::op_div | Rule::op_mod => "an operator".into(),
+        Rule::op_or | Rule::op_and => "AND / OR".into(),
+        Rule::op_union | Rule::op_union_all | Rule::op_except | Rule::op_intersect => "UNION / INTERSECT / EXCEPT".into(),
+        Rule::is_null | Rule::in_list => "IS / IN".into(),
+        Rule::using_clause => "USING".into(),
+        Rule::target_clause => "TARGET".into(),
+        Rule::baseline_clause => "BASELINE".into(),
+        Rule::window_clause => "WINDOW".into(),
+        Rule::granularity_clause => "GRANULARITY".into(),
+        Rule::where_clause => "WHERE".into(),
+        Rule::group_by => "GROUP BY".into(),
+        Rule::having => "HAVING".into(),
+        Rule::order_by => "ORDER BY".into(),
+        Rule::limit => "LIMIT".into(),
+        Rule::order_dir => "ASC / DESC".into(),
+        Rule::overwrite => "OVERWRITE".into(),
+        Rule::param => "a parameter (name = value)".into(),
+        Rule::method_call => "a method name".into(),
+        Rule::load_model | Rule::load_data => "LOAD".into(),
+        Rule::show => "SHOW".into(),
+        Rule::set_stmt => "SET".into(),
+        Rule::var_stmt => "VAR".into(),
+        Rule::let_stmt => "LET".into(),
+        Rule::export => "EXPORT".into(),
+        Rule::plan_stmt => "PLAN".into(),
+        Rule::predict_query | Rule::predict_source => "PREDICT".into(),
+        Rule::subquery => "`(`".into(),
+        Rule::window_range | Rule::window_axis => "rows a:b / cols a:b / channels a:b".into(),
+        Rule::window_columns => "COLUMNS".into(),
+        Rule::granularity => "pixel, patch(k) or column".into(),
+        Rule::target => "PREDICTED, LABEL or a class index".into(),
+        Rule::baseline => "zero, mean, a number or a dataset".into(),
+        Rule::labels_file => "LABELS".into(),
+        Rule::label_column => "LABEL COLUMN".into(),
+        Rule::distinct => "DISTINCT".into(),
+        Rule::slice | Rule::index_spec => "an index or a slice a:b".into(),
+        _ => s.replace('_', " "),
+    }
+}
+
+/// Converts pest's error once, at the boundary: a span and a sentence naming what was
+/// expected in words a user knows.
+fn convert_error(err: pest::error::Error<Rule>) -> Error {
+    use pest::error::{ErrorVariant, InputLocation};
+    let (start, end) = match err.location {
+        InputLocation::Pos(p) => (p, p + 1),
+        InputLocation::Span((s, e)) => (s, e.max(s + 1)),
+    };
+    let message = match &err.variant {
+        ErrorVariant::ParsingError { positives, .. } => {
+            let mut names: Vec<String> = positives.iter().map(rule_name).collect();
+            names.sort();
+            names.dedup();
+            match names.len() {
+                0 => "unexpected input".to_string(),
+                1 => format!("expected {}", names[0]),
+                _ => {
+                    let last = names.pop().unwrap_or_default();
+                    format!("expected {} or {last}", names.join(", "))
+                }
+            }
+        }
+        ErrorVariant::CustomError { message } => message.clone(),
+    };
+    Error::syntax(message).at(Span::new(start, end))
+}
