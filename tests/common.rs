@@ -49,3 +49,32 @@ pub fn assert_close(what: &str, got: &[f64], want: &[f64], atol: f64, rtol: f64)
         panic!("{what}: element {i} is {} but the reference has {} (atol {atol}, rtol {rtol})", got[i], want[i]);
     }
 }
+
+/// A session with the setup statements run (paths relative to the crate root).
+pub fn session(setup: &str) -> ialgebra::exec::Session {
+    std::env::set_current_dir(root()).unwrap();
+    let mut s = ialgebra::exec::Session::new();
+    if let Err(e) = s.execute(setup) {
+        panic!("{}", e.render(setup, "setup"));
+    }
+    s
+}
+
+/// Runs a query that must return a table.
+pub fn query(s: &mut ialgebra::exec::Session, text: &str) -> polars::prelude::DataFrame {
+    match s.execute(text) {
+        Ok(mut outs) => match outs.pop() {
+            Some(ialgebra::exec::Output::Table(df)) => df,
+            other => panic!("{text}: expected a table, got {other:?}"),
+        },
+        Err(e) => panic!("{}", e.render(text, "query")),
+    }
+}
+
+/// A numeric column as f64 (nulls as NaN).
+pub fn column_f64(df: &polars::prelude::DataFrame, name: &str) -> Vec<f64> {
+    use polars::prelude::*;
+    let c = df.column(name).unwrap_or_else(|_| panic!("no column {name} in {:?}", df.get_column_names()));
+    let c = c.cast(&DataType::Float64).unwrap();
+    c.f64().unwrap().iter().map(|v| v.unwrap_or(f64::NAN)).collect()
+}
