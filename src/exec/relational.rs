@@ -71,10 +71,16 @@ fn set_op(op: SetOp, left: DataFrame, right: DataFrame) -> Result<DataFrame> {
     let l = left.lazy().select(lcols);
     let r = right.lazy().select(rcols);
     let on: Vec<Expr> = names.iter().map(|n| col(n.clone())).collect();
+    // Joins do not keep row order: number the left rows and sort back by that number.
     let joined = |how: JoinType| {
         let mut args = JoinArgs::new(how);
         args.nulls_equal = true;
-        l.clone().join(r.clone(), on.clone(), on.clone(), args).unique_stable(None, UniqueKeepStrategy::First)
+        l.clone()
+            .with_row_index("__left_row", None)
+            .join(r.clone(), on.clone(), on.clone(), args)
+            .sort(["__left_row"], SortMultipleOptions::default())
+            .drop(by_name(["__left_row"], true, false))
+            .unique_stable(None, UniqueKeepStrategy::First)
     };
     let out = match op {
         SetOp::UnionAll => concat([l, r], UnionArgs::default())?,

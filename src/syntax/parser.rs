@@ -543,6 +543,8 @@ fn visit_expr(pair: Pair<Rule>) -> Result<Expr> {
             let sp = lhs.span.to(span(&op));
             let rule = op.as_rule();
             let mut c = Children::of(op);
+            // IS [NOT] NULL has its keyword first, [NOT] IN its negation first.
+            c.skip_keywords();
             let negated = c.take(Rule::negated).is_some();
             c.skip_keywords();
             let kind = if rule == Rule::is_null {
@@ -656,6 +658,7 @@ fn rule_name(rule: &Rule) -> String {
         Rule::plan_stmt => "PLAN".into(),
         Rule::predict_query | Rule::predict_source => "PREDICT".into(),
         Rule::subquery => "`(`".into(),
+        Rule::source | Rule::interpretation | Rule::model_call => "model(data), PREDICT model(data) or a (subquery)".into(),
         Rule::window_range | Rule::window_axis => "rows a:b / cols a:b / channels a:b".into(),
         Rule::window_columns => "COLUMNS".into(),
         Rule::granularity => "pixel, patch(k) or column".into(),
