@@ -93,12 +93,15 @@ fn parse(text: &str) -> Vec<(usize, Record)> {
     records
 }
 
-/// Runs one .slt file; returns its text with expected tables replaced by actual ones.
+/// Runs one .slt file; returns its failures and its text with the expected tables
+/// replaced by the actual ones.
 fn run_file(path: &Path) -> (Vec<String>, String) {
     let text = std::fs::read_to_string(path).unwrap();
     let mut s = Session::new();
     let mut failures = Vec::new();
-    let mut updated = text.clone();
+    let mut updated = String::new();
+    // Copy the text through, rewriting each query's expected block where it stands.
+    let mut cursor = 0usize;
     for (line, record) in parse(&text) {
         let at = format!("{}:{line}", path.display());
         match record {
@@ -116,23 +119,35 @@ fn run_file(path: &Path) -> (Vec<String>, String) {
                     }
                 }
             },
-            Record::Query(sql, expected) => match s.execute(&sql) {
-                Ok(mut outs) => match outs.pop() {
-                    Some(Output::Table(df)) => {
-                        let got = table_lines(&df);
-                        if got != expected {
-                            let old = format!("{sql}\n----\n{}", expected.join("\n"));
-                            let new = format!("{sql}\n----\n{}", got.join("\n"));
-                            updated = updated.replacen(if expected.is_empty() { &sql } else { &old }, &new, 1);
-                            failures.push(format!("{at}: table differs\n--- expected\n{}\n--- got\n{}", expected.join("\n"), got.join("\n")));
+            Record::Query(sql, expected) => {
+                let old = if expected.is_empty() { sql.clone() } else { format!("{sql}\n----\n{}", expected.join("\n")) };
+                let pos = cursor + text[cursor..].find(&old).expect("record text");
+                updated.push_str(&text[cursor..pos]);
+                cursor = pos + old.len();
+                let got = match s.execute(&sql) {
+                    Ok(mut outs) => match outs.pop() {
+                        Some(Output::Table(df)) => Some(table_lines(&df)),
+                        other => {
+                            failures.push(format!("{at}: expected a table, got {other:?}"));
+                            None
                         }
+                    },
+                    Err(e) => {
+                        failures.push(format!("{at}: query failed\n{}", e.render(&sql, &at)));
+                        None
                     }
-                    other => failures.push(format!("{at}: expected a table, got {other:?}")),
-                },
-                Err(e) => failures.push(format!("{at}: query failed\n{}", e.render(&sql, &at))),
-            },
+                };
+                match got {
+                    Some(got) if got != expected => {
+                        failures.push(format!("{at}: table differs\n--- expected\n{}\n--- got\n{}", expected.join("\n"), got.join("\n")));
+                        updated.push_str(&format!("{sql}\n----\n{}", got.join("\n")));
+                    }
+                    _ => updated.push_str(&old),
+                }
+            }
         }
     }
+    updated.push_str(&text[cursor..]);
     (failures, updated)
 }
 
