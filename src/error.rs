@@ -199,7 +199,11 @@ pub fn closest<'a>(name: &str, known: &'a [String]) -> Option<&'a str> {
     known
         .iter()
         .map(|k| (edit_distance(&lower, &k.to_lowercase()), k))
-        .filter(|(d, k)| *d > 0 && *d <= (k.chars().count().max(name.chars().count()) / 3).max(1))
+        .filter(|(d, k)| {
+            let k = k.to_lowercase();
+            // a typo of about one letter in three, or a name cut short or run on
+            *d > 0 && (*d <= (k.chars().count().max(lower.chars().count()) + 2) / 3 || k.starts_with(&lower) || lower.starts_with(&k))
+        })
         .min_by_key(|(d, _)| *d)
         .map(|(_, k)| k.as_str())
         .or_else(|| known.iter().find(|k| k.to_lowercase() == lower && k.as_str() != name).map(|k| k.as_str()))

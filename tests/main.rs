@@ -3,3 +3,4 @@
 mod common;
 mod parity;
 mod slt;
+mod errors;

@@ -60,9 +60,9 @@ pub const SETTINGS: &[(&str, &str)] = &[
 pub fn plan(stmt: &Statement, catalog: &dyn Catalog) -> Result<Plan> {
     Ok(match &stmt.kind {
         StatementKind::LoadModel { name, path, arch } => {
-            let weights = resolve_path(path, catalog)?;
+            let weights = existing_path(path, catalog)?;
             let ext = weights.extension().and_then(|e| e.to_str()).unwrap_or("").to_lowercase();
-            let arch = arch.as_ref().map(|a| resolve_path(a, catalog)).transpose()?;
+            let arch = arch.as_ref().map(|a| existing_path(a, catalog)).transpose()?;
             if arch.is_none() {
                 let err = if ext == "onnx" {
                     Error::model("ONNX models are not supported yet").hint("export safetensors with an architecture file, and LOAD MODEL m FROM 'm.safetensors' ARCH 'm.json'")
@@ -75,8 +75,8 @@ pub fn plan(stmt: &Statement, catalog: &dyn Catalog) -> Result<Plan> {
         }
         StatementKind::LoadData { name, path, labels, label_column } => Plan::LoadData {
             name: name.name.clone(),
-            path: resolve_path(path, catalog)?,
-            labels: labels.as_ref().map(|l| resolve_path(l, catalog)).transpose()?,
+            path: existing_path(path, catalog)?,
+            labels: labels.as_ref().map(|l| existing_path(l, catalog)).transpose()?,
             label_column: label_column.as_ref().map(|c| c.name.clone()),
         },
         StatementKind::Show(show) => match show {
@@ -120,6 +120,9 @@ pub fn plan(stmt: &Statement, catalog: &dyn Catalog) -> Result<Plan> {
                         .hint("use a .csv, .parquet or .json file name"));
                 }
             };
+            if !*overwrite && file.exists() {
+                return Err(Error::io(format!("{} already exists", file.display())).at(path.span).hint("add OVERWRITE to replace it"));
+            }
             Plan::Export { query: query::plan_query(q, catalog)?, path: file, format, overwrite: *overwrite }
         }
     })
@@ -186,6 +189,18 @@ fn resolve_path(value: &Value, catalog: &dyn Catalog) -> Result<PathBuf> {
         Literal::Text(t) => Ok(PathBuf::from(t)),
         other => Err(Error::value(format!("expected a file path in quotes, got {other}")).at(value.span)),
     }
+}
+
+/// A path to read from: it must exist (checked here so the caret points at it).
+fn existing_path(value: &Value, catalog: &dyn Catalog) -> Result<PathBuf> {
+    let path = resolve_path(value, catalog)?;
+    if !path.exists() {
+        return Err(Error::io(format!("no such file: {}", path.display())).at(value.span));
+    }
+    if path.is_dir() {
+        return Err(Error::io(format!("{} is a directory, not a file", path.display())).at(value.span));
+    }
+    Ok(path)
 }
 
 /// A whole number (an index, a range bound, a count).

@@ -40,9 +40,10 @@ pub fn parse_script(text: &str) -> Result<Script> {
     Ok(Script { statements })
 }
 
+/// The pair's text span without the whitespace pest's implicit skipping leaves at its end.
 fn span(pair: &Pair<Rule>) -> Span {
     let s = pair.as_span();
-    Span::new(s.start(), s.end())
+    Span::new(s.start(), s.start() + pair.as_str().trim_end().len())
 }
 
 /// The children of a pair, consumed in grammar order.
@@ -682,7 +683,19 @@ fn convert_error(err: pest::error::Error<Rule>) -> Error {
     };
     let message = match &err.variant {
         ErrorVariant::ParsingError { positives, .. } => {
-            let mut names: Vec<String> = positives.iter().map(rule_name).collect();
+            // Operators are many tokens but one idea to a reader.
+            let operator = |r: &Rule| {
+                matches!(
+                    r,
+                    Rule::kw_and | Rule::kw_or | Rule::kw_is | Rule::kw_in | Rule::op_and | Rule::op_or | Rule::op_eq | Rule::op_ne | Rule::op_lt | Rule::op_le | Rule::op_gt | Rule::op_ge
+                        | Rule::op_add | Rule::op_sub | Rule::op_mul | Rule::op_div | Rule::op_mod | Rule::is_null | Rule::in_list | Rule::negated
+                )
+            };
+            let mut names: Vec<String> = positives.iter().map(|r| if operator(r) { "an operator".to_string() } else { rule_name(r) }).collect();
+            // DISTINCT is optional where a select list is expected; naming it only distracts.
+            if names.len() > 1 {
+                names.retain(|n| n != "DISTINCT");
+            }
             names.sort();
             names.dedup();
             match names.len() {
