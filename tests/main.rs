@@ -4,3 +4,5 @@ mod common;
 mod parity;
 mod slt;
 mod errors;
+mod roundtrip;
+mod corpus;

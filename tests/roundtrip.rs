@@ -1,0 +1,88 @@
+//! Parse → Display → parse gives the same tree (spans aside), for every saved query, every
+//! statement of the .slt files, and some tricky cases; and printing is idempotent.
+
+use ialgebra::syntax::parse;
+
+use crate::common::root;
+
+/// Debug text of a tree with every `Span { start: …, end: … }` removed.
+fn without_spans(debug: &str) -> String {
+    let mut out = String::with_capacity(debug.len());
+    let mut rest = debug;
+    while let Some(at) = rest.find("Span {") {
+        out.push_str(&rest[..at]);
+        let close = rest[at..].find('}').map_or(rest.len(), |c| at + c + 1);
+        rest = &rest[close..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn check(text: &str, origin: &str) {
+    let first = parse(text).unwrap_or_else(|e| panic!("{origin}: {}", e.render(text, origin)));
+    let printed = first.to_string();
+    let second = parse(&printed).unwrap_or_else(|e| panic!("{origin}: the printed form does not parse:\n{printed}\n{}", e.render(&printed, "printed")));
+    assert_eq!(without_spans(&format!("{first:?}")), without_spans(&format!("{second:?}")), "{origin}: the tree changed through\n{printed}");
+    assert_eq!(printed, second.to_string(), "{origin}: printing is not idempotent");
+}
+
+const TRICKY: &[&str] = &[
+    "SELECT a - -b, -(a + b) * c, NOT a = b AND c OR d FROM m(d);",
+    "SELECT * FROM m(d) WHERE x NOT IN (1, 2.5, 'a''b') AND y IS NOT NULL OR z IS NULL;",
+    "SELECT \"group\", \"weird name\", target FROM m(d[:i]) TARGET :t BASELINE mean(x) WINDOW rows :a:4, cols 0:8;",
+    "SELECT count(*), sum(x) AS s FROM (SELECT * FROM PREDICT m(d[3:])) AS sub GROUP BY y HAVING sum(x) > 1e-3 ORDER BY 2 DESC LIMIT 5 OFFSET 1;",
+    "(SELECT a FROM m(d)) UNION ALL ((SELECT a FROM m(d)) INTERSECT (SELECT a FROM m(d))) EXCEPT (SELECT a FROM m(d));",
+    "LOAD DATA c FROM :path LABEL COLUMN diagnosis; LOAD MODEL m FROM 'a.pth' ARCH 'a.json'; SET method = saliency; SET x = 'text'; VAR v = -2.5e10;",
+    "EXPORT SELECT * FROM m(d[0:10]) USING occlusion(window = 2, stride = 1) GRANULARITY patch(2) TO 'out.parquet' OVERWRITE; PLAN PREDICT m(d);",
+    "SELECT * FROM m(d[0:0]) USING integrated_gradients(rule = riemann_trapezoid, steps = 5) WINDOW columns 0:3, a, 'b c' GRANULARITY column;",
+    "SHOW MODELS; SHOW DATA; SHOW METHODS; SHOW LAYERS OF m; SHOW CACHE; SHOW SETTINGS; LET e = d[:5];",
+    "-- a comment\nSELECT /* inline */ x FROM m(d) -- trailing\n;",
+];
+
+#[test]
+fn tricky_statements_round_trip() {
+    for (i, t) in TRICKY.iter().enumerate() {
+        check(t, &format!("tricky {i}"));
+    }
+}
+
+#[test]
+fn saved_queries_and_test_files_round_trip() {
+    let mut n = 0;
+    for dir in ["queries", "tests/slt"] {
+        for entry in std::fs::read_dir(root().join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            match path.extension().and_then(|e| e.to_str()) {
+                Some("iql") => {
+                    check(&text, &path.display().to_string());
+                    n += 1;
+                }
+                Some("slt") => {
+                    // the SQL lines of each record (between its header and a blank line or ----)
+                    let mut lines = text.lines().peekable();
+                    while let Some(line) = lines.next() {
+                        if line.starts_with("statement") || line == "query" {
+                            let mut sql = Vec::new();
+                            while let Some(l) = lines.peek() {
+                                if l.trim().is_empty() || l.trim() == "----" {
+                                    break;
+                                }
+                                sql.push(*l);
+                                lines.next();
+                            }
+                            let sql = sql.join("\n");
+                            if line.starts_with("statement error") && parse(&sql).is_err() {
+                                continue;
+                            }
+                            check(&sql, &path.display().to_string());
+                            n += 1;
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    assert!(n > 50, "only {n} scripts checked");
+}
