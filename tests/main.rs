@@ -6,3 +6,4 @@ mod slt;
 mod errors;
 mod roundtrip;
 mod corpus;
+mod files;
