@@ -7,3 +7,4 @@ mod errors;
 mod roundtrip;
 mod corpus;
 mod files;
+mod cli;
