@@ -196,6 +196,10 @@ pub fn locate(source: &str, offset: usize) -> (usize, usize, &str) {
 /// The known name closest to `name` by edit distance, if close enough to be a likely typo.
 pub fn closest<'a>(name: &str, known: &'a [String]) -> Option<&'a str> {
     let lower = name.to_lowercase();
+    // the same name in other letter case is the best guess of all
+    if let Some(k) = known.iter().find(|k| k.to_lowercase() == lower && k.as_str() != name) {
+        return Some(k.as_str());
+    }
     known
         .iter()
         .map(|k| (edit_distance(&lower, &k.to_lowercase()), k))
@@ -206,7 +210,6 @@ pub fn closest<'a>(name: &str, known: &'a [String]) -> Option<&'a str> {
         })
         .min_by_key(|(d, _)| *d)
         .map(|(_, k)| k.as_str())
-        .or_else(|| known.iter().find(|k| k.to_lowercase() == lower && k.as_str() != name).map(|k| k.as_str()))
 }
 
 /// A comma-separated list, shortened to `max` names with a count of the rest.

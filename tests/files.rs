@@ -185,3 +185,32 @@ fn bad_data_files_are_errors() {
     assert!(err(&mut s, &format!("LOAD DATA small FROM '{}'; PREDICT cnn(small)", x3.display())).contains("holds inputs of shape [4] but `cnn` takes [1, 8, 8]"));
     still_works(&mut s);
 }
+
+#[test]
+fn tabular_files_load_from_csv_and_parquet() {
+    use polars::prelude::*;
+    let dir = scratch("tabular");
+    // the same table as Parquet
+    let mut df = CsvReadOptions::default().with_has_header(true).try_into_reader_with_file_path(Some(root().join("data/cancer_test.csv"))).unwrap().finish().unwrap();
+    let parquet = dir.join("cancer.parquet");
+    ParquetWriter::new(std::fs::File::create(&parquet).unwrap()).finish(&mut df).unwrap();
+    let mut s = session(&format!(
+        "LOAD MODEL mlp FROM 'models/cancer_mlp.safetensors' ARCH 'models/cancer_mlp.json';
+         LOAD DATA from_csv FROM 'data/cancer_test.csv' LABEL COLUMN diagnosis;
+         LOAD DATA from_parquet FROM '{}' LABEL COLUMN diagnosis;
+         LOAD MODEL cnn FROM 'models/digits_cnn.safetensors' ARCH 'models/digits_cnn.json';
+         LOAD DATA digits FROM 'data/digits_test_x.npy' LABELS 'data/digits_test_y.npy';
+         LOAD DATA digits_csv FROM 'tests/fixtures/data/digits_test_x.csv' LABELS 'tests/fixtures/data/digits_test_y.csv';",
+        parquet.display()
+    ));
+    let a = query(&mut s, "SELECT * FROM mlp(from_csv[0:4]) USING integrated_gradients");
+    let b = query(&mut s, "SELECT * FROM mlp(from_parquet[0:4]) USING integrated_gradients");
+    assert!(a.equals_missing(&b));
+    assert_eq!(a.column("column").unwrap().str().unwrap().get(0), Some("mean_radius"));
+    // 64 pixel columns feed the 1×8×8 CNN; the relation names them by column
+    let npy = query(&mut s, "SELECT input, label, prediction, confidence FROM PREDICT cnn(digits)");
+    let csv = query(&mut s, "SELECT input, label, prediction, confidence FROM PREDICT cnn(digits_csv)");
+    assert!(npy.equals_missing(&csv));
+    let top = query(&mut s, "SELECT column FROM cnn(digits_csv[17]) USING saliency ORDER BY attribution DESC LIMIT 1");
+    assert!(top.column("column").unwrap().str().unwrap().get(0).unwrap().starts_with('p'));
+}

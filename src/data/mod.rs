@@ -200,6 +200,7 @@ pub fn load(name: &str, path: &Path, labels: Option<&Path>, label_column: Option
         "csv" | "parquet" => {
             let df = if ext == "csv" {
                 CsvReadOptions::default()
+                    .with_infer_schema_length(None)
                     .with_has_header(true)
                     .try_into_reader_with_file_path(Some(path.to_path_buf()))
                     .and_then(|r| r.finish())
@@ -255,6 +256,7 @@ fn load_labels(path: &Path) -> Result<Vec<i64>> {
         }
         "csv" => {
             let df = CsvReadOptions::default()
+                    .with_infer_schema_length(None)
                 .with_has_header(true)
                 .try_into_reader_with_file_path(Some(path.to_path_buf()))
                 .and_then(|r| r.finish())

@@ -33,7 +33,8 @@ pub(super) fn logits(state: &mut State, model_name: &str, sel: &Selection, recor
         out.push(cached.map(|v| v.as_ref().clone()));
     }
     if !missing.is_empty() {
-        let rows = state.batch_rows(&model);
+        // Chunks no larger than the batch budget, and enough of them to keep every core busy.
+        let rows = state.batch_rows(&model).min(missing.len().div_ceil(rayon::current_num_threads() * 2)).max(1);
         let mut wanted: Vec<usize> = record.to_vec();
         wanted.push(out_hook);
         wanted.sort_unstable();
@@ -337,4 +338,45 @@ pub(super) fn auto_batch_rows(model: &Model, memory_mb: usize) -> usize {
     let floats: usize = model.input_len() + model.layers.iter().map(|l| l.out_shape.iter().product::<usize>()).sum::<usize>();
     let per_row = floats * 4 * 2;
     ((memory_mb << 20) / per_row.max(1)).clamp(1, 4096)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::exec::Session;
+    use crate::plan::{DatasetRef, Pick};
+
+    #[test]
+    fn forwards_record_hook_points_and_the_cache_serves_them() {
+        let root = env!("CARGO_MANIFEST_DIR");
+        let mut s = Session::new();
+        s.execute(&format!(
+            "LOAD MODEL cnn FROM '{root}/models/digits_cnn.safetensors' ARCH '{root}/models/digits_cnn.json';
+             LOAD DATA digits FROM '{root}/data/digits_test_x.npy';"
+        ))
+        .unwrap();
+        let state = &mut s.state;
+        let sel = state.select(&DatasetRef { name: "digits".into(), pick: Pick::Range(Some(0), Some(3)) }).unwrap();
+        let model = state.model("cnn").unwrap().model.clone();
+        let (id, conv2) = (state.model("cnn").unwrap().id, model.layer_index("conv2").unwrap());
+        let first = logits(state, "cnn", &sel, &[conv2]).unwrap();
+        assert_eq!(state.cache.len(), 6, "the output and conv2 of three inputs");
+        // what was recorded is what a forward pass computes
+        let tape = model.run(Batch::new(vec![3, 1, 8, 8], sel.values()).unwrap(), &model.full()).unwrap();
+        for (i, &r) in sel.rows.iter().enumerate() {
+            let key = Key { model: id, input: input_hash(sel.dataset.row(r)), hook: conv2 };
+            assert_eq!(state.cache.get(&key).unwrap().as_slice(), tape.hook(conv2).unwrap().row(i));
+            assert_eq!(first[i], tape.output().row(i));
+        }
+        // asked again, the cache answers without a forward pass
+        let passes = model.passes.load(Ordering::Relaxed);
+        let again = logits(state, "cnn", &sel, &[]).unwrap();
+        assert_eq!(again, first);
+        assert_eq!(model.passes.load(Ordering::Relaxed), passes);
+        // the same content under another id is the same cache entry
+        s.execute(&format!("LOAD DATA copy FROM '{root}/data/digits_test_x.npy'; PREDICT cnn(copy[0:3]);")).unwrap();
+        assert_eq!(model.passes.load(Ordering::Relaxed), passes);
+    }
 }

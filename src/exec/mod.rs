@@ -73,6 +73,8 @@ pub(crate) struct State {
     datasets: BTreeMap<String, Arc<Dataset>>,
     pub(crate) settings: Settings,
     variables: BTreeMap<String, Literal>,
+    /// Variables set from outside a script (`--var`), which its VAR defaults do not replace.
+    external_variables: std::collections::BTreeSet<String>,
     cache: ActivationCache,
     cancel: Arc<AtomicBool>,
     next_model_id: u64,
@@ -99,6 +101,7 @@ impl Session {
                 cache: ActivationCache::new(settings.cache_mb << 20),
                 settings,
                 variables: BTreeMap::new(),
+                external_variables: Default::default(),
                 cancel: Arc::new(AtomicBool::new(false)),
                 next_model_id: 1,
             },
@@ -166,6 +169,7 @@ impl Session {
             Literal::Text(value.to_string())
         };
         self.state.variables.insert(name.to_string(), lit);
+        self.state.external_variables.insert(name.to_string());
     }
 
     /// The flag a Ctrl-C handler sets to cancel the running statement.
@@ -280,6 +284,12 @@ impl State {
                 Ok(Output::Message(format!("{name} = {}", show::setting_value(&self.settings, &name))))
             }
             Plan::Var { name, value } => {
+                // A value given from outside the script (--var) wins over its default.
+                if self.external_variables.contains(&name)
+                    && let Some(given) = self.variables.get(&name)
+                {
+                    return Ok(Output::Message(format!(":{name} = {given} (given with --var)")));
+                }
                 let msg = format!(":{name} = {value}");
                 self.variables.insert(name, value);
                 Ok(Output::Message(msg))

@@ -114,6 +114,14 @@ fn chunk_images(g: &ConvGeom) -> usize {
     ((1 << 20) / per_image.max(1)).max(1)
 }
 
+/// The output columns `ox` whose input column `ox·stride + off` lies inside 0..w.
+fn valid_cols(ow: usize, w: usize, stride: usize, off: isize) -> (usize, usize) {
+    let lo = if off >= 0 { 0 } else { ((-off) as usize).div_ceil(stride) };
+    let last = w as isize - 1 - off;
+    let hi = if last < 0 { 0 } else { (last as usize / stride + 1).min(ow) };
+    (lo.min(hi), hi)
+}
+
 /// im2col for channels `c0..c0+cg` of `n` images starting at `x`: col[K, n*P].
 fn im2col(x: &[f32], n: usize, c0: usize, g: &ConvGeom, col: &mut [f32]) {
     let (kh, kw) = g.win.kernel;
@@ -128,6 +136,8 @@ fn im2col(x: &[f32], n: usize, c0: usize, g: &ConvGeom, col: &mut [f32]) {
             for j in 0..kw {
                 let krow = (c * kh + i) * kw + j;
                 let dst = &mut col[krow * np..(krow + 1) * np];
+                let off = (j * dw) as isize - pw as isize;
+                let (lo, hi) = valid_cols(g.ow, g.w, sw, off);
                 for b in 0..n {
                     let plane = &x[b * img + (c0 + c) * g.h * g.w..][..g.h * g.w];
                     let dst = &mut dst[b * g.p()..(b + 1) * g.p()];
@@ -139,9 +149,15 @@ fn im2col(x: &[f32], n: usize, c0: usize, g: &ConvGeom, col: &mut [f32]) {
                             continue;
                         }
                         let src = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
-                        for (ox, d) in drow.iter_mut().enumerate() {
-                            let ix = (ox * sw + j * dw) as isize - pw as isize;
-                            *d = if ix < 0 || ix >= g.w as isize { 0.0 } else { src[ix as usize] };
+                        drow[..lo].fill(0.0);
+                        drow[hi..].fill(0.0);
+                        if sw == 1 {
+                            let a = (lo as isize + off) as usize;
+                            drow[lo..hi].copy_from_slice(&src[a..a + (hi - lo)]);
+                        } else {
+                            for (ox, d) in drow[lo..hi].iter_mut().enumerate() {
+                                *d = src[(((lo + ox) * sw) as isize + off) as usize];
+                            }
                         }
                     }
                 }
@@ -164,6 +180,8 @@ fn col2im(col: &[f32], n: usize, c0: usize, g: &ConvGeom, gx: &mut [f32]) {
             for j in 0..kw {
                 let krow = (c * kh + i) * kw + j;
                 let src = &col[krow * np..(krow + 1) * np];
+                let off = (j * dw) as isize - pw as isize;
+                let (lo, hi) = valid_cols(g.ow, g.w, sw, off);
                 for b in 0..n {
                     let plane = &mut gx[b * img + (c0 + c) * g.h * g.w..][..g.h * g.w];
                     let src = &src[b * g.p()..(b + 1) * g.p()];
@@ -173,10 +191,15 @@ fn col2im(col: &[f32], n: usize, c0: usize, g: &ConvGeom, gx: &mut [f32]) {
                             continue;
                         }
                         let drow = &mut plane[iy as usize * g.w..(iy as usize + 1) * g.w];
-                        for (ox, s) in src[oy * g.ow..(oy + 1) * g.ow].iter().enumerate() {
-                            let ix = (ox * sw + j * dw) as isize - pw as isize;
-                            if ix >= 0 && ix < g.w as isize {
-                                drow[ix as usize] += *s;
+                        let srow = &src[oy * g.ow + lo..oy * g.ow + hi];
+                        if sw == 1 {
+                            let a = (lo as isize + off) as usize;
+                            for (d, s) in drow[a..a + (hi - lo)].iter_mut().zip(srow) {
+                                *d += *s;
+                            }
+                        } else {
+                            for (ox, s) in srow.iter().enumerate() {
+                                drow[(((lo + ox) * sw) as isize + off) as usize] += *s;
                             }
                         }
                     }
@@ -266,37 +289,56 @@ pub fn linear_backward(gy: &[f32], rows: usize, inp: usize, out: usize, weight: 
 }
 
 /// Max pooling over planes (n·c of them, each h×w). Returns, per output, the flat index in
-/// its plane of the first maximum (PyTorch's choice; NaN counts as a maximum), or
+/// its plane of its maximum as PyTorch picks it (the first maximum; a NaN wins), or
 /// u32::MAX when the window lies entirely in the padding.
+#[allow(clippy::too_many_arguments)]
 pub fn maxpool2d_forward(x: &[f32], planes: usize, h: usize, w: usize, win: &Window2d, oh: usize, ow: usize, y: &mut [f32]) -> Vec<u32> {
     let mut arg = vec![u32::MAX; planes * oh * ow];
+    let inside = win.padding == (0, 0);
     for pl in 0..planes {
         let src = &x[pl * h * w..(pl + 1) * h * w];
+        let yp = &mut y[pl * oh * ow..(pl + 1) * oh * ow];
+        let ap = &mut arg[pl * oh * ow..(pl + 1) * oh * ow];
         for oy in 0..oh {
             for ox in 0..ow {
                 let mut best = f32::NEG_INFINITY;
                 let mut best_idx = u32::MAX;
-                for i in 0..win.kernel.0 {
-                    let iy = (oy * win.stride.0 + i * win.dilation.0) as isize - win.padding.0 as isize;
-                    if iy < 0 || iy >= h as isize {
-                        continue;
+                if inside {
+                    // every window lies inside the plane: no bounds to check
+                    let base = oy * win.stride.0 * w + ox * win.stride.1;
+                    for i in 0..win.kernel.0 {
+                        let row = base + i * win.dilation.0 * w;
+                        for j in 0..win.kernel.1 {
+                            let idx = row + j * win.dilation.1;
+                            let v = src[idx];
+                            if v > best || v.is_nan() || best_idx == u32::MAX {
+                                best = v;
+                                best_idx = idx as u32;
+                            }
+                        }
                     }
-                    for j in 0..win.kernel.1 {
-                        let ix = (ox * win.stride.1 + j * win.dilation.1) as isize - win.padding.1 as isize;
-                        if ix < 0 || ix >= w as isize {
+                } else {
+                    for i in 0..win.kernel.0 {
+                        let iy = (oy * win.stride.0 + i * win.dilation.0) as isize - win.padding.0 as isize;
+                        if iy < 0 || iy >= h as isize {
                             continue;
                         }
-                        let idx = iy as usize * w + ix as usize;
-                        let v = src[idx];
-                        if best_idx == u32::MAX || v > best || v.is_nan() && !best.is_nan() {
-                            best = v;
-                            best_idx = idx as u32;
+                        for j in 0..win.kernel.1 {
+                            let ix = (ox * win.stride.1 + j * win.dilation.1) as isize - win.padding.1 as isize;
+                            if ix < 0 || ix >= w as isize {
+                                continue;
+                            }
+                            let idx = iy as usize * w + ix as usize;
+                            let v = src[idx];
+                            if v > best || v.is_nan() || best_idx == u32::MAX {
+                                best = v;
+                                best_idx = idx as u32;
+                            }
                         }
                     }
                 }
-                let o = pl * oh * ow + oy * ow + ox;
-                y[o] = best;
-                arg[o] = best_idx;
+                yp[oy * ow + ox] = best;
+                ap[oy * ow + ox] = best_idx;
             }
         }
     }

@@ -11,6 +11,7 @@ pub mod loader;
 pub mod tensor;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub use layer::{Layer, Memo, Op};
 pub use tensor::{Batch, fmt_shape};
@@ -25,6 +26,8 @@ pub struct Model {
     pub source: String,
     pub input_shape: Vec<usize>,
     pub layers: Vec<Layer>,
+    /// Forward passes run so far (a pass over a batch counts once), for tests and PLAN.
+    pub passes: AtomicUsize,
 }
 
 /// The values of one forward pass: `values[0]` is the input of layer `start`, and
@@ -89,7 +92,7 @@ impl Model {
         let spec = arch::Arch::parse(&text, &arch_shown)?;
         let tensors = loader::read_weights(weights)?;
         let layers = spec.build(tensors, &weights.display().to_string())?;
-        Ok(Model { arch_name: spec.name, source: weights.display().to_string(), input_shape: spec.input_shape, layers })
+        Ok(Model { arch_name: spec.name, source: weights.display().to_string(), input_shape: spec.input_shape, layers, passes: AtomicUsize::new(0) })
     }
 
     /// The flat length of one output (the number of classes of a classifier).
@@ -131,6 +134,7 @@ impl Model {
             )));
         }
         let input = input.reshaped(in_shape);
+        self.passes.fetch_add(1, Ordering::Relaxed);
         let mut values = vec![input];
         let mut memos = Vec::new();
         for index in fwd.from..to {
@@ -175,5 +179,75 @@ impl Model {
             };
         }
         Ok(grad)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn digits() -> Model {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        Model::load(&root.join("models/digits_cnn.safetensors"), &root.join("models/digits_cnn.json")).unwrap()
+    }
+
+    fn input() -> Batch {
+        Batch::new(vec![2, 1, 8, 8], (0..128).map(|i| ((i * 37) % 17) as f32 / 16.0).collect()).unwrap()
+    }
+
+    #[test]
+    fn hook_points_can_be_read_and_overwritten() {
+        let m = digits();
+        let conv2 = m.layer_index("conv2").unwrap();
+        let full = m.run(input(), &m.full()).unwrap();
+        // Reading: the tape holds every hook point.
+        let at_conv2 = full.hook(conv2).unwrap().clone();
+        assert_eq!(at_conv2.shape(), &[2, 16, 8, 8]);
+        // Running from a hook point onwards reproduces the logits.
+        let rest = m.run(at_conv2.clone(), &Forward { from: conv2 + 1, to: m.layers.len(), keep: false, hook: None }).unwrap();
+        assert_eq!(rest.output(), full.output());
+        // Overwriting: zero channel 3 of conv2 through a hook, and compare with a manual
+        // forward from a patched activation.
+        let patch = |index: usize, y: &mut Batch| -> crate::error::Result<()> {
+            if index == conv2 {
+                for r in 0..y.rows() {
+                    y.row_mut(r)[3 * 64..4 * 64].fill(0.0);
+                }
+            }
+            Ok(())
+        };
+        let patched = m.run(input(), &Forward { from: 0, to: m.layers.len(), keep: false, hook: Some(&patch) }).unwrap();
+        let mut manual = at_conv2;
+        for r in 0..2 {
+            manual.row_mut(r)[3 * 64..4 * 64].fill(0.0);
+        }
+        let expected = m.run(manual, &Forward { from: conv2 + 1, to: m.layers.len(), keep: false, hook: None }).unwrap();
+        assert_eq!(patched.output(), expected.output());
+        assert_ne!(patched.output(), full.output());
+    }
+
+    /// A backward rule replaces the gradient of the layers it chooses; `observe` sees the
+    /// gradient at each hook point on the way down.
+    #[test]
+    fn backward_rules_replace_layer_gradients() {
+        struct BlockRelu3;
+        impl BackwardRule for BlockRelu3 {
+            fn backward(&self, _: usize, layer: &Layer, _: &Batch, _: &Batch, gy: &Batch) -> Option<crate::error::Result<Batch>> {
+                (layer.name == "relu3").then(|| Ok(Batch::zeros(gy.shape().to_vec())))
+            }
+        }
+        let m = digits();
+        let tape = m.run(input(), &m.full()).unwrap();
+        let mut seed = Batch::zeros(vec![2, 10]);
+        seed.row_mut(0)[3] = 1.0;
+        seed.row_mut(1)[3] = 1.0;
+        let mut seen = Vec::new();
+        let plain = m.backward(&tape, seed.clone(), &Gradient, &mut |i, g| seen.push((i, g.shape().to_vec()))).unwrap();
+        assert!(plain.data().iter().any(|v| *v != 0.0));
+        assert_eq!(seen.len(), m.layers.len());
+        assert_eq!(seen[0], (8, vec![2, 10]));
+        let blocked = m.backward(&tape, seed, &BlockRelu3, &mut |_, _| {}).unwrap();
+        assert!(blocked.data().iter().all(|v| *v == 0.0));
     }
 }

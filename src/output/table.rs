@@ -49,7 +49,7 @@ pub fn format_float(x: f64) -> String {
         return "0".into();
     }
     let exp = x.abs().log10().floor() as i32;
-    if (-5..6).contains(&exp) {
+    if (-4..6).contains(&exp) {
         let decimals = (5 - exp).max(0) as usize;
         let s = format!("{x:.decimals$}");
         let s = if s.contains('.') { s.trim_end_matches('0').trim_end_matches('.').to_string() } else { s };
@@ -189,7 +189,7 @@ mod tests {
         let df = df!("input" => (0..100i64).collect::<Vec<_>>(), "attribution" => (0..100).map(|i| i as f32 / 3.0).collect::<Vec<_>>(), "column" => (0..100).map(|i| format!("c{i}")).collect::<Vec<_>>()).unwrap();
         let t = table(&df, 80, 10);
         assert!(t.contains("100 rows (10 shown, 90 hidden)"), "{t}");
-        assert!(t.contains("33.3333"));
+        assert!(t.contains("32.6667"), "{t}");
         let narrow = table(&df, 24, 10);
         assert!(narrow.lines().all(|l| l.chars().count() <= 24 || l.starts_with("100 rows")), "{narrow}");
         assert!(narrow.contains("hidden; use --format csv"));

@@ -91,14 +91,7 @@ pub fn plan(stmt: &Statement, catalog: &dyn Catalog) -> Result<Plan> {
             }
         },
         StatementKind::Set { name, value } => Plan::Set { name: name.name.to_lowercase(), value: plan_setting(name, value, catalog)? },
-        StatementKind::Var { name, value } => {
-            // A variable given from outside (--var) wins over the script's default.
-            let value = match catalog.variable(&name.name) {
-                Some(existing) => existing,
-                None => resolve_literal(value, catalog)?,
-            };
-            Plan::Var { name: name.name.clone(), value }
-        }
+        StatementKind::Var { name, value } => Plan::Var { name: name.name.clone(), value: resolve_literal(value, catalog)? },
         StatementKind::Let { name, dataset } => {
             if catalog.model(&name.name).is_some() {
                 return Err(Error::name(format!("`{}` is a model; choose another name for the dataset", name.name)).at(name.span));

@@ -1,0 +1,151 @@
+"""Times the bench's workloads in Captum, on the same models, inputs, targets and batch
+sizes, with 2 threads, so that `cargo bench` and this script can be compared when run
+on the same machine at the same time. Optional and outside CI; it installs nothing.
+
+Setup (once, in a virtual environment outside the repository):
+    python3 -m venv ~/captum-venv && ~/captum-venv/bin/pip install torch captum numpy
+Run from the repository root:
+    ~/captum-venv/bin/python tools/captum_baseline.py
+"""
+
+import collections
+import json
+import os
+import statistics
+import struct
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+from captum.attr import FeatureAblation, IntegratedGradients, Occlusion, Saliency, ShapleyValueSampling
+
+torch.set_num_threads(2)
+RUNS = int(os.environ.get("BENCH_RUNS", "7"))
+BATCH = 64
+
+
+def load(name):
+    """An nn.Sequential from the engine's architecture JSON and safetensors weights."""
+    arch = json.load(open(f"models/{name}.json"))
+    layers = []
+    for l in arch["layers"]:
+        t = l["type"]
+        if t == "conv2d":
+            layers.append((l["name"], torch.nn.Conv2d(l["in"], l["out"], l["kernel"], stride=l.get("stride", 1), padding=l.get("padding", 0))))
+        elif t == "linear":
+            layers.append((l["name"], torch.nn.Linear(l["in"], l["out"])))
+        elif t == "relu":
+            layers.append((l["name"], torch.nn.ReLU()))
+        elif t == "maxpool2d":
+            layers.append((l["name"], torch.nn.MaxPool2d(l["kernel"], l.get("stride"))))
+        elif t == "flatten":
+            layers.append((l["name"], torch.nn.Flatten()))
+        else:
+            raise SystemExit(f"layer type {t} not handled here")
+    model = torch.nn.Sequential(collections.OrderedDict(layers))
+    raw = open(f"models/{name}.safetensors", "rb").read()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n])
+    state = {}
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        a, b = info["data_offsets"]
+        state[key] = torch.from_numpy(np.frombuffer(raw[8 + n + a : 8 + n + b], dtype=np.float32).reshape(info["shape"]).copy())
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def timed(fn, inputs):
+    fn()  # warm-up
+    out = []
+    for _ in range(RUNS):
+        t = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t) * 1e3 / inputs)
+    return out
+
+
+def batches(x, t):
+    for i in range(0, len(x), BATCH):
+        yield x[i : i + BATCH], t[i : i + BATCH]
+
+
+def main():
+    cnn = load("digits_cnn")
+    mlp = load("cancer_mlp")
+    x = torch.from_numpy(np.load("data/digits_test_x.npy"))
+    with torch.no_grad():
+        t = cnn(x).argmax(1)
+    import csv
+
+    rows = list(csv.reader(open("data/cancer_test.csv")))
+    cx = torch.tensor([[float(v) for v in r[:-1]] for r in rows[1:]], dtype=torch.float32)
+    with torch.no_grad():
+        ct = mlp(cx).argmax(1)
+    mask = torch.tensor([[(r // 2) * 4 + c // 2 for c in range(8)] for r in range(8)]).reshape(1, 1, 8, 8)
+
+    def forward():
+        with torch.no_grad():
+            for xb, _ in batches(x, t):
+                cnn(xb)
+
+    def saliency():
+        for xb, tb in batches(x, t):
+            Saliency(cnn).attribute(xb, target=tb)
+
+    def ig(method):
+        def run():
+            for xb, tb in batches(x, t):
+                IntegratedGradients(cnn).attribute(xb, baselines=torch.zeros_like(xb), target=tb, n_steps=50, method=method)
+
+        return run
+
+    def occlusion():
+        for xb, tb in batches(x, t):
+            Occlusion(cnn).attribute(xb, sliding_window_shapes=(1, 2, 2), strides=(1, 1, 1), baselines=0, target=tb)
+
+    def ablation():
+        for xb, tb in batches(x, t):
+            FeatureAblation(cnn).attribute(xb, baselines=0, feature_mask=mask, target=tb)
+
+    def shapley():
+        torch.manual_seed(0)
+        ShapleyValueSampling(mlp).attribute(cx, baselines=0, target=ct, n_samples=200)
+
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    work = [
+        ("forward (PREDICT), digits CNN", forward, 397),
+        ("saliency, digits CNN", saliency, 397),
+        ("integrated_gradients 50 gausslegendre", ig("gausslegendre"), 397),
+        ("integrated_gradients 50 riemann_trapezoid", ig("riemann_trapezoid"), 397),
+        ("occlusion 2x2 stride 1", occlusion, 397),
+        ("feature_ablation 2x2 patches", ablation, 397),
+        ("shapley_sampling 200, cancer MLP", shapley, 119),
+    ]
+    print(f"Captum {__import__('captum').__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads, batches of {BATCH}, {RUNS} runs")
+    print(f"{'workload':<44} {'inputs':>7} {'ms/input (med)':>14} {'spread (min–max)':>22}")
+    for name, fn, n in work:
+        v = timed(fn, n)
+        print(f"{name:<44} {n:>7} {statistics.median(v):>14.4f} {min(v):>10.4f} – {max(v):<10.4f}")
+    one_shot = (
+        "import torch, captum, numpy as np, json, struct, sys; sys.path.insert(0, 'tools');"
+        "from captum_baseline import load; from captum.attr import IntegratedGradients;"
+        "m = load('digits_cnn'); x = torch.from_numpy(np.load('data/digits_test_x.npy')[17:18]);"
+        "a = IntegratedGradients(m).attribute(x, baselines=torch.zeros_like(x), target=m(x).argmax(1), n_steps=50);"
+        "print(a.flatten().topk(5))"
+    )
+    cold = []
+    for _ in range(RUNS):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", one_shot], check=True, capture_output=True)
+        cold.append((time.perf_counter() - t0) * 1e3)
+    print(f"{'cold start: python, import + load + one IG query':<44} {1:>7} {statistics.median(cold):>11.1f} ms {min(cold):>8.1f} – {max(cold):<8.1f} (whole process)")
+
+
+if __name__ == "__main__":
+    main()
