@@ -295,6 +295,29 @@ pub fn linear_backward(gy: &[f32], rows: usize, inp: usize, out: usize, weight: 
 pub fn maxpool2d_forward(x: &[f32], planes: usize, h: usize, w: usize, win: &Window2d, oh: usize, ow: usize, y: &mut [f32]) -> Vec<u32> {
     let mut arg = vec![u32::MAX; planes * oh * ow];
     let inside = win.padding == (0, 0);
+    if inside && win.kernel == (2, 2) && win.stride == (2, 2) && win.dilation == (1, 1) {
+        // The common 2×2 pool: candidates in PyTorch's scan order, first maximum wins.
+        for pl in 0..planes {
+            let src = &x[pl * h * w..(pl + 1) * h * w];
+            for oy in 0..oh {
+                let top = &src[2 * oy * w..(2 * oy + 1) * w];
+                let bottom = &src[(2 * oy + 1) * w..(2 * oy + 2) * w];
+                let o = pl * oh * ow + oy * ow;
+                for ox in 0..ow {
+                    let c = [top[2 * ox], top[2 * ox + 1], bottom[2 * ox], bottom[2 * ox + 1]];
+                    let mut k = 0;
+                    for (q, v) in c.iter().enumerate().skip(1) {
+                        if *v > c[k] || v.is_nan() {
+                            k = q;
+                        }
+                    }
+                    y[o + ox] = c[k];
+                    arg[o + ox] = ((2 * oy + k / 2) * w + 2 * ox + k % 2) as u32;
+                }
+            }
+        }
+        return arg;
+    }
     for pl in 0..planes {
         let src = &x[pl * h * w..(pl + 1) * h * w];
         let yp = &mut y[pl * oh * ow..(pl + 1) * oh * ow];
