@@ -23,7 +23,8 @@ struct Row {
 
 fn time_query(s: &mut Session, text: &str, inputs: usize, runs: usize) -> Vec<f64> {
     // one warm-up run, then the timed ones
-    s.execute(text).unwrap_or_else(|e| panic!("{}", e.render(text, "bench")));
+    s.execute(text)
+        .unwrap_or_else(|e| panic!("{}", e.render(text, "bench")));
     (0..runs)
         .map(|_| {
             let t = Instant::now();
@@ -41,21 +42,56 @@ fn stats(v: &[f64]) -> (f64, f64, f64) {
 
 fn main() {
     std::env::set_current_dir(env!("CARGO_MANIFEST_DIR")).unwrap();
-    let runs: usize = std::env::var("BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(7);
+    let runs: usize = std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(7);
     let mut s = Session::new();
     s.execute(SETUP).unwrap();
     let workloads: &[(&str, &str, usize)] = &[
-        ("forward (PREDICT), digits CNN", "SELECT count(*) FROM PREDICT cnn(digits)", 397),
-        ("saliency, digits CNN", "SELECT count(*) FROM cnn(digits) USING saliency", 397),
-        ("integrated_gradients 50 gausslegendre", "SELECT count(*) FROM cnn(digits) USING integrated_gradients(steps = 50)", 397),
-        ("integrated_gradients 50 riemann_trapezoid", "SELECT count(*) FROM cnn(digits) USING integrated_gradients(steps = 50, rule = riemann_trapezoid)", 397),
-        ("occlusion 2x2 stride 1", "SELECT count(*) FROM cnn(digits) USING occlusion(window = 2, stride = 1)", 397),
-        ("feature_ablation 2x2 patches", "SELECT count(*) FROM cnn(digits) USING feature_ablation GRANULARITY patch(2)", 397),
-        ("shapley_sampling 200, cancer MLP", "SELECT count(*) FROM mlp(cancer) USING shapley_sampling(samples = 200)", 119),
+        (
+            "forward (PREDICT), digits CNN",
+            "SELECT count(*) FROM PREDICT cnn(digits)",
+            397,
+        ),
+        (
+            "saliency, digits CNN",
+            "SELECT count(*) FROM cnn(digits) USING saliency",
+            397,
+        ),
+        (
+            "integrated_gradients 50 gausslegendre",
+            "SELECT count(*) FROM cnn(digits) USING integrated_gradients(steps = 50)",
+            397,
+        ),
+        (
+            "integrated_gradients 50 riemann_trapezoid",
+            "SELECT count(*) FROM cnn(digits) USING integrated_gradients(steps = 50, rule = riemann_trapezoid)",
+            397,
+        ),
+        (
+            "occlusion 2x2 stride 1",
+            "SELECT count(*) FROM cnn(digits) USING occlusion(window = 2, stride = 1)",
+            397,
+        ),
+        (
+            "feature_ablation 2x2 patches",
+            "SELECT count(*) FROM cnn(digits) USING feature_ablation GRANULARITY patch(2)",
+            397,
+        ),
+        (
+            "shapley_sampling 200, cancer MLP",
+            "SELECT count(*) FROM mlp(cancer) USING shapley_sampling(samples = 200)",
+            119,
+        ),
     ];
     let mut rows = Vec::new();
     for (name, q, n) in workloads {
-        rows.push(Row { name, inputs: *n, per_input_ms: time_query(&mut s, q, *n, runs) });
+        rows.push(Row {
+            name,
+            inputs: *n,
+            per_input_ms: time_query(&mut s, q, *n, runs),
+        });
     }
     // Cold start: a new process loads the model and data and answers one IG query.
     let exe = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/ialg");
@@ -69,16 +105,30 @@ fn main() {
             cold.push(t.elapsed().as_secs_f64() * 1e3);
         }
     }
-    println!("ialgebra {} — {} runs each, {} threads", env!("CARGO_PKG_VERSION"), runs, rayon::current_num_threads());
-    println!("{:<44} {:>7} {:>14} {:>22}", "workload", "inputs", "ms/input (med)", "spread (min–max)");
+    println!(
+        "ialgebra {} — {} runs each, {} threads",
+        env!("CARGO_PKG_VERSION"),
+        runs,
+        rayon::current_num_threads()
+    );
+    println!(
+        "{:<44} {:>7} {:>14} {:>22}",
+        "workload", "inputs", "ms/input (med)", "spread (min–max)"
+    );
     for r in &rows {
         let (med, lo, hi) = stats(&r.per_input_ms);
-        println!("{:<44} {:>7} {:>14.4} {:>10.4} – {:<10.4}", r.name, r.inputs, med, lo, hi);
+        println!(
+            "{:<44} {:>7} {:>14.4} {:>10.4} – {:<10.4}",
+            r.name, r.inputs, med, lo, hi
+        );
     }
     if cold.is_empty() {
         println!("cold start: build target/release/ialg first (cargo build --release)");
     } else {
         let (med, lo, hi) = stats(&cold);
-        println!("{:<44} {:>7} {:>11.1} ms {:>8.1} – {:<8.1} (whole process)", "cold start: ialg -c LOAD + one IG query", 1, med, lo, hi);
+        println!(
+            "{:<44} {:>7} {:>11.1} ms {:>8.1} – {:<8.1} (whole process)",
+            "cold start: ialg -c LOAD + one IG query", 1, med, lo, hi
+        );
     }
 }

@@ -17,7 +17,10 @@ impl Span {
     }
     /// The smallest span covering both.
     pub fn to(self, other: Span) -> Span {
-        Span { start: self.start.min(other.start), end: self.end.max(other.end) }
+        Span {
+            start: self.start.min(other.start),
+            end: self.end.max(other.end),
+        }
     }
 }
 
@@ -71,7 +74,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Error { kind, message: message.into(), span: None, hints: Vec::new() }
+        Error {
+            kind,
+            message: message.into(),
+            span: None,
+            hints: Vec::new(),
+        }
     }
     pub fn syntax(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Syntax, message)
@@ -132,8 +140,10 @@ impl Error {
             let gutter = line_no.to_string().len();
             let line_text = line_text.trim_end_matches('\r');
             let caret_start = line_text[..col.min(line_text.len())].chars().count();
-            let span_end_in_line = (span.end.min(source.len()) - span.start).min(line_text.len() - col.min(line_text.len()));
-            let caret_len = line_text[col.min(line_text.len())..col.min(line_text.len()) + span_end_in_line]
+            let span_end_in_line = (span.end.min(source.len()) - span.start)
+                .min(line_text.len() - col.min(line_text.len()));
+            let caret_len = line_text
+                [col.min(line_text.len())..col.min(line_text.len()) + span_end_in_line]
                 .chars()
                 .count()
                 .max(1);
@@ -188,7 +198,9 @@ fn polars_message(err: &polars::prelude::PolarsError) -> String {
 pub fn locate(source: &str, offset: usize) -> (usize, usize, &str) {
     let offset = offset.min(source.len());
     let line_start = source[..offset].rfind('\n').map_or(0, |i| i + 1);
-    let line_end = source[offset..].find('\n').map_or(source.len(), |i| offset + i);
+    let line_end = source[offset..]
+        .find('\n')
+        .map_or(source.len(), |i| offset + i);
     let line_no = source[..line_start].matches('\n').count() + 1;
     (line_no, offset - line_start, &source[line_start..line_end])
 }
@@ -197,7 +209,10 @@ pub fn locate(source: &str, offset: usize) -> (usize, usize, &str) {
 pub fn closest<'a>(name: &str, known: &'a [String]) -> Option<&'a str> {
     let lower = name.to_lowercase();
     // the same name in other letter case is the best guess of all
-    if let Some(k) = known.iter().find(|k| k.to_lowercase() == lower && k.as_str() != name) {
+    if let Some(k) = known
+        .iter()
+        .find(|k| k.to_lowercase() == lower && k.as_str() != name)
+    {
         return Some(k.as_str());
     }
     known
@@ -206,7 +221,10 @@ pub fn closest<'a>(name: &str, known: &'a [String]) -> Option<&'a str> {
         .filter(|(d, k)| {
             let k = k.to_lowercase();
             // a typo of about one letter in three, or a name cut short or run on
-            *d > 0 && (*d <= (k.chars().count().max(lower.chars().count()) + 2) / 3 || k.starts_with(&lower) || lower.starts_with(&k))
+            *d > 0
+                && (*d <= k.chars().count().max(lower.chars().count()).div_ceil(3)
+                    || k.starts_with(&lower)
+                    || lower.starts_with(&k))
         })
         .min_by_key(|(d, _)| *d)
         .map(|(_, k)| k.as_str())
@@ -217,7 +235,11 @@ pub fn list_names(names: &[String], max: usize) -> String {
     if names.len() <= max {
         names.join(", ")
     } else {
-        format!("{}, … ({} more)", names[..max].join(", "), names.len() - max)
+        format!(
+            "{}, … ({} more)",
+            names[..max].join(", "),
+            names.len() - max
+        )
     }
 }
 
@@ -245,7 +267,9 @@ mod tests {
     fn renders_caret_under_span() {
         let src = "LOAD DATA d FROM 'x.npy';\nSELECT foo FROM m(d);";
         let start = src.find("foo").unwrap();
-        let err = Error::name("unknown column `foo`").at(Span::new(start, start + 3)).hint("did you mean `row`?");
+        let err = Error::name("unknown column `foo`")
+            .at(Span::new(start, start + 3))
+            .hint("did you mean `row`?");
         let text = err.render(src, "q.iql");
         assert_eq!(
             text,
@@ -255,7 +279,10 @@ mod tests {
 
     #[test]
     fn closest_names() {
-        let known: Vec<String> = ["conv1", "conv2", "relu1", "fc1"].iter().map(|s| s.to_string()).collect();
+        let known: Vec<String> = ["conv1", "conv2", "relu1", "fc1"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         assert_eq!(closest("conv3", &known), Some("conv1"));
         assert_eq!(closest("fc", &known), Some("fc1"));
         assert_eq!(closest("zzzzzz", &known), None);

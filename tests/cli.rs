@@ -8,7 +8,11 @@ use crate::common::root;
 
 fn ialg(args: &[&str], stdin: Option<&str>) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ialg"));
-    cmd.args(args).current_dir(root()).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.args(args)
+        .current_dir(root())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     // history must not land in the user's real data directory during tests
     cmd.env("XDG_DATA_HOME", root().join("target/test-scratch/xdg"));
     let mut child = cmd.spawn().unwrap();
@@ -28,7 +32,15 @@ const LOAD: &str = "LOAD MODEL cnn FROM 'models/digits_cnn.safetensors' ARCH 'mo
 
 #[test]
 fn command_prints_a_table_of_captum_numbers() {
-    let out = ialg(&["-c", &format!("{LOAD} SELECT row, col, attribution FROM cnn(digits[0]) USING integrated_gradients ORDER BY attribution DESC LIMIT 3;")], None);
+    let out = ialg(
+        &[
+            "-c",
+            &format!(
+                "{LOAD} SELECT row, col, attribution FROM cnn(digits[0]) USING integrated_gradients ORDER BY attribution DESC LIMIT 3;"
+            ),
+        ],
+        None,
+    );
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{}", text(&out.stderr));
     // digits_cnn__ig_gausslegendre, input 0: the largest attribution is 4.53699 at (7, 6)
@@ -41,49 +53,104 @@ fn malformed_query_shows_a_caret_and_exits_1() {
     let out = ialg(&["-c", "SELECT row col FROM cnn(digits[0]);"], None);
     assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);
-    assert!(stderr.contains("error[syntax]: expected") && stderr.contains("--> <command>:1:12") && stderr.contains("^"), "{stderr}");
+    assert!(
+        stderr.contains("error[syntax]: expected")
+            && stderr.contains("--> <command>:1:12")
+            && stderr.contains("^"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("panicked"));
     let out = ialg(&["-c", &format!("{LOAD} SHOW LAYERS OF cnn3;")], None);
     assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);
-    assert!(stderr.contains("unknown model `cnn3`") && stderr.contains("did you mean `cnn`?"), "{stderr}");
+    assert!(
+        stderr.contains("unknown model `cnn3`") && stderr.contains("did you mean `cnn`?"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn run_file_with_variables_and_formats() {
-    let out = ialg(&["run", "queries/quickstart.iql", "--var", "input=42"], None);
+    let out = ialg(
+        &["run", "queries/quickstart.iql", "--var", "input=42"],
+        None,
+    );
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(stdout.contains("│    42 │"), "the --var value is used: {stdout}");
-    let out = ialg(&["--format", "csv", "-c", &format!("{LOAD} SELECT input, prediction FROM PREDICT cnn(digits[0:3]);")], None);
+    assert!(
+        stdout.contains("│    42 │"),
+        "the --var value is used: {stdout}"
+    );
+    let out = ialg(
+        &[
+            "--format",
+            "csv",
+            "-c",
+            &format!("{LOAD} SELECT input, prediction FROM PREDICT cnn(digits[0:3]);"),
+        ],
+        None,
+    );
     assert!(out.status.success());
     assert_eq!(text(&out.stdout), "input,prediction\n0,2\n1,8\n2,2\n");
-    assert!(text(&out.stderr).contains("loaded model cnn"), "messages go to stderr with csv");
-    let out = ialg(&["-f", "json", "-c", &format!("{LOAD} SELECT input FROM PREDICT cnn(digits[0:2]);")], None);
+    assert!(
+        text(&out.stderr).contains("loaded model cnn"),
+        "messages go to stderr with csv"
+    );
+    let out = ialg(
+        &[
+            "-f",
+            "json",
+            "-c",
+            &format!("{LOAD} SELECT input FROM PREDICT cnn(digits[0:2]);"),
+        ],
+        None,
+    );
     assert_eq!(text(&out.stdout).trim(), r#"[{"input":0},{"input":1}]"#);
 }
 
 #[test]
 fn scripts_from_stdin_stop_at_the_first_error_unless_keep_going() {
-    let script = format!("{LOAD}\nSELECT nope FROM PREDICT cnn(digits);\nSELECT count(*) AS n FROM PREDICT cnn(digits);\n");
+    let script = format!(
+        "{LOAD}\nSELECT nope FROM PREDICT cnn(digits);\nSELECT count(*) AS n FROM PREDICT cnn(digits);\n"
+    );
     let out = ialg(&[], Some(&script));
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("--> <stdin>:2:8"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("--> <stdin>:2:8"),
+        "{}",
+        text(&out.stderr)
+    );
     assert!(!text(&out.stdout).contains("│ 397 │"));
     let out = ialg(&["--keep-going", "run", "-"], Some(&script));
     assert_eq!(out.status.code(), Some(1), "a failure is still reported");
-    assert!(text(&out.stdout).contains("│ 397 │"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("│ 397 │"),
+        "{}",
+        text(&out.stdout)
+    );
 }
 
 #[test]
 fn repl_reads_multi_line_statements_and_survives_errors() {
-    let input = format!("{LOAD}\nSELECT count(*) AS n\n  FROM PREDICT cnn(digits);\nSELECT nope FROM PREDICT cnn(digits);\n\\help\nPREDICT cnn(digits[5]);\n\\q\n");
+    let input = format!(
+        "{LOAD}\nSELECT count(*) AS n\n  FROM PREDICT cnn(digits);\nSELECT nope FROM PREDICT cnn(digits);\n\\help\nPREDICT cnn(digits[5]);\n\\q\n"
+    );
     let out = ialg(&["repl"], Some(&input));
     let stdout = text(&out.stdout);
     assert!(out.status.success());
     assert!(stdout.contains("397"), "{stdout}");
-    assert!(stdout.contains("\\layers m"), "help lists the meta-commands");
-    assert!(stdout.contains("│     5 │"), "the session survived the error: {stdout}");
+    assert!(
+        stdout.contains("\\layers m"),
+        "help lists the meta-commands"
+    );
+    assert!(
+        stdout.contains("│     5 │"),
+        "the session survived the error: {stdout}"
+    );
     assert!(text(&out.stderr).contains("unknown column `nope`"));
-    assert!(root().join("target/test-scratch/xdg/ialgebra/history.txt").exists());
+    assert!(
+        root()
+            .join("target/test-scratch/xdg/ialgebra/history.txt")
+            .exists()
+    );
 }

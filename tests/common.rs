@@ -31,12 +31,20 @@ pub fn oracle(case: &str, key: &str) -> (Vec<usize>, Vec<f64>) {
 }
 
 pub fn oracle_output(model: &str, key: &str) -> (Vec<usize>, Vec<f64>) {
-    npy(&fixture(&format!("oracle/outputs/{model}_outputs/{key}.npy")))
+    npy(&fixture(&format!(
+        "oracle/outputs/{model}_outputs/{key}.npy"
+    )))
 }
 
 /// Asserts |a − b| ≤ atol + rtol·|b| elementwise, reporting the worst element.
 pub fn assert_close(what: &str, got: &[f64], want: &[f64], atol: f64, rtol: f64) {
-    assert_eq!(got.len(), want.len(), "{what}: {} values, expected {}", got.len(), want.len());
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "{what}: {} values, expected {}",
+        got.len(),
+        want.len()
+    );
     let mut worst = (0.0f64, 0usize);
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
         let excess = (g - w).abs() - (atol + rtol * w.abs());
@@ -46,7 +54,10 @@ pub fn assert_close(what: &str, got: &[f64], want: &[f64], atol: f64, rtol: f64)
     }
     if worst.0 > 0.0 {
         let i = worst.1;
-        panic!("{what}: element {i} is {} but the reference has {} (atol {atol}, rtol {rtol})", got[i], want[i]);
+        panic!(
+            "{what}: element {i} is {} but the reference has {} (atol {atol}, rtol {rtol})",
+            got[i], want[i]
+        );
     }
 }
 
@@ -74,7 +85,13 @@ pub fn query(s: &mut ialgebra::exec::Session, text: &str) -> polars::prelude::Da
 /// A numeric column as f64 (nulls as NaN).
 pub fn column_f64(df: &polars::prelude::DataFrame, name: &str) -> Vec<f64> {
     use polars::prelude::*;
-    let c = df.column(name).unwrap_or_else(|_| panic!("no column {name} in {:?}", df.get_column_names()));
+    let c = df
+        .column(name)
+        .unwrap_or_else(|_| panic!("no column {name} in {:?}", df.get_column_names()));
     let c = c.cast(&DataType::Float64).unwrap();
-    c.f64().unwrap().iter().map(|v| v.unwrap_or(f64::NAN)).collect()
+    c.f64()
+        .unwrap()
+        .iter()
+        .map(|v| v.unwrap_or(f64::NAN))
+        .collect()
 }

@@ -14,27 +14,66 @@ const SETUP: &str = "
 const CASES: &[(&str, &str)] = &[
     ("missing FROM", "SELECT row, col cnn(digits[0]);"),
     ("nothing to select", "SELECT FROM cnn(digits);"),
-    ("unfinished WHERE", "SELECT * FROM cnn(digits[0]) USING saliency WHERE"),
+    (
+        "unfinished WHERE",
+        "SELECT * FROM cnn(digits[0]) USING saliency WHERE",
+    ),
     ("unclosed string", "LOAD DATA d FROM 'data/x.npy;"),
     ("a bare table name", "SELECT * FROM digits;"),
-    ("second line of a script", "SHOW MODELS;\nSELECT * FROM cnn(digits[0]) USING saliency ORDER BY;"),
+    (
+        "second line of a script",
+        "SHOW MODELS;\nSELECT * FROM cnn(digits[0]) USING saliency ORDER BY;",
+    ),
     ("unknown model", "SELECT * FROM cnm(digits[0]);"),
     ("unknown dataset", "PREDICT cnn(digit[0]);"),
-    ("unknown method", "SELECT * FROM cnn(digits[0]) USING integrated_gradient;"),
-    ("unknown parameter", "SELECT * FROM cnn(digits[0]) USING integrated_gradients(step = 20);"),
-    ("parameter range", "SELECT * FROM cnn(digits[0]) USING integrated_gradients(steps = 0);"),
-    ("unknown column", "SELECT row, colum FROM cnn(digits[0]) USING saliency;"),
-    ("unknown column of a table", "SELECT * FROM mlp(cancer) WINDOW columns mean_radius, worst_aera;"),
+    (
+        "unknown method",
+        "SELECT * FROM cnn(digits[0]) USING integrated_gradient;",
+    ),
+    (
+        "unknown parameter",
+        "SELECT * FROM cnn(digits[0]) USING integrated_gradients(step = 20);",
+    ),
+    (
+        "parameter range",
+        "SELECT * FROM cnn(digits[0]) USING integrated_gradients(steps = 0);",
+    ),
+    (
+        "unknown column",
+        "SELECT row, colum FROM cnn(digits[0]) USING saliency;",
+    ),
+    (
+        "unknown column of a table",
+        "SELECT * FROM mlp(cancer) WINDOW columns mean_radius, worst_aera;",
+    ),
     ("index out of range", "PREDICT cnn(digits[397]);"),
     ("shape mismatch", "PREDICT cnn(cancer[0:3]);"),
-    ("window out of bounds", "SELECT * FROM cnn(digits[0]) WINDOW rows 2:12;"),
-    ("label target without labels", "LOAD DATA raw FROM 'data/digits_test_x.npy'; SELECT * FROM cnn(raw[0]) TARGET LABEL;"),
-    ("not grouped", "SELECT input, row, sum(attribution) FROM cnn(digits[0]) USING saliency GROUP BY input;"),
+    (
+        "window out of bounds",
+        "SELECT * FROM cnn(digits[0]) WINDOW rows 2:12;",
+    ),
+    (
+        "label target without labels",
+        "LOAD DATA raw FROM 'data/digits_test_x.npy'; SELECT * FROM cnn(raw[0]) TARGET LABEL;",
+    ),
+    (
+        "not grouped",
+        "SELECT input, row, sum(attribution) FROM cnn(digits[0]) USING saliency GROUP BY input;",
+    ),
     ("unknown variable", "SELECT * FROM cnn(digits[:idx]);"),
     ("unknown setting", "SET step = 10;"),
-    ("export without overwrite", "EXPORT PREDICT cnn(digits[0]) TO 'data/cancer_test.csv';"),
-    ("export type", "EXPORT PREDICT cnn(digits[0]) TO 'out/result.xlsx';"),
-    ("missing weights file", "LOAD MODEL m FROM 'models/nope.safetensors' ARCH 'models/digits_cnn.json';"),
+    (
+        "export without overwrite",
+        "EXPORT PREDICT cnn(digits[0]) TO 'data/cancer_test.csv';",
+    ),
+    (
+        "export type",
+        "EXPORT PREDICT cnn(digits[0]) TO 'out/result.xlsx';",
+    ),
+    (
+        "missing weights file",
+        "LOAD MODEL m FROM 'models/nope.safetensors' ARCH 'models/digits_cnn.json';",
+    ),
 ];
 
 fn render_all() -> String {
@@ -48,7 +87,11 @@ fn render_all() -> String {
         out.push_str(&format!("=== {name}\n{text}\n---\n{shown}\n\n"));
         // the session survived the failure
         let df = query(&mut s, "SELECT count(*) AS n FROM PREDICT cnn(digits[0:3])");
-        assert_eq!(column_f64(&df, "n"), vec![3.0], "{name}: session after the error");
+        assert_eq!(
+            column_f64(&df, "n"),
+            vec![3.0],
+            "{name}: session after the error"
+        );
     }
     out
 }
@@ -63,8 +106,17 @@ fn error_messages_match_snapshot() {
     }
     let want = std::fs::read_to_string(&path).unwrap_or_default();
     if got != want {
-        let diff: Vec<String> = got.lines().zip(want.lines().chain(std::iter::repeat(""))).filter(|(g, w)| g != w).take(6).map(|(g, w)| format!("  got:  {g}\n  want: {w}")).collect();
-        panic!("error messages differ from tests/snapshots/errors.txt (IALG_UPDATE=1 to accept):\n{}", diff.join("\n"));
+        let diff: Vec<String> = got
+            .lines()
+            .zip(want.lines().chain(std::iter::repeat("")))
+            .filter(|(g, w)| g != w)
+            .take(6)
+            .map(|(g, w)| format!("  got:  {g}\n  want: {w}"))
+            .collect();
+        panic!(
+            "error messages differ from tests/snapshots/errors.txt (IALG_UPDATE=1 to accept):\n{}",
+            diff.join("\n")
+        );
     }
     assert!(!got.contains("(no error)"), "every case must fail");
     assert!(!got.contains("panicked"));

@@ -34,7 +34,11 @@ fn still_works(s: &mut Session) {
 }
 
 fn leftovers(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).filter(|n| n.ends_with(".tmp")).collect()
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect()
 }
 
 #[test]
@@ -45,44 +49,91 @@ fn export_is_atomic_and_does_not_clobber() {
     let expected = query(&mut s, q);
     for ext in ["csv", "parquet", "json"] {
         let path = dir.join(format!("top.{ext}"));
-        s.execute(&format!("EXPORT {q} TO '{}'", path.display())).unwrap();
+        s.execute(&format!("EXPORT {q} TO '{}'", path.display()))
+            .unwrap();
         // read it back through the engine's own loader where it can, else by polars
         let back = match ext {
             "json" => {
                 let text = std::fs::read_to_string(&path).unwrap();
-                assert!(text.starts_with('[') && text.contains("\"attribution\""), "{text}");
+                assert!(
+                    text.starts_with('[') && text.contains("\"attribution\""),
+                    "{text}"
+                );
                 continue;
             }
             _ => {
                 use polars::prelude::*;
                 if ext == "csv" {
-                    CsvReadOptions::default().with_has_header(true).try_into_reader_with_file_path(Some(path.clone())).unwrap().finish().unwrap()
+                    CsvReadOptions::default()
+                        .with_has_header(true)
+                        .try_into_reader_with_file_path(Some(path.clone()))
+                        .unwrap()
+                        .finish()
+                        .unwrap()
                 } else {
-                    ParquetReader::new(std::fs::File::open(&path).unwrap()).finish().unwrap()
+                    ParquetReader::new(std::fs::File::open(&path).unwrap())
+                        .finish()
+                        .unwrap()
                 }
             }
         };
         // float32 values survive the trip exactly (CSV prints the shortest text that reads back)
         let as_f32 = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<f32>>();
-        assert_eq!(as_f32(column_f64(&back, "attribution")), as_f32(column_f64(&expected, "attribution")), "{ext}");
-        assert_eq!(column_f64(&back, "row"), column_f64(&expected, "row"), "{ext}");
+        assert_eq!(
+            as_f32(column_f64(&back, "attribution")),
+            as_f32(column_f64(&expected, "attribution")),
+            "{ext}"
+        );
+        assert_eq!(
+            column_f64(&back, "row"),
+            column_f64(&expected, "row"),
+            "{ext}"
+        );
     }
     // no OVERWRITE: an error, and the file is untouched
     let csv = dir.join("top.csv");
     let before = std::fs::read(&csv).unwrap();
-    let msg = err(&mut s, &format!("EXPORT PREDICT cnn(digits[0]) TO '{}'", csv.display()));
-    assert!(msg.contains("already exists") && msg.contains("OVERWRITE"), "{msg}");
+    let msg = err(
+        &mut s,
+        &format!("EXPORT PREDICT cnn(digits[0]) TO '{}'", csv.display()),
+    );
+    assert!(
+        msg.contains("already exists") && msg.contains("OVERWRITE"),
+        "{msg}"
+    );
     assert_eq!(std::fs::read(&csv).unwrap(), before);
     // OVERWRITE replaces it
-    s.execute(&format!("EXPORT PREDICT cnn(digits[0]) TO '{}' OVERWRITE", csv.display())).unwrap();
-    assert!(String::from_utf8(std::fs::read(&csv).unwrap()).unwrap().starts_with("input,label,prediction,confidence,correct,logit_0"));
+    s.execute(&format!(
+        "EXPORT PREDICT cnn(digits[0]) TO '{}' OVERWRITE",
+        csv.display()
+    ))
+    .unwrap();
+    assert!(
+        String::from_utf8(std::fs::read(&csv).unwrap())
+            .unwrap()
+            .starts_with("input,label,prediction,confidence,correct,logit_0")
+    );
     // a failing query writes nothing
-    let _ = err(&mut s, &format!("EXPORT SELECT nope FROM PREDICT cnn(digits) TO '{}'", dir.join("never.csv").display()));
+    let _ = err(
+        &mut s,
+        &format!(
+            "EXPORT SELECT nope FROM PREDICT cnn(digits) TO '{}'",
+            dir.join("never.csv").display()
+        ),
+    );
     assert!(!dir.join("never.csv").exists());
     // directories are made as needed
-    s.execute(&format!("EXPORT PREDICT cnn(digits[0:2]) TO '{}'", dir.join("a/b/p.parquet").display())).unwrap();
+    s.execute(&format!(
+        "EXPORT PREDICT cnn(digits[0:2]) TO '{}'",
+        dir.join("a/b/p.parquet").display()
+    ))
+    .unwrap();
     assert!(dir.join("a/b/p.parquet").exists());
-    assert!(leftovers(&dir).is_empty(), "temporary files left: {:?}", leftovers(&dir));
+    assert!(
+        leftovers(&dir).is_empty(),
+        "temporary files left: {:?}",
+        leftovers(&dir)
+    );
     still_works(&mut s);
 }
 
@@ -94,10 +145,20 @@ fn pytorch_checkpoints_load_like_safetensors() {
          LOAD MODEL ckpt FROM 'tests/fixtures/models/cancer_mlp_checkpoint.pth' ARCH 'models/cancer_mlp.json';
          LOAD DATA cancer FROM 'data/cancer_test.csv' LABEL COLUMN diagnosis;",
     );
-    let a = query(&mut s, "SELECT attribution FROM st(cancer[0:5]) USING integrated_gradients");
+    let a = query(
+        &mut s,
+        "SELECT attribution FROM st(cancer[0:5]) USING integrated_gradients",
+    );
     for m in ["pth", "ckpt"] {
-        let b = query(&mut s, &format!("SELECT attribution FROM {m}(cancer[0:5]) USING integrated_gradients"));
-        assert_eq!(column_f64(&a, "attribution"), column_f64(&b, "attribution"), "{m}");
+        let b = query(
+            &mut s,
+            &format!("SELECT attribution FROM {m}(cancer[0:5]) USING integrated_gradients"),
+        );
+        assert_eq!(
+            column_f64(&a, "attribution"),
+            column_f64(&b, "attribution"),
+            "{m}"
+        );
     }
 }
 
@@ -106,19 +167,49 @@ fn corrupt_model_files_are_errors() {
     let dir = scratch("models");
     let good = std::fs::read(root().join("models/digits_cnn.safetensors")).unwrap();
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-        ("truncated.safetensors", good[..good.len() / 2].to_vec(), "not a readable safetensors file"),
-        ("header_only.safetensors", good[..12].to_vec(), "not a readable safetensors file"),
-        ("garbage.safetensors", b"this is not a model at all".to_vec(), "not a readable safetensors file"),
-        ("empty.safetensors", Vec::new(), "not a readable safetensors file"),
-        ("garbage.pth", b"PK\x03\x04 but not really a zip".to_vec(), "cannot read PyTorch checkpoint"),
-        ("legacy.pth", b"\x80\x02\x8a\x0alegacy".to_vec(), "legacy (pre-1.6, non-zip) PyTorch file"),
+        (
+            "truncated.safetensors",
+            good[..good.len() / 2].to_vec(),
+            "not a readable safetensors file",
+        ),
+        (
+            "header_only.safetensors",
+            good[..12].to_vec(),
+            "not a readable safetensors file",
+        ),
+        (
+            "garbage.safetensors",
+            b"this is not a model at all".to_vec(),
+            "not a readable safetensors file",
+        ),
+        (
+            "empty.safetensors",
+            Vec::new(),
+            "not a readable safetensors file",
+        ),
+        (
+            "garbage.pth",
+            b"PK\x03\x04 but not really a zip".to_vec(),
+            "cannot read PyTorch checkpoint",
+        ),
+        (
+            "legacy.pth",
+            b"\x80\x02\x8a\x0alegacy".to_vec(),
+            "legacy (pre-1.6, non-zip) PyTorch file",
+        ),
         ("model.h5", b"HDF".to_vec(), "cannot tell the format"),
     ];
     let mut s = session(SETUP);
     for (name, bytes, want) in cases {
         let path = dir.join(name);
         std::fs::write(&path, bytes).unwrap();
-        let msg = err(&mut s, &format!("LOAD MODEL bad FROM '{}' ARCH 'models/digits_cnn.json'", path.display()));
+        let msg = err(
+            &mut s,
+            &format!(
+                "LOAD MODEL bad FROM '{}' ARCH 'models/digits_cnn.json'",
+                path.display()
+            ),
+        );
         assert!(msg.contains(want), "{name}: {msg}");
         assert!(!msg.contains("panicked"));
     }
@@ -126,25 +217,53 @@ fn corrupt_model_files_are_errors() {
     let path = dir.join("cut.safetensors");
     for cut in (0..good.len()).step_by(997) {
         std::fs::write(&path, &good[..cut]).unwrap();
-        assert!(s.execute(&format!("LOAD MODEL bad FROM '{}' ARCH 'models/digits_cnn.json'", path.display())).is_err(), "cut at {cut}");
+        assert!(
+            s.execute(&format!(
+                "LOAD MODEL bad FROM '{}' ARCH 'models/digits_cnn.json'",
+                path.display()
+            ))
+            .is_err(),
+            "cut at {cut}"
+        );
     }
     // architecture files: broken JSON, unknown layer types, shapes that do not fit
     let arch_cases = [
         ("{ not json", "is not valid JSON"),
         (r#"{"input_shape": [1, 8, 8]}"#, "has no `layers` list"),
-        (r#"{"input_shape": [1, 8, 8], "layers": [{"name": "x", "type": "lstm"}]}"#, "unsupported type `lstm`"),
-        (r#"{"input_shape": [1, 8, 8], "layers": [{"name": "conv1", "type": "conv2d", "in": 3, "out": 8, "kernel": 3}]}"#, "expects 3 input channels"),
-        (r#"{"input_shape": [1, 8, 8], "layers": [{"name": "conv1", "type": "conv2d", "in": 1, "out": 8, "kernel": 3, "padding": 1}]}"#, "tensors the architecture does not use"),
-        (r#"{"input_shape": [1, 8, 8], "layers": [{"name": "conv1", "type": "conv2d", "in": 1, "out": 8, "kernel": 30}]}"#, "does not fit"),
+        (
+            r#"{"input_shape": [1, 8, 8], "layers": [{"name": "x", "type": "lstm"}]}"#,
+            "unsupported type `lstm`",
+        ),
+        (
+            r#"{"input_shape": [1, 8, 8], "layers": [{"name": "conv1", "type": "conv2d", "in": 3, "out": 8, "kernel": 3}]}"#,
+            "expects 3 input channels",
+        ),
+        (
+            r#"{"input_shape": [1, 8, 8], "layers": [{"name": "conv1", "type": "conv2d", "in": 1, "out": 8, "kernel": 3, "padding": 1}]}"#,
+            "tensors the architecture does not use",
+        ),
+        (
+            r#"{"input_shape": [1, 8, 8], "layers": [{"name": "conv1", "type": "conv2d", "in": 1, "out": 8, "kernel": 30}]}"#,
+            "does not fit",
+        ),
     ];
     for (i, (text, want)) in arch_cases.iter().enumerate() {
         let path = dir.join(format!("arch{i}.json"));
         std::fs::write(&path, text).unwrap();
-        let msg = err(&mut s, &format!("LOAD MODEL bad FROM 'models/digits_cnn.safetensors' ARCH '{}'", path.display()));
+        let msg = err(
+            &mut s,
+            &format!(
+                "LOAD MODEL bad FROM 'models/digits_cnn.safetensors' ARCH '{}'",
+                path.display()
+            ),
+        );
         assert!(msg.contains(want), "arch {i}: {msg}");
     }
     still_works(&mut s);
-    assert!(s.model("bad").is_none(), "a failed LOAD leaves no model behind");
+    assert!(
+        s.model("bad").is_none(),
+        "a failed LOAD leaves no model behind"
+    );
 }
 
 #[test]
@@ -160,29 +279,89 @@ fn bad_data_files_are_errors() {
     values[64 + 9] = f32::NAN;
     let nan = write("nan.npy", &[3, 1, 8, 8], &values);
     let msg = err(&mut s, &format!("LOAD DATA bad FROM '{}'", nan.display()));
-    assert!(msg.contains("input 1 holds NaN at channel 0, row 1, col 1") && msg.contains("allow_nonfinite"), "{msg}");
-    s.execute(&format!("SET allow_nonfinite = true; LOAD DATA nanok FROM '{}'", nan.display())).unwrap();
+    assert!(
+        msg.contains("input 1 holds NaN at channel 0, row 1, col 1")
+            && msg.contains("allow_nonfinite"),
+        "{msg}"
+    );
+    s.execute(&format!(
+        "SET allow_nonfinite = true; LOAD DATA nanok FROM '{}'",
+        nan.display()
+    ))
+    .unwrap();
     let empty = write("empty.npy", &[0, 1, 8, 8], &[]);
-    assert!(err(&mut s, &format!("LOAD DATA e FROM '{}'", empty.display())).contains("holds no inputs"));
+    assert!(
+        err(&mut s, &format!("LOAD DATA e FROM '{}'", empty.display())).contains("holds no inputs")
+    );
     let flat = write("flat.npy", &[5], &[1.0; 5]);
-    assert!(err(&mut s, &format!("LOAD DATA e FROM '{}'", flat.display())).contains("batch dimension first"));
+    assert!(
+        err(&mut s, &format!("LOAD DATA e FROM '{}'", flat.display()))
+            .contains("batch dimension first")
+    );
     let labels = write("labels.npy", &[2], &[1.0, 2.0]);
     let x3 = write("x3.npy", &[3, 4], &[0.0; 12]);
-    assert!(err(&mut s, &format!("LOAD DATA e FROM '{}' LABELS '{}'", x3.display(), labels.display())).contains("has 3 inputs but"));
+    assert!(
+        err(
+            &mut s,
+            &format!(
+                "LOAD DATA e FROM '{}' LABELS '{}'",
+                x3.display(),
+                labels.display()
+            )
+        )
+        .contains("has 3 inputs but")
+    );
     let frac = write("frac.npy", &[3], &[1.0, 2.5, 0.0]);
-    assert!(err(&mut s, &format!("LOAD DATA e FROM '{}' LABELS '{}'", x3.display(), frac.display())).contains("whole numbers"));
+    assert!(
+        err(
+            &mut s,
+            &format!(
+                "LOAD DATA e FROM '{}' LABELS '{}'",
+                x3.display(),
+                frac.display()
+            )
+        )
+        .contains("whole numbers")
+    );
     let truncated = dir.join("trunc.npy");
     let bytes = std::fs::read(&nan).unwrap();
     std::fs::write(&truncated, &bytes[..bytes.len() - 10]).unwrap();
-    assert!(err(&mut s, &format!("LOAD DATA e FROM '{}'", truncated.display())).contains("not a readable .npy file"));
+    assert!(
+        err(
+            &mut s,
+            &format!("LOAD DATA e FROM '{}'", truncated.display())
+        )
+        .contains("not a readable .npy file")
+    );
     let csv = dir.join("text.csv");
     std::fs::write(&csv, "a,b,label\n1,x,0\n2,y,1\n").unwrap();
-    assert!(err(&mut s, &format!("LOAD DATA e FROM '{}' LABEL COLUMN label", csv.display())).contains("column `b` holds"));
+    assert!(
+        err(
+            &mut s,
+            &format!("LOAD DATA e FROM '{}' LABEL COLUMN label", csv.display())
+        )
+        .contains("column `b` holds")
+    );
     let holes = dir.join("holes.csv");
     std::fs::write(&holes, "a,b,label\n1,,0\n2,3,1\n").unwrap();
-    assert!(err(&mut s, &format!("LOAD DATA e FROM '{}' LABEL COLUMN label", holes.display())).contains("row 0, column `b` is empty"));
+    assert!(
+        err(
+            &mut s,
+            &format!("LOAD DATA e FROM '{}' LABEL COLUMN label", holes.display())
+        )
+        .contains("row 0, column `b` is empty")
+    );
     // data of the wrong shape for a model is caught before any forward
-    assert!(err(&mut s, &format!("LOAD DATA small FROM '{}'; PREDICT cnn(small)", x3.display())).contains("holds inputs of shape [4] but `cnn` takes [1, 8, 8]"));
+    assert!(
+        err(
+            &mut s,
+            &format!(
+                "LOAD DATA small FROM '{}'; PREDICT cnn(small)",
+                x3.display()
+            )
+        )
+        .contains("holds inputs of shape [4] but `cnn` takes [1, 8, 8]")
+    );
     still_works(&mut s);
 }
 
@@ -191,9 +370,16 @@ fn tabular_files_load_from_csv_and_parquet() {
     use polars::prelude::*;
     let dir = scratch("tabular");
     // the same table as Parquet
-    let mut df = CsvReadOptions::default().with_has_header(true).try_into_reader_with_file_path(Some(root().join("data/cancer_test.csv"))).unwrap().finish().unwrap();
+    let mut df = CsvReadOptions::default()
+        .with_has_header(true)
+        .try_into_reader_with_file_path(Some(root().join("data/cancer_test.csv")))
+        .unwrap()
+        .finish()
+        .unwrap();
     let parquet = dir.join("cancer.parquet");
-    ParquetWriter::new(std::fs::File::create(&parquet).unwrap()).finish(&mut df).unwrap();
+    ParquetWriter::new(std::fs::File::create(&parquet).unwrap())
+        .finish(&mut df)
+        .unwrap();
     let mut s = session(&format!(
         "LOAD MODEL mlp FROM 'models/cancer_mlp.safetensors' ARCH 'models/cancer_mlp.json';
          LOAD DATA from_csv FROM 'data/cancer_test.csv' LABEL COLUMN diagnosis;
@@ -203,14 +389,40 @@ fn tabular_files_load_from_csv_and_parquet() {
          LOAD DATA digits_csv FROM 'tests/fixtures/data/digits_test_x.csv' LABELS 'tests/fixtures/data/digits_test_y.csv';",
         parquet.display()
     ));
-    let a = query(&mut s, "SELECT * FROM mlp(from_csv[0:4]) USING integrated_gradients");
-    let b = query(&mut s, "SELECT * FROM mlp(from_parquet[0:4]) USING integrated_gradients");
+    let a = query(
+        &mut s,
+        "SELECT * FROM mlp(from_csv[0:4]) USING integrated_gradients",
+    );
+    let b = query(
+        &mut s,
+        "SELECT * FROM mlp(from_parquet[0:4]) USING integrated_gradients",
+    );
     assert!(a.equals_missing(&b));
-    assert_eq!(a.column("column").unwrap().str().unwrap().get(0), Some("mean_radius"));
+    assert_eq!(
+        a.column("column").unwrap().str().unwrap().get(0),
+        Some("mean_radius")
+    );
     // 64 pixel columns feed the 1×8×8 CNN; the relation names them by column
-    let npy = query(&mut s, "SELECT input, label, prediction, confidence FROM PREDICT cnn(digits)");
-    let csv = query(&mut s, "SELECT input, label, prediction, confidence FROM PREDICT cnn(digits_csv)");
+    let npy = query(
+        &mut s,
+        "SELECT input, label, prediction, confidence FROM PREDICT cnn(digits)",
+    );
+    let csv = query(
+        &mut s,
+        "SELECT input, label, prediction, confidence FROM PREDICT cnn(digits_csv)",
+    );
     assert!(npy.equals_missing(&csv));
-    let top = query(&mut s, "SELECT column FROM cnn(digits_csv[17]) USING saliency ORDER BY attribution DESC LIMIT 1");
-    assert!(top.column("column").unwrap().str().unwrap().get(0).unwrap().starts_with('p'));
+    let top = query(
+        &mut s,
+        "SELECT column FROM cnn(digits_csv[17]) USING saliency ORDER BY attribution DESC LIMIT 1",
+    );
+    assert!(
+        top.column("column")
+            .unwrap()
+            .str()
+            .unwrap()
+            .get(0)
+            .unwrap()
+            .starts_with('p')
+    );
 }

@@ -1,10 +1,10 @@
 //! The one integration test binary: each module tests one face of the product.
 
-mod common;
-mod parity;
-mod slt;
-mod errors;
-mod roundtrip;
-mod corpus;
-mod files;
 mod cli;
+mod common;
+mod corpus;
+mod errors;
+mod files;
+mod parity;
+mod roundtrip;
+mod slt;

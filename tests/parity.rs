@@ -36,9 +36,18 @@ fn cancer() -> Session {
 /// Runs `SELECT … FROM <from>` and checks attributions, targets and input values against
 /// an oracle case.
 fn check(s: &mut Session, case: &str, from: &str) {
-    let df = query(s, &format!("SELECT target, value, attribution FROM {from} ORDER BY input, feature"));
+    let df = query(
+        s,
+        &format!("SELECT target, value, attribution FROM {from} ORDER BY input, feature"),
+    );
     let (_, want) = oracle(case, "attributions");
-    assert_close(&format!("{case}: attributions"), &column_f64(&df, "attribution"), &want, ATOL, RTOL);
+    assert_close(
+        &format!("{case}: attributions"),
+        &column_f64(&df, "attribution"),
+        &want,
+        ATOL,
+        RTOL,
+    );
     let (_, targets) = oracle(case, "targets");
     let got_t = column_f64(&df, "target");
     let per = got_t.len() / targets.len();
@@ -46,7 +55,13 @@ fn check(s: &mut Session, case: &str, from: &str) {
         assert_eq!(got_t[i * per], *t, "{case}: target of input {i}");
     }
     let (_, inputs) = oracle(case, "inputs");
-    assert_close(&format!("{case}: inputs"), &column_f64(&df, "value"), &inputs, 0.0, 0.0);
+    assert_close(
+        &format!("{case}: inputs"),
+        &column_f64(&df, "value"),
+        &inputs,
+        0.0,
+        0.0,
+    );
 }
 
 #[test]
@@ -54,7 +69,10 @@ fn forward_logits_match_pytorch() {
     let mut s = digits();
     let df = query(&mut s, "SELECT * FROM PREDICT cnn(digits)");
     let (_, want) = oracle_output("digits_cnn", "logits");
-    let got: Vec<f64> = (0..df.height()).flat_map(|r| (0..10).map(move |k| (r, k))).map(|(r, k)| column_f64(&df, &format!("logit_{k}"))[r]).collect();
+    let got: Vec<f64> = (0..df.height())
+        .flat_map(|r| (0..10).map(move |k| (r, k)))
+        .map(|(r, k)| column_f64(&df, &format!("logit_{k}"))[r])
+        .collect();
     assert_close("digits_cnn logits", &got, &want, ATOL, RTOL);
     let (_, preds) = oracle_output("digits_cnn", "preds");
     assert_eq!(column_f64(&df, "prediction"), preds);
@@ -62,52 +80,130 @@ fn forward_logits_match_pytorch() {
     let conf = column_f64(&df, "confidence");
     for (r, c) in conf.iter().enumerate() {
         let p = probs[r * 10 + preds[r] as usize];
-        assert!((c - p).abs() < 1e-5 * p.max(1e-3), "confidence of input {r}: {c} vs {p}");
+        assert!(
+            (c - p).abs() < 1e-5 * p.max(1e-3),
+            "confidence of input {r}: {c} vs {p}"
+        );
     }
     let mut c = cancer();
     let df = query(&mut c, "SELECT * FROM PREDICT mlp(cancer)");
     let (_, want) = oracle_output("cancer_mlp", "logits");
-    let got: Vec<f64> = (0..df.height()).flat_map(|r| (0..2).map(move |k| (r, k))).map(|(r, k)| column_f64(&df, &format!("logit_{k}"))[r]).collect();
+    let got: Vec<f64> = (0..df.height())
+        .flat_map(|r| (0..2).map(move |k| (r, k)))
+        .map(|(r, k)| column_f64(&df, &format!("logit_{k}"))[r])
+        .collect();
     assert_close("cancer_mlp logits", &got, &want, ATOL, RTOL);
     // 115 of 119 correct, as the oracle's training summary says
-    let correct = query(&mut c, "SELECT count(*) AS n FROM PREDICT mlp(cancer) WHERE correct");
+    let correct = query(
+        &mut c,
+        "SELECT count(*) AS n FROM PREDICT mlp(cancer) WHERE correct",
+    );
     assert_eq!(column_f64(&correct, "n"), vec![115.0]);
 }
 
 #[test]
 fn saliency_and_input_x_gradient() {
     let mut s = digits();
-    check(&mut s, "digits_cnn__saliency_abs", "cnn(digits[0:10]) USING saliency");
-    check(&mut s, "digits_cnn__saliency_noabs", "cnn(digits[0:10]) USING saliency(abs = false)");
-    check(&mut s, "digits_cnn__input_x_gradient", "cnn(digits[0:10]) USING input_x_gradient");
-    check(&mut s, "digits_cnn_b__saliency_abs", "cnn_b(digits[0:10]) USING saliency");
+    check(
+        &mut s,
+        "digits_cnn__saliency_abs",
+        "cnn(digits[0:10]) USING saliency",
+    );
+    check(
+        &mut s,
+        "digits_cnn__saliency_noabs",
+        "cnn(digits[0:10]) USING saliency(abs = false)",
+    );
+    check(
+        &mut s,
+        "digits_cnn__input_x_gradient",
+        "cnn(digits[0:10]) USING input_x_gradient",
+    );
+    check(
+        &mut s,
+        "digits_cnn_b__saliency_abs",
+        "cnn_b(digits[0:10]) USING saliency",
+    );
     let mut c = cancer();
-    check(&mut c, "cancer_mlp__saliency_abs", "mlp(cancer[0:10]) USING saliency(abs = true)");
-    check(&mut c, "cancer_mlp__saliency_noabs", "mlp(cancer[0:10]) USING saliency(abs = false)");
-    check(&mut c, "cancer_mlp__input_x_gradient", "mlp(cancer[0:10]) USING input_x_gradient");
+    check(
+        &mut c,
+        "cancer_mlp__saliency_abs",
+        "mlp(cancer[0:10]) USING saliency(abs = true)",
+    );
+    check(
+        &mut c,
+        "cancer_mlp__saliency_noabs",
+        "mlp(cancer[0:10]) USING saliency(abs = false)",
+    );
+    check(
+        &mut c,
+        "cancer_mlp__input_x_gradient",
+        "mlp(cancer[0:10]) USING input_x_gradient",
+    );
 }
 
 #[test]
 fn integrated_gradients_rules_and_baselines() {
     let mut s = digits();
-    check(&mut s, "digits_cnn__ig_gausslegendre", "cnn(digits[0:10]) USING integrated_gradients");
-    check(&mut s, "digits_cnn__ig_riemann_trapezoid", "cnn(digits[0:10]) USING integrated_gradients(steps = 50, rule = riemann_trapezoid)");
-    check(&mut s, "digits_cnn__ig_meanbaseline_riemann_trapezoid", "cnn(digits[0:10]) USING integrated_gradients(steps = 32, rule = 'riemann_trapezoid') BASELINE train_mean[0]");
-    check(&mut s, "digits_cnn_b__ig_gausslegendre", "cnn_b(digits[0:10]) USING integrated_gradients(steps = 50)");
-    check(&mut s, "digits_cnn_backdoor__ig_riemann_trapezoid_triggered", "backdoor(triggered) USING integrated_gradients(rule = riemann_trapezoid)");
+    check(
+        &mut s,
+        "digits_cnn__ig_gausslegendre",
+        "cnn(digits[0:10]) USING integrated_gradients",
+    );
+    check(
+        &mut s,
+        "digits_cnn__ig_riemann_trapezoid",
+        "cnn(digits[0:10]) USING integrated_gradients(steps = 50, rule = riemann_trapezoid)",
+    );
+    check(
+        &mut s,
+        "digits_cnn__ig_meanbaseline_riemann_trapezoid",
+        "cnn(digits[0:10]) USING integrated_gradients(steps = 32, rule = 'riemann_trapezoid') BASELINE train_mean[0]",
+    );
+    check(
+        &mut s,
+        "digits_cnn_b__ig_gausslegendre",
+        "cnn_b(digits[0:10]) USING integrated_gradients(steps = 50)",
+    );
+    check(
+        &mut s,
+        "digits_cnn_backdoor__ig_riemann_trapezoid_triggered",
+        "backdoor(triggered) USING integrated_gradients(rule = riemann_trapezoid)",
+    );
     // SET steps is the session default the method falls back on
     s.execute("SET steps = 50").unwrap();
-    check(&mut s, "digits_cnn__ig_gausslegendre", "cnn(digits[0:10]) USING integrated_gradients(rule = gausslegendre) BASELINE zero");
+    check(
+        &mut s,
+        "digits_cnn__ig_gausslegendre",
+        "cnn(digits[0:10]) USING integrated_gradients(rule = gausslegendre) BASELINE zero",
+    );
     let mut c = cancer();
-    check(&mut c, "cancer_mlp__ig_gausslegendre", "mlp(cancer[0:10]) USING integrated_gradients");
-    check(&mut c, "cancer_mlp__ig_riemann_trapezoid", "mlp(cancer[0:10]) USING integrated_gradients(rule = riemann_trapezoid)");
-    check(&mut c, "cancer_mlp__ig_meanbaseline_riemann_trapezoid", "mlp(cancer[0:10]) USING integrated_gradients(steps = 32, rule = riemann_trapezoid) BASELINE cancer_mean[0]");
+    check(
+        &mut c,
+        "cancer_mlp__ig_gausslegendre",
+        "mlp(cancer[0:10]) USING integrated_gradients",
+    );
+    check(
+        &mut c,
+        "cancer_mlp__ig_riemann_trapezoid",
+        "mlp(cancer[0:10]) USING integrated_gradients(rule = riemann_trapezoid)",
+    );
+    check(
+        &mut c,
+        "cancer_mlp__ig_meanbaseline_riemann_trapezoid",
+        "mlp(cancer[0:10]) USING integrated_gradients(steps = 32, rule = riemann_trapezoid) BASELINE cancer_mean[0]",
+    );
 }
 
 #[test]
 fn quadrature_tables_match_captum() {
     use ialgebra::ops::Rule;
-    for (rule, n, name) in [(Rule::GaussLegendre, 50, "gausslegendre_50"), (Rule::GaussLegendre, 51, "gausslegendre_51"), (Rule::RiemannTrapezoid, 32, "riemann_trapezoid_32"), (Rule::RiemannTrapezoid, 50, "riemann_trapezoid_50")] {
+    for (rule, n, name) in [
+        (Rule::GaussLegendre, 50, "gausslegendre_50"),
+        (Rule::GaussLegendre, 51, "gausslegendre_51"),
+        (Rule::RiemannTrapezoid, 32, "riemann_trapezoid_32"),
+        (Rule::RiemannTrapezoid, 50, "riemann_trapezoid_50"),
+    ] {
         let (alphas, steps) = rule.points(n);
         let (_, want_a) = oracle("captum_quadrature_tables", &format!("{name}_alphas"));
         let (_, want_s) = oracle("captum_quadrature_tables", &format!("{name}_step_sizes"));
@@ -120,28 +216,59 @@ fn quadrature_tables_match_captum() {
 
 #[test]
 fn guided_backprop() {
-    check(&mut digits(), "digits_cnn__guided_backprop", "cnn(digits[0:10]) USING guided_backprop");
-    check(&mut cancer(), "cancer_mlp__guided_backprop", "mlp(cancer[0:10]) USING guided_backprop");
+    check(
+        &mut digits(),
+        "digits_cnn__guided_backprop",
+        "cnn(digits[0:10]) USING guided_backprop",
+    );
+    check(
+        &mut cancer(),
+        "cancer_mlp__guided_backprop",
+        "mlp(cancer[0:10]) USING guided_backprop",
+    );
 }
 
 #[test]
 fn occlusion_and_feature_ablation() {
     let mut s = digits();
-    check(&mut s, "digits_cnn__occlusion_2x2_s1", "cnn(digits[0:10]) USING occlusion(window = 2, stride = 1)");
+    check(
+        &mut s,
+        "digits_cnn__occlusion_2x2_s1",
+        "cnn(digits[0:10]) USING occlusion(window = 2, stride = 1)",
+    );
     // Captum gives every pixel of a 2×2 group the group's value; we give one row per group.
-    let df = query(&mut s, "SELECT input, feature, size, attribution FROM cnn(digits[0:10]) USING feature_ablation GRANULARITY patch(2) ORDER BY input, group");
+    let df = query(
+        &mut s,
+        "SELECT input, feature, size, attribution FROM cnn(digits[0:10]) USING feature_ablation GRANULARITY patch(2) ORDER BY input, group",
+    );
     let (_, want) = oracle("digits_cnn__feature_ablation_2x2_groups", "attributions");
     let (_, mask) = oracle("digits_cnn__feature_ablation_2x2_groups", "feature_mask");
     assert_eq!(df.height(), 10 * 16);
-    let (inputs, features, attrs) = (column_f64(&df, "input"), column_f64(&df, "feature"), column_f64(&df, "attribution"));
+    let (inputs, features, attrs) = (
+        column_f64(&df, "input"),
+        column_f64(&df, "feature"),
+        column_f64(&df, "attribution"),
+    );
     for r in 0..df.height() {
         let f = features[r] as usize;
-        assert_eq!(mask[f] as usize, r % 16, "group order follows Captum's mask");
+        assert_eq!(
+            mask[f] as usize,
+            r % 16,
+            "group order follows Captum's mask"
+        );
         let want_v = want[inputs[r] as usize * 64 + f];
-        assert!((attrs[r] - want_v).abs() <= ATOL + RTOL * want_v.abs(), "group {r}: {} vs {want_v}", attrs[r]);
+        assert!(
+            (attrs[r] - want_v).abs() <= ATOL + RTOL * want_v.abs(),
+            "group {r}: {} vs {want_v}",
+            attrs[r]
+        );
     }
     assert!(column_f64(&df, "size").iter().all(|&s| s == 4.0));
-    check(&mut cancer(), "cancer_mlp__feature_ablation", "mlp(cancer[0:10]) USING feature_ablation");
+    check(
+        &mut cancer(),
+        "cancer_mlp__feature_ablation",
+        "mlp(cancer[0:10]) USING feature_ablation",
+    );
 }
 
 /// Shapley sampling is stochastic (Captum draws from torch's RNG), so the comparison is
@@ -167,21 +294,30 @@ fn shapley_sampling_is_close_and_efficient() {
         let se = (var * (1.0 + 1.0 / k)).sqrt();
         let z = (mean - want[i]).abs() / (se + 1e-4);
         worst = worst.max(z);
-        assert!(z < 5.0, "feature {i}: our mean {mean} vs Captum {} (se {se})", want[i]);
+        assert!(
+            z < 5.0,
+            "feature {i}: our mean {mean} vs Captum {} (se {se})",
+            want[i]
+        );
     }
     assert!(worst > 0.0);
     // efficiency, against the model's outputs at the input and at the zero baseline
     let model = c.model("mlp").unwrap();
     let (_, x) = oracle("cancer_mlp__shapley_value_sampling_n200", "inputs");
     let (_, t) = oracle("cancer_mlp__shapley_value_sampling_n200", "targets");
-    let fx = model.logits(Batch::new(vec![10, 30], x.iter().map(|v| *v as f32).collect()).unwrap()).unwrap();
+    let fx = model
+        .logits(Batch::new(vec![10, 30], x.iter().map(|v| *v as f32).collect()).unwrap())
+        .unwrap();
     let f0 = model.logits(Batch::zeros(vec![1, 30])).unwrap();
     for run in &runs {
         for i in 0..10 {
             let total: f64 = run[i * 30..(i + 1) * 30].iter().sum();
             let target = t[i] as usize;
             let expected = (fx.row(i)[target] - f0.row(0)[target]) as f64;
-            assert!((total - expected).abs() < 1e-4, "input {i}: Σ = {total}, F(x) − F(0) = {expected}");
+            assert!(
+                (total - expected).abs() < 1e-4,
+                "input {i}: Σ = {total}, F(x) − F(0) = {expected}"
+            );
         }
     }
 }
@@ -191,10 +327,15 @@ fn shapley_sampling_is_close_and_efficient() {
 #[test]
 fn deconvolution_matches_hand_computation() {
     let mut c = cancer();
-    let df = query(&mut c, "SELECT target, attribution FROM mlp(cancer[0:3]) USING deconvolution ORDER BY input, feature");
+    let df = query(
+        &mut c,
+        "SELECT target, attribution FROM mlp(cancer[0:3]) USING deconvolution ORDER BY input, feature",
+    );
     let model = c.model("mlp").unwrap();
     let linear = |i: usize| match &model.layers[i].op {
-        Op::Linear { weight, inp, out, .. } => (weight.clone(), *inp, *out),
+        Op::Linear {
+            weight, inp, out, ..
+        } => (weight.clone(), *inp, *out),
         other => panic!("layer {i} is {other:?}"),
     };
     let ((w1, i1, o1), (w2, i2, o2), (w3, i3, _)) = (linear(0), linear(2), linear(4));
@@ -204,9 +345,24 @@ fn deconvolution_matches_hand_computation() {
         let t = targets[n * 30] as usize;
         // g3 = W3[t, :]; relu; g2 = W2ᵀ g3; relu; g1 = W1ᵀ g2
         let g3: Vec<f64> = (0..i3).map(|j| (w3[t * i3 + j] as f64).max(0.0)).collect();
-        let g2: Vec<f64> = (0..i2).map(|j| (0..o2).map(|o| w2[o * i2 + j] as f64 * g3[o]).sum::<f64>().max(0.0)).collect();
-        let g1: Vec<f64> = (0..i1).map(|j| (0..o1).map(|o| w1[o * i1 + j] as f64 * g2[o]).sum::<f64>()).collect();
-        assert_close("deconvolution", &attrs[n * 30..(n + 1) * 30], &g1, 1e-5, 1e-4);
+        let g2: Vec<f64> = (0..i2)
+            .map(|j| {
+                (0..o2)
+                    .map(|o| w2[o * i2 + j] as f64 * g3[o])
+                    .sum::<f64>()
+                    .max(0.0)
+            })
+            .collect();
+        let g1: Vec<f64> = (0..i1)
+            .map(|j| (0..o1).map(|o| w1[o * i1 + j] as f64 * g2[o]).sum::<f64>())
+            .collect();
+        assert_close(
+            "deconvolution",
+            &attrs[n * 30..(n + 1) * 30],
+            &g1,
+            1e-5,
+            1e-4,
+        );
     }
 }
 
@@ -216,22 +372,34 @@ fn deconvolution_matches_hand_computation() {
 #[test]
 fn integrated_gradients_completeness() {
     let mut s = digits();
-    let df = query(&mut s, "SELECT input, sum(attribution) AS total FROM cnn(digits[0:10]) USING integrated_gradients GROUP BY input ORDER BY input");
+    let df = query(
+        &mut s,
+        "SELECT input, sum(attribution) AS total FROM cnn(digits[0:10]) USING integrated_gradients GROUP BY input ORDER BY input",
+    );
     let model = s.model("cnn").unwrap();
     let (_, x) = oracle("digits_cnn__ig_gausslegendre", "inputs");
     let (_, t) = oracle("digits_cnn__ig_gausslegendre", "targets");
     let (_, delta) = oracle("digits_cnn__ig_gausslegendre", "delta");
     let xs: Vec<f32> = x.iter().map(|v| *v as f32).collect();
-    let fx = model.logits(Batch::new(vec![10, 1, 8, 8], xs.clone()).unwrap()).unwrap();
+    let fx = model
+        .logits(Batch::new(vec![10, 1, 8, 8], xs.clone()).unwrap())
+        .unwrap();
     let f0 = model.logits(Batch::zeros(vec![1, 1, 8, 8])).unwrap();
     let totals = column_f64(&df, "total");
     for i in 0..10 {
         let tt = t[i] as usize;
         let ours = totals[i] - (fx.row(i)[tt] - f0.row(0)[tt]) as f64;
-        assert!((ours - delta[i]).abs() < 1e-4, "input {i}: our delta {ours}, Captum's {}", delta[i]);
+        assert!(
+            (ours - delta[i]).abs() < 1e-4,
+            "input {i}: our delta {ours}, Captum's {}",
+            delta[i]
+        );
     }
     // A window: with many steps the sum converges to the change of switching it off.
-    let df = query(&mut s, "SELECT sum(attribution) AS total, count(*) AS n FROM cnn(digits[3]) USING integrated_gradients(steps = 300) WINDOW rows 2:6, cols 1:5");
+    let df = query(
+        &mut s,
+        "SELECT sum(attribution) AS total, count(*) AS n FROM cnn(digits[3]) USING integrated_gradients(steps = 300) WINDOW rows 2:6, cols 1:5",
+    );
     assert_eq!(column_f64(&df, "n"), vec![16.0]);
     let mut off = xs[3 * 64..4 * 64].to_vec();
     for r in 2..6 {
@@ -239,29 +407,88 @@ fn integrated_gradients_completeness() {
             off[r * 8 + c] = 0.0;
         }
     }
-    let both = model.logits(Batch::new(vec![2, 1, 8, 8], [xs[3 * 64..4 * 64].to_vec(), off].concat()).unwrap()).unwrap();
+    let both = model
+        .logits(
+            Batch::new(
+                vec![2, 1, 8, 8],
+                [xs[3 * 64..4 * 64].to_vec(), off].concat(),
+            )
+            .unwrap(),
+        )
+        .unwrap();
     let tt = t[3] as usize;
     let expected = (both.row(0)[tt] - both.row(1)[tt]) as f64;
     let total = column_f64(&df, "total")[0];
-    assert!((total - expected).abs() < 2e-3 * expected.abs().max(1.0), "window Σ {total} vs F(x) − F(x without window) {expected}");
+    assert!(
+        (total - expected).abs() < 2e-3 * expected.abs().max(1.0),
+        "window Σ {total} vs F(x) − F(x without window) {expected}"
+    );
     // Granularity sums a gradient method over each group.
-    let pixels = query(&mut s, "SELECT sum(attribution) AS s FROM cnn(digits[5]) USING integrated_gradients WHERE row < 2 AND col < 2");
-    let patch = query(&mut s, "SELECT attribution FROM cnn(digits[5]) USING integrated_gradients GRANULARITY patch(2) WHERE group = 0");
-    assert_close("patch = Σ pixels", &column_f64(&patch, "attribution"), &column_f64(&pixels, "s"), 1e-5, 1e-5);
+    let pixels = query(
+        &mut s,
+        "SELECT sum(attribution) AS s FROM cnn(digits[5]) USING integrated_gradients WHERE row < 2 AND col < 2",
+    );
+    let patch = query(
+        &mut s,
+        "SELECT attribution FROM cnn(digits[5]) USING integrated_gradients GRANULARITY patch(2) WHERE group = 0",
+    );
+    assert_close(
+        "patch = Σ pixels",
+        &column_f64(&patch, "attribution"),
+        &column_f64(&pixels, "s"),
+        1e-5,
+        1e-5,
+    );
 }
 
 #[test]
 fn smoothgrad_is_seeded_and_reduces_to_saliency() {
     let mut s = digits();
-    let sal = column_f64(&query(&mut s, "SELECT attribution FROM cnn(digits[0:3]) USING saliency"), "attribution");
-    let sg0 = column_f64(&query(&mut s, "SELECT attribution FROM cnn(digits[0:3]) USING smoothgrad(samples = 4, stdev = 0)"), "attribution");
+    let sal = column_f64(
+        &query(
+            &mut s,
+            "SELECT attribution FROM cnn(digits[0:3]) USING saliency",
+        ),
+        "attribution",
+    );
+    let sg0 = column_f64(
+        &query(
+            &mut s,
+            "SELECT attribution FROM cnn(digits[0:3]) USING smoothgrad(samples = 4, stdev = 0)",
+        ),
+        "attribution",
+    );
     assert_close("smoothgrad with stdev 0", &sg0, &sal, 1e-6, 0.0);
-    let a = column_f64(&query(&mut s, "SELECT attribution FROM cnn(digits[0:3]) USING smoothgrad(samples = 8, stdev = 0.2, seed = 7)"), "attribution");
-    let b = column_f64(&query(&mut s, "SELECT attribution FROM cnn(digits[0:3]) USING smoothgrad(samples = 8, stdev = 0.2, seed = 7)"), "attribution");
-    let c = column_f64(&query(&mut s, "SELECT attribution FROM cnn(digits[0:3]) USING smoothgrad(samples = 8, stdev = 0.2, seed = 8)"), "attribution");
+    let a = column_f64(
+        &query(
+            &mut s,
+            "SELECT attribution FROM cnn(digits[0:3]) USING smoothgrad(samples = 8, stdev = 0.2, seed = 7)",
+        ),
+        "attribution",
+    );
+    let b = column_f64(
+        &query(
+            &mut s,
+            "SELECT attribution FROM cnn(digits[0:3]) USING smoothgrad(samples = 8, stdev = 0.2, seed = 7)",
+        ),
+        "attribution",
+    );
+    let c = column_f64(
+        &query(
+            &mut s,
+            "SELECT attribution FROM cnn(digits[0:3]) USING smoothgrad(samples = 8, stdev = 0.2, seed = 8)",
+        ),
+        "attribution",
+    );
     assert_eq!(a, b, "same seed, same table, bit for bit");
     assert_ne!(a, c);
     // an input's result does not depend on the other inputs in the query
-    let alone = column_f64(&query(&mut s, "SELECT attribution FROM cnn(digits[1]) USING smoothgrad(samples = 8, stdev = 0.2, seed = 7)"), "attribution");
+    let alone = column_f64(
+        &query(
+            &mut s,
+            "SELECT attribution FROM cnn(digits[1]) USING smoothgrad(samples = 8, stdev = 0.2, seed = 7)",
+        ),
+        "attribution",
+    );
     assert_eq!(&a[64..128], &alone[..]);
 }

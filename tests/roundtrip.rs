@@ -21,9 +21,22 @@ fn without_spans(debug: &str) -> String {
 fn check(text: &str, origin: &str) {
     let first = parse(text).unwrap_or_else(|e| panic!("{origin}: {}", e.render(text, origin)));
     let printed = first.to_string();
-    let second = parse(&printed).unwrap_or_else(|e| panic!("{origin}: the printed form does not parse:\n{printed}\n{}", e.render(&printed, "printed")));
-    assert_eq!(without_spans(&format!("{first:?}")), without_spans(&format!("{second:?}")), "{origin}: the tree changed through\n{printed}");
-    assert_eq!(printed, second.to_string(), "{origin}: printing is not idempotent");
+    let second = parse(&printed).unwrap_or_else(|e| {
+        panic!(
+            "{origin}: the printed form does not parse:\n{printed}\n{}",
+            e.render(&printed, "printed")
+        )
+    });
+    assert_eq!(
+        without_spans(&format!("{first:?}")),
+        without_spans(&format!("{second:?}")),
+        "{origin}: the tree changed through\n{printed}"
+    );
+    assert_eq!(
+        printed,
+        second.to_string(),
+        "{origin}: printing is not idempotent"
+    );
 }
 
 const TRICKY: &[&str] = &[

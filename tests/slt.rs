@@ -41,9 +41,21 @@ fn cell(c: &Column, row: usize) -> String {
 
 /// A table as the lines of an .slt file: the header, then one line per row.
 pub fn table_lines(df: &DataFrame) -> Vec<String> {
-    let mut lines = vec![df.get_column_names().iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" | ")];
+    let mut lines = vec![
+        df.get_column_names()
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(" | "),
+    ];
     for r in 0..df.height() {
-        lines.push(df.columns().iter().map(|c| cell(c, r)).collect::<Vec<_>>().join(" | "));
+        lines.push(
+            df.columns()
+                .iter()
+                .map(|c| cell(c, r))
+                .collect::<Vec<_>>()
+                .join(" | "),
+        );
     }
     lines
 }
@@ -111,16 +123,24 @@ fn run_file(path: &Path) -> (Vec<String>, String) {
                 }
             }
             Record::Error(sql, want) => match s.execute(&sql) {
-                Ok(_) => failures.push(format!("{at}: expected an error containing `{want}`, but it succeeded")),
+                Ok(_) => failures.push(format!(
+                    "{at}: expected an error containing `{want}`, but it succeeded"
+                )),
                 Err(e) => {
                     let shown = e.render(&sql, "q");
                     if !shown.contains(&want) {
-                        failures.push(format!("{at}: expected an error containing `{want}`, got\n{shown}"));
+                        failures.push(format!(
+                            "{at}: expected an error containing `{want}`, got\n{shown}"
+                        ));
                     }
                 }
             },
             Record::Query(sql, expected) => {
-                let old = if expected.is_empty() { sql.clone() } else { format!("{sql}\n----\n{}", expected.join("\n")) };
+                let old = if expected.is_empty() {
+                    sql.clone()
+                } else {
+                    format!("{sql}\n----\n{}", expected.join("\n"))
+                };
                 let pos = cursor + text[cursor..].find(&old).expect("record text");
                 updated.push_str(&text[cursor..pos]);
                 cursor = pos + old.len();
@@ -139,7 +159,11 @@ fn run_file(path: &Path) -> (Vec<String>, String) {
                 };
                 match got {
                     Some(got) if got != expected => {
-                        failures.push(format!("{at}: table differs\n--- expected\n{}\n--- got\n{}", expected.join("\n"), got.join("\n")));
+                        failures.push(format!(
+                            "{at}: table differs\n--- expected\n{}\n--- got\n{}",
+                            expected.join("\n"),
+                            got.join("\n")
+                        ));
                         updated.push_str(&format!("{sql}\n----\n{}", got.join("\n")));
                     }
                     _ => updated.push_str(&old),
@@ -155,7 +179,11 @@ fn run_file(path: &Path) -> (Vec<String>, String) {
 fn query_table_files() {
     std::env::set_current_dir(root()).unwrap();
     let update = std::env::var("IALG_UPDATE").is_ok();
-    let mut files: Vec<_> = std::fs::read_dir(root().join("tests/slt")).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "slt")).collect();
+    let mut files: Vec<_> = std::fs::read_dir(root().join("tests/slt"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "slt"))
+        .collect();
     files.sort();
     assert!(!files.is_empty());
     let mut all = Vec::new();
@@ -166,5 +194,10 @@ fn query_table_files() {
         }
         all.extend(failures);
     }
-    assert!(all.is_empty(), "{} failure(s):\n\n{}", all.len(), all.join("\n\n"));
+    assert!(
+        all.is_empty(),
+        "{} failure(s):\n\n{}",
+        all.len(),
+        all.join("\n\n")
+    );
 }

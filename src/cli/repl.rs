@@ -13,7 +13,11 @@ struct IqlHelper;
 
 impl Validator for IqlHelper {
     fn validate(&self, ctx: &mut ValidationContext) -> rustyline::Result<ValidationResult> {
-        Ok(if statement_complete(ctx.input()) { ValidationResult::Valid(None) } else { ValidationResult::Incomplete })
+        Ok(if statement_complete(ctx.input()) {
+            ValidationResult::Valid(None)
+        } else {
+            ValidationResult::Incomplete
+        })
     }
 }
 
@@ -68,7 +72,9 @@ const META: &[(&str, &str)] = &[
 ];
 
 fn help() -> String {
-    let mut s = String::from("Statements end with `;`. Examples:\n  LOAD MODEL cnn FROM 'models/digits_cnn.safetensors' ARCH 'models/digits_cnn.json';\n  LOAD DATA digits FROM 'data/digits_test_x.npy' LABELS 'data/digits_test_y.npy';\n  SELECT row, col, attribution FROM cnn(digits[17]) USING integrated_gradients ORDER BY attribution DESC LIMIT 10;\n  PREDICT cnn(digits[0:5]);\nMeta-commands:\n");
+    let mut s = String::from(
+        "Statements end with `;`. Examples:\n  LOAD MODEL cnn FROM 'models/digits_cnn.safetensors' ARCH 'models/digits_cnn.json';\n  LOAD DATA digits FROM 'data/digits_test_x.npy' LABELS 'data/digits_test_y.npy';\n  SELECT row, col, attribution FROM cnn(digits[17]) USING integrated_gradients ORDER BY attribution DESC LIMIT 10;\n  PREDICT cnn(digits[0:5]);\nMeta-commands:\n",
+    );
     for (cmd, what) in META {
         s.push_str(&format!("  {cmd:<24} {what}\n"));
     }
@@ -145,7 +151,10 @@ pub fn run(runner: &mut Runner) -> bool {
     if let Some(h) = &history {
         let _ = editor.load_history(h);
     }
-    println!("ialgebra {} — type \\help for help, \\q to quit.", env!("CARGO_PKG_VERSION"));
+    println!(
+        "ialgebra {} — type \\help for help, \\q to quit.",
+        env!("CARGO_PKG_VERSION")
+    );
     loop {
         match editor.readline("iql> ") {
             Ok(line) => {

@@ -16,7 +16,11 @@ use crate::model::fmt_shape;
 #[derive(Clone, Debug, PartialEq)]
 pub enum Modality {
     /// (channels, height, width); coordinates `channel`, `row`, `col`.
-    Image { channels: usize, height: usize, width: usize },
+    Image {
+        channels: usize,
+        height: usize,
+        width: usize,
+    },
     /// Named columns; coordinate `column`.
     Tabular { columns: Vec<String> },
     /// Any other shape; only the flat `feature` index.
@@ -71,18 +75,40 @@ impl Selection {
 }
 
 impl Dataset {
-    pub fn new(name: &str, source: &str, sample_shape: Vec<usize>, modality: Modality, values: Vec<f32>, labels: Option<Vec<i64>>) -> Result<Dataset> {
+    pub fn new(
+        name: &str,
+        source: &str,
+        sample_shape: Vec<usize>,
+        modality: Modality,
+        values: Vec<f32>,
+        labels: Option<Vec<i64>>,
+    ) -> Result<Dataset> {
         let len: usize = sample_shape.iter().product();
-        if len == 0 || values.len() % len != 0 {
-            return Err(Error::shape(format!("{source}: {} values do not divide into samples of shape {}", values.len(), fmt_shape(&sample_shape))));
+        if len == 0 || !values.len().is_multiple_of(len) {
+            return Err(Error::shape(format!(
+                "{source}: {} values do not divide into samples of shape {}",
+                values.len(),
+                fmt_shape(&sample_shape)
+            )));
         }
         let n = values.len() / len;
         if let Some(l) = &labels
             && l.len() != n
         {
-            return Err(Error::shape(format!("{source}: {n} inputs but {} labels", l.len())));
+            return Err(Error::shape(format!(
+                "{source}: {n} inputs but {} labels",
+                l.len()
+            )));
         }
-        Ok(Dataset { name: name.to_string(), source: source.to_string(), sample_shape, modality, values, labels, ids: (0..n as i64).collect() })
+        Ok(Dataset {
+            name: name.to_string(),
+            source: source.to_string(),
+            sample_shape,
+            modality,
+            values,
+            labels,
+            ids: (0..n as i64).collect(),
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -128,7 +154,10 @@ impl Dataset {
             sample_shape: self.sample_shape.clone(),
             modality: self.modality.clone(),
             values,
-            labels: self.labels.as_ref().map(|l| rows.iter().map(|&r| l[r]).collect()),
+            labels: self
+                .labels
+                .as_ref()
+                .map(|l| rows.iter().map(|&r| l[r]).collect()),
             ids: rows.iter().map(|&r| self.ids[r]).collect(),
         }
     }
@@ -174,13 +203,25 @@ impl Dataset {
 
 /// Loads a dataset from .npy (with optional labels), .csv or .parquet (with a label column
 /// or a labels file). Non-finite inputs are refused unless `allow_nonfinite`.
-pub fn load(name: &str, path: &Path, labels: Option<&Path>, label_column: Option<&str>, allow_nonfinite: bool) -> Result<Dataset> {
+pub fn load(
+    name: &str,
+    path: &Path,
+    labels: Option<&Path>,
+    label_column: Option<&str>,
+    allow_nonfinite: bool,
+) -> Result<Dataset> {
     let shown = path.display().to_string();
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_lowercase();
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_lowercase();
     let mut ds = match ext.as_str() {
         "npy" => {
             if let Some(col) = label_column {
-                return Err(Error::data(format!("LABEL COLUMN {col} applies to .csv and .parquet files; give LABELS 'labels.npy' for {shown}")));
+                return Err(Error::data(format!(
+                    "LABEL COLUMN {col} applies to .csv and .parquet files; give LABELS 'labels.npy' for {shown}"
+                )));
             }
             let bytes = read_file(path)?;
             let array = npy::read_npy(&bytes, &shown)?;
@@ -190,9 +231,19 @@ pub fn load(name: &str, path: &Path, labels: Option<&Path>, label_column: Option
             }
             let sample_shape = array.shape[1..].to_vec();
             let modality = match sample_shape.as_slice() {
-                [c, h, w] => Modality::Image { channels: *c, height: *h, width: *w },
-                [h, w] => Modality::Image { channels: 1, height: *h, width: *w },
-                [d] => Modality::Tabular { columns: (0..*d).map(|i| format!("x{i}")).collect() },
+                [c, h, w] => Modality::Image {
+                    channels: *c,
+                    height: *h,
+                    width: *w,
+                },
+                [h, w] => Modality::Image {
+                    channels: 1,
+                    height: *h,
+                    width: *w,
+                },
+                [d] => Modality::Tabular {
+                    columns: (0..*d).map(|i| format!("x{i}")).collect(),
+                },
                 _ => Modality::Tensor,
             };
             Dataset::new(name, &shown, sample_shape, modality, array.to_f32(), None)?
@@ -205,13 +256,21 @@ pub fn load(name: &str, path: &Path, labels: Option<&Path>, label_column: Option
                     .try_into_reader_with_file_path(Some(path.to_path_buf()))
                     .and_then(|r| r.finish())
             } else {
-                std::fs::File::open(path).map_err(PolarsError::from).and_then(|f| ParquetReader::new(f).finish())
+                std::fs::File::open(path)
+                    .map_err(PolarsError::from)
+                    .and_then(|f| ParquetReader::new(f).finish())
             }
-            .map_err(|e| Error::data(format!("cannot read {shown}: {}", first_line(&e.to_string()))))?;
+            .map_err(|e| {
+                Error::data(format!(
+                    "cannot read {shown}: {}",
+                    first_line(&e.to_string())
+                ))
+            })?;
             tabular_from_frame(name, &shown, df, label_column)?
         }
         _ => {
-            return Err(Error::data(format!("cannot tell the format of {shown}")).hint("use .npy (tensors, N first), .csv or .parquet (tabular)"));
+            return Err(Error::data(format!("cannot tell the format of {shown}"))
+                .hint("use .npy (tensors, N first), .csv or .parquet (tabular)"));
         }
     };
     if let Some(lpath) = labels {
@@ -220,7 +279,12 @@ pub fn load(name: &str, path: &Path, labels: Option<&Path>, label_column: Option
         }
         let l = load_labels(lpath)?;
         if l.len() != ds.len() {
-            return Err(Error::shape(format!("{shown} has {} inputs but {} has {} labels", ds.len(), lpath.display(), l.len())));
+            return Err(Error::shape(format!(
+                "{shown} has {} inputs but {} has {} labels",
+                ds.len(),
+                lpath.display(),
+                l.len()
+            )));
         }
         ds.labels = Some(l);
     }
@@ -229,8 +293,11 @@ pub fn load(name: &str, path: &Path, labels: Option<&Path>, label_column: Option
     }
     if !allow_nonfinite && let Some((row, f)) = ds.first_nonfinite() {
         let v = ds.row(row)[f];
-        return Err(Error::data(format!("{shown}: input {row} holds {v} at {}", ds.describe_feature(f)))
-            .hint("clean the data, or SET allow_nonfinite = true to load it anyway"));
+        return Err(Error::data(format!(
+            "{shown}: input {row} holds {v} at {}",
+            ds.describe_feature(f)
+        ))
+        .hint("clean the data, or SET allow_nonfinite = true to load it anyway"));
     }
     Ok(ds)
 }
@@ -245,28 +312,45 @@ fn first_line(s: &str) -> &str {
 
 fn load_labels(path: &Path) -> Result<Vec<i64>> {
     let shown = path.display().to_string();
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_lowercase();
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_lowercase();
     match ext.as_str() {
         "npy" => {
             let array = npy::read_npy(&read_file(path)?, &shown)?;
             if array.shape.len() != 1 && !(array.shape.len() == 2 && array.shape[1] == 1) {
-                return Err(Error::shape(format!("labels {shown} must have shape (N,), not {}", fmt_shape(&array.shape))));
+                return Err(Error::shape(format!(
+                    "labels {shown} must have shape (N,), not {}",
+                    fmt_shape(&array.shape)
+                )));
             }
             array.to_i64(&format!("labels {shown}"))
         }
         "csv" => {
             let df = CsvReadOptions::default()
-                    .with_infer_schema_length(None)
+                .with_infer_schema_length(None)
                 .with_has_header(true)
                 .try_into_reader_with_file_path(Some(path.to_path_buf()))
                 .and_then(|r| r.finish())
-                .map_err(|e| Error::data(format!("cannot read {shown}: {}", first_line(&e.to_string()))))?;
+                .map_err(|e| {
+                    Error::data(format!(
+                        "cannot read {shown}: {}",
+                        first_line(&e.to_string())
+                    ))
+                })?;
             if df.width() != 1 {
-                return Err(Error::data(format!("labels {shown} must have exactly one column, it has {}", df.width())));
+                return Err(Error::data(format!(
+                    "labels {shown} must have exactly one column, it has {}",
+                    df.width()
+                )));
             }
             column_i64(&df.columns()[0], &shown)
         }
-        _ => Err(Error::data(format!("cannot tell the format of labels {shown}; use .npy or .csv"))),
+        _ => Err(Error::data(format!(
+            "cannot tell the format of labels {shown}; use .npy or .csv"
+        ))),
     }
 }
 
@@ -280,22 +364,44 @@ fn column_i64(col: &Column, origin: &str) -> Result<Vec<i64>> {
         .enumerate()
         .map(|(i, v)| match v {
             Some(x) if x.fract() == 0.0 => Ok(x as i64),
-            Some(x) => Err(Error::data(format!("{origin}: label `{name}` of row {i} is {x}, not a whole number"))),
-            None => Err(Error::data(format!("{origin}: label `{name}` of row {i} is missing"))),
+            Some(x) => Err(Error::data(format!(
+                "{origin}: label `{name}` of row {i} is {x}, not a whole number"
+            ))),
+            None => Err(Error::data(format!(
+                "{origin}: label `{name}` of row {i} is missing"
+            ))),
         })
         .collect()
 }
 
-fn tabular_from_frame(name: &str, origin: &str, df: DataFrame, label_column: Option<&str>) -> Result<Dataset> {
+fn tabular_from_frame(
+    name: &str,
+    origin: &str,
+    df: DataFrame,
+    label_column: Option<&str>,
+) -> Result<Dataset> {
     let mut labels = None;
     if let Some(lc) = label_column {
         let Some(col) = df.columns().iter().find(|c| c.name().as_str() == lc) else {
-            let names: Vec<String> = df.get_column_names().iter().map(|s| s.to_string()).collect();
-            return Err(Error::unknown("label column", lc, &names, &format!("columns of {origin}")));
+            let names: Vec<String> = df
+                .get_column_names()
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            return Err(Error::unknown(
+                "label column",
+                lc,
+                &names,
+                &format!("columns of {origin}"),
+            ));
         };
         labels = Some(column_i64(col, origin)?);
     }
-    let features: Vec<&Column> = df.columns().iter().filter(|c| Some(c.name().as_str()) != label_column).collect();
+    let features: Vec<&Column> = df
+        .columns()
+        .iter()
+        .filter(|c| Some(c.name().as_str()) != label_column)
+        .collect();
     if features.is_empty() {
         return Err(Error::data(format!("{origin} has no feature columns")));
     }
@@ -304,14 +410,32 @@ fn tabular_from_frame(name: &str, origin: &str, df: DataFrame, label_column: Opt
     let mut values = vec![0.0f32; n * d];
     for (j, col) in features.iter().enumerate() {
         if !col.dtype().is_primitive_numeric() && !col.dtype().is_bool() {
-            return Err(Error::data(format!("{origin}: column `{}` holds {} values; features must be numbers", col.name(), col.dtype())));
+            return Err(Error::data(format!(
+                "{origin}: column `{}` holds {} values; features must be numbers",
+                col.name(),
+                col.dtype()
+            )));
         }
-        let floats = col.cast(&DataType::Float32).map_err(|e| Error::data(e.to_string()))?;
+        let floats = col
+            .cast(&DataType::Float32)
+            .map_err(|e| Error::data(e.to_string()))?;
         let ca = floats.f32().map_err(|e| Error::data(e.to_string()))?;
         for (i, v) in ca.iter().enumerate() {
-            values[i * d + j] = v.ok_or_else(|| Error::data(format!("{origin}: row {i}, column `{}` is empty", col.name())))?;
+            values[i * d + j] = v.ok_or_else(|| {
+                Error::data(format!(
+                    "{origin}: row {i}, column `{}` is empty",
+                    col.name()
+                ))
+            })?;
         }
     }
     let columns = features.iter().map(|c| c.name().to_string()).collect();
-    Dataset::new(name, origin, vec![d], Modality::Tabular { columns }, values, labels)
+    Dataset::new(
+        name,
+        origin,
+        vec![d],
+        Modality::Tabular { columns },
+        values,
+        labels,
+    )
 }

@@ -43,7 +43,9 @@ impl NpyArray {
                     if x.fract() == 0.0 && x.is_finite() {
                         Ok(x as i64)
                     } else {
-                        Err(Error::data(format!("{what} must hold whole numbers, but element {i} is {x}")))
+                        Err(Error::data(format!(
+                            "{what} must hold whole numbers, but element {i} is {x}"
+                        )))
                     }
                 })
                 .collect(),
@@ -63,23 +65,42 @@ pub fn read_npy(bytes: &[u8], origin: &str) -> Result<NpyArray> {
             if bytes.len() < 12 {
                 return Err(bad("truncated header"));
             }
-            (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12)
+            (
+                u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+                12,
+            )
         }
         v => return Err(bad(&format!("unknown format version {v}"))),
     };
-    let data_start = header_start.checked_add(header_len).filter(|&e| e <= bytes.len()).ok_or_else(|| bad("truncated header"))?;
-    let header = std::str::from_utf8(&bytes[header_start..data_start]).map_err(|_| bad("header is not text"))?;
+    let data_start = header_start
+        .checked_add(header_len)
+        .filter(|&e| e <= bytes.len())
+        .ok_or_else(|| bad("truncated header"))?;
+    let header = std::str::from_utf8(&bytes[header_start..data_start])
+        .map_err(|_| bad("header is not text"))?;
     let descr = dict_str(header, "descr").ok_or_else(|| bad("header has no 'descr'"))?;
-    let fortran = dict_raw(header, "fortran_order").map(|v| v.starts_with("True")).unwrap_or(false);
+    let fortran = dict_raw(header, "fortran_order")
+        .map(|v| v.starts_with("True"))
+        .unwrap_or(false);
     let shape = parse_shape(header).ok_or_else(|| bad("header has no readable 'shape'"))?;
-    let count = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(|| bad("shape too large"))?;
+    let count = shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| bad("shape too large"))?;
     let (order, kind, size) = parse_descr(&descr).ok_or_else(|| {
-        Error::data(format!("{origin}: unsupported dtype '{descr}'")).hint("use float32/float64 inputs and integer labels")
+        Error::data(format!("{origin}: unsupported dtype '{descr}'"))
+            .hint("use float32/float64 inputs and integer labels")
     })?;
     let body = &bytes[data_start..];
-    let needed = count.checked_mul(size).ok_or_else(|| bad("shape too large"))?;
+    let needed = count
+        .checked_mul(size)
+        .ok_or_else(|| bad("shape too large"))?;
     if body.len() < needed {
-        return Err(bad(&format!("it holds {} bytes of data but its shape {:?} needs {needed}", body.len(), shape)));
+        return Err(bad(&format!(
+            "it holds {} bytes of data but its shape {:?} needs {needed}",
+            body.len(),
+            shape
+        )));
     }
     let little = order != '>';
     let word = |i: usize| -> [u8; 8] {
@@ -95,9 +116,17 @@ pub fn read_npy(bytes: &[u8], origin: &str) -> Result<NpyArray> {
         w
     };
     let data = match (kind, size) {
-        ('f', 4) => NpyData::Float((0..count).map(|i| f32::from_le_bytes(word(i)[..4].try_into().unwrap_or_default()) as f64).collect()),
+        ('f', 4) => NpyData::Float(
+            (0..count)
+                .map(|i| f32::from_le_bytes(word(i)[..4].try_into().unwrap_or_default()) as f64)
+                .collect(),
+        ),
         ('f', 8) => NpyData::Float((0..count).map(|i| f64::from_le_bytes(word(i))).collect()),
-        ('f', 2) => NpyData::Float((0..count).map(|i| half_to_f64(u16::from_le_bytes([word(i)[0], word(i)[1]]))).collect()),
+        ('f', 2) => NpyData::Float(
+            (0..count)
+                .map(|i| half_to_f64(u16::from_le_bytes([word(i)[0], word(i)[1]])))
+                .collect(),
+        ),
         ('i', s) => NpyData::Int(
             (0..count)
                 .map(|i| {
@@ -107,9 +136,15 @@ pub fn read_npy(bytes: &[u8], origin: &str) -> Result<NpyArray> {
                 })
                 .collect(),
         ),
-        ('u', s) if s < 8 => NpyData::Int((0..count).map(|i| i64::from_le_bytes(word(i))).collect()),
+        ('u', s) if s < 8 => {
+            NpyData::Int((0..count).map(|i| i64::from_le_bytes(word(i))).collect())
+        }
         ('b', 1) => NpyData::Int((0..count).map(|i| i64::from(body[i] != 0)).collect()),
-        _ => return Err(Error::data(format!("{origin}: unsupported dtype '{descr}'"))),
+        _ => {
+            return Err(Error::data(format!(
+                "{origin}: unsupported dtype '{descr}'"
+            )));
+        }
     };
     let mut array = NpyArray { shape, data };
     if fortran && array.shape.len() > 1 {
@@ -164,7 +199,11 @@ fn to_c_order(array: NpyArray) -> NpyArray {
 fn parse_descr(descr: &str) -> Option<(char, char, usize)> {
     let mut chars = descr.chars();
     let first = chars.next()?;
-    let (order, rest) = if "<>|=".contains(first) { (first, &descr[1..]) } else { ('<', descr) };
+    let (order, rest) = if "<>|=".contains(first) {
+        (first, &descr[1..])
+    } else {
+        ('<', descr)
+    };
     let mut rest_chars = rest.chars();
     let kind = rest_chars.next()?;
     let size: usize = rest_chars.as_str().parse().ok()?;
@@ -192,13 +231,22 @@ fn dict_str(header: &str, key: &str) -> Option<String> {
 fn parse_shape(header: &str) -> Option<Vec<usize>> {
     let raw = dict_raw(header, "shape")?.strip_prefix('(')?;
     let end = raw.find(')')?;
-    raw[..end].split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| s.trim_end_matches('L').parse().ok()).collect()
+    raw[..end]
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.trim_end_matches('L').parse().ok())
+        .collect()
 }
 
 /// Writes a C-order float32 or int64 .npy file (used by tests and the attack writer).
 pub fn write_npy_f32(shape: &[usize], data: &[f32]) -> Vec<u8> {
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    let shape_txt = if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
+    let shape_txt = if dims.len() == 1 {
+        format!("({},)", dims[0])
+    } else {
+        format!("({})", dims.join(", "))
+    };
     let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape_txt}, }}");
     while (10 + header.len() + 1) % 64 != 0 {
         header.push(' ');

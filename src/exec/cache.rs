@@ -42,7 +42,15 @@ pub fn input_hash(values: &[f32]) -> u64 {
 
 impl ActivationCache {
     pub fn new(budget_bytes: usize) -> Self {
-        ActivationCache { entries: HashMap::new(), budget_bytes, bytes: 0, tick: 0, hits: 0, misses: 0, evictions: 0 }
+        ActivationCache {
+            entries: HashMap::new(),
+            budget_bytes,
+            bytes: 0,
+            tick: 0,
+            hits: 0,
+            misses: 0,
+            evictions: 0,
+        }
     }
 
     pub fn get(&mut self, key: &Key) -> Option<Arc<Vec<f32>>> {
@@ -66,7 +74,13 @@ impl ActivationCache {
             return;
         }
         self.tick += 1;
-        if let Some(old) = self.entries.insert(key, Entry { values: Arc::new(values), last_used: self.tick }) {
+        if let Some(old) = self.entries.insert(
+            key,
+            Entry {
+                values: Arc::new(values),
+                last_used: self.tick,
+            },
+        ) {
             self.bytes -= entry_bytes(&old.values);
         }
         self.bytes += size;
@@ -75,7 +89,14 @@ impl ActivationCache {
 
     fn evict_to(&mut self, budget: usize) {
         while self.bytes > budget {
-            let Some(oldest) = self.entries.iter().min_by_key(|(_, e)| e.last_used).map(|(k, _)| k.clone()) else { break };
+            let Some(oldest) = self
+                .entries
+                .iter()
+                .min_by_key(|(_, e)| e.last_used)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
             if let Some(e) = self.entries.remove(&oldest) {
                 self.bytes -= entry_bytes(&e.values);
                 self.evictions += 1;
@@ -119,7 +140,11 @@ mod tests {
     use super::*;
 
     fn key(i: u64) -> Key {
-        Key { model: 1, input: i, hook: 0 }
+        Key {
+            model: 1,
+            input: i,
+            hook: 0,
+        }
     }
 
     #[test]

@@ -16,17 +16,34 @@ use crate::plan::{Attribution, BaselineSpec, GranularitySpec, Prediction, Target
 /// Logits of every selected input: from the cache where present, else from one batched
 /// forward pass over the missing inputs, whose outputs (and any `record`ed hook points)
 /// are stored in the cache.
-pub(super) fn logits(state: &mut State, model_name: &str, sel: &Selection, record: &[usize]) -> Result<Vec<Vec<f32>>> {
+pub(super) fn logits(
+    state: &mut State,
+    model_name: &str,
+    sel: &Selection,
+    record: &[usize],
+) -> Result<Vec<Vec<f32>>> {
     let loaded = state.model(model_name)?;
     let (model, model_id) = (loaded.model.clone(), loaded.id);
     let out_hook = model.layers.len() - 1;
     let d = model.input_len();
-    let hashes: Vec<u64> = sel.rows.iter().map(|&r| input_hash(sel.dataset.row(r))).collect();
+    let hashes: Vec<u64> = sel
+        .rows
+        .iter()
+        .map(|&r| input_hash(sel.dataset.row(r)))
+        .collect();
     let mut out: Vec<Option<Vec<f32>>> = Vec::with_capacity(sel.len());
     let mut missing = Vec::new();
     for (i, h) in hashes.iter().enumerate() {
-        let key = Key { model: model_id, input: *h, hook: out_hook };
-        let cached = if state.settings.cache_mb > 0 { state.cache.get(&key) } else { None };
+        let key = Key {
+            model: model_id,
+            input: *h,
+            hook: out_hook,
+        };
+        let cached = if state.settings.cache_mb > 0 {
+            state.cache.get(&key)
+        } else {
+            None
+        };
         if cached.is_none() {
             missing.push(i);
         }
@@ -34,7 +51,10 @@ pub(super) fn logits(state: &mut State, model_name: &str, sel: &Selection, recor
     }
     if !missing.is_empty() {
         // Chunks no larger than the batch budget, and enough of them to keep every core busy.
-        let rows = state.batch_rows(&model).min(missing.len().div_ceil(rayon::current_num_threads() * 2)).max(1);
+        let rows = state
+            .batch_rows(&model)
+            .min(missing.len().div_ceil(rayon::current_num_threads() * 2))
+            .max(1);
         let mut wanted: Vec<usize> = record.to_vec();
         wanted.push(out_hook);
         wanted.sort_unstable();
@@ -52,8 +72,16 @@ pub(super) fn logits(state: &mut State, model_name: &str, sel: &Selection, recor
                     data.extend_from_slice(sel.dataset.row(sel.rows[i]));
                 }
                 let keep = wanted.len() > 1;
-                let fwd = Forward { from: 0, to: model.layers.len(), keep, hook: None };
-                let tape = model.run(Batch::new(batch_shape(chunk.len(), &model.input_shape), data)?, &fwd)?;
+                let fwd = Forward {
+                    from: 0,
+                    to: model.layers.len(),
+                    keep,
+                    hook: None,
+                };
+                let tape = model.run(
+                    Batch::new(batch_shape(chunk.len(), &model.input_shape), data)?,
+                    &fwd,
+                )?;
                 Ok(wanted
                     .iter()
                     .map(|&h| {
@@ -71,7 +99,14 @@ pub(super) fn logits(state: &mut State, model_name: &str, sel: &Selection, recor
                         out[i] = Some(values[j].clone());
                     }
                     if state.settings.cache_mb > 0 {
-                        state.cache.put(Key { model: model_id, input: hashes[i], hook: *h }, values[j].clone());
+                        state.cache.put(
+                            Key {
+                                model: model_id,
+                                input: hashes[i],
+                                hook: *h,
+                            },
+                            values[j].clone(),
+                        );
                     }
                 }
                 k += 1;
@@ -123,7 +158,11 @@ pub(super) fn run_prediction(state: &mut State, p: &Prediction) -> Result<DataFr
         };
         confidence.push(c);
     }
-    let correct: Vec<Option<bool>> = labels.iter().zip(&prediction).map(|(l, p)| l.map(|l| l == *p)).collect();
+    let correct: Vec<Option<bool>> = labels
+        .iter()
+        .zip(&prediction)
+        .map(|(l, p)| l.map(|l| l == *p))
+        .collect();
     let mut columns = vec![
         Column::new("input".into(), sel.ids()),
         Column::new("label".into(), labels),
@@ -132,7 +171,10 @@ pub(super) fn run_prediction(state: &mut State, p: &Prediction) -> Result<DataFr
         Column::new("correct".into(), correct),
     ];
     for k in 0..outputs {
-        columns.push(Column::new(format!("logit_{k}").into(), logits.iter().map(|l| l[k]).collect::<Vec<f32>>()));
+        columns.push(Column::new(
+            format!("logit_{k}").into(),
+            logits.iter().map(|l| l[k]).collect::<Vec<f32>>(),
+        ));
     }
     Ok(DataFrame::new(sel.len(), columns)?)
 }
@@ -155,7 +197,11 @@ pub(super) fn run_attribution(state: &mut State, a: &Attribution) -> Result<Data
             .zip(&ids)
             .map(|(l, id)| match l {
                 Some(l) if *l >= 0 && (*l as usize) < model.output_len() => Ok(*l as usize),
-                Some(l) => Err(Error::value(format!("input {id} has label {l}, which is not an output of `{}` (0..{})", a.model, model.output_len() - 1))),
+                Some(l) => Err(Error::value(format!(
+                    "input {id} has label {l}, which is not an output of `{}` (0..{})",
+                    a.model,
+                    model.output_len() - 1
+                ))),
                 None => Err(Error::value(format!("input {id} has no label"))),
             })
             .collect::<Result<_>>()?,
@@ -184,21 +230,43 @@ pub(super) fn run_attribution(state: &mut State, a: &Attribution) -> Result<Data
         control: &control,
     };
     let attr = ops::attribute(&a.method, &req)?;
-    relation(&sel, &labels, &predictions, &targets, &inputs, &attr, &features, a)
+    relation(
+        &sel,
+        &labels,
+        &predictions,
+        &targets,
+        &inputs,
+        &attr,
+        &features,
+        a,
+    )
 }
 
 /// The window (projection) and groups (granularity) as the methods see them.
-fn features(window: &WindowSpec, gran: &GranularitySpec, modality: &Modality, d: usize) -> Result<Features> {
+fn features(
+    window: &WindowSpec,
+    gran: &GranularitySpec,
+    modality: &Modality,
+    d: usize,
+) -> Result<Features> {
     let mut group_of = vec![OUTSIDE; d];
     let mut groups = 0usize;
     let mut order = Vec::new();
     let mut image = None;
     match modality {
-        Modality::Image { channels, height, width } => {
+        Modality::Image {
+            channels,
+            height,
+            width,
+        } => {
             let (c, h, w) = (*channels, *height, *width);
             let rect = match window {
                 WindowSpec::Rect(r) => *r,
-                _ => Rect { channels: (0, c), rows: (0, h), cols: (0, w) },
+                _ => Rect {
+                    channels: (0, c),
+                    rows: (0, h),
+                    cols: (0, w),
+                },
             };
             image = Some(((c, h, w), rect));
             let (r0, c0) = (rect.rows.0, rect.cols.0);
@@ -214,7 +282,9 @@ fn features(window: &WindowSpec, gran: &GranularitySpec, modality: &Modality, d:
                         let f = ch * h * w + r * w + col;
                         order.push(f);
                         group_of[f] = match gran {
-                            GranularitySpec::Pixel | GranularitySpec::Patch(_) => (((r - r0) / k) * per_row + (col - c0) / k) as u32,
+                            GranularitySpec::Pixel | GranularitySpec::Patch(_) => {
+                                (((r - r0) / k) * per_row + (col - c0) / k) as u32
+                            }
                             _ => {
                                 groups += 1;
                                 (groups - 1) as u32
@@ -241,7 +311,12 @@ fn features(window: &WindowSpec, gran: &GranularitySpec, modality: &Modality, d:
             order = picked;
         }
     }
-    Ok(Features { group_of, groups, image, order })
+    Ok(Features {
+        group_of,
+        groups,
+        image,
+        order,
+    })
 }
 
 fn baselines(state: &State, spec: &BaselineSpec, n: usize, d: usize) -> Result<Vec<f32>> {
@@ -256,7 +331,9 @@ fn baselines(state: &State, spec: &BaselineSpec, n: usize, d: usize) -> Result<V
                 1 => values.repeat(n),
                 m if m == n => values,
                 m => {
-                    return Err(Error::shape(format!("BASELINE {r} holds {m} inputs; give one (used for every input) or one per explained input ({n})")));
+                    return Err(Error::shape(format!(
+                        "BASELINE {r} holds {m} inputs; give one (used for every input) or one per explained input ({n})"
+                    )));
                 }
             }
         }
@@ -265,9 +342,21 @@ fn baselines(state: &State, spec: &BaselineSpec, n: usize, d: usize) -> Result<V
 
 /// Builds the attribution relation: one row per (input, feature), or per (input, group).
 #[allow(clippy::too_many_arguments)]
-fn relation(sel: &Selection, labels: &[Option<i64>], predictions: &[usize], targets: &[usize], inputs: &[f32], attr: &[f32], features: &Features, a: &Attribution) -> Result<DataFrame> {
+fn relation(
+    sel: &Selection,
+    labels: &[Option<i64>],
+    predictions: &[usize],
+    targets: &[usize],
+    inputs: &[f32],
+    attr: &[f32],
+    features: &Features,
+    a: &Attribution,
+) -> Result<DataFrame> {
     let d = features.len();
-    let grouped = matches!(a.granularity, GranularitySpec::Pixel | GranularitySpec::Patch(_));
+    let grouped = matches!(
+        a.granularity,
+        GranularitySpec::Pixel | GranularitySpec::Patch(_)
+    );
     let members: Vec<Vec<usize>> = if grouped {
         features.members()
     } else {
@@ -299,7 +388,11 @@ fn relation(sel: &Selection, labels: &[Option<i64>], predictions: &[usize], targ
             c_feature.push(m[0] as i64);
             c_size.push(m.len() as i64);
             c_value.push(m.iter().map(|&f| x[f]).sum::<f32>() / m.len() as f32);
-            c_attr.push(if sum_groups { m.iter().map(|&f| at[f]).sum::<f32>() } else { at[m[0]] });
+            c_attr.push(if sum_groups {
+                m.iter().map(|&f| at[f]).sum::<f32>()
+            } else {
+                at[m[0]]
+            });
         }
     }
     let mut columns = vec![
@@ -314,16 +407,34 @@ fn relation(sel: &Selection, labels: &[Option<i64>], predictions: &[usize], targ
     match &a.modality {
         Modality::Image { height, width, .. } => {
             let (h, w) = (*height as i64, *width as i64);
-            columns.push(Column::new("channel".into(), c_feature.iter().map(|f| f / (h * w)).collect::<Vec<i64>>()));
-            columns.push(Column::new("row".into(), c_feature.iter().map(|f| f / w % h).collect::<Vec<i64>>()));
-            columns.push(Column::new("col".into(), c_feature.iter().map(|f| f % w).collect::<Vec<i64>>()));
+            columns.push(Column::new(
+                "channel".into(),
+                c_feature.iter().map(|f| f / (h * w)).collect::<Vec<i64>>(),
+            ));
+            columns.push(Column::new(
+                "row".into(),
+                c_feature.iter().map(|f| f / w % h).collect::<Vec<i64>>(),
+            ));
+            columns.push(Column::new(
+                "col".into(),
+                c_feature.iter().map(|f| f % w).collect::<Vec<i64>>(),
+            ));
         }
         Modality::Tabular { columns: names } => {
-            columns.push(Column::new("column".into(), c_feature.iter().map(|&f| names[f as usize].as_str()).collect::<Vec<&str>>()));
+            columns.push(Column::new(
+                "column".into(),
+                c_feature
+                    .iter()
+                    .map(|&f| names[f as usize].as_str())
+                    .collect::<Vec<&str>>(),
+            ));
         }
         Modality::Tensor => {}
     }
-    columns.insert(if grouped { 5 } else { 4 }, Column::new("feature".into(), c_feature));
+    columns.insert(
+        if grouped { 5 } else { 4 },
+        Column::new("feature".into(), c_feature),
+    );
     if grouped {
         columns.push(Column::new("size".into(), c_size));
     }
@@ -335,7 +446,12 @@ fn relation(sel: &Selection, labels: &[Option<i64>], predictions: &[usize], targ
 /// Rows a forward pass may hold: the batch_size setting, or what the memory budget allows
 /// for the model's activations and their gradients.
 pub(super) fn auto_batch_rows(model: &Model, memory_mb: usize) -> usize {
-    let floats: usize = model.input_len() + model.layers.iter().map(|l| l.out_shape.iter().product::<usize>()).sum::<usize>();
+    let floats: usize = model.input_len()
+        + model
+            .layers
+            .iter()
+            .map(|l| l.out_shape.iter().product::<usize>())
+            .sum::<usize>();
     let per_row = floats * 4 * 2;
     ((memory_mb << 20) / per_row.max(1)).clamp(1, 4096)
 }
@@ -358,16 +474,36 @@ mod tests {
         ))
         .unwrap();
         let state = &mut s.state;
-        let sel = state.select(&DatasetRef { name: "digits".into(), pick: Pick::Range(Some(0), Some(3)) }).unwrap();
+        let sel = state
+            .select(&DatasetRef {
+                name: "digits".into(),
+                pick: Pick::Range(Some(0), Some(3)),
+            })
+            .unwrap();
         let model = state.model("cnn").unwrap().model.clone();
-        let (id, conv2) = (state.model("cnn").unwrap().id, model.layer_index("conv2").unwrap());
+        let (id, conv2) = (
+            state.model("cnn").unwrap().id,
+            model.layer_index("conv2").unwrap(),
+        );
         let first = logits(state, "cnn", &sel, &[conv2]).unwrap();
         assert_eq!(state.cache.len(), 6, "the output and conv2 of three inputs");
         // what was recorded is what a forward pass computes
-        let tape = model.run(Batch::new(vec![3, 1, 8, 8], sel.values()).unwrap(), &model.full()).unwrap();
+        let tape = model
+            .run(
+                Batch::new(vec![3, 1, 8, 8], sel.values()).unwrap(),
+                &model.full(),
+            )
+            .unwrap();
         for (i, &r) in sel.rows.iter().enumerate() {
-            let key = Key { model: id, input: input_hash(sel.dataset.row(r)), hook: conv2 };
-            assert_eq!(state.cache.get(&key).unwrap().as_slice(), tape.hook(conv2).unwrap().row(i));
+            let key = Key {
+                model: id,
+                input: input_hash(sel.dataset.row(r)),
+                hook: conv2,
+            };
+            assert_eq!(
+                state.cache.get(&key).unwrap().as_slice(),
+                tape.hook(conv2).unwrap().row(i)
+            );
             assert_eq!(first[i], tape.output().row(i));
         }
         // asked again, the cache answers without a forward pass
@@ -376,7 +512,10 @@ mod tests {
         assert_eq!(again, first);
         assert_eq!(model.passes.load(Ordering::Relaxed), passes);
         // the same content under another id is the same cache entry
-        s.execute(&format!("LOAD DATA copy FROM '{root}/data/digits_test_x.npy'; PREDICT cnn(copy[0:3]);")).unwrap();
+        s.execute(&format!(
+            "LOAD DATA copy FROM '{root}/data/digits_test_x.npy'; PREDICT cnn(copy[0:3]);"
+        ))
+        .unwrap();
         assert_eq!(model.passes.load(Ordering::Relaxed), passes);
     }
 }

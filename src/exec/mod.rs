@@ -20,7 +20,9 @@ use crate::data::{self, Dataset, Selection};
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::Model;
 use crate::ops::ParamValue;
-use crate::plan::{self, Catalog, DatasetInfo, DatasetRef, Literal, ModelInfo, Pick, Plan, Setting};
+use crate::plan::{
+    self, Catalog, DatasetInfo, DatasetRef, Literal, ModelInfo, Pick, Plan, Setting,
+};
 use crate::syntax::{self, ast::Statement};
 
 /// What a statement produced.
@@ -64,7 +66,15 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { method: None, steps: None, seed: None, batch_size: None, memory_mb: 512, cache_mb: 256, allow_nonfinite: false }
+        Settings {
+            method: None,
+            steps: None,
+            seed: None,
+            batch_size: None,
+            memory_mb: 512,
+            cache_mb: 256,
+            allow_nonfinite: false,
+        }
     }
 }
 
@@ -125,7 +135,12 @@ impl Session {
     /// Parses a script (a syntax error anywhere stops it before anything runs), then runs
     /// its statements in order, handing each result to `sink`. Stops at the first failed
     /// statement unless `keep_going`. Returns whether every statement succeeded.
-    pub fn run_script(&mut self, text: &str, keep_going: bool, sink: &mut dyn FnMut(&Statement, Result<Output>)) -> Result<bool> {
+    pub fn run_script(
+        &mut self,
+        text: &str,
+        keep_going: bool,
+        sink: &mut dyn FnMut(&Statement, Result<Output>),
+    ) -> Result<bool> {
         let script = syntax::parse(text)?;
         let mut ok = true;
         for stmt in &script.statements {
@@ -144,16 +159,30 @@ impl Session {
 
     /// Runs one parsed statement.
     pub fn execute_statement(&mut self, stmt: &Statement) -> Result<Output> {
-        self.state.cancel.store(false, std::sync::atomic::Ordering::Relaxed);
+        self.state
+            .cancel
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         let plan = plan::plan(stmt, &self.state)?;
         // A failure inside a third-party library must not end the session.
         let state = &mut self.state;
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| state.run(plan)));
         match result {
-            Ok(r) => r.map_err(|e| if e.span.is_none() && e.kind != ErrorKind::Syntax { e.at(stmt.span) } else { e }),
+            Ok(r) => r.map_err(|e| {
+                if e.span.is_none() && e.kind != ErrorKind::Syntax {
+                    e.at(stmt.span)
+                } else {
+                    e
+                }
+            }),
             Err(panic) => {
-                let what = panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_else(|| "unknown failure".into());
-                Err(Error::query(format!("internal error: {what}")).at(stmt.span).hint("the session is intact; please report this query"))
+                let what = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "unknown failure".into());
+                Err(Error::query(format!("internal error: {what}"))
+                    .at(stmt.span)
+                    .hint("the session is intact; please report this query"))
             }
         }
     }
@@ -202,11 +231,15 @@ impl Session {
 
 impl State {
     fn model(&self, name: &str) -> Result<&LoadedModel> {
-        self.models.get(name).ok_or_else(|| Error::unknown("model", name, &self.model_names(), "loaded models"))
+        self.models
+            .get(name)
+            .ok_or_else(|| Error::unknown("model", name, &self.model_names(), "loaded models"))
     }
 
     fn dataset(&self, name: &str) -> Result<Arc<Dataset>> {
-        self.datasets.get(name).cloned().ok_or_else(|| Error::unknown("dataset", name, &self.dataset_names(), "loaded datasets"))
+        self.datasets.get(name).cloned().ok_or_else(|| {
+            Error::unknown("dataset", name, &self.dataset_names(), "loaded datasets")
+        })
     }
 
     /// The rows a dataset reference picks.
@@ -214,23 +247,36 @@ impl State {
         let ds = self.dataset(&r.name)?;
         let rows: Vec<usize> = match r.pick {
             Pick::All => (0..ds.len()).collect(),
-            Pick::One(id) => vec![ds.position_of(id).ok_or_else(|| Error::value(format!("`{}` has no input {id}", r.name)))?],
-            Pick::Range(a, b) => (0..ds.len()).filter(|&i| a.is_none_or(|a| ds.id(i) >= a) && b.is_none_or(|b| ds.id(i) < b)).collect(),
+            Pick::One(id) => vec![
+                ds.position_of(id)
+                    .ok_or_else(|| Error::value(format!("`{}` has no input {id}", r.name)))?,
+            ],
+            Pick::Range(a, b) => (0..ds.len())
+                .filter(|&i| a.is_none_or(|a| ds.id(i) >= a) && b.is_none_or(|b| ds.id(i) < b))
+                .collect(),
         };
         Ok(Selection { dataset: ds, rows })
     }
 
     fn batch_rows(&self, model: &Model) -> usize {
-        self.settings.batch_size.unwrap_or_else(|| interpret::auto_batch_rows(model, self.settings.memory_mb))
+        self.settings
+            .batch_size
+            .unwrap_or_else(|| interpret::auto_batch_rows(model, self.settings.memory_mb))
     }
 
     fn run(&mut self, plan: Plan) -> Result<Output> {
         match plan {
-            Plan::LoadModel { name, weights, arch } => {
+            Plan::LoadModel {
+                name,
+                weights,
+                arch,
+            } => {
                 let arch = arch.ok_or_else(|| Error::model("an architecture file is needed"))?;
                 let model = Model::load(&weights, &arch)?;
                 if self.datasets.contains_key(&name) {
-                    return Err(Error::name(format!("`{name}` is already a dataset; choose another name for the model")));
+                    return Err(Error::name(format!(
+                        "`{name}` is already a dataset; choose another name for the model"
+                    )));
                 }
                 let msg = format!(
                     "loaded model {name}: {} layers, {} parameters, input {}, {} outputs",
@@ -241,16 +287,36 @@ impl State {
                 );
                 let id = self.next_model_id;
                 self.next_model_id += 1;
-                if let Some(old) = self.models.insert(name, LoadedModel { model: Arc::new(model), id, arch }) {
+                if let Some(old) = self.models.insert(
+                    name,
+                    LoadedModel {
+                        model: Arc::new(model),
+                        id,
+                        arch,
+                    },
+                ) {
                     self.cache.forget_model(old.id);
                 }
                 Ok(Output::Message(msg))
             }
-            Plan::LoadData { name, path, labels, label_column } => {
+            Plan::LoadData {
+                name,
+                path,
+                labels,
+                label_column,
+            } => {
                 if self.models.contains_key(&name) {
-                    return Err(Error::name(format!("`{name}` is already a model; choose another name for the dataset")));
+                    return Err(Error::name(format!(
+                        "`{name}` is already a model; choose another name for the dataset"
+                    )));
                 }
-                let ds = data::load(&name, &path, labels.as_deref(), label_column.as_deref(), self.settings.allow_nonfinite)?;
+                let ds = data::load(
+                    &name,
+                    &path,
+                    labels.as_deref(),
+                    label_column.as_deref(),
+                    self.settings.allow_nonfinite,
+                )?;
                 let msg = format!(
                     "loaded data {name}: {} inputs of shape {}{}",
                     ds.len(),
@@ -281,14 +347,19 @@ impl State {
                     }
                     Setting::AllowNonfinite(v) => s.allow_nonfinite = v,
                 }
-                Ok(Output::Message(format!("{name} = {}", show::setting_value(&self.settings, &name))))
+                Ok(Output::Message(format!(
+                    "{name} = {}",
+                    show::setting_value(&self.settings, &name)
+                )))
             }
             Plan::Var { name, value } => {
                 // A value given from outside the script (--var) wins over its default.
                 if self.external_variables.contains(&name)
                     && let Some(given) = self.variables.get(&name)
                 {
-                    return Ok(Output::Message(format!(":{name} = {given} (given with --var)")));
+                    return Ok(Output::Message(format!(
+                        ":{name} = {given} (given with --var)"
+                    )));
                 }
                 let msg = format!(":{name} = {value}");
                 self.variables.insert(name, value);
@@ -302,10 +373,20 @@ impl State {
             Plan::ShowSettings => show::settings(self),
             Plan::Query(node) => Ok(Output::Table(relational::run(&node, self)?)),
             Plan::Explain(node) => Ok(Output::Plan(node.to_string())),
-            Plan::Export { query, path, format, overwrite } => {
+            Plan::Export {
+                query,
+                path,
+                format,
+                overwrite,
+            } => {
                 let mut df = relational::run(&query, self)?;
                 crate::output::write_frame(&mut df, &path, format, overwrite)?;
-                Ok(Output::Message(format!("exported {} rows × {} columns to {}", df.height(), df.width(), path.display())))
+                Ok(Output::Message(format!(
+                    "exported {} rows × {} columns to {}",
+                    df.height(),
+                    df.width(),
+                    path.display()
+                )))
             }
         }
     }
@@ -313,7 +394,11 @@ impl State {
 
 impl Catalog for State {
     fn model(&self, name: &str) -> Option<ModelInfo> {
-        self.models.get(name).map(|m| ModelInfo { input_shape: m.model.input_shape.clone(), output_len: m.model.output_len(), layers: m.model.layer_names() })
+        self.models.get(name).map(|m| ModelInfo {
+            input_shape: m.model.input_shape.clone(),
+            output_len: m.model.output_len(),
+            layers: m.model.layer_names(),
+        })
     }
     fn model_names(&self) -> Vec<String> {
         self.models.keys().cloned().collect()

@@ -19,28 +19,56 @@ fn build(node: &Node, state: &mut State) -> Result<LazyFrame> {
         NodeKind::Attribute(a) => run_attribution(state, a)?.lazy(),
         NodeKind::Predict(p) => run_prediction(state, p)?.lazy(),
         NodeKind::Filter { input, predicate } => build(input, state)?.filter(expr(predicate)?),
-        NodeKind::Aggregate { input, keys, aggregates } => {
+        NodeKind::Aggregate {
+            input,
+            keys,
+            aggregates,
+        } => {
             let lf = build(input, state)?;
-            let aggs = aggregates.iter().map(|(name, e)| Ok(expr(e)?.alias(name.as_str()))).collect::<Result<Vec<_>>>()?;
+            let aggs = aggregates
+                .iter()
+                .map(|(name, e)| Ok(expr(e)?.alias(name.as_str())))
+                .collect::<Result<Vec<_>>>()?;
             if keys.is_empty() {
                 lf.select(aggs)
             } else {
-                let by = keys.iter().map(|(name, e)| Ok(expr(e)?.alias(name.as_str()))).collect::<Result<Vec<_>>>()?;
+                let by = keys
+                    .iter()
+                    .map(|(name, e)| Ok(expr(e)?.alias(name.as_str())))
+                    .collect::<Result<Vec<_>>>()?;
                 lf.group_by_stable(by).agg(aggs)
             }
         }
         NodeKind::Project { input, exprs } => {
-            let cols = exprs.iter().map(|(name, e)| Ok(expr(e)?.alias(name.as_str()))).collect::<Result<Vec<_>>>()?;
+            let cols = exprs
+                .iter()
+                .map(|(name, e)| Ok(expr(e)?.alias(name.as_str())))
+                .collect::<Result<Vec<_>>>()?;
             build(input, state)?.select(cols)
         }
         NodeKind::Sort { input, keys } => {
-            let by = keys.iter().map(|(e, _)| expr(e)).collect::<Result<Vec<_>>>()?;
+            let by = keys
+                .iter()
+                .map(|(e, _)| expr(e))
+                .collect::<Result<Vec<_>>>()?;
             let desc: Vec<bool> = keys.iter().map(|(_, d)| *d).collect();
-            let opts = SortMultipleOptions::default().with_order_descending_multi(desc).with_nulls_last(true).with_maintain_order(true);
+            let opts = SortMultipleOptions::default()
+                .with_order_descending_multi(desc)
+                .with_nulls_last(true)
+                .with_maintain_order(true);
             build(input, state)?.sort_by_exprs(by, opts)
         }
-        NodeKind::Limit { input, count, offset } => build(input, state)?.slice(*offset as i64, (*count).min(IdxSize::MAX as usize) as IdxSize),
-        NodeKind::Distinct { input } => build(input, state)?.unique_stable(None, UniqueKeepStrategy::First),
+        NodeKind::Limit {
+            input,
+            count,
+            offset,
+        } => build(input, state)?.slice(
+            *offset as i64,
+            (*count).min(IdxSize::MAX as usize) as IdxSize,
+        ),
+        NodeKind::Distinct { input } => {
+            build(input, state)?.unique_stable(None, UniqueKeepStrategy::First)
+        }
         NodeKind::SetOp { op, left, right } => {
             let l = build(left, state)?.collect()?;
             let r = build(right, state)?.collect()?;
@@ -65,7 +93,11 @@ fn set_op(op: SetOp, left: DataFrame, right: DataFrame) -> Result<DataFrame> {
         } else {
             DataType::String
         };
-        lcols.push(col(lc.name().clone()).cast(common.clone()).alias(name.clone()));
+        lcols.push(
+            col(lc.name().clone())
+                .cast(common.clone())
+                .alias(name.clone()),
+        );
         rcols.push(col(rc.name().clone()).cast(common).alias(name.clone()));
     }
     let l = left.lazy().select(lcols);
@@ -84,7 +116,9 @@ fn set_op(op: SetOp, left: DataFrame, right: DataFrame) -> Result<DataFrame> {
     };
     let out = match op {
         SetOp::UnionAll => concat([l, r], UnionArgs::default())?,
-        SetOp::Union => concat([l, r], UnionArgs::default())?.unique_stable(None, UniqueKeepStrategy::First),
+        SetOp::Union => {
+            concat([l, r], UnionArgs::default())?.unique_stable(None, UniqueKeepStrategy::First)
+        }
         SetOp::Intersect => joined(JoinType::Semi),
         SetOp::Except => joined(JoinType::Anti),
     };
@@ -105,9 +139,17 @@ pub fn expr(e: &Ast) -> Result<Expr> {
         ExprKind::Str(s) => lit(s.clone()),
         ExprKind::Bool(b) => lit(*b),
         ExprKind::Null => lit(NULL),
-        ExprKind::Var(v) => return Err(Error::query(format!("internal: unresolved variable :{v}")).at(e.span)),
-        ExprKind::Unary { op: UnaryOp::Not, expr: inner } => expr(inner)?.not(),
-        ExprKind::Unary { op: UnaryOp::Neg, expr: inner } => -expr(inner)?,
+        ExprKind::Var(v) => {
+            return Err(Error::query(format!("internal: unresolved variable :{v}")).at(e.span));
+        }
+        ExprKind::Unary {
+            op: UnaryOp::Not,
+            expr: inner,
+        } => expr(inner)?.not(),
+        ExprKind::Unary {
+            op: UnaryOp::Neg,
+            expr: inner,
+        } => -expr(inner)?,
         ExprKind::Binary { op, left, right } => {
             let (l, r) = (expr(left)?, expr(right)?);
             match op {
@@ -147,21 +189,40 @@ pub fn expr(e: &Ast) -> Result<Expr> {
                 "ceil" => arg(0)?.ceil(),
                 "pow" => arg(0)?.pow(arg(1)?),
                 "round" => {
-                    let decimals = match args.get(1).map(|a| &a.kind) {
-                        None => 0,
-                        Some(ExprKind::Number(n)) if *n >= 0.0 && n.fract() == 0.0 => *n as u32,
-                        Some(_) => return Err(Error::query("round's second argument must be a whole number of decimals ≥ 0").at(e.span)),
-                    };
+                    let decimals =
+                        match args.get(1).map(|a| &a.kind) {
+                            None => 0,
+                            Some(ExprKind::Number(n)) if *n >= 0.0 && n.fract() == 0.0 => *n as u32,
+                            Some(_) => return Err(Error::query(
+                                "round's second argument must be a whole number of decimals ≥ 0",
+                            )
+                            .at(e.span)),
+                        };
                     arg(0)?.round(decimals, RoundMode::HalfAwayFromZero)
                 }
-                other => return Err(Error::query(format!("internal: unknown function {other}")).at(e.span)),
+                other => {
+                    return Err(
+                        Error::query(format!("internal: unknown function {other}")).at(e.span)
+                    );
+                }
             }
         }
-        ExprKind::IsNull { expr: inner, negated } => {
+        ExprKind::IsNull {
+            expr: inner,
+            negated,
+        } => {
             let x = expr(inner)?;
-            if *negated { x.is_not_null() } else { x.is_null() }
+            if *negated {
+                x.is_not_null()
+            } else {
+                x.is_null()
+            }
         }
-        ExprKind::InList { expr: inner, list, negated } => {
+        ExprKind::InList {
+            expr: inner,
+            list,
+            negated,
+        } => {
             let x = expr(inner)?;
             let mut any = lit(false);
             for item in list {

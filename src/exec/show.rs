@@ -102,10 +102,22 @@ pub(super) fn cache(state: &State) -> Result<Output> {
 
 pub(super) fn setting_value(s: &Settings, name: &str) -> String {
     match name {
-        "method" => s.method.clone().unwrap_or_else(|| "integrated_gradients (default)".into()),
-        "steps" => s.steps.map(|v| v.to_string()).unwrap_or_else(|| "50 (default)".into()),
-        "seed" => s.seed.map(|v| v.to_string()).unwrap_or_else(|| "0 (default)".into()),
-        "batch_size" => s.batch_size.map(|v| v.to_string()).unwrap_or_else(|| "auto".into()),
+        "method" => s
+            .method
+            .clone()
+            .unwrap_or_else(|| "integrated_gradients (default)".into()),
+        "steps" => s
+            .steps
+            .map(|v| v.to_string())
+            .unwrap_or_else(|| "50 (default)".into()),
+        "seed" => s
+            .seed
+            .map(|v| v.to_string())
+            .unwrap_or_else(|| "0 (default)".into()),
+        "batch_size" => s
+            .batch_size
+            .map(|v| v.to_string())
+            .unwrap_or_else(|| "auto".into()),
         "memory_mb" => s.memory_mb.to_string(),
         "cache_mb" => s.cache_mb.to_string(),
         "allow_nonfinite" => s.allow_nonfinite.to_string(),
@@ -115,12 +127,17 @@ pub(super) fn setting_value(s: &Settings, name: &str) -> String {
 
 pub(super) fn settings(state: &State) -> Result<Output> {
     let mut names: Vec<String> = SETTINGS.iter().map(|(n, _)| n.to_string()).collect();
-    let mut values: Vec<String> = SETTINGS.iter().map(|(n, _)| setting_value(&state.settings, n)).collect();
+    let mut values: Vec<String> = SETTINGS
+        .iter()
+        .map(|(n, _)| setting_value(&state.settings, n))
+        .collect();
     let mut about: Vec<String> = SETTINGS.iter().map(|(_, d)| d.to_string()).collect();
     for (k, v) in &state.variables {
         names.push(format!(":{k}"));
         values.push(v.to_string());
         about.push("script variable".into());
     }
-    Ok(Output::Table(df!("name" => names, "value" => values, "description" => about)?))
+    Ok(Output::Table(
+        df!("name" => names, "value" => values, "description" => about)?,
+    ))
 }

@@ -49,7 +49,9 @@ impl Tape {
     }
     /// The output of `layer`, if this pass computed and kept it.
     pub fn hook(&self, layer: usize) -> Option<&Batch> {
-        layer.checked_sub(self.start).and_then(|i| self.values.get(i + 1))
+        layer
+            .checked_sub(self.start)
+            .and_then(|i| self.values.get(i + 1))
     }
 }
 
@@ -71,14 +73,28 @@ pub struct Forward<'a> {
 
 /// Replaces the backward of chosen layers. Returning `None` keeps the layer's gradient.
 pub trait BackwardRule: Sync {
-    fn backward(&self, index: usize, layer: &Layer, x: &Batch, y: &Batch, gy: &Batch) -> Option<Result<Batch>>;
+    fn backward(
+        &self,
+        index: usize,
+        layer: &Layer,
+        x: &Batch,
+        y: &Batch,
+        gy: &Batch,
+    ) -> Option<Result<Batch>>;
 }
 
 /// The plain gradient: no layer's backward is replaced.
 pub struct Gradient;
 
 impl BackwardRule for Gradient {
-    fn backward(&self, _: usize, _: &Layer, _: &Batch, _: &Batch, _: &Batch) -> Option<Result<Batch>> {
+    fn backward(
+        &self,
+        _: usize,
+        _: &Layer,
+        _: &Batch,
+        _: &Batch,
+        _: &Batch,
+    ) -> Option<Result<Batch>> {
         None
     }
 }
@@ -88,16 +104,25 @@ impl Model {
     /// tensor's shape against the architecture.
     pub fn load(weights: &Path, arch: &Path) -> Result<Model> {
         let arch_shown = arch.display().to_string();
-        let text = std::fs::read_to_string(arch).map_err(|e| Error::io(format!("cannot read architecture {arch_shown}: {e}")))?;
+        let text = std::fs::read_to_string(arch)
+            .map_err(|e| Error::io(format!("cannot read architecture {arch_shown}: {e}")))?;
         let spec = arch::Arch::parse(&text, &arch_shown)?;
         let tensors = loader::read_weights(weights)?;
         let layers = spec.build(tensors, &weights.display().to_string())?;
-        Ok(Model { arch_name: spec.name, source: weights.display().to_string(), input_shape: spec.input_shape, layers, passes: AtomicUsize::new(0) })
+        Ok(Model {
+            arch_name: spec.name,
+            source: weights.display().to_string(),
+            input_shape: spec.input_shape,
+            layers,
+            passes: AtomicUsize::new(0),
+        })
     }
 
     /// The flat length of one output (the number of classes of a classifier).
     pub fn output_len(&self) -> usize {
-        self.layers.last().map_or(0, |l| l.out_shape.iter().product())
+        self.layers
+            .last()
+            .map_or(0, |l| l.out_shape.iter().product())
     }
 
     pub fn input_len(&self) -> usize {
@@ -118,19 +143,30 @@ impl Model {
 
     /// The full model, keeping values for a backward pass.
     pub fn full(&self) -> Forward<'static> {
-        Forward { from: 0, to: self.layers.len(), keep: true, hook: None }
+        Forward {
+            from: 0,
+            to: self.layers.len(),
+            keep: true,
+            hook: None,
+        }
     }
 
     /// Runs layers `fwd.from..fwd.to` on `input` (samples of that first layer's input shape).
     pub fn run(&self, input: Batch, fwd: &Forward) -> Result<Tape> {
         let to = fwd.to.min(self.layers.len());
-        let in_shape: &[usize] = if fwd.from == 0 { &self.input_shape } else { &self.layers[fwd.from - 1].out_shape };
+        let in_shape: &[usize] = if fwd.from == 0 {
+            &self.input_shape
+        } else {
+            &self.layers[fwd.from - 1].out_shape
+        };
         if input.sample_len() != in_shape.iter().product::<usize>() {
             return Err(Error::shape(format!(
                 "samples of shape {} do not fit the input {} of `{}`",
                 fmt_shape(input.sample_shape()),
                 fmt_shape(in_shape),
-                self.layers.get(fwd.from).map_or("the model", |l| l.name.as_str())
+                self.layers
+                    .get(fwd.from)
+                    .map_or("the model", |l| l.name.as_str())
             )));
         }
         let input = input.reshaped(in_shape);
@@ -151,21 +187,38 @@ impl Model {
             }
             values.push(y);
         }
-        Ok(Tape { start: fwd.from, values, memos })
+        Ok(Tape {
+            start: fwd.from,
+            values,
+            memos,
+        })
     }
 
     /// The model's outputs on a batch (no values kept).
     pub fn logits(&self, input: Batch) -> Result<Batch> {
-        let fwd = Forward { from: 0, to: self.layers.len(), keep: false, hook: None };
+        let fwd = Forward {
+            from: 0,
+            to: self.layers.len(),
+            keep: false,
+            hook: None,
+        };
         Ok(self.run(input, &fwd)?.into_output())
     }
 
     /// Back-propagates `grad` (the gradient of the tape's output) to the tape's input,
     /// layer by layer, through `rule`. `observe` sees the gradient at each hook point
     /// (the output of each layer) on the way down.
-    pub fn backward(&self, tape: &Tape, grad: Batch, rule: &dyn BackwardRule, observe: &mut dyn FnMut(usize, &Batch)) -> Result<Batch> {
+    pub fn backward(
+        &self,
+        tape: &Tape,
+        grad: Batch,
+        rule: &dyn BackwardRule,
+        observe: &mut dyn FnMut(usize, &Batch),
+    ) -> Result<Batch> {
         if tape.memos.len() + 1 != tape.values.len() {
-            return Err(Error::model("internal: backward over a forward pass that kept no values"));
+            return Err(Error::model(
+                "internal: backward over a forward pass that kept no values",
+            ));
         }
         let mut grad = grad;
         for i in (0..tape.memos.len()).rev() {
@@ -189,11 +242,19 @@ mod tests {
 
     fn digits() -> Model {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        Model::load(&root.join("models/digits_cnn.safetensors"), &root.join("models/digits_cnn.json")).unwrap()
+        Model::load(
+            &root.join("models/digits_cnn.safetensors"),
+            &root.join("models/digits_cnn.json"),
+        )
+        .unwrap()
     }
 
     fn input() -> Batch {
-        Batch::new(vec![2, 1, 8, 8], (0..128).map(|i| ((i * 37) % 17) as f32 / 16.0).collect()).unwrap()
+        Batch::new(
+            vec![2, 1, 8, 8],
+            (0..128).map(|i| ((i * 37) % 17) as f32 / 16.0).collect(),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -205,7 +266,17 @@ mod tests {
         let at_conv2 = full.hook(conv2).unwrap().clone();
         assert_eq!(at_conv2.shape(), &[2, 16, 8, 8]);
         // Running from a hook point onwards reproduces the logits.
-        let rest = m.run(at_conv2.clone(), &Forward { from: conv2 + 1, to: m.layers.len(), keep: false, hook: None }).unwrap();
+        let rest = m
+            .run(
+                at_conv2.clone(),
+                &Forward {
+                    from: conv2 + 1,
+                    to: m.layers.len(),
+                    keep: false,
+                    hook: None,
+                },
+            )
+            .unwrap();
         assert_eq!(rest.output(), full.output());
         // Overwriting: zero channel 3 of conv2 through a hook, and compare with a manual
         // forward from a patched activation.
@@ -217,12 +288,32 @@ mod tests {
             }
             Ok(())
         };
-        let patched = m.run(input(), &Forward { from: 0, to: m.layers.len(), keep: false, hook: Some(&patch) }).unwrap();
+        let patched = m
+            .run(
+                input(),
+                &Forward {
+                    from: 0,
+                    to: m.layers.len(),
+                    keep: false,
+                    hook: Some(&patch),
+                },
+            )
+            .unwrap();
         let mut manual = at_conv2;
         for r in 0..2 {
             manual.row_mut(r)[3 * 64..4 * 64].fill(0.0);
         }
-        let expected = m.run(manual, &Forward { from: conv2 + 1, to: m.layers.len(), keep: false, hook: None }).unwrap();
+        let expected = m
+            .run(
+                manual,
+                &Forward {
+                    from: conv2 + 1,
+                    to: m.layers.len(),
+                    keep: false,
+                    hook: None,
+                },
+            )
+            .unwrap();
         assert_eq!(patched.output(), expected.output());
         assert_ne!(patched.output(), full.output());
     }
@@ -233,7 +324,14 @@ mod tests {
     fn backward_rules_replace_layer_gradients() {
         struct BlockRelu3;
         impl BackwardRule for BlockRelu3 {
-            fn backward(&self, _: usize, layer: &Layer, _: &Batch, _: &Batch, gy: &Batch) -> Option<crate::error::Result<Batch>> {
+            fn backward(
+                &self,
+                _: usize,
+                layer: &Layer,
+                _: &Batch,
+                _: &Batch,
+                gy: &Batch,
+            ) -> Option<crate::error::Result<Batch>> {
                 (layer.name == "relu3").then(|| Ok(Batch::zeros(gy.shape().to_vec())))
             }
         }
@@ -243,11 +341,17 @@ mod tests {
         seed.row_mut(0)[3] = 1.0;
         seed.row_mut(1)[3] = 1.0;
         let mut seen = Vec::new();
-        let plain = m.backward(&tape, seed.clone(), &Gradient, &mut |i, g| seen.push((i, g.shape().to_vec()))).unwrap();
+        let plain = m
+            .backward(&tape, seed.clone(), &Gradient, &mut |i, g| {
+                seen.push((i, g.shape().to_vec()))
+            })
+            .unwrap();
         assert!(plain.data().iter().any(|v| *v != 0.0));
         assert_eq!(seen.len(), m.layers.len());
         assert_eq!(seen[0], (8, vec![2, 10]));
-        let blocked = m.backward(&tape, seed, &BlockRelu3, &mut |_, _| {}).unwrap();
+        let blocked = m
+            .backward(&tape, seed, &BlockRelu3, &mut |_, _| {})
+            .unwrap();
         assert!(blocked.data().iter().all(|v| *v == 0.0));
     }
 }

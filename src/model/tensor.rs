@@ -26,7 +26,10 @@ impl Batch {
 
     pub fn zeros(shape: Vec<usize>) -> Batch {
         let len = shape.iter().product();
-        Batch { shape, data: vec![0.0; len] }
+        Batch {
+            shape,
+            data: vec![0.0; len],
+        }
     }
 
     /// `rows` samples of the given sample shape, all zero.
@@ -78,7 +81,10 @@ impl Batch {
     }
 
     /// Rows gathered from samples (each `sample_shape`-sized) into one batch.
-    pub fn from_rows<'a>(sample_shape: &[usize], rows: impl IntoIterator<Item = &'a [f32]>) -> Batch {
+    pub fn from_rows<'a>(
+        sample_shape: &[usize],
+        rows: impl IntoIterator<Item = &'a [f32]>,
+    ) -> Batch {
         let len: usize = sample_shape.iter().product();
         let mut data = Vec::new();
         let mut n = 0;

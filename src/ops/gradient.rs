@@ -12,14 +12,21 @@ use crate::error::{Error, Result};
 use crate::model::{BackwardRule, Batch, Gradient, Model};
 
 /// Gradients of each row's target output with respect to the row.
-pub fn gradients(model: &Model, rows: Batch, targets: &[usize], rule: &dyn BackwardRule) -> Result<Batch> {
+pub fn gradients(
+    model: &Model,
+    rows: Batch,
+    targets: &[usize],
+    rule: &dyn BackwardRule,
+) -> Result<Batch> {
     let tape = model.run(rows, &model.full())?;
     let out = tape.output();
     let classes = out.sample_len();
     let mut seed = Batch::zeros(out.shape().to_vec());
     for (r, &t) in targets.iter().enumerate() {
         if t >= classes {
-            return Err(Error::value(format!("target {t} is out of range: the model has {classes} outputs")));
+            return Err(Error::value(format!(
+                "target {t} is out of range: the model has {classes} outputs"
+            )));
         }
         seed.row_mut(r)[t] = 1.0;
     }
@@ -28,7 +35,12 @@ pub fn gradients(model: &Model, rows: Batch, targets: &[usize], rule: &dyn Backw
 
 /// Runs `work` on every item in parallel, stopping early if the statement is cancelled;
 /// `units(i)` is how much progress item i makes.
-pub fn par_items<T: Send>(n: usize, control: &Control, units: impl Fn(usize) -> usize + Sync, work: impl Fn(usize) -> Result<T> + Sync) -> Result<Vec<T>> {
+pub fn par_items<T: Send>(
+    n: usize,
+    control: &Control,
+    units: impl Fn(usize) -> usize + Sync,
+    work: impl Fn(usize) -> Result<T> + Sync,
+) -> Result<Vec<T>> {
     (0..n)
         .into_par_iter()
         .map(|i| {
@@ -54,46 +66,76 @@ pub fn attribute(method: &Method, req: &Request) -> Result<Vec<f32>> {
     let n = req.n();
     let shape = &req.model.input_shape;
     let mut out = match method {
-        Method::SmoothGrad { samples, stdev, seed, abs } => {
+        Method::SmoothGrad {
+            samples,
+            stdev,
+            seed,
+            abs,
+        } => {
             // Captum's NoiseTunnel: the mean over samples of saliency at x + N(0, stdev²);
             // noise only inside the window (outside, the input is held as it is).
-            let per_input = par_items(n, req.control, |_| 1, |i| {
-                let mut rng = Rng::new(*seed, req.ids[i] as u64);
-                let x = req.input(i);
-                let mut noisy = Vec::with_capacity(samples * d);
-                for _ in 0..*samples {
-                    for (f, &v) in x.iter().enumerate() {
-                        let noise = if req.features.in_window(f) { (rng.normal() * stdev) as f32 } else { 0.0 };
-                        noisy.push(v + noise);
-                    }
-                }
-                let mut sum = vec![0.0f32; d];
-                for chunk in noisy.chunks(req.batch_rows.max(1) * d) {
-                    let rows = chunk.len() / d;
-                    let grads = gradients(req.model, Batch::new(batch_shape(rows, shape), chunk.to_vec())?, &vec![req.targets[i]; rows], &Gradient)?;
-                    for r in 0..rows {
-                        for (s, g) in sum.iter_mut().zip(grads.row(r)) {
-                            *s += if *abs { g.abs() } else { *g };
+            let per_input = par_items(
+                n,
+                req.control,
+                |_| 1,
+                |i| {
+                    let mut rng = Rng::new(*seed, req.ids[i] as u64);
+                    let x = req.input(i);
+                    let mut noisy = Vec::with_capacity(samples * d);
+                    for _ in 0..*samples {
+                        for (f, &v) in x.iter().enumerate() {
+                            let noise = if req.features.in_window(f) {
+                                (rng.normal() * stdev) as f32
+                            } else {
+                                0.0
+                            };
+                            noisy.push(v + noise);
                         }
                     }
-                }
-                Ok(sum.into_iter().map(|s| s / *samples as f32).collect::<Vec<f32>>())
-            })?;
+                    let mut sum = vec![0.0f32; d];
+                    for chunk in noisy.chunks(req.batch_rows.max(1) * d) {
+                        let rows = chunk.len() / d;
+                        let grads = gradients(
+                            req.model,
+                            Batch::new(batch_shape(rows, shape), chunk.to_vec())?,
+                            &vec![req.targets[i]; rows],
+                            &Gradient,
+                        )?;
+                        for r in 0..rows {
+                            for (s, g) in sum.iter_mut().zip(grads.row(r)) {
+                                *s += if *abs { g.abs() } else { *g };
+                            }
+                        }
+                    }
+                    Ok(sum
+                        .into_iter()
+                        .map(|s| s / *samples as f32)
+                        .collect::<Vec<f32>>())
+                },
+            )?;
             per_input.concat()
         }
         _ => {
             let tile = req.batch_rows.clamp(1, 64);
             let tiles = n.div_ceil(tile);
             let rule = rule_of(method);
-            let per_tile = par_items(tiles, req.control, |t| tile.min(n - t * tile), |t| {
-                let (a, b) = (t * tile, ((t + 1) * tile).min(n));
-                let rows = Batch::new(batch_shape(b - a, shape), req.inputs[a * d..b * d].to_vec())?;
-                Ok(gradients(req.model, rows, &req.targets[a..b], rule)?.into_data())
-            })?;
+            let per_tile = par_items(
+                tiles,
+                req.control,
+                |t| tile.min(n - t * tile),
+                |t| {
+                    let (a, b) = (t * tile, ((t + 1) * tile).min(n));
+                    let rows =
+                        Batch::new(batch_shape(b - a, shape), req.inputs[a * d..b * d].to_vec())?;
+                    Ok(gradients(req.model, rows, &req.targets[a..b], rule)?.into_data())
+                },
+            )?;
             let mut grads = per_tile.concat();
             match method {
                 Method::Saliency { abs: true } => grads.iter_mut().for_each(|g| *g = g.abs()),
-                Method::InputXGradient => grads.iter_mut().zip(req.inputs).for_each(|(g, x)| *g *= x),
+                Method::InputXGradient => {
+                    grads.iter_mut().zip(req.inputs).for_each(|(g, x)| *g *= x)
+                }
                 _ => {}
             }
             grads

@@ -30,17 +30,33 @@ pub enum Family {
 /// A method with all its parameters resolved.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Method {
-    Saliency { abs: bool },
+    Saliency {
+        abs: bool,
+    },
     InputXGradient,
-    IntegratedGradients { steps: usize, rule: Rule },
-    SmoothGrad { samples: usize, stdev: f64, seed: u64, abs: bool },
+    IntegratedGradients {
+        steps: usize,
+        rule: Rule,
+    },
+    SmoothGrad {
+        samples: usize,
+        stdev: f64,
+        seed: u64,
+        abs: bool,
+    },
     GuidedBackprop,
     Deconvolution,
     /// `window` / `stride`: the sliding window's edge (spatial for images, along the
     /// features for tabular data); None takes the GRANULARITY patch.
-    Occlusion { window: Option<usize>, stride: Option<usize> },
+    Occlusion {
+        window: Option<usize>,
+        stride: Option<usize>,
+    },
     FeatureAblation,
-    ShapleySampling { samples: usize, seed: u64 },
+    ShapleySampling {
+        samples: usize,
+        seed: u64,
+    },
 }
 
 impl Method {
@@ -60,14 +76,22 @@ impl Method {
 
     pub fn family(&self) -> Family {
         match self {
-            Method::Occlusion { .. } | Method::FeatureAblation | Method::ShapleySampling { .. } => Family::Perturbation,
+            Method::Occlusion { .. } | Method::FeatureAblation | Method::ShapleySampling { .. } => {
+                Family::Perturbation
+            }
             _ => Family::Gradient,
         }
     }
 
     /// Whether the method compares against a baseline (BASELINE applies).
     pub fn uses_baseline(&self) -> bool {
-        matches!(self, Method::IntegratedGradients { .. } | Method::Occlusion { .. } | Method::FeatureAblation | Method::ShapleySampling { .. })
+        matches!(
+            self,
+            Method::IntegratedGradients { .. }
+                | Method::Occlusion { .. }
+                | Method::FeatureAblation
+                | Method::ShapleySampling { .. }
+        )
     }
 }
 
@@ -76,14 +100,26 @@ impl fmt::Display for Method {
         write!(f, "{}", self.name())?;
         match self {
             Method::Saliency { abs } => write!(f, "(abs = {abs})"),
-            Method::IntegratedGradients { steps, rule } => write!(f, "(steps = {steps}, rule = {})", rule.name()),
-            Method::SmoothGrad { samples, stdev, seed, abs } => write!(f, "(samples = {samples}, stdev = {stdev}, seed = {seed}, abs = {abs})"),
+            Method::IntegratedGradients { steps, rule } => {
+                write!(f, "(steps = {steps}, rule = {})", rule.name())
+            }
+            Method::SmoothGrad {
+                samples,
+                stdev,
+                seed,
+                abs,
+            } => write!(
+                f,
+                "(samples = {samples}, stdev = {stdev}, seed = {seed}, abs = {abs})"
+            ),
             Method::Occlusion { window, stride } => match (window, stride) {
                 (Some(w), Some(s)) => write!(f, "(window = {w}, stride = {s})"),
                 (Some(w), None) => write!(f, "(window = {w})"),
                 _ => Ok(()),
             },
-            Method::ShapleySampling { samples, seed } => write!(f, "(samples = {samples}, seed = {seed})"),
+            Method::ShapleySampling { samples, seed } => {
+                write!(f, "(samples = {samples}, seed = {seed})")
+            }
             _ => Ok(()),
         }
     }
@@ -133,17 +169,40 @@ pub struct MethodInfo {
     pub summary: &'static str,
 }
 
-const fn int(name: &'static str, min: i64, default: Option<&'static str>, setting: Option<&'static str>) -> ParamSpec {
-    ParamSpec { name, kind: ParamKind::Int { min, max: i64::MAX }, default, setting }
+const fn int(
+    name: &'static str,
+    min: i64,
+    default: Option<&'static str>,
+    setting: Option<&'static str>,
+) -> ParamSpec {
+    ParamSpec {
+        name,
+        kind: ParamKind::Int { min, max: i64::MAX },
+        default,
+        setting,
+    }
 }
 
-const SEED: ParamSpec = ParamSpec { name: "seed", kind: ParamKind::Int { min: 0, max: i64::MAX }, default: Some("0"), setting: Some("seed") };
+const SEED: ParamSpec = ParamSpec {
+    name: "seed",
+    kind: ParamKind::Int {
+        min: 0,
+        max: i64::MAX,
+    },
+    default: Some("0"),
+    setting: Some("seed"),
+};
 
 pub const METHODS: &[MethodInfo] = &[
     MethodInfo {
         name: "saliency",
         family: Family::Gradient,
-        params: &[ParamSpec { name: "abs", kind: ParamKind::Bool, default: Some("true"), setting: None }],
+        params: &[ParamSpec {
+            name: "abs",
+            kind: ParamKind::Bool,
+            default: Some("true"),
+            setting: None,
+        }],
         captum: "Saliency",
         summary: "gradient of the target output (absolute value by default)",
     },
@@ -159,7 +218,12 @@ pub const METHODS: &[MethodInfo] = &[
         family: Family::Gradient,
         params: &[
             int("steps", 1, Some("50"), Some("steps")),
-            ParamSpec { name: "rule", kind: ParamKind::Choice(Rule::NAMES), default: Some("gausslegendre"), setting: None },
+            ParamSpec {
+                name: "rule",
+                kind: ParamKind::Choice(Rule::NAMES),
+                default: Some("gausslegendre"),
+                setting: None,
+            },
         ],
         captum: "IntegratedGradients",
         summary: "path integral of gradients from the baseline to the input",
@@ -169,9 +233,19 @@ pub const METHODS: &[MethodInfo] = &[
         family: Family::Gradient,
         params: &[
             int("samples", 1, Some("5"), None),
-            ParamSpec { name: "stdev", kind: ParamKind::Float { min: 0.0 }, default: Some("1.0"), setting: None },
+            ParamSpec {
+                name: "stdev",
+                kind: ParamKind::Float { min: 0.0 },
+                default: Some("1.0"),
+                setting: None,
+            },
             SEED,
-            ParamSpec { name: "abs", kind: ParamKind::Bool, default: Some("true"), setting: None },
+            ParamSpec {
+                name: "abs",
+                kind: ParamKind::Bool,
+                default: Some("true"),
+                setting: None,
+            },
         ],
         captum: "NoiseTunnel(Saliency), nt_type='smoothgrad'",
         summary: "saliency averaged over noisy copies of the input",
@@ -193,7 +267,10 @@ pub const METHODS: &[MethodInfo] = &[
     MethodInfo {
         name: "occlusion",
         family: Family::Perturbation,
-        params: &[int("window", 1, None, None), int("stride", 1, Some("1"), None)],
+        params: &[
+            int("window", 1, None, None),
+            int("stride", 1, Some("1"), None),
+        ],
         captum: "Occlusion",
         summary: "output change when a sliding window is set to the baseline (mean over covering windows)",
     },
@@ -231,21 +308,36 @@ pub struct GivenParam<'a> {
 
 /// Resolves a method call: checks every parameter's name and range, fills defaults
 /// (session settings first), and builds the `Method`.
-pub fn resolve_method(info: &MethodInfo, given: &[GivenParam], setting: &dyn Fn(&str) -> Option<ParamValue>) -> Result<Method> {
+pub fn resolve_method(
+    info: &MethodInfo,
+    given: &[GivenParam],
+    setting: &dyn Fn(&str) -> Option<ParamValue>,
+) -> Result<Method> {
     let mut values: Vec<Option<ParamValue>> = vec![None; info.params.len()];
     for g in given {
-        let Some(pos) = info.params.iter().position(|p| p.name.eq_ignore_ascii_case(g.name)) else {
+        let Some(pos) = info
+            .params
+            .iter()
+            .position(|p| p.name.eq_ignore_ascii_case(g.name))
+        else {
             let known: Vec<String> = info.params.iter().map(|p| p.name.to_string()).collect();
             let label = format!("parameters of {}", info.name);
             let err = if known.is_empty() {
                 Error::name(format!("{} takes no parameters", info.name))
             } else {
-                Error::unknown(&format!("parameter of {}", info.name), g.name, &known, &label)
+                Error::unknown(
+                    &format!("parameter of {}", info.name),
+                    g.name,
+                    &known,
+                    &label,
+                )
             };
             return Err(err.at(g.name_span));
         };
         if values[pos].is_some() {
-            return Err(Error::name(format!("parameter `{}` is given twice", g.name)).at(g.name_span));
+            return Err(
+                Error::name(format!("parameter `{}` is given twice", g.name)).at(g.name_span),
+            );
         }
         check_param(info, &info.params[pos], &g.value).map_err(|e| e.at(g.value_span))?;
         values[pos] = Some(g.value.clone());
@@ -254,11 +346,19 @@ pub fn resolve_method(info: &MethodInfo, given: &[GivenParam], setting: &dyn Fn(
         if v.is_none()
             && let Some(s) = spec.setting.and_then(setting)
         {
-            check_param(info, spec, &s).map_err(|e| Error { message: format!("{} (from SET {})", e.message, spec.setting.unwrap_or("")), ..e })?;
+            check_param(info, spec, &s).map_err(|e| Error {
+                message: format!("{} (from SET {})", e.message, spec.setting.unwrap_or("")),
+                ..e
+            })?;
             *v = Some(s);
         }
     }
-    let get = |name: &str| -> Option<&ParamValue> { info.params.iter().position(|p| p.name == name).and_then(|i| values[i].as_ref()) };
+    let get = |name: &str| -> Option<&ParamValue> {
+        info.params
+            .iter()
+            .position(|p| p.name == name)
+            .and_then(|i| values[i].as_ref())
+    };
     let default_of = |name: &str| -> ParamValue {
         let spec = info.params.iter().find(|p| p.name == name);
         match spec.and_then(|s| s.default.map(|d| (s.kind, d))) {
@@ -274,7 +374,12 @@ pub fn resolve_method(info: &MethodInfo, given: &[GivenParam], setting: &dyn Fn(
             _ => 0.0,
         }
     };
-    let flag = |name: &str| -> bool { matches!(get(name).cloned().unwrap_or_else(|| default_of(name)), ParamValue::Bool(true)) };
+    let flag = |name: &str| -> bool {
+        matches!(
+            get(name).cloned().unwrap_or_else(|| default_of(name)),
+            ParamValue::Bool(true)
+        )
+    };
     let text = |name: &str| -> String {
         match get(name).cloned().unwrap_or_else(|| default_of(name)) {
             ParamValue::Text(t) => t,
@@ -288,8 +393,15 @@ pub fn resolve_method(info: &MethodInfo, given: &[GivenParam], setting: &dyn Fn(
             let rule = Rule::parse(&text("rule")).unwrap_or(Rule::GaussLegendre);
             let steps = num("steps") as usize;
             if steps < rule.min_steps() {
-                let span = given.iter().find(|g| g.name == "steps").map(|g| g.value_span);
-                let err = Error::value(format!("steps must be ≥ {} for rule {}", rule.min_steps(), rule.name()));
+                let span = given
+                    .iter()
+                    .find(|g| g.name == "steps")
+                    .map(|g| g.value_span);
+                let err = Error::value(format!(
+                    "steps must be ≥ {} for rule {}",
+                    rule.min_steps(),
+                    rule.name()
+                ));
                 return Err(match span {
                     Some(s) => err.at(s),
                     None => err,
@@ -297,13 +409,28 @@ pub fn resolve_method(info: &MethodInfo, given: &[GivenParam], setting: &dyn Fn(
             }
             Method::IntegratedGradients { steps, rule }
         }
-        "smoothgrad" => Method::SmoothGrad { samples: num("samples") as usize, stdev: num("stdev"), seed: num("seed") as u64, abs: flag("abs") },
+        "smoothgrad" => Method::SmoothGrad {
+            samples: num("samples") as usize,
+            stdev: num("stdev"),
+            seed: num("seed") as u64,
+            abs: flag("abs"),
+        },
         "guided_backprop" => Method::GuidedBackprop,
         "deconvolution" => Method::Deconvolution,
-        "occlusion" => Method::Occlusion { window: get("window").map(|_| num("window") as usize), stride: get("stride").map(|_| num("stride") as usize) },
+        "occlusion" => Method::Occlusion {
+            window: get("window").map(|_| num("window") as usize),
+            stride: get("stride").map(|_| num("stride") as usize),
+        },
         "feature_ablation" => Method::FeatureAblation,
-        "shapley_sampling" => Method::ShapleySampling { samples: num("samples") as usize, seed: num("seed") as u64 },
-        other => return Err(Error::name(format!("method `{other}` has no implementation"))),
+        "shapley_sampling" => Method::ShapleySampling {
+            samples: num("samples") as usize,
+            seed: num("seed") as u64,
+        },
+        other => {
+            return Err(Error::name(format!(
+                "method `{other}` has no implementation"
+            )));
+        }
     };
     Ok(method)
 }
@@ -313,7 +440,9 @@ fn check_param(info: &MethodInfo, spec: &ParamSpec, value: &ParamValue) -> Resul
     match (spec.kind, value) {
         (ParamKind::Int { min, max }, ParamValue::Number(n)) => {
             if n.fract() != 0.0 {
-                Err(Error::value(format!("{name} must be a whole number, got {n}")))
+                Err(Error::value(format!(
+                    "{name} must be a whole number, got {n}"
+                )))
             } else if *n < min as f64 || *n > max as f64 {
                 Err(Error::value(format!("{name} must be ≥ {min}, got {n}")))
             } else {
@@ -322,18 +451,27 @@ fn check_param(info: &MethodInfo, spec: &ParamSpec, value: &ParamValue) -> Resul
         }
         (ParamKind::Float { min }, ParamValue::Number(n)) => {
             if !n.is_finite() || *n < min {
-                Err(Error::value(format!("{name} must be a number ≥ {min}, got {n}")))
+                Err(Error::value(format!(
+                    "{name} must be a number ≥ {min}, got {n}"
+                )))
             } else {
                 Ok(())
             }
         }
         (ParamKind::Bool, ParamValue::Bool(_)) => Ok(()),
         (ParamKind::Choice(choices), ParamValue::Text(t)) => {
-            if choices.iter().any(|c| c.eq_ignore_ascii_case(t)) || (info.name == "integrated_gradients" && Rule::parse(t).is_some()) {
+            if choices.iter().any(|c| c.eq_ignore_ascii_case(t))
+                || (info.name == "integrated_gradients" && Rule::parse(t).is_some())
+            {
                 Ok(())
             } else {
                 let known: Vec<String> = choices.iter().map(|c| c.to_string()).collect();
-                Err(Error::unknown(&format!("{name} for {}", info.name), t, &known, "accepted"))
+                Err(Error::unknown(
+                    &format!("{name} for {}", info.name),
+                    t,
+                    &known,
+                    "accepted",
+                ))
             }
         }
         (kind, v) => {
@@ -341,7 +479,12 @@ fn check_param(info: &MethodInfo, spec: &ParamSpec, value: &ParamValue) -> Resul
                 ParamKind::Int { .. } => "a whole number",
                 ParamKind::Float { .. } => "a number",
                 ParamKind::Bool => "true or false",
-                ParamKind::Choice(c) => return Err(Error::value(format!("{name} must be one of {}, got {v}", c.join(", ")))),
+                ParamKind::Choice(c) => {
+                    return Err(Error::value(format!(
+                        "{name} must be one of {}, got {v}",
+                        c.join(", ")
+                    )));
+                }
             };
             Err(Error::value(format!("{name} must be {want}, got {v}")))
         }
@@ -357,7 +500,11 @@ pub struct Control<'a> {
 
 impl<'a> Control<'a> {
     pub fn new(cancel: &'a AtomicBool) -> Self {
-        Control { cancel, done: AtomicUsize::new(0), on_progress: None }
+        Control {
+            cancel,
+            done: AtomicUsize::new(0),
+            on_progress: None,
+        }
     }
     pub fn check(&self) -> Result<()> {
         if self.cancel.load(Ordering::Relaxed) {
@@ -452,8 +599,14 @@ impl Request<'_> {
 /// Per-feature attributions (n × d, Captum's layout; zero outside the window).
 pub fn attribute(method: &Method, req: &Request) -> Result<Vec<f32>> {
     match method {
-        Method::Saliency { .. } | Method::InputXGradient | Method::SmoothGrad { .. } | Method::GuidedBackprop | Method::Deconvolution => gradient::attribute(method, req),
+        Method::Saliency { .. }
+        | Method::InputXGradient
+        | Method::SmoothGrad { .. }
+        | Method::GuidedBackprop
+        | Method::Deconvolution => gradient::attribute(method, req),
         Method::IntegratedGradients { steps, rule } => integrated::attribute(*steps, *rule, req),
-        Method::Occlusion { .. } | Method::FeatureAblation | Method::ShapleySampling { .. } => perturbation::attribute(method, req),
+        Method::Occlusion { .. } | Method::FeatureAblation | Method::ShapleySampling { .. } => {
+            perturbation::attribute(method, req)
+        }
     }
 }

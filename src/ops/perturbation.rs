@@ -12,7 +12,14 @@ use crate::error::{Error, Result};
 use crate::model::{Batch, Model};
 
 /// The target output for `count` copies of `start`, copy k modified by `fill(k, row)`.
-fn evaluate(model: &Model, start: &[f32], count: usize, target: usize, batch_rows: usize, fill: &(dyn Fn(usize, &mut [f32]) + Sync)) -> Result<Vec<f32>> {
+fn evaluate(
+    model: &Model,
+    start: &[f32],
+    count: usize,
+    target: usize,
+    batch_rows: usize,
+    fill: &(dyn Fn(usize, &mut [f32]) + Sync),
+) -> Result<Vec<f32>> {
     let d = start.len();
     let chunk = batch_rows.max(1);
     let outputs: Vec<Vec<f32>> = (0..count.div_ceil(chunk))
@@ -28,7 +35,9 @@ fn evaluate(model: &Model, start: &[f32], count: usize, target: usize, batch_row
             let logits = model.logits(Batch::new(batch_shape(b - a, &model.input_shape), rows)?)?;
             let classes = logits.sample_len();
             if target >= classes {
-                return Err(Error::value(format!("target {target} is out of range: the model has {classes} outputs")));
+                return Err(Error::value(format!(
+                    "target {target} is out of range: the model has {classes} outputs"
+                )));
             }
             Ok((0..b - a).map(|r| logits.row(r)[target]).collect())
         })
@@ -37,12 +46,22 @@ fn evaluate(model: &Model, start: &[f32], count: usize, target: usize, batch_row
 }
 
 pub fn attribute(method: &Method, req: &Request) -> Result<Vec<f32>> {
-    let per_input = par_items(req.n(), req.control, |_| 1, |i| match method {
-        Method::Occlusion { window, stride } => occlusion(req, i, window.unwrap_or(1), stride.unwrap_or(1)),
-        Method::FeatureAblation => ablation(req, i),
-        Method::ShapleySampling { samples, seed } => shapley(req, i, *samples, *seed),
-        _ => Err(Error::value(format!("{} is not a perturbation method", method.name()))),
-    })?;
+    let per_input = par_items(
+        req.n(),
+        req.control,
+        |_| 1,
+        |i| match method {
+            Method::Occlusion { window, stride } => {
+                occlusion(req, i, window.unwrap_or(1), stride.unwrap_or(1))
+            }
+            Method::FeatureAblation => ablation(req, i),
+            Method::ShapleySampling { samples, seed } => shapley(req, i, *samples, *seed),
+            _ => Err(Error::value(format!(
+                "{} is not a perturbation method",
+                method.name()
+            ))),
+        },
+    )?;
     Ok(per_input.concat())
 }
 
@@ -54,13 +73,18 @@ fn occlusion_patches(req: &Request, window: usize, stride: usize) -> Result<Vec<
         let (r0, r1) = rect.rows;
         let (c0, c1) = rect.cols;
         if window > r1 - r0 || window > c1 - c0 {
-            return Err(Error::shape(format!("an occlusion window of {window}×{window} does not fit the {}×{} region", r1 - r0, c1 - c0)));
+            return Err(Error::shape(format!(
+                "an occlusion window of {window}×{window} does not fit the {}×{} region",
+                r1 - r0,
+                c1 - c0
+            )));
         }
         let mut r = r0;
         while r + window <= r1 {
             let mut c = c0;
             while c + window <= c1 {
-                let mut patch = Vec::with_capacity(window * window * (rect.channels.1 - rect.channels.0));
+                let mut patch =
+                    Vec::with_capacity(window * window * (rect.channels.1 - rect.channels.0));
                 for ch in rect.channels.0..rect.channels.1 {
                     for rr in r..r + window {
                         for cc in c..c + window {
@@ -76,7 +100,10 @@ fn occlusion_patches(req: &Request, window: usize, stride: usize) -> Result<Vec<
     } else {
         let order = &f.order;
         if window > order.len() {
-            return Err(Error::shape(format!("an occlusion window of {window} features does not fit the {} features attributed", order.len())));
+            return Err(Error::shape(format!(
+                "an occlusion window of {window} features does not fit the {} features attributed",
+                order.len()
+            )));
         }
         let mut s = 0;
         while s + window <= order.len() {
@@ -92,13 +119,20 @@ fn occlusion_patches(req: &Request, window: usize, stride: usize) -> Result<Vec<
 fn occlusion(req: &Request, i: usize, window: usize, stride: usize) -> Result<Vec<f32>> {
     let patches = occlusion_patches(req, window, stride)?;
     let (x, b) = (req.input(i), req.baseline(i));
-    let out = evaluate(req.model, x, patches.len() + 1, req.targets[i], req.batch_rows, &|k, row| {
-        if k > 0 {
-            for &f in &patches[k - 1] {
-                row[f] = b[f];
+    let out = evaluate(
+        req.model,
+        x,
+        patches.len() + 1,
+        req.targets[i],
+        req.batch_rows,
+        &|k, row| {
+            if k > 0 {
+                for &f in &patches[k - 1] {
+                    row[f] = b[f];
+                }
             }
-        }
-    })?;
+        },
+    )?;
     let mut total = vec![0.0f32; x.len()];
     let mut count = vec![0u32; x.len()];
     for (patch, y) in patches.iter().zip(&out[1..]) {
@@ -108,20 +142,31 @@ fn occlusion(req: &Request, i: usize, window: usize, stride: usize) -> Result<Ve
             count[f] += 1;
         }
     }
-    Ok(total.iter().zip(&count).map(|(t, &c)| if c == 0 { 0.0 } else { t / c as f32 }).collect())
+    Ok(total
+        .iter()
+        .zip(&count)
+        .map(|(t, &c)| if c == 0 { 0.0 } else { t / c as f32 })
+        .collect())
 }
 
 /// Captum's FeatureAblation: every feature of a group gets F(x) − F(x with the group at the baseline).
 fn ablation(req: &Request, i: usize) -> Result<Vec<f32>> {
     let members = req.features.members();
     let (x, b) = (req.input(i), req.baseline(i));
-    let out = evaluate(req.model, x, members.len() + 1, req.targets[i], req.batch_rows, &|k, row| {
-        if k > 0 {
-            for &f in &members[k - 1] {
-                row[f] = b[f];
+    let out = evaluate(
+        req.model,
+        x,
+        members.len() + 1,
+        req.targets[i],
+        req.batch_rows,
+        &|k, row| {
+            if k > 0 {
+                for &f in &members[k - 1] {
+                    row[f] = b[f];
+                }
             }
-        }
-    })?;
+        },
+    )?;
     let mut attr = vec![0.0f32; x.len()];
     for (group, y) in members.iter().zip(&out[1..]) {
         for &f in group {
@@ -140,16 +185,23 @@ fn shapley(req: &Request, i: usize, samples: usize, seed: u64) -> Result<Vec<f32
     let perms: Vec<Vec<usize>> = (0..samples).map(|_| rng.permutation(g)).collect();
     let (x, b) = (req.input(i), req.baseline(i));
     // Row 0 is the baseline; row 1 + s·g + j has the first j + 1 groups of order s added.
-    let out = evaluate(req.model, b, 1 + samples * g, req.targets[i], req.batch_rows, &|k, row| {
-        if k > 0 {
-            let (s, j) = ((k - 1) / g, (k - 1) % g);
-            for &grp in &perms[s][..=j] {
-                for &f in &members[grp] {
-                    row[f] = x[f];
+    let out = evaluate(
+        req.model,
+        b,
+        1 + samples * g,
+        req.targets[i],
+        req.batch_rows,
+        &|k, row| {
+            if k > 0 {
+                let (s, j) = ((k - 1) / g, (k - 1) % g);
+                for &grp in &perms[s][..=j] {
+                    for &f in &members[grp] {
+                        row[f] = x[f];
+                    }
                 }
             }
-        }
-    })?;
+        },
+    )?;
     let mut credit = vec![0.0f32; g];
     for (s, perm) in perms.iter().enumerate() {
         let mut prev = out[0];

@@ -13,7 +13,13 @@ pub enum Rule {
 }
 
 impl Rule {
-    pub const NAMES: &'static [&'static str] = &["riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre"];
+    pub const NAMES: &'static [&'static str] = &[
+        "riemann_left",
+        "riemann_right",
+        "riemann_middle",
+        "riemann_trapezoid",
+        "gausslegendre",
+    ];
 
     pub fn parse(name: &str) -> Option<Rule> {
         Some(match name.to_lowercase().as_str() {
@@ -46,7 +52,10 @@ impl Rule {
         match self {
             Rule::GaussLegendre => {
                 let (x, w) = leggauss(n);
-                (x.iter().map(|x| (0.5 * (1.0 + x)) as f32).collect(), w.iter().map(|w| (0.5 * w) as f32).collect())
+                (
+                    x.iter().map(|x| (0.5 * (1.0 + x)) as f32).collect(),
+                    w.iter().map(|w| (0.5 * w) as f32).collect(),
+                )
             }
             _ => {
                 let nf = n as f64;
@@ -58,7 +67,11 @@ impl Rule {
                         linspace_f32(0.0, 1.0, n)
                     }
                     Rule::RiemannLeft => linspace_f32(0.0, (1.0 - 1.0 / nf) as f32, n),
-                    Rule::RiemannMiddle => linspace_f32((1.0 / (2.0 * nf)) as f32, (1.0 - 1.0 / (2.0 * nf)) as f32, n),
+                    Rule::RiemannMiddle => linspace_f32(
+                        (1.0 / (2.0 * nf)) as f32,
+                        (1.0 - 1.0 / (2.0 * nf)) as f32,
+                        n,
+                    ),
                     _ => linspace_f32((1.0 / nf) as f32, 1.0, n),
                 };
                 (alphas, steps.iter().map(|s| *s as f32).collect())
@@ -75,7 +88,15 @@ fn linspace_f32(start: f32, end: f32, n: usize) -> Vec<f32> {
     }
     let step = (end - start) / (n - 1) as f32;
     let half = n / 2;
-    (0..n).map(|i| if i < half { start + step * i as f32 } else { end - step * (n - i - 1) as f32 }).collect()
+    (0..n)
+        .map(|i| {
+            if i < half {
+                start + step * i as f32
+            } else {
+                end - step * (n - i - 1) as f32
+            }
+        })
+        .collect()
 }
 
 /// Gauss–Legendre nodes (ascending) and weights on [-1, 1], by Newton's method on the

@@ -31,7 +31,15 @@ pub fn render(df: &DataFrame, format: Format, width: usize, max_rows: usize) -> 
         Format::Table => Ok(table(df, width, max_rows)),
         Format::Csv | Format::Json => {
             let mut buf = Vec::new();
-            super::export::write_to(&mut df.clone(), &mut buf, if format == Format::Csv { crate::plan::ExportFormat::Csv } else { crate::plan::ExportFormat::Json })?;
+            super::export::write_to(
+                &mut df.clone(),
+                &mut buf,
+                if format == Format::Csv {
+                    crate::plan::ExportFormat::Csv
+                } else {
+                    crate::plan::ExportFormat::Json
+                },
+            )?;
             String::from_utf8(buf).map_err(|e| Error::io(e.to_string()))
         }
     }
@@ -52,13 +60,21 @@ pub fn format_float(x: f64) -> String {
     if (-4..6).contains(&exp) {
         let decimals = (5 - exp).max(0) as usize;
         let s = format!("{x:.decimals$}");
-        let s = if s.contains('.') { s.trim_end_matches('0').trim_end_matches('.').to_string() } else { s };
+        let s = if s.contains('.') {
+            s.trim_end_matches('0').trim_end_matches('.').to_string()
+        } else {
+            s
+        };
         if s == "-0" { "0".into() } else { s }
     } else {
         let s = format!("{x:.5e}");
         // 1.23450e-7 → 1.2345e-07
         let (mantissa, e) = s.split_once('e').unwrap_or((&s, "0"));
-        let mantissa = if mantissa.contains('.') { mantissa.trim_end_matches('0').trim_end_matches('.') } else { mantissa };
+        let mantissa = if mantissa.contains('.') {
+            mantissa.trim_end_matches('0').trim_end_matches('.')
+        } else {
+            mantissa
+        };
         let e: i32 = e.parse().unwrap_or(0);
         format!("{mantissa}e{}{:02}", if e < 0 { '-' } else { '+' }, e.abs())
     }
@@ -80,7 +96,13 @@ fn cell(col: &Column, row: usize) -> String {
 fn type_name(dtype: &DataType) -> String {
     match dtype {
         DataType::Int64 => "int".into(),
-        DataType::Int32 | DataType::UInt32 | DataType::UInt64 | DataType::Int16 | DataType::Int8 | DataType::UInt8 | DataType::UInt16 => "int".into(),
+        DataType::Int32
+        | DataType::UInt32
+        | DataType::UInt64
+        | DataType::Int16
+        | DataType::Int8
+        | DataType::UInt8
+        | DataType::UInt16 => "int".into(),
         DataType::Float32 => "float".into(),
         DataType::Float64 => "double".into(),
         DataType::String => "text".into(),
@@ -105,17 +127,40 @@ fn table(df: &DataFrame, width: usize, max_rows: usize) -> String {
     // Every column's cells, then as many columns as fit, taken from both ends.
     let rendered: Vec<(String, String, Vec<String>, bool)> = cols
         .iter()
-        .map(|c| (c.name().to_string(), type_name(c.dtype()), shown_rows.iter().map(|&r| cell(c, r)).collect(), is_numeric(c.dtype())))
+        .map(|c| {
+            (
+                c.name().to_string(),
+                type_name(c.dtype()),
+                shown_rows.iter().map(|&r| cell(c, r)).collect(),
+                is_numeric(c.dtype()),
+            )
+        })
         .collect();
-    let widths: Vec<usize> = rendered.iter().map(|(n, t, cells, _)| cells.iter().map(|s| s.chars().count()).chain([n.chars().count(), t.chars().count()]).max().unwrap_or(1)).collect();
+    let widths: Vec<usize> = rendered
+        .iter()
+        .map(|(n, t, cells, _)| {
+            cells
+                .iter()
+                .map(|s| s.chars().count())
+                .chain([n.chars().count(), t.chars().count()])
+                .max()
+                .unwrap_or(1)
+        })
+        .collect();
     let mut keep: Vec<usize> = (0..rendered.len()).collect();
-    let total = |ks: &[usize], gap: bool| -> usize { ks.iter().map(|&i| widths[i] + 3).sum::<usize>() + 1 + if gap { 4 } else { 0 } };
+    let total = |ks: &[usize], gap: bool| -> usize {
+        ks.iter().map(|&i| widths[i] + 3).sum::<usize>() + 1 + if gap { 4 } else { 0 }
+    };
     let mut dropped = false;
     while keep.len() > 1 && total(&keep, dropped) > width {
         keep.remove(keep.len() / 2);
         dropped = true;
     }
-    let gap_at = if dropped { Some(keep.len().div_ceil(2)) } else { None };
+    let gap_at = if dropped {
+        Some(keep.len().div_ceil(2))
+    } else {
+        None
+    };
     // Build the lines.
     let mut segments: Vec<Option<usize>> = keep.iter().map(|&i| Some(i)).collect();
     if let Some(g) = gap_at {
@@ -123,7 +168,10 @@ fn table(df: &DataFrame, width: usize, max_rows: usize) -> String {
     }
     let seg_width = |s: &Option<usize>| s.map_or(1, |i| widths[i]);
     let border = |l: &str, m: &str, r: &str| -> String {
-        let parts: Vec<String> = segments.iter().map(|s| "─".repeat(seg_width(s) + 2)).collect();
+        let parts: Vec<String> = segments
+            .iter()
+            .map(|s| "─".repeat(seg_width(s) + 2))
+            .collect();
         format!("{l}{}{r}", parts.join(m))
     };
     let line = |f: &dyn Fn(&Option<usize>) -> String| -> String {
@@ -141,7 +189,11 @@ fn table(df: &DataFrame, width: usize, max_rows: usize) -> String {
         None => "   ".into(),
     }));
     out.push(border("├", "┼", "┤"));
-    let half = if shown_rows.len() < height { shown_rows.len() / 2 } else { usize::MAX };
+    let half = if shown_rows.len() < height {
+        shown_rows.len() / 2
+    } else {
+        usize::MAX
+    };
     for r in 0..shown_rows.len() {
         if r == half {
             out.push(line(&|s| match s {
@@ -152,7 +204,11 @@ fn table(df: &DataFrame, width: usize, max_rows: usize) -> String {
         out.push(line(&|s| match s {
             Some(i) => {
                 let (_, _, cells, numeric) = &rendered[*i];
-                if *numeric { format!(" {:>w$} ", cells[r], w = widths[*i]) } else { format!(" {:<w$} ", cells[r], w = widths[*i]) }
+                if *numeric {
+                    format!(" {:>w$} ", cells[r], w = widths[*i])
+                } else {
+                    format!(" {:<w$} ", cells[r], w = widths[*i])
+                }
             }
             None => " … ".into(),
         }));
@@ -160,10 +216,19 @@ fn table(df: &DataFrame, width: usize, max_rows: usize) -> String {
     out.push(border("└", "┴", "┘"));
     let mut footer = format!("{height} row{}", if height == 1 { "" } else { "s" });
     if shown_rows.len() < height {
-        footer.push_str(&format!(" ({} shown, {} hidden)", shown_rows.len(), height - shown_rows.len()));
+        footer.push_str(&format!(
+            " ({} shown, {} hidden)",
+            shown_rows.len(),
+            height - shown_rows.len()
+        ));
     }
     if dropped {
-        footer.push_str(&format!(", {} column{} ({} hidden; use --format csv for all)", cols.len(), if cols.len() == 1 { "" } else { "s" }, cols.len() - keep.len()));
+        footer.push_str(&format!(
+            ", {} column{} ({} hidden; use --format csv for all)",
+            cols.len(),
+            if cols.len() == 1 { "" } else { "s" },
+            cols.len() - keep.len()
+        ));
     }
     out.push(footer);
     out.join("\n")
@@ -191,7 +256,12 @@ mod tests {
         assert!(t.contains("100 rows (10 shown, 90 hidden)"), "{t}");
         assert!(t.contains("32.6667"), "{t}");
         let narrow = table(&df, 24, 10);
-        assert!(narrow.lines().all(|l| l.chars().count() <= 24 || l.starts_with("100 rows")), "{narrow}");
+        assert!(
+            narrow
+                .lines()
+                .all(|l| l.chars().count() <= 24 || l.starts_with("100 rows")),
+            "{narrow}"
+        );
         assert!(narrow.contains("hidden; use --format csv"));
     }
 }

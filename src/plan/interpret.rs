@@ -4,12 +4,20 @@
 
 use super::*;
 use crate::ops::{self, GivenParam, Method, Rect};
-use crate::syntax::ast::{Axis, BaselineKind, ColumnItem, GranularityKind, Interpretation, TargetKind, WindowKind};
+use crate::syntax::ast::{
+    Axis, BaselineKind, ColumnItem, GranularityKind, Interpretation, TargetKind, WindowKind,
+};
 
 pub(super) fn plan_interpretation(i: &Interpretation, catalog: &dyn Catalog) -> Result<Node> {
     let model = resolve_model(&i.call.model, catalog)?;
     let (data, info) = resolve_dataset(&i.call.data, catalog)?;
-    check_fits(&model, &info, &i.call.model.name, &data.name, i.call.data.span)?;
+    check_fits(
+        &model,
+        &info,
+        &i.call.model.name,
+        &data.name,
+        i.call.data.span,
+    )?;
     let d: usize = info.sample_shape.iter().product();
 
     // The method: USING, else the session's default, else integrated gradients.
@@ -23,7 +31,9 @@ pub(super) fn plan_interpretation(i: &Interpretation, catalog: &dyn Catalog) -> 
             (name, i.call.span, &[][..])
         }
     };
-    let info_m = ops::method_info(&method_name).ok_or_else(|| Error::unknown("method", &method_name, &ops::method_names(), "methods").at(method_span))?;
+    let info_m = ops::method_info(&method_name).ok_or_else(|| {
+        Error::unknown("method", &method_name, &ops::method_names(), "methods").at(method_span)
+    })?;
     let given = params
         .iter()
         .map(|p| {
@@ -32,10 +42,16 @@ pub(super) fn plan_interpretation(i: &Interpretation, catalog: &dyn Catalog) -> 
                 Literal::Bool(b) => ParamValue::Bool(b),
                 Literal::Text(t) => ParamValue::Text(t),
             };
-            Ok(GivenParam { name: &p.name.name, name_span: p.name.span, value, value_span: p.value.span })
+            Ok(GivenParam {
+                name: &p.name.name,
+                name_span: p.name.span,
+                value,
+                value_span: p.value.span,
+            })
         })
         .collect::<Result<Vec<_>>>()?;
-    let mut method = ops::resolve_method(info_m, &given, &|s| catalog.setting(s)).map_err(|e| e.at(method_span))?;
+    let mut method = ops::resolve_method(info_m, &given, &|s| catalog.setting(s))
+        .map_err(|e| e.at(method_span))?;
 
     let target = match &i.target {
         None => TargetSpec::Predicted,
@@ -52,7 +68,12 @@ pub(super) fn plan_interpretation(i: &Interpretation, catalog: &dyn Catalog) -> 
             TargetKind::Class(v) => {
                 let c = resolve_int(v, catalog, "a target class")?;
                 if c < 0 || c as usize >= model.output_len {
-                    return Err(Error::value(format!("target class {c} is out of range: `{}` has outputs 0..{}", i.call.model.name, model.output_len - 1)).at(v.span));
+                    return Err(Error::value(format!(
+                        "target class {c} is out of range: `{}` has outputs 0..{}",
+                        i.call.model.name,
+                        model.output_len - 1
+                    ))
+                    .at(v.span));
                 }
                 TargetSpec::Class(c as usize)
             }
@@ -74,13 +95,20 @@ pub(super) fn plan_interpretation(i: &Interpretation, catalog: &dyn Catalog) -> 
                     let (r, binfo) = resolve_dataset(expr, catalog)?;
                     same_features(&binfo, d, &r.name, expr.span)?;
                     if r.pick != Pick::All {
-                        return Err(Error::value("BASELINE mean(d) takes a whole dataset").at(expr.span).hint("for one input as the baseline, write BASELINE d[i]"));
+                        return Err(Error::value("BASELINE mean(d) takes a whole dataset")
+                            .at(expr.span)
+                            .hint("for one input as the baseline, write BASELINE d[i]"));
                     }
                     BaselineSpec::Mean(r.name)
                 }
                 BaselineKind::Constant(v) => match resolve_literal(v, catalog)? {
                     Literal::Number(n) if n.is_finite() => BaselineSpec::Constant(n as f32),
-                    other => return Err(Error::value(format!("a constant baseline must be a number, got {other}")).at(v.span)),
+                    other => {
+                        return Err(Error::value(format!(
+                            "a constant baseline must be a number, got {other}"
+                        ))
+                        .at(v.span));
+                    }
                 },
                 BaselineKind::Data(expr) => {
                     let (r, binfo) = resolve_dataset(expr, catalog)?;
@@ -94,12 +122,25 @@ pub(super) fn plan_interpretation(i: &Interpretation, catalog: &dyn Catalog) -> 
     let window = match &i.window {
         None => WindowSpec::All,
         Some(w) => match (&w.kind, &info.modality) {
-            (WindowKind::Image(ranges), Modality::Image { channels, height, width }) => {
-                let mut rect = Rect { channels: (0, *channels), rows: (0, *height), cols: (0, *width) };
+            (
+                WindowKind::Image(ranges),
+                Modality::Image {
+                    channels,
+                    height,
+                    width,
+                },
+            ) => {
+                let mut rect = Rect {
+                    channels: (0, *channels),
+                    rows: (0, *height),
+                    cols: (0, *width),
+                };
                 let mut seen = Vec::new();
                 for r in ranges {
                     if seen.contains(&r.axis) {
-                        return Err(Error::value("each axis may appear once in a WINDOW").at(r.span));
+                        return Err(
+                            Error::value("each axis may appear once in a WINDOW").at(r.span)
+                        );
                     }
                     seen.push(r.axis);
                     let (name, limit, slot) = match r.axis {
@@ -110,7 +151,10 @@ pub(super) fn plan_interpretation(i: &Interpretation, catalog: &dyn Catalog) -> 
                     let a = resolve_int(&r.start, catalog, "a window bound")?;
                     let b = resolve_int(&r.end, catalog, "a window bound")?;
                     if a < 0 || b <= a || b as usize > limit {
-                        return Err(Error::value(format!("window {name} {a}:{b} must satisfy 0 ≤ start < end ≤ {limit}")).at(r.span));
+                        return Err(Error::value(format!(
+                            "window {name} {a}:{b} must satisfy 0 ≤ start < end ≤ {limit}"
+                        ))
+                        .at(r.span));
                     }
                     *slot = (a as usize, b as usize);
                 }
@@ -121,14 +165,27 @@ pub(super) fn plan_interpretation(i: &Interpretation, catalog: &dyn Catalog) -> 
                 for item in items {
                     match item {
                         ColumnItem::Name(n) => {
-                            let pos = columns.iter().position(|c| *c == n.name).ok_or_else(|| Error::unknown("column", &n.name, columns, &format!("columns of {}", data.name)).at(n.span))?;
+                            let pos =
+                                columns.iter().position(|c| *c == n.name).ok_or_else(|| {
+                                    Error::unknown(
+                                        "column",
+                                        &n.name,
+                                        columns,
+                                        &format!("columns of {}", data.name),
+                                    )
+                                    .at(n.span)
+                                })?;
                             picked.push(pos);
                         }
                         ColumnItem::Range { start, end, span } => {
                             let a = resolve_int(start, catalog, "a column index")?;
                             let b = resolve_int(end, catalog, "a column index")?;
                             if a < 0 || b <= a || b as usize > columns.len() {
-                                return Err(Error::value(format!("column range {a}:{b} must satisfy 0 ≤ start < end ≤ {}", columns.len())).at(*span));
+                                return Err(Error::value(format!(
+                                    "column range {a}:{b} must satisfy 0 ≤ start < end ≤ {}",
+                                    columns.len()
+                                ))
+                                .at(*span));
                             }
                             picked.extend(a as usize..b as usize);
                         }
@@ -143,14 +200,22 @@ pub(super) fn plan_interpretation(i: &Interpretation, catalog: &dyn Catalog) -> 
                 WindowSpec::Columns(dedup)
             }
             (WindowKind::Image(_), _) => {
-                return Err(Error::value(format!("WINDOW rows/cols applies to images, but `{}` is {}", data.name, modality_name(&info.modality)))
-                    .at(w.span)
-                    .hint("for tabular data write WINDOW columns a, b, …"));
+                return Err(Error::value(format!(
+                    "WINDOW rows/cols applies to images, but `{}` is {}",
+                    data.name,
+                    modality_name(&info.modality)
+                ))
+                .at(w.span)
+                .hint("for tabular data write WINDOW columns a, b, …"));
             }
             (WindowKind::Columns(_), _) => {
-                return Err(Error::value(format!("WINDOW columns applies to tabular data, but `{}` is {}", data.name, modality_name(&info.modality)))
-                    .at(w.span)
-                    .hint("for images write WINDOW rows a:b, cols c:d"));
+                return Err(Error::value(format!(
+                    "WINDOW columns applies to tabular data, but `{}` is {}",
+                    data.name,
+                    modality_name(&info.modality)
+                ))
+                .at(w.span)
+                .hint("for images write WINDOW rows a:b, cols c:d"));
             }
         },
     };
@@ -172,7 +237,12 @@ pub(super) fn plan_interpretation(i: &Interpretation, catalog: &dyn Catalog) -> 
                     GranularityKind::Column => "column granularity applies to tabular data",
                     _ => "pixel and patch granularity apply to images",
                 };
-                return Err(Error::value(format!("{what}, but `{}` is {}", data.name, modality_name(m))).at(g.span));
+                return Err(Error::value(format!(
+                    "{what}, but `{}` is {}",
+                    data.name,
+                    modality_name(m)
+                ))
+                .at(g.span));
             }
         },
     };
@@ -201,7 +271,16 @@ pub(super) fn plan_interpretation(i: &Interpretation, catalog: &dyn Catalog) -> 
 
     let columns = attribution_columns(&info.modality, &granularity);
     Ok(Node::new(
-        NodeKind::Attribute(Box::new(Attribution { model: i.call.model.name.clone(), data, method, target, baseline, window, granularity, modality: info.modality.clone() })),
+        NodeKind::Attribute(Box::new(Attribution {
+            model: i.call.model.name.clone(),
+            data,
+            method,
+            target,
+            baseline,
+            window,
+            granularity,
+            modality: info.modality.clone(),
+        })),
         columns,
     ))
 }
@@ -210,10 +289,22 @@ pub(super) fn plan_prediction(call: &ast::ModelCall, catalog: &dyn Catalog) -> R
     let model = resolve_model(&call.model, catalog)?;
     let (data, info) = resolve_dataset(&call.data, catalog)?;
     check_fits(&model, &info, &call.model.name, &data.name, call.data.span)?;
-    Ok(Node::new(NodeKind::Predict(Prediction { model: call.model.name.clone(), data }), prediction_columns(model.output_len)))
+    Ok(Node::new(
+        NodeKind::Predict(Prediction {
+            model: call.model.name.clone(),
+            data,
+        }),
+        prediction_columns(model.output_len),
+    ))
 }
 
-fn check_fits(model: &ModelInfo, data: &DatasetInfo, mname: &str, dname: &str, span: Span) -> Result<()> {
+fn check_fits(
+    model: &ModelInfo,
+    data: &DatasetInfo,
+    mname: &str,
+    dname: &str,
+    span: Span,
+) -> Result<()> {
     let want: usize = model.input_shape.iter().product();
     let have: usize = data.sample_shape.iter().product();
     if want != have {
@@ -230,7 +321,10 @@ fn check_fits(model: &ModelInfo, data: &DatasetInfo, mname: &str, dname: &str, s
 fn same_features(info: &DatasetInfo, d: usize, name: &str, span: Span) -> Result<()> {
     let have: usize = info.sample_shape.iter().product();
     if have != d {
-        return Err(Error::shape(format!("baseline `{name}` has {have} features per input, the explained inputs have {d}")).at(span));
+        return Err(Error::shape(format!(
+            "baseline `{name}` has {have} features per input, the explained inputs have {d}"
+        ))
+        .at(span));
     }
     Ok(())
 }
@@ -246,7 +340,10 @@ fn modality_name(m: &Modality) -> &'static str {
 /// The columns of an attribution relation (DESIGN.md, "The relations").
 pub fn attribution_columns(modality: &Modality, granularity: &GranularitySpec) -> Vec<String> {
     let mut cols: Vec<&str> = vec!["input", "label", "prediction", "target"];
-    let grouped = matches!(granularity, GranularitySpec::Pixel | GranularitySpec::Patch(_));
+    let grouped = matches!(
+        granularity,
+        GranularitySpec::Pixel | GranularitySpec::Patch(_)
+    );
     if grouped {
         cols.push("group");
     }
@@ -265,7 +362,10 @@ pub fn attribution_columns(modality: &Modality, granularity: &GranularitySpec) -
 
 /// The columns of a prediction relation: per input, then one logit column per output.
 pub fn prediction_columns(outputs: usize) -> Vec<String> {
-    let mut cols: Vec<String> = ["input", "label", "prediction", "confidence", "correct"].iter().map(|s| s.to_string()).collect();
+    let mut cols: Vec<String> = ["input", "label", "prediction", "confidence", "correct"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     cols.extend((0..outputs).map(|k| format!("logit_{k}")));
     cols
 }

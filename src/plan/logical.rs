@@ -10,19 +10,44 @@ use crate::syntax::ast::{Expr, SetOp};
 
 #[derive(Clone, Debug)]
 pub enum Plan {
-    LoadModel { name: String, weights: PathBuf, arch: Option<PathBuf> },
-    LoadData { name: String, path: PathBuf, labels: Option<PathBuf>, label_column: Option<String> },
+    LoadModel {
+        name: String,
+        weights: PathBuf,
+        arch: Option<PathBuf>,
+    },
+    LoadData {
+        name: String,
+        path: PathBuf,
+        labels: Option<PathBuf>,
+        label_column: Option<String>,
+    },
     ShowModels,
     ShowData,
     ShowMethods,
-    ShowLayers { model: String },
+    ShowLayers {
+        model: String,
+    },
     ShowCache,
     ShowSettings,
-    Set { name: String, value: Setting },
-    Var { name: String, value: Literal },
-    Let { name: String, dataset: DatasetRef },
+    Set {
+        name: String,
+        value: Setting,
+    },
+    Var {
+        name: String,
+        value: Literal,
+    },
+    Let {
+        name: String,
+        dataset: DatasetRef,
+    },
     Query(Node),
-    Export { query: Node, path: PathBuf, format: ExportFormat, overwrite: bool },
+    Export {
+        query: Node,
+        path: PathBuf,
+        format: ExportFormat,
+        overwrite: bool,
+    },
     Explain(Node),
 }
 
@@ -159,15 +184,38 @@ pub struct Node {
 pub enum NodeKind {
     Attribute(Box<Attribution>),
     Predict(Prediction),
-    Filter { input: Box<Node>, predicate: Expr },
+    Filter {
+        input: Box<Node>,
+        predicate: Expr,
+    },
     /// Group by `keys` (each named), computing the named aggregate calls.
-    Aggregate { input: Box<Node>, keys: Vec<(String, Expr)>, aggregates: Vec<(String, Expr)> },
+    Aggregate {
+        input: Box<Node>,
+        keys: Vec<(String, Expr)>,
+        aggregates: Vec<(String, Expr)>,
+    },
     /// Named output expressions.
-    Project { input: Box<Node>, exprs: Vec<(String, Expr)> },
-    Sort { input: Box<Node>, keys: Vec<(Expr, bool)> },
-    Limit { input: Box<Node>, count: usize, offset: usize },
-    Distinct { input: Box<Node> },
-    SetOp { op: SetOp, left: Box<Node>, right: Box<Node> },
+    Project {
+        input: Box<Node>,
+        exprs: Vec<(String, Expr)>,
+    },
+    Sort {
+        input: Box<Node>,
+        keys: Vec<(Expr, bool)>,
+    },
+    Limit {
+        input: Box<Node>,
+        count: usize,
+        offset: usize,
+    },
+    Distinct {
+        input: Box<Node>,
+    },
+    SetOp {
+        op: SetOp,
+        left: Box<Node>,
+        right: Box<Node>,
+    },
 }
 
 impl Node {
@@ -183,14 +231,22 @@ impl Node {
                 .iter()
                 .map(|(name, e)| {
                     let text = e.to_string();
-                    if text == *name { text } else { format!("{text} AS {name}") }
+                    if text == *name {
+                        text
+                    } else {
+                        format!("{text} AS {name}")
+                    }
                 })
                 .collect::<Vec<_>>()
                 .join(", ")
         };
         match &self.kind {
             NodeKind::Attribute(a) => {
-                writeln!(f, "{pad}{arrow}Attribute {}({}) USING {}", a.model, a.data, a.method)?;
+                writeln!(
+                    f,
+                    "{pad}{arrow}Attribute {}({}) USING {}",
+                    a.model, a.data, a.method
+                )?;
                 let target = match &a.target {
                     TargetSpec::Predicted => "predicted".to_string(),
                     TargetSpec::Label => "label".to_string(),
@@ -204,7 +260,10 @@ impl Node {
                 };
                 let window = match &a.window {
                     WindowSpec::All => "all features".to_string(),
-                    WindowSpec::Rect(r) => format!("channels {}:{}, rows {}:{}, cols {}:{}", r.channels.0, r.channels.1, r.rows.0, r.rows.1, r.cols.0, r.cols.1),
+                    WindowSpec::Rect(r) => format!(
+                        "channels {}:{}, rows {}:{}, cols {}:{}",
+                        r.channels.0, r.channels.1, r.rows.0, r.rows.1, r.cols.0, r.cols.1
+                    ),
                     WindowSpec::Columns(c) => format!("{} columns", c.len()),
                 };
                 let gran = match &a.granularity {
@@ -213,16 +272,31 @@ impl Node {
                     GranularitySpec::Patch(k) => format!("patch({k})"),
                     GranularitySpec::Column => "column".to_string(),
                 };
-                let base = if a.method.uses_baseline() { format!(", baseline {baseline}") } else { String::new() };
-                writeln!(f, "{pad}   target {target}{base}, window {window}, granularity {gran}")
+                let base = if a.method.uses_baseline() {
+                    format!(", baseline {baseline}")
+                } else {
+                    String::new()
+                };
+                writeln!(
+                    f,
+                    "{pad}   target {target}{base}, window {window}, granularity {gran}"
+                )
             }
             NodeKind::Predict(p) => writeln!(f, "{pad}{arrow}Predict {}({})", p.model, p.data),
             NodeKind::Filter { input, predicate } => {
                 writeln!(f, "{pad}{arrow}Filter {predicate}")?;
                 input.fmt_tree(f, depth + 1)
             }
-            NodeKind::Aggregate { input, keys, aggregates } => {
-                let k = if keys.is_empty() { "()".to_string() } else { list(keys) };
+            NodeKind::Aggregate {
+                input,
+                keys,
+                aggregates,
+            } => {
+                let k = if keys.is_empty() {
+                    "()".to_string()
+                } else {
+                    list(keys)
+                };
                 writeln!(f, "{pad}{arrow}Aggregate by {k}: {}", list(aggregates))?;
                 input.fmt_tree(f, depth + 1)
             }
@@ -231,11 +305,18 @@ impl Node {
                 input.fmt_tree(f, depth + 1)
             }
             NodeKind::Sort { input, keys } => {
-                let k: Vec<String> = keys.iter().map(|(e, d)| format!("{e}{}", if *d { " DESC" } else { "" })).collect();
+                let k: Vec<String> = keys
+                    .iter()
+                    .map(|(e, d)| format!("{e}{}", if *d { " DESC" } else { "" }))
+                    .collect();
                 writeln!(f, "{pad}{arrow}Sort {}", k.join(", "))?;
                 input.fmt_tree(f, depth + 1)
             }
-            NodeKind::Limit { input, count, offset } => {
+            NodeKind::Limit {
+                input,
+                count,
+                offset,
+            } => {
                 if *offset > 0 {
                     writeln!(f, "{pad}{arrow}Limit {count} offset {offset}")?;
                 } else {

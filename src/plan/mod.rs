@@ -47,13 +47,34 @@ pub trait Catalog {
 
 /// Settings a user may SET, with what they accept.
 pub const SETTINGS: &[(&str, &str)] = &[
-    ("method", "the method used when a query has no USING (a method name)"),
-    ("steps", "default steps of integrated gradients (an integer ≥ 1)"),
-    ("seed", "default seed of stochastic methods (an integer ≥ 0)"),
-    ("batch_size", "most inputs in one forward pass (an integer ≥ 1, or auto)"),
-    ("memory_mb", "memory budget that sizes batches when batch_size is auto (MB ≥ 1)"),
-    ("cache_mb", "activation cache budget (MB ≥ 0; 0 turns the cache off)"),
-    ("allow_nonfinite", "load data holding NaN or infinity (true or false)"),
+    (
+        "method",
+        "the method used when a query has no USING (a method name)",
+    ),
+    (
+        "steps",
+        "default steps of integrated gradients (an integer ≥ 1)",
+    ),
+    (
+        "seed",
+        "default seed of stochastic methods (an integer ≥ 0)",
+    ),
+    (
+        "batch_size",
+        "most inputs in one forward pass (an integer ≥ 1, or auto)",
+    ),
+    (
+        "memory_mb",
+        "memory budget that sizes batches when batch_size is auto (MB ≥ 1)",
+    ),
+    (
+        "cache_mb",
+        "activation cache budget (MB ≥ 0; 0 turns the cache off)",
+    ),
+    (
+        "allow_nonfinite",
+        "load data holding NaN or infinity (true or false)",
+    ),
 ];
 
 /// Plans one statement against the catalog.
@@ -61,22 +82,44 @@ pub fn plan(stmt: &Statement, catalog: &dyn Catalog) -> Result<Plan> {
     Ok(match &stmt.kind {
         StatementKind::LoadModel { name, path, arch } => {
             let weights = existing_path(path, catalog)?;
-            let ext = weights.extension().and_then(|e| e.to_str()).unwrap_or("").to_lowercase();
-            let arch = arch.as_ref().map(|a| existing_path(a, catalog)).transpose()?;
+            let ext = weights
+                .extension()
+                .and_then(|e| e.to_str())
+                .unwrap_or("")
+                .to_lowercase();
+            let arch = arch
+                .as_ref()
+                .map(|a| existing_path(a, catalog))
+                .transpose()?;
             if arch.is_none() {
                 let err = if ext == "onnx" {
                     Error::model("ONNX models are not supported yet").hint("export safetensors with an architecture file, and LOAD MODEL m FROM 'm.safetensors' ARCH 'm.json'")
                 } else {
-                    Error::model(format!("model `{}` needs an architecture file: add ARCH 'architecture.json'", name.name))
+                    Error::model(format!(
+                        "model `{}` needs an architecture file: add ARCH 'architecture.json'",
+                        name.name
+                    ))
                 };
                 return Err(err.at(path.span));
             }
-            Plan::LoadModel { name: name.name.clone(), weights, arch }
+            Plan::LoadModel {
+                name: name.name.clone(),
+                weights,
+                arch,
+            }
         }
-        StatementKind::LoadData { name, path, labels, label_column } => Plan::LoadData {
+        StatementKind::LoadData {
+            name,
+            path,
+            labels,
+            label_column,
+        } => Plan::LoadData {
             name: name.name.clone(),
             path: existing_path(path, catalog)?,
-            labels: labels.as_ref().map(|l| existing_path(l, catalog)).transpose()?,
+            labels: labels
+                .as_ref()
+                .map(|l| existing_path(l, catalog))
+                .transpose()?,
             label_column: label_column.as_ref().map(|c| c.name.clone()),
         },
         StatementKind::Show(show) => match show {
@@ -87,36 +130,69 @@ pub fn plan(stmt: &Statement, catalog: &dyn Catalog) -> Result<Plan> {
             ast::Show::Settings => Plan::ShowSettings,
             ast::Show::Layers(m) => {
                 resolve_model(m, catalog)?;
-                Plan::ShowLayers { model: m.name.clone() }
+                Plan::ShowLayers {
+                    model: m.name.clone(),
+                }
             }
         },
-        StatementKind::Set { name, value } => Plan::Set { name: name.name.to_lowercase(), value: plan_setting(name, value, catalog)? },
-        StatementKind::Var { name, value } => Plan::Var { name: name.name.clone(), value: resolve_literal(value, catalog)? },
+        StatementKind::Set { name, value } => Plan::Set {
+            name: name.name.to_lowercase(),
+            value: plan_setting(name, value, catalog)?,
+        },
+        StatementKind::Var { name, value } => Plan::Var {
+            name: name.name.clone(),
+            value: resolve_literal(value, catalog)?,
+        },
         StatementKind::Let { name, dataset } => {
             if catalog.model(&name.name).is_some() {
-                return Err(Error::name(format!("`{}` is a model; choose another name for the dataset", name.name)).at(name.span));
+                return Err(Error::name(format!(
+                    "`{}` is a model; choose another name for the dataset",
+                    name.name
+                ))
+                .at(name.span));
             }
-            Plan::Let { name: name.name.clone(), dataset: resolve_dataset(dataset, catalog)?.0 }
+            Plan::Let {
+                name: name.name.clone(),
+                dataset: resolve_dataset(dataset, catalog)?.0,
+            }
         }
         StatementKind::Query(q) => Plan::Query(query::plan_query(q, catalog)?),
         StatementKind::Plan(q) => Plan::Explain(query::plan_query(q, catalog)?),
-        StatementKind::Export { query: q, path, overwrite } => {
+        StatementKind::Export {
+            query: q,
+            path,
+            overwrite,
+        } => {
             let file = resolve_path(path, catalog)?;
-            let ext = file.extension().and_then(|e| e.to_str()).unwrap_or("").to_lowercase();
+            let ext = file
+                .extension()
+                .and_then(|e| e.to_str())
+                .unwrap_or("")
+                .to_lowercase();
             let format = match ext.as_str() {
                 "csv" => ExportFormat::Csv,
                 "parquet" => ExportFormat::Parquet,
                 "json" => ExportFormat::Json,
                 _ => {
-                    return Err(Error::value(format!("cannot export to `{}`: unknown file type", file.display()))
-                        .at(path.span)
-                        .hint("use a .csv, .parquet or .json file name"));
+                    return Err(Error::value(format!(
+                        "cannot export to `{}`: unknown file type",
+                        file.display()
+                    ))
+                    .at(path.span)
+                    .hint("use a .csv, .parquet or .json file name"));
                 }
             };
             if !*overwrite && file.exists() {
-                return Err(Error::io(format!("{} already exists", file.display())).at(path.span).hint("add OVERWRITE to replace it"));
+                return Err(Error::io(format!("{} already exists", file.display()))
+                    .at(path.span)
+                    .hint("add OVERWRITE to replace it"));
             }
-            Plan::Export { query: query::plan_query(q, catalog)?, path: file, format, overwrite: *overwrite }
+            Plan::Export {
+                query: query::plan_query(q, catalog)?,
+                path: file,
+                format,
+                overwrite: *overwrite,
+            }
         }
     })
 }
@@ -126,7 +202,11 @@ fn plan_setting(name: &ast::Ident, value: &Value, catalog: &dyn Catalog) -> Resu
     let int = |min: f64| -> Result<usize> {
         match &lit {
             Literal::Number(n) if n.fract() == 0.0 && *n >= min => Ok(*n as usize),
-            other => Err(Error::value(format!("{} must be a whole number ≥ {min}, got {other}", name.name)).at(value.span)),
+            other => Err(Error::value(format!(
+                "{} must be a whole number ≥ {min}, got {other}",
+                name.name
+            ))
+            .at(value.span)),
         }
     };
     Ok(match name.name.to_lowercase().as_str() {
@@ -134,7 +214,15 @@ fn plan_setting(name: &ast::Ident, value: &Value, catalog: &dyn Catalog) -> Resu
             let text = lit.to_string();
             match crate::ops::method_info(&text) {
                 Some(info) => Setting::Method(info.name.to_string()),
-                None => return Err(Error::unknown("method", &text, &crate::ops::method_names(), "methods").at(value.span)),
+                None => {
+                    return Err(Error::unknown(
+                        "method",
+                        &text,
+                        &crate::ops::method_names(),
+                        "methods",
+                    )
+                    .at(value.span));
+                }
             }
         }
         "steps" => Setting::Steps(int(1.0)?),
@@ -150,7 +238,12 @@ fn plan_setting(name: &ast::Ident, value: &Value, catalog: &dyn Catalog) -> Resu
         "cache_mb" => Setting::CacheMb(int(0.0)?),
         "allow_nonfinite" => match lit {
             Literal::Bool(b) => Setting::AllowNonfinite(b),
-            other => return Err(Error::value(format!("allow_nonfinite must be true or false, got {other}")).at(value.span)),
+            other => {
+                return Err(Error::value(format!(
+                    "allow_nonfinite must be true or false, got {other}"
+                ))
+                .at(value.span));
+            }
         },
         other => {
             let known: Vec<String> = SETTINGS.iter().map(|(n, _)| n.to_string()).collect();
@@ -171,8 +264,19 @@ pub fn resolve_literal(value: &Value, catalog: &dyn Catalog) -> Result<Literal> 
 
 pub fn variable(name: &str, span: Span, catalog: &dyn Catalog) -> Result<Literal> {
     catalog.variable(name).ok_or_else(|| {
-        let mut err = Error::unknown("variable", &format!(":{name}"), &catalog.variable_names().iter().map(|v| format!(":{v}")).collect::<Vec<_>>(), "variables");
-        err.hints.push(format!("declare it with VAR {name} = value; or pass --var {name}=value"));
+        let mut err = Error::unknown(
+            "variable",
+            &format!(":{name}"),
+            &catalog
+                .variable_names()
+                .iter()
+                .map(|v| format!(":{v}"))
+                .collect::<Vec<_>>(),
+            "variables",
+        );
+        err.hints.push(format!(
+            "declare it with VAR {name} = value; or pass --var {name}=value"
+        ));
         err.at(span)
     })
 }
@@ -180,7 +284,9 @@ pub fn variable(name: &str, span: Span, catalog: &dyn Catalog) -> Result<Literal
 fn resolve_path(value: &Value, catalog: &dyn Catalog) -> Result<PathBuf> {
     match resolve_literal(value, catalog)? {
         Literal::Text(t) => Ok(PathBuf::from(t)),
-        other => Err(Error::value(format!("expected a file path in quotes, got {other}")).at(value.span)),
+        other => {
+            Err(Error::value(format!("expected a file path in quotes, got {other}")).at(value.span))
+        }
     }
 }
 
@@ -191,7 +297,9 @@ fn existing_path(value: &Value, catalog: &dyn Catalog) -> Result<PathBuf> {
         return Err(Error::io(format!("no such file: {}", path.display())).at(value.span));
     }
     if path.is_dir() {
-        return Err(Error::io(format!("{} is a directory, not a file", path.display())).at(value.span));
+        return Err(
+            Error::io(format!("{} is a directory, not a file", path.display())).at(value.span),
+        );
     }
     Ok(path)
 }
@@ -200,7 +308,9 @@ fn existing_path(value: &Value, catalog: &dyn Catalog) -> Result<PathBuf> {
 pub fn resolve_int(value: &Value, catalog: &dyn Catalog, what: &str) -> Result<i64> {
     match resolve_literal(value, catalog)? {
         Literal::Number(n) if n.fract() == 0.0 && n.abs() < 9e15 => Ok(n as i64),
-        other => Err(Error::value(format!("{what} must be a whole number, got {other}")).at(value.span)),
+        other => {
+            Err(Error::value(format!("{what} must be a whole number, got {other}")).at(value.span))
+        }
     }
 }
 
@@ -208,18 +318,33 @@ pub fn resolve_model(name: &ast::Ident, catalog: &dyn Catalog) -> Result<ModelIn
     catalog.model(&name.name).ok_or_else(|| {
         let mut err = Error::unknown("model", &name.name, &catalog.model_names(), "loaded models");
         if catalog.dataset(&name.name).is_some() {
-            err.hints.insert(0, format!("`{}` is a dataset; interpretations are written model(dataset)", name.name));
+            err.hints.insert(
+                0,
+                format!(
+                    "`{}` is a dataset; interpretations are written model(dataset)",
+                    name.name
+                ),
+            );
         }
         err.at(name.span)
     })
 }
 
 /// A dataset expression → the dataset's info and the rows it picks.
-pub fn resolve_dataset(expr: &ast::DatasetExpr, catalog: &dyn Catalog) -> Result<(DatasetRef, DatasetInfo)> {
+pub fn resolve_dataset(
+    expr: &ast::DatasetExpr,
+    catalog: &dyn Catalog,
+) -> Result<(DatasetRef, DatasetInfo)> {
     let info = catalog.dataset(&expr.name.name).ok_or_else(|| {
-        let mut err = Error::unknown("dataset", &expr.name.name, &catalog.dataset_names(), "loaded datasets");
+        let mut err = Error::unknown(
+            "dataset",
+            &expr.name.name,
+            &catalog.dataset_names(),
+            "loaded datasets",
+        );
         if catalog.model(&expr.name.name).is_some() {
-            err.hints.insert(0, format!("`{}` is a model, not a dataset", expr.name.name));
+            err.hints
+                .insert(0, format!("`{}` is a model, not a dataset", expr.name.name));
         }
         err.at(expr.name.span)
     })?;
@@ -227,7 +352,11 @@ pub fn resolve_dataset(expr: &ast::DatasetExpr, catalog: &dyn Catalog) -> Result
     let check = |v: &Value| -> Result<i64> {
         let i = resolve_int(v, catalog, "an input index")?;
         if i < lo || i > hi {
-            return Err(Error::value(format!("input {i} is out of range: `{}` holds inputs {lo}..{hi}", expr.name.name)).at(v.span));
+            return Err(Error::value(format!(
+                "input {i} is out of range: `{}` holds inputs {lo}..{hi}",
+                expr.name.name
+            ))
+            .at(v.span));
         }
         Ok(i)
     };
@@ -235,14 +364,26 @@ pub fn resolve_dataset(expr: &ast::DatasetExpr, catalog: &dyn Catalog) -> Result
         None => Pick::All,
         Some(ast::Index::One(v)) => Pick::One(check(v)?),
         Some(ast::Index::Range { start, end }) => {
-            let a = start.as_ref().map(|v| resolve_int(v, catalog, "a slice bound")).transpose()?;
-            let b = end.as_ref().map(|v| resolve_int(v, catalog, "a slice bound")).transpose()?;
+            let a = start
+                .as_ref()
+                .map(|v| resolve_int(v, catalog, "a slice bound"))
+                .transpose()?;
+            let b = end
+                .as_ref()
+                .map(|v| resolve_int(v, catalog, "a slice bound"))
+                .transpose()?;
             if let (Some(a), Some(b)) = (a, b)
                 && b < a
             {
-                return Err(Error::value(format!("the slice {a}:{b} ends before it starts")).at(expr.span));
+                return Err(
+                    Error::value(format!("the slice {a}:{b} ends before it starts")).at(expr.span),
+                );
             }
-            if a.is_some_and(|a| a > hi) || b.is_some_and(|b| b <= lo) || a.is_some_and(|a| a < 0) || b.is_some_and(|b| b < 0) {
+            if a.is_some_and(|a| a > hi)
+                || b.is_some_and(|b| b <= lo)
+                || a.is_some_and(|a| a < 0)
+                || b.is_some_and(|b| b < 0)
+            {
                 return Err(Error::value(format!(
                     "the slice {}:{} picks no inputs: `{}` holds inputs {lo}..{hi}",
                     a.map(|v| v.to_string()).unwrap_or_default(),
@@ -254,5 +395,11 @@ pub fn resolve_dataset(expr: &ast::DatasetExpr, catalog: &dyn Catalog) -> Result
             Pick::Range(a, b)
         }
     };
-    Ok((DatasetRef { name: expr.name.name.clone(), pick }, info))
+    Ok((
+        DatasetRef {
+            name: expr.name.name.clone(),
+            pick,
+        },
+        info,
+    ))
 }

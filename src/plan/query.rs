@@ -4,11 +4,24 @@
 
 use super::interpret::{plan_interpretation, plan_prediction};
 use super::*;
-use crate::syntax::ast::{Expr, ExprKind, Ident, Query, QueryKind, Select, SelectItem, SetOp, Source};
+use crate::syntax::ast::{
+    Expr, ExprKind, Ident, Query, QueryKind, Select, SelectItem, SetOp, Source,
+};
 
-pub const AGGREGATES: &[&str] = &["sum", "mean", "avg", "min", "max", "count", "median", "std", "var"];
+pub const AGGREGATES: &[&str] = &[
+    "sum", "mean", "avg", "min", "max", "count", "median", "std", "var",
+];
 /// Scalar functions and how many arguments they take.
-pub const SCALARS: &[(&str, usize, usize)] = &[("abs", 1, 1), ("sqrt", 1, 1), ("exp", 1, 1), ("ln", 1, 1), ("round", 1, 2), ("floor", 1, 1), ("ceil", 1, 1), ("pow", 2, 2)];
+pub const SCALARS: &[(&str, usize, usize)] = &[
+    ("abs", 1, 1),
+    ("sqrt", 1, 1),
+    ("exp", 1, 1),
+    ("ln", 1, 1),
+    ("round", 1, 2),
+    ("floor", 1, 1),
+    ("ceil", 1, 1),
+    ("pow", 2, 2),
+];
 
 pub(super) fn plan_query(q: &Query, catalog: &dyn Catalog) -> Result<Node> {
     match &q.kind {
@@ -33,7 +46,14 @@ pub(super) fn plan_query(q: &Query, catalog: &dyn Catalog) -> Result<Node> {
                 .at(q.span));
             }
             let columns = l.columns.clone();
-            Ok(Node::new(NodeKind::SetOp { op: *op, left: Box::new(l), right: Box::new(r) }, columns))
+            Ok(Node::new(
+                NodeKind::SetOp {
+                    op: *op,
+                    left: Box::new(l),
+                    right: Box::new(r),
+                },
+                columns,
+            ))
         }
     }
 }
@@ -42,26 +62,42 @@ fn plan_source(source: &Source, catalog: &dyn Catalog) -> Result<(Node, Option<S
     match source {
         Source::Interpretation(i) => Ok((plan_interpretation(i, catalog)?, None)),
         Source::Predict(call) => Ok((plan_prediction(call, catalog)?, None)),
-        Source::Subquery { query, alias } => Ok((plan_query(query, catalog)?, alias.as_ref().map(|a| a.name.clone()))),
+        Source::Subquery { query, alias } => Ok((
+            plan_query(query, catalog)?,
+            alias.as_ref().map(|a| a.name.clone()),
+        )),
     }
 }
 
 fn plan_select(s: &Select, catalog: &dyn Catalog) -> Result<Node> {
     let (mut node, alias) = plan_source(&s.from, catalog)?;
-    let scope = Scope { columns: node.columns.clone(), alias };
+    let scope = Scope {
+        columns: node.columns.clone(),
+        alias,
+    };
 
     if let Some(w) = &s.filter {
         if let Some(agg) = find_aggregate(w) {
-            return Err(Error::query("aggregates are not allowed in WHERE").at(agg.span).hint("filter groups with HAVING"));
+            return Err(Error::query("aggregates are not allowed in WHERE")
+                .at(agg.span)
+                .hint("filter groups with HAVING"));
         }
         let predicate = scope.resolve(w, catalog)?;
         let columns = node.columns.clone();
-        node = Node::new(NodeKind::Filter { input: Box::new(node), predicate }, columns);
+        node = Node::new(
+            NodeKind::Filter {
+                input: Box::new(node),
+                predicate,
+            },
+            columns,
+        );
     }
 
     let aggregate_mode = !s.group_by.is_empty()
         || s.having.is_some()
-        || s.items.iter().any(|i| matches!(i, SelectItem::Expr { expr, .. } if find_aggregate(expr).is_some()));
+        || s.items
+            .iter()
+            .any(|i| matches!(i, SelectItem::Expr { expr, .. } if find_aggregate(expr).is_some()));
 
     // Named output expressions, and hidden ORDER BY keys.
     let mut outputs: Vec<(String, Expr)> = Vec::new();
@@ -73,16 +109,27 @@ fn plan_select(s: &Select, catalog: &dyn Catalog) -> Result<Node> {
         let mut keys: Vec<(String, Expr)> = Vec::new();
         for g in &s.group_by {
             let expr = match &g.kind {
-                ExprKind::Column { qualifier: None, name } if !scope.has(&name.name) => {
+                ExprKind::Column {
+                    qualifier: None,
+                    name,
+                } if !scope.has(&name.name) => {
                     match s.items.iter().find_map(|i| match i {
-                        SelectItem::Expr { expr, alias: Some(a) } if a.name == name.name => Some(expr),
+                        SelectItem::Expr {
+                            expr,
+                            alias: Some(a),
+                        } if a.name == name.name => Some(expr),
                         _ => None,
                     }) {
                         Some(aliased) => aliased,
                         None => g,
                     }
                 }
-                ExprKind::Number(_) => return Err(Error::query("GROUP BY takes columns or expressions, not positions").at(g.span)),
+                ExprKind::Number(_) => {
+                    return Err(Error::query(
+                        "GROUP BY takes columns or expressions, not positions",
+                    )
+                    .at(g.span));
+                }
                 _ => g,
             };
             if let Some(agg) = find_aggregate(expr) {
@@ -95,17 +142,32 @@ fn plan_select(s: &Select, catalog: &dyn Catalog) -> Result<Node> {
         for item in &s.items {
             match item {
                 SelectItem::Wildcard(sp) => {
-                    return Err(Error::query("SELECT * cannot be combined with GROUP BY or aggregates").at(*sp).hint("list the grouped columns and aggregates"));
+                    return Err(Error::query(
+                        "SELECT * cannot be combined with GROUP BY or aggregates",
+                    )
+                    .at(*sp)
+                    .hint("list the grouped columns and aggregates"));
                 }
                 SelectItem::Expr { expr, alias } => {
                     let resolved = scope.resolve(expr, catalog)?;
                     let rewritten = rewrite_grouped(&resolved, &keys, &mut aggs)?;
-                    let name = alias.as_ref().map(|a| a.name.clone()).unwrap_or_else(|| output_name(&resolved));
+                    let name = alias
+                        .as_ref()
+                        .map(|a| a.name.clone())
+                        .unwrap_or_else(|| output_name(&resolved));
                     outputs.push((name, rewritten));
                 }
             }
         }
-        let having = s.having.as_ref().map(|h| scope.resolve(h, catalog).and_then(|r| rewrite_grouped(&r, &keys, &mut aggs))).transpose()?;
+        let having = s
+            .having
+            .as_ref()
+            .map(|h| {
+                scope
+                    .resolve(h, catalog)
+                    .and_then(|r| rewrite_grouped(&r, &keys, &mut aggs))
+            })
+            .transpose()?;
         let out_names: Vec<String> = outputs.iter().map(|(n, _)| n.clone()).collect();
         for o in &s.order_by {
             let key = match order_output(&o.expr, &out_names)? {
@@ -123,10 +185,23 @@ fn plan_select(s: &Select, catalog: &dyn Catalog) -> Result<Node> {
         }
         let mut columns: Vec<String> = keys.iter().map(|(n, _)| n.clone()).collect();
         columns.extend(aggs.iter().map(|(n, _)| n.clone()));
-        node = Node::new(NodeKind::Aggregate { input: Box::new(node), keys, aggregates: aggs }, columns);
+        node = Node::new(
+            NodeKind::Aggregate {
+                input: Box::new(node),
+                keys,
+                aggregates: aggs,
+            },
+            columns,
+        );
         if let Some(h) = having {
             let columns = node.columns.clone();
-            node = Node::new(NodeKind::Filter { input: Box::new(node), predicate: h }, columns);
+            node = Node::new(
+                NodeKind::Filter {
+                    input: Box::new(node),
+                    predicate: h,
+                },
+                columns,
+            );
         }
     } else {
         for item in &s.items {
@@ -138,7 +213,10 @@ fn plan_select(s: &Select, catalog: &dyn Catalog) -> Result<Node> {
                 }
                 SelectItem::Expr { expr, alias } => {
                     let resolved = scope.resolve(expr, catalog)?;
-                    let name = alias.as_ref().map(|a| a.name.clone()).unwrap_or_else(|| output_name(&resolved));
+                    let name = alias
+                        .as_ref()
+                        .map(|a| a.name.clone())
+                        .unwrap_or_else(|| output_name(&resolved));
                     outputs.push((name, resolved));
                 }
             }
@@ -161,31 +239,72 @@ fn plan_select(s: &Select, catalog: &dyn Catalog) -> Result<Node> {
 
     dedupe_names(&mut outputs);
     let columns: Vec<String> = outputs.iter().map(|(n, _)| n.clone()).collect();
-    node = Node::new(NodeKind::Project { input: Box::new(node), exprs: outputs.clone() }, columns);
+    node = Node::new(
+        NodeKind::Project {
+            input: Box::new(node),
+            exprs: outputs.clone(),
+        },
+        columns,
+    );
     if s.distinct {
         if hidden > 0 {
-            return Err(Error::query("with SELECT DISTINCT, ORDER BY must use selected columns").at(s.span));
+            return Err(
+                Error::query("with SELECT DISTINCT, ORDER BY must use selected columns").at(s.span),
+            );
         }
         let columns = node.columns.clone();
-        node = Node::new(NodeKind::Distinct { input: Box::new(node) }, columns);
+        node = Node::new(
+            NodeKind::Distinct {
+                input: Box::new(node),
+            },
+            columns,
+        );
     }
     if !sort_keys.is_empty() {
         let columns = node.columns.clone();
-        node = Node::new(NodeKind::Sort { input: Box::new(node), keys: sort_keys }, columns);
+        node = Node::new(
+            NodeKind::Sort {
+                input: Box::new(node),
+                keys: sort_keys,
+            },
+            columns,
+        );
     }
     if let Some(l) = &s.limit {
         let count = resolve_int(&l.count, catalog, "LIMIT")?;
-        let offset = l.offset.as_ref().map(|o| resolve_int(o, catalog, "OFFSET")).transpose()?.unwrap_or(0);
+        let offset = l
+            .offset
+            .as_ref()
+            .map(|o| resolve_int(o, catalog, "OFFSET"))
+            .transpose()?
+            .unwrap_or(0);
         if count < 0 || offset < 0 {
             return Err(Error::value("LIMIT and OFFSET must be ≥ 0").at(l.count.span));
         }
         let columns = node.columns.clone();
-        node = Node::new(NodeKind::Limit { input: Box::new(node), count: count as usize, offset: offset as usize }, columns);
+        node = Node::new(
+            NodeKind::Limit {
+                input: Box::new(node),
+                count: count as usize,
+                offset: offset as usize,
+            },
+            columns,
+        );
     }
     if hidden > 0 {
-        let visible: Vec<(String, Expr)> = outputs.iter().filter(|(n, _)| !n.starts_with("__order")).map(|(n, _)| (n.clone(), column(n, s.span))).collect();
+        let visible: Vec<(String, Expr)> = outputs
+            .iter()
+            .filter(|(n, _)| !n.starts_with("__order"))
+            .map(|(n, _)| (n.clone(), column(n, s.span)))
+            .collect();
         let columns = visible.iter().map(|(n, _)| n.clone()).collect();
-        node = Node::new(NodeKind::Project { input: Box::new(node), exprs: visible }, columns);
+        node = Node::new(
+            NodeKind::Project {
+                input: Box::new(node),
+                exprs: visible,
+            },
+            columns,
+        );
     }
     Ok(node)
 }
@@ -196,17 +315,33 @@ fn order_output(expr: &Expr, outputs: &[String]) -> Result<Option<String>> {
         ExprKind::Number(n) => {
             let k = *n as usize;
             if n.fract() != 0.0 || k < 1 || k > outputs.len() {
-                return Err(Error::query(format!("ORDER BY position {n} is not between 1 and {}", outputs.len())).at(expr.span));
+                return Err(Error::query(format!(
+                    "ORDER BY position {n} is not between 1 and {}",
+                    outputs.len()
+                ))
+                .at(expr.span));
             }
             Ok(Some(outputs[k - 1].clone()))
         }
-        ExprKind::Column { qualifier: None, name } if outputs.contains(&name.name) => Ok(Some(name.name.clone())),
+        ExprKind::Column {
+            qualifier: None,
+            name,
+        } if outputs.contains(&name.name) => Ok(Some(name.name.clone())),
         _ => Ok(None),
     }
 }
 
 fn column(name: &str, span: Span) -> Expr {
-    Expr { kind: ExprKind::Column { qualifier: None, name: Ident { name: name.to_string(), span } }, span }
+    Expr {
+        kind: ExprKind::Column {
+            qualifier: None,
+            name: Ident {
+                name: name.to_string(),
+                span,
+            },
+        },
+        span,
+    }
 }
 
 /// The name of an unaliased output: a column keeps its name, anything else is its text.
@@ -232,24 +367,36 @@ fn dedupe_names(outputs: &mut [(String, Expr)]) {
 
 pub fn find_aggregate(e: &Expr) -> Option<&Expr> {
     match &e.kind {
-        ExprKind::Call { name, .. } if AGGREGATES.contains(&name.name.to_lowercase().as_str()) => Some(e),
+        ExprKind::Call { name, .. } if AGGREGATES.contains(&name.name.to_lowercase().as_str()) => {
+            Some(e)
+        }
         ExprKind::Call { args, .. } => args.iter().find_map(find_aggregate),
         ExprKind::Unary { expr, .. } | ExprKind::IsNull { expr, .. } => find_aggregate(expr),
-        ExprKind::Binary { left, right, .. } => find_aggregate(left).or_else(|| find_aggregate(right)),
-        ExprKind::InList { expr, list, .. } => find_aggregate(expr).or_else(|| list.iter().find_map(find_aggregate)),
+        ExprKind::Binary { left, right, .. } => {
+            find_aggregate(left).or_else(|| find_aggregate(right))
+        }
+        ExprKind::InList { expr, list, .. } => {
+            find_aggregate(expr).or_else(|| list.iter().find_map(find_aggregate))
+        }
         _ => None,
     }
 }
 
 /// Rewrites an expression over grouped rows: group keys and aggregate calls become
 /// columns of the Aggregate operator; any other column is an error.
-fn rewrite_grouped(e: &Expr, keys: &[(String, Expr)], aggs: &mut Vec<(String, Expr)>) -> Result<Expr> {
+fn rewrite_grouped(
+    e: &Expr,
+    keys: &[(String, Expr)],
+    aggs: &mut Vec<(String, Expr)>,
+) -> Result<Expr> {
     let text = e.to_string();
     if let Some((name, _)) = keys.iter().find(|(_, k)| k.to_string() == text) {
         return Ok(column(name, e.span));
     }
     let kind = match &e.kind {
-        ExprKind::Call { name, args, .. } if AGGREGATES.contains(&name.name.to_lowercase().as_str()) => {
+        ExprKind::Call { name, args, .. }
+            if AGGREGATES.contains(&name.name.to_lowercase().as_str()) =>
+        {
             for a in args {
                 if let Some(inner) = find_aggregate(a) {
                     return Err(Error::query("aggregates cannot be nested").at(inner.span));
@@ -261,19 +408,43 @@ fn rewrite_grouped(e: &Expr, keys: &[(String, Expr)], aggs: &mut Vec<(String, Ex
             return Ok(column(&text, e.span));
         }
         ExprKind::Column { name, .. } => {
-            return Err(Error::query(format!("column `{}` must appear in GROUP BY or be used in an aggregate", name.name)).at(e.span));
+            return Err(Error::query(format!(
+                "column `{}` must appear in GROUP BY or be used in an aggregate",
+                name.name
+            ))
+            .at(e.span));
         }
-        ExprKind::Call { name, args, star } => {
-            ExprKind::Call { name: name.clone(), args: args.iter().map(|a| rewrite_grouped(a, keys, aggs)).collect::<Result<_>>()?, star: *star }
-        }
-        ExprKind::Unary { op, expr } => ExprKind::Unary { op: *op, expr: Box::new(rewrite_grouped(expr, keys, aggs)?) },
-        ExprKind::Binary { op, left, right } => {
-            ExprKind::Binary { op: *op, left: Box::new(rewrite_grouped(left, keys, aggs)?), right: Box::new(rewrite_grouped(right, keys, aggs)?) }
-        }
-        ExprKind::IsNull { expr, negated } => ExprKind::IsNull { expr: Box::new(rewrite_grouped(expr, keys, aggs)?), negated: *negated },
-        ExprKind::InList { expr, list, negated } => ExprKind::InList {
+        ExprKind::Call { name, args, star } => ExprKind::Call {
+            name: name.clone(),
+            args: args
+                .iter()
+                .map(|a| rewrite_grouped(a, keys, aggs))
+                .collect::<Result<_>>()?,
+            star: *star,
+        },
+        ExprKind::Unary { op, expr } => ExprKind::Unary {
+            op: *op,
             expr: Box::new(rewrite_grouped(expr, keys, aggs)?),
-            list: list.iter().map(|a| rewrite_grouped(a, keys, aggs)).collect::<Result<_>>()?,
+        },
+        ExprKind::Binary { op, left, right } => ExprKind::Binary {
+            op: *op,
+            left: Box::new(rewrite_grouped(left, keys, aggs)?),
+            right: Box::new(rewrite_grouped(right, keys, aggs)?),
+        },
+        ExprKind::IsNull { expr, negated } => ExprKind::IsNull {
+            expr: Box::new(rewrite_grouped(expr, keys, aggs)?),
+            negated: *negated,
+        },
+        ExprKind::InList {
+            expr,
+            list,
+            negated,
+        } => ExprKind::InList {
+            expr: Box::new(rewrite_grouped(expr, keys, aggs)?),
+            list: list
+                .iter()
+                .map(|a| rewrite_grouped(a, keys, aggs))
+                .collect::<Result<_>>()?,
             negated: *negated,
         },
         other => other.clone(),
@@ -303,13 +474,28 @@ impl Scope {
                 };
                 let resolved = if self.has(&full) {
                     full
-                } else if qualifier.as_ref().is_some_and(|q| Some(&q.name) == self.alias.as_ref()) && self.has(&name.name) {
+                } else if qualifier
+                    .as_ref()
+                    .is_some_and(|q| Some(&q.name) == self.alias.as_ref())
+                    && self.has(&name.name)
+                {
                     name.name.clone()
                 } else {
-                    let visible: Vec<String> = self.columns.iter().filter(|c| !c.starts_with("__")).cloned().collect();
+                    let visible: Vec<String> = self
+                        .columns
+                        .iter()
+                        .filter(|c| !c.starts_with("__"))
+                        .cloned()
+                        .collect();
                     return Err(Error::unknown("column", &full, &visible, "columns").at(e.span));
                 };
-                ExprKind::Column { qualifier: None, name: Ident { name: resolved, span: name.span } }
+                ExprKind::Column {
+                    qualifier: None,
+                    name: Ident {
+                        name: resolved,
+                        span: name.span,
+                    },
+                }
             }
             ExprKind::Var(v) => match variable(v, e.span, catalog)? {
                 Literal::Number(n) => ExprKind::Number(n),
@@ -320,30 +506,72 @@ impl Scope {
                 let lower = name.name.to_lowercase();
                 let is_agg = AGGREGATES.contains(&lower.as_str());
                 if *star && lower != "count" {
-                    return Err(Error::query(format!("only count takes *, not {}", name.name)).at(e.span));
+                    return Err(
+                        Error::query(format!("only count takes *, not {}", name.name)).at(e.span),
+                    );
                 }
                 if is_agg {
                     if !*star && args.len() != 1 {
-                        return Err(Error::query(format!("{} takes one argument", name.name)).at(e.span));
+                        return Err(
+                            Error::query(format!("{} takes one argument", name.name)).at(e.span)
+                        );
                     }
                 } else if let Some((_, min, max)) = SCALARS.iter().find(|(n, _, _)| *n == lower) {
                     if args.len() < *min || args.len() > *max {
-                        let want = if min == max { min.to_string() } else { format!("{min} or {max}") };
-                        return Err(Error::query(format!("{} takes {want} argument(s), got {}", name.name, args.len())).at(e.span));
+                        let want = if min == max {
+                            min.to_string()
+                        } else {
+                            format!("{min} or {max}")
+                        };
+                        return Err(Error::query(format!(
+                            "{} takes {want} argument(s), got {}",
+                            name.name,
+                            args.len()
+                        ))
+                        .at(e.span));
                     }
                 } else {
                     let mut known: Vec<String> = AGGREGATES.iter().map(|s| s.to_string()).collect();
                     known.extend(SCALARS.iter().map(|(n, _, _)| n.to_string()));
-                    return Err(Error::unknown("function", &name.name, &known, "functions").at(name.span));
+                    return Err(
+                        Error::unknown("function", &name.name, &known, "functions").at(name.span)
+                    );
                 }
-                ExprKind::Call { name: Ident { name: lower, span: name.span }, args: args.iter().map(|a| self.resolve(a, catalog)).collect::<Result<_>>()?, star: *star }
+                ExprKind::Call {
+                    name: Ident {
+                        name: lower,
+                        span: name.span,
+                    },
+                    args: args
+                        .iter()
+                        .map(|a| self.resolve(a, catalog))
+                        .collect::<Result<_>>()?,
+                    star: *star,
+                }
             }
-            ExprKind::Unary { op, expr } => ExprKind::Unary { op: *op, expr: Box::new(self.resolve(expr, catalog)?) },
-            ExprKind::Binary { op, left, right } => ExprKind::Binary { op: *op, left: Box::new(self.resolve(left, catalog)?), right: Box::new(self.resolve(right, catalog)?) },
-            ExprKind::IsNull { expr, negated } => ExprKind::IsNull { expr: Box::new(self.resolve(expr, catalog)?), negated: *negated },
-            ExprKind::InList { expr, list, negated } => ExprKind::InList {
+            ExprKind::Unary { op, expr } => ExprKind::Unary {
+                op: *op,
                 expr: Box::new(self.resolve(expr, catalog)?),
-                list: list.iter().map(|a| self.resolve(a, catalog)).collect::<Result<_>>()?,
+            },
+            ExprKind::Binary { op, left, right } => ExprKind::Binary {
+                op: *op,
+                left: Box::new(self.resolve(left, catalog)?),
+                right: Box::new(self.resolve(right, catalog)?),
+            },
+            ExprKind::IsNull { expr, negated } => ExprKind::IsNull {
+                expr: Box::new(self.resolve(expr, catalog)?),
+                negated: *negated,
+            },
+            ExprKind::InList {
+                expr,
+                list,
+                negated,
+            } => ExprKind::InList {
+                expr: Box::new(self.resolve(expr, catalog)?),
+                list: list
+                    .iter()
+                    .map(|a| self.resolve(a, catalog))
+                    .collect::<Result<_>>()?,
                 negated: *negated,
             },
             other => other.clone(),

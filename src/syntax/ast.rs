@@ -41,14 +41,36 @@ pub struct Statement {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum StatementKind {
-    LoadModel { name: Ident, path: Value, arch: Option<Value> },
-    LoadData { name: Ident, path: Value, labels: Option<Value>, label_column: Option<Ident> },
+    LoadModel {
+        name: Ident,
+        path: Value,
+        arch: Option<Value>,
+    },
+    LoadData {
+        name: Ident,
+        path: Value,
+        labels: Option<Value>,
+        label_column: Option<Ident>,
+    },
     Show(Show),
-    Set { name: Ident, value: Value },
-    Var { name: Ident, value: Value },
-    Let { name: Ident, dataset: DatasetExpr },
+    Set {
+        name: Ident,
+        value: Value,
+    },
+    Var {
+        name: Ident,
+        value: Value,
+    },
+    Let {
+        name: Ident,
+        dataset: DatasetExpr,
+    },
     Query(Query),
-    Export { query: Query, path: Value, overwrite: bool },
+    Export {
+        query: Query,
+        path: Value,
+        overwrite: bool,
+    },
     Plan(Query),
 }
 
@@ -73,7 +95,11 @@ pub enum QueryKind {
     Select(Box<Select>),
     /// `PREDICT m(x)`: shorthand for `SELECT * FROM PREDICT m(x)`.
     Predict(ModelCall),
-    SetOp { op: SetOp, left: Box<Query>, right: Box<Query> },
+    SetOp {
+        op: SetOp,
+        left: Box<Query>,
+        right: Box<Query>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,9 +143,12 @@ pub struct Limit {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Source {
-    Interpretation(Interpretation),
+    Interpretation(Box<Interpretation>),
     Predict(ModelCall),
-    Subquery { query: Box<Query>, alias: Option<Ident> },
+    Subquery {
+        query: Box<Query>,
+        alias: Option<Ident>,
+    },
 }
 
 /// `m(x)` with its interpretation clauses.
@@ -151,7 +180,10 @@ pub struct DatasetExpr {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Index {
     One(Value),
-    Range { start: Option<Value>, end: Option<Value> },
+    Range {
+        start: Option<Value>,
+        end: Option<Value>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -225,7 +257,11 @@ pub struct WindowRange {
 #[derive(Clone, Debug, PartialEq)]
 pub enum ColumnItem {
     Name(Ident),
-    Range { start: Value, end: Value, span: Span },
+    Range {
+        start: Value,
+        end: Value,
+        span: Span,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -249,18 +285,39 @@ pub struct Expr {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum ExprKind {
-    Column { qualifier: Option<Ident>, name: Ident },
+    Column {
+        qualifier: Option<Ident>,
+        name: Ident,
+    },
     Number(f64),
     Str(String),
     Bool(bool),
     Null,
     Var(String),
-    Unary { op: UnaryOp, expr: Box<Expr> },
-    Binary { op: BinaryOp, left: Box<Expr>, right: Box<Expr> },
+    Unary {
+        op: UnaryOp,
+        expr: Box<Expr>,
+    },
+    Binary {
+        op: BinaryOp,
+        left: Box<Expr>,
+        right: Box<Expr>,
+    },
     /// A function call; `star` for `count(*)`.
-    Call { name: Ident, args: Vec<Expr>, star: bool },
-    IsNull { expr: Box<Expr>, negated: bool },
-    InList { expr: Box<Expr>, list: Vec<Expr>, negated: bool },
+    Call {
+        name: Ident,
+        args: Vec<Expr>,
+        star: bool,
+    },
+    IsNull {
+        expr: Box<Expr>,
+        negated: bool,
+    },
+    InList {
+        expr: Box<Expr>,
+        list: Vec<Expr>,
+        negated: bool,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -310,15 +367,46 @@ impl BinaryOp {
 
 /// Words a bare identifier may not be (they are reserved by the grammar).
 const RESERVED: &[&str] = &[
-    "select", "from", "where", "having", "order", "limit", "offset", "as", "and", "or", "not", "is", "in", "null", "true", "false", "union", "intersect", "except", "distinct", "using",
+    "select",
+    "from",
+    "where",
+    "having",
+    "order",
+    "limit",
+    "offset",
+    "as",
+    "and",
+    "or",
+    "not",
+    "is",
+    "in",
+    "null",
+    "true",
+    "false",
+    "union",
+    "intersect",
+    "except",
+    "distinct",
+    "using",
 ];
 
 impl fmt::Display for Ident {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let bare = self.name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && self.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        let bare = self
+            .name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
             && !RESERVED.contains(&self.name.to_lowercase().as_str());
-        if bare { write!(f, "{}", self.name) } else { write!(f, "\"{}\"", self.name) }
+        if bare {
+            write!(f, "{}", self.name)
+        } else {
+            write!(f, "\"{}\"", self.name)
+        }
     }
 }
 
@@ -362,7 +450,12 @@ impl fmt::Display for Statement {
                 }
                 Ok(())
             }
-            StatementKind::LoadData { name, path, labels, label_column } => {
+            StatementKind::LoadData {
+                name,
+                path,
+                labels,
+                label_column,
+            } => {
                 write!(f, "LOAD DATA {name} FROM {path}")?;
                 if let Some(l) = labels {
                     write!(f, " LABELS {l}")?;
@@ -384,7 +477,11 @@ impl fmt::Display for Statement {
             StatementKind::Var { name, value } => write!(f, "VAR {name} = {value}"),
             StatementKind::Let { name, dataset } => write!(f, "LET {name} = {dataset}"),
             StatementKind::Query(q) => write!(f, "{q}"),
-            StatementKind::Export { query, path, overwrite } => {
+            StatementKind::Export {
+                query,
+                path,
+                overwrite,
+            } => {
                 write!(f, "EXPORT {query} TO {path}")?;
                 if *overwrite {
                     write!(f, " OVERWRITE")?;
@@ -447,7 +544,11 @@ impl fmt::Display for Select {
             write!(f, " HAVING {h}")?;
         }
         if !self.order_by.is_empty() {
-            let keys: Vec<String> = self.order_by.iter().map(|o| format!("{}{}", o.expr, if o.descending { " DESC" } else { "" })).collect();
+            let keys: Vec<String> = self
+                .order_by
+                .iter()
+                .map(|o| format!("{}{}", o.expr, if o.descending { " DESC" } else { "" }))
+                .collect();
             write!(f, " ORDER BY {}", keys.join(", "))?;
         }
         if let Some(l) = &self.limit {
@@ -514,7 +615,15 @@ impl fmt::Display for DatasetExpr {
                 let s = start.as_ref().map(|v| v.to_string()).unwrap_or_default();
                 let e = end.as_ref().map(|v| v.to_string()).unwrap_or_default();
                 // `[:name]` would read as a variable index; a start keeps a slice a slice.
-                let s = if s.is_empty() && end.as_ref().is_some_and(|v| matches!(v.kind, ValueKind::Var(_))) { "0".to_string() } else { s };
+                let s = if s.is_empty()
+                    && end
+                        .as_ref()
+                        .is_some_and(|v| matches!(v.kind, ValueKind::Var(_)))
+                {
+                    "0".to_string()
+                } else {
+                    s
+                };
                 write!(f, "[{s}:{e}]")
             }
         }
@@ -525,7 +634,11 @@ impl fmt::Display for MethodCall {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.name)?;
         if !self.params.is_empty() {
-            let ps: Vec<String> = self.params.iter().map(|p| format!("{} = {}", p.name, p.value)).collect();
+            let ps: Vec<String> = self
+                .params
+                .iter()
+                .map(|p| format!("{} = {}", p.name, p.value))
+                .collect();
             write!(f, "({})", ps.join(", "))?;
         }
         Ok(())
@@ -598,16 +711,30 @@ impl fmt::Display for Granularity {
 impl fmt::Display for Expr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
-            ExprKind::Column { qualifier: Some(q), name } => write!(f, "{q}.{name}"),
-            ExprKind::Column { qualifier: None, name } => write!(f, "{name}"),
+            ExprKind::Column {
+                qualifier: Some(q),
+                name,
+            } => write!(f, "{q}.{name}"),
+            ExprKind::Column {
+                qualifier: None,
+                name,
+            } => write!(f, "{name}"),
             ExprKind::Number(n) => write!(f, "{}", number(*n)),
             ExprKind::Str(s) => write!(f, "{}", quote(s)),
             ExprKind::Bool(b) => write!(f, "{b}"),
             ExprKind::Null => write!(f, "NULL"),
             ExprKind::Var(v) => write!(f, ":{v}"),
-            ExprKind::Unary { op: UnaryOp::Not, expr } => write!(f, "NOT {}", paren(expr)),
-            ExprKind::Unary { op: UnaryOp::Neg, expr } => write!(f, "-{}", paren(expr)),
-            ExprKind::Binary { op, left, right } => write!(f, "{} {} {}", paren(left), op.symbol(), paren(right)),
+            ExprKind::Unary {
+                op: UnaryOp::Not,
+                expr,
+            } => write!(f, "NOT {}", paren(expr)),
+            ExprKind::Unary {
+                op: UnaryOp::Neg,
+                expr,
+            } => write!(f, "-{}", paren(expr)),
+            ExprKind::Binary { op, left, right } => {
+                write!(f, "{} {} {}", paren(left), op.symbol(), paren(right))
+            }
             ExprKind::Call { name, args, star } => {
                 if *star {
                     write!(f, "{name}(*)")
@@ -616,10 +743,25 @@ impl fmt::Display for Expr {
                     write!(f, "{name}({})", a.join(", "))
                 }
             }
-            ExprKind::IsNull { expr, negated } => write!(f, "{} IS {}NULL", paren(expr), if *negated { "NOT " } else { "" }),
-            ExprKind::InList { expr, list, negated } => {
+            ExprKind::IsNull { expr, negated } => write!(
+                f,
+                "{} IS {}NULL",
+                paren(expr),
+                if *negated { "NOT " } else { "" }
+            ),
+            ExprKind::InList {
+                expr,
+                list,
+                negated,
+            } => {
                 let a: Vec<String> = list.iter().map(|e| e.to_string()).collect();
-                write!(f, "{} {}IN ({})", paren(expr), if *negated { "NOT " } else { "" }, a.join(", "))
+                write!(
+                    f,
+                    "{} {}IN ({})",
+                    paren(expr),
+                    if *negated { "NOT " } else { "" },
+                    a.join(", ")
+                )
             }
         }
     }
@@ -628,7 +770,10 @@ impl fmt::Display for Expr {
 /// Compound operands are parenthesised so that the printed text keeps the tree's shape.
 fn paren(e: &Expr) -> String {
     match e.kind {
-        ExprKind::Binary { .. } | ExprKind::Unary { .. } | ExprKind::IsNull { .. } | ExprKind::InList { .. } => format!("({e})"),
+        ExprKind::Binary { .. }
+        | ExprKind::Unary { .. }
+        | ExprKind::IsNull { .. }
+        | ExprKind::InList { .. } => format!("({e})"),
         ExprKind::Number(n) if n < 0.0 => format!("({e})"),
         _ => e.to_string(),
     }

@@ -28,7 +28,9 @@ static PRATT: LazyLock<PrattParser<Rule>> = LazyLock::new(|| {
             | Op::infix(Rule::op_ge, Assoc::Left))
         .op(Op::postfix(Rule::is_null) | Op::postfix(Rule::in_list))
         .op(Op::infix(Rule::op_add, Assoc::Left) | Op::infix(Rule::op_sub, Assoc::Left))
-        .op(Op::infix(Rule::op_mul, Assoc::Left) | Op::infix(Rule::op_div, Assoc::Left) | Op::infix(Rule::op_mod, Assoc::Left))
+        .op(Op::infix(Rule::op_mul, Assoc::Left)
+            | Op::infix(Rule::op_div, Assoc::Left)
+            | Op::infix(Rule::op_mod, Assoc::Left))
         .op(Op::prefix(Rule::op_neg))
 });
 
@@ -36,7 +38,11 @@ static PRATT: LazyLock<PrattParser<Rule>> = LazyLock::new(|| {
 pub fn parse_script(text: &str) -> Result<Script> {
     let mut pairs = IqlParser::parse(Rule::script, text).map_err(convert_error)?;
     let script = pairs.next().ok_or_else(|| Error::syntax("empty parse"))?;
-    let statements = script.into_inner().filter(|p| p.as_rule() != Rule::EOI).map(visit_statement).collect::<Result<_>>()?;
+    let statements = script
+        .into_inner()
+        .filter(|p| p.as_rule() != Rule::EOI)
+        .map(visit_statement)
+        .collect::<Result<_>>()?;
     Ok(Script { statements })
 }
 
@@ -55,15 +61,24 @@ struct Children<'a> {
 impl<'a> Children<'a> {
     fn of(pair: Pair<'a, Rule>) -> Self {
         let parent = pair.as_rule();
-        Children { inner: pair.into_inner().peekable(), parent }
+        Children {
+            inner: pair.into_inner().peekable(),
+            parent,
+        }
     }
     /// The next child, which the grammar guarantees.
     fn next(&mut self) -> Result<Pair<'a, Rule>> {
-        self.inner.next().ok_or_else(|| Error::syntax(format!("internal: {:?} ended early", self.parent)))
+        self.inner
+            .next()
+            .ok_or_else(|| Error::syntax(format!("internal: {:?} ended early", self.parent)))
     }
     /// The next child if it is of rule `rule`.
     fn take(&mut self, rule: Rule) -> Option<Pair<'a, Rule>> {
-        if self.inner.peek().map(|p| p.as_rule()) == Some(rule) { self.inner.next() } else { None }
+        if self.inner.peek().map(|p| p.as_rule()) == Some(rule) {
+            self.inner.next()
+        } else {
+            None
+        }
     }
     /// Skips keywords (kw_* rules).
     fn skip_keywords(&mut self) {
@@ -72,7 +87,11 @@ impl<'a> Children<'a> {
         }
     }
     fn done(mut self) {
-        debug_assert!(self.inner.next().is_none(), "unconsumed child in {:?}", self.parent);
+        debug_assert!(
+            self.inner.next().is_none(),
+            "unconsumed child in {:?}",
+            self.parent
+        );
     }
 }
 
@@ -111,7 +130,12 @@ fn visit_statement(pair: Pair<Rule>) -> Result<Statement> {
                 label_column = Some(visit_ident(lc.next()?)?);
                 lc.done();
             }
-            StatementKind::LoadData { name, path, labels, label_column }
+            StatementKind::LoadData {
+                name,
+                path,
+                labels,
+                label_column,
+            }
         }
         Rule::show => {
             let what = c.next()?;
@@ -134,7 +158,11 @@ fn visit_statement(pair: Pair<Rule>) -> Result<Statement> {
         Rule::set_stmt | Rule::var_stmt => {
             let name = visit_ident(c.next()?)?;
             let value = visit_value(c.next()?)?;
-            if rule == Rule::set_stmt { StatementKind::Set { name, value } } else { StatementKind::Var { name, value } }
+            if rule == Rule::set_stmt {
+                StatementKind::Set { name, value }
+            } else {
+                StatementKind::Var { name, value }
+            }
         }
         Rule::let_stmt => {
             let name = visit_ident(c.next()?)?;
@@ -146,14 +174,23 @@ fn visit_statement(pair: Pair<Rule>) -> Result<Statement> {
             c.skip_keywords();
             let path = visit_path(c.next()?)?;
             let overwrite = c.take(Rule::overwrite).is_some();
-            StatementKind::Export { query, path, overwrite }
+            StatementKind::Export {
+                query,
+                path,
+                overwrite,
+            }
         }
         Rule::plan_stmt => StatementKind::Plan(visit_query(c.next()?)?),
         Rule::query => {
             // the query rule has no keywords of its own: rebuild from the whole pair
-            return Ok(Statement { kind: StatementKind::Query(visit_query_children(c, sp)?), span: sp });
+            return Ok(Statement {
+                kind: StatementKind::Query(visit_query_children(c, sp)?),
+                span: sp,
+            });
         }
-        other => return Err(Error::syntax(format!("internal: unexpected statement {other:?}")).at(sp)),
+        other => {
+            return Err(Error::syntax(format!("internal: unexpected statement {other:?}")).at(sp));
+        }
     };
     c.done();
     Ok(Statement { kind, span: sp })
@@ -182,7 +219,14 @@ fn visit_query_children(mut c: Children, sp: Span) -> Result<Query> {
         };
         let right = visit_intersect(c.next()?)?;
         let s = left.span.to(right.span);
-        left = Query { kind: QueryKind::SetOp { op, left: Box::new(left), right: Box::new(right) }, span: s };
+        left = Query {
+            kind: QueryKind::SetOp {
+                op,
+                left: Box::new(left),
+                right: Box::new(right),
+            },
+            span: s,
+        };
     }
     let _ = sp;
     Ok(left)
@@ -194,7 +238,14 @@ fn visit_intersect(pair: Pair<Rule>) -> Result<Query> {
     while c.take(Rule::op_intersect).is_some() {
         let right = visit_query_term(c.next()?)?;
         let s = left.span.to(right.span);
-        left = Query { kind: QueryKind::SetOp { op: SetOp::Intersect, left: Box::new(left), right: Box::new(right) }, span: s };
+        left = Query {
+            kind: QueryKind::SetOp {
+                op: SetOp::Intersect,
+                left: Box::new(left),
+                right: Box::new(right),
+            },
+            span: s,
+        };
     }
     c.done();
     Ok(left)
@@ -203,13 +254,19 @@ fn visit_intersect(pair: Pair<Rule>) -> Result<Query> {
 fn visit_query_term(pair: Pair<Rule>) -> Result<Query> {
     let sp = span(&pair);
     match pair.as_rule() {
-        Rule::select => Ok(Query { kind: QueryKind::Select(Box::new(visit_select(pair)?)), span: sp }),
+        Rule::select => Ok(Query {
+            kind: QueryKind::Select(Box::new(visit_select(pair)?)),
+            span: sp,
+        }),
         Rule::predict_query => {
             let mut c = Children::of(pair);
             c.skip_keywords();
             let call = visit_model_call(c.next()?)?;
             c.done();
-            Ok(Query { kind: QueryKind::Predict(call), span: sp })
+            Ok(Query {
+                kind: QueryKind::Predict(call),
+                span: sp,
+            })
         }
         _ => visit_query(pair),
     }
@@ -223,7 +280,17 @@ fn visit_select(pair: Pair<Rule>) -> Result<Select> {
     let items = visit_select_list(c.next()?)?;
     c.skip_keywords();
     let from = visit_source(c.next()?)?;
-    let mut select = Select { distinct, items, from, filter: None, group_by: vec![], having: None, order_by: vec![], limit: None, span: sp };
+    let mut select = Select {
+        distinct,
+        items,
+        from,
+        filter: None,
+        group_by: vec![],
+        having: None,
+        order_by: vec![],
+        limit: None,
+        span: sp,
+    };
     if let Some(w) = c.take(Rule::where_clause) {
         select.filter = Some(visit_clause_expr(w)?);
     }
@@ -244,7 +311,9 @@ fn visit_select(pair: Pair<Rule>) -> Result<Select> {
         while let Some(item) = oc.take(Rule::order_item) {
             let mut ic = Children::of(item);
             let expr = visit_expr(ic.next()?)?;
-            let descending = ic.take(Rule::order_dir).is_some_and(|d| d.as_str().eq_ignore_ascii_case("desc"));
+            let descending = ic
+                .take(Rule::order_dir)
+                .is_some_and(|d| d.as_str().eq_ignore_ascii_case("desc"));
             ic.done();
             select.order_by.push(OrderItem { expr, descending });
         }
@@ -300,7 +369,10 @@ fn visit_source(pair: Pair<Rule>) -> Result<Source> {
             sc.skip_keywords();
             let alias = sc.take(Rule::ident).map(visit_ident).transpose()?;
             sc.done();
-            Ok(Source::Subquery { query: Box::new(query), alias })
+            Ok(Source::Subquery {
+                query: Box::new(query),
+                alias,
+            })
         }
         Rule::predict_source => {
             let mut pc = Children::of(inner);
@@ -309,7 +381,9 @@ fn visit_source(pair: Pair<Rule>) -> Result<Source> {
             pc.done();
             Ok(Source::Predict(call))
         }
-        _ => Ok(Source::Interpretation(visit_interpretation(inner)?)),
+        _ => Ok(Source::Interpretation(Box::new(visit_interpretation(
+            inner,
+        )?))),
     }
 }
 
@@ -317,8 +391,16 @@ fn visit_interpretation(pair: Pair<Rule>) -> Result<Interpretation> {
     let sp = span(&pair);
     let mut c = Children::of(pair);
     let call = visit_model_call(c.next()?)?;
-    let mut interp = Interpretation { call, using: None, target: None, baseline: None, window: None, granularity: None, span: sp };
-    while let Some(clause) = c.inner.next() {
+    let mut interp = Interpretation {
+        call,
+        using: None,
+        target: None,
+        baseline: None,
+        window: None,
+        granularity: None,
+        span: sp,
+    };
+    for clause in c.inner.by_ref() {
         let csp = span(&clause);
         let rule = clause.as_rule();
         let twice = |name: &str| Error::syntax(format!("{name} is given twice")).at(csp);
@@ -359,7 +441,9 @@ fn visit_interpretation(pair: Pair<Rule>) -> Result<Interpretation> {
                         mc.skip_keywords();
                         BaselineKind::Mean(mc.take(Rule::dataset).map(visit_dataset).transpose()?)
                     }
-                    Rule::baseline_constant => BaselineKind::Constant(visit_value_token(Children::of(inner).next()?)?),
+                    Rule::baseline_constant => {
+                        BaselineKind::Constant(visit_value_token(Children::of(inner).next()?)?)
+                    }
                     _ => BaselineKind::Data(visit_dataset(inner)?),
                 };
                 interp.baseline = Some(Baseline { kind, span: bsp });
@@ -384,7 +468,12 @@ fn visit_interpretation(pair: Pair<Rule>) -> Result<Interpretation> {
                             let start = visit_int_value(rc.next()?)?;
                             let end = visit_int_value(rc.next()?)?;
                             rc.done();
-                            Ok(WindowRange { axis, start, end, span: rsp })
+                            Ok(WindowRange {
+                                axis,
+                                start,
+                                end,
+                                span: rsp,
+                            })
                         })
                         .collect::<Result<_>>()?;
                     WindowKind::Image(ranges)
@@ -401,7 +490,11 @@ fn visit_interpretation(pair: Pair<Rule>) -> Result<Interpretation> {
                                     let mut rc = Children::of(inner);
                                     let start = visit_int_value(rc.next()?)?;
                                     let end = visit_int_value(rc.next()?)?;
-                                    Ok(ColumnItem::Range { start, end, span: isp })
+                                    Ok(ColumnItem::Range {
+                                        start,
+                                        end,
+                                        span: isp,
+                                    })
                                 }
                                 Rule::string => {
                                     let v = visit_value_token(inner)?;
@@ -437,7 +530,9 @@ fn visit_interpretation(pair: Pair<Rule>) -> Result<Interpretation> {
                 };
                 interp.granularity = Some(Granularity { kind, span: gsp });
             }
-            other => return Err(Error::syntax(format!("internal: unexpected clause {other:?}")).at(csp)),
+            other => {
+                return Err(Error::syntax(format!("internal: unexpected clause {other:?}")).at(csp));
+            }
         }
     }
     Ok(interp)
@@ -456,7 +551,11 @@ fn visit_method_call(pair: Pair<Rule>) -> Result<MethodCall> {
         params.push(Param { name: pname, value });
     }
     c.done();
-    Ok(MethodCall { name, params, span: sp })
+    Ok(MethodCall {
+        name,
+        params,
+        span: sp,
+    })
 }
 
 fn visit_model_call(pair: Pair<Rule>) -> Result<ModelCall> {
@@ -465,7 +564,11 @@ fn visit_model_call(pair: Pair<Rule>) -> Result<ModelCall> {
     let model = visit_ident(c.next()?)?;
     let data = visit_dataset(c.next()?)?;
     c.done();
-    Ok(ModelCall { model, data, span: sp })
+    Ok(ModelCall {
+        model,
+        data,
+        span: sp,
+    })
 }
 
 fn visit_dataset(pair: Pair<Rule>) -> Result<DatasetExpr> {
@@ -478,8 +581,14 @@ fn visit_dataset(pair: Pair<Rule>) -> Result<DatasetExpr> {
             let inner = Children::of(spec).next()?;
             Some(if inner.as_rule() == Rule::slice {
                 let mut sc = Children::of(inner);
-                let start = sc.take(Rule::slice_start).map(|p| Children::of(p).next().and_then(visit_int_value)).transpose()?;
-                let end = sc.take(Rule::slice_end).map(|p| Children::of(p).next().and_then(visit_int_value)).transpose()?;
+                let start = sc
+                    .take(Rule::slice_start)
+                    .map(|p| Children::of(p).next().and_then(visit_int_value))
+                    .transpose()?;
+                let end = sc
+                    .take(Rule::slice_end)
+                    .map(|p| Children::of(p).next().and_then(visit_int_value))
+                    .transpose()?;
                 sc.done();
                 Index::Range { start, end }
             } else {
@@ -488,7 +597,11 @@ fn visit_dataset(pair: Pair<Rule>) -> Result<DatasetExpr> {
         }
     };
     c.done();
-    Ok(DatasetExpr { name, index, span: sp })
+    Ok(DatasetExpr {
+        name,
+        index,
+        span: sp,
+    })
 }
 
 fn visit_int_value(pair: Pair<Rule>) -> Result<Value> {
@@ -506,9 +619,10 @@ fn visit_value_token(pair: Pair<Rule>) -> Result<Value> {
     let sp = span(&pair);
     let text = pair.as_str();
     let kind = match pair.as_rule() {
-        Rule::number | Rule::integer | Rule::unsigned => {
-            ValueKind::Number(text.parse().map_err(|_| Error::syntax(format!("`{text}` is not a number")).at(sp))?)
-        }
+        Rule::number | Rule::integer | Rule::unsigned => ValueKind::Number(
+            text.parse()
+                .map_err(|_| Error::syntax(format!("`{text}` is not a number")).at(sp))?,
+        ),
         Rule::string => ValueKind::Str(unquote(text)),
         Rule::boolean => ValueKind::Bool(text.eq_ignore_ascii_case("true")),
         Rule::variable => ValueKind::Var(text[1..].to_string()),
@@ -526,7 +640,11 @@ fn visit_ident(pair: Pair<Rule>) -> Result<Ident> {
     let sp = span(&pair);
     let inner = Children::of(pair).next()?;
     let text = inner.as_str();
-    let name = if inner.as_rule() == Rule::quoted_ident { text[1..text.len() - 1].to_string() } else { text.to_string() };
+    let name = if inner.as_rule() == Rule::quoted_ident {
+        text[1..text.len() - 1].to_string()
+    } else {
+        text.to_string()
+    };
     Ok(Ident { name, span: sp })
 }
 
@@ -536,8 +654,18 @@ fn visit_expr(pair: Pair<Rule>) -> Result<Expr> {
         .map_prefix(|op, rhs| {
             let rhs = rhs?;
             let sp = span(&op).to(rhs.span);
-            let op = if op.as_rule() == Rule::op_not { UnaryOp::Not } else { UnaryOp::Neg };
-            Ok(Expr { kind: ExprKind::Unary { op, expr: Box::new(rhs) }, span: sp })
+            let op = if op.as_rule() == Rule::op_not {
+                UnaryOp::Not
+            } else {
+                UnaryOp::Neg
+            };
+            Ok(Expr {
+                kind: ExprKind::Unary {
+                    op,
+                    expr: Box::new(rhs),
+                },
+                span: sp,
+            })
         })
         .map_postfix(|lhs, op| {
             let lhs = lhs?;
@@ -549,10 +677,17 @@ fn visit_expr(pair: Pair<Rule>) -> Result<Expr> {
             let negated = c.take(Rule::negated).is_some();
             c.skip_keywords();
             let kind = if rule == Rule::is_null {
-                ExprKind::IsNull { expr: Box::new(lhs), negated }
+                ExprKind::IsNull {
+                    expr: Box::new(lhs),
+                    negated,
+                }
             } else {
                 let list = c.inner.map(visit_expr).collect::<Result<_>>()?;
-                ExprKind::InList { expr: Box::new(lhs), list, negated }
+                ExprKind::InList {
+                    expr: Box::new(lhs),
+                    list,
+                    negated,
+                }
             };
             Ok(Expr { kind, span: sp })
         })
@@ -574,7 +709,14 @@ fn visit_expr(pair: Pair<Rule>) -> Result<Expr> {
                 _ => BinaryOp::Mod,
             };
             let sp = lhs.span.to(rhs.span);
-            Ok(Expr { kind: ExprKind::Binary { op, left: Box::new(lhs), right: Box::new(rhs) }, span: sp })
+            Ok(Expr {
+                kind: ExprKind::Binary {
+                    op,
+                    left: Box::new(lhs),
+                    right: Box::new(rhs),
+                },
+                span: sp,
+            })
         })
         .parse(pair.into_inner())
 }
@@ -595,8 +737,14 @@ fn visit_primary(pair: Pair<Rule>) -> Result<Expr> {
             let mut c = Children::of(pair);
             let first = visit_ident(c.next()?)?;
             match c.take(Rule::ident) {
-                Some(second) => ExprKind::Column { qualifier: Some(first), name: visit_ident(second)? },
-                None => ExprKind::Column { qualifier: None, name: first },
+                Some(second) => ExprKind::Column {
+                    qualifier: Some(first),
+                    name: visit_ident(second)?,
+                },
+                None => ExprKind::Column {
+                    qualifier: None,
+                    name: first,
+                },
             }
         }
         _ => match visit_value_token(pair)?.kind {
@@ -623,7 +771,9 @@ fn rule_name(rule: &Rule) -> String {
         Rule::number | Rule::unsigned | Rule::integer | Rule::int_value => "a number".into(),
         Rule::variable => "a variable (:name)".into(),
         Rule::value => "a value".into(),
-        Rule::expr | Rule::literal | Rule::primary | Rule::column_ref | Rule::function_call => "an expression".into(),
+        Rule::expr | Rule::literal | Rule::primary | Rule::column_ref | Rule::function_call => {
+            "an expression".into()
+        }
         Rule::select_item | Rule::select_list => "a column or expression".into(),
         Rule::star => "`*`".into(),
         Rule::dataset => "a dataset (name, name[i] or name[a:b])".into(),
@@ -632,9 +782,13 @@ fn rule_name(rule: &Rule) -> String {
         Rule::op_eq => "`=`".into(),
         Rule::op_ne => "`!=`".into(),
         Rule::op_lt | Rule::op_le | Rule::op_gt | Rule::op_ge => "a comparison".into(),
-        Rule::op_add | Rule::op_sub | Rule::op_mul | Rule::op_div | Rule::op_mod => "an operator".into(),
+        Rule::op_add | Rule::op_sub | Rule::op_mul | Rule::op_div | Rule::op_mod => {
+            "an operator".into()
+        }
         Rule::op_or | Rule::op_and => "AND / OR".into(),
-        Rule::op_union | Rule::op_union_all | Rule::op_except | Rule::op_intersect => "UNION / INTERSECT / EXCEPT".into(),
+        Rule::op_union | Rule::op_union_all | Rule::op_except | Rule::op_intersect => {
+            "UNION / INTERSECT / EXCEPT".into()
+        }
         Rule::is_null | Rule::in_list => "IS / IN".into(),
         Rule::using_clause => "USING".into(),
         Rule::target_clause => "TARGET".into(),
@@ -659,7 +813,9 @@ fn rule_name(rule: &Rule) -> String {
         Rule::plan_stmt => "PLAN".into(),
         Rule::predict_query | Rule::predict_source => "PREDICT".into(),
         Rule::subquery => "`(`".into(),
-        Rule::source | Rule::interpretation | Rule::model_call => "model(data), PREDICT model(data) or a (subquery)".into(),
+        Rule::source | Rule::interpretation | Rule::model_call => {
+            "model(data), PREDICT model(data) or a (subquery)".into()
+        }
         Rule::window_range | Rule::window_axis => "rows a:b / cols a:b / channels a:b".into(),
         Rule::window_columns => "COLUMNS".into(),
         Rule::granularity => "pixel, patch(k) or column".into(),
@@ -687,11 +843,38 @@ fn convert_error(err: pest::error::Error<Rule>) -> Error {
             let operator = |r: &Rule| {
                 matches!(
                     r,
-                    Rule::kw_and | Rule::kw_or | Rule::kw_is | Rule::kw_in | Rule::op_and | Rule::op_or | Rule::op_eq | Rule::op_ne | Rule::op_lt | Rule::op_le | Rule::op_gt | Rule::op_ge
-                        | Rule::op_add | Rule::op_sub | Rule::op_mul | Rule::op_div | Rule::op_mod | Rule::is_null | Rule::in_list | Rule::negated
+                    Rule::kw_and
+                        | Rule::kw_or
+                        | Rule::kw_is
+                        | Rule::kw_in
+                        | Rule::op_and
+                        | Rule::op_or
+                        | Rule::op_eq
+                        | Rule::op_ne
+                        | Rule::op_lt
+                        | Rule::op_le
+                        | Rule::op_gt
+                        | Rule::op_ge
+                        | Rule::op_add
+                        | Rule::op_sub
+                        | Rule::op_mul
+                        | Rule::op_div
+                        | Rule::op_mod
+                        | Rule::is_null
+                        | Rule::in_list
+                        | Rule::negated
                 )
             };
-            let mut names: Vec<String> = positives.iter().map(|r| if operator(r) { "an operator".to_string() } else { rule_name(r) }).collect();
+            let mut names: Vec<String> = positives
+                .iter()
+                .map(|r| {
+                    if operator(r) {
+                        "an operator".to_string()
+                    } else {
+                        rule_name(r)
+                    }
+                })
+                .collect();
             // DISTINCT is optional where a select list is expected; naming it only distracts.
             if names.len() > 1 {
                 names.retain(|n| n != "DISTINCT");
