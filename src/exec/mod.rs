@@ -167,8 +167,9 @@ impl Session {
         let state = &mut self.state;
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| state.run(plan)));
         match result {
+            // A cancelled statement needs no caret: the user knows which one they stopped.
             Ok(r) => r.map_err(|e| {
-                if e.span.is_none() && e.kind != ErrorKind::Syntax {
+                if e.span.is_none() && !matches!(e.kind, ErrorKind::Syntax | ErrorKind::Cancelled) {
                     e.at(stmt.span)
                 } else {
                     e
