@@ -28,6 +28,12 @@ fn err(s: &mut Session, text: &str) -> String {
     }
 }
 
+/// Runs `text`, which must fail with a message containing `want`.
+fn expect_err(s: &mut Session, text: &str, want: &str) {
+    let msg = err(s, text);
+    assert!(msg.contains(want), "expected `{want}` in\n{msg}");
+}
+
 fn still_works(s: &mut Session) {
     let df = query(s, "SELECT count(*) AS n FROM PREDICT cnn(digits[0:2])");
     assert_eq!(column_f64(&df, "n"), vec![2.0]);
@@ -290,77 +296,68 @@ fn bad_data_files_are_errors() {
     ))
     .unwrap();
     let empty = write("empty.npy", &[0, 1, 8, 8], &[]);
-    assert!(
-        err(&mut s, &format!("LOAD DATA e FROM '{}'", empty.display())).contains("holds no inputs")
+    expect_err(
+        &mut s,
+        &format!("LOAD DATA e FROM '{}'", empty.display()),
+        "holds no inputs",
     );
     let flat = write("flat.npy", &[5], &[1.0; 5]);
-    assert!(
-        err(&mut s, &format!("LOAD DATA e FROM '{}'", flat.display()))
-            .contains("batch dimension first")
+    expect_err(
+        &mut s,
+        &format!("LOAD DATA e FROM '{}'", flat.display()),
+        "batch dimension first",
     );
     let labels = write("labels.npy", &[2], &[1.0, 2.0]);
     let x3 = write("x3.npy", &[3, 4], &[0.0; 12]);
-    assert!(
-        err(
-            &mut s,
-            &format!(
-                "LOAD DATA e FROM '{}' LABELS '{}'",
-                x3.display(),
-                labels.display()
-            )
-        )
-        .contains("has 3 inputs but")
+    expect_err(
+        &mut s,
+        &format!(
+            "LOAD DATA e FROM '{}' LABELS '{}'",
+            x3.display(),
+            labels.display()
+        ),
+        "has 3 inputs but",
     );
     let frac = write("frac.npy", &[3], &[1.0, 2.5, 0.0]);
-    assert!(
-        err(
-            &mut s,
-            &format!(
-                "LOAD DATA e FROM '{}' LABELS '{}'",
-                x3.display(),
-                frac.display()
-            )
-        )
-        .contains("whole numbers")
+    expect_err(
+        &mut s,
+        &format!(
+            "LOAD DATA e FROM '{}' LABELS '{}'",
+            x3.display(),
+            frac.display()
+        ),
+        "whole numbers",
     );
     let truncated = dir.join("trunc.npy");
     let bytes = std::fs::read(&nan).unwrap();
     std::fs::write(&truncated, &bytes[..bytes.len() - 10]).unwrap();
-    assert!(
-        err(
-            &mut s,
-            &format!("LOAD DATA e FROM '{}'", truncated.display())
-        )
-        .contains("not a readable .npy file")
+    expect_err(
+        &mut s,
+        &format!("LOAD DATA e FROM '{}'", truncated.display()),
+        "not a readable .npy file",
     );
     let csv = dir.join("text.csv");
     std::fs::write(&csv, "a,b,label\n1,x,0\n2,y,1\n").unwrap();
-    assert!(
-        err(
-            &mut s,
-            &format!("LOAD DATA e FROM '{}' LABEL COLUMN label", csv.display())
-        )
-        .contains("column `b` holds")
+    expect_err(
+        &mut s,
+        &format!("LOAD DATA e FROM '{}' LABEL COLUMN label", csv.display()),
+        "column `b` holds",
     );
     let holes = dir.join("holes.csv");
     std::fs::write(&holes, "a,b,label\n1,,0\n2,3,1\n").unwrap();
-    assert!(
-        err(
-            &mut s,
-            &format!("LOAD DATA e FROM '{}' LABEL COLUMN label", holes.display())
-        )
-        .contains("row 0, column `b` is empty")
+    expect_err(
+        &mut s,
+        &format!("LOAD DATA e FROM '{}' LABEL COLUMN label", holes.display()),
+        "row 0, column `b` is empty",
     );
     // data of the wrong shape for a model is caught before any forward
-    assert!(
-        err(
-            &mut s,
-            &format!(
-                "LOAD DATA small FROM '{}'; PREDICT cnn(small)",
-                x3.display()
-            )
-        )
-        .contains("holds inputs of shape [4] but `cnn` takes [1, 8, 8]")
+    expect_err(
+        &mut s,
+        &format!(
+            "LOAD DATA small FROM '{}'; PREDICT cnn(small)",
+            x3.display()
+        ),
+        "holds inputs of shape [4] but `cnn` takes [1, 8, 8]",
     );
     still_works(&mut s);
 }

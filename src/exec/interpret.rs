@@ -65,7 +65,10 @@ pub(super) fn logits(
             .par_chunks(rows)
             .map(|chunk| {
                 if cancel.load(std::sync::atomic::Ordering::Relaxed) {
-                    return Err(Error::new(crate::error::ErrorKind::Cancelled, "statement cancelled (Ctrl-C); the session is as it was"));
+                    return Err(Error::new(
+                        crate::error::ErrorKind::Cancelled,
+                        "statement cancelled (Ctrl-C); the session is as it was",
+                    ));
                 }
                 let mut data = Vec::with_capacity(chunk.len() * d);
                 for &i in chunk {

@@ -508,7 +508,10 @@ impl<'a> Control<'a> {
     }
     pub fn check(&self) -> Result<()> {
         if self.cancel.load(Ordering::Relaxed) {
-            Err(Error::new(crate::error::ErrorKind::Cancelled, "statement cancelled (Ctrl-C); the session is as it was"))
+            Err(Error::new(
+                crate::error::ErrorKind::Cancelled,
+                "statement cancelled (Ctrl-C); the session is as it was",
+            ))
         } else {
             Ok(())
         }

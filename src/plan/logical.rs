@@ -223,6 +223,15 @@ impl Node {
         Node { kind, columns }
     }
 
+    /// An operator over this one that keeps its columns (Filter, Sort, Limit, Distinct).
+    pub fn then(self, make: impl FnOnce(Box<Node>) -> NodeKind) -> Node {
+        let columns = self.columns.clone();
+        Node {
+            kind: make(Box::new(self)),
+            columns,
+        }
+    }
+
     fn fmt_tree(&self, f: &mut fmt::Formatter<'_>, depth: usize) -> fmt::Result {
         let pad = "  ".repeat(depth);
         let arrow = if depth == 0 { "" } else { "└─ " };

@@ -83,14 +83,7 @@ fn plan_select(s: &Select, catalog: &dyn Catalog) -> Result<Node> {
                 .hint("filter groups with HAVING"));
         }
         let predicate = scope.resolve(w, catalog)?;
-        let columns = node.columns.clone();
-        node = Node::new(
-            NodeKind::Filter {
-                input: Box::new(node),
-                predicate,
-            },
-            columns,
-        );
+        node = node.then(|input| NodeKind::Filter { input, predicate });
     }
 
     let aggregate_mode = !s.group_by.is_empty()
@@ -194,14 +187,10 @@ fn plan_select(s: &Select, catalog: &dyn Catalog) -> Result<Node> {
             columns,
         );
         if let Some(h) = having {
-            let columns = node.columns.clone();
-            node = Node::new(
-                NodeKind::Filter {
-                    input: Box::new(node),
-                    predicate: h,
-                },
-                columns,
-            );
+            node = node.then(|input| NodeKind::Filter {
+                input,
+                predicate: h,
+            });
         }
     } else {
         for item in &s.items {
@@ -252,23 +241,13 @@ fn plan_select(s: &Select, catalog: &dyn Catalog) -> Result<Node> {
                 Error::query("with SELECT DISTINCT, ORDER BY must use selected columns").at(s.span),
             );
         }
-        let columns = node.columns.clone();
-        node = Node::new(
-            NodeKind::Distinct {
-                input: Box::new(node),
-            },
-            columns,
-        );
+        node = node.then(|input| NodeKind::Distinct { input });
     }
     if !sort_keys.is_empty() {
-        let columns = node.columns.clone();
-        node = Node::new(
-            NodeKind::Sort {
-                input: Box::new(node),
-                keys: sort_keys,
-            },
-            columns,
-        );
+        node = node.then(|input| NodeKind::Sort {
+            input,
+            keys: sort_keys,
+        });
     }
     if let Some(l) = &s.limit {
         let count = resolve_int(&l.count, catalog, "LIMIT")?;
@@ -281,15 +260,11 @@ fn plan_select(s: &Select, catalog: &dyn Catalog) -> Result<Node> {
         if count < 0 || offset < 0 {
             return Err(Error::value("LIMIT and OFFSET must be ≥ 0").at(l.count.span));
         }
-        let columns = node.columns.clone();
-        node = Node::new(
-            NodeKind::Limit {
-                input: Box::new(node),
-                count: count as usize,
-                offset: offset as usize,
-            },
-            columns,
-        );
+        node = node.then(|input| NodeKind::Limit {
+            input,
+            count: count as usize,
+            offset: offset as usize,
+        });
     }
     if hidden > 0 {
         let visible: Vec<(String, Expr)> = outputs
@@ -393,7 +368,7 @@ fn rewrite_grouped(
     if let Some((name, _)) = keys.iter().find(|(_, k)| k.to_string() == text) {
         return Ok(column(name, e.span));
     }
-    let kind = match &e.kind {
+    match &e.kind {
         ExprKind::Call { name, args, .. }
             if AGGREGATES.contains(&name.name.to_lowercase().as_str()) =>
         {
@@ -405,51 +380,15 @@ fn rewrite_grouped(
             if !aggs.iter().any(|(n, _)| *n == text) {
                 aggs.push((text.clone(), e.clone()));
             }
-            return Ok(column(&text, e.span));
+            Ok(column(&text, e.span))
         }
-        ExprKind::Column { name, .. } => {
-            return Err(Error::query(format!(
-                "column `{}` must appear in GROUP BY or be used in an aggregate",
-                name.name
-            ))
-            .at(e.span));
-        }
-        ExprKind::Call { name, args, star } => ExprKind::Call {
-            name: name.clone(),
-            args: args
-                .iter()
-                .map(|a| rewrite_grouped(a, keys, aggs))
-                .collect::<Result<_>>()?,
-            star: *star,
-        },
-        ExprKind::Unary { op, expr } => ExprKind::Unary {
-            op: *op,
-            expr: Box::new(rewrite_grouped(expr, keys, aggs)?),
-        },
-        ExprKind::Binary { op, left, right } => ExprKind::Binary {
-            op: *op,
-            left: Box::new(rewrite_grouped(left, keys, aggs)?),
-            right: Box::new(rewrite_grouped(right, keys, aggs)?),
-        },
-        ExprKind::IsNull { expr, negated } => ExprKind::IsNull {
-            expr: Box::new(rewrite_grouped(expr, keys, aggs)?),
-            negated: *negated,
-        },
-        ExprKind::InList {
-            expr,
-            list,
-            negated,
-        } => ExprKind::InList {
-            expr: Box::new(rewrite_grouped(expr, keys, aggs)?),
-            list: list
-                .iter()
-                .map(|a| rewrite_grouped(a, keys, aggs))
-                .collect::<Result<_>>()?,
-            negated: *negated,
-        },
-        other => other.clone(),
-    };
-    Ok(Expr { kind, span: e.span })
+        ExprKind::Column { name, .. } => Err(Error::query(format!(
+            "column `{}` must appear in GROUP BY or be used in an aggregate",
+            name.name
+        ))
+        .at(e.span)),
+        _ => e.map_children(&mut |c| rewrite_grouped(c, keys, aggs)),
+    }
 }
 
 /// The columns visible to a SELECT: its source's, reachable also as `alias.column`.
@@ -537,44 +476,13 @@ impl Scope {
                         Error::unknown("function", &name.name, &known, "functions").at(name.span)
                     );
                 }
-                ExprKind::Call {
-                    name: Ident {
-                        name: lower,
-                        span: name.span,
-                    },
-                    args: args
-                        .iter()
-                        .map(|a| self.resolve(a, catalog))
-                        .collect::<Result<_>>()?,
-                    star: *star,
+                let mut call = e.map_children(&mut |c| self.resolve(c, catalog))?;
+                if let ExprKind::Call { name, .. } = &mut call.kind {
+                    name.name = lower;
                 }
+                return Ok(call);
             }
-            ExprKind::Unary { op, expr } => ExprKind::Unary {
-                op: *op,
-                expr: Box::new(self.resolve(expr, catalog)?),
-            },
-            ExprKind::Binary { op, left, right } => ExprKind::Binary {
-                op: *op,
-                left: Box::new(self.resolve(left, catalog)?),
-                right: Box::new(self.resolve(right, catalog)?),
-            },
-            ExprKind::IsNull { expr, negated } => ExprKind::IsNull {
-                expr: Box::new(self.resolve(expr, catalog)?),
-                negated: *negated,
-            },
-            ExprKind::InList {
-                expr,
-                list,
-                negated,
-            } => ExprKind::InList {
-                expr: Box::new(self.resolve(expr, catalog)?),
-                list: list
-                    .iter()
-                    .map(|a| self.resolve(a, catalog))
-                    .collect::<Result<_>>()?,
-                negated: *negated,
-            },
-            other => other.clone(),
+            _ => return e.map_children(&mut |c| self.resolve(c, catalog)),
         };
         Ok(Expr { kind, span: e.span })
     }

@@ -320,6 +320,47 @@ pub enum ExprKind {
     },
 }
 
+impl Expr {
+    /// A copy with each direct sub-expression replaced by `f` of it (the one traversal
+    /// that rewrites share).
+    pub fn map_children<E>(&self, f: &mut dyn FnMut(&Expr) -> Result<Expr, E>) -> Result<Expr, E> {
+        let kind = match &self.kind {
+            ExprKind::Call { name, args, star } => ExprKind::Call {
+                name: name.clone(),
+                args: args.iter().map(&mut *f).collect::<Result<_, E>>()?,
+                star: *star,
+            },
+            ExprKind::Unary { op, expr } => ExprKind::Unary {
+                op: *op,
+                expr: Box::new(f(expr)?),
+            },
+            ExprKind::Binary { op, left, right } => ExprKind::Binary {
+                op: *op,
+                left: Box::new(f(left)?),
+                right: Box::new(f(right)?),
+            },
+            ExprKind::IsNull { expr, negated } => ExprKind::IsNull {
+                expr: Box::new(f(expr)?),
+                negated: *negated,
+            },
+            ExprKind::InList {
+                expr,
+                list,
+                negated,
+            } => ExprKind::InList {
+                expr: Box::new(f(expr)?),
+                list: list.iter().map(&mut *f).collect::<Result<_, E>>()?,
+                negated: *negated,
+            },
+            other => other.clone(),
+        };
+        Ok(Expr {
+            kind,
+            span: self.span,
+        })
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UnaryOp {
     Not,

@@ -531,7 +531,9 @@ fn visit_interpretation(pair: Pair<Rule>) -> Result<Interpretation> {
                 interp.granularity = Some(Granularity { kind, span: gsp });
             }
             other => {
-                return Err(Error::syntax(format!("internal: unexpected clause {other:?}")).at(csp));
+                return Err(
+                    Error::syntax(format!("internal: unexpected clause {other:?}")).at(csp),
+                );
             }
         }
     }
