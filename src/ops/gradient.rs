@@ -81,23 +81,26 @@ pub fn attribute(method: &Method, req: &Request) -> Result<Vec<f32>> {
                 |i| {
                     let mut rng = Rng::new(*seed, req.ids[i] as u64);
                     let x = req.input(i);
-                    let mut noisy = Vec::with_capacity(samples * d);
-                    for _ in 0..*samples {
-                        for (f, &v) in x.iter().enumerate() {
-                            let noise = if req.features.in_window(f) {
-                                (rng.normal() * stdev) as f32
-                            } else {
-                                0.0
-                            };
-                            noisy.push(v + noise);
-                        }
-                    }
                     let mut sum = vec![0.0f32; d];
-                    for chunk in noisy.chunks(req.batch_rows.max(1) * d) {
-                        let rows = chunk.len() / d;
+                    // Noisy copies are made a batch at a time, so memory stays bounded.
+                    let chunk = req.batch_rows.max(1);
+                    let mut done = 0;
+                    while done < *samples {
+                        let rows = chunk.min(samples - done);
+                        let mut noisy = Vec::with_capacity(rows * d);
+                        for _ in 0..rows {
+                            for (f, &v) in x.iter().enumerate() {
+                                let noise = if req.features.in_window(f) {
+                                    (rng.normal() * stdev) as f32
+                                } else {
+                                    0.0
+                                };
+                                noisy.push(v + noise);
+                            }
+                        }
                         let grads = gradients(
                             req.model,
-                            Batch::new(batch_shape(rows, shape), chunk.to_vec())?,
+                            Batch::new(batch_shape(rows, shape), noisy)?,
                             &vec![req.targets[i]; rows],
                             &Gradient,
                         )?;
@@ -106,6 +109,8 @@ pub fn attribute(method: &Method, req: &Request) -> Result<Vec<f32>> {
                                 *s += if *abs { g.abs() } else { *g };
                             }
                         }
+                        req.control.check()?;
+                        done += rows;
                     }
                     Ok(sum
                         .into_iter()

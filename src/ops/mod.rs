@@ -169,6 +169,10 @@ pub struct MethodInfo {
     pub summary: &'static str,
 }
 
+/// The most steps, samples or window size a query may ask for: far beyond any useful
+/// value, and low enough that a typo cannot exhaust memory.
+pub const MAX_COUNT: i64 = 1_000_000;
+
 const fn int(
     name: &'static str,
     min: i64,
@@ -177,7 +181,10 @@ const fn int(
 ) -> ParamSpec {
     ParamSpec {
         name,
-        kind: ParamKind::Int { min, max: i64::MAX },
+        kind: ParamKind::Int {
+            min,
+            max: MAX_COUNT,
+        },
         default,
         setting,
     }
@@ -443,8 +450,10 @@ fn check_param(info: &MethodInfo, spec: &ParamSpec, value: &ParamValue) -> Resul
                 Err(Error::value(format!(
                     "{name} must be a whole number, got {n}"
                 )))
-            } else if *n < min as f64 || *n > max as f64 {
+            } else if *n < min as f64 {
                 Err(Error::value(format!("{name} must be ≥ {min}, got {n}")))
+            } else if *n > max as f64 {
+                Err(Error::value(format!("{name} must be ≤ {max}, got {n}")))
             } else {
                 Ok(())
             }

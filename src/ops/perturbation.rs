@@ -182,35 +182,36 @@ fn shapley(req: &Request, i: usize, samples: usize, seed: u64) -> Result<Vec<f32
     let members = req.features.members();
     let g = members.len();
     let mut rng = Rng::new(seed, req.ids[i] as u64);
-    let perms: Vec<Vec<usize>> = (0..samples).map(|_| rng.permutation(g)).collect();
     let (x, b) = (req.input(i), req.baseline(i));
-    // Row 0 is the baseline; row 1 + s·g + j has the first j + 1 groups of order s added.
-    let out = evaluate(
-        req.model,
-        b,
-        1 + samples * g,
-        req.targets[i],
-        req.batch_rows,
-        &|k, row| {
-            if k > 0 {
-                let (s, j) = ((k - 1) / g, (k - 1) % g);
-                for &grp in &perms[s][..=j] {
-                    for &f in &members[grp] {
-                        row[f] = x[f];
-                    }
+    let target = req.targets[i];
+    let at_baseline = evaluate(req.model, b, 1, target, 1, &|_, _| {})?[0];
+    let mut credit = vec![0.0f32; g];
+    // Orders are drawn and evaluated a batch's worth at a time, so memory stays bounded
+    // however many samples are asked for; the draws are the same either way.
+    let per_chunk = (req.batch_rows / g.max(1)).max(1);
+    let mut done = 0;
+    while done < samples {
+        let m = per_chunk.min(samples - done);
+        let perms: Vec<Vec<usize>> = (0..m).map(|_| rng.permutation(g)).collect();
+        // Row s·g + j has the first j + 1 groups of order s added to the baseline.
+        let out = evaluate(req.model, b, m * g, target, req.batch_rows, &|k, row| {
+            let (s, j) = (k / g, k % g);
+            for &grp in &perms[s][..=j] {
+                for &f in &members[grp] {
+                    row[f] = x[f];
                 }
             }
-        },
-    )?;
-    let mut credit = vec![0.0f32; g];
-    for (s, perm) in perms.iter().enumerate() {
-        let mut prev = out[0];
-        for (j, &grp) in perm.iter().enumerate() {
-            let cur = out[1 + s * g + j];
-            credit[grp] += cur - prev;
-            prev = cur;
+        })?;
+        for (s, perm) in perms.iter().enumerate() {
+            let mut prev = at_baseline;
+            for (j, &grp) in perm.iter().enumerate() {
+                let cur = out[s * g + j];
+                credit[grp] += cur - prev;
+                prev = cur;
+            }
         }
         req.control.check()?;
+        done += m;
     }
     let mut attr = vec![0.0f32; x.len()];
     for (grp, fs) in members.iter().enumerate() {
