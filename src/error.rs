@@ -105,6 +105,13 @@ impl Error {
     pub fn query(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Query, message)
     }
+    /// The statement was stopped by the user (Ctrl-C).
+    pub fn cancelled() -> Self {
+        Self::new(
+            ErrorKind::Cancelled,
+            "statement cancelled (Ctrl-C); the session is as it was",
+        )
+    }
 
     /// Attaches a span unless the error already has a more precise one.
     pub fn at(mut self, span: Span) -> Self {

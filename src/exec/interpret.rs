@@ -10,6 +10,7 @@ use super::cache::{Key, input_hash};
 use crate::data::{Modality, Selection};
 use crate::error::{Error, Result};
 use crate::model::{Batch, Forward, Model, Op};
+use crate::ops::gradient::batch_shape;
 use crate::ops::{self, Control, Family, Features, OUTSIDE, Rect, Request};
 use crate::plan::{Attribution, BaselineSpec, GranularitySpec, Prediction, TargetSpec, WindowSpec};
 
@@ -65,10 +66,7 @@ pub(super) fn logits(
             .par_chunks(rows)
             .map(|chunk| {
                 if cancel.load(std::sync::atomic::Ordering::Relaxed) {
-                    return Err(Error::new(
-                        crate::error::ErrorKind::Cancelled,
-                        "statement cancelled (Ctrl-C); the session is as it was",
-                    ));
+                    return Err(Error::cancelled());
                 }
                 let mut data = Vec::with_capacity(chunk.len() * d);
                 for &i in chunk {
@@ -94,7 +92,6 @@ pub(super) fn logits(
                     .collect())
             })
             .collect::<Result<_>>()?;
-        let mut k = 0;
         for (chunk, per_hook) in missing.chunks(rows).zip(chunks) {
             for (j, &i) in chunk.iter().enumerate() {
                 for (h, values) in wanted.iter().zip(&per_hook) {
@@ -112,18 +109,10 @@ pub(super) fn logits(
                         );
                     }
                 }
-                k += 1;
             }
         }
-        debug_assert_eq!(k, missing.len());
     }
     Ok(out.into_iter().map(|o| o.unwrap_or_default()).collect())
-}
-
-fn batch_shape(rows: usize, sample: &[usize]) -> Vec<usize> {
-    let mut s = vec![rows];
-    s.extend_from_slice(sample);
-    s
 }
 
 /// Index of the largest value (the first, on ties, as torch.argmax).

@@ -517,10 +517,7 @@ impl<'a> Control<'a> {
     }
     pub fn check(&self) -> Result<()> {
         if self.cancel.load(Ordering::Relaxed) {
-            Err(Error::new(
-                crate::error::ErrorKind::Cancelled,
-                "statement cancelled (Ctrl-C); the session is as it was",
-            ))
+            Err(Error::cancelled())
         } else {
             Ok(())
         }
