@@ -11,9 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         SELECT row, col, attribution FROM cnn(digits[17]) USING integrated_gradients
         ORDER BY attribution DESC LIMIT 5;";
     // Errors carry the span of the text they come from; render them for people.
-    let outputs = session
-        .execute(script)
-        .map_err(|e| e.render(script, "embed"))?;
+    let outputs = session.execute(script).map_err(|e| e.render(script, "embed"))?;
     for output in &outputs {
         match output {
             Output::Table(df) => println!("{df}"),

@@ -147,10 +147,9 @@ impl Error {
             let gutter = line_no.to_string().len();
             let line_text = line_text.trim_end_matches('\r');
             let caret_start = line_text[..col.min(line_text.len())].chars().count();
-            let span_end_in_line = (span.end.min(source.len()) - span.start)
-                .min(line_text.len() - col.min(line_text.len()));
-            let caret_len = line_text
-                [col.min(line_text.len())..col.min(line_text.len()) + span_end_in_line]
+            let span_end_in_line =
+                (span.end.min(source.len()) - span.start).min(line_text.len() - col.min(line_text.len()));
+            let caret_len = line_text[col.min(line_text.len())..col.min(line_text.len()) + span_end_in_line]
                 .chars()
                 .count()
                 .max(1);
@@ -205,9 +204,7 @@ fn polars_message(err: &polars::prelude::PolarsError) -> String {
 pub fn locate(source: &str, offset: usize) -> (usize, usize, &str) {
     let offset = offset.min(source.len());
     let line_start = source[..offset].rfind('\n').map_or(0, |i| i + 1);
-    let line_end = source[offset..]
-        .find('\n')
-        .map_or(source.len(), |i| offset + i);
+    let line_end = source[offset..].find('\n').map_or(source.len(), |i| offset + i);
     let line_no = source[..line_start].matches('\n').count() + 1;
     (line_no, offset - line_start, &source[line_start..line_end])
 }
@@ -216,10 +213,7 @@ pub fn locate(source: &str, offset: usize) -> (usize, usize, &str) {
 pub fn closest<'a>(name: &str, known: &'a [String]) -> Option<&'a str> {
     let lower = name.to_lowercase();
     // the same name in other letter case is the best guess of all
-    if let Some(k) = known
-        .iter()
-        .find(|k| k.to_lowercase() == lower && k.as_str() != name)
-    {
+    if let Some(k) = known.iter().find(|k| k.to_lowercase() == lower && k.as_str() != name) {
         return Some(k.as_str());
     }
     known
@@ -242,11 +236,7 @@ pub fn list_names(names: &[String], max: usize) -> String {
     if names.len() <= max {
         names.join(", ")
     } else {
-        format!(
-            "{}, … ({} more)",
-            names[..max].join(", "),
-            names.len() - max
-        )
+        format!("{}, … ({} more)", names[..max].join(", "), names.len() - max)
     }
 }
 

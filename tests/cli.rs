@@ -54,9 +54,7 @@ fn malformed_query_shows_a_caret_and_exits_1() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);
     assert!(
-        stderr.contains("error[syntax]: expected")
-            && stderr.contains("--> <command>:1:12")
-            && stderr.contains("^"),
+        stderr.contains("error[syntax]: expected") && stderr.contains("--> <command>:1:12") && stderr.contains("^"),
         "{stderr}"
     );
     assert!(!stderr.contains("panicked"));
@@ -71,16 +69,10 @@ fn malformed_query_shows_a_caret_and_exits_1() {
 
 #[test]
 fn run_file_with_variables_and_formats() {
-    let out = ialg(
-        &["run", "queries/quickstart.iql", "--var", "input=42"],
-        None,
-    );
+    let out = ialg(&["run", "queries/quickstart.iql", "--var", "input=42"], None);
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(
-        stdout.contains("│    42 │"),
-        "the --var value is used: {stdout}"
-    );
+    assert!(stdout.contains("│    42 │"), "the --var value is used: {stdout}");
     let out = ialg(
         &[
             "--format",
@@ -110,24 +102,15 @@ fn run_file_with_variables_and_formats() {
 
 #[test]
 fn scripts_from_stdin_stop_at_the_first_error_unless_keep_going() {
-    let script = format!(
-        "{LOAD}\nSELECT nope FROM PREDICT cnn(digits);\nSELECT count(*) AS n FROM PREDICT cnn(digits);\n"
-    );
+    let script =
+        format!("{LOAD}\nSELECT nope FROM PREDICT cnn(digits);\nSELECT count(*) AS n FROM PREDICT cnn(digits);\n");
     let out = ialg(&[], Some(&script));
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out.stderr).contains("--> <stdin>:2:8"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert!(text(&out.stderr).contains("--> <stdin>:2:8"), "{}", text(&out.stderr));
     assert!(!text(&out.stdout).contains("│ 397 │"));
     let out = ialg(&["--keep-going", "run", "-"], Some(&script));
     assert_eq!(out.status.code(), Some(1), "a failure is still reported");
-    assert!(
-        text(&out.stdout).contains("│ 397 │"),
-        "{}",
-        text(&out.stdout)
-    );
+    assert!(text(&out.stdout).contains("│ 397 │"), "{}", text(&out.stdout));
 }
 
 #[test]
@@ -139,18 +122,8 @@ fn repl_reads_multi_line_statements_and_survives_errors() {
     let stdout = text(&out.stdout);
     assert!(out.status.success());
     assert!(stdout.contains("397"), "{stdout}");
-    assert!(
-        stdout.contains("\\layers m"),
-        "help lists the meta-commands"
-    );
-    assert!(
-        stdout.contains("│     5 │"),
-        "the session survived the error: {stdout}"
-    );
+    assert!(stdout.contains("\\layers m"), "help lists the meta-commands");
+    assert!(stdout.contains("│     5 │"), "the session survived the error: {stdout}");
     assert!(text(&out.stderr).contains("unknown column `nope`"));
-    assert!(
-        root()
-            .join("target/test-scratch/xdg/ialgebra/history.txt")
-            .exists()
-    );
+    assert!(root().join("target/test-scratch/xdg/ialgebra/history.txt").exists());
 }

@@ -31,9 +31,7 @@ pub fn oracle(case: &str, key: &str) -> (Vec<usize>, Vec<f64>) {
 }
 
 pub fn oracle_output(model: &str, key: &str) -> (Vec<usize>, Vec<f64>) {
-    npy(&fixture(&format!(
-        "oracle/outputs/{model}_outputs/{key}.npy"
-    )))
+    npy(&fixture(&format!("oracle/outputs/{model}_outputs/{key}.npy")))
 }
 
 /// Asserts |a − b| ≤ atol + rtol·|b| elementwise, reporting the worst element.
@@ -89,9 +87,5 @@ pub fn column_f64(df: &polars::prelude::DataFrame, name: &str) -> Vec<f64> {
         .column(name)
         .unwrap_or_else(|_| panic!("no column {name} in {:?}", df.get_column_names()));
     let c = c.cast(&DataType::Float64).unwrap();
-    c.f64()
-        .unwrap()
-        .iter()
-        .map(|v| v.unwrap_or(f64::NAN))
-        .collect()
+    c.f64().unwrap().iter().map(|v| v.unwrap_or(f64::NAN)).collect()
 }

@@ -14,10 +14,7 @@ const SETUP: &str = "
 const CASES: &[(&str, &str)] = &[
     ("missing FROM", "SELECT row, col cnn(digits[0]);"),
     ("nothing to select", "SELECT FROM cnn(digits);"),
-    (
-        "unfinished WHERE",
-        "SELECT * FROM cnn(digits[0]) USING saliency WHERE",
-    ),
+    ("unfinished WHERE", "SELECT * FROM cnn(digits[0]) USING saliency WHERE"),
     ("unclosed string", "LOAD DATA d FROM 'data/x.npy;"),
     ("a bare table name", "SELECT * FROM digits;"),
     (
@@ -48,10 +45,7 @@ const CASES: &[(&str, &str)] = &[
     ),
     ("index out of range", "PREDICT cnn(digits[397]);"),
     ("shape mismatch", "PREDICT cnn(cancer[0:3]);"),
-    (
-        "window out of bounds",
-        "SELECT * FROM cnn(digits[0]) WINDOW rows 2:12;",
-    ),
+    ("window out of bounds", "SELECT * FROM cnn(digits[0]) WINDOW rows 2:12;"),
     (
         "label target without labels",
         "LOAD DATA raw FROM 'data/digits_test_x.npy'; SELECT * FROM cnn(raw[0]) TARGET LABEL;",
@@ -66,10 +60,7 @@ const CASES: &[(&str, &str)] = &[
         "export without overwrite",
         "EXPORT PREDICT cnn(digits[0]) TO 'data/cancer_test.csv';",
     ),
-    (
-        "export type",
-        "EXPORT PREDICT cnn(digits[0]) TO 'out/result.xlsx';",
-    ),
+    ("export type", "EXPORT PREDICT cnn(digits[0]) TO 'out/result.xlsx';"),
     (
         "missing weights file",
         "LOAD MODEL m FROM 'models/nope.safetensors' ARCH 'models/digits_cnn.json';",
@@ -87,11 +78,7 @@ fn render_all() -> String {
         out.push_str(&format!("=== {name}\n{text}\n---\n{shown}\n\n"));
         // the session survived the failure
         let df = query(&mut s, "SELECT count(*) AS n FROM PREDICT cnn(digits[0:3])");
-        assert_eq!(
-            column_f64(&df, "n"),
-            vec![3.0],
-            "{name}: session after the error"
-        );
+        assert_eq!(column_f64(&df, "n"), vec![3.0], "{name}: session after the error");
     }
     out
 }

@@ -55,16 +55,12 @@ fn export_is_atomic_and_does_not_clobber() {
     let expected = query(&mut s, q);
     for ext in ["csv", "parquet", "json"] {
         let path = dir.join(format!("top.{ext}"));
-        s.execute(&format!("EXPORT {q} TO '{}'", path.display()))
-            .unwrap();
+        s.execute(&format!("EXPORT {q} TO '{}'", path.display())).unwrap();
         // read it back through the engine's own loader where it can, else by polars
         let back = match ext {
             "json" => {
                 let text = std::fs::read_to_string(&path).unwrap();
-                assert!(
-                    text.starts_with('[') && text.contains("\"attribution\""),
-                    "{text}"
-                );
+                assert!(text.starts_with('[') && text.contains("\"attribution\""), "{text}");
                 continue;
             }
             _ => {
@@ -90,23 +86,13 @@ fn export_is_atomic_and_does_not_clobber() {
             as_f32(column_f64(&expected, "attribution")),
             "{ext}"
         );
-        assert_eq!(
-            column_f64(&back, "row"),
-            column_f64(&expected, "row"),
-            "{ext}"
-        );
+        assert_eq!(column_f64(&back, "row"), column_f64(&expected, "row"), "{ext}");
     }
     // no OVERWRITE: an error, and the file is untouched
     let csv = dir.join("top.csv");
     let before = std::fs::read(&csv).unwrap();
-    let msg = err(
-        &mut s,
-        &format!("EXPORT PREDICT cnn(digits[0]) TO '{}'", csv.display()),
-    );
-    assert!(
-        msg.contains("already exists") && msg.contains("OVERWRITE"),
-        "{msg}"
-    );
+    let msg = err(&mut s, &format!("EXPORT PREDICT cnn(digits[0]) TO '{}'", csv.display()));
+    assert!(msg.contains("already exists") && msg.contains("OVERWRITE"), "{msg}");
     assert_eq!(std::fs::read(&csv).unwrap(), before);
     // OVERWRITE replaces it
     s.execute(&format!(
@@ -160,11 +146,7 @@ fn pytorch_checkpoints_load_like_safetensors() {
             &mut s,
             &format!("SELECT attribution FROM {m}(cancer[0:5]) USING integrated_gradients"),
         );
-        assert_eq!(
-            column_f64(&a, "attribution"),
-            column_f64(&b, "attribution"),
-            "{m}"
-        );
+        assert_eq!(column_f64(&a, "attribution"), column_f64(&b, "attribution"), "{m}");
     }
 }
 
@@ -188,11 +170,7 @@ fn corrupt_model_files_are_errors() {
             b"this is not a model at all".to_vec(),
             "not a readable safetensors file",
         ),
-        (
-            "empty.safetensors",
-            Vec::new(),
-            "not a readable safetensors file",
-        ),
+        ("empty.safetensors", Vec::new(), "not a readable safetensors file"),
         (
             "garbage.pth",
             b"PK\x03\x04 but not really a zip".to_vec(),
@@ -211,10 +189,7 @@ fn corrupt_model_files_are_errors() {
         std::fs::write(&path, bytes).unwrap();
         let msg = err(
             &mut s,
-            &format!(
-                "LOAD MODEL bad FROM '{}' ARCH 'models/digits_cnn.json'",
-                path.display()
-            ),
+            &format!("LOAD MODEL bad FROM '{}' ARCH 'models/digits_cnn.json'", path.display()),
         );
         assert!(msg.contains(want), "{name}: {msg}");
         assert!(!msg.contains("panicked"));
@@ -266,10 +241,7 @@ fn corrupt_model_files_are_errors() {
         assert!(msg.contains(want), "arch {i}: {msg}");
     }
     still_works(&mut s);
-    assert!(
-        s.model("bad").is_none(),
-        "a failed LOAD leaves no model behind"
-    );
+    assert!(s.model("bad").is_none(), "a failed LOAD leaves no model behind");
 }
 
 #[test]
@@ -286,8 +258,7 @@ fn bad_data_files_are_errors() {
     let nan = write("nan.npy", &[3, 1, 8, 8], &values);
     let msg = err(&mut s, &format!("LOAD DATA bad FROM '{}'", nan.display()));
     assert!(
-        msg.contains("input 1 holds NaN at channel 0, row 1, col 1")
-            && msg.contains("allow_nonfinite"),
+        msg.contains("input 1 holds NaN at channel 0, row 1, col 1") && msg.contains("allow_nonfinite"),
         "{msg}"
     );
     s.execute(&format!(
@@ -311,21 +282,13 @@ fn bad_data_files_are_errors() {
     let x3 = write("x3.npy", &[3, 4], &[0.0; 12]);
     expect_err(
         &mut s,
-        &format!(
-            "LOAD DATA e FROM '{}' LABELS '{}'",
-            x3.display(),
-            labels.display()
-        ),
+        &format!("LOAD DATA e FROM '{}' LABELS '{}'", x3.display(), labels.display()),
         "has 3 inputs but",
     );
     let frac = write("frac.npy", &[3], &[1.0, 2.5, 0.0]);
     expect_err(
         &mut s,
-        &format!(
-            "LOAD DATA e FROM '{}' LABELS '{}'",
-            x3.display(),
-            frac.display()
-        ),
+        &format!("LOAD DATA e FROM '{}' LABELS '{}'", x3.display(), frac.display()),
         "whole numbers",
     );
     let truncated = dir.join("trunc.npy");
@@ -353,10 +316,7 @@ fn bad_data_files_are_errors() {
     // data of the wrong shape for a model is caught before any forward
     expect_err(
         &mut s,
-        &format!(
-            "LOAD DATA small FROM '{}'; PREDICT cnn(small)",
-            x3.display()
-        ),
+        &format!("LOAD DATA small FROM '{}'; PREDICT cnn(small)", x3.display()),
         "holds inputs of shape [4] but `cnn` takes [1, 8, 8]",
     );
     still_works(&mut s);
@@ -386,19 +346,13 @@ fn tabular_files_load_from_csv_and_parquet() {
          LOAD DATA digits_csv FROM 'tests/fixtures/data/digits_test_x.csv' LABELS 'tests/fixtures/data/digits_test_y.csv';",
         parquet.display()
     ));
-    let a = query(
-        &mut s,
-        "SELECT * FROM mlp(from_csv[0:4]) USING integrated_gradients",
-    );
+    let a = query(&mut s, "SELECT * FROM mlp(from_csv[0:4]) USING integrated_gradients");
     let b = query(
         &mut s,
         "SELECT * FROM mlp(from_parquet[0:4]) USING integrated_gradients",
     );
     assert!(a.equals_missing(&b));
-    assert_eq!(
-        a.column("column").unwrap().str().unwrap().get(0),
-        Some("mean_radius")
-    );
+    assert_eq!(a.column("column").unwrap().str().unwrap().get(0), Some("mean_radius"));
     // 64 pixel columns feed the 1×8×8 CNN; the relation names them by column
     let npy = query(
         &mut s,

@@ -55,13 +55,7 @@ fn check(s: &mut Session, case: &str, from: &str) {
         assert_eq!(got_t[i * per], *t, "{case}: target of input {i}");
     }
     let (_, inputs) = oracle(case, "inputs");
-    assert_close(
-        &format!("{case}: inputs"),
-        &column_f64(&df, "value"),
-        &inputs,
-        0.0,
-        0.0,
-    );
+    assert_close(&format!("{case}: inputs"), &column_f64(&df, "value"), &inputs, 0.0, 0.0);
 }
 
 #[test]
@@ -94,21 +88,14 @@ fn forward_logits_match_pytorch() {
         .collect();
     assert_close("cancer_mlp logits", &got, &want, ATOL, RTOL);
     // 115 of 119 correct, as the oracle's training summary says
-    let correct = query(
-        &mut c,
-        "SELECT count(*) AS n FROM PREDICT mlp(cancer) WHERE correct",
-    );
+    let correct = query(&mut c, "SELECT count(*) AS n FROM PREDICT mlp(cancer) WHERE correct");
     assert_eq!(column_f64(&correct, "n"), vec![115.0]);
 }
 
 #[test]
 fn saliency_and_input_x_gradient() {
     let mut s = digits();
-    check(
-        &mut s,
-        "digits_cnn__saliency_abs",
-        "cnn(digits[0:10]) USING saliency",
-    );
+    check(&mut s, "digits_cnn__saliency_abs", "cnn(digits[0:10]) USING saliency");
     check(
         &mut s,
         "digits_cnn__saliency_noabs",
@@ -251,11 +238,7 @@ fn occlusion_and_feature_ablation() {
     );
     for r in 0..df.height() {
         let f = features[r] as usize;
-        assert_eq!(
-            mask[f] as usize,
-            r % 16,
-            "group order follows Captum's mask"
-        );
+        assert_eq!(mask[f] as usize, r % 16, "group order follows Captum's mask");
         let want_v = want[inputs[r] as usize * 64 + f];
         assert!(
             (attrs[r] - want_v).abs() <= ATOL + RTOL * want_v.abs(),
@@ -294,11 +277,7 @@ fn shapley_sampling_is_close_and_efficient() {
         let se = (var * (1.0 + 1.0 / k)).sqrt();
         let z = (mean - want[i]).abs() / (se + 1e-4);
         worst = worst.max(z);
-        assert!(
-            z < 5.0,
-            "feature {i}: our mean {mean} vs Captum {} (se {se})",
-            want[i]
-        );
+        assert!(z < 5.0, "feature {i}: our mean {mean} vs Captum {} (se {se})", want[i]);
     }
     assert!(worst > 0.0);
     // efficiency, against the model's outputs at the input and at the zero baseline
@@ -333,9 +312,7 @@ fn deconvolution_matches_hand_computation() {
     );
     let model = c.model("mlp").unwrap();
     let linear = |i: usize| match &model.layers[i].op {
-        Op::Linear {
-            weight, inp, out, ..
-        } => (weight.clone(), *inp, *out),
+        Op::Linear { weight, inp, out, .. } => (weight.clone(), *inp, *out),
         other => panic!("layer {i} is {other:?}"),
     };
     let ((w1, i1, o1), (w2, i2, o2), (w3, i3, _)) = (linear(0), linear(2), linear(4));
@@ -346,23 +323,12 @@ fn deconvolution_matches_hand_computation() {
         // g3 = W3[t, :]; relu; g2 = W2ᵀ g3; relu; g1 = W1ᵀ g2
         let g3: Vec<f64> = (0..i3).map(|j| (w3[t * i3 + j] as f64).max(0.0)).collect();
         let g2: Vec<f64> = (0..i2)
-            .map(|j| {
-                (0..o2)
-                    .map(|o| w2[o * i2 + j] as f64 * g3[o])
-                    .sum::<f64>()
-                    .max(0.0)
-            })
+            .map(|j| (0..o2).map(|o| w2[o * i2 + j] as f64 * g3[o]).sum::<f64>().max(0.0))
             .collect();
         let g1: Vec<f64> = (0..i1)
             .map(|j| (0..o1).map(|o| w1[o * i1 + j] as f64 * g2[o]).sum::<f64>())
             .collect();
-        assert_close(
-            "deconvolution",
-            &attrs[n * 30..(n + 1) * 30],
-            &g1,
-            1e-5,
-            1e-4,
-        );
+        assert_close("deconvolution", &attrs[n * 30..(n + 1) * 30], &g1, 1e-5, 1e-4);
     }
 }
 
@@ -408,13 +374,7 @@ fn integrated_gradients_completeness() {
         }
     }
     let both = model
-        .logits(
-            Batch::new(
-                vec![2, 1, 8, 8],
-                [xs[3 * 64..4 * 64].to_vec(), off].concat(),
-            )
-            .unwrap(),
-        )
+        .logits(Batch::new(vec![2, 1, 8, 8], [xs[3 * 64..4 * 64].to_vec(), off].concat()).unwrap())
         .unwrap();
     let tt = t[3] as usize;
     let expected = (both.row(0)[tt] - both.row(1)[tt]) as f64;
@@ -445,10 +405,7 @@ fn integrated_gradients_completeness() {
 fn smoothgrad_is_seeded_and_reduces_to_saliency() {
     let mut s = digits();
     let sal = column_f64(
-        &query(
-            &mut s,
-            "SELECT attribution FROM cnn(digits[0:3]) USING saliency",
-        ),
+        &query(&mut s, "SELECT attribution FROM cnn(digits[0:3]) USING saliency"),
         "attribution",
     );
     let sg0 = column_f64(
@@ -491,4 +448,78 @@ fn smoothgrad_is_seeded_and_reduces_to_saliency() {
         "attribution",
     );
     assert_eq!(&a[64..128], &alone[..]);
+}
+
+/// Cases the shared oracle lacks, computed with Captum 0.9.0 by tools/captum_extra_cases.py.
+fn check_extra(s: &mut Session, case: &str, from: &str) {
+    let df = query(
+        s,
+        &format!("SELECT target, value, attribution FROM {from} ORDER BY input, feature"),
+    );
+    let dir = format!("captum_extra/{case}");
+    let (_, want) = npy(&fixture(&format!("{dir}/attributions.npy")));
+    assert_close(
+        &format!("{case}: attributions"),
+        &column_f64(&df, "attribution"),
+        &want,
+        ATOL,
+        RTOL,
+    );
+    let (_, targets) = npy(&fixture(&format!("{dir}/targets.npy")));
+    let got_t = column_f64(&df, "target");
+    let per = got_t.len() / targets.len();
+    for (i, t) in targets.iter().enumerate() {
+        assert_eq!(got_t[i * per], *t, "{case}: target of input {i}");
+    }
+    let (_, inputs) = npy(&fixture(&format!("{dir}/inputs.npy")));
+    assert_close(&format!("{case}: inputs"), &column_f64(&df, "value"), &inputs, 0.0, 0.0);
+}
+
+#[test]
+fn more_captum_cases() {
+    let mut s = digits();
+    // windows that do not tile the image: Captum adds a last window clipped at the edge
+    check_extra(
+        &mut s,
+        "digits_cnn__occlusion_3x3_s2",
+        "cnn(digits[0:10]) USING occlusion(window = 3, stride = 2)",
+    );
+    check_extra(
+        &mut s,
+        "digits_cnn__occlusion_2x2_s2_base05",
+        "cnn(digits[0:10]) USING occlusion(window = 2, stride = 2) BASELINE 0.5",
+    );
+    check_extra(
+        &mut s,
+        "digits_cnn__feature_ablation",
+        "cnn(digits[0:10]) USING feature_ablation",
+    );
+    check_extra(
+        &mut s,
+        "digits_cnn__deconvolution",
+        "cnn(digits[0:10]) USING deconvolution",
+    );
+    for rule in ["riemann_left", "riemann_right", "riemann_middle"] {
+        check_extra(
+            &mut s,
+            &format!("digits_cnn__ig_{rule}_20"),
+            &format!("cnn(digits[0:10]) USING integrated_gradients(steps = 20, rule = {rule})"),
+        );
+    }
+    check_extra(
+        &mut s,
+        "digits_cnn__ig_target3_gl_8",
+        "cnn(digits[0:10]) USING integrated_gradients(steps = 8) TARGET 3",
+    );
+    let mut c = cancer();
+    check_extra(
+        &mut c,
+        "cancer_mlp__occlusion_3_s2",
+        "mlp(cancer[0:10]) USING occlusion(window = 3, stride = 2)",
+    );
+    check_extra(
+        &mut c,
+        "cancer_mlp__deconvolution",
+        "mlp(cancer[0:10]) USING deconvolution",
+    );
 }

@@ -32,11 +32,7 @@ fn check(text: &str, origin: &str) {
         without_spans(&format!("{second:?}")),
         "{origin}: the tree changed through\n{printed}"
     );
-    assert_eq!(
-        printed,
-        second.to_string(),
-        "{origin}: printing is not idempotent"
-    );
+    assert_eq!(printed, second.to_string(), "{origin}: printing is not idempotent");
 }
 
 const TRICKY: &[&str] = &[

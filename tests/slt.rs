@@ -49,13 +49,7 @@ pub fn table_lines(df: &DataFrame) -> Vec<String> {
             .join(" | "),
     ];
     for r in 0..df.height() {
-        lines.push(
-            df.columns()
-                .iter()
-                .map(|c| cell(c, r))
-                .collect::<Vec<_>>()
-                .join(" | "),
-        );
+        lines.push(df.columns().iter().map(|c| cell(c, r)).collect::<Vec<_>>().join(" | "));
     }
     lines
 }
@@ -123,15 +117,11 @@ fn run_file(path: &Path) -> (Vec<String>, String) {
                 }
             }
             Record::Error(sql, want) => match s.execute(&sql) {
-                Ok(_) => failures.push(format!(
-                    "{at}: expected an error containing `{want}`, but it succeeded"
-                )),
+                Ok(_) => failures.push(format!("{at}: expected an error containing `{want}`, but it succeeded")),
                 Err(e) => {
                     let shown = e.render(&sql, "q");
                     if !shown.contains(&want) {
-                        failures.push(format!(
-                            "{at}: expected an error containing `{want}`, got\n{shown}"
-                        ));
+                        failures.push(format!("{at}: expected an error containing `{want}`, got\n{shown}"));
                     }
                 }
             },
@@ -194,10 +184,5 @@ fn query_table_files() {
         }
         all.extend(failures);
     }
-    assert!(
-        all.is_empty(),
-        "{} failure(s):\n\n{}",
-        all.len(),
-        all.join("\n\n")
-    );
+    assert!(all.is_empty(), "{} failure(s):\n\n{}", all.len(), all.join("\n\n"));
 }

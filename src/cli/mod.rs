@@ -54,9 +54,7 @@ fn parse_format(s: &str) -> Result<Format, String> {
 }
 
 fn parse_var(s: &str) -> Result<(String, String), String> {
-    let (k, v) = s
-        .split_once('=')
-        .ok_or_else(|| format!("`{s}` should be NAME=VALUE"))?;
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("`{s}` should be NAME=VALUE"))?;
     let k = k.trim().trim_start_matches(':');
     if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
         return Err(format!("`{k}` is not a variable name"));
@@ -95,11 +93,7 @@ pub fn main() -> ExitCode {
             }
         }
     };
-    if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 
 /// Executes text through the session and prints what comes back.
@@ -145,8 +139,7 @@ impl Runner {
         let timing = self.timing;
         let mut prev_end = 0usize;
         let started = std::cell::Cell::new(std::time::Instant::now());
-        let mut sink = |stmt: &crate::syntax::ast::Statement,
-                        result: crate::error::Result<Output>| {
+        let mut sink = |stmt: &crate::syntax::ast::Statement, result: crate::error::Result<Output>| {
             if echo {
                 let from = leading_comments_start(text, prev_end, stmt.span.start);
                 println!("{};", text[from..stmt.span.end].trim());
@@ -157,10 +150,7 @@ impl Runner {
                 Err(e) => eprintln!("{}", e.render(text, origin)),
             }
             if timing {
-                println!(
-                    "Time: {:.3} ms",
-                    started.get().elapsed().as_secs_f64() * 1e3
-                );
+                println!("Time: {:.3} ms", started.get().elapsed().as_secs_f64() * 1e3);
             }
             let _ = std::io::stdout().flush();
             started.set(std::time::Instant::now());
@@ -185,9 +175,7 @@ fn leading_comments_start(text: &str, prev_end: usize, start: usize) -> usize {
 
 fn terminal_width() -> usize {
     if std::io::stdout().is_terminal() {
-        terminal_size::terminal_size()
-            .map(|(w, _)| w.0 as usize)
-            .unwrap_or(100)
+        terminal_size::terminal_size().map(|(w, _)| w.0 as usize).unwrap_or(100)
     } else {
         160
     }

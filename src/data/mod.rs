@@ -95,10 +95,7 @@ impl Dataset {
         if let Some(l) = &labels
             && l.len() != n
         {
-            return Err(Error::shape(format!(
-                "{source}: {n} inputs but {} labels",
-                l.len()
-            )));
+            return Err(Error::shape(format!("{source}: {n} inputs but {} labels", l.len())));
         }
         Ok(Dataset {
             name: name.to_string(),
@@ -154,10 +151,7 @@ impl Dataset {
             sample_shape: self.sample_shape.clone(),
             modality: self.modality.clone(),
             values,
-            labels: self
-                .labels
-                .as_ref()
-                .map(|l| rows.iter().map(|&r| l[r]).collect()),
+            labels: self.labels.as_ref().map(|l| rows.iter().map(|&r| l[r]).collect()),
             ids: rows.iter().map(|&r| self.ids[r]).collect(),
         }
     }
@@ -211,11 +205,7 @@ pub fn load(
     allow_nonfinite: bool,
 ) -> Result<Dataset> {
     let shown = path.display().to_string();
-    let ext = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .unwrap_or("")
-        .to_lowercase();
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_lowercase();
     let mut ds = match ext.as_str() {
         "npy" => {
             if let Some(col) = label_column {
@@ -226,8 +216,11 @@ pub fn load(
             let bytes = read_file(path)?;
             let array = npy::read_npy(&bytes, &shown)?;
             if array.shape.len() < 2 {
-                return Err(Error::shape(format!("{shown} has shape {} but inputs need a batch dimension first and features after it", fmt_shape(&array.shape)))
-                    .hint("for a single feature per input, save an array of shape (N, 1)"));
+                return Err(Error::shape(format!(
+                    "{shown} has shape {} but inputs need a batch dimension first and features after it",
+                    fmt_shape(&array.shape)
+                ))
+                .hint("for a single feature per input, save an array of shape (N, 1)"));
             }
             let sample_shape = array.shape[1..].to_vec();
             let modality = match sample_shape.as_slice() {
@@ -260,12 +253,7 @@ pub fn load(
                     .map_err(PolarsError::from)
                     .and_then(|f| ParquetReader::new(f).finish())
             }
-            .map_err(|e| {
-                Error::data(format!(
-                    "cannot read {shown}: {}",
-                    first_line(&e.to_string())
-                ))
-            })?;
+            .map_err(|e| Error::data(format!("cannot read {shown}: {}", first_line(&e.to_string()))))?;
             tabular_from_frame(name, &shown, df, label_column)?
         }
         _ => {
@@ -293,11 +281,10 @@ pub fn load(
     }
     if !allow_nonfinite && let Some((row, f)) = ds.first_nonfinite() {
         let v = ds.row(row)[f];
-        return Err(Error::data(format!(
-            "{shown}: input {row} holds {v} at {}",
-            ds.describe_feature(f)
-        ))
-        .hint("clean the data, or SET allow_nonfinite = true to load it anyway"));
+        return Err(
+            Error::data(format!("{shown}: input {row} holds {v} at {}", ds.describe_feature(f)))
+                .hint("clean the data, or SET allow_nonfinite = true to load it anyway"),
+        );
     }
     Ok(ds)
 }
@@ -312,11 +299,7 @@ fn first_line(s: &str) -> &str {
 
 fn load_labels(path: &Path) -> Result<Vec<i64>> {
     let shown = path.display().to_string();
-    let ext = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .unwrap_or("")
-        .to_lowercase();
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_lowercase();
     match ext.as_str() {
         "npy" => {
             let array = npy::read_npy(&read_file(path)?, &shown)?;
@@ -334,12 +317,7 @@ fn load_labels(path: &Path) -> Result<Vec<i64>> {
                 .with_has_header(true)
                 .try_into_reader_with_file_path(Some(path.to_path_buf()))
                 .and_then(|r| r.finish())
-                .map_err(|e| {
-                    Error::data(format!(
-                        "cannot read {shown}: {}",
-                        first_line(&e.to_string())
-                    ))
-                })?;
+                .map_err(|e| Error::data(format!("cannot read {shown}: {}", first_line(&e.to_string()))))?;
             if df.width() != 1 {
                 return Err(Error::data(format!(
                     "labels {shown} must have exactly one column, it has {}",
@@ -367,27 +345,16 @@ fn column_i64(col: &Column, origin: &str) -> Result<Vec<i64>> {
             Some(x) => Err(Error::data(format!(
                 "{origin}: label `{name}` of row {i} is {x}, not a whole number"
             ))),
-            None => Err(Error::data(format!(
-                "{origin}: label `{name}` of row {i} is missing"
-            ))),
+            None => Err(Error::data(format!("{origin}: label `{name}` of row {i} is missing"))),
         })
         .collect()
 }
 
-fn tabular_from_frame(
-    name: &str,
-    origin: &str,
-    df: DataFrame,
-    label_column: Option<&str>,
-) -> Result<Dataset> {
+fn tabular_from_frame(name: &str, origin: &str, df: DataFrame, label_column: Option<&str>) -> Result<Dataset> {
     let mut labels = None;
     if let Some(lc) = label_column {
         let Some(col) = df.columns().iter().find(|c| c.name().as_str() == lc) else {
-            let names: Vec<String> = df
-                .get_column_names()
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
+            let names: Vec<String> = df.get_column_names().iter().map(|s| s.to_string()).collect();
             return Err(Error::unknown(
                 "label column",
                 lc,
@@ -416,26 +383,13 @@ fn tabular_from_frame(
                 col.dtype()
             )));
         }
-        let floats = col
-            .cast(&DataType::Float32)
-            .map_err(|e| Error::data(e.to_string()))?;
+        let floats = col.cast(&DataType::Float32).map_err(|e| Error::data(e.to_string()))?;
         let ca = floats.f32().map_err(|e| Error::data(e.to_string()))?;
         for (i, v) in ca.iter().enumerate() {
-            values[i * d + j] = v.ok_or_else(|| {
-                Error::data(format!(
-                    "{origin}: row {i}, column `{}` is empty",
-                    col.name()
-                ))
-            })?;
+            values[i * d + j] =
+                v.ok_or_else(|| Error::data(format!("{origin}: row {i}, column `{}` is empty", col.name())))?;
         }
     }
     let columns = features.iter().map(|c| c.name().to_string()).collect();
-    Dataset::new(
-        name,
-        origin,
-        vec![d],
-        Modality::Tabular { columns },
-        values,
-        labels,
-    )
+    Dataset::new(name, origin, vec![d], Modality::Tabular { columns }, values, labels)
 }

@@ -76,8 +76,7 @@ pub fn read_npy(bytes: &[u8], origin: &str) -> Result<NpyArray> {
         .checked_add(header_len)
         .filter(|&e| e <= bytes.len())
         .ok_or_else(|| bad("truncated header"))?;
-    let header = std::str::from_utf8(&bytes[header_start..data_start])
-        .map_err(|_| bad("header is not text"))?;
+    let header = std::str::from_utf8(&bytes[header_start..data_start]).map_err(|_| bad("header is not text"))?;
     let descr = dict_str(header, "descr").ok_or_else(|| bad("header has no 'descr'"))?;
     let fortran = dict_raw(header, "fortran_order")
         .map(|v| v.starts_with("True"))
@@ -92,9 +91,7 @@ pub fn read_npy(bytes: &[u8], origin: &str) -> Result<NpyArray> {
             .hint("use float32/float64 inputs and integer labels")
     })?;
     let body = &bytes[data_start..];
-    let needed = count
-        .checked_mul(size)
-        .ok_or_else(|| bad("shape too large"))?;
+    let needed = count.checked_mul(size).ok_or_else(|| bad("shape too large"))?;
     if body.len() < needed {
         return Err(bad(&format!(
             "it holds {} bytes of data but its shape {:?} needs {needed}",
@@ -136,14 +133,10 @@ pub fn read_npy(bytes: &[u8], origin: &str) -> Result<NpyArray> {
                 })
                 .collect(),
         ),
-        ('u', s) if s < 8 => {
-            NpyData::Int((0..count).map(|i| i64::from_le_bytes(word(i))).collect())
-        }
+        ('u', s) if s < 8 => NpyData::Int((0..count).map(|i| i64::from_le_bytes(word(i))).collect()),
         ('b', 1) => NpyData::Int((0..count).map(|i| i64::from(body[i] != 0)).collect()),
         _ => {
-            return Err(Error::data(format!(
-                "{origin}: unsupported dtype '{descr}'"
-            )));
+            return Err(Error::data(format!("{origin}: unsupported dtype '{descr}'")));
         }
     };
     let mut array = NpyArray { shape, data };

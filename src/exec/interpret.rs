@@ -17,21 +17,12 @@ use crate::plan::{Attribution, BaselineSpec, GranularitySpec, Prediction, Target
 /// Logits of every selected input: from the cache where present, else from one batched
 /// forward pass over the missing inputs, whose outputs (and any `record`ed hook points)
 /// are stored in the cache.
-pub(super) fn logits(
-    state: &mut State,
-    model_name: &str,
-    sel: &Selection,
-    record: &[usize],
-) -> Result<Vec<Vec<f32>>> {
+pub(super) fn logits(state: &mut State, model_name: &str, sel: &Selection, record: &[usize]) -> Result<Vec<Vec<f32>>> {
     let loaded = state.model(model_name)?;
     let (model, model_id) = (loaded.model.clone(), loaded.id);
     let out_hook = model.layers.len() - 1;
     let d = model.input_len();
-    let hashes: Vec<u64> = sel
-        .rows
-        .iter()
-        .map(|&r| input_hash(sel.dataset.row(r)))
-        .collect();
+    let hashes: Vec<u64> = sel.rows.iter().map(|&r| input_hash(sel.dataset.row(r))).collect();
     let mut out: Vec<Option<Vec<f32>>> = Vec::with_capacity(sel.len());
     let mut missing = Vec::new();
     for (i, h) in hashes.iter().enumerate() {
@@ -79,10 +70,7 @@ pub(super) fn logits(
                     keep,
                     hook: None,
                 };
-                let tape = model.run(
-                    Batch::new(batch_shape(chunk.len(), &model.input_shape), data)?,
-                    &fwd,
-                )?;
+                let tape = model.run(Batch::new(batch_shape(chunk.len(), &model.input_shape), data)?, &fwd)?;
                 Ok(wanted
                     .iter()
                     .map(|&h| {
@@ -222,25 +210,11 @@ pub(super) fn run_attribution(state: &mut State, a: &Attribution) -> Result<Data
         control: &control,
     };
     let attr = ops::attribute(&a.method, &req)?;
-    relation(
-        &sel,
-        &labels,
-        &predictions,
-        &targets,
-        &inputs,
-        &attr,
-        &features,
-        a,
-    )
+    relation(&sel, &labels, &predictions, &targets, &inputs, &attr, &features, a)
 }
 
 /// The window (projection) and groups (granularity) as the methods see them.
-fn features(
-    window: &WindowSpec,
-    gran: &GranularitySpec,
-    modality: &Modality,
-    d: usize,
-) -> Result<Features> {
+fn features(window: &WindowSpec, gran: &GranularitySpec, modality: &Modality, d: usize) -> Result<Features> {
     let mut group_of = vec![OUTSIDE; d];
     let mut groups = 0usize;
     let mut order = Vec::new();
@@ -345,10 +319,7 @@ fn relation(
     a: &Attribution,
 ) -> Result<DataFrame> {
     let d = features.len();
-    let grouped = matches!(
-        a.granularity,
-        GranularitySpec::Pixel | GranularitySpec::Patch(_)
-    );
+    let grouped = matches!(a.granularity, GranularitySpec::Pixel | GranularitySpec::Patch(_));
     let members: Vec<Vec<usize>> = if grouped {
         features.members()
     } else {
@@ -423,10 +394,7 @@ fn relation(
         }
         Modality::Tensor => {}
     }
-    columns.insert(
-        if grouped { 5 } else { 4 },
-        Column::new("feature".into(), c_feature),
-    );
+    columns.insert(if grouped { 5 } else { 4 }, Column::new("feature".into(), c_feature));
     if grouped {
         columns.push(Column::new("size".into(), c_size));
     }
@@ -473,18 +441,12 @@ mod tests {
             })
             .unwrap();
         let model = state.model("cnn").unwrap().model.clone();
-        let (id, conv2) = (
-            state.model("cnn").unwrap().id,
-            model.layer_index("conv2").unwrap(),
-        );
+        let (id, conv2) = (state.model("cnn").unwrap().id, model.layer_index("conv2").unwrap());
         let first = logits(state, "cnn", &sel, &[conv2]).unwrap();
         assert_eq!(state.cache.len(), 6, "the output and conv2 of three inputs");
         // what was recorded is what a forward pass computes
         let tape = model
-            .run(
-                Batch::new(vec![3, 1, 8, 8], sel.values()).unwrap(),
-                &model.full(),
-            )
+            .run(Batch::new(vec![3, 1, 8, 8], sel.values()).unwrap(), &model.full())
             .unwrap();
         for (i, &r) in sel.rows.iter().enumerate() {
             let key = Key {

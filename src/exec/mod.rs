@@ -20,9 +20,7 @@ use crate::data::{self, Dataset, Selection};
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::Model;
 use crate::ops::ParamValue;
-use crate::plan::{
-    self, Catalog, DatasetInfo, DatasetRef, Literal, ModelInfo, Pick, Plan, Setting,
-};
+use crate::plan::{self, Catalog, DatasetInfo, DatasetRef, Literal, ModelInfo, Pick, Plan, Setting};
 use crate::syntax::{self, ast::Statement};
 
 /// What a statement produced.
@@ -159,9 +157,7 @@ impl Session {
 
     /// Runs one parsed statement.
     pub fn execute_statement(&mut self, stmt: &Statement) -> Result<Output> {
-        self.state
-            .cancel
-            .store(false, std::sync::atomic::Ordering::Relaxed);
+        self.state.cancel.store(false, std::sync::atomic::Ordering::Relaxed);
         let plan = plan::plan(stmt, &self.state)?;
         // A failure inside a third-party library must not end the session.
         let state = &mut self.state;
@@ -238,9 +234,10 @@ impl State {
     }
 
     fn dataset(&self, name: &str) -> Result<Arc<Dataset>> {
-        self.datasets.get(name).cloned().ok_or_else(|| {
-            Error::unknown("dataset", name, &self.dataset_names(), "loaded datasets")
-        })
+        self.datasets
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::unknown("dataset", name, &self.dataset_names(), "loaded datasets"))
     }
 
     /// The rows a dataset reference picks.
@@ -267,11 +264,7 @@ impl State {
 
     fn run(&mut self, plan: Plan) -> Result<Output> {
         match plan {
-            Plan::LoadModel {
-                name,
-                weights,
-                arch,
-            } => {
+            Plan::LoadModel { name, weights, arch } => {
                 let arch = arch.ok_or_else(|| Error::model("an architecture file is needed"))?;
                 let model = Model::load(&weights, &arch)?;
                 if self.datasets.contains_key(&name) {
@@ -358,9 +351,7 @@ impl State {
                 if self.external_variables.contains(&name)
                     && let Some(given) = self.variables.get(&name)
                 {
-                    return Ok(Output::Message(format!(
-                        ":{name} = {given} (given with --var)"
-                    )));
+                    return Ok(Output::Message(format!(":{name} = {given} (given with --var)")));
                 }
                 let msg = format!(":{name} = {value}");
                 self.variables.insert(name, value);

@@ -47,10 +47,7 @@ fn build(node: &Node, state: &mut State) -> Result<LazyFrame> {
             build(input, state)?.select(cols)
         }
         NodeKind::Sort { input, keys } => {
-            let by = keys
-                .iter()
-                .map(|(e, _)| expr(e))
-                .collect::<Result<Vec<_>>>()?;
+            let by = keys.iter().map(|(e, _)| expr(e)).collect::<Result<Vec<_>>>()?;
             let desc: Vec<bool> = keys.iter().map(|(_, d)| *d).collect();
             let opts = SortMultipleOptions::default()
                 .with_order_descending_multi(desc)
@@ -58,17 +55,10 @@ fn build(node: &Node, state: &mut State) -> Result<LazyFrame> {
                 .with_maintain_order(true);
             build(input, state)?.sort_by_exprs(by, opts)
         }
-        NodeKind::Limit {
-            input,
-            count,
-            offset,
-        } => build(input, state)?.slice(
-            *offset as i64,
-            (*count).min(IdxSize::MAX as usize) as IdxSize,
-        ),
-        NodeKind::Distinct { input } => {
-            build(input, state)?.unique_stable(None, UniqueKeepStrategy::First)
+        NodeKind::Limit { input, count, offset } => {
+            build(input, state)?.slice(*offset as i64, (*count).min(IdxSize::MAX as usize) as IdxSize)
         }
+        NodeKind::Distinct { input } => build(input, state)?.unique_stable(None, UniqueKeepStrategy::First),
         NodeKind::SetOp { op, left, right } => {
             let l = build(left, state)?.collect()?;
             let r = build(right, state)?.collect()?;
@@ -93,11 +83,7 @@ fn set_op(op: SetOp, left: DataFrame, right: DataFrame) -> Result<DataFrame> {
         } else {
             DataType::String
         };
-        lcols.push(
-            col(lc.name().clone())
-                .cast(common.clone())
-                .alias(name.clone()),
-        );
+        lcols.push(col(lc.name().clone()).cast(common.clone()).alias(name.clone()));
         rcols.push(col(rc.name().clone()).cast(common).alias(name.clone()));
     }
     let l = left.lazy().select(lcols);
@@ -116,9 +102,7 @@ fn set_op(op: SetOp, left: DataFrame, right: DataFrame) -> Result<DataFrame> {
     };
     let out = match op {
         SetOp::UnionAll => concat([l, r], UnionArgs::default())?,
-        SetOp::Union => {
-            concat([l, r], UnionArgs::default())?.unique_stable(None, UniqueKeepStrategy::First)
-        }
+        SetOp::Union => concat([l, r], UnionArgs::default())?.unique_stable(None, UniqueKeepStrategy::First),
         SetOp::Intersect => joined(JoinType::Semi),
         SetOp::Except => joined(JoinType::Anti),
     };
@@ -189,34 +173,26 @@ pub fn expr(e: &Ast) -> Result<Expr> {
                 "ceil" => arg(0)?.ceil(),
                 "pow" => arg(0)?.pow(arg(1)?),
                 "round" => {
-                    let decimals =
-                        match args.get(1).map(|a| &a.kind) {
-                            None => 0,
-                            Some(ExprKind::Number(n)) if *n >= 0.0 && n.fract() == 0.0 => *n as u32,
-                            Some(_) => return Err(Error::query(
-                                "round's second argument must be a whole number of decimals ≥ 0",
-                            )
-                            .at(e.span)),
-                        };
+                    let decimals = match args.get(1).map(|a| &a.kind) {
+                        None => 0,
+                        Some(ExprKind::Number(n)) if *n >= 0.0 && n.fract() == 0.0 => *n as u32,
+                        Some(_) => {
+                            return Err(
+                                Error::query("round's second argument must be a whole number of decimals ≥ 0")
+                                    .at(e.span),
+                            );
+                        }
+                    };
                     arg(0)?.round(decimals, RoundMode::HalfAwayFromZero)
                 }
                 other => {
-                    return Err(
-                        Error::query(format!("internal: unknown function {other}")).at(e.span)
-                    );
+                    return Err(Error::query(format!("internal: unknown function {other}")).at(e.span));
                 }
             }
         }
-        ExprKind::IsNull {
-            expr: inner,
-            negated,
-        } => {
+        ExprKind::IsNull { expr: inner, negated } => {
             let x = expr(inner)?;
-            if *negated {
-                x.is_not_null()
-            } else {
-                x.is_null()
-            }
+            if *negated { x.is_not_null() } else { x.is_null() }
         }
         ExprKind::InList {
             expr: inner,

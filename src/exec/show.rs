@@ -106,18 +106,9 @@ pub(super) fn setting_value(s: &Settings, name: &str) -> String {
             .method
             .clone()
             .unwrap_or_else(|| "integrated_gradients (default)".into()),
-        "steps" => s
-            .steps
-            .map(|v| v.to_string())
-            .unwrap_or_else(|| "50 (default)".into()),
-        "seed" => s
-            .seed
-            .map(|v| v.to_string())
-            .unwrap_or_else(|| "0 (default)".into()),
-        "batch_size" => s
-            .batch_size
-            .map(|v| v.to_string())
-            .unwrap_or_else(|| "auto".into()),
+        "steps" => s.steps.map(|v| v.to_string()).unwrap_or_else(|| "50 (default)".into()),
+        "seed" => s.seed.map(|v| v.to_string()).unwrap_or_else(|| "0 (default)".into()),
+        "batch_size" => s.batch_size.map(|v| v.to_string()).unwrap_or_else(|| "auto".into()),
         "memory_mb" => s.memory_mb.to_string(),
         "cache_mb" => s.cache_mb.to_string(),
         "allow_nonfinite" => s.allow_nonfinite.to_string(),

@@ -55,23 +55,19 @@ impl Arch {
     pub fn parse(text: &str, origin: &str) -> Result<Arch> {
         let json: Json = serde_json::from_str(text)
             .map_err(|e| Error::model(format!("architecture {origin} is not valid JSON: {e}")))?;
-        let obj = json.as_object().ok_or_else(|| {
-            Error::model(format!(
-                "architecture {origin} must be a JSON object with `layers`"
-            ))
-        })?;
-        let name = obj
-            .get("name")
-            .and_then(Json::as_str)
-            .unwrap_or("model")
-            .to_string();
+        let obj = json
+            .as_object()
+            .ok_or_else(|| Error::model(format!("architecture {origin} must be a JSON object with `layers`")))?;
+        let name = obj.get("name").and_then(Json::as_str).unwrap_or("model").to_string();
         let input_shape = obj
             .get("input_shape")
             .ok_or_else(|| Error::model(format!("architecture {origin} has no `input_shape` (e.g. [1, 8, 8])")))
             .and_then(|v| {
-                dims(v)
-                    .filter(|d| !d.is_empty())
-                    .ok_or_else(|| Error::model(format!("architecture {origin}: `input_shape` must be a non-empty list of positive integers")))
+                dims(v).filter(|d| !d.is_empty()).ok_or_else(|| {
+                    Error::model(format!(
+                        "architecture {origin}: `input_shape` must be a non-empty list of positive integers"
+                    ))
+                })
             })?;
         let layers_json = obj
             .get("layers")
@@ -82,27 +78,17 @@ impl Arch {
         for (i, layer) in layers_json.iter().enumerate() {
             let fields = layer
                 .as_object()
-                .ok_or_else(|| {
-                    Error::model(format!(
-                        "architecture {origin}: layer {i} must be an object"
-                    ))
-                })?
+                .ok_or_else(|| Error::model(format!("architecture {origin}: layer {i} must be an object")))?
                 .clone();
             let name = fields
                 .get("name")
                 .and_then(Json::as_str)
-                .ok_or_else(|| {
-                    Error::model(format!("architecture {origin}: layer {i} has no `name`"))
-                })?
+                .ok_or_else(|| Error::model(format!("architecture {origin}: layer {i} has no `name`")))?
                 .to_string();
             let kind = fields
                 .get("type")
                 .and_then(Json::as_str)
-                .ok_or_else(|| {
-                    Error::model(format!(
-                        "architecture {origin}: layer `{name}` has no `type`"
-                    ))
-                })?
+                .ok_or_else(|| Error::model(format!("architecture {origin}: layer `{name}` has no `type`")))?
                 .to_lowercase();
             if !LAYER_TYPES.contains(&kind.as_str()) {
                 return Err(Error::model(format!(
@@ -162,9 +148,7 @@ fn dims(v: &Json) -> Option<Vec<usize>> {
 
 impl LayerSpec {
     fn get(&self, keys: &[&str]) -> Option<&Json> {
-        keys.iter()
-            .find_map(|k| self.fields.get(*k))
-            .filter(|v| !v.is_null())
+        keys.iter().find_map(|k| self.fields.get(*k)).filter(|v| !v.is_null())
     }
 
     fn usize_field(&self, keys: &[&str], default: Option<usize>, min: usize) -> Result<usize> {
@@ -180,12 +164,7 @@ impl LayerSpec {
         }
     }
 
-    fn pair_field(
-        &self,
-        keys: &[&str],
-        default: Option<(usize, usize)>,
-        min: usize,
-    ) -> Result<(usize, usize)> {
+    fn pair_field(&self, keys: &[&str], default: Option<(usize, usize)>, min: usize) -> Result<(usize, usize)> {
         let Some(v) = self.get(keys) else {
             return default.ok_or_else(|| Error::model(format!("missing field `{}`", keys[0])));
         };
@@ -206,9 +185,7 @@ impl LayerSpec {
             .as_array()
             .map(|a| a.iter().map(Json::as_u64).collect::<Option<Vec<_>>>())
         {
-            Some(Some(a)) if a.len() == 2 && a.iter().all(|&d| d as usize >= min) => {
-                Ok((a[0] as usize, a[1] as usize))
-            }
+            Some(Some(a)) if a.len() == 2 && a.iter().all(|&d| d as usize >= min) => Ok((a[0] as usize, a[1] as usize)),
             _ => Err(bad()),
         }
     }
@@ -216,39 +193,31 @@ impl LayerSpec {
     fn bool_field(&self, keys: &[&str], default: bool) -> Result<bool> {
         match self.get(keys) {
             None => Ok(default),
-            Some(v) => v.as_bool().ok_or_else(|| {
-                Error::model(format!(
-                    "field `{}` must be true or false, got {v}",
-                    keys[0]
-                ))
-            }),
+            Some(v) => v
+                .as_bool()
+                .ok_or_else(|| Error::model(format!("field `{}` must be true or false, got {v}", keys[0]))),
         }
     }
 
     fn f64_field(&self, keys: &[&str], default: f64) -> Result<f64> {
         match self.get(keys) {
             None => Ok(default),
-            Some(v) => v.as_f64().ok_or_else(|| {
-                Error::model(format!("field `{}` must be a number, got {v}", keys[0]))
-            }),
+            Some(v) => v
+                .as_f64()
+                .ok_or_else(|| Error::model(format!("field `{}` must be a number, got {v}", keys[0]))),
         }
     }
 
     fn int_field(&self, keys: &[&str], default: i64) -> Result<i64> {
         match self.get(keys) {
             None => Ok(default),
-            Some(v) => v.as_i64().ok_or_else(|| {
-                Error::model(format!("field `{}` must be an integer, got {v}", keys[0]))
-            }),
+            Some(v) => v
+                .as_i64()
+                .ok_or_else(|| Error::model(format!("field `{}` must be an integer, got {v}", keys[0]))),
         }
     }
 
-    fn take(
-        &self,
-        weights: &mut BTreeMap<String, Weight>,
-        suffix: &str,
-        shape: &[usize],
-    ) -> Result<Vec<f32>> {
+    fn take(&self, weights: &mut BTreeMap<String, Weight>, suffix: &str, shape: &[usize]) -> Result<Vec<f32>> {
         let key = format!("{}.{suffix}", self.name);
         let w = weights.remove(&key).ok_or_else(|| {
             Error::model(format!(
@@ -266,19 +235,11 @@ impl LayerSpec {
         Ok(w.data)
     }
 
-    fn window(
-        &self,
-        in_shape: &[usize],
-        default_stride_is_kernel: bool,
-    ) -> Result<(Window2d, (usize, usize))> {
+    fn window(&self, in_shape: &[usize], default_stride_is_kernel: bool) -> Result<(Window2d, (usize, usize))> {
         let kernel = self.pair_field(&["kernel", "kernel_size"], None, 1)?;
         let stride = self.pair_field(
             &["stride"],
-            Some(if default_stride_is_kernel {
-                kernel
-            } else {
-                (1, 1)
-            }),
+            Some(if default_stride_is_kernel { kernel } else { (1, 1) }),
             1,
         )?;
         let padding = self.pair_field(&["padding"], Some((0, 0)), 0)?;
@@ -293,16 +254,14 @@ impl LayerSpec {
             dilation,
         };
         let r = in_shape.len();
-        let (oh, ow) = win
-            .out_hw(in_shape[r - 2], in_shape[r - 1])
-            .ok_or_else(|| {
-                Error::shape(format!(
-                    "a {}×{} window does not fit an input of shape {}",
-                    kernel.0,
-                    kernel.1,
-                    fmt_shape(in_shape)
-                ))
-            })?;
+        let (oh, ow) = win.out_hw(in_shape[r - 2], in_shape[r - 1]).ok_or_else(|| {
+            Error::shape(format!(
+                "a {}×{} window does not fit an input of shape {}",
+                kernel.0,
+                kernel.1,
+                fmt_shape(in_shape)
+            ))
+        })?;
         Ok((win, (oh, ow)))
     }
 
@@ -336,15 +295,7 @@ impl LayerSpec {
                 };
                 let mut shape = in_shape.to_vec();
                 *shape.last_mut().expect("rank ≥ 1") = out;
-                (
-                    Op::Linear {
-                        inp,
-                        out,
-                        weight,
-                        bias,
-                    },
-                    shape,
-                )
+                (Op::Linear { inp, out, weight, bias }, shape)
             }
             "conv2d" => {
                 self.need_rank(in_shape, &[3], "a [channels, height, width] input")?;
@@ -372,11 +323,7 @@ impl LayerSpec {
                     )));
                 }
                 let (win, (oh, ow)) = self.window(in_shape, false)?;
-                let weight = self.take(
-                    weights,
-                    "weight",
-                    &[out, c / groups, win.kernel.0, win.kernel.1],
-                )?;
+                let weight = self.take(weights, "weight", &[out, c / groups, win.kernel.0, win.kernel.1])?;
                 let bias = if self.bool_field(&["bias"], true)? {
                     Some(self.take(weights, "bias", &[out])?)
                 } else {
@@ -403,10 +350,7 @@ impl LayerSpec {
             "sigmoid" => (Op::Sigmoid, in_shape.to_vec()),
             "tanh" => (Op::Tanh, in_shape.to_vec()),
             "gelu" => {
-                let approx = self
-                    .get(&["approximate"])
-                    .and_then(Json::as_str)
-                    .unwrap_or("none");
+                let approx = self.get(&["approximate"]).and_then(Json::as_str).unwrap_or("none");
                 let tanh_approx = match approx {
                     "none" => false,
                     "tanh" => true,
@@ -429,12 +373,7 @@ impl LayerSpec {
                         fmt_shape(in_shape)
                     )));
                 }
-                (
-                    Op::Softmax {
-                        axis: axis as usize,
-                    },
-                    in_shape.to_vec(),
-                )
+                (Op::Softmax { axis: axis as usize }, in_shape.to_vec())
             }
             "maxpool2d" => {
                 self.need_rank(in_shape, &[3], "a [channels, height, width] input")?;
@@ -456,21 +395,12 @@ impl LayerSpec {
                     return Err(Error::model("avgpool2d has no dilation"));
                 }
                 let count_include_pad = self.bool_field(&["count_include_pad"], true)?;
-                (
-                    Op::AvgPool2d {
-                        win,
-                        count_include_pad,
-                    },
-                    vec![in_shape[0], oh, ow],
-                )
+                (Op::AvgPool2d { win, count_include_pad }, vec![in_shape[0], oh, ow])
             }
             "adaptive_avgpool2d" => {
                 self.need_rank(in_shape, &[3], "a [channels, height, width] input")?;
                 let out = self.pair_field(&["output_size", "out"], None, 1)?;
-                (
-                    Op::AdaptiveAvgPool2d { out },
-                    vec![in_shape[0], out.0, out.1],
-                )
+                (Op::AdaptiveAvgPool2d { out }, vec![in_shape[0], out.0, out.1])
             }
             "flatten" => {
                 let rank = in_shape.len() as i64 + 1;
@@ -513,10 +443,7 @@ impl LayerSpec {
                 }
                 let eps = self.f64_field(&["eps"], 1e-5)?;
                 let (gamma, beta) = if self.bool_field(&["affine"], true)? {
-                    (
-                        self.take(weights, "weight", &[c])?,
-                        self.take(weights, "bias", &[c])?,
-                    )
+                    (self.take(weights, "weight", &[c])?, self.take(weights, "bias", &[c])?)
                 } else {
                     (vec![1.0; c], vec![0.0; c])
                 };

@@ -32,10 +32,7 @@ pub fn matmul(
         return;
     }
     // The bounds the raw-pointer call below relies on.
-    assert!(
-        (m - 1) * c_rs + n <= c.len(),
-        "matmul: destination too small"
-    );
+    assert!((m - 1) * c_rs + n <= c.len(), "matmul: destination too small");
     assert!(
         (m - 1) * a_rs + (k - 1) * a_cs < a.len(),
         "matmul: left operand too small"
@@ -82,13 +79,7 @@ pub struct Window2d {
 
 impl Window2d {
     /// Output size along one axis, or None if the window does not fit.
-    pub fn out_len(
-        input: usize,
-        kernel: usize,
-        stride: usize,
-        padding: usize,
-        dilation: usize,
-    ) -> Option<usize> {
+    pub fn out_len(input: usize, kernel: usize, stride: usize, padding: usize, dilation: usize) -> Option<usize> {
         let span = dilation * (kernel - 1) + 1;
         let padded = input + 2 * padding;
         if padded < span {
@@ -99,20 +90,8 @@ impl Window2d {
     }
     pub fn out_hw(&self, h: usize, w: usize) -> Option<(usize, usize)> {
         Some((
-            Self::out_len(
-                h,
-                self.kernel.0,
-                self.stride.0,
-                self.padding.0,
-                self.dilation.0,
-            )?,
-            Self::out_len(
-                w,
-                self.kernel.1,
-                self.stride.1,
-                self.padding.1,
-                self.dilation.1,
-            )?,
+            Self::out_len(h, self.kernel.0, self.stride.0, self.padding.0, self.dilation.0)?,
+            Self::out_len(w, self.kernel.1, self.stride.1, self.padding.1, self.dilation.1)?,
         ))
     }
 }
@@ -249,14 +228,7 @@ fn col2im(col: &[f32], n: usize, c0: usize, g: &ConvGeom, gx: &mut [f32]) {
 }
 
 /// Convolution forward: x [n, c, h, w], weight [out, c/groups, kh, kw] → [n, out, oh, ow].
-pub fn conv2d_forward(
-    x: &[f32],
-    n: usize,
-    g: &ConvGeom,
-    weight: &[f32],
-    bias: Option<&[f32]>,
-    y: &mut [f32],
-) {
+pub fn conv2d_forward(x: &[f32], n: usize, g: &ConvGeom, weight: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
     let k = g.k();
     let p = g.p();
     let og = g.out / g.groups;
@@ -307,8 +279,7 @@ pub fn conv2d_backward(gy: &[f32], n: usize, g: &ConvGeom, weight: &[f32], gx: &
             for o in 0..og {
                 let oc = gi * og + o;
                 for img in 0..m {
-                    gyt[o * m * p + img * p..][..p]
-                        .copy_from_slice(&gy[(start + img) * img_out + oc * p..][..p]);
+                    gyt[o * m * p + img * p..][..p].copy_from_slice(&gy[(start + img) * img_out + oc * p..][..p]);
                 }
             }
             let col = &mut col[..k * m * p];
@@ -341,31 +312,11 @@ pub fn linear_forward(
             y[r * out..(r + 1) * out].copy_from_slice(b);
         }
     }
-    matmul(
-        rows,
-        out,
-        inp,
-        y,
-        out,
-        x,
-        inp,
-        1,
-        weight,
-        1,
-        inp,
-        bias.is_some(),
-    );
+    matmul(rows, out, inp, y, out, x, inp, 1, weight, 1, inp, bias.is_some());
 }
 
 /// Linear input gradient: gx[rows, in] = gy[rows, out] · W.
-pub fn linear_backward(
-    gy: &[f32],
-    rows: usize,
-    inp: usize,
-    out: usize,
-    weight: &[f32],
-    gx: &mut [f32],
-) {
+pub fn linear_backward(gy: &[f32], rows: usize, inp: usize, out: usize, weight: &[f32], gx: &mut [f32]) {
     matmul(rows, inp, out, gx, inp, gy, out, 1, weight, inp, 1, false);
 }
 
@@ -384,13 +335,7 @@ pub struct Planes {
 /// its plane of its maximum as PyTorch picks it (the first maximum; a NaN wins), or
 /// u32::MAX when the window lies entirely in the padding.
 pub fn maxpool2d_forward(x: &[f32], g: Planes, win: &Window2d, y: &mut [f32]) -> Vec<u32> {
-    let Planes {
-        planes,
-        h,
-        w,
-        oh,
-        ow,
-    } = g;
+    let Planes { planes, h, w, oh, ow } = g;
     let mut arg = vec![u32::MAX; planes * oh * ow];
     let inside = win.padding == (0, 0);
     if inside && win.kernel == (2, 2) && win.stride == (2, 2) && win.dilation == (1, 1) {
@@ -402,12 +347,7 @@ pub fn maxpool2d_forward(x: &[f32], g: Planes, win: &Window2d, y: &mut [f32]) ->
                 let bottom = &src[(2 * oy + 1) * w..(2 * oy + 2) * w];
                 let o = pl * oh * ow + oy * ow;
                 for ox in 0..ow {
-                    let c = [
-                        top[2 * ox],
-                        top[2 * ox + 1],
-                        bottom[2 * ox],
-                        bottom[2 * ox + 1],
-                    ];
+                    let c = [top[2 * ox], top[2 * ox + 1], bottom[2 * ox], bottom[2 * ox + 1]];
                     let mut k = 0;
                     for (q, v) in c.iter().enumerate().skip(1) {
                         if *v > c[k] || v.is_nan() {
@@ -445,14 +385,12 @@ pub fn maxpool2d_forward(x: &[f32], g: Planes, win: &Window2d, y: &mut [f32]) ->
                     }
                 } else {
                     for i in 0..win.kernel.0 {
-                        let iy = (oy * win.stride.0 + i * win.dilation.0) as isize
-                            - win.padding.0 as isize;
+                        let iy = (oy * win.stride.0 + i * win.dilation.0) as isize - win.padding.0 as isize;
                         if iy < 0 || iy >= h as isize {
                             continue;
                         }
                         for j in 0..win.kernel.1 {
-                            let ix = (ox * win.stride.1 + j * win.dilation.1) as isize
-                                - win.padding.1 as isize;
+                            let ix = (ox * win.stride.1 + j * win.dilation.1) as isize - win.padding.1 as isize;
                             if ix < 0 || ix >= w as isize {
                                 continue;
                             }
@@ -475,13 +413,7 @@ pub fn maxpool2d_forward(x: &[f32], g: Planes, win: &Window2d, y: &mut [f32]) ->
 
 /// Max pooling input gradient: each output's gradient goes to its recorded maximum.
 pub fn maxpool2d_backward(gy: &[f32], arg: &[u32], g: Planes, gx: &mut [f32]) {
-    let Planes {
-        planes,
-        h,
-        w,
-        oh,
-        ow,
-    } = g;
+    let Planes { planes, h, w, oh, ow } = g;
     gx.fill(0.0);
     for pl in 0..planes {
         let dst = &mut gx[pl * h * w..(pl + 1) * h * w];
@@ -496,13 +428,7 @@ pub fn maxpool2d_backward(gy: &[f32], arg: &[u32], g: Planes, gx: &mut [f32]) {
 
 /// Average pooling windows: for each output position, the input rectangle and divisor
 /// (PyTorch: with count_include_pad the divisor counts padding, never beyond it).
-fn avg_window(
-    o: usize,
-    kernel: usize,
-    stride: usize,
-    pad: usize,
-    len: usize,
-) -> (usize, usize, usize) {
+fn avg_window(o: usize, kernel: usize, stride: usize, pad: usize, len: usize) -> (usize, usize, usize) {
     let start = (o * stride) as isize - pad as isize;
     let end_padded = (start + kernel as isize).min((len + pad) as isize);
     let padded_count = (end_padded - start) as usize;
@@ -512,21 +438,8 @@ fn avg_window(
 }
 
 /// Average pooling over planes; `count_include_pad` as in PyTorch.
-pub fn avgpool2d(
-    x: &[f32],
-    g: Planes,
-    win: &Window2d,
-    count_include_pad: bool,
-    y: &mut [f32],
-    backward: bool,
-) {
-    let Planes {
-        planes,
-        h,
-        w,
-        oh,
-        ow,
-    } = g;
+pub fn avgpool2d(x: &[f32], g: Planes, win: &Window2d, count_include_pad: bool, y: &mut [f32], backward: bool) {
+    let Planes { planes, h, w, oh, ow } = g;
     // Forward: y = mean(x window); backward (x = gy, y = gx): gx[window] += gy / divisor.
     if backward {
         y.fill(0.0);
@@ -571,13 +484,7 @@ pub fn adaptive_bin(i: usize, len: usize, out: usize) -> (usize, usize) {
 
 /// Adaptive average pooling forward (or, with `backward`, its input gradient).
 pub fn adaptive_avgpool2d(x: &[f32], g: Planes, y: &mut [f32], backward: bool) {
-    let Planes {
-        planes,
-        h,
-        w,
-        oh,
-        ow,
-    } = g;
+    let Planes { planes, h, w, oh, ow } = g;
     if backward {
         y.fill(0.0);
     }

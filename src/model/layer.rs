@@ -90,12 +90,7 @@ impl Op {
     pub fn is_nonlinearity(&self) -> bool {
         matches!(
             self,
-            Op::Relu
-                | Op::LeakyRelu { .. }
-                | Op::Sigmoid
-                | Op::Tanh
-                | Op::Gelu { .. }
-                | Op::Softmax { .. }
+            Op::Relu | Op::LeakyRelu { .. } | Op::Sigmoid | Op::Tanh | Op::Gelu { .. } | Op::Softmax { .. }
         )
     }
 }
@@ -149,12 +144,7 @@ impl Layer {
         let mut memo = Memo::None;
         let ys = y.data_mut();
         match &self.op {
-            Op::Linear {
-                inp,
-                out,
-                weight,
-                bias,
-            } => {
+            Op::Linear { inp, out, weight, bias } => {
                 let rows = xs.len() / inp;
                 kernels::linear_forward(xs, rows, *inp, *out, weight, bias.as_deref(), ys);
             }
@@ -178,9 +168,7 @@ impl Layer {
                 for block in 0..n * outer {
                     for i in 0..inner {
                         let at = |k: usize| block * len * inner + k * inner + i;
-                        let max = (0..len)
-                            .map(|k| xs[at(k)])
-                            .fold(f32::NEG_INFINITY, f32::max);
+                        let max = (0..len).map(|k| xs[at(k)]).fold(f32::NEG_INFINITY, f32::max);
                         let mut sum = 0.0f32;
                         for k in 0..len {
                             let e = (xs[at(k)] - max).exp();
@@ -199,13 +187,10 @@ impl Layer {
                     memo = Memo::Argmax(arg);
                 }
             }
-            Op::AvgPool2d {
-                win,
-                count_include_pad,
-            } => kernels::avgpool2d(xs, self.planes(n), win, *count_include_pad, ys, false),
-            Op::AdaptiveAvgPool2d { .. } => {
-                kernels::adaptive_avgpool2d(xs, self.planes(n), ys, false)
+            Op::AvgPool2d { win, count_include_pad } => {
+                kernels::avgpool2d(xs, self.planes(n), win, *count_include_pad, ys, false)
             }
+            Op::AdaptiveAvgPool2d { .. } => kernels::adaptive_avgpool2d(xs, self.planes(n), ys, false),
             Op::Flatten | Op::Identity => ys.copy_from_slice(xs),
             Op::BatchNorm { scale, shift } => {
                 let channels = scale.len();
@@ -228,9 +213,7 @@ impl Layer {
         let gys = gy.data();
         let gxs = gx.data_mut();
         match &self.op {
-            Op::Linear {
-                inp, out, weight, ..
-            } => {
+            Op::Linear { inp, out, weight, .. } => {
                 let rows = xs.len() / inp;
                 kernels::linear_backward(gys, rows, *inp, *out, weight, gxs);
             }
@@ -246,9 +229,7 @@ impl Layer {
             }
             // PyTorch's relu backward passes the gradient where the output is > 0.
             Op::Relu => zip3(gxs, xs, gys, |x, g| if x > 0.0 { g } else { 0.0 }),
-            Op::LeakyRelu { slope } => {
-                zip3(gxs, xs, gys, |x, g| if x > 0.0 { g } else { g * slope })
-            }
+            Op::LeakyRelu { slope } => zip3(gxs, xs, gys, |x, g| if x > 0.0 { g } else { g * slope }),
             Op::Sigmoid => zip3(gxs, ys, gys, |y, g| g * y * (1.0 - y)),
             Op::Tanh => zip3(gxs, ys, gys, |y, g| g * (1.0 - y * y)),
             Op::Gelu { tanh_approx } => zip3(gxs, xs, gys, |x, g| g * gelu_grad(x, *tanh_approx)),
@@ -273,13 +254,10 @@ impl Layer {
                 };
                 kernels::maxpool2d_backward(gys, arg, self.planes(n), gxs);
             }
-            Op::AvgPool2d {
-                win,
-                count_include_pad,
-            } => kernels::avgpool2d(gys, self.planes(n), win, *count_include_pad, gxs, true),
-            Op::AdaptiveAvgPool2d { .. } => {
-                kernels::adaptive_avgpool2d(gys, self.planes(n), gxs, true)
+            Op::AvgPool2d { win, count_include_pad } => {
+                kernels::avgpool2d(gys, self.planes(n), win, *count_include_pad, gxs, true)
             }
+            Op::AdaptiveAvgPool2d { .. } => kernels::adaptive_avgpool2d(gys, self.planes(n), gxs, true),
             Op::Flatten | Op::Identity => gxs.copy_from_slice(gys),
             Op::BatchNorm { scale, .. } => {
                 let channels = scale.len();
@@ -370,14 +348,8 @@ mod tests {
         let gy = Batch::new(y.shape().to_vec(), random(y.data().len(), seed + 1)).unwrap();
         let gx = l.backward(&x, &y, &memo, &gy).unwrap();
         let loss = |data: Vec<f32>| -> f64 {
-            let (y, _) = l
-                .forward(&Batch::new(shape.clone(), data).unwrap(), false)
-                .unwrap();
-            y.data()
-                .iter()
-                .zip(gy.data())
-                .map(|(a, b)| *a as f64 * *b as f64)
-                .sum()
+            let (y, _) = l.forward(&Batch::new(shape.clone(), data).unwrap(), false).unwrap();
+            y.data().iter().zip(gy.data()).map(|(a, b)| *a as f64 * *b as f64).sum()
         };
         let h = 1e-2f32;
         for i in 0..xs.len() {
@@ -405,15 +377,7 @@ mod tests {
         }
     }
 
-    fn conv(
-        c: usize,
-        h: usize,
-        w: usize,
-        out: usize,
-        groups: usize,
-        wn: Window2d,
-        seed: u64,
-    ) -> Layer {
+    fn conv(c: usize, h: usize, w: usize, out: usize, groups: usize, wn: Window2d, seed: u64) -> Layer {
         let (oh, ow) = wn.out_hw(h, w).unwrap();
         let weight = random(out * (c / groups) * wn.kernel.0 * wn.kernel.1, seed);
         let bias = Some(random(out, seed + 7));
@@ -467,27 +431,9 @@ mod tests {
             layer(Op::Softmax { axis: 0 }, &[6], &[6]),
             layer(Op::Softmax { axis: 0 }, &[3, 2], &[3, 2]),
             layer(Op::Softmax { axis: 1 }, &[2, 4], &[2, 4]),
-            layer(
-                Op::MaxPool2d {
-                    win: win(2, 2, 0, 1),
-                },
-                &[2, 4, 4],
-                &[2, 2, 2],
-            ),
-            layer(
-                Op::MaxPool2d {
-                    win: win(3, 2, 1, 1),
-                },
-                &[2, 5, 5],
-                &[2, 3, 3],
-            ),
-            layer(
-                Op::MaxPool2d {
-                    win: win(2, 1, 0, 2),
-                },
-                &[1, 5, 5],
-                &[1, 3, 3],
-            ),
+            layer(Op::MaxPool2d { win: win(2, 2, 0, 1) }, &[2, 4, 4], &[2, 2, 2]),
+            layer(Op::MaxPool2d { win: win(3, 2, 1, 1) }, &[2, 5, 5], &[2, 3, 3]),
+            layer(Op::MaxPool2d { win: win(2, 1, 0, 2) }, &[1, 5, 5], &[1, 3, 3]),
             layer(
                 Op::AvgPool2d {
                     win: win(2, 2, 0, 1),
@@ -512,11 +458,7 @@ mod tests {
                 &[1, 5, 5],
                 &[1, 3, 3],
             ),
-            layer(
-                Op::AdaptiveAvgPool2d { out: (3, 2) },
-                &[2, 5, 4],
-                &[2, 3, 2],
-            ),
+            layer(Op::AdaptiveAvgPool2d { out: (3, 2) }, &[2, 5, 4], &[2, 3, 2]),
             layer(Op::Flatten, &[2, 3, 2], &[12]),
             layer(Op::Identity, &[4], &[4]),
             layer(
@@ -542,8 +484,7 @@ mod tests {
     }
 
     fn candle_tensor(b: &Batch) -> candle_core::Tensor {
-        candle_core::Tensor::from_vec(b.data().to_vec(), b.shape(), &candle_core::Device::Cpu)
-            .unwrap()
+        candle_core::Tensor::from_vec(b.data().to_vec(), b.shape(), &candle_core::Device::Cpu).unwrap()
     }
 
     fn assert_same(ours: &Batch, theirs: &candle_core::Tensor, what: &str) {
@@ -572,12 +513,8 @@ mod tests {
                 unreachable!()
             };
             let dev = candle_core::Device::Cpu;
-            let w = candle_core::Tensor::from_vec(
-                weight.clone(),
-                (out, c / groups, wn.kernel.0, wn.kernel.1),
-                &dev,
-            )
-            .unwrap();
+            let w = candle_core::Tensor::from_vec(weight.clone(), (out, c / groups, wn.kernel.0, wn.kernel.1), &dev)
+                .unwrap();
             let b = candle_core::Tensor::from_vec(bias.clone().unwrap(), out, &dev).unwrap();
             let cfg = candle_nn::Conv2dConfig {
                 padding: wn.padding.0,
@@ -599,16 +536,8 @@ mod tests {
         };
         check(Op::Sigmoid, candle_nn::ops::sigmoid(&t).unwrap(), "sigmoid");
         check(Op::Tanh, t.tanh().unwrap(), "tanh");
-        check(
-            Op::Gelu { tanh_approx: false },
-            t.gelu_erf().unwrap(),
-            "gelu",
-        );
-        check(
-            Op::Gelu { tanh_approx: true },
-            t.gelu().unwrap(),
-            "gelu tanh",
-        );
+        check(Op::Gelu { tanh_approx: false }, t.gelu_erf().unwrap(), "gelu");
+        check(Op::Gelu { tanh_approx: true }, t.gelu().unwrap(), "gelu tanh");
         check(
             Op::Softmax { axis: 1 },
             candle_nn::ops::softmax(&t, D::Minus1).unwrap(),
@@ -620,15 +549,9 @@ mod tests {
             "softmax axis 0",
         );
         let img = Batch::new(vec![2, 2, 6, 6], random(144, 12)).unwrap();
-        let (y, _) = layer(
-            Op::MaxPool2d {
-                win: win(2, 2, 0, 1),
-            },
-            &[2, 6, 6],
-            &[2, 3, 3],
-        )
-        .forward(&img, false)
-        .unwrap();
+        let (y, _) = layer(Op::MaxPool2d { win: win(2, 2, 0, 1) }, &[2, 6, 6], &[2, 3, 3])
+            .forward(&img, false)
+            .unwrap();
         assert_same(&y, &candle_tensor(&img).max_pool2d(2).unwrap(), "maxpool2d");
         let (y, _) = layer(
             Op::AvgPool2d {
@@ -659,10 +582,7 @@ mod tests {
         .forward(&x, false)
         .unwrap();
         // the top-left window holds 1, 2, 4, 5 among 9 cells (padding counted)
-        assert_eq!(
-            avg.data(),
-            &[12.0 / 9.0, 16.0 / 9.0, 24.0 / 9.0, 28.0 / 9.0]
-        );
+        assert_eq!(avg.data(), &[12.0 / 9.0, 16.0 / 9.0, 24.0 / 9.0, 28.0 / 9.0]);
         let (avg, _) = layer(
             Op::AvgPool2d {
                 win: w,
@@ -679,34 +599,19 @@ mod tests {
             .unwrap();
         assert_eq!(max.data(), &[5.0, 6.0, 8.0, 9.0]);
         // adaptive 3 → 2 bins: [0, 2) and [1, 3)
-        let (ad, _) = layer(
-            Op::AdaptiveAvgPool2d { out: (2, 2) },
-            &[1, 3, 3],
-            &[1, 2, 2],
-        )
-        .forward(&x, false)
-        .unwrap();
+        let (ad, _) = layer(Op::AdaptiveAvgPool2d { out: (2, 2) }, &[1, 3, 3], &[1, 2, 2])
+            .forward(&x, false)
+            .unwrap();
         assert_eq!(ad.data(), &[3.0, 4.0, 6.0, 7.0]);
     }
 
     #[test]
     fn max_pool_sends_gradient_to_first_maximum() {
         let x = Batch::new(vec![1, 1, 2, 2], vec![1.0, 3.0, 3.0, 0.0]).unwrap();
-        let l = layer(
-            Op::MaxPool2d {
-                win: win(2, 2, 0, 1),
-            },
-            &[1, 2, 2],
-            &[1, 1, 1],
-        );
+        let l = layer(Op::MaxPool2d { win: win(2, 2, 0, 1) }, &[1, 2, 2], &[1, 1, 1]);
         let (y, memo) = l.forward(&x, true).unwrap();
         let gx = l
-            .backward(
-                &x,
-                &y,
-                &memo,
-                &Batch::new(vec![1, 1, 1, 1], vec![1.0]).unwrap(),
-            )
+            .backward(&x, &y, &memo, &Batch::new(vec![1, 1, 1, 1], vec![1.0]).unwrap())
             .unwrap();
         assert_eq!(gx.data(), &[0.0, 1.0, 0.0, 0.0]);
     }

@@ -49,9 +49,7 @@ impl Tape {
     }
     /// The output of `layer`, if this pass computed and kept it.
     pub fn hook(&self, layer: usize) -> Option<&Batch> {
-        layer
-            .checked_sub(self.start)
-            .and_then(|i| self.values.get(i + 1))
+        layer.checked_sub(self.start).and_then(|i| self.values.get(i + 1))
     }
 }
 
@@ -73,28 +71,14 @@ pub struct Forward<'a> {
 
 /// Replaces the backward of chosen layers. Returning `None` keeps the layer's gradient.
 pub trait BackwardRule: Sync {
-    fn backward(
-        &self,
-        index: usize,
-        layer: &Layer,
-        x: &Batch,
-        y: &Batch,
-        gy: &Batch,
-    ) -> Option<Result<Batch>>;
+    fn backward(&self, index: usize, layer: &Layer, x: &Batch, y: &Batch, gy: &Batch) -> Option<Result<Batch>>;
 }
 
 /// The plain gradient: no layer's backward is replaced.
 pub struct Gradient;
 
 impl BackwardRule for Gradient {
-    fn backward(
-        &self,
-        _: usize,
-        _: &Layer,
-        _: &Batch,
-        _: &Batch,
-        _: &Batch,
-    ) -> Option<Result<Batch>> {
+    fn backward(&self, _: usize, _: &Layer, _: &Batch, _: &Batch, _: &Batch) -> Option<Result<Batch>> {
         None
     }
 }
@@ -120,9 +104,7 @@ impl Model {
 
     /// The flat length of one output (the number of classes of a classifier).
     pub fn output_len(&self) -> usize {
-        self.layers
-            .last()
-            .map_or(0, |l| l.out_shape.iter().product())
+        self.layers.last().map_or(0, |l| l.out_shape.iter().product())
     }
 
     pub fn input_len(&self) -> usize {
@@ -164,9 +146,7 @@ impl Model {
                 "samples of shape {} do not fit the input {} of `{}`",
                 fmt_shape(input.sample_shape()),
                 fmt_shape(in_shape),
-                self.layers
-                    .get(fwd.from)
-                    .map_or("the model", |l| l.name.as_str())
+                self.layers.get(fwd.from).map_or("the model", |l| l.name.as_str())
             )));
         }
         let input = input.reshaped(in_shape);
@@ -349,9 +329,7 @@ mod tests {
         assert!(plain.data().iter().any(|v| *v != 0.0));
         assert_eq!(seen.len(), m.layers.len());
         assert_eq!(seen[0], (8, vec![2, 10]));
-        let blocked = m
-            .backward(&tape, seed, &BlockRelu3, &mut |_, _| {})
-            .unwrap();
+        let blocked = m.backward(&tape, seed, &BlockRelu3, &mut |_, _| {}).unwrap();
         assert!(blocked.data().iter().all(|v| *v == 0.0));
     }
 }

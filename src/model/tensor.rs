@@ -81,10 +81,7 @@ impl Batch {
     }
 
     /// Rows gathered from samples (each `sample_shape`-sized) into one batch.
-    pub fn from_rows<'a>(
-        sample_shape: &[usize],
-        rows: impl IntoIterator<Item = &'a [f32]>,
-    ) -> Batch {
+    pub fn from_rows<'a>(sample_shape: &[usize], rows: impl IntoIterator<Item = &'a [f32]>) -> Batch {
         let len: usize = sample_shape.iter().product();
         let mut data = Vec::new();
         let mut n = 0;

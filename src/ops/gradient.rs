@@ -12,12 +12,7 @@ use crate::error::{Error, Result};
 use crate::model::{BackwardRule, Batch, Gradient, Model};
 
 /// Gradients of each row's target output with respect to the row.
-pub fn gradients(
-    model: &Model,
-    rows: Batch,
-    targets: &[usize],
-    rule: &dyn BackwardRule,
-) -> Result<Batch> {
+pub fn gradients(model: &Model, rows: Batch, targets: &[usize], rule: &dyn BackwardRule) -> Result<Batch> {
     let tape = model.run(rows, &model.full())?;
     let out = tape.output();
     let classes = out.sample_len();
@@ -112,10 +107,7 @@ pub fn attribute(method: &Method, req: &Request) -> Result<Vec<f32>> {
                         req.control.check()?;
                         done += rows;
                     }
-                    Ok(sum
-                        .into_iter()
-                        .map(|s| s / *samples as f32)
-                        .collect::<Vec<f32>>())
+                    Ok(sum.into_iter().map(|s| s / *samples as f32).collect::<Vec<f32>>())
                 },
             )?;
             per_input.concat()
@@ -130,17 +122,14 @@ pub fn attribute(method: &Method, req: &Request) -> Result<Vec<f32>> {
                 |t| tile.min(n - t * tile),
                 |t| {
                     let (a, b) = (t * tile, ((t + 1) * tile).min(n));
-                    let rows =
-                        Batch::new(batch_shape(b - a, shape), req.inputs[a * d..b * d].to_vec())?;
+                    let rows = Batch::new(batch_shape(b - a, shape), req.inputs[a * d..b * d].to_vec())?;
                     Ok(gradients(req.model, rows, &req.targets[a..b], rule)?.into_data())
                 },
             )?;
             let mut grads = per_tile.concat();
             match method {
                 Method::Saliency { abs: true } => grads.iter_mut().for_each(|g| *g = g.abs()),
-                Method::InputXGradient => {
-                    grads.iter_mut().zip(req.inputs).for_each(|(g, x)| *g *= x)
-                }
+                Method::InputXGradient => grads.iter_mut().zip(req.inputs).for_each(|(g, x)| *g *= x),
                 _ => {}
             }
             grads

@@ -76,9 +76,7 @@ impl Method {
 
     pub fn family(&self) -> Family {
         match self {
-            Method::Occlusion { .. } | Method::FeatureAblation | Method::ShapleySampling { .. } => {
-                Family::Perturbation
-            }
+            Method::Occlusion { .. } | Method::FeatureAblation | Method::ShapleySampling { .. } => Family::Perturbation,
             _ => Family::Gradient,
         }
     }
@@ -108,10 +106,7 @@ impl fmt::Display for Method {
                 stdev,
                 seed,
                 abs,
-            } => write!(
-                f,
-                "(samples = {samples}, stdev = {stdev}, seed = {seed}, abs = {abs})"
-            ),
+            } => write!(f, "(samples = {samples}, stdev = {stdev}, seed = {seed}, abs = {abs})"),
             Method::Occlusion { window, stride } => match (window, stride) {
                 (Some(w), Some(s)) => write!(f, "(window = {w}, stride = {s})"),
                 (Some(w), None) => write!(f, "(window = {w})"),
@@ -173,18 +168,10 @@ pub struct MethodInfo {
 /// value, and low enough that a typo cannot exhaust memory.
 pub const MAX_COUNT: i64 = 1_000_000;
 
-const fn int(
-    name: &'static str,
-    min: i64,
-    default: Option<&'static str>,
-    setting: Option<&'static str>,
-) -> ParamSpec {
+const fn int(name: &'static str, min: i64, default: Option<&'static str>, setting: Option<&'static str>) -> ParamSpec {
     ParamSpec {
         name,
-        kind: ParamKind::Int {
-            min,
-            max: MAX_COUNT,
-        },
+        kind: ParamKind::Int { min, max: MAX_COUNT },
         default,
         setting,
     }
@@ -192,10 +179,7 @@ const fn int(
 
 const SEED: ParamSpec = ParamSpec {
     name: "seed",
-    kind: ParamKind::Int {
-        min: 0,
-        max: i64::MAX,
-    },
+    kind: ParamKind::Int { min: 0, max: i64::MAX },
     default: Some("0"),
     setting: Some("seed"),
 };
@@ -274,10 +258,7 @@ pub const METHODS: &[MethodInfo] = &[
     MethodInfo {
         name: "occlusion",
         family: Family::Perturbation,
-        params: &[
-            int("window", 1, None, None),
-            int("stride", 1, Some("1"), None),
-        ],
+        params: &[int("window", 1, None, None), int("stride", 1, Some("1"), None)],
         captum: "Occlusion",
         summary: "output change when a sliding window is set to the baseline (mean over covering windows)",
     },
@@ -322,29 +303,18 @@ pub fn resolve_method(
 ) -> Result<Method> {
     let mut values: Vec<Option<ParamValue>> = vec![None; info.params.len()];
     for g in given {
-        let Some(pos) = info
-            .params
-            .iter()
-            .position(|p| p.name.eq_ignore_ascii_case(g.name))
-        else {
+        let Some(pos) = info.params.iter().position(|p| p.name.eq_ignore_ascii_case(g.name)) else {
             let known: Vec<String> = info.params.iter().map(|p| p.name.to_string()).collect();
             let label = format!("parameters of {}", info.name);
             let err = if known.is_empty() {
                 Error::name(format!("{} takes no parameters", info.name))
             } else {
-                Error::unknown(
-                    &format!("parameter of {}", info.name),
-                    g.name,
-                    &known,
-                    &label,
-                )
+                Error::unknown(&format!("parameter of {}", info.name), g.name, &known, &label)
             };
             return Err(err.at(g.name_span));
         };
         if values[pos].is_some() {
-            return Err(
-                Error::name(format!("parameter `{}` is given twice", g.name)).at(g.name_span),
-            );
+            return Err(Error::name(format!("parameter `{}` is given twice", g.name)).at(g.name_span));
         }
         check_param(info, &info.params[pos], &g.value).map_err(|e| e.at(g.value_span))?;
         values[pos] = Some(g.value.clone());
@@ -400,15 +370,8 @@ pub fn resolve_method(
             let rule = Rule::parse(&text("rule")).unwrap_or(Rule::GaussLegendre);
             let steps = num("steps") as usize;
             if steps < rule.min_steps() {
-                let span = given
-                    .iter()
-                    .find(|g| g.name == "steps")
-                    .map(|g| g.value_span);
-                let err = Error::value(format!(
-                    "steps must be ≥ {} for rule {}",
-                    rule.min_steps(),
-                    rule.name()
-                ));
+                let span = given.iter().find(|g| g.name == "steps").map(|g| g.value_span);
+                let err = Error::value(format!("steps must be ≥ {} for rule {}", rule.min_steps(), rule.name()));
                 return Err(match span {
                     Some(s) => err.at(s),
                     None => err,
@@ -434,9 +397,7 @@ pub fn resolve_method(
             seed: num("seed") as u64,
         },
         other => {
-            return Err(Error::name(format!(
-                "method `{other}` has no implementation"
-            )));
+            return Err(Error::name(format!("method `{other}` has no implementation")));
         }
     };
     Ok(method)
@@ -447,9 +408,7 @@ fn check_param(info: &MethodInfo, spec: &ParamSpec, value: &ParamValue) -> Resul
     match (spec.kind, value) {
         (ParamKind::Int { min, max }, ParamValue::Number(n)) => {
             if n.fract() != 0.0 {
-                Err(Error::value(format!(
-                    "{name} must be a whole number, got {n}"
-                )))
+                Err(Error::value(format!("{name} must be a whole number, got {n}")))
             } else if *n < min as f64 {
                 Err(Error::value(format!("{name} must be ≥ {min}, got {n}")))
             } else if *n > max as f64 {
@@ -460,9 +419,7 @@ fn check_param(info: &MethodInfo, spec: &ParamSpec, value: &ParamValue) -> Resul
         }
         (ParamKind::Float { min }, ParamValue::Number(n)) => {
             if !n.is_finite() || *n < min {
-                Err(Error::value(format!(
-                    "{name} must be a number ≥ {min}, got {n}"
-                )))
+                Err(Error::value(format!("{name} must be a number ≥ {min}, got {n}")))
             } else {
                 Ok(())
             }
@@ -489,10 +446,7 @@ fn check_param(info: &MethodInfo, spec: &ParamSpec, value: &ParamValue) -> Resul
                 ParamKind::Float { .. } => "a number",
                 ParamKind::Bool => "true or false",
                 ParamKind::Choice(c) => {
-                    return Err(Error::value(format!(
-                        "{name} must be one of {}, got {v}",
-                        c.join(", ")
-                    )));
+                    return Err(Error::value(format!("{name} must be one of {}, got {v}", c.join(", "))));
                 }
             };
             Err(Error::value(format!("{name} must be {want}, got {v}")))

@@ -51,71 +51,73 @@ pub fn attribute(method: &Method, req: &Request) -> Result<Vec<f32>> {
         req.control,
         |_| 1,
         |i| match method {
-            Method::Occlusion { window, stride } => {
-                occlusion(req, i, window.unwrap_or(1), stride.unwrap_or(1))
-            }
+            Method::Occlusion { window, stride } => occlusion(req, i, window.unwrap_or(1), stride.unwrap_or(1)),
             Method::FeatureAblation => ablation(req, i),
             Method::ShapleySampling { samples, seed } => shapley(req, i, *samples, *seed),
-            _ => Err(Error::value(format!(
-                "{} is not a perturbation method",
-                method.name()
-            ))),
+            _ => Err(Error::value(format!("{} is not a perturbation method", method.name()))),
         },
     )?;
     Ok(per_input.concat())
 }
 
-/// The feature sets a sliding window covers (within the query's window).
+/// Where occlusion windows start along an axis of `len`, as Captum places them: every
+/// `stride` from 0, plus — when they do not tile the axis — a last window clipped at the
+/// edge, so that every position is covered.
+pub fn window_starts(len: usize, window: usize, stride: usize) -> Vec<usize> {
+    let count = len.saturating_sub(window).div_ceil(stride.max(1)) + 1;
+    (0..count).map(|p| p * stride).collect()
+}
+
+/// Checks an occlusion window against the extent it slides over (Captum's rules).
+pub fn check_occlusion(extent: usize, window: usize, stride: usize, what: &str) -> Result<()> {
+    if window > extent {
+        return Err(Error::shape(format!(
+            "an occlusion window of {window} does not fit the {extent} {what} it slides over"
+        )));
+    }
+    if stride > window && window < extent {
+        return Err(Error::value(format!(
+            "occlusion stride {stride} is larger than its window {window}: features between windows would never be occluded"
+        ))
+        .hint("use stride ≤ window, as Captum requires"));
+    }
+    Ok(())
+}
+
+/// The feature sets the sliding windows cover (within the query's window).
 fn occlusion_patches(req: &Request, window: usize, stride: usize) -> Result<Vec<Vec<usize>>> {
     let f = req.features;
     let mut patches = Vec::new();
     if let Some(((_, h, w), rect)) = f.image {
         let (r0, r1) = rect.rows;
         let (c0, c1) = rect.cols;
-        if window > r1 - r0 || window > c1 - c0 {
-            return Err(Error::shape(format!(
-                "an occlusion window of {window}×{window} does not fit the {}×{} region",
-                r1 - r0,
-                c1 - c0
-            )));
-        }
-        let mut r = r0;
-        while r + window <= r1 {
-            let mut c = c0;
-            while c + window <= c1 {
-                let mut patch =
-                    Vec::with_capacity(window * window * (rect.channels.1 - rect.channels.0));
+        check_occlusion(r1 - r0, window, stride, "rows")?;
+        check_occlusion(c1 - c0, window, stride, "columns")?;
+        for r in window_starts(r1 - r0, window, stride) {
+            for c in window_starts(c1 - c0, window, stride) {
+                let mut patch = Vec::new();
                 for ch in rect.channels.0..rect.channels.1 {
-                    for rr in r..r + window {
-                        for cc in c..c + window {
+                    for rr in r0 + r..(r0 + r + window).min(r1) {
+                        for cc in c0 + c..(c0 + c + window).min(c1) {
                             patch.push(ch * h * w + rr * w + cc);
                         }
                     }
                 }
                 patches.push(patch);
-                c += stride;
             }
-            r += stride;
         }
     } else {
         let order = &f.order;
-        if window > order.len() {
-            return Err(Error::shape(format!(
-                "an occlusion window of {window} features does not fit the {} features attributed",
-                order.len()
-            )));
-        }
-        let mut s = 0;
-        while s + window <= order.len() {
-            patches.push(order[s..s + window].to_vec());
-            s += stride;
+        check_occlusion(order.len(), window, stride, "features")?;
+        for s in window_starts(order.len(), window, stride) {
+            patches.push(order[s..(s + window).min(order.len())].to_vec());
         }
     }
     Ok(patches)
 }
 
 /// Captum's Occlusion: each feature gets the mean, over the windows covering it, of
-/// F(x) − F(x with the window at the baseline). Features no window covers get 0.
+/// F(x) − F(x with the window at the baseline).
 fn occlusion(req: &Request, i: usize, window: usize, stride: usize) -> Result<Vec<f32>> {
     let patches = occlusion_patches(req, window, stride)?;
     let (x, b) = (req.input(i), req.baseline(i));
@@ -142,6 +144,7 @@ fn occlusion(req: &Request, i: usize, window: usize, stride: usize) -> Result<Ve
             count[f] += 1;
         }
     }
+    // every feature is covered (see window_starts), so no count is zero
     Ok(total
         .iter()
         .zip(&count)

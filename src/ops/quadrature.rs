@@ -67,11 +67,7 @@ impl Rule {
                         linspace_f32(0.0, 1.0, n)
                     }
                     Rule::RiemannLeft => linspace_f32(0.0, (1.0 - 1.0 / nf) as f32, n),
-                    Rule::RiemannMiddle => linspace_f32(
-                        (1.0 / (2.0 * nf)) as f32,
-                        (1.0 - 1.0 / (2.0 * nf)) as f32,
-                        n,
-                    ),
+                    Rule::RiemannMiddle => linspace_f32((1.0 / (2.0 * nf)) as f32, (1.0 - 1.0 / (2.0 * nf)) as f32, n),
                     _ => linspace_f32((1.0 / nf) as f32, 1.0, n),
                 };
                 (alphas, steps.iter().map(|s| *s as f32).collect())

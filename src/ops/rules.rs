@@ -23,27 +23,13 @@ fn relu_rule(layer: &Layer, x: &Batch, gy: &Batch, use_input: bool) -> Option<Re
 }
 
 impl BackwardRule for GuidedBackprop {
-    fn backward(
-        &self,
-        _: usize,
-        layer: &Layer,
-        x: &Batch,
-        _: &Batch,
-        gy: &Batch,
-    ) -> Option<Result<Batch>> {
+    fn backward(&self, _: usize, layer: &Layer, x: &Batch, _: &Batch, gy: &Batch) -> Option<Result<Batch>> {
         relu_rule(layer, x, gy, true)
     }
 }
 
 impl BackwardRule for Deconvolution {
-    fn backward(
-        &self,
-        _: usize,
-        layer: &Layer,
-        x: &Batch,
-        _: &Batch,
-        gy: &Batch,
-    ) -> Option<Result<Batch>> {
+    fn backward(&self, _: usize, layer: &Layer, x: &Batch, _: &Batch, gy: &Batch) -> Option<Result<Batch>> {
         relu_rule(layer, x, gy, false)
     }
 }

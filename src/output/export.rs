@@ -16,9 +16,7 @@ use crate::plan::ExportFormat;
 pub fn write_to(df: &mut DataFrame, out: &mut dyn Write, format: ExportFormat) -> Result<()> {
     let res = match format {
         ExportFormat::Csv => CsvWriter::new(out).include_header(true).finish(df),
-        ExportFormat::Json => JsonWriter::new(out)
-            .with_json_format(JsonFormat::Json)
-            .finish(df),
+        ExportFormat::Json => JsonWriter::new(out).with_json_format(JsonFormat::Json).finish(df),
         ExportFormat::Parquet => ParquetWriter::new(out).finish(df).map(|_| ()),
     };
     res.map_err(|e| {
@@ -46,22 +44,13 @@ fn temp_path(target: &Path) -> PathBuf {
 
 /// Writes `df` to `path` atomically. Without `overwrite`, an existing file is an error and
 /// stays untouched.
-pub fn write_frame(
-    df: &mut DataFrame,
-    path: &Path,
-    format: ExportFormat,
-    overwrite: bool,
-) -> Result<()> {
+pub fn write_frame(df: &mut DataFrame, path: &Path, format: ExportFormat, overwrite: bool) -> Result<()> {
     let shown = path.display().to_string();
     if path.is_dir() {
-        return Err(Error::io(format!(
-            "cannot export to {shown}: it is a directory"
-        )));
+        return Err(Error::io(format!("cannot export to {shown}: it is a directory")));
     }
     if !overwrite && path.exists() {
-        return Err(
-            Error::io(format!("{shown} already exists")).hint("add OVERWRITE to replace it")
-        );
+        return Err(Error::io(format!("{shown} already exists")).hint("add OVERWRITE to replace it"));
     }
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         fs::create_dir_all(parent)
@@ -69,8 +58,7 @@ pub fn write_frame(
     }
     let tmp = temp_path(path);
     let result = (|| {
-        let mut file =
-            fs::File::create(&tmp).map_err(|e| Error::io(format!("cannot write {shown}: {e}")))?;
+        let mut file = fs::File::create(&tmp).map_err(|e| Error::io(format!("cannot write {shown}: {e}")))?;
         write_to(df, &mut file, format)?;
         file.sync_all()
             .map_err(|e| Error::io(format!("cannot write {shown}: {e}")))?;
@@ -82,16 +70,13 @@ pub fn write_frame(
             match fs::hard_link(&tmp, path) {
                 Ok(()) => Ok(()),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    Err(Error::io(format!("{shown} already exists"))
-                        .hint("add OVERWRITE to replace it"))
+                    Err(Error::io(format!("{shown} already exists")).hint("add OVERWRITE to replace it"))
                 }
                 Err(_) => {
                     if path.exists() {
-                        return Err(Error::io(format!("{shown} already exists"))
-                            .hint("add OVERWRITE to replace it"));
+                        return Err(Error::io(format!("{shown} already exists")).hint("add OVERWRITE to replace it"));
                     }
-                    fs::rename(&tmp, path)
-                        .map_err(|e| Error::io(format!("cannot write {shown}: {e}")))
+                    fs::rename(&tmp, path).map_err(|e| Error::io(format!("cannot write {shown}: {e}")))
                 }
             }
         }

@@ -156,11 +156,7 @@ fn table(df: &DataFrame, width: usize, max_rows: usize) -> String {
         keep.remove(keep.len() / 2);
         dropped = true;
     }
-    let gap_at = if dropped {
-        Some(keep.len().div_ceil(2))
-    } else {
-        None
-    };
+    let gap_at = if dropped { Some(keep.len().div_ceil(2)) } else { None };
     // Build the lines.
     let mut segments: Vec<Option<usize>> = keep.iter().map(|&i| Some(i)).collect();
     if let Some(g) = gap_at {
@@ -168,10 +164,7 @@ fn table(df: &DataFrame, width: usize, max_rows: usize) -> String {
     }
     let seg_width = |s: &Option<usize>| s.map_or(1, |i| widths[i]);
     let border = |l: &str, m: &str, r: &str| -> String {
-        let parts: Vec<String> = segments
-            .iter()
-            .map(|s| "─".repeat(seg_width(s) + 2))
-            .collect();
+        let parts: Vec<String> = segments.iter().map(|s| "─".repeat(seg_width(s) + 2)).collect();
         format!("{l}{}{r}", parts.join(m))
     };
     let line = |f: &dyn Fn(&Option<usize>) -> String| -> String {

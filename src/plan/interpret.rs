@@ -4,20 +4,12 @@
 
 use super::*;
 use crate::ops::{self, GivenParam, Method, Rect};
-use crate::syntax::ast::{
-    Axis, BaselineKind, ColumnItem, GranularityKind, Interpretation, TargetKind, WindowKind,
-};
+use crate::syntax::ast::{Axis, BaselineKind, ColumnItem, GranularityKind, Interpretation, TargetKind, WindowKind};
 
 pub(super) fn plan_interpretation(i: &Interpretation, catalog: &dyn Catalog) -> Result<Node> {
     let model = resolve_model(&i.call.model, catalog)?;
     let (data, info) = resolve_dataset(&i.call.data, catalog)?;
-    check_fits(
-        &model,
-        &info,
-        &i.call.model.name,
-        &data.name,
-        i.call.data.span,
-    )?;
+    check_fits(&model, &info, &i.call.model.name, &data.name, i.call.data.span)?;
     let d: usize = info.sample_shape.iter().product();
 
     // The method: USING, else the session's default, else integrated gradients.
@@ -31,9 +23,8 @@ pub(super) fn plan_interpretation(i: &Interpretation, catalog: &dyn Catalog) -> 
             (name, i.call.span, &[][..])
         }
     };
-    let info_m = ops::method_info(&method_name).ok_or_else(|| {
-        Error::unknown("method", &method_name, &ops::method_names(), "methods").at(method_span)
-    })?;
+    let info_m = ops::method_info(&method_name)
+        .ok_or_else(|| Error::unknown("method", &method_name, &ops::method_names(), "methods").at(method_span))?;
     let given = params
         .iter()
         .map(|p| {
@@ -50,8 +41,7 @@ pub(super) fn plan_interpretation(i: &Interpretation, catalog: &dyn Catalog) -> 
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let mut method = ops::resolve_method(info_m, &given, &|s| catalog.setting(s))
-        .map_err(|e| e.at(method_span))?;
+    let mut method = ops::resolve_method(info_m, &given, &|s| catalog.setting(s)).map_err(|e| e.at(method_span))?;
 
     let target = match &i.target {
         None => TargetSpec::Predicted,
@@ -59,9 +49,12 @@ pub(super) fn plan_interpretation(i: &Interpretation, catalog: &dyn Catalog) -> 
             TargetKind::Predicted => TargetSpec::Predicted,
             TargetKind::Label => {
                 if !info.has_labels {
-                    return Err(Error::value(format!("TARGET LABEL needs labels, but `{}` was loaded without them", data.name))
-                        .at(t.span)
-                        .hint("load it with LABELS 'labels.npy' (or LABEL COLUMN c), or use TARGET PREDICTED"));
+                    return Err(Error::value(format!(
+                        "TARGET LABEL needs labels, but `{}` was loaded without them",
+                        data.name
+                    ))
+                    .at(t.span)
+                    .hint("load it with LABELS 'labels.npy' (or LABEL COLUMN c), or use TARGET PREDICTED"));
                 }
                 TargetSpec::Label
             }
@@ -86,7 +79,9 @@ pub(super) fn plan_interpretation(i: &Interpretation, catalog: &dyn Catalog) -> 
             if !method.uses_baseline() {
                 return Err(Error::value(format!("{} takes no BASELINE", method.name()))
                     .at(b.span)
-                    .hint("baselines apply to integrated_gradients, occlusion, feature_ablation and shapley_sampling"));
+                    .hint(
+                        "baselines apply to integrated_gradients, occlusion, feature_ablation and shapley_sampling",
+                    ));
             }
             match &b.kind {
                 BaselineKind::Zero => BaselineSpec::Zero,
@@ -104,10 +99,9 @@ pub(super) fn plan_interpretation(i: &Interpretation, catalog: &dyn Catalog) -> 
                 BaselineKind::Constant(v) => match resolve_literal(v, catalog)? {
                     Literal::Number(n) if n.is_finite() => BaselineSpec::Constant(n as f32),
                     other => {
-                        return Err(Error::value(format!(
-                            "a constant baseline must be a number, got {other}"
-                        ))
-                        .at(v.span));
+                        return Err(
+                            Error::value(format!("a constant baseline must be a number, got {other}")).at(v.span),
+                        );
                     }
                 },
                 BaselineKind::Data(expr) => {
@@ -138,9 +132,7 @@ pub(super) fn plan_interpretation(i: &Interpretation, catalog: &dyn Catalog) -> 
                 let mut seen = Vec::new();
                 for r in ranges {
                     if seen.contains(&r.axis) {
-                        return Err(
-                            Error::value("each axis may appear once in a WINDOW").at(r.span)
-                        );
+                        return Err(Error::value("each axis may appear once in a WINDOW").at(r.span));
                     }
                     seen.push(r.axis);
                     let (name, limit, slot) = match r.axis {
@@ -165,16 +157,10 @@ pub(super) fn plan_interpretation(i: &Interpretation, catalog: &dyn Catalog) -> 
                 for item in items {
                     match item {
                         ColumnItem::Name(n) => {
-                            let pos =
-                                columns.iter().position(|c| *c == n.name).ok_or_else(|| {
-                                    Error::unknown(
-                                        "column",
-                                        &n.name,
-                                        columns,
-                                        &format!("columns of {}", data.name),
-                                    )
+                            let pos = columns.iter().position(|c| *c == n.name).ok_or_else(|| {
+                                Error::unknown("column", &n.name, columns, &format!("columns of {}", data.name))
                                     .at(n.span)
-                                })?;
+                            })?;
                             picked.push(pos);
                         }
                         ColumnItem::Range { start, end, span } => {
@@ -227,7 +213,10 @@ pub(super) fn plan_interpretation(i: &Interpretation, catalog: &dyn Catalog) -> 
             (GranularityKind::Patch(k), Modality::Image { height, width, .. }) => {
                 let k = resolve_int(k, catalog, "a patch size")?;
                 if k < 1 || k as usize > (*height).max(*width) {
-                    return Err(Error::value(format!("patch size must be ≥ 1 and at most the image size {height}×{width}, got {k}")).at(g.span));
+                    return Err(Error::value(format!(
+                        "patch size must be ≥ 1 and at most the image size {height}×{width}, got {k}"
+                    ))
+                    .at(g.span));
                 }
                 GranularitySpec::Patch(k as usize)
             }
@@ -237,12 +226,7 @@ pub(super) fn plan_interpretation(i: &Interpretation, catalog: &dyn Catalog) -> 
                     GranularityKind::Column => "column granularity applies to tabular data",
                     _ => "pixel and patch granularity apply to images",
                 };
-                return Err(Error::value(format!(
-                    "{what}, but `{}` is {}",
-                    data.name,
-                    modality_name(m)
-                ))
-                .at(g.span));
+                return Err(Error::value(format!("{what}, but `{}` is {}", data.name, modality_name(m))).at(g.span));
             }
         },
     };
@@ -252,20 +236,40 @@ pub(super) fn plan_interpretation(i: &Interpretation, catalog: &dyn Catalog) -> 
         match (&w, &granularity) {
             (Some(_), GranularitySpec::Feature | GranularitySpec::Column) => {}
             (Some(_), _) => {
-                return Err(Error::value("occlusion takes its window either from window = k or from GRANULARITY patch(k), not both").at(method_span));
+                return Err(Error::value(
+                    "occlusion takes its window either from window = k or from GRANULARITY patch(k), not both",
+                )
+                .at(method_span));
             }
             (None, GranularitySpec::Patch(k)) => {
+                if stride.is_some_and(|s| s != *k) {
+                    return Err(Error::value(format!(
+                        "with GRANULARITY patch({k}) occlusion moves patch by patch: leave out stride, or give stride = {k}"
+                    ))
+                    .at(method_span));
+                }
                 *w = Some(*k);
-                *stride = Some(stride.unwrap_or(*k));
+                *stride = Some(*k);
             }
             (None, _) => {
-                return Err(Error::value("occlusion needs a window size")
-                    .at(method_span)
-                    .hint("write USING occlusion(window = 2, stride = 1), or GRANULARITY patch(2) to occlude whole patches"));
+                return Err(Error::value("occlusion needs a window size").at(method_span).hint(
+                    "write USING occlusion(window = 2, stride = 1), or GRANULARITY patch(2) to occlude whole patches",
+                ));
             }
         }
-        if stride.is_none() {
-            *stride = Some(1);
+        let (k, st) = (w.unwrap_or(1), stride.unwrap_or(1));
+        *stride = Some(st);
+        // The windows must fit what they slide over: the WINDOW's box, or the columns.
+        let extents: Vec<(usize, &str)> = match (&window, &info.modality) {
+            (WindowSpec::Rect(r), _) => vec![(r.rows.1 - r.rows.0, "rows"), (r.cols.1 - r.cols.0, "columns")],
+            (_, Modality::Image { height, width, .. }) => {
+                vec![(*height, "rows"), (*width, "columns")]
+            }
+            (WindowSpec::Columns(c), _) => vec![(c.len(), "features")],
+            _ => vec![(d, "features")],
+        };
+        for (extent, what) in extents {
+            crate::ops::perturbation::check_occlusion(extent, k, st, what).map_err(|e| e.at(method_span))?;
         }
     }
 
@@ -298,13 +302,7 @@ pub(super) fn plan_prediction(call: &ast::ModelCall, catalog: &dyn Catalog) -> R
     ))
 }
 
-fn check_fits(
-    model: &ModelInfo,
-    data: &DatasetInfo,
-    mname: &str,
-    dname: &str,
-    span: Span,
-) -> Result<()> {
+fn check_fits(model: &ModelInfo, data: &DatasetInfo, mname: &str, dname: &str, span: Span) -> Result<()> {
     let want: usize = model.input_shape.iter().product();
     let have: usize = data.sample_shape.iter().product();
     if want != have {
@@ -340,10 +338,7 @@ fn modality_name(m: &Modality) -> &'static str {
 /// The columns of an attribution relation (DESIGN.md, "The relations").
 pub fn attribution_columns(modality: &Modality, granularity: &GranularitySpec) -> Vec<String> {
     let mut cols: Vec<&str> = vec!["input", "label", "prediction", "target"];
-    let grouped = matches!(
-        granularity,
-        GranularitySpec::Pixel | GranularitySpec::Patch(_)
-    );
+    let grouped = matches!(granularity, GranularitySpec::Pixel | GranularitySpec::Patch(_));
     if grouped {
         cols.push("group");
     }

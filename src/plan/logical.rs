@@ -251,11 +251,7 @@ impl Node {
         };
         match &self.kind {
             NodeKind::Attribute(a) => {
-                writeln!(
-                    f,
-                    "{pad}{arrow}Attribute {}({}) USING {}",
-                    a.model, a.data, a.method
-                )?;
+                writeln!(f, "{pad}{arrow}Attribute {}({}) USING {}", a.model, a.data, a.method)?;
                 let target = match &a.target {
                     TargetSpec::Predicted => "predicted".to_string(),
                     TargetSpec::Label => "label".to_string(),
@@ -286,10 +282,7 @@ impl Node {
                 } else {
                     String::new()
                 };
-                writeln!(
-                    f,
-                    "{pad}   target {target}{base}, window {window}, granularity {gran}"
-                )
+                writeln!(f, "{pad}   target {target}{base}, window {window}, granularity {gran}")
             }
             NodeKind::Predict(p) => writeln!(f, "{pad}{arrow}Predict {}({})", p.model, p.data),
             NodeKind::Filter { input, predicate } => {
@@ -301,11 +294,7 @@ impl Node {
                 keys,
                 aggregates,
             } => {
-                let k = if keys.is_empty() {
-                    "()".to_string()
-                } else {
-                    list(keys)
-                };
+                let k = if keys.is_empty() { "()".to_string() } else { list(keys) };
                 writeln!(f, "{pad}{arrow}Aggregate by {k}: {}", list(aggregates))?;
                 input.fmt_tree(f, depth + 1)
             }
@@ -321,11 +310,7 @@ impl Node {
                 writeln!(f, "{pad}{arrow}Sort {}", k.join(", "))?;
                 input.fmt_tree(f, depth + 1)
             }
-            NodeKind::Limit {
-                input,
-                count,
-                offset,
-            } => {
+            NodeKind::Limit { input, count, offset } => {
                 if *offset > 0 {
                     writeln!(f, "{pad}{arrow}Limit {count} offset {offset}")?;
                 } else {

@@ -47,18 +47,9 @@ pub trait Catalog {
 
 /// Settings a user may SET, with what they accept.
 pub const SETTINGS: &[(&str, &str)] = &[
-    (
-        "method",
-        "the method used when a query has no USING (a method name)",
-    ),
-    (
-        "steps",
-        "default steps of integrated gradients (an integer ≥ 1)",
-    ),
-    (
-        "seed",
-        "default seed of stochastic methods (an integer ≥ 0)",
-    ),
+    ("method", "the method used when a query has no USING (a method name)"),
+    ("steps", "default steps of integrated gradients (an integer ≥ 1)"),
+    ("seed", "default seed of stochastic methods (an integer ≥ 0)"),
     (
         "batch_size",
         "most inputs in one forward pass (an integer ≥ 1, or auto)",
@@ -67,14 +58,8 @@ pub const SETTINGS: &[(&str, &str)] = &[
         "memory_mb",
         "memory budget that sizes batches when batch_size is auto (MB ≥ 1)",
     ),
-    (
-        "cache_mb",
-        "activation cache budget (MB ≥ 0; 0 turns the cache off)",
-    ),
-    (
-        "allow_nonfinite",
-        "load data holding NaN or infinity (true or false)",
-    ),
+    ("cache_mb", "activation cache budget (MB ≥ 0; 0 turns the cache off)"),
+    ("allow_nonfinite", "load data holding NaN or infinity (true or false)"),
 ];
 
 /// Plans one statement against the catalog.
@@ -87,10 +72,7 @@ pub fn plan(stmt: &Statement, catalog: &dyn Catalog) -> Result<Plan> {
                 .and_then(|e| e.to_str())
                 .unwrap_or("")
                 .to_lowercase();
-            let arch = arch
-                .as_ref()
-                .map(|a| existing_path(a, catalog))
-                .transpose()?;
+            let arch = arch.as_ref().map(|a| existing_path(a, catalog)).transpose()?;
             if arch.is_none() {
                 let err = if ext == "onnx" {
                     Error::model("ONNX models are not supported yet").hint("export safetensors with an architecture file, and LOAD MODEL m FROM 'm.safetensors' ARCH 'm.json'")
@@ -116,10 +98,7 @@ pub fn plan(stmt: &Statement, catalog: &dyn Catalog) -> Result<Plan> {
         } => Plan::LoadData {
             name: name.name.clone(),
             path: existing_path(path, catalog)?,
-            labels: labels
-                .as_ref()
-                .map(|l| existing_path(l, catalog))
-                .transpose()?,
+            labels: labels.as_ref().map(|l| existing_path(l, catalog)).transpose()?,
             label_column: label_column.as_ref().map(|c| c.name.clone()),
         },
         StatementKind::Show(show) => match show {
@@ -130,9 +109,7 @@ pub fn plan(stmt: &Statement, catalog: &dyn Catalog) -> Result<Plan> {
             ast::Show::Settings => Plan::ShowSettings,
             ast::Show::Layers(m) => {
                 resolve_model(m, catalog)?;
-                Plan::ShowLayers {
-                    model: m.name.clone(),
-                }
+                Plan::ShowLayers { model: m.name.clone() }
             }
         },
         StatementKind::Set { name, value } => Plan::Set {
@@ -164,22 +141,17 @@ pub fn plan(stmt: &Statement, catalog: &dyn Catalog) -> Result<Plan> {
             overwrite,
         } => {
             let file = resolve_path(path, catalog)?;
-            let ext = file
-                .extension()
-                .and_then(|e| e.to_str())
-                .unwrap_or("")
-                .to_lowercase();
+            let ext = file.extension().and_then(|e| e.to_str()).unwrap_or("").to_lowercase();
             let format = match ext.as_str() {
                 "csv" => ExportFormat::Csv,
                 "parquet" => ExportFormat::Parquet,
                 "json" => ExportFormat::Json,
                 _ => {
-                    return Err(Error::value(format!(
-                        "cannot export to `{}`: unknown file type",
-                        file.display()
-                    ))
-                    .at(path.span)
-                    .hint("use a .csv, .parquet or .json file name"));
+                    return Err(
+                        Error::value(format!("cannot export to `{}`: unknown file type", file.display()))
+                            .at(path.span)
+                            .hint("use a .csv, .parquet or .json file name"),
+                    );
                 }
             };
             if !*overwrite && file.exists() {
@@ -202,11 +174,9 @@ fn plan_setting(name: &ast::Ident, value: &Value, catalog: &dyn Catalog) -> Resu
     let int = |min: f64| -> Result<usize> {
         match &lit {
             Literal::Number(n) if n.fract() == 0.0 && *n >= min => Ok(*n as usize),
-            other => Err(Error::value(format!(
-                "{} must be a whole number ≥ {min}, got {other}",
-                name.name
-            ))
-            .at(value.span)),
+            other => {
+                Err(Error::value(format!("{} must be a whole number ≥ {min}, got {other}", name.name)).at(value.span))
+            }
         }
     };
     Ok(match name.name.to_lowercase().as_str() {
@@ -215,13 +185,7 @@ fn plan_setting(name: &ast::Ident, value: &Value, catalog: &dyn Catalog) -> Resu
             match crate::ops::method_info(&text) {
                 Some(info) => Setting::Method(info.name.to_string()),
                 None => {
-                    return Err(Error::unknown(
-                        "method",
-                        &text,
-                        &crate::ops::method_names(),
-                        "methods",
-                    )
-                    .at(value.span));
+                    return Err(Error::unknown("method", &text, &crate::ops::method_names(), "methods").at(value.span));
                 }
             }
         }
@@ -239,10 +203,7 @@ fn plan_setting(name: &ast::Ident, value: &Value, catalog: &dyn Catalog) -> Resu
         "allow_nonfinite" => match lit {
             Literal::Bool(b) => Setting::AllowNonfinite(b),
             other => {
-                return Err(Error::value(format!(
-                    "allow_nonfinite must be true or false, got {other}"
-                ))
-                .at(value.span));
+                return Err(Error::value(format!("allow_nonfinite must be true or false, got {other}")).at(value.span));
             }
         },
         other => {
@@ -284,9 +245,7 @@ pub fn variable(name: &str, span: Span, catalog: &dyn Catalog) -> Result<Literal
 fn resolve_path(value: &Value, catalog: &dyn Catalog) -> Result<PathBuf> {
     match resolve_literal(value, catalog)? {
         Literal::Text(t) => Ok(PathBuf::from(t)),
-        other => {
-            Err(Error::value(format!("expected a file path in quotes, got {other}")).at(value.span))
-        }
+        other => Err(Error::value(format!("expected a file path in quotes, got {other}")).at(value.span)),
     }
 }
 
@@ -297,9 +256,7 @@ fn existing_path(value: &Value, catalog: &dyn Catalog) -> Result<PathBuf> {
         return Err(Error::io(format!("no such file: {}", path.display())).at(value.span));
     }
     if path.is_dir() {
-        return Err(
-            Error::io(format!("{} is a directory, not a file", path.display())).at(value.span),
-        );
+        return Err(Error::io(format!("{} is a directory, not a file", path.display())).at(value.span));
     }
     Ok(path)
 }
@@ -308,9 +265,7 @@ fn existing_path(value: &Value, catalog: &dyn Catalog) -> Result<PathBuf> {
 pub fn resolve_int(value: &Value, catalog: &dyn Catalog, what: &str) -> Result<i64> {
     match resolve_literal(value, catalog)? {
         Literal::Number(n) if n.fract() == 0.0 && n.abs() < 9e15 => Ok(n as i64),
-        other => {
-            Err(Error::value(format!("{what} must be a whole number, got {other}")).at(value.span))
-        }
+        other => Err(Error::value(format!("{what} must be a whole number, got {other}")).at(value.span)),
     }
 }
 
@@ -331,17 +286,9 @@ pub fn resolve_model(name: &ast::Ident, catalog: &dyn Catalog) -> Result<ModelIn
 }
 
 /// A dataset expression → the dataset's info and the rows it picks.
-pub fn resolve_dataset(
-    expr: &ast::DatasetExpr,
-    catalog: &dyn Catalog,
-) -> Result<(DatasetRef, DatasetInfo)> {
+pub fn resolve_dataset(expr: &ast::DatasetExpr, catalog: &dyn Catalog) -> Result<(DatasetRef, DatasetInfo)> {
     let info = catalog.dataset(&expr.name.name).ok_or_else(|| {
-        let mut err = Error::unknown(
-            "dataset",
-            &expr.name.name,
-            &catalog.dataset_names(),
-            "loaded datasets",
-        );
+        let mut err = Error::unknown("dataset", &expr.name.name, &catalog.dataset_names(), "loaded datasets");
         if catalog.model(&expr.name.name).is_some() {
             err.hints
                 .insert(0, format!("`{}` is a model, not a dataset", expr.name.name));
@@ -375,9 +322,7 @@ pub fn resolve_dataset(
             if let (Some(a), Some(b)) = (a, b)
                 && b < a
             {
-                return Err(
-                    Error::value(format!("the slice {a}:{b} ends before it starts")).at(expr.span),
-                );
+                return Err(Error::value(format!("the slice {a}:{b} ends before it starts")).at(expr.span));
             }
             if a.is_some_and(|a| a > hi)
                 || b.is_some_and(|b| b <= lo)

@@ -4,13 +4,9 @@
 
 use super::interpret::{plan_interpretation, plan_prediction};
 use super::*;
-use crate::syntax::ast::{
-    Expr, ExprKind, Ident, Query, QueryKind, Select, SelectItem, SetOp, Source,
-};
+use crate::syntax::ast::{Expr, ExprKind, Ident, Query, QueryKind, Select, SelectItem, SetOp, Source};
 
-pub const AGGREGATES: &[&str] = &[
-    "sum", "mean", "avg", "min", "max", "count", "median", "std", "var",
-];
+pub const AGGREGATES: &[&str] = &["sum", "mean", "avg", "min", "max", "count", "median", "std", "var"];
 /// Scalar functions and how many arguments they take.
 pub const SCALARS: &[(&str, usize, usize)] = &[
     ("abs", 1, 1),
@@ -62,10 +58,7 @@ fn plan_source(source: &Source, catalog: &dyn Catalog) -> Result<(Node, Option<S
     match source {
         Source::Interpretation(i) => Ok((plan_interpretation(i, catalog)?, None)),
         Source::Predict(call) => Ok((plan_prediction(call, catalog)?, None)),
-        Source::Subquery { query, alias } => Ok((
-            plan_query(query, catalog)?,
-            alias.as_ref().map(|a| a.name.clone()),
-        )),
+        Source::Subquery { query, alias } => Ok((plan_query(query, catalog)?, alias.as_ref().map(|a| a.name.clone()))),
     }
 }
 
@@ -102,15 +95,9 @@ fn plan_select(s: &Select, catalog: &dyn Catalog) -> Result<Node> {
         let mut keys: Vec<(String, Expr)> = Vec::new();
         for g in &s.group_by {
             let expr = match &g.kind {
-                ExprKind::Column {
-                    qualifier: None,
-                    name,
-                } if !scope.has(&name.name) => {
+                ExprKind::Column { qualifier: None, name } if !scope.has(&name.name) => {
                     match s.items.iter().find_map(|i| match i {
-                        SelectItem::Expr {
-                            expr,
-                            alias: Some(a),
-                        } if a.name == name.name => Some(expr),
+                        SelectItem::Expr { expr, alias: Some(a) } if a.name == name.name => Some(expr),
                         _ => None,
                     }) {
                         Some(aliased) => aliased,
@@ -118,10 +105,7 @@ fn plan_select(s: &Select, catalog: &dyn Catalog) -> Result<Node> {
                     }
                 }
                 ExprKind::Number(_) => {
-                    return Err(Error::query(
-                        "GROUP BY takes columns or expressions, not positions",
-                    )
-                    .at(g.span));
+                    return Err(Error::query("GROUP BY takes columns or expressions, not positions").at(g.span));
                 }
                 _ => g,
             };
@@ -135,11 +119,9 @@ fn plan_select(s: &Select, catalog: &dyn Catalog) -> Result<Node> {
         for item in &s.items {
             match item {
                 SelectItem::Wildcard(sp) => {
-                    return Err(Error::query(
-                        "SELECT * cannot be combined with GROUP BY or aggregates",
-                    )
-                    .at(*sp)
-                    .hint("list the grouped columns and aggregates"));
+                    return Err(Error::query("SELECT * cannot be combined with GROUP BY or aggregates")
+                        .at(*sp)
+                        .hint("list the grouped columns and aggregates"));
                 }
                 SelectItem::Expr { expr, alias } => {
                     let resolved = scope.resolve(expr, catalog)?;
@@ -187,10 +169,7 @@ fn plan_select(s: &Select, catalog: &dyn Catalog) -> Result<Node> {
             columns,
         );
         if let Some(h) = having {
-            node = node.then(|input| NodeKind::Filter {
-                input,
-                predicate: h,
-            });
+            node = node.then(|input| NodeKind::Filter { input, predicate: h });
         }
     } else {
         for item in &s.items {
@@ -237,17 +216,12 @@ fn plan_select(s: &Select, catalog: &dyn Catalog) -> Result<Node> {
     );
     if s.distinct {
         if hidden > 0 {
-            return Err(
-                Error::query("with SELECT DISTINCT, ORDER BY must use selected columns").at(s.span),
-            );
+            return Err(Error::query("with SELECT DISTINCT, ORDER BY must use selected columns").at(s.span));
         }
         node = node.then(|input| NodeKind::Distinct { input });
     }
     if !sort_keys.is_empty() {
-        node = node.then(|input| NodeKind::Sort {
-            input,
-            keys: sort_keys,
-        });
+        node = node.then(|input| NodeKind::Sort { input, keys: sort_keys });
     }
     if let Some(l) = &s.limit {
         let count = resolve_int(&l.count, catalog, "LIMIT")?;
@@ -290,18 +264,13 @@ fn order_output(expr: &Expr, outputs: &[String]) -> Result<Option<String>> {
         ExprKind::Number(n) => {
             let k = *n as usize;
             if n.fract() != 0.0 || k < 1 || k > outputs.len() {
-                return Err(Error::query(format!(
-                    "ORDER BY position {n} is not between 1 and {}",
-                    outputs.len()
-                ))
-                .at(expr.span));
+                return Err(
+                    Error::query(format!("ORDER BY position {n} is not between 1 and {}", outputs.len())).at(expr.span),
+                );
             }
             Ok(Some(outputs[k - 1].clone()))
         }
-        ExprKind::Column {
-            qualifier: None,
-            name,
-        } if outputs.contains(&name.name) => Ok(Some(name.name.clone())),
+        ExprKind::Column { qualifier: None, name } if outputs.contains(&name.name) => Ok(Some(name.name.clone())),
         _ => Ok(None),
     }
 }
@@ -342,36 +311,24 @@ fn dedupe_names(outputs: &mut [(String, Expr)]) {
 
 pub fn find_aggregate(e: &Expr) -> Option<&Expr> {
     match &e.kind {
-        ExprKind::Call { name, .. } if AGGREGATES.contains(&name.name.to_lowercase().as_str()) => {
-            Some(e)
-        }
+        ExprKind::Call { name, .. } if AGGREGATES.contains(&name.name.to_lowercase().as_str()) => Some(e),
         ExprKind::Call { args, .. } => args.iter().find_map(find_aggregate),
         ExprKind::Unary { expr, .. } | ExprKind::IsNull { expr, .. } => find_aggregate(expr),
-        ExprKind::Binary { left, right, .. } => {
-            find_aggregate(left).or_else(|| find_aggregate(right))
-        }
-        ExprKind::InList { expr, list, .. } => {
-            find_aggregate(expr).or_else(|| list.iter().find_map(find_aggregate))
-        }
+        ExprKind::Binary { left, right, .. } => find_aggregate(left).or_else(|| find_aggregate(right)),
+        ExprKind::InList { expr, list, .. } => find_aggregate(expr).or_else(|| list.iter().find_map(find_aggregate)),
         _ => None,
     }
 }
 
 /// Rewrites an expression over grouped rows: group keys and aggregate calls become
 /// columns of the Aggregate operator; any other column is an error.
-fn rewrite_grouped(
-    e: &Expr,
-    keys: &[(String, Expr)],
-    aggs: &mut Vec<(String, Expr)>,
-) -> Result<Expr> {
+fn rewrite_grouped(e: &Expr, keys: &[(String, Expr)], aggs: &mut Vec<(String, Expr)>) -> Result<Expr> {
     let text = e.to_string();
     if let Some((name, _)) = keys.iter().find(|(_, k)| k.to_string() == text) {
         return Ok(column(name, e.span));
     }
     match &e.kind {
-        ExprKind::Call { name, args, .. }
-            if AGGREGATES.contains(&name.name.to_lowercase().as_str()) =>
-        {
+        ExprKind::Call { name, args, .. } if AGGREGATES.contains(&name.name.to_lowercase().as_str()) => {
             for a in args {
                 if let Some(inner) = find_aggregate(a) {
                     return Err(Error::query("aggregates cannot be nested").at(inner.span));
@@ -413,19 +370,12 @@ impl Scope {
                 };
                 let resolved = if self.has(&full) {
                     full
-                } else if qualifier
-                    .as_ref()
-                    .is_some_and(|q| Some(&q.name) == self.alias.as_ref())
+                } else if qualifier.as_ref().is_some_and(|q| Some(&q.name) == self.alias.as_ref())
                     && self.has(&name.name)
                 {
                     name.name.clone()
                 } else {
-                    let visible: Vec<String> = self
-                        .columns
-                        .iter()
-                        .filter(|c| !c.starts_with("__"))
-                        .cloned()
-                        .collect();
+                    let visible: Vec<String> = self.columns.iter().filter(|c| !c.starts_with("__")).cloned().collect();
                     return Err(Error::unknown("column", &full, &visible, "columns").at(e.span));
                 };
                 ExprKind::Column {
@@ -445,15 +395,11 @@ impl Scope {
                 let lower = name.name.to_lowercase();
                 let is_agg = AGGREGATES.contains(&lower.as_str());
                 if *star && lower != "count" {
-                    return Err(
-                        Error::query(format!("only count takes *, not {}", name.name)).at(e.span),
-                    );
+                    return Err(Error::query(format!("only count takes *, not {}", name.name)).at(e.span));
                 }
                 if is_agg {
                     if !*star && args.len() != 1 {
-                        return Err(
-                            Error::query(format!("{} takes one argument", name.name)).at(e.span)
-                        );
+                        return Err(Error::query(format!("{} takes one argument", name.name)).at(e.span));
                     }
                 } else if let Some((_, min, max)) = SCALARS.iter().find(|(n, _, _)| *n == lower) {
                     if args.len() < *min || args.len() > *max {
@@ -472,9 +418,7 @@ impl Scope {
                 } else {
                     let mut known: Vec<String> = AGGREGATES.iter().map(|s| s.to_string()).collect();
                     known.extend(SCALARS.iter().map(|(n, _, _)| n.to_string()));
-                    return Err(
-                        Error::unknown("function", &name.name, &known, "functions").at(name.span)
-                    );
+                    return Err(Error::unknown("function", &name.name, &known, "functions").at(name.span));
                 }
                 let mut call = e.map_children(&mut |c| self.resolve(c, catalog))?;
                 if let ExprKind::Call { name, .. } = &mut call.kind {

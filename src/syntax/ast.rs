@@ -145,10 +145,7 @@ pub struct Limit {
 pub enum Source {
     Interpretation(Box<Interpretation>),
     Predict(ModelCall),
-    Subquery {
-        query: Box<Query>,
-        alias: Option<Ident>,
-    },
+    Subquery { query: Box<Query>, alias: Option<Ident> },
 }
 
 /// `m(x)` with its interpretation clauses.
@@ -180,10 +177,7 @@ pub struct DatasetExpr {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Index {
     One(Value),
-    Range {
-        start: Option<Value>,
-        end: Option<Value>,
-    },
+    Range { start: Option<Value>, end: Option<Value> },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -257,11 +251,7 @@ pub struct WindowRange {
 #[derive(Clone, Debug, PartialEq)]
 pub enum ColumnItem {
     Name(Ident),
-    Range {
-        start: Value,
-        end: Value,
-        span: Span,
-    },
+    Range { start: Value, end: Value, span: Span },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -343,21 +333,14 @@ impl Expr {
                 expr: Box::new(f(expr)?),
                 negated: *negated,
             },
-            ExprKind::InList {
-                expr,
-                list,
-                negated,
-            } => ExprKind::InList {
+            ExprKind::InList { expr, list, negated } => ExprKind::InList {
                 expr: Box::new(f(expr)?),
                 list: list.iter().map(&mut *f).collect::<Result<_, E>>()?,
                 negated: *negated,
             },
             other => other.clone(),
         };
-        Ok(Expr {
-            kind,
-            span: self.span,
-        })
+        Ok(Expr { kind, span: self.span })
     }
 }
 
@@ -438,10 +421,7 @@ impl fmt::Display for Ident {
             .chars()
             .next()
             .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && self
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && self.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
             && !RESERVED.contains(&self.name.to_lowercase().as_str());
         if bare {
             write!(f, "{}", self.name)
@@ -518,11 +498,7 @@ impl fmt::Display for Statement {
             StatementKind::Var { name, value } => write!(f, "VAR {name} = {value}"),
             StatementKind::Let { name, dataset } => write!(f, "LET {name} = {dataset}"),
             StatementKind::Query(q) => write!(f, "{q}"),
-            StatementKind::Export {
-                query,
-                path,
-                overwrite,
-            } => {
+            StatementKind::Export { query, path, overwrite } => {
                 write!(f, "EXPORT {query} TO {path}")?;
                 if *overwrite {
                     write!(f, " OVERWRITE")?;
@@ -656,11 +632,7 @@ impl fmt::Display for DatasetExpr {
                 let s = start.as_ref().map(|v| v.to_string()).unwrap_or_default();
                 let e = end.as_ref().map(|v| v.to_string()).unwrap_or_default();
                 // `[:name]` would read as a variable index; a start keeps a slice a slice.
-                let s = if s.is_empty()
-                    && end
-                        .as_ref()
-                        .is_some_and(|v| matches!(v.kind, ValueKind::Var(_)))
-                {
+                let s = if s.is_empty() && end.as_ref().is_some_and(|v| matches!(v.kind, ValueKind::Var(_))) {
                     "0".to_string()
                 } else {
                     s
@@ -756,23 +728,14 @@ impl fmt::Display for Expr {
                 qualifier: Some(q),
                 name,
             } => write!(f, "{q}.{name}"),
-            ExprKind::Column {
-                qualifier: None,
-                name,
-            } => write!(f, "{name}"),
+            ExprKind::Column { qualifier: None, name } => write!(f, "{name}"),
             ExprKind::Number(n) => write!(f, "{}", number(*n)),
             ExprKind::Str(s) => write!(f, "{}", quote(s)),
             ExprKind::Bool(b) => write!(f, "{b}"),
             ExprKind::Null => write!(f, "NULL"),
             ExprKind::Var(v) => write!(f, ":{v}"),
-            ExprKind::Unary {
-                op: UnaryOp::Not,
-                expr,
-            } => write!(f, "NOT {}", paren(expr)),
-            ExprKind::Unary {
-                op: UnaryOp::Neg,
-                expr,
-            } => write!(f, "-{}", paren(expr)),
+            ExprKind::Unary { op: UnaryOp::Not, expr } => write!(f, "NOT {}", paren(expr)),
+            ExprKind::Unary { op: UnaryOp::Neg, expr } => write!(f, "-{}", paren(expr)),
             ExprKind::Binary { op, left, right } => {
                 write!(f, "{} {} {}", paren(left), op.symbol(), paren(right))
             }
@@ -784,17 +747,10 @@ impl fmt::Display for Expr {
                     write!(f, "{name}({})", a.join(", "))
                 }
             }
-            ExprKind::IsNull { expr, negated } => write!(
-                f,
-                "{} IS {}NULL",
-                paren(expr),
-                if *negated { "NOT " } else { "" }
-            ),
-            ExprKind::InList {
-                expr,
-                list,
-                negated,
-            } => {
+            ExprKind::IsNull { expr, negated } => {
+                write!(f, "{} IS {}NULL", paren(expr), if *negated { "NOT " } else { "" })
+            }
+            ExprKind::InList { expr, list, negated } => {
                 let a: Vec<String> = list.iter().map(|e| e.to_string()).collect();
                 write!(
                     f,
@@ -811,10 +767,9 @@ impl fmt::Display for Expr {
 /// Compound operands are parenthesised so that the printed text keeps the tree's shape.
 fn paren(e: &Expr) -> String {
     match e.kind {
-        ExprKind::Binary { .. }
-        | ExprKind::Unary { .. }
-        | ExprKind::IsNull { .. }
-        | ExprKind::InList { .. } => format!("({e})"),
+        ExprKind::Binary { .. } | ExprKind::Unary { .. } | ExprKind::IsNull { .. } | ExprKind::InList { .. } => {
+            format!("({e})")
+        }
         ExprKind::Number(n) if n < 0.0 => format!("({e})"),
         _ => e.to_string(),
     }

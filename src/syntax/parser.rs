@@ -87,11 +87,7 @@ impl<'a> Children<'a> {
         }
     }
     fn done(mut self) {
-        debug_assert!(
-            self.inner.next().is_none(),
-            "unconsumed child in {:?}",
-            self.parent
-        );
+        debug_assert!(self.inner.next().is_none(), "unconsumed child in {:?}", self.parent);
     }
 }
 
@@ -174,11 +170,7 @@ fn visit_statement(pair: Pair<Rule>) -> Result<Statement> {
             c.skip_keywords();
             let path = visit_path(c.next()?)?;
             let overwrite = c.take(Rule::overwrite).is_some();
-            StatementKind::Export {
-                query,
-                path,
-                overwrite,
-            }
+            StatementKind::Export { query, path, overwrite }
         }
         Rule::plan_stmt => StatementKind::Plan(visit_query(c.next()?)?),
         Rule::query => {
@@ -381,9 +373,7 @@ fn visit_source(pair: Pair<Rule>) -> Result<Source> {
             pc.done();
             Ok(Source::Predict(call))
         }
-        _ => Ok(Source::Interpretation(Box::new(visit_interpretation(
-            inner,
-        )?))),
+        _ => Ok(Source::Interpretation(Box::new(visit_interpretation(inner)?))),
     }
 }
 
@@ -441,9 +431,7 @@ fn visit_interpretation(pair: Pair<Rule>) -> Result<Interpretation> {
                         mc.skip_keywords();
                         BaselineKind::Mean(mc.take(Rule::dataset).map(visit_dataset).transpose()?)
                     }
-                    Rule::baseline_constant => {
-                        BaselineKind::Constant(visit_value_token(Children::of(inner).next()?)?)
-                    }
+                    Rule::baseline_constant => BaselineKind::Constant(visit_value_token(Children::of(inner).next()?)?),
                     _ => BaselineKind::Data(visit_dataset(inner)?),
                 };
                 interp.baseline = Some(Baseline { kind, span: bsp });
@@ -490,11 +478,7 @@ fn visit_interpretation(pair: Pair<Rule>) -> Result<Interpretation> {
                                     let mut rc = Children::of(inner);
                                     let start = visit_int_value(rc.next()?)?;
                                     let end = visit_int_value(rc.next()?)?;
-                                    Ok(ColumnItem::Range {
-                                        start,
-                                        end,
-                                        span: isp,
-                                    })
+                                    Ok(ColumnItem::Range { start, end, span: isp })
                                 }
                                 Rule::string => {
                                     let v = visit_value_token(inner)?;
@@ -531,9 +515,7 @@ fn visit_interpretation(pair: Pair<Rule>) -> Result<Interpretation> {
                 interp.granularity = Some(Granularity { kind, span: gsp });
             }
             other => {
-                return Err(
-                    Error::syntax(format!("internal: unexpected clause {other:?}")).at(csp),
-                );
+                return Err(Error::syntax(format!("internal: unexpected clause {other:?}")).at(csp));
             }
         }
     }
@@ -553,11 +535,7 @@ fn visit_method_call(pair: Pair<Rule>) -> Result<MethodCall> {
         params.push(Param { name: pname, value });
     }
     c.done();
-    Ok(MethodCall {
-        name,
-        params,
-        span: sp,
-    })
+    Ok(MethodCall { name, params, span: sp })
 }
 
 fn visit_model_call(pair: Pair<Rule>) -> Result<ModelCall> {
@@ -566,11 +544,7 @@ fn visit_model_call(pair: Pair<Rule>) -> Result<ModelCall> {
     let model = visit_ident(c.next()?)?;
     let data = visit_dataset(c.next()?)?;
     c.done();
-    Ok(ModelCall {
-        model,
-        data,
-        span: sp,
-    })
+    Ok(ModelCall { model, data, span: sp })
 }
 
 fn visit_dataset(pair: Pair<Rule>) -> Result<DatasetExpr> {
@@ -599,11 +573,7 @@ fn visit_dataset(pair: Pair<Rule>) -> Result<DatasetExpr> {
         }
     };
     c.done();
-    Ok(DatasetExpr {
-        name,
-        index,
-        span: sp,
-    })
+    Ok(DatasetExpr { name, index, span: sp })
 }
 
 fn visit_int_value(pair: Pair<Rule>) -> Result<Value> {
@@ -773,9 +743,7 @@ fn rule_name(rule: &Rule) -> String {
         Rule::number | Rule::unsigned | Rule::integer | Rule::int_value => "a number".into(),
         Rule::variable => "a variable (:name)".into(),
         Rule::value => "a value".into(),
-        Rule::expr | Rule::literal | Rule::primary | Rule::column_ref | Rule::function_call => {
-            "an expression".into()
-        }
+        Rule::expr | Rule::literal | Rule::primary | Rule::column_ref | Rule::function_call => "an expression".into(),
         Rule::select_item | Rule::select_list => "a column or expression".into(),
         Rule::star => "`*`".into(),
         Rule::dataset => "a dataset (name, name[i] or name[a:b])".into(),
@@ -784,9 +752,7 @@ fn rule_name(rule: &Rule) -> String {
         Rule::op_eq => "`=`".into(),
         Rule::op_ne => "`!=`".into(),
         Rule::op_lt | Rule::op_le | Rule::op_gt | Rule::op_ge => "a comparison".into(),
-        Rule::op_add | Rule::op_sub | Rule::op_mul | Rule::op_div | Rule::op_mod => {
-            "an operator".into()
-        }
+        Rule::op_add | Rule::op_sub | Rule::op_mul | Rule::op_div | Rule::op_mod => "an operator".into(),
         Rule::op_or | Rule::op_and => "AND / OR".into(),
         Rule::op_union | Rule::op_union_all | Rule::op_except | Rule::op_intersect => {
             "UNION / INTERSECT / EXCEPT".into()

@@ -1,0 +1,58 @@
+"""Reference cases the shared oracle lacks, computed with Captum 0.9.0 on the shipped
+models: written to tests/fixtures/captum_extra/<model>__<case>/{attributions,inputs,targets}.npy
+for the parity tests. Optional, outside CI (it needs torch and captum; see
+tools/captum_baseline.py for the setup). Run from the repository root:
+
+    ~/captum-venv/bin/python tools/captum_extra_cases.py
+"""
+
+import os
+import sys
+import warnings
+
+import numpy as np
+import torch
+from captum.attr import Deconvolution, FeatureAblation, IntegratedGradients, Occlusion
+
+sys.path.insert(0, os.path.dirname(__file__))
+from captum_baseline import load  # noqa: E402
+
+warnings.filterwarnings("ignore")
+torch.set_num_threads(2)
+OUT = "tests/fixtures/captum_extra"
+
+
+def save(name, x, t, attr):
+    d = os.path.join(OUT, name)
+    os.makedirs(d, exist_ok=True)
+    np.save(os.path.join(d, "inputs.npy"), x.detach().numpy().astype(np.float32))
+    np.save(os.path.join(d, "targets.npy"), t.numpy().astype(np.int64))
+    np.save(os.path.join(d, "attributions.npy"), attr.detach().numpy().astype(np.float32))
+    print(name, tuple(attr.shape))
+
+
+def main():
+    cnn = load("digits_cnn")
+    mlp = load("cancer_mlp")
+    x = torch.from_numpy(np.load("data/digits_test_x.npy")[:10])
+    t = cnn(x).argmax(1)
+    import csv
+
+    rows = list(csv.reader(open("data/cancer_test.csv")))
+    cx = torch.tensor([[float(v) for v in r[:-1]] for r in rows[1:11]], dtype=torch.float32)
+    ct = mlp(cx).argmax(1)
+    # Occlusion whose windows do not tile the image: Captum adds a clipped last window.
+    save("digits_cnn__occlusion_3x3_s2", x, t, Occlusion(cnn).attribute(x, sliding_window_shapes=(1, 3, 3), strides=(1, 2, 2), baselines=0, target=t))
+    save("digits_cnn__occlusion_2x2_s2_base05", x, t, Occlusion(cnn).attribute(x, sliding_window_shapes=(1, 2, 2), strides=(1, 2, 2), baselines=0.5, target=t))
+    save("cancer_mlp__occlusion_3_s2", cx, ct, Occlusion(mlp).attribute(cx, sliding_window_shapes=(3,), strides=(2,), baselines=0, target=ct))
+    save("digits_cnn__feature_ablation", x, t, FeatureAblation(cnn).attribute(x, baselines=0, target=t))
+    save("digits_cnn__deconvolution", x, t, Deconvolution(cnn).attribute(x, target=t))
+    save("cancer_mlp__deconvolution", cx, ct, Deconvolution(mlp).attribute(cx, target=ct))
+    for method in ["riemann_left", "riemann_right", "riemann_middle"]:
+        ig = IntegratedGradients(cnn).attribute(x, baselines=torch.zeros_like(x), target=t, n_steps=20, method=method)
+        save(f"digits_cnn__ig_{method}_20", x, t, ig)
+    save("digits_cnn__ig_target3_gl_8", x, torch.full_like(t, 3), IntegratedGradients(cnn).attribute(x, baselines=torch.zeros_like(x), target=3, n_steps=8))
+
+
+if __name__ == "__main__":
+    main()
