@@ -108,3 +108,65 @@ fn error_messages_match_snapshot() {
     assert!(!got.contains("(no error)"), "every case must fail");
     assert!(!got.contains("panicked"));
 }
+
+/// Hostile shapes of text get an error, not a stack overflow — also on a test thread's
+/// small stack — and the limits leave room for any real query.
+#[test]
+fn deep_and_long_queries_are_refused_cleanly() {
+    let mut s = session(SETUP);
+    let nest = |n: usize| {
+        format!(
+            "SELECT * FROM {}PREDICT cnn(digits[0]){};",
+            "(SELECT * FROM ".repeat(n),
+            ")".repeat(n)
+        )
+    };
+    // 97 nested subqueries (with the call and the index: 99 brackets deep) run…
+    let df = query(&mut s, &nest(97));
+    assert_eq!(df.height(), 1);
+    // …deeper ones, and other runaway shapes, are syntax errors
+    let cases = [
+        nest(5000),
+        format!(
+            "SELECT {}1{} FROM PREDICT cnn(digits);",
+            "(".repeat(100_000),
+            ")".repeat(100_000)
+        ),
+        format!("SELECT {} FROM PREDICT cnn(digits);", vec!["1"; 200_000].join(" + ")),
+        format!(
+            "SELECT input FROM PREDICT cnn(digits) WHERE {}input = 1;",
+            "NOT ".repeat(50_000)
+        ),
+        vec!["SELECT input FROM PREDICT cnn(digits)"; 5_000].join(" UNION "),
+    ];
+    for text in &cases {
+        let err = s.execute(text).expect_err("must be refused");
+        assert_eq!(err.kind, ialgebra::error::ErrorKind::Syntax, "{}", err.message);
+    }
+    // a megabyte-long statement is just long
+    let long = format!(
+        "SELECT count(*) AS n FROM PREDICT cnn(digits) WHERE '{}' != 'x';",
+        "y".repeat(1 << 20)
+    );
+    assert_eq!(column_f64(&query(&mut s, &long), "n"), vec![397.0]);
+    let many = "SELECT count(*) AS n FROM PREDICT cnn(digits[0:2]);\n".repeat(2_000);
+    assert_eq!(s.execute(&many).unwrap().len(), 2_000);
+    // long IN lists stay flat
+    let list: Vec<String> = (0..1_500).map(|i| i.to_string()).collect();
+    let df = query(
+        &mut s,
+        &format!(
+            "SELECT count(*) AS n FROM PREDICT cnn(digits) WHERE input IN ({})",
+            list.join(", ")
+        ),
+    );
+    assert_eq!(column_f64(&df, "n"), vec![397.0]);
+    let list: Vec<String> = (0..100_000).map(|i| i.to_string()).collect();
+    let err = s
+        .execute(&format!(
+            "SELECT input FROM PREDICT cnn(digits) WHERE input IN ({})",
+            list.join(", ")
+        ))
+        .unwrap_err();
+    assert_eq!(err.kind, ialgebra::error::ErrorKind::Syntax);
+}

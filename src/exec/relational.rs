@@ -200,10 +200,24 @@ pub fn expr(e: &Ast) -> Result<Expr> {
             negated,
         } => {
             let x = expr(inner)?;
-            let mut any = lit(false);
-            for item in list {
-                any = any.or(x.clone().eq(expr(item)?));
+            // OR the comparisons as a balanced tree, so a long list stays shallow.
+            let mut terms: Vec<Expr> = list
+                .iter()
+                .map(|item| Ok(x.clone().eq(expr(item)?)))
+                .collect::<Result<_>>()?;
+            while terms.len() > 1 {
+                terms = terms
+                    .chunks(2)
+                    .map(|p| {
+                        if p.len() == 2 {
+                            p[0].clone().or(p[1].clone())
+                        } else {
+                            p[0].clone()
+                        }
+                    })
+                    .collect();
             }
+            let any = terms.pop().unwrap_or_else(|| lit(false));
             if *negated { any.not() } else { any }
         }
     })

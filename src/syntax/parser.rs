@@ -34,8 +34,16 @@ static PRATT: LazyLock<PrattParser<Rule>> = LazyLock::new(|| {
         .op(Op::prefix(Rule::op_neg))
 });
 
+/// How deeply brackets may nest, and how many operators or set operations one
+/// expression or query may chain: far beyond real queries, and shallow enough that the
+/// recursive descent (and everything that walks the tree after it) cannot exhaust the
+/// stack on hostile input.
+pub const MAX_NESTING: usize = 100;
+pub const MAX_CHAIN: usize = 2000;
+
 /// Parses a script of statements separated by `;`.
 pub fn parse_script(text: &str) -> Result<Script> {
+    check_nesting(text)?;
     let mut pairs = IqlParser::parse(Rule::script, text).map_err(convert_error)?;
     let script = pairs.next().ok_or_else(|| Error::syntax("empty parse"))?;
     let statements = script
@@ -47,6 +55,49 @@ pub fn parse_script(text: &str) -> Result<Script> {
 }
 
 /// The pair's text span without the whitespace pest's implicit skipping leaves at its end.
+/// Rejects text whose brackets nest deeper than `MAX_NESTING`, before the parser recurses
+/// into it. Strings and comments are skipped.
+fn check_nesting(text: &str) -> Result<()> {
+    let bytes = text.as_bytes();
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\'' | b'"' => {
+                let quote = bytes[i];
+                i += 1;
+                while i < bytes.len() && bytes[i] != quote {
+                    i += 1;
+                }
+            }
+            b'-' if bytes.get(i + 1) == Some(&b'-') => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'*') => {
+                i += 2;
+                while i + 1 < bytes.len() && !(bytes[i] == b'*' && bytes[i + 1] == b'/') {
+                    i += 1;
+                }
+                i += 1;
+            }
+            b'(' | b'[' => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return Err(Error::syntax(format!("brackets nest more than {MAX_NESTING} deep"))
+                        .at(Span::new(i, i + 1))
+                        .hint("split the query, or name intermediate results with LET"));
+                }
+            }
+            b')' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
 fn span(pair: &Pair<Rule>) -> Span {
     let s = pair.as_span();
     Span::new(s.start(), s.start() + pair.as_str().trim_end().len())
@@ -202,6 +253,10 @@ fn visit_query(pair: Pair<Rule>) -> Result<Query> {
 
 /// query = intersect_term ~ (set_op ~ intersect_term)*   (left-associative)
 fn visit_query_children(mut c: Children, sp: Span) -> Result<Query> {
+    let terms = c.inner.clone().count();
+    if terms > MAX_NESTING {
+        return Err(Error::syntax(format!("more than {MAX_NESTING} queries joined by set operations")).at(sp));
+    }
     let mut left = visit_intersect(c.next()?)?;
     while let Some(op) = c.inner.next() {
         let op = match op.as_rule() {
@@ -225,6 +280,9 @@ fn visit_query_children(mut c: Children, sp: Span) -> Result<Query> {
 }
 
 fn visit_intersect(pair: Pair<Rule>) -> Result<Query> {
+    if pair.clone().into_inner().count() > MAX_NESTING {
+        return Err(Error::syntax(format!("more than {MAX_NESTING} queries joined by INTERSECT")).at(span(&pair)));
+    }
     let mut c = Children::of(pair);
     let mut left = visit_query_term(c.next()?)?;
     while c.take(Rule::op_intersect).is_some() {
@@ -621,6 +679,17 @@ fn visit_ident(pair: Pair<Rule>) -> Result<Ident> {
 }
 
 fn visit_expr(pair: Pair<Rule>) -> Result<Expr> {
+    let operators = pair
+        .clone()
+        .into_inner()
+        .filter(|p| format!("{:?}", p.as_rule()).starts_with("op_"))
+        .count();
+    if operators > MAX_CHAIN {
+        return Err(Error::syntax(format!(
+            "an expression of {operators} operators is more than this engine takes ({MAX_CHAIN})"
+        ))
+        .at(span(&pair)));
+    }
     PRATT
         .map_primary(visit_primary)
         .map_prefix(|op, rhs| {
@@ -653,6 +722,8 @@ fn visit_expr(pair: Pair<Rule>) -> Result<Expr> {
                     expr: Box::new(lhs),
                     negated,
                 }
+            } else if c.inner.clone().count() > MAX_CHAIN {
+                return Err(Error::syntax(format!("an IN list of more than {MAX_CHAIN} items")).at(sp));
             } else {
                 let list = c.inner.map(visit_expr).collect::<Result<_>>()?;
                 ExprKind::InList {
