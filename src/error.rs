@@ -143,16 +143,16 @@ impl Error {
     pub fn render(&self, source: &str, origin: &str) -> String {
         let mut out = format!("error[{}]: {}", self.kind.label(), self.message);
         if let Some(span) = self.span.filter(|s| s.start <= source.len()) {
-            let (line_no, col, line_text) = locate(source, span.start);
+            // Spans are byte offsets; snap them to character boundaries before slicing.
+            let start = snap(source, span.start, false);
+            let end = snap(source, span.end.max(span.start), true);
+            let (line_no, col, line_text) = locate(source, start);
             let gutter = line_no.to_string().len();
             let line_text = line_text.trim_end_matches('\r');
-            let caret_start = line_text[..col.min(line_text.len())].chars().count();
-            let span_end_in_line =
-                (span.end.min(source.len()) - span.start).min(line_text.len() - col.min(line_text.len()));
-            let caret_len = line_text[col.min(line_text.len())..col.min(line_text.len()) + span_end_in_line]
-                .chars()
-                .count()
-                .max(1);
+            let col = col.min(line_text.len());
+            let caret_start = line_text[..col].chars().count();
+            let caret_end = (col + (end - start)).min(line_text.len());
+            let caret_len = line_text[col..snap(line_text, caret_end, true)].chars().count().max(1);
             out.push_str(&format!(
                 "\n{pad}--> {origin}:{line_no}:{}\n{pad} |\n{line_no} | {line_text}\n{pad} | {}{}",
                 caret_start + 1,
@@ -200,9 +200,18 @@ fn polars_message(err: &polars::prelude::PolarsError) -> String {
     first.to_string()
 }
 
+/// The nearest character boundary at or before (or, with `up`, at or after) `offset`.
+fn snap(text: &str, offset: usize, up: bool) -> usize {
+    let mut i = offset.min(text.len());
+    while !text.is_char_boundary(i) {
+        if up { i += 1 } else { i -= 1 }
+    }
+    i
+}
+
 /// 1-based line number, 0-based byte column, and the text of the line holding `offset`.
 pub fn locate(source: &str, offset: usize) -> (usize, usize, &str) {
-    let offset = offset.min(source.len());
+    let offset = snap(source, offset, false);
     let line_start = source[..offset].rfind('\n').map_or(0, |i| i + 1);
     let line_end = source[offset..].find('\n').map_or(source.len(), |i| offset + i);
     let line_no = source[..line_start].matches('\n').count() + 1;
@@ -272,6 +281,20 @@ mod tests {
             text,
             "error[name]: unknown column `foo`\n --> q.iql:2:8\n  |\n2 | SELECT foo FROM m(d);\n  |        ^^^\n  = help: did you mean `row`?"
         );
+    }
+
+    #[test]
+    fn carets_survive_any_span() {
+        let src = "SELECT é, 😀 FROM\nm(d);";
+        for start in 0..src.len() + 3 {
+            for end in start..src.len() + 3 {
+                let _ = Error::syntax("x").at(Span::new(start, end)).render(src, "t");
+            }
+        }
+        let at = src.find('😀').unwrap();
+        let text = Error::syntax("x").at(Span::new(at, at + 1)).render(src, "t");
+        assert!(text.contains(" --> t:1:11\n"), "{text}");
+        assert!(text.ends_with("|           ^"), "{text}");
     }
 
     #[test]

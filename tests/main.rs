@@ -5,6 +5,7 @@ mod common;
 mod corpus;
 mod errors;
 mod files;
+mod mutations;
 mod parity;
 mod roundtrip;
 mod slt;
