@@ -5,6 +5,7 @@ mod common;
 mod corpus;
 mod errors;
 mod files;
+mod layers;
 mod mutations;
 mod parity;
 mod roundtrip;

@@ -62,6 +62,9 @@ fn plan_source(source: &Source, catalog: &dyn Catalog) -> Result<(Node, Option<S
     }
 }
 
+/// GROUP BY keys, the aggregates the query computes (each named), and HAVING.
+type Grouping = (Vec<(String, Expr)>, Vec<(String, Expr)>, Option<Expr>);
+
 fn plan_select(s: &Select, catalog: &dyn Catalog) -> Result<Node> {
     let (mut node, alias) = plan_source(&s.from, catalog)?;
     let scope = Scope {
@@ -85,10 +88,9 @@ fn plan_select(s: &Select, catalog: &dyn Catalog) -> Result<Node> {
             .iter()
             .any(|i| matches!(i, SelectItem::Expr { expr, .. } if find_aggregate(expr).is_some()));
 
-    // Named output expressions, and hidden ORDER BY keys.
+    // Named output expressions; with grouping, the keys, aggregates and HAVING too.
     let mut outputs: Vec<(String, Expr)> = Vec::new();
-    let mut sort_keys: Vec<(Expr, bool)> = Vec::new();
-    let mut hidden = 0usize;
+    let mut grouping: Option<Grouping> = None;
 
     if aggregate_mode {
         // GROUP BY keys: a source expression, or the alias of a select item.
@@ -143,34 +145,7 @@ fn plan_select(s: &Select, catalog: &dyn Catalog) -> Result<Node> {
                     .and_then(|r| rewrite_grouped(&r, &keys, &mut aggs))
             })
             .transpose()?;
-        let out_names: Vec<String> = outputs.iter().map(|(n, _)| n.clone()).collect();
-        for o in &s.order_by {
-            let key = match order_output(&o.expr, &out_names)? {
-                Some(name) => column(&name, o.expr.span),
-                None => {
-                    let resolved = scope.resolve(&o.expr, catalog)?;
-                    let rewritten = rewrite_grouped(&resolved, &keys, &mut aggs)?;
-                    let name = format!("__order{hidden}");
-                    hidden += 1;
-                    outputs.push((name.clone(), rewritten));
-                    column(&name, o.expr.span)
-                }
-            };
-            sort_keys.push((key, o.descending));
-        }
-        let mut columns: Vec<String> = keys.iter().map(|(n, _)| n.clone()).collect();
-        columns.extend(aggs.iter().map(|(n, _)| n.clone()));
-        node = Node::new(
-            NodeKind::Aggregate {
-                input: Box::new(node),
-                keys,
-                aggregates: aggs,
-            },
-            columns,
-        );
-        if let Some(h) = having {
-            node = node.then(|input| NodeKind::Filter { input, predicate: h });
-        }
+        grouping = Some((keys, aggs, having));
     } else {
         for item in &s.items {
             match item {
@@ -189,19 +164,44 @@ fn plan_select(s: &Select, catalog: &dyn Catalog) -> Result<Node> {
                 }
             }
         }
-        let out_names: Vec<String> = outputs.iter().map(|(n, _)| n.clone()).collect();
-        for o in &s.order_by {
-            let key = match order_output(&o.expr, &out_names)? {
-                Some(name) => column(&name, o.expr.span),
-                None => {
-                    let resolved = scope.resolve(&o.expr, catalog)?;
-                    let name = format!("__order{hidden}");
-                    hidden += 1;
-                    outputs.push((name.clone(), resolved));
-                    column(&name, o.expr.span)
-                }
-            };
-            sort_keys.push((key, o.descending));
+    }
+
+    // ORDER BY keys: an output (by name or position), else an expression over the source
+    // (rewritten over the groups when grouping) computed as a hidden output.
+    let out_names: Vec<String> = outputs.iter().map(|(n, _)| n.clone()).collect();
+    let mut sort_keys: Vec<(Expr, bool)> = Vec::new();
+    let mut hidden = 0usize;
+    for o in &s.order_by {
+        let key = match order_output(&o.expr, &out_names)? {
+            Some(name) => column(&name, o.expr.span),
+            None => {
+                let resolved = scope.resolve(&o.expr, catalog)?;
+                let expr = match &mut grouping {
+                    Some((keys, aggs, _)) => rewrite_grouped(&resolved, keys, aggs)?,
+                    None => resolved,
+                };
+                let name = format!("__order{hidden}");
+                hidden += 1;
+                outputs.push((name.clone(), expr));
+                column(&name, o.expr.span)
+            }
+        };
+        sort_keys.push((key, o.descending));
+    }
+
+    if let Some((keys, aggs, having)) = grouping {
+        let mut columns: Vec<String> = keys.iter().map(|(n, _)| n.clone()).collect();
+        columns.extend(aggs.iter().map(|(n, _)| n.clone()));
+        node = Node::new(
+            NodeKind::Aggregate {
+                input: Box::new(node),
+                keys,
+                aggregates: aggs,
+            },
+            columns,
+        );
+        if let Some(h) = having {
+            node = node.then(|input| NodeKind::Filter { input, predicate: h });
         }
     }
 
