@@ -36,11 +36,17 @@ fn cancer() -> Session {
 /// Runs `SELECT … FROM <from>` and checks attributions, targets and input values against
 /// an oracle case.
 fn check(s: &mut Session, case: &str, from: &str) {
+    check_in(s, "oracle/attributions", case, from);
+}
+
+/// The comparison itself, for a case folder under tests/fixtures/`folder`.
+fn check_in(s: &mut Session, folder: &str, case: &str, from: &str) {
     let df = query(
         s,
         &format!("SELECT target, value, attribution FROM {from} ORDER BY input, feature"),
     );
-    let (_, want) = oracle(case, "attributions");
+    let array = |key: &str| npy(&fixture(&format!("{folder}/{case}/{key}.npy"))).1;
+    let want = array("attributions");
     assert_close(
         &format!("{case}: attributions"),
         &column_f64(&df, "attribution"),
@@ -48,14 +54,25 @@ fn check(s: &mut Session, case: &str, from: &str) {
         ATOL,
         RTOL,
     );
-    let (_, targets) = oracle(case, "targets");
+    let targets = array("targets");
     let got_t = column_f64(&df, "target");
     let per = got_t.len() / targets.len();
     for (i, t) in targets.iter().enumerate() {
         assert_eq!(got_t[i * per], *t, "{case}: target of input {i}");
     }
-    let (_, inputs) = oracle(case, "inputs");
-    assert_close(&format!("{case}: inputs"), &column_f64(&df, "value"), &inputs, 0.0, 0.0);
+    assert_close(
+        &format!("{case}: inputs"),
+        &column_f64(&df, "value"),
+        &array("inputs"),
+        0.0,
+        0.0,
+    );
+}
+
+/// The logits columns of a prediction relation, row by row.
+fn logits(df: &polars::prelude::DataFrame, classes: usize) -> Vec<f64> {
+    let cols: Vec<Vec<f64>> = (0..classes).map(|k| column_f64(df, &format!("logit_{k}"))).collect();
+    (0..df.height()).flat_map(|r| cols.iter().map(move |c| c[r])).collect()
 }
 
 #[test]
@@ -63,11 +80,7 @@ fn forward_logits_match_pytorch() {
     let mut s = digits();
     let df = query(&mut s, "SELECT * FROM PREDICT cnn(digits)");
     let (_, want) = oracle_output("digits_cnn", "logits");
-    let got: Vec<f64> = (0..df.height())
-        .flat_map(|r| (0..10).map(move |k| (r, k)))
-        .map(|(r, k)| column_f64(&df, &format!("logit_{k}"))[r])
-        .collect();
-    assert_close("digits_cnn logits", &got, &want, ATOL, RTOL);
+    assert_close("digits_cnn logits", &logits(&df, 10), &want, ATOL, RTOL);
     let (_, preds) = oracle_output("digits_cnn", "preds");
     assert_eq!(column_f64(&df, "prediction"), preds);
     let (_, probs) = oracle_output("digits_cnn", "probs");
@@ -82,11 +95,7 @@ fn forward_logits_match_pytorch() {
     let mut c = cancer();
     let df = query(&mut c, "SELECT * FROM PREDICT mlp(cancer)");
     let (_, want) = oracle_output("cancer_mlp", "logits");
-    let got: Vec<f64> = (0..df.height())
-        .flat_map(|r| (0..2).map(move |k| (r, k)))
-        .map(|(r, k)| column_f64(&df, &format!("logit_{k}"))[r])
-        .collect();
-    assert_close("cancer_mlp logits", &got, &want, ATOL, RTOL);
+    assert_close("cancer_mlp logits", &logits(&df, 2), &want, ATOL, RTOL);
     // 115 of 119 correct, as the oracle's training summary says
     let correct = query(&mut c, "SELECT count(*) AS n FROM PREDICT mlp(cancer) WHERE correct");
     assert_eq!(column_f64(&correct, "n"), vec![115.0]);
@@ -452,27 +461,7 @@ fn smoothgrad_is_seeded_and_reduces_to_saliency() {
 
 /// Cases the shared oracle lacks, computed with Captum 0.9.0 by tools/captum_extra_cases.py.
 fn check_extra(s: &mut Session, case: &str, from: &str) {
-    let df = query(
-        s,
-        &format!("SELECT target, value, attribution FROM {from} ORDER BY input, feature"),
-    );
-    let dir = format!("captum_extra/{case}");
-    let (_, want) = npy(&fixture(&format!("{dir}/attributions.npy")));
-    assert_close(
-        &format!("{case}: attributions"),
-        &column_f64(&df, "attribution"),
-        &want,
-        ATOL,
-        RTOL,
-    );
-    let (_, targets) = npy(&fixture(&format!("{dir}/targets.npy")));
-    let got_t = column_f64(&df, "target");
-    let per = got_t.len() / targets.len();
-    for (i, t) in targets.iter().enumerate() {
-        assert_eq!(got_t[i * per], *t, "{case}: target of input {i}");
-    }
-    let (_, inputs) = npy(&fixture(&format!("{dir}/inputs.npy")));
-    assert_close(&format!("{case}: inputs"), &column_f64(&df, "value"), &inputs, 0.0, 0.0);
+    check_in(s, "captum_extra", case, from);
 }
 
 #[test]
