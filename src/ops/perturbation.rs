@@ -116,35 +116,41 @@ fn occlusion_patches(req: &Request, window: usize, stride: usize) -> Result<Vec<
     Ok(patches)
 }
 
-/// Captum's Occlusion: each feature gets the mean, over the windows covering it, of
-/// F(x) − F(x with the window at the baseline).
-fn occlusion(req: &Request, i: usize, window: usize, stride: usize) -> Result<Vec<f32>> {
-    let patches = occlusion_patches(req, window, stride)?;
+/// For each feature set, F(x) − F(x with that set at the baseline), in one batched pass
+/// (the unperturbed input is row 0).
+fn drops(req: &Request, i: usize, sets: &[Vec<usize>]) -> Result<Vec<f32>> {
     let (x, b) = (req.input(i), req.baseline(i));
     let out = evaluate(
         req.model,
         x,
-        patches.len() + 1,
+        sets.len() + 1,
         req.targets[i],
         req.batch_rows,
         &|k, row| {
             if k > 0 {
-                for &f in &patches[k - 1] {
+                for &f in &sets[k - 1] {
                     row[f] = b[f];
                 }
             }
         },
     )?;
-    let mut total = vec![0.0f32; x.len()];
-    let mut count = vec![0u32; x.len()];
-    for (patch, y) in patches.iter().zip(&out[1..]) {
-        let diff = out[0] - y;
+    Ok(out[1..].iter().map(|y| out[0] - y).collect())
+}
+
+/// Captum's Occlusion: each feature gets the mean, over the windows covering it, of
+/// F(x) − F(x with the window at the baseline).
+fn occlusion(req: &Request, i: usize, window: usize, stride: usize) -> Result<Vec<f32>> {
+    let patches = occlusion_patches(req, window, stride)?;
+    let d = req.d();
+    let mut total = vec![0.0f32; d];
+    let mut count = vec![0u32; d];
+    for (patch, diff) in patches.iter().zip(drops(req, i, &patches)?) {
         for &f in patch {
             total[f] += diff;
             count[f] += 1;
         }
     }
-    // every feature is covered (see window_starts), so no count is zero
+    // features outside the query's window are covered by no occlusion window
     Ok(total
         .iter()
         .zip(&count)
@@ -155,25 +161,10 @@ fn occlusion(req: &Request, i: usize, window: usize, stride: usize) -> Result<Ve
 /// Captum's FeatureAblation: every feature of a group gets F(x) − F(x with the group at the baseline).
 fn ablation(req: &Request, i: usize) -> Result<Vec<f32>> {
     let members = req.features.members();
-    let (x, b) = (req.input(i), req.baseline(i));
-    let out = evaluate(
-        req.model,
-        x,
-        members.len() + 1,
-        req.targets[i],
-        req.batch_rows,
-        &|k, row| {
-            if k > 0 {
-                for &f in &members[k - 1] {
-                    row[f] = b[f];
-                }
-            }
-        },
-    )?;
-    let mut attr = vec![0.0f32; x.len()];
-    for (group, y) in members.iter().zip(&out[1..]) {
+    let mut attr = vec![0.0f32; req.d()];
+    for (group, diff) in members.iter().zip(drops(req, i, &members)?) {
         for &f in group {
-            attr[f] = out[0] - y;
+            attr[f] = diff;
         }
     }
     Ok(attr)
