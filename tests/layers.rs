@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use ialgebra::model::kernels::Window2d;
-use ialgebra::model::{BackwardRule, Batch, Forward, Gradient, Layer, Model, Op};
+use ialgebra::model::{BackwardRule, Batch, Forward, Gradient, Layer, Model, Op, Step};
 use ialgebra::ops::rng::Rng;
 
 fn layer(op: Op, in_shape: &[usize], out_shape: &[usize]) -> Layer {
@@ -392,15 +392,8 @@ fn hook_points_can_be_read_and_overwritten() {
 fn backward_rules_replace_layer_gradients() {
     struct BlockRelu3;
     impl BackwardRule for BlockRelu3 {
-        fn backward(
-            &self,
-            _: usize,
-            layer: &Layer,
-            _: &Batch,
-            _: &Batch,
-            gy: &Batch,
-        ) -> Option<ialgebra::error::Result<Batch>> {
-            (layer.name == "relu3").then(|| Ok(Batch::zeros(gy.shape().to_vec())))
+        fn backward(&self, step: &Step) -> Option<ialgebra::error::Result<Batch>> {
+            (step.layer.name == "relu3").then(|| Ok(Batch::zeros(step.gy.shape().to_vec())))
         }
     }
     let m = digits();

@@ -1,5 +1,6 @@
 //! The activation cache: hook-point values keyed by (model instance, input content,
-//! hook point), within a memory budget, evicting the least recently used entries.
+//! hook point), and the memo of interpretation results keyed by everything that
+//! determines them, sharing one memory budget and evicting the least recently used.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -11,12 +12,22 @@ pub struct Key {
     pub model: u64,
     /// Hash of the input's values (bit patterns).
     pub input: u64,
-    /// Layer index of the hook point.
+    /// Layer index of the hook point, or `MEMO` for an interpretation result.
     pub hook: usize,
 }
 
+/// The `hook` of a memo entry, whose `input` hashes the whole interpretation.
+pub const MEMO: usize = usize::MAX;
+
+#[derive(Clone)]
+enum Stored {
+    Values(Arc<Vec<f32>>),
+    Relation(polars::prelude::DataFrame),
+}
+
 struct Entry {
-    values: Arc<Vec<f32>>,
+    stored: Stored,
+    bytes: usize,
     last_used: u64,
 }
 
@@ -53,13 +64,13 @@ impl ActivationCache {
         }
     }
 
-    pub fn get(&mut self, key: &Key) -> Option<Arc<Vec<f32>>> {
+    fn lookup(&mut self, key: &Key) -> Option<Stored> {
         self.tick += 1;
         match self.entries.get_mut(key) {
             Some(e) => {
                 e.last_used = self.tick;
                 self.hits += 1;
-                Some(e.values.clone())
+                Some(e.stored.clone())
             }
             None => {
                 self.misses += 1;
@@ -68,23 +79,57 @@ impl ActivationCache {
         }
     }
 
+    pub fn get(&mut self, key: &Key) -> Option<Arc<Vec<f32>>> {
+        match self.lookup(key)? {
+            Stored::Values(v) => Some(v),
+            Stored::Relation(_) => None,
+        }
+    }
+
+    /// A memoised interpretation result.
+    pub fn get_relation(&mut self, key: &Key) -> Option<polars::prelude::DataFrame> {
+        match self.lookup(key)? {
+            Stored::Relation(df) => Some(df),
+            Stored::Values(_) => None,
+        }
+    }
+
+    /// Whether an entry is present, without counting a hit or a miss (for PLAN).
+    pub fn contains(&self, key: &Key) -> bool {
+        self.entries.contains_key(key)
+    }
+
     pub fn put(&mut self, key: Key, values: Vec<f32>) {
-        let size = entry_bytes(&values);
-        if size > self.budget_bytes {
+        let bytes = entry_bytes(&values);
+        self.store(key, Stored::Values(Arc::new(values)), bytes);
+    }
+
+    pub fn put_relation(&mut self, key: Key, df: polars::prelude::DataFrame) {
+        let bytes = df.estimated_size() + 64;
+        self.store(key, Stored::Relation(df), bytes);
+    }
+
+    fn store(&mut self, key: Key, stored: Stored, bytes: usize) {
+        if bytes > self.budget_bytes {
             return;
         }
         self.tick += 1;
-        if let Some(old) = self.entries.insert(
-            key,
-            Entry {
-                values: Arc::new(values),
-                last_used: self.tick,
-            },
-        ) {
-            self.bytes -= entry_bytes(&old.values);
+        let entry = Entry {
+            stored,
+            bytes,
+            last_used: self.tick,
+        };
+        if let Some(old) = self.entries.insert(key, entry) {
+            self.bytes -= old.bytes;
         }
-        self.bytes += size;
+        self.bytes += bytes;
         self.evict_to(self.budget_bytes);
+    }
+
+    /// (activation entries, memoised results).
+    pub fn counts(&self) -> (usize, usize) {
+        let memo = self.entries.keys().filter(|k| k.hook == MEMO).count();
+        (self.entries.len() - memo, memo)
     }
 
     fn evict_to(&mut self, budget: usize) {
@@ -98,7 +143,7 @@ impl ActivationCache {
                 break;
             };
             if let Some(e) = self.entries.remove(&oldest) {
-                self.bytes -= entry_bytes(&e.values);
+                self.bytes -= e.bytes;
                 self.evictions += 1;
             }
         }
@@ -113,7 +158,7 @@ impl ActivationCache {
     pub fn forget_model(&mut self, model: u64) {
         let before = self.entries.len();
         self.entries.retain(|k, _| k.model != model);
-        self.bytes = self.entries.values().map(|e| entry_bytes(&e.values)).sum();
+        self.bytes = self.entries.values().map(|e| e.bytes).sum();
         self.evictions += (before - self.entries.len()) as u64;
     }
 

@@ -6,13 +6,18 @@ use polars::prelude::*;
 use rayon::prelude::*;
 
 use super::State;
-use super::cache::{Key, input_hash};
+use std::sync::Arc;
+
+use super::cache::{Key, MEMO, input_hash};
 use crate::data::{Modality, Selection};
 use crate::error::{Error, Result};
 use crate::model::{Batch, Forward, Model, Op};
+use crate::ops::Method;
 use crate::ops::gradient::batch_shape;
 use crate::ops::{self, Control, Family, Features, OUTSIDE, Rect, Request};
-use crate::plan::{Attribution, BaselineSpec, GranularitySpec, Prediction, TargetSpec, WindowSpec};
+use crate::plan::{
+    Attribution, BaselineSpec, GranularitySpec, LayerRef, Prediction, TargetSpec, ThroughSpec, WindowSpec,
+};
 
 /// Logits of every selected input: from the cache where present, else from one batched
 /// forward pass over the missing inputs, whose outputs (and any `record`ed hook points)
@@ -159,19 +164,69 @@ pub(super) fn run_prediction(state: &mut State, p: &Prediction) -> Result<DataFr
     Ok(DataFrame::new(sel.len(), columns)?)
 }
 
-/// The attribution relation of an interpretation.
+/// The attribution relation of an interpretation: one map, or with THROUGH LAYER * one
+/// per layer, stacked.
 pub(super) fn run_attribution(state: &mut State, a: &Attribution) -> Result<DataFrame> {
+    match &a.through {
+        Some(ThroughSpec::All(layers)) => {
+            let mut out: Option<DataFrame> = None;
+            for l in layers {
+                let df = run_one(state, a, Some(l))?;
+                match &mut out {
+                    None => out = Some(df),
+                    Some(o) => {
+                        o.vstack_mut(&df)?;
+                    }
+                }
+            }
+            Ok(out.unwrap_or_default())
+        }
+        Some(ThroughSpec::Layer(l)) => run_one(state, a, Some(l)),
+        None => run_one(state, a, None),
+    }
+}
+
+/// A model cut at a layer with its fitted probe head (THROUGH LAYER).
+pub(crate) struct Probed {
+    pub model: Arc<Model>,
+    /// How often the probe's argmax agrees with the full model's prediction on the
+    /// dataset it was fitted on.
+    pub accuracy: f32,
+}
+
+/// The inputs an interpretation runs on, with what is known of them before the method.
+struct Inputs {
+    sel: Selection,
+    labels: Vec<Option<i64>>,
+    ids: Vec<i64>,
+    predictions: Vec<usize>,
+    targets: Vec<usize>,
+}
+
+impl Inputs {
+    /// Keeps the inputs at `keep` (positions).
+    fn retain(&mut self, keep: &[usize]) {
+        let pick = |v: &[usize]| keep.iter().map(|&i| v[i]).collect::<Vec<_>>();
+        self.sel.rows = pick(&self.sel.rows);
+        self.predictions = pick(&self.predictions);
+        self.targets = pick(&self.targets);
+        self.labels = keep.iter().map(|&i| self.labels[i]).collect();
+        self.ids = keep.iter().map(|&i| self.ids[i]).collect();
+    }
+}
+
+fn resolve_inputs(state: &mut State, a: &Attribution) -> Result<Inputs> {
     let sel = state.select(&a.data)?;
     let model = state.model(&a.model)?.model.clone();
     let n = sel.len();
-    let d = model.input_len();
-    let logits = logits(state, &a.model, &sel, &[])?;
-    let predictions: Vec<usize> = logits.iter().map(|l| argmax(l)).collect();
+    let predictions: Vec<usize> = logits(state, &a.model, &sel, &[])?.iter().map(|l| argmax(l)).collect();
     let labels = sel.labels();
     let ids = sel.ids();
     let targets: Vec<usize> = match &a.target {
         TargetSpec::Predicted => predictions.clone(),
+        TargetSpec::PredictedBy(other) => logits(state, other, &sel, &[])?.iter().map(|l| argmax(l)).collect(),
         TargetSpec::Class(c) => vec![*c; n],
+        TargetSpec::Unit(_, u) => vec![*u; n],
         TargetSpec::Label => labels
             .iter()
             .zip(&ids)
@@ -186,31 +241,306 @@ pub(super) fn run_attribution(state: &mut State, a: &Attribution) -> Result<Data
             })
             .collect::<Result<_>>()?,
     };
-    let inputs = sel.values();
+    let mut inputs = Inputs {
+        sel,
+        labels,
+        ids,
+        predictions,
+        targets,
+    };
+    if let Some(predicate) = &a.input_filter {
+        // The pushed-down predicate runs on one row per input, before the method.
+        let df = DataFrame::new(
+            n,
+            vec![
+                Column::new("input".into(), &inputs.ids),
+                Column::new("label".into(), &inputs.labels),
+                Column::new(
+                    "prediction".into(),
+                    inputs.predictions.iter().map(|&p| p as i64).collect::<Vec<_>>(),
+                ),
+                Column::new(
+                    "target".into(),
+                    inputs.targets.iter().map(|&t| t as i64).collect::<Vec<_>>(),
+                ),
+            ],
+        )?;
+        let kept = df
+            .lazy()
+            .with_row_index("__position", None)
+            .filter(super::relational::expr(predicate)?)
+            .select([col("__position")])
+            .collect()?;
+        let keep: Vec<usize> = kept
+            .column("__position")?
+            .idx()?
+            .iter()
+            .flatten()
+            .map(|p| p as usize)
+            .collect();
+        inputs.retain(&keep);
+    }
+    Ok(inputs)
+}
+
+fn run_one(state: &mut State, a: &Attribution, through: Option<&LayerRef>) -> Result<DataFrame> {
+    let inputs = resolve_inputs(state, a)?;
+    let loaded = state.model(&a.model)?;
+    let (full_model, model_id) = (loaded.model.clone(), loaded.id);
+    let d = full_model.input_len();
+    let n = inputs.sel.len();
+    let values = inputs.sel.values();
     let features = features(&a.window, &a.granularity, &a.modality, d)?;
     let mut baselines = baselines(state, &a.baseline, n, d)?;
     // Projection: outside the window the input is part of the baseline.
     for i in 0..n {
         for f in 0..d {
             if !features.in_window(f) {
-                baselines[i * d + f] = inputs[i * d + f];
+                baselines[i * d + f] = values[i * d + f];
             }
         }
     }
+    let (model, probe_accuracy) = match through {
+        Some(l) => {
+            let p = probe(state, &a.model, &a.data.name, l)?;
+            (p.model.clone(), Some(p.accuracy))
+        }
+        None => (full_model.clone(), None),
+    };
+    let contrast = match &a.contrast {
+        Some(other) => {
+            let m = state.model(other)?;
+            Some((m.model.clone(), m.id))
+        }
+        None => None,
+    };
+
+    // The memo: everything that determines the result.
+    let memo_key = {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        use std::hash::{Hash, Hasher};
+        model_id.hash(&mut h);
+        contrast.as_ref().map(|c| c.1).hash(&mut h);
+        format!(
+            "{}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
+            a.method, a.window, a.granularity, a.layer, through, a.target, a.modality
+        )
+        .hash(&mut h);
+        inputs.ids.hash(&mut h);
+        inputs.targets.hash(&mut h);
+        inputs.labels.hash(&mut h);
+        input_hash(&values).hash(&mut h);
+        input_hash(&baselines).hash(&mut h);
+        Key {
+            model: model_id,
+            input: h.finish(),
+            hook: MEMO,
+        }
+    };
+    if state.settings.cache_mb > 0
+        && let Some(df) = state.cache.get_relation(&memo_key)
+    {
+        state.stats.memo_hits += 1;
+        return Ok(df);
+    }
+
     let cancel = state.cancel.clone();
     let control = Control::new(&cancel);
+    let out_layer = match &a.target {
+        TargetSpec::Unit(l, _) if !matches!(a.method, Method::NeuronConductance { .. }) => l.index,
+        _ => model.layers.len() - 1,
+    };
+    let targets_for_method: Vec<usize> = match (&a.method, &a.target) {
+        // neuron_conductance explains the predicted class through the unit.
+        (Method::NeuronConductance { .. }, TargetSpec::Unit(..)) => inputs.predictions.clone(),
+        _ => inputs.targets.clone(),
+    };
+    let neuron = match &a.target {
+        TargetSpec::Unit(l, u) => Some((l.index, *u)),
+        _ => None,
+    };
+    let batch_rows = state.batch_rows(&model);
     let req = Request {
         model: &model,
-        inputs: &inputs,
+        inputs: &values,
         baselines: &baselines,
-        targets: &targets,
-        ids: &ids,
+        targets: &targets_for_method,
+        ids: &inputs.ids,
         features: &features,
-        batch_rows: state.batch_rows(&model),
+        batch_rows,
         control: &control,
+        out_layer,
+        layer: a.layer.as_ref().map(|l| l.index),
+        neuron,
     };
-    let attr = ops::attribute(&a.method, &req)?;
-    relation(&sel, &labels, &predictions, &targets, &inputs, &attr, &features, a)
+    state.stats.attributed_inputs += n;
+    let df = if a.is_layer_relation() {
+        let result = ops::layer::attribute(&a.method, &req)?;
+        layer_relation(&inputs, &result, a)?
+    } else {
+        let attr = match &contrast {
+            None => ops::attribute(&a.method, &req)?,
+            Some((other, _)) => {
+                // Two models on one input: φ of f − f_other, which every supported method
+                // computes as φ(f) − φ(f_other) (they are linear in the explained output).
+                let signed = match &a.method {
+                    Method::Saliency { .. } => Method::Saliency { abs: false },
+                    Method::SmoothGrad { abs: true, .. } | Method::GuidedGradCam => {
+                        return Err(Error::value(format!(
+                            "{} of a difference of two models is not the difference of their maps",
+                            a.method
+                        ))
+                        .hint("use integrated_gradients, deeplift, occlusion, feature_ablation or shapley_sampling"));
+                    }
+                    m => m.clone(),
+                };
+                let mut mine = ops::attribute(&signed, &req)?;
+                let theirs = ops::attribute(&signed, &Request { model: other, ..req })?;
+                for (x, y) in mine.iter_mut().zip(theirs) {
+                    *x -= y;
+                }
+                if matches!(a.method, Method::Saliency { abs: true }) {
+                    mine.iter_mut().for_each(|v| *v = v.abs());
+                }
+                mine
+            }
+        };
+        let mut df = relation(
+            &inputs.sel,
+            &inputs.labels,
+            &inputs.predictions,
+            &inputs.targets,
+            &values,
+            &attr,
+            &features,
+            a,
+        )?;
+        if let (Some(l), Some(acc)) = (through, probe_accuracy) {
+            let rows = df.height();
+            df.insert_column(4, Column::new("layer".into(), vec![l.name.as_str(); rows]))?;
+            df.insert_column(5, Column::new("probe_accuracy".into(), vec![acc; rows]))?;
+        }
+        df
+    };
+    if state.settings.cache_mb > 0 {
+        state.cache.put_relation(memo_key, df.clone());
+    }
+    Ok(df)
+}
+
+/// The probe head of THROUGH LAYER `layer`, fitted on the whole dataset `data` to the
+/// model's outputs, or from the session's probes.
+fn probe(state: &mut State, model_name: &str, data: &str, layer: &LayerRef) -> Result<Arc<Probed>> {
+    let loaded = state.model(model_name)?;
+    let (model, id) = (loaded.model.clone(), loaded.id);
+    let sel = Selection::all(state.dataset(data)?);
+    let key = (id, layer.index, input_hash(&sel.values()));
+    if let Some(p) = state.probes.get(&key) {
+        return Ok(p.clone());
+    }
+    let probed = if layer.index + 1 == model.layers.len() {
+        // The last layer is the model's output: the model is its own probe.
+        Probed {
+            model: model.clone(),
+            accuracy: 1.0,
+        }
+    } else {
+        let n = sel.len();
+        let outputs = logits(state, model_name, &sel, &[])?;
+        let rows = state.batch_rows(&model).max(1);
+        let p: usize = layer.shape.iter().product();
+        let mut h = Vec::with_capacity(n * p);
+        let values = sel.values();
+        let d = model.input_len();
+        for chunk in values.chunks(rows * d) {
+            let m = chunk.len() / d;
+            let out = model.output_of(
+                Batch::new(batch_shape(m, &model.input_shape), chunk.to_vec())?,
+                layer.index,
+            )?;
+            h.extend_from_slice(out.data());
+            state.cancel_check()?;
+        }
+        let k = model.output_len();
+        let z: Vec<f32> = outputs.concat();
+        let fitted = ops::probe::fit(&h, n, p, &z, k)?;
+        let cut = model.cut_with_head(layer.index, fitted.weight.clone(), fitted.bias.clone());
+        let agree = (0..n)
+            .filter(|&i| {
+                let row = &h[i * p..(i + 1) * p];
+                let scores: Vec<f32> = (0..k)
+                    .map(|c| {
+                        fitted.bias[c]
+                            + row
+                                .iter()
+                                .zip(&fitted.weight[c * p..(c + 1) * p])
+                                .map(|(a, w)| a * w)
+                                .sum::<f32>()
+                    })
+                    .collect();
+                argmax(&scores) == argmax(&outputs[i])
+            })
+            .count();
+        state.stats.probes_fitted += 1;
+        Probed {
+            model: Arc::new(cut),
+            accuracy: agree as f32 / n.max(1) as f32,
+        }
+    };
+    let probed = Arc::new(probed);
+    state.probes.insert(key, probed.clone());
+    Ok(probed)
+}
+
+/// The layer relation: one row per (input, unit of the result).
+fn layer_relation(inputs: &Inputs, result: &ops::layer::LayerAttribution, a: &Attribution) -> Result<DataFrame> {
+    let n = inputs.sel.len();
+    let per: usize = result.shape.iter().product();
+    let rows = n * per;
+    let layer_name = a.layer.as_ref().map_or("", |l| l.name.as_str());
+    let repeat_i64 = |v: Vec<i64>| -> Vec<i64> { v.iter().flat_map(|x| std::iter::repeat_n(*x, per)).collect() };
+    let mut columns = vec![
+        Column::new("input".into(), repeat_i64(inputs.ids.clone())),
+        Column::new(
+            "label".into(),
+            inputs
+                .labels
+                .iter()
+                .flat_map(|x| std::iter::repeat_n(*x, per))
+                .collect::<Vec<Option<i64>>>(),
+        ),
+        Column::new(
+            "prediction".into(),
+            repeat_i64(inputs.predictions.iter().map(|&p| p as i64).collect()),
+        ),
+        Column::new(
+            "target".into(),
+            repeat_i64(inputs.targets.iter().map(|&p| p as i64).collect()),
+        ),
+        Column::new("layer".into(), vec![layer_name; rows]),
+        Column::new("unit".into(), (0..rows).map(|r| (r % per) as i64).collect::<Vec<i64>>()),
+    ];
+    let names = crate::plan::unit_coordinates(&result.shape);
+    let mut strides = vec![1usize; result.shape.len()];
+    for k in (0..result.shape.len().saturating_sub(1)).rev() {
+        strides[k] = strides[k + 1] * result.shape[k + 1];
+    }
+    for (k, name) in names.iter().enumerate() {
+        let (stride, len) = (strides[k], result.shape[k]);
+        columns.push(Column::new(
+            (*name).into(),
+            (0..rows)
+                .map(|r| ((r % per) / stride % len) as i64)
+                .collect::<Vec<i64>>(),
+        ));
+    }
+    let activation: Vec<Option<f32>> = match &result.activations {
+        Some(acts) if acts.len() == rows => acts.iter().map(|v| Some(*v)).collect(),
+        _ => vec![None; rows],
+    };
+    columns.push(Column::new("activation".into(), activation));
+    columns.push(Column::new("attribution".into(), result.values.clone()));
+    Ok(DataFrame::new(rows, columns)?)
 }
 
 /// The window (projection) and groups (granularity) as the methods see them.

@@ -86,6 +86,21 @@ pub(crate) struct State {
     cache: ActivationCache,
     cancel: Arc<AtomicBool>,
     next_model_id: u64,
+    /// Fitted probe heads of THROUGH LAYER, by (model id, layer, dataset content).
+    probes: std::collections::HashMap<(u64, usize, u64), Arc<interpret::Probed>>,
+    /// Work counters, for tests and benchmarks.
+    stats: Stats,
+}
+
+/// What the session has computed so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Inputs an attribution method ran on (memo hits and pushed-down filters save these).
+    pub attributed_inputs: usize,
+    /// Interpretation results served from the memo.
+    pub memo_hits: usize,
+    /// Probe heads fitted for THROUGH LAYER.
+    pub probes_fitted: usize,
 }
 
 /// An interactive session: what has been loaded and set, and the caches.
@@ -112,6 +127,8 @@ impl Session {
                 external_variables: Default::default(),
                 cancel: Arc::new(AtomicBool::new(false)),
                 next_model_id: 1,
+                probes: Default::default(),
+                stats: Stats::default(),
             },
         }
     }
@@ -219,6 +236,11 @@ impl Session {
         &self.state.settings
     }
 
+    /// Work done so far (attributed inputs, memo hits, probes fitted).
+    pub fn stats(&self) -> Stats {
+        self.state.stats
+    }
+
     /// (entries, bytes, hits, misses) of the activation cache.
     pub fn cache_stats(&self) -> (usize, usize, u64, u64) {
         let c = &self.state.cache;
@@ -238,6 +260,14 @@ impl State {
             .get(name)
             .cloned()
             .ok_or_else(|| Error::unknown("dataset", name, &self.dataset_names(), "loaded datasets"))
+    }
+
+    fn cancel_check(&self) -> Result<()> {
+        if self.cancel.load(std::sync::atomic::Ordering::Relaxed) {
+            Err(Error::cancelled())
+        } else {
+            Ok(())
+        }
     }
 
     /// The rows a dataset reference picks.
@@ -290,6 +320,7 @@ impl State {
                     },
                 ) {
                     self.cache.forget_model(old.id);
+                    self.probes.retain(|k, _| k.0 != old.id);
                 }
                 Ok(Output::Message(msg))
             }
@@ -390,6 +421,7 @@ impl Catalog for State {
             input_shape: m.model.input_shape.clone(),
             output_len: m.model.output_len(),
             layers: m.model.layer_names(),
+            layer_shapes: m.model.layers.iter().map(|l| l.out_shape.clone()).collect(),
         })
     }
     fn model_names(&self) -> Vec<String> {

@@ -7,7 +7,7 @@ use super::State;
 use super::interpret::{run_attribution, run_prediction};
 use crate::error::{Error, Result};
 use crate::plan::{Node, NodeKind};
-use crate::syntax::ast::{BinaryOp, Expr as Ast, ExprKind, SetOp, UnaryOp};
+use crate::syntax::ast::{BinaryOp, Expr as Ast, ExprKind, JoinKind, SetOp, UnaryOp};
 
 /// Runs a query plan to a DataFrame.
 pub(super) fn run(node: &Node, state: &mut State) -> Result<DataFrame> {
@@ -64,7 +64,92 @@ fn build(node: &Node, state: &mut State) -> Result<LazyFrame> {
             let r = build(right, state)?.collect()?;
             set_op(*op, l, r)?.lazy()
         }
+        NodeKind::Join {
+            kind,
+            left,
+            right,
+            names,
+            keys,
+        } => {
+            let l = build(left, state)?.collect()?;
+            let r = build(right, state)?.collect()?;
+            join(*kind, l, r, names, keys)?
+                .lazy()
+                .select(node.columns.iter().map(|c| col(c.as_str())).collect::<Vec<_>>())
+        }
     })
+}
+
+/// The position of each row's input among the relation's inputs (first appearance
+/// order), which pairs the i-th input of one side with the i-th of the other.
+fn pair_index(df: &DataFrame) -> Result<(Vec<i64>, usize)> {
+    let inputs = df.column("input")?.cast(&DataType::Int64)?;
+    let mut seen: std::collections::HashMap<i64, i64> = std::collections::HashMap::new();
+    let pairs = inputs
+        .i64()?
+        .iter()
+        .map(|v| {
+            let next = seen.len() as i64;
+            *seen.entry(v.unwrap_or(-1)).or_insert(next)
+        })
+        .collect();
+    Ok((pairs, seen.len()))
+}
+
+/// JOIN / ANTIJOIN: the sides matched on their key columns (and input by input), the
+/// other columns qualified by the sides' names; `attribution` is the mean of the sides
+/// (join) or the left side (anti-join).
+fn join(kind: JoinKind, left: DataFrame, right: DataFrame, names: &[String; 2], keys: &[String]) -> Result<DataFrame> {
+    let mut sides = Vec::new();
+    let mut counts = Vec::new();
+    for (mut df, name) in [(left, &names[0]), (right, &names[1])] {
+        let (pairs, count) = pair_index(&df)?;
+        counts.push(count);
+        let renames: Vec<Expr> = df
+            .get_column_names()
+            .iter()
+            .map(|c| {
+                if keys.iter().any(|k| k.as_str() == c.as_str()) {
+                    col(c.as_str())
+                } else {
+                    col(c.as_str()).alias(format!("{name}.{c}"))
+                }
+            })
+            .chain([col("__pair")])
+            .collect();
+        df.with_column(Column::new("__pair".into(), pairs))?;
+        sides.push(df.lazy().select(renames));
+    }
+    let mut on: Vec<Expr> = keys.iter().map(|k| col(k.as_str())).collect();
+    if counts[0] == counts[1] {
+        on.push(col("__pair"));
+    } else if counts[0] != 1 && counts[1] != 1 {
+        return Err(Error::value(format!(
+            "the sides hold {} and {} inputs: give both the same number (they pair up in order), or one input on a side",
+            counts[0], counts[1]
+        )));
+    }
+    let right = sides.pop().expect("two sides");
+    let left = sides.pop().expect("two sides");
+    let right = if counts[0] == counts[1] {
+        right
+    } else {
+        right.drop(by_name(["__pair"], true, false))
+    };
+    let mut args = JoinArgs::new(JoinType::Inner);
+    args.nulls_equal = true;
+    let (a, b) = (format!("{}.attribution", names[0]), format!("{}.attribution", names[1]));
+    let attribution = match kind {
+        JoinKind::Join => ((col(a.as_str()) + col(b.as_str())) / lit(2.0f32)).alias("attribution"),
+        JoinKind::AntiJoin => col(a.as_str()).alias("attribution"),
+    };
+    let out = left
+        .with_row_index("__left_row", None)
+        .join(right, on.clone(), on, args)
+        .sort(["__left_row"], SortMultipleOptions::default())
+        .with_columns([col(format!("{}.input", names[0]).as_str()).alias("input"), attribution])
+        .collect()?;
+    Ok(out)
 }
 
 /// SQL set operations: columns match by position; INTERSECT / EXCEPT / UNION remove

@@ -51,6 +51,14 @@ impl Tape {
     pub fn hook(&self, layer: usize) -> Option<&Batch> {
         layer.checked_sub(self.start).and_then(|i| self.values.get(i + 1))
     }
+    /// The input of `layer`, if this pass computed and kept it.
+    pub fn input_of(&self, layer: usize) -> Option<&Batch> {
+        layer.checked_sub(self.start).and_then(|i| self.values.get(i))
+    }
+    /// What `layer`'s forward kept for its backward.
+    pub fn memo(&self, layer: usize) -> Option<&Memo> {
+        layer.checked_sub(self.start).and_then(|i| self.memos.get(i))
+    }
 }
 
 /// Called with each layer's index and output during a forward pass; it may read the
@@ -69,16 +77,34 @@ pub struct Forward<'a> {
     pub hook: Option<Hook<'a>>,
 }
 
+/// One layer's backward: its input `x`, output `y`, what its forward kept, and the
+/// gradient `gy` arriving at its output.
+pub struct Step<'a> {
+    pub index: usize,
+    pub layer: &'a Layer,
+    pub x: &'a Batch,
+    pub y: &'a Batch,
+    pub memo: &'a Memo,
+    pub gy: &'a Batch,
+}
+
+impl Step<'_> {
+    /// The layer's own backward (the plain gradient).
+    pub fn gradient(&self) -> Result<Batch> {
+        self.layer.backward(self.x, self.y, self.memo, self.gy)
+    }
+}
+
 /// Replaces the backward of chosen layers. Returning `None` keeps the layer's gradient.
 pub trait BackwardRule: Sync {
-    fn backward(&self, index: usize, layer: &Layer, x: &Batch, y: &Batch, gy: &Batch) -> Option<Result<Batch>>;
+    fn backward(&self, step: &Step) -> Option<Result<Batch>>;
 }
 
 /// The plain gradient: no layer's backward is replaced.
 pub struct Gradient;
 
 impl BackwardRule for Gradient {
-    fn backward(&self, _: usize, _: &Layer, _: &Batch, _: &Batch, _: &Batch) -> Option<Result<Batch>> {
+    fn backward(&self, _: &Step) -> Option<Result<Batch>> {
         None
     }
 }
@@ -133,6 +159,43 @@ impl Model {
         }
     }
 
+    /// The model cut after `layer`, with a linear head (`weight`: outputs × the layer's
+    /// units) in place of the rest: the truncated model f_l of selection through a layer.
+    pub fn cut_with_head(&self, layer: usize, weight: Vec<f32>, bias: Vec<f32>) -> Model {
+        let mut layers: Vec<Layer> = self.layers[..=layer].to_vec();
+        let shape = self.layers[layer].out_shape.clone();
+        let units: usize = shape.iter().product();
+        if shape.len() != 1 {
+            layers.push(Layer {
+                name: "probe_flatten".into(),
+                kind: "Flatten".into(),
+                op: Op::Flatten,
+                in_shape: shape,
+                out_shape: vec![units],
+            });
+        }
+        let out = bias.len();
+        layers.push(Layer {
+            name: "probe".into(),
+            kind: "Linear".into(),
+            op: Op::Linear {
+                inp: units,
+                out,
+                weight,
+                bias: Some(bias),
+            },
+            in_shape: vec![units],
+            out_shape: vec![out],
+        });
+        Model {
+            arch_name: format!("{} cut at {} + probe", self.arch_name, self.layers[layer].name),
+            source: self.source.clone(),
+            input_shape: self.input_shape.clone(),
+            layers,
+            passes: AtomicUsize::new(0),
+        }
+    }
+
     /// Runs layers `fwd.from..fwd.to` on `input` (samples of that first layer's input shape).
     pub fn run(&self, input: Batch, fwd: &Forward) -> Result<Tape> {
         let to = fwd.to.min(self.layers.len());
@@ -176,9 +239,14 @@ impl Model {
 
     /// The model's outputs on a batch (no values kept).
     pub fn logits(&self, input: Batch) -> Result<Batch> {
+        self.output_of(input, self.layers.len() - 1)
+    }
+
+    /// The output of `layer` (a hook point) on a batch of model inputs (no values kept).
+    pub fn output_of(&self, input: Batch, layer: usize) -> Result<Batch> {
         let fwd = Forward {
             from: 0,
-            to: self.layers.len(),
+            to: layer + 1,
             keep: false,
             hook: None,
         };
@@ -205,10 +273,17 @@ impl Model {
             let index = tape.start + i;
             let layer = &self.layers[index];
             observe(index, &grad);
-            let (x, y) = (&tape.values[i], &tape.values[i + 1]);
-            grad = match rule.backward(index, layer, x, y, &grad) {
+            let step = Step {
+                index,
+                layer,
+                x: &tape.values[i],
+                y: &tape.values[i + 1],
+                memo: &tape.memos[i],
+                gy: &grad,
+            };
+            grad = match rule.backward(&step) {
                 Some(result) => result?,
-                None => layer.backward(x, y, &tape.memos[i], &grad)?,
+                None => step.gradient()?,
             };
         }
         Ok(grad)

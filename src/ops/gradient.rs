@@ -6,26 +6,55 @@
 use rayon::prelude::*;
 
 use super::rng::Rng;
-use super::rules::{Deconvolution, GuidedBackprop};
+use super::rules::{Deconvolution, DeepLift, GuidedBackprop};
 use super::{Control, Method, Request};
 use crate::error::{Error, Result};
-use crate::model::{BackwardRule, Batch, Gradient, Model};
+use crate::model::{BackwardRule, Batch, Forward, Gradient, Model};
 
-/// Gradients of each row's target output with respect to the row.
-pub fn gradients(model: &Model, rows: Batch, targets: &[usize], rule: &dyn BackwardRule) -> Result<Batch> {
-    let tape = model.run(rows, &model.full())?;
-    let out = tape.output();
-    let classes = out.sample_len();
+/// Gradients of each row's target (a unit of layer `out_layer`'s output) with respect to
+/// the row, which is the input of layer `from` (0: a model input; l + 1: hook point l).
+pub fn gradients_from(
+    model: &Model,
+    rows: Batch,
+    from: usize,
+    out_layer: usize,
+    targets: &[usize],
+    rule: &dyn BackwardRule,
+) -> Result<Batch> {
+    let fwd = Forward {
+        from,
+        to: out_layer + 1,
+        keep: true,
+        hook: None,
+    };
+    let tape = model.run(rows, &fwd)?;
+    model.backward(&tape, one_hot(tape.output(), targets)?, rule, &mut |_, _| {})
+}
+
+/// Gradients of each row's target output with respect to the row (a model input).
+pub fn gradients(
+    model: &Model,
+    rows: Batch,
+    out_layer: usize,
+    targets: &[usize],
+    rule: &dyn BackwardRule,
+) -> Result<Batch> {
+    gradients_from(model, rows, 0, out_layer, targets, rule)
+}
+
+/// The seed of a backward pass: 1 at each row's target unit.
+pub(crate) fn one_hot(out: &Batch, targets: &[usize]) -> Result<Batch> {
+    let units = out.sample_len();
     let mut seed = Batch::zeros(out.shape().to_vec());
     for (r, &t) in targets.iter().enumerate() {
-        if t >= classes {
+        if t >= units {
             return Err(Error::value(format!(
-                "target {t} is out of range: the model has {classes} outputs"
+                "target {t} is out of range: the output has {units} units"
             )));
         }
         seed.row_mut(r)[t] = 1.0;
     }
-    model.backward(&tape, seed, rule, &mut |_, _| {})
+    Ok(seed)
 }
 
 /// Runs `work` on every item in parallel, stopping early if the statement is cancelled;
@@ -49,7 +78,7 @@ pub fn par_items<T: Send>(
 
 fn rule_of(method: &Method) -> &'static dyn BackwardRule {
     match method {
-        Method::GuidedBackprop => &GuidedBackprop,
+        Method::GuidedBackprop | Method::GuidedGradCam => &GuidedBackprop,
         Method::Deconvolution => &Deconvolution,
         _ => &Gradient,
     }
@@ -96,6 +125,7 @@ pub fn attribute(method: &Method, req: &Request) -> Result<Vec<f32>> {
                         let grads = gradients(
                             req.model,
                             Batch::new(batch_shape(rows, shape), noisy)?,
+                            req.out_layer,
                             &vec![req.targets[i]; rows],
                             &Gradient,
                         )?;
@@ -123,13 +153,31 @@ pub fn attribute(method: &Method, req: &Request) -> Result<Vec<f32>> {
                 |t| {
                     let (a, b) = (t * tile, ((t + 1) * tile).min(n));
                     let rows = Batch::new(batch_shape(b - a, shape), req.inputs[a * d..b * d].to_vec())?;
-                    Ok(gradients(req.model, rows, &req.targets[a..b], rule)?.into_data())
+                    if *method == Method::DeepLift {
+                        // DeepLift's rules compare every layer with its value on the baseline.
+                        let base = Batch::new(batch_shape(b - a, shape), req.baselines[a * d..b * d].to_vec())?;
+                        let fwd = Forward {
+                            from: 0,
+                            to: req.out_layer + 1,
+                            keep: true,
+                            hook: None,
+                        };
+                        let reference = req.model.run(base, &fwd)?;
+                        let rule = DeepLift { reference: &reference };
+                        return Ok(gradients(req.model, rows, req.out_layer, &req.targets[a..b], &rule)?.into_data());
+                    }
+                    Ok(gradients(req.model, rows, req.out_layer, &req.targets[a..b], rule)?.into_data())
                 },
             )?;
             let mut grads = per_tile.concat();
             match method {
                 Method::Saliency { abs: true } => grads.iter_mut().for_each(|g| *g = g.abs()),
                 Method::InputXGradient => grads.iter_mut().zip(req.inputs).for_each(|(g, x)| *g *= x),
+                // DeepLift: (x − baseline) times the multipliers.
+                Method::DeepLift => grads
+                    .iter_mut()
+                    .zip(req.inputs.iter().zip(req.baselines))
+                    .for_each(|(g, (x, b))| *g *= x - b),
                 _ => {}
             }
             grads

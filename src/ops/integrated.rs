@@ -28,7 +28,13 @@ pub fn attribute(steps: usize, rule: Rule, req: &Request) -> Result<Vec<f32>> {
                     rows.extend(b.iter().zip(&diff).map(|(b, dx)| b + alpha * dx));
                 }
                 let batch = Batch::new(batch_shape(end - start, &req.model.input_shape), rows)?;
-                let grads = gradients(req.model, batch, &vec![req.targets[i]; end - start], &Gradient)?;
+                let grads = gradients(
+                    req.model,
+                    batch,
+                    req.out_layer,
+                    &vec![req.targets[i]; end - start],
+                    &Gradient,
+                )?;
                 for (k, w) in weights[start..end].iter().enumerate() {
                     for (t, g) in total.iter_mut().zip(grads.row(k)) {
                         *t += g * w;

@@ -5,7 +5,9 @@
 
 pub mod gradient;
 pub mod integrated;
+pub mod layer;
 pub mod perturbation;
+pub mod probe;
 pub mod quadrature;
 pub mod rng;
 pub mod rules;
@@ -57,6 +59,44 @@ pub enum Method {
         samples: usize,
         seed: u64,
     },
+    DeepLift,
+    /// Guided backprop times the Grad-CAM map of the AT LAYER layer, upsampled to the input.
+    GuidedGradCam,
+    GradCam {
+        relu: bool,
+        upsample: bool,
+        per_channel: bool,
+        bilinear: bool,
+    },
+    LayerActivation,
+    LayerGradientXActivation,
+    LayerConductance {
+        steps: usize,
+    },
+    LayerIntegratedGradients {
+        steps: usize,
+        rule: Rule,
+    },
+    NeuronGradient,
+    NeuronIntegratedGradients {
+        steps: usize,
+        rule: Rule,
+    },
+    NeuronConductance {
+        steps: usize,
+        rule: Rule,
+    },
+}
+
+/// What a method needs besides the model and inputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Needs {
+    /// Nothing: it attributes input features to a class (or to a unit with TARGET l[i]).
+    Nothing,
+    /// A layer (AT LAYER l).
+    Layer,
+    /// A unit of a layer (TARGET l[i]).
+    Unit,
 }
 
 impl Method {
@@ -71,7 +111,26 @@ impl Method {
             Method::Occlusion { .. } => "occlusion",
             Method::FeatureAblation => "feature_ablation",
             Method::ShapleySampling { .. } => "shapley_sampling",
+            Method::DeepLift => "deeplift",
+            Method::GuidedGradCam => "guided_gradcam",
+            Method::GradCam { .. } => "gradcam",
+            Method::LayerActivation => "layer_activation",
+            Method::LayerGradientXActivation => "layer_gradient_x_activation",
+            Method::LayerConductance { .. } => "layer_conductance",
+            Method::LayerIntegratedGradients { .. } => "layer_integrated_gradients",
+            Method::NeuronGradient => "neuron_gradient",
+            Method::NeuronIntegratedGradients { .. } => "neuron_integrated_gradients",
+            Method::NeuronConductance { .. } => "neuron_conductance",
         }
+    }
+
+    pub fn needs(&self) -> Needs {
+        method_info(self.name()).map_or(Needs::Nothing, |m| m.needs)
+    }
+
+    /// Whether the result is a layer relation (one row per unit of the AT LAYER layer).
+    pub fn attributes_layer(&self) -> bool {
+        self.needs() == Needs::Layer && *self != Method::GuidedGradCam
     }
 
     pub fn family(&self) -> Family {
@@ -89,6 +148,11 @@ impl Method {
                 | Method::Occlusion { .. }
                 | Method::FeatureAblation
                 | Method::ShapleySampling { .. }
+                | Method::DeepLift
+                | Method::LayerConductance { .. }
+                | Method::LayerIntegratedGradients { .. }
+                | Method::NeuronIntegratedGradients { .. }
+                | Method::NeuronConductance { .. }
         )
     }
 }
@@ -98,8 +162,24 @@ impl fmt::Display for Method {
         write!(f, "{}", self.name())?;
         match self {
             Method::Saliency { abs } => write!(f, "(abs = {abs})"),
-            Method::IntegratedGradients { steps, rule } => {
+            Method::IntegratedGradients { steps, rule }
+            | Method::LayerIntegratedGradients { steps, rule }
+            | Method::NeuronIntegratedGradients { steps, rule }
+            | Method::NeuronConductance { steps, rule } => {
                 write!(f, "(steps = {steps}, rule = {})", rule.name())
+            }
+            Method::LayerConductance { steps } => write!(f, "(steps = {steps})"),
+            Method::GradCam {
+                relu,
+                upsample,
+                per_channel,
+                bilinear,
+            } => {
+                let mode = if *bilinear { "bilinear" } else { "nearest" };
+                write!(
+                    f,
+                    "(relu = {relu}, upsample = {upsample}, per_channel = {per_channel}, interpolate = {mode})"
+                )
             }
             Method::SmoothGrad {
                 samples,
@@ -159,6 +239,7 @@ pub struct ParamSpec {
 pub struct MethodInfo {
     pub name: &'static str,
     pub family: Family,
+    pub needs: Needs,
     pub params: &'static [ParamSpec],
     pub captum: &'static str,
     pub summary: &'static str,
@@ -177,6 +258,26 @@ const fn int(name: &'static str, min: i64, default: Option<&'static str>, settin
     }
 }
 
+const fn flag(name: &'static str, default: &'static str) -> ParamSpec {
+    ParamSpec {
+        name,
+        kind: ParamKind::Bool,
+        default: Some(default),
+        setting: None,
+    }
+}
+
+const fn rule(default: &'static str) -> ParamSpec {
+    ParamSpec {
+        name: "rule",
+        kind: ParamKind::Choice(Rule::NAMES),
+        default: Some(default),
+        setting: None,
+    }
+}
+
+const STEPS: ParamSpec = int("steps", 1, Some("50"), Some("steps"));
+
 const SEED: ParamSpec = ParamSpec {
     name: "seed",
     kind: ParamKind::Int { min: 0, max: i64::MAX },
@@ -188,6 +289,7 @@ pub const METHODS: &[MethodInfo] = &[
     MethodInfo {
         name: "saliency",
         family: Family::Gradient,
+        needs: Needs::Nothing,
         params: &[ParamSpec {
             name: "abs",
             kind: ParamKind::Bool,
@@ -200,6 +302,7 @@ pub const METHODS: &[MethodInfo] = &[
     MethodInfo {
         name: "input_x_gradient",
         family: Family::Gradient,
+        needs: Needs::Nothing,
         params: &[],
         captum: "InputXGradient",
         summary: "input times gradient",
@@ -207,21 +310,15 @@ pub const METHODS: &[MethodInfo] = &[
     MethodInfo {
         name: "integrated_gradients",
         family: Family::Gradient,
-        params: &[
-            int("steps", 1, Some("50"), Some("steps")),
-            ParamSpec {
-                name: "rule",
-                kind: ParamKind::Choice(Rule::NAMES),
-                default: Some("gausslegendre"),
-                setting: None,
-            },
-        ],
+        needs: Needs::Nothing,
+        params: &[STEPS, rule("gausslegendre")],
         captum: "IntegratedGradients",
         summary: "path integral of gradients from the baseline to the input",
     },
     MethodInfo {
         name: "smoothgrad",
         family: Family::Gradient,
+        needs: Needs::Nothing,
         params: &[
             int("samples", 1, Some("5"), None),
             ParamSpec {
@@ -244,6 +341,7 @@ pub const METHODS: &[MethodInfo] = &[
     MethodInfo {
         name: "guided_backprop",
         family: Family::Gradient,
+        needs: Needs::Nothing,
         params: &[],
         captum: "GuidedBackprop",
         summary: "gradient with ReLUs passing only positive gradients of positive inputs",
@@ -251,6 +349,7 @@ pub const METHODS: &[MethodInfo] = &[
     MethodInfo {
         name: "deconvolution",
         family: Family::Gradient,
+        needs: Needs::Nothing,
         params: &[],
         captum: "Deconvolution",
         summary: "gradient with ReLUs applied to the gradient instead of the input",
@@ -258,6 +357,7 @@ pub const METHODS: &[MethodInfo] = &[
     MethodInfo {
         name: "occlusion",
         family: Family::Perturbation,
+        needs: Needs::Nothing,
         params: &[int("window", 1, None, None), int("stride", 1, Some("1"), None)],
         captum: "Occlusion",
         summary: "output change when a sliding window is set to the baseline (mean over covering windows)",
@@ -265,6 +365,7 @@ pub const METHODS: &[MethodInfo] = &[
     MethodInfo {
         name: "feature_ablation",
         family: Family::Perturbation,
+        needs: Needs::Nothing,
         params: &[],
         captum: "FeatureAblation",
         summary: "output change when a feature (or GRANULARITY group) is set to the baseline",
@@ -272,9 +373,100 @@ pub const METHODS: &[MethodInfo] = &[
     MethodInfo {
         name: "shapley_sampling",
         family: Family::Perturbation,
+        needs: Needs::Nothing,
         params: &[int("samples", 1, Some("25"), None), SEED],
         captum: "ShapleyValueSampling",
         summary: "Shapley values estimated from random feature permutations",
+    },
+    MethodInfo {
+        name: "deeplift",
+        family: Family::Gradient,
+        needs: Needs::Nothing,
+        params: &[],
+        captum: "DeepLift (rescale rule)",
+        summary: "difference from the baseline times multipliers of the rescale rule (conservative)",
+    },
+    MethodInfo {
+        name: "guided_gradcam",
+        family: Family::Gradient,
+        needs: Needs::Layer,
+        params: &[],
+        captum: "GuidedGradCam",
+        summary: "guided backprop times the AT LAYER Grad-CAM map upsampled to the input",
+    },
+    MethodInfo {
+        name: "gradcam",
+        family: Family::Gradient,
+        needs: Needs::Layer,
+        params: &[
+            flag("relu", "false"),
+            flag("upsample", "false"),
+            flag("per_channel", "false"),
+            ParamSpec {
+                name: "interpolate",
+                kind: ParamKind::Choice(&["nearest", "bilinear"]),
+                default: Some("nearest"),
+                setting: None,
+            },
+        ],
+        captum: "LayerGradCam (+ LayerAttribution.interpolate)",
+        summary: "channel weights (mean gradient) times activations, summed over channels",
+    },
+    MethodInfo {
+        name: "layer_activation",
+        family: Family::Gradient,
+        needs: Needs::Layer,
+        params: &[],
+        captum: "LayerActivation",
+        summary: "the layer's output",
+    },
+    MethodInfo {
+        name: "layer_gradient_x_activation",
+        family: Family::Gradient,
+        needs: Needs::Layer,
+        params: &[],
+        captum: "LayerGradientXActivation",
+        summary: "the layer's output times the target's gradient there",
+    },
+    MethodInfo {
+        name: "layer_conductance",
+        family: Family::Gradient,
+        needs: Needs::Layer,
+        params: &[STEPS],
+        captum: "LayerConductance",
+        summary: "flow of the target's change through each unit along the input path",
+    },
+    MethodInfo {
+        name: "layer_integrated_gradients",
+        family: Family::Gradient,
+        needs: Needs::Layer,
+        params: &[STEPS, rule("gausslegendre")],
+        captum: "LayerIntegratedGradients",
+        summary: "integrated gradients in the layer's output space (the hook point is overwritten)",
+    },
+    MethodInfo {
+        name: "neuron_gradient",
+        family: Family::Gradient,
+        needs: Needs::Unit,
+        params: &[],
+        captum: "NeuronGradient",
+        summary: "gradient of a unit (TARGET l[i]) with respect to the input",
+    },
+    MethodInfo {
+        name: "neuron_integrated_gradients",
+        family: Family::Gradient,
+        needs: Needs::Unit,
+        params: &[STEPS, rule("gausslegendre")],
+        captum: "NeuronIntegratedGradients",
+        summary: "integrated gradients of a unit (TARGET l[i])",
+    },
+    MethodInfo {
+        name: "neuron_conductance",
+        family: Family::Gradient,
+        needs: Needs::Unit,
+        params: &[STEPS, rule("riemann_trapezoid")],
+        captum: "NeuronConductance",
+        summary: "how much of the class output flows through a unit (TARGET l[i]), per input feature",
     },
 ];
 
@@ -363,21 +555,51 @@ pub fn resolve_method(
             other => other.to_string(),
         }
     };
+    let steps_and_rule = || -> Result<(usize, Rule)> {
+        let rule = Rule::parse(&text("rule")).unwrap_or(Rule::GaussLegendre);
+        let steps = num("steps") as usize;
+        if steps < rule.min_steps() {
+            let span = given.iter().find(|g| g.name == "steps").map(|g| g.value_span);
+            let err = Error::value(format!("steps must be ≥ {} for rule {}", rule.min_steps(), rule.name()));
+            return Err(match span {
+                Some(s) => err.at(s),
+                None => err,
+            });
+        }
+        Ok((steps, rule))
+    };
     let method = match info.name {
         "saliency" => Method::Saliency { abs: flag("abs") },
         "input_x_gradient" => Method::InputXGradient,
         "integrated_gradients" => {
-            let rule = Rule::parse(&text("rule")).unwrap_or(Rule::GaussLegendre);
-            let steps = num("steps") as usize;
-            if steps < rule.min_steps() {
-                let span = given.iter().find(|g| g.name == "steps").map(|g| g.value_span);
-                let err = Error::value(format!("steps must be ≥ {} for rule {}", rule.min_steps(), rule.name()));
-                return Err(match span {
-                    Some(s) => err.at(s),
-                    None => err,
-                });
-            }
+            let (steps, rule) = steps_and_rule()?;
             Method::IntegratedGradients { steps, rule }
+        }
+        "deeplift" => Method::DeepLift,
+        "guided_gradcam" => Method::GuidedGradCam,
+        "gradcam" => Method::GradCam {
+            relu: flag("relu"),
+            upsample: flag("upsample"),
+            per_channel: flag("per_channel"),
+            bilinear: text("interpolate").eq_ignore_ascii_case("bilinear"),
+        },
+        "layer_activation" => Method::LayerActivation,
+        "layer_gradient_x_activation" => Method::LayerGradientXActivation,
+        "layer_conductance" => Method::LayerConductance {
+            steps: num("steps") as usize,
+        },
+        "layer_integrated_gradients" => {
+            let (steps, rule) = steps_and_rule()?;
+            Method::LayerIntegratedGradients { steps, rule }
+        }
+        "neuron_gradient" => Method::NeuronGradient,
+        "neuron_integrated_gradients" => {
+            let (steps, rule) = steps_and_rule()?;
+            Method::NeuronIntegratedGradients { steps, rule }
+        }
+        "neuron_conductance" => {
+            let (steps, rule) = steps_and_rule()?;
+            Method::NeuronConductance { steps, rule }
         }
         "smoothgrad" => Method::SmoothGrad {
             samples: num("samples") as usize,
@@ -426,9 +648,7 @@ fn check_param(info: &MethodInfo, spec: &ParamSpec, value: &ParamValue) -> Resul
         }
         (ParamKind::Bool, ParamValue::Bool(_)) => Ok(()),
         (ParamKind::Choice(choices), ParamValue::Text(t)) => {
-            if choices.iter().any(|c| c.eq_ignore_ascii_case(t))
-                || (info.name == "integrated_gradients" && Rule::parse(t).is_some())
-            {
+            if choices.iter().any(|c| c.eq_ignore_ascii_case(t)) || (name == "rule" && Rule::parse(t).is_some()) {
                 Ok(())
             } else {
                 let known: Vec<String> = choices.iter().map(|c| c.to_string()).collect();
@@ -542,6 +762,13 @@ pub struct Request<'a> {
     /// The most rows one forward pass may hold.
     pub batch_rows: usize,
     pub control: &'a Control<'a>,
+    /// The layer whose output holds the `targets`: the model's last layer for classes,
+    /// the unit's layer with TARGET l[i].
+    pub out_layer: usize,
+    /// AT LAYER: the hook point layer methods (and guided Grad-CAM) attribute to.
+    pub layer: Option<usize>,
+    /// For neuron_conductance: the unit (layer, flat index) the target output flows through.
+    pub neuron: Option<(usize, usize)>,
 }
 
 impl Request<'_> {
@@ -559,17 +786,33 @@ impl Request<'_> {
     }
 }
 
-/// Per-feature attributions (n × d, Captum's layout; zero outside the window).
+/// Per-feature attributions (n × d, Captum's layout; zero outside the window) of the
+/// methods that attribute input features.
 pub fn attribute(method: &Method, req: &Request) -> Result<Vec<f32>> {
     match method {
         Method::Saliency { .. }
         | Method::InputXGradient
         | Method::SmoothGrad { .. }
         | Method::GuidedBackprop
-        | Method::Deconvolution => gradient::attribute(method, req),
-        Method::IntegratedGradients { steps, rule } => integrated::attribute(*steps, *rule, req),
+        | Method::Deconvolution
+        | Method::DeepLift => gradient::attribute(method, req),
+        // Captum's NeuronGradient is the signed gradient of the unit.
+        Method::NeuronGradient => gradient::attribute(&Method::Saliency { abs: false }, req),
+        Method::IntegratedGradients { steps, rule } | Method::NeuronIntegratedGradients { steps, rule } => {
+            integrated::attribute(*steps, *rule, req)
+        }
         Method::Occlusion { .. } | Method::FeatureAblation | Method::ShapleySampling { .. } => {
             perturbation::attribute(method, req)
         }
+        Method::NeuronConductance { steps, rule } => layer::neuron_conductance(*steps, *rule, req),
+        Method::GuidedGradCam => layer::guided_gradcam(req),
+        Method::GradCam { .. }
+        | Method::LayerActivation
+        | Method::LayerGradientXActivation
+        | Method::LayerConductance { .. }
+        | Method::LayerIntegratedGradients { .. } => Err(Error::value(format!(
+            "{} attributes the units of a layer, not input features",
+            method.name()
+        ))),
     }
 }

@@ -9,11 +9,12 @@ use super::gradient::{batch_shape, par_items};
 use super::rng::Rng;
 use super::{Method, Request};
 use crate::error::{Error, Result};
-use crate::model::{Batch, Model};
+use crate::model::Batch;
 
-/// The target output for `count` copies of `start`, copy k modified by `fill(k, row)`.
+/// The target output (a unit of layer `req.out_layer`) for `count` copies of `start`,
+/// copy k modified by `fill(k, row)`.
 fn evaluate(
-    model: &Model,
+    req: &Request,
     start: &[f32],
     count: usize,
     target: usize,
@@ -32,7 +33,8 @@ fn evaluate(
                 rows.extend_from_slice(start);
                 fill(k, &mut rows[at..at + d]);
             }
-            let logits = model.logits(Batch::new(batch_shape(b - a, &model.input_shape), rows)?)?;
+            let model = req.model;
+            let logits = model.output_of(Batch::new(batch_shape(b - a, &model.input_shape), rows)?, req.out_layer)?;
             let classes = logits.sample_len();
             if target >= classes {
                 return Err(Error::value(format!(
@@ -120,20 +122,13 @@ fn occlusion_patches(req: &Request, window: usize, stride: usize) -> Result<Vec<
 /// (the unperturbed input is row 0).
 fn drops(req: &Request, i: usize, sets: &[Vec<usize>]) -> Result<Vec<f32>> {
     let (x, b) = (req.input(i), req.baseline(i));
-    let out = evaluate(
-        req.model,
-        x,
-        sets.len() + 1,
-        req.targets[i],
-        req.batch_rows,
-        &|k, row| {
-            if k > 0 {
-                for &f in &sets[k - 1] {
-                    row[f] = b[f];
-                }
+    let out = evaluate(req, x, sets.len() + 1, req.targets[i], req.batch_rows, &|k, row| {
+        if k > 0 {
+            for &f in &sets[k - 1] {
+                row[f] = b[f];
             }
-        },
-    )?;
+        }
+    })?;
     Ok(out[1..].iter().map(|y| out[0] - y).collect())
 }
 
@@ -178,7 +173,7 @@ fn shapley(req: &Request, i: usize, samples: usize, seed: u64) -> Result<Vec<f32
     let mut rng = Rng::new(seed, req.ids[i] as u64);
     let (x, b) = (req.input(i), req.baseline(i));
     let target = req.targets[i];
-    let at_baseline = evaluate(req.model, b, 1, target, 1, &|_, _| {})?[0];
+    let at_baseline = evaluate(req, b, 1, target, 1, &|_, _| {})?[0];
     let mut credit = vec![0.0f32; g];
     // Orders are drawn and evaluated a batch's worth at a time, so memory stays bounded
     // however many samples are asked for; the draws are the same either way.
@@ -188,7 +183,7 @@ fn shapley(req: &Request, i: usize, samples: usize, seed: u64) -> Result<Vec<f32
         let m = per_chunk.min(samples - done);
         let perms: Vec<Vec<usize>> = (0..m).map(|_| rng.permutation(g)).collect();
         // Row s·g + j has the first j + 1 groups of order s added to the baseline.
-        let out = evaluate(req.model, b, m * g, target, req.batch_rows, &|k, row| {
+        let out = evaluate(req, b, m * g, target, req.batch_rows, &|k, row| {
             let (s, j) = (k / g, k % g);
             for &grp in &perms[s][..=j] {
                 for &f in &members[grp] {

@@ -3,17 +3,25 @@
 //! that cannot run fails before any forward pass.
 
 use super::*;
-use crate::ops::{self, GivenParam, Method, Rect};
-use crate::syntax::ast::{Axis, BaselineKind, ColumnItem, GranularityKind, Interpretation, TargetKind, WindowKind};
+use crate::ops::{self, GivenParam, Method, Needs, Rect};
+use crate::syntax::ast::{
+    Axis, BaselineKind, Clauses, ColumnItem, GranularityKind, Interpretation, TargetKind, WindowKind,
+};
 
 pub(super) fn plan_interpretation(i: &Interpretation, catalog: &dyn Catalog) -> Result<Node> {
+    plan_clauses(&i.call, &i.clauses, catalog)
+}
+
+/// Plans `call` with `clauses` (an interpretation, or one side of a JOIN).
+pub(super) fn plan_clauses(call: &ast::ModelCall, clauses: &Clauses, catalog: &dyn Catalog) -> Result<Node> {
+    let i = Interp { call, c: clauses };
     let model = resolve_model(&i.call.model, catalog)?;
     let (data, info) = resolve_dataset(&i.call.data, catalog)?;
     check_fits(&model, &info, &i.call.model.name, &data.name, i.call.data.span)?;
     let d: usize = info.sample_shape.iter().product();
 
     // The method: USING, else the session's default, else integrated gradients.
-    let (method_name, method_span, params) = match &i.using {
+    let (method_name, method_span, params) = match &i.c.using {
         Some(m) => (m.name.name.clone(), m.name.span, m.params.as_slice()),
         None => {
             let name = match catalog.setting("method") {
@@ -43,7 +51,12 @@ pub(super) fn plan_interpretation(i: &Interpretation, catalog: &dyn Catalog) -> 
         .collect::<Result<Vec<_>>>()?;
     let mut method = ops::resolve_method(info_m, &given, &|s| catalog.setting(s)).map_err(|e| e.at(method_span))?;
 
-    let target = match &i.target {
+    let at_layer =
+        i.c.at_layer
+            .as_ref()
+            .map(|l| resolve_layer(l, &model, &i.call.model.name))
+            .transpose()?;
+    let target = match &i.c.target {
         None => TargetSpec::Predicted,
         Some(t) => match &t.kind {
             TargetKind::Predicted => TargetSpec::Predicted,
@@ -70,10 +83,31 @@ pub(super) fn plan_interpretation(i: &Interpretation, catalog: &dyn Catalog) -> 
                 }
                 TargetSpec::Class(c as usize)
             }
+            TargetKind::Unit { layer, index } => {
+                let l = resolve_layer(layer, &model, &i.call.model.name)?;
+                let unit = resolve_unit(&l, index, t.span, catalog)?;
+                TargetSpec::Unit(l, unit)
+            }
         },
     };
+    check_selection(&method, method_span, &i, &at_layer, &target, &info)?;
+    let through = match &i.c.through {
+        None => None,
+        Some(t) => Some(match &t.layer {
+            Some(l) => ThroughSpec::Layer(resolve_layer(l, &model, &i.call.model.name)?),
+            None => ThroughSpec::All(
+                (0..model.layers.len())
+                    .map(|index| LayerRef {
+                        name: model.layers[index].clone(),
+                        index,
+                        shape: model.layer_shapes[index].clone(),
+                    })
+                    .collect(),
+            ),
+        }),
+    };
 
-    let baseline = match &i.baseline {
+    let baseline = match &i.c.baseline {
         None => BaselineSpec::Zero,
         Some(b) => {
             if !method.uses_baseline() {
@@ -113,7 +147,7 @@ pub(super) fn plan_interpretation(i: &Interpretation, catalog: &dyn Catalog) -> 
         }
     };
 
-    let window = match &i.window {
+    let window = match &i.c.window {
         None => WindowSpec::All,
         Some(w) => match (&w.kind, &info.modality) {
             (
@@ -206,7 +240,7 @@ pub(super) fn plan_interpretation(i: &Interpretation, catalog: &dyn Catalog) -> 
         },
     };
 
-    let granularity = match &i.granularity {
+    let granularity = match &i.c.granularity {
         None => GranularitySpec::Feature,
         Some(g) => match (&g.kind, &info.modality) {
             (GranularityKind::Pixel, Modality::Image { .. }) => GranularitySpec::Pixel,
@@ -273,20 +307,179 @@ pub(super) fn plan_interpretation(i: &Interpretation, catalog: &dyn Catalog) -> 
         }
     }
 
-    let columns = attribution_columns(&info.modality, &granularity);
-    Ok(Node::new(
-        NodeKind::Attribute(Box::new(Attribution {
-            model: i.call.model.name.clone(),
-            data,
-            method,
-            target,
-            baseline,
-            window,
-            granularity,
-            modality: info.modality.clone(),
-        })),
-        columns,
-    ))
+    let attribution = Attribution {
+        model: i.call.model.name.clone(),
+        data,
+        method,
+        target,
+        baseline,
+        window,
+        granularity,
+        modality: info.modality.clone(),
+        layer: at_layer,
+        through,
+        contrast: None,
+        input_filter: None,
+    };
+    let columns = relation_columns(&attribution);
+    Ok(Node::new(NodeKind::Attribute(Box::new(attribution)), columns))
+}
+
+/// The syntax of one interpretation: its call and its clauses.
+struct Interp<'a> {
+    call: &'a ast::ModelCall,
+    c: &'a Clauses,
+}
+
+pub fn resolve_layer(name: &ast::Ident, model: &ModelInfo, model_name: &str) -> Result<LayerRef> {
+    let index = model.layers.iter().position(|l| *l == name.name).ok_or_else(|| {
+        Error::unknown(
+            &format!("layer in model `{model_name}`"),
+            &name.name,
+            &model.layers,
+            "layers",
+        )
+        .at(name.span)
+    })?;
+    Ok(LayerRef {
+        name: name.name.clone(),
+        index,
+        shape: model.layer_shapes[index].clone(),
+    })
+}
+
+/// A unit of a layer, flat (`fc1[5]`) or by coordinates (`conv2[3, 4, 4]`).
+fn resolve_unit(layer: &LayerRef, index: &[Value], span: Span, catalog: &dyn Catalog) -> Result<usize> {
+    let units: usize = layer.shape.iter().product();
+    let coords = index
+        .iter()
+        .map(|v| resolve_int(v, catalog, "a unit index"))
+        .collect::<Result<Vec<_>>>()?;
+    let shape = crate::model::fmt_shape(&layer.shape);
+    if coords.len() == 1 {
+        let u = coords[0];
+        if u < 0 || u as usize >= units {
+            return Err(Error::value(format!(
+                "unit {u} is out of range: layer `{}` has {units} units (shape {shape})",
+                layer.name
+            ))
+            .at(span));
+        }
+        return Ok(u as usize);
+    }
+    if coords.len() != layer.shape.len() {
+        return Err(Error::value(format!(
+            "layer `{}` has shape {shape}: give one flat index or {} coordinates, not {}",
+            layer.name,
+            layer.shape.len(),
+            coords.len()
+        ))
+        .at(span));
+    }
+    let mut flat = 0usize;
+    for (k, (&c, &len)) in coords.iter().zip(&layer.shape).enumerate() {
+        if c < 0 || c as usize >= len {
+            return Err(Error::value(format!(
+                "coordinate {k} of the unit is {c}, out of range 0..{} for layer `{}` of shape {shape}",
+                len - 1,
+                layer.name
+            ))
+            .at(span));
+        }
+        flat = flat * len + c as usize;
+    }
+    Ok(flat)
+}
+
+/// AT LAYER, TARGET l[i] and THROUGH LAYER against the method and each other.
+fn check_selection(
+    method: &Method,
+    span: Span,
+    i: &Interp,
+    at_layer: &Option<LayerRef>,
+    target: &TargetSpec,
+    info: &DatasetInfo,
+) -> Result<()> {
+    let name = method.name();
+    let layer_methods = "gradcam, layer_activation, layer_gradient_x_activation, layer_conductance, layer_integrated_gradients, guided_gradcam";
+    match (method.needs(), at_layer) {
+        (Needs::Layer, None) => {
+            return Err(Error::value(format!("{name} attributes to a layer: add AT LAYER l"))
+                .at(span)
+                .hint("SHOW LAYERS OF m lists the layers"));
+        }
+        (Needs::Nothing | Needs::Unit, Some(_)) => {
+            let span = i.c.at_layer.as_ref().map_or(span, |l| l.span);
+            return Err(Error::value(format!(
+                "AT LAYER takes a layer method; {name} attributes input features"
+            ))
+            .at(span)
+            .hint(format!("layer methods: {layer_methods}")));
+        }
+        _ => {}
+    }
+    if method.needs() == Needs::Unit && !matches!(target, TargetSpec::Unit(..)) {
+        return Err(
+            Error::value(format!("{name} explains a unit of a layer: add TARGET l[i]"))
+                .at(span)
+                .hint("for example TARGET fc1[5]"),
+        );
+    }
+    if let (TargetSpec::Unit(unit_layer, _), Some(l)) = (target, at_layer)
+        && unit_layer.index <= l.index
+    {
+        return Err(Error::value(format!(
+            "the target unit's layer `{}` must come after AT LAYER `{}`",
+            unit_layer.name, l.name
+        ))
+        .at(i.c.target.as_ref().map_or(span, |t| t.span)));
+    }
+    if let Some(t) = &i.c.through {
+        let conflict = if at_layer.is_some() {
+            Some("AT LAYER")
+        } else if matches!(target, TargetSpec::Unit(..)) {
+            Some("TARGET l[i]")
+        } else {
+            None
+        };
+        if let Some(other) = conflict {
+            return Err(Error::value(format!(
+                "THROUGH LAYER explains the model cut at a layer; it does not combine with {other}"
+            ))
+            .at(t.span));
+        }
+    }
+    if method.attributes_layer() {
+        if let Some(g) = &i.c.granularity {
+            return Err(
+                Error::value("GRANULARITY groups input features; a layer method attributes to units").at(g.span),
+            );
+        }
+        if let (Some(w), false) = (&i.c.window, method.uses_baseline()) {
+            return Err(Error::value(format!(
+                "WINDOW keeps the input outside it as the baseline; {name} takes no baseline"
+            ))
+            .at(w.span)
+            .hint("with AT LAYER, WINDOW applies to layer_conductance and layer_integrated_gradients"));
+        }
+    }
+    let spatial = at_layer.as_ref().is_some_and(|l| l.shape.len() == 3);
+    let upsampled = matches!(method, Method::GradCam { upsample: true, .. }) || *method == Method::GuidedGradCam;
+    if upsampled {
+        if !matches!(info.modality, Modality::Image { .. }) {
+            return Err(Error::value(format!(
+                "{name} brings a map to the input's resolution: it needs images"
+            ))
+            .at(span));
+        }
+        if !spatial {
+            return Err(Error::value(format!(
+                "{name} brings the layer's map to the input's resolution: it needs a layer with channels, rows and columns"
+            ))
+            .at(span));
+        }
+    }
+    Ok(())
 }
 
 pub(super) fn plan_prediction(call: &ast::ModelCall, catalog: &dyn Catalog) -> Result<Node> {
@@ -333,6 +526,55 @@ fn modality_name(m: &Modality) -> &'static str {
         Modality::Tabular { .. } => "a tabular dataset",
         Modality::Tensor => "a tensor dataset",
     }
+}
+
+/// The columns of the relation an interpretation gives.
+pub fn relation_columns(a: &Attribution) -> Vec<String> {
+    if a.is_layer_relation() {
+        return layer_columns(&result_shape(a));
+    }
+    let mut cols = attribution_columns(&a.modality, &a.granularity);
+    if a.through.is_some() {
+        cols.splice(4..4, ["layer".to_string(), "probe_accuracy".to_string()]);
+    }
+    cols
+}
+
+/// One input's result shape for a layer method.
+pub fn result_shape(a: &Attribution) -> Vec<usize> {
+    let Some(l) = &a.layer else { return Vec::new() };
+    match &a.method {
+        Method::GradCam {
+            upsample, per_channel, ..
+        } => {
+            let channels = if *per_channel { l.shape[0] } else { 1 };
+            match (&a.modality, l.shape.as_slice()) {
+                (Modality::Image { height, width, .. }, _) if *upsample => vec![channels, *height, *width],
+                (_, [_, h, w]) => vec![channels, *h, *w],
+                _ if *per_channel => l.shape.clone(),
+                _ => vec![1],
+            }
+        }
+        _ => l.shape.clone(),
+    }
+}
+
+/// The coordinate columns of a layer's units, by the rank of its output.
+pub fn unit_coordinates(shape: &[usize]) -> &'static [&'static str] {
+    match shape.len() {
+        3 => &["channel", "row", "col"],
+        2 => &["token", "dim"],
+        1 => &["neuron"],
+        _ => &[],
+    }
+}
+
+/// The columns of a layer relation (DESIGN.md, "The relations").
+pub fn layer_columns(shape: &[usize]) -> Vec<String> {
+    let mut cols: Vec<&str> = vec!["input", "label", "prediction", "target", "layer", "unit"];
+    cols.extend(unit_coordinates(shape));
+    cols.extend(["activation", "attribution"]);
+    cols.into_iter().map(String::from).collect()
 }
 
 /// The columns of an attribution relation (DESIGN.md, "The relations").

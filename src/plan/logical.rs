@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use crate::data::Modality;
 use crate::ops::{Method, Rect};
-use crate::syntax::ast::{Expr, SetOp};
+use crate::syntax::ast::{Expr, JoinKind, SetOp};
 
 #[derive(Clone, Debug)]
 pub enum Plan {
@@ -120,8 +120,30 @@ impl fmt::Display for DatasetRef {
 #[derive(Clone, Debug, PartialEq)]
 pub enum TargetSpec {
     Predicted,
+    /// The prediction of another model (the right side of a two-model ANTIJOIN explains
+    /// the left model's predicted class).
+    PredictedBy(String),
     Label,
     Class(usize),
+    /// A unit of a layer (TARGET l[i]): its flat index in the layer's output.
+    Unit(LayerRef, usize),
+}
+
+/// A resolved hook point.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayerRef {
+    pub name: String,
+    pub index: usize,
+    /// Its output shape (one sample).
+    pub shape: Vec<usize>,
+}
+
+/// Selection through a layer (THROUGH LAYER): the model cut after each layer, with a
+/// fitted linear probe head.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ThroughSpec {
+    Layer(LayerRef),
+    All(Vec<LayerRef>),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -165,7 +187,26 @@ pub struct Attribution {
     pub window: WindowSpec,
     pub granularity: GranularitySpec,
     pub modality: Modality,
+    /// AT LAYER: layer methods attribute to its units; guided_gradcam takes its map.
+    pub layer: Option<LayerRef>,
+    pub through: Option<ThroughSpec>,
+    /// Two-model ANTIJOIN: explain this model's target output minus this one's.
+    pub contrast: Option<String>,
+    /// Per-input predicates pushed below the method (optimizer rule
+    /// `push_input_predicates`): the method runs only on the inputs that pass.
+    pub input_filter: Option<Expr>,
 }
+
+impl Attribution {
+    /// Whether the relation has a row per unit of a layer rather than per input feature.
+    pub fn is_layer_relation(&self) -> bool {
+        self.layer.is_some() && self.method.attributes_layer()
+    }
+}
+
+/// The columns of an attribution relation that describe one input (the same on all of
+/// its rows): a predicate on these alone can run before the method.
+pub const INPUT_COLUMNS: &[&str] = &["input", "label", "prediction", "target"];
 
 #[derive(Clone, Debug)]
 pub struct Prediction {
@@ -216,6 +257,15 @@ pub enum NodeKind {
         left: Box<Node>,
         right: Box<Node>,
     },
+    /// JOIN / ANTIJOIN of two interpretations on their shared key columns; the sides'
+    /// other columns are qualified by `names`.
+    Join {
+        kind: JoinKind,
+        left: Box<Node>,
+        right: Box<Node>,
+        names: [String; 2],
+        keys: Vec<String>,
+    },
 }
 
 impl Node {
@@ -251,11 +301,27 @@ impl Node {
         };
         match &self.kind {
             NodeKind::Attribute(a) => {
-                writeln!(f, "{pad}{arrow}Attribute {}({}) USING {}", a.model, a.data, a.method)?;
+                let what = match (&a.layer, &a.through) {
+                    (Some(l), _) if a.is_layer_relation() => format!(" AT LAYER {}", l.name),
+                    (Some(l), _) => format!(" (map of {})", l.name),
+                    (_, Some(ThroughSpec::Layer(l))) => format!(" THROUGH LAYER {} (probe)", l.name),
+                    (_, Some(ThroughSpec::All(ls))) => format!(" THROUGH LAYER * ({} probes)", ls.len()),
+                    _ => String::new(),
+                };
+                let model = match &a.contrast {
+                    Some(other) => format!("{} − {}", a.model, other),
+                    None => a.model.clone(),
+                };
+                writeln!(f, "{pad}{arrow}Attribute {model}({}) USING {}{what}", a.data, a.method)?;
+                if let Some(p) = &a.input_filter {
+                    writeln!(f, "{pad}   only inputs where {p}  [rule push_input_predicates]")?;
+                }
                 let target = match &a.target {
                     TargetSpec::Predicted => "predicted".to_string(),
+                    TargetSpec::PredictedBy(m) => format!("predicted by {m}"),
                     TargetSpec::Label => "label".to_string(),
                     TargetSpec::Class(c) => format!("class {c}"),
+                    TargetSpec::Unit(l, u) => format!("unit {u} of {}", l.name),
                 };
                 let baseline = match &a.baseline {
                     BaselineSpec::Zero => "zero".to_string(),
@@ -321,6 +387,31 @@ impl Node {
             NodeKind::Distinct { input } => {
                 writeln!(f, "{pad}{arrow}Distinct")?;
                 input.fmt_tree(f, depth + 1)
+            }
+            NodeKind::Join {
+                kind,
+                left,
+                right,
+                names,
+                keys,
+            } => {
+                let word = match kind {
+                    JoinKind::Join => "Join (attribution = mean of the sides)",
+                    JoinKind::AntiJoin => "Antijoin (each side against the other)",
+                };
+                writeln!(
+                    f,
+                    "{pad}{arrow}{word} as {}, {} on {}",
+                    names[0],
+                    names[1],
+                    if keys.is_empty() {
+                        "()".to_string()
+                    } else {
+                        keys.join(", ")
+                    }
+                )?;
+                left.fmt_tree(f, depth + 1)?;
+                right.fmt_tree(f, depth + 1)
             }
             NodeKind::SetOp { op, left, right } => {
                 let word = match op {

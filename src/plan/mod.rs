@@ -4,10 +4,14 @@
 
 mod interpret;
 pub mod logical;
+mod optimize;
 mod query;
 
 use std::path::PathBuf;
 
+pub use interpret::{
+    attribution_columns, layer_columns, prediction_columns, relation_columns, result_shape, unit_coordinates,
+};
 pub use logical::*;
 
 use crate::data::Modality;
@@ -21,6 +25,8 @@ pub struct ModelInfo {
     pub input_shape: Vec<usize>,
     pub output_len: usize,
     pub layers: Vec<String>,
+    /// Each layer's output shape (one sample).
+    pub layer_shapes: Vec<Vec<usize>>,
 }
 
 /// What the planner needs to know of a dataset.
@@ -133,8 +139,8 @@ pub fn plan(stmt: &Statement, catalog: &dyn Catalog) -> Result<Plan> {
                 dataset: resolve_dataset(dataset, catalog)?.0,
             }
         }
-        StatementKind::Query(q) => Plan::Query(query::plan_query(q, catalog)?),
-        StatementKind::Plan(q) => Plan::Explain(query::plan_query(q, catalog)?),
+        StatementKind::Query(q) => Plan::Query(optimize::optimize(query::plan_query(q, catalog)?)),
+        StatementKind::Plan(q) => Plan::Explain(optimize::optimize(query::plan_query(q, catalog)?)),
         StatementKind::Export {
             query: q,
             path,
@@ -160,7 +166,7 @@ pub fn plan(stmt: &Statement, catalog: &dyn Catalog) -> Result<Plan> {
                     .hint("add OVERWRITE to replace it"));
             }
             Plan::Export {
-                query: query::plan_query(q, catalog)?,
+                query: optimize::optimize(query::plan_query(q, catalog)?),
                 path: file,
                 format,
                 overwrite: *overwrite,

@@ -2,9 +2,11 @@
 //! ORDER BY (by output name, ordinal or source column), DISTINCT, LIMIT, subqueries and
 //! set operations. Column names are checked here, against each operator's columns.
 
-use super::interpret::{plan_interpretation, plan_prediction};
+use super::interpret::{plan_clauses, plan_interpretation, plan_prediction};
 use super::*;
-use crate::syntax::ast::{Expr, ExprKind, Ident, Query, QueryKind, Select, SelectItem, SetOp, Source};
+use crate::syntax::ast::{
+    Expr, ExprKind, Ident, Join, JoinKind, JoinSide, Query, QueryKind, Select, SelectItem, SetOp, Source,
+};
 
 pub const AGGREGATES: &[&str] = &["sum", "mean", "avg", "min", "max", "count", "median", "std", "var"];
 /// Scalar functions and how many arguments they take.
@@ -59,7 +61,126 @@ fn plan_source(source: &Source, catalog: &dyn Catalog) -> Result<(Node, Option<S
         Source::Interpretation(i) => Ok((plan_interpretation(i, catalog)?, None)),
         Source::Predict(call) => Ok((plan_prediction(call, catalog)?, None)),
         Source::Subquery { query, alias } => Ok((plan_query(query, catalog)?, alias.as_ref().map(|a| a.name.clone()))),
+        Source::Join(j) => Ok((plan_join(j, catalog)?, None)),
     }
+}
+
+/// Columns a JOIN keeps per side (qualified `a.` / `b.`); the rest are the shared keys.
+const SIDE_COLUMNS: &[&str] = &[
+    "input",
+    "label",
+    "prediction",
+    "target",
+    "value",
+    "activation",
+    "attribution",
+    "probe_accuracy",
+];
+
+/// `left JOIN right` / `left ANTIJOIN right` (DESIGN.md, "Join", "Anti-join").
+fn plan_join(j: &Join, catalog: &dyn Catalog) -> Result<Node> {
+    let clauses = |side: &JoinSide| {
+        if side.parenthesized {
+            side.interp.clauses.or(&j.shared)
+        } else {
+            j.shared.clone()
+        }
+    };
+    let word = match j.kind {
+        JoinKind::Join => "JOIN",
+        JoinKind::AntiJoin => "ANTIJOIN",
+    };
+    let (lc, rc) = (clauses(&j.left), clauses(&j.right));
+    let mut left = plan_clauses(&j.left.interp.call, &lc, catalog)?;
+    let mut right = plan_clauses(&j.right.interp.call, &rc, catalog)?;
+    let names = [
+        j.left.alias.as_ref().map_or("a".to_string(), |a| a.name.clone()),
+        j.right.alias.as_ref().map_or("b".to_string(), |a| a.name.clone()),
+    ];
+    if names[0] == names[1] {
+        return Err(Error::query(format!("both sides of {word} are named `{}`", names[0]))
+            .at(j.right.alias.as_ref().map_or(j.span, |a| a.span))
+            .hint("give them different names with AS"));
+    }
+    if j.kind == JoinKind::AntiJoin {
+        let (NodeKind::Attribute(a), NodeKind::Attribute(b)) = (&mut left.kind, &mut right.kind) else {
+            return Err(Error::query("internal: JOIN sides are interpretations").at(j.span));
+        };
+        if let Some(given) = lc.baseline.as_ref().or(rc.baseline.as_ref()) {
+            return Err(
+                Error::value("ANTIJOIN explains each side against the other: it sets the baselines itself")
+                    .at(given.span)
+                    .hint("leave out BASELINE"),
+            );
+        }
+        if !a.method.uses_baseline() {
+            return Err(Error::value(format!(
+                "ANTIJOIN explains each side against the other as its baseline, and {} takes no baseline",
+                a.method.name()
+            ))
+            .at(j.span)
+            .hint("use integrated_gradients, deeplift, occlusion, feature_ablation or shapley_sampling"));
+        }
+        if a.model == b.model {
+            // One model on two inputs: each against the other as the baseline.
+            a.baseline = BaselineSpec::Data(b.data.clone());
+            b.baseline = BaselineSpec::Data(a.data.clone());
+        } else if a.data == b.data {
+            // Two models on one input: the difference of their target outputs.
+            if a.layer.is_some() || a.through.is_some() {
+                return Err(Error::value(
+                    "an ANTIJOIN of two models explains the difference of their outputs at the input; it does not combine with AT LAYER or THROUGH LAYER",
+                )
+                .at(j.span));
+            }
+            a.contrast = Some(b.model.clone());
+            b.contrast = Some(a.model.clone());
+            b.target = match &a.target {
+                TargetSpec::Predicted => TargetSpec::PredictedBy(a.model.clone()),
+                other => other.clone(),
+            };
+        } else {
+            return Err(Error::value(
+                "ANTIJOIN compares one model on two inputs, or two models on one input; these sides differ in both",
+            )
+            .at(j.span));
+        }
+    }
+    let keys_of = |n: &Node| -> Vec<String> {
+        n.columns
+            .iter()
+            .filter(|c| !SIDE_COLUMNS.contains(&c.as_str()))
+            .cloned()
+            .collect()
+    };
+    let keys = keys_of(&left);
+    if keys != keys_of(&right) {
+        return Err(Error::query(format!(
+            "the sides of {word} do not describe the same features: the left has keys ({}), the right ({})",
+            keys.join(", "),
+            keys_of(&right).join(", ")
+        ))
+        .at(j.span)
+        .hint("both sides need the same modality, layer, WINDOW and GRANULARITY"));
+    }
+    let mut columns = vec!["input".to_string()];
+    columns.extend(keys.iter().cloned());
+    for (name, side) in names.iter().zip([&left, &right]) {
+        for c in side.columns.iter().filter(|c| SIDE_COLUMNS.contains(&c.as_str())) {
+            columns.push(format!("{name}.{c}"));
+        }
+    }
+    columns.push("attribution".to_string());
+    Ok(Node::new(
+        NodeKind::Join {
+            kind: j.kind,
+            left: Box::new(left),
+            right: Box::new(right),
+            names,
+            keys,
+        },
+        columns,
+    ))
 }
 
 /// GROUP BY keys, the aggregates the query computes (each named), and HAVING.

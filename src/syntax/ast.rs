@@ -146,18 +146,74 @@ pub enum Source {
     Interpretation(Box<Interpretation>),
     Predict(ModelCall),
     Subquery { query: Box<Query>, alias: Option<Ident> },
+    Join(Box<Join>),
 }
 
 /// `m(x)` with its interpretation clauses.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Interpretation {
     pub call: ModelCall,
+    pub clauses: Clauses,
+    pub span: Span,
+}
+
+/// The clauses of an interpretation (each at most once).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Clauses {
     pub using: Option<MethodCall>,
     pub target: Option<Target>,
     pub baseline: Option<Baseline>,
     pub window: Option<Window>,
     pub granularity: Option<Granularity>,
+    pub at_layer: Option<Ident>,
+    pub through: Option<Through>,
+}
+
+impl Clauses {
+    /// These clauses, with `shared` filling in the ones not given here.
+    pub fn or(&self, shared: &Clauses) -> Clauses {
+        Clauses {
+            using: self.using.clone().or_else(|| shared.using.clone()),
+            target: self.target.clone().or_else(|| shared.target.clone()),
+            baseline: self.baseline.clone().or_else(|| shared.baseline.clone()),
+            window: self.window.clone().or_else(|| shared.window.clone()),
+            granularity: self.granularity.clone().or_else(|| shared.granularity.clone()),
+            at_layer: self.at_layer.clone().or_else(|| shared.at_layer.clone()),
+            through: self.through.clone().or_else(|| shared.through.clone()),
+        }
+    }
+}
+
+/// `THROUGH LAYER l` or `THROUGH LAYER *`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Through {
+    /// None for `*` (every layer).
+    pub layer: Option<Ident>,
     pub span: Span,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JoinKind {
+    Join,
+    AntiJoin,
+}
+
+/// `left JOIN right <shared clauses>` (or ANTIJOIN).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Join {
+    pub kind: JoinKind,
+    pub left: JoinSide,
+    pub right: JoinSide,
+    pub shared: Clauses,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct JoinSide {
+    /// A parenthesised side keeps its own clauses; a bare `m(x)` has none.
+    pub interp: Interpretation,
+    pub parenthesized: bool,
+    pub alias: Option<Ident>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -204,6 +260,11 @@ pub enum TargetKind {
     Predicted,
     Label,
     Class(Value),
+    /// A unit of a layer: `fc1[5]` (flat) or `conv2[3, 4, 4]` (by coordinates).
+    Unit {
+        layer: Ident,
+        index: Vec<Value>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -590,13 +651,43 @@ impl fmt::Display for Source {
                 }
                 Ok(())
             }
+            Source::Join(j) => write!(f, "{j}"),
         }
+    }
+}
+
+impl fmt::Display for Join {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let word = match self.kind {
+            JoinKind::Join => "JOIN",
+            JoinKind::AntiJoin => "ANTIJOIN",
+        };
+        write!(f, "{} {word} {}{}", self.left, self.right, self.shared)
+    }
+}
+
+impl fmt::Display for JoinSide {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.parenthesized {
+            write!(f, "({})", self.interp)?;
+        } else {
+            write!(f, "{}", self.interp.call)?;
+        }
+        if let Some(a) = &self.alias {
+            write!(f, " AS {a}")?;
+        }
+        Ok(())
     }
 }
 
 impl fmt::Display for Interpretation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.call)?;
+        write!(f, "{}{}", self.call, self.clauses)
+    }
+}
+
+impl fmt::Display for Clauses {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(m) = &self.using {
             write!(f, " USING {m}")?;
         }
@@ -611,6 +702,15 @@ impl fmt::Display for Interpretation {
         }
         if let Some(g) = &self.granularity {
             write!(f, " GRANULARITY {g}")?;
+        }
+        if let Some(l) = &self.at_layer {
+            write!(f, " AT LAYER {l}")?;
+        }
+        if let Some(t) = &self.through {
+            match &t.layer {
+                Some(l) => write!(f, " THROUGH LAYER {l}")?,
+                None => write!(f, " THROUGH LAYER *")?,
+            }
         }
         Ok(())
     }
@@ -664,6 +764,10 @@ impl fmt::Display for Target {
             TargetKind::Predicted => write!(f, "PREDICTED"),
             TargetKind::Label => write!(f, "LABEL"),
             TargetKind::Class(v) => write!(f, "{v}"),
+            TargetKind::Unit { layer, index } => {
+                let parts: Vec<String> = index.iter().map(|v| v.to_string()).collect();
+                write!(f, "{layer}[{}]", parts.join(", "))
+            }
         }
     }
 }

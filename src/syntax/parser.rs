@@ -431,6 +431,7 @@ fn visit_source(pair: Pair<Rule>) -> Result<Source> {
             pc.done();
             Ok(Source::Predict(call))
         }
+        Rule::join_source => Ok(Source::Join(Box::new(visit_join(inner)?))),
         _ => Ok(Source::Interpretation(Box::new(visit_interpretation(inner)?))),
     }
 }
@@ -439,16 +440,65 @@ fn visit_interpretation(pair: Pair<Rule>) -> Result<Interpretation> {
     let sp = span(&pair);
     let mut c = Children::of(pair);
     let call = visit_model_call(c.next()?)?;
-    let mut interp = Interpretation {
+    let clauses = visit_clauses(c.inner.by_ref())?;
+    Ok(Interpretation {
         call,
-        using: None,
-        target: None,
-        baseline: None,
-        window: None,
-        granularity: None,
+        clauses,
         span: sp,
+    })
+}
+
+fn visit_join(pair: Pair<Rule>) -> Result<Join> {
+    let sp = span(&pair);
+    let mut c = Children::of(pair);
+    let left = visit_join_side(c.next()?)?;
+    let op = Children::of(c.next()?).next()?;
+    let kind = if op.as_rule() == Rule::op_antijoin {
+        JoinKind::AntiJoin
+    } else {
+        JoinKind::Join
     };
-    for clause in c.inner.by_ref() {
+    let right = visit_join_side(c.next()?)?;
+    let shared = visit_clauses(c.inner.by_ref())?;
+    Ok(Join {
+        kind,
+        left,
+        right,
+        shared,
+        span: sp,
+    })
+}
+
+fn visit_join_side(pair: Pair<Rule>) -> Result<JoinSide> {
+    let sp = span(&pair);
+    let mut c = Children::of(pair);
+    let first = c.next()?;
+    let (interp, parenthesized) = if first.as_rule() == Rule::interpretation {
+        (visit_interpretation(first)?, true)
+    } else {
+        let call = visit_model_call(first)?;
+        (
+            Interpretation {
+                call,
+                clauses: Clauses::default(),
+                span: sp,
+            },
+            false,
+        )
+    };
+    c.skip_keywords();
+    let alias = c.take(Rule::ident).map(visit_ident).transpose()?;
+    c.done();
+    Ok(JoinSide {
+        interp,
+        parenthesized,
+        alias,
+    })
+}
+
+fn visit_clauses<'a>(pairs: impl Iterator<Item = Pair<'a, Rule>>) -> Result<Clauses> {
+    let mut interp = Clauses::default();
+    for clause in pairs {
         let csp = span(&clause);
         let rule = clause.as_rule();
         let twice = |name: &str| Error::syntax(format!("{name} is given twice")).at(csp);
@@ -471,6 +521,12 @@ fn visit_interpretation(pair: Pair<Rule>) -> Result<Interpretation> {
                 let kind = match inner.as_rule() {
                     Rule::target_predicted => TargetKind::Predicted,
                     Rule::target_label => TargetKind::Label,
+                    Rule::target_unit => {
+                        let mut uc = Children::of(inner);
+                        let layer = visit_ident(uc.next()?)?;
+                        let index = uc.inner.by_ref().map(visit_int_value).collect::<Result<Vec<_>>>()?;
+                        TargetKind::Unit { layer, index }
+                    }
                     _ => TargetKind::Class(visit_int_value(inner)?),
                 };
                 interp.target = Some(Target { kind, span: tsp });
@@ -571,6 +627,24 @@ fn visit_interpretation(pair: Pair<Rule>) -> Result<Interpretation> {
                     }
                 };
                 interp.granularity = Some(Granularity { kind, span: gsp });
+            }
+            Rule::at_layer_clause => {
+                if interp.at_layer.is_some() {
+                    return Err(twice("AT LAYER"));
+                }
+                interp.at_layer = Some(visit_ident(cc.next()?)?);
+            }
+            Rule::through_clause => {
+                if interp.through.is_some() {
+                    return Err(twice("THROUGH LAYER"));
+                }
+                let l = cc.next()?;
+                let layer = if l.as_rule() == Rule::all_layers {
+                    None
+                } else {
+                    Some(visit_ident(l)?)
+                };
+                interp.through = Some(Through { layer, span: csp });
             }
             other => {
                 return Err(Error::syntax(format!("internal: unexpected clause {other:?}")).at(csp));

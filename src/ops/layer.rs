@@ -1,0 +1,381 @@
+//! Methods that look inside the model at a hook point: the layer methods of AT LAYER l
+//! (Captum's LayerGradCam, LayerActivation, LayerGradientXActivation, LayerConductance,
+//! LayerIntegratedGradients), NeuronConductance for TARGET l[i], and GuidedGradCam. All
+//! of them split the model at the hook point: the head (layers 0..=l) gives the layer's
+//! activation, the tail (layers l+1..) run from an activation gives the target's gradient
+//! there. Running the tail from a given activation is overwriting the hook point, so
+//! layer integrated gradients interpolates the layer's output itself, as Captum does.
+
+use super::gradient::{batch_shape, gradients_from, par_items, zero_outside_window};
+use super::{Method, Request, Rule};
+use crate::error::{Error, Result};
+use crate::model::{Batch, Forward, Gradient, Model};
+
+/// A layer method's result for n inputs.
+#[derive(Debug)]
+pub struct LayerAttribution {
+    /// Per input, one value per unit of `shape` (n × product(shape)).
+    pub values: Vec<f32>,
+    /// The layer's activation at each unit, when a unit is one of the layer's own
+    /// (not for a channel-summed or upsampled Grad-CAM map).
+    pub activations: Option<Vec<f32>>,
+    /// One input's result: the layer's output shape, or (1, h, w) for a Grad-CAM map,
+    /// (1, H, W) when upsampled to the input.
+    pub shape: Vec<usize>,
+}
+
+/// The activation of `layer` on model inputs.
+fn head(model: &Model, rows: Batch, layer: usize) -> Result<Batch> {
+    model.output_of(rows, layer)
+}
+
+/// The gradient of each row's target with respect to the activation `h` of `layer`.
+fn tail_gradient(req: &Request, h: Batch, layer: usize, targets: &[usize]) -> Result<Batch> {
+    gradients_from(req.model, h, layer + 1, req.out_layer, targets, &Gradient)
+}
+
+fn rows_of(req: &Request, data: &[f32], count: usize) -> Result<Batch> {
+    Batch::new(batch_shape(count, &req.model.input_shape), data.to_vec())
+}
+
+pub fn attribute(method: &Method, req: &Request) -> Result<LayerAttribution> {
+    let layer = req
+        .layer
+        .ok_or_else(|| Error::value(format!("{} needs AT LAYER l", method.name())))?;
+    let model = req.model;
+    let out_shape = model.layers[layer].out_shape.clone();
+    let units: usize = out_shape.iter().product();
+    let (n, d) = (req.n(), req.d());
+    match method {
+        Method::LayerActivation | Method::LayerGradientXActivation | Method::GradCam { .. } => {
+            let tile = req.batch_rows.clamp(1, 64);
+            let per_tile = par_items(
+                n.div_ceil(tile),
+                req.control,
+                |t| tile.min(n - t * tile),
+                |t| {
+                    let (a, b) = (t * tile, ((t + 1) * tile).min(n));
+                    let h = head(model, rows_of(req, &req.inputs[a * d..b * d], b - a)?, layer)?;
+                    if *method == Method::LayerActivation {
+                        return Ok((h.data().to_vec(), h.into_data()));
+                    }
+                    let g = tail_gradient(req, h.clone(), layer, &req.targets[a..b])?;
+                    let values = match method {
+                        Method::GradCam { per_channel, relu, .. } => {
+                            gradcam(h.data(), g.data(), b - a, &out_shape, *per_channel, *relu)
+                        }
+                        _ => h.data().iter().zip(g.data()).map(|(h, g)| h * g).collect(),
+                    };
+                    Ok((values, h.into_data()))
+                },
+            )?;
+            let (values, acts): (Vec<Vec<f32>>, Vec<Vec<f32>>) = per_tile.into_iter().unzip();
+            let (values, acts) = (values.concat(), acts.concat());
+            match method {
+                Method::GradCam {
+                    per_channel,
+                    upsample,
+                    bilinear,
+                    ..
+                } => {
+                    let (channels, h, w) = spatial(&out_shape);
+                    let shown = if *per_channel { channels } else { 1 };
+                    if *upsample {
+                        let (_, hh, ww) = input_image(req)?;
+                        if out_shape.len() != 3 {
+                            return Err(Error::value(format!(
+                                "upsample needs a layer with rows and columns; `{}` has shape {}",
+                                model.layers[layer].name,
+                                crate::model::fmt_shape(&out_shape)
+                            )));
+                        }
+                        let per = shown * h * w;
+                        let values = (0..n)
+                            .flat_map(|i| {
+                                interpolate(&values[i * per..(i + 1) * per], shown, (h, w), (hh, ww), *bilinear)
+                            })
+                            .collect();
+                        return Ok(LayerAttribution {
+                            values,
+                            activations: None,
+                            shape: vec![shown, hh, ww],
+                        });
+                    }
+                    let shape = if out_shape.len() == 3 {
+                        vec![shown, h, w]
+                    } else if *per_channel {
+                        out_shape.clone()
+                    } else {
+                        vec![1]
+                    };
+                    Ok(LayerAttribution {
+                        values,
+                        activations: per_channel.then_some(acts),
+                        shape,
+                    })
+                }
+                _ => Ok(LayerAttribution {
+                    values,
+                    activations: Some(acts),
+                    shape: out_shape,
+                }),
+            }
+        }
+        Method::LayerConductance { steps } => {
+            // Captum: steps + 1 Gauss–Legendre points, and Σ_k ∂F/∂h(α_k) · (h(α_{k+1}) − h(α_k)).
+            let (alphas, _) = Rule::GaussLegendre.points(steps + 1);
+            let chunk = req.batch_rows.max(1);
+            let per_input = par_items(
+                n,
+                req.control,
+                |_| 1,
+                |i| {
+                    let (x, b) = (req.input(i), req.baseline(i));
+                    let mut total = vec![0.0f32; units];
+                    let mut previous: Option<(Vec<f32>, Vec<f32>)> = None;
+                    let mut start = 0;
+                    while start < alphas.len() {
+                        let end = (start + chunk).min(alphas.len());
+                        let rows = path(b, x, &alphas[start..end]);
+                        let h = head(model, rows_of(req, &rows, end - start)?, layer)?;
+                        let g = tail_gradient(req, h.clone(), layer, &vec![req.targets[i]; end - start])?;
+                        for k in 0..end - start {
+                            let (hk, gk) = (h.row(k), g.row(k));
+                            if let Some((hp, gp)) = &previous {
+                                for u in 0..units {
+                                    total[u] += gp[u] * (hk[u] - hp[u]);
+                                }
+                            }
+                            previous = Some((hk.to_vec(), gk.to_vec()));
+                        }
+                        req.control.check()?;
+                        start = end;
+                    }
+                    Ok(total)
+                },
+            )?;
+            let activations = head(model, rows_of(req, req.inputs, n)?, layer)?.into_data();
+            Ok(LayerAttribution {
+                values: per_input.concat(),
+                activations: Some(activations),
+                shape: out_shape,
+            })
+        }
+        Method::LayerIntegratedGradients { steps, rule } => {
+            let (alphas, weights) = rule.points(*steps);
+            let chunk = req.batch_rows.max(1);
+            let hx = head(model, rows_of(req, req.inputs, n)?, layer)?;
+            let hb = head(model, rows_of(req, req.baselines, n)?, layer)?;
+            let per_input = par_items(
+                n,
+                req.control,
+                |_| 1,
+                |i| {
+                    let (x, b) = (hx.row(i), hb.row(i));
+                    let mut total = vec![0.0f32; units];
+                    let mut start = 0;
+                    while start < alphas.len() {
+                        let end = (start + chunk).min(alphas.len());
+                        // The hook point is overwritten with the interpolated activations.
+                        let h = Batch::new(batch_shape(end - start, &out_shape), path(b, x, &alphas[start..end]))?;
+                        let g = tail_gradient(req, h, layer, &vec![req.targets[i]; end - start])?;
+                        for (k, w) in weights[start..end].iter().enumerate() {
+                            for (t, g) in total.iter_mut().zip(g.row(k)) {
+                                *t += g * w;
+                            }
+                        }
+                        req.control.check()?;
+                        start = end;
+                    }
+                    Ok(total
+                        .iter()
+                        .zip(x.iter().zip(b))
+                        .map(|(t, (x, b))| t * (x - b))
+                        .collect::<Vec<f32>>())
+                },
+            )?;
+            Ok(LayerAttribution {
+                values: per_input.concat(),
+                activations: Some(hx.into_data()),
+                shape: out_shape,
+            })
+        }
+        other => Err(Error::value(format!(
+            "{} does not attribute the units of a layer",
+            other.name()
+        ))),
+    }
+}
+
+/// `b + α (x − b)` for each α, one after another.
+fn path(b: &[f32], x: &[f32], alphas: &[f32]) -> Vec<f32> {
+    let mut rows = Vec::with_capacity(alphas.len() * x.len());
+    for &alpha in alphas {
+        rows.extend(b.iter().zip(x).map(|(b, x)| b + alpha * (x - b)));
+    }
+    rows
+}
+
+/// A layer's output shape as (channels, rows, cols); a dense layer is (units, 1, 1).
+fn spatial(shape: &[usize]) -> (usize, usize, usize) {
+    match shape {
+        [c, h, w] => (*c, *h, *w),
+        [c] => (*c, 1, 1),
+        [c, rest @ ..] => (*c, rest.iter().product(), 1),
+        [] => (1, 1, 1),
+    }
+}
+
+/// Captum's LayerGradCam for `n` rows: channel weights α_c = the mean over positions of
+/// ∂F/∂A_c, map = Σ_c α_c A_c (or each α_c A_c with `per_channel`), then ReLU if asked.
+/// A dense layer has no positions: α is the gradient itself.
+fn gradcam(h: &[f32], g: &[f32], n: usize, shape: &[usize], per_channel: bool, relu: bool) -> Vec<f32> {
+    let (channels, rows, cols) = spatial(shape);
+    let positions = rows * cols;
+    let per = channels * positions;
+    let mut out = Vec::with_capacity(n * if per_channel { per } else { positions });
+    for i in 0..n {
+        let (hi, gi) = (&h[i * per..(i + 1) * per], &g[i * per..(i + 1) * per]);
+        let alpha: Vec<f32> = (0..channels)
+            .map(|c| gi[c * positions..(c + 1) * positions].iter().sum::<f32>() / positions as f32)
+            .collect();
+        if per_channel {
+            for c in 0..channels {
+                out.extend(hi[c * positions..(c + 1) * positions].iter().map(|a| alpha[c] * a));
+            }
+        } else {
+            for p in 0..positions {
+                out.push((0..channels).map(|c| alpha[c] * hi[c * positions + p]).sum());
+            }
+        }
+    }
+    if relu {
+        out.iter_mut().for_each(|v| *v = v.max(0.0));
+    }
+    out
+}
+
+/// The input's image layout, for maps brought to input resolution.
+fn input_image(req: &Request) -> Result<(usize, usize, usize)> {
+    match req.features.image {
+        Some((chw, _)) => Ok(chw),
+        None => Err(Error::value("upsampling to the input needs image inputs")),
+    }
+}
+
+/// PyTorch's F.interpolate of `maps` (planes of `from` = (h, w)) to `to` = (H, W):
+/// mode 'nearest' (LayerAttribution.interpolate's default), or 'bilinear' with
+/// align_corners = False.
+pub fn interpolate(maps: &[f32], planes: usize, from: (usize, usize), to: (usize, usize), bilinear: bool) -> Vec<f32> {
+    let ((h, w), (hh, ww)) = (from, to);
+    let (sy, sx) = (h as f32 / hh as f32, w as f32 / ww as f32);
+    // The source position and its two neighbours with weights, per output index.
+    let axis = |out: usize, len: usize, scale: f32| -> (usize, usize, f32) {
+        if bilinear {
+            let src = ((out as f32 + 0.5) * scale - 0.5).max(0.0);
+            let i0 = (src as usize).min(len - 1);
+            let i1 = if i0 < len - 1 { i0 + 1 } else { i0 };
+            (i0, i1, src - i0 as f32)
+        } else {
+            (((out as f32 * scale).floor() as usize).min(len - 1), 0, 0.0)
+        }
+    };
+    let mut out = Vec::with_capacity(planes * hh * ww);
+    for p in 0..planes {
+        let plane = &maps[p * h * w..(p + 1) * h * w];
+        for r in 0..hh {
+            let (r0, r1, lr) = axis(r, h, sy);
+            for c in 0..ww {
+                let (c0, c1, lc) = axis(c, w, sx);
+                out.push(if bilinear {
+                    (1.0 - lr) * ((1.0 - lc) * plane[r0 * w + c0] + lc * plane[r0 * w + c1])
+                        + lr * ((1.0 - lc) * plane[r1 * w + c0] + lc * plane[r1 * w + c1])
+                } else {
+                    plane[r0 * w + c0]
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Captum's NeuronConductance: (x − b) · Σ_k w_k · ∂F_t/∂h_u(α_k) · ∂h_u/∂x(α_k), for the
+/// unit u of layer l in `req.neuron` and the class targets of `req`.
+pub fn neuron_conductance(steps: usize, rule: Rule, req: &Request) -> Result<Vec<f32>> {
+    let (layer, unit) = req
+        .neuron
+        .ok_or_else(|| Error::value("neuron_conductance needs TARGET l[i]"))?;
+    let model = req.model;
+    let d = req.d();
+    let (alphas, weights) = rule.points(steps);
+    let chunk = req.batch_rows.max(1);
+    let per_input = par_items(
+        req.n(),
+        req.control,
+        |_| 1,
+        |i| {
+            let (x, b) = (req.input(i), req.baseline(i));
+            let mut total = vec![0.0f32; d];
+            let mut start = 0;
+            while start < alphas.len() {
+                let end = (start + chunk).min(alphas.len());
+                let fwd = Forward {
+                    from: 0,
+                    to: layer + 1,
+                    keep: true,
+                    hook: None,
+                };
+                let tape = model.run(rows_of(req, &path(b, x, &alphas[start..end]), end - start)?, &fwd)?;
+                let g = tail_gradient(req, tape.output().clone(), layer, &vec![req.targets[i]; end - start])?;
+                // Seed the head's backward with ∂F/∂h_u at unit u alone.
+                let mut seed = Batch::zeros(g.shape().to_vec());
+                for k in 0..end - start {
+                    seed.row_mut(k)[unit] = g.row(k)[unit];
+                }
+                let gx = model.backward(&tape, seed, &Gradient, &mut |_, _| {})?;
+                for (k, w) in weights[start..end].iter().enumerate() {
+                    for (t, g) in total.iter_mut().zip(gx.row(k)) {
+                        *t += g * w;
+                    }
+                }
+                req.control.check()?;
+                start = end;
+            }
+            Ok(total
+                .iter()
+                .zip(x.iter().zip(b))
+                .map(|(t, (x, b))| t * (x - b))
+                .collect::<Vec<f32>>())
+        },
+    )?;
+    let mut out = per_input.concat();
+    zero_outside_window(&mut out, req);
+    Ok(out)
+}
+
+/// Captum's GuidedGradCam: guided backprop times the layer's Grad-CAM map (with ReLU),
+/// upsampled to the input by 'nearest' and shared by every input channel.
+pub fn guided_gradcam(req: &Request) -> Result<Vec<f32>> {
+    let guided = super::gradient::attribute(&Method::GuidedBackprop, req)?;
+    let cam = attribute(
+        &Method::GradCam {
+            relu: true,
+            upsample: true,
+            per_channel: false,
+            bilinear: false,
+        },
+        req,
+    )?;
+    let (channels, h, w) = input_image(req)?;
+    let plane = h * w;
+    let d = req.d();
+    Ok(guided
+        .iter()
+        .enumerate()
+        .map(|(k, g)| {
+            let (i, f) = (k / d, k % d);
+            debug_assert!(f / plane < channels);
+            g * cam.values[i * plane + f % plane]
+        })
+        .collect())
+}
