@@ -226,6 +226,8 @@ fn resolve_inputs(state: &mut State, a: &Attribution) -> Result<Inputs> {
         TargetSpec::Predicted => predictions.clone(),
         TargetSpec::PredictedBy(other) => logits(state, other, &sel, &[])?.iter().map(|l| argmax(l)).collect(),
         TargetSpec::Class(c) => vec![*c; n],
+        // neuron_conductance explains the predicted class through the unit.
+        TargetSpec::Unit(..) if matches!(a.method, Method::NeuronConductance { .. }) => predictions.clone(),
         TargetSpec::Unit(_, u) => vec![*u; n],
         TargetSpec::Label => labels
             .iter()
@@ -350,11 +352,6 @@ fn run_one(state: &mut State, a: &Attribution, through: Option<&LayerRef>) -> Re
         TargetSpec::Unit(l, _) if !matches!(a.method, Method::NeuronConductance { .. }) => l.index,
         _ => model.layers.len() - 1,
     };
-    let targets_for_method: Vec<usize> = match (&a.method, &a.target) {
-        // neuron_conductance explains the predicted class through the unit.
-        (Method::NeuronConductance { .. }, TargetSpec::Unit(..)) => inputs.predictions.clone(),
-        _ => inputs.targets.clone(),
-    };
     let neuron = match &a.target {
         TargetSpec::Unit(l, u) => Some((l.index, *u)),
         _ => None,
@@ -364,7 +361,7 @@ fn run_one(state: &mut State, a: &Attribution, through: Option<&LayerRef>) -> Re
         model: &model,
         inputs: &values,
         baselines: &baselines,
-        targets: &targets_for_method,
+        targets: &inputs.targets,
         ids: &inputs.ids,
         features: &features,
         batch_rows,
