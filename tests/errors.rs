@@ -65,6 +65,54 @@ const CASES: &[(&str, &str)] = &[
         "missing weights file",
         "LOAD MODEL m FROM 'models/nope.safetensors' ARCH 'models/digits_cnn.json';",
     ),
+    (
+        "unknown layer",
+        "SELECT * FROM cnn(digits[0]) AT LAYER conv3 USING gradcam;",
+    ),
+    (
+        "layer method without a layer",
+        "SELECT * FROM cnn(digits[0]) USING gradcam;",
+    ),
+    (
+        "input method at a layer",
+        "SELECT * FROM cnn(digits[0]) AT LAYER conv2 USING saliency;",
+    ),
+    (
+        "neuron method without a unit",
+        "SELECT * FROM cnn(digits[0]) USING neuron_gradient;",
+    ),
+    (
+        "unit out of range",
+        "SELECT * FROM cnn(digits[0]) TARGET fc1[32] USING neuron_gradient;",
+    ),
+    (
+        "unit coordinates",
+        "SELECT * FROM cnn(digits[0]) TARGET conv2[3, 9] USING neuron_gradient;",
+    ),
+    (
+        "upsampling a dense layer",
+        "SELECT * FROM cnn(digits[0]) AT LAYER fc1 USING gradcam(upsample = true);",
+    ),
+    (
+        "anti-join without a baseline method",
+        "SELECT * FROM cnn(digits[1]) ANTIJOIN cnn(digits[2]) USING saliency;",
+    ),
+    (
+        "anti-join of different models and inputs",
+        "LOAD MODEL cnn2 FROM 'models/digits_cnn_b.safetensors' ARCH 'models/digits_cnn_b.json';\nSELECT * FROM cnn(digits[1]) ANTIJOIN cnn2(digits[2]) USING integrated_gradients;",
+    ),
+    (
+        "join of different features",
+        "SELECT * FROM (cnn(digits[1]) AT LAYER conv2 USING gradcam) JOIN cnn(digits[2]) USING saliency;",
+    ),
+    (
+        "join sides of different sizes",
+        "SELECT * FROM cnn(digits[0:3]) JOIN cnn(digits[0:2]) USING saliency;",
+    ),
+    (
+        "through a layer with AT LAYER",
+        "SELECT * FROM cnn(digits[0]) AT LAYER conv2 THROUGH LAYER fc1 USING gradcam;",
+    ),
 ];
 
 fn render_all() -> String {

@@ -1,5 +1,6 @@
 //! The one integration test binary: each module tests one face of the product.
 
+mod algebra;
 mod cli;
 mod common;
 mod corpus;

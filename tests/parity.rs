@@ -79,7 +79,10 @@ fn check_targets(case: &str, df: &polars::prelude::DataFrame, targets: &[f64]) {
 /// A layer method's relation (one row per unit, in Captum's layout) against an oracle
 /// case; `key` names the array (attributions, or an interpolated map).
 fn check_layer(s: &mut Session, case: &str, key: &str, from: &str) {
-    let df = query(s, &format!("SELECT target, attribution FROM {from} ORDER BY input, unit"));
+    let df = query(
+        s,
+        &format!("SELECT target, attribution FROM {from} ORDER BY input, unit"),
+    );
     let array = |key: &str| npy(&fixture(&format!("oracle/attributions/{case}/{key}.npy"))).1;
     assert_close(
         &format!("{case}: {key}"),
@@ -630,7 +633,10 @@ fn layer_integrated_gradients() {
 fn gradcam_raw_relu_and_upsampled() {
     let mut s = digits();
     for (layer, relu) in [("conv2", false), ("conv2", true), ("pool", false), ("pool", true)] {
-        let case = format!("digits_cnn__layer_gradcam_{layer}_{}", if relu { "relu" } else { "raw" });
+        let case = format!(
+            "digits_cnn__layer_gradcam_{layer}_{}",
+            if relu { "relu" } else { "raw" }
+        );
         let from = format!("cnn(digits[0:10]) AT LAYER {layer} USING gradcam(relu = {relu}");
         check_layer(&mut s, &case, "attributions", &format!("{from})"));
         check_layer(

@@ -285,11 +285,21 @@ fn resolve_inputs(state: &mut State, a: &Attribution) -> Result<Inputs> {
     Ok(inputs)
 }
 
-fn run_one(state: &mut State, a: &Attribution, through: Option<&LayerRef>) -> Result<DataFrame> {
+/// An interpretation ready to run: its inputs, baselines and features, and the key
+/// of its result in the memo.
+struct Prepared {
+    inputs: Inputs,
+    values: Vec<f32>,
+    baselines: Vec<f32>,
+    features: Features,
+    memo_key: Key,
+}
+
+fn prepare(state: &mut State, a: &Attribution, through: Option<&LayerRef>) -> Result<Prepared> {
     let inputs = resolve_inputs(state, a)?;
     let loaded = state.model(&a.model)?;
-    let (full_model, model_id) = (loaded.model.clone(), loaded.id);
-    let d = full_model.input_len();
+    let (model, model_id) = (loaded.model.clone(), loaded.id);
+    let d = model.input_len();
     let n = inputs.sel.len();
     let values = inputs.sel.values();
     let features = features(&a.window, &a.granularity, &a.modality, d)?;
@@ -302,49 +312,109 @@ fn run_one(state: &mut State, a: &Attribution, through: Option<&LayerRef>) -> Re
             }
         }
     }
-    let (model, probe_accuracy) = match through {
-        Some(l) => {
-            let p = probe(state, &a.model, &a.data.name, l)?;
-            (p.model.clone(), Some(p.accuracy))
-        }
-        None => (full_model.clone(), None),
+    // The memo key: everything that determines the result.
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    use std::hash::{Hash, Hasher};
+    model_id.hash(&mut h);
+    if let Some(other) = &a.contrast {
+        state.model(other)?.id.hash(&mut h);
+    }
+    format!(
+        "{}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
+        a.method, a.window, a.granularity, a.layer, through, a.target, a.modality
+    )
+    .hash(&mut h);
+    if through.is_some() {
+        // The probe is fitted on the whole dataset.
+        input_hash(&Selection::all(state.dataset(&a.data.name)?).values()).hash(&mut h);
+    }
+    inputs.ids.hash(&mut h);
+    inputs.targets.hash(&mut h);
+    inputs.labels.hash(&mut h);
+    input_hash(&values).hash(&mut h);
+    input_hash(&baselines).hash(&mut h);
+    let memo_key = Key {
+        model: model_id,
+        input: h.finish(),
+        hook: MEMO,
     };
-    let contrast = match &a.contrast {
-        Some(other) => {
-            let m = state.model(other)?;
-            Some((m.model.clone(), m.id))
-        }
-        None => None,
-    };
+    Ok(Prepared {
+        inputs,
+        values,
+        baselines,
+        features,
+        memo_key,
+    })
+}
 
-    // The memo: everything that determines the result.
-    let memo_key = {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        use std::hash::{Hash, Hasher};
-        model_id.hash(&mut h);
-        contrast.as_ref().map(|c| c.1).hash(&mut h);
-        format!(
-            "{}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
-            a.method, a.window, a.granularity, a.layer, through, a.target, a.modality
-        )
-        .hash(&mut h);
-        inputs.ids.hash(&mut h);
-        inputs.targets.hash(&mut h);
-        inputs.labels.hash(&mut h);
-        input_hash(&values).hash(&mut h);
-        input_hash(&baselines).hash(&mut h);
-        Key {
-            model: model_id,
-            input: h.finish(),
-            hook: MEMO,
-        }
+/// What PLAN says the caches will serve for an interpretation: whether its result is
+/// memoised, and how many of its inputs' outputs the activation cache holds.
+pub(super) fn cache_status(state: &mut State, a: &Attribution) -> Result<String> {
+    let sel = state.select(&a.data)?;
+    let id = state.model(&a.model)?.id;
+    let out_hook = state.model(&a.model)?.model.layers.len() - 1;
+    let cached = sel
+        .rows
+        .iter()
+        .filter(|&&r| {
+            state.cache.contains(&Key {
+                model: id,
+                input: input_hash(sel.dataset.row(r)),
+                hook: out_hook,
+            })
+        })
+        .count();
+    let layers: Vec<Option<&LayerRef>> = match &a.through {
+        Some(ThroughSpec::All(ls)) => ls.iter().map(Some).collect(),
+        Some(ThroughSpec::Layer(l)) => vec![Some(l)],
+        None => vec![None],
     };
+    let mut memoised = 0;
+    for l in &layers {
+        let p = prepare(state, a, *l)?;
+        if state.cache.contains(&p.memo_key) {
+            memoised += 1;
+        }
+    }
+    let outputs = format!("outputs of {cached}/{} inputs in the activation cache", sel.len());
+    Ok(if memoised == layers.len() {
+        format!("memo hit: the result is served from the memo, no method runs ({outputs})")
+    } else if memoised > 0 {
+        format!(
+            "memo: {memoised} of {} maps served from the memo ({outputs})",
+            layers.len()
+        )
+    } else {
+        format!("memo miss: the method runs ({outputs})")
+    })
+}
+
+fn run_one(state: &mut State, a: &Attribution, through: Option<&LayerRef>) -> Result<DataFrame> {
+    let Prepared {
+        inputs,
+        values,
+        baselines,
+        features,
+        memo_key,
+    } = prepare(state, a, through)?;
     if state.settings.cache_mb > 0
         && let Some(df) = state.cache.get_relation(&memo_key)
     {
         state.stats.memo_hits += 1;
         return Ok(df);
     }
+    let n = inputs.sel.len();
+    let (model, probe_accuracy) = match through {
+        Some(l) => {
+            let p = probe(state, &a.model, &a.data.name, l)?;
+            (p.model.clone(), Some(p.accuracy))
+        }
+        None => (state.model(&a.model)?.model.clone(), None),
+    };
+    let contrast = match &a.contrast {
+        Some(other) => Some(state.model(other)?.model.clone()),
+        None => None,
+    };
 
     let cancel = state.cancel.clone();
     let control = Control::new(&cancel);
@@ -377,7 +447,7 @@ fn run_one(state: &mut State, a: &Attribution, through: Option<&LayerRef>) -> Re
     } else {
         let attr = match &contrast {
             None => ops::attribute(&a.method, &req)?,
-            Some((other, _)) => {
+            Some(other) => {
                 // Two models on one input: φ of f − f_other, which every supported method
                 // computes as φ(f) − φ(f_other) (they are linear in the explained output).
                 let signed = match &a.method {

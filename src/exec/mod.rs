@@ -248,6 +248,25 @@ impl Session {
     }
 }
 
+/// The interpretations of a plan, in the order PLAN prints them.
+fn collect_attributions<'a>(node: &'a crate::plan::Node, out: &mut Vec<&'a crate::plan::Attribution>) {
+    use crate::plan::NodeKind;
+    match &node.kind {
+        NodeKind::Attribute(a) => out.push(a),
+        NodeKind::Predict(_) => {}
+        NodeKind::Filter { input, .. }
+        | NodeKind::Aggregate { input, .. }
+        | NodeKind::Project { input, .. }
+        | NodeKind::Sort { input, .. }
+        | NodeKind::Limit { input, .. }
+        | NodeKind::Distinct { input } => collect_attributions(input, out),
+        NodeKind::SetOp { left, right, .. } | NodeKind::Join { left, right, .. } => {
+            collect_attributions(left, out);
+            collect_attributions(right, out);
+        }
+    }
+}
+
 impl State {
     fn model(&self, name: &str) -> Result<&LoadedModel> {
         self.models
@@ -395,7 +414,25 @@ impl State {
             Plan::ShowCache => show::cache(self),
             Plan::ShowSettings => show::settings(self),
             Plan::Query(node) => Ok(Output::Table(relational::run(&node, self)?)),
-            Plan::Explain(node) => Ok(Output::Plan(node.to_string())),
+            Plan::Explain(node) => {
+                // The tree, then what the caches will serve for each interpretation.
+                let mut text = node.to_string();
+                let mut attributions = Vec::new();
+                collect_attributions(&node, &mut attributions);
+                if !attributions.is_empty() {
+                    text.push_str("cache:\n");
+                    for a in attributions {
+                        let status = interpret::cache_status(self, a)?;
+                        text.push_str(&format!(
+                            "  {}({}) USING {}: {status}\n",
+                            a.model,
+                            a.data,
+                            a.method.name()
+                        ));
+                    }
+                }
+                Ok(Output::Plan(text))
+            }
             Plan::Export {
                 query,
                 path,

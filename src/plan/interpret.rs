@@ -333,13 +333,7 @@ struct Interp<'a> {
 
 pub fn resolve_layer(name: &ast::Ident, model: &ModelInfo, model_name: &str) -> Result<LayerRef> {
     let index = model.layers.iter().position(|l| *l == name.name).ok_or_else(|| {
-        Error::unknown(
-            &format!("layer in model `{model_name}`"),
-            &name.name,
-            &model.layers,
-            "layers",
-        )
-        .at(name.span)
+        Error::unknown("layer", &name.name, &model.layers, &format!("layers of {model_name}")).at(name.span)
     })?;
     Ok(LayerRef {
         name: name.name.clone(),

@@ -1,0 +1,338 @@
+//! The i-Algebra operators composed: the seven compositions of the prototype
+//! (selection∘projection, selection∘join, selection∘anti-join, projection∘join,
+//! projection∘anti-join, selection∘projection∘join, selection∘projection∘anti-join),
+//! each checked against what it must equal; set operations on query results; the
+//! optimizer's predicate pushdown, the memo and PLAN.
+//!
+//! Tolerances: an equality of two computations of the same numbers is checked to 1e-6;
+//! completeness of integrated gradients with 200 Gauss–Legendre steps to 5e-3 relative
+//! plus 5e-3 absolute (its convergence error on these ReLU models measured up to 2.4e-3
+//! relative).
+
+use ialgebra::exec::Session;
+use polars::prelude::DataFrame;
+
+use crate::common::*;
+
+const SETUP: &str = "
+    LOAD MODEL cnn FROM 'models/digits_cnn.safetensors' ARCH 'models/digits_cnn.json';
+    LOAD MODEL cnn_b FROM 'models/digits_cnn_b.safetensors' ARCH 'models/digits_cnn_b.json';
+    LOAD DATA digits FROM 'data/digits_test_x.npy' LABELS 'data/digits_test_y.npy';";
+
+fn digits() -> Session {
+    session(SETUP)
+}
+
+fn same(what: &str, got: &[f64], want: &[f64]) {
+    assert_close(what, got, want, 1e-6, 1e-6);
+}
+
+fn total(df: &DataFrame, column: &str) -> f64 {
+    column_f64(df, column).iter().sum()
+}
+
+/// F(x)[class] of one input, from PREDICT.
+fn logit(s: &mut Session, model: &str, input: &str, class: usize) -> f64 {
+    let df = query(s, &format!("SELECT logit_{class} FROM PREDICT {model}({input})"));
+    column_f64(&df, &format!("logit_{class}"))[0]
+}
+
+fn prediction(s: &mut Session, model: &str, input: &str) -> usize {
+    let df = query(s, &format!("SELECT prediction FROM PREDICT {model}({input})"));
+    column_f64(&df, "prediction")[0] as usize
+}
+
+fn complete(what: &str, got: f64, want: f64) {
+    assert!(
+        (got - want).abs() <= 5e-3 + 5e-3 * want.abs(),
+        "{what}: attributions sum to {got}, expected {want}"
+    );
+}
+
+/// selection∘projection: layer integrated gradients with the input outside a window held
+/// as it is sums to F(x) − F(x with the window at the baseline), which feature ablation
+/// of the window as one patch measures directly.
+#[test]
+fn selection_projection() {
+    let mut s = digits();
+    let window = "WINDOW rows 2:6, cols 2:6";
+    let lig = query(
+        &mut s,
+        &format!("SELECT * FROM cnn(digits[3]) AT LAYER fc1 {window} USING layer_integrated_gradients(steps = 200)"),
+    );
+    let drop = query(
+        &mut s,
+        &format!("SELECT attribution FROM cnn(digits[3]) USING feature_ablation {window} GRANULARITY patch(4)"),
+    );
+    complete(
+        "AT LAYER fc1 WINDOW",
+        total(&lig, "attribution"),
+        column_f64(&drop, "attribution")[0],
+    );
+    // through a layer, the window's features alone are attributed, with the probe's fit
+    let through = query(
+        &mut s,
+        &format!("SELECT * FROM cnn(digits[3]) THROUGH LAYER pool {window} USING integrated_gradients"),
+    );
+    assert_eq!(through.height(), 16);
+    for (r, c) in column_f64(&through, "row").iter().zip(column_f64(&through, "col")) {
+        assert!((2.0..6.0).contains(r) && (2.0..6.0).contains(&c));
+    }
+    let acc = column_f64(&through, "probe_accuracy")[0];
+    assert!(acc > 0.9 && acc <= 1.0, "probe accuracy {acc}");
+}
+
+/// selection∘join: two inputs at one layer; each side is that input's own layer
+/// attribution, and `attribution` is their mean.
+#[test]
+fn selection_join() {
+    let mut s = digits();
+    let joined = query(
+        &mut s,
+        "SELECT * FROM cnn(digits[3]) JOIN cnn(digits[5]) AT LAYER fc1 USING layer_gradient_x_activation ORDER BY unit",
+    );
+    assert_eq!(joined.height(), 32);
+    for (side, input) in [("a", 3), ("b", 5)] {
+        let alone = query(
+            &mut s,
+            &format!(
+                "SELECT attribution FROM cnn(digits[{input}]) AT LAYER fc1 USING layer_gradient_x_activation ORDER BY unit"
+            ),
+        );
+        same(
+            &format!("side {side}"),
+            &column_f64(&joined, &format!("{side}.attribution")),
+            &column_f64(&alone, "attribution"),
+        );
+    }
+    let mean: Vec<f64> = column_f64(&joined, "a.attribution")
+        .iter()
+        .zip(column_f64(&joined, "b.attribution"))
+        .map(|(a, b)| (a + b) / 2.0)
+        .collect();
+    same("mean", &column_f64(&joined, "attribution"), &mean);
+}
+
+/// selection∘anti-join: each input explained against the other at a layer; with layer
+/// integrated gradients each side sums to the difference of the two outputs.
+#[test]
+fn selection_antijoin() {
+    let mut s = digits();
+    let df = query(
+        &mut s,
+        "SELECT * FROM cnn(digits[3]) ANTIJOIN cnn(digits[5]) AT LAYER fc1 USING layer_integrated_gradients(steps = 200)",
+    );
+    let (t3, t5) = (
+        prediction(&mut s, "cnn", "digits[3]"),
+        prediction(&mut s, "cnn", "digits[5]"),
+    );
+    let want_a = logit(&mut s, "cnn", "digits[3]", t3) - logit(&mut s, "cnn", "digits[5]", t3);
+    let want_b = logit(&mut s, "cnn", "digits[5]", t5) - logit(&mut s, "cnn", "digits[3]", t5);
+    complete("a against b", total(&df, "a.attribution"), want_a);
+    complete("b against a", total(&df, "b.attribution"), want_b);
+    same(
+        "attribution is the left side",
+        &column_f64(&df, "attribution"),
+        &column_f64(&df, "a.attribution"),
+    );
+}
+
+/// projection∘join: two models on one input, in a window.
+#[test]
+fn projection_join() {
+    let mut s = digits();
+    let window = "WINDOW rows 2:6, cols 2:6";
+    let df = query(
+        &mut s,
+        &format!("SELECT * FROM cnn(digits[3]) JOIN cnn_b(digits[3]) {window} USING saliency ORDER BY feature"),
+    );
+    assert_eq!(df.height(), 16);
+    for (side, model) in [("a", "cnn"), ("b", "cnn_b")] {
+        let alone = query(
+            &mut s,
+            &format!("SELECT attribution FROM {model}(digits[3]) {window} USING saliency ORDER BY feature"),
+        );
+        same(
+            side,
+            &column_f64(&df, &format!("{side}.attribution")),
+            &column_f64(&alone, "attribution"),
+        );
+    }
+}
+
+/// projection∘anti-join: inside the window each input is explained against the other;
+/// outside it the input stays as it is. The left side is integrated gradients with the
+/// other input as the baseline, and it sums to F(x) − F(x with the window from x′).
+#[test]
+fn projection_antijoin() {
+    let mut s = digits();
+    let window = "WINDOW rows 0:4";
+    let df = query(
+        &mut s,
+        &format!(
+            "SELECT * FROM cnn(digits[3]) ANTIJOIN cnn(digits[5]) {window} USING integrated_gradients(steps = 200) ORDER BY feature"
+        ),
+    );
+    assert_eq!(df.height(), 32);
+    let against = query(
+        &mut s,
+        &format!(
+            "SELECT attribution FROM cnn(digits[3]) {window} USING integrated_gradients(steps = 200) BASELINE digits[5] ORDER BY feature"
+        ),
+    );
+    same(
+        "a",
+        &column_f64(&df, "a.attribution"),
+        &column_f64(&against, "attribution"),
+    );
+    // occlusion with one window-sized patch and digits[5] as the baseline measures the drop
+    let drop = query(
+        &mut s,
+        &format!(
+            "SELECT attribution FROM cnn(digits[3]) USING feature_ablation {window} GRANULARITY patch(8) BASELINE digits[5]"
+        ),
+    );
+    complete(
+        "a against b in the window",
+        total(&df, "a.attribution"),
+        column_f64(&drop, "attribution")[0],
+    );
+}
+
+/// selection∘projection∘join and selection∘projection∘anti-join, through a layer.
+#[test]
+fn selection_projection_join_and_antijoin() {
+    let mut s = digits();
+    let clauses = "THROUGH LAYER pool WINDOW rows 2:6, cols 2:6 USING integrated_gradients";
+    let joined = query(
+        &mut s,
+        &format!("SELECT * FROM cnn(digits[3]) JOIN cnn(digits[5]) {clauses} ORDER BY feature"),
+    );
+    assert_eq!(joined.height(), 16);
+    for (side, input) in [("a", 3), ("b", 5)] {
+        let alone = query(
+            &mut s,
+            &format!("SELECT attribution FROM cnn(digits[{input}]) {clauses} ORDER BY feature"),
+        );
+        same(
+            side,
+            &column_f64(&joined, &format!("{side}.attribution")),
+            &column_f64(&alone, "attribution"),
+        );
+    }
+    let anti = query(
+        &mut s,
+        &format!("SELECT * FROM cnn(digits[3]) ANTIJOIN cnn(digits[5]) {clauses} ORDER BY feature"),
+    );
+    for (side, x, other) in [("a", 3, 5), ("b", 5, 3)] {
+        let against = query(
+            &mut s,
+            &format!("SELECT attribution FROM cnn(digits[{x}]) {clauses} BASELINE digits[{other}] ORDER BY feature"),
+        );
+        same(
+            side,
+            &column_f64(&anti, &format!("{side}.attribution")),
+            &column_f64(&against, "attribution"),
+        );
+    }
+}
+
+/// Two models on one input: the anti-join explains f1 − f2, so with integrated
+/// gradients it sums to (f1 − f2)(x) − (f1 − f2)(baseline), for the left model's class.
+#[test]
+fn two_model_antijoin_explains_the_difference() {
+    let mut s = digits();
+    s.execute("LOAD DATA zero FROM 'tests/fixtures/data/digits_zero.npy'")
+        .unwrap();
+    let df = query(
+        &mut s,
+        "SELECT * FROM cnn(digits[57]) ANTIJOIN cnn_b(digits[57]) USING integrated_gradients(steps = 200)",
+    );
+    let t = prediction(&mut s, "cnn", "digits[57]");
+    let diff = |s: &mut Session, input: &str| logit(s, "cnn", input, t) - logit(s, "cnn_b", input, t);
+    let want = diff(&mut s, "digits[57]") - diff(&mut s, "zero");
+    complete("cnn − cnn_b", total(&df, "a.attribution"), want);
+    let b: Vec<f64> = column_f64(&df, "b.attribution").iter().map(|v| -v).collect();
+    same(
+        "the right side is the opposite difference",
+        &column_f64(&df, "a.attribution"),
+        &b,
+    );
+    assert!(column_f64(&df, "b.target").iter().all(|&bt| bt as usize == t));
+}
+
+/// "Important to one model and not the other": EXCEPT and INTERSECT of top-k queries.
+#[test]
+fn set_operations_on_top_features() {
+    let mut s = digits();
+    let top = |model: &str| {
+        format!("SELECT row, col FROM {model}(digits[57]) USING saliency ORDER BY attribution DESC LIMIT 10")
+    };
+    let only_a = query(&mut s, &format!("({}) EXCEPT ({})", top("cnn"), top("cnn_b")));
+    let both = query(&mut s, &format!("({}) INTERSECT ({})", top("cnn"), top("cnn_b")));
+    let either = query(&mut s, &format!("({}) UNION ({})", top("cnn"), top("cnn_b")));
+    assert_eq!(only_a.height() + both.height(), 10);
+    assert!(either.height() >= 10 && either.height() == 20 - both.height());
+}
+
+/// `WHERE prediction != label` over the whole test set runs the method on the 23
+/// misclassified inputs only; a second identical query is served from the memo with no
+/// forward pass; PLAN says both.
+#[test]
+fn pushdown_memo_and_plan() {
+    let mut s = digits();
+    let q = "SELECT input, sum(attribution) AS total FROM cnn(digits) USING integrated_gradients(steps = 8) WHERE prediction != label GROUP BY input ORDER BY input";
+    let plan = plan_text(&mut s, q);
+    assert!(
+        plan.contains("only inputs where prediction != label  [rule push_input_predicates]"),
+        "{plan}"
+    );
+    assert!(plan.contains("memo miss"), "{plan}");
+    let before = s.stats();
+    let first = query(&mut s, q);
+    assert_eq!(first.height(), 23);
+    assert_eq!(s.stats().attributed_inputs - before.attributed_inputs, 23);
+    let model = s.model("cnn").unwrap();
+    let passes = model.passes.load(std::sync::atomic::Ordering::Relaxed);
+    let plan = plan_text(&mut s, q);
+    assert!(plan.contains("memo hit"), "{plan}");
+    let second = query(&mut s, q);
+    assert_eq!(first, second);
+    assert_eq!(
+        model.passes.load(std::sync::atomic::Ordering::Relaxed),
+        passes,
+        "no forward pass"
+    );
+    assert_eq!(s.stats().memo_hits, before.memo_hits + 1);
+    assert_eq!(s.stats().attributed_inputs - before.attributed_inputs, 23);
+    // a predicate on features stays above the method; one on inputs goes below
+    let plan = plan_text(
+        &mut s,
+        "PLAN SELECT * FROM cnn(digits[0:50]) USING saliency WHERE row >= 6 AND label = 3 AND input < 40",
+    );
+    let snapshot = "\
+Project input, label, prediction, target, feature, channel, row, col, value, attribution
+  └─ Filter row >= 6
+    └─ Attribute cnn(digits[0:50]) USING saliency(abs = true)
+       only inputs where (label = 3) AND (input < 40)  [rule push_input_predicates]
+       target predicted, window all features, granularity feature
+cache:
+  cnn(digits[0:50]) USING saliency: memo miss: the method runs (outputs of 50/50 inputs in the activation cache)
+";
+    assert_eq!(plan, snapshot);
+}
+
+fn plan_text(s: &mut Session, q: &str) -> String {
+    let text = if q.starts_with("PLAN") {
+        q.to_string()
+    } else {
+        format!("PLAN {q}")
+    };
+    match s.execute(&text) {
+        Ok(mut outs) => match outs.pop() {
+            Some(ialgebra::exec::Output::Plan(p)) => p,
+            other => panic!("expected a plan, got {other:?}"),
+        },
+        Err(e) => panic!("{}", e.render(&text, "plan")),
+    }
+}
