@@ -336,3 +336,18 @@ fn plan_text(s: &mut Session, q: &str) -> String {
         Err(e) => panic!("{}", e.render(&text, "plan")),
     }
 }
+
+/// The saved comparison finds exactly the 16 inputs on which the two CNNs disagree, as
+/// the oracle's training summary lists them.
+#[test]
+fn the_two_cnns_disagree_on_the_oracle_inputs() {
+    let mut s = digits();
+    let df = query(
+        &mut s,
+        "SELECT input FROM cnn(digits) JOIN cnn_b(digits) USING saliency WHERE feature = 0 AND a.prediction != b.prediction ORDER BY input",
+    );
+    let want = [
+        23, 57, 122, 129, 171, 181, 191, 195, 211, 215, 228, 246, 260, 326, 327, 330,
+    ];
+    assert_eq!(column_f64(&df, "input"), want.map(f64::from).to_vec());
+}

@@ -697,3 +697,29 @@ fn neuron_gradient_and_conductance() {
         "mlp(cancer[0:10]) TARGET fc1[5] USING neuron_conductance(steps = 50, rule = riemann_trapezoid)",
     );
 }
+
+/// Captum's GuidedGradCam has no oracle case; it is guided backprop (checked above)
+/// times the ReLU'd Grad-CAM map brought to the input by 'nearest' (checked above).
+#[test]
+fn guided_gradcam_is_guided_backprop_times_the_upsampled_map() {
+    let mut s = digits();
+    let guided = query(
+        &mut s,
+        "SELECT attribution FROM cnn(digits[0:5]) USING guided_backprop ORDER BY input, feature",
+    );
+    let cam = query(
+        &mut s,
+        "SELECT attribution FROM cnn(digits[0:5]) AT LAYER pool USING gradcam(relu = true, upsample = true) ORDER BY input, row, col",
+    );
+    let both = query(
+        &mut s,
+        "SELECT attribution FROM cnn(digits[0:5]) AT LAYER pool USING guided_gradcam ORDER BY input, feature",
+    );
+    let want: Vec<f64> = column_f64(&guided, "attribution")
+        .iter()
+        .zip(column_f64(&cam, "attribution"))
+        .map(|(g, c)| g * c)
+        .collect();
+    assert!(want.iter().any(|v| *v != 0.0), "a test that cannot fail");
+    assert_close("guided_gradcam", &column_f64(&both, "attribution"), &want, 1e-6, 1e-6);
+}

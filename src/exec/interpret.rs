@@ -417,7 +417,14 @@ fn run_one(state: &mut State, a: &Attribution, through: Option<&LayerRef>) -> Re
     };
 
     let cancel = state.cancel.clone();
-    let control = Control::new(&cancel);
+    let mut control = Control::new(&cancel);
+    let progress = crate::output::progress::Progress::on_terminal(format!("{} {}", a.method.name(), a.data), n);
+    let report = |done: usize| {
+        if let Some(p) = &progress {
+            p.update(done)
+        }
+    };
+    control.on_progress = Some(&report);
     let out_layer = match &a.target {
         TargetSpec::Unit(l, _) if !matches!(a.method, Method::NeuronConductance { .. }) => l.index,
         _ => model.layers.len() - 1,

@@ -2,6 +2,7 @@
 //! JSON for pipes, and exports written atomically.
 
 pub mod export;
+pub mod progress;
 pub mod table;
 
 pub use export::write_frame;
