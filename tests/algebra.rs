@@ -351,3 +351,39 @@ fn the_two_cnns_disagree_on_the_oracle_inputs() {
     ];
     assert_eq!(column_f64(&df, "input"), want.map(f64::from).to_vec());
 }
+
+/// A LIMIT that sees only the first inputs attributes only those (rule
+/// `push_input_limit`), with the same answer as without the rule.
+#[test]
+fn limits_over_inputs_are_pushed_down() {
+    let mut s = digits();
+    let attributed = |s: &mut Session, q: &str| -> (DataFrame, usize) {
+        let before = s.stats().attributed_inputs;
+        let df = query(s, q);
+        (df, s.stats().attributed_inputs - before)
+    };
+    // 64 rows per input: 100 rows need 2 inputs
+    let (rows, n) = attributed(&mut s, "SELECT * FROM cnn(digits) USING saliency LIMIT 100");
+    assert_eq!((rows.height(), n), (100, 2));
+    let (all, _) = attributed(&mut s, "SELECT * FROM cnn(digits[0:2]) USING saliency");
+    assert_eq!(rows, all.slice(0, 100));
+    // groups by input: LIMIT 5 OFFSET 2 needs the first 7
+    let (groups, n) = attributed(
+        &mut s,
+        "SELECT input, sum(attribution) AS total FROM cnn(digits) USING saliency GROUP BY input LIMIT 5 OFFSET 2",
+    );
+    assert_eq!(n, 7);
+    assert_eq!(column_f64(&groups, "input"), vec![2.0, 3.0, 4.0, 5.0, 6.0]);
+    // after a pushed-down predicate: the first three misclassified inputs
+    let q = "SELECT input, sum(attribution) AS total FROM cnn(digits) USING saliency WHERE prediction != label GROUP BY input LIMIT 3";
+    let (wrong, n) = attributed(&mut s, q);
+    assert_eq!(n, 3);
+    assert_eq!(column_f64(&wrong, "input"), vec![57.0, 91.0, 95.0]);
+    assert!(plan_text(&mut s, q).contains("only the first 3 inputs  [rule push_input_limit]"));
+    // an ORDER BY between the LIMIT and the method needs every input
+    let (_, n) = attributed(
+        &mut s,
+        "SELECT input, sum(attribution) AS total FROM cnn(digits[0:20]) USING saliency GROUP BY input ORDER BY total DESC LIMIT 3",
+    );
+    assert_eq!(n, 20);
+}

@@ -16,7 +16,7 @@ use crate::ops::Method;
 use crate::ops::gradient::batch_shape;
 use crate::ops::{self, Control, Family, Features, OUTSIDE, Rect, Request};
 use crate::plan::{
-    Attribution, BaselineSpec, GranularitySpec, LayerRef, Prediction, TargetSpec, ThroughSpec, WindowSpec,
+    Attribution, BaselineSpec, GranularitySpec, InputLimit, LayerRef, Prediction, TargetSpec, ThroughSpec, WindowSpec,
 };
 
 /// Logits of every selected input: from the cache where present, else from one batched
@@ -282,7 +282,28 @@ fn resolve_inputs(state: &mut State, a: &Attribution) -> Result<Inputs> {
             .collect();
         inputs.retain(&keep);
     }
+    if let Some(limit) = a.input_limit {
+        let wanted = match limit {
+            InputLimit::Inputs(k) => k,
+            InputLimit::Rows(r) => r.div_ceil(rows_per_input(a, model.input_len())?.max(1)),
+        };
+        if wanted < inputs.sel.len() {
+            inputs.retain(&(0..wanted).collect::<Vec<_>>());
+        }
+    }
     Ok(inputs)
+}
+
+/// Rows of the relation per input.
+fn rows_per_input(a: &Attribution, d: usize) -> Result<usize> {
+    if a.is_layer_relation() {
+        return Ok(crate::plan::result_shape(a).iter().product());
+    }
+    let f = features(&a.window, &a.granularity, &a.modality, d)?;
+    Ok(match a.granularity {
+        GranularitySpec::Pixel | GranularitySpec::Patch(_) => f.groups,
+        _ => (0..d).filter(|&k| f.in_window(k)).count(),
+    })
 }
 
 /// An interpretation ready to run: its inputs, baselines and features, and the key

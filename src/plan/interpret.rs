@@ -320,6 +320,7 @@ pub(super) fn plan_clauses(call: &ast::ModelCall, clauses: &Clauses, catalog: &d
         through,
         contrast: None,
         input_filter: None,
+        input_limit: None,
     };
     let columns = relation_columns(&attribution);
     Ok(Node::new(NodeKind::Attribute(Box::new(attribution)), columns))

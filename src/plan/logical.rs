@@ -195,6 +195,17 @@ pub struct Attribution {
     /// Per-input predicates pushed below the method (optimizer rule
     /// `push_input_predicates`): the method runs only on the inputs that pass.
     pub input_filter: Option<Expr>,
+    /// A LIMIT above that needs only the first inputs (optimizer rule `push_input_limit`).
+    pub input_limit: Option<InputLimit>,
+}
+
+/// How many inputs (after `input_filter`) a LIMIT above an attribution can see.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InputLimit {
+    /// The LIMIT counts rows of the relation: the first ⌈rows / rows per input⌉ inputs.
+    Rows(usize),
+    /// The LIMIT counts groups of a GROUP BY input: the first `n` inputs.
+    Inputs(usize),
 }
 
 impl Attribution {
@@ -315,6 +326,16 @@ impl Node {
                 writeln!(f, "{pad}{arrow}Attribute {model}({}) USING {}{what}", a.data, a.method)?;
                 if let Some(p) = &a.input_filter {
                     writeln!(f, "{pad}   only inputs where {p}  [rule push_input_predicates]")?;
+                }
+                match a.input_limit {
+                    Some(InputLimit::Rows(r)) => writeln!(
+                        f,
+                        "{pad}   only the inputs of the first {r} rows  [rule push_input_limit]"
+                    )?,
+                    Some(InputLimit::Inputs(n)) => {
+                        writeln!(f, "{pad}   only the first {n} inputs  [rule push_input_limit]")?
+                    }
+                    None => {}
                 }
                 let target = match &a.target {
                     TargetSpec::Predicted => "predicted".to_string(),

@@ -6,84 +6,82 @@
 //!   it runs only on the inputs that pass (`WHERE prediction != label` over a whole
 //!   dataset attributes the misclassified inputs alone).
 
-use super::logical::{INPUT_COLUMNS, Node, NodeKind};
+use super::logical::{INPUT_COLUMNS, InputLimit, Node, NodeKind};
 use crate::syntax::ast::{BinaryOp, Expr, ExprKind};
 
 pub fn optimize(node: Node) -> Node {
-    push_input_predicates(node)
+    push_input_limit(push_input_predicates(node))
 }
 
-fn push_input_predicates(node: Node) -> Node {
-    let Node { kind, columns } = node;
-    let kind = match kind {
-        NodeKind::Filter { input, predicate } => {
-            let input = push_input_predicates(*input);
-            match input.kind {
-                NodeKind::Attribute(mut a) => {
-                    let (pushed, kept): (Vec<Expr>, Vec<Expr>) = conjuncts(predicate)
-                        .into_iter()
-                        .partition(|c| reads_only(c, INPUT_COLUMNS));
-                    let mut pushed = pushed.into_iter();
-                    if let Some(first) = pushed.next() {
-                        let mut all = a
-                            .input_filter
-                            .take()
-                            .into_iter()
-                            .chain(std::iter::once(first))
-                            .chain(pushed);
-                        let start = all.next().expect("at least one conjunct");
-                        a.input_filter = Some(all.fold(start, and));
-                    }
-                    let attribute = Node {
-                        kind: NodeKind::Attribute(a),
-                        columns: input.columns,
-                    };
-                    match kept.into_iter().reduce(and) {
-                        Some(rest) => NodeKind::Filter {
-                            input: Box::new(attribute),
-                            predicate: rest,
-                        },
-                        None => return attribute_with(attribute, columns),
-                    }
-                }
-                other => NodeKind::Filter {
-                    input: Box::new(Node {
-                        kind: other,
-                        columns: input.columns,
-                    }),
-                    predicate,
-                },
+/// Finds each LIMIT and, where the path down to an attribution keeps rows in input
+/// order, records how many inputs it can see.
+fn push_input_limit(mut node: Node) -> Node {
+    if let NodeKind::Limit { input, count, offset } = &mut node.kind {
+        let rows = count.saturating_add(*offset);
+        limit_inputs(input, rows, false);
+    }
+    map_inputs(node, push_input_limit)
+}
+
+/// Walks down from a LIMIT of `rows` rows; `grouped` once a GROUP BY input was passed.
+fn limit_inputs(node: &mut Node, rows: usize, grouped: bool) {
+    match &mut node.kind {
+        NodeKind::Project { input, .. } => limit_inputs(input, rows, grouped),
+        NodeKind::Aggregate { input, keys, .. } if !grouped => {
+            let by_input = matches!(keys.as_slice(), [(_, e)] if matches!(&e.kind, ExprKind::Column { name, .. } if name.name == "input"));
+            if by_input {
+                limit_inputs(input, rows, true);
             }
         }
+        // Stacked maps (THROUGH LAYER *) put every input in each layer's block.
+        NodeKind::Attribute(a) if !matches!(a.through, Some(super::logical::ThroughSpec::All(_))) => {
+            a.input_limit = Some(if grouped {
+                InputLimit::Inputs(rows)
+            } else {
+                InputLimit::Rows(rows)
+            });
+        }
+        // Anything else may reorder, drop or merge rows.
+        _ => {}
+    }
+}
+
+/// Applies `f` to the inputs of a node.
+fn map_inputs(node: Node, f: fn(Node) -> Node) -> Node {
+    let Node { kind, columns } = node;
+    let boxed = |n: Box<Node>| Box::new(f(*n));
+    let kind = match kind {
+        NodeKind::Filter { input, predicate } => NodeKind::Filter {
+            input: boxed(input),
+            predicate,
+        },
         NodeKind::Aggregate {
             input,
             keys,
             aggregates,
         } => NodeKind::Aggregate {
-            input: Box::new(push_input_predicates(*input)),
+            input: boxed(input),
             keys,
             aggregates,
         },
         NodeKind::Project { input, exprs } => NodeKind::Project {
-            input: Box::new(push_input_predicates(*input)),
+            input: boxed(input),
             exprs,
         },
         NodeKind::Sort { input, keys } => NodeKind::Sort {
-            input: Box::new(push_input_predicates(*input)),
+            input: boxed(input),
             keys,
         },
         NodeKind::Limit { input, count, offset } => NodeKind::Limit {
-            input: Box::new(push_input_predicates(*input)),
+            input: boxed(input),
             count,
             offset,
         },
-        NodeKind::Distinct { input } => NodeKind::Distinct {
-            input: Box::new(push_input_predicates(*input)),
-        },
+        NodeKind::Distinct { input } => NodeKind::Distinct { input: boxed(input) },
         NodeKind::SetOp { op, left, right } => NodeKind::SetOp {
             op,
-            left: Box::new(push_input_predicates(*left)),
-            right: Box::new(push_input_predicates(*right)),
+            left: boxed(left),
+            right: boxed(right),
         },
         NodeKind::Join {
             kind,
@@ -93,8 +91,8 @@ fn push_input_predicates(node: Node) -> Node {
             keys,
         } => NodeKind::Join {
             kind,
-            left: Box::new(push_input_predicates(*left)),
-            right: Box::new(push_input_predicates(*right)),
+            left: boxed(left),
+            right: boxed(right),
             names,
             keys,
         },
@@ -103,11 +101,38 @@ fn push_input_predicates(node: Node) -> Node {
     Node { kind, columns }
 }
 
-/// A filter that vanished into its attribution keeps the filter's column list.
-fn attribute_with(node: Node, columns: Vec<String>) -> Node {
-    Node {
-        kind: node.kind,
-        columns,
+fn push_input_predicates(node: Node) -> Node {
+    let Node { kind, columns } = map_inputs(node, push_input_predicates);
+    let NodeKind::Filter { input, predicate } = kind else {
+        return Node { kind, columns };
+    };
+    let NodeKind::Attribute(mut a) = input.kind else {
+        return Node {
+            kind: NodeKind::Filter { input, predicate },
+            columns,
+        };
+    };
+    let (pushed, kept): (Vec<Expr>, Vec<Expr>) = conjuncts(predicate)
+        .into_iter()
+        .partition(|c| reads_only(c, INPUT_COLUMNS));
+    a.input_filter = a.input_filter.take().into_iter().chain(pushed).reduce(and);
+    let attribute = Node {
+        kind: NodeKind::Attribute(a),
+        columns: input.columns,
+    };
+    match kept.into_iter().reduce(and) {
+        Some(rest) => Node {
+            kind: NodeKind::Filter {
+                input: Box::new(attribute),
+                predicate: rest,
+            },
+            columns,
+        },
+        // The filter vanished into its attribution; its column list stays.
+        None => Node {
+            kind: attribute.kind,
+            columns,
+        },
     }
 }
 
