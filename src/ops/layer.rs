@@ -7,6 +7,7 @@
 //! layer integrated gradients interpolates the layer's output itself, as Captum does.
 
 use super::gradient::{batch_shape, gradients_from, par_items, zero_outside_window};
+use super::integrated::{integrate, path};
 use super::{Method, Request, Rule};
 use crate::error::{Error, Result};
 use crate::model::{Batch, Forward, Gradient, Model};
@@ -171,27 +172,20 @@ pub fn attribute(method: &Method, req: &Request) -> Result<LayerAttribution> {
                 req.control,
                 |_| 1,
                 |i| {
-                    let (x, b) = (hx.row(i), hb.row(i));
-                    let mut total = vec![0.0f32; units];
-                    let mut start = 0;
-                    while start < alphas.len() {
-                        let end = (start + chunk).min(alphas.len());
-                        // The hook point is overwritten with the interpolated activations.
-                        let h = Batch::new(batch_shape(end - start, &out_shape), path(b, x, &alphas[start..end]))?;
-                        let g = tail_gradient(req, h, layer, &vec![req.targets[i]; end - start])?;
-                        for (k, w) in weights[start..end].iter().enumerate() {
-                            for (t, g) in total.iter_mut().zip(g.row(k)) {
-                                *t += g * w;
-                            }
-                        }
-                        req.control.check()?;
-                        start = end;
-                    }
-                    Ok(total
-                        .iter()
-                        .zip(x.iter().zip(b))
-                        .map(|(t, (x, b))| t * (x - b))
-                        .collect::<Vec<f32>>())
+                    let target = req.targets[i];
+                    // The hook point is overwritten with the interpolated activations.
+                    integrate(
+                        hx.row(i),
+                        hb.row(i),
+                        &alphas,
+                        &weights,
+                        chunk,
+                        req.control,
+                        &|points, count| {
+                            let h = Batch::new(batch_shape(count, &out_shape), points)?;
+                            tail_gradient(req, h, layer, &vec![target; count])
+                        },
+                    )
                 },
             )?;
             Ok(LayerAttribution {
@@ -205,15 +199,6 @@ pub fn attribute(method: &Method, req: &Request) -> Result<LayerAttribution> {
             other.name()
         ))),
     }
-}
-
-/// `b + α (x − b)` for each α, one after another.
-fn path(b: &[f32], x: &[f32], alphas: &[f32]) -> Vec<f32> {
-    let mut rows = Vec::with_capacity(alphas.len() * x.len());
-    for &alpha in alphas {
-        rows.extend(b.iter().zip(x).map(|(b, x)| b + alpha * (x - b)));
-    }
-    rows
 }
 
 /// A layer's output shape as (channels, rows, cols); a dense layer is (units, 1, 1).
@@ -306,7 +291,6 @@ pub fn neuron_conductance(steps: usize, rule: Rule, req: &Request) -> Result<Vec
         .neuron
         .ok_or_else(|| Error::value("neuron_conductance needs TARGET l[i]"))?;
     let model = req.model;
-    let d = req.d();
     let (alphas, weights) = rule.points(steps);
     let chunk = req.batch_rows.max(1);
     let per_input = par_items(
@@ -314,38 +298,24 @@ pub fn neuron_conductance(steps: usize, rule: Rule, req: &Request) -> Result<Vec
         req.control,
         |_| 1,
         |i| {
+            let target = req.targets[i];
             let (x, b) = (req.input(i), req.baseline(i));
-            let mut total = vec![0.0f32; d];
-            let mut start = 0;
-            while start < alphas.len() {
-                let end = (start + chunk).min(alphas.len());
+            integrate(x, b, &alphas, &weights, chunk, req.control, &|points, count| {
                 let fwd = Forward {
                     from: 0,
                     to: layer + 1,
                     keep: true,
                     hook: None,
                 };
-                let tape = model.run(rows_of(req, &path(b, x, &alphas[start..end]), end - start)?, &fwd)?;
-                let g = tail_gradient(req, tape.output().clone(), layer, &vec![req.targets[i]; end - start])?;
+                let tape = model.run(rows_of(req, &points, count)?, &fwd)?;
+                let g = tail_gradient(req, tape.output().clone(), layer, &vec![target; count])?;
                 // Seed the head's backward with ∂F/∂h_u at unit u alone.
                 let mut seed = Batch::zeros(g.shape().to_vec());
-                for k in 0..end - start {
+                for k in 0..count {
                     seed.row_mut(k)[unit] = g.row(k)[unit];
                 }
-                let gx = model.backward(&tape, seed, &Gradient, &mut |_, _| {})?;
-                for (k, w) in weights[start..end].iter().enumerate() {
-                    for (t, g) in total.iter_mut().zip(gx.row(k)) {
-                        *t += g * w;
-                    }
-                }
-                req.control.check()?;
-                start = end;
-            }
-            Ok(total
-                .iter()
-                .zip(x.iter().zip(b))
-                .map(|(t, (x, b))| t * (x - b))
-                .collect::<Vec<f32>>())
+                model.backward(&tape, seed, &Gradient, &mut |_, _| {})
+            })
         },
     )?;
     let mut out = per_input.concat();
