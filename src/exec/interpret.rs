@@ -723,8 +723,9 @@ fn baselines(state: &State, spec: &BaselineSpec, n: usize, d: usize) -> Result<V
                 m if m == n => values,
                 m => {
                     return Err(Error::shape(format!(
-                        "BASELINE {r} holds {m} inputs; give one (used for every input) or one per explained input ({n})"
-                    )));
+                        "the baseline {r} holds {m} inputs for {n} explained inputs: give one (used for every input) or one per explained input"
+                    ))
+                    .hint("in an ANTIJOIN each side is the other's baseline, so both sides need the same number of inputs"));
                 }
             }
         }
