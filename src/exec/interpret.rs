@@ -324,7 +324,7 @@ fn prepare(state: &mut State, a: &Attribution, through: Option<&LayerRef>) -> Re
     let n = inputs.sel.len();
     let values = inputs.sel.values();
     let features = features(&a.window, &a.granularity, &a.modality, d)?;
-    let mut baselines = baselines(state, &a.baseline, n, d)?;
+    let mut baselines = baselines(state, a, n, d)?;
     // Projection: outside the window the input is part of the baseline.
     for i in 0..n {
         for f in 0..d {
@@ -710,8 +710,8 @@ fn features(window: &WindowSpec, gran: &GranularitySpec, modality: &Modality, d:
     })
 }
 
-fn baselines(state: &State, spec: &BaselineSpec, n: usize, d: usize) -> Result<Vec<f32>> {
-    Ok(match spec {
+fn baselines(state: &State, a: &Attribution, n: usize, d: usize) -> Result<Vec<f32>> {
+    Ok(match &a.baseline {
         BaselineSpec::Zero => vec![0.0; n * d],
         BaselineSpec::Constant(c) => vec![*c; n * d],
         BaselineSpec::Mean(name) => state.dataset(name)?.mean().repeat(n),
@@ -721,11 +721,15 @@ fn baselines(state: &State, spec: &BaselineSpec, n: usize, d: usize) -> Result<V
             match sel.len() {
                 1 => values.repeat(n),
                 m if m == n => values,
+                m if a.against_other_side => {
+                    return Err(Error::shape(format!(
+                        "the sides of the ANTIJOIN hold {n} and {m} inputs: each side is the other's baseline, so both need the same number (or one side one input)"
+                    )));
+                }
                 m => {
                     return Err(Error::shape(format!(
-                        "the baseline {r} holds {m} inputs for {n} explained inputs: give one (used for every input) or one per explained input"
-                    ))
-                    .hint("in an ANTIJOIN each side is the other's baseline, so both sides need the same number of inputs"));
+                        "BASELINE {r} holds {m} inputs; give one (used for every input) or one per explained input ({n})"
+                    )));
                 }
             }
         }

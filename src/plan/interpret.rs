@@ -319,6 +319,7 @@ pub(super) fn plan_clauses(call: &ast::ModelCall, clauses: &Clauses, catalog: &d
         layer: at_layer,
         through,
         contrast: None,
+        against_other_side: false,
         input_filter: None,
         input_limit: None,
     };

@@ -192,6 +192,8 @@ pub struct Attribution {
     pub through: Option<ThroughSpec>,
     /// Two-model ANTIJOIN: explain this model's target output minus this one's.
     pub contrast: Option<String>,
+    /// One-model ANTIJOIN: the baseline is the other side's inputs.
+    pub against_other_side: bool,
     /// Per-input predicates pushed below the method (optimizer rule
     /// `push_input_predicates`): the method runs only on the inputs that pass.
     pub input_filter: Option<Expr>,

@@ -125,6 +125,8 @@ fn plan_join(j: &Join, catalog: &dyn Catalog) -> Result<Node> {
             // One model on two inputs: each against the other as the baseline.
             a.baseline = BaselineSpec::Data(b.data.clone());
             b.baseline = BaselineSpec::Data(a.data.clone());
+            a.against_other_side = true;
+            b.against_other_side = true;
         } else if a.data == b.data {
             // Two models on one input: the difference of their target outputs.
             if a.layer.is_some() || a.through.is_some() {
