@@ -723,7 +723,7 @@ fn baselines(state: &State, a: &Attribution, n: usize, d: usize) -> Result<Vec<f
                 m if m == n => values,
                 m if a.against_other_side => {
                     return Err(Error::shape(format!(
-                        "the sides of the ANTIJOIN hold {n} and {m} inputs: each side is the other's baseline, so both need the same number (or one side one input)"
+                        "the sides of the ANTIJOIN hold {n} and {m} inputs: each side is the other's baseline, so both need the same number of inputs"
                     )));
                 }
                 m => {
