@@ -396,3 +396,27 @@ fn limits_over_inputs_are_pushed_down() {
     );
     assert_eq!(n, 20);
 }
+
+/// Operators share forward passes through the activation cache: once a layer's values
+/// are recorded, another layer method on the same inputs runs no forward pass to get
+/// them (layer_activation then runs none at all), and still gives the same numbers.
+#[test]
+fn layer_methods_share_cached_activations() {
+    let mut s = digits();
+    query(&mut s, "SELECT * FROM cnn(digits[0:10]) AT LAYER conv2 USING gradcam");
+    let model = s.model("cnn").unwrap();
+    let passes = || model.passes.load(std::sync::atomic::Ordering::Relaxed);
+    let before = passes();
+    let cached = query(
+        &mut s,
+        "SELECT activation FROM cnn(digits[0:10]) AT LAYER conv2 USING layer_activation ORDER BY input, unit",
+    );
+    assert_eq!(passes(), before, "the activations came from the cache");
+    let mut fresh = digits();
+    fresh.execute("SET cache_mb = 0").unwrap();
+    let computed = query(
+        &mut fresh,
+        "SELECT activation FROM cnn(digits[0:10]) AT LAYER conv2 USING layer_activation ORDER BY input, unit",
+    );
+    assert_eq!(cached, computed);
+}

@@ -23,6 +23,20 @@ use crate::plan::{
 /// forward pass over the missing inputs, whose outputs (and any `record`ed hook points)
 /// are stored in the cache.
 pub(super) fn logits(state: &mut State, model_name: &str, sel: &Selection, record: &[usize]) -> Result<Vec<Vec<f32>>> {
+    let last = state.model(model_name)?.model.layers.len() - 1;
+    hook_values(state, model_name, sel, last, record)
+}
+
+/// The values of hook point `hook` for every selected input, as `logits` gets the
+/// outputs: from the cache where present, else from one batched forward pass that stores
+/// `hook`, the outputs and any `record`ed hook points.
+pub(super) fn hook_values(
+    state: &mut State,
+    model_name: &str,
+    sel: &Selection,
+    hook: usize,
+    record: &[usize],
+) -> Result<Vec<Vec<f32>>> {
     let loaded = state.model(model_name)?;
     let (model, model_id) = (loaded.model.clone(), loaded.id);
     let out_hook = model.layers.len() - 1;
@@ -34,7 +48,7 @@ pub(super) fn logits(state: &mut State, model_name: &str, sel: &Selection, recor
         let key = Key {
             model: model_id,
             input: *h,
-            hook: out_hook,
+            hook,
         };
         let cached = if state.settings.cache_mb > 0 {
             state.cache.get(&key)
@@ -54,6 +68,7 @@ pub(super) fn logits(state: &mut State, model_name: &str, sel: &Selection, recor
             .max(1);
         let mut wanted: Vec<usize> = record.to_vec();
         wanted.push(out_hook);
+        wanted.push(hook);
         wanted.sort_unstable();
         wanted.dedup();
         let cancel = state.cancel.clone();
@@ -88,7 +103,7 @@ pub(super) fn logits(state: &mut State, model_name: &str, sel: &Selection, recor
         for (chunk, per_hook) in missing.chunks(rows).zip(chunks) {
             for (j, &i) in chunk.iter().enumerate() {
                 for (h, values) in wanted.iter().zip(&per_hook) {
-                    if *h == out_hook {
+                    if *h == hook {
                         out[i] = Some(values[j].clone());
                     }
                     if state.settings.cache_mb > 0 {
@@ -455,6 +470,14 @@ fn run_one(state: &mut State, a: &Attribution, through: Option<&LayerRef>) -> Re
         _ => None,
     };
     let batch_rows = state.batch_rows(&model);
+    // The layer's activations come from the activation cache (recorded there by this or
+    // an earlier forward pass), so the layer methods run the model's head only once.
+    let layer_values: Option<Vec<f32>> = match (&a.layer, through) {
+        (Some(l), None) if a.is_layer_relation() && state.settings.cache_mb > 0 => {
+            Some(hook_values(state, &a.model, &inputs.sel, l.index, &[])?.concat())
+        }
+        _ => None,
+    };
     let req = Request {
         model: &model,
         inputs: &values,
@@ -467,6 +490,7 @@ fn run_one(state: &mut State, a: &Attribution, through: Option<&LayerRef>) -> Re
         out_layer,
         layer: a.layer.as_ref().map(|l| l.index),
         neuron,
+        layer_values: layer_values.as_deref(),
     };
     state.stats.attributed_inputs += n;
     let df = if a.is_layer_relation() {

@@ -56,7 +56,10 @@ pub fn attribute(method: &Method, req: &Request) -> Result<LayerAttribution> {
                 |t| tile.min(n - t * tile),
                 |t| {
                     let (a, b) = (t * tile, ((t + 1) * tile).min(n));
-                    let h = head(model, rows_of(req, &req.inputs[a * d..b * d], b - a)?, layer)?;
+                    let h = match req.layer_values {
+                        Some(v) => Batch::new(batch_shape(b - a, &out_shape), v[a * units..b * units].to_vec())?,
+                        None => head(model, rows_of(req, &req.inputs[a * d..b * d], b - a)?, layer)?,
+                    };
                     if *method == Method::LayerActivation {
                         return Ok((h.data().to_vec(), h.into_data()));
                     }
@@ -155,7 +158,10 @@ pub fn attribute(method: &Method, req: &Request) -> Result<LayerAttribution> {
                     Ok(total)
                 },
             )?;
-            let activations = head(model, rows_of(req, req.inputs, n)?, layer)?.into_data();
+            let activations = match req.layer_values {
+                Some(v) => v.to_vec(),
+                None => head(model, rows_of(req, req.inputs, n)?, layer)?.into_data(),
+            };
             Ok(LayerAttribution {
                 values: per_input.concat(),
                 activations: Some(activations),
@@ -165,7 +171,10 @@ pub fn attribute(method: &Method, req: &Request) -> Result<LayerAttribution> {
         Method::LayerIntegratedGradients { steps, rule } => {
             let (alphas, weights) = rule.points(*steps);
             let chunk = req.batch_rows.max(1);
-            let hx = head(model, rows_of(req, req.inputs, n)?, layer)?;
+            let hx = match req.layer_values {
+                Some(v) => Batch::new(batch_shape(n, &out_shape), v.to_vec())?,
+                None => head(model, rows_of(req, req.inputs, n)?, layer)?,
+            };
             let hb = head(model, rows_of(req, req.baselines, n)?, layer)?;
             let per_input = par_items(
                 n,

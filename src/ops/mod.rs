@@ -769,6 +769,9 @@ pub struct Request<'a> {
     pub layer: Option<usize>,
     /// For neuron_conductance: the unit (layer, flat index) the target output flows through.
     pub neuron: Option<(usize, usize)>,
+    /// The AT LAYER layer's activations on the inputs (n × its units), when the
+    /// activation cache has them: the layer methods then skip the head's forward pass.
+    pub layer_values: Option<&'a [f32]>,
 }
 
 impl Request<'_> {
