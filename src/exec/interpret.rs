@@ -306,7 +306,19 @@ fn resolve_inputs(state: &mut State, a: &Attribution) -> Result<Inputs> {
             inputs.retain(&(0..wanted).collect::<Vec<_>>());
         }
     }
+    if let Some((start, end)) = a.chunk {
+        let end = end.min(inputs.sel.len());
+        inputs.retain(&(start.min(end)..end).collect::<Vec<_>>());
+    }
     Ok(inputs)
+}
+
+/// How many inputs an interpretation will attribute, and the rows of its relation per
+/// input (for the executor's streaming decision).
+pub(super) fn extent(state: &mut State, a: &Attribution) -> Result<(usize, usize)> {
+    let inputs = resolve_inputs(state, a)?;
+    let d = state.model(&a.model)?.model.input_len();
+    Ok((inputs.sel.len(), rows_per_input(a, d)?))
 }
 
 /// Rows of the relation per input.

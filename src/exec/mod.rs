@@ -101,6 +101,8 @@ pub struct Stats {
     pub memo_hits: usize,
     /// Probe heads fitted for THROUGH LAYER.
     pub probes_fitted: usize,
+    /// Chunks of inputs attributed and aggregated one at a time (streamed GROUP BY input).
+    pub streamed_chunks: usize,
 }
 
 /// An interactive session: what has been loaded and set, and the caches.

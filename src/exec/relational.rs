@@ -24,20 +24,10 @@ fn build(node: &Node, state: &mut State) -> Result<LazyFrame> {
             keys,
             aggregates,
         } => {
-            let lf = build(input, state)?;
-            let aggs = aggregates
-                .iter()
-                .map(|(name, e)| Ok(expr(e)?.alias(name.as_str())))
-                .collect::<Result<Vec<_>>>()?;
-            if keys.is_empty() {
-                lf.select(aggs)
-            } else {
-                let by = keys
-                    .iter()
-                    .map(|(name, e)| Ok(expr(e)?.alias(name.as_str())))
-                    .collect::<Result<Vec<_>>>()?;
-                lf.group_by_stable(by).agg(aggs)
+            if let Some(df) = stream_aggregate(input, keys, aggregates, state)? {
+                return Ok(df.lazy());
             }
+            aggregate(build(input, state)?, keys, aggregates)?
         }
         NodeKind::Project { input, exprs } => {
             let cols = exprs
@@ -78,6 +68,77 @@ fn build(node: &Node, state: &mut State) -> Result<LazyFrame> {
                 .select(node.columns.iter().map(|c| col(c.as_str())).collect::<Vec<_>>())
         }
     })
+}
+
+fn aggregate(lf: LazyFrame, keys: &[(String, Ast)], aggregates: &[(String, Ast)]) -> Result<LazyFrame> {
+    let aggs = aggregates
+        .iter()
+        .map(|(name, e)| Ok(expr(e)?.alias(name.as_str())))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(if keys.is_empty() {
+        lf.select(aggs)
+    } else {
+        let by = keys
+            .iter()
+            .map(|(name, e)| Ok(expr(e)?.alias(name.as_str())))
+            .collect::<Result<Vec<_>>>()?;
+        lf.group_by_stable(by).agg(aggs)
+    })
+}
+
+/// Bytes a relation row takes, roughly (ten 8-byte columns and change).
+const ROW_BYTES: usize = 100;
+
+/// A GROUP BY that keeps inputs apart (its keys include `input`) over an attribution
+/// (through filters) streams: the inputs are attributed, filtered and aggregated a chunk
+/// at a time, so that only one chunk's relation is in memory (`SET memory_mb` sizes the
+/// chunks). No group spans two chunks, so the result is the one the whole relation gives.
+fn stream_aggregate(
+    input: &Node,
+    keys: &[(String, Ast)],
+    aggregates: &[(String, Ast)],
+    state: &mut State,
+) -> Result<Option<DataFrame>> {
+    let by_input = keys
+        .iter()
+        .any(|(_, e)| matches!(&e.kind, ExprKind::Column { name, .. } if name.name == "input"));
+    let mut filters = Vec::new();
+    let mut node = input;
+    let attribution = loop {
+        match &node.kind {
+            NodeKind::Filter { input, predicate } => {
+                filters.push(predicate);
+                node = input;
+            }
+            // Stacked maps (THROUGH LAYER *) order their groups layer by layer.
+            NodeKind::Attribute(a) if !matches!(a.through, Some(crate::plan::ThroughSpec::All(_))) => break a,
+            _ => return Ok(None),
+        }
+    };
+    if !by_input {
+        return Ok(None);
+    }
+    let (count, per_input) = super::interpret::extent(state, attribution)?;
+    let chunk = ((state.settings.memory_mb << 20) / (per_input.max(1) * ROW_BYTES)).max(1);
+    if count <= chunk {
+        return Ok(None);
+    }
+    let mut parts = Vec::new();
+    for start in (0..count).step_by(chunk) {
+        let mut part = attribution.as_ref().clone();
+        part.chunk = Some((start, start + chunk));
+        let mut lf = run_attribution(state, &part)?.lazy();
+        for p in filters.iter().rev() {
+            lf = lf.filter(expr(p)?);
+        }
+        parts.push(aggregate(lf, keys, aggregates)?.collect()?);
+        state.stats.streamed_chunks += 1;
+    }
+    let mut out = parts.remove(0);
+    for p in &parts {
+        out.vstack_mut(p)?;
+    }
+    Ok(Some(out))
 }
 
 /// The position of each row's input among the relation's inputs (first appearance

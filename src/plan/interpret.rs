@@ -322,6 +322,7 @@ pub(super) fn plan_clauses(call: &ast::ModelCall, clauses: &Clauses, catalog: &d
         against_other_side: false,
         input_filter: None,
         input_limit: None,
+        chunk: None,
     };
     let columns = relation_columns(&attribution);
     Ok(Node::new(NodeKind::Attribute(Box::new(attribution)), columns))
