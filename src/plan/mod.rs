@@ -62,7 +62,7 @@ pub const SETTINGS: &[(&str, &str)] = &[
     ),
     (
         "memory_mb",
-        "memory budget that sizes batches when batch_size is auto (MB ≥ 1)",
+        "memory budget that sizes batches (when batch_size is auto) and streamed chunks (MB ≥ 1)",
     ),
     ("cache_mb", "activation cache budget (MB ≥ 0; 0 turns the cache off)"),
     ("allow_nonfinite", "load data holding NaN or infinity (true or false)"),
