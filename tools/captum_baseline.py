@@ -19,7 +19,16 @@ import time
 
 import numpy as np
 import torch
-from captum.attr import FeatureAblation, IntegratedGradients, Occlusion, Saliency, ShapleyValueSampling
+from captum.attr import (
+    DeepLift,
+    FeatureAblation,
+    IntegratedGradients,
+    LayerConductance,
+    LayerGradCam,
+    Occlusion,
+    Saliency,
+    ShapleyValueSampling,
+)
 
 torch.set_num_threads(2)
 RUNS = int(os.environ.get("BENCH_RUNS", "7"))
@@ -111,6 +120,18 @@ def main():
         for xb, tb in batches(x, t):
             FeatureAblation(cnn).attribute(xb, baselines=0, feature_mask=mask, target=tb)
 
+    def gradcam():
+        for xb, tb in batches(x, t):
+            LayerGradCam(cnn, cnn.conv2).attribute(xb, target=tb)
+
+    def deeplift():
+        for xb, tb in batches(x, t):
+            DeepLift(cnn).attribute(xb, baselines=torch.zeros_like(xb), target=tb)
+
+    def conductance():
+        for xb, tb in batches(x, t):
+            LayerConductance(cnn, cnn.fc1).attribute(xb, baselines=torch.zeros_like(xb), target=tb, n_steps=50)
+
     def shapley():
         torch.manual_seed(0)
         ShapleyValueSampling(mlp).attribute(cx, baselines=0, target=ct, n_samples=200)
@@ -125,6 +146,9 @@ def main():
         ("integrated_gradients 50 riemann_trapezoid", ig("riemann_trapezoid"), 397),
         ("occlusion 2x2 stride 1", occlusion, 397),
         ("feature_ablation 2x2 patches", ablation, 397),
+        ("gradcam at conv2", gradcam, 397),
+        ("deeplift", deeplift, 397),
+        ("layer_conductance 50 at fc1", conductance, 397),
         ("shapley_sampling 200, cancer MLP", shapley, 119),
     ]
     print(f"Captum {__import__('captum').__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads, batches of {BATCH}, {RUNS} runs")

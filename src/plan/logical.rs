@@ -306,7 +306,11 @@ impl Node {
                 .iter()
                 .map(|(name, e)| {
                     let text = e.to_string();
-                    if text == *name {
+                    let same_column = matches!(&e.kind, crate::syntax::ast::ExprKind::Column { qualifier: None, name: n } if n.name == *name);
+                    if same_column {
+                        // A column kept as it is: its name (`a.input` reads as itself).
+                        name.clone()
+                    } else if text == *name {
                         text
                     } else {
                         format!("{text} AS {name}")
