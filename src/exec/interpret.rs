@@ -1,6 +1,7 @@
-//! Running the interpretation operators of a plan: predictions (served by the
-//! activation cache when it can), targets, baselines, the window and groups, the method,
-//! and the attribution or prediction relation as a DataFrame.
+//! Running the interpretation operators of a plan: predictions and hook-point values
+//! (served by the activation cache when it can), pushed-down input predicates and limits,
+//! targets, baselines, the window and groups, THROUGH LAYER probes, the memo of results,
+//! the method, and the attribution, layer or prediction relation as a DataFrame.
 
 use polars::prelude::*;
 use rayon::prelude::*;

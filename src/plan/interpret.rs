@@ -1,4 +1,5 @@
-//! Planning `m(x) USING … TARGET … BASELINE … WINDOW … GRANULARITY …`: the model, data,
+//! Planning `m(x) USING … TARGET … BASELINE … WINDOW … GRANULARITY … AT LAYER … THROUGH
+//! LAYER …` (and each side of a JOIN): the model, data,
 //! method and clauses are resolved and checked against each other here, so that a query
 //! that cannot run fails before any forward pass.
 
