@@ -127,3 +127,24 @@ fn repl_reads_multi_line_statements_and_survives_errors() {
     assert!(text(&out.stderr).contains("unknown column `nope`"));
     assert!(root().join("target/test-scratch/xdg/ialgebra/history.txt").exists());
 }
+
+/// A long whole-dataset statement draws no progress line when stderr is not a terminal
+/// (scripts and pipes see only the messages).
+#[test]
+fn no_progress_line_when_stderr_is_a_pipe() {
+    let out = ialg(
+        &[
+            "-c",
+            &format!("{LOAD} SELECT count(*) AS n FROM cnn(digits) USING integrated_gradients(steps = 400);"),
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert_eq!(
+        stderr.lines().filter(|l| !l.starts_with("loaded ")).count(),
+        0,
+        "{stderr:?}"
+    );
+    assert!(!stderr.contains('\r'));
+}
