@@ -143,7 +143,7 @@ pub fn attribute(method: &Method, req: &Request) -> Result<Vec<f32>> {
             per_input.concat()
         }
         _ => {
-            let tile = req.batch_rows.clamp(1, 64);
+            let tile = tile_rows(req.batch_rows, n);
             let tiles = n.div_ceil(tile);
             let rule = rule_of(method);
             let per_tile = par_items(
@@ -185,6 +185,15 @@ pub fn attribute(method: &Method, req: &Request) -> Result<Vec<f32>> {
     };
     zero_outside_window(&mut out, req);
     Ok(out)
+}
+
+/// Rows per work tile for `n` inputs: at most the batch budget and 64 (larger tiles
+/// gain nothing), and small enough that every core gets several tiles.
+pub(crate) fn tile_rows(batch_rows: usize, n: usize) -> usize {
+    batch_rows
+        .clamp(1, 64)
+        .min(n.div_ceil(rayon::current_num_threads() * 4))
+        .max(1)
 }
 
 pub(crate) fn batch_shape(rows: usize, sample: &[usize]) -> Vec<usize> {

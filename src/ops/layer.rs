@@ -6,7 +6,7 @@
 //! there. Running the tail from a given activation is overwriting the hook point, so
 //! layer integrated gradients interpolates the layer's output itself, as Captum does.
 
-use super::gradient::{batch_shape, gradients_from, par_items, zero_outside_window};
+use super::gradient::{batch_shape, gradients_from, par_items, tile_rows, zero_outside_window};
 use super::integrated::{integrate, path};
 use super::{Method, Request, Rule};
 use crate::error::{Error, Result};
@@ -49,7 +49,7 @@ pub fn attribute(method: &Method, req: &Request) -> Result<LayerAttribution> {
     let (n, d) = (req.n(), req.d());
     match method {
         Method::LayerActivation | Method::LayerGradientXActivation | Method::GradCam { .. } => {
-            let tile = req.batch_rows.clamp(1, 64);
+            let tile = tile_rows(req.batch_rows, n);
             let per_tile = par_items(
                 n.div_ceil(tile),
                 req.control,
