@@ -135,7 +135,7 @@ fn no_progress_line_when_stderr_is_a_pipe() {
     let out = ialg(
         &[
             "-c",
-            &format!("{LOAD} SELECT count(*) AS n FROM cnn(digits) USING integrated_gradients(steps = 400);"),
+            &format!("{LOAD} SELECT count(*) AS n FROM cnn(digits) USING integrated_gradients(steps = 100);"),
         ],
         None,
     );
