@@ -3,11 +3,13 @@
 mod algebra;
 mod cli;
 mod common;
+mod completion;
 mod corpus;
 mod errors;
 mod files;
 mod layers;
 mod mutations;
 mod parity;
+mod pty;
 mod roundtrip;
 mod slt;

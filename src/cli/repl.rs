@@ -1,24 +1,232 @@
-//! The interactive shell: rustyline with multi-line input until `;`, history in the
-//! user's data directory, and backslash meta-commands.
+//! The interactive shell: rustyline with multi-line input until `;` (a statement that
+//! does not parse is reported before it runs), tab completion asked of the engine
+//! (`Session::complete`), syntax highlighting, a hint, history in the user's data
+//! directory, and backslash meta-commands.
 
+use std::borrow::Cow;
+
+use rustyline::completion::{Completer, Pair};
 use rustyline::error::ReadlineError;
+use rustyline::highlight::{CmdKind, Highlighter};
+use rustyline::hint::Hinter;
 use rustyline::validate::{ValidationContext, ValidationResult, Validator};
-use rustyline::{Completer, Editor, Helper, Highlighter, Hinter};
+use rustyline::{Context, Editor, Helper};
 
 use super::Runner;
+use crate::exec::Session;
 use crate::output::Format;
 
-#[derive(Helper, Completer, Hinter, Highlighter)]
-struct IqlHelper;
+/// The editor's helper. It holds the session while a line is read (so completion sees
+/// the loaded models, data and layers) and hands it back before the line runs.
+struct IqlHelper {
+    session: Option<Session>,
+}
+
+impl Helper for IqlHelper {}
+
+impl Completer for IqlHelper {
+    type Candidate = Pair;
+    fn complete(&self, line: &str, pos: usize, _: &Context<'_>) -> rustyline::Result<(usize, Vec<Pair>)> {
+        if line.trim_start().starts_with('\\') {
+            return Ok((pos, Vec::new()));
+        }
+        let Some(session) = &self.session else {
+            return Ok((pos, Vec::new()));
+        };
+        let (start, words) = session.complete(line, pos);
+        let pairs = words
+            .into_iter()
+            .map(|w| Pair {
+                display: w.clone(),
+                replacement: w,
+            })
+            .collect();
+        Ok((start, pairs))
+    }
+}
+
+impl Hinter for IqlHelper {
+    type Hint = String;
+    /// The rest of the only completion, when there is exactly one and the cursor is at
+    /// the end of a word.
+    fn hint(&self, line: &str, pos: usize, _: &Context<'_>) -> Option<String> {
+        let session = self.session.as_ref()?;
+        if pos < line.len() || line.ends_with(char::is_whitespace) || line.trim_start().starts_with('\\') {
+            return None;
+        }
+        let (start, words) = session.complete(line, pos);
+        match words.as_slice() {
+            [only] if pos > start => only.get(pos - start..).map(str::to_string),
+            _ => None,
+        }
+    }
+}
+
+impl Highlighter for IqlHelper {
+    fn highlight<'l>(&self, line: &'l str, _pos: usize) -> Cow<'l, str> {
+        Cow::Owned(highlight(line))
+    }
+    fn highlight_hint<'h>(&self, hint: &'h str) -> Cow<'h, str> {
+        Cow::Owned(format!("\x1b[2m{hint}\x1b[0m"))
+    }
+    fn highlight_char(&self, _line: &str, _pos: usize, _kind: CmdKind) -> bool {
+        true
+    }
+}
 
 impl Validator for IqlHelper {
     fn validate(&self, ctx: &mut ValidationContext) -> rustyline::Result<ValidationResult> {
-        Ok(if statement_complete(ctx.input()) {
-            ValidationResult::Valid(None)
-        } else {
-            ValidationResult::Incomplete
+        let input = ctx.input();
+        if !statement_complete(input) {
+            return Ok(ValidationResult::Incomplete);
+        }
+        Ok(match check_input(input) {
+            Ok(()) => ValidationResult::Valid(None),
+            Err(shown) => ValidationResult::Invalid(Some(format!("\n{shown}"))),
         })
     }
+}
+
+/// A complete input that does not parse gives the error, caret and all, so it can be
+/// fixed before it runs. Meta-commands are not parsed.
+pub fn check_input(input: &str) -> Result<(), String> {
+    if input.trim_start().starts_with('\\') {
+        return Ok(());
+    }
+    crate::syntax::parse(input)
+        .map(|_| ())
+        .map_err(|e| e.render(input, "<input>").trim_end().to_string())
+}
+
+/// Every keyword of the grammar (highlighted in the shell).
+const KEYWORDS: &[&str] = &[
+    "all",
+    "and",
+    "antijoin",
+    "arch",
+    "as",
+    "asc",
+    "at",
+    "baseline",
+    "by",
+    "cache",
+    "channels",
+    "cols",
+    "column",
+    "columns",
+    "data",
+    "desc",
+    "distinct",
+    "except",
+    "export",
+    "false",
+    "from",
+    "granularity",
+    "group",
+    "having",
+    "in",
+    "intersect",
+    "is",
+    "join",
+    "label",
+    "layer",
+    "labels",
+    "layers",
+    "let",
+    "limit",
+    "load",
+    "mean",
+    "methods",
+    "model",
+    "models",
+    "not",
+    "null",
+    "of",
+    "offset",
+    "or",
+    "order",
+    "overwrite",
+    "patch",
+    "pixel",
+    "plan",
+    "predict",
+    "predicted",
+    "rows",
+    "select",
+    "set",
+    "settings",
+    "show",
+    "target",
+    "through",
+    "to",
+    "true",
+    "union",
+    "using",
+    "var",
+    "where",
+    "window",
+    "zero",
+];
+
+/// The line with ANSI colours: keywords bold blue, strings green, numbers cyan, comments
+/// and variables dim/magenta. Only colours are added, so the text is unchanged.
+pub fn highlight(line: &str) -> String {
+    const KEYWORD: &str = "\x1b[1;34m";
+    const STRING: &str = "\x1b[32m";
+    const NUMBER: &str = "\x1b[36m";
+    const COMMENT: &str = "\x1b[2m";
+    const VARIABLE: &str = "\x1b[35m";
+    const RESET: &str = "\x1b[0m";
+    let mut out = String::with_capacity(line.len() + 16);
+    let chars: Vec<(usize, char)> = line.char_indices().collect();
+    let mut i = 0;
+    let end_of = |k: usize| chars.get(k).map_or(line.len(), |(b, _)| *b);
+    while i < chars.len() {
+        let (at, c) = chars[i];
+        let mut j = i + 1;
+        let style = if c == '-' && chars.get(i + 1).is_some_and(|(_, n)| *n == '-') {
+            while j < chars.len() && chars[j].1 != '\n' {
+                j += 1;
+            }
+            Some(COMMENT)
+        } else if c == '\'' {
+            while j < chars.len() && chars[j].1 != '\'' {
+                j += 1;
+            }
+            j = (j + 1).min(chars.len());
+            Some(STRING)
+        } else if c.is_ascii_digit() {
+            while j < chars.len() && (chars[j].1.is_ascii_alphanumeric() || chars[j].1 == '.') {
+                j += 1;
+            }
+            Some(NUMBER)
+        } else if c.is_alphabetic() || c == '_' || c == ':' {
+            while j < chars.len() && (chars[j].1.is_alphanumeric() || chars[j].1 == '_') {
+                j += 1;
+            }
+            let word = &line[at..end_of(j)];
+            if c == ':' {
+                Some(VARIABLE)
+            } else if KEYWORDS.iter().any(|k| k.eq_ignore_ascii_case(word)) {
+                Some(KEYWORD)
+            } else {
+                None
+            }
+        } else {
+            None
+        };
+        let text = &line[at..end_of(j)];
+        match style {
+            Some(s) => {
+                out.push_str(s);
+                out.push_str(text);
+                out.push_str(RESET);
+            }
+            None => out.push_str(text),
+        }
+        i = j;
+    }
+    out
 }
 
 /// Input is complete when it is a meta-command or ends with `;` outside strings and comments.
@@ -139,14 +347,18 @@ fn history_path() -> Option<std::path::PathBuf> {
 
 /// The read-eval-print loop. Returns true (a REPL session always ends normally).
 pub fn run(runner: &mut Runner) -> bool {
-    let mut editor: Editor<IqlHelper, rustyline::history::FileHistory> = match Editor::new() {
+    // Tab completes the common part, a second Tab lists the candidates (as bash and psql do).
+    let config = rustyline::Config::builder()
+        .completion_type(rustyline::CompletionType::List)
+        .build();
+    let mut editor: Editor<IqlHelper, rustyline::history::FileHistory> = match Editor::with_config(config) {
         Ok(e) => e,
         Err(e) => {
             eprintln!("error: cannot start the shell: {e}");
             return false;
         }
     };
-    editor.set_helper(Some(IqlHelper));
+    editor.set_helper(Some(IqlHelper { session: None }));
     let history = history_path();
     if let Some(h) = &history {
         let _ = editor.load_history(h);
@@ -156,7 +368,16 @@ pub fn run(runner: &mut Runner) -> bool {
         env!("CARGO_PKG_VERSION")
     );
     loop {
-        match editor.readline("iql> ") {
+        // The helper holds the session while the line is read (for completion), and
+        // gives it back before anything runs.
+        if let Some(h) = editor.helper_mut() {
+            h.session = Some(std::mem::take(&mut runner.session));
+        }
+        let read = editor.readline("iql> ");
+        if let Some(session) = editor.helper_mut().and_then(|h| h.session.take()) {
+            runner.session = session;
+        }
+        match read {
             Ok(line) => {
                 let text = line.trim();
                 if text.is_empty() {
@@ -189,7 +410,47 @@ pub fn run(runner: &mut Runner) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::statement_complete;
+    use super::{check_input, highlight, statement_complete};
+
+    #[test]
+    fn highlighting_only_adds_colours() {
+        let line = "SELECT row, 'a b' FROM cnn(digits[:i]) WHERE x > 2.5 -- note";
+        let shown = highlight(line);
+        let plain = {
+            let mut out = String::new();
+            let mut chars = shown.chars();
+            while let Some(c) = chars.next() {
+                if c == '\x1b' {
+                    for n in chars.by_ref() {
+                        if n == 'm' {
+                            break;
+                        }
+                    }
+                } else {
+                    out.push(c);
+                }
+            }
+            out
+        };
+        assert_eq!(plain, line);
+        assert!(shown.contains("\x1b[1;34mSELECT\x1b[0m"));
+        assert!(shown.contains("\x1b[32m'a b'\x1b[0m"));
+        assert!(shown.contains("\x1b[36m2.5\x1b[0m"));
+        assert!(shown.contains("\x1b[2m-- note\x1b[0m"));
+        assert!(shown.contains("\x1b[35m:i\x1b[0m"));
+        assert!(
+            !shown.contains("\x1b[1;34mrow"),
+            "`row` is a column here, not a keyword"
+        );
+    }
+
+    #[test]
+    fn the_validator_reports_parse_errors_before_running() {
+        assert!(check_input("SELECT * FROM m(d);").is_ok());
+        assert!(check_input("\\layers cnn").is_ok());
+        let e = check_input("SELECT * FRM m(d);").unwrap_err();
+        assert!(e.contains("error[syntax]") && e.contains('^'), "{e}");
+    }
 
     #[test]
     fn multi_line_until_semicolon() {

@@ -3,6 +3,7 @@
 //! that the REPL, the script runner, `-c` and the Rust API all share.
 
 mod cache;
+mod complete;
 mod interpret;
 mod relational;
 mod show;

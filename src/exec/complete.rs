@@ -1,0 +1,281 @@
+//! Tab completion, asked of the engine so the shell (and tests) need no terminal: what
+//! may come at the cursor, from the words before it — keywords and statement forms, the
+//! loaded models, datasets and layers, methods and their parameters, column names.
+
+use super::Session;
+use crate::ops::METHODS;
+
+/// Statement forms offered at the start of a statement.
+const STATEMENTS: &[&str] = &[
+    "SELECT",
+    "PREDICT",
+    "LOAD MODEL",
+    "LOAD DATA",
+    "SHOW",
+    "SET",
+    "VAR",
+    "LET",
+    "EXPORT",
+    "PLAN",
+];
+
+/// Clauses and keywords offered inside a query.
+const KEYWORDS: &[&str] = &[
+    "SELECT",
+    "FROM",
+    "WHERE",
+    "GROUP BY",
+    "HAVING",
+    "ORDER BY",
+    "LIMIT",
+    "OFFSET",
+    "DISTINCT",
+    "AS",
+    "AND",
+    "OR",
+    "NOT",
+    "IN",
+    "IS NULL",
+    "ASC",
+    "DESC",
+    "UNION",
+    "INTERSECT",
+    "EXCEPT",
+    "JOIN",
+    "ANTIJOIN",
+    "USING",
+    "TARGET",
+    "BASELINE",
+    "WINDOW",
+    "GRANULARITY",
+    "AT LAYER",
+    "THROUGH LAYER",
+    "PREDICT",
+    "TO",
+    "OVERWRITE",
+];
+
+const SHOW_WHAT: &[&str] = &["MODELS", "DATA", "METHODS", "LAYERS OF", "CACHE", "SETTINGS"];
+
+/// Columns of the relations (DESIGN.md), offered where an expression may stand.
+const COLUMNS: &[&str] = &[
+    "input",
+    "label",
+    "prediction",
+    "target",
+    "feature",
+    "group",
+    "channel",
+    "row",
+    "col",
+    "column",
+    "size",
+    "value",
+    "attribution",
+    "layer",
+    "unit",
+    "neuron",
+    "activation",
+    "probe_accuracy",
+    "confidence",
+    "correct",
+];
+
+const FUNCTIONS: &[&str] = &[
+    "sum(", "mean(", "min(", "max(", "count(", "median(", "std(", "abs(", "round(", "sqrt(",
+];
+
+impl Session {
+    /// Completions of the word that ends at byte `pos` of `line`: the byte where that word
+    /// starts and the candidates that would replace it (matching its prefix, ignoring case).
+    pub fn complete(&self, line: &str, pos: usize) -> (usize, Vec<String>) {
+        let pos = floor_char_boundary(line, pos.min(line.len()));
+        let before = &line[..pos];
+        let start = before
+            .char_indices()
+            .rev()
+            .find(|(_, c)| !(c.is_alphanumeric() || *c == '_'))
+            .map_or(0, |(i, c)| i + c.len_utf8());
+        let word = &before[start..];
+        let context = &before[..start];
+        let candidates = self.candidates(context);
+        let lower = word.to_lowercase();
+        let out: Vec<String> = candidates
+            .into_iter()
+            .filter(|c| c.to_lowercase().starts_with(&lower) && c != word)
+            .collect();
+        (start, out)
+    }
+
+    /// What may stand after `context` (the text before the word being completed).
+    fn candidates(&self, context: &str) -> Vec<String> {
+        // The statement being typed: after the last `;`.
+        let statement = context.rsplit(';').next().unwrap_or("");
+        let tokens = tokens(statement);
+        let last = tokens.last().map(|t| t.to_uppercase());
+        let prev = tokens.len().checked_sub(2).map(|i| tokens[i].to_uppercase());
+        let owned = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let models = self.model_names();
+        let datasets = self.dataset_names();
+        match (prev.as_deref(), last.as_deref()) {
+            (_, None) => owned(STATEMENTS),
+            (_, Some("SHOW")) => owned(SHOW_WHAT),
+            (_, Some("LOAD")) => owned(&["MODEL", "DATA"]),
+            (Some("LAYERS"), Some("OF")) | (Some("EXPORT" | "PLAN"), Some("FROM")) => models,
+            (_, Some("FROM")) => {
+                let mut c = models;
+                c.push("PREDICT".into());
+                c
+            }
+            (_, Some("PREDICT")) => models,
+            (Some(_), Some("(")) if self.model(&tokens[tokens.len() - 2]).is_some() => datasets,
+            (Some("AT" | "THROUGH"), Some("LAYER")) => {
+                let mut c = self.layers_of(&tokens);
+                if prev.as_deref() == Some("THROUGH") {
+                    c.push("*".into());
+                }
+                c
+            }
+            (_, Some("TARGET")) => {
+                let mut c = owned(&["PREDICTED", "LABEL"]);
+                c.extend(self.layers_of(&tokens));
+                c
+            }
+            (_, Some("USING")) => METHODS.iter().map(|m| m.name.to_string()).collect(),
+            (_, Some("BASELINE")) => {
+                let mut c = owned(&["zero", "mean"]);
+                c.extend(datasets);
+                c
+            }
+            (_, Some("GRANULARITY")) => owned(&["pixel", "patch(", "column"]),
+            (_, Some("WINDOW")) => owned(&["rows", "cols", "channels", "columns"]),
+            (_, Some("SELECT" | "WHERE" | "BY" | "HAVING" | "AND" | "OR" | "NOT" | "," | "(")) => {
+                if let Some(method) = self.open_method(&tokens) {
+                    return method;
+                }
+                let mut c = owned(COLUMNS);
+                c.extend(self.tabular_columns());
+                if matches!(last.as_deref(), Some("SELECT" | "," | "HAVING")) {
+                    c.extend(owned(FUNCTIONS));
+                }
+                if last.as_deref() == Some("SELECT") {
+                    c.push("DISTINCT".into());
+                }
+                c
+            }
+            _ => {
+                if let Some(method) = self.open_method(&tokens) {
+                    return method;
+                }
+                owned(KEYWORDS)
+            }
+        }
+    }
+
+    /// Inside `USING method(`: the method's parameters not given yet, as `name = `.
+    fn open_method(&self, tokens: &[String]) -> Option<Vec<String>> {
+        let open = tokens.iter().rposition(|t| t == "(")?;
+        if tokens[open..].iter().any(|t| t == ")") || open < 2 || !tokens[open - 2].eq_ignore_ascii_case("USING") {
+            return None;
+        }
+        let info = crate::ops::method_info(&tokens[open - 1])?;
+        // After `name =` a value comes, not a parameter.
+        if tokens.last().is_some_and(|t| t == "=") {
+            return Some(Vec::new());
+        }
+        let given: Vec<&String> = tokens[open..].iter().collect();
+        Some(
+            info.params
+                .iter()
+                .filter(|p| !given.iter().any(|g| g.eq_ignore_ascii_case(p.name)))
+                .map(|p| format!("{} = ", p.name))
+                .collect(),
+        )
+    }
+
+    /// The layers of the model called in the statement (the last `m(` before the cursor),
+    /// or of every loaded model.
+    fn layers_of(&self, tokens: &[String]) -> Vec<String> {
+        let called = tokens
+            .windows(2)
+            .rev()
+            .find(|w| w[1] == "(" && self.model(&w[0]).is_some())
+            .map(|w| w[0].clone());
+        let names: Vec<String> = match called {
+            Some(m) => vec![m],
+            None => self.model_names(),
+        };
+        let mut out = Vec::new();
+        for n in names {
+            if let Some(m) = self.model(&n) {
+                for l in m.layer_names() {
+                    if !out.contains(&l) {
+                        out.push(l);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The column names of the loaded tabular datasets.
+    fn tabular_columns(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for d in self.dataset_names() {
+            if let Some(crate::data::Modality::Tabular { columns }) =
+                self.state.dataset(&d).ok().map(|d| d.modality.clone())
+            {
+                for c in columns {
+                    if !out.contains(&c) {
+                        out.push(c);
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Words and punctuation of a statement, skipping strings and comments (enough to see
+/// what comes before the cursor).
+fn tokens(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c.is_alphanumeric() || c == '_' {
+            let mut w = String::from(c);
+            while let Some(&n) = chars.peek() {
+                if n.is_alphanumeric() || n == '_' {
+                    w.push(n);
+                    chars.next();
+                } else {
+                    break;
+                }
+            }
+            out.push(w);
+        } else if c == '\'' {
+            for n in chars.by_ref() {
+                if n == '\'' {
+                    break;
+                }
+            }
+            out.push("'…'".into());
+        } else if c == '-' && chars.peek() == Some(&'-') {
+            for n in chars.by_ref() {
+                if n == '\n' {
+                    break;
+                }
+            }
+        } else if !c.is_whitespace() {
+            out.push(c.to_string());
+        }
+    }
+    out
+}
+
+fn floor_char_boundary(s: &str, mut i: usize) -> usize {
+    while i > 0 && !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}

@@ -1,0 +1,114 @@
+//! Tab completion asked of the engine, as the shell asks it: keywords and statement
+//! forms, models after OF / FROM, datasets inside `m(`, layers after AT LAYER / TARGET,
+//! methods after USING and their parameters inside `USING method(`, columns in
+//! expressions.
+
+use ialgebra::exec::Session;
+
+use crate::common::*;
+
+fn loaded() -> Session {
+    session(
+        "LOAD MODEL cnn FROM 'models/digits_cnn.safetensors' ARCH 'models/digits_cnn.json';
+         LOAD MODEL mlp FROM 'models/cancer_mlp.safetensors' ARCH 'models/cancer_mlp.json';
+         LOAD DATA digits FROM 'data/digits_test_x.npy' LABELS 'data/digits_test_y.npy';
+         LOAD DATA cancer FROM 'data/cancer_test.csv' LABEL COLUMN diagnosis;",
+    )
+}
+
+/// Completions at the end of `line`.
+fn at_end(s: &Session, line: &str) -> (usize, Vec<String>) {
+    s.complete(line, line.len())
+}
+
+fn words(s: &Session, line: &str) -> Vec<String> {
+    at_end(s, line).1
+}
+
+#[test]
+fn statement_forms_and_keywords() {
+    let s = loaded();
+    assert!(words(&s, "").contains(&"SELECT".to_string()));
+    assert_eq!(words(&s, "sel"), vec!["SELECT"]);
+    assert_eq!(words(&s, "LOAD "), vec!["MODEL", "DATA"]);
+    assert!(words(&s, "SHOW ").contains(&"LAYERS OF".to_string()));
+    // after a complete interpretation, the clauses that may follow
+    let after = words(&s, "SELECT * FROM cnn(digits[0]) ");
+    for k in ["USING", "AT LAYER", "THROUGH LAYER", "WHERE", "JOIN"] {
+        assert!(after.contains(&k.to_string()), "{k} in {after:?}");
+    }
+    assert_eq!(words(&s, "SELECT * FROM cnn(digits[0]) gran"), vec!["GRANULARITY"]);
+    // a second statement on the line starts afresh
+    assert!(words(&s, "SHOW MODELS; ").contains(&"PREDICT".to_string()));
+}
+
+#[test]
+fn names_of_what_is_loaded() {
+    let s = loaded();
+    assert_eq!(words(&s, "SHOW LAYERS OF "), vec!["cnn", "mlp"]);
+    assert_eq!(words(&s, "SHOW LAYERS OF c"), vec!["cnn"]);
+    assert!(words(&s, "SELECT * FROM ").contains(&"cnn".to_string()));
+    assert_eq!(words(&s, "SELECT * FROM cnn(d"), vec!["digits"]);
+    assert_eq!(words(&s, "PREDICT m"), vec!["mlp"]);
+    // the layers of the model being interpreted
+    assert_eq!(
+        words(&s, "SELECT * FROM cnn(digits[0]) AT LAYER con"),
+        vec!["conv1", "conv2"]
+    );
+    assert_eq!(
+        words(&s, "SELECT * FROM mlp(cancer[0]) AT LAYER "),
+        vec!["fc1", "relu1", "fc2", "relu2", "fc3"]
+    );
+    assert!(words(&s, "SELECT * FROM cnn(digits[0]) THROUGH LAYER ").contains(&"*".to_string()));
+    let target = words(&s, "SELECT * FROM cnn(digits[0]) TARGET ");
+    assert!(target.contains(&"PREDICTED".to_string()) && target.contains(&"fc1".to_string()));
+    // where the word starts, for the shell to replace it
+    assert_eq!(at_end(&s, "SHOW LAYERS OF cn").0, "SHOW LAYERS OF ".len());
+}
+
+#[test]
+fn methods_and_their_parameters() {
+    let s = loaded();
+    assert_eq!(
+        words(&s, "SELECT * FROM cnn(digits[0]) USING integ"),
+        vec!["integrated_gradients"]
+    );
+    assert!(words(&s, "SELECT * FROM cnn(digits[0]) USING layer_").len() >= 4);
+    assert_eq!(
+        words(&s, "SELECT * FROM cnn(digits[0]) USING integrated_gradients("),
+        vec!["steps = ", "rule = "]
+    );
+    // a parameter already given is not offered again; after `=` comes a value
+    assert_eq!(
+        words(
+            &s,
+            "SELECT * FROM cnn(digits[0]) USING integrated_gradients(steps = 20, "
+        ),
+        vec!["rule = "]
+    );
+    assert!(words(&s, "SELECT * FROM cnn(digits[0]) USING smoothgrad(seed =").is_empty());
+}
+
+#[test]
+fn columns_in_expressions() {
+    let s = loaded();
+    let select = words(&s, "SELECT ");
+    for c in ["attribution", "row", "input", "sum(", "DISTINCT"] {
+        assert!(select.contains(&c.to_string()), "{c} in {select:?}");
+    }
+    assert_eq!(words(&s, "SELECT row, attr"), vec!["attribution"]);
+    assert!(words(&s, "SELECT * FROM cnn(digits) WHERE pred").contains(&"prediction".to_string()));
+    assert!(words(&s, "SELECT * FROM cnn(digits) ORDER BY att").contains(&"attribution".to_string()));
+    // a tabular dataset's own columns
+    assert!(words(&s, "SELECT mean_ra").contains(&"mean_radius".to_string()));
+}
+
+#[test]
+fn completion_survives_any_cursor_position() {
+    let s = loaded();
+    let line = "SELECT 'é…' FROM cnn(digits[0]) USING saliency WHERE row > 3;";
+    for pos in 0..=line.len() + 2 {
+        let (start, _) = s.complete(line, pos);
+        assert!(start <= pos.min(line.len()));
+    }
+}

@@ -1,0 +1,60 @@
+//! The real `ialg repl` in a pseudo-terminal, as a user at a keyboard drives it: a
+//! multi-line query and its table, tab completion, a parse error reported before the
+//! statement runs, Ctrl-C on a long query (the prompt returns and the session, with its
+//! models and data, is intact), and Ctrl-D to leave.
+
+use std::process::Command;
+
+use rexpect::session::{Options, spawn_with_options};
+
+use crate::common::root;
+
+#[test]
+fn the_shell_in_a_terminal() {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ialg"));
+    cmd.arg("repl")
+        .current_dir(root())
+        .env("XDG_DATA_HOME", root().join("target/test-scratch/xdg-pty"))
+        .env("TERM", "xterm");
+    let mut p = spawn_with_options(cmd, Options::new().timeout_ms(Some(30_000))).expect("a pty");
+    p.exp_string("iql> ").unwrap();
+    p.send_line("LOAD MODEL cnn FROM 'models/digits_cnn.safetensors' ARCH 'models/digits_cnn.json';")
+        .unwrap();
+    p.exp_string("loaded model cnn").unwrap();
+    p.send_line("LOAD DATA digits FROM 'data/digits_test_x.npy' LABELS 'data/digits_test_y.npy';")
+        .unwrap();
+    p.exp_string("loaded data digits").unwrap();
+
+    // a query over two lines runs when the `;` arrives, and prints its table
+    p.send_line("SELECT input, label, prediction").unwrap();
+    p.send_line("FROM PREDICT cnn(digits[0:2]);").unwrap();
+    p.exp_string("2 rows").unwrap();
+
+    // tab completion: the layers of the model being interpreted
+    p.send("SHOW LAYERS OF cn").unwrap();
+    p.send("\t").unwrap();
+    p.send_line(";").unwrap();
+    p.exp_string("fc2").unwrap();
+
+    // a statement that does not parse is reported before it runs; Ctrl-C clears the line
+    p.send_line("SELECT * FRM cnn(digits[0]);").unwrap();
+    p.exp_string("error[syntax]").unwrap();
+    p.send_control('c').unwrap();
+    p.exp_string("iql> ").unwrap();
+
+    // Ctrl-C cancels a long query; the prompt returns with the session alive
+    p.send_line("SELECT count(*) AS n FROM cnn(digits) USING integrated_gradients(steps = 3000);")
+        .unwrap();
+    // Wait for the progress line: the query is running and the terminal has left the
+    // line editor's raw mode, so Ctrl-C is a signal rather than a typed character.
+    p.exp_string("inputs").unwrap();
+    p.send_control('c').unwrap();
+    p.exp_string("cancelled").unwrap();
+    p.exp_string("iql> ").unwrap();
+    p.send_line("SELECT prediction FROM PREDICT cnn(digits[5]);").unwrap();
+    p.exp_string("1 row").unwrap();
+
+    // Ctrl-D leaves
+    p.send_control('d').unwrap();
+    p.exp_eof().unwrap();
+}
