@@ -10,6 +10,7 @@ mod files;
 mod layers;
 mod mutations;
 mod parity;
+mod pictures;
 mod pty;
 mod roundtrip;
 mod slt;

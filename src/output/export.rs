@@ -18,6 +18,12 @@ pub fn write_to(df: &mut DataFrame, out: &mut dyn Write, format: ExportFormat) -
         ExportFormat::Csv => CsvWriter::new(out).include_header(true).finish(df),
         ExportFormat::Json => JsonWriter::new(out).with_json_format(JsonFormat::Json).finish(df),
         ExportFormat::Parquet => ParquetWriter::new(out).finish(df).map(|_| ()),
+        ExportFormat::Png => {
+            let bytes = super::picture::render_png(df)?;
+            return out
+                .write_all(&bytes)
+                .map_err(|e| Error::io(format!("cannot write the picture: {e}")));
+        }
     };
     res.map_err(|e| {
         Error::io(format!(

@@ -2,6 +2,7 @@
 //! JSON for pipes, and exports written atomically.
 
 pub mod export;
+pub mod picture;
 pub mod progress;
 pub mod table;
 

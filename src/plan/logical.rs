@@ -86,6 +86,8 @@ pub enum ExportFormat {
     Csv,
     Parquet,
     Json,
+    /// A picture of the relation (heatmaps or bar charts).
+    Png,
 }
 
 /// Rows of a loaded dataset picked by input id.

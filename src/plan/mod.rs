@@ -152,11 +152,12 @@ pub fn plan(stmt: &Statement, catalog: &dyn Catalog) -> Result<Plan> {
                 "csv" => ExportFormat::Csv,
                 "parquet" => ExportFormat::Parquet,
                 "json" => ExportFormat::Json,
+                "png" => ExportFormat::Png,
                 _ => {
                     return Err(
                         Error::value(format!("cannot export to `{}`: unknown file type", file.display()))
                             .at(path.span)
-                            .hint("use a .csv, .parquet or .json file name"),
+                            .hint("use a .csv, .parquet, .json or .png file name"),
                     );
                 }
             };

@@ -1,0 +1,399 @@
+//! Pictures of attribution relations (`EXPORT <query> TO 'f.png'`): a heatmap over the
+//! image for each input (and each side of a JOIN / ANTIJOIN, each channel of a layer
+//! relation), in a diverging colour map centred on zero with a colour bar, labelled with
+//! the input id, target and prediction; bar charts for tabular attributions. Drawn with
+//! plotters on an in-memory bitmap (DejaVu Sans for the text), encoded with png.
+
+use plotters::prelude::*;
+use plotters::style::FontStyle;
+use polars::prelude::*;
+
+use crate::error::{Error, Result};
+
+/// Pixels of one heatmap (square), of a panel's title strip, of the gaps, and of the
+/// colour bar's column.
+pub const MAP: u32 = 192;
+pub const TITLE: u32 = 22;
+pub const GAP: u32 = 12;
+pub const BAR_COLUMN: u32 = 84;
+/// Panels per row before wrapping.
+pub const PER_ROW: usize = 6;
+/// Bar charts are wider, and give each bar this many pixels.
+const CHART_WIDTH: u32 = 420;
+const BAR_ROW: u32 = 12;
+
+enum Content {
+    /// `base`: the input's value at each cell (0..1 images are shown as ink on paper
+    /// beneath the heat), when the relation has it.
+    Map {
+        height: usize,
+        width: usize,
+        cells: Vec<Option<f32>>,
+        base: Vec<Option<f32>>,
+    },
+    Bars {
+        labels: Vec<String>,
+        values: Vec<f32>,
+    },
+}
+
+struct Panel {
+    title: String,
+    content: Content,
+}
+
+/// The PNG bytes of a relation's picture.
+pub fn render_png(df: &DataFrame) -> Result<Vec<u8>> {
+    let panels = panels(df)?;
+    if panels.is_empty() {
+        return Err(Error::value("nothing to draw: the query returned no rows"));
+    }
+    let (panel_width, panel_height) = match &panels[0].content {
+        Content::Bars { values, .. } => (CHART_WIDTH, MAP.max(BAR_ROW * values.len() as u32)),
+        Content::Map { .. } => (MAP, MAP),
+    };
+    let size = (panel_width, panel_height);
+    let columns = panels.len().min(PER_ROW);
+    let rows = panels.len().div_ceil(PER_ROW);
+    let width = GAP + columns as u32 * (panel_width + GAP) + BAR_COLUMN;
+    let height = GAP + rows as u32 * (TITLE + panel_height + GAP);
+    let limit = panels
+        .iter()
+        .flat_map(|p| match &p.content {
+            Content::Map { cells, .. } => cells.iter().flatten().copied().collect::<Vec<_>>(),
+            Content::Bars { values, .. } => values.clone(),
+        })
+        .filter(|v| v.is_finite())
+        .fold(0.0f32, |m, v| m.max(v.abs()));
+    let limit = if limit > 0.0 { limit } else { 1.0 };
+    register_font();
+    let mut buffer = vec![255u8; (width * height * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buffer, (width, height)).into_drawing_area();
+        let draw_err = |e: DrawingAreaErrorKind<_>| Error::io(format!("cannot draw the picture: {e}"));
+        root.fill(&WHITE).map_err(draw_err)?;
+        let font = ("sans-serif", 13).into_font().color(&BLACK);
+        for (k, panel) in panels.iter().enumerate() {
+            let (x, y) = panel_origin(k, size);
+            root.draw(&Text::new(panel.title.clone(), (x as i32, y as i32 + 4), font.clone()))
+                .map_err(draw_err)?;
+            let top = (y + TITLE) as i32;
+            match &panel.content {
+                Content::Map {
+                    height: h,
+                    width: w,
+                    cells,
+                    base,
+                } => {
+                    for r in 0..*h {
+                        for c in 0..*w {
+                            let (x0, y0, x1, y1) = cell_rect(k, (*h, *w), (r, c));
+                            // Paper white, ink grey by the input's value.
+                            let paper = base[r * w + c]
+                                .filter(|v| v.is_finite())
+                                .map_or(255.0, |v| 255.0 - 150.0 * v.clamp(0.0, 1.0));
+                            let colour = match cells[r * w + c] {
+                                Some(v) if v.is_finite() => heat(v / limit, paper),
+                                _ => RGBColor(220, 220, 220),
+                            };
+                            root.draw(&Rectangle::new(
+                                [(x0 as i32, y0 as i32), (x1 as i32, y1 as i32)],
+                                colour.filled(),
+                            ))
+                            .map_err(draw_err)?;
+                        }
+                    }
+                }
+                Content::Bars { labels, values } => {
+                    // Horizontal bars around a zero line in the middle of the panel.
+                    let row_h = BAR_ROW;
+                    let label_w = 150i32;
+                    let zero = x as i32 + label_w + (panel_width as i32 - label_w) / 2;
+                    let half = (panel_width as i32 - label_w) / 2 - 4;
+                    let small = ("sans-serif", 11).into_font().color(&BLACK);
+                    for (i, (label, v)) in labels.iter().zip(values).enumerate() {
+                        let yy = top + (i as u32 * row_h) as i32;
+                        let len = ((v / limit) * half as f32).round() as i32;
+                        let (a, b) = if len >= 0 {
+                            (zero, zero + len)
+                        } else {
+                            (zero + len, zero)
+                        };
+                        root.draw(&Rectangle::new(
+                            [(a, yy + 1), (b.max(a + 1), yy + row_h as i32 - 1)],
+                            diverging(v / limit).filled(),
+                        ))
+                        .map_err(draw_err)?;
+                        let shown: String = label.chars().take(22).collect();
+                        root.draw(&Text::new(shown, (x as i32, yy), small.clone()))
+                            .map_err(draw_err)?;
+                    }
+                    root.draw(&PathElement::new(
+                        vec![(zero, top), (zero, top + panel_height as i32)],
+                        BLACK,
+                    ))
+                    .map_err(draw_err)?;
+                }
+            }
+        }
+        // The colour bar: +limit at the top, 0 in the middle, −limit at the bottom.
+        let bx = (width - BAR_COLUMN + 10) as i32;
+        let (by, bh) = ((GAP + TITLE) as i32, MAP as i32);
+        for i in 0..bh {
+            let v = 1.0 - 2.0 * i as f32 / (bh - 1) as f32;
+            root.draw(&Rectangle::new(
+                [(bx, by + i), (bx + 16, by + i + 1)],
+                diverging(v).filled(),
+            ))
+            .map_err(draw_err)?;
+        }
+        let small = ("sans-serif", 11).into_font().color(&BLACK);
+        for (v, at) in [(limit, by), (0.0, by + bh / 2 - 6), (-limit, by + bh - 12)] {
+            root.draw(&Text::new(format_tick(v), (bx + 20, at), small.clone()))
+                .map_err(draw_err)?;
+        }
+        root.present().map_err(draw_err)?;
+    }
+    encode(&buffer, width, height)
+}
+
+/// Top-left corner of panel `k` of panels of `(width, height)`.
+fn panel_origin(k: usize, (width, height): (u32, u32)) -> (u32, u32) {
+    let (row, col) = ((k / PER_ROW) as u32, (k % PER_ROW) as u32);
+    (GAP + col * (width + GAP), GAP + row * (TITLE + height + GAP))
+}
+
+/// The pixel box (x0, y0, x1, y1) of cell (r, c) of an h × w heatmap in panel `k`:
+/// tests use it to find a pixel's colour.
+pub fn cell_rect(k: usize, (h, w): (usize, usize), (r, c): (usize, usize)) -> (u32, u32, u32, u32) {
+    let (x, y) = panel_origin(k, (MAP, MAP));
+    let y = y + TITLE;
+    let side = MAP / h.max(w).max(1) as u32;
+    (
+        x + c as u32 * side,
+        y + r as u32 * side,
+        x + (c as u32 + 1) * side,
+        y + (r as u32 + 1) * side,
+    )
+}
+
+/// Blue (negative) – white (zero) – red (positive), `t` in [−1, 1] (ColorBrewer RdBu ends).
+pub fn diverging(t: f32) -> RGBColor {
+    heat(t, 255.0)
+}
+
+/// The diverging map over a grey `paper` level: at zero the paper shows, at ±1 the colour.
+fn heat(t: f32, paper: f32) -> RGBColor {
+    let t = t.clamp(-1.0, 1.0);
+    let (end, s) = if t >= 0.0 {
+        ((178.0, 24.0, 43.0), t)
+    } else {
+        ((33.0, 102.0, 172.0), -t)
+    };
+    let mix = |e: f32| (paper + (e - paper) * s).round().clamp(0.0, 255.0) as u8;
+    RGBColor(mix(end.0), mix(end.1), mix(end.2))
+}
+
+fn format_tick(v: f32) -> String {
+    if v == 0.0 {
+        "0".into()
+    } else if v.abs() >= 100.0 || v.abs() < 0.01 {
+        format!("{v:.2e}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+fn register_font() {
+    // Registering twice is harmless; the font is compiled in, so it cannot be missing.
+    let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular());
+}
+
+fn encode(rgb: &[u8], width: u32, height: u32) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut encoder = png::Encoder::new(&mut out, width, height);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    let fail = |e: png::EncodingError| Error::io(format!("cannot encode the picture: {e}"));
+    let mut writer = encoder.write_header().map_err(fail)?;
+    writer.write_image_data(rgb).map_err(fail)?;
+    writer.finish().map_err(fail)?;
+    Ok(out)
+}
+
+/// The panels of a relation: per input, per side (`a.attribution`, `b.attribution`, … of
+/// a join), per channel of a layer map.
+fn panels(df: &DataFrame) -> Result<Vec<Panel>> {
+    let names: Vec<String> = df.get_column_names().iter().map(|s| s.to_string()).collect();
+    let has = |c: &str| names.iter().any(|n| n == c);
+    // The sides: `x.attribution` columns of a join, else `attribution`.
+    let mut sides: Vec<(String, String)> = names
+        .iter()
+        .filter_map(|n| n.strip_suffix(".attribution").map(|s| (s.to_string(), n.clone())))
+        .collect();
+    if sides.is_empty() {
+        if !has("attribution") {
+            return Err(picture_error(&names));
+        }
+        sides.push((String::new(), "attribution".into()));
+    }
+    let image = has("row") && has("col");
+    if !image && !has("column") {
+        return Err(picture_error(&names));
+    }
+    let n = df.height();
+    let ints = |c: &str| -> Result<Option<Vec<Option<i64>>>> {
+        if !has(c) {
+            return Ok(None);
+        }
+        let col = df.column(c)?.cast(&DataType::Int64)?;
+        Ok(Some(col.i64()?.iter().collect()))
+    };
+    let floats = |c: &str| -> Result<Vec<Option<f32>>> {
+        let col = df.column(c)?.cast(&DataType::Float32)?;
+        Ok(col.f32()?.iter().collect())
+    };
+    let inputs = ints("input")?.unwrap_or_else(|| vec![None; n]);
+    let channels = ints("channel")?.unwrap_or_else(|| vec![Some(0); n]);
+    let distinct_channels = {
+        let mut c: Vec<i64> = channels.iter().flatten().copied().collect();
+        c.sort_unstable();
+        c.dedup();
+        c
+    };
+    let per_channel = image && distinct_channels.len() > 1;
+    // Inputs in order of first appearance.
+    let mut order: Vec<Option<i64>> = Vec::new();
+    for i in &inputs {
+        if !order.contains(i) {
+            order.push(*i);
+        }
+    }
+    let (rows, cols) = if image {
+        let r = ints("row")?.unwrap_or_default();
+        let c = ints("col")?.unwrap_or_default();
+        (r, c)
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    let (height, width) = if image {
+        (
+            rows.iter().flatten().max().map_or(0, |m| *m as usize + 1),
+            cols.iter().flatten().max().map_or(0, |m| *m as usize + 1),
+        )
+    } else {
+        (0, 0)
+    };
+    if image && (height == 0 || width == 0 || height * width > 1 << 20) {
+        return Err(Error::value(format!(
+            "cannot draw a {height} × {width} map: rows and cols must be small non-negative coordinates"
+        )));
+    }
+    let labels: Vec<String> = if image {
+        Vec::new()
+    } else {
+        let c = df.column("column")?.cast(&DataType::String)?;
+        c.str()?.iter().map(|s| s.unwrap_or("").to_string()).collect()
+    };
+    let mut panels = Vec::new();
+    for input in &order {
+        let picked: Vec<usize> = (0..n).filter(|&k| inputs[k] == *input).collect();
+        for (side, column) in &sides {
+            let values = floats(column)?;
+            let value_column = qualified_name(side, "value");
+            let base_values = if has(&value_column) {
+                floats(&value_column)?
+            } else {
+                vec![None; n]
+            };
+            let qualified = |c: &str| {
+                if side.is_empty() {
+                    c.to_string()
+                } else {
+                    format!("{side}.{c}")
+                }
+            };
+            let first = |c: &str| -> Result<Option<i64>> {
+                Ok(ints(&qualified(c))?
+                    .or(ints(c)?)
+                    .and_then(|v| picked.first().and_then(|&k| v[k])))
+            };
+            let mut title = match input {
+                Some(i) => format!("input {i}"),
+                None => "all rows".to_string(),
+            };
+            if !side.is_empty() {
+                title = format!("{side}: {title}");
+            }
+            if let Some(t) = first("target")? {
+                title.push_str(&format!(" · target {t}"));
+            }
+            if let Some(p) = first("prediction")? {
+                title.push_str(&format!(" · pred {p}"));
+            }
+            if image {
+                let groups: Vec<Option<i64>> = if per_channel {
+                    distinct_channels.iter().map(|c| Some(*c)).collect()
+                } else {
+                    vec![None]
+                };
+                for g in groups {
+                    let mut cells = vec![None; height * width];
+                    let mut base = vec![None; height * width];
+                    for &k in &picked {
+                        if g.is_some() && channels[k] != g {
+                            continue;
+                        }
+                        if let (Some(r), Some(c), Some(v)) = (rows[k], cols[k], values[k])
+                            && r >= 0
+                            && c >= 0
+                        {
+                            let at = r as usize * width + c as usize;
+                            // Channels drawn together add up at a position.
+                            cells[at] = Some(cells[at].unwrap_or(0.0) + v);
+                            base[at] = base_values[k];
+                        }
+                    }
+                    let title = match g {
+                        Some(ch) => format!("{title} · ch {ch}"),
+                        None => title.clone(),
+                    };
+                    panels.push(Panel {
+                        title,
+                        content: Content::Map {
+                            height,
+                            width,
+                            cells,
+                            base,
+                        },
+                    });
+                }
+            } else {
+                panels.push(Panel {
+                    title,
+                    content: Content::Bars {
+                        labels: picked.iter().map(|&k| labels[k].clone()).collect(),
+                        values: picked.iter().map(|&k| values[k].unwrap_or(0.0)).collect(),
+                    },
+                });
+            }
+        }
+    }
+    Ok(panels)
+}
+
+fn qualified_name(side: &str, column: &str) -> String {
+    if side.is_empty() {
+        column.to_string()
+    } else {
+        format!("{side}.{column}")
+    }
+}
+
+fn picture_error(names: &[String]) -> Error {
+    Error::value(format!(
+        "a picture needs `row`, `col` and `attribution` (images) or `column` and `attribution` (tabular data); the query gives {}",
+        names.join(", ")
+    ))
+    .hint("export the attribution relation itself, e.g. EXPORT SELECT * FROM m(d[0]) USING … TO 'map.png'")
+}
