@@ -12,5 +12,6 @@ mod mutations;
 mod parity;
 mod pictures;
 mod pty;
+mod report;
 mod roundtrip;
 mod slt;

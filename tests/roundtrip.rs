@@ -36,6 +36,7 @@ fn check(text: &str, origin: &str) {
 }
 
 const TRICKY: &[&str] = &[
+    "EXPORT REPORT SELECT * FROM m(d[1]) JOIN m2(d[1]) USING saliency TO 'r.html' OVERWRITE;",
     "SELECT * FROM (m(d[1]) USING saliency WINDOW rows 0:4) AS x JOIN m2(d[1]) AS y USING integrated_gradients(steps = 5) TARGET 3;",
     "SELECT a.attribution, y.value FROM m(d) ANTIJOIN (m(e) AT LAYER conv2) AS y AT LAYER fc1 USING layer_integrated_gradients;",
     "SELECT * FROM m(d) TARGET conv2[1, 2, 3] USING neuron_gradient THROUGH LAYER *;",

@@ -271,6 +271,84 @@ fn collect_attributions<'a>(node: &'a crate::plan::Node, out: &mut Vec<&'a crate
 }
 
 impl State {
+    /// The HTML of EXPORT REPORT: each input of the result with its prediction, top
+    /// classes and picture, the query's maps, the query, its plan and the table.
+    fn report(&mut self, query: &crate::plan::Node, text: &str, df: &DataFrame) -> Result<String> {
+        use crate::plan::NodeKind;
+        // The interpretation the report is about: the first model(data) of the plan.
+        fn first_source(node: &crate::plan::Node) -> Option<(String, DatasetRef)> {
+            match &node.kind {
+                NodeKind::Attribute(a) => Some((a.model.clone(), a.data.clone())),
+                NodeKind::Predict(p) => Some((p.model.clone(), p.data.clone())),
+                NodeKind::Filter { input, .. }
+                | NodeKind::Aggregate { input, .. }
+                | NodeKind::Project { input, .. }
+                | NodeKind::Sort { input, .. }
+                | NodeKind::Limit { input, .. }
+                | NodeKind::Distinct { input } => first_source(input),
+                NodeKind::SetOp { left, .. } | NodeKind::Join { left, .. } => first_source(left),
+            }
+        }
+        let (model_name, data) =
+            first_source(query).ok_or_else(|| Error::value("a report needs a query over model(data)"))?;
+        let dataset = self.dataset(&data.name)?;
+        // The inputs the result names, in order; without an `input` column, those queried.
+        let ids: Vec<i64> = match df.column("input") {
+            Ok(c) => {
+                let mut ids: Vec<i64> = Vec::new();
+                for v in c.cast(&polars::prelude::DataType::Int64)?.i64()?.iter().flatten() {
+                    if !ids.contains(&v) {
+                        ids.push(v);
+                    }
+                }
+                ids
+            }
+            Err(_) => self.select(&data)?.ids(),
+        };
+        let rows: Vec<usize> = ids.iter().filter_map(|&id| dataset.position_of(id)).collect();
+        let sel = Selection {
+            dataset: dataset.clone(),
+            rows,
+        };
+        let logits = interpret::logits(self, &model_name, &sel, &[])?;
+        let image = match dataset.modality {
+            crate::data::Modality::Image {
+                channels,
+                height,
+                width,
+            } => Some((channels, height, width)),
+            _ => None,
+        };
+        let inputs = sel
+            .rows
+            .iter()
+            .zip(&logits)
+            .map(|(&r, l)| {
+                let max = l.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let z: f32 = l.iter().map(|v| (v - max).exp()).sum();
+                let mut top: Vec<(usize, f32)> = l.iter().map(|v| (v - max).exp() / z).enumerate().collect();
+                top.sort_by(|a, b| b.1.total_cmp(&a.1));
+                top.truncate(3);
+                let picture = image.and_then(|shape| crate::output::picture::input_png(dataset.row(r), shape).ok());
+                crate::output::report::ReportInput {
+                    id: dataset.id(r),
+                    label: dataset.label(r),
+                    prediction: top.first().map_or(0, |t| t.0),
+                    top,
+                    picture,
+                }
+            })
+            .collect();
+        crate::output::report::render_html(&crate::output::report::Report {
+            query: text,
+            plan: &query.to_string(),
+            model: &model_name,
+            dataset: &data.name,
+            inputs,
+            table: df,
+        })
+    }
+
     fn model(&self, name: &str) -> Result<&LoadedModel> {
         self.models
             .get(name)
@@ -438,11 +516,24 @@ impl State {
             }
             Plan::Export {
                 query,
+                text,
                 path,
                 format,
                 overwrite,
             } => {
                 let mut df = relational::run(&query, self)?;
+                if format == crate::plan::ExportFormat::Report {
+                    let html = self.report(&query, &text, &df)?;
+                    crate::output::write_atomically(&path, overwrite, &mut |out| {
+                        out.write_all(html.as_bytes())
+                            .map_err(|e| Error::io(format!("cannot write the report: {e}")))
+                    })?;
+                    return Ok(Output::Message(format!(
+                        "wrote a report of {} rows to {}",
+                        df.height(),
+                        path.display()
+                    )));
+                }
                 crate::output::write_frame(&mut df, &path, format, overwrite)?;
                 Ok(Output::Message(format!(
                     "exported {} rows × {} columns to {}",

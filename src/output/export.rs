@@ -24,6 +24,9 @@ pub fn write_to(df: &mut DataFrame, out: &mut dyn Write, format: ExportFormat) -
                 .write_all(&bytes)
                 .map_err(|e| Error::io(format!("cannot write the picture: {e}")));
         }
+        ExportFormat::Report => {
+            return Err(Error::value("internal: a report is written by EXPORT REPORT"));
+        }
     };
     res.map_err(|e| {
         Error::io(format!(
@@ -51,6 +54,16 @@ fn temp_path(target: &Path) -> PathBuf {
 /// Writes `df` to `path` atomically. Without `overwrite`, an existing file is an error and
 /// stays untouched.
 pub fn write_frame(df: &mut DataFrame, path: &Path, format: ExportFormat, overwrite: bool) -> Result<()> {
+    write_atomically(path, overwrite, &mut |file| write_to(df, file, format))
+}
+
+/// Writes a file atomically: `fill` writes a temporary file beside `path`, which then
+/// takes its place (never replacing an existing file without `overwrite`).
+pub fn write_atomically(
+    path: &Path,
+    overwrite: bool,
+    fill: &mut dyn FnMut(&mut dyn Write) -> Result<()>,
+) -> Result<()> {
     let shown = path.display().to_string();
     if path.is_dir() {
         return Err(Error::io(format!("cannot export to {shown}: it is a directory")));
@@ -65,7 +78,7 @@ pub fn write_frame(df: &mut DataFrame, path: &Path, format: ExportFormat, overwr
     let tmp = temp_path(path);
     let result = (|| {
         let mut file = fs::File::create(&tmp).map_err(|e| Error::io(format!("cannot write {shown}: {e}")))?;
-        write_to(df, &mut file, format)?;
+        fill(&mut file)?;
         file.sync_all()
             .map_err(|e| Error::io(format!("cannot write {shown}: {e}")))?;
         drop(file);

@@ -4,7 +4,8 @@
 pub mod export;
 pub mod picture;
 pub mod progress;
+pub mod report;
 pub mod table;
 
-pub use export::write_frame;
+pub use export::{write_atomically, write_frame};
 pub use table::{Format, render};

@@ -397,3 +397,35 @@ fn picture_error(names: &[String]) -> Error {
     ))
     .hint("export the attribution relation itself, e.g. EXPORT SELECT * FROM m(d[0]) USING … TO 'map.png'")
 }
+
+/// A PNG of one input image (channels × height × width values), scaled to its own range
+/// (dark = high, as ink on paper) and enlarged to about `MAP / 2` pixels; three channels
+/// are shown as colour.
+pub fn input_png(values: &[f32], (channels, height, width): (usize, usize, usize)) -> Result<Vec<u8>> {
+    if height == 0 || width == 0 || values.len() < channels * height * width {
+        return Err(Error::value("cannot draw an input of no pixels"));
+    }
+    let scale = ((MAP / 2) as usize / height.max(width)).max(1);
+    let (lo, hi) = values
+        .iter()
+        .filter(|v| v.is_finite())
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), v| (a.min(*v), b.max(*v)));
+    let span = if hi > lo { hi - lo } else { 1.0 };
+    let level = |v: f32| -> u8 { (255.0 * (1.0 - ((v - lo) / span).clamp(0.0, 1.0))).round() as u8 };
+    let (w, h) = ((width * scale) as u32, (height * scale) as u32);
+    let mut rgb = Vec::with_capacity((w * h * 3) as usize);
+    for y in 0..h as usize {
+        for x in 0..w as usize {
+            let at = (y / scale) * width + x / scale;
+            let plane = height * width;
+            let px = if channels == 3 {
+                // colour images keep their colours (bright = high)
+                [0, 1, 2].map(|c| 255 - level(values[c * plane + at]))
+            } else {
+                [level(values[at]); 3]
+            };
+            rgb.extend_from_slice(&px);
+        }
+    }
+    encode(&rgb, w, h)
+}

@@ -44,6 +44,8 @@ pub enum Plan {
     Query(Node),
     Export {
         query: Node,
+        /// The query as canonical IQL (for a report).
+        text: String,
         path: PathBuf,
         format: ExportFormat,
         overwrite: bool,
@@ -88,6 +90,8 @@ pub enum ExportFormat {
     Json,
     /// A picture of the relation (heatmaps or bar charts).
     Png,
+    /// A self-contained HTML report (EXPORT REPORT).
+    Report,
 }
 
 /// Rows of a loaded dataset picked by input id.

@@ -145,10 +145,24 @@ pub fn plan(stmt: &Statement, catalog: &dyn Catalog) -> Result<Plan> {
             query: q,
             path,
             overwrite,
+            report,
         } => {
             let file = resolve_path(path, catalog)?;
             let ext = file.extension().and_then(|e| e.to_str()).unwrap_or("").to_lowercase();
             let format = match ext.as_str() {
+                "html" | "htm" if *report => ExportFormat::Report,
+                _ if *report => {
+                    return Err(
+                        Error::value(format!("a report is an HTML file, not `{}`", file.display()))
+                            .at(path.span)
+                            .hint("write EXPORT REPORT … TO 'report.html'"),
+                    );
+                }
+                "html" | "htm" => {
+                    return Err(
+                        Error::value("an .html file is a report: write EXPORT REPORT … TO 'f.html'").at(path.span),
+                    );
+                }
                 "csv" => ExportFormat::Csv,
                 "parquet" => ExportFormat::Parquet,
                 "json" => ExportFormat::Json,
@@ -168,6 +182,7 @@ pub fn plan(stmt: &Statement, catalog: &dyn Catalog) -> Result<Plan> {
             }
             Plan::Export {
                 query: optimize::optimize(query::plan_query(q, catalog)?),
+                text: q.to_string(),
                 path: file,
                 format,
                 overwrite: *overwrite,

@@ -70,6 +70,8 @@ pub enum StatementKind {
         query: Query,
         path: Value,
         overwrite: bool,
+        /// EXPORT REPORT: a self-contained HTML report rather than the table itself.
+        report: bool,
     },
     Plan(Query),
 }
@@ -559,8 +561,14 @@ impl fmt::Display for Statement {
             StatementKind::Var { name, value } => write!(f, "VAR {name} = {value}"),
             StatementKind::Let { name, dataset } => write!(f, "LET {name} = {dataset}"),
             StatementKind::Query(q) => write!(f, "{q}"),
-            StatementKind::Export { query, path, overwrite } => {
-                write!(f, "EXPORT {query} TO {path}")?;
+            StatementKind::Export {
+                query,
+                path,
+                overwrite,
+                report,
+            } => {
+                let word = if *report { "EXPORT REPORT" } else { "EXPORT" };
+                write!(f, "{word} {query} TO {path}")?;
                 if *overwrite {
                     write!(f, " OVERWRITE")?;
                 }

@@ -217,11 +217,18 @@ fn visit_statement(pair: Pair<Rule>) -> Result<Statement> {
             StatementKind::Let { name, dataset }
         }
         Rule::export => {
+            c.skip_keywords();
+            let report = c.take(Rule::report).is_some();
             let query = visit_query(c.next()?)?;
             c.skip_keywords();
             let path = visit_path(c.next()?)?;
             let overwrite = c.take(Rule::overwrite).is_some();
-            StatementKind::Export { query, path, overwrite }
+            StatementKind::Export {
+                query,
+                path,
+                overwrite,
+                report,
+            }
         }
         Rule::plan_stmt => StatementKind::Plan(visit_query(c.next()?)?),
         Rule::query => {
