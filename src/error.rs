@@ -1,17 +1,21 @@
 //! Errors are data until the edge: a kind, a message, the span of query text they come
 //! from (if any) and hints. `render` turns one into the text a user sees, with the line
 //! and a caret under the span.
+#![warn(missing_docs)]
 
 use std::fmt;
 
 /// A byte range in the text of a script.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Span {
+    /// First byte.
     pub start: usize,
+    /// One past the last byte.
     pub end: usize,
 }
 
 impl Span {
+    /// The bytes `start..end`.
     pub fn new(start: usize, end: usize) -> Self {
         Span { start, end }
     }
@@ -24,6 +28,7 @@ impl Span {
     }
 }
 
+/// What went wrong, broadly (shown as `error[kind]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
     /// The text does not parse.
@@ -47,6 +52,7 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// The word shown in `error[…]`.
     pub fn label(self) -> &'static str {
         match self {
             ErrorKind::Syntax => "syntax",
@@ -62,17 +68,24 @@ impl ErrorKind {
     }
 }
 
+/// An error of any stage: what went wrong, where in the query text, and what would help.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Error {
+    /// Its kind.
     pub kind: ErrorKind,
+    /// What was wrong, in one sentence.
     pub message: String,
+    /// Where in the statement's text, when it comes from the text.
     pub span: Option<Span>,
+    /// What would be accepted, or a close name ("did you mean").
     pub hints: Vec<String>,
 }
 
+/// The result of every fallible operation of the engine.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// An error of `kind` saying `message`.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         Error {
             kind,
@@ -81,27 +94,35 @@ impl Error {
             hints: Vec::new(),
         }
     }
+    /// The text does not parse.
     pub fn syntax(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Syntax, message)
     }
+    /// A name is unknown or taken.
     pub fn name(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Name, message)
     }
+    /// A value is out of range or of the wrong type.
     pub fn value(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Value, message)
     }
+    /// Shapes do not fit.
     pub fn shape(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Shape, message)
     }
+    /// A model file or architecture is unusable.
     pub fn model(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Model, message)
     }
+    /// A data file is unusable.
     pub fn data(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Data, message)
     }
+    /// Reading or writing a file failed.
     pub fn io(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Io, message)
     }
+    /// The relational part of a query failed.
     pub fn query(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Query, message)
     }
@@ -120,6 +141,7 @@ impl Error {
         }
         self
     }
+    /// Adds a hint (what would be accepted).
     pub fn hint(mut self, hint: impl Into<String>) -> Self {
         self.hints.push(hint.into());
         self

@@ -36,6 +36,7 @@ pub enum Output {
 }
 
 impl Output {
+    /// The DataFrame of a table output.
     pub fn frame(&self) -> Option<&DataFrame> {
         match self {
             Output::Table(df) => Some(df),
@@ -46,20 +47,30 @@ impl Output {
 
 /// A model as loaded into the session.
 pub struct LoadedModel {
+    /// The model.
     pub model: Arc<Model>,
     /// Distinguishes reloads of one name in the activation cache.
     pub id: u64,
+    /// Its architecture file.
     pub arch: PathBuf,
 }
 
+/// The session's settings (`SET name = value`; SHOW SETTINGS lists them).
 #[derive(Clone, Debug)]
 pub struct Settings {
+    /// The method of a query without USING.
     pub method: Option<String>,
+    /// Default steps of integrated gradients and its relatives.
     pub steps: Option<usize>,
+    /// Default seed of stochastic methods.
     pub seed: Option<u64>,
+    /// Rows in one forward pass; None sizes batches to `memory_mb`.
     pub batch_size: Option<usize>,
+    /// Memory budget (MB) for batches and streamed chunks.
     pub memory_mb: usize,
+    /// Budget (MB) of the activation cache and the memo; 0 turns them off.
     pub cache_mb: usize,
+    /// Whether data with NaN or infinity may be loaded.
     pub allow_nonfinite: bool,
 }
 
@@ -118,6 +129,7 @@ impl Default for Session {
 }
 
 impl Session {
+    /// An empty session: no models, no data, default settings, empty caches.
     pub fn new() -> Session {
         let settings = Settings::default();
         Session {
@@ -219,22 +231,28 @@ impl Session {
     }
 
     /// The flag a Ctrl-C handler sets to cancel the running statement.
+    /// The flag that cancels the running statement (set it from a Ctrl-C handler or
+    /// another thread; the statement stops between batches with a `Cancelled` error).
     pub fn cancel_flag(&self) -> Arc<AtomicBool> {
         self.state.cancel.clone()
     }
 
+    /// A loaded model by name.
     pub fn model(&self, name: &str) -> Option<Arc<Model>> {
         self.state.models.get(name).map(|m| m.model.clone())
     }
 
+    /// The names of the loaded models.
     pub fn model_names(&self) -> Vec<String> {
         self.state.model_names()
     }
 
+    /// The names of the loaded datasets.
     pub fn dataset_names(&self) -> Vec<String> {
         self.state.dataset_names()
     }
 
+    /// The current settings.
     pub fn settings(&self) -> &Settings {
         &self.state.settings
     }
