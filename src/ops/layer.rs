@@ -1,6 +1,6 @@
 //! Methods that look inside the model at a hook point: the layer methods of AT LAYER l
 //! (Captum's LayerGradCam, LayerActivation, LayerGradientXActivation, LayerConductance,
-//! LayerIntegratedGradients), NeuronConductance for TARGET l[i], and GuidedGradCam. All
+//! LayerIntegratedGradients), NeuronConductance for `TARGET l[i]`, and GuidedGradCam. All
 //! of them split the model at the hook point: the head (layers 0..=l) gives the layer's
 //! activation, the tail (layers l+1..) run from an activation gives the target's gradient
 //! there. Running the tail from a given activation is overwriting the hook point, so

@@ -91,11 +91,11 @@ pub enum Method {
 /// What a method needs besides the model and inputs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Needs {
-    /// Nothing: it attributes input features to a class (or to a unit with TARGET l[i]).
+    /// Nothing: it attributes input features to a class (or to a unit with `TARGET l[i]`).
     Nothing,
     /// A layer (AT LAYER l).
     Layer,
-    /// A unit of a layer (TARGET l[i]).
+    /// A unit of a layer (`TARGET l[i]`).
     Unit,
 }
 
@@ -763,7 +763,7 @@ pub struct Request<'a> {
     pub batch_rows: usize,
     pub control: &'a Control<'a>,
     /// The layer whose output holds the `targets`: the model's last layer for classes,
-    /// the unit's layer with TARGET l[i].
+    /// the unit's layer with `TARGET l[i]`.
     pub out_layer: usize,
     /// AT LAYER: the hook point layer methods (and guided Grad-CAM) attribute to.
     pub layer: Option<usize>,

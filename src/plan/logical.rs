@@ -131,7 +131,7 @@ pub enum TargetSpec {
     PredictedBy(String),
     Label,
     Class(usize),
-    /// A unit of a layer (TARGET l[i]): its flat index in the layer's output.
+    /// A unit of a layer (`TARGET l[i]`): its flat index in the layer's output.
     Unit(LayerRef, usize),
 }
 
