@@ -35,6 +35,36 @@ enum Content {
         labels: Vec<String>,
         values: Vec<f32>,
     },
+    /// A text's tokens in order, each on a box coloured by its attribution.
+    Tokens {
+        words: Vec<String>,
+        values: Vec<f32>,
+    },
+}
+
+/// Token boxes: a line's height, pixels per character, and the panel's width.
+const TOKEN_LINE: u32 = 22;
+const CHAR_WIDTH: u32 = 8;
+const TEXT_WIDTH: u32 = 600;
+
+/// Where each token's box goes: (x offset, line) within a panel, wrapping at its width.
+fn token_layout(words: &[String]) -> (Vec<(u32, u32)>, u32) {
+    let (mut x, mut line) = (0u32, 0u32);
+    let mut at = Vec::with_capacity(words.len());
+    for w in words {
+        let width = token_width(w);
+        if x > 0 && x + width > TEXT_WIDTH {
+            x = 0;
+            line += 1;
+        }
+        at.push((x, line));
+        x += width + 4;
+    }
+    (at, line + 1)
+}
+
+fn token_width(word: &str) -> u32 {
+    word.chars().count().min(40) as u32 * CHAR_WIDTH + 8
 }
 
 struct Panel {
@@ -50,6 +80,17 @@ pub fn render_png(df: &DataFrame) -> Result<Vec<u8>> {
     }
     let (panel_width, panel_height) = match &panels[0].content {
         Content::Bars { values, .. } => (CHART_WIDTH, MAP.max(BAR_ROW * values.len() as u32)),
+        Content::Tokens { .. } => {
+            let lines = panels
+                .iter()
+                .map(|p| match &p.content {
+                    Content::Tokens { words, .. } => token_layout(words).1,
+                    _ => 1,
+                })
+                .max()
+                .unwrap_or(1);
+            (TEXT_WIDTH, lines * TOKEN_LINE)
+        }
         Content::Map { .. } => (MAP, MAP),
     };
     let size = (panel_width, panel_height);
@@ -61,7 +102,7 @@ pub fn render_png(df: &DataFrame) -> Result<Vec<u8>> {
         .iter()
         .flat_map(|p| match &p.content {
             Content::Map { cells, .. } => cells.iter().flatten().copied().collect::<Vec<_>>(),
-            Content::Bars { values, .. } => values.clone(),
+            Content::Bars { values, .. } | Content::Tokens { values, .. } => values.clone(),
         })
         .filter(|v| v.is_finite())
         .fold(0.0f32, |m, v| m.max(v.abs()));
@@ -102,6 +143,22 @@ pub fn render_png(df: &DataFrame) -> Result<Vec<u8>> {
                             ))
                             .map_err(draw_err)?;
                         }
+                    }
+                }
+                Content::Tokens { words, values } => {
+                    let (at, _) = token_layout(words);
+                    for ((word, v), (dx, line)) in words.iter().zip(values).zip(at) {
+                        let x0 = (x + dx) as i32;
+                        let y0 = top + (line * TOKEN_LINE) as i32;
+                        let x1 = x0 + token_width(word) as i32;
+                        root.draw(&Rectangle::new(
+                            [(x0, y0), (x1, y0 + TOKEN_LINE as i32 - 4)],
+                            diverging(v / limit).filled(),
+                        ))
+                        .map_err(draw_err)?;
+                        let shown: String = word.chars().take(40).collect();
+                        root.draw(&Text::new(shown, (x0 + 4, y0 + 3), font.clone()))
+                            .map_err(draw_err)?;
                     }
                 }
                 Content::Bars { labels, values } => {
@@ -237,8 +294,9 @@ fn panels(df: &DataFrame) -> Result<Vec<Panel>> {
         }
         sides.push((String::new(), "attribution".into()));
     }
-    let image = has("row") && has("col");
-    if !image && !has("column") {
+    let text = has("token") && has("text");
+    let image = !text && has("row") && has("col");
+    if !text && !image && !has("column") {
         return Err(picture_error(&names));
     }
     let n = df.height();
@@ -292,9 +350,12 @@ fn panels(df: &DataFrame) -> Result<Vec<Panel>> {
     let labels: Vec<String> = if image {
         Vec::new()
     } else {
-        let c = df.column("column")?.cast(&DataType::String)?;
+        let c = df
+            .column(if text { "text" } else { "column" })?
+            .cast(&DataType::String)?;
         c.str()?.iter().map(|s| s.unwrap_or("").to_string()).collect()
     };
+    let token_order = ints("token")?;
     let mut panels = Vec::new();
     for input in &order {
         let picked: Vec<usize> = (0..n).filter(|&k| inputs[k] == *input).collect();
@@ -368,6 +429,19 @@ fn panels(df: &DataFrame) -> Result<Vec<Panel>> {
                         },
                     });
                 }
+            } else if text {
+                // Tokens in their order in the text.
+                let mut ordered = picked.clone();
+                if let Some(order) = &token_order {
+                    ordered.sort_by_key(|&k| order[k]);
+                }
+                panels.push(Panel {
+                    title,
+                    content: Content::Tokens {
+                        words: ordered.iter().map(|&k| labels[k].clone()).collect(),
+                        values: ordered.iter().map(|&k| values[k].unwrap_or(0.0)).collect(),
+                    },
+                });
             } else {
                 panels.push(Panel {
                     title,
@@ -392,7 +466,7 @@ fn qualified_name(side: &str, column: &str) -> String {
 
 fn picture_error(names: &[String]) -> Error {
     Error::value(format!(
-        "a picture needs `row`, `col` and `attribution` (images) or `column` and `attribution` (tabular data); the query gives {}",
+        "a picture needs `row`, `col` and `attribution` (images), `column` and `attribution` (tabular data) or `token`, `text` and `attribution` (text); the query gives {}",
         names.join(", ")
     ))
     .hint("export the attribution relation itself, e.g. EXPORT SELECT * FROM m(d[0]) USING … TO 'map.png'")
@@ -428,4 +502,49 @@ pub fn input_png(values: &[f32], (channels, height, width): (usize, usize, usize
         }
     }
     encode(&rgb, w, h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A text relation (`token`, `text`, `attribution`) draws its tokens in order, each on
+    /// a box of its sign's colour, wrapping long texts onto more lines.
+    #[test]
+    fn text_relations_draw_coloured_tokens() {
+        let words = ["the", "film", "was", "not", "good", "at", "all"];
+        let attribution = [0.0f32, 0.2, 0.0, -1.5, 2.0, 0.0, -0.1];
+        // rows out of token order: the picture sorts them
+        let order = [6i64, 5, 4, 3, 2, 1, 0];
+        let df = df!(
+            "input" => vec![0i64; 7],
+            "token" => order.to_vec(),
+            "text" => order.iter().map(|&t| words[t as usize]).collect::<Vec<_>>(),
+            "attribution" => order.iter().map(|&t| attribution[t as usize]).collect::<Vec<_>>(),
+        )
+        .unwrap();
+        let png = render_png(&df).unwrap();
+        let mut reader = png::Decoder::new(png.as_slice()).read_info().unwrap();
+        let mut buf = vec![0; reader.output_buffer_size()];
+        let info = reader.next_frame(&mut buf).unwrap();
+        assert_eq!(info.width, GAP + TEXT_WIDTH + GAP + BAR_COLUMN);
+        assert_eq!(info.height, GAP + TITLE + TOKEN_LINE + GAP);
+        let (at, lines) = token_layout(&words.map(String::from));
+        assert_eq!(lines, 1);
+        let colour = |k: usize| {
+            // the box's left edge, beside the text
+            let x = GAP + at[k].0 + 2;
+            let y = GAP + TITLE + 2;
+            let p = ((y * info.width + x) * 3) as usize;
+            (buf[p] as i32, buf[p + 1] as i32, buf[p + 2] as i32)
+        };
+        let (r, _, b) = colour(4);
+        assert!(r > b + 100, "`good` (positive) is red: {r} {b}");
+        let (r, _, b) = colour(3);
+        assert!(b > r + 50, "`not` (negative) is blue: {r} {b}");
+        assert_eq!(colour(0), (255, 255, 255), "zero is white");
+        // a long text wraps
+        let long: Vec<String> = (0..200).map(|i| format!("word{i}")).collect();
+        assert!(token_layout(&long).1 > 1);
+    }
 }
