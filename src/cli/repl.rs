@@ -268,7 +268,7 @@ pub fn statement_complete(input: &str) -> bool {
 /// The meta-commands; `\help` is generated from this table.
 const META: &[(&str, &str)] = &[
     ("\\q", "quit (Ctrl-D does too)"),
-    ("\\help", "this list"),
+    ("\\help [topic]", "this list, or help on a statement, clause or method"),
     ("\\models", "loaded models (SHOW MODELS)"),
     ("\\data", "loaded datasets (SHOW DATA)"),
     ("\\methods", "attribution methods (SHOW METHODS)"),
@@ -279,6 +279,101 @@ const META: &[(&str, &str)] = &[
     ("\\i file.iql", "run a script file"),
 ];
 
+/// Statements and clauses `\\help topic` explains (methods come from the engine's table).
+const TOPICS: &[(&str, &str)] = &[
+    (
+        "LOAD",
+        "LOAD MODEL m FROM 'weights.safetensors' ARCH 'arch.json';  (or .pth)\nLOAD DATA d FROM 'x.npy' [LABELS 'y.npy'];  LOAD DATA t FROM 't.csv' LABEL COLUMN c;  (or .parquet)",
+    ),
+    ("SHOW", "SHOW MODELS | DATA | METHODS | LAYERS OF m | CACHE | SETTINGS;"),
+    (
+        "SET",
+        "SET name = value;  settings: method, steps, seed, batch_size, memory_mb, cache_mb, allow_nonfinite (SHOW SETTINGS)",
+    ),
+    (
+        "VAR",
+        "VAR name = default;  then :name wherever a literal may stand; ialg run f.iql --var name=value overrides",
+    ),
+    (
+        "LET",
+        "LET name = d[a:b];  a derived dataset; it keeps the input ids of its origin",
+    ),
+    (
+        "SELECT",
+        "SELECT [DISTINCT] exprs FROM m(d) [clauses] [WHERE …] [GROUP BY …] [HAVING …] [ORDER BY … [DESC]] [LIMIT n [OFFSET k]];",
+    ),
+    (
+        "PREDICT",
+        "PREDICT m(d);  one row per input: input, label, prediction, confidence, correct, logit_0…",
+    ),
+    (
+        "EXPORT",
+        "EXPORT query TO 'f.csv' | 'f.parquet' | 'f.json' | 'f.png' [OVERWRITE];  EXPORT REPORT query TO 'f.html';",
+    ),
+    (
+        "PLAN",
+        "PLAN query;  the optimized plan, the rules that rewrote it, and what the caches will serve",
+    ),
+    (
+        "USING",
+        "USING method(name = value, …);  \\methods lists the methods, \\help method its parameters",
+    ),
+    (
+        "TARGET",
+        "TARGET PREDICTED (default) | LABEL | k | layer[i] | layer[c, r, k]  — the output explained",
+    ),
+    (
+        "BASELINE",
+        "BASELINE zero (default) | mean | mean(d) | 0.5 | d[i] | d[a:b]",
+    ),
+    (
+        "WINDOW",
+        "WINDOW rows a:b, cols c:d[, channels e:f]  or  WINDOW columns name, 'other', 3:6  — only these features are attributed; the rest stay as they are",
+    ),
+    (
+        "GRANULARITY",
+        "GRANULARITY pixel | patch(k) | column  — features grouped; gradient methods sum a group, perturbation methods perturb it together",
+    ),
+    (
+        "AT LAYER",
+        "m(d) AT LAYER l USING gradcam | layer_activation | layer_gradient_x_activation | layer_conductance | layer_integrated_gradients — a row per unit of l",
+    ),
+    (
+        "THROUGH LAYER",
+        "m(d) THROUGH LAYER l | *  — the model cut after l with a fitted linear probe; columns layer, probe_accuracy",
+    ),
+    (
+        "JOIN",
+        "a JOIN b [clauses]  — two interpretations on the same features; a.attribution, b.attribution, attribution = their mean",
+    ),
+    (
+        "ANTIJOIN",
+        "a ANTIJOIN b [clauses]  — each side explained against the other as baseline; two models: the difference of their outputs",
+    ),
+];
+
+/// Help on one topic: a statement, a clause, or a method with its parameters.
+pub fn help_topic(topic: &str) -> Result<String, crate::error::Error> {
+    let normal = topic.split_whitespace().collect::<Vec<_>>().join(" ").to_uppercase();
+    if let Some((name, text)) = TOPICS.iter().find(|(n, _)| *n == normal) {
+        return Ok(format!("{name}\n  {}\n", text.replace('\n', "\n  ")));
+    }
+    if let Some(m) = crate::ops::method_info(topic) {
+        let mut out = format!("{} — {} (Captum: {})\n", m.name, m.summary, m.captum);
+        for p in m.params {
+            let default = p.default.unwrap_or("required");
+            out.push_str(&format!("  {} = {default}\n", p.name));
+        }
+        if m.params.is_empty() {
+            out.push_str("  (no parameters)\n");
+        }
+        return Ok(out);
+    }
+    let mut known: Vec<String> = TOPICS.iter().map(|(n, _)| n.to_string()).collect();
+    known.extend(crate::ops::method_names());
+    Err(crate::error::Error::unknown("help topic", topic, &known, "topics"))
+}
+
 fn help() -> String {
     let mut s = String::from(
         "Statements end with `;`. Examples:\n  LOAD MODEL cnn FROM 'models/digits_cnn.safetensors' ARCH 'models/digits_cnn.json';\n  LOAD DATA digits FROM 'data/digits_test_x.npy' LABELS 'data/digits_test_y.npy';\n  SELECT row, col, attribution FROM cnn(digits[17]) USING integrated_gradients ORDER BY attribution DESC LIMIT 10;\n  PREDICT cnn(digits[0:5]);\nMeta-commands:\n",
@@ -286,6 +381,11 @@ fn help() -> String {
     for (cmd, what) in META {
         s.push_str(&format!("  {cmd:<24} {what}\n"));
     }
+    let topics: Vec<&str> = TOPICS.iter().map(|(n, _)| *n).collect();
+    s.push_str(&format!(
+        "Help topics: {}, and every method (\\help integrated_gradients).\n",
+        topics.join(", ")
+    ));
     s
 }
 
@@ -297,7 +397,15 @@ fn meta(runner: &mut Runner, line: &str) -> bool {
     let statement = |s: &str| s.to_string();
     let sql = match (cmd, arg) {
         ("\\q", _) | ("\\quit", _) => return false,
-        ("\\help", _) | ("\\h", _) | ("\\?", _) => {
+        ("\\help", Some(_)) | ("\\h", Some(_)) | ("\\?", Some(_)) => {
+            let topic = line.split_once(char::is_whitespace).map_or("", |(_, t)| t.trim());
+            match help_topic(topic) {
+                Ok(text) => print!("{text}"),
+                Err(e) => eprintln!("{}", e.render(topic, "<help>")),
+            }
+            return true;
+        }
+        ("\\help", None) | ("\\h", None) | ("\\?", None) => {
             print!("{}", help());
             return true;
         }
@@ -410,7 +518,17 @@ pub fn run(runner: &mut Runner) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{check_input, highlight, statement_complete};
+    use super::{check_input, help_topic, highlight, statement_complete};
+
+    #[test]
+    fn help_on_topics_and_methods() {
+        assert!(help_topic("at  layer").unwrap().contains("gradcam"));
+        assert!(help_topic("export").unwrap().contains("EXPORT REPORT"));
+        let ig = help_topic("integrated_gradients").unwrap();
+        assert!(ig.contains("steps = 50") && ig.contains("rule = gausslegendre"), "{ig}");
+        let e = help_topic("granularty").unwrap_err();
+        assert!(e.hints.iter().any(|h| h.contains("GRANULARITY")), "{:?}", e.hints);
+    }
 
     #[test]
     fn highlighting_only_adds_colours() {
