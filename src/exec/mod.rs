@@ -269,25 +269,6 @@ impl Session {
     }
 }
 
-/// The interpretations of a plan, in the order PLAN prints them.
-fn collect_attributions<'a>(node: &'a crate::plan::Node, out: &mut Vec<&'a crate::plan::Attribution>) {
-    use crate::plan::NodeKind;
-    match &node.kind {
-        NodeKind::Attribute(a) => out.push(a),
-        NodeKind::Predict(_) => {}
-        NodeKind::Filter { input, .. }
-        | NodeKind::Aggregate { input, .. }
-        | NodeKind::Project { input, .. }
-        | NodeKind::Sort { input, .. }
-        | NodeKind::Limit { input, .. }
-        | NodeKind::Distinct { input } => collect_attributions(input, out),
-        NodeKind::SetOp { left, right, .. } | NodeKind::Join { left, right, .. } => {
-            collect_attributions(left, out);
-            collect_attributions(right, out);
-        }
-    }
-}
-
 impl State {
     /// The HTML of EXPORT REPORT: each input of the result with its prediction, top
     /// classes and picture, the query's maps, the query, its plan and the table.
@@ -298,13 +279,7 @@ impl State {
             match &node.kind {
                 NodeKind::Attribute(a) => Some((a.model.clone(), a.data.clone())),
                 NodeKind::Predict(p) => Some((p.model.clone(), p.data.clone())),
-                NodeKind::Filter { input, .. }
-                | NodeKind::Aggregate { input, .. }
-                | NodeKind::Project { input, .. }
-                | NodeKind::Sort { input, .. }
-                | NodeKind::Limit { input, .. }
-                | NodeKind::Distinct { input } => first_source(input),
-                NodeKind::SetOp { left, .. } | NodeKind::Join { left, .. } => first_source(left),
+                _ => node.inputs().into_iter().find_map(first_source),
             }
         }
         let (model_name, data) =
@@ -516,8 +491,7 @@ impl State {
             Plan::Explain(node) => {
                 // The tree, then what the caches will serve for each interpretation.
                 let mut text = node.to_string();
-                let mut attributions = Vec::new();
-                collect_attributions(&node, &mut attributions);
+                let attributions = node.attributions();
                 if !attributions.is_empty() {
                     text.push_str("cache:\n");
                     for a in attributions {

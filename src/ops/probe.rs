@@ -50,15 +50,7 @@ pub fn fit(h: &[f32], n: usize, p: usize, z: &[f32], k: usize) -> Result<Probe> 
                 }
             }
         });
-        let mut rhs = vec![0.0f64; p * k];
-        for r in 0..n {
-            for a in 0..p {
-                let va = hc[r * p + a];
-                for c in 0..k {
-                    rhs[a * k + c] += va * zc[r * k + c];
-                }
-            }
-        }
+        let rhs = transpose_times(&hc, n, p, &zc, k);
         solve_ridge(&mut gram, p, &rhs, k)?
     } else {
         // Wᵀ = Hᵀ (H Hᵀ + λ I)⁻¹ Z
@@ -70,16 +62,7 @@ pub fn fit(h: &[f32], n: usize, p: usize, z: &[f32], k: usize) -> Result<Probe> 
             }
         });
         let alpha = solve_ridge(&mut gram, n, &zc, k)?;
-        let mut wt = vec![0.0f64; p * k];
-        for r in 0..n {
-            for a in 0..p {
-                let va = hc[r * p + a];
-                for c in 0..k {
-                    wt[a * k + c] += va * alpha[r * k + c];
-                }
-            }
-        }
-        wt
+        transpose_times(&hc, n, p, &alpha, k)
     };
     let mut weight = vec![0.0f32; k * p];
     let mut bias = vec![0.0f32; k];
@@ -92,6 +75,20 @@ pub fn fit(h: &[f32], n: usize, p: usize, z: &[f32], k: usize) -> Result<Probe> 
         bias[c] = b as f32;
     }
     Ok(Probe { weight, bias })
+}
+
+/// Hᵀ M for H (n × p) and M (n × k), both row-major: a p × k matrix.
+fn transpose_times(h: &[f64], n: usize, p: usize, m: &[f64], k: usize) -> Vec<f64> {
+    let mut out = vec![0.0f64; p * k];
+    for r in 0..n {
+        for a in 0..p {
+            let va = h[r * p + a];
+            for c in 0..k {
+                out[a * k + c] += va * m[r * k + c];
+            }
+        }
+    }
+    out
 }
 
 /// Solves (G + λ I) X = B for symmetric positive semi-definite G (m × m) by Cholesky.

@@ -295,6 +295,28 @@ impl Node {
         Node { kind, columns }
     }
 
+    /// The operators this one reads from, left to right.
+    pub fn inputs(&self) -> Vec<&Node> {
+        match &self.kind {
+            NodeKind::Attribute(_) | NodeKind::Predict(_) => Vec::new(),
+            NodeKind::Filter { input, .. }
+            | NodeKind::Aggregate { input, .. }
+            | NodeKind::Project { input, .. }
+            | NodeKind::Sort { input, .. }
+            | NodeKind::Limit { input, .. }
+            | NodeKind::Distinct { input } => vec![input],
+            NodeKind::SetOp { left, right, .. } | NodeKind::Join { left, right, .. } => vec![left, right],
+        }
+    }
+
+    /// The interpretations of the plan, in the order PLAN prints them.
+    pub fn attributions(&self) -> Vec<&Attribution> {
+        match &self.kind {
+            NodeKind::Attribute(a) => vec![a],
+            _ => self.inputs().into_iter().flat_map(|n| n.attributions()).collect(),
+        }
+    }
+
     /// An operator over this one that keeps its columns (Filter, Sort, Limit, Distinct).
     pub fn then(self, make: impl FnOnce(Box<Node>) -> NodeKind) -> Node {
         let columns = self.columns.clone();
