@@ -245,6 +245,15 @@ fn forwards_match_candle() {
         .forward(&img, false)
         .unwrap();
     assert_same(&y, &candle_tensor(&img).max_pool2d(2).unwrap(), "maxpool2d");
+    // the forward that keeps its argmax for a backward gives the same maxima, NaN included
+    let mut with_nan = img.clone();
+    with_nan.data_mut()[7] = f32::NAN;
+    let pool = layer(Op::MaxPool2d { win: win(2, 2, 0, 1) }, &[2, 6, 6], &[2, 3, 3]);
+    let (fast, _) = pool.forward(&with_nan, false).unwrap();
+    let (kept, _) = pool.forward(&with_nan, true).unwrap();
+    let bits = |b: &Batch| b.data().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&fast), bits(&kept));
+    assert!(fast.data().iter().any(|v| v.is_nan()), "NaN propagates as in PyTorch");
     let (y, _) = layer(
         Op::AvgPool2d {
             win: win(3, 3, 0, 1),

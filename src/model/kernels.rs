@@ -334,11 +334,30 @@ pub struct Planes {
 /// Max pooling over planes (n·c of them, each h×w). Returns, per output, the flat index in
 /// its plane of its maximum as PyTorch picks it (the first maximum; a NaN wins), or
 /// u32::MAX when the window lies entirely in the padding.
-pub fn maxpool2d_forward(x: &[f32], g: Planes, win: &Window2d, y: &mut [f32]) -> Vec<u32> {
+pub fn maxpool2d_forward(x: &[f32], g: Planes, win: &Window2d, y: &mut [f32], keep: bool) -> Vec<u32> {
     let Planes { planes, h, w, oh, ow } = g;
-    let mut arg = vec![u32::MAX; planes * oh * ow];
     let inside = win.padding == (0, 0);
-    if inside && win.kernel == (2, 2) && win.stride == (2, 2) && win.dilation == (1, 1) {
+    let two_by_two = inside && win.kernel == (2, 2) && win.stride == (2, 2) && win.dilation == (1, 1);
+    if two_by_two && !keep {
+        // No backward will follow: the maxima alone, NaN winning as in PyTorch.
+        let pick = |a: f32, b: f32| if b > a || b.is_nan() { b } else { a };
+        for pl in 0..planes {
+            let src = &x[pl * h * w..(pl + 1) * h * w];
+            let dst = &mut y[pl * oh * ow..(pl + 1) * oh * ow];
+            for (oy, out) in dst.chunks_exact_mut(ow).enumerate() {
+                let top = &src[2 * oy * w..(2 * oy + 1) * w];
+                let bottom = &src[(2 * oy + 1) * w..(2 * oy + 2) * w];
+                for (ox, o) in out.iter_mut().enumerate() {
+                    let (a, b) = (top[2 * ox], top[2 * ox + 1]);
+                    let (c, d) = (bottom[2 * ox], bottom[2 * ox + 1]);
+                    *o = pick(pick(pick(a, b), c), d);
+                }
+            }
+        }
+        return Vec::new();
+    }
+    let mut arg = vec![u32::MAX; planes * oh * ow];
+    if two_by_two {
         // The common 2×2 pool: candidates in PyTorch's scan order, first maximum wins.
         for pl in 0..planes {
             let src = &x[pl * h * w..(pl + 1) * h * w];

@@ -182,7 +182,7 @@ impl Layer {
                 }
             }
             Op::MaxPool2d { win } => {
-                let arg = kernels::maxpool2d_forward(xs, self.planes(n), win, ys);
+                let arg = kernels::maxpool2d_forward(xs, self.planes(n), win, ys, keep);
                 if keep {
                     memo = Memo::Argmax(arg);
                 }
