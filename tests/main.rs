@@ -5,6 +5,7 @@ mod cli;
 mod common;
 mod completion;
 mod corpus;
+mod edits;
 mod errors;
 mod files;
 mod layers;

@@ -36,6 +36,8 @@ fn check(text: &str, origin: &str) {
 }
 
 const TRICKY: &[&str] = &[
+    "LET p = d[0:5] WITH SET rows 6:8, cols 6:8 = 1.0 WITH MASK columns a, 'b c', 3:5 WITH NOISE(0.1, 3) WITH BLUR(:s);",
+    "SELECT * FROM m(d[1] WITH SET mean_radius = -0.5) JOIN m(d[2] WITH NOISE(0.2)) USING saliency;",
     "EXPORT REPORT SELECT * FROM m(d[1]) JOIN m2(d[1]) USING saliency TO 'r.html' OVERWRITE;",
     "SELECT * FROM (m(d[1]) USING saliency WINDOW rows 0:4) AS x JOIN m2(d[1]) AS y USING integrated_gradients(steps = 5) TARGET 3;",
     "SELECT a.attribution, y.value FROM m(d) ANTIJOIN (m(e) AT LAYER conv2) AS y AT LAYER fc1 USING layer_integrated_gradients;",

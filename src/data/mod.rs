@@ -156,6 +156,14 @@ impl Dataset {
         }
     }
 
+    /// Changes every row in place; `edit` gets each row's input id.
+    pub fn edit_rows(&mut self, mut edit: impl FnMut(i64, &mut [f32])) {
+        let len = self.sample_len();
+        for (id, row) in self.ids.iter().zip(self.values.chunks_mut(len)) {
+            edit(*id, row);
+        }
+    }
+
     /// The mean sample.
     pub fn mean(&self) -> Vec<f32> {
         let len = self.sample_len();

@@ -676,7 +676,7 @@ fn layer_relation(inputs: &Inputs, result: &ops::layer::LayerAttribution, a: &At
 }
 
 /// The window (projection) and groups (granularity) as the methods see them.
-fn features(window: &WindowSpec, gran: &GranularitySpec, modality: &Modality, d: usize) -> Result<Features> {
+pub(super) fn features(window: &WindowSpec, gran: &GranularitySpec, modality: &Modality, d: usize) -> Result<Features> {
     let mut group_of = vec![OUTSIDE; d];
     let mut groups = 0usize;
     let mut order = Vec::new();
@@ -905,6 +905,7 @@ mod tests {
             .select(&DatasetRef {
                 name: "digits".into(),
                 pick: Pick::Range(Some(0), Some(3)),
+                edits: Vec::new(),
             })
             .unwrap();
         let model = state.model("cnn").unwrap().model.clone();

@@ -4,6 +4,7 @@
 
 mod cache;
 mod complete;
+mod edit;
 mod interpret;
 mod relational;
 mod show;
@@ -376,7 +377,7 @@ impl State {
                 .filter(|&i| a.is_none_or(|a| ds.id(i) >= a) && b.is_none_or(|b| ds.id(i) < b))
                 .collect(),
         };
-        Ok(Selection { dataset: ds, rows })
+        edit::apply(Selection { dataset: ds, rows }, &r.edits, &r.to_string())
     }
 
     fn batch_rows(&self, model: &Model) -> usize {

@@ -150,95 +150,7 @@ pub(super) fn plan_clauses(call: &ast::ModelCall, clauses: &Clauses, catalog: &d
 
     let window = match &i.c.window {
         None => WindowSpec::All,
-        Some(w) => match (&w.kind, &info.modality) {
-            (
-                WindowKind::Image(ranges),
-                Modality::Image {
-                    channels,
-                    height,
-                    width,
-                },
-            ) => {
-                let mut rect = Rect {
-                    channels: (0, *channels),
-                    rows: (0, *height),
-                    cols: (0, *width),
-                };
-                let mut seen = Vec::new();
-                for r in ranges {
-                    if seen.contains(&r.axis) {
-                        return Err(Error::value("each axis may appear once in a WINDOW").at(r.span));
-                    }
-                    seen.push(r.axis);
-                    let (name, limit, slot) = match r.axis {
-                        Axis::Rows => ("rows", *height, &mut rect.rows),
-                        Axis::Cols => ("cols", *width, &mut rect.cols),
-                        Axis::Channels => ("channels", *channels, &mut rect.channels),
-                    };
-                    let a = resolve_int(&r.start, catalog, "a window bound")?;
-                    let b = resolve_int(&r.end, catalog, "a window bound")?;
-                    if a < 0 || b <= a || b as usize > limit {
-                        return Err(Error::value(format!(
-                            "window {name} {a}:{b} must satisfy 0 ≤ start < end ≤ {limit}"
-                        ))
-                        .at(r.span));
-                    }
-                    *slot = (a as usize, b as usize);
-                }
-                WindowSpec::Rect(rect)
-            }
-            (WindowKind::Columns(items), Modality::Tabular { columns }) => {
-                let mut picked = Vec::new();
-                for item in items {
-                    match item {
-                        ColumnItem::Name(n) => {
-                            let pos = columns.iter().position(|c| *c == n.name).ok_or_else(|| {
-                                Error::unknown("column", &n.name, columns, &format!("columns of {}", data.name))
-                                    .at(n.span)
-                            })?;
-                            picked.push(pos);
-                        }
-                        ColumnItem::Range { start, end, span } => {
-                            let a = resolve_int(start, catalog, "a column index")?;
-                            let b = resolve_int(end, catalog, "a column index")?;
-                            if a < 0 || b <= a || b as usize > columns.len() {
-                                return Err(Error::value(format!(
-                                    "column range {a}:{b} must satisfy 0 ≤ start < end ≤ {}",
-                                    columns.len()
-                                ))
-                                .at(*span));
-                            }
-                            picked.extend(a as usize..b as usize);
-                        }
-                    }
-                }
-                let mut dedup = Vec::new();
-                for p in picked {
-                    if !dedup.contains(&p) {
-                        dedup.push(p);
-                    }
-                }
-                WindowSpec::Columns(dedup)
-            }
-            (WindowKind::Image(_), _) => {
-                return Err(Error::value(format!(
-                    "WINDOW rows/cols applies to images, but `{}` is {}",
-                    data.name,
-                    modality_name(&info.modality)
-                ))
-                .at(w.span)
-                .hint("for tabular data write WINDOW columns a, b, …"));
-            }
-            (WindowKind::Columns(_), _) => {
-                return Err(Error::value(format!(
-                    "WINDOW columns applies to tabular data, but `{}` is {}",
-                    data.name,
-                    modality_name(&info.modality)
-                ))
-                .at(w.span)
-                .hint("for images write WINDOW rows a:b, cols c:d"));
-            }
-        },
+        Some(w) => resolve_window(w, &info, &data.name, catalog)?,
     };
 
     let granularity = match &i.c.granularity {
@@ -327,6 +239,104 @@ pub(super) fn plan_clauses(call: &ast::ModelCall, clauses: &Clauses, catalog: &d
     };
     let columns = relation_columns(&attribution);
     Ok(Node::new(NodeKind::Attribute(Box::new(attribution)), columns))
+}
+
+/// A WINDOW (or the window of an input edit) as features of the dataset: a box of an
+/// image, or tabular columns.
+pub fn resolve_window(
+    w: &ast::Window,
+    info: &DatasetInfo,
+    data_name: &str,
+    catalog: &dyn Catalog,
+) -> Result<WindowSpec> {
+    Ok(match (&w.kind, &info.modality) {
+        (
+            WindowKind::Image(ranges),
+            Modality::Image {
+                channels,
+                height,
+                width,
+            },
+        ) => {
+            let mut rect = Rect {
+                channels: (0, *channels),
+                rows: (0, *height),
+                cols: (0, *width),
+            };
+            let mut seen = Vec::new();
+            for r in ranges {
+                if seen.contains(&r.axis) {
+                    return Err(Error::value("each axis may appear once in a WINDOW").at(r.span));
+                }
+                seen.push(r.axis);
+                let (name, limit, slot) = match r.axis {
+                    Axis::Rows => ("rows", *height, &mut rect.rows),
+                    Axis::Cols => ("cols", *width, &mut rect.cols),
+                    Axis::Channels => ("channels", *channels, &mut rect.channels),
+                };
+                let a = resolve_int(&r.start, catalog, "a window bound")?;
+                let b = resolve_int(&r.end, catalog, "a window bound")?;
+                if a < 0 || b <= a || b as usize > limit {
+                    return Err(
+                        Error::value(format!("window {name} {a}:{b} must satisfy 0 ≤ start < end ≤ {limit}"))
+                            .at(r.span),
+                    );
+                }
+                *slot = (a as usize, b as usize);
+            }
+            WindowSpec::Rect(rect)
+        }
+        (WindowKind::Columns(items), Modality::Tabular { columns }) => {
+            let mut picked = Vec::new();
+            for item in items {
+                match item {
+                    ColumnItem::Name(n) => {
+                        let pos = columns.iter().position(|c| *c == n.name).ok_or_else(|| {
+                            Error::unknown("column", &n.name, columns, &format!("columns of {}", data_name)).at(n.span)
+                        })?;
+                        picked.push(pos);
+                    }
+                    ColumnItem::Range { start, end, span } => {
+                        let a = resolve_int(start, catalog, "a column index")?;
+                        let b = resolve_int(end, catalog, "a column index")?;
+                        if a < 0 || b <= a || b as usize > columns.len() {
+                            return Err(Error::value(format!(
+                                "column range {a}:{b} must satisfy 0 ≤ start < end ≤ {}",
+                                columns.len()
+                            ))
+                            .at(*span));
+                        }
+                        picked.extend(a as usize..b as usize);
+                    }
+                }
+            }
+            let mut dedup = Vec::new();
+            for p in picked {
+                if !dedup.contains(&p) {
+                    dedup.push(p);
+                }
+            }
+            WindowSpec::Columns(dedup)
+        }
+        (WindowKind::Image(_), _) => {
+            return Err(Error::value(format!(
+                "WINDOW rows/cols applies to images, but `{}` is {}",
+                data_name,
+                modality_name(&info.modality)
+            ))
+            .at(w.span)
+            .hint("for tabular data write WINDOW columns a, b, …"));
+        }
+        (WindowKind::Columns(_), _) => {
+            return Err(Error::value(format!(
+                "WINDOW columns applies to tabular data, but `{}` is {}",
+                data_name,
+                modality_name(&info.modality)
+            ))
+            .at(w.span)
+            .hint("for images write WINDOW rows a:b, cols c:d"));
+        }
+    })
 }
 
 /// The syntax of one interpretation: its call and its clauses.

@@ -94,11 +94,25 @@ pub enum ExportFormat {
     Report,
 }
 
-/// Rows of a loaded dataset picked by input id.
+/// Rows of a loaded dataset picked by input id, with input edits applied in order.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DatasetRef {
     pub name: String,
     pub pick: Pick,
+    pub edits: Vec<EditSpec>,
+}
+
+/// A checked input edit (`WITH …`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum EditSpec {
+    /// The window's features set to a value.
+    Set { window: WindowSpec, value: f32 },
+    /// The window's features set to zero.
+    Mask { window: WindowSpec },
+    /// Gaussian noise added to every feature, seeded by (seed, input id).
+    Noise { stdev: f32, seed: u64 },
+    /// Gaussian blur of each image plane (σ in pixels).
+    Blur { sigma: f32 },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -119,7 +133,28 @@ impl fmt::Display for DatasetRef {
                 let b = b.map(|v| v.to_string()).unwrap_or_default();
                 write!(f, "{}[{a}:{b}]", self.name)
             }
+        }?;
+        for e in &self.edits {
+            match e {
+                EditSpec::Set { window, value } => write!(f, " with {} = {value}", window_text(window))?,
+                EditSpec::Mask { window } => write!(f, " with {} masked", window_text(window))?,
+                EditSpec::Noise { stdev, seed } => write!(f, " with noise({stdev}, seed {seed})")?,
+                EditSpec::Blur { sigma } => write!(f, " with blur({sigma})")?,
+            }
         }
+        Ok(())
+    }
+}
+
+/// A window as PLAN shows it.
+pub fn window_text(w: &WindowSpec) -> String {
+    match w {
+        WindowSpec::All => "all features".to_string(),
+        WindowSpec::Rect(r) => format!(
+            "channels {}:{}, rows {}:{}, cols {}:{}",
+            r.channels.0, r.channels.1, r.rows.0, r.rows.1, r.cols.0, r.cols.1
+        ),
+        WindowSpec::Columns(c) => format!("{} columns", c.len()),
     }
 }
 
@@ -387,14 +422,7 @@ impl Node {
                     BaselineSpec::Constant(c) => format!("{c}"),
                     BaselineSpec::Data(d) => d.to_string(),
                 };
-                let window = match &a.window {
-                    WindowSpec::All => "all features".to_string(),
-                    WindowSpec::Rect(r) => format!(
-                        "channels {}:{}, rows {}:{}, cols {}:{}",
-                        r.channels.0, r.channels.1, r.rows.0, r.rows.1, r.cols.0, r.cols.1
-                    ),
-                    WindowSpec::Columns(c) => format!("{} columns", c.len()),
-                };
+                let window = window_text(&a.window);
                 let gran = match &a.granularity {
                     GranularitySpec::Feature => "feature".to_string(),
                     GranularitySpec::Pixel => "pixel".to_string(),

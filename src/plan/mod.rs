@@ -362,11 +362,68 @@ pub fn resolve_dataset(expr: &ast::DatasetExpr, catalog: &dyn Catalog) -> Result
             Pick::Range(a, b)
         }
     };
+    let edits = expr
+        .edits
+        .iter()
+        .map(|e| resolve_edit(e, &info, &expr.name.name, catalog))
+        .collect::<Result<Vec<_>>>()?;
     Ok((
         DatasetRef {
             name: expr.name.name.clone(),
             pick,
+            edits,
         },
         info,
     ))
+}
+
+/// Checks an input edit against the dataset it edits.
+fn resolve_edit(e: &ast::Edit, info: &DatasetInfo, data: &str, catalog: &dyn Catalog) -> Result<EditSpec> {
+    let number = |v: &Value, what: &str| -> Result<f32> {
+        match resolve_literal(v, catalog)? {
+            Literal::Number(n) if n.is_finite() => Ok(n as f32),
+            other => Err(Error::value(format!("{what} must be a number, got {other}")).at(v.span)),
+        }
+    };
+    Ok(match &e.kind {
+        ast::EditKind::Set { window, value } => EditSpec::Set {
+            window: interpret::resolve_window(window, info, data, catalog)?,
+            value: number(value, "the value set")?,
+        },
+        ast::EditKind::Mask { window } => EditSpec::Mask {
+            window: interpret::resolve_window(window, info, data, catalog)?,
+        },
+        ast::EditKind::Noise { stdev, seed } => {
+            let sd = number(stdev, "the noise's standard deviation")?;
+            if sd < 0.0 {
+                return Err(
+                    Error::value(format!("the noise's standard deviation must be ≥ 0, got {sd}")).at(stdev.span),
+                );
+            }
+            let seed = match seed {
+                Some(v) => {
+                    let s = resolve_int(v, catalog, "a seed")?;
+                    if s < 0 {
+                        return Err(Error::value(format!("a seed must be ≥ 0, got {s}")).at(v.span));
+                    }
+                    s as u64
+                }
+                None => match catalog.setting("seed") {
+                    Some(ParamValue::Number(n)) => n as u64,
+                    _ => 0,
+                },
+            };
+            EditSpec::Noise { stdev: sd, seed }
+        }
+        ast::EditKind::Blur { sigma } => {
+            if !matches!(info.modality, Modality::Image { .. }) {
+                return Err(Error::value(format!("BLUR applies to images; `{data}` is not one")).at(e.span));
+            }
+            let s = number(sigma, "BLUR's sigma")?;
+            if !(s > 0.0 && s <= 100.0) {
+                return Err(Error::value(format!("BLUR's sigma must be > 0 and ≤ 100 pixels, got {s}")).at(sigma.span));
+            }
+            EditSpec::Blur { sigma: s }
+        }
+    })
 }

@@ -96,7 +96,7 @@ pub struct Query {
 pub enum QueryKind {
     Select(Box<Select>),
     /// `PREDICT m(x)`: shorthand for `SELECT * FROM PREDICT m(x)`.
-    Predict(ModelCall),
+    Predict(Box<ModelCall>),
     SetOp {
         op: SetOp,
         left: Box<Query>,
@@ -146,7 +146,7 @@ pub struct Limit {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Source {
     Interpretation(Box<Interpretation>),
-    Predict(ModelCall),
+    Predict(Box<ModelCall>),
     Subquery { query: Box<Query>, alias: Option<Ident> },
     Join(Box<Join>),
 }
@@ -229,7 +229,28 @@ pub struct ModelCall {
 pub struct DatasetExpr {
     pub name: Ident,
     pub index: Option<Index>,
+    /// Input edits (`WITH SET …`, `WITH MASK …`, `WITH NOISE(…)`, `WITH BLUR(…)`), in order.
+    pub edits: Vec<Edit>,
     pub span: Span,
+}
+
+/// One input edit of a dataset expression.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Edit {
+    pub kind: EditKind,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum EditKind {
+    /// Features of a window (or columns) set to a value.
+    Set { window: Window, value: Value },
+    /// Features of a window set to zero (the default baseline).
+    Mask { window: Window },
+    /// Gaussian noise of standard deviation `stdev`, seeded.
+    Noise { stdev: Value, seed: Option<Value> },
+    /// Gaussian blur of each image plane.
+    Blur { sigma: Value },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -747,7 +768,17 @@ impl fmt::Display for DatasetExpr {
                 };
                 write!(f, "[{s}:{e}]")
             }
+        }?;
+        for edit in &self.edits {
+            match &edit.kind {
+                EditKind::Set { window, value } => write!(f, " WITH SET {window} = {value}")?,
+                EditKind::Mask { window } => write!(f, " WITH MASK {window}")?,
+                EditKind::Noise { stdev, seed: Some(s) } => write!(f, " WITH NOISE({stdev}, {s})")?,
+                EditKind::Noise { stdev, seed: None } => write!(f, " WITH NOISE({stdev})")?,
+                EditKind::Blur { sigma } => write!(f, " WITH BLUR({sigma})")?,
+            }
         }
+        Ok(())
     }
 }
 

@@ -321,7 +321,7 @@ fn visit_query_term(pair: Pair<Rule>) -> Result<Query> {
             let call = visit_model_call(c.next()?)?;
             c.done();
             Ok(Query {
-                kind: QueryKind::Predict(call),
+                kind: QueryKind::Predict(Box::new(call)),
                 span: sp,
             })
         }
@@ -436,7 +436,7 @@ fn visit_source(pair: Pair<Rule>) -> Result<Source> {
             pc.skip_keywords();
             let call = visit_model_call(pc.next()?)?;
             pc.done();
-            Ok(Source::Predict(call))
+            Ok(Source::Predict(Box::new(call)))
         }
         Rule::join_source => Ok(Source::Join(Box::new(visit_join(inner)?))),
         _ => Ok(Source::Interpretation(Box::new(visit_interpretation(inner)?))),
@@ -561,60 +561,7 @@ fn visit_clauses<'a>(pairs: impl Iterator<Item = Pair<'a, Rule>>) -> Result<Clau
                 if interp.window.is_some() {
                     return Err(twice("WINDOW"));
                 }
-                let w = cc.next()?;
-                let kind = if w.as_rule() == Rule::window_image {
-                    let ranges = w
-                        .into_inner()
-                        .map(|r| {
-                            let rsp = span(&r);
-                            let mut rc = Children::of(r);
-                            let axis_pair = rc.next()?;
-                            let axis = match axis_pair.as_str().to_lowercase().as_str() {
-                                "rows" => Axis::Rows,
-                                "cols" => Axis::Cols,
-                                _ => Axis::Channels,
-                            };
-                            let start = visit_int_value(rc.next()?)?;
-                            let end = visit_int_value(rc.next()?)?;
-                            rc.done();
-                            Ok(WindowRange {
-                                axis,
-                                start,
-                                end,
-                                span: rsp,
-                            })
-                        })
-                        .collect::<Result<_>>()?;
-                    WindowKind::Image(ranges)
-                } else {
-                    let mut wc = Children::of(w);
-                    wc.skip_keywords();
-                    let items = wc
-                        .inner
-                        .map(|item| {
-                            let inner = Children::of(item).next()?;
-                            match inner.as_rule() {
-                                Rule::column_range => {
-                                    let isp = span(&inner);
-                                    let mut rc = Children::of(inner);
-                                    let start = visit_int_value(rc.next()?)?;
-                                    let end = visit_int_value(rc.next()?)?;
-                                    Ok(ColumnItem::Range { start, end, span: isp })
-                                }
-                                Rule::string => {
-                                    let v = visit_value_token(inner)?;
-                                    let name = match v.kind {
-                                        ValueKind::Str(name) => name,
-                                        other => format!("{other:?}"),
-                                    };
-                                    Ok(ColumnItem::Name(Ident { name, span: v.span }))
-                                }
-                                _ => Ok(ColumnItem::Name(visit_ident(inner)?)),
-                            }
-                        })
-                        .collect::<Result<_>>()?;
-                    WindowKind::Columns(items)
-                };
+                let kind = visit_window(cc.next()?)?;
                 interp.window = Some(Window { kind, span: csp });
             }
             Rule::granularity_clause => {
@@ -711,8 +658,109 @@ fn visit_dataset(pair: Pair<Rule>) -> Result<DatasetExpr> {
             })
         }
     };
-    c.done();
-    Ok(DatasetExpr { name, index, span: sp })
+    let edits = c.inner.by_ref().map(visit_edit).collect::<Result<Vec<_>>>()?;
+    Ok(DatasetExpr {
+        name,
+        index,
+        edits,
+        span: sp,
+    })
+}
+
+/// A window (`rows a:b, cols c:d`, `columns x, y`) or, in `WITH SET c = v`, one column.
+fn visit_window(w: Pair<Rule>) -> Result<WindowKind> {
+    if w.as_rule() == Rule::column_item {
+        return Ok(WindowKind::Columns(vec![visit_column_item(w)?]));
+    }
+    Ok(if w.as_rule() == Rule::window_image {
+        let ranges = w
+            .into_inner()
+            .map(|r| {
+                let rsp = span(&r);
+                let mut rc = Children::of(r);
+                let axis_pair = rc.next()?;
+                let axis = match axis_pair.as_str().to_lowercase().as_str() {
+                    "rows" => Axis::Rows,
+                    "cols" => Axis::Cols,
+                    _ => Axis::Channels,
+                };
+                let start = visit_int_value(rc.next()?)?;
+                let end = visit_int_value(rc.next()?)?;
+                rc.done();
+                Ok(WindowRange {
+                    axis,
+                    start,
+                    end,
+                    span: rsp,
+                })
+            })
+            .collect::<Result<_>>()?;
+        WindowKind::Image(ranges)
+    } else {
+        let mut wc = Children::of(w);
+        wc.skip_keywords();
+        let items = wc.inner.map(visit_column_item).collect::<Result<_>>()?;
+        WindowKind::Columns(items)
+    })
+}
+
+fn visit_column_item(item: Pair<Rule>) -> Result<ColumnItem> {
+    let inner = Children::of(item).next()?;
+    match inner.as_rule() {
+        Rule::column_range => {
+            let isp = span(&inner);
+            let mut rc = Children::of(inner);
+            let start = visit_int_value(rc.next()?)?;
+            let end = visit_int_value(rc.next()?)?;
+            Ok(ColumnItem::Range { start, end, span: isp })
+        }
+        Rule::string => {
+            let v = visit_value_token(inner)?;
+            let name = match v.kind {
+                ValueKind::Str(name) => name,
+                other => format!("{other:?}"),
+            };
+            Ok(ColumnItem::Name(Ident { name, span: v.span }))
+        }
+        _ => Ok(ColumnItem::Name(visit_ident(inner)?)),
+    }
+}
+
+fn visit_edit(pair: Pair<Rule>) -> Result<Edit> {
+    let sp = span(&pair);
+    let mut c = Children::of(pair);
+    c.skip_keywords();
+    let inner = c.next()?;
+    let rule = inner.as_rule();
+    let isp = span(&inner);
+    let mut ic = Children::of(inner);
+    ic.skip_keywords();
+    let number = |p: Pair<Rule>| visit_int_value(p);
+    let kind = match rule {
+        Rule::edit_set => {
+            let window = Window {
+                kind: visit_window(ic.next()?)?,
+                span: isp,
+            };
+            let value = number(ic.next()?)?;
+            EditKind::Set { window, value }
+        }
+        Rule::edit_mask => EditKind::Mask {
+            window: Window {
+                kind: visit_window(ic.next()?)?,
+                span: isp,
+            },
+        },
+        Rule::edit_noise => {
+            let stdev = number(ic.next()?)?;
+            let seed = ic.inner.next().map(visit_int_value).transpose()?;
+            EditKind::Noise { stdev, seed }
+        }
+        _ => EditKind::Blur {
+            sigma: number(ic.next()?)?,
+        },
+    };
+    Ok(Edit { kind, span: sp })
 }
 
 fn visit_int_value(pair: Pair<Rule>) -> Result<Value> {
