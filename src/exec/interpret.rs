@@ -232,7 +232,11 @@ impl Inputs {
 }
 
 fn resolve_inputs(state: &mut State, a: &Attribution) -> Result<Inputs> {
-    let sel = state.select(&a.data)?;
+    let mut sel = state.select(&a.data)?;
+    if let Some(ids) = &a.chunk {
+        // A streamed chunk: its inputs were chosen once for the whole dataset.
+        sel.rows = ids.iter().filter_map(|&id| sel.dataset.position_of(id)).collect();
+    }
     let model = state.model(&a.model)?.model.clone();
     let n = sel.len();
     let predictions: Vec<usize> = logits(state, &a.model, &sel, &[])?.iter().map(|l| argmax(l)).collect();
@@ -266,7 +270,7 @@ fn resolve_inputs(state: &mut State, a: &Attribution) -> Result<Inputs> {
         predictions,
         targets,
     };
-    if let Some(predicate) = &a.input_filter {
+    if let (Some(predicate), None) = (&a.input_filter, &a.chunk) {
         // The pushed-down predicate runs on one row per input, before the method.
         let df = DataFrame::new(
             n,
@@ -298,7 +302,7 @@ fn resolve_inputs(state: &mut State, a: &Attribution) -> Result<Inputs> {
             .collect();
         inputs.retain(&keep);
     }
-    if let Some(limit) = a.input_limit {
+    if let (Some(limit), None) = (a.input_limit, &a.chunk) {
         let wanted = match limit {
             InputLimit::Inputs(k) => k,
             InputLimit::Rows(r) => r.div_ceil(rows_per_input(a, model.input_len())?.max(1)),
@@ -307,19 +311,15 @@ fn resolve_inputs(state: &mut State, a: &Attribution) -> Result<Inputs> {
             inputs.retain(&(0..wanted).collect::<Vec<_>>());
         }
     }
-    if let Some((start, end)) = a.chunk {
-        let end = end.min(inputs.sel.len());
-        inputs.retain(&(start.min(end)..end).collect::<Vec<_>>());
-    }
     Ok(inputs)
 }
 
-/// How many inputs an interpretation will attribute, and the rows of its relation per
+/// The input ids an interpretation will attribute, and the rows of its relation per
 /// input (for the executor's streaming decision).
-pub(super) fn extent(state: &mut State, a: &Attribution) -> Result<(usize, usize)> {
+pub(super) fn extent(state: &mut State, a: &Attribution) -> Result<(Vec<i64>, usize)> {
     let inputs = resolve_inputs(state, a)?;
     let d = state.model(&a.model)?.model.input_len();
-    Ok((inputs.sel.len(), rows_per_input(a, d)?))
+    Ok((inputs.ids, rows_per_input(a, d)?))
 }
 
 /// Rows of the relation per input.

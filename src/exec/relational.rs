@@ -118,15 +118,16 @@ fn stream_aggregate(
     if !by_input {
         return Ok(None);
     }
-    let (count, per_input) = super::interpret::extent(state, attribution)?;
+    let (ids, per_input) = super::interpret::extent(state, attribution)?;
     let chunk = ((state.settings.memory_mb << 20) / (per_input.max(1) * ROW_BYTES)).max(1);
-    if count <= chunk {
+    if ids.len() <= chunk {
         return Ok(None);
     }
     let mut parts = Vec::new();
-    for start in (0..count).step_by(chunk) {
+    // The inputs are chosen (filtered, limited) once; each chunk attributes its share.
+    for part_ids in ids.chunks(chunk) {
         let mut part = attribution.as_ref().clone();
-        part.chunk = Some((start, start + chunk));
+        part.chunk = Some(part_ids.to_vec());
         let mut lf = run_attribution(state, &part)?.lazy();
         for p in filters.iter().rev() {
             lf = lf.filter(expr(p)?);

@@ -356,29 +356,42 @@ fn panels(df: &DataFrame) -> Result<Vec<Panel>> {
         c.str()?.iter().map(|s| s.unwrap_or("").to_string()).collect()
     };
     let token_order = ints("token")?;
+    // Each side's columns, read once: attributions, input values, targets, predictions
+    // (a side's own `a.target`, else the shared `target`).
+    struct Side {
+        name: String,
+        values: Vec<Option<f32>>,
+        base: Vec<Option<f32>>,
+        targets: Option<Vec<Option<i64>>>,
+        predictions: Option<Vec<Option<i64>>>,
+    }
+    let sides = sides
+        .iter()
+        .map(|(name, column)| -> Result<Side> {
+            let own =
+                |c: &str| -> Result<Option<Vec<Option<i64>>>> { Ok(ints(&qualified_name(name, c))?.or(ints(c)?)) };
+            let value_column = qualified_name(name, "value");
+            Ok(Side {
+                name: name.clone(),
+                values: floats(column)?,
+                base: if has(&value_column) {
+                    floats(&value_column)?
+                } else {
+                    vec![None; n]
+                },
+                targets: own("target")?,
+                predictions: own("prediction")?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
     let mut panels = Vec::new();
     for input in &order {
         let picked: Vec<usize> = (0..n).filter(|&k| inputs[k] == *input).collect();
-        for (side, column) in &sides {
-            let values = floats(column)?;
-            let value_column = qualified_name(side, "value");
-            let base_values = if has(&value_column) {
-                floats(&value_column)?
-            } else {
-                vec![None; n]
-            };
-            let qualified = |c: &str| {
-                if side.is_empty() {
-                    c.to_string()
-                } else {
-                    format!("{side}.{c}")
-                }
-            };
-            let first = |c: &str| -> Result<Option<i64>> {
-                Ok(ints(&qualified(c))?
-                    .or(ints(c)?)
-                    .and_then(|v| picked.first().and_then(|&k| v[k])))
-            };
+        for s in &sides {
+            let (side, values, base_values) = (&s.name, &s.values, &s.base);
+            // The first row's value: the same on every row of an input.
+            let first =
+                |column: &Option<Vec<Option<i64>>>| column.as_ref().and_then(|v| picked.first().and_then(|&k| v[k]));
             let mut title = match input {
                 Some(i) => format!("input {i}"),
                 None => "all rows".to_string(),
@@ -386,10 +399,10 @@ fn panels(df: &DataFrame) -> Result<Vec<Panel>> {
             if !side.is_empty() {
                 title = format!("{side}: {title}");
             }
-            if let Some(t) = first("target")? {
+            if let Some(t) = first(&s.targets) {
                 title.push_str(&format!(" · target {t}"));
             }
-            if let Some(p) = first("prediction")? {
+            if let Some(p) = first(&s.predictions) {
                 title.push_str(&format!(" · pred {p}"));
             }
             if image {

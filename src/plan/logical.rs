@@ -240,9 +240,9 @@ pub struct Attribution {
     pub input_filter: Option<Expr>,
     /// A LIMIT above that needs only the first inputs (optimizer rule `push_input_limit`).
     pub input_limit: Option<InputLimit>,
-    /// Set by the executor when it streams a dataset: only the inputs at these positions
-    /// (after `input_filter` and `input_limit`).
-    pub chunk: Option<(usize, usize)>,
+    /// Set by the executor when it streams a dataset: only these input ids, already
+    /// chosen by `input_filter` and `input_limit`.
+    pub chunk: Option<Vec<i64>>,
 }
 
 /// How many inputs (after `input_filter`) a LIMIT above an attribution can see.
