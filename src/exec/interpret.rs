@@ -418,6 +418,11 @@ pub(super) fn cache_status(state: &mut State, a: &Attribution) -> Result<String>
         Some(ThroughSpec::Layer(l)) => vec![Some(l)],
         None => vec![None],
     };
+    let outputs = format!("outputs of {cached}/{} inputs in the activation cache", sel.len());
+    if a.input_filter.as_ref().is_some_and(super::relational::expr_has_subquery) {
+        // PLAN does not run the subquery that decides which inputs are attributed.
+        return Ok(format!("the inputs depend on a subquery, run with the query ({outputs})"));
+    }
     let mut memoised = 0;
     for l in &layers {
         let p = prepare(state, a, *l)?;
@@ -425,7 +430,6 @@ pub(super) fn cache_status(state: &mut State, a: &Attribution) -> Result<String>
             memoised += 1;
         }
     }
-    let outputs = format!("outputs of {cached}/{} inputs in the activation cache", sel.len());
     Ok(if memoised == layers.len() {
         format!("memo hit: the result is served from the memo, no method runs ({outputs})")
     } else if memoised > 0 {

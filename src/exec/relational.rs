@@ -9,9 +9,95 @@ use crate::error::{Error, Result};
 use crate::plan::{Node, NodeKind};
 use crate::syntax::ast::{BinaryOp, Expr as Ast, ExprKind, JoinKind, SetOp, UnaryOp};
 
-/// Runs a query plan to a DataFrame.
+/// Runs a query plan to a DataFrame: first its subqueries, whose results become
+/// literals, then the plan.
 pub(super) fn run(node: &Node, state: &mut State) -> Result<DataFrame> {
+    if has_subquery(node) {
+        let mut node = node.clone();
+        node.try_map_exprs(&mut |e| with_subqueries_run(e, state))?;
+        return Ok(build(&node, state)?.collect()?);
+    }
     Ok(build(node, state)?.collect()?)
+}
+
+fn has_subquery(node: &Node) -> bool {
+    let mut found = false;
+    let mut probe = node.clone();
+    let _ = probe.try_map_exprs::<()>(&mut |e| {
+        found |= expr_has_subquery(e);
+        Ok(e.clone())
+    });
+    found
+}
+
+pub(super) fn expr_has_subquery(e: &Ast) -> bool {
+    if matches!(e.kind, ExprKind::Subquery(_)) {
+        return true;
+    }
+    let mut found = false;
+    let _ = e.map_children::<()>(&mut |c| {
+        found |= expr_has_subquery(c);
+        Ok(c.clone())
+    });
+    found
+}
+
+/// `e` with each subquery run: `x IN (SELECT …)` becomes a list of the values it gave,
+/// a scalar subquery its one value (NULL when it gave no row).
+fn with_subqueries_run(e: &Ast, state: &mut State) -> Result<Ast> {
+    let run_one = |q: &crate::syntax::ast::Query, state: &mut State| -> Result<Vec<Ast>> {
+        let node = crate::plan::plan_subquery(q, &*state)?;
+        let df = run(&node, state)?;
+        let column = df.columns().first().ok_or_else(|| Error::query("a subquery gave no column"))?;
+        let values = column.as_materialized_series().cast(&DataType::Float64).ok();
+        (0..df.height())
+            .map(|i| {
+                let kind = match column.get(i)? {
+                    AnyValue::Null => ExprKind::Null,
+                    AnyValue::String(s) => ExprKind::Str(s.to_string()),
+                    AnyValue::StringOwned(s) => ExprKind::Str(s.to_string()),
+                    AnyValue::Boolean(b) => ExprKind::Bool(b),
+                    _ => match values.as_ref().and_then(|v| v.f64().ok()).and_then(|v| v.get(i)) {
+                        Some(n) => ExprKind::Number(n),
+                        None => ExprKind::Null,
+                    },
+                };
+                Ok(Ast { kind, span: e.span })
+            })
+            .collect()
+    };
+    match &e.kind {
+        ExprKind::InList { expr: inner, list, negated } if matches!(list.as_slice(), [q] if matches!(q.kind, ExprKind::Subquery(_))) => {
+            let ExprKind::Subquery(q) = &list[0].kind else {
+                unreachable!("matched above")
+            };
+            let values = run_one(q, state)?;
+            Ok(Ast {
+                kind: ExprKind::InList {
+                    expr: Box::new(with_subqueries_run(inner, state)?),
+                    list: values,
+                    negated: *negated,
+                },
+                span: e.span,
+            })
+        }
+        ExprKind::Subquery(q) => {
+            let mut values = run_one(q, state)?;
+            if values.len() > 1 {
+                return Err(Error::query(format!(
+                    "a subquery used as a value gave {} rows; it must give at most one",
+                    values.len()
+                ))
+                .at(e.span)
+                .hint("aggregate it (max, sum, …) or add LIMIT 1"));
+            }
+            Ok(values.pop().unwrap_or(Ast {
+                kind: ExprKind::Null,
+                span: e.span,
+            }))
+        }
+        _ => e.map_children(&mut |c| with_subqueries_run(c, state)),
+    }
 }
 
 fn build(node: &Node, state: &mut State) -> Result<LazyFrame> {
@@ -272,6 +358,9 @@ pub fn expr(e: &Ast) -> Result<Expr> {
         ExprKind::Null => lit(NULL),
         ExprKind::Var(v) => {
             return Err(Error::query(format!("internal: unresolved variable :{v}")).at(e.span));
+        }
+        ExprKind::Subquery(_) => {
+            return Err(Error::query("internal: a subquery that was not run").at(e.span));
         }
         ExprKind::Unary {
             op: UnaryOp::Not,

@@ -330,6 +330,51 @@ impl Node {
         Node { kind, columns }
     }
 
+    /// Every expression of this operator and those below it (pushed-down input filters
+    /// too) rewritten by `f`.
+    pub fn try_map_exprs<E>(&mut self, f: &mut dyn FnMut(&Expr) -> std::result::Result<Expr, E>) -> std::result::Result<(), E> {
+        match &mut self.kind {
+            NodeKind::Attribute(a) => {
+                if let Some(filter) = &a.input_filter {
+                    a.input_filter = Some(f(filter)?);
+                }
+            }
+            NodeKind::Predict(_) => {}
+            NodeKind::Filter { input, predicate } => {
+                *predicate = f(predicate)?;
+                input.try_map_exprs(f)?;
+            }
+            NodeKind::Aggregate {
+                input,
+                keys,
+                aggregates,
+            } => {
+                for (_, e) in keys.iter_mut().chain(aggregates.iter_mut()) {
+                    *e = f(e)?;
+                }
+                input.try_map_exprs(f)?;
+            }
+            NodeKind::Project { input, exprs } => {
+                for (_, e) in exprs.iter_mut() {
+                    *e = f(e)?;
+                }
+                input.try_map_exprs(f)?;
+            }
+            NodeKind::Sort { input, keys } => {
+                for (e, _) in keys.iter_mut() {
+                    *e = f(e)?;
+                }
+                input.try_map_exprs(f)?;
+            }
+            NodeKind::Limit { input, .. } | NodeKind::Distinct { input } => input.try_map_exprs(f)?,
+            NodeKind::SetOp { left, right, .. } | NodeKind::Join { left, right, .. } => {
+                left.try_map_exprs(f)?;
+                right.try_map_exprs(f)?;
+            }
+        }
+        Ok(())
+    }
+
     /// The operators this one reads from, left to right.
     pub fn inputs(&self) -> Vec<&Node> {
         match &self.kind {

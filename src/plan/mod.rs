@@ -68,6 +68,12 @@ pub const SETTINGS: &[(&str, &str)] = &[
     ("allow_nonfinite", "load data holding NaN or infinity (true or false)"),
 ];
 
+/// Plans and optimizes a subquery of an expression (run by the executor before the query
+/// that holds it).
+pub fn plan_subquery(q: &ast::Query, catalog: &dyn Catalog) -> Result<Node> {
+    Ok(optimize::optimize(query::plan_query(q, catalog)?))
+}
+
 /// Plans one statement against the catalog.
 pub fn plan(stmt: &Statement, catalog: &dyn Catalog) -> Result<Plan> {
     Ok(match &stmt.kind {

@@ -509,6 +509,20 @@ impl Scope {
                     },
                 }
             }
+            ExprKind::Subquery(q) => {
+                // Planned here for its errors; the executor runs it before the query.
+                let node = plan_query(q, catalog)?;
+                if node.columns.len() != 1 {
+                    return Err(Error::query(format!(
+                        "a subquery in an expression gives one column; this one gives {} ({})",
+                        node.columns.len(),
+                        node.columns.join(", ")
+                    ))
+                    .at(e.span)
+                    .hint("select the one column the expression compares with"));
+                }
+                return Ok(e.clone());
+            }
             ExprKind::Var(v) => match variable(v, e.span, catalog)? {
                 Literal::Number(n) => ExprKind::Number(n),
                 Literal::Text(t) => ExprKind::Str(t),

@@ -387,11 +387,15 @@ pub enum ExprKind {
         expr: Box<Expr>,
         negated: bool,
     },
+    /// `x IN (a, b, …)`; `x IN (SELECT …)` is a list of one `Subquery`.
     InList {
         expr: Box<Expr>,
         list: Vec<Expr>,
         negated: bool,
     },
+    /// `(SELECT …)`: an uncorrelated subquery, run before the query that holds it — a
+    /// scalar, or the set an `IN` tests.
+    Subquery(Box<Query>),
 }
 
 impl Expr {
@@ -892,6 +896,10 @@ impl fmt::Display for Expr {
             }
             ExprKind::IsNull { expr, negated } => {
                 write!(f, "{} IS {}NULL", paren(expr), if *negated { "NOT " } else { "" })
+            }
+            ExprKind::Subquery(q) => write!(f, "({q})"),
+            ExprKind::InList { expr, list, negated } if matches!(list.as_slice(), [q] if matches!(q.kind, ExprKind::Subquery(_))) => {
+                write!(f, "{} {}IN {}", paren(expr), if *negated { "NOT " } else { "" }, list[0])
             }
             ExprKind::InList { expr, list, negated } => {
                 let a: Vec<String> = list.iter().map(|e| e.to_string()).collect();

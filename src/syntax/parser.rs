@@ -854,7 +854,20 @@ fn visit_expr(pair: Pair<Rule>) -> Result<Expr> {
             } else if c.inner.clone().count() > MAX_CHAIN {
                 return Err(Error::syntax(format!("an IN list of more than {MAX_CHAIN} items")).at(sp));
             } else {
-                let list = c.inner.map(visit_expr).collect::<Result<_>>()?;
+                let list = c
+                    .inner
+                    .map(|p| {
+                        if p.as_rule() == Rule::query {
+                            let sp = span(&p);
+                            Ok(Expr {
+                                kind: ExprKind::Subquery(Box::new(visit_query(p)?)),
+                                span: sp,
+                            })
+                        } else {
+                            visit_expr(p)
+                        }
+                    })
+                    .collect::<Result<_>>()?;
                 ExprKind::InList {
                     expr: Box::new(lhs),
                     list,
@@ -898,6 +911,7 @@ fn visit_primary(pair: Pair<Rule>) -> Result<Expr> {
     let kind = match pair.as_rule() {
         Rule::expr => return visit_expr(pair),
         Rule::null => ExprKind::Null,
+        Rule::scalar_subquery => ExprKind::Subquery(Box::new(visit_query(Children::of(pair).next()?)?)),
         Rule::function_call => {
             let mut c = Children::of(pair);
             let name = visit_ident(c.next()?)?;
