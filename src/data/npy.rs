@@ -232,15 +232,32 @@ fn parse_shape(header: &str) -> Option<Vec<usize>> {
         .collect()
 }
 
-/// Writes a C-order float32 or int64 .npy file (used by tests and the attack writer).
+/// A C-order float32 .npy file.
 pub fn write_npy_f32(shape: &[usize], data: &[f32]) -> Vec<u8> {
+    let mut out = npy_header(shape, "<f4");
+    for v in data {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out
+}
+
+/// A C-order int64 .npy file (labels, indices).
+pub fn write_npy_i64(shape: &[usize], data: &[i64]) -> Vec<u8> {
+    let mut out = npy_header(shape, "<i8");
+    for v in data {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out
+}
+
+fn npy_header(shape: &[usize], descr: &str) -> Vec<u8> {
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
     let shape_txt = if dims.len() == 1 {
         format!("({},)", dims[0])
     } else {
         format!("({})", dims.join(", "))
     };
-    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape_txt}, }}");
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_txt}, }}");
     while (10 + header.len() + 1) % 64 != 0 {
         header.push(' ');
     }
@@ -248,9 +265,6 @@ pub fn write_npy_f32(shape: &[usize], data: &[f32]) -> Vec<u8> {
     let mut out = b"\x93NUMPY\x01\x00".to_vec();
     out.extend_from_slice(&(header.len() as u16).to_le_bytes());
     out.extend_from_slice(header.as_bytes());
-    for v in data {
-        out.extend_from_slice(&v.to_le_bytes());
-    }
     out
 }
 

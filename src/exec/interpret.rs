@@ -419,9 +419,14 @@ pub(super) fn cache_status(state: &mut State, a: &Attribution) -> Result<String>
         None => vec![None],
     };
     let outputs = format!("outputs of {cached}/{} inputs in the activation cache", sel.len());
-    if a.input_filter.as_ref().is_some_and(super::relational::expr_has_subquery) {
+    if a.input_filter
+        .as_ref()
+        .is_some_and(super::relational::expr_has_subquery)
+    {
         // PLAN does not run the subquery that decides which inputs are attributed.
-        return Ok(format!("the inputs depend on a subquery, run with the query ({outputs})"));
+        return Ok(format!(
+            "the inputs depend on a subquery, run with the query ({outputs})"
+        ));
     }
     let mut memoised = 0;
     for l in &layers {

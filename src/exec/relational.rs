@@ -48,7 +48,10 @@ fn with_subqueries_run(e: &Ast, state: &mut State) -> Result<Ast> {
     let run_one = |q: &crate::syntax::ast::Query, state: &mut State| -> Result<Vec<Ast>> {
         let node = crate::plan::plan_subquery(q, &*state)?;
         let df = run(&node, state)?;
-        let column = df.columns().first().ok_or_else(|| Error::query("a subquery gave no column"))?;
+        let column = df
+            .columns()
+            .first()
+            .ok_or_else(|| Error::query("a subquery gave no column"))?;
         let values = column.as_materialized_series().cast(&DataType::Float64).ok();
         (0..df.height())
             .map(|i| {
@@ -67,7 +70,11 @@ fn with_subqueries_run(e: &Ast, state: &mut State) -> Result<Ast> {
             .collect()
     };
     match &e.kind {
-        ExprKind::InList { expr: inner, list, negated } if matches!(list.as_slice(), [q] if matches!(q.kind, ExprKind::Subquery(_))) => {
+        ExprKind::InList {
+            expr: inner,
+            list,
+            negated,
+        } if matches!(list.as_slice(), [q] if matches!(q.kind, ExprKind::Subquery(_))) => {
             let ExprKind::Subquery(q) = &list[0].kind else {
                 unreachable!("matched above")
             };

@@ -332,7 +332,10 @@ impl Node {
 
     /// Every expression of this operator and those below it (pushed-down input filters
     /// too) rewritten by `f`.
-    pub fn try_map_exprs<E>(&mut self, f: &mut dyn FnMut(&Expr) -> std::result::Result<Expr, E>) -> std::result::Result<(), E> {
+    pub fn try_map_exprs<E>(
+        &mut self,
+        f: &mut dyn FnMut(&Expr) -> std::result::Result<Expr, E>,
+    ) -> std::result::Result<(), E> {
         match &mut self.kind {
             NodeKind::Attribute(a) => {
                 if let Some(filter) = &a.input_filter {

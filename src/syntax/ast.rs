@@ -898,8 +898,15 @@ impl fmt::Display for Expr {
                 write!(f, "{} IS {}NULL", paren(expr), if *negated { "NOT " } else { "" })
             }
             ExprKind::Subquery(q) => write!(f, "({q})"),
-            ExprKind::InList { expr, list, negated } if matches!(list.as_slice(), [q] if matches!(q.kind, ExprKind::Subquery(_))) => {
-                write!(f, "{} {}IN {}", paren(expr), if *negated { "NOT " } else { "" }, list[0])
+            ExprKind::InList { expr, list, negated } if matches!(list.as_slice(), [q] if matches!(q.kind, ExprKind::Subquery(_))) =>
+            {
+                write!(
+                    f,
+                    "{} {}IN {}",
+                    paren(expr),
+                    if *negated { "NOT " } else { "" },
+                    list[0]
+                )
             }
             ExprKind::InList { expr, list, negated } => {
                 let a: Vec<String> = list.iter().map(|e| e.to_string()).collect();
