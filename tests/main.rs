@@ -1,6 +1,7 @@
 //! The one integration test binary: each module tests one face of the product.
 
 mod algebra;
+mod attacks;
 mod case_studies;
 mod cli;
 mod common;

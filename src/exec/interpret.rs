@@ -125,7 +125,7 @@ pub(super) fn hook_values(
 }
 
 /// Index of the largest value (the first, on ties, as torch.argmax).
-fn argmax(v: &[f32]) -> usize {
+pub(super) fn argmax(v: &[f32]) -> usize {
     let mut best = 0;
     for (i, x) in v.iter().enumerate() {
         if *x > v[best] || (x.is_nan() && !v[best].is_nan()) {

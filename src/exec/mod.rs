@@ -380,6 +380,89 @@ impl State {
         edit::apply(Selection { dataset: ds, rows }, &r.edits, &r.to_string())
     }
 
+    /// Runs an attack and keeps its result as the dataset `name`; says how many
+    /// predictions it changed.
+    fn attack(&mut self, name: &str, spec: &crate::plan::AttackSpec, text: &str) -> Result<String> {
+        let sel = self.select(&spec.data)?;
+        let model = self.model(&spec.model)?.model.clone();
+        let labels = sel.labels();
+        let classes: Vec<usize> = match spec.target {
+            Some(k) => vec![k; sel.len()],
+            None => labels
+                .iter()
+                .zip(sel.ids())
+                .map(|(l, id)| match l {
+                    Some(l) if *l >= 0 && (*l as usize) < model.output_len() => Ok(*l as usize),
+                    _ => Err(Error::value(format!(
+                        "input {id} has no label among the model's {} classes to attack",
+                        model.output_len()
+                    ))),
+                })
+                .collect::<Result<_>>()?,
+        };
+        // Clamp to the data's range unless told otherwise (digits: [0, 1]).
+        let whole = &sel.dataset;
+        let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
+        for r in 0..whole.len() {
+            for &v in whole.row(r) {
+                lo = lo.min(v);
+                hi = hi.max(v);
+            }
+        }
+        let bounds = (spec.bounds.0.unwrap_or(lo), spec.bounds.1.unwrap_or(hi));
+        let cancel = self.cancel.clone();
+        let control = crate::ops::Control::new(&cancel);
+        let adversarial = crate::ops::attack::perturb(
+            &model,
+            &sel.values(),
+            &sel.ids(),
+            &classes,
+            &spec.attack,
+            spec.target.is_some(),
+            bounds,
+            self.batch_rows(&model)
+                .min(sel.len().div_ceil(rayon::current_num_threads())),
+            &control,
+        )?;
+        let d = model.input_len();
+        let mut derived = sel.dataset.subset(name, text, &sel.rows);
+        let mut next = 0;
+        derived.edit_rows(|_, row| {
+            row.copy_from_slice(&adversarial[next * d..(next + 1) * d]);
+            next += 1;
+        });
+        let derived = Arc::new(derived);
+        let before = interpret::logits(self, &spec.model, &sel, &[])?;
+        let after = interpret::logits(self, &spec.model, &Selection::all(derived.clone()), &[])?;
+        let argmax = |v: &Vec<f32>| interpret::argmax(v);
+        let changed = before
+            .iter()
+            .zip(&after)
+            .filter(|(a, b)| argmax(a) != argmax(b))
+            .count();
+        let accuracy = |logits: &[Vec<f32>]| {
+            let right = logits
+                .iter()
+                .zip(&labels)
+                .filter(|(l, y)| y.is_some_and(|y| y == argmax(l) as i64))
+                .count();
+            right as f32 / logits.len().max(1) as f32
+        };
+        let mut msg = format!(
+            "{name} = {text}: {} inputs, {changed} predictions changed",
+            derived.len()
+        );
+        if labels.iter().all(|l| l.is_some()) {
+            msg.push_str(&format!(
+                " (accuracy {:.2} → {:.2})",
+                accuracy(&before),
+                accuracy(&after)
+            ));
+        }
+        self.datasets.insert(name.to_string(), derived);
+        Ok(msg)
+    }
+
     fn batch_rows(&self, model: &Model) -> usize {
         self.settings
             .batch_size
@@ -450,6 +533,10 @@ impl State {
                 let derived = Arc::new(sel.dataset.subset(&name, &dataset.to_string(), &sel.rows));
                 let msg = format!("{name} = {dataset}: {} inputs", derived.len());
                 self.datasets.insert(name, derived);
+                Ok(Output::Message(msg))
+            }
+            Plan::LetAttack { name, attack, text } => {
+                let msg = self.attack(&name, &attack, &text)?;
                 Ok(Output::Message(msg))
             }
             Plan::Set { name, value } => {

@@ -3,6 +3,7 @@
 //! perturbation engine (`perturbation`) serves occlusion, feature ablation and Shapley
 //! sampling. Each method follows Captum's definition and defaults to the letter.
 
+pub mod attack;
 pub mod gradient;
 pub mod integrated;
 pub mod layer;
@@ -486,6 +487,94 @@ pub struct GivenParam<'a> {
     pub value_span: Span,
 }
 
+/// The parameters of a call (a method's or an attack's), checked, with session settings
+/// and defaults filling in those not given.
+pub struct Params {
+    specs: &'static [ParamSpec],
+    values: Vec<Option<ParamValue>>,
+}
+
+impl Params {
+    /// Checks every given parameter's name and range against `specs`; settings (SET)
+    /// fill in the ones not given.
+    pub fn resolve(
+        owner: &str,
+        specs: &'static [ParamSpec],
+        given: &[GivenParam],
+        setting: &dyn Fn(&str) -> Option<ParamValue>,
+    ) -> Result<Params> {
+        let mut values: Vec<Option<ParamValue>> = vec![None; specs.len()];
+        for g in given {
+            let Some(pos) = specs.iter().position(|p| p.name.eq_ignore_ascii_case(g.name)) else {
+                let known: Vec<String> = specs.iter().map(|p| p.name.to_string()).collect();
+                let label = format!("parameters of {owner}");
+                let err = if known.is_empty() {
+                    Error::name(format!("{owner} takes no parameters"))
+                } else {
+                    Error::unknown(&format!("parameter of {owner}"), g.name, &known, &label)
+                };
+                return Err(err.at(g.name_span));
+            };
+            if values[pos].is_some() {
+                return Err(Error::name(format!("parameter `{}` is given twice", g.name)).at(g.name_span));
+            }
+            check_param(owner, &specs[pos], &g.value).map_err(|e| e.at(g.value_span))?;
+            values[pos] = Some(g.value.clone());
+        }
+        for (spec, v) in specs.iter().zip(values.iter_mut()) {
+            if v.is_none()
+                && let Some(s) = spec.setting.and_then(setting)
+            {
+                check_param(owner, spec, &s).map_err(|e| Error {
+                    message: format!("{} (from SET {})", e.message, spec.setting.unwrap_or("")),
+                    ..e
+                })?;
+                *v = Some(s);
+            }
+        }
+        Ok(Params { specs, values })
+    }
+
+    /// The value given (or set), if any.
+    pub fn given(&self, name: &str) -> Option<&ParamValue> {
+        self.specs
+            .iter()
+            .position(|p| p.name == name)
+            .and_then(|i| self.values[i].as_ref())
+    }
+
+    fn value(&self, name: &str) -> ParamValue {
+        if let Some(v) = self.given(name) {
+            return v.clone();
+        }
+        let spec = self.specs.iter().find(|p| p.name == name);
+        match spec.and_then(|s| s.default.map(|d| (s.kind, d))) {
+            Some((ParamKind::Bool, d)) => ParamValue::Bool(d == "true"),
+            Some((ParamKind::Choice(_), d)) => ParamValue::Text(d.to_string()),
+            Some((_, d)) => ParamValue::Number(d.parse().unwrap_or(0.0)),
+            None => ParamValue::Number(0.0),
+        }
+    }
+
+    pub fn num(&self, name: &str) -> f64 {
+        match self.value(name) {
+            ParamValue::Number(n) => n,
+            _ => 0.0,
+        }
+    }
+
+    pub fn flag(&self, name: &str) -> bool {
+        matches!(self.value(name), ParamValue::Bool(true))
+    }
+
+    pub fn text(&self, name: &str) -> String {
+        match self.value(name) {
+            ParamValue::Text(t) => t,
+            other => other.to_string(),
+        }
+    }
+}
+
 /// Resolves a method call: checks every parameter's name and range, fills defaults
 /// (session settings first), and builds the `Method`.
 pub fn resolve_method(
@@ -493,68 +582,13 @@ pub fn resolve_method(
     given: &[GivenParam],
     setting: &dyn Fn(&str) -> Option<ParamValue>,
 ) -> Result<Method> {
-    let mut values: Vec<Option<ParamValue>> = vec![None; info.params.len()];
-    for g in given {
-        let Some(pos) = info.params.iter().position(|p| p.name.eq_ignore_ascii_case(g.name)) else {
-            let known: Vec<String> = info.params.iter().map(|p| p.name.to_string()).collect();
-            let label = format!("parameters of {}", info.name);
-            let err = if known.is_empty() {
-                Error::name(format!("{} takes no parameters", info.name))
-            } else {
-                Error::unknown(&format!("parameter of {}", info.name), g.name, &known, &label)
-            };
-            return Err(err.at(g.name_span));
-        };
-        if values[pos].is_some() {
-            return Err(Error::name(format!("parameter `{}` is given twice", g.name)).at(g.name_span));
-        }
-        check_param(info, &info.params[pos], &g.value).map_err(|e| e.at(g.value_span))?;
-        values[pos] = Some(g.value.clone());
-    }
-    for (spec, v) in info.params.iter().zip(values.iter_mut()) {
-        if v.is_none()
-            && let Some(s) = spec.setting.and_then(setting)
-        {
-            check_param(info, spec, &s).map_err(|e| Error {
-                message: format!("{} (from SET {})", e.message, spec.setting.unwrap_or("")),
-                ..e
-            })?;
-            *v = Some(s);
-        }
-    }
-    let get = |name: &str| -> Option<&ParamValue> {
-        info.params
-            .iter()
-            .position(|p| p.name == name)
-            .and_then(|i| values[i].as_ref())
-    };
-    let default_of = |name: &str| -> ParamValue {
-        let spec = info.params.iter().find(|p| p.name == name);
-        match spec.and_then(|s| s.default.map(|d| (s.kind, d))) {
-            Some((ParamKind::Bool, d)) => ParamValue::Bool(d == "true"),
-            Some((ParamKind::Choice(_), d)) => ParamValue::Text(d.to_string()),
-            Some((_, d)) => ParamValue::Number(d.parse().unwrap_or(0.0)),
-            None => ParamValue::Number(0.0),
-        }
-    };
-    let num = |name: &str| -> f64 {
-        match get(name).cloned().unwrap_or_else(|| default_of(name)) {
-            ParamValue::Number(n) => n,
-            _ => 0.0,
-        }
-    };
-    let flag = |name: &str| -> bool {
-        matches!(
-            get(name).cloned().unwrap_or_else(|| default_of(name)),
-            ParamValue::Bool(true)
-        )
-    };
-    let text = |name: &str| -> String {
-        match get(name).cloned().unwrap_or_else(|| default_of(name)) {
-            ParamValue::Text(t) => t,
-            other => other.to_string(),
-        }
-    };
+    let params = Params::resolve(info.name, info.params, given, setting)?;
+    let (num, flag, text) = (
+        |n: &str| params.num(n),
+        |n: &str| params.flag(n),
+        |n: &str| params.text(n),
+    );
+    let get = |n: &str| params.given(n);
     let steps_and_rule = || -> Result<(usize, Rule)> {
         let rule = Rule::parse(&text("rule")).unwrap_or(Rule::GaussLegendre);
         let steps = num("steps") as usize;
@@ -625,7 +659,7 @@ pub fn resolve_method(
     Ok(method)
 }
 
-fn check_param(info: &MethodInfo, spec: &ParamSpec, value: &ParamValue) -> Result<()> {
+fn check_param(owner: &str, spec: &ParamSpec, value: &ParamValue) -> Result<()> {
     let name = spec.name;
     match (spec.kind, value) {
         (ParamKind::Int { min, max }, ParamValue::Number(n)) => {
@@ -652,12 +686,7 @@ fn check_param(info: &MethodInfo, spec: &ParamSpec, value: &ParamValue) -> Resul
                 Ok(())
             } else {
                 let known: Vec<String> = choices.iter().map(|c| c.to_string()).collect();
-                Err(Error::unknown(
-                    &format!("{name} for {}", info.name),
-                    t,
-                    &known,
-                    "accepted",
-                ))
+                Err(Error::unknown(&format!("{name} for {owner}"), t, &known, "accepted"))
             }
         }
         (kind, v) => {

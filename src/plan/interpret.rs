@@ -9,6 +9,125 @@ use crate::syntax::ast::{
     Axis, BaselineKind, Clauses, ColumnItem, GranularityKind, Interpretation, TargetKind, WindowKind,
 };
 
+/// The parameters of a call as written, with script variables replaced.
+fn given_params<'a>(params: &'a [ast::Param], catalog: &dyn Catalog) -> Result<Vec<GivenParam<'a>>> {
+    params
+        .iter()
+        .map(|p| {
+            let value = match resolve_literal(&p.value, catalog)? {
+                Literal::Number(n) => ParamValue::Number(n),
+                Literal::Bool(b) => ParamValue::Bool(b),
+                Literal::Text(t) => ParamValue::Text(t),
+            };
+            Ok(GivenParam {
+                name: &p.name.name,
+                name_span: p.name.span,
+                value,
+                value_span: p.value.span,
+            })
+        })
+        .collect()
+}
+
+/// Plans `ATTACK method(params) ON m(d) [TARGET k]`.
+pub(super) fn plan_attack(a: &ast::Attack, catalog: &dyn Catalog) -> Result<AttackSpec> {
+    let model = resolve_model(&a.call.model, catalog)?;
+    let (data, info) = resolve_dataset(&a.call.data, catalog)?;
+    check_fits(&model, &info, &a.call.model.name, &data.name, a.call.data.span)?;
+    let name = &a.method.name;
+    let known: Vec<String> = ops::attack::ATTACKS.iter().map(|x| x.name.to_string()).collect();
+    let spec = ops::attack::attack_info(&name.name)
+        .ok_or_else(|| Error::unknown("attack", &name.name, &known, "attacks").at(name.span))?;
+    let given = given_params(&a.method.params, catalog)?;
+    let p = ops::Params::resolve(spec.name, spec.params, &given, &|s| catalog.setting(s))
+        .map_err(|e| e.at(a.method.span))?;
+    if p.given("eps").is_none() {
+        return Err(
+            Error::value(format!("{} needs eps, the largest change of a feature (L∞)", spec.name))
+                .at(a.method.span)
+                .hint(format!("for example ATTACK {}(eps = 0.1) ON …", spec.name)),
+        );
+    }
+    let eps = p.num("eps") as f32;
+    let attack = match spec.name {
+        "fgsm" => ops::attack::Attack::Fgsm { eps },
+        _ => {
+            let steps = p.num("steps") as usize;
+            let step_size = match p.given("step_size") {
+                Some(_) => p.num("step_size") as f32,
+                None => 2.5 * eps / steps as f32,
+            };
+            ops::attack::Attack::Pgd {
+                eps,
+                steps,
+                step_size,
+                random_start: p.flag("random_start"),
+                seed: p.num("seed") as u64,
+            }
+        }
+    };
+    let c = &a.clauses;
+    let other = [
+        c.using.as_ref().map(|u| ("USING", u.span)),
+        c.baseline.as_ref().map(|b| ("BASELINE", b.span)),
+        c.window.as_ref().map(|w| ("WINDOW", w.span)),
+        c.granularity.as_ref().map(|g| ("GRANULARITY", g.span)),
+        c.at_layer.as_ref().map(|l| ("AT LAYER", l.span)),
+        c.through.as_ref().map(|t| ("THROUGH LAYER", t.span)),
+    ];
+    if let Some((clause, span)) = other.into_iter().flatten().next() {
+        return Err(Error::query(format!("ATTACK takes a TARGET clause only, not {clause}")).at(span));
+    }
+    let target = match &c.target {
+        None
+        | Some(ast::Target {
+            kind: TargetKind::Label,
+            ..
+        }) => {
+            if !info.has_labels {
+                return Err(Error::value(format!(
+                    "an untargeted attack climbs the loss of the true label, and `{}` has no labels",
+                    data.name
+                ))
+                .at(a.call.data.span)
+                .hint("load labels with LABELS 'labels.npy', or aim at a class with TARGET k"));
+            }
+            None
+        }
+        Some(t) => match &t.kind {
+            TargetKind::Class(v) => {
+                let k = resolve_int(v, catalog, "a target class")?;
+                if k < 0 || k as usize >= model.output_len {
+                    return Err(Error::value(format!(
+                        "target class {k} is out of range: `{}` has outputs 0..{}",
+                        a.call.model.name,
+                        model.output_len - 1
+                    ))
+                    .at(v.span));
+                }
+                Some(k as usize)
+            }
+            _ => {
+                return Err(Error::value("an attack's TARGET is a class index (or LABEL: untargeted)").at(t.span));
+            }
+        },
+    };
+    let bound = |n: &str| p.given(n).map(|_| p.num(n) as f32);
+    let bounds = (bound("lower"), bound("upper"));
+    if let (Some(lo), Some(hi)) = bounds
+        && lo > hi
+    {
+        return Err(Error::value(format!("lower ({lo}) is above upper ({hi})")).at(a.method.span));
+    }
+    Ok(AttackSpec {
+        attack,
+        model: a.call.model.name.clone(),
+        data,
+        target,
+        bounds,
+    })
+}
+
 pub(super) fn plan_interpretation(i: &Interpretation, catalog: &dyn Catalog) -> Result<Node> {
     plan_clauses(&i.call, &i.clauses, catalog)
 }
@@ -34,22 +153,7 @@ pub(super) fn plan_clauses(call: &ast::ModelCall, clauses: &Clauses, catalog: &d
     };
     let info_m = ops::method_info(&method_name)
         .ok_or_else(|| Error::unknown("method", &method_name, &ops::method_names(), "methods").at(method_span))?;
-    let given = params
-        .iter()
-        .map(|p| {
-            let value = match resolve_literal(&p.value, catalog)? {
-                Literal::Number(n) => ParamValue::Number(n),
-                Literal::Bool(b) => ParamValue::Bool(b),
-                Literal::Text(t) => ParamValue::Text(t),
-            };
-            Ok(GivenParam {
-                name: &p.name.name,
-                name_span: p.name.span,
-                value,
-                value_span: p.value.span,
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let given = given_params(params, catalog)?;
     let mut method = ops::resolve_method(info_m, &given, &|s| catalog.setting(s)).map_err(|e| e.at(method_span))?;
 
     let at_layer =

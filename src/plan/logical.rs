@@ -41,6 +41,14 @@ pub enum Plan {
         name: String,
         dataset: DatasetRef,
     },
+    /// A dataset derived by an adversarial attack; it keeps the input ids and labels of
+    /// the inputs it came from.
+    LetAttack {
+        name: String,
+        attack: AttackSpec,
+        /// The statement as written (the derived dataset's source).
+        text: String,
+    },
     Query(Node),
     Export {
         query: Node,
@@ -51,6 +59,18 @@ pub enum Plan {
         overwrite: bool,
     },
     Explain(Node),
+}
+
+/// A checked `ATTACK … ON m(d) [TARGET k]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AttackSpec {
+    pub attack: crate::ops::attack::Attack,
+    pub model: String,
+    pub data: DatasetRef,
+    /// The class to reach (targeted), or None: away from each input's label.
+    pub target: Option<usize>,
+    /// Clamp bounds given (`lower`, `upper`); the data's range where not.
+    pub bounds: (Option<f32>, Option<f32>),
 }
 
 /// A resolved literal (no script variables left).

@@ -145,6 +145,20 @@ pub fn plan(stmt: &Statement, catalog: &dyn Catalog) -> Result<Plan> {
                 dataset: resolve_dataset(dataset, catalog)?.0,
             }
         }
+        StatementKind::LetAttack { name, attack } => {
+            if catalog.model(&name.name).is_some() {
+                return Err(Error::name(format!(
+                    "`{}` is a model; choose another name for the dataset",
+                    name.name
+                ))
+                .at(name.span));
+            }
+            Plan::LetAttack {
+                name: name.name.clone(),
+                attack: interpret::plan_attack(attack, catalog)?,
+                text: format!("ATTACK {} ON {}{}", attack.method, attack.call, attack.clauses),
+            }
+        }
         StatementKind::Query(q) => Plan::Query(optimize::optimize(query::plan_query(q, catalog)?)),
         StatementKind::Plan(q) => Plan::Explain(optimize::optimize(query::plan_query(q, catalog)?)),
         StatementKind::Export {

@@ -65,6 +65,11 @@ pub enum StatementKind {
         name: Ident,
         dataset: DatasetExpr,
     },
+    /// `LET name = ATTACK method(params) ON m(d) [TARGET k]`.
+    LetAttack {
+        name: Ident,
+        attack: Box<Attack>,
+    },
     Query(Query),
     Export {
         query: Query,
@@ -216,6 +221,15 @@ pub struct JoinSide {
     pub interp: Interpretation,
     pub parenthesized: bool,
     pub alias: Option<Ident>,
+}
+
+/// An adversarial attack on a model's inputs; of its clauses only TARGET applies.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Attack {
+    pub method: MethodCall,
+    pub call: ModelCall,
+    pub clauses: Clauses,
+    pub span: Span,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -585,6 +599,13 @@ impl fmt::Display for Statement {
             StatementKind::Set { name, value } => write!(f, "SET {name} = {value}"),
             StatementKind::Var { name, value } => write!(f, "VAR {name} = {value}"),
             StatementKind::Let { name, dataset } => write!(f, "LET {name} = {dataset}"),
+            StatementKind::LetAttack { name, attack } => {
+                write!(
+                    f,
+                    "LET {name} = ATTACK {} ON {}{}",
+                    attack.method, attack.call, attack.clauses
+                )
+            }
             StatementKind::Query(q) => write!(f, "{q}"),
             StatementKind::Export {
                 query,

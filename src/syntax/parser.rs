@@ -213,8 +213,30 @@ fn visit_statement(pair: Pair<Rule>) -> Result<Statement> {
         }
         Rule::let_stmt => {
             let name = visit_ident(c.next()?)?;
-            let dataset = visit_dataset(c.next()?)?;
-            StatementKind::Let { name, dataset }
+            let value = c.next()?;
+            if value.as_rule() == Rule::attack {
+                let sp = span(&value);
+                let mut ac = Children::of(value);
+                ac.skip_keywords();
+                let method = visit_method_call(ac.next()?)?;
+                ac.skip_keywords();
+                let call = visit_model_call(ac.next()?)?;
+                let clauses = visit_clauses(ac.inner)?;
+                StatementKind::LetAttack {
+                    name,
+                    attack: Box::new(Attack {
+                        method,
+                        call,
+                        clauses,
+                        span: sp,
+                    }),
+                }
+            } else {
+                StatementKind::Let {
+                    name,
+                    dataset: visit_dataset(value)?,
+                }
+            }
         }
         Rule::export => {
             c.skip_keywords();
