@@ -13,6 +13,7 @@ mod files;
 mod layers;
 mod mutations;
 mod parity;
+mod patching;
 mod pictures;
 mod pty;
 mod report;

@@ -12,6 +12,8 @@ use crate::plan::{EditSpec, GranularitySpec};
 
 /// The selection with `edits` applied (itself when there are none).
 pub(super) fn apply(sel: Selection, edits: &[EditSpec], source: &str) -> Result<Selection> {
+    // Activation edits belong to the model's run (exec::bind_edited_models).
+    let edits: Vec<&EditSpec> = edits.iter().filter(|e| !matches!(e, EditSpec::Layer(_))).collect();
     if edits.is_empty() {
         return Ok(sel);
     }
@@ -19,6 +21,7 @@ pub(super) fn apply(sel: Selection, edits: &[EditSpec], source: &str) -> Result<
     let d = ds.sample_len();
     for edit in edits {
         match edit {
+            EditSpec::Layer(_) => {}
             EditSpec::Set { window, .. } | EditSpec::Mask { window } => {
                 let value = match edit {
                     EditSpec::Set { value, .. } => *value,

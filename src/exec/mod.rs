@@ -20,9 +20,12 @@ pub use cache::ActivationCache;
 
 use crate::data::{self, Dataset, Selection};
 use crate::error::{Error, ErrorKind, Result};
-use crate::model::Model;
+use crate::model::{Model, Patch, PatchAction};
 use crate::ops::ParamValue;
-use crate::plan::{self, Catalog, DatasetInfo, DatasetRef, Literal, ModelInfo, Pick, Plan, Setting};
+use crate::plan::{
+    self, ActivationAction, ActivationEdit, Catalog, DatasetInfo, DatasetRef, Literal, ModelInfo, Node, NodeKind, Pick,
+    Plan, Setting, TargetSpec,
+};
 use crate::syntax::{self, ast::Statement};
 
 /// What a statement produced.
@@ -54,6 +57,8 @@ pub struct LoadedModel {
     pub id: u64,
     /// Its architecture file.
     pub arch: PathBuf,
+    /// The loaded model it was derived from by activation edits (itself if none).
+    pub base: Arc<Model>,
 }
 
 /// The session's settings (`SET name = value`; SHOW SETTINGS lists them).
@@ -99,6 +104,9 @@ pub(crate) struct State {
     cache: ActivationCache,
     cancel: Arc<AtomicBool>,
     next_model_id: u64,
+    /// Models with activation edits (`m(d WITH LAYER …)`), by base name and edits; each
+    /// is a model instance of its own in the caches.
+    edited: BTreeMap<String, LoadedModel>,
     /// Fitted probe heads of THROUGH LAYER, by (model id, layer, dataset content).
     probes: std::collections::HashMap<(u64, usize, u64), Arc<interpret::Probed>>,
     /// Work counters, for tests and benchmarks.
@@ -143,6 +151,7 @@ impl Session {
                 external_variables: Default::default(),
                 cancel: Arc::new(AtomicBool::new(false)),
                 next_model_id: 1,
+                edited: BTreeMap::new(),
                 probes: Default::default(),
                 stats: Stats::default(),
             },
@@ -346,7 +355,102 @@ impl State {
     fn model(&self, name: &str) -> Result<&LoadedModel> {
         self.models
             .get(name)
+            .or_else(|| self.edited.get(name))
             .ok_or_else(|| Error::unknown("model", name, &self.model_names(), "loaded models"))
+    }
+
+    /// The name of `base` with the activation edits `edits` applied, registering that
+    /// model on first use (again when the base model or a donor's activations changed).
+    fn edited_model(&mut self, base: &str, edits: &[&ActivationEdit]) -> Result<String> {
+        let mut patches = Vec::with_capacity(edits.len());
+        for e in edits {
+            let layer = self
+                .model(base)?
+                .model
+                .layer_index(&e.layer.name)
+                .ok_or_else(|| Error::name(format!("`{base}` has no layer `{}` to edit", e.layer.name)))?;
+            let action = match &e.action {
+                ActivationAction::Set(v) => PatchAction::Set(*v),
+                ActivationAction::Scale(v) => PatchAction::Scale(*v),
+                ActivationAction::From(donor) => {
+                    let sel = self.select(donor)?;
+                    let values = interpret::hook_values(self, base, &sel, layer, &[])?;
+                    let one = values
+                        .first()
+                        .ok_or_else(|| Error::value(format!("`{donor}` holds no input to patch from")))?;
+                    PatchAction::Values(one[e.units.clone()].to_vec())
+                }
+            };
+            patches.push(Patch {
+                layer,
+                units: e.units.clone(),
+                action,
+            });
+        }
+        let texts: Vec<String> = edits.iter().map(|e| e.to_string()).collect();
+        let name = format!("{base} with {}", texts.join(", with "));
+        let base_model = self.model(base)?.model.clone();
+        let current = self.edited.get(&name).is_some_and(|m| {
+            m.model.patches == patches
+                && m.model.layers.len() == base_model.layers.len()
+                && Arc::ptr_eq(&m.base, &base_model)
+        });
+        if !current {
+            let id = self.next_model_id;
+            self.next_model_id += 1;
+            let arch = self.model(base)?.arch.clone();
+            self.edited.insert(
+                name.clone(),
+                LoadedModel {
+                    model: Arc::new(base_model.with_patches(patches)),
+                    id,
+                    arch,
+                    base: base_model,
+                },
+            );
+        }
+        Ok(name)
+    }
+
+    /// Points every interpretation and prediction whose inputs carry activation edits at
+    /// the model with those edits.
+    fn bind_edited_models(&mut self, node: &mut Node) -> Result<()> {
+        match &mut node.kind {
+            NodeKind::Attribute(a) => {
+                let edits: Vec<ActivationEdit> = a.data.activation_edits().into_iter().cloned().collect();
+                if !edits.is_empty() {
+                    let edits: Vec<&ActivationEdit> = edits.iter().collect();
+                    a.model = self.edited_model(&a.model, &edits)?;
+                    if let Some(c) = &a.contrast {
+                        a.contrast = Some(self.edited_model(&c.clone(), &edits)?);
+                    }
+                    if let TargetSpec::PredictedBy(m) = &a.target {
+                        a.target = TargetSpec::PredictedBy(self.edited_model(&m.clone(), &edits)?);
+                    }
+                }
+            }
+            NodeKind::Predict(p) => {
+                let edits: Vec<ActivationEdit> = p.data.activation_edits().into_iter().cloned().collect();
+                if !edits.is_empty() {
+                    let edits: Vec<&ActivationEdit> = edits.iter().collect();
+                    p.model = self.edited_model(&p.model, &edits)?;
+                }
+            }
+            _ => {}
+        }
+        match &mut node.kind {
+            NodeKind::Filter { input, .. }
+            | NodeKind::Aggregate { input, .. }
+            | NodeKind::Project { input, .. }
+            | NodeKind::Sort { input, .. }
+            | NodeKind::Limit { input, .. }
+            | NodeKind::Distinct { input } => self.bind_edited_models(input),
+            NodeKind::SetOp { left, right, .. } | NodeKind::Join { left, right, .. } => {
+                self.bind_edited_models(left)?;
+                self.bind_edited_models(right)
+            }
+            _ => Ok(()),
+        }
     }
 
     fn dataset(&self, name: &str) -> Result<Arc<Dataset>> {
@@ -488,10 +592,12 @@ impl State {
                 );
                 let id = self.next_model_id;
                 self.next_model_id += 1;
+                let model = Arc::new(model);
                 if let Some(old) = self.models.insert(
                     name,
                     LoadedModel {
-                        model: Arc::new(model),
+                        base: model.clone(),
+                        model,
                         id,
                         arch,
                     },
@@ -579,7 +685,9 @@ impl State {
             Plan::Explain(node) => {
                 // The tree, then what the caches will serve for each interpretation.
                 let mut text = node.to_string();
-                let attributions = node.attributions();
+                let mut bound = node.clone();
+                self.bind_edited_models(&mut bound)?;
+                let attributions = bound.attributions();
                 if !attributions.is_empty() {
                     text.push_str("cache:\n");
                     for a in attributions {

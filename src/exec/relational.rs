@@ -12,12 +12,29 @@ use crate::syntax::ast::{BinaryOp, Expr as Ast, ExprKind, JoinKind, SetOp, Unary
 /// Runs a query plan to a DataFrame: first its subqueries, whose results become
 /// literals, then the plan.
 pub(super) fn run(node: &Node, state: &mut State) -> Result<DataFrame> {
-    if has_subquery(node) {
+    let subqueries = has_subquery(node);
+    let edits = has_activation_edits(node);
+    if subqueries || edits {
         let mut node = node.clone();
-        node.try_map_exprs(&mut |e| with_subqueries_run(e, state))?;
+        if subqueries {
+            node.try_map_exprs(&mut |e| with_subqueries_run(e, state))?;
+        }
+        if edits {
+            state.bind_edited_models(&mut node)?;
+        }
         return Ok(build(&node, state)?.collect()?);
     }
     Ok(build(node, state)?.collect()?)
+}
+
+/// Whether an interpretation or prediction below runs on a model with activation edits.
+fn has_activation_edits(node: &Node) -> bool {
+    let own = match &node.kind {
+        NodeKind::Attribute(a) => !a.data.activation_edits().is_empty(),
+        NodeKind::Predict(p) => !p.data.activation_edits().is_empty(),
+        _ => false,
+    };
+    own || node.inputs().into_iter().any(has_activation_edits)
 }
 
 fn has_subquery(node: &Node) -> bool {

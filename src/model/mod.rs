@@ -28,6 +28,50 @@ pub struct Model {
     pub layers: Vec<Layer>,
     /// Forward passes run so far (a pass over a batch counts once), for tests and PLAN.
     pub passes: AtomicUsize,
+    /// Activation edits applied in every forward pass (and undone in the backward).
+    pub patches: Vec<Patch>,
+}
+
+/// An activation edit at a hook point: a block of units of a layer's output set, scaled
+/// or replaced by given values, in every row of every forward pass.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Patch {
+    pub layer: usize,
+    pub units: std::ops::Range<usize>,
+    pub action: PatchAction,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum PatchAction {
+    Set(f32),
+    Scale(f32),
+    /// The block's values (a donor input's activations).
+    Values(Vec<f32>),
+}
+
+impl Patch {
+    fn apply(&self, y: &mut Batch) {
+        for r in 0..y.rows() {
+            let block = &mut y.row_mut(r)[self.units.clone()];
+            match &self.action {
+                PatchAction::Set(v) => block.fill(*v),
+                PatchAction::Scale(s) => block.iter_mut().for_each(|x| *x *= s),
+                PatchAction::Values(v) => block.copy_from_slice(v),
+            }
+        }
+    }
+
+    /// The gradient at the edited output → the gradient at the layer's own output: a
+    /// set or patched unit no longer depends on it, a scaled one by the factor.
+    fn backward(&self, g: &mut Batch) {
+        for r in 0..g.rows() {
+            let block = &mut g.row_mut(r)[self.units.clone()];
+            match &self.action {
+                PatchAction::Scale(s) => block.iter_mut().for_each(|x| *x *= s),
+                PatchAction::Set(_) | PatchAction::Values(_) => block.fill(0.0),
+            }
+        }
+    }
 }
 
 /// The values of one forward pass: `values[0]` is the input of layer `start`, and
@@ -37,6 +81,8 @@ pub struct Tape {
     pub start: usize,
     pub values: Vec<Batch>,
     memos: Vec<Memo>,
+    /// A patched layer's own output before its patches (its backward needs that one).
+    unpatched: Vec<Option<Batch>>,
 }
 
 impl Tape {
@@ -125,7 +171,20 @@ impl Model {
             input_shape: spec.input_shape,
             layers,
             passes: AtomicUsize::new(0),
+            patches: Vec::new(),
         })
+    }
+
+    /// A copy of the model whose forward passes apply `patches` (activation edits).
+    pub fn with_patches(&self, patches: Vec<Patch>) -> Model {
+        Model {
+            arch_name: self.arch_name.clone(),
+            source: self.source.clone(),
+            input_shape: self.input_shape.clone(),
+            layers: self.layers.clone(),
+            passes: AtomicUsize::new(0),
+            patches,
+        }
     }
 
     /// The flat length of one output (the number of classes of a classifier).
@@ -193,6 +252,7 @@ impl Model {
             input_shape: self.input_shape.clone(),
             layers,
             passes: AtomicUsize::new(0),
+            patches: self.patches.iter().filter(|p| p.layer <= layer).cloned().collect(),
         }
     }
 
@@ -216,15 +276,26 @@ impl Model {
         self.passes.fetch_add(1, Ordering::Relaxed);
         let mut values = vec![input];
         let mut memos = Vec::new();
+        let mut unpatched = Vec::new();
         for index in fwd.from..to {
             let layer = &self.layers[index];
             let x = values.last().expect("non-empty");
             let (mut y, memo) = layer.forward(x, fwd.keep)?;
+            let mut raw = None;
+            if self.patches.iter().any(|p| p.layer == index) {
+                if fwd.keep {
+                    raw = Some(y.clone());
+                }
+                for p in self.patches.iter().filter(|p| p.layer == index) {
+                    p.apply(&mut y);
+                }
+            }
             if let Some(hook) = fwd.hook {
                 hook(index, &mut y)?;
             }
             if fwd.keep {
                 memos.push(memo);
+                unpatched.push(raw);
             } else {
                 values.clear();
             }
@@ -234,6 +305,7 @@ impl Model {
             start: fwd.from,
             values,
             memos,
+            unpatched,
         })
     }
 
@@ -273,11 +345,14 @@ impl Model {
             let index = tape.start + i;
             let layer = &self.layers[index];
             observe(index, &grad);
+            for p in self.patches.iter().rev().filter(|p| p.layer == index) {
+                p.backward(&mut grad);
+            }
             let step = Step {
                 index,
                 layer,
                 x: &tape.values[i],
-                y: &tape.values[i + 1],
+                y: tape.unpatched[i].as_ref().unwrap_or(&tape.values[i + 1]),
                 memo: &tape.memos[i],
                 gy: &grad,
             };

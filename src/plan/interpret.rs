@@ -32,7 +32,7 @@ fn given_params<'a>(params: &'a [ast::Param], catalog: &dyn Catalog) -> Result<V
 /// Plans `ATTACK method(params) ON m(d) [TARGET k]`.
 pub(super) fn plan_attack(a: &ast::Attack, catalog: &dyn Catalog) -> Result<AttackSpec> {
     let model = resolve_model(&a.call.model, catalog)?;
-    let (data, info) = resolve_dataset(&a.call.data, catalog)?;
+    let (data, info) = resolve_model_input(&a.call.data, catalog, &model, &a.call.model.name)?;
     check_fits(&model, &info, &a.call.model.name, &data.name, a.call.data.span)?;
     let name = &a.method.name;
     let known: Vec<String> = ops::attack::ATTACKS.iter().map(|x| x.name.to_string()).collect();
@@ -136,7 +136,7 @@ pub(super) fn plan_interpretation(i: &Interpretation, catalog: &dyn Catalog) -> 
 pub(super) fn plan_clauses(call: &ast::ModelCall, clauses: &Clauses, catalog: &dyn Catalog) -> Result<Node> {
     let i = Interp { call, c: clauses };
     let model = resolve_model(&i.call.model, catalog)?;
-    let (data, info) = resolve_dataset(&i.call.data, catalog)?;
+    let (data, info) = resolve_model_input(&i.call.data, catalog, &model, &i.call.model.name)?;
     check_fits(&model, &info, &i.call.model.name, &data.name, i.call.data.span)?;
     let d: usize = info.sample_shape.iter().product();
 
@@ -596,7 +596,7 @@ fn check_selection(
 
 pub(super) fn plan_prediction(call: &ast::ModelCall, catalog: &dyn Catalog) -> Result<Node> {
     let model = resolve_model(&call.model, catalog)?;
-    let (data, info) = resolve_dataset(&call.data, catalog)?;
+    let (data, info) = resolve_model_input(&call.data, catalog, &model, &call.model.name)?;
     check_fits(&model, &info, &call.model.name, &data.name, call.data.span)?;
     Ok(Node::new(
         NodeKind::Predict(Prediction {

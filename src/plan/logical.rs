@@ -133,6 +133,64 @@ pub enum EditSpec {
     Noise { stdev: f32, seed: u64 },
     /// Gaussian blur of each image plane (σ in pixels).
     Blur { sigma: f32 },
+    /// An activation edit: applied in the model's run, not to the inputs.
+    Layer(ActivationEdit),
+}
+
+/// `WITH LAYER l[i, …] = v | SCALE s | FROM d`, checked against the model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ActivationEdit {
+    pub layer: LayerRef,
+    /// How many leading axes the index fixed (for display).
+    pub index: usize,
+    /// The flat units of one sample's output that change (the fixed axes make them
+    /// one contiguous block).
+    pub units: std::ops::Range<usize>,
+    pub action: ActivationAction,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum ActivationAction {
+    Set(f32),
+    Scale(f32),
+    /// The donor input's activations at the layer (one input).
+    From(DatasetRef),
+}
+
+impl fmt::Display for ActivationEdit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "layer {}", self.layer.name)?;
+        if self.index > 0 {
+            // The fixed leading coordinates, recovered from the block's start.
+            let block: usize = self.layer.shape[self.index..].iter().product();
+            let mut flat = self.units.start / block.max(1);
+            let mut coords = vec![0; self.index];
+            for k in (0..self.index).rev() {
+                coords[k] = flat % self.layer.shape[k];
+                flat /= self.layer.shape[k];
+            }
+            let c: Vec<String> = coords.iter().map(|c| c.to_string()).collect();
+            write!(f, "[{}]", c.join(", "))?;
+        }
+        match &self.action {
+            ActivationAction::Set(v) => write!(f, " = {v}"),
+            ActivationAction::Scale(s) => write!(f, " × {s}"),
+            ActivationAction::From(d) => write!(f, " from {d}"),
+        }
+    }
+}
+
+impl DatasetRef {
+    /// The activation edits among the edits.
+    pub fn activation_edits(&self) -> Vec<&ActivationEdit> {
+        self.edits
+            .iter()
+            .filter_map(|e| match e {
+                EditSpec::Layer(a) => Some(a),
+                _ => None,
+            })
+            .collect()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -160,6 +218,7 @@ impl fmt::Display for DatasetRef {
                 EditSpec::Mask { window } => write!(f, " with {} masked", window_text(window))?,
                 EditSpec::Noise { stdev, seed } => write!(f, " with noise({stdev}, seed {seed})")?,
                 EditSpec::Blur { sigma } => write!(f, " with blur({sigma})")?,
+                EditSpec::Layer(a) => write!(f, " with {a}")?,
             }
         }
         Ok(())

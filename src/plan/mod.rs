@@ -327,8 +327,28 @@ pub fn resolve_model(name: &ast::Ident, catalog: &dyn Catalog) -> Result<ModelIn
     })
 }
 
-/// A dataset expression → the dataset's info and the rows it picks.
+/// A dataset expression → the dataset's info and the rows it picks. Activation edits
+/// (`WITH LAYER …`) are refused here: they need the model (`resolve_model_input`).
 pub fn resolve_dataset(expr: &ast::DatasetExpr, catalog: &dyn Catalog) -> Result<(DatasetRef, DatasetInfo)> {
+    resolve_dataset_of(expr, catalog, None)
+}
+
+/// The dataset expression inside `model(…)`: its activation edits are checked against
+/// the model's layers.
+pub fn resolve_model_input(
+    expr: &ast::DatasetExpr,
+    catalog: &dyn Catalog,
+    model: &ModelInfo,
+    model_name: &str,
+) -> Result<(DatasetRef, DatasetInfo)> {
+    resolve_dataset_of(expr, catalog, Some((model, model_name)))
+}
+
+fn resolve_dataset_of(
+    expr: &ast::DatasetExpr,
+    catalog: &dyn Catalog,
+    model: Option<(&ModelInfo, &str)>,
+) -> Result<(DatasetRef, DatasetInfo)> {
     let info = catalog.dataset(&expr.name.name).ok_or_else(|| {
         let mut err = Error::unknown("dataset", &expr.name.name, &catalog.dataset_names(), "loaded datasets");
         if catalog.model(&expr.name.name).is_some() {
@@ -385,7 +405,19 @@ pub fn resolve_dataset(expr: &ast::DatasetExpr, catalog: &dyn Catalog) -> Result
     let edits = expr
         .edits
         .iter()
-        .map(|e| resolve_edit(e, &info, &expr.name.name, catalog))
+        .map(|e| match &e.kind {
+            ast::EditKind::Layer { layer, index, action } => match model {
+                Some((m, mname)) => {
+                    resolve_activation_edit(layer, index, action, m, mname, catalog).map(EditSpec::Layer)
+                }
+                None => Err(Error::query(
+                    "an activation edit (WITH LAYER) changes a model's run: write it inside model(…)",
+                )
+                .at(e.span)
+                .hint("for example PREDICT cnn(digits[17] WITH LAYER conv2[3] = 0)")),
+            },
+            _ => resolve_edit(e, &info, &expr.name.name, catalog),
+        })
         .collect::<Result<Vec<_>>>()?;
     Ok((
         DatasetRef {
@@ -397,6 +429,82 @@ pub fn resolve_dataset(expr: &ast::DatasetExpr, catalog: &dyn Catalog) -> Result
     ))
 }
 
+/// Checks `WITH LAYER l[i, …] = v | SCALE s | FROM d` against the model.
+fn resolve_activation_edit(
+    layer: &ast::Ident,
+    index: &[Value],
+    action: &ast::LayerAction,
+    model: &ModelInfo,
+    model_name: &str,
+    catalog: &dyn Catalog,
+) -> Result<ActivationEdit> {
+    let l = interpret::resolve_layer(layer, model, model_name)?;
+    if index.len() > l.shape.len() {
+        return Err(Error::value(format!(
+            "layer `{}` has shape {}: at most {} indices, not {}",
+            l.name,
+            crate::model::fmt_shape(&l.shape),
+            l.shape.len(),
+            index.len()
+        ))
+        .at(layer.span));
+    }
+    let mut start = 0usize;
+    for (k, v) in index.iter().enumerate() {
+        let i = resolve_int(v, catalog, "a unit index")?;
+        let len = l.shape[k];
+        if i < 0 || i as usize >= len {
+            return Err(Error::value(format!(
+                "index {i} is out of range 0..{} for axis {k} of layer `{}` (shape {})",
+                len - 1,
+                l.name,
+                crate::model::fmt_shape(&l.shape)
+            ))
+            .at(v.span));
+        }
+        start = start * len + i as usize;
+    }
+    let block: usize = l.shape[index.len()..].iter().product();
+    let units = start * block..(start + 1) * block;
+    let number = |v: &Value, what: &str| -> Result<f32> {
+        match resolve_literal(v, catalog)? {
+            Literal::Number(n) if n.is_finite() => Ok(n as f32),
+            other => Err(Error::value(format!("{what} must be a number, got {other}")).at(v.span)),
+        }
+    };
+    let action = match action {
+        ast::LayerAction::Set(v) => ActivationAction::Set(number(v, "the value set")?),
+        ast::LayerAction::Scale(v) => ActivationAction::Scale(number(v, "SCALE's factor")?),
+        ast::LayerAction::From(d) => {
+            let (donor, dinfo) = resolve_dataset(d, catalog)?;
+            if dinfo.sample_shape != model.input_shape {
+                return Err(Error::shape(format!(
+                    "`{}` holds inputs of shape {}, but `{model_name}` takes {}",
+                    donor.name,
+                    crate::model::fmt_shape(&dinfo.sample_shape),
+                    crate::model::fmt_shape(&model.input_shape)
+                ))
+                .at(d.span));
+            }
+            let one = matches!(donor.pick, Pick::One(_)) || (donor.pick == Pick::All && dinfo.len == 1);
+            if !one {
+                return Err(Error::value(format!(
+                    "FROM patches in the activations of one input; `{d}` may pick several"
+                ))
+                .at(d.span)
+                .hint(format!("pick one, e.g. {}[0]", donor.name)));
+            }
+            ActivationAction::From(donor)
+        }
+    };
+    Ok(ActivationEdit {
+        layer: l,
+        index: index.len(),
+        units,
+        action,
+    })
+}
+
 /// Checks an input edit against the dataset it edits.
 fn resolve_edit(e: &ast::Edit, info: &DatasetInfo, data: &str, catalog: &dyn Catalog) -> Result<EditSpec> {
     let number = |v: &Value, what: &str| -> Result<f32> {
@@ -406,6 +514,9 @@ fn resolve_edit(e: &ast::Edit, info: &DatasetInfo, data: &str, catalog: &dyn Cat
         }
     };
     Ok(match &e.kind {
+        ast::EditKind::Layer { .. } => {
+            return Err(Error::query("internal: an activation edit among input edits").at(e.span));
+        }
         ast::EditKind::Set { window, value } => EditSpec::Set {
             window: interpret::resolve_window(window, info, data, catalog)?,
             value: number(value, "the value set")?,

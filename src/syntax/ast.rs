@@ -265,6 +265,20 @@ pub enum EditKind {
     Noise { stdev: Value, seed: Option<Value> },
     /// Gaussian blur of each image plane.
     Blur { sigma: Value },
+    /// An activation edit at a hook point: units of `layer` (the leading axes fixed by
+    /// `index`) set, scaled or patched from another input.
+    Layer {
+        layer: Ident,
+        index: Vec<Value>,
+        action: LayerAction,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum LayerAction {
+    Set(Value),
+    Scale(Value),
+    From(Box<DatasetExpr>),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -801,6 +815,18 @@ impl fmt::Display for DatasetExpr {
                 EditKind::Noise { stdev, seed: Some(s) } => write!(f, " WITH NOISE({stdev}, {s})")?,
                 EditKind::Noise { stdev, seed: None } => write!(f, " WITH NOISE({stdev})")?,
                 EditKind::Blur { sigma } => write!(f, " WITH BLUR({sigma})")?,
+                EditKind::Layer { layer, index, action } => {
+                    write!(f, " WITH LAYER {layer}")?;
+                    if !index.is_empty() {
+                        let ix: Vec<String> = index.iter().map(|v| v.to_string()).collect();
+                        write!(f, "[{}]", ix.join(", "))?;
+                    }
+                    match action {
+                        LayerAction::Set(v) => write!(f, " = {v}")?,
+                        LayerAction::Scale(v) => write!(f, " SCALE {v}")?,
+                        LayerAction::From(d) => write!(f, " FROM {d}")?,
+                    }
+                }
             }
         }
         Ok(())

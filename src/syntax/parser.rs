@@ -778,6 +778,23 @@ fn visit_edit(pair: Pair<Rule>) -> Result<Edit> {
             let seed = ic.inner.next().map(visit_int_value).transpose()?;
             EditKind::Noise { stdev, seed }
         }
+        Rule::edit_layer => {
+            let layer = visit_ident(ic.next()?)?;
+            let mut index = Vec::new();
+            while let Some(v) = ic.take(Rule::int_value) {
+                index.push(visit_int_value(v)?);
+            }
+            let act = ic.next()?;
+            let arule = act.as_rule();
+            let mut ac = Children::of(act);
+            ac.skip_keywords();
+            let action = match arule {
+                Rule::layer_set => LayerAction::Set(number(ac.next()?)?),
+                Rule::layer_scale => LayerAction::Scale(number(ac.next()?)?),
+                _ => LayerAction::From(Box::new(visit_dataset(ac.next()?)?)),
+            };
+            EditKind::Layer { layer, index, action }
+        }
         _ => EditKind::Blur {
             sigma: number(ic.next()?)?,
         },
@@ -976,7 +993,7 @@ fn rule_name(rule: &Rule) -> String {
         Rule::EOI => "end of input".into(),
         Rule::ident | Rule::bare_ident | Rule::quoted_ident => "a name".into(),
         Rule::string | Rule::path => "a quoted string ('...')".into(),
-        Rule::number | Rule::unsigned | Rule::integer | Rule::int_value => "a number".into(),
+        Rule::number | Rule::unsigned | Rule::integer | Rule::int_value | Rule::number_value => "a number".into(),
         Rule::variable => "a variable (:name)".into(),
         Rule::value => "a value".into(),
         Rule::expr | Rule::literal | Rule::primary | Rule::column_ref | Rule::function_call => "an expression".into(),
