@@ -52,6 +52,11 @@ const TRICKY: &[&str] = &[
     "EXPORT SELECT * FROM m(d[0:10]) USING occlusion(window = 2, stride = 1) GRANULARITY patch(2) TO 'out.parquet' OVERWRITE; PLAN PREDICT m(d);",
     "SELECT * FROM m(d[0:0]) USING integrated_gradients(rule = riemann_trapezoid, steps = 5) WINDOW columns 0:3, a, 'b c' GRANULARITY column;",
     "SHOW MODELS; SHOW DATA; SHOW METHODS; SHOW LAYERS OF m; SHOW CACHE; SHOW SETTINGS; LET e = d[:5];",
+    "LET adv = ATTACK pgd(eps = 0.1, steps = 20, random_start = true) ON m(d[0:100] WITH NOISE(0.1)) TARGET 3;",
+    "LET attack = ATTACK fgsm(eps = :e) ON m(attack[0:2]);",
+    "SELECT * FROM PREDICT m(d[17] WITH LAYER conv2[3] = 0 WITH LAYER fc1 SCALE -0.5 WITH LAYER fc2[1, 2] FROM d[4] WITH BLUR(1));",
+    "SELECT * FROM m(d WITH LAYER l FROM e) WHERE input IN (SELECT input FROM PREDICT m(d) WHERE NOT correct) AND x > (SELECT max(y) FROM (SELECT 1 AS y FROM m(d)));",
+    "SELECT x NOT IN (SELECT a FROM m(d)), (SELECT count(*) FROM PREDICT m(d)) + 1 FROM m(d);",
     "-- a comment\nSELECT /* inline */ x FROM m(d) -- trailing\n;",
 ];
 
