@@ -15,6 +15,7 @@ mod mutations;
 mod parity;
 mod patching;
 mod pictures;
+mod predictions;
 mod pty;
 mod report;
 mod roundtrip;

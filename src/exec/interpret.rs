@@ -145,19 +145,30 @@ pub(super) fn run_prediction(state: &mut State, p: &Prediction) -> Result<DataFr
     let labels = sel.labels();
     let mut prediction = Vec::with_capacity(sel.len());
     let mut confidence = Vec::with_capacity(sel.len());
+    // The k most probable classes of each input, with their probabilities.
+    let mut top: Vec<(Vec<i64>, Vec<f32>)> = vec![(Vec::new(), Vec::new()); p.top];
     for l in &logits {
         let k = argmax(l);
         prediction.push(k as i64);
-        // The model's probability for its prediction: softmax of the logits, unless the
-        // model already ends in a softmax.
-        let c = if ends_in_softmax {
-            l[k]
+        // The model's probabilities: softmax of the logits, unless the model already
+        // ends in a softmax.
+        let probs: Vec<f32> = if ends_in_softmax {
+            l.clone()
         } else {
             let max = l[k];
             let z: f32 = l.iter().map(|v| (v - max).exp()).sum();
-            1.0 / z
+            l.iter().map(|v| (v - max).exp() / z).collect()
         };
-        confidence.push(c);
+        confidence.push(probs[k]);
+        if p.top > 0 {
+            // Stable: ties keep the lower class first, as torch.topk on CPU does.
+            let mut order: Vec<usize> = (0..probs.len()).collect();
+            order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+            for (slot, &c) in top.iter_mut().zip(&order) {
+                slot.0.push(c as i64);
+                slot.1.push(probs[c]);
+            }
+        }
     }
     let correct: Vec<Option<bool>> = labels
         .iter()
@@ -176,6 +187,10 @@ pub(super) fn run_prediction(state: &mut State, p: &Prediction) -> Result<DataFr
             format!("logit_{k}").into(),
             logits.iter().map(|l| l[k]).collect::<Vec<f32>>(),
         ));
+    }
+    for (k, (classes, probs)) in top.into_iter().enumerate() {
+        columns.push(Column::new(format!("top{}", k + 1).into(), classes));
+        columns.push(Column::new(format!("top{}_confidence", k + 1).into(), probs));
     }
     Ok(DataFrame::new(sel.len(), columns)?)
 }

@@ -272,6 +272,13 @@ fn pair_index(df: &DataFrame) -> Result<(Vec<i64>, usize)> {
 /// other columns qualified by the sides' names; `attribution` is the mean of the sides
 /// (join) or the left side (anti-join).
 fn join(kind: JoinKind, left: DataFrame, right: DataFrame, names: &[String; 2], keys: &[String]) -> Result<DataFrame> {
+    // Two prediction relations (before / after) rather than two interpretations.
+    let predictions = left.column("attribution").is_err() && left.column("confidence").is_ok();
+    let logits = left
+        .get_column_names()
+        .iter()
+        .filter(|c| c.starts_with("logit_"))
+        .count();
     let mut sides = Vec::new();
     let mut counts = Vec::new();
     for (mut df, name) in [(left, &names[0]), (right, &names[1])] {
@@ -290,9 +297,16 @@ fn join(kind: JoinKind, left: DataFrame, right: DataFrame, names: &[String; 2], 
             .chain([col("__pair")])
             .collect();
         df.with_column(Column::new("__pair".into(), pairs))?;
-        sides.push(df.lazy().select(renames));
+        // A constant key, so that sides without keys can pair every row with every row.
+        let height = df.height();
+        df.with_column(Column::new("__all".into(), vec![0i32; height]))?;
+        sides.push(
+            df.lazy()
+                .select(renames.into_iter().chain([col("__all")]).collect::<Vec<_>>()),
+        );
     }
     let mut on: Vec<Expr> = keys.iter().map(|k| col(k.as_str())).collect();
+    on.push(col("__all"));
     if counts[0] == counts[1] {
         on.push(col("__pair"));
     } else if counts[0] != 1 && counts[1] != 1 {
@@ -310,16 +324,27 @@ fn join(kind: JoinKind, left: DataFrame, right: DataFrame, names: &[String; 2], 
     };
     let mut args = JoinArgs::new(JoinType::Inner);
     args.nulls_equal = true;
-    let (a, b) = (format!("{}.attribution", names[0]), format!("{}.attribution", names[1]));
-    let attribution = match kind {
-        JoinKind::Join => ((col(a.as_str()) + col(b.as_str())) / lit(2.0f32)).alias("attribution"),
-        JoinKind::AntiJoin => col(a.as_str()).alias("attribution"),
-    };
+    let q = |side: usize, c: &str| col(format!("{}.{c}", names[side]).as_str());
+    let mut derived = vec![q(0, "input").alias("input")];
+    if predictions {
+        // Before (left) / after (right): what changed.
+        derived.push(q(0, "prediction").neq(q(1, "prediction")).alias("prediction_changed"));
+        derived.push((q(1, "confidence") - q(0, "confidence")).alias("confidence_change"));
+        for k in 0..logits {
+            let c = format!("logit_{k}");
+            derived.push((q(1, &c) - q(0, &c)).alias(format!("{c}_change")));
+        }
+    } else {
+        derived.push(match kind {
+            JoinKind::Join => ((q(0, "attribution") + q(1, "attribution")) / lit(2.0f32)).alias("attribution"),
+            JoinKind::AntiJoin => q(0, "attribution").alias("attribution"),
+        });
+    }
     let out = left
         .with_row_index("__left_row", None)
         .join(right, on.clone(), on, args)
         .sort(["__left_row"], SortMultipleOptions::default())
-        .with_columns([col(format!("{}.input", names[0]).as_str()).alias("input"), attribution])
+        .with_columns(derived)
         .collect()?;
     Ok(out)
 }

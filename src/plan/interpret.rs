@@ -594,16 +594,32 @@ fn check_selection(
     Ok(())
 }
 
-pub(super) fn plan_prediction(call: &ast::ModelCall, catalog: &dyn Catalog) -> Result<Node> {
+pub(super) fn plan_prediction(p: &ast::Predict, catalog: &dyn Catalog) -> Result<Node> {
+    let call = &p.call;
     let model = resolve_model(&call.model, catalog)?;
     let (data, info) = resolve_model_input(&call.data, catalog, &model, &call.model.name)?;
     check_fits(&model, &info, &call.model.name, &data.name, call.data.span)?;
+    let top = match &p.top {
+        None => 0,
+        Some(v) => {
+            let k = resolve_int(v, catalog, "TOP's count")?;
+            if k < 1 || k as usize > model.output_len {
+                return Err(Error::value(format!(
+                    "TOP {k} is out of range: `{}` has {} outputs",
+                    call.model.name, model.output_len
+                ))
+                .at(v.span));
+            }
+            k as usize
+        }
+    };
     Ok(Node::new(
         NodeKind::Predict(Prediction {
             model: call.model.name.clone(),
             data,
+            top,
         }),
-        prediction_columns(model.output_len),
+        prediction_columns(model.output_len, top),
     ))
 }
 
@@ -710,11 +726,15 @@ pub fn attribution_columns(modality: &Modality, granularity: &GranularitySpec) -
 }
 
 /// The columns of a prediction relation: per input, then one logit column per output.
-pub fn prediction_columns(outputs: usize) -> Vec<String> {
+pub fn prediction_columns(outputs: usize, top: usize) -> Vec<String> {
     let mut cols: Vec<String> = ["input", "label", "prediction", "confidence", "correct"]
         .iter()
         .map(|s| s.to_string())
         .collect();
     cols.extend((0..outputs).map(|k| format!("logit_{k}")));
+    for k in 1..=top {
+        cols.push(format!("top{k}"));
+        cols.push(format!("top{k}_confidence"));
+    }
     cols
 }

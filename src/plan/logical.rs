@@ -348,6 +348,8 @@ pub const INPUT_COLUMNS: &[&str] = &["input", "label", "prediction", "target"];
 pub struct Prediction {
     pub model: String,
     pub data: DatasetRef,
+    /// TOP k: the k most probable classes and their probabilities (0: none).
+    pub top: usize,
 }
 
 /// A relational operator and the columns it produces.
@@ -563,7 +565,14 @@ impl Node {
                 };
                 writeln!(f, "{pad}   target {target}{base}, window {window}, granularity {gran}")
             }
-            NodeKind::Predict(p) => writeln!(f, "{pad}{arrow}Predict {}({})", p.model, p.data),
+            NodeKind::Predict(p) => {
+                let top = if p.top > 0 {
+                    format!(" top {}", p.top)
+                } else {
+                    String::new()
+                };
+                writeln!(f, "{pad}{arrow}Predict {}({}){top}", p.model, p.data)
+            }
             NodeKind::Filter { input, predicate } => {
                 writeln!(f, "{pad}{arrow}Filter {predicate}")?;
                 input.fmt_tree(f, depth + 1)
@@ -609,6 +618,9 @@ impl Node {
                 keys,
             } => {
                 let word = match kind {
+                    JoinKind::Join if matches!(left.kind, NodeKind::Predict(_)) => {
+                        "Join (before / after, with the changes)"
+                    }
                     JoinKind::Join => "Join (attribution = mean of the sides)",
                     JoinKind::AntiJoin => "Antijoin (each side against the other)",
                 };

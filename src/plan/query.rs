@@ -24,7 +24,7 @@ pub const SCALARS: &[(&str, usize, usize)] = &[
 pub(super) fn plan_query(q: &Query, catalog: &dyn Catalog) -> Result<Node> {
     match &q.kind {
         QueryKind::Select(s) => plan_select(s, catalog),
-        QueryKind::Predict(call) => plan_prediction(call, catalog),
+        QueryKind::Predict(p) => plan_prediction(p, catalog),
         QueryKind::SetOp { op, left, right } => {
             let l = plan_query(left, catalog)?;
             let r = plan_query(right, catalog)?;
@@ -59,7 +59,8 @@ pub(super) fn plan_query(q: &Query, catalog: &dyn Catalog) -> Result<Node> {
 fn plan_source(source: &Source, catalog: &dyn Catalog) -> Result<(Node, Option<String>)> {
     match source {
         Source::Interpretation(i) => Ok((plan_interpretation(i, catalog)?, None)),
-        Source::Predict(call) => Ok((plan_prediction(call, catalog)?, None)),
+        Source::Predict(p) => Ok((plan_prediction(p, catalog)?, None)),
+        Source::PredictJoin(j) => Ok((plan_predict_join(j, catalog)?, None)),
         Source::Subquery { query, alias } => Ok((plan_query(query, catalog)?, alias.as_ref().map(|a| a.name.clone()))),
         Source::Join(j) => Ok((plan_join(j, catalog)?, None)),
     }
@@ -180,6 +181,48 @@ fn plan_join(j: &Join, catalog: &dyn Catalog) -> Result<Node> {
             right: Box::new(right),
             names,
             keys,
+        },
+        columns,
+    ))
+}
+
+/// `PREDICT m(x) AS a JOIN PREDICT m2(y) AS b`: the two prediction relations side by side,
+/// input by input (in order; one input on a side pairs with every input of the other),
+/// with what changed from a to b.
+fn plan_predict_join(j: &ast::PredictJoin, catalog: &dyn Catalog) -> Result<Node> {
+    let left = plan_prediction(&j.left, catalog)?;
+    let right = plan_prediction(&j.right, catalog)?;
+    let names = [
+        j.left_alias.as_ref().map_or("a".to_string(), |a| a.name.clone()),
+        j.right_alias.as_ref().map_or("b".to_string(), |a| a.name.clone()),
+    ];
+    if names[0] == names[1] {
+        return Err(Error::query(format!("both sides of JOIN are named `{}`", names[0]))
+            .at(j.right_alias.as_ref().map_or(j.span, |a| a.span))
+            .hint("give them different names with AS"));
+    }
+    let logits = |n: &Node| n.columns.iter().filter(|c| c.starts_with("logit_")).count();
+    if logits(&left) != logits(&right) {
+        return Err(Error::shape(format!(
+            "the predictions have {} and {} outputs; a before/after JOIN compares models with the same outputs",
+            logits(&left),
+            logits(&right)
+        ))
+        .at(j.span));
+    }
+    let mut columns = vec!["input".to_string()];
+    for (name, side) in names.iter().zip([&left, &right]) {
+        columns.extend(side.columns.iter().map(|c| format!("{name}.{c}")));
+    }
+    columns.extend(["prediction_changed".to_string(), "confidence_change".to_string()]);
+    columns.extend((0..logits(&left)).map(|k| format!("logit_{k}_change")));
+    Ok(Node::new(
+        NodeKind::Join {
+            kind: JoinKind::Join,
+            left: Box::new(left),
+            right: Box::new(right),
+            names,
+            keys: Vec::new(),
         },
         columns,
     ))

@@ -101,7 +101,7 @@ pub struct Query {
 pub enum QueryKind {
     Select(Box<Select>),
     /// `PREDICT m(x)`: shorthand for `SELECT * FROM PREDICT m(x)`.
-    Predict(Box<ModelCall>),
+    Predict(Box<Predict>),
     SetOp {
         op: SetOp,
         left: Box<Query>,
@@ -151,8 +151,13 @@ pub struct Limit {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Source {
     Interpretation(Box<Interpretation>),
-    Predict(Box<ModelCall>),
-    Subquery { query: Box<Query>, alias: Option<Ident> },
+    Predict(Box<Predict>),
+    /// `PREDICT m(x) [AS a] JOIN PREDICT m(y) [AS b]`: before and after.
+    PredictJoin(Box<PredictJoin>),
+    Subquery {
+        query: Box<Query>,
+        alias: Option<Ident>,
+    },
     Join(Box<Join>),
 }
 
@@ -221,6 +226,32 @@ pub struct JoinSide {
     pub interp: Interpretation,
     pub parenthesized: bool,
     pub alias: Option<Ident>,
+}
+
+/// `PREDICT m(x) [TOP k]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Predict {
+    pub call: ModelCall,
+    pub top: Option<Value>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct PredictJoin {
+    pub left: Predict,
+    pub left_alias: Option<Ident>,
+    pub right: Predict,
+    pub right_alias: Option<Ident>,
+    pub span: Span,
+}
+
+impl fmt::Display for Predict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PREDICT {}", self.call)?;
+        if let Some(k) = &self.top {
+            write!(f, " TOP {k}")?;
+        }
+        Ok(())
+    }
 }
 
 /// An adversarial attack on a model's inputs; of its clauses only TARGET applies.
@@ -643,7 +674,7 @@ impl fmt::Display for Query {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
             QueryKind::Select(s) => write!(f, "{s}"),
-            QueryKind::Predict(call) => write!(f, "PREDICT {call}"),
+            QueryKind::Predict(p) => write!(f, "{p}"),
             QueryKind::SetOp { op, left, right } => {
                 let word = match op {
                     SetOp::Union => "UNION",
@@ -711,7 +742,18 @@ impl fmt::Display for Source {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Source::Interpretation(i) => write!(f, "{i}"),
-            Source::Predict(call) => write!(f, "PREDICT {call}"),
+            Source::Predict(p) => write!(f, "{p}"),
+            Source::PredictJoin(j) => {
+                write!(f, "{}", j.left)?;
+                if let Some(a) = &j.left_alias {
+                    write!(f, " AS {a}")?;
+                }
+                write!(f, " JOIN {}", j.right)?;
+                if let Some(a) = &j.right_alias {
+                    write!(f, " AS {a}")?;
+                }
+                Ok(())
+            }
             Source::Subquery { query, alias } => {
                 write!(f, "({query})")?;
                 if let Some(a) = alias {

@@ -337,16 +337,10 @@ fn visit_query_term(pair: Pair<Rule>) -> Result<Query> {
             kind: QueryKind::Select(Box::new(visit_select(pair)?)),
             span: sp,
         }),
-        Rule::predict_query => {
-            let mut c = Children::of(pair);
-            c.skip_keywords();
-            let call = visit_model_call(c.next()?)?;
-            c.done();
-            Ok(Query {
-                kind: QueryKind::Predict(Box::new(call)),
-                span: sp,
-            })
-        }
+        Rule::predict_query => Ok(Query {
+            kind: QueryKind::Predict(Box::new(visit_predict(&mut Children::of(pair))?)),
+            span: sp,
+        }),
         _ => visit_query(pair),
     }
 }
@@ -453,16 +447,46 @@ fn visit_source(pair: Pair<Rule>) -> Result<Source> {
                 alias,
             })
         }
-        Rule::predict_source => {
-            let mut pc = Children::of(inner);
-            pc.skip_keywords();
-            let call = visit_model_call(pc.next()?)?;
-            pc.done();
-            Ok(Source::Predict(Box::new(call)))
+        Rule::predict_source => Ok(Source::Predict(Box::new(visit_predict(&mut Children::of(inner))?))),
+        Rule::predict_join => {
+            let sp = span(&inner);
+            let mut jc = Children::of(inner);
+            let side = |p: Pair<Rule>| -> Result<(Predict, Option<Ident>)> {
+                let mut sc = Children::of(p);
+                let predict = visit_predict(&mut sc)?;
+                sc.skip_keywords();
+                let alias = sc.take(Rule::ident).map(visit_ident).transpose()?;
+                Ok((predict, alias))
+            };
+            let (left, left_alias) = side(jc.next()?)?;
+            jc.take(Rule::op_join);
+            let (right, right_alias) = side(jc.next()?)?;
+            Ok(Source::PredictJoin(Box::new(PredictJoin {
+                left,
+                left_alias,
+                right,
+                right_alias,
+                span: sp,
+            })))
         }
         Rule::join_source => Ok(Source::Join(Box::new(visit_join(inner)?))),
         _ => Ok(Source::Interpretation(Box::new(visit_interpretation(inner)?))),
     }
+}
+
+/// `PREDICT m(x) [TOP k]` from the children of a rule that starts with it.
+fn visit_predict(c: &mut Children) -> Result<Predict> {
+    c.skip_keywords();
+    let call = visit_model_call(c.next()?)?;
+    let top = match c.take(Rule::top_clause) {
+        Some(t) => {
+            let mut tc = Children::of(t);
+            tc.skip_keywords();
+            Some(visit_int_value(tc.next()?)?)
+        }
+        None => None,
+    };
+    Ok(Predict { call, top })
 }
 
 fn visit_interpretation(pair: Pair<Rule>) -> Result<Interpretation> {
