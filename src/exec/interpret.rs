@@ -198,6 +198,36 @@ pub(super) fn run_prediction(state: &mut State, p: &Prediction) -> Result<DataFr
 /// The attribution relation of an interpretation: one map, or with THROUGH LAYER * one
 /// per layer, stacked.
 pub(super) fn run_attribution(state: &mut State, a: &Attribution) -> Result<DataFrame> {
+    if !a.all_layers.is_empty() {
+        // AT LAYER *: each layer's relation, padded to the stacked columns (a coordinate
+        // a layer lacks is NULL there).
+        let columns = crate::plan::relation_columns(a);
+        let mut out: Option<DataFrame> = None;
+        for l in &a.all_layers {
+            let mut one = a.clone();
+            one.layer = Some(l.clone());
+            one.all_layers = Vec::new();
+            let df = run_one(state, &one, None)?;
+            let exprs: Vec<Expr> = columns
+                .iter()
+                .map(|c| {
+                    if df.column(c).is_ok() {
+                        col(c.as_str())
+                    } else {
+                        lit(NULL).cast(DataType::Int64).alias(c.as_str())
+                    }
+                })
+                .collect();
+            let df = df.lazy().select(exprs).collect()?;
+            match &mut out {
+                None => out = Some(df),
+                Some(o) => {
+                    o.vstack_mut(&df)?;
+                }
+            }
+        }
+        return Ok(out.unwrap_or_default());
+    }
     match &a.through {
         Some(ThroughSpec::All(layers)) => {
             let mut out: Option<DataFrame> = None;

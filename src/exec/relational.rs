@@ -221,7 +221,11 @@ fn stream_aggregate(
                 node = input;
             }
             // Stacked maps (THROUGH LAYER *) order their groups layer by layer.
-            NodeKind::Attribute(a) if !matches!(a.through, Some(crate::plan::ThroughSpec::All(_))) => break a,
+            NodeKind::Attribute(a)
+                if !matches!(a.through, Some(crate::plan::ThroughSpec::All(_))) && a.all_layers.is_empty() =>
+            {
+                break a;
+            }
             _ => return Ok(None),
         }
     };

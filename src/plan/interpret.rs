@@ -156,11 +156,24 @@ pub(super) fn plan_clauses(call: &ast::ModelCall, clauses: &Clauses, catalog: &d
     let given = given_params(params, catalog)?;
     let mut method = ops::resolve_method(info_m, &given, &|s| catalog.setting(s)).map_err(|e| e.at(method_span))?;
 
-    let at_layer =
-        i.c.at_layer
-            .as_ref()
-            .map(|l| resolve_layer(l, &model, &i.call.model.name))
-            .transpose()?;
+    // AT LAYER *: every layer in turn (checked as the first), the relations stacked.
+    let every_layer = i.c.at_layer.as_ref().is_some_and(|l| l.name == "*");
+    let all_layers: Vec<LayerRef> = if every_layer {
+        (0..model.layers.len())
+            .map(|index| LayerRef {
+                name: model.layers[index].clone(),
+                index,
+                shape: model.layer_shapes[index].clone(),
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let at_layer = match &i.c.at_layer {
+        Some(_) if every_layer => all_layers.first().cloned(),
+        Some(l) => Some(resolve_layer(l, &model, &i.call.model.name)?),
+        None => None,
+    };
     let target = match &i.c.target {
         None => TargetSpec::Predicted,
         Some(t) => match &t.kind {
@@ -196,6 +209,20 @@ pub(super) fn plan_clauses(call: &ast::ModelCall, clauses: &Clauses, catalog: &d
         },
     };
     check_selection(&method, method_span, &i, &at_layer, &target, &info)?;
+    if every_layer {
+        let span = i.c.at_layer.as_ref().map_or(method_span, |l| l.span);
+        if !method.attributes_layer() || matches!(method, Method::GradCam { .. }) {
+            return Err(Error::value(format!(
+                "AT LAYER * stacks a relation per layer; {} gives none",
+                method.name()
+            ))
+            .at(span)
+            .hint("layer_activation, layer_gradient_x_activation, layer_conductance, layer_integrated_gradients"));
+        }
+        if matches!(target, TargetSpec::Unit(..)) {
+            return Err(Error::value("AT LAYER * does not combine with TARGET l[i]").at(span));
+        }
+    }
     let through = match &i.c.through {
         None => None,
         Some(t) => Some(match &t.layer {
@@ -334,6 +361,7 @@ pub(super) fn plan_clauses(call: &ast::ModelCall, clauses: &Clauses, catalog: &d
         granularity,
         modality: info.modality.clone(),
         layer: at_layer,
+        all_layers,
         through,
         contrast: None,
         against_other_side: false,
@@ -658,6 +686,23 @@ fn modality_name(m: &Modality) -> &'static str {
 
 /// The columns of the relation an interpretation gives.
 pub fn relation_columns(a: &Attribution) -> Vec<String> {
+    if !a.all_layers.is_empty() {
+        // The stacked relations: every coordinate column any layer has.
+        let mut coords: Vec<&str> = Vec::new();
+        for l in &a.all_layers {
+            for c in unit_coordinates(&l.shape) {
+                if !coords.contains(c) {
+                    coords.push(c);
+                }
+            }
+        }
+        let order = ["channel", "row", "col", "token", "dim", "neuron"];
+        coords.sort_by_key(|c| order.iter().position(|o| o == c));
+        let mut cols: Vec<&str> = vec!["input", "label", "prediction", "target", "layer", "unit"];
+        cols.extend(coords);
+        cols.extend(["activation", "attribution"]);
+        return cols.into_iter().map(String::from).collect();
+    }
     if a.is_layer_relation() {
         return layer_columns(&result_shape(a));
     }

@@ -309,6 +309,9 @@ pub struct Attribution {
     pub modality: Modality,
     /// AT LAYER: layer methods attribute to its units; guided_gradcam takes its map.
     pub layer: Option<LayerRef>,
+    /// AT LAYER *: the layer method runs at each of these layers (`layer` is the first)
+    /// and the relations are stacked.
+    pub all_layers: Vec<LayerRef>,
     pub through: Option<ThroughSpec>,
     /// Two-model ANTIJOIN: explain this model's target output minus this one's.
     pub contrast: Option<String>,
@@ -514,6 +517,7 @@ impl Node {
         match &self.kind {
             NodeKind::Attribute(a) => {
                 let what = match (&a.layer, &a.through) {
+                    (Some(_), _) if !a.all_layers.is_empty() => " AT LAYER * (each layer, stacked)".to_string(),
                     (Some(l), _) if a.is_layer_relation() => format!(" AT LAYER {}", l.name),
                     (Some(l), _) => format!(" (map of {})", l.name),
                     (_, Some(ThroughSpec::Layer(l))) => format!(" THROUGH LAYER {} (probe)", l.name),

@@ -177,6 +177,7 @@ pub struct Clauses {
     pub baseline: Option<Baseline>,
     pub window: Option<Window>,
     pub granularity: Option<Granularity>,
+    /// `AT LAYER l`; `AT LAYER *` is the name `*`.
     pub at_layer: Option<Ident>,
     pub through: Option<Through>,
 }
@@ -813,8 +814,10 @@ impl fmt::Display for Clauses {
         if let Some(g) = &self.granularity {
             write!(f, " GRANULARITY {g}")?;
         }
-        if let Some(l) = &self.at_layer {
-            write!(f, " AT LAYER {l}")?;
+        match &self.at_layer {
+            Some(l) if l.name == "*" => write!(f, " AT LAYER *")?,
+            Some(l) => write!(f, " AT LAYER {l}")?,
+            None => {}
         }
         if let Some(t) = &self.through {
             match &t.layer {

@@ -632,7 +632,16 @@ fn visit_clauses<'a>(pairs: impl Iterator<Item = Pair<'a, Rule>>) -> Result<Clau
                 if interp.at_layer.is_some() {
                     return Err(twice("AT LAYER"));
                 }
-                interp.at_layer = Some(visit_ident(cc.next()?)?);
+                let l = cc.next()?;
+                interp.at_layer = Some(if l.as_rule() == Rule::all_layers {
+                    // Every layer: a name no layer can have unquoted.
+                    Ident {
+                        name: "*".into(),
+                        span: span(&l),
+                    }
+                } else {
+                    visit_ident(l)?
+                });
             }
             Rule::through_clause => {
                 if interp.through.is_some() {
