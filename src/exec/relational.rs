@@ -415,6 +415,37 @@ pub fn expr(e: &Ast) -> Result<Expr> {
         ExprKind::Subquery(_) => {
             return Err(Error::query("internal: a subquery that was not run").at(e.span));
         }
+        ExprKind::Window { call, partition, order } => {
+            let ExprKind::Call { name, .. } = &call.kind else {
+                return Err(Error::query("internal: OVER without a call").at(e.span));
+            };
+            let method = match name.name.as_str() {
+                // Ties: row_number takes the order of the rows, rank leaves gaps, dense_rank not.
+                "row_number" => Some(RankMethod::Ordinal),
+                "rank" => Some(RankMethod::Min),
+                "dense_rank" => Some(RankMethod::Dense),
+                _ => None,
+            };
+            let value = match (method, order.first()) {
+                (Some(method), Some((key, descending))) => expr(key)?
+                    .rank(
+                        RankOptions {
+                            method,
+                            descending: *descending,
+                        },
+                        None,
+                    )
+                    .cast(DataType::Int64),
+                _ => expr(call)?,
+            };
+            // No PARTITION BY: the whole relation is one partition.
+            let partition: Vec<Expr> = if partition.is_empty() {
+                vec![lit(1)]
+            } else {
+                partition.iter().map(expr).collect::<Result<_>>()?
+            };
+            value.over(partition)?
+        }
         ExprKind::Unary {
             op: UnaryOp::Not,
             expr: inner,

@@ -8,6 +8,21 @@ use crate::syntax::ast::{
     Expr, ExprKind, Ident, Join, JoinKind, JoinSide, Query, QueryKind, Select, SelectItem, SetOp, Source,
 };
 
+/// Functions that exist only over a window (`… OVER (…)`).
+pub const WINDOW_RANKINGS: &[&str] = &["row_number", "rank", "dense_rank"];
+
+/// The first window function in `e`, if any.
+pub fn find_window(e: &Expr) -> Option<&Expr> {
+    match &e.kind {
+        ExprKind::Window { .. } => Some(e),
+        ExprKind::Unary { expr, .. } | ExprKind::IsNull { expr, .. } => find_window(expr),
+        ExprKind::Binary { left, right, .. } => find_window(left).or_else(|| find_window(right)),
+        ExprKind::Call { args, .. } => args.iter().find_map(find_window),
+        ExprKind::InList { expr, list, .. } => find_window(expr).or_else(|| list.iter().find_map(find_window)),
+        _ => None,
+    }
+}
+
 pub const AGGREGATES: &[&str] = &["sum", "mean", "avg", "min", "max", "count", "median", "std", "var"];
 /// Scalar functions and how many arguments they take.
 pub const SCALARS: &[(&str, usize, usize)] = &[
@@ -244,6 +259,11 @@ fn plan_select(s: &Select, catalog: &dyn Catalog) -> Result<Node> {
                 .at(agg.span)
                 .hint("filter groups with HAVING"));
         }
+        if let Some(win) = find_window(w) {
+            return Err(Error::query("window functions are not allowed in WHERE")
+                .at(win.span)
+                .hint("compute it in a subquery: SELECT … FROM (SELECT …, row_number() OVER (…) AS r FROM …) WHERE r <= 5"));
+        }
         let predicate = scope.resolve(w, catalog)?;
         node = node.then(|input| NodeKind::Filter { input, predicate });
     }
@@ -259,6 +279,15 @@ fn plan_select(s: &Select, catalog: &dyn Catalog) -> Result<Node> {
     let mut grouping: Option<Grouping> = None;
 
     if aggregate_mode {
+        let windowed = s.items.iter().find_map(|i| match i {
+            SelectItem::Expr { expr, .. } => find_window(expr),
+            _ => None,
+        });
+        if let Some(win) = windowed.or_else(|| s.group_by.iter().find_map(find_window)) {
+            return Err(Error::query("window functions do not combine with GROUP BY or aggregates in one SELECT")
+                .at(win.span)
+                .hint("group in a subquery, then apply the window function to its rows"));
+        }
         // GROUP BY keys: a source expression, or the alias of a select item.
         let mut keys: Vec<(String, Expr)> = Vec::new();
         for g in &s.group_by {
@@ -552,6 +581,62 @@ impl Scope {
                     },
                 }
             }
+            ExprKind::Window { call, partition, order } => {
+                let ExprKind::Call { name, args, star } = &call.kind else {
+                    return Err(Error::query("OVER follows a function call").at(e.span));
+                };
+                let lower = name.name.to_lowercase();
+                let ranking = WINDOW_RANKINGS.contains(&lower.as_str());
+                if ranking {
+                    if !args.is_empty() || *star {
+                        return Err(Error::query(format!("{lower}() takes no arguments")).at(call.span));
+                    }
+                    if order.len() != 1 {
+                        return Err(Error::query(format!(
+                            "{lower}() OVER (…) needs one ORDER BY expression to rank by"
+                        ))
+                        .at(e.span)
+                        .hint(format!("{lower}() OVER (PARTITION BY input ORDER BY attribution DESC)")));
+                    }
+                } else if AGGREGATES.contains(&lower.as_str()) {
+                    if !order.is_empty() {
+                        return Err(Error::query(format!(
+                            "{lower}(…) OVER with ORDER BY (a running total) is not supported"
+                        ))
+                        .at(e.span)
+                        .hint("aggregate over the whole partition: OVER (PARTITION BY …)"));
+                    }
+                    if !*star && args.len() != 1 {
+                        return Err(Error::query(format!("{} takes one argument", name.name)).at(call.span));
+                    }
+                } else {
+                    let mut known: Vec<String> = WINDOW_RANKINGS.iter().map(|s| s.to_string()).collect();
+                    known.extend(AGGREGATES.iter().map(|s| s.to_string()));
+                    return Err(Error::unknown("window function", &name.name, &known, "window functions").at(name.span));
+                }
+                let args = args.iter().map(|a| self.resolve(a, catalog)).collect::<Result<Vec<_>>>()?;
+                ExprKind::Window {
+                    call: Box::new(Expr {
+                        kind: ExprKind::Call {
+                            name: Ident {
+                                name: lower,
+                                span: name.span,
+                            },
+                            args,
+                            star: *star,
+                        },
+                        span: call.span,
+                    }),
+                    partition: partition
+                        .iter()
+                        .map(|p| self.resolve(p, catalog))
+                        .collect::<Result<_>>()?,
+                    order: order
+                        .iter()
+                        .map(|(o, d)| Ok((self.resolve(o, catalog)?, *d)))
+                        .collect::<Result<_>>()?,
+                }
+            }
             ExprKind::Subquery(q) => {
                 // Planned here for its errors; the executor runs it before the query.
                 let node = plan_query(q, catalog)?;
@@ -595,6 +680,10 @@ impl Scope {
                         ))
                         .at(e.span));
                     }
+                } else if WINDOW_RANKINGS.contains(&lower.as_str()) {
+                    return Err(Error::query(format!("{lower}() is a window function: add OVER (…)"))
+                        .at(e.span)
+                        .hint(format!("{lower}() OVER (PARTITION BY input ORDER BY attribution DESC)")));
                 } else {
                     let mut known: Vec<String> = AGGREGATES.iter().map(|s| s.to_string()).collect();
                     known.extend(SCALARS.iter().map(|(n, _, _)| n.to_string()));

@@ -453,6 +453,13 @@ pub enum ExprKind {
         list: Vec<Expr>,
         negated: bool,
     },
+    /// `f(…) OVER (PARTITION BY … ORDER BY …)`: `call` is the function, computed per row
+    /// over the rows of its partition.
+    Window {
+        call: Box<Expr>,
+        partition: Vec<Expr>,
+        order: Vec<(Expr, bool)>,
+    },
     /// `(SELECT …)`: an uncorrelated subquery, run before the query that holds it — a
     /// scalar, or the set an `IN` tests.
     Subquery(Box<Query>),
@@ -485,6 +492,14 @@ impl Expr {
                 expr: Box::new(f(expr)?),
                 list: list.iter().map(&mut *f).collect::<Result<_, E>>()?,
                 negated: *negated,
+            },
+            ExprKind::Window { call, partition, order } => ExprKind::Window {
+                call: Box::new(f(call)?),
+                partition: partition.iter().map(&mut *f).collect::<Result<_, E>>()?,
+                order: order
+                    .iter()
+                    .map(|(e, d)| Ok((f(e)?, *d)))
+                    .collect::<Result<_, E>>()?,
             },
             other => other.clone(),
         };
@@ -990,6 +1005,22 @@ impl fmt::Display for Expr {
                 write!(f, "{} IS {}NULL", paren(expr), if *negated { "NOT " } else { "" })
             }
             ExprKind::Subquery(q) => write!(f, "({q})"),
+            ExprKind::Window { call, partition, order } => {
+                write!(f, "{call} OVER (")?;
+                let mut parts = Vec::new();
+                if !partition.is_empty() {
+                    let p: Vec<String> = partition.iter().map(|e| e.to_string()).collect();
+                    parts.push(format!("PARTITION BY {}", p.join(", ")));
+                }
+                if !order.is_empty() {
+                    let o: Vec<String> = order
+                        .iter()
+                        .map(|(e, d)| format!("{e}{}", if *d { " DESC" } else { "" }))
+                        .collect();
+                    parts.push(format!("ORDER BY {}", o.join(", ")));
+                }
+                write!(f, "{})", parts.join(" "))
+            }
             ExprKind::InList { expr, list, negated } if matches!(list.as_slice(), [q] if matches!(q.kind, ExprKind::Subquery(_))) =>
             {
                 write!(

@@ -988,8 +988,44 @@ fn visit_primary(pair: Pair<Rule>) -> Result<Expr> {
             let mut c = Children::of(pair);
             let name = visit_ident(c.next()?)?;
             let star = c.take(Rule::star).is_some();
-            let args = c.inner.map(visit_expr).collect::<Result<_>>()?;
-            ExprKind::Call { name, args, star }
+            let mut args = Vec::new();
+            while let Some(a) = c.take(Rule::expr) {
+                args.push(visit_expr(a)?);
+            }
+            let call = ExprKind::Call { name, args, star };
+            match c.take(Rule::over_clause) {
+                None => call,
+                Some(over) => {
+                    let mut oc = Children::of(over);
+                    oc.skip_keywords();
+                    let mut partition = Vec::new();
+                    if let Some(p) = oc.take(Rule::partition_by) {
+                        let mut pc = Children::of(p);
+                        pc.skip_keywords();
+                        while let Some(e) = pc.take(Rule::expr) {
+                            partition.push(visit_expr(e)?);
+                        }
+                    }
+                    let mut order = Vec::new();
+                    if let Some(o) = oc.take(Rule::window_order) {
+                        let mut wc = Children::of(o);
+                        wc.skip_keywords();
+                        while let Some(item) = wc.take(Rule::order_item) {
+                            let mut ic = Children::of(item);
+                            let e = visit_expr(ic.next()?)?;
+                            let desc = ic
+                                .take(Rule::order_dir)
+                                .is_some_and(|d| d.as_str().eq_ignore_ascii_case("desc"));
+                            order.push((e, desc));
+                        }
+                    }
+                    ExprKind::Window {
+                        call: Box::new(Expr { kind: call, span: sp }),
+                        partition,
+                        order,
+                    }
+                }
+            }
         }
         Rule::column_ref => {
             let mut c = Children::of(pair);
