@@ -23,12 +23,14 @@ fn run_script(script: &str, vars: &[(&str, &str)]) -> String {
     stdout
 }
 
-/// The CSV table printed right after the line that starts with `header`.
+/// The CSV table printed right after the line `header` (its rows: the lines with as
+/// many fields as the header).
 fn table_after<'a>(stdout: &'a str, header: &str) -> Vec<Vec<&'a str>> {
-    let mut lines = stdout.lines().skip_while(|l| !l.starts_with(header));
+    let mut lines = stdout.lines().skip_while(|l| *l != header);
     assert!(lines.next().is_some(), "no table with header {header} in:\n{stdout}");
+    let fields = header.split(',').count();
     lines
-        .take_while(|l| !l.trim().is_empty() && l.contains(','))
+        .take_while(|l| !l.trim().is_empty() && l.split(',').count() == fields)
         .map(|l| l.split(',').collect())
         .collect()
 }
@@ -109,4 +111,74 @@ fn contamination_finds_another_trigger_shape_place_and_target() {
         "digits_backdoor2_poison_indices.npy",
         (1, 4, 0, 1),
     );
+}
+
+fn csv_column(path: &str, name: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let k = header
+        .iter()
+        .position(|h| *h == name)
+        .unwrap_or_else(|| panic!("no {name} in {header:?}"));
+    lines.map(|l| l.split(',').nth(k).unwrap().to_string()).collect()
+}
+
+#[test]
+fn adversarial_finds_the_recorded_flips() {
+    let out = scratch("adversarial.csv");
+    let stdout = run_script("queries/adversarial.iql", &[("out", &out)]);
+    // The recorded attack regenerated: the same images.
+    let diff = table_after(&stdout, "largest_difference");
+    assert!(diff[0][0].parse::<f64>().unwrap() <= 1e-6, "{diff:?}");
+    // The flipped inputs: exactly the PGD record's 50.
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("data/digits_pgd_adv.json")).unwrap()).unwrap();
+    let want: Vec<String> = record["flipped_indices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.to_string())
+        .collect();
+    assert_eq!(csv_column(&out, "input"), want);
+    assert_eq!(table_after(&stdout, "flipped,share")[0], vec!["50", "0.5"]);
+    // The per-layer distances: every layer, flipped and not; the flipped inputs part
+    // further from their originals at the logits than the unflipped ones.
+    // (The next table follows in CSV without a break; its rows have no true/false.)
+    let layers: Vec<Vec<&str>> = table_after(&stdout, "layer,flipped,relative_distance")
+        .into_iter()
+        .take_while(|r| r[1] == "true" || r[1] == "false")
+        .collect();
+    assert_eq!(layers.len(), 18);
+    let at = |layer: &str, flipped: &str| -> f64 {
+        layers.iter().find(|r| r[0] == layer && r[1] == flipped).unwrap()[2]
+            .parse()
+            .unwrap()
+    };
+    assert!(at("fc2", "true") > at("fc2", "false"));
+    assert!(at("fc2", "true") > at("conv1", "true"));
+}
+
+#[test]
+fn inconsistency_finds_the_sixteen_disagreements() {
+    let out = scratch("inconsistency.csv");
+    let stdout = run_script("queries/inconsistency.iql", &[("out", &out)]);
+    let want = [
+        23, 57, 122, 129, 171, 181, 191, 195, 211, 215, 228, 246, 260, 326, 327, 330,
+    ];
+    let want: Vec<String> = want.iter().map(|v| v.to_string()).collect();
+    assert_eq!(csv_column(&out, "input"), want);
+    let a = csv_column(&out, "prediction_a");
+    let b = csv_column(&out, "prediction_b");
+    assert!(a.iter().zip(&b).all(|(a, b)| a != b));
+    // For every disagreement, features one model relies on and the other does not.
+    let only_a = table_after(&stdout, "input,row,col");
+    for input in &want {
+        assert!(
+            only_a.iter().any(|r| r[0] == input),
+            "no a-only features for input {input}"
+        );
+    }
+    let strongest = table_after(&stdout, "input,row,col,attribution,total");
+    assert_eq!(strongest.iter().map(|r| r[0].to_string()).collect::<Vec<_>>(), want);
 }

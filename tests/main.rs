@@ -17,6 +17,7 @@ mod patching;
 mod pictures;
 mod predictions;
 mod pty;
+mod relational;
 mod report;
 mod roundtrip;
 mod slt;

@@ -57,6 +57,10 @@ const TRICKY: &[&str] = &[
     "SELECT * FROM PREDICT m(d[17] WITH LAYER conv2[3] = 0 WITH LAYER fc1 SCALE -0.5 WITH LAYER fc2[1, 2] FROM d[4] WITH BLUR(1));",
     "SELECT * FROM m(d WITH LAYER l FROM e) WHERE input IN (SELECT input FROM PREDICT m(d) WHERE NOT correct) AND x > (SELECT max(y) FROM (SELECT 1 AS y FROM m(d)));",
     "SELECT x NOT IN (SELECT a FROM m(d)), (SELECT count(*) FROM PREDICT m(d)) + 1 FROM m(d);",
+    "SELECT row_number() OVER (PARTITION BY input, a ORDER BY x DESC, y) AS r, sum(x) OVER (), rank() OVER (ORDER BY x) FROM m(d);",
+    "SELECT * FROM m(d) JOIN m(e) AT LAYER * USING layer_activation;",
+    "SELECT * FROM PREDICT m(d) TOP 3 AS before JOIN PREDICT m(d WITH MASK rows 0:2, cols 0:2) AS after WHERE prediction_changed;",
+    "PREDICT m(d[0::n]) TOP :k;",
     "-- a comment\nSELECT /* inline */ x FROM m(d) -- trailing\n;",
 ];
 

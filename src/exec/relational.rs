@@ -427,6 +427,17 @@ pub fn expr(e: &Ast) -> Result<Expr> {
                 _ => None,
             };
             let value = match (method, order.first()) {
+                // row_number numbers ties in the order of the rows: an ordinal rank in
+                // ascending order does, so descending ranks the negated key.
+                (Some(RankMethod::Ordinal), Some((key, true))) => (lit(0) - expr(key)?)
+                    .rank(
+                        RankOptions {
+                            method: RankMethod::Ordinal,
+                            descending: false,
+                        },
+                        None,
+                    )
+                    .cast(DataType::Int64),
                 (Some(method), Some((key, descending))) => expr(key)?
                     .rank(
                         RankOptions {

@@ -284,9 +284,11 @@ fn plan_select(s: &Select, catalog: &dyn Catalog) -> Result<Node> {
             _ => None,
         });
         if let Some(win) = windowed.or_else(|| s.group_by.iter().find_map(find_window)) {
-            return Err(Error::query("window functions do not combine with GROUP BY or aggregates in one SELECT")
-                .at(win.span)
-                .hint("group in a subquery, then apply the window function to its rows"));
+            return Err(
+                Error::query("window functions do not combine with GROUP BY or aggregates in one SELECT")
+                    .at(win.span)
+                    .hint("group in a subquery, then apply the window function to its rows"),
+            );
         }
         // GROUP BY keys: a source expression, or the alias of a select item.
         let mut keys: Vec<(String, Expr)> = Vec::new();
@@ -612,9 +614,14 @@ impl Scope {
                 } else {
                     let mut known: Vec<String> = WINDOW_RANKINGS.iter().map(|s| s.to_string()).collect();
                     known.extend(AGGREGATES.iter().map(|s| s.to_string()));
-                    return Err(Error::unknown("window function", &name.name, &known, "window functions").at(name.span));
+                    return Err(
+                        Error::unknown("window function", &name.name, &known, "window functions").at(name.span),
+                    );
                 }
-                let args = args.iter().map(|a| self.resolve(a, catalog)).collect::<Result<Vec<_>>>()?;
+                let args = args
+                    .iter()
+                    .map(|a| self.resolve(a, catalog))
+                    .collect::<Result<Vec<_>>>()?;
                 ExprKind::Window {
                     call: Box::new(Expr {
                         kind: ExprKind::Call {

@@ -496,10 +496,7 @@ impl Expr {
             ExprKind::Window { call, partition, order } => ExprKind::Window {
                 call: Box::new(f(call)?),
                 partition: partition.iter().map(&mut *f).collect::<Result<_, E>>()?,
-                order: order
-                    .iter()
-                    .map(|(e, d)| Ok((f(e)?, *d)))
-                    .collect::<Result<_, E>>()?,
+                order: order.iter().map(|(e, d)| Ok((f(e)?, *d))).collect::<Result<_, E>>()?,
             },
             other => other.clone(),
         };
