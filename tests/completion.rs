@@ -57,8 +57,20 @@ fn names_of_what_is_loaded() {
     );
     assert_eq!(
         words(&s, "SELECT * FROM mlp(cancer[0]) AT LAYER "),
-        vec!["fc1", "relu1", "fc2", "relu2", "fc3"]
+        vec!["fc1", "relu1", "fc2", "relu2", "fc3", "*"]
     );
+    // edits, attacks
+    assert_eq!(
+        words(&s, "PREDICT cnn(digits[0] WITH "),
+        vec!["SET", "MASK", "NOISE(", "BLUR(", "LAYER"]
+    );
+    assert_eq!(
+        words(&s, "PREDICT cnn(digits[0] WITH LAYER conv"),
+        vec!["conv1", "conv2"]
+    );
+    assert!(words(&s, "LET adv = ").contains(&"ATTACK".to_string()));
+    assert_eq!(words(&s, "LET adv = ATTACK "), vec!["fgsm(", "pgd("]);
+    assert_eq!(words(&s, "LET adv = ATTACK pgd(eps = 0.1) ON c"), vec!["cnn"]);
     assert!(words(&s, "SELECT * FROM cnn(digits[0]) THROUGH LAYER ").contains(&"*".to_string()));
     let target = words(&s, "SELECT * FROM cnn(digits[0]) TARGET ");
     assert!(target.contains(&"PREDICTED".to_string()) && target.contains(&"fc1".to_string()));

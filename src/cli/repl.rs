@@ -296,7 +296,23 @@ const TOPICS: &[(&str, &str)] = &[
     ),
     (
         "LET",
-        "LET name = d[a:b];  a derived dataset; it keeps the input ids of its origin",
+        "LET name = d[a:b] [WITH …];  a derived dataset; it keeps the input ids of its origin\nLET adv = ATTACK pgd(eps = 0.1, steps = 20) ON m(d[0:100]) [TARGET k];  see \\help ATTACK",
+    ),
+    (
+        "ATTACK",
+        "LET adv = ATTACK fgsm(eps[, lower, upper]) | pgd(eps, steps = 10, step_size = 2.5·eps/steps, random_start = false, seed, lower, upper) ON m(d) [TARGET k];\nCaptum's L∞ attacks on the cross-entropy: away from each input's label, or towards class k; clamped to the data's range unless lower/upper",
+    ),
+    (
+        "WITH",
+        "d WITH SET rows a:b, cols c:d = v | WITH SET column = v | WITH MASK <window> | WITH NOISE(stdev[, seed]) | WITH BLUR(sigma)  — input edits\nm(d WITH LAYER l[i, …] = v | WITH LAYER l SCALE s | WITH LAYER l FROM d[k])  — activation edits: indices fix the leading axes (conv2[3] = channel 3); FROM patches in one input's activations",
+    ),
+    (
+        "OVER",
+        "row_number() | rank() | dense_rank() OVER ([PARTITION BY e, …] ORDER BY e [DESC])  and  sum | mean | min | max | count(…) OVER (PARTITION BY …)  — window functions; filter on them in an outer query",
+    ),
+    (
+        "IN",
+        "x IN (1, 2, 3)  |  x IN (SELECT input FROM …)  |  (SELECT max(x) FROM …) as a value  — subqueries run before the query that holds them",
     ),
     (
         "SELECT",
@@ -304,7 +320,7 @@ const TOPICS: &[(&str, &str)] = &[
     ),
     (
         "PREDICT",
-        "PREDICT m(d);  one row per input: input, label, prediction, confidence, correct, logit_0…",
+        "PREDICT m(d) [TOP k];  one row per input: input, label, prediction, confidence, correct, logit_0…, [top1, top1_confidence, …]\nPREDICT m(x) AS before JOIN PREDICT m(y) AS after  — side by side with prediction_changed, confidence_change, logit_k_change",
     ),
     (
         "EXPORT",
@@ -336,7 +352,7 @@ const TOPICS: &[(&str, &str)] = &[
     ),
     (
         "AT LAYER",
-        "m(d) AT LAYER l USING gradcam | layer_activation | layer_gradient_x_activation | layer_conductance | layer_integrated_gradients — a row per unit of l",
+        "m(d) AT LAYER l USING gradcam | layer_activation | layer_gradient_x_activation | layer_conductance | layer_integrated_gradients — a row per unit of l\nm(d) AT LAYER * USING …  — every layer, stacked (column layer)",
     ),
     (
         "THROUGH LAYER",

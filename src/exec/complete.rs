@@ -51,6 +51,10 @@ const KEYWORDS: &[&str] = &[
     "AT LAYER",
     "THROUGH LAYER",
     "PREDICT",
+    "TOP",
+    "OVER",
+    "PARTITION BY",
+    "WITH",
     "TO",
     "OVERWRITE",
 ];
@@ -82,7 +86,19 @@ const COLUMNS: &[&str] = &[
 ];
 
 const FUNCTIONS: &[&str] = &[
-    "sum(", "mean(", "min(", "max(", "count(", "median(", "std(", "abs(", "round(", "sqrt(",
+    "sum(",
+    "mean(",
+    "min(",
+    "max(",
+    "count(",
+    "median(",
+    "std(",
+    "abs(",
+    "round(",
+    "sqrt(",
+    "row_number()",
+    "rank()",
+    "dense_rank()",
 ];
 
 impl Session {
@@ -129,13 +145,26 @@ impl Session {
             }
             (_, Some("PREDICT")) => models,
             (Some(_), Some("(")) if self.model(&tokens[tokens.len() - 2]).is_some() => datasets,
-            (Some("AT" | "THROUGH"), Some("LAYER")) => {
+            (Some("AT" | "THROUGH" | "WITH"), Some("LAYER")) => {
                 let mut c = self.layers_of(&tokens);
-                if prev.as_deref() == Some("THROUGH") {
+                if prev.as_deref() != Some("WITH") {
                     c.push("*".into());
                 }
                 c
             }
+            (_, Some("WITH")) => owned(&["SET", "MASK", "NOISE(", "BLUR(", "LAYER"]),
+            (Some(_), Some("="))
+                if tokens.first().is_some_and(|t| t.eq_ignore_ascii_case("LET")) && tokens.len() == 3 =>
+            {
+                let mut c = datasets;
+                c.push("ATTACK".into());
+                c
+            }
+            (_, Some("ATTACK")) => crate::ops::attack::ATTACKS
+                .iter()
+                .map(|a| format!("{}(", a.name))
+                .collect(),
+            (_, Some("ON")) => models,
             (_, Some("TARGET")) => {
                 let mut c = owned(&["PREDICTED", "LABEL"]);
                 c.extend(self.layers_of(&tokens));
