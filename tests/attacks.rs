@@ -164,6 +164,10 @@ fn attack_errors_say_what_and_where() {
             "lower (1) is above upper (0)",
         ),
         ("LET cnn = ATTACK fgsm(eps = 0.1) ON cnn(digits[0:5])", "is a model"),
+        (
+            "LET a = ATTACK fgsm(eps = 0.1) ON cnn(digits[5:5])",
+            "picks no inputs to attack",
+        ),
     ];
     for (q, want) in cases {
         let err = s.execute(q).err().unwrap_or_else(|| panic!("{q} should fail"));

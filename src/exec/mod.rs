@@ -488,7 +488,17 @@ impl State {
     /// predictions it changed.
     fn attack(&mut self, name: &str, spec: &crate::plan::AttackSpec, text: &str) -> Result<String> {
         let sel = self.select(&spec.data)?;
-        let model = self.model(&spec.model)?.model.clone();
+        if sel.is_empty() {
+            return Err(Error::value(format!("`{}` picks no inputs to attack", spec.data)));
+        }
+        // An attack on a model with activation edits attacks the edited model.
+        let edits: Vec<ActivationEdit> = spec.data.activation_edits().into_iter().cloned().collect();
+        let model_name = if edits.is_empty() {
+            spec.model.clone()
+        } else {
+            self.edited_model(&spec.model, &edits.iter().collect::<Vec<_>>())?
+        };
+        let model = self.model(&model_name)?.model.clone();
         let labels = sel.labels();
         let classes: Vec<usize> = match spec.target {
             Some(k) => vec![k; sel.len()],
@@ -536,8 +546,8 @@ impl State {
             next += 1;
         });
         let derived = Arc::new(derived);
-        let before = interpret::logits(self, &spec.model, &sel, &[])?;
-        let after = interpret::logits(self, &spec.model, &Selection::all(derived.clone()), &[])?;
+        let before = interpret::logits(self, &model_name, &sel, &[])?;
+        let after = interpret::logits(self, &model_name, &Selection::all(derived.clone()), &[])?;
         let argmax = |v: &Vec<f32>| interpret::argmax(v);
         let changed = before
             .iter()
