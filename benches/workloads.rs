@@ -13,7 +13,9 @@ const SETUP: &str = "
     LOAD MODEL cnn FROM 'models/digits_cnn.safetensors' ARCH 'models/digits_cnn.json';
     LOAD DATA digits FROM 'data/digits_test_x.npy' LABELS 'data/digits_test_y.npy';
     LOAD MODEL mlp FROM 'models/cancer_mlp.safetensors' ARCH 'models/cancer_mlp.json';
-    LOAD DATA cancer FROM 'data/cancer_test.csv' LABEL COLUMN diagnosis;";
+    LOAD DATA cancer FROM 'data/cancer_test.csv' LABEL COLUMN diagnosis;
+    LOAD MODEL bd FROM 'models/digits_cnn_backdoor.safetensors' ARCH 'models/digits_cnn_backdoor.json';
+    LOAD DATA train FROM 'data/digits_backdoor_train_x.npy';";
 
 struct Row {
     name: &'static str,
@@ -94,6 +96,26 @@ fn main() {
             "shapley_sampling 200, cancer MLP",
             "SELECT count(*) FROM mlp(cancer) USING shapley_sampling(samples = 200)",
             119,
+        ),
+        (
+            "ATTACK fgsm, digits CNN",
+            "LET adv = ATTACK fgsm(eps = 0.1) ON cnn(digits)",
+            397,
+        ),
+        (
+            "ATTACK pgd 20 steps, digits CNN",
+            "LET adv = ATTACK pgd(eps = 0.1, steps = 20, step_size = 0.02) ON cnn(digits)",
+            397,
+        ),
+        (
+            "PREDICT with a channel ablated (WITH LAYER)",
+            "SELECT count(*) FROM PREDICT cnn(digits WITH LAYER conv2[3] = 0)",
+            397,
+        ),
+        (
+            "contamination score: max IG-50 per sample",
+            "SELECT input, max(attribution) AS score FROM bd(train) USING integrated_gradients GROUP BY input",
+            1400,
         ),
     ];
     let mut rows = Vec::new();

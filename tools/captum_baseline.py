@@ -136,6 +136,20 @@ def main():
         torch.manual_seed(0)
         ShapleyValueSampling(mlp).attribute(cx, baselines=0, target=ct, n_samples=200)
 
+    from captum.robust import FGSM, PGD
+
+    y = torch.from_numpy(np.load("data/digits_test_y.npy"))
+
+    def fgsm():
+        for xb, yb in batches(x, y):
+            FGSM(cnn, lower_bound=0.0, upper_bound=1.0).perturb(xb, epsilon=0.1, target=yb)
+
+    def pgd():
+        for xb, yb in batches(x, y):
+            PGD(cnn, lower_bound=0.0, upper_bound=1.0).perturb(
+                xb, radius=0.1, step_size=0.02, step_num=20, target=yb, random_start=False
+            )
+
     import warnings
 
     warnings.filterwarnings("ignore")
@@ -150,6 +164,8 @@ def main():
         ("deeplift", deeplift, 397),
         ("layer_conductance 50 at fc1", conductance, 397),
         ("shapley_sampling 200, cancer MLP", shapley, 119),
+        ("ATTACK fgsm, digits CNN", fgsm, 397),
+        ("ATTACK pgd 20 steps, digits CNN", pgd, 397),
     ]
     print(f"Captum {__import__('captum').__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads, batches of {BATCH}, {RUNS} runs")
     print(f"{'workload':<44} {'inputs':>7} {'ms/input (med)':>14} {'spread (min–max)':>22}")
