@@ -113,6 +113,47 @@ const CASES: &[(&str, &str)] = &[
         "through a layer with AT LAYER",
         "SELECT * FROM cnn(digits[0]) AT LAYER conv2 THROUGH LAYER fc1 USING gradcam;",
     ),
+    (
+        "attack without eps",
+        "LET adv = ATTACK pgd(steps = 20) ON cnn(digits[0:10]);",
+    ),
+    (
+        "unknown attack parameter",
+        "LET adv = ATTACK pgd(eps = 0.1, step = 20) ON cnn(digits[0:10]);",
+    ),
+    (
+        "attack with a USING clause",
+        "LET adv = ATTACK fgsm(eps = 0.1) ON cnn(digits[0:10]) USING saliency;",
+    ),
+    (
+        "activation edit outside a model",
+        "LET x = digits[0] WITH LAYER fc1[3] = 0;",
+    ),
+    (
+        "activation edit of an unknown layer",
+        "PREDICT cnn(digits[0] WITH LAYER fc3 SCALE 2);",
+    ),
+    (
+        "activation edit index out of range",
+        "PREDICT cnn(digits[0] WITH LAYER conv2[1, 8] = 0);",
+    ),
+    (
+        "patching from several inputs",
+        "PREDICT cnn(digits[0] WITH LAYER fc1 FROM digits[1:4]);",
+    ),
+    ("TOP beyond the outputs", "PREDICT cnn(digits[0]) TOP 12;"),
+    (
+        "a window function in WHERE",
+        "SELECT * FROM cnn(digits[0]) WHERE rank() OVER (ORDER BY attribution) < 3;",
+    ),
+    (
+        "a subquery of two columns",
+        "SELECT * FROM PREDICT cnn(digits) WHERE input IN (SELECT input, label FROM PREDICT cnn(digits));",
+    ),
+    (
+        "AT LAYER * with gradcam",
+        "SELECT * FROM cnn(digits[0]) AT LAYER * USING gradcam;",
+    ),
 ];
 
 fn render_all() -> String {

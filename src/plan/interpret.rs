@@ -213,7 +213,7 @@ pub(super) fn plan_clauses(call: &ast::ModelCall, clauses: &Clauses, catalog: &d
         let span = i.c.at_layer.as_ref().map_or(method_span, |l| l.span);
         if !method.attributes_layer() || matches!(method, Method::GradCam { .. }) {
             return Err(Error::value(format!(
-                "AT LAYER * stacks a relation per layer; {} gives none",
+                "AT LAYER * runs the method at every layer and stacks the results; {} does not apply to every layer",
                 method.name()
             ))
             .at(span)
