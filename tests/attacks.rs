@@ -169,11 +169,7 @@ fn attack_errors_say_what_and_where() {
             "picks no inputs to attack",
         ),
     ];
-    for (q, want) in cases {
-        let err = s.execute(q).err().unwrap_or_else(|| panic!("{q} should fail"));
-        let text = err.render(q, "q");
-        assert!(text.contains(want), "{q}: expected `{want}` in\n{text}");
-    }
+    assert_errors(&mut s, &cases);
     // The session still works.
     assert_eq!(predictions(&mut s, "digits[0:3]").len(), 3);
 }

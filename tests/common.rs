@@ -89,3 +89,13 @@ pub fn column_f64(df: &polars::prelude::DataFrame, name: &str) -> Vec<f64> {
     let c = c.cast(&DataType::Float64).unwrap();
     c.f64().unwrap().iter().map(|v| v.unwrap_or(f64::NAN)).collect()
 }
+
+/// Each statement must fail with an error whose rendering contains the expected text;
+/// the session must still answer a query afterwards.
+pub fn assert_errors(s: &mut ialgebra::exec::Session, cases: &[(&str, &str)]) {
+    for (q, want) in cases {
+        let err = s.execute(q).err().unwrap_or_else(|| panic!("{q} should fail"));
+        let text = err.render(q, "q");
+        assert!(text.contains(want), "{q}: expected `{want}` in\n{text}");
+    }
+}

@@ -234,10 +234,6 @@ fn activation_edit_errors_say_what_and_where() {
             "expected a number",
         ),
     ];
-    for (q, want) in cases {
-        let err = s.execute(q).err().unwrap_or_else(|| panic!("{q} should fail"));
-        let text = err.render(q, "q");
-        assert!(text.contains(want), "{q}: expected `{want}` in\n{text}");
-    }
+    assert_errors(&mut s, &cases);
     assert_eq!(logits(&mut s, "digits[0]").len(), 10);
 }

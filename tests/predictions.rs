@@ -125,9 +125,5 @@ fn before_after_join_errors() {
             "both sides of JOIN are named `x`",
         ),
     ];
-    for (q, want) in cases {
-        let err = s.execute(q).err().unwrap_or_else(|| panic!("{q} should fail"));
-        let text = err.render(q, "q");
-        assert!(text.contains(want), "{q}: expected `{want}` in\n{text}");
-    }
+    assert_errors(&mut s, &cases);
 }

@@ -151,10 +151,6 @@ fn subquery_and_window_errors() {
             "unknown column `nothing`",
         ),
     ];
-    for (q, want) in cases {
-        let err = s.execute(q).err().unwrap_or_else(|| panic!("{q} should fail"));
-        let text = err.render(q, "q");
-        assert!(text.contains(want), "{q}: expected `{want}` in\n{text}");
-    }
+    assert_errors(&mut s, &cases);
     assert_eq!(query(&mut s, "SELECT * FROM PREDICT cnn(digits[0])").height(), 1);
 }

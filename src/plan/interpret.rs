@@ -29,6 +29,19 @@ fn given_params<'a>(params: &'a [ast::Param], catalog: &dyn Catalog) -> Result<V
         .collect()
 }
 
+/// `TARGET k`: a class among the model's outputs.
+fn resolve_class(v: &Value, model: &ModelInfo, model_name: &str, catalog: &dyn Catalog) -> Result<usize> {
+    let k = resolve_int(v, catalog, "a target class")?;
+    if k < 0 || k as usize >= model.output_len {
+        return Err(Error::value(format!(
+            "target class {k} is out of range: `{model_name}` has outputs 0..{}",
+            model.output_len - 1
+        ))
+        .at(v.span));
+    }
+    Ok(k as usize)
+}
+
 /// Plans `ATTACK method(params) ON m(d) [TARGET k]`.
 pub(super) fn plan_attack(a: &ast::Attack, catalog: &dyn Catalog) -> Result<AttackSpec> {
     let model = resolve_model(&a.call.model, catalog)?;
@@ -95,18 +108,7 @@ pub(super) fn plan_attack(a: &ast::Attack, catalog: &dyn Catalog) -> Result<Atta
             None
         }
         Some(t) => match &t.kind {
-            TargetKind::Class(v) => {
-                let k = resolve_int(v, catalog, "a target class")?;
-                if k < 0 || k as usize >= model.output_len {
-                    return Err(Error::value(format!(
-                        "target class {k} is out of range: `{}` has outputs 0..{}",
-                        a.call.model.name,
-                        model.output_len - 1
-                    ))
-                    .at(v.span));
-                }
-                Some(k as usize)
-            }
+            TargetKind::Class(v) => Some(resolve_class(v, &model, &a.call.model.name, catalog)?),
             _ => {
                 return Err(Error::value("an attack's TARGET is a class index (or LABEL: untargeted)").at(t.span));
             }
@@ -189,18 +191,7 @@ pub(super) fn plan_clauses(call: &ast::ModelCall, clauses: &Clauses, catalog: &d
                 }
                 TargetSpec::Label
             }
-            TargetKind::Class(v) => {
-                let c = resolve_int(v, catalog, "a target class")?;
-                if c < 0 || c as usize >= model.output_len {
-                    return Err(Error::value(format!(
-                        "target class {c} is out of range: `{}` has outputs 0..{}",
-                        i.call.model.name,
-                        model.output_len - 1
-                    ))
-                    .at(v.span));
-                }
-                TargetSpec::Class(c as usize)
-            }
+            TargetKind::Class(v) => TargetSpec::Class(resolve_class(v, &model, &i.call.model.name, catalog)?),
             TargetKind::Unit { layer, index } => {
                 let l = resolve_layer(layer, &model, &i.call.model.name)?;
                 let unit = resolve_unit(&l, index, t.span, catalog)?;

@@ -68,6 +68,18 @@ pub const SETTINGS: &[(&str, &str)] = &[
     ("allow_nonfinite", "load data holding NaN or infinity (true or false)"),
 ];
 
+/// A new dataset's name must not be a model's.
+fn check_dataset_name(name: &ast::Ident, catalog: &dyn Catalog) -> Result<()> {
+    if catalog.model(&name.name).is_some() {
+        return Err(Error::name(format!(
+            "`{}` is a model; choose another name for the dataset",
+            name.name
+        ))
+        .at(name.span));
+    }
+    Ok(())
+}
+
 /// Plans and optimizes a subquery of an expression (run by the executor before the query
 /// that holds it).
 pub fn plan_subquery(q: &ast::Query, catalog: &dyn Catalog) -> Result<Node> {
@@ -133,26 +145,14 @@ pub fn plan(stmt: &Statement, catalog: &dyn Catalog) -> Result<Plan> {
             value: resolve_literal(value, catalog)?,
         },
         StatementKind::Let { name, dataset } => {
-            if catalog.model(&name.name).is_some() {
-                return Err(Error::name(format!(
-                    "`{}` is a model; choose another name for the dataset",
-                    name.name
-                ))
-                .at(name.span));
-            }
+            check_dataset_name(name, catalog)?;
             Plan::Let {
                 name: name.name.clone(),
                 dataset: resolve_dataset(dataset, catalog)?.0,
             }
         }
         StatementKind::LetAttack { name, attack } => {
-            if catalog.model(&name.name).is_some() {
-                return Err(Error::name(format!(
-                    "`{}` is a model; choose another name for the dataset",
-                    name.name
-                ))
-                .at(name.span));
-            }
+            check_dataset_name(name, catalog)?;
             Plan::LetAttack {
                 name: name.name.clone(),
                 attack: interpret::plan_attack(attack, catalog)?,

@@ -382,12 +382,7 @@ fn visit_select(pair: Pair<Rule>) -> Result<Select> {
         let mut oc = Children::of(o);
         oc.skip_keywords();
         while let Some(item) = oc.take(Rule::order_item) {
-            let mut ic = Children::of(item);
-            let expr = visit_expr(ic.next()?)?;
-            let descending = ic
-                .take(Rule::order_dir)
-                .is_some_and(|d| d.as_str().eq_ignore_ascii_case("desc"));
-            ic.done();
+            let (expr, descending) = visit_order_item(item)?;
             select.order_by.push(OrderItem { expr, descending });
         }
         oc.done();
@@ -472,6 +467,17 @@ fn visit_source(pair: Pair<Rule>) -> Result<Source> {
         Rule::join_source => Ok(Source::Join(Box::new(visit_join(inner)?))),
         _ => Ok(Source::Interpretation(Box::new(visit_interpretation(inner)?))),
     }
+}
+
+/// `expr [ASC | DESC]`: the expression and whether it sorts descending.
+fn visit_order_item(item: Pair<Rule>) -> Result<(Expr, bool)> {
+    let mut ic = Children::of(item);
+    let expr = visit_expr(ic.next()?)?;
+    let descending = ic
+        .take(Rule::order_dir)
+        .is_some_and(|d| d.as_str().eq_ignore_ascii_case("desc"));
+    ic.done();
+    Ok((expr, descending))
 }
 
 /// `PREDICT m(x) [TOP k]` from the children of a rule that starts with it.
@@ -1011,12 +1017,7 @@ fn visit_primary(pair: Pair<Rule>) -> Result<Expr> {
                         let mut wc = Children::of(o);
                         wc.skip_keywords();
                         while let Some(item) = wc.take(Rule::order_item) {
-                            let mut ic = Children::of(item);
-                            let e = visit_expr(ic.next()?)?;
-                            let desc = ic
-                                .take(Rule::order_dir)
-                                .is_some_and(|d| d.as_str().eq_ignore_ascii_case("desc"));
-                            order.push((e, desc));
+                            order.push(visit_order_item(item)?);
                         }
                     }
                     ExprKind::Window {
