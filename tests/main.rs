@@ -7,6 +7,7 @@ mod cli;
 mod common;
 mod completion;
 mod corpus;
+mod determinism;
 mod edits;
 mod errors;
 mod files;

@@ -297,6 +297,68 @@ pub fn conv2d_backward(gy: &[f32], n: usize, g: &ConvGeom, weight: &[f32], gx: &
     }
 }
 
+/// Rows per matrix product of a linear layer. gemm picks its algorithm (and so the order
+/// in which it sums, and the last bits of the result) from the matrix sizes, rows
+/// included; multiplying a fixed number of rows at a time (the last block padded with
+/// zero rows) makes a row's result independent of how many rows share its batch, so that
+/// a query gives the same bits whatever SET batch_size is.
+const LINEAR_BLOCK: usize = 16;
+
+/// `y[rows, out] = x[rows, inp] · w` for a linear layer's operand `w` given by its strides,
+/// LINEAR_BLOCK rows at a time (`accumulate`: add to `y`).
+#[allow(clippy::too_many_arguments)]
+fn blocked_rows(
+    x: &[f32],
+    rows: usize,
+    inp: usize,
+    out: usize,
+    w: &[f32],
+    w_rs: usize,
+    w_cs: usize,
+    y: &mut [f32],
+    accumulate: bool,
+) {
+    let full = rows / LINEAR_BLOCK * LINEAR_BLOCK;
+    for start in (0..full).step_by(LINEAR_BLOCK) {
+        matmul(
+            LINEAR_BLOCK,
+            out,
+            inp,
+            &mut y[start * out..(start + LINEAR_BLOCK) * out],
+            out,
+            &x[start * inp..(start + LINEAR_BLOCK) * inp],
+            inp,
+            1,
+            w,
+            w_rs,
+            w_cs,
+            accumulate,
+        );
+    }
+    let tail = rows - full;
+    if tail > 0 {
+        let mut xs = vec![0.0f32; LINEAR_BLOCK * inp];
+        xs[..tail * inp].copy_from_slice(&x[full * inp..rows * inp]);
+        let mut ys = vec![0.0f32; LINEAR_BLOCK * out];
+        ys[..tail * out].copy_from_slice(&y[full * out..rows * out]);
+        matmul(
+            LINEAR_BLOCK,
+            out,
+            inp,
+            &mut ys,
+            out,
+            &xs,
+            inp,
+            1,
+            w,
+            w_rs,
+            w_cs,
+            accumulate,
+        );
+        y[full * out..rows * out].copy_from_slice(&ys[..tail * out]);
+    }
+}
+
 /// Linear forward over `rows` rows: y[rows, out] = x[rows, in] · Wᵀ + b, W is [out, in].
 pub fn linear_forward(
     x: &[f32],
@@ -312,12 +374,12 @@ pub fn linear_forward(
             y[r * out..(r + 1) * out].copy_from_slice(b);
         }
     }
-    matmul(rows, out, inp, y, out, x, inp, 1, weight, 1, inp, bias.is_some());
+    blocked_rows(x, rows, inp, out, weight, 1, inp, y, bias.is_some());
 }
 
 /// Linear input gradient: gx[rows, in] = gy[rows, out] · W.
 pub fn linear_backward(gy: &[f32], rows: usize, inp: usize, out: usize, weight: &[f32], gx: &mut [f32]) {
-    matmul(rows, inp, out, gx, inp, gy, out, 1, weight, inp, 1, false);
+    blocked_rows(gy, rows, out, inp, weight, inp, 1, gx, false);
 }
 
 /// The geometry of a pooling layer over a batch: `planes` = n·c planes of h×w, each
