@@ -11,6 +11,7 @@ mod determinism;
 mod edits;
 mod errors;
 mod files;
+mod fuzz_corpus;
 mod layers;
 mod mutations;
 mod parity;

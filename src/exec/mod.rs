@@ -197,6 +197,18 @@ impl Session {
         Ok(ok)
     }
 
+    /// Parses `text` and plans each statement against what the session holds now, without
+    /// running anything (a dry run: what a linter, or the fuzz target, needs). Returns the
+    /// number of statements. Statements that depend on an earlier one (a LOAD, a LET)
+    /// are planned against the catalog as it is, so they may fail here and not in a run.
+    pub fn check(&self, text: &str) -> Result<usize> {
+        let script = syntax::parse(text)?;
+        for stmt in &script.statements {
+            plan::plan(stmt, &self.state)?;
+        }
+        Ok(script.statements.len())
+    }
+
     /// Runs one parsed statement.
     pub fn execute_statement(&mut self, stmt: &Statement) -> Result<Output> {
         self.state.cancel.store(false, std::sync::atomic::Ordering::Relaxed);
