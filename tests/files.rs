@@ -377,3 +377,48 @@ fn tabular_files_load_from_csv_and_parquet() {
             .starts_with('p')
     );
 }
+
+/// An export killed at any moment (SIGKILL: no chance to clean up) leaves either no file
+/// or the complete one at the destination, never a partial file: the table is written to
+/// a temporary file in the same directory and renamed into place.
+#[test]
+fn killed_export_never_leaves_a_partial_file() {
+    use std::process::{Command, Stdio};
+    use std::time::Instant;
+    let dir = scratch("killed");
+    let target = dir.join("layers.csv");
+    let q = format!(
+        "LOAD MODEL cnn FROM 'models/digits_cnn.safetensors' ARCH 'models/digits_cnn.json';
+         LOAD DATA digits FROM 'data/digits_test_x.npy';
+         EXPORT SELECT * FROM cnn(digits[0:40]) AT LAYER * USING layer_activation TO '{}' OVERWRITE;",
+        target.display()
+    );
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_ialg"))
+            .args(["-c", &q])
+            .current_dir(root())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    // A complete run: how long it takes and what the whole file holds.
+    let t = Instant::now();
+    assert!(run().wait().unwrap().success());
+    let full = t.elapsed();
+    let complete = std::fs::read(&target).unwrap();
+    let lines = complete.iter().filter(|&&b| b == b'\n').count();
+    assert_eq!(lines, 40 * 3658 + 1, "header + a row per input and unit of every layer");
+    std::fs::remove_file(&target).unwrap();
+    // Kill runs at points spread over that time (loading, computing, writing).
+    for k in 1..=6 {
+        let mut child = run();
+        std::thread::sleep(full.mul_f64(k as f64 / 7.0));
+        let _ = child.kill();
+        let _ = child.wait();
+        if target.exists() {
+            assert_eq!(std::fs::read(&target).unwrap(), complete, "kill {k}: a partial export");
+            std::fs::remove_file(&target).unwrap();
+        }
+    }
+}
