@@ -38,6 +38,37 @@ pub fn write_to(df: &mut DataFrame, out: &mut dyn Write, format: ExportFormat) -
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
+/// Removes the temporary files of earlier exports to `target` whose process is gone (it
+/// was killed before it could clean up). Only where /proc tells which processes live.
+fn remove_stale_temps(target: &Path) {
+    let (Some(dir), Some(name)) = (target.parent(), target.file_name()) else {
+        return;
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let prefix = format!(".{}.", name.to_string_lossy());
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let file = entry.file_name().to_string_lossy().to_string();
+        let Some(rest) = file.strip_prefix(&prefix).and_then(|r| r.strip_suffix(".tmp")) else {
+            continue;
+        };
+        // `<pid>.<counter>`: stale when that process no longer runs.
+        let Some(pid) = rest.split('.').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
 fn temp_path(target: &Path) -> PathBuf {
     let name = target
         .file_name()
@@ -75,6 +106,7 @@ pub fn write_atomically(
         fs::create_dir_all(parent)
             .map_err(|e| Error::io(format!("cannot create directory {}: {e}", parent.display())))?;
     }
+    remove_stale_temps(path);
     let tmp = temp_path(path);
     let result = (|| {
         let mut file = fs::File::create(&tmp).map_err(|e| Error::io(format!("cannot write {shown}: {e}")))?;
