@@ -139,7 +139,7 @@ const CASES: &[(&str, &str)] = &[
     ),
     (
         "patching from several inputs",
-        "PREDICT cnn(digits[0] WITH LAYER fc1 FROM digits[1:4]);",
+        "SELECT * FROM cnn(digits[0] WITH LAYER fc1 FROM digits[1:4]) USING saliency;",
     ),
     ("TOP beyond the outputs", "PREDICT cnn(digits[0]) TOP 12;"),
     (

@@ -226,7 +226,11 @@ fn activation_edit_errors_say_what_and_where() {
         ),
         (
             "SELECT * FROM PREDICT cnn(digits[0] WITH LAYER fc1 FROM digits[0:3])",
-            "FROM patches in the activations of one input",
+            "FROM names 3 donors for 1 input:",
+        ),
+        (
+            "SELECT * FROM cnn(digits[0] WITH LAYER fc1 FROM digits[0:3]) USING saliency",
+            "FROM patches in the activations of one input here",
         ),
         ("LET x = digits[3] WITH LAYER fc1[2] = 0", "write it inside model(…)"),
         (
@@ -236,4 +240,67 @@ fn activation_edit_errors_say_what_and_where() {
     ];
     assert_errors(&mut s, &cases);
     assert_eq!(logits(&mut s, "digits[0]").len(), 10);
+}
+
+#[test]
+fn predict_pairs_several_donors_with_the_inputs() {
+    let mut s = loaded();
+    // Input i patched at fc1 from donor i gives donor i's logits.
+    let patched = logits(&mut s, "digits[10:16] WITH LAYER fc1 FROM digits[100:106]");
+    let donors = logits(&mut s, "digits[100:106]");
+    assert_close("paired fc1", &patched, &donors, 0.0, 0.0);
+    // Part of a layer, paired, with another edit after it: a manual forward per input.
+    let m = model();
+    let conv1 = m.layer_index("conv1").unwrap();
+    let fc1 = m.layer_index("fc1").unwrap();
+    let donor_act = m.output_of(inputs(100..103), conv1).unwrap();
+    let got = logits(
+        &mut s,
+        "digits[10:13] WITH LAYER conv1[2] FROM digits[100:103] WITH LAYER fc1 SCALE 0.5",
+    );
+    let mut want = Vec::new();
+    for i in 0..3 {
+        let mut h = m.output_of(inputs(10 + i..11 + i), conv1).unwrap();
+        h.row_mut(0)[2 * 64..3 * 64].copy_from_slice(&donor_act.row(i)[2 * 64..3 * 64]);
+        let mid = Forward {
+            from: conv1 + 1,
+            to: fc1 + 1,
+            keep: false,
+            hook: None,
+        };
+        let mut h = m.run(h, &mid).unwrap().into_output();
+        h.data_mut().iter_mut().for_each(|v| *v *= 0.5);
+        want.extend(manual_tail(&m, h, fc1));
+    }
+    assert_close("paired conv1[2] + fc1 × 0.5", &got, &want, 1e-6, 0.0);
+    assert_errors(
+        &mut s,
+        &[
+            (
+                "PREDICT cnn(digits[0:4] WITH LAYER fc1 FROM digits[0:3])",
+                "FROM names 3 donors for 4 inputs",
+            ),
+            (
+                "SELECT * FROM cnn(digits[0:3] WITH LAYER fc1 FROM digits[4:7]) USING saliency",
+                "PREDICT pairs several donors",
+            ),
+        ],
+    );
+}
+
+/// The rest of the model after `layer`, from its output `h`.
+fn manual_tail(m: &Model, h: Batch, layer: usize) -> Vec<f64> {
+    let tail = Forward {
+        from: layer + 1,
+        to: m.layers.len(),
+        keep: false,
+        hook: None,
+    };
+    m.run(h, &tail)
+        .unwrap()
+        .output()
+        .data()
+        .iter()
+        .map(|&v| v as f64)
+        .collect()
 }

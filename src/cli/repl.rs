@@ -304,7 +304,7 @@ const TOPICS: &[(&str, &str)] = &[
     ),
     (
         "WITH",
-        "d WITH SET rows a:b, cols c:d = v | WITH SET column = v | WITH MASK <window> | WITH NOISE(stdev[, seed]) | WITH BLUR(sigma)  — input edits\nm(d WITH LAYER l[i, …] = v | WITH LAYER l SCALE s | WITH LAYER l FROM d[k])  — activation edits: indices fix the leading axes (conv2[3] = channel 3); FROM patches in one input's activations",
+        "d WITH SET rows a:b, cols c:d = v | WITH SET column = v | WITH MASK <window> | WITH NOISE(stdev[, seed]) | WITH BLUR(sigma)  — input edits\nm(d WITH LAYER l[i, …] = v | WITH LAYER l SCALE s | WITH LAYER l FROM d[k])  — activation edits: indices fix the leading axes (conv2[3] = channel 3); FROM patches in one input's activations (in PREDICT, FROM d[a:b] pairs donor i with input i)",
     ),
     (
         "OVER",

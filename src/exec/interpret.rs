@@ -138,7 +138,31 @@ pub(super) fn argmax(v: &[f32]) -> usize {
 /// The prediction relation: input, label, prediction, confidence, correct, logits.
 pub(super) fn run_prediction(state: &mut State, p: &Prediction) -> Result<DataFrame> {
     let sel = state.select(&p.data)?;
-    let logits = logits(state, &p.model, &sel, &[])?;
+    let edits: Vec<crate::plan::ActivationEdit> = p.data.activation_edits().into_iter().cloned().collect();
+    let logits = if edits.is_empty() {
+        logits(state, &p.model, &sel, &[])?
+    } else {
+        // Still carrying its edits: some FROM names several donors, paired with the inputs.
+        let per_input = state.patches_per_input(&p.model, &edits.iter().collect::<Vec<_>>())?;
+        if per_input.len() != sel.len() {
+            return Err(Error::value(format!(
+                "FROM names {} donors for {} input{}: they pair up input by input",
+                per_input.len(),
+                sel.len(),
+                if sel.len() == 1 { "" } else { "s" }
+            )));
+        }
+        let base = state.model(&p.model)?.model.clone();
+        let shape = batch_shape(1, &base.input_shape);
+        per_input
+            .into_par_iter()
+            .enumerate()
+            .map(|(i, patches)| {
+                let row = Batch::new(shape.clone(), sel.dataset.row(sel.rows[i]).to_vec())?;
+                Ok(base.with_patches(patches).logits(row)?.into_data())
+            })
+            .collect::<Result<Vec<_>>>()?
+    };
     let model = state.model(&p.model)?.model.clone();
     let ends_in_softmax = matches!(model.layers.last().map(|l| &l.op), Some(Op::Softmax { .. }));
     let outputs = model.output_len();

@@ -424,6 +424,53 @@ impl State {
         Ok(name)
     }
 
+    /// The patches of `edits` on `base`: one list for every input, or — when a FROM names
+    /// several donors (PREDICT pairs donor i with input i) — one list per donor.
+    pub(crate) fn patches_per_input(&mut self, base: &str, edits: &[&ActivationEdit]) -> Result<Vec<Vec<Patch>>> {
+        let mut lists: Vec<Vec<Patch>> = vec![Vec::new()];
+        for e in edits {
+            let layer = self
+                .model(base)?
+                .model
+                .layer_index(&e.layer.name)
+                .ok_or_else(|| Error::name(format!("`{base}` has no layer `{}` to edit", e.layer.name)))?;
+            let actions: Vec<PatchAction> = match &e.action {
+                ActivationAction::Set(v) => vec![PatchAction::Set(*v)],
+                ActivationAction::Scale(v) => vec![PatchAction::Scale(*v)],
+                ActivationAction::From(donor) => {
+                    let sel = self.select(donor)?;
+                    if sel.is_empty() {
+                        return Err(Error::value(format!("`{donor}` holds no input to patch from")));
+                    }
+                    let values = interpret::hook_values(self, base, &sel, layer, &[])?;
+                    values
+                        .iter()
+                        .map(|v| PatchAction::Values(v[e.units.clone()].to_vec()))
+                        .collect()
+                }
+            };
+            if actions.len() > 1 && lists.len() > 1 && actions.len() != lists.len() {
+                return Err(Error::value(format!(
+                    "two FROM edits name {} and {} donors; they pair up input by input",
+                    lists.len(),
+                    actions.len()
+                )));
+            }
+            if actions.len() > 1 && lists.len() == 1 {
+                lists = vec![lists[0].clone(); actions.len()];
+            }
+            let count = lists.len();
+            for (i, list) in lists.iter_mut().enumerate() {
+                list.push(Patch {
+                    layer,
+                    units: e.units.clone(),
+                    action: actions[if actions.len() == 1 { 0 } else { i % count }].clone(),
+                });
+            }
+        }
+        Ok(lists)
+    }
+
     /// Points every interpretation and prediction whose inputs carry activation edits at
     /// the model with those edits.
     fn bind_edited_models(&mut self, node: &mut Node) -> Result<()> {
@@ -443,9 +490,16 @@ impl State {
             }
             NodeKind::Predict(p) => {
                 let edits: Vec<ActivationEdit> = p.data.activation_edits().into_iter().cloned().collect();
-                if !edits.is_empty() {
+                // Several donors: run_prediction patches each input from its own.
+                let paired = edits.iter().any(|e| match &e.action {
+                    ActivationAction::From(d) => self.select(d).is_ok_and(|s| s.len() > 1),
+                    _ => false,
+                });
+                if !edits.is_empty() && !paired {
                     let edits: Vec<&ActivationEdit> = edits.iter().collect();
                     p.model = self.edited_model(&p.model, &edits)?;
+                    // The edited model applies them now.
+                    p.data.edits.retain(|e| !matches!(e, crate::plan::EditSpec::Layer(_)));
                 }
             }
             _ => {}

@@ -335,19 +335,22 @@ pub fn resolve_dataset(expr: &ast::DatasetExpr, catalog: &dyn Catalog) -> Result
 
 /// The dataset expression inside `model(…)`: its activation edits are checked against
 /// the model's layers.
+/// `paired`: `FROM` may name as many donors as there are inputs, input i patched from
+/// donor i (PREDICT); elsewhere one donor serves every input.
 pub fn resolve_model_input(
     expr: &ast::DatasetExpr,
     catalog: &dyn Catalog,
     model: &ModelInfo,
     model_name: &str,
+    paired: bool,
 ) -> Result<(DatasetRef, DatasetInfo)> {
-    resolve_dataset_of(expr, catalog, Some((model, model_name)))
+    resolve_dataset_of(expr, catalog, Some((model, model_name, paired)))
 }
 
 fn resolve_dataset_of(
     expr: &ast::DatasetExpr,
     catalog: &dyn Catalog,
-    model: Option<(&ModelInfo, &str)>,
+    model: Option<(&ModelInfo, &str, bool)>,
 ) -> Result<(DatasetRef, DatasetInfo)> {
     let info = catalog.dataset(&expr.name.name).ok_or_else(|| {
         let mut err = Error::unknown("dataset", &expr.name.name, &catalog.dataset_names(), "loaded datasets");
@@ -407,8 +410,8 @@ fn resolve_dataset_of(
         .iter()
         .map(|e| match &e.kind {
             ast::EditKind::Layer { layer, index, action } => match model {
-                Some((m, mname)) => {
-                    resolve_activation_edit(layer, index, action, m, mname, catalog).map(EditSpec::Layer)
+                Some((m, mname, paired)) => {
+                    resolve_activation_edit(layer, index, action, m, mname, paired, catalog).map(EditSpec::Layer)
                 }
                 None => Err(Error::query(
                     "an activation edit (WITH LAYER) changes a model's run: write it inside model(…)",
@@ -436,6 +439,7 @@ fn resolve_activation_edit(
     action: &ast::LayerAction,
     model: &ModelInfo,
     model_name: &str,
+    paired: bool,
     catalog: &dyn Catalog,
 ) -> Result<ActivationEdit> {
     let l = interpret::resolve_layer(layer, model, model_name)?;
@@ -487,12 +491,15 @@ fn resolve_activation_edit(
                 .at(d.span));
             }
             let one = matches!(donor.pick, Pick::One(_)) || (donor.pick == Pick::All && dinfo.len == 1);
-            if !one {
+            if !one && !paired {
                 return Err(Error::value(format!(
-                    "FROM patches in the activations of one input; `{d}` may pick several"
+                    "FROM patches in the activations of one input here; `{d}` may pick several"
                 ))
                 .at(d.span)
-                .hint(format!("pick one, e.g. {}[0]", donor.name)));
+                .hint(format!(
+                    "pick one, e.g. {}[0]; PREDICT pairs several donors with the inputs, input by input",
+                    donor.name
+                )));
             }
             ActivationAction::From(donor)
         }
