@@ -957,8 +957,25 @@ pub(super) fn auto_batch_rows(model: &Model, memory_mb: usize) -> usize {
             .iter()
             .map(|l| l.out_shape.iter().product::<usize>())
             .sum::<usize>();
-    let per_row = floats * 4 * 2;
-    ((memory_mb << 20) / per_row.max(1)).clamp(1, 4096)
+    // A convolution's im2col matrix (and, in the backward, its gradient) is the largest
+    // scratch buffer a row needs at one time.
+    let scratch = model
+        .layers
+        .iter()
+        .map(|l| match &l.op {
+            Op::Conv2d { groups, win, .. } => {
+                let positions: usize = l.out_shape.iter().skip(1).product();
+                l.in_shape.first().copied().unwrap_or(1) / (*groups).max(1) * win.kernel.0 * win.kernel.1 * positions
+            }
+            _ => 0,
+        })
+        .max()
+        .unwrap_or(0);
+    // Values and gradients of every hook point, plus the scratch, for each row.
+    let per_row = (floats + scratch) * 4 * 2;
+    // Every thread works on a batch of its own at once: the budget is shared among them.
+    let budget = (memory_mb << 20) / rayon::current_num_threads().max(1);
+    (budget / per_row.max(1)).clamp(1, 4096)
 }
 
 #[cfg(test)]
