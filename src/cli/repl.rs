@@ -107,7 +107,9 @@ const KEYWORDS: &[&str] = &[
     "as",
     "asc",
     "at",
+    "attack",
     "baseline",
+    "blur",
     "by",
     "cache",
     "channels",
@@ -129,29 +131,36 @@ const KEYWORDS: &[&str] = &[
     "is",
     "join",
     "label",
-    "layer",
     "labels",
+    "layer",
     "layers",
     "let",
     "limit",
     "load",
+    "mask",
     "mean",
     "methods",
     "model",
     "models",
+    "noise",
     "not",
     "null",
     "of",
     "offset",
+    "on",
     "or",
     "order",
+    "over",
     "overwrite",
+    "partition",
     "patch",
     "pixel",
     "plan",
     "predict",
     "predicted",
+    "report",
     "rows",
+    "scale",
     "select",
     "set",
     "settings",
@@ -159,12 +168,14 @@ const KEYWORDS: &[&str] = &[
     "target",
     "through",
     "to",
+    "top",
     "true",
     "union",
     "using",
     "var",
     "where",
     "window",
+    "with",
     "zero",
 ];
 
@@ -534,7 +545,17 @@ pub fn run(runner: &mut Runner) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{check_input, help_topic, highlight, statement_complete};
+
+    #[test]
+    fn every_keyword_of_the_grammar_is_highlighted() {
+        let grammar = include_str!("../../grammar/iql.pest");
+        for line in grammar.lines().filter(|l| l.starts_with("kw_")) {
+            let word = line.split('"').nth(1).unwrap_or_default();
+            assert!(KEYWORDS.contains(&word), "keyword `{word}` is not highlighted");
+        }
+    }
+
+    use super::{KEYWORDS, check_input, help_topic, highlight, statement_complete};
 
     #[test]
     fn help_on_topics_and_methods() {
