@@ -61,6 +61,7 @@ const TRICKY: &[&str] = &[
     "SELECT * FROM m(d) JOIN m(e) AT LAYER * USING layer_activation;",
     "SELECT * FROM PREDICT m(d) TOP 3 AS before JOIN PREDICT m(d WITH MASK rows 0:2, cols 0:2) AS after WHERE prediction_changed;",
     "PREDICT m(d[0::n]) TOP :k;",
+    "SELECT * FROM mlp(c[0]) WINDOW columns a, 'has \"quote\" and ''apostrophe''', \"odd[name\";",
     "-- a comment\nSELECT /* inline */ x FROM m(d) -- trailing\n;",
 ];
 

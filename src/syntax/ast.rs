@@ -952,6 +952,9 @@ impl fmt::Display for Window {
                 let parts: Vec<String> = items
                     .iter()
                     .map(|c| match c {
+                        // A name written as a string may hold `"`, which a quoted name
+                        // cannot: print it as the string it was.
+                        ColumnItem::Name(n) if n.name.contains('"') => format!("'{}'", n.name.replace('\'', "''")),
                         ColumnItem::Name(n) => n.to_string(),
                         ColumnItem::Range { start, end, .. } => format!("{start}:{end}"),
                     })
