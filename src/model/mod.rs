@@ -25,7 +25,8 @@ pub struct Model {
     /// Where the weights came from.
     pub source: String,
     pub input_shape: Vec<usize>,
-    pub layers: Vec<Layer>,
+    /// Shared: a copy with activation edits (`with_patches`) shares the weights.
+    pub layers: std::sync::Arc<Vec<Layer>>,
     /// Forward passes run so far (a pass over a batch counts once), for tests and PLAN.
     pub passes: AtomicUsize,
     /// Activation edits applied in every forward pass (and undone in the backward).
@@ -169,7 +170,7 @@ impl Model {
             arch_name: spec.name,
             source: weights.display().to_string(),
             input_shape: spec.input_shape,
-            layers,
+            layers: std::sync::Arc::new(layers),
             passes: AtomicUsize::new(0),
             patches: Vec::new(),
         })
@@ -250,7 +251,7 @@ impl Model {
             arch_name: format!("{} cut at {} + probe", self.arch_name, self.layers[layer].name),
             source: self.source.clone(),
             input_shape: self.input_shape.clone(),
-            layers,
+            layers: std::sync::Arc::new(layers),
             passes: AtomicUsize::new(0),
             patches: self.patches.iter().filter(|p| p.layer <= layer).cloned().collect(),
         }
