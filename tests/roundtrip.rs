@@ -62,6 +62,7 @@ const TRICKY: &[&str] = &[
     "SELECT * FROM PREDICT m(d) TOP 3 AS before JOIN PREDICT m(d WITH MASK rows 0:2, cols 0:2) AS after WHERE prediction_changed;",
     "PREDICT m(d[0::n]) TOP :k;",
     "SELECT * FROM mlp(c[0]) WINDOW columns a, 'has \"quote\" and ''apostrophe''', \"odd[name\";",
+    "SELECT ((SELECT max(x) FROM PREDICT m(d))) + (1), x IN ((SELECT a FROM m(d))), (((x))) FROM m(d);",
     "-- a comment\nSELECT /* inline */ x FROM m(d) -- trailing\n;",
 ];
 
