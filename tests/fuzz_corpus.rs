@@ -1,5 +1,5 @@
-//! The fuzz target's corpus (fuzz/corpus/parse_plan, minimized after fuzzing; crashing
-//! inputs it found are kept there too) as a regression test: every input parses and plans
+//! The fuzz target's corpus (fuzz/corpus/parse_plan, minimized after fuzzing) and the
+//! inputs it crashed or hung on (fuzz/regressions/parse_plan) as a regression test: every input parses and plans
 //! to statements or an error, never a panic, and what parses prints back to text that
 //! parses to the same statements. `cargo +nightly fuzz run parse_plan -s none` fuzzes.
 
@@ -16,9 +16,13 @@ fn the_fuzz_corpus_parses_plans_and_round_trips() {
          LOAD DATA cancer FROM 'data/cancer_test.csv' LABEL COLUMN diagnosis;
          VAR i = 3;",
     );
-    let dir = root().join("fuzz/corpus/parse_plan");
-    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut files: Vec<_> = ["fuzz/corpus/parse_plan", "fuzz/regressions/parse_plan"]
+        .iter()
+        .flat_map(|d| std::fs::read_dir(root().join(d)).unwrap().map(|e| e.unwrap().path()))
+        .collect();
     files.sort();
+    // (A regression of the exponential-backtracking fix would hang here on
+    // regressions/parse_plan/timeout-…, which once took over 10 s to parse.)
     assert!(files.len() > 100, "the corpus is missing ({} files)", files.len());
     let mut planned = 0;
     for f in &files {
