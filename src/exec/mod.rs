@@ -374,31 +374,13 @@ impl State {
     /// The name of `base` with the activation edits `edits` applied, registering that
     /// model on first use (again when the base model or a donor's activations changed).
     fn edited_model(&mut self, base: &str, edits: &[&ActivationEdit]) -> Result<String> {
-        let mut patches = Vec::with_capacity(edits.len());
-        for e in edits {
-            let layer = self
-                .model(base)?
-                .model
-                .layer_index(&e.layer.name)
-                .ok_or_else(|| Error::name(format!("`{base}` has no layer `{}` to edit", e.layer.name)))?;
-            let action = match &e.action {
-                ActivationAction::Set(v) => PatchAction::Set(*v),
-                ActivationAction::Scale(v) => PatchAction::Scale(*v),
-                ActivationAction::From(donor) => {
-                    let sel = self.select(donor)?;
-                    let values = interpret::hook_values(self, base, &sel, layer, &[])?;
-                    let one = values
-                        .first()
-                        .ok_or_else(|| Error::value(format!("`{donor}` holds no input to patch from")))?;
-                    PatchAction::Values(one[e.units.clone()].to_vec())
-                }
-            };
-            patches.push(Patch {
-                layer,
-                units: e.units.clone(),
-                action,
-            });
+        let mut per_input = self.patches_per_input(base, edits)?;
+        if per_input.len() > 1 {
+            return Err(Error::value(
+                "FROM with several donors pairs them with the inputs in PREDICT only; here one donor serves every input",
+            ));
         }
+        let patches = per_input.pop().unwrap_or_default();
         let texts: Vec<String> = edits.iter().map(|e| e.to_string()).collect();
         let name = format!("{base} with {}", texts.join(", with "));
         let base_model = self.model(base)?.model.clone();
