@@ -8,6 +8,10 @@ use std::time::Instant;
 
 use ialgebra::exec::Session;
 
+/// The allocator the `ialg` binary uses (src/main.rs says why).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const SETUP: &str = "
     SET cache_mb = 0;
     LOAD MODEL cnn FROM 'models/digits_cnn.safetensors' ARCH 'models/digits_cnn.json';

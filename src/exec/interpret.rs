@@ -42,7 +42,13 @@ pub(super) fn hook_values(
     let (model, model_id) = (loaded.model.clone(), loaded.id);
     let out_hook = model.layers.len() - 1;
     let d = model.input_len();
-    let hashes: Vec<u64> = sel.rows.iter().map(|&r| input_hash(sel.dataset.row(r))).collect();
+    // Content hashes key the cache; with the cache off there is nothing to key.
+    let caching = state.settings.cache_mb > 0;
+    let hashes: Vec<u64> = if caching {
+        sel.rows.iter().map(|&r| input_hash(sel.dataset.row(r))).collect()
+    } else {
+        vec![0; sel.len()]
+    };
     let mut out: Vec<Option<Vec<f32>>> = Vec::with_capacity(sel.len());
     let mut missing = Vec::new();
     for (i, h) in hashes.iter().enumerate() {

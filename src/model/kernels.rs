@@ -118,10 +118,11 @@ impl ConvGeom {
     }
 }
 
-/// Images per im2col chunk, so that the column buffer stays near 4 MB.
+/// Images per im2col chunk, so that the column buffer stays near 256 KB (in L2; measured
+/// no slower than 1 and 4 MB chunks for the example CNN, and it bounds the scratch).
 fn chunk_images(g: &ConvGeom) -> usize {
     let per_image = g.k() * g.p();
-    ((1 << 20) / per_image.max(1)).max(1)
+    ((1 << 16) / per_image.max(1)).max(1)
 }
 
 /// The output columns `ox` whose input column `ox·stride + off` lies inside 0..w.
@@ -140,8 +141,69 @@ fn valid_cols(ow: usize, w: usize, stride: usize, off: isize) -> (usize, usize) 
     (lo.min(hi), hi)
 }
 
+/// The shift that maps output position (oy, ox) to input position (oy + di, ox + dj) for
+/// kernel tap (i, j), when the convolution keeps its width (stride 1, no dilation, the
+/// padding making `ow == w`): then one tap of one plane is a single contiguous run of
+/// the plane (rows `oy0..oy1`), moved by `di·w + dj`, whose `|dj|` columns at one edge
+/// wrapped into the neighbouring row and must be left out.
+struct Shift {
+    oy0: usize,
+    oy1: usize,
+    dj: isize,
+    /// Flat offset from an output index to its input index.
+    by: isize,
+}
+
+impl ConvGeom {
+    fn keeps_width(&self) -> bool {
+        self.win.stride == (1, 1) && self.win.dilation == (1, 1) && self.ow == self.w
+    }
+
+    fn shift(&self, i: usize, j: usize) -> Shift {
+        let di = i as isize - self.win.padding.0 as isize;
+        let dj = j as isize - self.win.padding.1 as isize;
+        let oy0 = (-di).clamp(0, self.oh as isize) as usize;
+        let oy1 = (self.h as isize - di).clamp(oy0 as isize, self.oh as isize) as usize;
+        Shift {
+            oy0,
+            oy1,
+            dj,
+            by: di * self.w as isize + dj,
+        }
+    }
+}
+
+impl Shift {
+    /// The output indices of the run inside the plane (the run's ends may fall outside it
+    /// by the wrapped columns: those are edge columns, handled by the caller).
+    fn span(&self, ow: usize, plane: usize) -> (usize, usize) {
+        let (first, end) = ((self.oy0 * ow) as isize, (self.oy1 * ow) as isize);
+        let lo = first.max(-self.by).min(end);
+        let hi = end.min(plane as isize - self.by).max(lo);
+        (lo as usize, hi as usize)
+    }
+
+    /// The output columns whose input column wrapped into the neighbouring row.
+    fn wrapped(&self, ow: usize) -> std::ops::Range<usize> {
+        if self.dj < 0 {
+            0..(-self.dj as usize).min(ow)
+        } else {
+            ow - (self.dj as usize).min(ow)..ow
+        }
+    }
+}
+
 /// im2col for channels `c0..c0+cg` of `n` images starting at `x`: col[K, n*P].
 fn im2col(x: &[f32], n: usize, c0: usize, g: &ConvGeom, col: &mut [f32]) {
+    if g.keeps_width() {
+        im2col_keeping_width(x, n, c0, g, col)
+    } else {
+        im2col_any(x, n, c0, g, col)
+    }
+}
+
+/// im2col for any geometry, a row of the output at a time.
+fn im2col_any(x: &[f32], n: usize, c0: usize, g: &ConvGeom, col: &mut [f32]) {
     let (kh, kw) = g.win.kernel;
     let (sh, sw) = g.win.stride;
     let (ph, pw) = g.win.padding;
@@ -169,7 +231,9 @@ fn im2col(x: &[f32], n: usize, c0: usize, g: &ConvGeom, col: &mut [f32]) {
                         let src = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
                         drow[..lo].fill(0.0);
                         drow[hi..].fill(0.0);
-                        if sw == 1 {
+                        if hi <= lo {
+                            // the kernel tap misses the image on every column
+                        } else if sw == 1 {
                             let a = (lo as isize + off) as usize;
                             drow[lo..hi].copy_from_slice(&src[a..a + (hi - lo)]);
                         } else {
@@ -184,8 +248,60 @@ fn im2col(x: &[f32], n: usize, c0: usize, g: &ConvGeom, col: &mut [f32]) {
     }
 }
 
-/// The adjoint of `im2col`: accumulates col[K, n*P] into channels `c0..` of `gx`.
-fn col2im(col: &[f32], n: usize, c0: usize, g: &ConvGeom, gx: &mut [f32]) {
+/// im2col when the convolution keeps the width: one copy per tap and image instead of
+/// one per output row (the small images of the example models made the per-row copies
+/// cost more than the product itself).
+fn im2col_keeping_width(x: &[f32], n: usize, c0: usize, g: &ConvGeom, col: &mut [f32]) {
+    let (kh, kw) = g.win.kernel;
+    let cg = g.c / g.groups;
+    let (p, plane) = (g.p(), g.h * g.w);
+    let np = n * p;
+    let img = g.c * plane;
+    for c in 0..cg {
+        for i in 0..kh {
+            for j in 0..kw {
+                let krow = (c * kh + i) * kw + j;
+                let shift = g.shift(i, j);
+                let (lo, hi) = shift.span(g.ow, plane);
+                let wrapped = shift.wrapped(g.ow);
+                for b in 0..n {
+                    let src = &x[b * img + (c0 + c) * plane..][..plane];
+                    let dst = &mut col[krow * np + b * p..][..p];
+                    dst[..lo].fill(0.0);
+                    dst[hi..].fill(0.0);
+                    if hi > lo {
+                        let a = (lo as isize + shift.by) as usize;
+                        dst[lo..hi].copy_from_slice(&src[a..a + (hi - lo)]);
+                    }
+                    zero_columns(dst, g.ow, shift.oy0..shift.oy1, wrapped.clone());
+                }
+            }
+        }
+    }
+}
+
+/// Zeroes columns `cols` of rows `rows` of a plane `width` wide — column by column: the
+/// row-wise form compiles to a memset call per row, for one or two values each.
+fn zero_columns(plane: &mut [f32], width: usize, rows: std::ops::Range<usize>, cols: std::ops::Range<usize>) {
+    for c in cols {
+        for r in rows.clone() {
+            plane[r * width + c] = 0.0;
+        }
+    }
+}
+
+/// The adjoint of `im2col`: accumulates col[K, n*P] into channels `c0..` of `gx`. The
+/// keeping-width path zeroes the wrapped entries of `col` first (so that one contiguous
+/// add per tap adds 0 there), which is why `col` is taken mutably.
+fn col2im(col: &mut [f32], n: usize, c0: usize, g: &ConvGeom, gx: &mut [f32]) {
+    if g.keeps_width() {
+        col2im_keeping_width(col, n, c0, g, gx)
+    } else {
+        col2im_any(col, n, c0, g, gx)
+    }
+}
+
+fn col2im_any(col: &[f32], n: usize, c0: usize, g: &ConvGeom, gx: &mut [f32]) {
     let (kh, kw) = g.win.kernel;
     let (sh, sw) = g.win.stride;
     let (ph, pw) = g.win.padding;
@@ -210,7 +326,9 @@ fn col2im(col: &[f32], n: usize, c0: usize, g: &ConvGeom, gx: &mut [f32]) {
                         }
                         let drow = &mut plane[iy as usize * g.w..(iy as usize + 1) * g.w];
                         let srow = &src[oy * g.ow + lo..oy * g.ow + hi];
-                        if sw == 1 {
+                        if hi <= lo {
+                            // the kernel tap misses the image on every column
+                        } else if sw == 1 {
                             let a = (lo as isize + off) as usize;
                             for (d, s) in drow[a..a + (hi - lo)].iter_mut().zip(srow) {
                                 *d += *s;
@@ -227,38 +345,67 @@ fn col2im(col: &[f32], n: usize, c0: usize, g: &ConvGeom, gx: &mut [f32]) {
     }
 }
 
-/// Convolution forward: x [n, c, h, w], weight [out, c/groups, kh, kw] → [n, out, oh, ow].
-pub fn conv2d_forward(x: &[f32], n: usize, g: &ConvGeom, weight: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
-    let k = g.k();
-    let p = g.p();
-    let og = g.out / g.groups;
-    let chunk = chunk_images(g);
-    let mut col = vec![0.0f32; k * chunk.min(n) * p];
-    let mut tmp = vec![0.0f32; og * chunk.min(n) * p];
-    let img_in = g.c * g.h * g.w;
-    let img_out = g.out * p;
-    for start in (0..n).step_by(chunk) {
-        let m = chunk.min(n - start);
-        let xs = &x[start * img_in..(start + m) * img_in];
-        for gi in 0..g.groups {
-            let col = &mut col[..k * m * p];
-            im2col(xs, m, gi * (g.c / g.groups), g, col);
-            let tmp = &mut tmp[..og * m * p];
-            let w = &weight[gi * og * k..(gi + 1) * og * k];
-            matmul(og, m * p, k, tmp, m * p, w, k, 1, col, m * p, 1, false);
-            for o in 0..og {
-                let oc = gi * og + o;
-                let b = bias.map_or(0.0, |b| b[oc]);
-                for img in 0..m {
-                    let dst = &mut y[(start + img) * img_out + oc * p..][..p];
-                    let src = &tmp[o * m * p + img * p..][..p];
-                    for (d, s) in dst.iter_mut().zip(src) {
-                        *d = s + b;
+fn col2im_keeping_width(col: &mut [f32], n: usize, c0: usize, g: &ConvGeom, gx: &mut [f32]) {
+    let (kh, kw) = g.win.kernel;
+    let cg = g.c / g.groups;
+    let (p, plane) = (g.p(), g.h * g.w);
+    let np = n * p;
+    let img = g.c * plane;
+    for c in 0..cg {
+        for i in 0..kh {
+            for j in 0..kw {
+                let krow = (c * kh + i) * kw + j;
+                let shift = g.shift(i, j);
+                let (lo, hi) = shift.span(g.ow, plane);
+                let wrapped = shift.wrapped(g.ow);
+                for b in 0..n {
+                    let src = &mut col[krow * np + b * p..][..p];
+                    zero_columns(src, g.ow, shift.oy0..shift.oy1, wrapped.clone());
+                    let dst = &mut gx[b * img + (c0 + c) * plane..][..plane];
+                    if hi > lo {
+                        let a = (lo as isize + shift.by) as usize;
+                        for (d, s) in dst[a..a + (hi - lo)].iter_mut().zip(&src[lo..hi]) {
+                            *d += *s;
+                        }
                     }
                 }
             }
         }
     }
+}
+
+/// Convolution forward: x [n, c, h, w], weight [out, c/groups, kh, kw] → [n, out, oh, ow].
+pub fn conv2d_forward(x: &[f32], n: usize, g: &ConvGeom, weight: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
+    let k = g.k();
+    let p = g.p();
+    let og = g.out / g.groups;
+    let chunk = chunk_images(g).min(n);
+    let img_in = g.c * g.h * g.w;
+    let img_out = g.out * p;
+    with_scratch(k * chunk * p, og * chunk * p, |col, tmp| {
+        for start in (0..n).step_by(chunk) {
+            let m = chunk.min(n - start);
+            let xs = &x[start * img_in..(start + m) * img_in];
+            for gi in 0..g.groups {
+                let col = &mut col[..k * m * p];
+                im2col(xs, m, gi * (g.c / g.groups), g, col);
+                let tmp = &mut tmp[..og * m * p];
+                let w = &weight[gi * og * k..(gi + 1) * og * k];
+                matmul(og, m * p, k, tmp, m * p, w, k, 1, col, m * p, 1, false);
+                for o in 0..og {
+                    let oc = gi * og + o;
+                    let b = bias.map_or(0.0, |b| b[oc]);
+                    for img in 0..m {
+                        let dst = &mut y[(start + img) * img_out + oc * p..][..p];
+                        let src = &tmp[o * m * p + img * p..][..p];
+                        for (d, s) in dst.iter_mut().zip(src) {
+                            *d = s + b;
+                        }
+                    }
+                }
+            }
+        }
+    })
 }
 
 /// Convolution input gradient: gy [n, out, oh, ow] → gx [n, c, h, w] (gx is overwritten).
@@ -267,34 +414,59 @@ pub fn conv2d_backward(gy: &[f32], n: usize, g: &ConvGeom, weight: &[f32], gx: &
     let k = g.k();
     let p = g.p();
     let og = g.out / g.groups;
-    let chunk = chunk_images(g);
-    let mut col = vec![0.0f32; k * chunk.min(n) * p];
-    let mut gyt = vec![0.0f32; og * chunk.min(n) * p];
+    let chunk = chunk_images(g).min(n);
     let img_in = g.c * g.h * g.w;
     let img_out = g.out * p;
-    for start in (0..n).step_by(chunk) {
-        let m = chunk.min(n - start);
-        for gi in 0..g.groups {
-            let gyt = &mut gyt[..og * m * p];
-            for o in 0..og {
-                let oc = gi * og + o;
-                for img in 0..m {
-                    gyt[o * m * p + img * p..][..p].copy_from_slice(&gy[(start + img) * img_out + oc * p..][..p]);
+    with_scratch(k * chunk * p, og * chunk * p, |col, gyt| {
+        for start in (0..n).step_by(chunk) {
+            let m = chunk.min(n - start);
+            for gi in 0..g.groups {
+                let gyt = &mut gyt[..og * m * p];
+                for o in 0..og {
+                    let oc = gi * og + o;
+                    for img in 0..m {
+                        gyt[o * m * p + img * p..][..p].copy_from_slice(&gy[(start + img) * img_out + oc * p..][..p]);
+                    }
                 }
+                let col = &mut col[..k * m * p];
+                let w = &weight[gi * og * k..(gi + 1) * og * k];
+                // col[K, mP] = Wᵀ[K, og] · gyt[og, mP]
+                matmul(k, m * p, og, col, m * p, w, 1, k, gyt, m * p, 1, false);
+                col2im(
+                    col,
+                    m,
+                    gi * (g.c / g.groups),
+                    g,
+                    &mut gx[start * img_in..(start + m) * img_in],
+                );
             }
-            let col = &mut col[..k * m * p];
-            let w = &weight[gi * og * k..(gi + 1) * og * k];
-            // col[K, mP] = Wᵀ[K, og] · gyt[og, mP]
-            matmul(k, m * p, og, col, m * p, w, 1, k, gyt, m * p, 1, false);
-            col2im(
-                col,
-                m,
-                gi * (g.c / g.groups),
-                g,
-                &mut gx[start * img_in..(start + m) * img_in],
-            );
         }
-    }
+    })
+}
+
+thread_local! {
+    /// Each thread's two work buffers for the convolution kernels, kept between calls:
+    /// allocating them per call cost a zeroing memset each time (the allocator reuses
+    /// freed memory, which calloc must clear), and every kernel overwrites what it uses.
+    static SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Runs `f` with this thread's scratch buffers of `a` and `b` values (contents arbitrary).
+fn with_scratch<R>(a: usize, b: usize, f: impl FnOnce(&mut [f32], &mut [f32]) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut bufs) => {
+            let (x, y) = &mut *bufs;
+            if x.len() < a {
+                x.resize(a, 0.0);
+            }
+            if y.len() < b {
+                y.resize(b, 0.0);
+            }
+            f(&mut x[..a], &mut y[..b])
+        }
+        // Only a kernel called from inside a kernel would get here; give it its own.
+        Err(_) => f(&mut vec![0.0; a], &mut vec![0.0; b]),
+    })
 }
 
 /// Rows per matrix product of a linear layer. gemm picks its algorithm (and so the order
@@ -409,10 +581,9 @@ pub fn maxpool2d_forward(x: &[f32], g: Planes, win: &Window2d, y: &mut [f32], ke
             for (oy, out) in dst.chunks_exact_mut(ow).enumerate() {
                 let top = &src[2 * oy * w..(2 * oy + 1) * w];
                 let bottom = &src[(2 * oy + 1) * w..(2 * oy + 2) * w];
-                for (ox, o) in out.iter_mut().enumerate() {
-                    let (a, b) = (top[2 * ox], top[2 * ox + 1]);
-                    let (c, d) = (bottom[2 * ox], bottom[2 * ox + 1]);
-                    *o = pick(pick(pick(a, b), c), d);
+                // Iterators, not indices: no bounds checks, so the loop vectorizes.
+                for (o, (t, b)) in out.iter_mut().zip(top.chunks_exact(2).zip(bottom.chunks_exact(2))) {
+                    *o = pick(pick(pick(t[0], t[1]), b[0]), b[1]);
                 }
             }
         }
@@ -427,16 +598,24 @@ pub fn maxpool2d_forward(x: &[f32], g: Planes, win: &Window2d, y: &mut [f32], ke
                 let top = &src[2 * oy * w..(2 * oy + 1) * w];
                 let bottom = &src[(2 * oy + 1) * w..(2 * oy + 2) * w];
                 let o = pl * oh * ow + oy * ow;
-                for ox in 0..ow {
-                    let c = [top[2 * ox], top[2 * ox + 1], bottom[2 * ox], bottom[2 * ox + 1]];
-                    let mut k = 0;
-                    for (q, v) in c.iter().enumerate().skip(1) {
-                        if *v > c[k] || v.is_nan() {
-                            k = q;
-                        }
+                let (out, at) = (&mut y[o..o + ow], &mut arg[o..o + ow]);
+                // Selects rather than branches (which candidate wins is data-dependent and
+                // mispredicted branches cost more than the comparisons); candidates in
+                // PyTorch's scan order, the first maximum wins, a NaN wins.
+                for (ox, ((out, at), (t, b))) in out
+                    .iter_mut()
+                    .zip(at.iter_mut())
+                    .zip(top.chunks_exact(2).zip(bottom.chunks_exact(2)))
+                    .enumerate()
+                {
+                    let (mut best, mut k) = (t[0], 0u32);
+                    for (v, q) in [(t[1], 1u32), (b[0], 2), (b[1], 3)] {
+                        let wins = v > best || v.is_nan();
+                        best = if wins { v } else { best };
+                        k = if wins { q } else { k };
                     }
-                    y[o + ox] = c[k];
-                    arg[o + ox] = ((2 * oy + k / 2) * w + 2 * ox + k % 2) as u32;
+                    *out = best;
+                    *at = ((2 * oy + (k as usize >> 1)) * w + 2 * ox + (k as usize & 1)) as u32;
                 }
             }
         }
@@ -593,6 +772,67 @@ pub fn adaptive_avgpool2d(x: &[f32], g: Planes, y: &mut [f32], backward: bool) {
                     y[o] = sum / divisor;
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(len: usize, seed: u32) -> Vec<f32> {
+        // small integers: sums are exact in any order
+        (0..len as u32)
+            .map(|i| ((i * 7919 + seed * 104_729) % 17) as f32 - 8.0)
+            .collect()
+    }
+
+    /// The keeping-width im2col / col2im give exactly what the general ones give, for
+    /// kernels narrower and wider than the image and asymmetric paddings.
+    #[test]
+    fn keeping_width_paths_match_the_general_ones() {
+        let cases = [
+            // (c, h, w, kernel, padding)
+            (2, 8, 8, (3, 3), (1, 1)),
+            (1, 5, 6, (3, 3), (1, 1)),
+            (3, 4, 7, (1, 5), (0, 2)),
+            (2, 6, 3, (5, 3), (2, 1)),
+            (1, 2, 2, (5, 5), (2, 2)),
+            (2, 3, 1, (3, 7), (1, 3)),
+            (1, 4, 4, (1, 1), (0, 0)),
+            (1, 5, 4, (2, 3), (0, 1)),
+        ];
+        for (case, &(c, h, w, kernel, padding)) in cases.iter().enumerate() {
+            let win = Window2d {
+                kernel,
+                stride: (1, 1),
+                padding,
+                dilation: (1, 1),
+            };
+            let (oh, ow) = win.out_hw(h, w).unwrap();
+            let g = ConvGeom {
+                c,
+                h,
+                w,
+                out: 1,
+                groups: 1,
+                win,
+                oh,
+                ow,
+            };
+            assert!(g.keeps_width(), "case {case}");
+            let n = 3;
+            let x = values(n * c * h * w, case as u32);
+            let len = g.k() * n * g.p();
+            let (mut fast, mut slow) = (vec![f32::NAN; len], vec![f32::NAN; len]);
+            im2col_keeping_width(&x, n, 0, &g, &mut fast);
+            im2col_any(&x, n, 0, &g, &mut slow);
+            assert_eq!(fast, slow, "im2col, case {case}");
+            let col = values(len, case as u32 + 50);
+            let (mut fast, mut slow) = (vec![1.0; x.len()], vec![1.0; x.len()]);
+            col2im_keeping_width(&mut col.clone(), n, 0, &g, &mut fast);
+            col2im_any(&col, n, 0, &g, &mut slow);
+            assert_eq!(fast, slow, "col2im, case {case}");
         }
     }
 }

@@ -140,6 +140,19 @@ impl Layer {
         let mut shape = Vec::with_capacity(self.out_shape.len() + 1);
         shape.push(n);
         shape.extend_from_slice(&self.out_shape);
+        // Element-wise layers collect their output; the others write into zeros.
+        let collected = match &self.op {
+            Op::Relu => Some(map(xs, |v| if v > 0.0 { v } else { 0.0 })),
+            Op::LeakyRelu { slope } => Some(map(xs, |v| if v > 0.0 { v } else { v * slope })),
+            Op::Sigmoid => Some(map(xs, |v| 1.0 / (1.0 + (-v).exp()))),
+            Op::Tanh => Some(map(xs, f32::tanh)),
+            Op::Gelu { tanh_approx } => Some(map(xs, |v| gelu_forward(v, *tanh_approx))),
+            Op::Flatten | Op::Identity => Some(xs.to_vec()),
+            _ => None,
+        };
+        if let Some(data) = collected {
+            return Ok((Batch::new(shape, data)?, Memo::None));
+        }
         let mut y = Batch::zeros(shape);
         let mut memo = Memo::None;
         let ys = y.data_mut();
@@ -158,11 +171,9 @@ impl Layer {
                 let g = self.conv_geom(*out, *groups, win);
                 kernels::conv2d_forward(xs, n, &g, weight, bias.as_deref(), ys);
             }
-            Op::Relu => map(xs, ys, |v| if v > 0.0 { v } else { 0.0 }),
-            Op::LeakyRelu { slope } => map(xs, ys, |v| if v > 0.0 { v } else { v * slope }),
-            Op::Sigmoid => map(xs, ys, |v| 1.0 / (1.0 + (-v).exp())),
-            Op::Tanh => map(xs, ys, f32::tanh),
-            Op::Gelu { tanh_approx } => map(xs, ys, |v| gelu_forward(v, *tanh_approx)),
+            Op::Relu | Op::LeakyRelu { .. } | Op::Sigmoid | Op::Tanh | Op::Gelu { .. } | Op::Flatten | Op::Identity => {
+                unreachable!("collected above")
+            }
             Op::Softmax { axis } => {
                 let (outer, len, inner) = axis_split(&self.in_shape, *axis);
                 for block in 0..n * outer {
@@ -191,7 +202,6 @@ impl Layer {
                 kernels::avgpool2d(xs, self.planes(n), win, *count_include_pad, ys, false)
             }
             Op::AdaptiveAvgPool2d { .. } => kernels::adaptive_avgpool2d(xs, self.planes(n), ys, false),
-            Op::Flatten | Op::Identity => ys.copy_from_slice(xs),
             Op::BatchNorm { scale, shift } => {
                 let channels = scale.len();
                 let inner: usize = self.in_shape[1..].iter().product();
@@ -207,10 +217,24 @@ impl Layer {
     /// The input gradient given the layer's input `x`, output `y`, memo and output gradient.
     pub fn backward(&self, x: &Batch, y: &Batch, memo: &Memo, gy: &Batch) -> Result<Batch> {
         let n = x.rows();
-        let mut gx = Batch::zeros(x.shape().to_vec());
         let xs = x.data();
         let ys = y.data();
         let gys = gy.data();
+        // Element-wise layers collect their gradient; the others write into zeros.
+        let collected = match &self.op {
+            // PyTorch's relu backward passes the gradient where the output is > 0.
+            Op::Relu => Some(zip(xs, gys, |x, g| if x > 0.0 { g } else { 0.0 })),
+            Op::LeakyRelu { slope } => Some(zip(xs, gys, |x, g| if x > 0.0 { g } else { g * slope })),
+            Op::Sigmoid => Some(zip(ys, gys, |y, g| g * y * (1.0 - y))),
+            Op::Tanh => Some(zip(ys, gys, |y, g| g * (1.0 - y * y))),
+            Op::Gelu { tanh_approx } => Some(zip(xs, gys, |x, g| g * gelu_grad(x, *tanh_approx))),
+            Op::Flatten | Op::Identity => Some(gys.to_vec()),
+            _ => None,
+        };
+        if let Some(data) = collected {
+            return Batch::new(x.shape().to_vec(), data);
+        }
+        let mut gx = Batch::zeros(x.shape().to_vec());
         let gxs = gx.data_mut();
         match &self.op {
             Op::Linear { inp, out, weight, .. } => {
@@ -227,12 +251,9 @@ impl Layer {
                 let g = self.conv_geom(*out, *groups, win);
                 kernels::conv2d_backward(gys, n, &g, weight, gxs);
             }
-            // PyTorch's relu backward passes the gradient where the output is > 0.
-            Op::Relu => zip3(gxs, xs, gys, |x, g| if x > 0.0 { g } else { 0.0 }),
-            Op::LeakyRelu { slope } => zip3(gxs, xs, gys, |x, g| if x > 0.0 { g } else { g * slope }),
-            Op::Sigmoid => zip3(gxs, ys, gys, |y, g| g * y * (1.0 - y)),
-            Op::Tanh => zip3(gxs, ys, gys, |y, g| g * (1.0 - y * y)),
-            Op::Gelu { tanh_approx } => zip3(gxs, xs, gys, |x, g| g * gelu_grad(x, *tanh_approx)),
+            Op::Relu | Op::LeakyRelu { .. } | Op::Sigmoid | Op::Tanh | Op::Gelu { .. } | Op::Flatten | Op::Identity => {
+                unreachable!("collected above")
+            }
             Op::Softmax { axis } => {
                 let (outer, len, inner) = axis_split(&self.in_shape, *axis);
                 for block in 0..n * outer {
@@ -258,7 +279,6 @@ impl Layer {
                 kernels::avgpool2d(gys, self.planes(n), win, *count_include_pad, gxs, true)
             }
             Op::AdaptiveAvgPool2d { .. } => kernels::adaptive_avgpool2d(gys, self.planes(n), gxs, true),
-            Op::Flatten | Op::Identity => gxs.copy_from_slice(gys),
             Op::BatchNorm { scale, .. } => {
                 let channels = scale.len();
                 let inner: usize = self.in_shape[1..].iter().product();
@@ -296,14 +316,10 @@ impl Layer {
     }
 }
 
-fn map(xs: &[f32], ys: &mut [f32], f: impl Fn(f32) -> f32) {
-    for (y, x) in ys.iter_mut().zip(xs) {
-        *y = f(*x);
-    }
+fn map(xs: &[f32], f: impl Fn(f32) -> f32) -> Vec<f32> {
+    xs.iter().map(|x| f(*x)).collect()
 }
 
-fn zip3(out: &mut [f32], a: &[f32], g: &[f32], f: impl Fn(f32, f32) -> f32) {
-    for ((o, a), g) in out.iter_mut().zip(a).zip(g) {
-        *o = f(*a, *g);
-    }
+fn zip(a: &[f32], g: &[f32], f: impl Fn(f32, f32) -> f32) -> Vec<f32> {
+    a.iter().zip(g).map(|(a, g)| f(*a, *g)).collect()
 }

@@ -1,32 +1,70 @@
 //! Integrated gradients (Captum's IntegratedGradients): attr = (x − b) · Σ_k w_k ∇F_t(b + α_k (x − b)).
 //! One input × all its steps is the work tile: the scaled inputs go through the gradient
 //! engine in chunks of at most `batch_rows`, and the weighted sum is kept as it goes.
+//!
+//! When the model begins with an affine layer (a convolution or a linear layer, not
+//! edited), the path is taken past it: layer₀(b + α(x − b)) = z_b + α(z_x − z_b), so that
+//! layer runs once per input instead of once per step, and since its input gradient is
+//! linear in the output gradient, the weighted sum of the step gradients goes back through
+//! it once. Same integral; the rounding differs from Captum's order by float32 ulps.
 
-use super::gradient::{batch_shape, gradients, par_items, zero_outside_window};
+use super::gradient::{batch_shape, gradients, gradients_from, par_items, zero_outside_window};
 use super::{Control, Request, Rule};
 use crate::error::Result;
-use crate::model::{Batch, Gradient};
+use crate::model::{Batch, Gradient, Layer, Model, Op};
 
 pub fn attribute(steps: usize, rule: Rule, req: &Request) -> Result<Vec<f32>> {
     let (alphas, weights) = rule.points(steps);
+    let first = affine_first_layer(req.model, req.out_layer);
     let per_input = par_items(
         req.n(),
         req.control,
         |_| 1,
         |i| {
             let target = req.targets[i];
-            integrate(
-                req.input(i),
-                req.baseline(i),
+            let (x, b) = (req.input(i), req.baseline(i));
+            let Some(first) = first else {
+                return integrate(
+                    x,
+                    b,
+                    &alphas,
+                    &weights,
+                    req.batch_rows,
+                    req.control,
+                    &|points, count| {
+                        let batch = Batch::new(batch_shape(count, &req.model.input_shape), points)?;
+                        gradients(req.model, batch, req.out_layer, &vec![target; count], &Gradient)
+                    },
+                );
+            };
+            let ends = Batch::new(batch_shape(2, &req.model.input_shape), [x, b].concat())?;
+            let (z, _) = first.forward(&ends, false)?;
+            let sum = weighted_gradient_sum(
+                z.row(0),
+                z.row(1),
                 &alphas,
                 &weights,
                 req.batch_rows,
                 req.control,
                 &|points, count| {
-                    let batch = Batch::new(batch_shape(count, &req.model.input_shape), points)?;
-                    gradients(req.model, batch, req.out_layer, &vec![target; count], &Gradient)
+                    let batch = Batch::new(batch_shape(count, &first.out_shape), points)?;
+                    gradients_from(req.model, batch, 1, req.out_layer, &vec![target; count], &Gradient)
                 },
-            )
+            )?;
+            // The affine layer's input gradient needs neither its input nor its output.
+            let one = |v: &[f32], shape: &[usize]| Batch::new(batch_shape(1, shape), v.to_vec());
+            let grad = first.backward(
+                &one(x, &req.model.input_shape)?,
+                &one(z.row(0), &first.out_shape)?,
+                &Default::default(),
+                &one(&sum, &first.out_shape)?,
+            )?;
+            Ok(grad
+                .data()
+                .iter()
+                .zip(x.iter().zip(b))
+                .map(|(g, (x, b))| g * (x - b))
+                .collect())
         },
     )?;
     let mut out = per_input.concat();
@@ -34,10 +72,36 @@ pub fn attribute(steps: usize, rule: Rule, req: &Request) -> Result<Vec<f32>> {
     Ok(out)
 }
 
+/// The model's first layer, if the path may be taken past it: it is affine, no activation
+/// edit touches its output, and the target lies beyond it.
+fn affine_first_layer(model: &Model, out_layer: usize) -> Option<&Layer> {
+    let first = model.layers.first()?;
+    let affine = matches!(first.op, Op::Conv2d { .. } | Op::Linear { .. });
+    (affine && out_layer > 0 && !model.patches.iter().any(|p| p.layer == 0)).then_some(first)
+}
+
 /// The path integral shared by integrated gradients and its layer and neuron forms:
 /// (x − b) · Σ_k w_k ∇(b + α_k (x − b)), with the points evaluated `chunk` at a time;
 /// `gradient(points, count)` gives the gradient at each of `count` points.
 pub(crate) fn integrate(
+    x: &[f32],
+    b: &[f32],
+    alphas: &[f32],
+    weights: &[f32],
+    chunk: usize,
+    control: &Control,
+    gradient: &dyn Fn(Vec<f32>, usize) -> Result<Batch>,
+) -> Result<Vec<f32>> {
+    let total = weighted_gradient_sum(x, b, alphas, weights, chunk, control, gradient)?;
+    Ok(total
+        .iter()
+        .zip(x.iter().zip(b))
+        .map(|(t, (x, b))| t * (x - b))
+        .collect())
+}
+
+/// Σ_k w_k ∇(b + α_k (x − b)), the points evaluated `chunk` at a time.
+fn weighted_gradient_sum(
     x: &[f32],
     b: &[f32],
     alphas: &[f32],
@@ -59,11 +123,7 @@ pub(crate) fn integrate(
         control.check()?;
         start = end;
     }
-    Ok(total
-        .iter()
-        .zip(x.iter().zip(b))
-        .map(|(t, (x, b))| t * (x - b))
-        .collect())
+    Ok(total)
 }
 
 /// `b + α (x − b)` for each α, one after another.
