@@ -444,3 +444,54 @@ fn whole_dataset_aggregates_stream_in_chunks() {
         assert_close(c, &column_f64(&got, c), &column_f64(&expected, c), 1e-5, 1e-5);
     }
 }
+
+/// A gradient method explaining the predicted class finds it in its own forward pass
+/// instead of a pass of its own first: the table equals the one computed with the
+/// predictions known first (a pushed-down predicate on `prediction` needs them before
+/// the method), in fewer passes, and the outputs still reach the activation cache.
+#[test]
+fn gradient_methods_find_their_predicted_targets_in_their_own_pass() {
+    for using in ["saliency", "deeplift", "input_x_gradient", "guided_backprop"] {
+        let mut s = digits();
+        s.execute("SET cache_mb = 0").unwrap();
+        let model = s.model("cnn").unwrap();
+        let passes = || model.passes.load(std::sync::atomic::Ordering::Relaxed);
+        let columns = "input, row, col, prediction, target, attribution";
+        let before = passes();
+        let own = query(
+            &mut s,
+            &format!("SELECT {columns} FROM cnn(digits[0:40]) USING {using} ORDER BY input, row, col"),
+        );
+        let own_passes = passes() - before;
+        let before = passes();
+        let first = query(
+            &mut s,
+            &format!(
+                "SELECT {columns} FROM cnn(digits[0:40]) USING {using} WHERE prediction >= 0 ORDER BY input, row, col"
+            ),
+        );
+        let first_passes = passes() - before;
+        assert_eq!(own, first, "{using}");
+        assert!(
+            own_passes < first_passes,
+            "{using}: {own_passes} vs {first_passes} passes"
+        );
+    }
+    let mut s = digits();
+    let own = query(
+        &mut s,
+        "SELECT input, unit, prediction, attribution FROM cnn(digits[0:40]) AT LAYER conv2 USING gradcam ORDER BY input, unit",
+    );
+    let mut fresh = digits();
+    let first = query(
+        &mut fresh,
+        "SELECT input, unit, prediction, attribution FROM cnn(digits[0:40]) AT LAYER conv2 USING gradcam WHERE prediction >= 0 ORDER BY input, unit",
+    );
+    assert_eq!(own, first, "gradcam");
+    query(&mut s, "SELECT * FROM cnn(digits[40:50]) USING saliency");
+    let plan = plan_text(&mut s, "SELECT * FROM cnn(digits[40:50]) USING integrated_gradients");
+    assert!(
+        plan.contains("outputs of 10/10 inputs in the activation cache"),
+        "{plan}"
+    );
+}

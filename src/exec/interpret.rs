@@ -130,16 +130,7 @@ pub(super) fn hook_values(
     Ok(out.into_iter().map(|o| o.unwrap_or_default()).collect())
 }
 
-/// Index of the largest value (the first, on ties, as torch.argmax).
-pub(super) fn argmax(v: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, x) in v.iter().enumerate() {
-        if *x > v[best] || (x.is_nan() && !v[best].is_nan()) {
-            best = i;
-        }
-    }
-    best
-}
+pub(super) use crate::ops::gradient::argmax;
 
 /// The prediction relation: input, label, prediction, confidence, correct, logits.
 pub(super) fn run_prediction(state: &mut State, p: &Prediction) -> Result<DataFrame> {
@@ -290,8 +281,10 @@ struct Inputs {
     sel: Selection,
     labels: Vec<Option<i64>>,
     ids: Vec<i64>,
+    /// Placeholders when `deferred`: the method finds them (ops::predicts_own_targets).
     predictions: Vec<usize>,
     targets: Vec<usize>,
+    deferred: bool,
 }
 
 impl Inputs {
@@ -314,7 +307,18 @@ fn resolve_inputs(state: &mut State, a: &Attribution) -> Result<Inputs> {
     }
     let model = state.model(&a.model)?.model.clone();
     let n = sel.len();
-    let predictions: Vec<usize> = logits(state, &a.model, &sel, &[])?.iter().map(|l| argmax(l)).collect();
+    // The predicted classes a gradient method explains come from its own forward pass
+    // rather than one of their own first — unless a predicate on them runs before it.
+    let deferred = a.target == TargetSpec::Predicted
+        && ops::predicts_own_targets(&a.method)
+        && a.input_filter.is_none()
+        && a.contrast.is_none()
+        && a.through.is_none();
+    let predictions: Vec<usize> = if deferred {
+        vec![0; n]
+    } else {
+        logits(state, &a.model, &sel, &[])?.iter().map(|l| argmax(l)).collect()
+    };
     let labels = sel.labels();
     let ids = sel.ids();
     let targets: Vec<usize> = match &a.target {
@@ -344,6 +348,7 @@ fn resolve_inputs(state: &mut State, a: &Attribution) -> Result<Inputs> {
         ids,
         predictions,
         targets,
+        deferred,
     };
     if let (Some(predicate), None) = (&a.input_filter, &a.chunk) {
         // The pushed-down predicate runs on one row per input, before the method.
@@ -524,7 +529,7 @@ pub(super) fn cache_status(state: &mut State, a: &Attribution) -> Result<String>
 
 fn run_one(state: &mut State, a: &Attribution, through: Option<&LayerRef>) -> Result<DataFrame> {
     let Prepared {
-        inputs,
+        mut inputs,
         values,
         baselines,
         features,
@@ -575,6 +580,7 @@ fn run_one(state: &mut State, a: &Attribution, through: Option<&LayerRef>) -> Re
         }
         _ => None,
     };
+    let predicted = ops::PredictedOutputs::default();
     let req = Request {
         model: &model,
         inputs: &values,
@@ -588,14 +594,20 @@ fn run_one(state: &mut State, a: &Attribution, through: Option<&LayerRef>) -> Re
         layer: a.layer.as_ref().map(|l| l.index),
         neuron,
         layer_values: layer_values.as_deref(),
+        predicted: inputs.deferred.then_some(&predicted),
     };
     state.stats.attributed_inputs += n;
     let df = if a.is_layer_relation() {
         let result = ops::layer::attribute(&a.method, &req)?;
+        take_predictions(state, &a.model, &mut inputs, &predicted)?;
         layer_relation(&inputs, &result, a)?
     } else {
         let attr = match &contrast {
-            None => ops::attribute(&a.method, &req)?,
+            None => {
+                let attr = ops::attribute(&a.method, &req)?;
+                take_predictions(state, &a.model, &mut inputs, &predicted)?;
+                attr
+            }
             Some(other) => {
                 // Two models on one input: φ of f − f_other, which every supported method
                 // computes as φ(f) − φ(f_other) (they are linear in the explained output).
@@ -642,6 +654,42 @@ fn run_one(state: &mut State, a: &Attribution, through: Option<&LayerRef>) -> Re
         state.cache.put_relation(memo_key, df.clone());
     }
     Ok(df)
+}
+
+/// The predicted classes a method found in its own forward pass become the inputs'
+/// predictions and targets; its outputs go to the activation cache as a forward pass's
+/// would.
+fn take_predictions(
+    state: &mut State,
+    model_name: &str,
+    inputs: &mut Inputs,
+    predicted: &ops::PredictedOutputs,
+) -> Result<()> {
+    if !inputs.deferred {
+        return Ok(());
+    }
+    let outputs = predicted
+        .take()
+        .ok_or_else(|| Error::model("internal: the method left no predictions"))?;
+    let loaded = state.model(model_name)?;
+    let (units, model_id, out_hook) = (loaded.model.output_len(), loaded.id, loaded.model.layers.len() - 1);
+    if outputs.len() != units * inputs.sel.len() {
+        return Err(Error::model("internal: the method left predictions of the wrong size"));
+    }
+    inputs.predictions = outputs.chunks(units).map(argmax).collect();
+    inputs.targets = inputs.predictions.clone();
+    inputs.deferred = false;
+    if state.settings.cache_mb > 0 {
+        for (i, row) in outputs.chunks(units).enumerate() {
+            let key = Key {
+                model: model_id,
+                input: input_hash(inputs.sel.dataset.row(inputs.sel.rows[i])),
+                hook: out_hook,
+            };
+            state.cache.put(key, row.to_vec());
+        }
+    }
+    Ok(())
 }
 
 /// The probe head of THROUGH LAYER `layer`, fitted on the whole dataset `data` to the

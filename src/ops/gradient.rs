@@ -31,6 +31,39 @@ pub fn gradients_from(
     model.backward(&tape, one_hot(tape.output(), targets)?, rule, &mut |_, _| {})
 }
 
+/// As `gradients_from`, with each row's target its predicted class (the argmax of its
+/// output, found in this same forward pass); also returns the outputs.
+pub fn predicted_gradients_from(
+    model: &Model,
+    rows: Batch,
+    from: usize,
+    out_layer: usize,
+    rule: &dyn BackwardRule,
+) -> Result<(Batch, Batch)> {
+    let fwd = Forward {
+        from,
+        to: out_layer + 1,
+        keep: true,
+        hook: None,
+    };
+    let tape = model.run(rows, &fwd)?;
+    let output = tape.output().clone();
+    let targets: Vec<usize> = (0..output.rows()).map(|r| argmax(output.row(r))).collect();
+    let grads = model.backward(&tape, one_hot(&output, &targets)?, rule, &mut |_, _| {})?;
+    Ok((grads, output))
+}
+
+/// Index of the largest value (the first, on ties, as torch.argmax; a NaN wins).
+pub fn argmax(v: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, x) in v.iter().enumerate() {
+        if *x > v[best] || (x.is_nan() && !v[best].is_nan()) {
+            best = i;
+        }
+    }
+    best
+}
+
 /// Gradients of each row's target output with respect to the row (a model input).
 pub fn gradients(
     model: &Model,
@@ -153,7 +186,9 @@ pub fn attribute(method: &Method, req: &Request) -> Result<Vec<f32>> {
                 |t| {
                     let (a, b) = (t * tile, ((t + 1) * tile).min(n));
                     let rows = Batch::new(batch_shape(b - a, shape), req.inputs[a * d..b * d].to_vec())?;
-                    if *method == Method::DeepLift {
+                    let reference;
+                    let deeplift;
+                    let rule = if *method == Method::DeepLift {
                         // DeepLift's rules compare every layer with its value on the baseline.
                         let base = Batch::new(batch_shape(b - a, shape), req.baselines[a * d..b * d].to_vec())?;
                         let fwd = Forward {
@@ -162,14 +197,25 @@ pub fn attribute(method: &Method, req: &Request) -> Result<Vec<f32>> {
                             keep: true,
                             hook: None,
                         };
-                        let reference = req.model.run(base, &fwd)?;
-                        let rule = DeepLift { reference: &reference };
-                        return Ok(gradients(req.model, rows, req.out_layer, &req.targets[a..b], &rule)?.into_data());
+                        reference = req.model.run(base, &fwd)?;
+                        deeplift = DeepLift { reference: &reference };
+                        &deeplift as &dyn BackwardRule
+                    } else {
+                        rule
+                    };
+                    if req.predicted.is_some() {
+                        let (grads, outputs) = predicted_gradients_from(req.model, rows, 0, req.out_layer, rule)?;
+                        return Ok((grads.into_data(), outputs.into_data()));
                     }
-                    Ok(gradients(req.model, rows, req.out_layer, &req.targets[a..b], rule)?.into_data())
+                    let grads = gradients(req.model, rows, req.out_layer, &req.targets[a..b], rule)?;
+                    Ok((grads.into_data(), Vec::new()))
                 },
             )?;
-            let mut grads = per_tile.concat();
+            let (grads, outputs): (Vec<Vec<f32>>, Vec<Vec<f32>>) = per_tile.into_iter().unzip();
+            if let Some(sink) = req.predicted {
+                sink.put(outputs.concat());
+            }
+            let mut grads = grads.concat();
             match method {
                 Method::Saliency { abs: true } => grads.iter_mut().for_each(|g| *g = g.abs()),
                 Method::InputXGradient => grads.iter_mut().zip(req.inputs).for_each(|(g, x)| *g *= x),

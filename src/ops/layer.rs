@@ -6,7 +6,9 @@
 //! there. Running the tail from a given activation is overwriting the hook point, so
 //! layer integrated gradients interpolates the layer's output itself, as Captum does.
 
-use super::gradient::{batch_shape, gradients_from, par_items, tile_rows, zero_outside_window};
+use super::gradient::{
+    batch_shape, gradients_from, par_items, predicted_gradients_from, tile_rows, zero_outside_window,
+};
 use super::integrated::{integrate, path};
 use super::{Method, Request, Rule};
 use crate::error::{Error, Result};
@@ -61,20 +63,34 @@ pub fn attribute(method: &Method, req: &Request) -> Result<LayerAttribution> {
                         None => head(model, rows_of(req, &req.inputs[a * d..b * d], b - a)?, layer)?,
                     };
                     if *method == Method::LayerActivation {
-                        return Ok((h.data().to_vec(), h.into_data()));
+                        return Ok((h.data().to_vec(), h.into_data(), Vec::new()));
                     }
-                    let g = tail_gradient(req, h.clone(), layer, &req.targets[a..b])?;
+                    let (g, outputs) = match req.predicted {
+                        Some(_) => {
+                            let (g, out) =
+                                predicted_gradients_from(model, h.clone(), layer + 1, req.out_layer, &Gradient)?;
+                            (g, out.into_data())
+                        }
+                        None => (tail_gradient(req, h.clone(), layer, &req.targets[a..b])?, Vec::new()),
+                    };
                     let values = match method {
                         Method::GradCam { per_channel, relu, .. } => {
                             gradcam(h.data(), g.data(), b - a, &out_shape, *per_channel, *relu)
                         }
                         _ => h.data().iter().zip(g.data()).map(|(h, g)| h * g).collect(),
                     };
-                    Ok((values, h.into_data()))
+                    Ok((values, h.into_data(), outputs))
                 },
             )?;
-            let (values, acts): (Vec<Vec<f32>>, Vec<Vec<f32>>) = per_tile.into_iter().unzip();
-            let (values, acts) = (values.concat(), acts.concat());
+            let (mut values, mut acts, mut outputs) = (Vec::new(), Vec::new(), Vec::new());
+            for (v, a, o) in per_tile {
+                values.extend(v);
+                acts.extend(a);
+                outputs.extend(o);
+            }
+            if let Some(sink) = req.predicted {
+                sink.put(outputs);
+            }
             match method {
                 Method::GradCam {
                     per_channel,

@@ -801,6 +801,40 @@ pub struct Request<'a> {
     /// The AT LAYER layer's activations on the inputs (n × its units), when the
     /// activation cache has them: the layer methods then skip the head's forward pass.
     pub layer_values: Option<&'a [f32]>,
+    /// Set when the targets are the predicted classes and not yet known (`targets` then
+    /// holds placeholders): the method finds each input's prediction in its own forward
+    /// pass, saving the pass that would find it first, and leaves the outputs here.
+    pub predicted: Option<&'a PredictedOutputs>,
+}
+
+/// The model outputs a method that predicts its own targets leaves (n × outputs).
+#[derive(Default)]
+pub struct PredictedOutputs(std::sync::Mutex<Option<Vec<f32>>>);
+
+impl PredictedOutputs {
+    pub fn put(&self, outputs: Vec<f32>) {
+        if let Ok(mut slot) = self.0.lock() {
+            *slot = Some(outputs);
+        }
+    }
+    pub fn take(&self) -> Option<Vec<f32>> {
+        self.0.lock().ok().and_then(|mut slot| slot.take())
+    }
+}
+
+/// Whether `method` can find the predicted classes it explains in its own forward pass
+/// (one forward and one backward from the output, for all its inputs).
+pub fn predicts_own_targets(method: &Method) -> bool {
+    matches!(
+        method,
+        Method::Saliency { .. }
+            | Method::InputXGradient
+            | Method::GuidedBackprop
+            | Method::Deconvolution
+            | Method::DeepLift
+            | Method::GradCam { .. }
+            | Method::LayerGradientXActivation
+    )
 }
 
 impl Request<'_> {
