@@ -68,10 +68,12 @@ pub(super) fn hook_values(
         out.push(cached.map(|v| v.as_ref().clone()));
     }
     if !missing.is_empty() {
-        // Chunks no larger than the batch budget, and enough of them to keep every core busy.
+        // Chunks no larger than the batch budget, and enough of them to keep every core busy
+        // (eight per thread: measured faster than two for PREDICT over the 397 digits —
+        // smaller chunks stay in cache, and a slower core holds up less).
         let rows = state
             .batch_rows(&model)
-            .min(missing.len().div_ceil(rayon::current_num_threads() * 2))
+            .min(missing.len().div_ceil(rayon::current_num_threads() * 8))
             .max(1);
         let mut wanted: Vec<usize> = record.to_vec();
         wanted.push(out_hook);
