@@ -783,7 +783,12 @@ fn layer_relation(inputs: &Inputs, result: &ops::layer::LayerAttribution, a: &At
             "target".into(),
             repeat_i64(inputs.targets.iter().map(|&p| p as i64).collect()),
         ),
-        Column::new("layer".into(), vec![layer_name; rows]),
+        // One value for every row: a scalar column, not 25,000 strings built one by one.
+        Column::new_scalar(
+            "layer".into(),
+            Scalar::new(DataType::String, AnyValue::StringOwned(layer_name.into())),
+            rows,
+        ),
         Column::new("unit".into(), (0..rows).map(|r| (r % per) as i64).collect::<Vec<i64>>()),
     ];
     let names = crate::plan::unit_coordinates(&result.shape);
@@ -800,11 +805,10 @@ fn layer_relation(inputs: &Inputs, result: &ops::layer::LayerAttribution, a: &At
                 .collect::<Vec<i64>>(),
         ));
     }
-    let activation: Vec<Option<f32>> = match &result.activations {
-        Some(acts) if acts.len() == rows => acts.iter().map(|v| Some(*v)).collect(),
-        _ => vec![None; rows],
-    };
-    columns.push(Column::new("activation".into(), activation));
+    columns.push(match &result.activations {
+        Some(acts) if acts.len() == rows => Column::new("activation".into(), acts),
+        _ => Column::full_null("activation".into(), rows, &DataType::Float32),
+    });
     columns.push(Column::new("attribution".into(), result.values.clone()));
     Ok(DataFrame::new(rows, columns)?)
 }

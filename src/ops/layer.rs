@@ -254,8 +254,14 @@ fn gradcam(h: &[f32], g: &[f32], n: usize, shape: &[usize], per_channel: bool, r
                 out.extend(hi[c * positions..(c + 1) * positions].iter().map(|a| alpha[c] * a));
             }
         } else {
-            for p in 0..positions {
-                out.push((0..channels).map(|c| alpha[c] * hi[c * positions + p]).sum());
+            // Channel by channel over all positions (contiguous, so it vectorizes); each
+            // position still sums its channels in order.
+            let map = out.len();
+            out.resize(map + positions, 0.0);
+            for (c, a) in alpha.iter().enumerate() {
+                for (o, h) in out[map..].iter_mut().zip(&hi[c * positions..(c + 1) * positions]) {
+                    *o += a * h;
+                }
             }
         }
     }
