@@ -248,34 +248,58 @@ fn im2col_any(x: &[f32], n: usize, c0: usize, g: &ConvGeom, col: &mut [f32]) {
     }
 }
 
+/// One kernel tap of one input channel (of a group) when the convolution keeps its width:
+/// its im2col row, its shift, the output indices of its run inside the plane and the
+/// columns that wrapped.
+struct TapRun {
+    krow: usize,
+    channel: usize,
+    shift: Shift,
+    lo: usize,
+    hi: usize,
+    wrapped: std::ops::Range<usize>,
+}
+
+fn tap_runs(g: &ConvGeom) -> Vec<TapRun> {
+    let (kh, kw) = g.win.kernel;
+    let mut runs = Vec::with_capacity(g.k());
+    for channel in 0..g.c / g.groups {
+        for i in 0..kh {
+            for j in 0..kw {
+                let shift = g.shift(i, j);
+                let (lo, hi) = shift.span(g.ow, g.h * g.w);
+                let wrapped = shift.wrapped(g.ow);
+                runs.push(TapRun {
+                    krow: (channel * kh + i) * kw + j,
+                    channel,
+                    shift,
+                    lo,
+                    hi,
+                    wrapped,
+                });
+            }
+        }
+    }
+    runs
+}
+
 /// im2col when the convolution keeps the width: one copy per tap and image instead of
 /// one per output row (the small images of the example models made the per-row copies
 /// cost more than the product itself).
 fn im2col_keeping_width(x: &[f32], n: usize, c0: usize, g: &ConvGeom, col: &mut [f32]) {
-    let (kh, kw) = g.win.kernel;
-    let cg = g.c / g.groups;
     let (p, plane) = (g.p(), g.h * g.w);
-    let np = n * p;
     let img = g.c * plane;
-    for c in 0..cg {
-        for i in 0..kh {
-            for j in 0..kw {
-                let krow = (c * kh + i) * kw + j;
-                let shift = g.shift(i, j);
-                let (lo, hi) = shift.span(g.ow, plane);
-                let wrapped = shift.wrapped(g.ow);
-                for b in 0..n {
-                    let src = &x[b * img + (c0 + c) * plane..][..plane];
-                    let dst = &mut col[krow * np + b * p..][..p];
-                    dst[..lo].fill(0.0);
-                    dst[hi..].fill(0.0);
-                    if hi > lo {
-                        let a = (lo as isize + shift.by) as usize;
-                        dst[lo..hi].copy_from_slice(&src[a..a + (hi - lo)]);
-                    }
-                    zero_columns(dst, g.ow, shift.oy0..shift.oy1, wrapped.clone());
-                }
+    for t in tap_runs(g) {
+        for b in 0..n {
+            let src = &x[b * img + (c0 + t.channel) * plane..][..plane];
+            let dst = &mut col[t.krow * n * p + b * p..][..p];
+            dst[..t.lo].fill(0.0);
+            dst[t.hi..].fill(0.0);
+            if t.hi > t.lo {
+                let a = (t.lo as isize + t.shift.by) as usize;
+                dst[t.lo..t.hi].copy_from_slice(&src[a..a + (t.hi - t.lo)]);
             }
+            zero_columns(dst, g.ow, t.shift.oy0..t.shift.oy1, t.wrapped.clone());
         }
     }
 }
@@ -346,28 +370,17 @@ fn col2im_any(col: &[f32], n: usize, c0: usize, g: &ConvGeom, gx: &mut [f32]) {
 }
 
 fn col2im_keeping_width(col: &mut [f32], n: usize, c0: usize, g: &ConvGeom, gx: &mut [f32]) {
-    let (kh, kw) = g.win.kernel;
-    let cg = g.c / g.groups;
     let (p, plane) = (g.p(), g.h * g.w);
-    let np = n * p;
     let img = g.c * plane;
-    for c in 0..cg {
-        for i in 0..kh {
-            for j in 0..kw {
-                let krow = (c * kh + i) * kw + j;
-                let shift = g.shift(i, j);
-                let (lo, hi) = shift.span(g.ow, plane);
-                let wrapped = shift.wrapped(g.ow);
-                for b in 0..n {
-                    let src = &mut col[krow * np + b * p..][..p];
-                    zero_columns(src, g.ow, shift.oy0..shift.oy1, wrapped.clone());
-                    let dst = &mut gx[b * img + (c0 + c) * plane..][..plane];
-                    if hi > lo {
-                        let a = (lo as isize + shift.by) as usize;
-                        for (d, s) in dst[a..a + (hi - lo)].iter_mut().zip(&src[lo..hi]) {
-                            *d += *s;
-                        }
-                    }
+    for t in tap_runs(g) {
+        for b in 0..n {
+            let src = &mut col[t.krow * n * p + b * p..][..p];
+            zero_columns(src, g.ow, t.shift.oy0..t.shift.oy1, t.wrapped.clone());
+            if t.hi > t.lo {
+                let dst = &mut gx[b * img + (c0 + t.channel) * plane..][..plane];
+                let a = (t.lo as isize + t.shift.by) as usize;
+                for (d, s) in dst[a..a + (t.hi - t.lo)].iter_mut().zip(&src[t.lo..t.hi]) {
+                    *d += *s;
                 }
             }
         }

@@ -21,14 +21,19 @@ pub fn gradients_from(
     targets: &[usize],
     rule: &dyn BackwardRule,
 ) -> Result<Batch> {
+    let tape = forward_keeping(model, rows, from, out_layer)?;
+    model.backward(&tape, one_hot(tape.output(), targets)?, rule, &mut |_, _| {})
+}
+
+/// Layers `from..=out_layer` on `rows`, keeping what a backward pass needs.
+fn forward_keeping(model: &Model, rows: Batch, from: usize, out_layer: usize) -> Result<crate::model::Tape> {
     let fwd = Forward {
         from,
         to: out_layer + 1,
         keep: true,
         hook: None,
     };
-    let tape = model.run(rows, &fwd)?;
-    model.backward(&tape, one_hot(tape.output(), targets)?, rule, &mut |_, _| {})
+    model.run(rows, &fwd)
 }
 
 /// As `gradients_from`, with each row's target its predicted class (the argmax of its
@@ -40,13 +45,7 @@ pub fn predicted_gradients_from(
     out_layer: usize,
     rule: &dyn BackwardRule,
 ) -> Result<(Batch, Batch)> {
-    let fwd = Forward {
-        from,
-        to: out_layer + 1,
-        keep: true,
-        hook: None,
-    };
-    let tape = model.run(rows, &fwd)?;
+    let tape = forward_keeping(model, rows, from, out_layer)?;
     let output = tape.output().clone();
     let targets: Vec<usize> = (0..output.rows()).map(|r| argmax(output.row(r))).collect();
     let grads = model.backward(&tape, one_hot(&output, &targets)?, rule, &mut |_, _| {})?;
