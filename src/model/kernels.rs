@@ -392,7 +392,7 @@ pub fn conv2d_forward(x: &[f32], n: usize, g: &ConvGeom, weight: &[f32], bias: O
     let k = g.k();
     let p = g.p();
     let og = g.out / g.groups;
-    let chunk = chunk_images(g).min(n);
+    let chunk = chunk_images(g).min(n).max(1);
     let img_in = g.c * g.h * g.w;
     let img_out = g.out * p;
     with_scratch(k * chunk * p, og * chunk * p, |col, tmp| {
@@ -427,7 +427,7 @@ pub fn conv2d_backward(gy: &[f32], n: usize, g: &ConvGeom, weight: &[f32], gx: &
     let k = g.k();
     let p = g.p();
     let og = g.out / g.groups;
-    let chunk = chunk_images(g).min(n);
+    let chunk = chunk_images(g).min(n).max(1);
     let img_in = g.c * g.h * g.w;
     let img_out = g.out * p;
     with_scratch(k * chunk * p, og * chunk * p, |col, gyt| {

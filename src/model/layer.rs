@@ -140,26 +140,14 @@ impl Layer {
         let mut shape = Vec::with_capacity(self.out_shape.len() + 1);
         shape.push(n);
         shape.extend_from_slice(&self.out_shape);
-        // Element-wise layers collect their output; the others write into zeros.
-        let collected = match &self.op {
-            Op::Relu => Some(map(xs, |v| if v > 0.0 { v } else { 0.0 })),
-            Op::LeakyRelu { slope } => Some(map(xs, |v| if v > 0.0 { v } else { v * slope })),
-            Op::Sigmoid => Some(map(xs, |v| 1.0 / (1.0 + (-v).exp()))),
-            Op::Tanh => Some(map(xs, f32::tanh)),
-            Op::Gelu { tanh_approx } => Some(map(xs, |v| gelu_forward(v, *tanh_approx))),
-            Op::Flatten | Op::Identity => Some(xs.to_vec()),
-            _ => None,
-        };
-        if let Some(data) = collected {
-            return Ok((Batch::new(shape, data)?, Memo::None));
-        }
-        let mut y = Batch::zeros(shape);
+        let zeros = || vec![0.0f32; shape.iter().product()];
         let mut memo = Memo::None;
-        let ys = y.data_mut();
-        match &self.op {
+        // Element-wise layers collect their output; the others write into zeros.
+        let data = match &self.op {
             Op::Linear { inp, out, weight, bias } => {
-                let rows = xs.len() / inp;
-                kernels::linear_forward(xs, rows, *inp, *out, weight, bias.as_deref(), ys);
+                let mut ys = zeros();
+                kernels::linear_forward(xs, xs.len() / inp, *inp, *out, weight, bias.as_deref(), &mut ys);
+                ys
             }
             Op::Conv2d {
                 out,
@@ -168,13 +156,18 @@ impl Layer {
                 weight,
                 bias,
             } => {
+                let mut ys = zeros();
                 let g = self.conv_geom(*out, *groups, win);
-                kernels::conv2d_forward(xs, n, &g, weight, bias.as_deref(), ys);
+                kernels::conv2d_forward(xs, n, &g, weight, bias.as_deref(), &mut ys);
+                ys
             }
-            Op::Relu | Op::LeakyRelu { .. } | Op::Sigmoid | Op::Tanh | Op::Gelu { .. } | Op::Flatten | Op::Identity => {
-                unreachable!("collected above")
-            }
+            Op::Relu => map(xs, |v| if v > 0.0 { v } else { 0.0 }),
+            Op::LeakyRelu { slope } => map(xs, |v| if v > 0.0 { v } else { v * slope }),
+            Op::Sigmoid => map(xs, |v| 1.0 / (1.0 + (-v).exp())),
+            Op::Tanh => map(xs, f32::tanh),
+            Op::Gelu { tanh_approx } => map(xs, |v| gelu_forward(v, *tanh_approx)),
             Op::Softmax { axis } => {
+                let mut ys = zeros();
                 let (outer, len, inner) = axis_split(&self.in_shape, *axis);
                 for block in 0..n * outer {
                     for i in 0..inner {
@@ -191,27 +184,40 @@ impl Layer {
                         }
                     }
                 }
+                ys
             }
             Op::MaxPool2d { win } => {
-                let arg = kernels::maxpool2d_forward(xs, self.planes(n), win, ys, keep);
+                let mut ys = zeros();
+                let arg = kernels::maxpool2d_forward(xs, self.planes(n), win, &mut ys, keep);
                 if keep {
                     memo = Memo::Argmax(arg);
                 }
+                ys
             }
             Op::AvgPool2d { win, count_include_pad } => {
-                kernels::avgpool2d(xs, self.planes(n), win, *count_include_pad, ys, false)
+                let mut ys = zeros();
+                kernels::avgpool2d(xs, self.planes(n), win, *count_include_pad, &mut ys, false);
+                ys
             }
-            Op::AdaptiveAvgPool2d { .. } => kernels::adaptive_avgpool2d(xs, self.planes(n), ys, false),
+            Op::AdaptiveAvgPool2d { .. } => {
+                let mut ys = zeros();
+                kernels::adaptive_avgpool2d(xs, self.planes(n), &mut ys, false);
+                ys
+            }
+            Op::Flatten | Op::Identity => xs.to_vec(),
             Op::BatchNorm { scale, shift } => {
                 let channels = scale.len();
                 let inner: usize = self.in_shape[1..].iter().product();
-                for (i, (o, v)) in ys.iter_mut().zip(xs).enumerate() {
-                    let c = (i / inner) % channels;
-                    *o = v * scale[c] + shift[c];
-                }
+                xs.iter()
+                    .enumerate()
+                    .map(|(i, v)| {
+                        let c = (i / inner) % channels;
+                        v * scale[c] + shift[c]
+                    })
+                    .collect()
             }
-        }
-        Ok((y, memo))
+        };
+        Ok((Batch::new(shape, data)?, memo))
     }
 
     /// The input gradient given the layer's input `x`, output `y`, memo and output gradient.
@@ -220,26 +226,13 @@ impl Layer {
         let xs = x.data();
         let ys = y.data();
         let gys = gy.data();
+        let zeros = || vec![0.0f32; xs.len()];
         // Element-wise layers collect their gradient; the others write into zeros.
-        let collected = match &self.op {
-            // PyTorch's relu backward passes the gradient where the output is > 0.
-            Op::Relu => Some(zip(xs, gys, |x, g| if x > 0.0 { g } else { 0.0 })),
-            Op::LeakyRelu { slope } => Some(zip(xs, gys, |x, g| if x > 0.0 { g } else { g * slope })),
-            Op::Sigmoid => Some(zip(ys, gys, |y, g| g * y * (1.0 - y))),
-            Op::Tanh => Some(zip(ys, gys, |y, g| g * (1.0 - y * y))),
-            Op::Gelu { tanh_approx } => Some(zip(xs, gys, |x, g| g * gelu_grad(x, *tanh_approx))),
-            Op::Flatten | Op::Identity => Some(gys.to_vec()),
-            _ => None,
-        };
-        if let Some(data) = collected {
-            return Batch::new(x.shape().to_vec(), data);
-        }
-        let mut gx = Batch::zeros(x.shape().to_vec());
-        let gxs = gx.data_mut();
-        match &self.op {
+        let data = match &self.op {
             Op::Linear { inp, out, weight, .. } => {
-                let rows = xs.len() / inp;
-                kernels::linear_backward(gys, rows, *inp, *out, weight, gxs);
+                let mut gxs = zeros();
+                kernels::linear_backward(gys, xs.len() / inp, *inp, *out, weight, &mut gxs);
+                gxs
             }
             Op::Conv2d {
                 out,
@@ -248,13 +241,19 @@ impl Layer {
                 weight,
                 ..
             } => {
+                let mut gxs = zeros();
                 let g = self.conv_geom(*out, *groups, win);
-                kernels::conv2d_backward(gys, n, &g, weight, gxs);
+                kernels::conv2d_backward(gys, n, &g, weight, &mut gxs);
+                gxs
             }
-            Op::Relu | Op::LeakyRelu { .. } | Op::Sigmoid | Op::Tanh | Op::Gelu { .. } | Op::Flatten | Op::Identity => {
-                unreachable!("collected above")
-            }
+            // PyTorch's relu backward passes the gradient where the output is > 0.
+            Op::Relu => zip(xs, gys, |x, g| if x > 0.0 { g } else { 0.0 }),
+            Op::LeakyRelu { slope } => zip(xs, gys, |x, g| if x > 0.0 { g } else { g * slope }),
+            Op::Sigmoid => zip(ys, gys, |y, g| g * y * (1.0 - y)),
+            Op::Tanh => zip(ys, gys, |y, g| g * (1.0 - y * y)),
+            Op::Gelu { tanh_approx } => zip(xs, gys, |x, g| g * gelu_grad(x, *tanh_approx)),
             Op::Softmax { axis } => {
+                let mut gxs = zeros();
                 let (outer, len, inner) = axis_split(&self.in_shape, *axis);
                 for block in 0..n * outer {
                     for i in 0..inner {
@@ -265,6 +264,7 @@ impl Layer {
                         }
                     }
                 }
+                gxs
             }
             Op::MaxPool2d { .. } => {
                 let Memo::Argmax(arg) = memo else {
@@ -273,21 +273,31 @@ impl Layer {
                         self.name
                     )));
                 };
-                kernels::maxpool2d_backward(gys, arg, self.planes(n), gxs);
+                let mut gxs = zeros();
+                kernels::maxpool2d_backward(gys, arg, self.planes(n), &mut gxs);
+                gxs
             }
             Op::AvgPool2d { win, count_include_pad } => {
-                kernels::avgpool2d(gys, self.planes(n), win, *count_include_pad, gxs, true)
+                let mut gxs = zeros();
+                kernels::avgpool2d(gys, self.planes(n), win, *count_include_pad, &mut gxs, true);
+                gxs
             }
-            Op::AdaptiveAvgPool2d { .. } => kernels::adaptive_avgpool2d(gys, self.planes(n), gxs, true),
+            Op::AdaptiveAvgPool2d { .. } => {
+                let mut gxs = zeros();
+                kernels::adaptive_avgpool2d(gys, self.planes(n), &mut gxs, true);
+                gxs
+            }
+            Op::Flatten | Op::Identity => gys.to_vec(),
             Op::BatchNorm { scale, .. } => {
                 let channels = scale.len();
                 let inner: usize = self.in_shape[1..].iter().product();
-                for (i, (o, g)) in gxs.iter_mut().zip(gys).enumerate() {
-                    *o = g * scale[(i / inner) % channels];
-                }
+                gys.iter()
+                    .enumerate()
+                    .map(|(i, g)| g * scale[(i / inner) % channels])
+                    .collect()
             }
-        }
-        Ok(gx)
+        };
+        Batch::new(x.shape().to_vec(), data)
     }
 
     fn conv_geom(&self, out: usize, groups: usize, win: &Window2d) -> ConvGeom {

@@ -190,13 +190,7 @@ pub fn attribute(method: &Method, req: &Request) -> Result<Vec<f32>> {
                     let rule = if *method == Method::DeepLift {
                         // DeepLift's rules compare every layer with its value on the baseline.
                         let base = Batch::new(batch_shape(b - a, shape), req.baselines[a * d..b * d].to_vec())?;
-                        let fwd = Forward {
-                            from: 0,
-                            to: req.out_layer + 1,
-                            keep: true,
-                            hook: None,
-                        };
-                        reference = req.model.run(base, &fwd)?;
+                        reference = forward_keeping(req.model, base, 0, req.out_layer)?;
                         deeplift = DeepLift { reference: &reference };
                         &deeplift as &dyn BackwardRule
                     } else {

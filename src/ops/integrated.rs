@@ -59,12 +59,7 @@ pub fn attribute(steps: usize, rule: Rule, req: &Request) -> Result<Vec<f32>> {
                 &Default::default(),
                 &one(&sum, &first.out_shape)?,
             )?;
-            Ok(grad
-                .data()
-                .iter()
-                .zip(x.iter().zip(b))
-                .map(|(g, (x, b))| g * (x - b))
-                .collect())
+            Ok(times_difference(grad.data(), x, b))
         },
     )?;
     let mut out = per_input.concat();
@@ -93,11 +88,12 @@ pub(crate) fn integrate(
     gradient: &dyn Fn(Vec<f32>, usize) -> Result<Batch>,
 ) -> Result<Vec<f32>> {
     let total = weighted_gradient_sum(x, b, alphas, weights, chunk, control, gradient)?;
-    Ok(total
-        .iter()
-        .zip(x.iter().zip(b))
-        .map(|(t, (x, b))| t * (x - b))
-        .collect())
+    Ok(times_difference(&total, x, b))
+}
+
+/// `g · (x − b)`, element by element: the path integral from its summed gradient.
+fn times_difference(g: &[f32], x: &[f32], b: &[f32]) -> Vec<f32> {
+    g.iter().zip(x.iter().zip(b)).map(|(g, (x, b))| g * (x - b)).collect()
 }
 
 /// Σ_k w_k ∇(b + α_k (x − b)), the points evaluated `chunk` at a time.
