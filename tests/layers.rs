@@ -13,6 +13,7 @@ fn layer(op: Op, in_shape: &[usize], out_shape: &[usize]) -> Layer {
         name: "t".into(),
         kind: "t".into(),
         op,
+        inputs: vec![0],
         in_shape: in_shape.to_vec(),
         out_shape: out_shape.to_vec(),
     }

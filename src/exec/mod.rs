@@ -634,8 +634,12 @@ impl State {
     fn run(&mut self, plan: Plan) -> Result<Output> {
         match plan {
             Plan::LoadModel { name, weights, arch } => {
-                let arch = arch.ok_or_else(|| Error::model("an architecture file is needed"))?;
-                let model = Model::load(&weights, &arch)?;
+                let model = match &arch {
+                    Some(arch) => Model::load(&weights, arch)?,
+                    None => crate::model::onnx::load(&weights)?,
+                };
+                // An ONNX file is its own architecture.
+                let arch = arch.unwrap_or_else(|| weights.clone());
                 if self.datasets.contains_key(&name) {
                     return Err(Error::name(format!(
                         "`{name}` is already a dataset; choose another name for the model"
@@ -799,6 +803,7 @@ impl Catalog for State {
             output_len: m.model.output_len(),
             layers: m.model.layer_names(),
             layer_shapes: m.model.layers.iter().map(|l| l.out_shape.clone()).collect(),
+            aliases: m.model.aliases.iter().map(|(a, i)| (a.clone(), *i)).collect(),
         })
     }
     fn model_names(&self) -> Vec<String> {

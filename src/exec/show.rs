@@ -78,12 +78,30 @@ pub(super) fn methods() -> Result<Output> {
 
 pub(super) fn layers(state: &State, name: &str) -> Result<Output> {
     let m = &state.model(name)?.model;
-    let df = df!(
+    let translated = |l: &crate::model::Layer| !matches!(l.op, crate::model::Op::Unsupported { .. });
+    let mut df = df!(
         "layer" => m.layers.iter().map(|l| l.name.clone()).collect::<Vec<_>>(),
-        "type" => m.layers.iter().map(|l| l.kind.clone()).collect::<Vec<_>>(),
-        "output_shape" => m.layers.iter().map(|l| fmt_shape(&l.out_shape)).collect::<Vec<_>>(),
+        "type" => m.layers.iter().map(|l| if translated(l) { l.kind.clone() } else { format!("{} (not supported)", l.kind) }).collect::<Vec<_>>(),
+        "output_shape" => m.layers.iter().map(|l| if translated(l) { fmt_shape(&l.out_shape) } else { "?".into() }).collect::<Vec<_>>(),
         "parameters" => m.layers.iter().map(|l| l.op.param_count() as i64).collect::<Vec<_>>(),
     )?;
+    // A graph (not a chain of layers) shows what each layer reads.
+    let chain = m.layers.iter().enumerate().all(|(i, l)| l.inputs == [i]);
+    if !chain {
+        let reads: Vec<String> = m
+            .layers
+            .iter()
+            .map(|l| {
+                let names: Vec<&str> = l
+                    .inputs
+                    .iter()
+                    .map(|&v| if v == 0 { "input" } else { m.layers[v - 1].name.as_str() })
+                    .collect();
+                names.join(", ")
+            })
+            .collect();
+        df.with_column(polars::prelude::Column::new("inputs".into(), reads))?;
+    }
     Ok(Output::Table(df))
 }
 

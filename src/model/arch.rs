@@ -119,10 +119,11 @@ impl Arch {
         let mut shape = self.input_shape.clone();
         let mut layers = Vec::with_capacity(self.layers.len());
         for spec in &self.layers {
-            let layer = spec.build(&shape, &mut weights).map_err(|e| Error {
+            let mut layer = spec.build(&shape, &mut weights).map_err(|e| Error {
                 message: format!("layer `{}` ({}): {}", spec.name, spec.kind, e.message),
                 ..e
             })?;
+            layer.inputs = vec![layers.len()];
             shape = layer.out_shape.clone();
             layers.push(layer);
         }
@@ -464,6 +465,7 @@ impl LayerSpec {
             name: self.name.clone(),
             kind: self.kind.clone(),
             op,
+            inputs: Vec::new(),
             in_shape: in_shape.to_vec(),
             out_shape,
         })

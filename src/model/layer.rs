@@ -1,6 +1,7 @@
 //! The layer types of the architecture format: each has a forward that keeps what its
 //! backward needs (the `Memo`) and a backward that returns the input gradient only.
 
+use super::graph_ops::{self, LayerNorm, MapFn, MatMul, Nary, Reduce, Select};
 use super::kernels::{self, ConvGeom, Planes, Window2d};
 use super::tensor::Batch;
 use crate::error::{Error, Result};
@@ -52,6 +53,33 @@ pub enum Op {
         scale: Vec<f32>,
         shift: Vec<f32>,
     },
+    /// The transpose of `Conv2d` (weight `[in, out / groups, kh, kw]`): its forward is a
+    /// convolution's input gradient, its backward a convolution.
+    ConvTranspose2d {
+        out: usize,
+        groups: usize,
+        win: Window2d,
+        weight: Vec<f32>,
+        bias: Option<Vec<f32>>,
+    },
+    Map(MapFn),
+    /// An element-wise function of several inputs and constants (broadcasting).
+    Nary(Nary),
+    /// Values copied from the inputs: transpose, slice, gather, pad, expand, concat.
+    Select(Select),
+    Reduce(Reduce),
+    /// The product of the layer's two inputs.
+    MatMul(MatMul),
+    LayerNorm(LayerNorm),
+    /// Rows of a constant table looked up by the input's values (token ids).
+    Embedding {
+        table: Vec<f32>,
+        dim: usize,
+    },
+    /// An operator the loader could not translate: running it is an error.
+    Unsupported {
+        reason: String,
+    },
 }
 
 /// What a forward pass keeps for the backward besides the layer's input and output.
@@ -69,6 +97,9 @@ pub struct Layer {
     pub name: String,
     pub kind: String,
     pub op: Op,
+    /// The values the layer reads: 0 is the model's input, i + 1 the output of layer i.
+    /// A layer of a sequential model reads its predecessor's output (`[index]`).
+    pub inputs: Vec<usize>,
     /// Shape of one sample of the input / output (batch dimension excluded).
     pub in_shape: Vec<usize>,
     pub out_shape: Vec<usize>,
@@ -77,9 +108,11 @@ pub struct Layer {
 impl Op {
     pub fn param_count(&self) -> usize {
         match self {
-            Op::Linear { weight, bias, .. } | Op::Conv2d { weight, bias, .. } => {
-                weight.len() + bias.as_ref().map_or(0, Vec::len)
-            }
+            Op::Linear { weight, bias, .. }
+            | Op::Conv2d { weight, bias, .. }
+            | Op::ConvTranspose2d { weight, bias, .. } => weight.len() + bias.as_ref().map_or(0, Vec::len),
+            Op::LayerNorm(ln) => ln.scale.as_ref().map_or(0, Vec::len) + ln.bias.as_ref().map_or(0, Vec::len),
+            Op::Embedding { table, .. } => table.len(),
             // weight, bias (the running statistics are buffers, not parameters)
             Op::BatchNorm { scale, .. } => 2 * scale.len(),
             _ => 0,
@@ -133,8 +166,19 @@ fn axis_split(shape: &[usize], axis: usize) -> (usize, usize, usize) {
 }
 
 impl Layer {
-    /// Runs the layer on a batch. With `keep`, also returns what its backward needs.
+    /// Runs a layer of one input on a batch. With `keep`, also returns what its backward needs.
     pub fn forward(&self, x: &Batch, keep: bool) -> Result<(Batch, Memo)> {
+        self.forward_args(&[x], keep)
+    }
+
+    /// Runs the layer on its inputs (one batch per entry of `inputs`).
+    pub fn forward_args(&self, args: &[&Batch], keep: bool) -> Result<(Batch, Memo)> {
+        let Some(&x) = args.first() else {
+            return Err(Error::model(format!(
+                "internal: layer `{}` was given no input",
+                self.name
+            )));
+        };
         let n = x.rows();
         let xs = x.data();
         let mut shape = Vec::with_capacity(self.out_shape.len() + 1);
@@ -216,12 +260,63 @@ impl Layer {
                     })
                     .collect()
             }
+            Op::ConvTranspose2d {
+                out,
+                groups,
+                win,
+                weight,
+                bias,
+            } => {
+                let mut ys = zeros();
+                kernels::conv2d_backward(xs, n, &self.transposed_geom(*out, *groups, win), weight, &mut ys);
+                if let Some(bias) = bias {
+                    let plane = self.out_shape[1] * self.out_shape[2];
+                    for (i, y) in ys.iter_mut().enumerate() {
+                        *y += bias[(i / plane) % out];
+                    }
+                }
+                ys
+            }
+            Op::Map(f) => map(xs, |v| f.apply(v)),
+            Op::Nary(nary) => nary.forward(args, shape[1..].iter().product()),
+            Op::Select(select) => select.forward(args),
+            Op::Reduce(reduce) => {
+                let (ys, arg) = reduce.forward(x, shape[1..].iter().product());
+                if keep {
+                    memo = Memo::Argmax(arg);
+                }
+                ys
+            }
+            Op::MatMul(mm) => {
+                let b = args
+                    .get(1)
+                    .ok_or_else(|| Error::model(format!("internal: `{}` needs two inputs", self.name)))?;
+                mm.forward(x, b)
+            }
+            Op::LayerNorm(ln) => ln.forward(xs),
+            Op::Embedding { table, dim } => graph_ops::embedding_forward(table, *dim, xs)
+                .map_err(|e| Error::value(format!("layer `{}`: {e}", self.name)))?,
+            Op::Unsupported { reason } => return Err(Error::model(reason.clone())),
         };
         Ok((Batch::new(shape, data)?, memo))
     }
 
-    /// The input gradient given the layer's input `x`, output `y`, memo and output gradient.
+    /// The input gradient of a layer of one input, given its input `x`, output `y`, memo
+    /// and output gradient.
     pub fn backward(&self, x: &Batch, y: &Batch, memo: &Memo, gy: &Batch) -> Result<Batch> {
+        let mut grads = self.backward_args(&[x], y, memo, gy)?;
+        Ok(grads.swap_remove(0).unwrap_or_else(|| Batch::zeros(x.shape().to_vec())))
+    }
+
+    /// The gradient for each of the layer's inputs (`None`: the input gets none, as the
+    /// indices of a lookup).
+    pub fn backward_args(&self, args: &[&Batch], y: &Batch, memo: &Memo, gy: &Batch) -> Result<Vec<Option<Batch>>> {
+        let Some(&x) = args.first() else {
+            return Err(Error::model(format!(
+                "internal: layer `{}` was given no input",
+                self.name
+            )));
+        };
         let n = x.rows();
         let xs = x.data();
         let ys = y.data();
@@ -296,8 +391,73 @@ impl Layer {
                     .map(|(i, g)| g * scale[(i / inner) % channels])
                     .collect()
             }
+            Op::ConvTranspose2d {
+                out,
+                groups,
+                win,
+                weight,
+                ..
+            } => {
+                let mut gxs = zeros();
+                kernels::conv2d_forward(
+                    gys,
+                    n,
+                    &self.transposed_geom(*out, *groups, win),
+                    weight,
+                    None,
+                    &mut gxs,
+                );
+                gxs
+            }
+            Op::Map(f) => xs
+                .iter()
+                .zip(ys)
+                .zip(gys)
+                .map(|((x, y), g)| g * f.derivative(*x, *y))
+                .collect(),
+            Op::Reduce(reduce) => {
+                let arg = match memo {
+                    Memo::Argmax(arg) => arg.as_slice(),
+                    Memo::None => &[],
+                };
+                if arg.is_empty() && matches!(reduce.kind, graph_ops::ReduceKind::Max | graph_ops::ReduceKind::Min) {
+                    return Err(Error::model(format!(
+                        "internal: `{}` has no recorded extrema",
+                        self.name
+                    )));
+                }
+                reduce.backward(x, arg, gy).into_data()
+            }
+            Op::LayerNorm(ln) => ln.backward(xs, gys),
+            // Layers of several inputs return a gradient for each.
+            Op::Nary(nary) => return Ok(nary.backward(args, y, gy)),
+            Op::Select(select) => return Ok(select.backward(args, gy)),
+            Op::MatMul(mm) => {
+                let b = args
+                    .get(1)
+                    .ok_or_else(|| Error::model(format!("internal: `{}` needs two inputs", self.name)))?;
+                let (ga, gb) = mm.backward(x, b, gy);
+                return Ok(vec![Some(ga), Some(gb)]);
+            }
+            Op::Embedding { .. } => return Ok(vec![None]),
+            Op::Unsupported { reason } => return Err(Error::model(reason.clone())),
         };
-        Batch::new(x.shape().to_vec(), data)
+        Ok(vec![Some(Batch::new(x.shape().to_vec(), data)?)])
+    }
+
+    /// The convolution whose input gradient a transposed convolution computes: its input
+    /// is this layer's output and its output this layer's input.
+    fn transposed_geom(&self, out: usize, groups: usize, win: &Window2d) -> ConvGeom {
+        ConvGeom {
+            c: out,
+            h: self.out_shape[1],
+            w: self.out_shape[2],
+            out: self.in_shape[0],
+            groups,
+            win: *win,
+            oh: self.in_shape[1],
+            ow: self.in_shape[2],
+        }
     }
 
     fn conv_geom(&self, out: usize, groups: usize, win: &Window2d) -> ConvGeom {

@@ -5,9 +5,11 @@
 //! any layer's backward (guided backprop, deconvolution, DeepLift).
 
 pub mod arch;
+pub mod graph_ops;
 pub mod kernels;
 pub mod layer;
 pub mod loader;
+pub mod onnx;
 pub mod tensor;
 
 use std::path::Path;
@@ -31,6 +33,8 @@ pub struct Model {
     pub passes: AtomicUsize,
     /// Activation edits applied in every forward pass (and undone in the backward).
     pub patches: Vec<Patch>,
+    /// Other names of hook points (an ONNX node's name, the module it belongs to).
+    pub aliases: std::collections::BTreeMap<String, usize>,
 }
 
 /// An activation edit at a hook point: a block of units of a layer's output set, scaled
@@ -76,7 +80,8 @@ impl Patch {
 }
 
 /// The values of one forward pass: `values[0]` is the input of layer `start`, and
-/// `values[i + 1]` the output of layer `start + i` (its hook point).
+/// `values[i + 1]` the output of layer `start + i` (its hook point). A pass that keeps
+/// nothing leaves only the values still to be read (the others are empty).
 #[derive(Debug)]
 pub struct Tape {
     pub start: usize,
@@ -84,6 +89,8 @@ pub struct Tape {
     memos: Vec<Memo>,
     /// A patched layer's own output before its patches (its backward needs that one).
     unpatched: Vec<Option<Batch>>,
+    /// For each layer run, the positions in `values` of its inputs.
+    reads: Vec<Vec<usize>>,
 }
 
 impl Tape {
@@ -98,9 +105,10 @@ impl Tape {
     pub fn hook(&self, layer: usize) -> Option<&Batch> {
         layer.checked_sub(self.start).and_then(|i| self.values.get(i + 1))
     }
-    /// The input of `layer`, if this pass computed and kept it.
+    /// The (first) input of `layer`, if this pass computed and kept it.
     pub fn input_of(&self, layer: usize) -> Option<&Batch> {
-        layer.checked_sub(self.start).and_then(|i| self.values.get(i))
+        let reads = self.reads.get(layer.checked_sub(self.start)?)?;
+        self.values.get(*reads.first()?)
     }
     /// What `layer`'s forward kept for its backward.
     pub fn memo(&self, layer: usize) -> Option<&Memo> {
@@ -173,6 +181,7 @@ impl Model {
             layers: std::sync::Arc::new(layers),
             passes: AtomicUsize::new(0),
             patches: Vec::new(),
+            aliases: Default::default(),
         })
     }
 
@@ -185,6 +194,7 @@ impl Model {
             layers: self.layers.clone(),
             passes: AtomicUsize::new(0),
             patches,
+            aliases: self.aliases.clone(),
         }
     }
 
@@ -197,8 +207,12 @@ impl Model {
         self.input_shape.iter().product()
     }
 
+    /// The hook point called `name`, or one of its aliases.
     pub fn layer_index(&self, name: &str) -> Option<usize> {
-        self.layers.iter().position(|l| l.name == name)
+        self.layers
+            .iter()
+            .position(|l| l.name == name)
+            .or_else(|| self.aliases.get(name).copied())
     }
 
     pub fn layer_names(&self) -> Vec<String> {
@@ -230,6 +244,7 @@ impl Model {
                 name: "probe_flatten".into(),
                 kind: "Flatten".into(),
                 op: Op::Flatten,
+                inputs: vec![layers.len()],
                 in_shape: shape,
                 out_shape: vec![units],
             });
@@ -238,6 +253,7 @@ impl Model {
         layers.push(Layer {
             name: "probe".into(),
             kind: "Linear".into(),
+            inputs: vec![layers.len()],
             op: Op::Linear {
                 inp: units,
                 out,
@@ -254,6 +270,7 @@ impl Model {
             layers: std::sync::Arc::new(layers),
             passes: AtomicUsize::new(0),
             patches: self.patches.iter().filter(|p| p.layer <= layer).cloned().collect(),
+            aliases: self.aliases.clone(),
         }
     }
 
@@ -275,13 +292,22 @@ impl Model {
         }
         let input = input.reshaped(in_shape);
         self.passes.fetch_add(1, Ordering::Relaxed);
+        let reads = self.reads(fwd.from, to)?;
+        // Without `keep`, a value is dropped after the last layer that reads it.
+        let mut last_read = vec![0usize; to - fwd.from + 1];
+        for (i, r) in reads.iter().enumerate() {
+            for &p in r {
+                last_read[p] = i;
+            }
+        }
         let mut values = vec![input];
         let mut memos = Vec::new();
         let mut unpatched = Vec::new();
         for index in fwd.from..to {
             let layer = &self.layers[index];
-            let x = values.last().expect("non-empty");
-            let (mut y, memo) = layer.forward(x, fwd.keep)?;
+            let i = index - fwd.from;
+            let args: Vec<&Batch> = reads[i].iter().map(|&p| &values[p]).collect();
+            let (mut y, memo) = layer.forward_args(&args, fwd.keep)?;
             let mut raw = None;
             if self.patches.iter().any(|p| p.layer == index) {
                 if fwd.keep {
@@ -298,7 +324,11 @@ impl Model {
                 memos.push(memo);
                 unpatched.push(raw);
             } else {
-                values.clear();
+                for &p in &reads[i] {
+                    if last_read[p] <= i {
+                        values[p] = Batch::zeros(vec![0]);
+                    }
+                }
             }
             values.push(y);
         }
@@ -307,7 +337,41 @@ impl Model {
             values,
             memos,
             unpatched,
+            reads,
         })
+    }
+
+    /// For each layer in `from..to`, the tape positions of its inputs; an error if one
+    /// reads a value from before `from` (the pass cannot start there).
+    fn reads(&self, from: usize, to: usize) -> Result<Vec<Vec<usize>>> {
+        self.layers[from..to]
+            .iter()
+            .map(|layer| {
+                layer
+                    .inputs
+                    .iter()
+                    .map(|&v| {
+                        v.checked_sub(from).ok_or_else(|| {
+                            let start = if from == 0 {
+                                "the input".to_string()
+                            } else {
+                                format!("`{}`", self.layers[from - 1].name)
+                            };
+                            let read = if v == 0 {
+                                "the model input".to_string()
+                            } else {
+                                format!("`{}`", self.layers[v - 1].name)
+                            };
+                            Error::model(format!(
+                                "a pass cannot start at {start}: layer `{}` also reads {read}, computed before it",
+                                layer.name
+                            ))
+                            .hint("choose a layer every later layer depends on only through it")
+                        })
+                    })
+                    .collect()
+            })
+            .collect()
     }
 
     /// The model's outputs on a batch (no values kept).
@@ -341,27 +405,48 @@ impl Model {
                 "internal: backward over a forward pass that kept no values",
             ));
         }
-        let mut grad = grad;
+        let count = tape.values.len();
+        let mut grads: Vec<Option<Batch>> = (0..count).map(|_| None).collect();
+        grads[count - 1] = Some(grad);
         for i in (0..tape.memos.len()).rev() {
             let index = tape.start + i;
             let layer = &self.layers[index];
+            let y = &tape.values[i + 1];
+            // A value no later layer read back from the output has a zero gradient.
+            let mut grad = grads[i + 1].take().unwrap_or_else(|| Batch::zeros(y.shape().to_vec()));
             observe(index, &grad);
             for p in self.patches.iter().rev().filter(|p| p.layer == index) {
                 p.backward(&mut grad);
             }
-            let step = Step {
-                index,
-                layer,
-                x: &tape.values[i],
-                y: tape.unpatched[i].as_ref().unwrap_or(&tape.values[i + 1]),
-                memo: &tape.memos[i],
-                gy: &grad,
+            let reads = &tape.reads[i];
+            let y = tape.unpatched[i].as_ref().unwrap_or(y);
+            let input_grads = if let [only] = reads.as_slice() {
+                let step = Step {
+                    index,
+                    layer,
+                    x: &tape.values[*only],
+                    y,
+                    memo: &tape.memos[i],
+                    gy: &grad,
+                };
+                vec![Some(match rule.backward(&step) {
+                    Some(result) => result?,
+                    None => step.gradient()?,
+                })]
+            } else {
+                let args: Vec<&Batch> = reads.iter().map(|&p| &tape.values[p]).collect();
+                layer.backward_args(&args, y, &tape.memos[i], &grad)?
             };
-            grad = match rule.backward(&step) {
-                Some(result) => result?,
-                None => step.gradient()?,
-            };
+            for (&p, g) in reads.iter().zip(input_grads) {
+                let Some(g) = g else { continue };
+                match &mut grads[p] {
+                    Some(sum) => sum.data_mut().iter_mut().zip(g.data()).for_each(|(s, v)| *s += v),
+                    slot => *slot = Some(g),
+                }
+            }
         }
-        Ok(grad)
+        Ok(grads[0]
+            .take()
+            .unwrap_or_else(|| Batch::zeros(tape.values[0].shape().to_vec())))
     }
 }

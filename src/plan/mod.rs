@@ -27,6 +27,8 @@ pub struct ModelInfo {
     pub layers: Vec<String>,
     /// Each layer's output shape (one sample).
     pub layer_shapes: Vec<Vec<usize>>,
+    /// Other names of layers (an ONNX node's name or module).
+    pub aliases: Vec<(String, usize)>,
 }
 
 /// What the planner needs to know of a dataset.
@@ -97,16 +99,19 @@ pub fn plan(stmt: &Statement, catalog: &dyn Catalog) -> Result<Plan> {
                 .unwrap_or("")
                 .to_lowercase();
             let arch = arch.as_ref().map(|a| existing_path(a, catalog)).transpose()?;
-            if arch.is_none() {
-                let err = if ext == "onnx" {
-                    Error::model("ONNX models are not supported yet").hint("export safetensors with an architecture file, and LOAD MODEL m FROM 'm.safetensors' ARCH 'm.json'")
-                } else {
-                    Error::model(format!(
-                        "model `{}` needs an architecture file: add ARCH 'architecture.json'",
-                        name.name
-                    ))
-                };
-                return Err(err.at(path.span));
+            if ext == "onnx" {
+                if let Some(a) = &arch {
+                    return Err(Error::model("an ONNX file carries its own architecture")
+                        .hint(format!("drop ARCH '{}'", a.display()))
+                        .at(path.span));
+                }
+            } else if arch.is_none() {
+                return Err(Error::model(format!(
+                    "model `{}` needs an architecture file: add ARCH 'architecture.json'",
+                    name.name
+                ))
+                .hint("or load an ONNX export: LOAD MODEL m FROM 'm.onnx'")
+                .at(path.span));
             }
             Plan::LoadModel {
                 name: name.name.clone(),

@@ -1,0 +1,705 @@
+//! The operators graph models (ONNX) add to the layer types: element-wise functions with
+//! NumPy broadcasting over several operands, index selections (transpose, slice, gather,
+//! pad, expand, concat), reductions, products of two values, layer norm and embeddings.
+//! Every one has an input-gradient backward. Index maps are computed once, when the
+//! model is loaded, over one sample's shape (the batch axis never moves).
+
+use super::kernels;
+use super::tensor::Batch;
+
+/// An element-wise function of one value.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum MapFn {
+    HardSigmoid {
+        alpha: f32,
+        beta: f32,
+    },
+    HardSwish,
+    Erf,
+    Exp,
+    Log,
+    Sqrt,
+    Reciprocal,
+    Neg,
+    Abs,
+    Clip {
+        min: f32,
+        max: f32,
+    },
+    /// A cast to an integer type: truncation, no gradient.
+    Trunc,
+    /// A cast to bool: 1 where non-zero, no gradient.
+    NonZero,
+    /// Logical not of a 0/1 value, no gradient.
+    Not,
+}
+
+impl MapFn {
+    pub fn apply(self, x: f32) -> f32 {
+        match self {
+            MapFn::HardSigmoid { alpha, beta } => (alpha * x + beta).clamp(0.0, 1.0),
+            MapFn::HardSwish => x * (x / 6.0 + 0.5).clamp(0.0, 1.0),
+            MapFn::Erf => libm::erff(x),
+            MapFn::Exp => x.exp(),
+            MapFn::Log => x.ln(),
+            MapFn::Sqrt => x.sqrt(),
+            MapFn::Reciprocal => 1.0 / x,
+            MapFn::Neg => -x,
+            MapFn::Abs => x.abs(),
+            MapFn::Clip { min, max } => x.max(min).min(max),
+            MapFn::Trunc => x.trunc(),
+            MapFn::NonZero => f32::from(x != 0.0),
+            MapFn::Not => f32::from(x == 0.0),
+        }
+    }
+
+    /// dy/dx at input x with output y (PyTorch's conventions at the kinks).
+    pub fn derivative(self, x: f32, y: f32) -> f32 {
+        match self {
+            MapFn::HardSigmoid { alpha, beta } => {
+                let z = alpha * x + beta;
+                if z > 0.0 && z < 1.0 { alpha } else { 0.0 }
+            }
+            MapFn::HardSwish => {
+                if x < -3.0 {
+                    0.0
+                } else if x <= 3.0 {
+                    x / 3.0 + 0.5
+                } else {
+                    1.0
+                }
+            }
+            MapFn::Erf => 2.0 / std::f32::consts::PI.sqrt() * (-x * x).exp(),
+            MapFn::Exp => y,
+            MapFn::Log => 1.0 / x,
+            MapFn::Sqrt => 0.5 / y,
+            MapFn::Reciprocal => -y * y,
+            MapFn::Neg => -1.0,
+            MapFn::Abs => x.signum() * f32::from(x != 0.0),
+            MapFn::Clip { min, max } => f32::from(x >= min && x <= max),
+            MapFn::Trunc | MapFn::NonZero | MapFn::Not => 0.0,
+        }
+    }
+}
+
+/// A function of several operands, element by element.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NaryKind {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Pow,
+    Max,
+    Min,
+    Equal,
+    Less,
+    Greater,
+    /// where(condition, x, y)
+    Where,
+}
+
+impl NaryKind {
+    pub fn arity(self) -> usize {
+        if self == NaryKind::Where { 3 } else { 2 }
+    }
+
+    pub fn apply(self, a: &[f64]) -> f64 {
+        match self {
+            NaryKind::Add => a[0] + a[1],
+            NaryKind::Sub => a[0] - a[1],
+            NaryKind::Mul => a[0] * a[1],
+            NaryKind::Div => a[0] / a[1],
+            NaryKind::Pow => a[0].powf(a[1]),
+            NaryKind::Max => a[0].max(a[1]),
+            NaryKind::Min => a[0].min(a[1]),
+            NaryKind::Equal => f64::from(u8::from(a[0] == a[1])),
+            NaryKind::Less => f64::from(u8::from(a[0] < a[1])),
+            NaryKind::Greater => f64::from(u8::from(a[0] > a[1])),
+            NaryKind::Where => {
+                if a[0] != 0.0 {
+                    a[1]
+                } else {
+                    a[2]
+                }
+            }
+        }
+    }
+
+    fn apply_f32(self, a: &[f32]) -> f32 {
+        match self {
+            NaryKind::Add => a[0] + a[1],
+            NaryKind::Sub => a[0] - a[1],
+            NaryKind::Mul => a[0] * a[1],
+            NaryKind::Div => a[0] / a[1],
+            NaryKind::Pow => a[0].powf(a[1]),
+            NaryKind::Max => a[0].max(a[1]),
+            NaryKind::Min => a[0].min(a[1]),
+            NaryKind::Equal => f32::from(a[0] == a[1]),
+            NaryKind::Less => f32::from(a[0] < a[1]),
+            NaryKind::Greater => f32::from(a[0] > a[1]),
+            NaryKind::Where => {
+                if a[0] != 0.0 {
+                    a[1]
+                } else {
+                    a[2]
+                }
+            }
+        }
+    }
+
+    /// ∂y/∂a[k]. Ties of max/min split the gradient evenly, as PyTorch does.
+    fn partial(self, k: usize, a: &[f32], y: f32) -> f32 {
+        match (self, k) {
+            (NaryKind::Add, _) => 1.0,
+            (NaryKind::Sub, 0) => 1.0,
+            (NaryKind::Sub, _) => -1.0,
+            (NaryKind::Mul, 0) => a[1],
+            (NaryKind::Mul, _) => a[0],
+            (NaryKind::Div, 0) => 1.0 / a[1],
+            (NaryKind::Div, _) => -a[0] / (a[1] * a[1]),
+            (NaryKind::Pow, 0) => {
+                if a[1] == 0.0 {
+                    0.0
+                } else {
+                    a[1] * a[0].powf(a[1] - 1.0)
+                }
+            }
+            (NaryKind::Pow, _) => {
+                if a[0] > 0.0 {
+                    y * a[0].ln()
+                } else {
+                    0.0
+                }
+            }
+            (NaryKind::Max | NaryKind::Min, _) => {
+                let other = a[1 - k];
+                if a[k] == other { 0.5 } else { f32::from(a[k] == y) }
+            }
+            (NaryKind::Equal | NaryKind::Less | NaryKind::Greater, _) => 0.0,
+            (NaryKind::Where, 0) => 0.0,
+            (NaryKind::Where, 1) => f32::from(a[0] != 0.0),
+            (NaryKind::Where, _) => f32::from(a[0] == 0.0),
+        }
+    }
+}
+
+/// One operand of an element-wise function: one of the layer's inputs, or a constant.
+#[derive(Clone, Debug)]
+pub enum Operand {
+    Input(usize),
+    Const(Vec<f32>),
+}
+
+/// An operand with the map from each output position (within a sample) to the operand's
+/// position; `None` when the operand has the output's shape.
+#[derive(Clone, Debug)]
+pub struct Arg {
+    pub operand: Operand,
+    pub map: Option<Vec<u32>>,
+}
+
+impl Arg {
+    fn at(&self, xs: &[&Batch], row: usize, i: usize) -> f32 {
+        let j = self.map.as_ref().map_or(i, |m| m[i] as usize);
+        match &self.operand {
+            Operand::Input(k) => xs[*k].row(row)[j],
+            Operand::Const(c) => c[j],
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Nary {
+    pub kind: NaryKind,
+    pub args: Vec<Arg>,
+}
+
+impl Nary {
+    pub fn forward(&self, xs: &[&Batch], out_len: usize) -> Vec<f32> {
+        let n = xs.first().map_or(1, |x| x.rows());
+        let mut ys = Vec::with_capacity(n * out_len);
+        let mut a = vec![0.0f32; self.args.len()];
+        for r in 0..n {
+            for i in 0..out_len {
+                for (slot, arg) in a.iter_mut().zip(&self.args) {
+                    *slot = arg.at(xs, r, i);
+                }
+                ys.push(self.kind.apply_f32(&a));
+            }
+        }
+        ys
+    }
+
+    /// The gradient for each of the layer's inputs (summed over broadcast positions).
+    pub fn backward(&self, xs: &[&Batch], y: &Batch, gy: &Batch) -> Vec<Option<Batch>> {
+        let n = y.rows();
+        let out_len = y.sample_len();
+        let mut grads: Vec<Option<Batch>> = xs.iter().map(|x| Some(Batch::zeros(x.shape().to_vec()))).collect();
+        let mut a = vec![0.0f32; self.args.len()];
+        for r in 0..n {
+            for i in 0..out_len {
+                for (slot, arg) in a.iter_mut().zip(&self.args) {
+                    *slot = arg.at(xs, r, i);
+                }
+                let (yv, g) = (y.row(r)[i], gy.row(r)[i]);
+                for (k, arg) in self.args.iter().enumerate() {
+                    if let Operand::Input(input) = arg.operand
+                        && let Some(gx) = grads[input].as_mut()
+                    {
+                        let j = arg.map.as_ref().map_or(i, |m| m[i] as usize);
+                        gx.row_mut(r)[j] += g * self.kind.partial(k, &a, yv);
+                    }
+                }
+            }
+        }
+        grads
+    }
+}
+
+/// Where an output value comes from: (input, position in that input's sample), or the
+/// fill value when `input` is `FILL`.
+pub const FILL: u32 = u32::MAX;
+
+/// Each output value copies one input value (or is a fill value).
+#[derive(Clone, Debug)]
+pub struct Select {
+    pub picks: Vec<(u32, u32)>,
+    pub fill: f32,
+}
+
+impl Select {
+    pub fn forward(&self, xs: &[&Batch]) -> Vec<f32> {
+        let n = xs.first().map_or(1, |x| x.rows());
+        let mut ys = Vec::with_capacity(n * self.picks.len());
+        for r in 0..n {
+            ys.extend(self.picks.iter().map(|&(k, j)| {
+                if k == FILL {
+                    self.fill
+                } else {
+                    xs[k as usize].row(r)[j as usize]
+                }
+            }));
+        }
+        ys
+    }
+
+    pub fn backward(&self, xs: &[&Batch], gy: &Batch) -> Vec<Option<Batch>> {
+        let mut grads: Vec<Batch> = xs.iter().map(|x| Batch::zeros(x.shape().to_vec())).collect();
+        for r in 0..gy.rows() {
+            for (&(k, j), g) in self.picks.iter().zip(gy.row(r)) {
+                if k != FILL {
+                    grads[k as usize].row_mut(r)[j as usize] += g;
+                }
+            }
+        }
+        grads.into_iter().map(Some).collect()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReduceKind {
+    Sum,
+    Mean,
+    Max,
+    Min,
+    SumSquare,
+}
+
+/// A reduction over some axes of a sample: `map[i]` is the output position input
+/// position i falls into; every output gathers `count` inputs.
+#[derive(Clone, Debug)]
+pub struct Reduce {
+    pub kind: ReduceKind,
+    pub map: Vec<u32>,
+    pub count: usize,
+}
+
+impl Reduce {
+    /// The outputs and, for max/min, the input position each output took.
+    pub fn forward(&self, x: &Batch, out_len: usize) -> (Vec<f32>, Vec<u32>) {
+        let n = x.rows();
+        let mut ys = Vec::with_capacity(n * out_len);
+        let mut arg = Vec::new();
+        for r in 0..n {
+            let row = x.row(r);
+            let mut acc = vec![
+                match self.kind {
+                    ReduceKind::Max => f32::NEG_INFINITY,
+                    ReduceKind::Min => f32::INFINITY,
+                    _ => 0.0,
+                };
+                out_len
+            ];
+            let mut at = vec![0u32; out_len];
+            for (i, (&v, &o)) in row.iter().zip(&self.map).enumerate() {
+                let o = o as usize;
+                match self.kind {
+                    ReduceKind::Sum | ReduceKind::Mean => acc[o] += v,
+                    ReduceKind::SumSquare => acc[o] += v * v,
+                    ReduceKind::Max if v > acc[o] || v.is_nan() => (acc[o], at[o]) = (v, i as u32),
+                    ReduceKind::Min if v < acc[o] || v.is_nan() => (acc[o], at[o]) = (v, i as u32),
+                    _ => {}
+                }
+            }
+            if self.kind == ReduceKind::Mean {
+                acc.iter_mut().for_each(|a| *a /= self.count as f32);
+            }
+            ys.extend(acc);
+            arg.extend(at);
+        }
+        (ys, arg)
+    }
+
+    pub fn backward(&self, x: &Batch, arg: &[u32], gy: &Batch) -> Batch {
+        let mut gx = Batch::zeros(x.shape().to_vec());
+        let out_len = gy.sample_len();
+        for r in 0..x.rows() {
+            let g = gy.row(r);
+            match self.kind {
+                ReduceKind::Max | ReduceKind::Min => {
+                    for (o, &i) in arg[r * out_len..(r + 1) * out_len].iter().enumerate() {
+                        gx.row_mut(r)[i as usize] += g[o];
+                    }
+                }
+                _ => {
+                    let scale = if self.kind == ReduceKind::Mean {
+                        1.0 / self.count as f32
+                    } else {
+                        1.0
+                    };
+                    let xr = x.row(r).to_vec();
+                    for (i, (gi, &o)) in gx.row_mut(r).iter_mut().zip(&self.map).enumerate() {
+                        *gi = g[o as usize] * scale;
+                        if self.kind == ReduceKind::SumSquare {
+                            *gi *= 2.0 * xr[i];
+                        }
+                    }
+                }
+            }
+        }
+        gx
+    }
+}
+
+/// The product of two values `[.., m, k] · [.., k, n]` (leading axes equal), or of one
+/// value with the same right operand for every leading index (`b_lead == 1`).
+#[derive(Clone, Copy, Debug)]
+pub struct MatMul {
+    pub lead: usize,
+    pub b_lead: usize,
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+}
+
+impl MatMul {
+    pub fn forward(&self, a: &Batch, b: &Batch) -> Vec<f32> {
+        let (m, k, n) = (self.m, self.k, self.n);
+        let rows = a.rows();
+        let mut ys = vec![0.0f32; rows * self.lead * m * n];
+        for r in 0..rows {
+            for l in 0..self.lead {
+                let lb = if self.b_lead == 1 { 0 } else { l };
+                let a_off = r * self.lead * m * k + l * m * k;
+                let b_off = r * self.b_lead * k * n + lb * k * n;
+                let y_off = r * self.lead * m * n + l * m * n;
+                kernels::matmul(
+                    m,
+                    n,
+                    k,
+                    &mut ys[y_off..y_off + m * n],
+                    n,
+                    &a.data()[a_off..a_off + m * k],
+                    k,
+                    1,
+                    &b.data()[b_off..b_off + k * n],
+                    n,
+                    1,
+                    false,
+                );
+            }
+        }
+        ys
+    }
+
+    /// (∂/∂a, ∂/∂b): gy·bᵀ and aᵀ·gy.
+    pub fn backward(&self, a: &Batch, b: &Batch, gy: &Batch) -> (Batch, Batch) {
+        let (m, k, n) = (self.m, self.k, self.n);
+        let mut ga = Batch::zeros(a.shape().to_vec());
+        let mut gb = Batch::zeros(b.shape().to_vec());
+        for r in 0..a.rows() {
+            for l in 0..self.lead {
+                let lb = if self.b_lead == 1 { 0 } else { l };
+                let a_off = r * self.lead * m * k + l * m * k;
+                let b_off = r * self.b_lead * k * n + lb * k * n;
+                let y_off = r * self.lead * m * n + l * m * n;
+                let g = &gy.data()[y_off..y_off + m * n];
+                let bs = &b.data()[b_off..b_off + k * n];
+                kernels::matmul(
+                    m,
+                    k,
+                    n,
+                    &mut ga.data_mut()[a_off..a_off + m * k],
+                    k,
+                    g,
+                    n,
+                    1,
+                    bs,
+                    1,
+                    n,
+                    false,
+                );
+                let as_ = &a.data()[a_off..a_off + m * k];
+                kernels::matmul(
+                    k,
+                    n,
+                    m,
+                    &mut gb.data_mut()[b_off..b_off + k * n],
+                    n,
+                    as_,
+                    1,
+                    k,
+                    g,
+                    n,
+                    1,
+                    true,
+                );
+            }
+        }
+        (ga, gb)
+    }
+}
+
+/// Layer normalization over the last `len` values of a sample.
+#[derive(Clone, Debug)]
+pub struct LayerNorm {
+    pub len: usize,
+    pub eps: f32,
+    pub scale: Option<Vec<f32>>,
+    pub bias: Option<Vec<f32>>,
+}
+
+impl LayerNorm {
+    fn stats(&self, v: &[f32]) -> (f32, f32) {
+        let len = v.len() as f32;
+        let mean = v.iter().sum::<f32>() / len;
+        let var = v.iter().map(|x| (x - mean) * (x - mean)).sum::<f32>() / len;
+        (mean, 1.0 / (var + self.eps).sqrt())
+    }
+
+    pub fn forward(&self, xs: &[f32]) -> Vec<f32> {
+        let mut ys = Vec::with_capacity(xs.len());
+        for v in xs.chunks(self.len) {
+            let (mean, inv) = self.stats(v);
+            ys.extend(v.iter().enumerate().map(|(i, x)| {
+                let z = (x - mean) * inv;
+                z * self.scale.as_ref().map_or(1.0, |s| s[i]) + self.bias.as_ref().map_or(0.0, |b| b[i])
+            }));
+        }
+        ys
+    }
+
+    pub fn backward(&self, xs: &[f32], gys: &[f32]) -> Vec<f32> {
+        let mut gxs = Vec::with_capacity(xs.len());
+        for (v, g) in xs.chunks(self.len).zip(gys.chunks(self.len)) {
+            let (mean, inv) = self.stats(v);
+            let len = self.len as f32;
+            let gz: Vec<f32> = g
+                .iter()
+                .enumerate()
+                .map(|(i, g)| g * self.scale.as_ref().map_or(1.0, |s| s[i]))
+                .collect();
+            let z: Vec<f32> = v.iter().map(|x| (x - mean) * inv).collect();
+            let mean_g = gz.iter().sum::<f32>() / len;
+            let mean_gz = gz.iter().zip(&z).map(|(a, b)| a * b).sum::<f32>() / len;
+            gxs.extend(gz.iter().zip(&z).map(|(g, z)| inv * (g - mean_g - z * mean_gz)));
+        }
+        gxs
+    }
+}
+
+/// Rows of a table looked up by index (ONNX Gather from a constant): indices carry no gradient.
+pub fn embedding_forward(table: &[f32], dim: usize, ids: &[f32]) -> std::result::Result<Vec<f32>, String> {
+    let rows = table.len() / dim.max(1);
+    let mut ys = Vec::with_capacity(ids.len() * dim);
+    for &id in ids {
+        let i = if id < 0.0 { id + rows as f32 } else { id };
+        if !(i >= 0.0 && (i as usize) < rows) || i.fract() != 0.0 {
+            return Err(format!("index {id} is out of range for a table of {rows} rows"));
+        }
+        let i = i as usize;
+        ys.extend_from_slice(&table[i * dim..(i + 1) * dim]);
+    }
+    Ok(ys)
+}
+
+// ---- index maps over shapes (row-major), shared by the loader and constant folding ----
+
+pub fn strides(shape: &[usize]) -> Vec<usize> {
+    let mut s = vec![1; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        s[i] = s[i + 1] * shape[i + 1];
+    }
+    s
+}
+
+/// Calls `f(flat, index)` for every multi-index of `shape` in row-major order.
+pub fn for_each_index(shape: &[usize], mut f: impl FnMut(usize, &[usize])) {
+    let total: usize = shape.iter().product();
+    let mut idx = vec![0usize; shape.len()];
+    for flat in 0..total {
+        f(flat, &idx);
+        for d in (0..shape.len()).rev() {
+            idx[d] += 1;
+            if idx[d] < shape[d] {
+                break;
+            }
+            idx[d] = 0;
+        }
+    }
+}
+
+/// NumPy broadcasting of shapes, or None if they do not broadcast.
+pub fn broadcast_shape(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
+    let rank = a.len().max(b.len());
+    let at = |s: &[usize], i: usize| if i + s.len() >= rank { s[i + s.len() - rank] } else { 1 };
+    (0..rank)
+        .map(|i| {
+            let (x, y) = (at(a, i), at(b, i));
+            if x == y || y == 1 {
+                Some(x)
+            } else if x == 1 {
+                Some(y)
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+/// For each position of `out`, the position of the operand of shape `shape` that
+/// broadcasts to it.
+pub fn broadcast_map(shape: &[usize], out: &[usize]) -> Vec<u32> {
+    let st = strides(shape);
+    let lead = out.len() - shape.len();
+    let mut map = Vec::with_capacity(out.iter().product());
+    for_each_index(out, |_, idx| {
+        let mut j = 0;
+        for (d, &s) in st.iter().enumerate() {
+            if shape[d] != 1 {
+                j += idx[lead + d] * s;
+            }
+        }
+        map.push(j as u32);
+    });
+    map
+}
+
+/// Transpose: output axis i is input axis perm[i].
+pub fn transpose_map(shape: &[usize], perm: &[usize]) -> (Vec<usize>, Vec<u32>) {
+    let out: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
+    let st = strides(shape);
+    let mut map = Vec::with_capacity(out.iter().product());
+    for_each_index(&out, |_, idx| {
+        map.push(idx.iter().zip(perm).map(|(i, &p)| i * st[p]).sum::<usize>() as u32);
+    });
+    (out, map)
+}
+
+/// One slice per axis: (start, step, count), already clamped.
+pub fn slice_map(shape: &[usize], ranges: &[(i64, i64, usize)]) -> (Vec<usize>, Vec<u32>) {
+    let out: Vec<usize> = ranges.iter().map(|r| r.2).collect();
+    let st = strides(shape);
+    let mut map = Vec::with_capacity(out.iter().product());
+    for_each_index(&out, |_, idx| {
+        let j: i64 = idx
+            .iter()
+            .zip(ranges)
+            .zip(&st)
+            .map(|((&i, &(start, step, _)), &s)| (start + i as i64 * step) * s as i64)
+            .sum();
+        map.push(j as u32);
+    });
+    (out, map)
+}
+
+/// ONNX Slice semantics on one axis of length `len`: (start, step, count).
+pub fn slice_range(len: usize, start: i64, end: i64, step: i64) -> (i64, i64, usize) {
+    let len = len as i64;
+    let norm = |v: i64| if v < 0 { v + len } else { v };
+    let (start, end) = (norm(start), norm(end));
+    if step > 0 {
+        let (s, e) = (start.clamp(0, len), end.clamp(0, len));
+        let count = if e > s { (e - s + step - 1) / step } else { 0 };
+        (s, step, count as usize)
+    } else {
+        let (s, e) = (start.clamp(0, len - 1), end.clamp(-1, len - 1));
+        let count = if s > e { (s - e + (-step) - 1) / (-step) } else { 0 };
+        (s, step, count as usize)
+    }
+}
+
+/// Gather along `axis` with `indices` (already non-negative) of shape `ishape`.
+pub fn gather_map(shape: &[usize], axis: usize, indices: &[usize], ishape: &[usize]) -> (Vec<usize>, Vec<u32>) {
+    let mut out = shape[..axis].to_vec();
+    out.extend_from_slice(ishape);
+    out.extend_from_slice(&shape[axis + 1..]);
+    let st = strides(shape);
+    let ir = ishape.len();
+    let ist = strides(ishape);
+    let mut map = Vec::with_capacity(out.iter().product());
+    for_each_index(&out, |_, idx| {
+        let mut j = 0;
+        for d in 0..axis {
+            j += idx[d] * st[d];
+        }
+        let flat: usize = (0..ir).map(|d| idx[axis + d] * ist[d]).sum();
+        j += indices[flat] * st[axis];
+        for d in axis + 1..shape.len() {
+            j += idx[d - 1 + ir] * st[d];
+        }
+        map.push(j as u32);
+    });
+    (out, map)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PadMode {
+    Constant,
+    Reflect,
+    Edge,
+}
+
+/// Pads `before[d]` / `after[d]` values on each axis; `None` marks a fill value.
+pub fn pad_map(shape: &[usize], before: &[usize], after: &[usize], mode: PadMode) -> (Vec<usize>, Vec<Option<u32>>) {
+    let out: Vec<usize> = (0..shape.len()).map(|d| shape[d] + before[d] + after[d]).collect();
+    let st = strides(shape);
+    let mut map = Vec::with_capacity(out.iter().product());
+    for_each_index(&out, |_, idx| {
+        let mut j = Some(0usize);
+        for d in 0..shape.len() {
+            let i = idx[d] as i64 - before[d] as i64;
+            let len = shape[d] as i64;
+            let src = if (0..len).contains(&i) {
+                Some(i)
+            } else {
+                match mode {
+                    PadMode::Constant => None,
+                    PadMode::Edge => Some(i.clamp(0, len - 1)),
+                    PadMode::Reflect => {
+                        let period = 2 * (len - 1).max(1);
+                        let m = i.rem_euclid(period);
+                        Some(if m < len { m } else { period - m })
+                    }
+                }
+            };
+            j = match (j, src) {
+                (Some(j), Some(s)) => Some(j + s as usize * st[d]),
+                _ => None,
+            };
+        }
+        map.push(j.map(|j| j as u32));
+    });
+    (out, map)
+}

@@ -1,0 +1,1622 @@
+//! ONNX models (as `torch.onnx.export` writes them) translated into the engine's layers:
+//! every node whose value depends on the input becomes a layer whose output is a hook
+//! point named by the node's output; everything computable without the input (weights,
+//! shape arithmetic) is folded into constants when the model is loaded. The batch axis
+//! stays axis 0 of every value; a shape computed from it carries `BATCH` in its place.
+//!
+//! A node the translation does not cover does not stop the load: it and every node after
+//! it are listed (SHOW LAYERS) as not translated, and running them is an error that names
+//! the operator and the node.
+
+pub mod proto;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::atomic::AtomicUsize;
+
+use prost::Message;
+
+use super::Model;
+use super::graph_ops::{
+    self, Arg, FILL, LayerNorm, MapFn, MatMul, Nary, NaryKind, Operand, PadMode, Reduce, ReduceKind, Select,
+};
+use super::kernels::Window2d;
+use super::layer::{Layer, Op};
+use crate::error::{Error, Result};
+use proto::{AttributeProto, NodeProto, TensorProto, data_type};
+
+/// Stands for the (dynamic) batch size in shape tensors folded at load time.
+const BATCH: i64 = 1_000_003;
+
+/// A constant: a tensor known when the model is loaded.
+#[derive(Clone, Debug)]
+struct Konst {
+    shape: Vec<usize>,
+    data: Vec<f64>,
+}
+
+impl Konst {
+    fn f32s(&self) -> Vec<f32> {
+        self.data.iter().map(|v| *v as f32).collect()
+    }
+    fn ints(&self) -> Vec<i64> {
+        self.data.iter().map(|v| *v as i64).collect()
+    }
+    fn scalar(v: f64) -> Konst {
+        Konst {
+            shape: vec![],
+            data: vec![v],
+        }
+    }
+}
+
+/// What a name in the graph stands for.
+#[derive(Clone, Debug)]
+enum Sym {
+    /// A value of the batch: its slot (0 the input, i + 1 layer i's output) and the
+    /// shape of one sample.
+    Value {
+        slot: usize,
+        shape: Vec<usize>,
+    },
+    Const(Konst),
+}
+
+/// Loads an ONNX model file.
+pub fn load(path: &Path) -> Result<Model> {
+    let shown = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|e| Error::io(format!("cannot read model file {shown}: {e}")))?;
+    let model = proto::ModelProto::decode(bytes.as_slice())
+        .map_err(|e| Error::model(format!("{shown} is not a readable ONNX file: {e}")))?;
+    let graph = model
+        .graph
+        .ok_or_else(|| Error::model(format!("{shown} holds no graph (is it an ONNX model?)")))?;
+    let opset = model
+        .opset_import
+        .iter()
+        .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
+        .map_or(1, |o| o.version);
+    let mut imp = Importer {
+        shown: shown.clone(),
+        opset,
+        syms: HashMap::new(),
+        layers: Vec::new(),
+        aliases: BTreeMap::new(),
+        failed: None,
+    };
+    for t in &graph.initializer {
+        let k = tensor(t, &shown)?;
+        if let Some(bad) = k.data.iter().position(|v| v.is_nan()) {
+            return Err(Error::model(format!(
+                "initializer `{}` in {shown} holds NaN at flat index {bad}",
+                t.name
+            )));
+        }
+        imp.syms.insert(t.name.clone(), Sym::Const(k));
+    }
+    let inputs: Vec<&proto::ValueInfoProto> = graph.input.iter().filter(|i| !imp.syms.contains_key(&i.name)).collect();
+    let input = match inputs.as_slice() {
+        [one] => *one,
+        [] => return Err(Error::model(format!("{shown} has no graph input"))),
+        many => {
+            let names: Vec<String> = many.iter().map(|i| i.name.clone()).collect();
+            return Err(Error::model(format!(
+                "{shown} has {} inputs ({}); models of one input are supported",
+                many.len(),
+                crate::error::list_names(&names, 6)
+            )));
+        }
+    };
+    let input_shape = input_shape(input, &shown)?;
+    imp.syms.insert(
+        input.name.clone(),
+        Sym::Value {
+            slot: 0,
+            shape: input_shape.clone(),
+        },
+    );
+    for node in &graph.node {
+        imp.node(node);
+    }
+    let output = graph
+        .output
+        .first()
+        .ok_or_else(|| Error::model(format!("{shown} declares no graph output")))?;
+    let out_slot = match imp.syms.get(&output.name) {
+        Some(Sym::Value { slot, .. }) if *slot > 0 => *slot,
+        Some(_) => {
+            return Err(Error::model(format!(
+                "the output `{}` of {shown} does not depend on its input",
+                output.name
+            )));
+        }
+        None if imp.failed.is_some() => imp.layers.len(),
+        None => {
+            return Err(Error::model(format!(
+                "no node of {shown} computes its output `{}`",
+                output.name
+            )));
+        }
+    };
+    let (layers, aliases) = prune(imp.layers, imp.aliases, out_slot);
+    Ok(Model {
+        arch_name: if graph.name.is_empty() {
+            "onnx".into()
+        } else {
+            graph.name.clone()
+        },
+        source: shown,
+        input_shape,
+        layers: std::sync::Arc::new(layers),
+        passes: AtomicUsize::new(0),
+        patches: Vec::new(),
+        aliases,
+    })
+}
+
+/// The sample shape of the graph input: its first axis is the batch, the rest fixed.
+fn input_shape(input: &proto::ValueInfoProto, shown: &str) -> Result<Vec<usize>> {
+    let tt = input
+        .r#type
+        .as_ref()
+        .and_then(|t| t.tensor_type.as_ref())
+        .ok_or_else(|| Error::model(format!("the input `{}` of {shown} is not a tensor", input.name)))?;
+    if ![data_type::FLOAT, data_type::DOUBLE, data_type::INT32, data_type::INT64].contains(&tt.elem_type) {
+        return Err(Error::model(format!(
+            "the input `{}` of {shown} has element type {}; float, int32 and int64 inputs are supported",
+            input.name, tt.elem_type
+        )));
+    }
+    let dims = tt.shape.as_ref().map(|s| s.dim.as_slice()).unwrap_or_default();
+    if dims.is_empty() {
+        return Err(Error::model(format!(
+            "the input `{}` of {shown} has no batch axis",
+            input.name
+        )));
+    }
+    dims[1..]
+        .iter()
+        .enumerate()
+        .map(|(i, d)| match d.dim_value {
+            Some(v) if v > 0 => Ok(v as usize),
+            _ => Err(Error::model(format!(
+                "axis {} of the input `{}` of {shown} is not fixed ({})",
+                i + 1,
+                input.name,
+                d.dim_param.clone().unwrap_or_else(|| "unknown".into())
+            ))
+            .hint("export with a fixed size on every axis but the batch")),
+        })
+        .collect()
+}
+
+/// Keeps the layers the output depends on, renumbered, the output last.
+fn prune(
+    layers: Vec<Layer>,
+    aliases: BTreeMap<String, usize>,
+    out_slot: usize,
+) -> (Vec<Layer>, BTreeMap<String, usize>) {
+    let mut needed = vec![false; layers.len() + 1];
+    needed[out_slot] = true;
+    for slot in (1..=out_slot.min(layers.len())).rev() {
+        if needed[slot] {
+            for &v in &layers[slot - 1].inputs {
+                needed[v] = true;
+            }
+        }
+    }
+    // Not-translated layers stay listed, so that SHOW LAYERS names them.
+    let keep: Vec<bool> = (1..=layers.len())
+        .map(|s| (s <= out_slot && needed[s]) || matches!(layers[s - 1].op, Op::Unsupported { .. }))
+        .collect();
+    let mut new_slot = vec![0usize; layers.len() + 1];
+    let mut next = 1;
+    for s in 1..=layers.len() {
+        if keep[s - 1] {
+            new_slot[s] = next;
+            next += 1;
+        }
+    }
+    let kept: Vec<Layer> = layers
+        .into_iter()
+        .zip(&keep)
+        .filter(|(_, k)| **k)
+        .map(|(mut l, _)| {
+            l.inputs.iter_mut().for_each(|v| *v = new_slot[*v]);
+            l
+        })
+        .collect();
+    let aliases = aliases
+        .into_iter()
+        .filter(|(_, i)| keep[*i])
+        .map(|(a, i)| (a, new_slot[i + 1] - 1))
+        .collect();
+    (kept, aliases)
+}
+
+fn tensor(t: &TensorProto, shown: &str) -> Result<Konst> {
+    let shape: Vec<usize> = t.dims.iter().map(|&d| d.max(0) as usize).collect();
+    let count: usize = shape.iter().product();
+    if !t.external_data.is_empty() || t.data_location == 1 {
+        return Err(Error::model(format!(
+            "tensor `{}` of {shown} is stored in an external file; save the model with its weights inside",
+            t.name
+        )));
+    }
+    let raw = &t.raw_data;
+    let data: Vec<f64> = if !raw.is_empty() {
+        let width = match t.data_type {
+            data_type::FLOAT | data_type::INT32 => 4,
+            data_type::DOUBLE | data_type::INT64 => 8,
+            data_type::UINT8 | data_type::INT8 | data_type::BOOL => 1,
+            other => {
+                return Err(Error::model(format!(
+                    "tensor `{}` of {shown} has element type {other}, which is not supported",
+                    t.name
+                )));
+            }
+        };
+        if raw.len() != count * width {
+            return Err(Error::model(format!(
+                "tensor `{}` of {shown} holds {} bytes; its shape {:?} needs {}",
+                t.name,
+                raw.len(),
+                shape,
+                count * width
+            )));
+        }
+        raw.chunks_exact(width)
+            .map(|b| match t.data_type {
+                data_type::FLOAT => f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64,
+                data_type::INT32 => i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64,
+                data_type::DOUBLE => f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]),
+                data_type::INT64 => i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f64,
+                data_type::INT8 => b[0] as i8 as f64,
+                _ => b[0] as f64,
+            })
+            .collect()
+    } else if !t.float_data.is_empty() {
+        t.float_data.iter().map(|v| *v as f64).collect()
+    } else if !t.int64_data.is_empty() {
+        t.int64_data.iter().map(|v| *v as f64).collect()
+    } else if !t.int32_data.is_empty() {
+        t.int32_data.iter().map(|v| *v as f64).collect()
+    } else if !t.double_data.is_empty() {
+        t.double_data.clone()
+    } else if !t.uint64_data.is_empty() {
+        t.uint64_data.iter().map(|v| *v as f64).collect()
+    } else {
+        Vec::new()
+    };
+    if data.len() != count {
+        return Err(Error::model(format!(
+            "tensor `{}` of {shown} holds {} values; its shape {:?} needs {count}",
+            t.name,
+            data.len(),
+            shape
+        )));
+    }
+    Ok(Konst { shape, data })
+}
+
+struct Importer {
+    shown: String,
+    opset: i64,
+    syms: HashMap<String, Sym>,
+    layers: Vec<Layer>,
+    aliases: BTreeMap<String, usize>,
+    /// Why the first node that could not be translated was not.
+    failed: Option<String>,
+}
+
+/// One node's attributes and inputs, as the translation reads them.
+struct Node<'a> {
+    proto: &'a NodeProto,
+}
+
+impl Node<'_> {
+    fn attr(&self, name: &str) -> Option<&AttributeProto> {
+        self.proto.attribute.iter().find(|a| a.name == name)
+    }
+    fn int(&self, name: &str, default: i64) -> i64 {
+        self.attr(name).map_or(default, |a| a.i)
+    }
+    fn float(&self, name: &str, default: f32) -> f32 {
+        self.attr(name).map_or(default, |a| a.f)
+    }
+    fn ints(&self, name: &str) -> Option<Vec<i64>> {
+        self.attr(name).map(|a| a.ints.clone())
+    }
+    fn string(&self, name: &str, default: &str) -> String {
+        self.attr(name)
+            .map_or(default.to_string(), |a| String::from_utf8_lossy(&a.s).into_owned())
+    }
+    /// The name of input `i`, if given (optional inputs may be empty names).
+    fn input(&self, i: usize) -> Option<&str> {
+        self.proto.input.get(i).map(String::as_str).filter(|s| !s.is_empty())
+    }
+}
+
+fn unsupported(what: impl Into<String>) -> Error {
+    Error::model(what.into())
+}
+
+/// An axis given possibly negative, normalised to `0..rank`.
+fn axis(a: i64, rank: usize) -> Result<usize> {
+    let r = rank as i64;
+    let v = if a < 0 { a + r } else { a };
+    if (0..r).contains(&v) {
+        Ok(v as usize)
+    } else {
+        Err(unsupported(format!("axis {a} is out of range for rank {rank}")))
+    }
+}
+
+fn full(shape: &[usize]) -> Vec<usize> {
+    let mut f = vec![1];
+    f.extend_from_slice(shape);
+    f
+}
+
+impl Importer {
+    fn node(&mut self, node: &NodeProto) {
+        let name = node.output.first().cloned().unwrap_or_default();
+        if self.failed.is_none()
+            && let Err(e) = self.translate(&Node { proto: node })
+        {
+            let label = if node.name.is_empty() {
+                name.clone()
+            } else {
+                node.name.clone()
+            };
+            self.failed = Some(format!(
+                "operator {} (node `{label}`) is not supported: {}",
+                node.op_type, e.message
+            ));
+        }
+        if let Some(reason) = &self.failed {
+            // This node and every later one are listed, not run.
+            if !self.syms.contains_key(&name) {
+                let reason = reason.clone();
+                self.push(node, name, Op::Unsupported { reason }, vec![], vec![], vec![]);
+            }
+        }
+    }
+
+    fn sym(&self, name: &str) -> Result<&Sym> {
+        self.syms
+            .get(name)
+            .ok_or_else(|| unsupported(format!("its input `{name}` is computed by no earlier node")))
+    }
+
+    fn konst(&self, name: &str) -> Result<&Konst> {
+        match self.sym(name)? {
+            Sym::Const(k) => Ok(k),
+            Sym::Value { .. } => Err(unsupported(format!(
+                "its input `{name}` must be a constant (it depends on the model input)"
+            ))),
+        }
+    }
+
+    fn opt_konst(&self, node: &Node, i: usize) -> Result<Option<&Konst>> {
+        node.input(i).map(|n| self.konst(n)).transpose()
+    }
+
+    /// Adds a layer computing node `node`'s output `name`.
+    fn push(
+        &mut self,
+        node: &NodeProto,
+        name: String,
+        op: Op,
+        inputs: Vec<usize>,
+        in_shape: Vec<usize>,
+        out_shape: Vec<usize>,
+    ) {
+        let index = self.layers.len();
+        // The node's name and its module scopes ("/encoder/layer.0/Add" → "encoder.layer.0")
+        // name this hook point too; the last node of a scope is its module's output.
+        if !node.name.is_empty() && node.name != name {
+            self.aliases.insert(node.name.clone(), index);
+        }
+        let parts: Vec<&str> = node.name.trim_start_matches('/').split('/').collect();
+        for k in 1..parts.len() {
+            self.aliases.insert(parts[..k].join("."), index);
+        }
+        self.layers.push(Layer {
+            name: name.clone(),
+            kind: node.op_type.clone(),
+            op,
+            inputs,
+            in_shape: in_shape.clone(),
+            out_shape: out_shape.clone(),
+        });
+        self.syms.insert(
+            name,
+            Sym::Value {
+                slot: index + 1,
+                shape: out_shape,
+            },
+        );
+    }
+
+    fn out_name(node: &Node) -> String {
+        node.proto.output.first().cloned().unwrap_or_default()
+    }
+
+    /// A layer of one value input.
+    fn unary_layer(&mut self, node: &Node, op: Op, input: (usize, Vec<usize>), out_shape: Vec<usize>) {
+        let name = Self::out_name(node);
+        self.push(node.proto, name, op, vec![input.0], input.1, out_shape);
+    }
+
+    fn set_const(&mut self, node: &Node, k: Konst) {
+        self.syms.insert(Self::out_name(node), Sym::Const(k));
+    }
+
+    fn value_input(&self, node: &Node, i: usize) -> Result<(usize, Vec<usize>)> {
+        let name = node
+            .input(i)
+            .ok_or_else(|| unsupported(format!("input {i} is missing")))?;
+        match self.sym(name)? {
+            Sym::Value { slot, shape } => Ok((*slot, shape.clone())),
+            Sym::Const(_) => Err(unsupported(format!(
+                "its input `{name}` is a constant where a value of the batch is expected"
+            ))),
+        }
+    }
+
+    fn translate(&mut self, node: &Node) -> Result<()> {
+        if node.proto.output.len() > 1 && !matches!(node.proto.op_type.as_str(), "Dropout" | "BatchNormalization") {
+            return Err(unsupported("nodes of several outputs are not supported"));
+        }
+        if !node.proto.domain.is_empty() && node.proto.domain != "ai.onnx" {
+            return Err(unsupported(format!(
+                "operators of domain `{}` are not supported",
+                node.proto.domain
+            )));
+        }
+        let op = node.proto.op_type.as_str();
+        match op {
+            "Constant" => {
+                let k = if let Some(t) = node.attr("value").and_then(|a| a.t.as_ref()) {
+                    tensor(t, &self.shown)?
+                } else if let Some(a) = node.attr("value_float") {
+                    Konst::scalar(a.f as f64)
+                } else if let Some(a) = node.attr("value_int") {
+                    Konst::scalar(a.i as f64)
+                } else if let Some(a) = node.attr("value_floats") {
+                    Konst {
+                        shape: vec![a.floats.len()],
+                        data: a.floats.iter().map(|v| *v as f64).collect(),
+                    }
+                } else if let Some(a) = node.attr("value_ints") {
+                    Konst {
+                        shape: vec![a.ints.len()],
+                        data: a.ints.iter().map(|v| *v as f64).collect(),
+                    }
+                } else {
+                    return Err(unsupported("a Constant without a value"));
+                };
+                self.set_const(node, k);
+                Ok(())
+            }
+            "Identity" | "Dropout" => self.select_like(node, |shape| {
+                let map = (0..shape.iter().product::<usize>() as u32).collect();
+                Ok((shape.to_vec(), map))
+            }),
+            "Shape" => {
+                let name = node.input(0).unwrap_or_default();
+                let shape: Vec<f64> = match self.sym(name)? {
+                    Sym::Value { shape, .. } => std::iter::once(BATCH as f64)
+                        .chain(shape.iter().map(|d| *d as f64))
+                        .collect(),
+                    Sym::Const(k) => k.shape.iter().map(|d| *d as f64).collect(),
+                };
+                let r = shape.len() as i64;
+                let clampi = |v: i64| (if v < 0 { v + r } else { v }).clamp(0, r) as usize;
+                let (s, e) = (clampi(node.int("start", 0)), clampi(node.int("end", r)));
+                let data = shape[s..e.max(s)].to_vec();
+                self.set_const(
+                    node,
+                    Konst {
+                        shape: vec![data.len()],
+                        data,
+                    },
+                );
+                Ok(())
+            }
+            "ConstantOfShape" => {
+                let dims = self.konst(node.input(0).unwrap_or_default())?.ints();
+                if dims.contains(&BATCH) {
+                    return Err(unsupported("a constant as large as the batch"));
+                }
+                let value = node
+                    .attr("value")
+                    .and_then(|a| a.t.as_ref())
+                    .map(|t| tensor(t, &self.shown))
+                    .transpose()?
+                    .and_then(|k| k.data.first().copied())
+                    .unwrap_or(0.0);
+                let shape: Vec<usize> = dims.iter().map(|d| (*d).max(0) as usize).collect();
+                let count = shape.iter().product();
+                self.set_const(
+                    node,
+                    Konst {
+                        shape,
+                        data: vec![value; count],
+                    },
+                );
+                Ok(())
+            }
+            "Range" => {
+                let scalar = |i: usize| -> Result<f64> {
+                    self.konst(node.input(i).unwrap_or_default())?
+                        .data
+                        .first()
+                        .copied()
+                        .ok_or_else(|| unsupported("an empty Range bound"))
+                };
+                let (start, limit, delta) = (scalar(0)?, scalar(1)?, scalar(2)?);
+                if delta == 0.0 {
+                    return Err(unsupported("a Range with step 0"));
+                }
+                let count = ((limit - start) / delta).ceil().max(0.0) as usize;
+                let data: Vec<f64> = (0..count).map(|i| start + i as f64 * delta).collect();
+                self.set_const(
+                    node,
+                    Konst {
+                        shape: vec![count],
+                        data,
+                    },
+                );
+                Ok(())
+            }
+            "Cast" => {
+                let to = node.int("to", data_type::FLOAT as i64) as i32;
+                let f = match to {
+                    data_type::FLOAT | data_type::DOUBLE | 10 | 16 => None,
+                    data_type::BOOL => Some(MapFn::NonZero),
+                    _ => Some(MapFn::Trunc),
+                };
+                match f {
+                    Some(f) => self.map(node, f),
+                    None => self.select_like(node, |shape| {
+                        Ok((shape.to_vec(), (0..shape.iter().product::<usize>() as u32).collect()))
+                    }),
+                }
+            }
+            "Relu" => self.elementwise(node, Op::Relu),
+            "LeakyRelu" => self.elementwise(
+                node,
+                Op::LeakyRelu {
+                    slope: node.float("alpha", 0.01),
+                },
+            ),
+            "Sigmoid" => self.elementwise(node, Op::Sigmoid),
+            "Tanh" => self.elementwise(node, Op::Tanh),
+            "Gelu" => {
+                let tanh_approx = node.string("approximate", "none") == "tanh";
+                self.elementwise(node, Op::Gelu { tanh_approx })
+            }
+            "HardSigmoid" => self.map(
+                node,
+                MapFn::HardSigmoid {
+                    alpha: node.float("alpha", 0.2),
+                    beta: node.float("beta", 0.5),
+                },
+            ),
+            "HardSwish" => self.map(node, MapFn::HardSwish),
+            "Erf" => self.map(node, MapFn::Erf),
+            "Exp" => self.map(node, MapFn::Exp),
+            "Log" => self.map(node, MapFn::Log),
+            "Sqrt" => self.map(node, MapFn::Sqrt),
+            "Reciprocal" => self.map(node, MapFn::Reciprocal),
+            "Neg" => self.map(node, MapFn::Neg),
+            "Abs" => self.map(node, MapFn::Abs),
+            "Not" => self.map(node, MapFn::Not),
+            "Clip" => {
+                let bound = |i: usize, attr: &str, default: f32| -> Result<f32> {
+                    Ok(match self.opt_konst(node, i)? {
+                        Some(k) => k.data.first().map_or(default, |v| *v as f32),
+                        None => node.float(attr, default),
+                    })
+                };
+                let (min, max) = (bound(1, "min", f32::MIN)?, bound(2, "max", f32::MAX)?);
+                self.map(node, MapFn::Clip { min, max })
+            }
+            "Add" => self.nary(node, NaryKind::Add),
+            "Sub" => self.nary(node, NaryKind::Sub),
+            "Mul" => self.nary(node, NaryKind::Mul),
+            "Div" => self.nary(node, NaryKind::Div),
+            "Pow" => self.nary(node, NaryKind::Pow),
+            "Max" => self.nary(node, NaryKind::Max),
+            "Min" => self.nary(node, NaryKind::Min),
+            "Equal" => self.nary(node, NaryKind::Equal),
+            "Less" => self.nary(node, NaryKind::Less),
+            "Greater" => self.nary(node, NaryKind::Greater),
+            "Where" => self.nary(node, NaryKind::Where),
+            "Softmax" => {
+                let (slot, shape) = self.value_input(node, 0)?;
+                let default = if self.opset >= 13 { -1 } else { 1 };
+                let a = axis(node.int("axis", default), shape.len() + 1)?;
+                if a == 0 {
+                    return Err(unsupported("a softmax over the batch axis"));
+                }
+                if self.opset < 13 && a != shape.len() {
+                    return Err(unsupported("a softmax (opset < 13) over more than the last axis"));
+                }
+                self.unary_layer(node, Op::Softmax { axis: a - 1 }, (slot, shape.clone()), shape);
+                Ok(())
+            }
+            "Gemm" => self.gemm(node),
+            "MatMul" => self.matmul(node),
+            "Conv" => self.conv(node, false),
+            "ConvTranspose" => self.conv(node, true),
+            "MaxPool" | "AveragePool" => self.pool(node),
+            "GlobalAveragePool" | "GlobalMaxPool" => {
+                let (slot, shape) = self.value_input(node, 0)?;
+                if shape.len() != 3 {
+                    return Err(unsupported(format!(
+                        "{op} over a sample of shape {shape:?} (2-D images are supported)"
+                    )));
+                }
+                let out = vec![shape[0], 1, 1];
+                let op = if op == "GlobalAveragePool" {
+                    Op::AdaptiveAvgPool2d { out: (1, 1) }
+                } else {
+                    Op::MaxPool2d {
+                        win: Window2d {
+                            kernel: (shape[1], shape[2]),
+                            stride: (1, 1),
+                            padding: (0, 0),
+                            dilation: (1, 1),
+                        },
+                    }
+                };
+                self.unary_layer(node, op, (slot, shape), out);
+                Ok(())
+            }
+            "BatchNormalization" => {
+                let (slot, shape) = self.value_input(node, 0)?;
+                let get =
+                    |i: usize| -> Result<Vec<f64>> { Ok(self.konst(node.input(i).unwrap_or_default())?.data.clone()) };
+                let (gamma, beta, mean, var) = (get(1)?, get(2)?, get(3)?, get(4)?);
+                let eps = node.float("epsilon", 1e-5) as f64;
+                let c = shape.first().copied().unwrap_or(0);
+                if [gamma.len(), beta.len(), mean.len(), var.len()].iter().any(|l| *l != c) {
+                    return Err(unsupported(format!("batch-norm statistics do not have {c} channels")));
+                }
+                let scale: Vec<f64> = gamma.iter().zip(&var).map(|(g, v)| g / (v + eps).sqrt()).collect();
+                let shift = beta
+                    .iter()
+                    .zip(&mean)
+                    .zip(&scale)
+                    .map(|((b, m), s)| (b - m * s) as f32)
+                    .collect();
+                let op = Op::BatchNorm {
+                    scale: scale.iter().map(|v| *v as f32).collect(),
+                    shift,
+                };
+                self.unary_layer(node, op, (slot, shape.clone()), shape);
+                Ok(())
+            }
+            "LayerNormalization" => {
+                let (slot, shape) = self.value_input(node, 0)?;
+                let a = axis(node.int("axis", -1), shape.len() + 1)?;
+                if a == 0 {
+                    return Err(unsupported("a layer norm over the batch axis"));
+                }
+                let len: usize = shape[a - 1..].iter().product();
+                let per = |k: Option<&Konst>| -> Result<Option<Vec<f32>>> {
+                    let Some(k) = k else { return Ok(None) };
+                    let v = k.f32s();
+                    match v.len() {
+                        l if l == len => Ok(Some(v)),
+                        1 => Ok(Some(vec![v[0]; len])),
+                        l => Err(unsupported(format!("a layer-norm parameter of {l} values over {len}"))),
+                    }
+                };
+                let ln = LayerNorm {
+                    len,
+                    eps: node.float("epsilon", 1e-5),
+                    scale: per(self.opt_konst(node, 1)?)?,
+                    bias: per(self.opt_konst(node, 2)?)?,
+                };
+                self.unary_layer(node, Op::LayerNorm(ln), (slot, shape.clone()), shape);
+                Ok(())
+            }
+            "Flatten" => {
+                let a = node.int("axis", 1);
+                self.reshape_with(node, move |full_in| {
+                    let r = full_in.len() as i64;
+                    let a = if a < 0 { a + r } else { a };
+                    if !(0..=r).contains(&a) {
+                        return Err(unsupported(format!("Flatten axis {a} for rank {r}")));
+                    }
+                    let a = a as usize;
+                    let outer: usize = full_in[..a].iter().product();
+                    let inner: usize = full_in[a..].iter().product();
+                    Ok(vec![outer, inner])
+                })
+            }
+            "Reshape" => {
+                let target = self.konst(node.input(1).unwrap_or_default())?.ints();
+                let allow_zero = node.int("allowzero", 0) != 0;
+                self.reshape_with(node, move |full_in| reshape_target(full_in, &target, allow_zero))
+            }
+            "Squeeze" | "Unsqueeze" => {
+                let axes = match node.ints("axes") {
+                    Some(a) => a,
+                    None => self.opt_konst(node, 1)?.map(Konst::ints).unwrap_or_default(),
+                };
+                let squeeze = op == "Squeeze";
+                self.reshape_with(node, move |full_in| {
+                    if squeeze {
+                        let r = full_in.len();
+                        let drop: Vec<usize> = if axes.is_empty() {
+                            (0..r).filter(|&d| full_in[d] == 1).collect()
+                        } else {
+                            axes.iter().map(|&a| axis(a, r)).collect::<Result<_>>()?
+                        };
+                        if drop.iter().any(|&d| full_in[d] != 1) {
+                            return Err(unsupported("Squeeze of an axis whose length is not 1"));
+                        }
+                        Ok((0..r).filter(|d| !drop.contains(d)).map(|d| full_in[d]).collect())
+                    } else {
+                        let r = full_in.len() + axes.len();
+                        let mut add: Vec<usize> = axes.iter().map(|&a| axis(a, r)).collect::<Result<_>>()?;
+                        add.sort_unstable();
+                        let mut out = full_in.to_vec();
+                        for a in add {
+                            out.insert(a, 1);
+                        }
+                        Ok(out)
+                    }
+                })
+            }
+            "Transpose" => {
+                let perm = node.ints("perm");
+                self.select_like(node, move |shape| {
+                    let perm: Vec<usize> = match &perm {
+                        Some(p) => p.iter().map(|&a| axis(a, shape.len())).collect::<Result<_>>()?,
+                        None => (0..shape.len()).rev().collect(),
+                    };
+                    Ok(graph_ops::transpose_map(shape, &perm))
+                })
+            }
+            "Slice" => self.slice(node),
+            "Gather" => self.gather(node),
+            "Expand" => {
+                let target = self.konst(node.input(1).unwrap_or_default())?.ints();
+                self.select_like(node, move |shape| {
+                    let t: Vec<usize> = target
+                        .iter()
+                        .map(|&d| if d == BATCH { 1 } else { d.max(0) as usize })
+                        .collect();
+                    let out = graph_ops::broadcast_shape(shape, &t)
+                        .ok_or_else(|| unsupported(format!("shape {shape:?} does not expand to {target:?}")))?;
+                    Ok((out.clone(), graph_ops::broadcast_map(shape, &out)))
+                })
+            }
+            "Pad" => self.pad(node),
+            "Concat" => self.concat(node),
+            "ReduceSum" | "ReduceMean" | "ReduceMax" | "ReduceMin" | "ReduceSumSquare" => self.reduce(node),
+            other => Err(unsupported(format!("no translation of {other} exists"))),
+        }
+    }
+
+    /// An element-wise layer type of the architecture format (its rules apply).
+    fn elementwise(&mut self, node: &Node, op: Op) -> Result<()> {
+        let (slot, shape) = self.value_input(node, 0)?;
+        self.unary_layer(node, op, (slot, shape.clone()), shape);
+        Ok(())
+    }
+
+    fn map(&mut self, node: &Node, f: MapFn) -> Result<()> {
+        let name = node.input(0).unwrap_or_default();
+        if let Sym::Const(k) = self.sym(name)? {
+            let data = k.data.iter().map(|v| f.apply(*v as f32) as f64).collect();
+            let k = Konst {
+                shape: k.shape.clone(),
+                data,
+            };
+            self.set_const(node, k);
+            return Ok(());
+        }
+        self.elementwise(node, Op::Map(f))
+    }
+
+    /// An element-wise function of several operands; constants are folded.
+    fn nary(&mut self, node: &Node, kind: NaryKind) -> Result<()> {
+        let names: Vec<&str> = (0..node.proto.input.len()).filter_map(|i| node.input(i)).collect();
+        if names.len() != kind.arity() {
+            return Err(unsupported(format!(
+                "{} operands (this translation takes {})",
+                names.len(),
+                kind.arity()
+            )));
+        }
+        let syms: Vec<Sym> = names.iter().map(|n| self.sym(n).cloned()).collect::<Result<_>>()?;
+        // Full shapes: a value's batch axis counts as 1.
+        let shapes: Vec<Vec<usize>> = syms
+            .iter()
+            .map(|s| match s {
+                Sym::Value { shape, .. } => full(shape),
+                Sym::Const(k) => k.shape.clone(),
+            })
+            .collect();
+        let mut out = shapes[0].clone();
+        for s in &shapes[1..] {
+            out = graph_ops::broadcast_shape(&out, s)
+                .ok_or_else(|| unsupported(format!("shapes {:?} do not broadcast", shapes)))?;
+        }
+        let values: Vec<(usize, usize)> = syms
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| match s {
+                Sym::Value { slot, .. } => Some((i, *slot)),
+                Sym::Const(_) => None,
+            })
+            .collect();
+        if values.is_empty() {
+            let maps: Vec<Vec<u32>> = shapes.iter().map(|s| graph_ops::broadcast_map(s, &out)).collect();
+            let data = (0..out.iter().product::<usize>())
+                .map(|i| {
+                    let a: Vec<f64> = syms
+                        .iter()
+                        .zip(&maps)
+                        .map(|(s, m)| match s {
+                            Sym::Const(k) => k.data[m[i] as usize],
+                            Sym::Value { .. } => 0.0,
+                        })
+                        .collect();
+                    kind.apply(&a)
+                })
+                .collect();
+            self.set_const(node, Konst { shape: out, data });
+            return Ok(());
+        }
+        // The batch axis must stay axis 0 of every value and of the result.
+        for &(i, _) in &values {
+            if shapes[i].len() != out.len() {
+                return Err(unsupported(format!(
+                    "a value of rank {} broadcast to rank {} (the batch axis would move)",
+                    shapes[i].len(),
+                    out.len()
+                )));
+            }
+        }
+        if out[0] != 1 {
+            return Err(unsupported("a constant that spans the batch axis"));
+        }
+        let mut inputs = Vec::new();
+        let args = syms
+            .iter()
+            .zip(&shapes)
+            .map(|(s, shape)| {
+                let map = (shape != &out).then(|| graph_ops::broadcast_map(shape, &out));
+                match s {
+                    Sym::Value { slot, .. } => {
+                        let k = inputs.iter().position(|v| v == slot).unwrap_or_else(|| {
+                            inputs.push(*slot);
+                            inputs.len() - 1
+                        });
+                        Arg {
+                            operand: Operand::Input(k),
+                            map,
+                        }
+                    }
+                    Sym::Const(k) => Arg {
+                        operand: Operand::Const(k.f32s()),
+                        map: Some(map.unwrap_or_else(|| (0..k.data.len() as u32).collect())),
+                    },
+                }
+            })
+            .collect();
+        let in_shape = shapes[values[0].0][1..].to_vec();
+        let name = Self::out_name(node);
+        self.push(
+            node.proto,
+            name,
+            Op::Nary(Nary { kind, args }),
+            inputs,
+            in_shape,
+            out[1..].to_vec(),
+        );
+        Ok(())
+    }
+
+    /// An operator that copies values by an index map over full shapes (batch axis 1 for
+    /// a value): `f(full shape) → (full output shape, map)`. Folded for a constant.
+    fn select_like(&mut self, node: &Node, f: impl Fn(&[usize]) -> Result<(Vec<usize>, Vec<u32>)>) -> Result<()> {
+        let name = node.input(0).ok_or_else(|| unsupported("input 0 is missing"))?;
+        match self.sym(name)?.clone() {
+            Sym::Const(k) => {
+                let (shape, map) = f(&k.shape)?;
+                let data = map.iter().map(|&j| k.data[j as usize]).collect();
+                self.set_const(node, Konst { shape, data });
+            }
+            Sym::Value { slot, shape } => {
+                let (out, map) = f(&full(&shape))?;
+                if out.first() != Some(&1) {
+                    return Err(unsupported("an index operation that moves or resizes the batch axis"));
+                }
+                let picks = map.into_iter().map(|j| (0, j)).collect();
+                let op = Op::Select(Select { picks, fill: 0.0 });
+                self.unary_layer(node, op, (slot, shape), out[1..].to_vec());
+            }
+        }
+        Ok(())
+    }
+
+    /// A reshape: `f(full input shape with the batch as BATCH)` gives the full output shape.
+    fn reshape_with(&mut self, node: &Node, f: impl Fn(&[usize]) -> Result<Vec<usize>>) -> Result<()> {
+        let name = node.input(0).ok_or_else(|| unsupported("input 0 is missing"))?;
+        match self.sym(name)?.clone() {
+            Sym::Const(k) => {
+                let shape = f(&k.shape)?;
+                if shape.iter().product::<usize>() != k.data.len() {
+                    return Err(unsupported(format!("{:?} cannot be reshaped to {shape:?}", k.shape)));
+                }
+                self.set_const(node, Konst { shape, data: k.data });
+            }
+            Sym::Value { slot, shape } => {
+                let mut full_in = vec![BATCH as usize];
+                full_in.extend_from_slice(&shape);
+                let out = f(&full_in)?;
+                if out.first() != Some(&(BATCH as usize))
+                    || out[1..].iter().product::<usize>() != shape.iter().product::<usize>()
+                {
+                    return Err(unsupported(format!(
+                        "a reshape of [batch, {}] to {} merges or splits the batch axis",
+                        shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "),
+                        fmt_full(&out)
+                    )));
+                }
+                self.unary_layer(node, Op::Flatten, (slot, shape), out[1..].to_vec());
+            }
+        }
+        Ok(())
+    }
+
+    fn gemm(&mut self, node: &Node) -> Result<()> {
+        let (slot, shape) = self.value_input(node, 0)?;
+        if node.int("transA", 0) != 0 || shape.len() != 1 {
+            return Err(unsupported("Gemm with a transposed or non-matrix input"));
+        }
+        let b = self.konst(node.input(1).unwrap_or_default())?.clone();
+        let (alpha, beta) = (node.float("alpha", 1.0) as f64, node.float("beta", 1.0) as f64);
+        let trans_b = node.int("transB", 0) != 0;
+        let [r, c] = b.shape[..] else {
+            return Err(unsupported("a Gemm weight that is not a matrix"));
+        };
+        let (inp, out) = if trans_b { (c, r) } else { (r, c) };
+        if inp != shape[0] {
+            return Err(unsupported(format!(
+                "a Gemm weight {:?} for {} inputs",
+                b.shape, shape[0]
+            )));
+        }
+        // The engine's linear weights are (out, in), as PyTorch's.
+        let weight = (0..out * inp)
+            .map(|i| {
+                let (o, k) = (i / inp, i % inp);
+                (alpha
+                    * if trans_b {
+                        b.data[o * inp + k]
+                    } else {
+                        b.data[k * out + o]
+                    }) as f32
+            })
+            .collect();
+        let bias = match self.opt_konst(node, 2)? {
+            None => None,
+            Some(k) if k.data.len() == out || k.data.len() == 1 => {
+                Some((0..out).map(|o| (beta * k.data[o % k.data.len()]) as f32).collect())
+            }
+            Some(k) => return Err(unsupported(format!("a Gemm bias of shape {:?}", k.shape))),
+        };
+        let op = Op::Linear { inp, out, weight, bias };
+        self.unary_layer(node, op, (slot, shape), vec![out]);
+        Ok(())
+    }
+
+    fn matmul(&mut self, node: &Node) -> Result<()> {
+        let (a, b) = (node.input(0).unwrap_or_default(), node.input(1).unwrap_or_default());
+        match (self.sym(a)?.clone(), self.sym(b)?.clone()) {
+            (Sym::Value { slot, shape }, Sym::Const(w)) => {
+                let [k, n] = w.shape[..] else {
+                    return Err(unsupported(format!("a MatMul by a constant of shape {:?}", w.shape)));
+                };
+                if shape.last() != Some(&k) {
+                    return Err(unsupported(format!("a MatMul of {shape:?} by {:?}", w.shape)));
+                }
+                let weight = (0..n * k).map(|i| w.data[(i % k) * n + i / k] as f32).collect();
+                let mut out = shape.clone();
+                *out.last_mut().expect("rank ≥ 1") = n;
+                let op = Op::Linear {
+                    inp: k,
+                    out: n,
+                    weight,
+                    bias: None,
+                };
+                self.unary_layer(node, op, (slot, shape), out);
+                Ok(())
+            }
+            (Sym::Value { slot: sa, shape: a }, Sym::Value { slot: sb, shape: b }) => {
+                if a.len() < 2 || b.len() < 2 {
+                    return Err(unsupported("a MatMul of vectors"));
+                }
+                let (ra, rb) = (a.len(), b.len());
+                let (m, k, k2, n) = (a[ra - 2], a[ra - 1], b[rb - 2], b[rb - 1]);
+                let (lead_a, lead_b) = (&a[..ra - 2], &b[..rb - 2]);
+                if k != k2 || lead_a != lead_b {
+                    return Err(unsupported(format!("a MatMul of {a:?} by {b:?}")));
+                }
+                let lead: usize = lead_a.iter().product();
+                let mm = MatMul {
+                    lead,
+                    b_lead: lead,
+                    m,
+                    k,
+                    n,
+                };
+                let mut out = lead_a.to_vec();
+                out.extend([m, n]);
+                let name = Self::out_name(node);
+                self.push(node.proto, name, Op::MatMul(mm), vec![sa, sb], a, out);
+                Ok(())
+            }
+            _ => Err(unsupported("a MatMul whose left operand is a constant")),
+        }
+    }
+
+    /// Spatial pads from `pads`/`auto_pad`: (top, left, bottom, right).
+    fn pads(
+        node: &Node,
+        hw: (usize, usize),
+        kernel: (usize, usize),
+        stride: (usize, usize),
+        dil: (usize, usize),
+    ) -> Result<[usize; 4]> {
+        match node.string("auto_pad", "NOTSET").as_str() {
+            "NOTSET" => {
+                let p = node.ints("pads").unwrap_or_else(|| vec![0; 4]);
+                if p.len() != 4 || p.iter().any(|v| *v < 0) {
+                    return Err(unsupported(format!("pads {p:?}")));
+                }
+                Ok([p[0] as usize, p[1] as usize, p[2] as usize, p[3] as usize])
+            }
+            "VALID" => Ok([0; 4]),
+            mode @ ("SAME_UPPER" | "SAME_LOWER") => {
+                let total = |len: usize, k: usize, s: usize, d: usize| {
+                    let out = len.div_ceil(s);
+                    ((out - 1) * s + (k - 1) * d + 1).saturating_sub(len)
+                };
+                let (th, tw) = (
+                    total(hw.0, kernel.0, stride.0, dil.0),
+                    total(hw.1, kernel.1, stride.1, dil.1),
+                );
+                let (small_h, small_w) = (th / 2, tw / 2);
+                Ok(if mode == "SAME_UPPER" {
+                    [small_h, small_w, th - small_h, tw - small_w]
+                } else {
+                    [th - small_h, tw - small_w, small_h, small_w]
+                })
+            }
+            other => Err(unsupported(format!("auto_pad {other}"))),
+        }
+    }
+
+    /// Pads a value with a layer of its own (for asymmetric pads); returns the new value.
+    fn pad_layer(
+        &mut self,
+        node: &Node,
+        value: (usize, Vec<usize>),
+        pads: [usize; 4],
+        fill: f32,
+    ) -> (usize, Vec<usize>) {
+        let shape = &value.1;
+        let (out, map) = graph_ops::pad_map(shape, &[0, pads[0], pads[1]], &[0, pads[2], pads[3]], PadMode::Constant);
+        let picks = map.into_iter().map(|j| j.map_or((FILL, 0), |j| (0, j))).collect();
+        let name = format!("{}:pad", Self::out_name(node));
+        self.push(
+            &NodeProto {
+                op_type: "Pad".into(),
+                ..Default::default()
+            },
+            name,
+            Op::Select(Select { picks, fill }),
+            vec![value.0],
+            value.1.clone(),
+            out.clone(),
+        );
+        (self.layers.len(), out)
+    }
+
+    fn window(node: &Node, kernel: (usize, usize)) -> Result<(Window2d, (usize, usize))> {
+        let two = |name: &str, default: usize| -> Result<(usize, usize)> {
+            match node.ints(name) {
+                None => Ok((default, default)),
+                Some(v) if v.len() == 2 && v.iter().all(|x| *x > 0) => Ok((v[0] as usize, v[1] as usize)),
+                Some(v) => Err(unsupported(format!("{name} {v:?} (2-D windows are supported)"))),
+            }
+        };
+        let stride = two("strides", 1)?;
+        let dilation = two("dilations", 1)?;
+        Ok((
+            Window2d {
+                kernel,
+                stride,
+                padding: (0, 0),
+                dilation,
+            },
+            stride,
+        ))
+    }
+
+    fn conv(&mut self, node: &Node, transposed: bool) -> Result<()> {
+        let (slot, shape) = self.value_input(node, 0)?;
+        let w = self.konst(node.input(1).unwrap_or_default())?.clone();
+        if shape.len() != 3 || w.shape.len() != 4 {
+            return Err(unsupported(format!(
+                "a convolution over samples of shape {shape:?} (2-D images are supported)"
+            )));
+        }
+        let groups = node.int("group", 1).max(1) as usize;
+        let kernel = (w.shape[2], w.shape[3]);
+        let (mut win, stride) = Self::window(node, kernel)?;
+        let pads = Self::pads(node, (shape[1], shape[2]), kernel, stride, win.dilation)?;
+        let out_channels = if transposed { w.shape[1] * groups } else { w.shape[0] };
+        let in_per_group = if transposed { w.shape[0] / groups } else { w.shape[1] };
+        if shape[0] != in_per_group * groups || (transposed && w.shape[0] != shape[0]) {
+            return Err(unsupported(format!(
+                "a weight {:?} (groups {groups}) for {} input channels",
+                w.shape, shape[0]
+            )));
+        }
+        let bias = match self.opt_konst(node, 2)? {
+            Some(b) if b.data.len() == out_channels => Some(b.f32s()),
+            Some(b) => {
+                return Err(unsupported(format!(
+                    "a bias of {} values for {out_channels} channels",
+                    b.data.len()
+                )));
+            }
+            None => None,
+        };
+        let weight = w.f32s();
+        if transposed {
+            if pads[0] != pads[2] || pads[1] != pads[3] || node.ints("output_shape").is_some() {
+                return Err(unsupported("ConvTranspose with asymmetric pads or an output_shape"));
+            }
+            let op_pad = node.ints("output_padding").unwrap_or_else(|| vec![0, 0]);
+            win.padding = (pads[0], pads[1]);
+            let span = |len: usize, k: usize, s: usize, p: usize, d: usize, extra: i64| {
+                ((len as i64 - 1) * s as i64 - 2 * p as i64 + d as i64 * (k as i64 - 1) + 1 + extra).max(0) as usize
+            };
+            let oh = span(
+                shape[1],
+                kernel.0,
+                stride.0,
+                pads[0],
+                win.dilation.0,
+                op_pad.first().copied().unwrap_or(0),
+            );
+            let ow = span(
+                shape[2],
+                kernel.1,
+                stride.1,
+                pads[1],
+                win.dilation.1,
+                op_pad.get(1).copied().unwrap_or(0),
+            );
+            let op = Op::ConvTranspose2d {
+                out: out_channels,
+                groups,
+                win,
+                weight,
+                bias,
+            };
+            self.unary_layer(node, op, (slot, shape), vec![out_channels, oh, ow]);
+            return Ok(());
+        }
+        let (value, padded) = if pads[0] == pads[2] && pads[1] == pads[3] {
+            win.padding = (pads[0], pads[1]);
+            ((slot, shape.clone()), shape)
+        } else {
+            let v = self.pad_layer(node, (slot, shape), pads, 0.0);
+            (v.clone(), v.1)
+        };
+        let (oh, ow) = win
+            .out_hw(padded[1], padded[2])
+            .ok_or_else(|| unsupported(format!("a kernel {kernel:?} larger than the padded image {padded:?}")))?;
+        let op = Op::Conv2d {
+            out: out_channels,
+            groups,
+            win,
+            weight,
+            bias,
+        };
+        self.unary_layer(node, op, value, vec![out_channels, oh, ow]);
+        Ok(())
+    }
+
+    fn pool(&mut self, node: &Node) -> Result<()> {
+        let (slot, shape) = self.value_input(node, 0)?;
+        if shape.len() != 3 {
+            return Err(unsupported(format!(
+                "pooling over samples of shape {shape:?} (2-D images are supported)"
+            )));
+        }
+        let k = node.ints("kernel_shape").unwrap_or_default();
+        let [kh, kw] = k[..] else {
+            return Err(unsupported(format!("kernel_shape {k:?}")));
+        };
+        let kernel = (kh.max(1) as usize, kw.max(1) as usize);
+        let (mut win, stride) = Self::window(node, kernel)?;
+        let mut pads = Self::pads(node, (shape[1], shape[2]), kernel, stride, win.dilation)?;
+        let max = node.proto.op_type == "MaxPool";
+        if node.int("ceil_mode", 0) != 0 {
+            if !max {
+                return Err(unsupported("AveragePool with ceil_mode"));
+            }
+            // Ceil mode: pad the end so the last partial window fits.
+            for (axis, len) in [(0, shape[1]), (1, shape[2])] {
+                let span = win_span(kernel, win.dilation, axis);
+                let s = if axis == 0 { stride.0 } else { stride.1 };
+                let padded = len + pads[axis] + pads[axis + 2];
+                if padded >= span {
+                    let rem = (padded - span) % s;
+                    if rem != 0 {
+                        pads[axis + 2] += s - rem;
+                    }
+                }
+            }
+        }
+        let symmetric = pads[0] == pads[2] && pads[1] == pads[3];
+        let count_include_pad = node.int("count_include_pad", 0) != 0;
+        let (value, padded) = if symmetric {
+            win.padding = (pads[0], pads[1]);
+            ((slot, shape.clone()), shape.clone())
+        } else if max {
+            let v = self.pad_layer(node, (slot, shape), pads, f32::NEG_INFINITY);
+            (v.clone(), v.1)
+        } else if count_include_pad {
+            let v = self.pad_layer(node, (slot, shape), pads, 0.0);
+            (v.clone(), v.1)
+        } else {
+            return Err(unsupported("AveragePool with asymmetric pads that are not counted"));
+        };
+        let (oh, ow) = win
+            .out_hw(padded[1], padded[2])
+            .ok_or_else(|| unsupported(format!("a window {kernel:?} larger than the padded image")))?;
+        let op = if max {
+            Op::MaxPool2d { win }
+        } else {
+            Op::AvgPool2d { win, count_include_pad }
+        };
+        self.unary_layer(node, op, value, vec![padded[0], oh, ow]);
+        Ok(())
+    }
+
+    fn slice(&mut self, node: &Node) -> Result<()> {
+        let (starts, ends, axes, steps) = if self.opset >= 10 {
+            let get = |i: usize| -> Result<Option<Vec<i64>>> { Ok(self.opt_konst(node, i)?.map(Konst::ints)) };
+            (
+                get(1)?.unwrap_or_default(),
+                get(2)?.unwrap_or_default(),
+                get(3)?,
+                get(4)?,
+            )
+        } else {
+            (
+                node.ints("starts").unwrap_or_default(),
+                node.ints("ends").unwrap_or_default(),
+                node.ints("axes"),
+                None,
+            )
+        };
+        self.select_like(node, move |shape| {
+            let r = shape.len();
+            let axes: Vec<usize> = match &axes {
+                Some(a) => a.iter().map(|&x| axis(x, r)).collect::<Result<_>>()?,
+                None => (0..starts.len()).collect(),
+            };
+            let mut ranges: Vec<(i64, i64, usize)> = shape.iter().map(|&d| (0, 1, d)).collect();
+            for (i, &a) in axes.iter().enumerate() {
+                let step = steps.as_ref().and_then(|s| s.get(i).copied()).unwrap_or(1);
+                let (start, end) = (
+                    starts.get(i).copied().unwrap_or(0),
+                    ends.get(i).copied().unwrap_or(i64::MAX),
+                );
+                if step == 0 {
+                    return Err(unsupported("a Slice with step 0"));
+                }
+                if a == 0 && shape[0] == 1 && !(start == 0 && step == 1 && end >= BATCH) {
+                    // For a value axis 0 is the batch: only the whole of it may be taken.
+                    return Err(unsupported("a Slice of the batch axis"));
+                }
+                ranges[a] = graph_ops::slice_range(shape[a], start, end.min(i64::MAX / 2).max(i64::MIN / 2), step);
+            }
+            Ok(graph_ops::slice_map(shape, &ranges))
+        })
+    }
+
+    fn gather(&mut self, node: &Node) -> Result<()> {
+        let (data, idx) = (node.input(0).unwrap_or_default(), node.input(1).unwrap_or_default());
+        let a = node.int("axis", 0);
+        match (self.sym(data)?.clone(), self.sym(idx)?.clone()) {
+            (Sym::Const(table), Sym::Value { slot, shape }) => {
+                if a != 0 || table.shape.len() != 2 {
+                    return Err(unsupported(
+                        "a Gather of a constant by the input other than a row lookup",
+                    ));
+                }
+                let dim = table.shape[1];
+                let mut out = shape.clone();
+                out.push(dim);
+                let op = Op::Embedding {
+                    table: table.f32s(),
+                    dim,
+                };
+                self.unary_layer(node, op, (slot, shape), out);
+                Ok(())
+            }
+            (_, Sym::Const(indices)) => {
+                let ishape = indices.shape.clone();
+                let raw = indices.ints();
+                self.select_like(node, move |shape| {
+                    let ax = axis(a, shape.len())?;
+                    let len = shape[ax] as i64;
+                    let idx: Vec<usize> = raw
+                        .iter()
+                        .map(|&i| {
+                            let j = if i < 0 { i + len } else { i };
+                            if (0..len).contains(&j) {
+                                Ok(j as usize)
+                            } else {
+                                Err(unsupported(format!("index {i} out of range for an axis of {len}")))
+                            }
+                        })
+                        .collect::<Result<_>>()?;
+                    if ax == 0 && shape[0] == 1 && raw != [0] && !ishape.is_empty() {
+                        return Err(unsupported("a Gather along the batch axis"));
+                    }
+                    Ok(graph_ops::gather_map(shape, ax, &idx, &ishape))
+                })
+            }
+            _ => Err(unsupported("a Gather whose indices depend on the input")),
+        }
+    }
+
+    fn pad(&mut self, node: &Node) -> Result<()> {
+        let pads = match self.opt_konst(node, 1)? {
+            Some(k) => k.ints(),
+            None => node.ints("pads").unwrap_or_default(),
+        };
+        let fill = match self.opt_konst(node, 2)? {
+            Some(k) => k.data.first().copied().unwrap_or(0.0) as f32,
+            None => node.float("value", 0.0),
+        };
+        if self.opt_konst(node, 3)?.is_some() {
+            return Err(unsupported("Pad with an axes input"));
+        }
+        let mode = match node.string("mode", "constant").as_str() {
+            "constant" => PadMode::Constant,
+            "reflect" => PadMode::Reflect,
+            "edge" => PadMode::Edge,
+            other => return Err(unsupported(format!("Pad mode {other}"))),
+        };
+        let name = node.input(0).ok_or_else(|| unsupported("input 0 is missing"))?;
+        let sym = self.sym(name)?.clone();
+        let shape = match &sym {
+            Sym::Value { shape, .. } => full(shape),
+            Sym::Const(k) => k.shape.clone(),
+        };
+        let r = shape.len();
+        if pads.len() != 2 * r || pads.iter().any(|p| *p < 0) {
+            return Err(unsupported(format!(
+                "pads {pads:?} for rank {r} (negative pads are not supported)"
+            )));
+        }
+        let (before, after): (Vec<usize>, Vec<usize>) = (
+            pads[..r].iter().map(|p| *p as usize).collect(),
+            pads[r..].iter().map(|p| *p as usize).collect(),
+        );
+        if mode == PadMode::Reflect
+            && (0..r).any(|d| (before[d] > 0 || after[d] > 0) && (before[d].max(after[d]) >= shape[d]))
+        {
+            return Err(unsupported("a reflect pad as wide as the axis"));
+        }
+        let (out, map) = graph_ops::pad_map(&shape, &before, &after, mode);
+        match sym {
+            Sym::Const(k) => {
+                let data = map
+                    .iter()
+                    .map(|j| j.map_or(fill as f64, |j| k.data[j as usize]))
+                    .collect();
+                self.set_const(node, Konst { shape: out, data });
+            }
+            Sym::Value { slot, shape } => {
+                if before[0] != 0 || after[0] != 0 {
+                    return Err(unsupported("a Pad of the batch axis"));
+                }
+                let picks = map.into_iter().map(|j| j.map_or((FILL, 0), |j| (0, j))).collect();
+                self.unary_layer(
+                    node,
+                    Op::Select(Select { picks, fill }),
+                    (slot, shape),
+                    out[1..].to_vec(),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn concat(&mut self, node: &Node) -> Result<()> {
+        let names: Vec<&str> = (0..node.proto.input.len()).filter_map(|i| node.input(i)).collect();
+        let syms: Vec<Sym> = names.iter().map(|n| self.sym(n).cloned()).collect::<Result<_>>()?;
+        let all_const = syms.iter().all(|s| matches!(s, Sym::Const(_)));
+        let shapes: Vec<Vec<usize>> = syms
+            .iter()
+            .map(|s| match s {
+                Sym::Value { shape, .. } => full(shape),
+                Sym::Const(k) => k.shape.clone(),
+            })
+            .collect();
+        let r = shapes.first().map_or(0, Vec::len);
+        let ax = axis(node.int("axis", 0), r)?;
+        if !all_const && (ax == 0 || syms.iter().any(|s| matches!(s, Sym::Const(_)))) {
+            return Err(unsupported("a Concat of values with constants or along the batch axis"));
+        }
+        for s in &shapes {
+            if s.len() != r || (0..r).any(|d| d != ax && s[d] != shapes[0][d]) {
+                return Err(unsupported(format!("a Concat of shapes {shapes:?}")));
+            }
+        }
+        let mut out = shapes[0].clone();
+        out[ax] = shapes.iter().map(|s| s[ax]).sum();
+        let outer: usize = out[..ax].iter().product();
+        let inner: usize = out[ax + 1..].iter().product();
+        let mut picks = Vec::with_capacity(out.iter().product());
+        for o in 0..outer {
+            for (k, s) in shapes.iter().enumerate() {
+                let block = s[ax] * inner;
+                picks.extend((0..block).map(|j| (k as u32, (o * block + j) as u32)));
+            }
+        }
+        if all_const {
+            let data = picks
+                .iter()
+                .map(|&(k, j)| match &syms[k as usize] {
+                    Sym::Const(c) => c.data[j as usize],
+                    Sym::Value { .. } => 0.0,
+                })
+                .collect();
+            self.set_const(node, Konst { shape: out, data });
+            return Ok(());
+        }
+        let inputs: Vec<usize> = syms
+            .iter()
+            .map(|s| match s {
+                Sym::Value { slot, .. } => *slot,
+                Sym::Const(_) => 0,
+            })
+            .collect();
+        let name = Self::out_name(node);
+        let op = Op::Select(Select { picks, fill: 0.0 });
+        self.push(node.proto, name, op, inputs, shapes[0][1..].to_vec(), out[1..].to_vec());
+        Ok(())
+    }
+
+    fn reduce(&mut self, node: &Node) -> Result<()> {
+        let kind = match node.proto.op_type.as_str() {
+            "ReduceSum" => ReduceKind::Sum,
+            "ReduceMean" => ReduceKind::Mean,
+            "ReduceMax" => ReduceKind::Max,
+            "ReduceMin" => ReduceKind::Min,
+            _ => ReduceKind::SumSquare,
+        };
+        let axes = match node.ints("axes") {
+            Some(a) => a,
+            None => self.opt_konst(node, 1)?.map(Konst::ints).unwrap_or_default(),
+        };
+        let keep = node.int("keepdims", 1) != 0;
+        let noop = node.int("noop_with_empty_axes", 0) != 0;
+        let (slot, shape) = self.value_input(node, 0)?;
+        let r = shape.len() + 1;
+        let axes: Vec<usize> = if axes.is_empty() {
+            if noop {
+                return self.select_like(node, |s| {
+                    Ok((s.to_vec(), (0..s.iter().product::<usize>() as u32).collect()))
+                });
+            }
+            (0..r).collect()
+        } else {
+            axes.iter().map(|&a| axis(a, r)).collect::<Result<_>>()?
+        };
+        if axes.contains(&0) {
+            return Err(unsupported("a reduction over the batch axis"));
+        }
+        let reduced: Vec<usize> = (0..shape.len())
+            .map(|d| if axes.contains(&(d + 1)) { 1 } else { shape[d] })
+            .collect();
+        let st = graph_ops::strides(&reduced);
+        let mut map = Vec::with_capacity(shape.iter().product());
+        graph_ops::for_each_index(&shape, |_, idx| {
+            let j: usize = idx
+                .iter()
+                .zip(&reduced)
+                .zip(&st)
+                .map(|((i, len), s)| if *len == 1 { 0 } else { i * s })
+                .sum();
+            map.push(j as u32);
+        });
+        let count = shape.iter().product::<usize>() / reduced.iter().product::<usize>().max(1);
+        let out: Vec<usize> = if keep {
+            reduced
+        } else {
+            (0..shape.len())
+                .filter(|d| !axes.contains(&(d + 1)))
+                .map(|d| shape[d])
+                .collect()
+        };
+        self.unary_layer(node, Op::Reduce(Reduce { kind, map, count }), (slot, shape), out);
+        Ok(())
+    }
+}
+
+fn win_span(kernel: (usize, usize), dilation: (usize, usize), axis: usize) -> usize {
+    if axis == 0 {
+        dilation.0 * (kernel.0 - 1) + 1
+    } else {
+        dilation.1 * (kernel.1 - 1) + 1
+    }
+}
+
+fn fmt_full(shape: &[usize]) -> String {
+    let dims: Vec<String> = shape
+        .iter()
+        .map(|&d| {
+            if d == BATCH as usize {
+                "batch".into()
+            } else {
+                d.to_string()
+            }
+        })
+        .collect();
+    format!("[{}]", dims.join(", "))
+}
+
+/// ONNX Reshape: 0 copies the input's dimension (unless `allow_zero`), -1 is inferred.
+fn reshape_target(full_in: &[usize], target: &[i64], allow_zero: bool) -> Result<Vec<usize>> {
+    let mut out: Vec<Option<usize>> = target
+        .iter()
+        .enumerate()
+        .map(|(i, &t)| match t {
+            0 if !allow_zero => full_in
+                .get(i)
+                .copied()
+                .map(Some)
+                .ok_or_else(|| unsupported("a 0 in a reshape past the input's rank")),
+            -1 => Ok(None),
+            t if t >= 0 => Ok(Some(t as usize)),
+            t => Err(unsupported(format!("a reshape dimension {t}"))),
+        })
+        .collect::<Result<_>>()?;
+    let total: usize = full_in.iter().product();
+    let known: usize = out.iter().flatten().product();
+    match out.iter().filter(|d| d.is_none()).count() {
+        0 => {}
+        1 => {
+            // With the batch standing in as BATCH, a -1 next to it is the sample's rest.
+            let fill = if known == 0 { 0 } else { total / known };
+            if let Some(slot) = out.iter_mut().find(|d| d.is_none()) {
+                *slot = Some(fill);
+            }
+        }
+        _ => return Err(unsupported("a reshape with two -1 dimensions")),
+    }
+    Ok(out.into_iter().map(|d| d.unwrap_or(0)).collect())
+}
