@@ -14,6 +14,7 @@ mod files;
 mod fuzz_corpus;
 mod layers;
 mod mutations;
+mod onnx;
 mod parity;
 mod patching;
 mod pictures;

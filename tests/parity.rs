@@ -16,12 +16,14 @@ const DIGITS: &str = "
     LOAD MODEL cnn FROM 'models/digits_cnn.safetensors' ARCH 'models/digits_cnn.json';
     LOAD MODEL cnn_b FROM 'models/digits_cnn_b.safetensors' ARCH 'models/digits_cnn_b.json';
     LOAD MODEL backdoor FROM 'models/digits_cnn_backdoor.safetensors' ARCH 'models/digits_cnn_backdoor.json';
+    LOAD MODEL cnn_onnx FROM 'models/digits_cnn.onnx';
     LOAD DATA digits FROM 'data/digits_test_x.npy' LABELS 'data/digits_test_y.npy';
     LOAD DATA train_mean FROM 'data/digits_train_mean.npy';
     LOAD DATA triggered FROM 'tests/fixtures/oracle/attributions/digits_cnn_backdoor__ig_riemann_trapezoid_triggered/inputs.npy';";
 
 const CANCER: &str = "
     LOAD MODEL mlp FROM 'models/cancer_mlp.safetensors' ARCH 'models/cancer_mlp.json';
+    LOAD MODEL mlp_onnx FROM 'models/cancer_mlp.onnx';
     LOAD DATA cancer FROM 'data/cancer_test.csv' LABEL COLUMN diagnosis;
     LOAD DATA cancer_mean FROM 'tests/fixtures/data/cancer_train_mean_standardized.npy';";
 
@@ -722,4 +724,39 @@ fn guided_gradcam_is_guided_backprop_times_the_upsampled_map() {
         .collect();
     assert!(want.iter().any(|v| *v != 0.0), "a test that cannot fail");
     assert_close("guided_gradcam", &column_f64(&both, "attribution"), &want, 1e-6, 1e-6);
+}
+
+/// The ONNX exports of the example models (torch.onnx.export, opset 17) against the same
+/// Captum results as their safetensors twins, at the same tolerance; layers are named
+/// by their PyTorch modules (aliases of the ONNX node outputs).
+#[test]
+fn onnx_twins_match_captum() {
+    let mut s = digits();
+    let df = query(&mut s, "SELECT * FROM PREDICT cnn_onnx(digits)");
+    let (_, want) = oracle_output("digits_cnn", "logits");
+    assert_close("digits_cnn.onnx logits", &logits(&df, 10), &want, ATOL, RTOL);
+    for (case, method) in [
+        ("digits_cnn__saliency_abs", "saliency"),
+        ("digits_cnn__input_x_gradient", "input_x_gradient"),
+        ("digits_cnn__ig_gausslegendre", "integrated_gradients"),
+        ("digits_cnn__guided_backprop", "guided_backprop"),
+        ("digits_cnn__occlusion_2x2_s1", "occlusion(window = 2, stride = 1)"),
+        ("digits_cnn__deeplift_conservative_reference_NOT_CAPTUM", "deeplift"),
+    ] {
+        check(&mut s, case, &format!("cnn_onnx(digits[0:10]) USING {method}"));
+    }
+    for (case, from) in [
+        ("digits_cnn__layer_gradcam_conv2_raw", "AT LAYER conv2 USING gradcam(relu = false)"),
+        ("digits_cnn__layer_conductance_fc1", "AT LAYER fc1 USING layer_conductance(steps = 50)"),
+        ("digits_cnn__layer_ig_conv1", "AT LAYER conv1 USING layer_integrated_gradients"),
+        ("digits_cnn__layer_activation_conv2", "AT LAYER \"/conv2/Conv_output_0\" USING layer_activation"),
+    ] {
+        check_layer(&mut s, case, "attributions", &format!("cnn_onnx(digits[0:10]) {from}"));
+    }
+    let mut c = cancer();
+    let df = query(&mut c, "SELECT * FROM PREDICT mlp_onnx(cancer)");
+    let (_, want) = oracle_output("cancer_mlp", "logits");
+    assert_close("cancer_mlp.onnx logits", &logits(&df, 2), &want, ATOL, RTOL);
+    check(&mut c, "cancer_mlp__deeplift", "mlp_onnx(cancer[0:10]) USING deeplift");
+    check(&mut c, "cancer_mlp__ig_gausslegendre", "mlp_onnx(cancer[0:10]) USING integrated_gradients");
 }

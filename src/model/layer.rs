@@ -173,6 +173,9 @@ impl Layer {
 
     /// Runs the layer on its inputs (one batch per entry of `inputs`).
     pub fn forward_args(&self, args: &[&Batch], keep: bool) -> Result<(Batch, Memo)> {
+        if let Op::Unsupported { reason } = &self.op {
+            return Err(Error::model(reason.clone()));
+        }
         let Some(&x) = args.first() else {
             return Err(Error::model(format!(
                 "internal: layer `{}` was given no input",
@@ -296,7 +299,7 @@ impl Layer {
             Op::LayerNorm(ln) => ln.forward(xs),
             Op::Embedding { table, dim } => graph_ops::embedding_forward(table, *dim, xs)
                 .map_err(|e| Error::value(format!("layer `{}`: {e}", self.name)))?,
-            Op::Unsupported { reason } => return Err(Error::model(reason.clone())),
+            Op::Unsupported { .. } => Vec::new(),
         };
         Ok((Batch::new(shape, data)?, memo))
     }
@@ -311,6 +314,9 @@ impl Layer {
     /// The gradient for each of the layer's inputs (`None`: the input gets none, as the
     /// indices of a lookup).
     pub fn backward_args(&self, args: &[&Batch], y: &Batch, memo: &Memo, gy: &Batch) -> Result<Vec<Option<Batch>>> {
+        if let Op::Unsupported { reason } = &self.op {
+            return Err(Error::model(reason.clone()));
+        }
         let Some(&x) = args.first() else {
             return Err(Error::model(format!(
                 "internal: layer `{}` was given no input",
@@ -439,8 +445,7 @@ impl Layer {
                 let (ga, gb) = mm.backward(x, b, gy);
                 return Ok(vec![Some(ga), Some(gb)]);
             }
-            Op::Embedding { .. } => return Ok(vec![None]),
-            Op::Unsupported { reason } => return Err(Error::model(reason.clone())),
+            Op::Embedding { .. } | Op::Unsupported { .. } => return Ok(vec![None]),
         };
         Ok(vec![Some(Batch::new(x.shape().to_vec(), data)?)])
     }
