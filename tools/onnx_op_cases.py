@@ -161,6 +161,17 @@ case("embedding_int32", [node("Gather", ["table", "x"], ["y0"], axis=0), node("R
      [4], out_name="y", inits=[const("table", w(7, 3))], in_type=TensorProto.INT32,
      data=rng.integers(-7, 7, size=(2, 4)).astype(np.float32), grad=False)
 
+# A residual block (a graph, not a chain): the input fans out to a convolution branch and
+# the skip connection; five inputs for the query tests.
+case("residual_block", [node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]), node("Relu", ["c1"], ["r1"]),
+                        node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1]), node("Add", ["c2", "x"], ["s"]),
+                        node("Relu", ["s"], ["r2"]), node("GlobalAveragePool", ["r2"], ["g"]),
+                        node("Flatten", ["g"], ["f"]), node("Gemm", ["f", "w3", "b3"], ["logits"], transB=1)],
+     [2, 4, 4], out_name="logits",
+     inits=[const("w1", w(2, 2, 3, 3)), const("b1", w(2)), const("w2", w(2, 2, 3, 3)), const("w3", w(3, 2, scale=2.0)),
+            const("b3", w(3))])
+np.save(os.path.join(OUT, "residual_x.npy"), rng.uniform(0, 1, size=(5, 2, 4, 4)).astype(np.float32))
+
 # A model with an operator the engine does not translate (not run through onnxruntime).
 x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
 y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])

@@ -72,7 +72,9 @@ pub fn attribute(steps: usize, rule: Rule, req: &Request) -> Result<Vec<f32>> {
 fn affine_first_layer(model: &Model, out_layer: usize) -> Option<&Layer> {
     let first = model.layers.first()?;
     let affine = matches!(first.op, Op::Conv2d { .. } | Op::Linear { .. });
-    (affine && out_layer > 0 && !model.patches.iter().any(|p| p.layer == 0)).then_some(first)
+    // In a graph, no later layer may read the input past it.
+    let only_reader = model.layers[1..].iter().all(|l| !l.inputs.contains(&0));
+    (affine && only_reader && out_layer > 0 && !model.patches.iter().any(|p| p.layer == 0)).then_some(first)
 }
 
 /// The path integral shared by integrated gradients and its layer and neuron forms:
