@@ -431,3 +431,62 @@ fn killed_export_never_leaves_a_partial_file() {
         leftovers(&dir)
     );
 }
+
+/// Files PyTorch itself wrote (tools/make_torch_checkpoints.py): a state dict with nested
+/// module names and batch-norm running statistics gives PyTorch's logits (|Δ| ≤ 1e-5 +
+/// 1e-5·|torch|), as does its ONNX export; a pickled whole module and the legacy format
+/// are refused with errors that say what to do.
+#[test]
+fn real_pytorch_checkpoints_with_nested_names_and_batch_norm() {
+    let mut s = session(
+        "LOAD MODEL pth FROM 'tests/fixtures/models/bn_cnn.pth' ARCH 'tests/fixtures/models/bn_cnn.json';
+         LOAD MODEL onnx FROM 'tests/fixtures/models/bn_cnn.onnx';
+         LOAD DATA digits FROM 'data/digits_test_x.npy';",
+    );
+    let text = std::fs::read_to_string(fixture("models/bn_cnn_expected.json")).unwrap();
+    let expected: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let want: Vec<f64> = expected["logits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|row| row.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()))
+        .collect();
+    for m in ["pth", "onnx"] {
+        let df = query(
+            &mut s,
+            &format!("SELECT * FROM PREDICT {m}(digits[0:8]) ORDER BY input"),
+        );
+        let got: Vec<f64> = (0..df.height())
+            .flat_map(|r| (0..10).map(move |k| (r, k)))
+            .map(|(r, k)| column_f64(&df, &format!("logit_{k}"))[r])
+            .collect();
+        assert_close(&format!("{m} logits"), &got, &want, 1e-5, 1e-5);
+    }
+    // the nested names are the hook points; the ONNX export's modules are aliases (the
+    // exporter folds features.1 into the convolution, so compare a batch norm it keeps)
+    let a = query(
+        &mut s,
+        "SELECT attribution FROM pth(digits[0:3]) AT LAYER \"classifier.2\" USING layer_activation ORDER BY input, unit",
+    );
+    let b = query(
+        &mut s,
+        "SELECT attribution FROM onnx(digits[0:3]) AT LAYER \"classifier.2\" USING layer_activation ORDER BY input, unit",
+    );
+    assert_close(
+        "classifier.2",
+        &column_f64(&b, "attribution"),
+        &column_f64(&a, "attribution"),
+        1e-5,
+        1e-5,
+    );
+    for (file, want) in [
+        ("bn_cnn_module.pth", "pickled"),
+        ("bn_cnn_legacy.pth", "legacy (pre-1.6, non-zip) PyTorch file"),
+    ] {
+        let msg = err(
+            &mut s,
+            &format!("LOAD MODEL bad FROM 'tests/fixtures/models/{file}' ARCH 'tests/fixtures/models/bn_cnn.json'"),
+        );
+        assert!(msg.contains(want), "{file}: {msg}");
+    }
+}

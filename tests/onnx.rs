@@ -51,10 +51,14 @@ fn every_differentiable_operator_has_the_gradient_of_its_forward() {
         let model = load(name);
         let xs: Vec<f32> = case.input.iter().map(|v| *v as f32).collect();
         let shape = case.input_shape.clone();
-        let tape = model.run(Batch::new(shape.clone(), xs.clone()).unwrap(), &model.full()).unwrap();
+        let tape = model
+            .run(Batch::new(shape.clone(), xs.clone()).unwrap(), &model.full())
+            .unwrap();
         let out = tape.output().clone();
         // A fixed, irregular output gradient.
-        let gy: Vec<f32> = (0..out.data().len()).map(|i| ((i * 7 % 11) as f32 - 5.0) / 5.0).collect();
+        let gy: Vec<f32> = (0..out.data().len())
+            .map(|i| ((i * 7 % 11) as f32 - 5.0) / 5.0)
+            .collect();
         let seed = Batch::new(out.shape().to_vec(), gy.clone()).unwrap();
         let gx = model.backward(&tape, seed, &Gradient, &mut |_, _| {}).unwrap();
         let loss = |data: &[f32]| -> f64 {
@@ -95,7 +99,18 @@ fn show_layers_lists_every_node_with_its_type_shape_and_inputs() {
     let mut s = session("LOAD MODEL m FROM 'tests/fixtures/onnx_ops/where_equal.onnx';");
     let df = query(&mut s, "SHOW LAYERS OF m");
     let text = format!("{df}");
-    for want in ["r", "e", "sq", "Relu", "Equal", "Mul", "Where", "inputs", "input, r", "e, sq, input"] {
+    for want in [
+        "r",
+        "e",
+        "sq",
+        "Relu",
+        "Equal",
+        "Mul",
+        "Where",
+        "inputs",
+        "input, r",
+        "e, sq, input",
+    ] {
         assert!(text.contains(want), "SHOW LAYERS lacks {want:?}:\n{text}");
     }
     assert_eq!(df.height(), 4);
@@ -134,7 +149,10 @@ fn bad_onnx_files_are_errors_that_say_what_and_where() {
     let cut = dir.join("cut.onnx");
     std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
     let mut s = session("");
-    for (path, want) in [(&garbage, "not a readable ONNX file"), (&cut, "not a readable ONNX file")] {
+    for (path, want) in [
+        (&garbage, "not a readable ONNX file"),
+        (&cut, "not a readable ONNX file"),
+    ] {
         let err = s
             .execute(&format!("LOAD MODEL m FROM '{}'", path.display()))
             .err()
@@ -159,7 +177,8 @@ fn an_unsupported_operator_is_listed_and_named_when_run() {
     assert!(text.contains("Hardmax (not supported)"), "{text}");
     let err = s.execute("SELECT * FROM PREDICT m(t)").err().unwrap();
     assert!(
-        err.message.contains("operator Hardmax (node `/hardmax/Hardmax_h`) is not supported"),
+        err.message
+            .contains("operator Hardmax (node `/hardmax/Hardmax_h`) is not supported"),
         "{}",
         err.message
     );

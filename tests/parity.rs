@@ -746,10 +746,22 @@ fn onnx_twins_match_captum() {
         check(&mut s, case, &format!("cnn_onnx(digits[0:10]) USING {method}"));
     }
     for (case, from) in [
-        ("digits_cnn__layer_gradcam_conv2_raw", "AT LAYER conv2 USING gradcam(relu = false)"),
-        ("digits_cnn__layer_conductance_fc1", "AT LAYER fc1 USING layer_conductance(steps = 50)"),
-        ("digits_cnn__layer_ig_conv1", "AT LAYER conv1 USING layer_integrated_gradients"),
-        ("digits_cnn__layer_activation_conv2", "AT LAYER \"/conv2/Conv_output_0\" USING layer_activation"),
+        (
+            "digits_cnn__layer_gradcam_conv2_raw",
+            "AT LAYER conv2 USING gradcam(relu = false)",
+        ),
+        (
+            "digits_cnn__layer_conductance_fc1",
+            "AT LAYER fc1 USING layer_conductance(steps = 50)",
+        ),
+        (
+            "digits_cnn__layer_ig_conv1",
+            "AT LAYER conv1 USING layer_integrated_gradients",
+        ),
+        (
+            "digits_cnn__layer_activation_conv2",
+            "AT LAYER \"/conv2/Conv_output_0\" USING layer_activation",
+        ),
     ] {
         check_layer(&mut s, case, "attributions", &format!("cnn_onnx(digits[0:10]) {from}"));
     }
@@ -758,5 +770,9 @@ fn onnx_twins_match_captum() {
     let (_, want) = oracle_output("cancer_mlp", "logits");
     assert_close("cancer_mlp.onnx logits", &logits(&df, 2), &want, ATOL, RTOL);
     check(&mut c, "cancer_mlp__deeplift", "mlp_onnx(cancer[0:10]) USING deeplift");
-    check(&mut c, "cancer_mlp__ig_gausslegendre", "mlp_onnx(cancer[0:10]) USING integrated_gradients");
+    check(
+        &mut c,
+        "cancer_mlp__ig_gausslegendre",
+        "mlp_onnx(cancer[0:10]) USING integrated_gradients",
+    );
 }

@@ -645,13 +645,26 @@ impl State {
                         "`{name}` is already a dataset; choose another name for the model"
                     )));
                 }
-                let msg = format!(
+                let untranslated: Vec<&crate::model::Layer> = model
+                    .layers
+                    .iter()
+                    .filter(|l| matches!(l.op, crate::model::Op::Unsupported { .. }))
+                    .collect();
+                let mut msg = format!(
                     "loaded model {name}: {} layers, {} parameters, input {}, {} outputs",
                     model.layers.len(),
                     model.param_count(),
                     crate::model::fmt_shape(&model.input_shape),
                     model.output_len()
                 );
+                if let Some(crate::model::Op::Unsupported { reason }) = untranslated.first().map(|l| &l.op) {
+                    // Loaded so that SHOW LAYERS can show it, but nothing can run.
+                    msg = format!(
+                        "loaded model {name} ({} layers), but {} of them cannot run: {reason}; SHOW LAYERS OF {name} lists them",
+                        model.layers.len(),
+                        untranslated.len()
+                    );
+                }
                 let id = self.next_model_id;
                 self.next_model_id += 1;
                 let model = Arc::new(model);

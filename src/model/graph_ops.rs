@@ -627,6 +627,8 @@ pub fn slice_map(shape: &[usize], ranges: &[(i64, i64, usize)]) -> (Vec<usize>, 
 /// ONNX Slice semantics on one axis of length `len`: (start, step, count).
 pub fn slice_range(len: usize, start: i64, end: i64, step: i64) -> (i64, i64, usize) {
     let len = len as i64;
+    // Exports write ±i64::MAX for "to the end"; keep the arithmetic below from overflowing.
+    let (start, end) = (start.clamp(-(1 << 40), 1 << 40), end.clamp(-(1 << 40), 1 << 40));
     let norm = |v: i64| if v < 0 { v + len } else { v };
     let (start, end) = (norm(start), norm(end));
     if step > 0 {

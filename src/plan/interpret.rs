@@ -470,9 +470,14 @@ struct Interp<'a> {
 
 pub fn resolve_layer(name: &ast::Ident, model: &ModelInfo, model_name: &str) -> Result<LayerRef> {
     let alias = || model.aliases.iter().find(|(a, _)| *a == name.name).map(|(_, i)| *i);
-    let index = model.layers.iter().position(|l| *l == name.name).or_else(alias).ok_or_else(|| {
-        Error::unknown("layer", &name.name, &model.layers, &format!("layers of {model_name}")).at(name.span)
-    })?;
+    let index = model
+        .layers
+        .iter()
+        .position(|l| *l == name.name)
+        .or_else(alias)
+        .ok_or_else(|| {
+            Error::unknown("layer", &name.name, &model.layers, &format!("layers of {model_name}")).at(name.span)
+        })?;
     Ok(LayerRef {
         name: name.name.clone(),
         index,

@@ -196,6 +196,10 @@ fn prune(
     aliases: BTreeMap<String, usize>,
     out_slot: usize,
 ) -> (Vec<Layer>, BTreeMap<String, usize>) {
+    if layers.iter().any(|l| matches!(l.op, Op::Unsupported { .. })) {
+        // Nothing is pruned: SHOW LAYERS lists the whole graph as far as it was translated.
+        return (layers, aliases);
+    }
     let mut needed = vec![false; layers.len() + 1];
     needed[out_slot] = true;
     for slot in (1..=out_slot.min(layers.len())).rev() {
@@ -205,10 +209,7 @@ fn prune(
             }
         }
     }
-    // Not-translated layers stay listed, so that SHOW LAYERS names them.
-    let keep: Vec<bool> = (1..=layers.len())
-        .map(|s| (s <= out_slot && needed[s]) || matches!(layers[s - 1].op, Op::Unsupported { .. }))
-        .collect();
+    let keep: Vec<bool> = (1..=layers.len()).map(|s| s <= out_slot && needed[s]).collect();
     let mut new_slot = vec![0usize; layers.len() + 1];
     let mut next = 1;
     for s in 1..=layers.len() {
@@ -413,14 +414,13 @@ impl Importer {
         out_shape: Vec<usize>,
     ) {
         let index = self.layers.len();
-        // The node's name and its module scopes ("/encoder/layer.0/Add" → "encoder.layer.0")
-        // name this hook point too; the last node of a scope is its module's output.
+        // The node's name and the modules it belongs to name this hook point too; the
+        // last node of a module is the module's output.
         if !node.name.is_empty() && node.name != name {
             self.aliases.insert(node.name.clone(), index);
         }
-        let parts: Vec<&str> = node.name.trim_start_matches('/').split('/').collect();
-        for k in 1..parts.len() {
-            self.aliases.insert(parts[..k].join("."), index);
+        for module in module_names(&node.name) {
+            self.aliases.insert(module, index);
         }
         self.layers.push(Layer {
             name: name.clone(),
@@ -1337,7 +1337,7 @@ impl Importer {
                     // For a value axis 0 is the batch: only the whole of it may be taken.
                     return Err(unsupported("a Slice of the batch axis"));
                 }
-                ranges[a] = graph_ops::slice_range(shape[a], start, end.min(i64::MAX / 2).max(i64::MIN / 2), step);
+                ranges[a] = graph_ops::slice_range(shape[a], start, end.clamp(i64::MIN / 2, i64::MAX / 2), step);
             }
             Ok(graph_ops::slice_map(shape, &ranges))
         })
@@ -1567,6 +1567,28 @@ impl Importer {
     }
 }
 
+/// The PyTorch module names of a TorchScript-exported node name: "/features/features.0/Conv"
+/// → features, features.0; "/bert/encoder/layer.0/attention/Add" → bert, bert.encoder,
+/// bert.encoder.layer.0, bert.encoder.layer.0.attention (a container's items are
+/// written with their container's name, "layer.0").
+fn module_names(node: &str) -> Vec<String> {
+    let parts: Vec<&str> = node.trim_start_matches('/').split('/').collect();
+    let mut out: Vec<String> = Vec::new();
+    let mut last_part = "";
+    for part in &parts[..parts.len().saturating_sub(1)] {
+        let name = match out.last() {
+            None => part.to_string(),
+            Some(parent) => match part.strip_prefix(last_part).filter(|rest| rest.starts_with('.')) {
+                Some(rest) if !last_part.is_empty() => format!("{parent}{rest}"),
+                _ => format!("{parent}.{part}"),
+            },
+        };
+        last_part = part;
+        out.push(name);
+    }
+    out
+}
+
 fn win_span(kernel: (usize, usize), dilation: (usize, usize), axis: usize) -> usize {
     if axis == 0 {
         dilation.0 * (kernel.0 - 1) + 1
@@ -1611,7 +1633,7 @@ fn reshape_target(full_in: &[usize], target: &[i64], allow_zero: bool) -> Result
         0 => {}
         1 => {
             // With the batch standing in as BATCH, a -1 next to it is the sample's rest.
-            let fill = if known == 0 { 0 } else { total / known };
+            let fill = total.checked_div(known).unwrap_or(0);
             if let Some(slot) = out.iter_mut().find(|d| d.is_none()) {
                 *slot = Some(fill);
             }
