@@ -126,26 +126,14 @@ impl NaryKind {
         }
     }
 
+    /// `apply` on float32 operands: each function is one correctly rounded operation in
+    /// f64, so rounding the result gives float32 arithmetic's answer.
     fn apply_f32(self, a: &[f32]) -> f32 {
-        match self {
-            NaryKind::Add => a[0] + a[1],
-            NaryKind::Sub => a[0] - a[1],
-            NaryKind::Mul => a[0] * a[1],
-            NaryKind::Div => a[0] / a[1],
-            NaryKind::Pow => a[0].powf(a[1]),
-            NaryKind::Max => a[0].max(a[1]),
-            NaryKind::Min => a[0].min(a[1]),
-            NaryKind::Equal => f32::from(a[0] == a[1]),
-            NaryKind::Less => f32::from(a[0] < a[1]),
-            NaryKind::Greater => f32::from(a[0] > a[1]),
-            NaryKind::Where => {
-                if a[0] != 0.0 {
-                    a[1]
-                } else {
-                    a[2]
-                }
-            }
+        let mut wide = [0.0f64; 3];
+        for (w, v) in wide.iter_mut().zip(a) {
+            *w = *v as f64;
         }
+        self.apply(&wide[..a.len()]) as f32
     }
 
     /// ∂y/∂a[k]. Ties of max/min split the gradient evenly, as PyTorch does.

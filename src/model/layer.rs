@@ -173,15 +173,7 @@ impl Layer {
 
     /// Runs the layer on its inputs (one batch per entry of `inputs`).
     pub fn forward_args(&self, args: &[&Batch], keep: bool) -> Result<(Batch, Memo)> {
-        if let Op::Unsupported { reason } = &self.op {
-            return Err(Error::model(reason.clone()));
-        }
-        let Some(&x) = args.first() else {
-            return Err(Error::model(format!(
-                "internal: layer `{}` was given no input",
-                self.name
-            )));
-        };
+        let x = self.first_input(args)?;
         let n = x.rows();
         let xs = x.data();
         let mut shape = Vec::with_capacity(self.out_shape.len() + 1);
@@ -304,6 +296,16 @@ impl Layer {
         Ok((Batch::new(shape, data)?, memo))
     }
 
+    /// The layer's first input, or why it cannot run.
+    fn first_input<'a>(&self, args: &[&'a Batch]) -> Result<&'a Batch> {
+        if let Op::Unsupported { reason } = &self.op {
+            return Err(Error::model(reason.clone()));
+        }
+        args.first()
+            .copied()
+            .ok_or_else(|| Error::model(format!("internal: layer `{}` was given no input", self.name)))
+    }
+
     /// The input gradient of a layer of one input, given its input `x`, output `y`, memo
     /// and output gradient.
     pub fn backward(&self, x: &Batch, y: &Batch, memo: &Memo, gy: &Batch) -> Result<Batch> {
@@ -314,15 +316,7 @@ impl Layer {
     /// The gradient for each of the layer's inputs (`None`: the input gets none, as the
     /// indices of a lookup).
     pub fn backward_args(&self, args: &[&Batch], y: &Batch, memo: &Memo, gy: &Batch) -> Result<Vec<Option<Batch>>> {
-        if let Op::Unsupported { reason } = &self.op {
-            return Err(Error::model(reason.clone()));
-        }
-        let Some(&x) = args.first() else {
-            return Err(Error::model(format!(
-                "internal: layer `{}` was given no input",
-                self.name
-            )));
-        };
+        let x = self.first_input(args)?;
         let n = x.rows();
         let xs = x.data();
         let ys = y.data();

@@ -399,6 +399,19 @@ impl Importer {
         }
     }
 
+    /// The operands named, with their full shapes (a value's batch axis counted as 1).
+    fn operands(&self, names: &[&str]) -> Result<(Vec<Sym>, Vec<Vec<usize>>)> {
+        let syms: Vec<Sym> = names.iter().map(|n| self.sym(n).cloned()).collect::<Result<_>>()?;
+        let shapes = syms
+            .iter()
+            .map(|s| match s {
+                Sym::Value { shape, .. } => full(shape),
+                Sym::Const(k) => k.shape.clone(),
+            })
+            .collect();
+        Ok((syms, shapes))
+    }
+
     fn opt_konst(&self, node: &Node, i: usize) -> Result<Option<&Konst>> {
         node.input(i).map(|n| self.konst(n)).transpose()
     }
@@ -836,15 +849,7 @@ impl Importer {
                 kind.arity()
             )));
         }
-        let syms: Vec<Sym> = names.iter().map(|n| self.sym(n).cloned()).collect::<Result<_>>()?;
-        // Full shapes: a value's batch axis counts as 1.
-        let shapes: Vec<Vec<usize>> = syms
-            .iter()
-            .map(|s| match s {
-                Sym::Value { shape, .. } => full(shape),
-                Sym::Const(k) => k.shape.clone(),
-            })
-            .collect();
+        let (syms, shapes) = self.operands(&names)?;
         let mut out = shapes[0].clone();
         for s in &shapes[1..] {
             out = graph_ops::broadcast_shape(&out, s)
@@ -1456,15 +1461,8 @@ impl Importer {
 
     fn concat(&mut self, node: &Node) -> Result<()> {
         let names: Vec<&str> = (0..node.proto.input.len()).filter_map(|i| node.input(i)).collect();
-        let syms: Vec<Sym> = names.iter().map(|n| self.sym(n).cloned()).collect::<Result<_>>()?;
+        let (syms, shapes) = self.operands(&names)?;
         let all_const = syms.iter().all(|s| matches!(s, Sym::Const(_)));
-        let shapes: Vec<Vec<usize>> = syms
-            .iter()
-            .map(|s| match s {
-                Sym::Value { shape, .. } => full(shape),
-                Sym::Const(k) => k.shape.clone(),
-            })
-            .collect();
         let r = shapes.first().map_or(0, Vec::len);
         let ax = axis(node.int("axis", 0), r)?;
         if !all_const && (ax == 0 || syms.iter().any(|s| matches!(s, Sym::Const(_)))) {
