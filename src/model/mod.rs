@@ -89,9 +89,15 @@ pub struct Tape {
     memos: Vec<Memo>,
     /// A patched layer's own output before its patches (its backward needs that one).
     unpatched: Vec<Option<Batch>>,
-    /// For each layer run, the positions in `values` of its inputs.
+    /// For each layer run, the positions in `values` of its inputs (from `CARRIED` on:
+    /// positions in `carried`).
     reads: Vec<Vec<usize>>,
+    /// Values from before the pass's first layer that its layers read (see `run_in`).
+    carried: Vec<Batch>,
 }
+
+/// Reads at or past this position are of a carried value.
+const CARRIED: usize = usize::MAX / 2;
 
 impl Tape {
     /// The last value computed (the logits for a full forward).
@@ -108,7 +114,13 @@ impl Tape {
     /// The (first) input of `layer`, if this pass computed and kept it.
     pub fn input_of(&self, layer: usize) -> Option<&Batch> {
         let reads = self.reads.get(layer.checked_sub(self.start)?)?;
-        self.values.get(*reads.first()?)
+        self.value(*reads.first()?)
+    }
+    fn value(&self, position: usize) -> Option<&Batch> {
+        match position.checked_sub(CARRIED) {
+            Some(k) => self.carried.get(k),
+            None => self.values.get(position),
+        }
     }
     /// What `layer`'s forward kept for its backward.
     pub fn memo(&self, layer: usize) -> Option<&Memo> {
@@ -276,6 +288,14 @@ impl Model {
 
     /// Runs layers `fwd.from..fwd.to` on `input` (samples of that first layer's input shape).
     pub fn run(&self, input: Batch, fwd: &Forward) -> Result<Tape> {
+        self.run_in(input, fwd, None)
+    }
+
+    /// As `run`; a pass that starts past a value a later layer still reads (a graph's
+    /// attention mask, computed from the token ids) takes it from `context`: the model
+    /// inputs the rows stand for (one row for all, or one per row). Carried values are
+    /// constants of the pass: they get no gradient.
+    pub fn run_in(&self, input: Batch, fwd: &Forward, context: Option<&Batch>) -> Result<Tape> {
         let to = fwd.to.min(self.layers.len());
         let in_shape: &[usize] = if fwd.from == 0 {
             &self.input_shape
@@ -292,11 +312,28 @@ impl Model {
         }
         let input = input.reshaped(in_shape);
         self.passes.fetch_add(1, Ordering::Relaxed);
-        let reads = self.reads(fwd.from, to)?;
+        let (reads, carried_slots) = self.reads(fwd.from, to, context.is_some())?;
+        let carried = match context {
+            Some(context) if !carried_slots.is_empty() => {
+                let head = Forward {
+                    from: 0,
+                    to: fwd.from,
+                    keep: true,
+                    hook: None,
+                };
+                let pre = self.run(context.clone(), &head)?;
+                let rows = input.rows();
+                carried_slots
+                    .iter()
+                    .map(|&v| repeat_rows(&pre.values[v], rows))
+                    .collect::<Result<Vec<_>>>()?
+            }
+            _ => Vec::new(),
+        };
         // Without `keep`, a value is dropped after the last layer that reads it.
         let mut last_read = vec![0usize; to - fwd.from + 1];
         for (i, r) in reads.iter().enumerate() {
-            for &p in r {
+            for &p in r.iter().filter(|p| **p < CARRIED) {
                 last_read[p] = i;
             }
         }
@@ -306,7 +343,10 @@ impl Model {
         for index in fwd.from..to {
             let layer = &self.layers[index];
             let i = index - fwd.from;
-            let args: Vec<&Batch> = reads[i].iter().map(|&p| &values[p]).collect();
+            let args: Vec<&Batch> = reads[i]
+                .iter()
+                .map(|&p| if p >= CARRIED { &carried[p - CARRIED] } else { &values[p] })
+                .collect();
             let (mut y, memo) = layer.forward_args(&args, fwd.keep)?;
             let mut raw = None;
             if self.patches.iter().any(|p| p.layer == index) {
@@ -324,7 +364,7 @@ impl Model {
                 memos.push(memo);
                 unpatched.push(raw);
             } else {
-                for &p in &reads[i] {
+                for &p in reads[i].iter().filter(|p| **p < CARRIED) {
                     if last_read[p] <= i {
                         values[p] = Batch::zeros(vec![0]);
                     }
@@ -338,40 +378,49 @@ impl Model {
             memos,
             unpatched,
             reads,
+            carried,
         })
     }
 
-    /// For each layer in `from..to`, the tape positions of its inputs; an error if one
-    /// reads a value from before `from` (the pass cannot start there).
-    fn reads(&self, from: usize, to: usize) -> Result<Vec<Vec<usize>>> {
-        self.layers[from..to]
-            .iter()
-            .map(|layer| {
-                layer
-                    .inputs
-                    .iter()
-                    .map(|&v| {
-                        v.checked_sub(from).ok_or_else(|| {
-                            let start = if from == 0 {
-                                "the input".to_string()
-                            } else {
-                                format!("`{}`", self.layers[from - 1].name)
-                            };
-                            let read = if v == 0 {
-                                "the model input".to_string()
-                            } else {
-                                format!("`{}`", self.layers[v - 1].name)
-                            };
-                            Error::model(format!(
-                                "a pass cannot start at {start}: layer `{}` also reads {read}, computed before it",
-                                layer.name
-                            ))
-                            .hint("choose a layer every later layer depends on only through it")
-                        })
-                    })
-                    .collect()
-            })
-            .collect()
+    /// For each layer in `from..to`, the tape positions of its inputs, and the slots from
+    /// before `from` they read (positions `CARRIED + k` stand for the k-th): an error if
+    /// there are such slots and no context to compute them from.
+    fn reads(&self, from: usize, to: usize, has_context: bool) -> Result<(Vec<Vec<usize>>, Vec<usize>)> {
+        let mut carried: Vec<usize> = Vec::new();
+        let mut reads = Vec::with_capacity(to - from);
+        for layer in &self.layers[from..to] {
+            let mut r = Vec::with_capacity(layer.inputs.len());
+            for &v in &layer.inputs {
+                if let Some(p) = v.checked_sub(from) {
+                    r.push(p);
+                    continue;
+                }
+                if !has_context {
+                    let start = if from == 0 {
+                        "the input".to_string()
+                    } else {
+                        format!("`{}`", self.layers[from - 1].name)
+                    };
+                    let read = if v == 0 {
+                        "the model input".to_string()
+                    } else {
+                        format!("`{}`", self.layers[v - 1].name)
+                    };
+                    return Err(Error::model(format!(
+                        "a pass cannot start at {start}: layer `{}` also reads {read}, computed before it",
+                        layer.name
+                    ))
+                    .hint("choose a layer every later layer depends on only through it"));
+                }
+                let k = carried.iter().position(|c| *c == v).unwrap_or_else(|| {
+                    carried.push(v);
+                    carried.len() - 1
+                });
+                r.push(CARRIED + k);
+            }
+            reads.push(r);
+        }
+        Ok((reads, carried))
     }
 
     /// The model's outputs on a batch (no values kept).
@@ -405,6 +454,7 @@ impl Model {
                 "internal: backward over a forward pass that kept no values",
             ));
         }
+        let missing = || Error::model("internal: a backward read a value its forward did not keep");
         let count = tape.values.len();
         let mut grads: Vec<Option<Batch>> = (0..count).map(|_| None).collect();
         grads[count - 1] = Some(grad);
@@ -424,7 +474,7 @@ impl Model {
                 let step = Step {
                     index,
                     layer,
-                    x: &tape.values[*only],
+                    x: tape.value(*only).ok_or_else(missing)?,
                     y,
                     memo: &tape.memos[i],
                     gy: &grad,
@@ -434,11 +484,12 @@ impl Model {
                     None => step.gradient()?,
                 })]
             } else {
-                let args: Vec<&Batch> = reads.iter().map(|&p| &tape.values[p]).collect();
+                let args: Vec<&Batch> = reads.iter().map(|&p| tape.value(p).ok_or_else(missing)).collect::<Result<_>>()?;
                 layer.backward_args(&args, y, &tape.memos[i], &grad)?
             };
             for (&p, g) in reads.iter().zip(input_grads) {
-                let Some(g) = g else { continue };
+                // A carried value is a constant of the pass.
+                let (Some(g), true) = (g, p < CARRIED) else { continue };
                 match &mut grads[p] {
                     Some(sum) => sum.data_mut().iter_mut().zip(g.data()).for_each(|(s, v)| *s += v),
                     slot => *slot = Some(g),
@@ -449,4 +500,18 @@ impl Model {
             .take()
             .unwrap_or_else(|| Batch::zeros(tape.values[0].shape().to_vec())))
     }
+}
+
+/// `batch` with `rows` rows: as it is, or its one row repeated.
+fn repeat_rows(batch: &Batch, rows: usize) -> Result<Batch> {
+    if batch.rows() == rows {
+        return Ok(batch.clone());
+    }
+    if batch.rows() != 1 {
+        return Err(Error::model(format!(
+            "internal: a context of {} rows for a pass over {rows}",
+            batch.rows()
+        )));
+    }
+    Ok(Batch::from_rows(batch.sample_shape(), std::iter::repeat_n(batch.row(0), rows)))
 }

@@ -13,27 +13,34 @@ use crate::model::{BackwardRule, Batch, Forward, Gradient, Model};
 
 /// Gradients of each row's target (a unit of layer `out_layer`'s output) with respect to
 /// the row, which is the input of layer `from` (0: a model input; l + 1: hook point l).
+/// `context`: the model inputs the rows stand for, when a pass from hook point l needs
+/// values from before it (`Model::run_in`).
 pub fn gradients_from(
     model: &Model,
     rows: Batch,
-    from: usize,
+    (from, context): (usize, Option<&Batch>),
     out_layer: usize,
     targets: &[usize],
     rule: &dyn BackwardRule,
 ) -> Result<Batch> {
-    let tape = forward_keeping(model, rows, from, out_layer)?;
+    let tape = forward_keeping(model, rows, (from, context), out_layer)?;
     model.backward(&tape, one_hot(tape.output(), targets)?, rule, &mut |_, _| {})
 }
 
 /// Layers `from..=out_layer` on `rows`, keeping what a backward pass needs.
-fn forward_keeping(model: &Model, rows: Batch, from: usize, out_layer: usize) -> Result<crate::model::Tape> {
+fn forward_keeping(
+    model: &Model,
+    rows: Batch,
+    (from, context): (usize, Option<&Batch>),
+    out_layer: usize,
+) -> Result<crate::model::Tape> {
     let fwd = Forward {
         from,
         to: out_layer + 1,
         keep: true,
         hook: None,
     };
-    model.run(rows, &fwd)
+    model.run_in(rows, &fwd, context)
 }
 
 /// As `gradients_from`, with each row's target its predicted class (the argmax of its
@@ -41,11 +48,11 @@ fn forward_keeping(model: &Model, rows: Batch, from: usize, out_layer: usize) ->
 pub fn predicted_gradients_from(
     model: &Model,
     rows: Batch,
-    from: usize,
+    start: (usize, Option<&Batch>),
     out_layer: usize,
     rule: &dyn BackwardRule,
 ) -> Result<(Batch, Batch)> {
-    let tape = forward_keeping(model, rows, from, out_layer)?;
+    let tape = forward_keeping(model, rows, start, out_layer)?;
     let output = tape.output().clone();
     let targets: Vec<usize> = (0..output.rows()).map(|r| argmax(output.row(r))).collect();
     let grads = model.backward(&tape, one_hot(&output, &targets)?, rule, &mut |_, _| {})?;
@@ -71,7 +78,7 @@ pub fn gradients(
     targets: &[usize],
     rule: &dyn BackwardRule,
 ) -> Result<Batch> {
-    gradients_from(model, rows, 0, out_layer, targets, rule)
+    gradients_from(model, rows, (0, None), out_layer, targets, rule)
 }
 
 /// The seed of a backward pass: 1 at each row's target unit.
@@ -190,14 +197,14 @@ pub fn attribute(method: &Method, req: &Request) -> Result<Vec<f32>> {
                     let rule = if *method == Method::DeepLift {
                         // DeepLift's rules compare every layer with its value on the baseline.
                         let base = Batch::new(batch_shape(b - a, shape), req.baselines[a * d..b * d].to_vec())?;
-                        reference = forward_keeping(req.model, base, 0, req.out_layer)?;
+                        reference = forward_keeping(req.model, base, (0, None), req.out_layer)?;
                         deeplift = DeepLift { reference: &reference };
                         &deeplift as &dyn BackwardRule
                     } else {
                         rule
                     };
                     if req.predicted.is_some() {
-                        let (grads, outputs) = predicted_gradients_from(req.model, rows, 0, req.out_layer, rule)?;
+                        let (grads, outputs) = predicted_gradients_from(req.model, rows, (0, None), req.out_layer, rule)?;
                         return Ok((grads.into_data(), outputs.into_data()));
                     }
                     let grads = gradients(req.model, rows, req.out_layer, &req.targets[a..b], rule)?;

@@ -32,9 +32,10 @@ fn head(model: &Model, rows: Batch, layer: usize) -> Result<Batch> {
     model.output_of(rows, layer)
 }
 
-/// The gradient of each row's target with respect to the activation `h` of `layer`.
-fn tail_gradient(req: &Request, h: Batch, layer: usize, targets: &[usize]) -> Result<Batch> {
-    gradients_from(req.model, h, layer + 1, req.out_layer, targets, &Gradient)
+/// The gradient of each row's target with respect to the activation `h` of `layer`;
+/// `context`: the model inputs the rows stand for (see `Model::run_in`).
+fn tail_gradient(req: &Request, h: Batch, layer: usize, targets: &[usize], context: &Batch) -> Result<Batch> {
+    gradients_from(req.model, h, (layer + 1, Some(context)), req.out_layer, targets, &Gradient)
 }
 
 fn rows_of(req: &Request, data: &[f32], count: usize) -> Result<Batch> {
@@ -58,20 +59,24 @@ pub fn attribute(method: &Method, req: &Request) -> Result<LayerAttribution> {
                 |t| tile.min(n - t * tile),
                 |t| {
                     let (a, b) = (t * tile, ((t + 1) * tile).min(n));
+                    let inputs = rows_of(req, &req.inputs[a * d..b * d], b - a)?;
                     let h = match req.layer_values {
                         Some(v) => Batch::new(batch_shape(b - a, &out_shape), v[a * units..b * units].to_vec())?,
-                        None => head(model, rows_of(req, &req.inputs[a * d..b * d], b - a)?, layer)?,
+                        None => head(model, inputs.clone(), layer)?,
                     };
                     if *method == Method::LayerActivation {
                         return Ok((h.data().to_vec(), h.into_data(), Vec::new()));
                     }
                     let (g, outputs) = match req.predicted {
                         Some(_) => {
-                            let (g, out) =
-                                predicted_gradients_from(model, h.clone(), layer + 1, req.out_layer, &Gradient)?;
+                            let start = (layer + 1, Some(&inputs));
+                            let (g, out) = predicted_gradients_from(model, h.clone(), start, req.out_layer, &Gradient)?;
                             (g, out.into_data())
                         }
-                        None => (tail_gradient(req, h.clone(), layer, &req.targets[a..b])?, Vec::new()),
+                        None => (
+                            tail_gradient(req, h.clone(), layer, &req.targets[a..b], &inputs)?,
+                            Vec::new(),
+                        ),
                     };
                     let values = match method {
                         Method::GradCam { per_channel, relu, .. } => {
@@ -156,9 +161,9 @@ pub fn attribute(method: &Method, req: &Request) -> Result<LayerAttribution> {
                     let mut start = 0;
                     while start < alphas.len() {
                         let end = (start + chunk).min(alphas.len());
-                        let rows = path(b, x, &alphas[start..end]);
-                        let h = head(model, rows_of(req, &rows, end - start)?, layer)?;
-                        let g = tail_gradient(req, h.clone(), layer, &vec![req.targets[i]; end - start])?;
+                        let rows = rows_of(req, &path(b, x, &alphas[start..end]), end - start)?;
+                        let h = head(model, rows.clone(), layer)?;
+                        let g = tail_gradient(req, h.clone(), layer, &vec![req.targets[i]; end - start], &rows)?;
                         for k in 0..end - start {
                             let (hk, gk) = (h.row(k), g.row(k));
                             if let Some((hp, gp)) = &previous {
@@ -198,6 +203,7 @@ pub fn attribute(method: &Method, req: &Request) -> Result<LayerAttribution> {
                 |_| 1,
                 |i| {
                     let target = req.targets[i];
+                    let input = rows_of(req, req.input(i), 1)?;
                     // The hook point is overwritten with the interpolated activations.
                     integrate(
                         hx.row(i),
@@ -208,7 +214,7 @@ pub fn attribute(method: &Method, req: &Request) -> Result<LayerAttribution> {
                         req.control,
                         &|points, count| {
                             let h = Batch::new(batch_shape(count, &out_shape), points)?;
-                            tail_gradient(req, h, layer, &vec![target; count])
+                            tail_gradient(req, h, layer, &vec![target; count], &input)
                         },
                     )
                 },
@@ -338,8 +344,9 @@ pub fn neuron_conductance(steps: usize, rule: Rule, req: &Request) -> Result<Vec
                     keep: true,
                     hook: None,
                 };
-                let tape = model.run(rows_of(req, &points, count)?, &fwd)?;
-                let g = tail_gradient(req, tape.output().clone(), layer, &vec![target; count])?;
+                let rows = rows_of(req, &points, count)?;
+                let tape = model.run(rows.clone(), &fwd)?;
+                let g = tail_gradient(req, tape.output().clone(), layer, &vec![target; count], &rows)?;
                 // Seed the head's backward with ∂F/∂h_u at unit u alone.
                 let mut seed = Batch::zeros(g.shape().to_vec());
                 for k in 0..count {
