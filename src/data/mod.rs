@@ -2,6 +2,7 @@
 //! row through selections and derived datasets. Loaders for .npy, .csv and .parquet.
 
 pub mod npy;
+pub mod text;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -25,6 +26,13 @@ pub enum Modality {
     Tabular { columns: Vec<String> },
     /// Any other shape; only the flat `feature` index.
     Tensor,
+    /// Token ids of a text model, padded; coordinates `token` (position) and `text`.
+    /// `tokens[id]` are the tokens of the input with that id (its length: the rest is
+    /// padding), `words[id]` the word each belongs to.
+    Text {
+        tokens: Arc<Vec<Vec<String>>>,
+        words: Arc<Vec<Vec<Option<u32>>>>,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -199,6 +207,7 @@ impl Dataset {
             }
             Modality::Tabular { columns } => format!("column `{}`", columns[f]),
             Modality::Tensor => format!("feature {f}"),
+            Modality::Text { .. } => format!("token {f}"),
         }
     }
 }
@@ -340,7 +349,7 @@ fn load_labels(path: &Path) -> Result<Vec<i64>> {
     }
 }
 
-fn column_i64(col: &Column, origin: &str) -> Result<Vec<i64>> {
+pub(crate) fn column_i64(col: &Column, origin: &str) -> Result<Vec<i64>> {
     let name = col.name().to_string();
     let floats = col
         .cast(&DataType::Float64)

@@ -435,6 +435,20 @@ fn prepare(state: &mut State, a: &Attribution, through: Option<&LayerRef>) -> Re
     let values = inputs.sel.values();
     let features = features(&a.window, &a.granularity, &a.modality, d)?;
     let mut baselines = baselines(state, a, n, d)?;
+    // On text the zero baseline is [PAD] everywhere but [CLS] and [SEP] (as Captum's
+    // BERT tutorials do), and a constant c is token id c in the same places.
+    if let Some(codec) = &model.text {
+        let fill = match a.baseline {
+            BaselineSpec::Zero => Some(false),
+            _ => None,
+        };
+        if let Some(with_mask) = fill {
+            baselines = values
+                .chunks(d.max(1))
+                .flat_map(|row| codec.baseline(row, with_mask))
+                .collect();
+        }
+    }
     // Projection: outside the window the input is part of the baseline.
     for i in 0..n {
         for f in 0..d {
@@ -947,7 +961,15 @@ fn relation(
     for i in 0..sel.len() {
         let x = &inputs[i * d..(i + 1) * d];
         let at = &attr[i * d..(i + 1) * d];
+        // A text input's rows stop at its last token (the rest is padding).
+        let length = match &a.modality {
+            Modality::Text { tokens, .. } => tokens.get(ids[i] as usize).map_or(d, Vec::len),
+            _ => d,
+        };
         for (g, m) in members.iter().enumerate() {
+            if m[0] >= length {
+                continue;
+            }
             c_input.push(ids[i]);
             c_label.push(labels[i]);
             c_pred.push(predictions[i] as i64);
@@ -963,8 +985,9 @@ fn relation(
             });
         }
     }
+    let c_feature_len = c_feature.len();
     let mut columns = vec![
-        Column::new("input".into(), c_input),
+        Column::new("input".into(), c_input.clone()),
         Column::new("label".into(), c_label),
         Column::new("prediction".into(), c_pred),
         Column::new("target".into(), c_target),
@@ -998,6 +1021,20 @@ fn relation(
             ));
         }
         Modality::Tensor => {}
+        Modality::Text { tokens, .. } => {
+            let text: Vec<&str> = c_input
+                .iter()
+                .zip(&c_feature)
+                .map(|(&id, &f)| {
+                    tokens
+                        .get(id as usize)
+                        .and_then(|t| t.get(f as usize))
+                        .map_or("", String::as_str)
+                })
+                .collect();
+            columns.push(Column::new("token".into(), c_feature.clone()));
+            columns.push(Column::new("text".into(), text));
+        }
     }
     columns.insert(if grouped { 5 } else { 4 }, Column::new("feature".into(), c_feature));
     if grouped {
@@ -1005,7 +1042,7 @@ fn relation(
     }
     columns.push(Column::new("value".into(), c_value));
     columns.push(Column::new("attribution".into(), c_attr));
-    Ok(DataFrame::new(rows, columns)?)
+    Ok(DataFrame::new(c_feature_len, columns)?)
 }
 
 /// Rows a forward pass may hold: the batch_size setting, or what the memory budget allows

@@ -78,6 +78,8 @@ pub struct Settings {
     pub cache_mb: usize,
     /// Whether data with NaN or infinity may be loaded.
     pub allow_nonfinite: bool,
+    /// Tokens per input of text models loaded from now on.
+    pub max_tokens: usize,
 }
 
 impl Default for Settings {
@@ -90,6 +92,7 @@ impl Default for Settings {
             memory_mb: 512,
             cache_mb: 256,
             allow_nonfinite: false,
+            max_tokens: 64,
         }
     }
 }
@@ -625,6 +628,41 @@ impl State {
         Ok(msg)
     }
 
+    /// LOAD DATA … TEXT: tokenized by the most recently loaded text model's tokenizer.
+    fn load_text(
+        &mut self,
+        name: &str,
+        path: &std::path::Path,
+        column: Option<&str>,
+        label_column: Option<&str>,
+    ) -> Result<Output> {
+        let (model_name, codec) = self
+            .models
+            .iter()
+            .filter_map(|(n, m)| m.model.text.clone().map(|c| (n.clone(), m.id, c)))
+            .max_by_key(|(_, id, _)| *id)
+            .map(|(n, _, c)| (n, c))
+            .ok_or_else(|| {
+                Error::data("text needs a text model's tokenizer: load one first")
+                    .hint("LOAD MODEL m FROM 'a Hugging Face model directory/'")
+            })?;
+        let (ds, cut) = data::text::load(name, path, column, label_column, &codec)?;
+        let mut msg = format!(
+            "loaded data {name}: {} texts, tokenized by {model_name} into {} tokens each (padded){}",
+            ds.len(),
+            codec.max_tokens,
+            if ds.has_labels() { ", with labels" } else { "" }
+        );
+        if cut > 0 {
+            msg.push_str(&format!(
+                "; {cut} texts were cut to {} tokens (SET max_tokens before LOAD MODEL for more)",
+                codec.max_tokens
+            ));
+        }
+        self.datasets.insert(name.to_string(), Arc::new(ds));
+        Ok(Output::Message(msg))
+    }
+
     fn batch_rows(&self, model: &Model) -> usize {
         self.settings
             .batch_size
@@ -636,6 +674,7 @@ impl State {
             Plan::LoadModel { name, weights, arch } => {
                 let model = match &arch {
                     Some(arch) => Model::load(&weights, arch)?,
+                    None if weights.is_dir() => crate::model::bert::load(&weights, self.settings.max_tokens)?,
                     None => crate::model::onnx::load(&weights)?,
                 };
                 // An ONNX file is its own architecture.
@@ -687,11 +726,15 @@ impl State {
                 path,
                 labels,
                 label_column,
+                text,
             } => {
                 if self.models.contains_key(&name) {
                     return Err(Error::name(format!(
                         "`{name}` is already a model; choose another name for the dataset"
                     )));
+                }
+                if let Some(column) = text {
+                    return self.load_text(&name, &path, column.as_deref(), label_column.as_deref());
                 }
                 let ds = data::load(
                     &name,
@@ -733,6 +776,7 @@ impl State {
                         self.cache.set_budget(v << 20);
                     }
                     Setting::AllowNonfinite(v) => s.allow_nonfinite = v,
+                    Setting::MaxTokens(v) => s.max_tokens = v,
                 }
                 Ok(Output::Message(format!(
                     "{name} = {}",

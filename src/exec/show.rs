@@ -31,6 +31,7 @@ pub(super) fn datasets(state: &State) -> Result<Output> {
         Modality::Image { .. } => "image",
         Modality::Tabular { .. } => "tabular",
         Modality::Tensor => "tensor",
+        Modality::Text { .. } => "text",
     };
     let df = df!(
         "dataset" => names,
@@ -132,6 +133,7 @@ pub(super) fn setting_value(s: &Settings, name: &str) -> String {
         "batch_size" => s.batch_size.map(|v| v.to_string()).unwrap_or_else(|| "auto".into()),
         "memory_mb" => s.memory_mb.to_string(),
         "cache_mb" => s.cache_mb.to_string(),
+        "max_tokens" => s.max_tokens.to_string(),
         "allow_nonfinite" => s.allow_nonfinite.to_string(),
         _ => String::new(),
     }

@@ -5,6 +5,7 @@
 //! any layer's backward (guided backprop, deconvolution, DeepLift).
 
 pub mod arch;
+pub mod bert;
 pub mod graph_ops;
 pub mod kernels;
 pub mod layer;
@@ -35,6 +36,8 @@ pub struct Model {
     pub patches: Vec<Patch>,
     /// Other names of hook points (an ONNX node's name, the module it belongs to).
     pub aliases: std::collections::BTreeMap<String, usize>,
+    /// A text model's tokenizer (its inputs are token ids).
+    pub text: Option<std::sync::Arc<crate::data::text::TextCodec>>,
 }
 
 /// An activation edit at a hook point: a block of units of a layer's output set, scaled
@@ -194,6 +197,7 @@ impl Model {
             passes: AtomicUsize::new(0),
             patches: Vec::new(),
             aliases: Default::default(),
+            text: None,
         })
     }
 
@@ -207,6 +211,7 @@ impl Model {
             passes: AtomicUsize::new(0),
             patches,
             aliases: self.aliases.clone(),
+            text: self.text.clone(),
         }
     }
 
@@ -283,6 +288,7 @@ impl Model {
             passes: AtomicUsize::new(0),
             patches: self.patches.iter().filter(|p| p.layer <= layer).cloned().collect(),
             aliases: self.aliases.clone(),
+            text: self.text.clone(),
         }
     }
 
@@ -345,7 +351,13 @@ impl Model {
             let i = index - fwd.from;
             let args: Vec<&Batch> = reads[i]
                 .iter()
-                .map(|&p| if p >= CARRIED { &carried[p - CARRIED] } else { &values[p] })
+                .map(|&p| {
+                    if p >= CARRIED {
+                        &carried[p - CARRIED]
+                    } else {
+                        &values[p]
+                    }
+                })
                 .collect();
             let (mut y, memo) = layer.forward_args(&args, fwd.keep)?;
             let mut raw = None;
@@ -484,7 +496,10 @@ impl Model {
                     None => step.gradient()?,
                 })]
             } else {
-                let args: Vec<&Batch> = reads.iter().map(|&p| tape.value(p).ok_or_else(missing)).collect::<Result<_>>()?;
+                let args: Vec<&Batch> = reads
+                    .iter()
+                    .map(|&p| tape.value(p).ok_or_else(missing))
+                    .collect::<Result<_>>()?;
                 layer.backward_args(&args, y, &tape.memos[i], &grad)?
             };
             for (&p, g) in reads.iter().zip(input_grads) {
@@ -513,5 +528,8 @@ fn repeat_rows(batch: &Batch, rows: usize) -> Result<Batch> {
             batch.rows()
         )));
     }
-    Ok(Batch::from_rows(batch.sample_shape(), std::iter::repeat_n(batch.row(0), rows)))
+    Ok(Batch::from_rows(
+        batch.sample_shape(),
+        std::iter::repeat_n(batch.row(0), rows),
+    ))
 }

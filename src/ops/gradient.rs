@@ -204,7 +204,8 @@ pub fn attribute(method: &Method, req: &Request) -> Result<Vec<f32>> {
                         rule
                     };
                     if req.predicted.is_some() {
-                        let (grads, outputs) = predicted_gradients_from(req.model, rows, (0, None), req.out_layer, rule)?;
+                        let (grads, outputs) =
+                            predicted_gradients_from(req.model, rows, (0, None), req.out_layer, rule)?;
                         return Ok((grads.into_data(), outputs.into_data()));
                     }
                     let grads = gradients(req.model, rows, req.out_layer, &req.targets[a..b], rule)?;

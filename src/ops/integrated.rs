@@ -48,7 +48,14 @@ pub fn attribute(steps: usize, rule: Rule, req: &Request) -> Result<Vec<f32>> {
                 req.control,
                 &|points, count| {
                     let batch = Batch::new(batch_shape(count, &first.out_shape), points)?;
-                    gradients_from(req.model, batch, (1, None), req.out_layer, &vec![target; count], &Gradient)
+                    gradients_from(
+                        req.model,
+                        batch,
+                        (1, None),
+                        req.out_layer,
+                        &vec![target; count],
+                        &Gradient,
+                    )
                 },
             )?;
             // The affine layer's input gradient needs neither its input nor its output.

@@ -35,7 +35,14 @@ fn head(model: &Model, rows: Batch, layer: usize) -> Result<Batch> {
 /// The gradient of each row's target with respect to the activation `h` of `layer`;
 /// `context`: the model inputs the rows stand for (see `Model::run_in`).
 fn tail_gradient(req: &Request, h: Batch, layer: usize, targets: &[usize], context: &Batch) -> Result<Batch> {
-    gradients_from(req.model, h, (layer + 1, Some(context)), req.out_layer, targets, &Gradient)
+    gradients_from(
+        req.model,
+        h,
+        (layer + 1, Some(context)),
+        req.out_layer,
+        targets,
+        &Gradient,
+    )
 }
 
 fn rows_of(req: &Request, data: &[f32], count: usize) -> Result<Batch> {

@@ -855,6 +855,9 @@ impl Request<'_> {
 /// Per-feature attributions (n × d, Captum's layout; zero outside the window) of the
 /// methods that attribute input features.
 pub fn attribute(method: &Method, req: &Request) -> Result<Vec<f32>> {
+    if req.model.text.is_some() {
+        return text_attribute(method, req);
+    }
     match method {
         Method::Saliency { .. }
         | Method::InputXGradient
@@ -880,5 +883,43 @@ pub fn attribute(method: &Method, req: &Request) -> Result<Vec<f32>> {
             "{} attributes the units of a layer, not input features",
             method.name()
         ))),
+    }
+}
+
+/// A text model's inputs are token ids, which have no gradient: integrated gradients
+/// runs on the embedding layer (Captum's LayerIntegratedGradients on the embeddings)
+/// and each token's attribution is the sum over its embedding; the perturbation methods
+/// replace tokens by the baseline's ([PAD] by default).
+fn text_attribute(method: &Method, req: &Request) -> Result<Vec<f32>> {
+    match method {
+        Method::IntegratedGradients { steps, rule } => {
+            let layer = req.model.layer_index(crate::model::bert::EMBEDDINGS).ok_or_else(|| {
+                Error::model("internal: a text model without an `embeddings` hook point")
+            })?;
+            let at_embeddings = Request {
+                layer: Some(layer),
+                layer_values: None,
+                predicted: None,
+                ..*req
+            };
+            let lig = Method::LayerIntegratedGradients {
+                steps: *steps,
+                rule: *rule,
+            };
+            let result = layer::attribute(&lig, &at_embeddings)?;
+            let tokens = req.d();
+            let dim = result.values.len() / (req.n() * tokens).max(1);
+            let mut out: Vec<f32> = result.values.chunks(dim.max(1)).map(|e| e.iter().sum()).collect();
+            gradient::zero_outside_window(&mut out, req);
+            Ok(out)
+        }
+        Method::Occlusion { .. } | Method::FeatureAblation | Method::ShapleySampling { .. } => {
+            perturbation::attribute(method, req)
+        }
+        other => Err(Error::value(format!(
+            "{} needs the gradient with respect to the input, and token ids have none",
+            other.name()
+        ))
+        .hint("on text use integrated_gradients (through the embeddings), occlusion, feature_ablation or shapley_sampling, or AT LAYER embeddings with a layer method")),
     }
 }

@@ -678,6 +678,7 @@ fn modality_name(m: &Modality) -> &'static str {
         Modality::Image { .. } => "an image dataset",
         Modality::Tabular { .. } => "a tabular dataset",
         Modality::Tensor => "a tensor dataset",
+        Modality::Text { .. } => "a text dataset",
     }
 }
 
@@ -759,6 +760,7 @@ pub fn attribution_columns(modality: &Modality, granularity: &GranularitySpec) -
         Modality::Image { .. } => cols.extend(["channel", "row", "col"]),
         Modality::Tabular { .. } => cols.push("column"),
         Modality::Tensor => {}
+        Modality::Text { .. } => cols.extend(["token", "text"]),
     }
     if grouped {
         cols.push("size");

@@ -20,6 +20,8 @@ pub enum Plan {
         path: PathBuf,
         labels: Option<PathBuf>,
         label_column: Option<String>,
+        /// Texts for a text model: Some(column) (None: one per line).
+        text: Option<Option<String>>,
     },
     ShowModels,
     ShowData,
@@ -99,6 +101,7 @@ pub enum Setting {
     BatchSize(Option<usize>),
     Seed(u64),
     CacheMb(usize),
+    MaxTokens(usize),
     MemoryMb(usize),
     AllowNonfinite(bool),
 }

@@ -67,6 +67,10 @@ pub const SETTINGS: &[(&str, &str)] = &[
         "memory budget that sizes batches (when batch_size is auto) and streamed chunks (MB ≥ 1)",
     ),
     ("cache_mb", "activation cache budget (MB ≥ 0; 0 turns the cache off)"),
+    (
+        "max_tokens",
+        "length text models are built for, in tokens, when loaded (2 to 512)",
+    ),
     ("allow_nonfinite", "load data holding NaN or infinity (true or false)"),
 ];
 
@@ -92,16 +96,34 @@ pub fn plan_subquery(q: &ast::Query, catalog: &dyn Catalog) -> Result<Node> {
 pub fn plan(stmt: &Statement, catalog: &dyn Catalog) -> Result<Plan> {
     Ok(match &stmt.kind {
         StatementKind::LoadModel { name, path, arch } => {
-            let weights = existing_path(path, catalog)?;
+            // A Hugging Face model is a directory.
+            let weights = match resolve_path(path, catalog)? {
+                dir if dir.is_dir() => {
+                    if !dir.join("config.json").is_file() {
+                        return Err(Error::io(format!(
+                            "{} is a directory without config.json (a Hugging Face model directory has config.json, model.safetensors and tokenizer.json)",
+                            dir.display()
+                        ))
+                        .at(path.span));
+                    }
+                    dir
+                }
+                _ => existing_path(path, catalog)?,
+            };
             let ext = weights
                 .extension()
                 .and_then(|e| e.to_str())
                 .unwrap_or("")
                 .to_lowercase();
             let arch = arch.as_ref().map(|a| existing_path(a, catalog)).transpose()?;
-            if ext == "onnx" {
+            if weights.is_dir() || ext == "onnx" {
                 if let Some(a) = &arch {
-                    return Err(Error::model("an ONNX file carries its own architecture")
+                    let what = if weights.is_dir() {
+                        "a model directory"
+                    } else {
+                        "an ONNX file"
+                    };
+                    return Err(Error::model(format!("{what} carries its own architecture"))
                         .hint(format!("drop ARCH '{}'", a.display()))
                         .at(path.span));
                 }
@@ -124,7 +146,9 @@ pub fn plan(stmt: &Statement, catalog: &dyn Catalog) -> Result<Plan> {
             path,
             labels,
             label_column,
+            text,
         } => Plan::LoadData {
+            text: text.as_ref().map(|c| c.as_ref().map(|c| c.name.clone())),
             name: name.name.clone(),
             path: existing_path(path, catalog)?,
             labels: labels.as_ref().map(|l| existing_path(l, catalog)).transpose()?,
@@ -247,6 +271,7 @@ fn plan_setting(name: &ast::Ident, value: &Value, catalog: &dyn Catalog) -> Resu
         }
         "memory_mb" => Setting::MemoryMb(int(1.0)?),
         "cache_mb" => Setting::CacheMb(int(0.0)?),
+        "max_tokens" => Setting::MaxTokens(int(2.0)?.min(512)),
         "allow_nonfinite" => match lit {
             Literal::Bool(b) => Setting::AllowNonfinite(b),
             other => {

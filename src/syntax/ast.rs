@@ -51,6 +51,8 @@ pub enum StatementKind {
         path: Value,
         labels: Option<Value>,
         label_column: Option<Ident>,
+        /// `TEXT [COLUMN c]`: texts for a text model (Some(None): one per line).
+        text: Option<Option<Ident>>,
     },
     Show(Show),
     Set {
@@ -636,8 +638,14 @@ impl fmt::Display for Statement {
                 path,
                 labels,
                 label_column,
+                text,
             } => {
                 write!(f, "LOAD DATA {name} FROM {path}")?;
+                match text {
+                    Some(Some(c)) => write!(f, " TEXT COLUMN {c}")?,
+                    Some(None) => write!(f, " TEXT")?,
+                    None => {}
+                }
                 if let Some(l) = labels {
                     write!(f, " LABELS {l}")?;
                 }

@@ -166,6 +166,13 @@ fn visit_statement(pair: Pair<Rule>) -> Result<Statement> {
             let path = visit_path(c.next()?)?;
             let mut labels = None;
             let mut label_column = None;
+            let mut text = None;
+            if let Some(t) = c.take(Rule::text_column) {
+                let mut tc = Children::of(t);
+                tc.skip_keywords();
+                text = Some(tc.take(Rule::ident).map(visit_ident).transpose()?);
+                tc.done();
+            }
             if let Some(l) = c.take(Rule::labels_file) {
                 let mut lc = Children::of(l);
                 lc.skip_keywords();
@@ -182,6 +189,7 @@ fn visit_statement(pair: Pair<Rule>) -> Result<Statement> {
                 path,
                 labels,
                 label_column,
+                text,
             }
         }
         Rule::show => {

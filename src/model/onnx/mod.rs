@@ -108,50 +108,156 @@ pub fn load(path: &Path) -> Result<Model> {
         }
     };
     let input_shape = input_shape(input, &shown)?;
-    imp.syms.insert(
-        input.name.clone(),
-        Sym::Value {
-            slot: 0,
-            shape: input_shape.clone(),
-        },
-    );
-    for node in &graph.node {
-        imp.node(node);
-    }
     let output = graph
         .output
         .first()
         .ok_or_else(|| Error::model(format!("{shown} declares no graph output")))?;
-    let out_slot = match imp.syms.get(&output.name) {
-        Some(Sym::Value { slot, .. }) if *slot > 0 => *slot,
-        Some(_) => {
-            return Err(Error::model(format!(
-                "the output `{}` of {shown} does not depend on its input",
-                output.name
-            )));
-        }
-        None if imp.failed.is_some() => imp.layers.len(),
-        None => {
-            return Err(Error::model(format!(
-                "no node of {shown} computes its output `{}`",
-                output.name
-            )));
-        }
+    let name = if graph.name.is_empty() {
+        "onnx"
+    } else {
+        graph.name.as_str()
     };
-    let (layers, aliases) = prune(imp.layers, imp.aliases, out_slot);
-    Ok(Model {
-        arch_name: if graph.name.is_empty() {
-            "onnx".into()
-        } else {
-            graph.name.clone()
-        },
-        source: shown,
-        input_shape,
-        layers: std::sync::Arc::new(layers),
-        passes: AtomicUsize::new(0),
-        patches: Vec::new(),
-        aliases,
-    })
+    imp.translate_graph((&input.name, input_shape), &graph.node, &output.name, name)
+}
+
+impl Importer {
+    /// Translates the nodes (constants already known) into a model with input `input`
+    /// (its name and sample shape) and output `output`.
+    fn translate_graph(
+        mut self,
+        (input, input_shape): (&str, Vec<usize>),
+        nodes: &[NodeProto],
+        output: &str,
+        arch_name: &str,
+    ) -> Result<Model> {
+        let shown = self.shown.clone();
+        self.syms.insert(
+            input.to_string(),
+            Sym::Value {
+                slot: 0,
+                shape: input_shape.clone(),
+            },
+        );
+        for node in nodes {
+            self.node(node);
+        }
+        let out_slot = match self.syms.get(output) {
+            Some(Sym::Value { slot, .. }) if *slot > 0 => *slot,
+            Some(_) => {
+                return Err(Error::model(format!(
+                    "the output `{output}` of {shown} does not depend on its input"
+                )));
+            }
+            None if self.failed.is_some() => self.layers.len(),
+            None => {
+                return Err(Error::model(format!(
+                    "no node of {shown} computes its output `{output}`"
+                )));
+            }
+        };
+        let (layers, aliases) = prune(self.layers, self.aliases, out_slot);
+        Ok(Model {
+            arch_name: arch_name.to_string(),
+            source: shown,
+            input_shape,
+            layers: std::sync::Arc::new(layers),
+            passes: AtomicUsize::new(0),
+            patches: Vec::new(),
+            aliases,
+            text: None,
+        })
+    }
+}
+
+/// A graph the engine writes itself in ONNX's terms (the BERT encoder), translated
+/// exactly as a file would be: one set of operators, hook points named by the outputs.
+#[derive(Default)]
+pub struct GraphBuilder {
+    nodes: Vec<NodeProto>,
+    consts: Vec<(String, Konst)>,
+}
+
+/// An attribute of a node the builder writes.
+pub enum Attr<'a> {
+    Int(&'a str, i64),
+    Ints(&'a str, Vec<i64>),
+    Float(&'a str, f32),
+    Str(&'a str, &'a str),
+}
+
+impl GraphBuilder {
+    pub fn constant(&mut self, name: &str, shape: Vec<usize>, data: Vec<f32>) -> String {
+        let data = data.into_iter().map(f64::from).collect();
+        self.consts.push((name.to_string(), Konst { shape, data }));
+        name.to_string()
+    }
+
+    /// Adds a node computing `output` (its hook-point name) and returns that name.
+    pub fn node(&mut self, op: &str, inputs: &[&str], output: &str, attrs: Vec<Attr>) -> String {
+        let attribute = attrs
+            .into_iter()
+            .map(|a| match a {
+                Attr::Int(name, i) => AttributeProto {
+                    name: name.into(),
+                    i,
+                    ..Default::default()
+                },
+                Attr::Ints(name, ints) => AttributeProto {
+                    name: name.into(),
+                    ints,
+                    ..Default::default()
+                },
+                Attr::Float(name, f) => AttributeProto {
+                    name: name.into(),
+                    f,
+                    ..Default::default()
+                },
+                Attr::Str(name, v) => AttributeProto {
+                    name: name.into(),
+                    s: v.as_bytes().to_vec(),
+                    ..Default::default()
+                },
+            })
+            .collect();
+        self.nodes.push(NodeProto {
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![output.to_string()],
+            op_type: op.into(),
+            attribute,
+            ..Default::default()
+        });
+        output.to_string()
+    }
+
+    /// The model: `input` of sample shape `input_shape`, output `output`. Every node
+    /// must translate (an error says which did not).
+    pub fn build(
+        self,
+        source: &str,
+        arch_name: &str,
+        (input, input_shape): (&str, Vec<usize>),
+        output: &str,
+    ) -> Result<Model> {
+        let imp = Importer {
+            shown: source.to_string(),
+            opset: 17,
+            syms: self.consts.into_iter().map(|(n, k)| (n, Sym::Const(k))).collect(),
+            layers: Vec::new(),
+            aliases: BTreeMap::new(),
+            failed: None,
+        };
+        let nodes = self.nodes;
+        let model = imp.translate_graph((input, input_shape), &nodes, output, arch_name)?;
+        if let Some(Op::Unsupported { reason }) = model
+            .layers
+            .iter()
+            .map(|l| &l.op)
+            .find(|op| matches!(op, Op::Unsupported { .. }))
+        {
+            return Err(Error::model(format!("internal: {reason}")));
+        }
+        Ok(model)
+    }
 }
 
 /// The sample shape of the graph input: its first axis is the batch, the rest fixed.
@@ -986,8 +1092,10 @@ impl Importer {
 
     fn gemm(&mut self, node: &Node) -> Result<()> {
         let (slot, shape) = self.value_input(node, 0)?;
-        if node.int("transA", 0) != 0 || shape.len() != 1 {
-            return Err(unsupported("Gemm with a transposed or non-matrix input"));
+        // ONNX's Gemm is 2-D (rank-1 samples); the engine's own graphs apply it to the last
+        // axis of longer samples too (a linear layer on every token).
+        if node.int("transA", 0) != 0 || shape.is_empty() {
+            return Err(unsupported("Gemm with a transposed input"));
         }
         let b = self.konst(node.input(1).unwrap_or_default())?.clone();
         let (alpha, beta) = (node.float("alpha", 1.0) as f64, node.float("beta", 1.0) as f64);
@@ -996,11 +1104,9 @@ impl Importer {
             return Err(unsupported("a Gemm weight that is not a matrix"));
         };
         let (inp, out) = if trans_b { (c, r) } else { (r, c) };
-        if inp != shape[0] {
-            return Err(unsupported(format!(
-                "a Gemm weight {:?} for {} inputs",
-                b.shape, shape[0]
-            )));
+        let last = shape[shape.len() - 1];
+        if inp != last {
+            return Err(unsupported(format!("a Gemm weight {:?} for {last} inputs", b.shape)));
         }
         // The engine's linear weights are (out, in), as PyTorch's.
         let weight = (0..out * inp)
@@ -1022,7 +1128,9 @@ impl Importer {
             Some(k) => return Err(unsupported(format!("a Gemm bias of shape {:?}", k.shape))),
         };
         let op = Op::Linear { inp, out, weight, bias };
-        self.unary_layer(node, op, (slot, shape), vec![out]);
+        let mut out_shape = shape.clone();
+        *out_shape.last_mut().expect("rank ≥ 1") = out;
+        self.unary_layer(node, op, (slot, shape), out_shape);
         Ok(())
     }
 
