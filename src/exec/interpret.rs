@@ -330,6 +330,8 @@ fn resolve_inputs(state: &mut State, a: &Attribution) -> Result<Inputs> {
         // neuron_conductance explains the predicted class through the unit.
         TargetSpec::Unit(..) if matches!(a.method, Method::NeuronConductance { .. }) => predictions.clone(),
         TargetSpec::Unit(_, u) => vec![*u; n],
+        // The similarity head has one output.
+        TargetSpec::Similarity(_) => vec![0; n],
         TargetSpec::Label => labels
             .iter()
             .zip(&ids)
@@ -469,6 +471,10 @@ fn prepare(state: &mut State, a: &Attribution, through: Option<&LayerRef>) -> Re
         a.method, a.window, a.granularity, a.layer, through, a.target, a.modality
     )
     .hash(&mut h);
+    if let TargetSpec::Similarity(reference) = &a.target {
+        // The reference's content, not only its name (a name can be loaded again).
+        input_hash(&state.select(reference)?.values()).hash(&mut h);
+    }
     if through.is_some() {
         // The probe is fitted on the whole dataset.
         input_hash(&Selection::all(state.dataset(&a.data.name)?).values()).hash(&mut h);
@@ -564,6 +570,20 @@ fn run_one(state: &mut State, a: &Attribution, through: Option<&LayerRef>) -> Re
             (p.model.clone(), Some(p.accuracy))
         }
         None => (state.model(&a.model)?.model.clone(), None),
+    };
+    let model = match &a.target {
+        TargetSpec::Similarity(reference) => {
+            let sel = state.select(reference)?;
+            if sel.len() != 1 {
+                return Err(Error::value(format!(
+                    "the similarity's reference {reference} holds {} inputs; give one",
+                    sel.len()
+                )));
+            }
+            let out = model.logits(Batch::new(batch_shape(1, &model.input_shape), sel.values())?)?;
+            std::sync::Arc::new(model.with_cosine_head(out.data())?)
+        }
+        _ => model,
     };
     let contrast = match &a.contrast {
         Some(other) => Some(state.model(other)?.model.clone()),
@@ -805,7 +825,7 @@ fn layer_relation(inputs: &Inputs, result: &ops::layer::LayerAttribution, a: &At
         ),
         Column::new("unit".into(), (0..rows).map(|r| (r % per) as i64).collect::<Vec<i64>>()),
     ];
-    let names = crate::plan::unit_coordinates(&result.shape);
+    let names = crate::plan::unit_coordinates(&result.shape, &a.modality);
     let mut strides = vec![1usize; result.shape.len()];
     for k in (0..result.shape.len().saturating_sub(1)).rev() {
         strides[k] = strides[k + 1] * result.shape[k + 1];
@@ -824,7 +844,25 @@ fn layer_relation(inputs: &Inputs, result: &ops::layer::LayerAttribution, a: &At
         _ => Column::full_null("activation".into(), rows, &DataType::Float32),
     });
     columns.push(Column::new("attribution".into(), result.values.clone()));
-    Ok(DataFrame::new(rows, columns)?)
+    let df = DataFrame::new(rows, columns)?;
+    // A text input's rows stop at its last token: padding positions are not shown.
+    if let Modality::Text { tokens, .. } = &a.modality {
+        let token_axes: Vec<usize> = (0..names.len())
+            .filter(|&k| matches!(names[k], "token" | "query" | "key"))
+            .collect();
+        if !token_axes.is_empty() {
+            let keep: Vec<bool> = (0..rows)
+                .map(|r| {
+                    let length = tokens.get(inputs.ids[r / per] as usize).map_or(usize::MAX, Vec::len);
+                    token_axes
+                        .iter()
+                        .all(|&k| (r % per) / strides[k] % result.shape[k] < length)
+                })
+                .collect();
+            return Ok(df.filter(&BooleanChunked::from_slice("keep".into(), &keep))?);
+        }
+    }
+    Ok(df)
 }
 
 /// The window (projection) and groups (granularity) as the methods see them.

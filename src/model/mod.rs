@@ -292,6 +292,86 @@ impl Model {
         }
     }
 
+    /// The model with a head computing the cosine similarity of its output with
+    /// `reference` (one output of the model): one output unit, the similarity.
+    pub fn with_cosine_head(&self, reference: &[f32]) -> Result<Model> {
+        use graph_ops::{Arg, MapFn, Nary, NaryKind, Operand, Reduce, ReduceKind};
+        let shape = self.layers.last().map(|l| l.out_shape.clone()).unwrap_or_default();
+        let units: usize = shape.iter().product();
+        if reference.len() != units {
+            return Err(Error::shape(format!(
+                "the reference has {} values, the model's output {units}",
+                reference.len()
+            )));
+        }
+        let norm = reference.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
+        if norm == 0.0 {
+            return Err(Error::value(
+                "the reference's output is zero: its similarity is undefined",
+            ));
+        }
+        let mut layers: Vec<Layer> = self.layers.to_vec();
+        let value = |k: usize| Arg {
+            operand: Operand::Input(k),
+            map: None,
+        };
+        let sum = || {
+            Op::Reduce(Reduce {
+                kind: ReduceKind::Sum,
+                map: vec![0; units],
+                count: units,
+            })
+        };
+        let out = layers.len();
+        let mut push = |name: &str, op: Op, inputs: Vec<usize>, in_shape: Vec<usize>, out_shape: Vec<usize>| {
+            let kind = name.to_string();
+            layers.push(Layer {
+                name: format!("similarity.{name}"),
+                kind,
+                op,
+                inputs,
+                in_shape,
+                out_shape,
+            });
+            layers.len()
+        };
+        let scaled: Vec<f32> = reference.iter().map(|v| (*v as f64 / norm) as f32).collect();
+        let product = Op::Nary(Nary {
+            kind: NaryKind::Mul,
+            args: vec![
+                value(0),
+                Arg {
+                    operand: Operand::Const(scaled),
+                    map: None,
+                },
+            ],
+        });
+        let weighted = push("product", product, vec![out], shape.clone(), shape.clone());
+        let dot = push("dot", sum(), vec![weighted], shape.clone(), vec![1]);
+        let square = Op::Nary(Nary {
+            kind: NaryKind::Mul,
+            args: vec![value(0), value(0)],
+        });
+        let squares = push("square", square, vec![out], shape.clone(), shape.clone());
+        let sq = push("square_sum", sum(), vec![squares], shape.clone(), vec![1]);
+        let length = push("norm", Op::Map(MapFn::Sqrt), vec![sq], vec![1], vec![1]);
+        let cosine = Op::Nary(Nary {
+            kind: NaryKind::Div,
+            args: vec![value(0), value(1)],
+        });
+        push("cosine", cosine, vec![dot, length], vec![1], vec![1]);
+        Ok(Model {
+            arch_name: format!("{} with a similarity head", self.arch_name),
+            source: self.source.clone(),
+            input_shape: self.input_shape.clone(),
+            layers: std::sync::Arc::new(layers),
+            passes: AtomicUsize::new(0),
+            patches: self.patches.clone(),
+            aliases: self.aliases.clone(),
+            text: self.text.clone(),
+        })
+    }
+
     /// Runs layers `fwd.from..fwd.to` on `input` (samples of that first layer's input shape).
     pub fn run(&self, input: Batch, fwd: &Forward) -> Result<Tape> {
         self.run_in(input, fwd, None)

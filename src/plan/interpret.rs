@@ -197,6 +197,23 @@ pub(super) fn plan_clauses(call: &ast::ModelCall, clauses: &Clauses, catalog: &d
                 let unit = resolve_unit(&l, index, t.span, catalog)?;
                 TargetSpec::Unit(l, unit)
             }
+            TargetKind::Similarity(args) => {
+                let explained = i.call.data.to_string();
+                let others: Vec<&ast::DatasetExpr> = args.iter().filter(|d| d.to_string() != explained).collect();
+                let reference = match others.as_slice() {
+                    [r] if args.len() == 1 || others.len() < args.len() => *r,
+                    _ => {
+                        return Err(Error::value(format!(
+                            "similarity(a, b) explains one side with the other held fixed: one of them must be the explained `{explained}`"
+                        ))
+                        .at(t.span)
+                        .hint(format!("similarity({explained}, other), or similarity(other) alone")));
+                    }
+                };
+                let (r, rinfo) = resolve_dataset(reference, catalog)?;
+                same_features(&rinfo, model.input_shape.iter().product(), &r.name, reference.span)?;
+                TargetSpec::Similarity(r)
+            }
         },
     };
     check_selection(&method, method_span, &i, &at_layer, &target, &info)?;
@@ -688,13 +705,15 @@ pub fn relation_columns(a: &Attribution) -> Vec<String> {
         // The stacked relations: every coordinate column any layer has.
         let mut coords: Vec<&str> = Vec::new();
         for l in &a.all_layers {
-            for c in unit_coordinates(&l.shape) {
+            for c in unit_coordinates(&l.shape, &a.modality) {
                 if !coords.contains(c) {
                     coords.push(c);
                 }
             }
         }
-        let order = ["channel", "row", "col", "token", "dim", "neuron"];
+        let order = [
+            "channel", "row", "col", "head", "query", "key", "token", "dim", "neuron",
+        ];
         coords.sort_by_key(|c| order.iter().position(|o| o == c));
         let mut cols: Vec<&str> = vec!["input", "label", "prediction", "target", "layer", "unit"];
         cols.extend(coords);
@@ -702,7 +721,7 @@ pub fn relation_columns(a: &Attribution) -> Vec<String> {
         return cols.into_iter().map(String::from).collect();
     }
     if a.is_layer_relation() {
-        return layer_columns(&result_shape(a));
+        return layer_columns(&result_shape(a), &a.modality);
     }
     let mut cols = attribution_columns(&a.modality, &a.granularity);
     if a.through.is_some() {
@@ -731,8 +750,11 @@ pub fn result_shape(a: &Attribution) -> Vec<usize> {
 }
 
 /// The coordinate columns of a layer's units, by the rank of its output.
-pub fn unit_coordinates(shape: &[usize]) -> &'static [&'static str] {
+pub fn unit_coordinates(shape: &[usize], modality: &Modality) -> &'static [&'static str] {
+    let text = matches!(modality, Modality::Text { .. });
     match shape.len() {
+        // A text model's attention probabilities: heads × query tokens × key tokens.
+        3 if text => &["head", "query", "key"],
         3 => &["channel", "row", "col"],
         2 => &["token", "dim"],
         1 => &["neuron"],
@@ -741,9 +763,9 @@ pub fn unit_coordinates(shape: &[usize]) -> &'static [&'static str] {
 }
 
 /// The columns of a layer relation (DESIGN.md, "The relations").
-pub fn layer_columns(shape: &[usize]) -> Vec<String> {
+pub fn layer_columns(shape: &[usize], modality: &Modality) -> Vec<String> {
     let mut cols: Vec<&str> = vec!["input", "label", "prediction", "target", "layer", "unit"];
-    cols.extend(unit_coordinates(shape));
+    cols.extend(unit_coordinates(shape, modality));
     cols.extend(["activation", "attribution"]);
     cols.into_iter().map(String::from).collect()
 }

@@ -250,6 +250,8 @@ pub enum TargetSpec {
     Class(usize),
     /// A unit of a layer (`TARGET l[i]`): its flat index in the layer's output.
     Unit(LayerRef, usize),
+    /// The cosine similarity of the output with that of one reference input.
+    Similarity(DatasetRef),
 }
 
 /// A resolved hook point.
@@ -551,6 +553,7 @@ impl Node {
                     TargetSpec::Label => "label".to_string(),
                     TargetSpec::Class(c) => format!("class {c}"),
                     TargetSpec::Unit(l, u) => format!("unit {u} of {}", l.name),
+                    TargetSpec::Similarity(r) => format!("similarity with {r}"),
                 };
                 let baseline = match &a.baseline {
                     BaselineSpec::Zero => "zero".to_string(),

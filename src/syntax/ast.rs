@@ -350,6 +350,8 @@ pub enum TargetKind {
         layer: Ident,
         index: Vec<Value>,
     },
+    /// `similarity(a[, b])`: the cosine similarity of the output with the other input's.
+    Similarity(Vec<DatasetExpr>),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -922,6 +924,10 @@ impl fmt::Display for Target {
             TargetKind::Unit { layer, index } => {
                 let parts: Vec<String> = index.iter().map(|v| v.to_string()).collect();
                 write!(f, "{layer}[{}]", parts.join(", "))
+            }
+            TargetKind::Similarity(args) => {
+                let parts: Vec<String> = args.iter().map(|d| d.to_string()).collect();
+                write!(f, "similarity({})", parts.join(", "))
             }
         }
     }

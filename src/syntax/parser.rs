@@ -587,6 +587,11 @@ fn visit_clauses<'a>(pairs: impl Iterator<Item = Pair<'a, Rule>>) -> Result<Clau
                 let inner = Children::of(t).next()?;
                 let kind = match inner.as_rule() {
                     Rule::target_predicted => TargetKind::Predicted,
+                    Rule::target_similarity => {
+                        let mut sc = Children::of(inner);
+                        sc.skip_keywords();
+                        TargetKind::Similarity(sc.inner.by_ref().map(visit_dataset).collect::<Result<Vec<_>>>()?)
+                    }
                     Rule::target_label => TargetKind::Label,
                     Rule::target_unit => {
                         let mut uc = Children::of(inner);
