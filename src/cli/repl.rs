@@ -165,9 +165,13 @@ const KEYWORDS: &[&str] = &[
     "set",
     "settings",
     "show",
+    "similarity",
     "target",
+    "text",
     "through",
     "to",
+    "token",
+    "tokens",
     "top",
     "true",
     "union",
@@ -176,6 +180,7 @@ const KEYWORDS: &[&str] = &[
     "where",
     "window",
     "with",
+    "word",
     "zero",
 ];
 

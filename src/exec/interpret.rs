@@ -976,8 +976,11 @@ fn relation(
     a: &Attribution,
 ) -> Result<DataFrame> {
     let d = features.len();
-    let grouped = matches!(a.granularity, GranularitySpec::Pixel | GranularitySpec::Patch(_));
-    let members: Vec<Vec<usize>> = if grouped {
+    let grouped = matches!(
+        a.granularity,
+        GranularitySpec::Pixel | GranularitySpec::Patch(_) | GranularitySpec::Word
+    );
+    let members: Vec<Vec<usize>> = if grouped && a.granularity != GranularitySpec::Word {
         features.members()
     } else {
         let mut fs: Vec<usize> = (0..d).filter(|&f| features.in_window(f)).collect();
@@ -996,9 +999,18 @@ fn relation(
     let mut c_size = Vec::with_capacity(rows);
     let mut c_value = Vec::with_capacity(rows);
     let mut c_attr = Vec::with_capacity(rows);
+    let mut c_text: Vec<String> = Vec::new();
     for i in 0..sel.len() {
         let x = &inputs[i * d..(i + 1) * d];
         let at = &attr[i * d..(i + 1) * d];
+        let words;
+        let members: &[Vec<usize>] = match &a.modality {
+            Modality::Text { words: w, .. } if a.granularity == GranularitySpec::Word => {
+                words = word_groups(&members, w.get(ids[i] as usize).map_or(&[][..], Vec::as_slice));
+                &words
+            }
+            _ => &members,
+        };
         // A text input's rows stop at its last token (the rest is padding).
         let length = match &a.modality {
             Modality::Text { tokens, .. } => tokens.get(ids[i] as usize).map_or(d, Vec::len),
@@ -1021,6 +1033,10 @@ fn relation(
             } else {
                 at[m[0]]
             });
+            if let Modality::Text { tokens, .. } = &a.modality {
+                let t = tokens.get(ids[i] as usize).map_or(&[][..], Vec::as_slice);
+                c_text.push(word_text(m.iter().filter_map(|&f| t.get(f).map(String::as_str))));
+            }
         }
     }
     let c_feature_len = c_feature.len();
@@ -1059,19 +1075,9 @@ fn relation(
             ));
         }
         Modality::Tensor => {}
-        Modality::Text { tokens, .. } => {
-            let text: Vec<&str> = c_input
-                .iter()
-                .zip(&c_feature)
-                .map(|(&id, &f)| {
-                    tokens
-                        .get(id as usize)
-                        .and_then(|t| t.get(f as usize))
-                        .map_or("", String::as_str)
-                })
-                .collect();
+        Modality::Text { .. } => {
             columns.push(Column::new("token".into(), c_feature.clone()));
-            columns.push(Column::new("text".into(), text));
+            columns.push(Column::new("text".into(), c_text));
         }
     }
     columns.insert(if grouped { 5 } else { 4 }, Column::new("feature".into(), c_feature));
@@ -1081,6 +1087,38 @@ fn relation(
     columns.push(Column::new("value".into(), c_value));
     columns.push(Column::new("attribution".into(), c_attr));
     Ok(DataFrame::new(c_feature_len, columns)?)
+}
+
+/// The windowed token positions (one per member) grouped into words: the tokens of one
+/// word together, each special token ([CLS], [SEP]: no word) alone.
+fn word_groups(members: &[Vec<usize>], words: &[Option<u32>]) -> Vec<Vec<usize>> {
+    let mut out: Vec<Vec<usize>> = Vec::new();
+    for m in members {
+        let f = m[0];
+        let word = words.get(f).copied().flatten();
+        match out.last_mut() {
+            Some(last) if word.is_some() && words.get(last[0]).copied().flatten() == word => last.push(f),
+            _ => out.push(vec![f]),
+        }
+    }
+    out
+}
+
+/// A word's text from its WordPiece tokens ("play", "##ing" → "playing").
+fn word_text<'a>(tokens: impl Iterator<Item = &'a str>) -> String {
+    let mut text = String::new();
+    for (k, t) in tokens.enumerate() {
+        match t.strip_prefix("##") {
+            Some(rest) if k > 0 => text.push_str(rest),
+            _ => {
+                if k > 0 {
+                    text.push(' ');
+                }
+                text.push_str(t);
+            }
+        }
+    }
+    text
 }
 
 /// Rows a forward pass may hold: the batch_size setting, or what the memory budget allows

@@ -307,9 +307,22 @@ pub(super) fn plan_clauses(call: &ast::ModelCall, clauses: &Clauses, catalog: &d
                 GranularitySpec::Patch(k as usize)
             }
             (GranularityKind::Column, Modality::Tabular { .. }) => GranularitySpec::Column,
+            (GranularityKind::Token, Modality::Text { .. }) => GranularitySpec::Feature,
+            (GranularityKind::Word, Modality::Text { .. }) => {
+                if method.family() != crate::ops::Family::Gradient {
+                    return Err(Error::value(format!(
+                        "{} perturbs token by token; GRANULARITY word sums the tokens of gradient methods' attributions",
+                        method.name()
+                    ))
+                    .at(g.span)
+                    .hint("use integrated_gradients, or GRANULARITY token"));
+                }
+                GranularitySpec::Word
+            }
             (kind, m) => {
                 let what = match kind {
                     GranularityKind::Column => "column granularity applies to tabular data",
+                    GranularityKind::Token | GranularityKind::Word => "token and word granularity apply to text",
                     _ => "pixel and patch granularity apply to images",
                 };
                 return Err(Error::value(format!("{what}, but `{}` is {}", data.name, modality_name(m))).at(g.span));
@@ -390,6 +403,23 @@ pub fn resolve_window(
     catalog: &dyn Catalog,
 ) -> Result<WindowSpec> {
     Ok(match (&w.kind, &info.modality) {
+        (WindowKind::Image(ranges), Modality::Text { .. }) => {
+            let [r] = ranges.as_slice() else {
+                return Err(Error::value("a text window is one range: WINDOW tokens a:b").at(w.span));
+            };
+            let limit: usize = info.sample_shape.iter().product();
+            if r.axis != Axis::Tokens {
+                return Err(Error::value("a text window is a range of tokens: WINDOW tokens a:b").at(r.span));
+            }
+            let a = resolve_int(&r.start, catalog, "a window bound")?;
+            let b = resolve_int(&r.end, catalog, "a window bound")?;
+            if a < 0 || b <= a || b as usize > limit {
+                return Err(
+                    Error::value(format!("window tokens {a}:{b} must satisfy 0 ≤ start < end ≤ {limit}")).at(r.span),
+                );
+            }
+            WindowSpec::Columns((a as usize..b as usize).collect())
+        }
         (
             WindowKind::Image(ranges),
             Modality::Image {
@@ -413,6 +443,12 @@ pub fn resolve_window(
                     Axis::Rows => ("rows", *height, &mut rect.rows),
                     Axis::Cols => ("cols", *width, &mut rect.cols),
                     Axis::Channels => ("channels", *channels, &mut rect.channels),
+                    Axis::Tokens => {
+                        return Err(Error::value(format!(
+                            "a window of tokens applies to text, but `{data_name}` is an image dataset"
+                        ))
+                        .at(r.span));
+                    }
                 };
                 let a = resolve_int(&r.start, catalog, "a window bound")?;
                 let b = resolve_int(&r.end, catalog, "a window bound")?;

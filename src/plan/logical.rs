@@ -300,6 +300,8 @@ pub enum GranularitySpec {
     Patch(usize),
     /// One row per tabular column (the same as Feature for tabular data).
     Column,
+    /// One row per word of a text input (its tokens summed).
+    Word,
 }
 
 #[derive(Clone, Debug)]
@@ -567,6 +569,7 @@ impl Node {
                     GranularitySpec::Pixel => "pixel".to_string(),
                     GranularitySpec::Patch(k) => format!("patch({k})"),
                     GranularitySpec::Column => "column".to_string(),
+                    GranularitySpec::Word => "word".to_string(),
                 };
                 let base = if a.method.uses_baseline() {
                     format!(", baseline {baseline}")

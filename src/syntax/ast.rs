@@ -386,6 +386,8 @@ pub enum Axis {
     Rows,
     Cols,
     Channels,
+    /// Token positions of a text input.
+    Tokens,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -413,6 +415,9 @@ pub enum GranularityKind {
     Pixel,
     Patch(Value),
     Column,
+    Token,
+    /// The tokens of one word together (text).
+    Word,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -956,6 +961,7 @@ impl fmt::Display for Window {
                             Axis::Rows => "rows",
                             Axis::Cols => "cols",
                             Axis::Channels => "channels",
+                            Axis::Tokens => "tokens",
                         };
                         format!("{axis} {}:{}", r.start, r.end)
                     })
@@ -985,6 +991,8 @@ impl fmt::Display for Granularity {
             GranularityKind::Pixel => write!(f, "pixel"),
             GranularityKind::Patch(k) => write!(f, "patch({k})"),
             GranularityKind::Column => write!(f, "column"),
+            GranularityKind::Token => write!(f, "token"),
+            GranularityKind::Word => write!(f, "word"),
         }
     }
 }

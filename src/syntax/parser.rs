@@ -639,6 +639,8 @@ fn visit_clauses<'a>(pairs: impl Iterator<Item = Pair<'a, Rule>>) -> Result<Clau
                 let kind = match inner.as_rule() {
                     Rule::gran_pixel => GranularityKind::Pixel,
                     Rule::gran_column => GranularityKind::Column,
+                    Rule::gran_token => GranularityKind::Token,
+                    Rule::gran_word => GranularityKind::Word,
                     _ => {
                         let mut pc = Children::of(inner);
                         pc.skip_keywords();
@@ -756,6 +758,7 @@ fn visit_window(w: Pair<Rule>) -> Result<WindowKind> {
                 let axis = match axis_pair.as_str().to_lowercase().as_str() {
                     "rows" => Axis::Rows,
                     "cols" => Axis::Cols,
+                    "tokens" => Axis::Tokens,
                     _ => Axis::Channels,
                 };
                 let start = visit_int_value(rc.next()?)?;
