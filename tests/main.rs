@@ -24,3 +24,4 @@ mod relational;
 mod report;
 mod roundtrip;
 mod slt;
+mod text;

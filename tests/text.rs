@@ -1,0 +1,221 @@
+//! Text models. A small BERT made and initialised (seeded) by tools/make_tiny_bert.py
+//! against transformers and Captum on the same weights — sentence embeddings, attention
+//! probabilities, LayerIntegratedGradients on the embeddings for an embedding dimension
+//! and for a cosine similarity — needs no download; tolerance |ours − reference| ≤
+//! 1e-5 + 1e-4·|reference| (float32 through 2 layers), as tests/parity.rs.
+//! The real all-MiniLM-L6-v2 (sh tools/fetch_minilm.sh; .ci/run fetches it) gives the
+//! sentence similarities sentence-transformers 6.2 computed for three pairs, to 1e-4.
+
+use serde_json::Value;
+
+use crate::common::*;
+
+const TINY: &str = "SET max_tokens = 12;
+     LOAD MODEL tiny FROM 'tests/fixtures/tiny_bert';
+     LOAD DATA s FROM 'tests/fixtures/tiny_bert/sentences.txt' TEXT;";
+
+fn expected() -> Value {
+    let text = std::fs::read_to_string(fixture("tiny_bert/expected.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn floats(v: &Value) -> Vec<f64> {
+    match v {
+        Value::Array(items) => items.iter().flat_map(floats).collect(),
+        other => vec![other.as_f64().unwrap()],
+    }
+}
+
+#[test]
+fn a_small_bert_matches_transformers_and_captum() {
+    let want = expected();
+    let mut s = session(TINY);
+    // the tokens, as the Python tokenizer made them
+    let df = query(
+        &mut s,
+        "SELECT input, token, text FROM tiny(s) USING occlusion(window = 1) TARGET 0 ORDER BY input, token",
+    );
+    let got: Vec<String> = df
+        .column("text")
+        .unwrap()
+        .str()
+        .unwrap()
+        .iter()
+        .map(|t| t.unwrap().to_string())
+        .collect();
+    let tokens: Vec<String> = want["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|t| t.as_array().unwrap().iter().map(|x| x.as_str().unwrap().to_string()))
+        .collect();
+    assert_eq!(got, tokens);
+    // mean-pooled sentence embeddings: the model's outputs
+    let df = query(&mut s, "SELECT * FROM PREDICT tiny(s) ORDER BY input");
+    let emb: Vec<f64> = (0..df.height())
+        .flat_map(|r| (0..16).map(move |k| (r, k)))
+        .map(|(r, k)| column_f64(&df, &format!("logit_{k}"))[r])
+        .collect();
+    assert_close("sentence embeddings", &emb, &floats(&want["embeddings"]), 1e-5, 1e-4);
+    // attention probabilities of layer 1 (heads × query × key), the real tokens only
+    let df = query(
+        &mut s,
+        "SELECT input, head, query, key, activation FROM tiny(s) AT LAYER encoder.layer.1.attention USING layer_activation ORDER BY input, head, query, key",
+    );
+    let all = floats(&want["attention_layer1"]);
+    let (heads, len, real) = (2, 12, 9);
+    let mut reference = Vec::new();
+    for i in 0..3 {
+        for h in 0..heads {
+            for q in 0..real {
+                for k in 0..real {
+                    reference.push(all[((i * heads + h) * len + q) * len + k]);
+                }
+            }
+        }
+    }
+    assert_close("attention", &column_f64(&df, "activation"), &reference, 1e-5, 1e-4);
+    // LayerIntegratedGradients on the embeddings, summed per token
+    let df = query(
+        &mut s,
+        "SELECT attribution FROM tiny(s[0]) USING integrated_gradients TARGET 3 ORDER BY token",
+    );
+    let lig = floats(&want["lig_dim3_sentence0"]);
+    assert_close(
+        "LIG, dimension 3",
+        &column_f64(&df, "attribution"),
+        &lig[..real],
+        1e-5,
+        1e-4,
+    );
+    let df = query(
+        &mut s,
+        "SELECT attribution FROM tiny(s[0]) USING integrated_gradients TARGET similarity(s[0], s[1]) ORDER BY token",
+    );
+    let lig = floats(&want["lig_similarity_0_1"]);
+    assert_close(
+        "LIG, similarity",
+        &column_f64(&df, "attribution"),
+        &lig[..real],
+        1e-5,
+        1e-4,
+    );
+    // the same through AT LAYER embeddings, per token and dimension
+    let df = query(
+        &mut s,
+        "SELECT token, sum(attribution) AS a FROM tiny(s[0]) AT LAYER embeddings USING layer_integrated_gradients TARGET 3 GROUP BY token ORDER BY token",
+    );
+    let lig = floats(&want["lig_dim3_sentence0"]);
+    assert_close("AT LAYER embeddings", &column_f64(&df, "a"), &lig[..real], 1e-5, 1e-4);
+}
+
+/// The MiniLM directory, or None (with a message) when tools/fetch_minilm.sh has not run.
+fn minilm() -> Option<String> {
+    let dir = std::env::var("IALG_MINILM_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| root().join("models/downloaded/all-MiniLM-L6-v2"));
+    if dir.join("model.safetensors").is_file() {
+        Some(dir.display().to_string())
+    } else {
+        eprintln!(
+            "SKIPPED: all-MiniLM-L6-v2 is not in {} — run `sh tools/fetch_minilm.sh` (CI does)",
+            dir.display()
+        );
+        None
+    }
+}
+
+#[test]
+fn minilm_sentence_similarities_match_sentence_transformers() {
+    let Some(dir) = minilm() else { return };
+    let pairs = [
+        (
+            "A man is playing a guitar.",
+            "Someone plays an instrument on stage.",
+            0.5430660247802734,
+        ),
+        ("The cat sits on the mat.", "A dog lies on the rug.", 0.3833731412887573),
+        (
+            "The stock market fell sharply today.",
+            "I love eating fresh strawberries.",
+            -0.021311113610863686,
+        ),
+    ];
+    let path = std::env::temp_dir().join(format!("ialg-pairs-{}.txt", std::process::id()));
+    let lines: Vec<&str> = pairs.iter().flat_map(|(a, b, _)| [*a, *b]).collect();
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    let mut s = session(&format!(
+        "SET max_tokens = 16; LOAD MODEL m FROM '{dir}'; LOAD DATA p FROM '{}' TEXT;",
+        path.display()
+    ));
+    let df = query(&mut s, "SELECT * FROM PREDICT m(p) ORDER BY input");
+    let emb: Vec<Vec<f64>> = (0..df.height())
+        .map(|r| (0..384).map(|k| column_f64(&df, &format!("logit_{k}"))[r]).collect())
+        .collect();
+    for (i, (a, b, want)) in pairs.iter().enumerate() {
+        let (x, y) = (&emb[2 * i], &emb[2 * i + 1]);
+        let dot: f64 = x.iter().zip(y).map(|(p, q)| p * q).sum();
+        let norm = |v: &Vec<f64>| v.iter().map(|p| p * p).sum::<f64>().sqrt();
+        let cos = dot / (norm(x) * norm(y));
+        assert!(
+            (cos - want).abs() < 1e-4,
+            "{a:?} ~ {b:?}: {cos} vs sentence-transformers {want}"
+        );
+    }
+    // which tokens make the first two similar: attributions sum to the similarity's change
+    let df = query(
+        &mut s,
+        "SELECT text, attribution FROM m(p[0]) USING integrated_gradients TARGET similarity(p[0], p[1]) ORDER BY attribution DESC",
+    );
+    let texts: Vec<String> = df
+        .column("text")
+        .unwrap()
+        .str()
+        .unwrap()
+        .iter()
+        .map(|t| t.unwrap().to_string())
+        .collect();
+    assert_eq!(texts[0], "guitar", "{df}");
+    std::fs::remove_file(&path).ok();
+}
+
+#[test]
+fn text_errors_say_what_to_do() {
+    let mut s = session("");
+    let err = s
+        .execute("LOAD DATA t FROM 'tests/fixtures/tiny_bert/sentences.txt' TEXT")
+        .err()
+        .unwrap();
+    assert!(
+        err.message.contains("needs a text model's tokenizer"),
+        "{}",
+        err.message
+    );
+    let mut s = session(TINY);
+    for (q, want) in [
+        ("SELECT * FROM tiny(s) USING saliency", "token ids have none"),
+        (
+            "SELECT * FROM tiny(s) USING occlusion(window = 1) GRANULARITY word",
+            "perturbs token by token",
+        ),
+        (
+            "SELECT * FROM tiny(s) USING integrated_gradients WINDOW rows 0:2",
+            "a range of tokens",
+        ),
+        (
+            "SELECT * FROM tiny(s) USING integrated_gradients WINDOW tokens 3:40",
+            "0 ≤ start < end ≤ 12",
+        ),
+        (
+            "SELECT * FROM tiny(s[0]) USING integrated_gradients TARGET similarity(s)",
+            "holds 3 inputs",
+        ),
+        (
+            "SELECT * FROM tiny(s[0]) USING integrated_gradients TARGET similarity(s[1], s[2])",
+            "must be the explained",
+        ),
+    ] {
+        let err = s.execute(q).err().unwrap_or_else(|| panic!("{q} ran"));
+        assert!(err.message.contains(want), "{q}: {}", err.message);
+    }
+}
