@@ -22,6 +22,18 @@ fn every_saved_query_runs() {
             "{} must open with a comment saying what it shows",
             f.display()
         );
+        // Scripts on the downloaded MiniLM wait for tools/fetch_minilm.sh (CI runs it).
+        if text.contains("models/downloaded/")
+            && !root()
+                .join("models/downloaded/all-MiniLM-L6-v2/model.safetensors")
+                .is_file()
+        {
+            eprintln!(
+                "SKIPPED {}: run `sh tools/fetch_minilm.sh` to fetch the model it uses",
+                f.display()
+            );
+            continue;
+        }
         let mut s = Session::new();
         let outputs = s
             .execute(&text)

@@ -809,7 +809,10 @@ pub fn layer_columns(shape: &[usize], modality: &Modality) -> Vec<String> {
 /// The columns of an attribution relation (DESIGN.md, "The relations").
 pub fn attribution_columns(modality: &Modality, granularity: &GranularitySpec) -> Vec<String> {
     let mut cols: Vec<&str> = vec!["input", "label", "prediction", "target"];
-    let grouped = matches!(granularity, GranularitySpec::Pixel | GranularitySpec::Patch(_));
+    let grouped = matches!(
+        granularity,
+        GranularitySpec::Pixel | GranularitySpec::Patch(_) | GranularitySpec::Word
+    );
     if grouped {
         cols.push("group");
     }
