@@ -130,6 +130,34 @@ fn main() {
             per_input_ms: time_query(&mut s, q, *n, runs),
         });
     }
+    // Text: all-MiniLM-L6-v2 (when tools/fetch_minilm.sh has fetched it) on the eight
+    // sentences of data/sentences.csv, 16 tokens each.
+    let minilm = std::path::Path::new("models/downloaded/all-MiniLM-L6-v2/model.safetensors").is_file();
+    if minilm {
+        let mut t = Session::new();
+        t.execute(
+            "SET cache_mb = 0; SET max_tokens = 16;
+             LOAD MODEL minilm FROM 'models/downloaded/all-MiniLM-L6-v2';
+             LOAD DATA sentences FROM 'data/sentences.csv' TEXT COLUMN sentence;",
+        )
+        .unwrap();
+        for (name, q) in [
+            (
+                "MiniLM forward (PREDICT), 16 tokens",
+                "SELECT count(*) FROM PREDICT minilm(sentences)",
+            ),
+            (
+                "MiniLM layer IG 50 on embeddings, similarity",
+                "SELECT count(*) FROM minilm(sentences) USING integrated_gradients TARGET similarity(sentences[1])",
+            ),
+        ] {
+            rows.push(Row {
+                name,
+                inputs: 8,
+                per_input_ms: time_query(&mut t, q, 8, runs),
+            });
+        }
+    }
     // Interactive sequences, with the caches on as users have them.
     let drill_down: &[&str] = &[
         "SELECT row, col, attribution FROM cnn(digits[17]) USING deeplift ORDER BY attribution DESC LIMIT 8",

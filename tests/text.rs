@@ -75,38 +75,31 @@ fn a_small_bert_matches_transformers_and_captum() {
         }
     }
     assert_close("attention", &column_f64(&df, "activation"), &reference, 1e-5, 1e-4);
-    // LayerIntegratedGradients on the embeddings, summed per token
-    let df = query(
-        &mut s,
-        "SELECT attribution FROM tiny(s[0]) USING integrated_gradients TARGET 3 ORDER BY token",
-    );
-    let lig = floats(&want["lig_dim3_sentence0"]);
-    assert_close(
-        "LIG, dimension 3",
-        &column_f64(&df, "attribution"),
-        &lig[..real],
-        1e-5,
-        1e-4,
-    );
-    let df = query(
-        &mut s,
-        "SELECT attribution FROM tiny(s[0]) USING integrated_gradients TARGET similarity(s[0], s[1]) ORDER BY token",
-    );
-    let lig = floats(&want["lig_similarity_0_1"]);
-    assert_close(
-        "LIG, similarity",
-        &column_f64(&df, "attribution"),
-        &lig[..real],
-        1e-5,
-        1e-4,
-    );
-    // the same through AT LAYER embeddings, per token and dimension
-    let df = query(
-        &mut s,
-        "SELECT token, sum(attribution) AS a FROM tiny(s[0]) AT LAYER embeddings USING layer_integrated_gradients TARGET 3 GROUP BY token ORDER BY token",
-    );
-    let lig = floats(&want["lig_dim3_sentence0"]);
-    assert_close("AT LAYER embeddings", &column_f64(&df, "a"), &lig[..real], 1e-5, 1e-4);
+    // LayerIntegratedGradients on the embeddings, summed per token; and the same through
+    // AT LAYER embeddings, per token and dimension
+    for (what, from, key) in [
+        (
+            "LIG, dimension 3",
+            "USING integrated_gradients TARGET 3",
+            "lig_dim3_sentence0",
+        ),
+        (
+            "LIG, similarity",
+            "USING integrated_gradients TARGET similarity(s[0], s[1])",
+            "lig_similarity_0_1",
+        ),
+        (
+            "AT LAYER embeddings",
+            "AT LAYER embeddings USING layer_integrated_gradients TARGET 3",
+            "lig_dim3_sentence0",
+        ),
+    ] {
+        let df = query(
+            &mut s,
+            &format!("SELECT token, sum(attribution) AS a FROM tiny(s[0]) {from} GROUP BY token ORDER BY token"),
+        );
+        assert_close(what, &column_f64(&df, "a"), &floats(&want[key])[..real], 1e-5, 1e-4);
+    }
 }
 
 /// The MiniLM directory, or None (with a message) when tools/fetch_minilm.sh has not run.

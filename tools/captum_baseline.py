@@ -167,6 +167,7 @@ def main():
         ("ATTACK fgsm, digits CNN", fgsm, 397),
         ("ATTACK pgd 20 steps, digits CNN", pgd, 397),
     ]
+    work += minilm_workloads()
     print(f"Captum {__import__('captum').__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads, batches of {BATCH}, {RUNS} runs")
     print(f"{'workload':<44} {'inputs':>7} {'ms/input (med)':>14} {'spread (min–max)':>22}")
     for name, fn, n in work:
@@ -185,6 +186,55 @@ def main():
         subprocess.run([sys.executable, "-c", one_shot], check=True, capture_output=True)
         cold.append((time.perf_counter() - t0) * 1e3)
     print(f"{'cold start: python, import + load + one IG query':<44} {1:>7} {statistics.median(cold):>11.1f} ms {min(cold):>8.1f} – {max(cold):<8.1f} (whole process)")
+
+
+def minilm_workloads():
+    """The bench's MiniLM workloads (when tools/fetch_minilm.sh has run and transformers is
+    installed): the eight sentences of data/sentences.csv padded to 16 tokens; the
+    similarity with sentence 1 explained by LayerIntegratedGradients on the embeddings
+    (50 Gauss-Legendre steps, [PAD] baseline keeping [CLS]/[SEP], the input's mask)."""
+    path = "models/downloaded/all-MiniLM-L6-v2"
+    try:
+        from captum.attr import LayerIntegratedGradients
+        from transformers import AutoTokenizer, BertModel
+    except ImportError:
+        return []
+    if not os.path.exists(os.path.join(path, "model.safetensors")):
+        return []
+    import csv
+
+    tok = AutoTokenizer.from_pretrained(path)
+    model = BertModel.from_pretrained(path, add_pooling_layer=False).eval()
+    texts = [r["sentence"] for r in csv.DictReader(open("data/sentences.csv"))]
+    enc = tok(texts, padding="max_length", max_length=16, truncation=True, return_tensors="pt")
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+
+    def embed(input_ids, attention_mask):
+        h = model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        m = attention_mask.unsqueeze(-1).float()
+        return torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=1)
+
+    with torch.no_grad():
+        ref = embed(ids[1:2], mask[1:2])
+    special = {tok.cls_token_id, tok.sep_token_id, tok.pad_token_id}
+    base = torch.tensor([[t if t in special else tok.pad_token_id for t in row] for row in ids.tolist()])
+
+    def similarity(input_ids, attention_mask):
+        return (embed(input_ids, attention_mask) * ref).sum(1, keepdim=True)
+
+    def forward():
+        with torch.no_grad():
+            embed(ids, mask)
+
+    def lig():
+        LayerIntegratedGradients(similarity, model.embeddings).attribute(
+            ids, baselines=base, additional_forward_args=(mask,), target=0, n_steps=50, method="gausslegendre"
+        )
+
+    return [
+        ("MiniLM forward (PREDICT), 16 tokens", forward, 8),
+        ("MiniLM layer IG 50 on embeddings, similarity", lig, 8),
+    ]
 
 
 if __name__ == "__main__":
