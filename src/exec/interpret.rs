@@ -442,6 +442,7 @@ fn prepare(state: &mut State, a: &Attribution, through: Option<&LayerRef>) -> Re
     if let Some(codec) = &model.text {
         let fill = match a.baseline {
             BaselineSpec::Zero => Some(false),
+            BaselineSpec::Tokens { mask } => Some(mask),
             _ => None,
         };
         if let Some(with_mask) = fill {
@@ -939,7 +940,8 @@ pub(super) fn features(window: &WindowSpec, gran: &GranularitySpec, modality: &M
 
 fn baselines(state: &State, a: &Attribution, n: usize, d: usize) -> Result<Vec<f32>> {
     Ok(match &a.baseline {
-        BaselineSpec::Zero => vec![0.0; n * d],
+        // Text baselines are made from the inputs (in `prepare`).
+        BaselineSpec::Zero | BaselineSpec::Tokens { .. } => vec![0.0; n * d],
         BaselineSpec::Constant(c) => vec![*c; n * d],
         BaselineSpec::Mean(name) => state.dataset(name)?.mean().repeat(n),
         BaselineSpec::Data(r) => {

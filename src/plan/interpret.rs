@@ -278,8 +278,27 @@ pub(super) fn plan_clauses(call: &ast::ModelCall, clauses: &Clauses, catalog: &d
                         );
                     }
                 },
+                // On text, `BASELINE pad` / `BASELINE mask` (unless a dataset has that name):
+                // every token but [CLS] and [SEP] replaced by [PAD] / [MASK].
+                BaselineKind::Data(expr)
+                    if matches!(info.modality, Modality::Text { .. })
+                        && expr.index.is_none()
+                        && expr.edits.is_empty()
+                        && ["pad", "mask"].contains(&expr.name.name.to_lowercase().as_str())
+                        && catalog.dataset(&expr.name.name).is_none() =>
+                {
+                    BaselineSpec::Tokens {
+                        mask: expr.name.name.eq_ignore_ascii_case("mask"),
+                    }
+                }
                 BaselineKind::Data(expr) => {
-                    let (r, binfo) = resolve_dataset(expr, catalog)?;
+                    let (r, binfo) = resolve_dataset(expr, catalog).map_err(|e| {
+                        if matches!(info.modality, Modality::Text { .. }) {
+                            e.hint("text baselines: BASELINE pad (the default) or BASELINE mask")
+                        } else {
+                            e
+                        }
+                    })?;
                     same_features(&binfo, d, &r.name, expr.span)?;
                     BaselineSpec::Data(r)
                 }

@@ -279,6 +279,10 @@ pub enum BaselineSpec {
     Constant(f32),
     /// One input (broadcast) or one per explained input.
     Data(DatasetRef),
+    /// Text: every token but the special ones replaced by [MASK] (`mask`) or [PAD].
+    Tokens {
+        mask: bool,
+    },
 }
 
 /// Which features are attributed (projection).
@@ -562,6 +566,8 @@ impl Node {
                     BaselineSpec::Mean(d) => format!("mean({d})"),
                     BaselineSpec::Constant(c) => format!("{c}"),
                     BaselineSpec::Data(d) => d.to_string(),
+                    BaselineSpec::Tokens { mask: true } => "[MASK] tokens".to_string(),
+                    BaselineSpec::Tokens { mask: false } => "[PAD] tokens".to_string(),
                 };
                 let window = window_text(&a.window);
                 let gran = match &a.granularity {
