@@ -187,16 +187,6 @@ pub struct Arg {
     pub map: Option<Vec<u32>>,
 }
 
-impl Arg {
-    fn at(&self, xs: &[&Batch], row: usize, i: usize) -> f32 {
-        let j = self.map.as_ref().map_or(i, |m| m[i] as usize);
-        match &self.operand {
-            Operand::Input(k) => xs[*k].row(row)[j],
-            Operand::Const(c) => c[j],
-        }
-    }
-}
-
 #[derive(Clone, Debug)]
 pub struct Nary {
     pub kind: NaryKind,
@@ -204,39 +194,78 @@ pub struct Nary {
 }
 
 impl Nary {
+    /// Each operand laid out like the output (n rows of `out_len`): an input of the
+    /// output's shape is borrowed, the others are gathered through their maps once.
+    fn operands<'a>(&'a self, xs: &[&'a Batch], n: usize) -> Vec<std::borrow::Cow<'a, [f32]>> {
+        use std::borrow::Cow;
+        self.args
+            .iter()
+            .map(|arg| match (&arg.operand, &arg.map) {
+                (Operand::Input(k), None) => Cow::Borrowed(xs[*k].data()),
+                (Operand::Input(k), Some(m)) => {
+                    let x = xs[*k];
+                    Cow::Owned(
+                        (0..n)
+                            .flat_map(|r| m.iter().map(move |&j| x.row(r)[j as usize]))
+                            .collect(),
+                    )
+                }
+                (Operand::Const(c), map) => {
+                    let one: Vec<f32> = match map {
+                        Some(m) => m.iter().map(|&j| c[j as usize]).collect(),
+                        None => c.clone(),
+                    };
+                    Cow::Owned(one.repeat(n))
+                }
+            })
+            .collect()
+    }
+
     pub fn forward(&self, xs: &[&Batch], out_len: usize) -> Vec<f32> {
         let n = xs.first().map_or(1, |x| x.rows());
-        let mut ys = Vec::with_capacity(n * out_len);
-        let mut a = vec![0.0f32; self.args.len()];
-        for r in 0..n {
-            for i in 0..out_len {
-                for (slot, arg) in a.iter_mut().zip(&self.args) {
-                    *slot = arg.at(xs, r, i);
+        let ops = self.operands(xs, n);
+        let mut a = [0.0f32; 3];
+        (0..n * out_len)
+            .map(|idx| {
+                for (slot, op) in a.iter_mut().zip(&ops) {
+                    *slot = op[idx];
                 }
-                ys.push(self.kind.apply_f32(&a));
-            }
-        }
-        ys
+                self.kind.apply_f32(&a[..ops.len()])
+            })
+            .collect()
     }
 
     /// The gradient for each of the layer's inputs (summed over broadcast positions).
     pub fn backward(&self, xs: &[&Batch], y: &Batch, gy: &Batch) -> Vec<Option<Batch>> {
         let n = y.rows();
         let out_len = y.sample_len();
+        let ops = self.operands(xs, n);
         let mut grads: Vec<Option<Batch>> = xs.iter().map(|x| Some(Batch::zeros(x.shape().to_vec()))).collect();
-        let mut a = vec![0.0f32; self.args.len()];
-        for r in 0..n {
-            for i in 0..out_len {
-                for (slot, arg) in a.iter_mut().zip(&self.args) {
-                    *slot = arg.at(xs, r, i);
+        let mut a = [0.0f32; 3];
+        for (k, arg) in self.args.iter().enumerate() {
+            let Operand::Input(input) = arg.operand else { continue };
+            let Some(gx) = grads[input].as_mut() else { continue };
+            let (ys, gys) = (y.data(), gy.data());
+            match &arg.map {
+                // Same shape: element by element, in place.
+                None => {
+                    for (idx, g) in gx.data_mut().iter_mut().enumerate() {
+                        for (slot, op) in a.iter_mut().zip(&ops) {
+                            *slot = op[idx];
+                        }
+                        *g += gys[idx] * self.kind.partial(k, &a[..ops.len()], ys[idx]);
+                    }
                 }
-                let (yv, g) = (y.row(r)[i], gy.row(r)[i]);
-                for (k, arg) in self.args.iter().enumerate() {
-                    if let Operand::Input(input) = arg.operand
-                        && let Some(gx) = grads[input].as_mut()
-                    {
-                        let j = arg.map.as_ref().map_or(i, |m| m[i] as usize);
-                        gx.row_mut(r)[j] += g * self.kind.partial(k, &a, yv);
+                // Broadcast: summed into the position each output came from.
+                Some(m) => {
+                    for r in 0..n {
+                        for (i, &j) in m.iter().enumerate() {
+                            let idx = r * out_len + i;
+                            for (slot, op) in a.iter_mut().zip(&ops) {
+                                *slot = op[idx];
+                            }
+                            gx.row_mut(r)[j as usize] += gys[idx] * self.kind.partial(k, &a[..ops.len()], ys[idx]);
+                        }
                     }
                 }
             }
@@ -381,6 +410,35 @@ pub struct MatMul {
     pub n: usize,
 }
 
+/// `kernels::matmul`, with products too small for gemm's packing to pay (one attention
+/// head's) done by plain loops. The choice depends on the product's shape only, never on
+/// the batch, so results do not depend on how inputs are batched.
+#[allow(clippy::too_many_arguments)]
+fn product(
+    (m, n, k): (usize, usize, usize),
+    c: &mut [f32],
+    c_rs: usize,
+    (a, a_rs, a_cs): (&[f32], usize, usize),
+    (b, b_rs, b_cs): (&[f32], usize, usize),
+    accumulate: bool,
+) {
+    if m * n * k > 1 << 16 {
+        return kernels::matmul(m, n, k, c, c_rs, a, a_rs, a_cs, b, b_rs, b_cs, accumulate);
+    }
+    for i in 0..m {
+        let row = &mut c[i * c_rs..i * c_rs + n];
+        if !accumulate {
+            row.fill(0.0);
+        }
+        for p in 0..k {
+            let av = a[i * a_rs + p * a_cs];
+            for (j, out) in row.iter_mut().enumerate() {
+                *out += av * b[p * b_rs + j * b_cs];
+            }
+        }
+    }
+}
+
 impl MatMul {
     pub fn forward(&self, a: &Batch, b: &Batch) -> Vec<f32> {
         let (m, k, n) = (self.m, self.k, self.n);
@@ -392,18 +450,12 @@ impl MatMul {
                 let a_off = r * self.lead * m * k + l * m * k;
                 let b_off = r * self.b_lead * k * n + lb * k * n;
                 let y_off = r * self.lead * m * n + l * m * n;
-                kernels::matmul(
-                    m,
-                    n,
-                    k,
+                product(
+                    (m, n, k),
                     &mut ys[y_off..y_off + m * n],
                     n,
-                    &a.data()[a_off..a_off + m * k],
-                    k,
-                    1,
-                    &b.data()[b_off..b_off + k * n],
-                    n,
-                    1,
+                    (&a.data()[a_off..a_off + m * k], k, 1),
+                    (&b.data()[b_off..b_off + k * n], n, 1),
                     false,
                 );
             }
@@ -424,33 +476,21 @@ impl MatMul {
                 let y_off = r * self.lead * m * n + l * m * n;
                 let g = &gy.data()[y_off..y_off + m * n];
                 let bs = &b.data()[b_off..b_off + k * n];
-                kernels::matmul(
-                    m,
-                    k,
-                    n,
+                product(
+                    (m, k, n),
                     &mut ga.data_mut()[a_off..a_off + m * k],
                     k,
-                    g,
-                    n,
-                    1,
-                    bs,
-                    1,
-                    n,
+                    (g, n, 1),
+                    (bs, 1, n),
                     false,
                 );
                 let as_ = &a.data()[a_off..a_off + m * k];
-                kernels::matmul(
-                    k,
-                    n,
-                    m,
+                product(
+                    (k, n, m),
                     &mut gb.data_mut()[b_off..b_off + k * n],
                     n,
-                    as_,
-                    1,
-                    k,
-                    g,
-                    n,
-                    1,
+                    (as_, 1, k),
+                    (g, n, 1),
                     true,
                 );
             }
