@@ -562,6 +562,9 @@ impl Node {
                     TargetSpec::Similarity(r) => format!("similarity with {r}"),
                 };
                 let baseline = match &a.baseline {
+                    BaselineSpec::Zero if matches!(a.modality, crate::data::Modality::Text { .. }) => {
+                        "[PAD] tokens".to_string()
+                    }
                     BaselineSpec::Zero => "zero".to_string(),
                     BaselineSpec::Mean(d) => format!("mean({d})"),
                     BaselineSpec::Constant(c) => format!("{c}"),
