@@ -212,3 +212,44 @@ fn text_errors_say_what_to_do() {
         assert!(err.message.contains(want), "{q}: {}", err.message);
     }
 }
+
+/// A linear head from safetensors on the encoder's output: PREDICT gives its classes,
+/// and integrated gradients explains one, as transformers + Captum do.
+#[test]
+fn a_linear_head_makes_the_encoder_a_classifier() {
+    let want = expected();
+    let mut s = session(
+        "SET max_tokens = 12;
+         LOAD MODEL clf FROM 'tests/fixtures/tiny_bert' HEAD 'tests/fixtures/tiny_bert/head.safetensors';
+         LOAD DATA s FROM 'tests/fixtures/tiny_bert/sentences.txt' TEXT;",
+    );
+    let df = query(&mut s, "SELECT * FROM PREDICT clf(s) ORDER BY input");
+    let logits: Vec<f64> = (0..df.height())
+        .flat_map(|r| (0..3).map(move |k| (r, k)))
+        .map(|(r, k)| column_f64(&df, &format!("logit_{k}"))[r])
+        .collect();
+    assert_close("head logits", &logits, &floats(&want["head_logits"]), 1e-5, 1e-4);
+    let df = query(
+        &mut s,
+        "SELECT attribution FROM clf(s[0]) USING integrated_gradients TARGET 1 ORDER BY token",
+    );
+    let lig = floats(&want["lig_head_class1_sentence0"]);
+    assert_close(
+        "LIG through the head",
+        &column_f64(&df, "attribution"),
+        &lig[..9],
+        1e-5,
+        1e-4,
+    );
+    let text = format!("{}", query(&mut s, "SHOW LAYERS OF clf"));
+    assert!(text.contains("head"), "{text}");
+    let err = s
+        .execute("LOAD MODEL bad FROM 'tests/fixtures/tiny_bert' HEAD 'models/cancer_mlp.safetensors'")
+        .err()
+        .unwrap();
+    assert!(
+        err.message.contains("neither a weight [k, 16] nor a bias"),
+        "{}",
+        err.message
+    );
+}

@@ -4,6 +4,7 @@ transformers and Captum compute on three sentences padded to 12 tokens:
 
 * the mean-pooled sentence embeddings (sentence-transformers' pooling),
 * the attention probabilities of layer 1,
+* the logits of a linear head (head.safetensors) on the sentence embedding,
 * Captum's LayerIntegratedGradients on model.embeddings (n_steps = 50, Gauss-Legendre),
   baseline [CLS] [PAD]... [SEP] with the input's attention mask, summed over the
   embedding: for embedding dimension 3 of sentence 0, and for the cosine similarity of
@@ -84,7 +85,24 @@ def cosine(input_ids, attention_mask):
 lig2 = LayerIntegratedGradients(cosine, model.embeddings)
 sim_attr = lig2.attribute(ids[0:1], baselines=base[0:1], additional_forward_args=(mask[0:1],), target=0,
                           n_steps=50, method="gausslegendre").sum(-1)
+# A linear head on the sentence embedding (LOAD MODEL … HEAD 'head.safetensors').
+g = torch.Generator().manual_seed(1)
+head_w, head_b = torch.randn(3, 16, generator=g), torch.randn(3, generator=g)
+save_file({"classifier.weight": head_w, "classifier.bias": head_b}, os.path.join(OUT, "head.safetensors"))
+
+
+def classify(input_ids, attention_mask):
+    return embed(input_ids, attention_mask) @ head_w.T + head_b
+
+
+with torch.no_grad():
+    head_logits = classify(ids, mask)
+head_attr = LayerIntegratedGradients(classify, model.embeddings).attribute(
+    ids[0:1], baselines=base[0:1], additional_forward_args=(mask[0:1],), target=1, n_steps=50,
+    method="gausslegendre").sum(-1)
 expected = {
+    "head_logits": head_logits.tolist(),
+    "lig_head_class1_sentence0": head_attr[0].tolist(),
     "sentences": sentences,
     "max_tokens": S,
     "ids": ids.tolist(),

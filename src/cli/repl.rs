@@ -126,6 +126,7 @@ const KEYWORDS: &[&str] = &[
     "granularity",
     "group",
     "having",
+    "head",
     "in",
     "intersect",
     "is",

@@ -671,12 +671,20 @@ impl State {
 
     fn run(&mut self, plan: Plan) -> Result<Output> {
         match plan {
-            Plan::LoadModel { name, weights, arch } => {
-                let model = match &arch {
+            Plan::LoadModel {
+                name,
+                weights,
+                arch,
+                head,
+            } => {
+                let mut model = match &arch {
                     Some(arch) => Model::load(&weights, arch)?,
                     None if weights.is_dir() => crate::model::bert::load(&weights, self.settings.max_tokens)?,
                     None => crate::model::onnx::load(&weights)?,
                 };
+                if let Some(head) = &head {
+                    model = model.with_head_file(head)?;
+                }
                 // An ONNX file is its own architecture.
                 let arch = arch.unwrap_or_else(|| weights.clone());
                 if self.datasets.contains_key(&name) {

@@ -292,6 +292,52 @@ impl Model {
         }
     }
 
+    /// The model with a linear head read from a safetensors file on its output: one 2-D
+    /// tensor (the weight, outputs × the model's outputs, as PyTorch's Linear) and an
+    /// optional 1-D bias. Its hook point is `head`.
+    pub fn with_head_file(&self, path: &Path) -> Result<Model> {
+        let shown = path.display().to_string();
+        let tensors = loader::read_weights(path)?;
+        let units = self.output_len();
+        let mut weight = None;
+        let mut bias = None;
+        for (name, w) in tensors {
+            match w.shape.as_slice() {
+                [_, i] if *i == units && weight.is_none() => weight = Some(w),
+                [_] if bias.is_none() => bias = Some((name, w)),
+                other => {
+                    return Err(Error::model(format!(
+                        "head {shown}: tensor `{name}` of shape {other:?} is neither a weight [k, {units}] nor a bias [k]"
+                    )));
+                }
+            }
+        }
+        let weight = weight.ok_or_else(|| {
+            Error::model(format!(
+                "head {shown} has no weight of shape [k, {units}] (the model has {units} outputs)"
+            ))
+        })?;
+        let k = weight.shape[0];
+        let bias = match bias {
+            Some((_, b)) if b.shape == [k] => b.data,
+            Some((name, b)) => {
+                return Err(Error::model(format!(
+                    "head {shown}: bias `{name}` has {} values for {k} outputs",
+                    b.data.len()
+                )));
+            }
+            None => vec![0.0; k],
+        };
+        let mut model = self.cut_with_head(self.layers.len() - 1, weight.data, bias);
+        let mut layers = model.layers.to_vec();
+        for l in layers.iter_mut().skip(self.layers.len()) {
+            l.name = l.name.replace("probe", "head");
+        }
+        model.layers = std::sync::Arc::new(layers);
+        model.arch_name = format!("{} + head", self.arch_name);
+        Ok(model)
+    }
+
     /// The model with a head computing the cosine similarity of its output with
     /// `reference` (one output of the model): one output unit, the similarity.
     pub fn with_cosine_head(&self, reference: &[f32]) -> Result<Model> {

@@ -14,6 +14,7 @@ pub enum Plan {
         name: String,
         weights: PathBuf,
         arch: Option<PathBuf>,
+        head: Option<PathBuf>,
     },
     LoadData {
         name: String,

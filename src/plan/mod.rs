@@ -95,7 +95,7 @@ pub fn plan_subquery(q: &ast::Query, catalog: &dyn Catalog) -> Result<Node> {
 /// Plans one statement against the catalog.
 pub fn plan(stmt: &Statement, catalog: &dyn Catalog) -> Result<Plan> {
     Ok(match &stmt.kind {
-        StatementKind::LoadModel { name, path, arch } => {
+        StatementKind::LoadModel { name, path, arch, head } => {
             // A Hugging Face model is a directory.
             let weights = match resolve_path(path, catalog)? {
                 dir if dir.is_dir() => {
@@ -139,6 +139,7 @@ pub fn plan(stmt: &Statement, catalog: &dyn Catalog) -> Result<Plan> {
                 name: name.name.clone(),
                 weights,
                 arch,
+                head: head.as_ref().map(|h| existing_path(h, catalog)).transpose()?,
             }
         }
         StatementKind::LoadData {

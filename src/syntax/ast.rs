@@ -45,6 +45,8 @@ pub enum StatementKind {
         name: Ident,
         path: Value,
         arch: Option<Value>,
+        /// `HEAD 'head.safetensors'`: a linear head on the model's output.
+        head: Option<Value>,
     },
     LoadData {
         name: Ident,
@@ -633,10 +635,13 @@ impl fmt::Display for Script {
 impl fmt::Display for Statement {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
-            StatementKind::LoadModel { name, path, arch } => {
+            StatementKind::LoadModel { name, path, arch, head } => {
                 write!(f, "LOAD MODEL {name} FROM {path}")?;
                 if let Some(a) = arch {
                     write!(f, " ARCH {a}")?;
+                }
+                if let Some(h) = head {
+                    write!(f, " HEAD {h}")?;
                 }
                 Ok(())
             }

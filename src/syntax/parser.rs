@@ -156,9 +156,14 @@ fn visit_statement(pair: Pair<Rule>) -> Result<Statement> {
             let name = visit_ident(c.next()?)?;
             c.skip_keywords();
             let path = visit_path(c.next()?)?;
-            c.skip_keywords();
-            let arch = c.take(Rule::path).map(visit_path).transpose()?;
-            StatementKind::LoadModel { name, path, arch }
+            let clause = |p: Pair<Rule>| -> Result<Value> {
+                let mut cc = Children::of(p);
+                cc.skip_keywords();
+                visit_path(cc.next()?)
+            };
+            let arch = c.take(Rule::arch_clause).map(clause).transpose()?;
+            let head = c.take(Rule::head_clause).map(clause).transpose()?;
+            StatementKind::LoadModel { name, path, arch, head }
         }
         Rule::load_data => {
             let name = visit_ident(c.next()?)?;
