@@ -126,12 +126,16 @@ fn run_file(path: &Path) -> (Vec<String>, String) {
                 }
             },
             Record::Query(sql, expected) => {
-                let old = if expected.is_empty() {
+                let mut old = if expected.is_empty() {
                     sql.clone()
                 } else {
                     format!("{sql}\n----\n{}", expected.join("\n"))
                 };
                 let pos = cursor + text[cursor..].find(&old).expect("record text");
+                // A new record's empty expected block: its `----` is replaced too.
+                if expected.is_empty() && text[pos + old.len()..].starts_with("\n----") {
+                    old.push_str("\n----");
+                }
                 updated.push_str(&text[cursor..pos]);
                 cursor = pos + old.len();
                 let got = match s.execute(&sql) {
