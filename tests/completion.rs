@@ -124,3 +124,25 @@ fn completion_survives_any_cursor_position() {
         assert!(start <= pos.min(line.len()));
     }
 }
+
+#[test]
+fn dotted_and_onnx_layer_names() {
+    let s = session(
+        "SET max_tokens = 12;
+         LOAD MODEL tiny FROM 'tests/fixtures/tiny_bert';
+         LOAD DATA s FROM 'tests/fixtures/tiny_bert/sentences.txt' TEXT;
+         LOAD MODEL onnx FROM 'models/digits_cnn.onnx';",
+    );
+    // the word runs across the dots of a module path
+    let line = "SELECT * FROM tiny(s) AT LAYER encoder.layer.1.att";
+    let (start, got) = at_end(&s, line);
+    assert_eq!(&line[start..], "encoder.layer.1.att");
+    assert!(got.contains(&"encoder.layer.1.attention".to_string()), "{got:?}");
+    // an ONNX graph offers its modules, and its node outputs quoted
+    let got = words(&s, "SELECT * FROM onnx(s) AT LAYER ");
+    for want in ["conv2", "fc1", "\"/conv2/Conv_output_0\""] {
+        assert!(got.contains(&want.to_string()), "{want} in {got:?}");
+    }
+    // a qualified column is still completed after its dot
+    assert!(words(&s, "SELECT a.attr").iter().all(|w| !w.contains('.')));
+}

@@ -107,11 +107,20 @@ impl Session {
     pub fn complete(&self, line: &str, pos: usize) -> (usize, Vec<String>) {
         let pos = floor_char_boundary(line, pos.min(line.len()));
         let before = &line[..pos];
-        let start = before
-            .char_indices()
-            .rev()
-            .find(|(_, c)| !(c.is_alphanumeric() || *c == '_'))
-            .map_or(0, |(i, c)| i + c.len_utf8());
+        let word_start = |dots: bool| {
+            before
+                .char_indices()
+                .rev()
+                .find(|(_, c)| !(c.is_alphanumeric() || *c == '_' || (dots && *c == '.')))
+                .map_or(0, |(i, c)| i + c.len_utf8())
+        };
+        // Layer names are dotted module paths (encoder.layer.3): after LAYER and TARGET the
+        // word runs across dots.
+        let dotted = word_start(true);
+        let after_layer_keyword = tokens(&before[..dotted])
+            .last()
+            .is_some_and(|t| t.eq_ignore_ascii_case("LAYER") || t.eq_ignore_ascii_case("TARGET"));
+        let start = if after_layer_keyword { dotted } else { word_start(false) };
         let word = &before[start..];
         let context = &before[..start];
         let candidates = self.candidates(context);
@@ -237,9 +246,14 @@ impl Session {
         let mut out = Vec::new();
         for n in names {
             if let Some(m) = self.model(&n) {
-                for l in m.layer_names() {
-                    if !out.contains(&l) {
-                        out.push(l);
+                // Module names (aliases of ONNX nodes) too; a name that is not a bare or
+                // dotted identifier is offered in quotes.
+                for l in m.layer_names().into_iter().chain(m.aliases.keys().cloned()) {
+                    let plain = l.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                        && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+                    let shown = if plain { l } else { format!("\"{l}\"") };
+                    if !out.contains(&shown) {
+                        out.push(shown);
                     }
                 }
             }
