@@ -73,7 +73,12 @@ pub(super) fn hook_values(
         // smaller chunks stay in cache, and a slower core holds up less).
         let rows = state
             .batch_rows(&model)
-            .min(missing.len().div_ceil(rayon::current_num_threads() * 8))
+            .min(
+                missing
+                    .len()
+                    .div_ceil(rayon::current_num_threads() * 8)
+                    .max(model.rows_filling_blocks()),
+            )
             .max(1);
         let mut wanted: Vec<usize> = record.to_vec();
         wanted.push(out_hook);

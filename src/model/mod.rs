@@ -220,6 +220,22 @@ impl Model {
         self.layers.last().map_or(0, |l| l.out_shape.iter().product())
     }
 
+    /// The fewest inputs that fill a wide linear layer's block of rows (a transformer's
+    /// layers see one row per token), so that a forward in chunks does not pad them.
+    pub fn rows_filling_blocks(&self) -> usize {
+        self.layers
+            .iter()
+            .filter_map(|l| match &l.op {
+                Op::Linear { inp, out, .. } if kernels::is_wide(*inp, *out) => {
+                    let per_input = l.in_shape.iter().product::<usize>() / inp.max(&1);
+                    Some(kernels::WIDE_BLOCK.div_ceil(per_input.max(1)))
+                }
+                _ => None,
+            })
+            .max()
+            .unwrap_or(1)
+    }
+
     pub fn input_len(&self) -> usize {
         self.input_shape.iter().product()
     }
