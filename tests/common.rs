@@ -90,6 +90,24 @@ pub fn column_f64(df: &polars::prelude::DataFrame, name: &str) -> Vec<f64> {
     c.f64().unwrap().iter().map(|v| v.unwrap_or(f64::NAN)).collect()
 }
 
+/// A text column's values.
+pub fn column_str(df: &polars::prelude::DataFrame, name: &str) -> Vec<String> {
+    let c = df
+        .column(name)
+        .unwrap_or_else(|_| panic!("no column {name} in {:?}", df.get_column_names()));
+    c.str()
+        .unwrap()
+        .iter()
+        .map(|v| v.unwrap_or("NULL").to_string())
+        .collect()
+}
+
+/// The logits of a prediction relation (`logit_0` … `logit_{classes-1}`), row by row.
+pub fn logits(df: &polars::prelude::DataFrame, classes: usize) -> Vec<f64> {
+    let cols: Vec<Vec<f64>> = (0..classes).map(|k| column_f64(df, &format!("logit_{k}"))).collect();
+    (0..df.height()).flat_map(|r| cols.iter().map(move |c| c[r])).collect()
+}
+
 /// Each statement must fail with an error whose rendering contains the expected text;
 /// the session must still answer a query afterwards.
 pub fn assert_errors(s: &mut ialgebra::exec::Session, cases: &[(&str, &str)]) {

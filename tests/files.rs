@@ -456,10 +456,7 @@ fn real_pytorch_checkpoints_with_nested_names_and_batch_norm() {
             &mut s,
             &format!("SELECT * FROM PREDICT {m}(digits[0:8]) ORDER BY input"),
         );
-        let got: Vec<f64> = (0..df.height())
-            .flat_map(|r| (0..10).map(move |k| (r, k)))
-            .map(|(r, k)| column_f64(&df, &format!("logit_{k}"))[r])
-            .collect();
+        let got = logits(&df, 10);
         assert_close(&format!("{m} logits"), &got, &want, 1e-5, 1e-5);
     }
     // the nested names are the hook points; the ONNX export's modules are aliases (the

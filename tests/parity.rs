@@ -96,12 +96,6 @@ fn check_layer(s: &mut Session, case: &str, key: &str, from: &str) {
     check_targets(case, &df, &array("targets"));
 }
 
-/// The logits columns of a prediction relation, row by row.
-fn logits(df: &polars::prelude::DataFrame, classes: usize) -> Vec<f64> {
-    let cols: Vec<Vec<f64>> = (0..classes).map(|k| column_f64(df, &format!("logit_{k}"))).collect();
-    (0..df.height()).flat_map(|r| cols.iter().map(move |c| c[r])).collect()
-}
-
 #[test]
 fn forward_logits_match_pytorch() {
     let mut s = digits();

@@ -35,14 +35,7 @@ fn a_small_bert_matches_transformers_and_captum() {
         &mut s,
         "SELECT input, token, text FROM tiny(s) USING occlusion(window = 1) TARGET 0 ORDER BY input, token",
     );
-    let got: Vec<String> = df
-        .column("text")
-        .unwrap()
-        .str()
-        .unwrap()
-        .iter()
-        .map(|t| t.unwrap().to_string())
-        .collect();
+    let got = column_str(&df, "text");
     let tokens: Vec<String> = want["tokens"]
         .as_array()
         .unwrap()
@@ -52,10 +45,7 @@ fn a_small_bert_matches_transformers_and_captum() {
     assert_eq!(got, tokens);
     // mean-pooled sentence embeddings: the model's outputs
     let df = query(&mut s, "SELECT * FROM PREDICT tiny(s) ORDER BY input");
-    let emb: Vec<f64> = (0..df.height())
-        .flat_map(|r| (0..16).map(move |k| (r, k)))
-        .map(|(r, k)| column_f64(&df, &format!("logit_{k}"))[r])
-        .collect();
+    let emb = logits(&df, 16);
     assert_close("sentence embeddings", &emb, &floats(&want["embeddings"]), 1e-5, 1e-4);
     // attention probabilities of layer 1 (heads × query × key), the real tokens only
     let df = query(
@@ -142,9 +132,7 @@ fn minilm_sentence_similarities_match_sentence_transformers() {
         path.display()
     ));
     let df = query(&mut s, "SELECT * FROM PREDICT m(p) ORDER BY input");
-    let emb: Vec<Vec<f64>> = (0..df.height())
-        .map(|r| (0..384).map(|k| column_f64(&df, &format!("logit_{k}"))[r]).collect())
-        .collect();
+    let emb: Vec<Vec<f64>> = logits(&df, 384).chunks(384).map(<[f64]>::to_vec).collect();
     for (i, (a, b, want)) in pairs.iter().enumerate() {
         let (x, y) = (&emb[2 * i], &emb[2 * i + 1]);
         let dot: f64 = x.iter().zip(y).map(|(p, q)| p * q).sum();
@@ -160,14 +148,7 @@ fn minilm_sentence_similarities_match_sentence_transformers() {
         &mut s,
         "SELECT text, attribution FROM m(p[0]) USING integrated_gradients TARGET similarity(p[0], p[1]) ORDER BY attribution DESC",
     );
-    let texts: Vec<String> = df
-        .column("text")
-        .unwrap()
-        .str()
-        .unwrap()
-        .iter()
-        .map(|t| t.unwrap().to_string())
-        .collect();
+    let texts = column_str(&df, "text");
     assert_eq!(texts[0], "guitar", "{df}");
     std::fs::remove_file(&path).ok();
 }
@@ -224,11 +205,8 @@ fn a_linear_head_makes_the_encoder_a_classifier() {
          LOAD DATA s FROM 'tests/fixtures/tiny_bert/sentences.txt' TEXT;",
     );
     let df = query(&mut s, "SELECT * FROM PREDICT clf(s) ORDER BY input");
-    let logits: Vec<f64> = (0..df.height())
-        .flat_map(|r| (0..3).map(move |k| (r, k)))
-        .map(|(r, k)| column_f64(&df, &format!("logit_{k}"))[r])
-        .collect();
-    assert_close("head logits", &logits, &floats(&want["head_logits"]), 1e-5, 1e-4);
+    let head_logits = logits(&df, 3);
+    assert_close("head logits", &head_logits, &floats(&want["head_logits"]), 1e-5, 1e-4);
     let df = query(
         &mut s,
         "SELECT attribution FROM clf(s[0]) USING integrated_gradients TARGET 1 ORDER BY token",
