@@ -50,7 +50,7 @@ fn a_small_bert_matches_transformers_and_captum() {
     // attention probabilities of layer 1 (heads × query × key), the real tokens only
     let df = query(
         &mut s,
-        "SELECT input, head, query, key, activation FROM tiny(s) AT LAYER encoder.layer.1.attention USING layer_activation ORDER BY input, head, query, key",
+        "SELECT input, head, query, key, weight FROM tiny(s) AT LAYER encoder.layer.1.attention USING layer_activation ORDER BY input, head, query, key",
     );
     let all = floats(&want["attention_layer1"]);
     let (heads, len, real) = (2, 12, 9);
@@ -64,7 +64,7 @@ fn a_small_bert_matches_transformers_and_captum() {
             }
         }
     }
-    assert_close("attention", &column_f64(&df, "activation"), &reference, 1e-5, 1e-4);
+    assert_close("attention", &column_f64(&df, "weight"), &reference, 1e-5, 1e-4);
     // LayerIntegratedGradients on the embeddings, summed per token; and the same through
     // AT LAYER embeddings, per token and dimension
     for (what, from, key) in [

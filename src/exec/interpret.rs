@@ -845,10 +845,14 @@ fn layer_relation(inputs: &Inputs, result: &ops::layer::LayerAttribution, a: &At
                 .collect::<Vec<i64>>(),
         ));
     }
-    columns.push(match &result.activations {
+    let activation = match &result.activations {
         Some(acts) if acts.len() == rows => Column::new("activation".into(), acts),
         _ => Column::full_null("activation".into(), rows, &DataType::Float32),
-    });
+    };
+    if crate::plan::is_attention(names) {
+        columns.push(activation.clone().with_name("weight".into()));
+    }
+    columns.push(activation);
     columns.push(Column::new("attribution".into(), result.values.clone()));
     let df = DataFrame::new(rows, columns)?;
     // A text input's rows stop at its last token: padding positions are not shown.

@@ -817,10 +817,20 @@ pub fn unit_coordinates(shape: &[usize], modality: &Modality) -> &'static [&'sta
     }
 }
 
+/// Whether a layer relation's coordinates are those of attention probabilities.
+pub fn is_attention(coords: &[&str]) -> bool {
+    coords == ["head", "query", "key"]
+}
+
 /// The columns of a layer relation (DESIGN.md, "The relations").
 pub fn layer_columns(shape: &[usize], modality: &Modality) -> Vec<String> {
     let mut cols: Vec<&str> = vec!["input", "label", "prediction", "target", "layer", "unit"];
-    cols.extend(unit_coordinates(shape, modality));
+    let coords = unit_coordinates(shape, modality);
+    cols.extend(coords);
+    if is_attention(coords) {
+        // Attention probabilities: the activation is the weight of key for query.
+        cols.push("weight");
+    }
     cols.extend(["activation", "attribution"]);
     cols.into_iter().map(String::from).collect()
 }

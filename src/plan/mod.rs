@@ -10,7 +10,8 @@ mod query;
 use std::path::PathBuf;
 
 pub use interpret::{
-    attribution_columns, layer_columns, prediction_columns, relation_columns, result_shape, unit_coordinates,
+    attribution_columns, is_attention, layer_columns, prediction_columns, relation_columns, result_shape,
+    unit_coordinates,
 };
 pub use logical::*;
 
