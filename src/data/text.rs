@@ -114,11 +114,6 @@ impl TextCodec {
             })
             .collect()
     }
-
-    /// The token text of an id.
-    pub fn token(&self, id: u32) -> String {
-        self.tokenizer.id_to_token(id).unwrap_or_else(|| format!("#{id}"))
-    }
 }
 
 /// Cuts `v` to `n` items, keeping its last item (the closing [SEP]) last.

@@ -275,12 +275,7 @@ impl Layer {
                 }
                 ys
             }
-            Op::MatMul(mm) => {
-                let b = args
-                    .get(1)
-                    .ok_or_else(|| Error::model(format!("internal: `{}` needs two inputs", self.name)))?;
-                mm.forward(x, b)
-            }
+            Op::MatMul(mm) => mm.forward(x, self.second_input(args)?),
             Op::LayerNorm(ln) => ln.forward(xs),
             Op::Embedding { table, dim } => graph_ops::embedding_forward(table, *dim, xs)
                 .map_err(|e| Error::value(format!("layer `{}`: {e}", self.name)))?,
@@ -297,6 +292,13 @@ impl Layer {
         args.first()
             .copied()
             .ok_or_else(|| Error::model(format!("internal: layer `{}` was given no input", self.name)))
+    }
+
+    /// The second input of a layer of two (a product).
+    fn second_input<'a>(&self, args: &[&'a Batch]) -> Result<&'a Batch> {
+        args.get(1)
+            .copied()
+            .ok_or_else(|| Error::model(format!("internal: `{}` needs two inputs", self.name)))
     }
 
     /// The input gradient of a layer of one input, given its input `x`, output `y`, memo
@@ -426,10 +428,7 @@ impl Layer {
             Op::Nary(nary) => return Ok(nary.backward(args, y, gy)),
             Op::Select(select) => return Ok(select.backward(args, gy)),
             Op::MatMul(mm) => {
-                let b = args
-                    .get(1)
-                    .ok_or_else(|| Error::model(format!("internal: `{}` needs two inputs", self.name)))?;
-                let (ga, gb) = mm.backward(x, b, gy);
+                let (ga, gb) = mm.backward(x, self.second_input(args)?, gy);
                 return Ok(vec![Some(ga), Some(gb)]);
             }
             Op::Embedding { .. } | Op::Unsupported { .. } => return Ok(vec![None]),

@@ -269,12 +269,19 @@ impl Model {
     /// The model cut after `layer`, with a linear head (`weight`: outputs × the layer's
     /// units) in place of the rest: the truncated model f_l of selection through a layer.
     pub fn cut_with_head(&self, layer: usize, weight: Vec<f32>, bias: Vec<f32>) -> Model {
+        let name = format!("{} cut at {} + probe", self.arch_name, self.layers[layer].name);
+        self.linear_head(layer, weight, bias, "probe", name)
+    }
+
+    /// The model up to `layer`, then a linear layer called `head` (flattening first when
+    /// the layer's output is not a vector).
+    fn linear_head(&self, layer: usize, weight: Vec<f32>, bias: Vec<f32>, head: &str, arch_name: String) -> Model {
         let mut layers: Vec<Layer> = self.layers[..=layer].to_vec();
         let shape = self.layers[layer].out_shape.clone();
         let units: usize = shape.iter().product();
         if shape.len() != 1 {
             layers.push(Layer {
-                name: "probe_flatten".into(),
+                name: format!("{head}_flatten"),
                 kind: "Flatten".into(),
                 op: Op::Flatten,
                 inputs: vec![layers.len()],
@@ -284,7 +291,7 @@ impl Model {
         }
         let out = bias.len();
         layers.push(Layer {
-            name: "probe".into(),
+            name: head.into(),
             kind: "Linear".into(),
             inputs: vec![layers.len()],
             op: Op::Linear {
@@ -297,7 +304,7 @@ impl Model {
             out_shape: vec![out],
         });
         Model {
-            arch_name: format!("{} cut at {} + probe", self.arch_name, self.layers[layer].name),
+            arch_name,
             source: self.source.clone(),
             input_shape: self.input_shape.clone(),
             layers: std::sync::Arc::new(layers),
@@ -344,14 +351,8 @@ impl Model {
             }
             None => vec![0.0; k],
         };
-        let mut model = self.cut_with_head(self.layers.len() - 1, weight.data, bias);
-        let mut layers = model.layers.to_vec();
-        for l in layers.iter_mut().skip(self.layers.len()) {
-            l.name = l.name.replace("probe", "head");
-        }
-        model.layers = std::sync::Arc::new(layers);
-        model.arch_name = format!("{} + head", self.arch_name);
-        Ok(model)
+        let name = format!("{} + head", self.arch_name);
+        Ok(self.linear_head(self.layers.len() - 1, weight.data, bias, "head", name))
     }
 
     /// The model with a head computing the cosine similarity of its output with
@@ -463,9 +464,10 @@ impl Model {
         let (reads, carried_slots) = self.reads(fwd.from, to, context.is_some())?;
         let carried = match context {
             Some(context) if !carried_slots.is_empty() => {
+                // Only as far as the last value carried (slot v is layer v − 1's output).
                 let head = Forward {
                     from: 0,
-                    to: fwd.from,
+                    to: carried_slots.iter().copied().max().unwrap_or(0),
                     keep: true,
                     hook: None,
                 };
