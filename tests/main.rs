@@ -25,3 +25,4 @@ mod report;
 mod roundtrip;
 mod slt;
 mod text;
+mod zoo;

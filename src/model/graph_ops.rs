@@ -278,11 +278,12 @@ impl Nary {
 /// fill value when `input` is `FILL`.
 pub const FILL: u32 = u32::MAX;
 
-/// Each output value copies one input value (or is a fill value).
+/// Each output value copies one input value, or one of `consts` when its input is `FILL`
+/// (a pad's fill value, a class token concatenated to every sample).
 #[derive(Clone, Debug)]
 pub struct Select {
     pub picks: Vec<(u32, u32)>,
-    pub fill: f32,
+    pub consts: Vec<f32>,
 }
 
 impl Select {
@@ -292,7 +293,7 @@ impl Select {
         for r in 0..n {
             ys.extend(self.picks.iter().map(|&(k, j)| {
                 if k == FILL {
-                    self.fill
+                    self.consts[j as usize]
                 } else {
                     xs[k as usize].row(r)[j as usize]
                 }

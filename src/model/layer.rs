@@ -258,7 +258,7 @@ impl Layer {
                 let mut ys = zeros();
                 kernels::conv2d_backward(xs, n, &self.transposed_geom(*out, *groups, win), weight, &mut ys);
                 if let Some(bias) = bias {
-                    let plane = self.out_shape[1] * self.out_shape[2];
+                    let plane: usize = self.out_shape[1..].iter().product();
                     for (i, y) in ys.iter_mut().enumerate() {
                         *y += bias[(i / plane) % out];
                     }
@@ -439,40 +439,60 @@ impl Layer {
     /// The convolution whose input gradient a transposed convolution computes: its input
     /// is this layer's output and its output this layer's input.
     fn transposed_geom(&self, out: usize, groups: usize, win: &Window2d) -> ConvGeom {
+        let ([_, h, w], [_, oh, ow]) = (planar(&self.out_shape), planar(&self.in_shape));
         ConvGeom {
             c: out,
-            h: self.out_shape[1],
-            w: self.out_shape[2],
+            h,
+            w,
             out: self.in_shape[0],
             groups,
             win: *win,
-            oh: self.in_shape[1],
-            ow: self.in_shape[2],
+            oh,
+            ow,
         }
     }
 
     fn conv_geom(&self, out: usize, groups: usize, win: &Window2d) -> ConvGeom {
+        let ([c, h, w], [_, oh, ow]) = (planar(&self.in_shape), planar(&self.out_shape));
         ConvGeom {
-            c: self.in_shape[0],
-            h: self.in_shape[1],
-            w: self.in_shape[2],
+            c,
+            h,
+            w,
             out,
             groups,
             win: *win,
-            oh: self.out_shape[1],
-            ow: self.out_shape[2],
+            oh,
+            ow,
         }
     }
 
     /// The planes of a pooling layer over a batch of n.
     fn planes(&self, n: usize) -> Planes {
-        let r = self.in_shape.len();
+        let ([c, h, w], [_, oh, ow]) = (planar(&self.in_shape), planar(&self.out_shape));
         Planes {
-            planes: n * self.in_shape[..r - 2].iter().product::<usize>(),
-            h: self.in_shape[r - 2],
-            w: self.in_shape[r - 1],
-            oh: self.out_shape[r - 2],
-            ow: self.out_shape[r - 1],
+            planes: n * c,
+            h,
+            w,
+            oh,
+            ow,
+        }
+    }
+}
+
+/// A convolution's or pool's sample shape as (channels, height, width): a sequence
+/// `[channels, length]` is an image of one row (its kernels are 1 × k).
+pub(crate) fn planar(shape: &[usize]) -> [usize; 3] {
+    match *shape {
+        [c, l] => [c, 1, l],
+        [c, h, w] => [c, h, w],
+        // Pools over more leading axes fold them into the planes.
+        _ => {
+            let r = shape.len();
+            [
+                shape[..r.saturating_sub(2)].iter().product(),
+                shape.get(r.wrapping_sub(2)).copied().unwrap_or(1),
+                shape.last().copied().unwrap_or(1),
+            ]
         }
     }
 }

@@ -21,7 +21,7 @@ use super::graph_ops::{
     self, Arg, FILL, LayerNorm, MapFn, MatMul, Nary, NaryKind, Operand, PadMode, Reduce, ReduceKind, Select,
 };
 use super::kernels::Window2d;
-use super::layer::{Layer, Op};
+use super::layer::{Layer, Op, planar};
 use crate::error::{Error, Result};
 use proto::{AttributeProto, NodeProto, TensorProto, data_type};
 
@@ -538,7 +538,7 @@ impl Importer {
         if !node.name.is_empty() && node.name != name {
             self.aliases.insert(node.name.clone(), index);
         }
-        for module in module_names(&node.name) {
+        for module in module_names(node) {
             self.aliases.insert(module, index);
         }
         self.layers.push(Layer {
@@ -774,18 +774,19 @@ impl Importer {
             "MaxPool" | "AveragePool" => self.pool(node),
             "GlobalAveragePool" | "GlobalMaxPool" => {
                 let (slot, shape) = self.value_input(node, 0)?;
-                if shape.len() != 3 {
+                if !(2..=3).contains(&shape.len()) {
                     return Err(unsupported(format!(
-                        "{op} over a sample of shape {shape:?} (2-D images are supported)"
+                        "{op} over a sample of shape {shape:?} (1-D sequences and 2-D images are supported)"
                     )));
                 }
-                let out = vec![shape[0], 1, 1];
+                let [c, h, w] = planar(&shape);
+                let out = unplanar(&shape, [c, 1, 1]);
                 let op = if op == "GlobalAveragePool" {
                     Op::AdaptiveAvgPool2d { out: (1, 1) }
                 } else {
                     Op::MaxPool2d {
                         win: Window2d {
-                            kernel: (shape[1], shape[2]),
+                            kernel: (h, w),
                             stride: (1, 1),
                             padding: (0, 0),
                             dilation: (1, 1),
@@ -1053,7 +1054,10 @@ impl Importer {
                     return Err(unsupported("an index operation that moves or resizes the batch axis"));
                 }
                 let picks = map.into_iter().map(|j| (0, j)).collect();
-                let op = Op::Select(Select { picks, fill: 0.0 });
+                let op = Op::Select(Select {
+                    picks,
+                    consts: vec![0.0],
+                });
                 self.unary_layer(node, op, (slot, shape), out[1..].to_vec());
             }
         }
@@ -1195,10 +1199,15 @@ impl Importer {
         match node.string("auto_pad", "NOTSET").as_str() {
             "NOTSET" => {
                 let p = node.ints("pads").unwrap_or_else(|| vec![0; 4]);
-                if p.len() != 4 || p.iter().any(|v| *v < 0) {
+                if p.iter().any(|v| *v < 0) {
                     return Err(unsupported(format!("pads {p:?}")));
                 }
-                Ok([p[0] as usize, p[1] as usize, p[2] as usize, p[3] as usize])
+                match p[..] {
+                    // A sequence: its one axis is the width of a one-row image.
+                    [begin, end] => Ok([0, begin as usize, 0, end as usize]),
+                    [top, left, bottom, right] => Ok([top as usize, left as usize, bottom as usize, right as usize]),
+                    _ => Err(unsupported(format!("pads {p:?}"))),
+                }
             }
             "VALID" => Ok([0; 4]),
             mode @ ("SAME_UPPER" | "SAME_LOWER") => {
@@ -1230,7 +1239,12 @@ impl Importer {
         fill: f32,
     ) -> (usize, Vec<usize>) {
         let shape = &value.1;
-        let (out, map) = graph_ops::pad_map(shape, &[0, pads[0], pads[1]], &[0, pads[2], pads[3]], PadMode::Constant);
+        let (before, after) = if shape.len() == 2 {
+            (vec![0, pads[1]], vec![0, pads[3]])
+        } else {
+            (vec![0, pads[0], pads[1]], vec![0, pads[2], pads[3]])
+        };
+        let (out, map) = graph_ops::pad_map(shape, &before, &after, PadMode::Constant);
         let picks = map.into_iter().map(|j| j.map_or((FILL, 0), |j| (0, j))).collect();
         let name = format!("{}:pad", Self::out_name(node));
         self.push(
@@ -1239,7 +1253,10 @@ impl Importer {
                 ..Default::default()
             },
             name,
-            Op::Select(Select { picks, fill }),
+            Op::Select(Select {
+                picks,
+                consts: vec![fill],
+            }),
             vec![value.0],
             value.1.clone(),
             out.clone(),
@@ -1252,7 +1269,8 @@ impl Importer {
             match node.ints(name) {
                 None => Ok((default, default)),
                 Some(v) if v.len() == 2 && v.iter().all(|x| *x > 0) => Ok((v[0] as usize, v[1] as usize)),
-                Some(v) => Err(unsupported(format!("{name} {v:?} (2-D windows are supported)"))),
+                Some(v) if v.len() == 1 && v[0] > 0 => Ok((1, v[0] as usize)),
+                Some(v) => Err(unsupported(format!("{name} {v:?} (1-D and 2-D windows are supported)"))),
             }
         };
         let stride = two("strides", 1)?;
@@ -1271,15 +1289,21 @@ impl Importer {
     fn conv(&mut self, node: &Node, transposed: bool) -> Result<()> {
         let (slot, shape) = self.value_input(node, 0)?;
         let w = self.konst(node.input(1).unwrap_or_default())?.clone();
-        if shape.len() != 3 || w.shape.len() != 4 {
+        if !matches!((shape.len(), w.shape.len()), (3, 4) | (2, 3)) {
             return Err(unsupported(format!(
-                "a convolution over samples of shape {shape:?} (2-D images are supported)"
+                "a convolution over samples of shape {shape:?} with a weight {:?} (1-D sequences and 2-D images are supported)",
+                w.shape
             )));
         }
         let groups = node.int("group", 1).max(1) as usize;
-        let kernel = (w.shape[2], w.shape[3]);
+        let [_, h, wd] = planar(&shape);
+        let kernel = if w.shape.len() == 3 {
+            (1, w.shape[2])
+        } else {
+            (w.shape[2], w.shape[3])
+        };
         let (mut win, stride) = Self::window(node, kernel)?;
-        let pads = Self::pads(node, (shape[1], shape[2]), kernel, stride, win.dilation)?;
+        let pads = Self::pads(node, (h, wd), kernel, stride, win.dilation)?;
         let out_channels = if transposed { w.shape[1] * groups } else { w.shape[0] };
         let in_per_group = if transposed { w.shape[0] / groups } else { w.shape[1] };
         if shape[0] != in_per_group * groups || (transposed && w.shape[0] != shape[0]) {
@@ -1303,13 +1327,16 @@ impl Importer {
             if pads[0] != pads[2] || pads[1] != pads[3] || node.ints("output_shape").is_some() {
                 return Err(unsupported("ConvTranspose with asymmetric pads or an output_shape"));
             }
-            let op_pad = node.ints("output_padding").unwrap_or_else(|| vec![0, 0]);
+            let mut op_pad = node.ints("output_padding").unwrap_or_else(|| vec![0, 0]);
+            if shape.len() == 2 {
+                op_pad.insert(0, 0);
+            }
             win.padding = (pads[0], pads[1]);
             let span = |len: usize, k: usize, s: usize, p: usize, d: usize, extra: i64| {
                 ((len as i64 - 1) * s as i64 - 2 * p as i64 + d as i64 * (k as i64 - 1) + 1 + extra).max(0) as usize
             };
             let oh = span(
-                shape[1],
+                h,
                 kernel.0,
                 stride.0,
                 pads[0],
@@ -1317,7 +1344,7 @@ impl Importer {
                 op_pad.first().copied().unwrap_or(0),
             );
             let ow = span(
-                shape[2],
+                wd,
                 kernel.1,
                 stride.1,
                 pads[1],
@@ -1331,7 +1358,8 @@ impl Importer {
                 weight,
                 bias,
             };
-            self.unary_layer(node, op, (slot, shape), vec![out_channels, oh, ow]);
+            let out_shape = unplanar(&shape, [out_channels, oh, ow]);
+            self.unary_layer(node, op, (slot, shape), out_shape);
             return Ok(());
         }
         let (value, padded) = if pads[0] == pads[2] && pads[1] == pads[3] {
@@ -1341,9 +1369,11 @@ impl Importer {
             let v = self.pad_layer(node, (slot, shape), pads, 0.0);
             (v.clone(), v.1)
         };
+        let [_, ph, pw] = planar(&padded);
         let (oh, ow) = win
-            .out_hw(padded[1], padded[2])
-            .ok_or_else(|| unsupported(format!("a kernel {kernel:?} larger than the padded image {padded:?}")))?;
+            .out_hw(ph, pw)
+            .ok_or_else(|| unsupported(format!("a kernel {kernel:?} larger than the padded input {padded:?}")))?;
+        let out_shape = unplanar(&padded, [out_channels, oh, ow]);
         let op = Op::Conv2d {
             out: out_channels,
             groups,
@@ -1351,31 +1381,37 @@ impl Importer {
             weight,
             bias,
         };
-        self.unary_layer(node, op, value, vec![out_channels, oh, ow]);
+        self.unary_layer(node, op, value, out_shape);
         Ok(())
     }
 
     fn pool(&mut self, node: &Node) -> Result<()> {
         let (slot, shape) = self.value_input(node, 0)?;
-        if shape.len() != 3 {
+        if !(2..=3).contains(&shape.len()) {
             return Err(unsupported(format!(
-                "pooling over samples of shape {shape:?} (2-D images are supported)"
+                "pooling over samples of shape {shape:?} (1-D sequences and 2-D images are supported)"
             )));
         }
         let k = node.ints("kernel_shape").unwrap_or_default();
-        let [kh, kw] = k[..] else {
-            return Err(unsupported(format!("kernel_shape {k:?}")));
+        let kernel = match (shape.len(), &k[..]) {
+            (2, [kw]) => (1, (*kw).max(1) as usize),
+            (3, [kh, kw]) => ((*kh).max(1) as usize, (*kw).max(1) as usize),
+            _ => {
+                return Err(unsupported(format!(
+                    "kernel_shape {k:?} for samples of shape {shape:?}"
+                )));
+            }
         };
-        let kernel = (kh.max(1) as usize, kw.max(1) as usize);
+        let [_, h, w] = planar(&shape);
         let (mut win, stride) = Self::window(node, kernel)?;
-        let mut pads = Self::pads(node, (shape[1], shape[2]), kernel, stride, win.dilation)?;
+        let mut pads = Self::pads(node, (h, w), kernel, stride, win.dilation)?;
         let max = node.proto.op_type == "MaxPool";
         if node.int("ceil_mode", 0) != 0 {
             if !max {
                 return Err(unsupported("AveragePool with ceil_mode"));
             }
             // Ceil mode: pad the end so the last partial window fits.
-            for (axis, len) in [(0, shape[1]), (1, shape[2])] {
+            for (axis, len) in [(0, h), (1, w)] {
                 let span = win_span(kernel, win.dilation, axis);
                 let s = if axis == 0 { stride.0 } else { stride.1 };
                 let padded = len + pads[axis] + pads[axis + 2];
@@ -1401,15 +1437,16 @@ impl Importer {
         } else {
             return Err(unsupported("AveragePool with asymmetric pads that are not counted"));
         };
+        let [c, ph, pw] = planar(&padded);
         let (oh, ow) = win
-            .out_hw(padded[1], padded[2])
-            .ok_or_else(|| unsupported(format!("a window {kernel:?} larger than the padded image")))?;
+            .out_hw(ph, pw)
+            .ok_or_else(|| unsupported(format!("a window {kernel:?} larger than the padded input")))?;
         let op = if max {
             Op::MaxPool2d { win }
         } else {
             Op::AvgPool2d { win, count_include_pad }
         };
-        self.unary_layer(node, op, value, vec![padded[0], oh, ow]);
+        self.unary_layer(node, op, value, unplanar(&padded, [c, oh, ow]));
         Ok(())
     }
 
@@ -1558,7 +1595,10 @@ impl Importer {
                 let picks = map.into_iter().map(|j| j.map_or((FILL, 0), |j| (0, j))).collect();
                 self.unary_layer(
                     node,
-                    Op::Select(Select { picks, fill }),
+                    Op::Select(Select {
+                        picks,
+                        consts: vec![fill],
+                    }),
                     (slot, shape),
                     out[1..].to_vec(),
                 );
@@ -1573,8 +1613,8 @@ impl Importer {
         let all_const = syms.iter().all(|s| matches!(s, Sym::Const(_)));
         let r = shapes.first().map_or(0, Vec::len);
         let ax = axis(node.int("axis", 0), r)?;
-        if !all_const && (ax == 0 || syms.iter().any(|s| matches!(s, Sym::Const(_)))) {
-            return Err(unsupported("a Concat of values with constants or along the batch axis"));
+        if !all_const && ax == 0 {
+            return Err(unsupported("a Concat along the batch axis"));
         }
         for s in &shapes {
             if s.len() != r || (0..r).any(|d| d != ax && s[d] != shapes[0][d]) {
@@ -1585,34 +1625,51 @@ impl Importer {
         out[ax] = shapes.iter().map(|s| s[ax]).sum();
         let outer: usize = out[..ax].iter().product();
         let inner: usize = out[ax + 1..].iter().product();
+        // Constants joined to values (a class token) are the same for every sample: their
+        // values follow one another in `consts`, picked with FILL.
+        let mut consts: Vec<f64> = Vec::new();
+        let mut inputs: Vec<usize> = Vec::new();
+        let sources: Vec<(u32, usize)> = syms
+            .iter()
+            .map(|s| match s {
+                Sym::Value { slot, .. } => {
+                    let k = inputs.iter().position(|v| v == slot).unwrap_or_else(|| {
+                        inputs.push(*slot);
+                        inputs.len() - 1
+                    });
+                    (k as u32, 0)
+                }
+                Sym::Const(c) => {
+                    consts.extend(&c.data);
+                    (FILL, consts.len() - c.data.len())
+                }
+            })
+            .collect();
         let mut picks = Vec::with_capacity(out.iter().product());
         for o in 0..outer {
-            for (k, s) in shapes.iter().enumerate() {
+            for (s, &(k, offset)) in shapes.iter().zip(&sources) {
                 let block = s[ax] * inner;
-                picks.extend((0..block).map(|j| (k as u32, (o * block + j) as u32)));
+                let from = if k == FILL { offset + o * block } else { o * block };
+                picks.extend((0..block).map(|j| (k, (from + j) as u32)));
             }
         }
         if all_const {
-            let data = picks
-                .iter()
-                .map(|&(k, j)| match &syms[k as usize] {
-                    Sym::Const(c) => c.data[j as usize],
-                    Sym::Value { .. } => 0.0,
-                })
-                .collect();
+            let data = picks.iter().map(|&(_, j)| consts[j as usize]).collect();
             self.set_const(node, Konst { shape: out, data });
             return Ok(());
         }
-        let inputs: Vec<usize> = syms
-            .iter()
-            .map(|s| match s {
-                Sym::Value { slot, .. } => *slot,
-                Sym::Const(_) => 0,
-            })
-            .collect();
+        let mut consts: Vec<f32> = consts.into_iter().map(|v| v as f32).collect();
+        if consts.is_empty() {
+            consts.push(0.0);
+        }
         let name = Self::out_name(node);
-        let op = Op::Select(Select { picks, fill: 0.0 });
-        self.push(node.proto, name, op, inputs, shapes[0][1..].to_vec(), out[1..].to_vec());
+        let in_shape = shapes
+            .iter()
+            .zip(&syms)
+            .find(|(_, s)| matches!(s, Sym::Value { .. }))
+            .map_or_else(Vec::new, |(s, _)| s[1..].to_vec());
+        let op = Op::Select(Select { picks, consts });
+        self.push(node.proto, name, op, inputs, in_shape, out[1..].to_vec());
         Ok(())
     }
 
@@ -1673,12 +1730,34 @@ impl Importer {
     }
 }
 
-/// The PyTorch module names of a TorchScript-exported node name: "/features/features.0/Conv"
-/// → features, features.0; "/bert/encoder/layer.0/attention/Add" → bert, bert.encoder,
-/// bert.encoder.layer.0, bert.encoder.layer.0.attention (a container's items are
-/// written with their container's name, "layer.0").
-fn module_names(node: &str) -> Vec<String> {
-    let parts: Vec<&str> = node.trim_start_matches('/').split('/').collect();
+/// The PyTorch module names of a node. The dynamo exporter lists them in the node's
+/// metadata (`pkg.torch.onnx.name_scopes`: `['', 'layer4', 'layer4.0', 'layer4.0.relu',
+/// 'relu_8']`, qualified names between the root and the operator itself); the TorchScript
+/// exporter writes them into the node name: "/features/features.0/Conv" → features,
+/// features.0; "/bert/encoder/layer.0/attention/Add" → bert, bert.encoder,
+/// bert.encoder.layer.0, bert.encoder.layer.0.attention (a container's items are written
+/// with their container's name, "layer.0").
+fn module_names(node: &NodeProto) -> Vec<String> {
+    if let Some(scopes) = node
+        .metadata_props
+        .iter()
+        .find(|p| p.key == "pkg.torch.onnx.name_scopes")
+    {
+        let items: Vec<String> = scopes
+            .value
+            .trim_matches(|c| c == '[' || c == ']')
+            .split(',')
+            .map(|s| s.trim().trim_matches(|c| c == '\'' || c == '"').to_string())
+            .collect();
+        return items
+            .get(1..items.len().saturating_sub(1))
+            .unwrap_or_default()
+            .iter()
+            .filter(|s| !s.is_empty())
+            .cloned()
+            .collect();
+    }
+    let parts: Vec<&str> = node.name.trim_start_matches('/').split('/').collect();
     let mut out: Vec<String> = Vec::new();
     let mut last_part = "";
     for part in &parts[..parts.len().saturating_sub(1)] {
@@ -1701,6 +1780,11 @@ fn win_span(kernel: (usize, usize), dilation: (usize, usize), axis: usize) -> us
     } else {
         dilation.1 * (kernel.1 - 1) + 1
     }
+}
+
+/// The output shape of a planar operator in the rank of its input.
+fn unplanar(like: &[usize], [c, h, w]: [usize; 3]) -> Vec<usize> {
+    if like.len() == 2 { vec![c, w] } else { vec![c, h, w] }
 }
 
 fn fmt_full(shape: &[usize]) -> String {

@@ -1,0 +1,131 @@
+//! The model zoo (tests/fixtures/zoo, written by tools/make_zoo.py): small, randomly
+//! initialised torchvision architectures, each exported by both torch exporters
+//! (TorchScript `ts`, torch.export `dynamo`), loaded through the query language.
+//!
+//! Tolerances: logits |ours − onnxruntime| ≤ 1e-4 (+ 1e-4·|ort|); attributions against
+//! Captum on the PyTorch module ≤ 1e-5 + 1e-4·|Captum|. Where a model holds max-pools or
+//! ReLUs, float32 rounding differences between runtimes can flip a near-tie; a case marked
+//! `ties` then needs a correlation ≥ 0.999 and ≥ 99 % of its values within 1e-5 + 1e-3·|ref|
+//! instead (the test prints how many values were outside the strict bound).
+
+use crate::common::*;
+
+const ATOL: f64 = 1e-5;
+const RTOL: f64 = 1e-4;
+
+fn zoo(rel: &str) -> String {
+    format!("tests/fixtures/zoo/{rel}")
+}
+
+/// Strict closeness, or — for `ties` — the near-tie criterion of the module doc.
+fn assert_attr(what: &str, got: &[f64], want: &[f64], ties: bool) {
+    if !ties {
+        return assert_close(what, got, want, ATOL, RTOL);
+    }
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let strict = got
+        .iter()
+        .zip(want)
+        .filter(|(g, w)| (*g - *w).abs() > ATOL + RTOL * w.abs())
+        .count();
+    let loose = got
+        .iter()
+        .zip(want)
+        .filter(|(g, w)| (*g - *w).abs() > ATOL + 1e-3 * w.abs())
+        .count();
+    let r = correlation(got, want);
+    eprintln!(
+        "{what}: {strict} of {} values outside 1e-5 + 1e-4·|ref|, {loose} outside 1e-5 + 1e-3·|ref|, correlation {r:.6}",
+        got.len()
+    );
+    assert!(r >= 0.999, "{what}: correlation {r} < 0.999");
+    assert!(
+        (loose as f64) <= 0.01 * got.len() as f64,
+        "{what}: {loose} of {} values outside 1e-5 + 1e-3·|ref|",
+        got.len()
+    );
+}
+
+fn correlation(a: &[f64], b: &[f64]) -> f64 {
+    let n = a.len() as f64;
+    let (ma, mb) = (a.iter().sum::<f64>() / n, b.iter().sum::<f64>() / n);
+    let (mut sab, mut saa, mut sbb) = (0.0, 0.0, 0.0);
+    for (x, y) in a.iter().zip(b) {
+        sab += (x - ma) * (y - mb);
+        saa += (x - ma) * (x - ma);
+        sbb += (y - mb) * (y - mb);
+    }
+    if saa == 0.0 && sbb == 0.0 {
+        return 1.0;
+    }
+    sab / (saa * sbb).sqrt()
+}
+
+/// Loads one export with its inputs (labelled by the targets) and checks logits, saliency,
+/// integrated gradients and, where given, Grad-CAM at `cam_layer`.
+fn check(name: &str, exporter: &str, cam_layer: Option<&str>, ties: bool) {
+    let mut s = session(&format!(
+        "LOAD MODEL z FROM '{}'; LOAD DATA x FROM '{}' LABELS '{}';",
+        zoo(&format!("{name}.{exporter}.onnx")),
+        zoo(&format!("{name}.inputs.npy")),
+        zoo(&format!("{name}.targets.npy")),
+    ));
+    let what = format!("{name}.{exporter}");
+    let (shape, want) = npy(&root().join(zoo(&format!("{name}.{exporter}.logits.npy"))));
+    let df = query(&mut s, "SELECT * FROM PREDICT z(x)");
+    assert_close(&format!("{what}: logits"), &logits(&df, shape[1]), &want, 1e-4, 1e-4);
+    for (method, file) in [("saliency", "saliency"), ("integrated_gradients(steps = 50)", "ig")] {
+        let df = query(
+            &mut s,
+            &format!("SELECT attribution FROM z(x) USING {method} TARGET LABEL ORDER BY input, feature"),
+        );
+        let (_, want) = npy(&root().join(zoo(&format!("{name}.{file}.npy"))));
+        assert_attr(
+            &format!("{what}: {method}"),
+            &column_f64(&df, "attribution"),
+            &want,
+            ties,
+        );
+    }
+    if let Some(layer) = cam_layer {
+        let df = query(
+            &mut s,
+            &format!(
+                "SELECT attribution FROM z(x) AT LAYER {layer} USING gradcam(relu = false) TARGET LABEL ORDER BY input, unit"
+            ),
+        );
+        let (_, want) = npy(&root().join(zoo(&format!("{name}.gradcam.npy"))));
+        assert_attr(
+            &format!("{what}: gradcam at {layer}"),
+            &column_f64(&df, "attribution"),
+            &want,
+            ties,
+        );
+    }
+}
+
+macro_rules! zoo_tests {
+    ($($test:ident: $name:literal, $cam:expr, $ties:literal;)*) => {$(
+        #[test]
+        fn $test() {
+            for exporter in ["ts", "dynamo"] {
+                check($name, exporter, $cam, $ties);
+            }
+        }
+    )*};
+}
+
+zoo_tests! {
+    zoo_resnet_basic: "resnet_basic", Some("layer4"), true;
+    zoo_resnet_bottleneck: "resnet_bottleneck", Some("layer4"), true;
+    zoo_mobilenet_v3: "mobilenet_v3", Some("features"), false;
+    zoo_efficientnet: "efficientnet", Some("features"), false;
+    zoo_convnext: "convnext", Some("features"), false;
+    zoo_densenet: "densenet", Some("features"), true;
+    zoo_squeezenet: "squeezenet", Some("features"), true;
+    zoo_shufflenet_v2: "shufflenet_v2", Some("conv5"), true;
+    zoo_regnet: "regnet", Some("trunk_output"), false;
+    zoo_vit: "vit", None, false;
+    zoo_swin: "swin", None, false;
+    zoo_seq_cnn: "seq_cnn", Some("features"), true;
+}

@@ -1,0 +1,229 @@
+"""Writes tests/fixtures/zoo/: seeded, randomly initialised, small-configured versions of the
+architectures users bring, each exported to ONNX by both torch exporters, with the references
+the Rust tests (tests/zoo.rs) compare against:
+
+    <name>.inputs.npy            the inputs (float32, a batch of 2)
+    <name>.targets.npy           the class each input is explained for
+    <name>.<exporter>.onnx       the export (exporter: ts = TorchScript, dynamo = torch.export)
+    <name>.<exporter>.logits.npy onnxruntime's output for the inputs
+    <name>.saliency.npy          Captum Saliency (abs) on the PyTorch module
+    <name>.ig.npy                Captum IntegratedGradients (50 Gauss-Legendre steps, zero baseline)
+    <name>.gradcam.npy           Captum LayerGradCam at the last stage (models with convolutions)
+    manifest.json                the list of models: file names, Grad-CAM layer, input shape, notes
+
+Exports that fail in torch itself are listed in the manifest with the error, not silently
+dropped. With --full the tool writes full-size ResNet-18/50 and ViT-B/16 exports (random
+weights, 224x224) for the benchmarks into models/zoo/ (git-ignored) instead.
+
+Run from the repo root, offline, never in CI:
+    python3 -m venv ~/zoo-venv && ~/zoo-venv/bin/pip install torch torchvision onnx onnxruntime onnxscript captum numpy
+    ~/zoo-venv/bin/python tools/make_zoo.py
+"""
+import argparse
+import json
+import os
+import sys
+import traceback
+
+import numpy as np
+import onnxruntime as ort
+import torch
+import torchvision.models as tvm
+from captum.attr import IntegratedGradients, LayerGradCam, Saliency
+from torch import nn
+from torchvision.models.convnext import CNBlockConfig, ConvNeXt
+from torchvision.models.efficientnet import EfficientNet, _efficientnet_conf
+from torchvision.models.mobilenetv3 import MobileNetV3, _mobilenet_v3_conf
+from torchvision.models.regnet import BlockParams, RegNet
+from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+from torchvision.models.swin_transformer import SwinTransformer
+
+OUT = os.path.join("tests", "fixtures", "zoo")
+OPSET = 18
+
+
+class SmallResNet(ResNet):
+    """torchvision's ResNet (same modules, same forward) with narrower stages."""
+
+    def __init__(self, block, layers, widths, num_classes=10):
+        nn.Module.__init__(self)
+        self._norm_layer = nn.BatchNorm2d
+        self.inplanes, self.dilation, self.groups, self.base_width = widths[0], 1, 1, 64
+        self.conv1 = nn.Conv2d(3, self.inplanes, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(self.inplanes)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.layer1 = self._make_layer(block, widths[0], layers[0])
+        self.layer2 = self._make_layer(block, widths[1], layers[1], stride=2)
+        self.layer3 = self._make_layer(block, widths[2], layers[2], stride=2)
+        self.layer4 = self._make_layer(block, widths[3], layers[3], stride=2)
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(widths[3] * block.expansion, num_classes)
+
+
+class SeqCNN(nn.Module):
+    """A 1-D convolutional classifier of sequences (sensor signals, audio frames)."""
+
+    def __init__(self, channels=3, classes=5):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv1d(channels, 8, 5, padding=2), nn.BatchNorm1d(8), nn.ReLU(), nn.MaxPool1d(2),
+            nn.Conv1d(8, 16, 3, padding=1, stride=2), nn.BatchNorm1d(16), nn.ReLU(),
+            nn.AvgPool1d(2), nn.Conv1d(16, 16, 3, padding=1), nn.ReLU(),
+        )
+        self.pool = nn.AdaptiveAvgPool1d(1)
+        self.fc = nn.Linear(16, classes)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.pool(self.features(x)), 1))
+
+
+def mobilenet():
+    setting, last = _mobilenet_v3_conf("mobilenet_v3_large", width_mult=0.25, reduced_tail=True)
+    return MobileNetV3(setting, last // 4, num_classes=10)
+
+
+def efficientnet():
+    setting, last = _efficientnet_conf("efficientnet_b0", width_mult=0.25, depth_mult=0.25)
+    return EfficientNet(setting, 0.2, num_classes=10, last_channel=last)
+
+
+# name → (constructor, input shape of one sample, Grad-CAM layer (a module path) or None)
+ZOO = {
+    "resnet_basic": (lambda: SmallResNet(BasicBlock, [1, 1, 1, 1], (8, 16, 32, 64)), (3, 64, 64), "layer4"),
+    "resnet_bottleneck": (lambda: SmallResNet(Bottleneck, [1, 2, 1, 1], (4, 8, 16, 32)), (3, 64, 64), "layer4"),
+    "mobilenet_v3": (mobilenet, (3, 64, 64), "features"),
+    "efficientnet": (efficientnet, (3, 64, 64), "features"),
+    "convnext": (lambda: ConvNeXt([CNBlockConfig(16, 32, 1), CNBlockConfig(32, None, 1)], num_classes=10),
+                 (3, 32, 32), "features"),
+    "densenet": (lambda: tvm.DenseNet(growth_rate=8, block_config=(2, 2), num_init_features=16, bn_size=2,
+                                      num_classes=10), (3, 32, 32), "features"),
+    "squeezenet": (lambda: tvm.SqueezeNet(version="1_1", num_classes=10), (3, 64, 64), "features"),
+    "shufflenet_v2": (lambda: tvm.ShuffleNetV2([1, 1, 1], [8, 16, 32, 64, 128], num_classes=10),
+                      (3, 64, 64), "conv5"),
+    "regnet": (lambda: RegNet(BlockParams.from_init_params(depth=3, w_0=8, w_a=8.0, w_m=2.0, group_width=8),
+                              stem_width=8, num_classes=10), (3, 32, 32), "trunk_output"),
+    "vit": (lambda: tvm.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32,
+                                          mlp_dim=64, num_classes=10), (3, 32, 32), None),
+    "swin": (lambda: SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[1, 1], num_heads=[1, 2],
+                                     window_size=[4, 4], num_classes=10), (3, 32, 32), None),
+    "seq_cnn": (SeqCNN, (3, 64), "features"),
+}
+
+
+def randomise_norms(model):
+    """Eval-mode batch norms with the running statistics of a trained model, not 0 / 1."""
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+                m.bias.copy_(torch.rand(m.bias.shape, generator=g) - 0.5)
+                m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) * 0.4 - 0.2)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+
+
+def module(model, path):
+    for part in path.split("."):
+        model = getattr(model, part)
+    return model
+
+
+def export(model, x, path, exporter, dynamic_spatial=False):
+    if exporter == "ts":
+        axes = {0: "batch"}
+        if dynamic_spatial:
+            axes.update({i: f"axis{i}" for i in range(2, x.dim())})
+        torch.onnx.export(model, (x,), path, opset_version=OPSET, input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": axes}, dynamo=False)
+    else:
+        batch = torch.export.Dim("batch", min=1, max=1024)
+        shapes = {"x": {0: batch}}
+        program = torch.onnx.export(model, (x,), dynamo=True, opset_version=OPSET, input_names=["input"],
+                                    output_names=["logits"], dynamic_shapes=shapes, optimize=True)
+        program.save(path)
+
+
+def write(name, array):
+    np.save(os.path.join(OUT, name), np.ascontiguousarray(array, dtype=np.float32))
+
+
+def small_zoo(only):
+    os.makedirs(OUT, exist_ok=True)
+    manifest = []
+    for name, (make, shape, cam_layer) in ZOO.items():
+        if only and name not in only:
+            continue
+        torch.manual_seed(11)
+        model = make()
+        randomise_norms(model)
+        model.eval()
+        g = torch.Generator().manual_seed(13)
+        x = torch.randn((2,) + shape, generator=g)
+        targets = torch.tensor([3, 1])
+        write(f"{name}.inputs.npy", x.numpy())
+        write(f"{name}.targets.npy", targets.numpy())
+        entry = {"name": name, "input_shape": list(shape), "gradcam_layer": cam_layer, "exports": {}}
+        with torch.no_grad():
+            torch_logits = model(x).numpy()
+        for exporter in ("ts", "dynamo"):
+            path = os.path.join(OUT, f"{name}.{exporter}.onnx")
+            try:
+                export(model, x, path, exporter)
+                sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+                logits = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+                write(f"{name}.{exporter}.logits.npy", logits)
+                gap = float(np.abs(logits - torch_logits).max())
+                entry["exports"][exporter] = {"file": os.path.basename(path), "ort_vs_torch": gap,
+                                              "bytes": os.path.getsize(path)}
+            except Exception as e:  # noqa: BLE001 — recorded in the manifest, not hidden
+                entry["exports"][exporter] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+                traceback.print_exc()
+                if os.path.exists(path):
+                    os.remove(path)
+        x.requires_grad_(True)
+        write(f"{name}.saliency.npy", Saliency(model).attribute(x, target=targets).detach().numpy())
+        ig = IntegratedGradients(model).attribute(x, target=targets, n_steps=50, method="gausslegendre")
+        write(f"{name}.ig.npy", ig.detach().numpy())
+        if cam_layer:
+            cam = LayerGradCam(model, module(model, cam_layer)).attribute(x, target=targets)
+            write(f"{name}.gradcam.npy", cam.detach().numpy())
+        if name == "resnet_basic":
+            # One export with symbolic spatial axes, and references at two sizes.
+            path = os.path.join(OUT, f"{name}.dynamic.onnx")
+            export(model, x.detach(), path, "ts", dynamic_spatial=True)
+            sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+            for side in (48, 80):
+                xs = torch.randn((2, 3, side, side), generator=g)
+                write(f"{name}.dynamic{side}.inputs.npy", xs.numpy())
+                write(f"{name}.dynamic{side}.logits.npy", sess.run(None, {"input": xs.numpy()})[0])
+                xs.requires_grad_(True)
+                ig = IntegratedGradients(model).attribute(xs, target=targets, n_steps=50)
+                write(f"{name}.dynamic{side}.ig.npy", ig.detach().numpy())
+            entry["dynamic"] = {"file": os.path.basename(path), "sides": [48, 80]}
+        manifest.append(entry)
+        sizes = {k: v.get("bytes", v.get("error")) for k, v in entry["exports"].items()}
+        print(f"{name}: {sizes}", file=sys.stderr)
+    if not only:
+        with open(os.path.join(OUT, "manifest.json"), "w") as f:
+            json.dump({"torch": torch.__version__, "onnxruntime": ort.__version__, "opset": OPSET,
+                       "models": manifest}, f, indent=1)
+
+
+def full_zoo():
+    out = os.path.join("models", "zoo")
+    os.makedirs(out, exist_ok=True)
+    for name, make, side in (("resnet18", tvm.resnet18, 224), ("resnet50", tvm.resnet50, 224),
+                             ("vit_b_16", tvm.vit_b_16, 224)):
+        torch.manual_seed(0)
+        model = make().eval()
+        export(model, torch.randn(1, 3, side, side), os.path.join(out, f"{name}.onnx"), "ts")
+        print(f"wrote {out}/{name}.onnx", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser()
+    p.add_argument("--full", action="store_true", help="write the full-size benchmark exports")
+    p.add_argument("only", nargs="*", help="just these small models (the manifest is not rewritten)")
+    args = p.parse_args()
+    full_zoo() if args.full else small_zoo(args.only)
