@@ -97,6 +97,12 @@ pub enum NaryKind {
     Greater,
     /// where(condition, x, y)
     Where,
+    /// The remainder with the sign of the divisor (ONNX Mod, fmod = 0; Python's %).
+    Mod,
+    /// The remainder with the sign of the dividend (ONNX Mod, fmod = 1; C's fmod).
+    Fmod,
+    And,
+    Or,
 }
 
 impl NaryKind {
@@ -116,6 +122,10 @@ impl NaryKind {
             NaryKind::Equal => f64::from(u8::from(a[0] == a[1])),
             NaryKind::Less => f64::from(u8::from(a[0] < a[1])),
             NaryKind::Greater => f64::from(u8::from(a[0] > a[1])),
+            NaryKind::Mod => a[0] - a[1] * (a[0] / a[1]).floor(),
+            NaryKind::Fmod => a[0] % a[1],
+            NaryKind::And => f64::from(u8::from(a[0] != 0.0 && a[1] != 0.0)),
+            NaryKind::Or => f64::from(u8::from(a[0] != 0.0 || a[1] != 0.0)),
             NaryKind::Where => {
                 if a[0] != 0.0 {
                     a[1]
@@ -164,7 +174,10 @@ impl NaryKind {
                 let other = a[1 - k];
                 if a[k] == other { 0.5 } else { f32::from(a[k] == y) }
             }
-            (NaryKind::Equal | NaryKind::Less | NaryKind::Greater, _) => 0.0,
+            (NaryKind::Equal | NaryKind::Less | NaryKind::Greater | NaryKind::And | NaryKind::Or, _) => 0.0,
+            (NaryKind::Mod | NaryKind::Fmod, 0) => 1.0,
+            (NaryKind::Mod, _) => -(a[0] / a[1]).floor(),
+            (NaryKind::Fmod, _) => -(a[0] / a[1]).trunc(),
             (NaryKind::Where, 0) => 0.0,
             (NaryKind::Where, 1) => f32::from(a[0] != 0.0),
             (NaryKind::Where, _) => f32::from(a[0] == 0.0),

@@ -1,8 +1,13 @@
 //! ONNX models (as `torch.onnx.export` writes them) translated into the engine's layers:
 //! every node whose value depends on the input becomes a layer whose output is a hook
 //! point named by the node's output; everything computable without the input (weights,
-//! shape arithmetic) is folded into constants when the model is loaded. The batch axis
-//! stays axis 0 of every value; a shape computed from it carries `BATCH` in its place.
+//! shape arithmetic) is folded into constants when the model is loaded.
+//!
+//! The graph is translated for a batch of one: every row of the engine's batches runs the
+//! model on one sample, as onnxruntime would with a batch size of 1. So the batch axis may
+//! move, merge with the heads of an attention layer or with the windows of a Swin block,
+//! and shape arithmetic that reads the batch size folds with it as 1. A value's hook-point
+//! shape is its ONNX shape without the leading batch axis (when that axis leads).
 //!
 //! A node the translation does not cover does not stop the load: it and every node after
 //! it are listed (SHOW LAYERS) as not translated, and running them is an error that names
@@ -24,9 +29,6 @@ use super::kernels::Window2d;
 use super::layer::{Layer, Op, planar};
 use crate::error::{Error, Result};
 use proto::{AttributeProto, NodeProto, TensorProto, data_type};
-
-/// Stands for the (dynamic) batch size in shape tensors folded at load time.
-const BATCH: i64 = 1_000_003;
 
 /// A constant: a tensor known when the model is loaded.
 #[derive(Clone, Debug)]
@@ -53,11 +55,11 @@ impl Konst {
 /// What a name in the graph stands for.
 #[derive(Clone, Debug)]
 enum Sym {
-    /// A value of the batch: its slot (0 the input, i + 1 layer i's output) and the
-    /// shape of one sample.
+    /// A value of the batch: its slot (0 the input, i + 1 layer i's output) and its ONNX
+    /// shape for a batch of one.
     Value {
         slot: usize,
-        shape: Vec<usize>,
+        full: Vec<usize>,
     },
     Const(Konst),
 }
@@ -135,7 +137,7 @@ impl Importer {
             input.to_string(),
             Sym::Value {
                 slot: 0,
-                shape: input_shape.clone(),
+                full: full(&input_shape),
             },
         );
         for node in nodes {
@@ -459,10 +461,22 @@ fn axis(a: i64, rank: usize) -> Result<usize> {
     }
 }
 
+/// The ONNX shape (batch of one) of a sample of shape `shape`.
 fn full(shape: &[usize]) -> Vec<usize> {
     let mut f = vec![1];
     f.extend_from_slice(shape);
     f
+}
+
+/// How many leading axes of an ONNX shape (batch of one) the sample shape drops: the
+/// batch axis when it leads, else none (it has moved or merged).
+fn lead(full: &[usize]) -> usize {
+    usize::from(full.len() > 1 && full[0] == 1)
+}
+
+/// The hook-point shape of a value of ONNX shape `full` (batch of one).
+fn sample(full: &[usize]) -> Vec<usize> {
+    full[lead(full)..].to_vec()
 }
 
 impl Importer {
@@ -485,7 +499,7 @@ impl Importer {
             // This node and every later one are listed, not run.
             if !self.syms.contains_key(&name) {
                 let reason = reason.clone();
-                self.push(node, name, Op::Unsupported { reason }, vec![], vec![], vec![]);
+                self.push(node, name, Op::Unsupported { reason }, vec![], &[], vec![]);
             }
         }
     }
@@ -511,7 +525,7 @@ impl Importer {
         let shapes = syms
             .iter()
             .map(|s| match s {
-                Sym::Value { shape, .. } => full(shape),
+                Sym::Value { full, .. } => full.clone(),
                 Sym::Const(k) => k.shape.clone(),
             })
             .collect();
@@ -522,15 +536,16 @@ impl Importer {
         node.input(i).map(|n| self.konst(n)).transpose()
     }
 
-    /// Adds a layer computing node `node`'s output `name`.
+    /// Adds a layer computing node `node`'s output `name`, of ONNX shape `out_full`
+    /// (batch of one); `in_full` is its first input's.
     fn push(
         &mut self,
         node: &NodeProto,
         name: String,
         op: Op,
         inputs: Vec<usize>,
-        in_shape: Vec<usize>,
-        out_shape: Vec<usize>,
+        in_full: &[usize],
+        out_full: Vec<usize>,
     ) {
         let index = self.layers.len();
         // The node's name and the modules it belongs to name this hook point too; the
@@ -546,14 +561,14 @@ impl Importer {
             kind: node.op_type.clone(),
             op,
             inputs,
-            in_shape: in_shape.clone(),
-            out_shape: out_shape.clone(),
+            in_shape: sample(in_full),
+            out_shape: sample(&out_full),
         });
         self.syms.insert(
             name,
             Sym::Value {
                 slot: index + 1,
-                shape: out_shape,
+                full: out_full,
             },
         );
     }
@@ -562,22 +577,23 @@ impl Importer {
         node.proto.output.first().cloned().unwrap_or_default()
     }
 
-    /// A layer of one value input.
-    fn unary_layer(&mut self, node: &Node, op: Op, input: (usize, Vec<usize>), out_shape: Vec<usize>) {
+    /// A layer of one value input (its slot and ONNX shape), of ONNX shape `out_full`.
+    fn unary_layer(&mut self, node: &Node, op: Op, input: (usize, Vec<usize>), out_full: Vec<usize>) {
         let name = Self::out_name(node);
-        self.push(node.proto, name, op, vec![input.0], input.1, out_shape);
+        self.push(node.proto, name, op, vec![input.0], &input.1, out_full);
     }
 
     fn set_const(&mut self, node: &Node, k: Konst) {
         self.syms.insert(Self::out_name(node), Sym::Const(k));
     }
 
+    /// A value input: its slot and ONNX shape (batch of one).
     fn value_input(&self, node: &Node, i: usize) -> Result<(usize, Vec<usize>)> {
         let name = node
             .input(i)
             .ok_or_else(|| unsupported(format!("input {i} is missing")))?;
         match self.sym(name)? {
-            Sym::Value { slot, shape } => Ok((*slot, shape.clone())),
+            Sym::Value { slot, full } => Ok((*slot, full.clone())),
             Sym::Const(_) => Err(unsupported(format!(
                 "its input `{name}` is a constant where a value of the batch is expected"
             ))),
@@ -626,9 +642,7 @@ impl Importer {
             "Shape" => {
                 let name = node.input(0).unwrap_or_default();
                 let shape: Vec<f64> = match self.sym(name)? {
-                    Sym::Value { shape, .. } => std::iter::once(BATCH as f64)
-                        .chain(shape.iter().map(|d| *d as f64))
-                        .collect(),
+                    Sym::Value { full, .. } => full.iter().map(|d| *d as f64).collect(),
                     Sym::Const(k) => k.shape.iter().map(|d| *d as f64).collect(),
                 };
                 let r = shape.len() as i64;
@@ -646,9 +660,6 @@ impl Importer {
             }
             "ConstantOfShape" => {
                 let dims = self.konst(node.input(0).unwrap_or_default())?.ints();
-                if dims.contains(&BATCH) {
-                    return Err(unsupported("a constant as large as the batch"));
-                }
                 let value = node
                     .attr("value")
                     .and_then(|a| a.t.as_ref())
@@ -754,17 +765,22 @@ impl Importer {
             "Less" => self.nary(node, NaryKind::Less),
             "Greater" => self.nary(node, NaryKind::Greater),
             "Where" => self.nary(node, NaryKind::Where),
+            "Mod" if node.int("fmod", 0) != 0 => self.nary(node, NaryKind::Fmod),
+            "Mod" => self.nary(node, NaryKind::Mod),
+            "And" => self.nary(node, NaryKind::And),
+            "Or" => self.nary(node, NaryKind::Or),
             "Softmax" => {
-                let (slot, shape) = self.value_input(node, 0)?;
+                let (slot, full) = self.value_input(node, 0)?;
                 let default = if self.opset >= 13 { -1 } else { 1 };
-                let a = axis(node.int("axis", default), shape.len() + 1)?;
-                if a == 0 {
+                let a = axis(node.int("axis", default), full.len())?;
+                if a < lead(&full) {
                     return Err(unsupported("a softmax over the batch axis"));
                 }
-                if self.opset < 13 && a != shape.len() {
+                if self.opset < 13 && a + 1 != full.len() {
                     return Err(unsupported("a softmax (opset < 13) over more than the last axis"));
                 }
-                self.unary_layer(node, Op::Softmax { axis: a - 1 }, (slot, shape.clone()), shape);
+                let op = Op::Softmax { axis: a - lead(&full) };
+                self.unary_layer(node, op, (slot, full.clone()), full);
                 Ok(())
             }
             "Gemm" => self.gemm(node),
@@ -773,12 +789,7 @@ impl Importer {
             "ConvTranspose" => self.conv(node, true),
             "MaxPool" | "AveragePool" => self.pool(node),
             "GlobalAveragePool" | "GlobalMaxPool" => {
-                let (slot, shape) = self.value_input(node, 0)?;
-                if !(2..=3).contains(&shape.len()) {
-                    return Err(unsupported(format!(
-                        "{op} over a sample of shape {shape:?} (1-D sequences and 2-D images are supported)"
-                    )));
-                }
+                let (slot, shape) = self.planar_input(node)?;
                 let [c, h, w] = planar(&shape);
                 let out = unplanar(&shape, [c, 1, 1]);
                 let op = if op == "GlobalAveragePool" {
@@ -793,11 +804,15 @@ impl Importer {
                         },
                     }
                 };
-                self.unary_layer(node, op, (slot, shape), out);
+                self.unary_layer(node, op, (slot, full(&shape)), full(&out));
                 Ok(())
             }
             "BatchNormalization" => {
-                let (slot, shape) = self.value_input(node, 0)?;
+                let (slot, full_in) = self.value_input(node, 0)?;
+                if lead(&full_in) != 1 {
+                    return Err(unsupported(format!("a batch norm of a value of shape {full_in:?}")));
+                }
+                let shape = sample(&full_in);
                 let get =
                     |i: usize| -> Result<Vec<f64>> { Ok(self.konst(node.input(i).unwrap_or_default())?.data.clone()) };
                 let (gamma, beta, mean, var) = (get(1)?, get(2)?, get(3)?, get(4)?);
@@ -817,16 +832,16 @@ impl Importer {
                     scale: scale.iter().map(|v| *v as f32).collect(),
                     shift,
                 };
-                self.unary_layer(node, op, (slot, shape.clone()), shape);
+                self.unary_layer(node, op, (slot, full_in.clone()), full_in);
                 Ok(())
             }
             "LayerNormalization" => {
-                let (slot, shape) = self.value_input(node, 0)?;
-                let a = axis(node.int("axis", -1), shape.len() + 1)?;
-                if a == 0 {
+                let (slot, full) = self.value_input(node, 0)?;
+                let a = axis(node.int("axis", -1), full.len())?;
+                if a < lead(&full) {
                     return Err(unsupported("a layer norm over the batch axis"));
                 }
-                let len: usize = shape[a - 1..].iter().product();
+                let len: usize = full[a..].iter().product();
                 let per = |k: Option<&Konst>| -> Result<Option<Vec<f32>>> {
                     let Some(k) = k else { return Ok(None) };
                     let v = k.f32s();
@@ -842,7 +857,7 @@ impl Importer {
                     scale: per(self.opt_konst(node, 1)?)?,
                     bias: per(self.opt_konst(node, 2)?)?,
                 };
-                self.unary_layer(node, Op::LayerNorm(ln), (slot, shape.clone()), shape);
+                self.unary_layer(node, Op::LayerNorm(ln), (slot, full.clone()), full);
                 Ok(())
             }
             "Flatten" => {
@@ -909,10 +924,7 @@ impl Importer {
             "Expand" => {
                 let target = self.konst(node.input(1).unwrap_or_default())?.ints();
                 self.select_like(node, move |shape| {
-                    let t: Vec<usize> = target
-                        .iter()
-                        .map(|&d| if d == BATCH { 1 } else { d.max(0) as usize })
-                        .collect();
+                    let t: Vec<usize> = target.iter().map(|&d| d.max(0) as usize).collect();
                     let out = graph_ops::broadcast_shape(shape, &t)
                         .ok_or_else(|| unsupported(format!("shape {shape:?} does not expand to {target:?}")))?;
                     Ok((out.clone(), graph_ops::broadcast_map(shape, &out)))
@@ -988,19 +1000,6 @@ impl Importer {
             self.set_const(node, Konst { shape: out, data });
             return Ok(());
         }
-        // The batch axis must stay axis 0 of every value and of the result.
-        for &(i, _) in &values {
-            if shapes[i].len() != out.len() {
-                return Err(unsupported(format!(
-                    "a value of rank {} broadcast to rank {} (the batch axis would move)",
-                    shapes[i].len(),
-                    out.len()
-                )));
-            }
-        }
-        if out[0] != 1 {
-            return Err(unsupported("a constant that spans the batch axis"));
-        }
         let mut inputs = Vec::new();
         let args = syms
             .iter()
@@ -1025,21 +1024,14 @@ impl Importer {
                 }
             })
             .collect();
-        let in_shape = shapes[values[0].0][1..].to_vec();
+        let in_full = shapes[values[0].0].clone();
         let name = Self::out_name(node);
-        self.push(
-            node.proto,
-            name,
-            Op::Nary(Nary { kind, args }),
-            inputs,
-            in_shape,
-            out[1..].to_vec(),
-        );
+        self.push(node.proto, name, Op::Nary(Nary { kind, args }), inputs, &in_full, out);
         Ok(())
     }
 
-    /// An operator that copies values by an index map over full shapes (batch axis 1 for
-    /// a value): `f(full shape) → (full output shape, map)`. Folded for a constant.
+    /// An operator that copies values by an index map over ONNX shapes (batch of one):
+    /// `f(shape) → (output shape, map)`. Folded for a constant.
     fn select_like(&mut self, node: &Node, f: impl Fn(&[usize]) -> Result<(Vec<usize>, Vec<u32>)>) -> Result<()> {
         let name = node.input(0).ok_or_else(|| unsupported("input 0 is missing"))?;
         match self.sym(name)?.clone() {
@@ -1048,23 +1040,20 @@ impl Importer {
                 let data = map.iter().map(|&j| k.data[j as usize]).collect();
                 self.set_const(node, Konst { shape, data });
             }
-            Sym::Value { slot, shape } => {
-                let (out, map) = f(&full(&shape))?;
-                if out.first() != Some(&1) {
-                    return Err(unsupported("an index operation that moves or resizes the batch axis"));
-                }
+            Sym::Value { slot, full } => {
+                let (out, map) = f(&full)?;
                 let picks = map.into_iter().map(|j| (0, j)).collect();
                 let op = Op::Select(Select {
                     picks,
                     consts: vec![0.0],
                 });
-                self.unary_layer(node, op, (slot, shape), out[1..].to_vec());
+                self.unary_layer(node, op, (slot, full), out);
             }
         }
         Ok(())
     }
 
-    /// A reshape: `f(full input shape with the batch as BATCH)` gives the full output shape.
+    /// A reshape: `f(input shape)` gives the output shape (ONNX shapes, batch of one).
     fn reshape_with(&mut self, node: &Node, f: impl Fn(&[usize]) -> Result<Vec<usize>>) -> Result<()> {
         let name = node.input(0).ok_or_else(|| unsupported("input 0 is missing"))?;
         match self.sym(name)?.clone() {
@@ -1075,20 +1064,12 @@ impl Importer {
                 }
                 self.set_const(node, Konst { shape, data: k.data });
             }
-            Sym::Value { slot, shape } => {
-                let mut full_in = vec![BATCH as usize];
-                full_in.extend_from_slice(&shape);
-                let out = f(&full_in)?;
-                if out.first() != Some(&(BATCH as usize))
-                    || out[1..].iter().product::<usize>() != shape.iter().product::<usize>()
-                {
-                    return Err(unsupported(format!(
-                        "a reshape of [batch, {}] to {} merges or splits the batch axis",
-                        shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "),
-                        fmt_full(&out)
-                    )));
+            Sym::Value { slot, full } => {
+                let out = f(&full)?;
+                if out.iter().product::<usize>() != full.iter().product::<usize>() {
+                    return Err(unsupported(format!("a reshape of {full:?} to {out:?}")));
                 }
-                self.unary_layer(node, Op::Flatten, (slot, shape), out[1..].to_vec());
+                self.unary_layer(node, Op::Flatten, (slot, full), out);
             }
         }
         Ok(())
@@ -1141,7 +1122,7 @@ impl Importer {
     fn matmul(&mut self, node: &Node) -> Result<()> {
         let (a, b) = (node.input(0).unwrap_or_default(), node.input(1).unwrap_or_default());
         match (self.sym(a)?.clone(), self.sym(b)?.clone()) {
-            (Sym::Value { slot, shape }, Sym::Const(w)) => {
+            (Sym::Value { slot, full: shape }, Sym::Const(w)) => {
                 let [k, n] = w.shape[..] else {
                     return Err(unsupported(format!("a MatMul by a constant of shape {:?}", w.shape)));
                 };
@@ -1160,7 +1141,7 @@ impl Importer {
                 self.unary_layer(node, op, (slot, shape), out);
                 Ok(())
             }
-            (Sym::Value { slot: sa, shape: a }, Sym::Value { slot: sb, shape: b }) => {
+            (Sym::Value { slot: sa, full: a }, Sym::Value { slot: sb, full: b }) => {
                 if a.len() < 2 || b.len() < 2 {
                     return Err(unsupported("a MatMul of vectors"));
                 }
@@ -1181,7 +1162,7 @@ impl Importer {
                 let mut out = lead_a.to_vec();
                 out.extend([m, n]);
                 let name = Self::out_name(node);
-                self.push(node.proto, name, Op::MatMul(mm), vec![sa, sb], a, out);
+                self.push(node.proto, name, Op::MatMul(mm), vec![sa, sb], &a, out);
                 Ok(())
             }
             _ => Err(unsupported("a MatMul whose left operand is a constant")),
@@ -1258,8 +1239,8 @@ impl Importer {
                 consts: vec![fill],
             }),
             vec![value.0],
-            value.1.clone(),
-            out.clone(),
+            &full(&value.1),
+            full(&out),
         );
         (self.layers.len(), out)
     }
@@ -1286,8 +1267,22 @@ impl Importer {
         ))
     }
 
+    /// The input of a convolution or pool: its slot and the sample shape, a sequence
+    /// `[channels, length]` or an image `[channels, height, width]`.
+    fn planar_input(&self, node: &Node) -> Result<(usize, Vec<usize>)> {
+        let (slot, full) = self.value_input(node, 0)?;
+        let shape = sample(&full);
+        if lead(&full) != 1 || !(2..=3).contains(&shape.len()) {
+            return Err(unsupported(format!(
+                "{} over a value of shape {full:?} (batches of 1-D sequences and 2-D images are supported)",
+                node.proto.op_type
+            )));
+        }
+        Ok((slot, shape))
+    }
+
     fn conv(&mut self, node: &Node, transposed: bool) -> Result<()> {
-        let (slot, shape) = self.value_input(node, 0)?;
+        let (slot, shape) = self.planar_input(node)?;
         let w = self.konst(node.input(1).unwrap_or_default())?.clone();
         if !matches!((shape.len(), w.shape.len()), (3, 4) | (2, 3)) {
             return Err(unsupported(format!(
@@ -1359,7 +1354,7 @@ impl Importer {
                 bias,
             };
             let out_shape = unplanar(&shape, [out_channels, oh, ow]);
-            self.unary_layer(node, op, (slot, shape), out_shape);
+            self.unary_layer(node, op, (slot, full(&shape)), full(&out_shape));
             return Ok(());
         }
         let (value, padded) = if pads[0] == pads[2] && pads[1] == pads[3] {
@@ -1381,17 +1376,12 @@ impl Importer {
             weight,
             bias,
         };
-        self.unary_layer(node, op, value, out_shape);
+        self.unary_layer(node, op, (value.0, full(&value.1)), full(&out_shape));
         Ok(())
     }
 
     fn pool(&mut self, node: &Node) -> Result<()> {
-        let (slot, shape) = self.value_input(node, 0)?;
-        if !(2..=3).contains(&shape.len()) {
-            return Err(unsupported(format!(
-                "pooling over samples of shape {shape:?} (1-D sequences and 2-D images are supported)"
-            )));
-        }
+        let (slot, shape) = self.planar_input(node)?;
         let k = node.ints("kernel_shape").unwrap_or_default();
         let kernel = match (shape.len(), &k[..]) {
             (2, [kw]) => (1, (*kw).max(1) as usize),
@@ -1446,7 +1436,12 @@ impl Importer {
         } else {
             Op::AvgPool2d { win, count_include_pad }
         };
-        self.unary_layer(node, op, value, unplanar(&padded, [c, oh, ow]));
+        self.unary_layer(
+            node,
+            op,
+            (value.0, full(&value.1)),
+            full(&unplanar(&padded, [c, oh, ow])),
+        );
         Ok(())
     }
 
@@ -1483,10 +1478,6 @@ impl Importer {
                 if step == 0 {
                     return Err(unsupported("a Slice with step 0"));
                 }
-                if a == 0 && shape[0] == 1 && !(start == 0 && step == 1 && end >= BATCH) {
-                    // For a value axis 0 is the batch: only the whole of it may be taken.
-                    return Err(unsupported("a Slice of the batch axis"));
-                }
                 ranges[a] = graph_ops::slice_range(shape[a], start, end.clamp(i64::MIN / 2, i64::MAX / 2), step);
             }
             Ok(graph_ops::slice_map(shape, &ranges))
@@ -1497,7 +1488,7 @@ impl Importer {
         let (data, idx) = (node.input(0).unwrap_or_default(), node.input(1).unwrap_or_default());
         let a = node.int("axis", 0);
         match (self.sym(data)?.clone(), self.sym(idx)?.clone()) {
-            (Sym::Const(table), Sym::Value { slot, shape }) => {
+            (Sym::Const(table), Sym::Value { slot, full: shape }) => {
                 if a != 0 || table.shape.len() != 2 {
                     return Err(unsupported(
                         "a Gather of a constant by the input other than a row lookup",
@@ -1530,9 +1521,6 @@ impl Importer {
                             }
                         })
                         .collect::<Result<_>>()?;
-                    if ax == 0 && shape[0] == 1 && raw != [0] && !ishape.is_empty() {
-                        return Err(unsupported("a Gather along the batch axis"));
-                    }
                     Ok(graph_ops::gather_map(shape, ax, &idx, &ishape))
                 })
             }
@@ -1549,9 +1537,7 @@ impl Importer {
             Some(k) => k.data.first().copied().unwrap_or(0.0) as f32,
             None => node.float("value", 0.0),
         };
-        if self.opt_konst(node, 3)?.is_some() {
-            return Err(unsupported("Pad with an axes input"));
-        }
+        let pad_axes = self.opt_konst(node, 3)?.map(Konst::ints);
         let mode = match node.string("mode", "constant").as_str() {
             "constant" => PadMode::Constant,
             "reflect" => PadMode::Reflect,
@@ -1561,10 +1547,23 @@ impl Importer {
         let name = node.input(0).ok_or_else(|| unsupported("input 0 is missing"))?;
         let sym = self.sym(name)?.clone();
         let shape = match &sym {
-            Sym::Value { shape, .. } => full(shape),
+            Sym::Value { full, .. } => full.clone(),
             Sym::Const(k) => k.shape.clone(),
         };
         let r = shape.len();
+        // With an axes input (opset 18), the pads are those axes' only.
+        let pads = match pad_axes {
+            Some(axes) if pads.len() == 2 * axes.len() => {
+                let mut all = vec![0; 2 * r];
+                for (i, a) in axes.iter().enumerate() {
+                    let a = axis(*a, r)?;
+                    all[a] = pads[i];
+                    all[r + a] = pads[axes.len() + i];
+                }
+                all
+            }
+            _ => pads,
+        };
         if pads.len() != 2 * r || pads.iter().any(|p| *p < 0) {
             return Err(unsupported(format!(
                 "pads {pads:?} for rank {r} (negative pads are not supported)"
@@ -1588,10 +1587,7 @@ impl Importer {
                     .collect();
                 self.set_const(node, Konst { shape: out, data });
             }
-            Sym::Value { slot, shape } => {
-                if before[0] != 0 || after[0] != 0 {
-                    return Err(unsupported("a Pad of the batch axis"));
-                }
+            Sym::Value { slot, full } => {
                 let picks = map.into_iter().map(|j| j.map_or((FILL, 0), |j| (0, j))).collect();
                 self.unary_layer(
                     node,
@@ -1599,8 +1595,8 @@ impl Importer {
                         picks,
                         consts: vec![fill],
                     }),
-                    (slot, shape),
-                    out[1..].to_vec(),
+                    (slot, full),
+                    out,
                 );
             }
         }
@@ -1613,9 +1609,6 @@ impl Importer {
         let all_const = syms.iter().all(|s| matches!(s, Sym::Const(_)));
         let r = shapes.first().map_or(0, Vec::len);
         let ax = axis(node.int("axis", 0), r)?;
-        if !all_const && ax == 0 {
-            return Err(unsupported("a Concat along the batch axis"));
-        }
         for s in &shapes {
             if s.len() != r || (0..r).any(|d| d != ax && s[d] != shapes[0][d]) {
                 return Err(unsupported(format!("a Concat of shapes {shapes:?}")));
@@ -1663,13 +1656,13 @@ impl Importer {
             consts.push(0.0);
         }
         let name = Self::out_name(node);
-        let in_shape = shapes
+        let in_full = shapes
             .iter()
             .zip(&syms)
             .find(|(_, s)| matches!(s, Sym::Value { .. }))
-            .map_or_else(Vec::new, |(s, _)| s[1..].to_vec());
+            .map_or_else(Vec::new, |(s, _)| s.clone());
         let op = Op::Select(Select { picks, consts });
-        self.push(node.proto, name, op, inputs, in_shape, out[1..].to_vec());
+        self.push(node.proto, name, op, inputs, &in_full, out);
         Ok(())
     }
 
@@ -1688,7 +1681,7 @@ impl Importer {
         let keep = node.int("keepdims", 1) != 0;
         let noop = node.int("noop_with_empty_axes", 0) != 0;
         let (slot, shape) = self.value_input(node, 0)?;
-        let r = shape.len() + 1;
+        let r = shape.len();
         let axes: Vec<usize> = if axes.is_empty() {
             if noop {
                 return self.select_like(node, |s| {
@@ -1699,12 +1692,7 @@ impl Importer {
         } else {
             axes.iter().map(|&a| axis(a, r)).collect::<Result<_>>()?
         };
-        if axes.contains(&0) {
-            return Err(unsupported("a reduction over the batch axis"));
-        }
-        let reduced: Vec<usize> = (0..shape.len())
-            .map(|d| if axes.contains(&(d + 1)) { 1 } else { shape[d] })
-            .collect();
+        let reduced: Vec<usize> = (0..r).map(|d| if axes.contains(&d) { 1 } else { shape[d] }).collect();
         let st = graph_ops::strides(&reduced);
         let mut map = Vec::with_capacity(shape.iter().product());
         graph_ops::for_each_index(&shape, |_, idx| {
@@ -1720,10 +1708,7 @@ impl Importer {
         let out: Vec<usize> = if keep {
             reduced
         } else {
-            (0..shape.len())
-                .filter(|d| !axes.contains(&(d + 1)))
-                .map(|d| shape[d])
-                .collect()
+            (0..r).filter(|d| !axes.contains(d)).map(|d| shape[d]).collect()
         };
         self.unary_layer(node, Op::Reduce(Reduce { kind, map, count }), (slot, shape), out);
         Ok(())
@@ -1787,20 +1772,6 @@ fn unplanar(like: &[usize], [c, h, w]: [usize; 3]) -> Vec<usize> {
     if like.len() == 2 { vec![c, w] } else { vec![c, h, w] }
 }
 
-fn fmt_full(shape: &[usize]) -> String {
-    let dims: Vec<String> = shape
-        .iter()
-        .map(|&d| {
-            if d == BATCH as usize {
-                "batch".into()
-            } else {
-                d.to_string()
-            }
-        })
-        .collect();
-    format!("[{}]", dims.join(", "))
-}
-
 /// ONNX Reshape: 0 copies the input's dimension (unless `allow_zero`), -1 is inferred.
 fn reshape_target(full_in: &[usize], target: &[i64], allow_zero: bool) -> Result<Vec<usize>> {
     let mut out: Vec<Option<usize>> = target
@@ -1822,7 +1793,6 @@ fn reshape_target(full_in: &[usize], target: &[i64], allow_zero: bool) -> Result
     match out.iter().filter(|d| d.is_none()).count() {
         0 => {}
         1 => {
-            // With the batch standing in as BATCH, a -1 next to it is the sample's rest.
             let fill = total.checked_div(known).unwrap_or(0);
             if let Some(slot) = out.iter_mut().find(|d| d.is_none()) {
                 *slot = Some(fill);
