@@ -24,6 +24,10 @@ pub enum Modality {
     },
     /// Named columns; coordinate `column`.
     Tabular { columns: Vec<String> },
+    /// (channels, length) of a sequence model's input (1-D convolutions); coordinates
+    /// `channel`, `position`. Such data loads as a one-channel image and becomes a
+    /// sequence when a sequence model reads it.
+    Sequence { channels: usize, length: usize },
     /// Any other shape; only the flat `feature` index.
     Tensor,
     /// Token ids of a text model, padded; coordinates `token` (position) and `text`.
@@ -206,6 +210,7 @@ impl Dataset {
                 format!("channel {c}, row {r}, col {col}")
             }
             Modality::Tabular { columns } => format!("column `{}`", columns[f]),
+            Modality::Sequence { length, .. } => format!("channel {}, position {}", f / length, f % length),
             Modality::Tensor => format!("feature {f}"),
             Modality::Text { .. } => format!("token {f}"),
         }

@@ -1085,6 +1085,17 @@ fn relation(
                     .collect::<Vec<&str>>(),
             ));
         }
+        Modality::Sequence { length, .. } => {
+            let l = *length as i64;
+            columns.push(Column::new(
+                "channel".into(),
+                c_feature.iter().map(|f| f / l).collect::<Vec<i64>>(),
+            ));
+            columns.push(Column::new(
+                "position".into(),
+                c_feature.iter().map(|f| f % l).collect::<Vec<i64>>(),
+            ));
+        }
         Modality::Tensor => {}
         Modality::Text { .. } => {
             columns.push(Column::new("token".into(), c_feature.clone()));

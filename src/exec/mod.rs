@@ -869,6 +869,7 @@ impl Catalog for State {
             layers: m.model.layer_names(),
             layer_shapes: m.model.layers.iter().map(|l| l.out_shape.clone()).collect(),
             aliases: m.model.aliases.iter().map(|(a, i)| (a.clone(), *i)).collect(),
+            sequence_input: m.model.is_sequence(),
         })
     }
     fn model_names(&self) -> Vec<String> {

@@ -30,6 +30,7 @@ pub(super) fn datasets(state: &State) -> Result<Output> {
     let kind = |m: &Modality| match m {
         Modality::Image { .. } => "image",
         Modality::Tabular { .. } => "tabular",
+        Modality::Sequence { .. } => "sequence",
         Modality::Tensor => "tensor",
         Modality::Text { .. } => "text",
     };

@@ -240,6 +240,19 @@ impl Model {
         self.input_shape.iter().product()
     }
 
+    /// Whether the input is a sequence `[channels, length]` that 1-D convolutions or pools
+    /// read (a layer reading a rank-2 value as a one-row image).
+    pub fn is_sequence(&self) -> bool {
+        self.input_shape.len() == 2
+            && self.layers.iter().any(|l| {
+                l.in_shape.len() == 2
+                    && matches!(
+                        l.op,
+                        Op::Conv2d { .. } | Op::MaxPool2d { .. } | Op::AvgPool2d { .. } | Op::AdaptiveAvgPool2d { .. }
+                    )
+            })
+    }
+
     /// The hook point called `name`, or one of its aliases.
     pub fn layer_index(&self, name: &str) -> Option<usize> {
         self.layers

@@ -133,13 +133,7 @@ pub fn attribute(method: &Method, req: &Request) -> Result<LayerAttribution> {
                             shape: vec![shown, hh, ww],
                         });
                     }
-                    let shape = if out_shape.len() == 3 {
-                        vec![shown, h, w]
-                    } else if *per_channel {
-                        out_shape.clone()
-                    } else {
-                        vec![1]
-                    };
+                    let shape = gradcam_shape(&out_shape, *per_channel);
                     Ok(LayerAttribution {
                         values,
                         activations: per_channel.then_some(acts),
@@ -246,6 +240,21 @@ fn spatial(shape: &[usize]) -> (usize, usize, usize) {
         [c] => (*c, 1, 1),
         [c, rest @ ..] => (*c, rest.iter().product(), 1),
         [] => (1, 1, 1),
+    }
+}
+
+/// The shape of one input's Grad-CAM map at a layer of output shape `out_shape`: the
+/// channel axis (the first) summed away, or kept with `per_channel`. As Captum, a layer
+/// without positions (a dense layer) gives one value.
+pub fn gradcam_shape(out_shape: &[usize], per_channel: bool) -> Vec<usize> {
+    match out_shape {
+        [c, rest @ ..] if !rest.is_empty() => {
+            let mut shape = vec![if per_channel { *c } else { 1 }];
+            shape.extend_from_slice(rest);
+            shape
+        }
+        _ if per_channel => out_shape.to_vec(),
+        _ => vec![1],
     }
 }
 

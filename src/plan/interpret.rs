@@ -749,6 +749,7 @@ fn modality_name(m: &Modality) -> &'static str {
     match m {
         Modality::Image { .. } => "an image dataset",
         Modality::Tabular { .. } => "a tabular dataset",
+        Modality::Sequence { .. } => "a sequence dataset",
         Modality::Tensor => "a tensor dataset",
         Modality::Text { .. } => "a text dataset",
     }
@@ -793,11 +794,9 @@ pub fn result_shape(a: &Attribution) -> Vec<usize> {
             upsample, per_channel, ..
         } => {
             let channels = if *per_channel { l.shape[0] } else { 1 };
-            match (&a.modality, l.shape.as_slice()) {
-                (Modality::Image { height, width, .. }, _) if *upsample => vec![channels, *height, *width],
-                (_, [_, h, w]) => vec![channels, *h, *w],
-                _ if *per_channel => l.shape.clone(),
-                _ => vec![1],
+            match &a.modality {
+                Modality::Image { height, width, .. } if *upsample => vec![channels, *height, *width],
+                _ => crate::ops::layer::gradcam_shape(&l.shape, *per_channel),
             }
         }
         _ => l.shape.clone(),
@@ -807,10 +806,12 @@ pub fn result_shape(a: &Attribution) -> Vec<usize> {
 /// The coordinate columns of a layer's units, by the rank of its output.
 pub fn unit_coordinates(shape: &[usize], modality: &Modality) -> &'static [&'static str] {
     let text = matches!(modality, Modality::Text { .. });
+    let sequence = matches!(modality, Modality::Sequence { .. });
     match shape.len() {
         // A text model's attention probabilities: heads × query tokens × key tokens.
         3 if text => &["head", "query", "key"],
         3 => &["channel", "row", "col"],
+        2 if sequence => &["channel", "position"],
         2 => &["token", "dim"],
         1 => &["neuron"],
         _ => &[],
@@ -849,6 +850,7 @@ pub fn attribution_columns(modality: &Modality, granularity: &GranularitySpec) -
     match modality {
         Modality::Image { .. } => cols.extend(["channel", "row", "col"]),
         Modality::Tabular { .. } => cols.push("column"),
+        Modality::Sequence { .. } => cols.extend(["channel", "position"]),
         Modality::Tensor => {}
         Modality::Text { .. } => cols.extend(["token", "text"]),
     }

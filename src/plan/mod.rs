@@ -30,6 +30,8 @@ pub struct ModelInfo {
     pub layer_shapes: Vec<Vec<usize>>,
     /// Other names of layers (an ONNX node's name or module).
     pub aliases: Vec<(String, usize)>,
+    /// The input is a sequence `[channels, length]` read by 1-D convolutions.
+    pub sequence_input: bool,
 }
 
 /// What the planner needs to know of a dataset.
@@ -384,7 +386,7 @@ fn resolve_dataset_of(
     catalog: &dyn Catalog,
     model: Option<(&ModelInfo, &str, bool)>,
 ) -> Result<(DatasetRef, DatasetInfo)> {
-    let info = catalog.dataset(&expr.name.name).ok_or_else(|| {
+    let mut info = catalog.dataset(&expr.name.name).ok_or_else(|| {
         let mut err = Error::unknown("dataset", &expr.name.name, &catalog.dataset_names(), "loaded datasets");
         if catalog.model(&expr.name.name).is_some() {
             err.hints
@@ -392,6 +394,24 @@ fn resolve_dataset_of(
         }
         err.at(expr.name.span)
     })?;
+    // Arrays of shape (N, C, L) load as one-channel images; a sequence model reads them
+    // as C channels of length L.
+    if let (
+        Some((m, _, _)),
+        Modality::Image {
+            channels: 1,
+            height,
+            width,
+        },
+    ) = (model, &info.modality)
+        && m.sequence_input
+        && m.input_shape == [*height, *width]
+    {
+        info.modality = Modality::Sequence {
+            channels: *height,
+            length: *width,
+        };
+    }
     let (lo, hi) = info.id_range;
     let check = |v: &Value| -> Result<i64> {
         let i = resolve_int(v, catalog, "an input index")?;
