@@ -129,3 +129,57 @@ zoo_tests! {
     zoo_swin: "swin", None, false;
     zoo_seq_cnn: "seq_cnn", Some("features"), true;
 }
+
+/// An export with symbolic height and width: one model serves datasets of two sizes (each
+/// binding matches onnxruntime's logits and Captum's integrated gradients at that size),
+/// lists its nodes before it is bound, and refuses data of another rank with the shapes.
+#[test]
+fn zoo_dynamic_shapes_bind_to_the_data() {
+    let mut s = session(&format!(
+        "LOAD MODEL r FROM '{}'; LOAD DATA small FROM '{}' LABELS '{}'; LOAD DATA large FROM '{}' LABELS '{}';",
+        zoo("resnet_basic.dynamic.onnx"),
+        zoo("resnet_basic.dynamic48.inputs.npy"),
+        zoo("resnet_basic.targets.npy"),
+        zoo("resnet_basic.dynamic80.inputs.npy"),
+        zoo("resnet_basic.targets.npy"),
+    ));
+    let layers = query(&mut s, "SHOW LAYERS OF r");
+    assert_eq!(layers.height(), 29);
+    assert!(
+        column_str(&layers, "output_shape")
+            .iter()
+            .all(|v| v == "from the input [3, height, width]")
+    );
+    let models = query(&mut s, "SHOW MODELS");
+    assert_eq!(column_str(&models, "input"), ["[3, height, width]"]);
+    for (data, side) in [("small", 48), ("large", 80), ("small", 48)] {
+        let (_, want) = npy(&root().join(zoo(&format!("resnet_basic.dynamic{side}.logits.npy"))));
+        let df = query(&mut s, &format!("SELECT * FROM PREDICT r({data})"));
+        assert_close(&format!("{side}x{side}: logits"), &logits(&df, 10), &want, 1e-4, 1e-4);
+        let df = query(
+            &mut s,
+            &format!(
+                "SELECT attribution FROM r({data}) USING integrated_gradients(steps = 50) TARGET LABEL ORDER BY input, feature"
+            ),
+        );
+        let (_, want) = npy(&root().join(zoo(&format!("resnet_basic.dynamic{side}.ig.npy"))));
+        assert_attr(
+            &format!("{side}x{side}: IG"),
+            &column_f64(&df, "attribution"),
+            &want,
+            true,
+        );
+    }
+    // Layers resolve on the bound model: Grad-CAM at layer4 of an 80×80 input is 3×3.
+    let df = query(&mut s, "SELECT * FROM r(large[0]) AT LAYER layer4 USING gradcam");
+    assert_eq!(df.height(), 9);
+    s.execute(&format!("LOAD DATA seq FROM '{}'", zoo("seq_cnn.inputs.npy")))
+        .unwrap();
+    assert_errors(
+        &mut s,
+        &[(
+            "SELECT * FROM PREDICT r(seq)",
+            "takes inputs of shape [3, height, width], not [3, 64]",
+        )],
+    );
+}

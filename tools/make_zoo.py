@@ -133,7 +133,7 @@ def export(model, x, path, exporter, dynamic_spatial=False):
     if exporter == "ts":
         axes = {0: "batch"}
         if dynamic_spatial:
-            axes.update({i: f"axis{i}" for i in range(2, x.dim())})
+            axes.update(dict(zip(range(2, x.dim()), ("height", "width") if x.dim() == 4 else ("length",))))
         torch.onnx.export(model, (x,), path, opset_version=OPSET, input_names=["input"], output_names=["logits"],
                           dynamic_axes={"input": axes}, dynamo=False)
     else:

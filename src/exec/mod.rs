@@ -50,6 +50,7 @@ impl Output {
 }
 
 /// A model as loaded into the session.
+#[derive(Clone)]
 pub struct LoadedModel {
     /// The model.
     pub model: Arc<Model>,
@@ -367,11 +368,40 @@ impl State {
         })
     }
 
-    fn model(&self, name: &str) -> Result<&LoadedModel> {
-        self.models
-            .get(name)
-            .or_else(|| self.edited.get(name))
-            .ok_or_else(|| Error::unknown("model", name, &self.model_names(), "loaded models"))
+    fn model(&self, name: &str) -> Result<LoadedModel> {
+        if let Some(m) = self.models.get(name).or_else(|| self.edited.get(name)) {
+            return Ok(m.clone());
+        }
+        if let Some(m) = self.bound_model(name)? {
+            return Ok(m);
+        }
+        Err(Error::unknown("model", name, &self.model_names(), "loaded models"))
+    }
+
+    /// `m[3×48×48]`: the model `m`, whose input has symbolic axes, bound to that shape
+    /// (the binding is kept by the graph; the name is what the planner gave it).
+    fn bound_model(&self, name: &str) -> Result<Option<LoadedModel>> {
+        let Some((base, dims)) = name.strip_suffix(']').and_then(|n| n.rsplit_once('[')) else {
+            return Ok(None);
+        };
+        let Some(loaded) = self.models.get(base) else {
+            return Ok(None);
+        };
+        let Some(graph) = &loaded.model.dynamic else {
+            return Ok(None);
+        };
+        let shape: Vec<usize> = dims.split('×').filter_map(|d| d.parse().ok()).collect();
+        let model = graph.bind(&shape)?;
+        // A binding is a model instance of its own in the caches, fixed by (base, shape).
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        std::hash::Hash::hash(&(loaded.id, &shape), &mut h);
+        let id = (1 << 63) | (std::hash::Hasher::finish(&h) >> 1);
+        Ok(Some(LoadedModel {
+            base: model.clone(),
+            model,
+            id,
+            arch: loaded.arch.clone(),
+        }))
     }
 
     /// The name of `base` with the activation edits `edits` applied, registering that
@@ -704,7 +734,13 @@ impl State {
                     crate::model::fmt_shape(&model.input_shape),
                     model.output_len()
                 );
-                if let Some(crate::model::Op::Unsupported { reason }) = untranslated.first().map(|l| &l.op) {
+                if model.dynamic.is_some() {
+                    msg = format!(
+                        "loaded model {name}: {} nodes, input {} (symbolic axes: shapes are bound by the data it runs on)",
+                        model.layers.len(),
+                        model.input_text()
+                    );
+                } else if let Some(crate::model::Op::Unsupported { reason }) = untranslated.first().map(|l| &l.op) {
                     // Loaded so that SHOW LAYERS can show it, but nothing can run.
                     msg = format!(
                         "loaded model {name} ({} layers), but {} of them cannot run: {reason}; SHOW LAYERS OF {name} lists them",
@@ -870,7 +906,27 @@ impl Catalog for State {
             layer_shapes: m.model.layers.iter().map(|l| l.out_shape.clone()).collect(),
             aliases: m.model.aliases.iter().map(|(a, i)| (a.clone(), *i)).collect(),
             sequence_input: m.model.is_sequence(),
+            dynamic: m.model.dynamic.is_some(),
         })
+    }
+    fn bind_model(&self, name: &str, sample_shape: &[usize]) -> Result<(String, ModelInfo)> {
+        let dims: Vec<String> = sample_shape.iter().map(|d| d.to_string()).collect();
+        let bound = format!("{name}[{}]", dims.join("×"));
+        let m = self
+            .bound_model(&bound)?
+            .ok_or_else(|| Error::model(format!("internal: `{name}` has no symbolic input axes")))?;
+        Ok((
+            bound,
+            ModelInfo {
+                input_shape: m.model.input_shape.clone(),
+                output_len: m.model.output_len(),
+                layers: m.model.layer_names(),
+                layer_shapes: m.model.layers.iter().map(|l| l.out_shape.clone()).collect(),
+                aliases: m.model.aliases.iter().map(|(a, i)| (a.clone(), *i)).collect(),
+                sequence_input: m.model.is_sequence(),
+                dynamic: false,
+            },
+        ))
     }
     fn model_names(&self) -> Vec<String> {
         self.models.keys().cloned().collect()

@@ -15,9 +15,10 @@ pub(super) fn models(state: &State) -> Result<Output> {
     let df = df!(
         "model" => names,
         "layers" => ms.iter().map(|m| m.model.layers.len() as i64).collect::<Vec<_>>(),
-        "parameters" => ms.iter().map(|m| m.model.param_count() as i64).collect::<Vec<_>>(),
-        "input" => ms.iter().map(|m| fmt_shape(&m.model.input_shape)).collect::<Vec<_>>(),
-        "outputs" => ms.iter().map(|m| m.model.output_len() as i64).collect::<Vec<_>>(),
+        // A model with symbolic input axes knows its parameters and outputs once bound.
+        "parameters" => ms.iter().map(|m| m.model.dynamic.is_none().then(|| m.model.param_count() as i64)).collect::<Vec<_>>(),
+        "input" => ms.iter().map(|m| m.model.input_text()).collect::<Vec<_>>(),
+        "outputs" => ms.iter().map(|m| m.model.dynamic.is_none().then(|| m.model.output_len() as i64)).collect::<Vec<_>>(),
         "weights" => ms.iter().map(|m| m.model.source.clone()).collect::<Vec<_>>(),
         "arch" => ms.iter().map(|m| m.arch.display().to_string()).collect::<Vec<_>>(),
     )?;
@@ -81,10 +82,12 @@ pub(super) fn methods() -> Result<Output> {
 pub(super) fn layers(state: &State, name: &str) -> Result<Output> {
     let m = &state.model(name)?.model;
     let translated = |l: &crate::model::Layer| !matches!(l.op, crate::model::Op::Unsupported { .. });
+    // Before a model with symbolic input axes meets data, its shapes are not known.
+    let unbound = m.dynamic.is_some();
     let mut df = df!(
         "layer" => m.layers.iter().map(|l| l.name.clone()).collect::<Vec<_>>(),
-        "type" => m.layers.iter().map(|l| if translated(l) { l.kind.clone() } else { format!("{} (not supported)", l.kind) }).collect::<Vec<_>>(),
-        "output_shape" => m.layers.iter().map(|l| if translated(l) { fmt_shape(&l.out_shape) } else { "?".into() }).collect::<Vec<_>>(),
+        "type" => m.layers.iter().map(|l| if translated(l) || unbound { l.kind.clone() } else { format!("{} (not supported)", l.kind) }).collect::<Vec<_>>(),
+        "output_shape" => m.layers.iter().map(|l| if translated(l) { fmt_shape(&l.out_shape) } else if unbound { format!("from the input {}", m.input_text()) } else { "?".into() }).collect::<Vec<_>>(),
         "parameters" => m.layers.iter().map(|l| l.op.param_count() as i64).collect::<Vec<_>>(),
     )?;
     // A graph (not a chain of layers) shows what each layer reads.

@@ -38,6 +38,9 @@ pub struct Model {
     pub aliases: std::collections::BTreeMap<String, usize>,
     /// A text model's tokenizer (its inputs are token ids).
     pub text: Option<std::sync::Arc<crate::data::text::TextCodec>>,
+    /// An ONNX graph with symbolic input axes: this model only lists its nodes, and the
+    /// graph is bound to the shape of the data it meets (`DynamicGraph::bind`).
+    pub dynamic: Option<std::sync::Arc<onnx::DynamicGraph>>,
 }
 
 /// An activation edit at a hook point: a block of units of a layer's output set, scaled
@@ -198,6 +201,7 @@ impl Model {
             patches: Vec::new(),
             aliases: Default::default(),
             text: None,
+            dynamic: None,
         })
     }
 
@@ -212,6 +216,7 @@ impl Model {
             patches,
             aliases: self.aliases.clone(),
             text: self.text.clone(),
+            dynamic: self.dynamic.clone(),
         }
     }
 
@@ -238,6 +243,14 @@ impl Model {
 
     pub fn input_len(&self) -> usize {
         self.input_shape.iter().product()
+    }
+
+    /// The input's sample shape as shown: symbolic axes by name (`[3, height, width]`).
+    pub fn input_text(&self) -> String {
+        match &self.dynamic {
+            Some(g) => g.shape_text(),
+            None => fmt_shape(&self.input_shape),
+        }
     }
 
     /// Whether the input is a sequence `[channels, length]` that 1-D convolutions or pools
@@ -325,6 +338,7 @@ impl Model {
             patches: self.patches.iter().filter(|p| p.layer <= layer).cloned().collect(),
             aliases: self.aliases.clone(),
             text: self.text.clone(),
+            dynamic: self.dynamic.clone(),
         }
     }
 
@@ -445,6 +459,7 @@ impl Model {
             patches: self.patches.clone(),
             aliases: self.aliases.clone(),
             text: self.text.clone(),
+            dynamic: self.dynamic.clone(),
         })
     }
 

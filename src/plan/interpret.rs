@@ -44,7 +44,7 @@ fn resolve_class(v: &Value, model: &ModelInfo, model_name: &str, catalog: &dyn C
 
 /// Plans `ATTACK method(params) ON m(d) [TARGET k]`.
 pub(super) fn plan_attack(a: &ast::Attack, catalog: &dyn Catalog) -> Result<AttackSpec> {
-    let model = resolve_model(&a.call.model, catalog)?;
+    let (model_name, model) = resolve_call_model(&a.call, catalog)?;
     let (data, info) = resolve_model_input(&a.call.data, catalog, &model, &a.call.model.name, false)?;
     check_fits(&model, &info, &a.call.model.name, &data.name, a.call.data.span)?;
     let name = &a.method.name;
@@ -123,7 +123,7 @@ pub(super) fn plan_attack(a: &ast::Attack, catalog: &dyn Catalog) -> Result<Atta
     }
     Ok(AttackSpec {
         attack,
-        model: a.call.model.name.clone(),
+        model: model_name,
         data,
         target,
         bounds,
@@ -137,7 +137,7 @@ pub(super) fn plan_interpretation(i: &Interpretation, catalog: &dyn Catalog) -> 
 /// Plans `call` with `clauses` (an interpretation, or one side of a JOIN).
 pub(super) fn plan_clauses(call: &ast::ModelCall, clauses: &Clauses, catalog: &dyn Catalog) -> Result<Node> {
     let i = Interp { call, c: clauses };
-    let model = resolve_model(&i.call.model, catalog)?;
+    let (bound, model) = resolve_call_model(i.call, catalog)?;
     let (data, info) = resolve_model_input(&i.call.data, catalog, &model, &i.call.model.name, false)?;
     check_fits(&model, &info, &i.call.model.name, &data.name, i.call.data.span)?;
     let d: usize = info.sample_shape.iter().product();
@@ -392,7 +392,7 @@ pub(super) fn plan_clauses(call: &ast::ModelCall, clauses: &Clauses, catalog: &d
     }
 
     let attribution = Attribution {
-        model: i.call.model.name.clone(),
+        model: bound,
         data,
         method,
         target,
@@ -693,7 +693,7 @@ fn check_selection(
 
 pub(super) fn plan_prediction(p: &ast::Predict, catalog: &dyn Catalog) -> Result<Node> {
     let call = &p.call;
-    let model = resolve_model(&call.model, catalog)?;
+    let (bound, model) = resolve_call_model(call, catalog)?;
     let (data, info) = resolve_model_input(&call.data, catalog, &model, &call.model.name, true)?;
     check_fits(&model, &info, &call.model.name, &data.name, call.data.span)?;
     let top = match &p.top {
@@ -712,7 +712,7 @@ pub(super) fn plan_prediction(p: &ast::Predict, catalog: &dyn Catalog) -> Result
     };
     Ok(Node::new(
         NodeKind::Predict(Prediction {
-            model: call.model.name.clone(),
+            model: bound,
             data,
             top,
         }),

@@ -32,6 +32,9 @@ pub struct ModelInfo {
     pub aliases: Vec<(String, usize)>,
     /// The input is a sequence `[channels, length]` read by 1-D convolutions.
     pub sequence_input: bool,
+    /// The input has symbolic axes: the model is bound to the shape of its data
+    /// (`Catalog::bind_model`) before anything else is resolved.
+    pub dynamic: bool,
 }
 
 /// What the planner needs to know of a dataset.
@@ -54,6 +57,12 @@ pub trait Catalog {
     fn setting(&self, name: &str) -> Option<ParamValue>;
     fn variable(&self, name: &str) -> Option<Literal>;
     fn variable_names(&self) -> Vec<String>;
+    /// The model `name` (whose input has symbolic axes) bound to inputs of `sample_shape`:
+    /// the name of that binding and what it is.
+    fn bind_model(&self, name: &str, sample_shape: &[usize]) -> Result<(String, ModelInfo)> {
+        let _ = sample_shape;
+        Err(Error::model(format!("`{name}` cannot be bound to a shape here")))
+    }
 }
 
 /// Settings a user may SET, with what they accept.
@@ -342,6 +351,22 @@ pub fn resolve_int(value: &Value, catalog: &dyn Catalog, what: &str) -> Result<i
     match resolve_literal(value, catalog)? {
         Literal::Number(n) if n.fract() == 0.0 && n.abs() < 9e15 => Ok(n as i64),
         other => Err(Error::value(format!("{what} must be a whole number, got {other}")).at(value.span)),
+    }
+}
+
+/// The model a call `m(d)` runs, and the name the plan knows it by: a model whose input
+/// has symbolic axes is bound to the shape of `d` (named `m[3×48×48]`).
+pub fn resolve_call_model(call: &ast::ModelCall, catalog: &dyn Catalog) -> Result<(String, ModelInfo)> {
+    let model = resolve_model(&call.model, catalog)?;
+    if !model.dynamic {
+        return Ok((call.model.name.clone(), model));
+    }
+    match catalog.dataset(&call.data.name.name) {
+        Some(info) => catalog
+            .bind_model(&call.model.name, &info.sample_shape)
+            .map_err(|e| e.at(call.span)),
+        // The dataset's own error comes when it is resolved.
+        None => Ok((call.model.name.clone(), model)),
     }
 }
 

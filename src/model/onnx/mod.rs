@@ -64,7 +64,9 @@ enum Sym {
     Const(Konst),
 }
 
-/// Loads an ONNX model file.
+/// Loads an ONNX model file. An input with symbolic axes besides the batch gives a model
+/// that is not bound yet: its layers are listed, and `DynamicGraph::bind` translates the
+/// graph for the shape of the data it meets.
 pub fn load(path: &Path) -> Result<Model> {
     let shown = path.display().to_string();
     let bytes = std::fs::read(path).map_err(|e| Error::io(format!("cannot read model file {shown}: {e}")))?;
@@ -78,14 +80,7 @@ pub fn load(path: &Path) -> Result<Model> {
         .iter()
         .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
         .map_or(1, |o| o.version);
-    let mut imp = Importer {
-        shown: shown.clone(),
-        opset,
-        syms: HashMap::new(),
-        layers: Vec::new(),
-        aliases: BTreeMap::new(),
-        failed: None,
-    };
+    let mut consts = HashMap::new();
     for t in &graph.initializer {
         let k = tensor(t, &shown)?;
         if let Some(bad) = k.data.iter().position(|v| v.is_nan()) {
@@ -94,9 +89,9 @@ pub fn load(path: &Path) -> Result<Model> {
                 t.name
             )));
         }
-        imp.syms.insert(t.name.clone(), Sym::Const(k));
+        consts.insert(t.name.clone(), Sym::Const(k));
     }
-    let inputs: Vec<&proto::ValueInfoProto> = graph.input.iter().filter(|i| !imp.syms.contains_key(&i.name)).collect();
+    let inputs: Vec<&proto::ValueInfoProto> = graph.input.iter().filter(|i| !consts.contains_key(&i.name)).collect();
     let input = match inputs.as_slice() {
         [one] => *one,
         [] => return Err(Error::model(format!("{shown} has no graph input"))),
@@ -109,17 +104,150 @@ pub fn load(path: &Path) -> Result<Model> {
             )));
         }
     };
-    let input_shape = input_shape(input, &shown)?;
+    let dims = input_dims(input, &shown)?;
     let output = graph
         .output
         .first()
         .ok_or_else(|| Error::model(format!("{shown} declares no graph output")))?;
-    let name = if graph.name.is_empty() {
-        "onnx"
-    } else {
-        graph.name.as_str()
+    let source = Source {
+        arch_name: if graph.name.is_empty() {
+            "onnx".into()
+        } else {
+            graph.name.clone()
+        },
+        shown,
+        opset,
+        consts,
+        input: input.name.clone(),
+        output: output.name.clone(),
+        nodes: graph.node,
     };
-    imp.translate_graph((&input.name, input_shape), &graph.node, &output.name, name)
+    let fixed: Option<Vec<usize>> = dims.iter().map(|d| d.size).collect();
+    match fixed {
+        Some(shape) => source.translate(shape, None),
+        None => {
+            let symbolic: Vec<String> = dims.iter().map(Dim::to_string).collect();
+            let reason = format!(
+                "the input of {} has symbolic axes ([{}]): the model takes the shape of the data it runs on",
+                source.shown,
+                symbolic.join(", ")
+            );
+            // Every node listed, none translated: SHOW LAYERS shows the graph unbound.
+            let shape = dims.iter().map(|d| d.size.unwrap_or(0)).collect();
+            let mut model = source.translate(shape, Some(reason))?;
+            model.dynamic = Some(std::sync::Arc::new(DynamicGraph {
+                source,
+                dims,
+                bound: std::sync::Mutex::new(HashMap::new()),
+            }));
+            Ok(model)
+        }
+    }
+}
+
+/// What a loaded ONNX file holds, ready to be translated for an input shape.
+struct Source {
+    shown: String,
+    arch_name: String,
+    opset: i64,
+    /// The initializers.
+    consts: HashMap<String, Sym>,
+    input: String,
+    output: String,
+    nodes: Vec<NodeProto>,
+}
+
+impl Source {
+    /// The model for samples of shape `input_shape`; `failed`: list the nodes without
+    /// translating them, for that reason.
+    fn translate(&self, input_shape: Vec<usize>, failed: Option<String>) -> Result<Model> {
+        let imp = Importer {
+            shown: self.shown.clone(),
+            opset: self.opset,
+            syms: self.consts.clone(),
+            layers: Vec::new(),
+            aliases: BTreeMap::new(),
+            failed,
+        };
+        imp.translate_graph((&self.input, input_shape), &self.nodes, &self.output, &self.arch_name)
+    }
+}
+
+/// One axis of a graph input's sample: a size, or a symbol (`height`) bound by the data.
+#[derive(Clone, Debug)]
+pub struct Dim {
+    pub size: Option<usize>,
+    pub name: String,
+}
+
+impl std::fmt::Display for Dim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.size {
+            Some(n) => write!(f, "{n}"),
+            None => write!(f, "{}", self.name),
+        }
+    }
+}
+
+/// An ONNX graph whose input has symbolic axes: translated once per input shape it meets
+/// (the translations kept), each a model of fixed shapes.
+pub struct DynamicGraph {
+    source: Source,
+    pub dims: Vec<Dim>,
+    bound: std::sync::Mutex<HashMap<Vec<usize>, std::sync::Arc<Model>>>,
+}
+
+impl std::fmt::Debug for DynamicGraph {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DynamicGraph({}, {:?})", self.source.shown, self.dims)
+    }
+}
+
+impl DynamicGraph {
+    /// The input shape as written: `[3, height, width]`.
+    pub fn shape_text(&self) -> String {
+        let dims: Vec<String> = self.dims.iter().map(Dim::to_string).collect();
+        format!("[{}]", dims.join(", "))
+    }
+
+    /// The model for samples of shape `shape`, translated on first use. A shape the graph
+    /// cannot take is an error naming the node where it fails.
+    pub fn bind(&self, shape: &[usize]) -> Result<std::sync::Arc<Model>> {
+        let fits = shape.len() == self.dims.len()
+            && shape
+                .iter()
+                .zip(&self.dims)
+                .all(|(s, d)| d.size.is_none_or(|n| n == *s) && *s > 0);
+        if !fits {
+            return Err(Error::shape(format!(
+                "{} takes inputs of shape {}, not {}",
+                self.source.shown,
+                self.shape_text(),
+                super::fmt_shape(shape)
+            )));
+        }
+        let mut bound = self
+            .bound
+            .lock()
+            .map_err(|_| Error::model("internal: a poisoned lock"))?;
+        if let Some(m) = bound.get(shape) {
+            return Ok(m.clone());
+        }
+        let model = self.source.translate(shape.to_vec(), None)?;
+        if let Some(reason) = model.layers.iter().find_map(|l| match &l.op {
+            Op::Unsupported { reason } => Some(reason.clone()),
+            _ => None,
+        }) {
+            return Err(Error::shape(format!(
+                "{} cannot run on inputs of shape {}: {reason}",
+                self.source.shown,
+                super::fmt_shape(shape)
+            )));
+        }
+        let model = std::sync::Arc::new(model);
+        bound.insert(shape.to_vec(), model.clone());
+        Ok(model)
+    }
 }
 
 impl Importer {
@@ -167,6 +295,7 @@ impl Importer {
             patches: Vec::new(),
             aliases,
             text: None,
+            dynamic: None,
         })
     }
 }
@@ -262,8 +391,8 @@ impl GraphBuilder {
     }
 }
 
-/// The sample shape of the graph input: its first axis is the batch, the rest fixed.
-fn input_shape(input: &proto::ValueInfoProto, shown: &str) -> Result<Vec<usize>> {
+/// The sample axes of the graph input (its first axis is the batch): sizes, or symbols.
+fn input_dims(input: &proto::ValueInfoProto, shown: &str) -> Result<Vec<Dim>> {
     let tt = input
         .r#type
         .as_ref()
@@ -282,20 +411,18 @@ fn input_shape(input: &proto::ValueInfoProto, shown: &str) -> Result<Vec<usize>>
             input.name
         )));
     }
-    dims[1..]
+    Ok(dims[1..]
         .iter()
         .enumerate()
-        .map(|(i, d)| match d.dim_value {
-            Some(v) if v > 0 => Ok(v as usize),
-            _ => Err(Error::model(format!(
-                "axis {} of the input `{}` of {shown} is not fixed ({})",
-                i + 1,
-                input.name,
-                d.dim_param.clone().unwrap_or_else(|| "unknown".into())
-            ))
-            .hint("export with a fixed size on every axis but the batch")),
+        .map(|(i, d)| Dim {
+            size: d.dim_value.filter(|v| *v > 0).map(|v| v as usize),
+            name: d
+                .dim_param
+                .clone()
+                .filter(|p| !p.is_empty())
+                .unwrap_or_else(|| format!("axis{}", i + 1)),
         })
-        .collect()
+        .collect())
 }
 
 /// Keeps the layers the output depends on, renumbered, the output last.
