@@ -2,11 +2,16 @@
 //! initialised torchvision architectures, each exported by both torch exporters
 //! (TorchScript `ts`, torch.export `dynamo`), loaded through the query language.
 //!
-//! Tolerances: logits |ours − onnxruntime| ≤ 1e-4 (+ 1e-4·|ort|); attributions against
-//! Captum on the PyTorch module ≤ 1e-5 + 1e-4·|Captum|. Where a model holds max-pools or
-//! ReLUs, float32 rounding differences between runtimes can flip a near-tie; a case marked
-//! `ties` then needs a correlation ≥ 0.999 and ≥ 99 % of its values within 1e-5 + 1e-3·|ref|
-//! instead (the test prints how many values were outside the strict bound).
+//! Tolerances: logits |ours − onnxruntime| ≤ 1e-4 + 1e-4·|ort|; attributions against
+//! Captum on the PyTorch module |ours − Captum| ≤ 1e-5·s + 1e-4·|Captum|, where s is the
+//! largest |Captum| value of the map: randomly initialised deep nets give maps of very
+//! different scales (MobileNetV3's saliency peaks at 5e-10), and an absolute 1e-5 would
+//! accept anything there. A float32 near-tie flipped in a max-pool or ReLU would show here
+//! as a local failure. Only SqueezeNet's integrated gradients show that (26 ReLUs, and
+//! the 50 scaled inputs near zero put many of them at the boundary): 588 of 24,576 values
+//! outside the strict bound, 153 outside 1e-3·|ref|, correlation 0.99999999, sums equal to
+//! 1e-7. A case marked `ties` is held to the near-tie criterion instead: correlation
+//! ≥ 0.999 and ≥ 99 % of values within 1e-5·s + 1e-3·|ref|.
 
 use crate::common::*;
 
@@ -17,31 +22,25 @@ fn zoo(rel: &str) -> String {
     format!("tests/fixtures/zoo/{rel}")
 }
 
-/// Strict closeness, or — for `ties` — the near-tie criterion of the module doc.
+/// Closeness at the scale of the reference map (see the module doc); a map of zeros would
+/// test nothing and is refused.
 fn assert_attr(what: &str, got: &[f64], want: &[f64], ties: bool) {
+    let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    assert!(scale > 0.0, "{what}: the reference map is all zeros");
     if !ties {
-        return assert_close(what, got, want, ATOL, RTOL);
+        return assert_close(what, got, want, ATOL * scale, RTOL);
     }
     assert_eq!(got.len(), want.len(), "{what}: length");
-    let strict = got
-        .iter()
-        .zip(want)
-        .filter(|(g, w)| (*g - *w).abs() > ATOL + RTOL * w.abs())
-        .count();
     let loose = got
         .iter()
         .zip(want)
-        .filter(|(g, w)| (*g - *w).abs() > ATOL + 1e-3 * w.abs())
+        .filter(|(g, w)| (*g - *w).abs() > ATOL * scale + 1e-3 * w.abs())
         .count();
     let r = correlation(got, want);
-    eprintln!(
-        "{what}: {strict} of {} values outside 1e-5 + 1e-4·|ref|, {loose} outside 1e-5 + 1e-3·|ref|, correlation {r:.6}",
-        got.len()
-    );
     assert!(r >= 0.999, "{what}: correlation {r} < 0.999");
     assert!(
-        (loose as f64) <= 0.01 * got.len() as f64,
-        "{what}: {loose} of {} values outside 1e-5 + 1e-3·|ref|",
+        loose as f64 <= 0.01 * got.len() as f64,
+        "{what}: {loose} of {} values outside 1e-5·s + 1e-3·|ref|",
         got.len()
     );
 }
@@ -54,9 +53,6 @@ fn correlation(a: &[f64], b: &[f64]) -> f64 {
         sab += (x - ma) * (y - mb);
         saa += (x - ma) * (x - ma);
         sbb += (y - mb) * (y - mb);
-    }
-    if saa == 0.0 && sbb == 0.0 {
-        return 1.0;
     }
     sab / (saa * sbb).sqrt()
 }
@@ -105,29 +101,29 @@ fn check(name: &str, exporter: &str, cam_layer: Option<&str>, ties: bool) {
 }
 
 macro_rules! zoo_tests {
-    ($($test:ident: $name:literal, $cam:expr, $ties:literal;)*) => {$(
+    ($($test:ident: $name:literal, $cam:expr $(, $ties:ident)?;)*) => {$(
         #[test]
         fn $test() {
             for exporter in ["ts", "dynamo"] {
-                check($name, exporter, $cam, $ties);
+                check($name, exporter, $cam, false $(|| stringify!($ties) == "ties")?);
             }
         }
     )*};
 }
 
 zoo_tests! {
-    zoo_resnet_basic: "resnet_basic", Some("layer4"), true;
-    zoo_resnet_bottleneck: "resnet_bottleneck", Some("layer4"), true;
-    zoo_mobilenet_v3: "mobilenet_v3", Some("features"), false;
-    zoo_efficientnet: "efficientnet", Some("features"), false;
-    zoo_convnext: "convnext", Some("features"), false;
-    zoo_densenet: "densenet", Some("features"), true;
-    zoo_squeezenet: "squeezenet", Some("features"), true;
-    zoo_shufflenet_v2: "shufflenet_v2", Some("conv5"), true;
-    zoo_regnet: "regnet", Some("trunk_output"), false;
-    zoo_vit: "vit", None, false;
-    zoo_swin: "swin", None, false;
-    zoo_seq_cnn: "seq_cnn", Some("features"), true;
+    zoo_resnet_basic: "resnet_basic", Some("layer4");
+    zoo_resnet_bottleneck: "resnet_bottleneck", Some("layer4");
+    zoo_mobilenet_v3: "mobilenet_v3", Some("features");
+    zoo_efficientnet: "efficientnet", Some("features");
+    zoo_convnext: "convnext", Some("features");
+    zoo_densenet: "densenet", Some("features");
+    zoo_squeezenet: "squeezenet", Some("features"), ties;
+    zoo_shufflenet_v2: "shufflenet_v2", Some("conv5");
+    zoo_regnet: "regnet", Some("trunk_output");
+    zoo_vit: "vit", None;
+    zoo_swin: "swin", None;
+    zoo_seq_cnn: "seq_cnn", Some("features");
 }
 
 /// An export with symbolic height and width: one model serves datasets of two sizes (each
@@ -167,7 +163,7 @@ fn zoo_dynamic_shapes_bind_to_the_data() {
             &format!("{side}x{side}: IG"),
             &column_f64(&df, "attribution"),
             &want,
-            true,
+            false,
         );
     }
     // Layers resolve on the bound model: Grad-CAM at layer4 of an 80×80 input is 3×3.

@@ -123,6 +123,16 @@ def randomise_norms(model):
                 m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
 
 
+def wake_zero_parameters(model):
+    """Parameters torchvision initialises to zero (ViT's head and class token) made random,
+    so that the logits and attributions of the fixture are not all zero."""
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if not name.endswith("bias") and not p.any():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+
+
 def module(model, path):
     for part in path.split("."):
         model = getattr(model, part)
@@ -157,6 +167,7 @@ def small_zoo(only):
         torch.manual_seed(11)
         model = make()
         randomise_norms(model)
+        wake_zero_parameters(model)
         model.eval()
         g = torch.Generator().manual_seed(13)
         x = torch.randn((2,) + shape, generator=g)
