@@ -227,7 +227,9 @@ def full_zoo():
     for name, make, side in (("resnet18", tvm.resnet18, 224), ("resnet50", tvm.resnet50, 224),
                              ("vit_b_16", tvm.vit_b_16, 224)):
         torch.manual_seed(0)
-        model = make().eval()
+        model = make()
+        wake_zero_parameters(model)
+        model.eval()
         export(model, torch.randn(1, 3, side, side), os.path.join(out, f"{name}.onnx"), "ts")
         print(f"wrote {out}/{name}.onnx", file=sys.stderr)
 
