@@ -181,6 +181,34 @@ model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 model.ir_version = 8
 onnx.save(model, os.path.join(OUT, "unsupported_hardmax.onnx"))
 
+# --- operators of real exports (appended: the cases above keep their random draws) ---
+case("split_sizes", [node("Split", ["x", "sp"], ["a", "b"], axis=1), node("Mul", ["b", "b"], ["bb"]),
+                     node("Concat", ["bb", "a"], ["y"], axis=1)], [5, 3], inits=[const("sp", np.array([2, 3], np.int64))])
+case("split_num_outputs", [node("Split", ["x"], ["a", "b"], axis=-1, num_outputs=2), node("Add", ["a", "b"])],
+     [3, 4], opset=18)
+case("prelu_channels", [node("PRelu", ["x", "slope"])], [3, 2, 2], inits=[const("slope", w(3, 1, 1))])
+case("elu_selu_softplus", [node("Elu", ["x"], ["e"], alpha=0.7), node("Selu", ["e"], ["s"]),
+                           node("Softplus", ["s"], ["y"])], [6])
+case("tile", [node("Tile", ["x", "r"])], [2, 3], inits=[const("r", np.array([1, 2, 3], np.int64))])
+case("reduce_l2", [node("ReduceL2", ["x"], axes=[2], keepdims=1)], [3, 4], low=0.2, high=2.0)
+case("instance_norm", [node("InstanceNormalization", ["x", "g", "b"], epsilon=1e-5)], [3, 4, 5],
+     inits=[const("g", w(3)), const("b", w(3))])
+case("resize_nearest_asymmetric", [node("Resize", ["x", "", "sc"], mode="nearest",
+                                        coordinate_transformation_mode="asymmetric", nearest_mode="floor")],
+     [2, 3, 3], inits=[const("sc", np.array([1, 1, 2, 2], np.float32))])
+case("resize_nearest_half_pixel", [node("Resize", ["x", "", "sc"], mode="nearest")], [2, 4, 6],
+     inits=[const("sc", np.array([1, 1, 1.5, 0.5], np.float32))], opset=18)
+case("resize_sizes_from_shape", [node("Shape", ["x"], ["s"]), node("Slice", ["s", "zero", "two"], ["nc"]),
+                                 node("Concat", ["nc", "hw"], ["sz"], axis=0),
+                                 node("Resize", ["x", "", "", "sz"], mode="nearest",
+                                      coordinate_transformation_mode="asymmetric", nearest_mode="floor")],
+     [2, 3, 2], inits=[const("zero", np.array([0], np.int64)), const("two", np.array([2], np.int64)),
+                       const("hw", np.array([6, 5], np.int64))])
+case("conv1d_pool1d", [node("Conv", ["x", "w", "b"], ["c"], pads=[1, 2], strides=[2]),
+                       node("MaxPool", ["c"], ["m"], kernel_shape=[2], strides=[1]),
+                       node("AveragePool", ["m"], ["y"], kernel_shape=[3], pads=[1, 1], count_include_pad=1)],
+     [3, 9], inits=[const("w", w(4, 3, 4)), const("b", w(4))])
+
 with open(os.path.join(OUT, "cases.json"), "w") as f:
     json.dump(cases, f, indent=0, sort_keys=True)
 print(len(cases), "cases")

@@ -32,6 +32,15 @@ pub enum MapFn {
     NonZero,
     /// Logical not of a 0/1 value, no gradient.
     Not,
+    Elu {
+        alpha: f32,
+    },
+    Selu {
+        alpha: f32,
+        gamma: f32,
+    },
+    /// ln(1 + eˣ), as PyTorch's threshold-free form (ONNX Softplus).
+    Softplus,
 }
 
 impl MapFn {
@@ -50,6 +59,24 @@ impl MapFn {
             MapFn::Trunc => x.trunc(),
             MapFn::NonZero => f32::from(x != 0.0),
             MapFn::Not => f32::from(x == 0.0),
+            MapFn::Elu { alpha } => {
+                if x > 0.0 {
+                    x
+                } else {
+                    alpha * x.exp_m1()
+                }
+            }
+            MapFn::Selu { alpha, gamma } => {
+                if x > 0.0 {
+                    gamma * x
+                } else {
+                    gamma * alpha * x.exp_m1()
+                }
+            }
+            MapFn::Softplus => {
+                // ln(1 + eˣ) without overflow for large x.
+                if x > 20.0 { x } else { x.exp().ln_1p() }
+            }
         }
     }
 
@@ -78,6 +105,21 @@ impl MapFn {
             MapFn::Abs => x.signum() * f32::from(x != 0.0),
             MapFn::Clip { min, max } => f32::from(x >= min && x <= max),
             MapFn::Trunc | MapFn::NonZero | MapFn::Not => 0.0,
+            MapFn::Elu { alpha } => {
+                if x > 0.0 {
+                    1.0
+                } else {
+                    alpha * x.exp()
+                }
+            }
+            MapFn::Selu { alpha, gamma } => {
+                if x > 0.0 {
+                    gamma
+                } else {
+                    gamma * alpha * x.exp()
+                }
+            }
+            MapFn::Softplus => 1.0 / (1.0 + (-x).exp()),
         }
     }
 }
@@ -103,6 +145,8 @@ pub enum NaryKind {
     Fmod,
     And,
     Or,
+    /// prelu(x, slope): x where x > 0, else slope·x (the slope broadcast, per channel).
+    PRelu,
 }
 
 impl NaryKind {
@@ -126,6 +170,13 @@ impl NaryKind {
             NaryKind::Fmod => a[0] % a[1],
             NaryKind::And => f64::from(u8::from(a[0] != 0.0 && a[1] != 0.0)),
             NaryKind::Or => f64::from(u8::from(a[0] != 0.0 || a[1] != 0.0)),
+            NaryKind::PRelu => {
+                if a[0] > 0.0 {
+                    a[0]
+                } else {
+                    a[1] * a[0]
+                }
+            }
             NaryKind::Where => {
                 if a[0] != 0.0 {
                     a[1]
@@ -177,6 +228,20 @@ impl NaryKind {
             (NaryKind::Equal | NaryKind::Less | NaryKind::Greater | NaryKind::And | NaryKind::Or, _) => 0.0,
             (NaryKind::Mod | NaryKind::Fmod, 0) => 1.0,
             (NaryKind::Mod, _) => -(a[0] / a[1]).floor(),
+            (NaryKind::PRelu, 0) => {
+                if a[0] > 0.0 {
+                    1.0
+                } else {
+                    a[1]
+                }
+            }
+            (NaryKind::PRelu, _) => {
+                if a[0] > 0.0 {
+                    0.0
+                } else {
+                    a[0]
+                }
+            }
             (NaryKind::Fmod, _) => -(a[0] / a[1]).trunc(),
             (NaryKind::Where, 0) => 0.0,
             (NaryKind::Where, 1) => f32::from(a[0] != 0.0),

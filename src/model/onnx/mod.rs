@@ -728,7 +728,9 @@ impl Importer {
     }
 
     fn translate(&mut self, node: &Node) -> Result<()> {
-        if node.proto.output.len() > 1 && !matches!(node.proto.op_type.as_str(), "Dropout" | "BatchNormalization") {
+        if node.proto.output.len() > 1
+            && !matches!(node.proto.op_type.as_str(), "Dropout" | "BatchNormalization" | "Split")
+        {
             return Err(unsupported("nodes of several outputs are not supported"));
         }
         if !node.proto.domain.is_empty() && node.proto.domain != "ai.onnx" {
@@ -863,6 +865,43 @@ impl Importer {
                 },
             ),
             "HardSwish" => self.map(node, MapFn::HardSwish),
+            "Elu" => self.map(
+                node,
+                MapFn::Elu {
+                    alpha: node.float("alpha", 1.0),
+                },
+            ),
+            "Selu" => self.map(
+                node,
+                MapFn::Selu {
+                    alpha: node.float("alpha", 1.673_263_2),
+                    gamma: node.float("gamma", 1.050_701),
+                },
+            ),
+            "Softplus" => self.map(node, MapFn::Softplus),
+            "PRelu" => self.nary(node, NaryKind::PRelu),
+            "Split" => self.split(node),
+            "Tile" => {
+                let repeats = self.konst(node.input(1).unwrap_or_default())?.ints();
+                self.select_like(node, move |shape| {
+                    if repeats.len() != shape.len() || repeats.iter().any(|r| *r < 0) {
+                        return Err(unsupported(format!(
+                            "Tile repeats {repeats:?} for rank {}",
+                            shape.len()
+                        )));
+                    }
+                    let out: Vec<usize> = shape.iter().zip(&repeats).map(|(d, r)| d * *r as usize).collect();
+                    let st = graph_ops::strides(shape);
+                    let mut map = Vec::with_capacity(out.iter().product());
+                    graph_ops::for_each_index(&out, |_, idx| {
+                        let j: usize = idx.iter().zip(shape).zip(&st).map(|((i, d), s)| (i % d) * s).sum();
+                        map.push(j as u32);
+                    });
+                    Ok((out, map))
+                })
+            }
+            "Resize" | "Upsample" => self.resize(node),
+            "InstanceNormalization" => self.instance_norm(node),
             "Erf" => self.map(node, MapFn::Erf),
             "Exp" => self.map(node, MapFn::Exp),
             "Log" => self.map(node, MapFn::Log),
@@ -1059,7 +1098,9 @@ impl Importer {
             }
             "Pad" => self.pad(node),
             "Concat" => self.concat(node),
-            "ReduceSum" | "ReduceMean" | "ReduceMax" | "ReduceMin" | "ReduceSumSquare" => self.reduce(node),
+            "ReduceSum" | "ReduceMean" | "ReduceMax" | "ReduceMin" | "ReduceSumSquare" | "ReduceL2" => {
+                self.reduce(node)
+            }
             other => Err(unsupported(format!("no translation of {other} exists"))),
         }
     }
@@ -1354,22 +1395,12 @@ impl Importer {
         };
         let (out, map) = graph_ops::pad_map(shape, &before, &after, PadMode::Constant);
         let picks = map.into_iter().map(|j| j.map_or((FILL, 0), |j| (0, j))).collect();
-        let name = format!("{}:pad", Self::out_name(node));
-        self.push(
-            &NodeProto {
-                op_type: "Pad".into(),
-                ..Default::default()
-            },
-            name,
-            Op::Select(Select {
-                picks,
-                consts: vec![fill],
-            }),
-            vec![value.0],
-            &full(&value.1),
-            full(&out),
-        );
-        (self.layers.len(), out)
+        let op = Op::Select(Select {
+            picks,
+            consts: vec![fill],
+        });
+        let slot = self.hidden_layer(node, "Pad", op, vec![value.0], &full(&value.1), full(&out));
+        (slot, out)
     }
 
     fn window(node: &Node, kernel: (usize, usize)) -> Result<(Window2d, (usize, usize))> {
@@ -1837,7 +1868,189 @@ impl Importer {
         } else {
             (0..r).filter(|d| !axes.contains(d)).map(|d| shape[d]).collect()
         };
-        self.unary_layer(node, Op::Reduce(Reduce { kind, map, count }), (slot, shape), out);
+        let op = Op::Reduce(Reduce { kind, map, count });
+        if node.proto.op_type == "ReduceL2" {
+            // √(Σx²): the sum of squares as a hook point of its own, then the root.
+            let sums = self.hidden_layer(node, "ReduceSumSquare", op, vec![slot], &shape, out.clone());
+            self.unary_layer(node, Op::Map(MapFn::Sqrt), (sums, out.clone()), out);
+        } else {
+            self.unary_layer(node, op, (slot, shape), out);
+        }
+        Ok(())
+    }
+
+    /// A layer a node needs before its own (a pad, a sum of squares), of type `kind`,
+    /// named after the node's output with `:kind`; returns its slot.
+    fn hidden_layer(
+        &mut self,
+        node: &Node,
+        kind: &str,
+        op: Op,
+        inputs: Vec<usize>,
+        in_full: &[usize],
+        out_full: Vec<usize>,
+    ) -> usize {
+        let name = format!("{}:{}", Self::out_name(node), kind.to_lowercase());
+        let proto = NodeProto {
+            op_type: kind.into(),
+            ..Default::default()
+        };
+        self.push(&proto, name, op, inputs, in_full, out_full);
+        self.layers.len()
+    }
+
+    /// Split: one layer per output, each a slice of the input along `axis`.
+    fn split(&mut self, node: &Node) -> Result<()> {
+        let name = node.input(0).ok_or_else(|| unsupported("input 0 is missing"))?;
+        let sym = self.sym(name)?.clone();
+        let shape = match &sym {
+            Sym::Value { full, .. } => full.clone(),
+            Sym::Const(k) => k.shape.clone(),
+        };
+        let ax = axis(node.int("axis", 0), shape.len())?;
+        let outputs: Vec<String> = node.proto.output.clone();
+        let len = shape[ax];
+        let sizes: Vec<usize> = match self.opt_konst(node, 1)?.map(Konst::ints).or_else(|| node.ints("split")) {
+            Some(s) => s.iter().map(|v| (*v).max(0) as usize).collect(),
+            None => {
+                // Equal parts (the last smaller), as many as outputs or num_outputs say.
+                let parts = node.int("num_outputs", outputs.len() as i64).max(1) as usize;
+                let each = len.div_ceil(parts);
+                (0..parts).map(|i| each.min(len.saturating_sub(i * each))).collect()
+            }
+        };
+        if sizes.len() != outputs.len() || sizes.iter().sum::<usize>() != len {
+            return Err(unsupported(format!(
+                "a Split of an axis of {len} into {sizes:?} for {} outputs",
+                outputs.len()
+            )));
+        }
+        let mut start = 0;
+        for (out_name, size) in outputs.iter().zip(sizes) {
+            let mut ranges: Vec<(i64, i64, usize)> = shape.iter().map(|&d| (0, 1, d)).collect();
+            ranges[ax] = (start as i64, 1, size);
+            start += size;
+            let (out, map) = graph_ops::slice_map(&shape, &ranges);
+            match &sym {
+                Sym::Const(k) => {
+                    let data = map.iter().map(|&j| k.data[j as usize]).collect();
+                    self.syms
+                        .insert(out_name.clone(), Sym::Const(Konst { shape: out, data }));
+                }
+                Sym::Value { slot, full } => {
+                    let picks = map.into_iter().map(|j| (0, j)).collect();
+                    let op = Op::Select(Select {
+                        picks,
+                        consts: vec![0.0],
+                    });
+                    self.push(node.proto, out_name.clone(), op, vec![*slot], full, out);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Resize / Upsample in nearest mode: each output position copies the input position
+    /// its coordinate maps to (ONNX's coordinate transformations and rounding modes).
+    fn resize(&mut self, node: &Node) -> Result<()> {
+        let mode = node.string("mode", "nearest");
+        if mode != "nearest" {
+            return Err(unsupported(format!("Resize in {mode} mode (nearest is supported)")));
+        }
+        let name = node.input(0).ok_or_else(|| unsupported("input 0 is missing"))?;
+        let full_in = match self.sym(name)? {
+            Sym::Value { full, .. } => full.clone(),
+            Sym::Const(k) => k.shape.clone(),
+        };
+        let r = full_in.len();
+        // Upsample: (x, scales); Resize: (x, roi, scales, sizes).
+        let (scales, sizes) = if node.proto.op_type == "Upsample" {
+            (self.opt_konst(node, 1)?.map(|k| k.data.clone()), None)
+        } else {
+            (
+                self.opt_konst(node, 2)?
+                    .map(|k| k.data.clone())
+                    .filter(|s| !s.is_empty()),
+                self.opt_konst(node, 3)?.map(Konst::ints).filter(|s| !s.is_empty()),
+            )
+        };
+        let (out, scale): (Vec<usize>, Vec<f64>) = match (sizes, scales) {
+            (Some(sz), _) if sz.len() == r => (
+                sz.iter().map(|v| (*v).max(0) as usize).collect(),
+                sz.iter().zip(&full_in).map(|(o, i)| *o as f64 / *i as f64).collect(),
+            ),
+            (_, Some(sc)) if sc.len() == r => (
+                sc.iter()
+                    .zip(&full_in)
+                    .map(|(s, i)| (s * *i as f64).floor() as usize)
+                    .collect(),
+                sc,
+            ),
+            _ => return Err(unsupported("a Resize without scales or sizes for every axis")),
+        };
+        let transform = node.string("coordinate_transformation_mode", "half_pixel");
+        let rounding = node.string("nearest_mode", "round_prefer_floor");
+        let source = |o: usize, d: usize| -> Result<usize> {
+            let (len_in, len_out, s) = (full_in[d] as f64, out[d] as f64, scale[d]);
+            let x = match transform.as_str() {
+                "asymmetric" => o as f64 / s,
+                "align_corners" if len_out > 1.0 => o as f64 * (len_in - 1.0) / (len_out - 1.0),
+                "align_corners" => 0.0,
+                "half_pixel" | "pytorch_half_pixel" if !(transform == "pytorch_half_pixel" && len_out <= 1.0) => {
+                    (o as f64 + 0.5) / s - 0.5
+                }
+                "pytorch_half_pixel" => 0.0,
+                "tf_half_pixel_for_nn" => (o as f64 + 0.5) / s,
+                other => return Err(unsupported(format!("coordinate_transformation_mode {other}"))),
+            };
+            let i = match rounding.as_str() {
+                "floor" => x.floor(),
+                "ceil" => x.ceil(),
+                "round_prefer_ceil" => (x + 0.5).floor(),
+                _ => (x - 0.5).ceil(),
+            };
+            Ok(i.clamp(0.0, len_in - 1.0) as usize)
+        };
+        let maps: Vec<Vec<usize>> = (0..r)
+            .map(|d| (0..out[d]).map(|o| source(o, d)).collect::<Result<_>>())
+            .collect::<Result<_>>()?;
+        let st = graph_ops::strides(&full_in);
+        self.select_like(node, move |shape| {
+            if shape != full_in.as_slice() {
+                return Err(unsupported("internal: a Resize input of another shape"));
+            }
+            let mut map = Vec::with_capacity(out.iter().product());
+            graph_ops::for_each_index(&out, |_, idx| {
+                map.push(idx.iter().enumerate().map(|(d, &i)| maps[d][i] * st[d]).sum::<usize>() as u32);
+            });
+            Ok((out.clone(), map))
+        })
+    }
+
+    /// InstanceNormalization: each channel of each sample normalised over its positions
+    /// (a layer norm of the channel's plane), then scaled and shifted per channel.
+    fn instance_norm(&mut self, node: &Node) -> Result<()> {
+        let (slot, full) = self.value_input(node, 0)?;
+        if lead(&full) != 1 || full.len() < 3 {
+            return Err(unsupported(format!("an instance norm of a value of shape {full:?}")));
+        }
+        let channels = full[1];
+        let per = |i: usize| -> Result<Vec<f32>> {
+            let k = self.konst(node.input(i).unwrap_or_default())?;
+            if k.data.len() != channels {
+                return Err(unsupported(format!("{} values for {channels} channels", k.data.len())));
+            }
+            Ok(k.f32s())
+        };
+        let (scale, shift) = (per(1)?, per(2)?);
+        let ln = LayerNorm {
+            len: full[2..].iter().product(),
+            eps: node.float("epsilon", 1e-5),
+            scale: None,
+            bias: None,
+        };
+        let normed = self.hidden_layer(node, "Normalize", Op::LayerNorm(ln), vec![slot], &full, full.clone());
+        self.unary_layer(node, Op::BatchNorm { scale, shift }, (normed, full.clone()), full);
         Ok(())
     }
 }
