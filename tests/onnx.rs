@@ -28,7 +28,7 @@ fn cases() -> BTreeMap<String, Case> {
 }
 
 fn load(name: &str) -> ialgebra::model::Model {
-    onnx::load(&fixture(&format!("onnx_ops/{name}.onnx"))).unwrap_or_else(|e| panic!("{name}: {}", e.message))
+    onnx::load(&fixture(&format!("onnx_ops/{name}.onnx")), 64).unwrap_or_else(|e| panic!("{name}: {}", e.message))
 }
 
 #[test]

@@ -179,3 +179,55 @@ fn zoo_dynamic_shapes_bind_to_the_data() {
         )],
     );
 }
+
+/// A Hugging Face BERT exported with three graph inputs (input_ids, attention_mask,
+/// token_type_ids) and a symbolic sequence axis, beside its tokenizer.json: the mask and
+/// token types are derived from the ids, and it answers as the directory it came from
+/// (tests/text.rs checks that one against transformers and Captum): embeddings within
+/// 1e-5, integrated gradients on the embeddings within 1e-5 + 1e-4·|dir|.
+#[test]
+fn zoo_bert_onnx_with_three_inputs_equals_its_directory_twin() {
+    let mut s = session(
+        "SET max_tokens = 12;
+         LOAD MODEL dir FROM 'tests/fixtures/tiny_bert';
+         LOAD MODEL onnx FROM 'tests/fixtures/tiny_bert/model.onnx';
+         LOAD DATA s FROM 'tests/fixtures/tiny_bert/sentences.txt' TEXT;",
+    );
+    let twin = query(&mut s, "SELECT * FROM PREDICT dir(s)");
+    let ours = query(&mut s, "SELECT * FROM PREDICT onnx(s)");
+    assert_close("embeddings", &logits(&ours, 16), &logits(&twin, 16), 1e-5, 0.0);
+    for target in ["PREDICTED", "3"] {
+        let df = query(
+            &mut s,
+            &format!(
+                "SELECT a.attribution, b.attribution FROM (onnx(s) USING integrated_gradients TARGET {target}) AS a
+                 JOIN (dir(s) USING integrated_gradients TARGET {target}) AS b ORDER BY input, feature"
+            ),
+        );
+        let (a, b) = (column_f64(&df, "a.attribution"), column_f64(&df, "b.attribution"));
+        assert!(
+            b.iter().any(|v| v.abs() > 1e-3),
+            "the twin's attributions are not trivial"
+        );
+        assert_close(&format!("IG, target {target}"), &a, &b, 1e-5, 1e-4);
+    }
+    // Layers by PyTorch module path through the wrapper (encoder.…) and attention.
+    let df = query(
+        &mut s,
+        "SELECT * FROM onnx(s[0]) AT LAYER encoder.encoder.layer.1 USING layer_activation",
+    );
+    assert_eq!(df.height(), 9 * 16, "one row per real token and dimension");
+}
+
+/// An export whose extra input cannot be derived from the first is refused, naming it.
+#[test]
+fn zoo_underivable_extra_inputs_are_named() {
+    let mut s = session("");
+    assert_errors(
+        &mut s,
+        &[(
+            "LOAD MODEL two FROM 'tests/fixtures/onnx_ops/two_inputs.onnx'",
+            "the first, `x`, takes the data, and `other` cannot be derived from it",
+        )],
+    );
+}

@@ -12,7 +12,8 @@ the Rust tests (tests/zoo.rs) compare against:
     manifest.json                the list of models: file names, Grad-CAM layer, input shape, notes
 
 Exports that fail in torch itself are listed in the manifest with the error, not silently
-dropped. With --full the tool writes full-size ResNet-18/50 and ViT-B/16 exports (random
+dropped. With --bert it writes tests/fixtures/tiny_bert/model.onnx (the tiny BERT with three
+graph inputs, see bert_onnx). With --full the tool writes full-size ResNet-18/50 and ViT-B/16 exports (random
 weights, 224x224) for the benchmarks into models/zoo/ (git-ignored) instead.
 
 Run from the repo root, offline, never in CI:
@@ -221,6 +222,38 @@ def small_zoo(only):
                        "models": manifest}, f, indent=1)
 
 
+class MeanPooled(nn.Module):
+    """A Hugging Face encoder with sentence-transformers' mean pooling over the real
+    tokens: the output the engine gives for a BERT-family directory."""
+
+    def __init__(self, encoder):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, input_ids, attention_mask, token_type_ids):
+        h = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
+                         token_type_ids=token_type_ids).last_hidden_state
+        m = attention_mask.unsqueeze(-1).to(h.dtype)
+        return (h * m).sum(1) / m.sum(1).clamp(min=1e-9)
+
+
+def bert_onnx():
+    """tests/fixtures/tiny_bert/model.onnx: the tiny BERT of tools/make_tiny_bert.py with
+    three graph inputs (input_ids, attention_mask, token_type_ids) and a symbolic sequence
+    axis, beside its tokenizer.json; the engine must answer as for the directory."""
+    from transformers import BertModel
+    folder = os.path.join("tests", "fixtures", "tiny_bert")
+    model = MeanPooled(BertModel.from_pretrained(folder, attn_implementation="eager")).eval()
+    ids = torch.tensor([[2, 7, 8, 3, 0, 0], [2, 9, 10, 11, 12, 3]])
+    args = (ids, (ids != 0).long(), torch.zeros_like(ids))
+    axes = {0: "batch", 1: "sequence"}
+    torch.onnx.export(model, args, os.path.join(folder, "model.onnx"), opset_version=OPSET,
+                      input_names=["input_ids", "attention_mask", "token_type_ids"], output_names=["embedding"],
+                      dynamic_axes={"input_ids": axes, "attention_mask": axes, "token_type_ids": axes},
+                      dynamo=False)
+    print(f"wrote {folder}/model.onnx", file=sys.stderr)
+
+
 def full_zoo():
     out = os.path.join("models", "zoo")
     os.makedirs(out, exist_ok=True)
@@ -237,6 +270,12 @@ def full_zoo():
 if __name__ == "__main__":
     p = argparse.ArgumentParser()
     p.add_argument("--full", action="store_true", help="write the full-size benchmark exports")
+    p.add_argument("--bert", action="store_true", help="write the tiny BERT's three-input ONNX export")
     p.add_argument("only", nargs="*", help="just these small models (the manifest is not rewritten)")
     args = p.parse_args()
-    full_zoo() if args.full else small_zoo(args.only)
+    if args.full:
+        full_zoo()
+    elif args.bert:
+        bert_onnx()
+    else:
+        small_zoo(args.only)

@@ -209,6 +209,15 @@ case("conv1d_pool1d", [node("Conv", ["x", "w", "b"], ["c"], pads=[1, 2], strides
                        node("AveragePool", ["m"], ["y"], kernel_shape=[3], pads=[1, 1], count_include_pad=1)],
      [3, 9], inits=[const("w", w(4, 3, 4)), const("b", w(4))])
 
+# A model of two inputs the second of which cannot be derived from the first (refused).
+x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
+other = helper.make_tensor_value_info("other", TensorProto.FLOAT, ["batch", 4])
+y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])
+graph = helper.make_graph([node("Add", ["x", "other"])], "two_inputs", [x, other], [y])
+model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+model.ir_version = 8
+onnx.save(model, os.path.join(OUT, "two_inputs.onnx"))
+
 with open(os.path.join(OUT, "cases.json"), "w") as f:
     json.dump(cases, f, indent=0, sort_keys=True)
 print(len(cases), "cases")

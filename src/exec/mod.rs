@@ -710,7 +710,7 @@ impl State {
                 let mut model = match &arch {
                     Some(arch) => Model::load(&weights, arch)?,
                     None if weights.is_dir() => crate::model::bert::load(&weights, self.settings.max_tokens)?,
-                    None => crate::model::onnx::load(&weights)?,
+                    None => crate::model::onnx::load(&weights, self.settings.max_tokens)?,
                 };
                 if let Some(head) = &head {
                     model = model.with_head_file(head)?;

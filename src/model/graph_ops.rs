@@ -137,6 +137,8 @@ pub enum NaryKind {
     Equal,
     Less,
     Greater,
+    LessOrEqual,
+    GreaterOrEqual,
     /// where(condition, x, y)
     Where,
     /// The remainder with the sign of the divisor (ONNX Mod, fmod = 0; Python's %).
@@ -166,6 +168,8 @@ impl NaryKind {
             NaryKind::Equal => f64::from(u8::from(a[0] == a[1])),
             NaryKind::Less => f64::from(u8::from(a[0] < a[1])),
             NaryKind::Greater => f64::from(u8::from(a[0] > a[1])),
+            NaryKind::LessOrEqual => f64::from(u8::from(a[0] <= a[1])),
+            NaryKind::GreaterOrEqual => f64::from(u8::from(a[0] >= a[1])),
             NaryKind::Mod => a[0] - a[1] * (a[0] / a[1]).floor(),
             NaryKind::Fmod => a[0] % a[1],
             NaryKind::And => f64::from(u8::from(a[0] != 0.0 && a[1] != 0.0)),
@@ -225,7 +229,16 @@ impl NaryKind {
                 let other = a[1 - k];
                 if a[k] == other { 0.5 } else { f32::from(a[k] == y) }
             }
-            (NaryKind::Equal | NaryKind::Less | NaryKind::Greater | NaryKind::And | NaryKind::Or, _) => 0.0,
+            (
+                NaryKind::Equal
+                | NaryKind::Less
+                | NaryKind::Greater
+                | NaryKind::LessOrEqual
+                | NaryKind::GreaterOrEqual
+                | NaryKind::And
+                | NaryKind::Or,
+                _,
+            ) => 0.0,
             (NaryKind::Mod | NaryKind::Fmod, 0) => 1.0,
             (NaryKind::Mod, _) => -(a[0] / a[1]).floor(),
             (NaryKind::PRelu, 0) => {

@@ -245,6 +245,19 @@ impl Model {
         self.input_shape.iter().product()
     }
 
+    /// A text model's embedding layer, where integrated gradients on text runs: the hook
+    /// point `embeddings`, or a module of that name inside the model (`bert.embeddings`).
+    pub fn embeddings_layer(&self) -> Option<usize> {
+        self.layer_index(bert::EMBEDDINGS).or_else(|| {
+            let suffix = format!(".{}", bert::EMBEDDINGS);
+            self.aliases
+                .iter()
+                .filter(|(name, _)| name.ends_with(&suffix))
+                .min_by_key(|(name, _)| name.len())
+                .map(|(_, i)| *i)
+        })
+    }
+
     /// The input's sample shape as shown: symbolic axes by name (`[3, height, width]`).
     pub fn input_text(&self) -> String {
         match &self.dynamic {

@@ -893,8 +893,8 @@ pub fn attribute(method: &Method, req: &Request) -> Result<Vec<f32>> {
 fn text_attribute(method: &Method, req: &Request) -> Result<Vec<f32>> {
     match method {
         Method::IntegratedGradients { steps, rule } => {
-            let layer = req.model.layer_index(crate::model::bert::EMBEDDINGS).ok_or_else(|| {
-                Error::model("internal: a text model without an `embeddings` hook point")
+            let layer = req.model.embeddings_layer().ok_or_else(|| {
+                Error::model("this text model has no `embeddings` hook point for integrated gradients to start at")
             })?;
             let at_embeddings = Request {
                 layer: Some(layer),

@@ -66,8 +66,9 @@ enum Sym {
 
 /// Loads an ONNX model file. An input with symbolic axes besides the batch gives a model
 /// that is not bound yet: its layers are listed, and `DynamicGraph::bind` translates the
-/// graph for the shape of the data it meets.
-pub fn load(path: &Path) -> Result<Model> {
+/// graph for the shape of the data it meets. A `tokenizer.json` beside the file makes it a
+/// text model (its token inputs tokenized to `max_tokens` when their length is symbolic).
+pub fn load(path: &Path, max_tokens: usize) -> Result<Model> {
     let shown = path.display().to_string();
     let bytes = std::fs::read(path).map_err(|e| Error::io(format!("cannot read model file {shown}: {e}")))?;
     let model = proto::ModelProto::decode(bytes.as_slice())
@@ -92,19 +93,35 @@ pub fn load(path: &Path) -> Result<Model> {
         consts.insert(t.name.clone(), Sym::Const(k));
     }
     let inputs: Vec<&proto::ValueInfoProto> = graph.input.iter().filter(|i| !consts.contains_key(&i.name)).collect();
-    let input = match inputs.as_slice() {
-        [one] => *one,
-        [] => return Err(Error::model(format!("{shown} has no graph input"))),
-        many => {
-            let names: Vec<String> = many.iter().map(|i| i.name.clone()).collect();
-            return Err(Error::model(format!(
-                "{shown} has {} inputs ({}); models of one input are supported",
-                many.len(),
-                crate::error::list_names(&names, 6)
-            )));
-        }
+    let Some((input, others)) = inputs.split_first() else {
+        return Err(Error::model(format!("{shown} has no graph input")));
     };
+    // The first input takes the data; the others must follow from it.
+    let derived = others
+        .iter()
+        .map(|i| {
+            Derived::of(&i.name).map(|d| (i.name.clone(), d)).ok_or_else(|| {
+                let names: Vec<String> = inputs.iter().map(|i| i.name.clone()).collect();
+                Error::model(format!(
+                    "{shown} has {} inputs ({}): the first, `{}`, takes the data, and `{}` cannot be derived from it",
+                    inputs.len(),
+                    crate::error::list_names(&names, 6),
+                    input.name,
+                    i.name
+                ))
+                .hint("inputs named like attention_mask, token_type_ids or position_ids are derived from the first")
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
     let dims = input_dims(input, &shown)?;
+    // A Hugging Face export sits beside its tokenizer: token ids in, text data.
+    let tokenizer = path.with_file_name("tokenizer.json");
+    let text = if tokenizer.is_file() {
+        Some(crate::data::text::TextCodec::load(&tokenizer)?)
+    } else {
+        None
+    };
+    let pad_id = text.as_ref().map_or(0.0, |c| c.pad_id as f32);
     let output = graph
         .output
         .first()
@@ -121,6 +138,16 @@ pub fn load(path: &Path) -> Result<Model> {
         input: input.name.clone(),
         output: output.name.clone(),
         nodes: graph.node,
+        derived,
+        pad_id,
+        text: text.map(|c| {
+            // Inputs of a fixed length are tokenized to it; a symbolic length to max_tokens.
+            let length = match dims.as_slice() {
+                [Dim { size: Some(n), .. }] => *n,
+                _ => max_tokens,
+            };
+            std::sync::Arc::new(c.with_max_tokens(length))
+        }),
     };
     let fixed: Option<Vec<usize>> = dims.iter().map(|d| d.size).collect();
     match fixed {
@@ -145,6 +172,32 @@ pub fn load(path: &Path) -> Result<Model> {
     }
 }
 
+/// A graph input besides the first, computed from the first (token ids).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Derived {
+    /// 1 for a real token, 0 for padding.
+    Mask,
+    /// Zeros (one segment).
+    Zeros,
+    /// 0, 1, … along the sequence.
+    Positions,
+}
+
+impl Derived {
+    fn of(name: &str) -> Option<Derived> {
+        let n = name.to_lowercase();
+        if n.contains("mask") {
+            Some(Derived::Mask)
+        } else if n.contains("token_type") || n.contains("segment") {
+            Some(Derived::Zeros)
+        } else if n.contains("position") {
+            Some(Derived::Positions)
+        } else {
+            None
+        }
+    }
+}
+
 /// What a loaded ONNX file holds, ready to be translated for an input shape.
 struct Source {
     shown: String,
@@ -155,13 +208,18 @@ struct Source {
     input: String,
     output: String,
     nodes: Vec<NodeProto>,
+    /// The other graph inputs, derived from the first.
+    derived: Vec<(String, Derived)>,
+    /// The padding token's id (a derived mask is 0 there).
+    pad_id: f32,
+    text: Option<std::sync::Arc<crate::data::text::TextCodec>>,
 }
 
 impl Source {
     /// The model for samples of shape `input_shape`; `failed`: list the nodes without
     /// translating them, for that reason.
     fn translate(&self, input_shape: Vec<usize>, failed: Option<String>) -> Result<Model> {
-        let imp = Importer {
+        let mut imp = Importer {
             shown: self.shown.clone(),
             opset: self.opset,
             syms: self.consts.clone(),
@@ -169,7 +227,10 @@ impl Source {
             aliases: BTreeMap::new(),
             failed,
         };
-        imp.translate_graph((&self.input, input_shape), &self.nodes, &self.output, &self.arch_name)
+        imp.derive_inputs(&self.derived, &input_shape, self.pad_id);
+        let mut model = imp.translate_graph((&self.input, input_shape), &self.nodes, &self.output, &self.arch_name)?;
+        model.text = self.text.clone();
+        Ok(model)
     }
 }
 
@@ -251,6 +312,78 @@ impl DynamicGraph {
 }
 
 impl Importer {
+    /// The graph inputs besides the first, from the first (slot 0, of sample shape
+    /// `shape`): a mask by two hook points (`name:padding`, then `name`), zeros and
+    /// positions as constants.
+    fn derive_inputs(&mut self, derived: &[(String, Derived)], shape: &[usize], pad_id: f32) {
+        let full_shape = full(shape);
+        let count: usize = shape.iter().product();
+        for (name, kind) in derived {
+            match kind {
+                Derived::Mask => {
+                    let args = vec![
+                        Arg {
+                            operand: Operand::Input(0),
+                            map: None,
+                        },
+                        Arg {
+                            operand: Operand::Const(vec![pad_id]),
+                            map: Some(vec![0; count]),
+                        },
+                    ];
+                    let equal = Op::Nary(Nary {
+                        kind: NaryKind::Equal,
+                        args,
+                    });
+                    let proto = NodeProto {
+                        op_type: "Equal".into(),
+                        ..Default::default()
+                    };
+                    self.push(
+                        &proto,
+                        format!("{name}:padding"),
+                        equal,
+                        vec![0],
+                        &full_shape,
+                        full_shape.clone(),
+                    );
+                    let slot = self.layers.len();
+                    let proto = NodeProto {
+                        op_type: "Not".into(),
+                        ..Default::default()
+                    };
+                    self.push(
+                        &proto,
+                        name.clone(),
+                        Op::Map(MapFn::Not),
+                        vec![slot],
+                        &full_shape,
+                        full_shape.clone(),
+                    );
+                }
+                Derived::Zeros | Derived::Positions => {
+                    let last = shape.last().copied().unwrap_or(1).max(1);
+                    let data = (0..count)
+                        .map(|i| {
+                            if *kind == Derived::Zeros {
+                                0.0
+                            } else {
+                                (i % last) as f64
+                            }
+                        })
+                        .collect();
+                    self.syms.insert(
+                        name.clone(),
+                        Sym::Const(Konst {
+                            shape: full_shape.clone(),
+                            data,
+                        }),
+                    );
+                }
+            }
+        }
+    }
+
     /// Translates the nodes (constants already known) into a model with input `input`
     /// (its name and sample shape) and output `output`.
     fn translate_graph(
@@ -930,6 +1063,8 @@ impl Importer {
             "Equal" => self.nary(node, NaryKind::Equal),
             "Less" => self.nary(node, NaryKind::Less),
             "Greater" => self.nary(node, NaryKind::Greater),
+            "LessOrEqual" => self.nary(node, NaryKind::LessOrEqual),
+            "GreaterOrEqual" => self.nary(node, NaryKind::GreaterOrEqual),
             "Where" => self.nary(node, NaryKind::Where),
             "Mod" if node.int("fmod", 0) != 0 => self.nary(node, NaryKind::Fmod),
             "Mod" => self.nary(node, NaryKind::Mod),
