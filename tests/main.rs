@@ -17,6 +17,7 @@ mod mutations;
 mod onnx;
 mod parity;
 mod patching;
+mod photos;
 mod pictures;
 mod predictions;
 mod pty;

@@ -2,6 +2,7 @@
 //! row through selections and derived datasets. Loaders for .npy, .csv and .parquet.
 
 pub mod npy;
+pub mod photos;
 pub mod text;
 
 use std::path::Path;
@@ -50,6 +51,8 @@ pub struct Dataset {
     labels: Option<Vec<i64>>,
     /// The input id of each row: its index in the dataset it was loaded as.
     ids: Vec<i64>,
+    /// Photos: their files, classes and preprocessing (to show them as photos again).
+    pub photos: Option<Arc<photos::Photos>>,
 }
 
 /// Rows of a dataset picked by a dataset expression (positions into the dataset).
@@ -117,6 +120,7 @@ impl Dataset {
             values,
             labels,
             ids: (0..n as i64).collect(),
+            photos: None,
         })
     }
 
@@ -165,6 +169,7 @@ impl Dataset {
             values,
             labels: self.labels.as_ref().map(|l| rows.iter().map(|&r| l[r]).collect()),
             ids: rows.iter().map(|&r| self.ids[r]).collect(),
+            photos: self.photos.clone(),
         }
     }
 

@@ -771,6 +771,7 @@ impl State {
                 labels,
                 label_column,
                 text,
+                images,
             } => {
                 if self.models.contains_key(&name) {
                     return Err(Error::name(format!(
@@ -779,6 +780,25 @@ impl State {
                 }
                 if let Some(column) = text {
                     return self.load_text(&name, &path, column.as_deref(), label_column.as_deref());
+                }
+                if let Some(spec) = &images {
+                    if labels.is_some() || label_column.is_some() {
+                        return Err(Error::data(
+                            "photos take their labels from their class folders (ImageFolder), not LABELS",
+                        ));
+                    }
+                    let ds = data::photos::load(&name, &path, spec)?;
+                    let msg = format!(
+                        "loaded data {name}: {} photos of shape {}{}",
+                        ds.len(),
+                        crate::model::fmt_shape(&ds.sample_shape),
+                        match ds.photos.as_ref().map(|p| p.classes.len()).unwrap_or(0) {
+                            0 => String::new(),
+                            k => format!(", {k} classes (labels from the class folders)"),
+                        }
+                    );
+                    self.datasets.insert(name, Arc::new(ds));
+                    return Ok(Output::Message(msg));
                 }
                 let ds = data::load(
                     &name,

@@ -23,6 +23,8 @@ pub enum Plan {
         label_column: Option<String>,
         /// Texts for a text model: Some(column) (None: one per line).
         text: Option<Option<String>>,
+        /// Photos (the path a folder, a file or a glob) and their preprocessing.
+        images: Option<crate::syntax::ast::Images>,
     },
     ShowModels,
     ShowData,

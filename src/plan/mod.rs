@@ -160,10 +160,16 @@ pub fn plan(stmt: &Statement, catalog: &dyn Catalog) -> Result<Plan> {
             labels,
             label_column,
             text,
+            images,
         } => Plan::LoadData {
             text: text.as_ref().map(|c| c.as_ref().map(|c| c.name.clone())),
             name: name.name.clone(),
-            path: existing_path(path, catalog)?,
+            // A photo folder is a directory, or a glob the loader expands.
+            path: match images {
+                Some(_) => resolve_path(path, catalog)?,
+                None => existing_path(path, catalog)?,
+            },
+            images: images.clone(),
             labels: labels.as_ref().map(|l| existing_path(l, catalog)).transpose()?,
             label_column: label_column.as_ref().map(|c| c.name.clone()),
         },

@@ -55,6 +55,8 @@ pub enum StatementKind {
         label_column: Option<Ident>,
         /// `TEXT [COLUMN c]`: texts for a text model (Some(None): one per line).
         text: Option<Option<Ident>>,
+        /// `IMAGES [RESIZE n] [CROP n] [NORMALIZE …]`: photos.
+        images: Option<Images>,
     },
     Show(Show),
     Set {
@@ -163,6 +165,42 @@ pub enum Source {
         alias: Option<Ident>,
     },
     Join(Box<Join>),
+}
+
+/// How photos are brought to the model: torchvision's Resize (shorter side), CenterCrop
+/// and Normalize.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Images {
+    pub resize: Option<u32>,
+    pub crop: Option<u32>,
+    pub normalize: Option<Normalize>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Normalize {
+    Imagenet,
+    MeanStd([f64; 3], [f64; 3]),
+}
+
+impl fmt::Display for Images {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "IMAGES")?;
+        if let Some(n) = self.resize {
+            write!(f, " RESIZE {n}")?;
+        }
+        if let Some(n) = self.crop {
+            write!(f, " CROP {n}")?;
+        }
+        match &self.normalize {
+            Some(Normalize::Imagenet) => write!(f, " NORMALIZE imagenet"),
+            Some(Normalize::MeanStd(m, s)) => write!(
+                f,
+                " NORMALIZE MEAN ({}, {}, {}) STD ({}, {}, {})",
+                m[0], m[1], m[2], s[0], s[1], s[2]
+            ),
+            None => Ok(()),
+        }
+    }
 }
 
 /// `m(x)` with its interpretation clauses.
@@ -651,12 +689,16 @@ impl fmt::Display for Statement {
                 labels,
                 label_column,
                 text,
+                images,
             } => {
                 write!(f, "LOAD DATA {name} FROM {path}")?;
                 match text {
                     Some(Some(c)) => write!(f, " TEXT COLUMN {c}")?,
                     Some(None) => write!(f, " TEXT")?,
                     None => {}
+                }
+                if let Some(i) = images {
+                    write!(f, " {i}")?;
                 }
                 if let Some(l) = labels {
                     write!(f, " LABELS {l}")?;

@@ -142,6 +142,62 @@ impl<'a> Children<'a> {
     }
 }
 
+fn visit_images(pair: Pair<Rule>) -> Result<Images> {
+    let mut c = Children::of(pair);
+    c.skip_keywords();
+    let size = |p: Pair<Rule>| -> Result<u32> {
+        let sp = span(&p);
+        let mut pc = Children::of(p);
+        pc.skip_keywords();
+        let n = pc.next()?;
+        pc.done();
+        n.as_str()
+            .parse::<u32>()
+            .ok()
+            .filter(|v| *v > 0)
+            .ok_or_else(|| Error::value(format!("{} is not a size in pixels (1 or more)", n.as_str())).at(sp))
+    };
+    let resize = c.take(Rule::resize).map(size).transpose()?;
+    let crop = c.take(Rule::crop).map(size).transpose()?;
+    let normalize = c
+        .take(Rule::normalize)
+        .map(|p| -> Result<Normalize> {
+            let sp = span(&p);
+            let mut nc = Children::of(p);
+            nc.next()?; // NORMALIZE
+            if nc.take(Rule::kw_imagenet).is_some() {
+                nc.done();
+                return Ok(Normalize::Imagenet);
+            }
+            let triple = |t: Pair<Rule>| -> Result<[f64; 3]> {
+                let values: Vec<f64> = t
+                    .into_inner()
+                    .map(|n| n.as_str().parse::<f64>().unwrap_or(f64::NAN))
+                    .collect();
+                match values[..] {
+                    [a, b, c] if values.iter().all(|v| v.is_finite()) => Ok([a, b, c]),
+                    _ => Err(Error::value("MEAN and STD take three numbers (r, g, b)").at(sp)),
+                }
+            };
+            nc.skip_keywords();
+            let mean = triple(nc.next()?)?;
+            nc.skip_keywords();
+            let std = triple(nc.next()?)?;
+            nc.done();
+            if std.iter().any(|s| *s <= 0.0) {
+                return Err(Error::value("STD must be positive for every channel").at(sp));
+            }
+            Ok(Normalize::MeanStd(mean, std))
+        })
+        .transpose()?;
+    c.done();
+    Ok(Images {
+        resize,
+        crop,
+        normalize,
+    })
+}
+
 fn is_keyword(rule: Rule) -> bool {
     format!("{rule:?}").starts_with("kw_")
 }
@@ -172,11 +228,14 @@ fn visit_statement(pair: Pair<Rule>) -> Result<Statement> {
             let mut labels = None;
             let mut label_column = None;
             let mut text = None;
+            let mut images = None;
             if let Some(t) = c.take(Rule::text_column) {
                 let mut tc = Children::of(t);
                 tc.skip_keywords();
                 text = Some(tc.take(Rule::ident).map(visit_ident).transpose()?);
                 tc.done();
+            } else if let Some(i) = c.take(Rule::images) {
+                images = Some(visit_images(i)?);
             }
             if let Some(l) = c.take(Rule::labels_file) {
                 let mut lc = Children::of(l);
@@ -195,6 +254,7 @@ fn visit_statement(pair: Pair<Rule>) -> Result<Statement> {
                 labels,
                 label_column,
                 text,
+                images,
             }
         }
         Rule::show => {
