@@ -143,3 +143,57 @@ fn tabular_attributions_are_bar_charts() {
     assert!(err.message.contains("a picture needs `row`, `col`"), "{}", err.message);
     assert!(!bad.exists());
 }
+
+/// Maps of a photo dataset are drawn over the photo (de-normalised back to its colours),
+/// with the photo itself in a panel before them: the photo panel's pixels are the photo's,
+/// and where the map is zero the photo shows through.
+#[test]
+fn maps_of_photos_are_drawn_over_the_photo_beside_it() {
+    let mut s = session(
+        "LOAD MODEL resnet FROM 'tests/fixtures/zoo/resnet_basic.dynamic.onnx';
+         LOAD DATA photos FROM 'data/photos' IMAGES RESIZE 72 CROP 64 NORMALIZE imagenet;",
+    );
+    let path = scratch("photo.png");
+    s.execute(&format!(
+        "EXPORT SELECT * FROM resnet(photos[0]) USING integrated_gradients(steps = 8) GRANULARITY pixel TO '{}'",
+        path.display()
+    ))
+    .unwrap();
+    let img = decode(&path);
+    // Two panels (the photo, the map) and the colour bar.
+    assert_eq!(
+        (img.0, img.1),
+        (GAP + 2 * (MAP + GAP) + BAR_COLUMN, GAP + TITLE + MAP + GAP)
+    );
+    // The photo's pixel (0, 0), de-normalised with ImageNet's statistics, in panel 0;
+    // 64 pixels drawn 3 display pixels each.
+    let values = query(
+        &mut s,
+        "SELECT channel, value FROM resnet(photos[0]) USING saliency WHERE row = 0 AND col = 0 ORDER BY channel",
+    );
+    let v = column_f64(&values, "value");
+    let (mean, std) = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]);
+    let want: Vec<i32> = (0..3)
+        .map(|c| ((v[c] * std[c] + mean[c]) * 255.0).round() as i32)
+        .collect();
+    let (x0, y0, _, _) = cell_rect(0, (64, 64), (0, 0));
+    let got = pixel(&img, x0 + 1, y0 + 1);
+    assert_eq!([got.0, got.1, got.2].to_vec(), want, "the photo panel shows the photo");
+    // A pixel of the map whose attribution is tiny is (nearly) the photo's colour there.
+    let quiet = query(
+        &mut s,
+        "SELECT row, col FROM resnet(photos[0]) USING integrated_gradients(steps = 8) GRANULARITY pixel
+         ORDER BY abs(attribution) LIMIT 1",
+    );
+    let (r, c) = (
+        column_f64(&quiet, "row")[0] as usize,
+        column_f64(&quiet, "col")[0] as usize,
+    );
+    let (x, y, _, _) = cell_rect(1, (64, 64), (r, c));
+    let (under_x, under_y, _, _) = cell_rect(0, (64, 64), (r, c));
+    let (m, p) = (pixel(&img, x + 1, y + 1), pixel(&img, under_x + 1, under_y + 1));
+    assert!(
+        (m.0 - p.0).abs() <= 3 && (m.1 - p.1).abs() <= 3 && (m.2 - p.2).abs() <= 3,
+        "map {m:?} over photo {p:?}"
+    );
+}

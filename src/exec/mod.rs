@@ -296,21 +296,36 @@ impl Session {
 }
 
 impl State {
+    /// The photo of each input id, when the query's first `model(data)` reads a dataset
+    /// of photos (de-normalised back to what Resize and CenterCrop gave).
+    fn photo_lookup(
+        &self,
+        query: &crate::plan::Node,
+    ) -> Option<impl Fn(i64) -> Option<crate::output::picture::Photo> + use<>> {
+        let (_, data) = first_source(query)?;
+        let dataset = self.dataset(&data.name).ok()?;
+        let photos = dataset.photos.clone()?;
+        let (height, width) = match dataset.modality {
+            crate::data::Modality::Image { height, width, .. } => (height, width),
+            _ => return None,
+        };
+        Some(move |id: i64| {
+            let row = dataset.position_of(id)?;
+            Some(crate::output::picture::Photo {
+                height,
+                width,
+                rgb: photos.denormalize(dataset.row(row)),
+            })
+        })
+    }
+
     /// The HTML of EXPORT REPORT: each input of the result with its prediction, top
     /// classes and picture, the query's maps, the query, its plan and the table.
     fn report(&mut self, query: &crate::plan::Node, text: &str, df: &DataFrame) -> Result<String> {
-        use crate::plan::NodeKind;
-        // The interpretation the report is about: the first model(data) of the plan.
-        fn first_source(node: &crate::plan::Node) -> Option<(String, DatasetRef)> {
-            match &node.kind {
-                NodeKind::Attribute(a) => Some((a.model.clone(), a.data.clone())),
-                NodeKind::Predict(p) => Some((p.model.clone(), p.data.clone())),
-                _ => node.inputs().into_iter().find_map(first_source),
-            }
-        }
         let (model_name, data) =
             first_source(query).ok_or_else(|| Error::value("a report needs a query over model(data)"))?;
         let dataset = self.dataset(&data.name)?;
+        let photo_of = self.photo_lookup(query);
         // The inputs the result names, in order; without an `input` column, those queried.
         let ids: Vec<i64> = match df.column("input") {
             Ok(c) => {
@@ -348,7 +363,13 @@ impl State {
                 let mut top: Vec<(usize, f32)> = l.iter().map(|v| (v - max).exp() / z).enumerate().collect();
                 top.sort_by(|a, b| b.1.total_cmp(&a.1));
                 top.truncate(3);
-                let picture = image.and_then(|shape| crate::output::picture::input_png(dataset.row(r), shape).ok());
+                // A photo is shown as the photo (de-normalised), other images scaled.
+                let picture = match &dataset.photos {
+                    Some(p) => image.and_then(|(_, h, w)| {
+                        crate::output::picture::input_png(&p.denormalize(dataset.row(r)), (3, h, w)).ok()
+                    }),
+                    None => image.and_then(|shape| crate::output::picture::input_png(dataset.row(r), shape).ok()),
+                };
                 crate::output::report::ReportInput {
                     id: dataset.id(r),
                     label: dataset.label(r),
@@ -365,6 +386,7 @@ impl State {
             dataset: &data.name,
             inputs,
             table: df,
+            photo_of: &|id| photo_of.as_ref().and_then(|f| f(id)),
         })
     }
 
@@ -893,6 +915,20 @@ impl State {
                 overwrite,
             } => {
                 let mut df = relational::run(&query, self)?;
+                if format == crate::plan::ExportFormat::Png
+                    && let Some(photo_of) = self.photo_lookup(&query)
+                {
+                    let bytes = crate::output::picture::render_png_over(&df, &photo_of)?;
+                    crate::output::write_atomically(&path, overwrite, &mut |out| {
+                        out.write_all(&bytes)
+                            .map_err(|e| Error::io(format!("cannot write the picture: {e}")))
+                    })?;
+                    return Ok(Output::Message(format!(
+                        "drew {} rows over their photos in {}",
+                        df.height(),
+                        path.display()
+                    )));
+                }
                 if format == crate::plan::ExportFormat::Report {
                     let html = self.report(&query, &text, &df)?;
                     crate::output::write_atomically(&path, overwrite, &mut |out| {
@@ -914,6 +950,16 @@ impl State {
                 )))
             }
         }
+    }
+}
+
+/// The interpretation a query is about: the first model(data) of its plan.
+fn first_source(node: &crate::plan::Node) -> Option<(String, DatasetRef)> {
+    use crate::plan::NodeKind;
+    match &node.kind {
+        NodeKind::Attribute(a) => Some((a.model.clone(), a.data.clone())),
+        NodeKind::Predict(p) => Some((p.model.clone(), p.data.clone())),
+        _ => node.inputs().into_iter().find_map(first_source),
     }
 }
 

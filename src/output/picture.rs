@@ -22,15 +22,39 @@ pub const PER_ROW: usize = 6;
 const CHART_WIDTH: u32 = 420;
 const BAR_ROW: u32 = 12;
 
+/// A photo to draw maps over: RGB values in [0, 1], channels first.
+#[derive(Clone, Debug)]
+pub struct Photo {
+    pub height: usize,
+    pub width: usize,
+    pub rgb: Vec<f32>,
+}
+
+impl Photo {
+    /// The photo's colour at (y, x) of a `(h, w)` drawing of it.
+    fn at(&self, (y, x): (usize, usize), (h, w): (usize, usize)) -> [f32; 3] {
+        let (py, px) = (
+            (y * self.height / h.max(1)).min(self.height - 1),
+            (x * self.width / w.max(1)).min(self.width - 1),
+        );
+        let plane = self.height * self.width;
+        [0, 1, 2].map(|c| self.rgb[c * plane + py * self.width + px])
+    }
+}
+
 enum Content {
     /// `base`: the input's value at each cell (0..1 images are shown as ink on paper
-    /// beneath the heat), when the relation has it.
+    /// beneath the heat), when the relation has it; `photo`: the photo the input came
+    /// from, which the map is blended over instead (Captum's blended heat map).
     Map {
         height: usize,
         width: usize,
         cells: Vec<Option<f32>>,
         base: Vec<Option<f32>>,
+        photo: Option<std::sync::Arc<Photo>>,
     },
+    /// The photo itself, beside its maps.
+    Photo(std::sync::Arc<Photo>),
     Bars {
         labels: Vec<String>,
         values: Vec<f32>,
@@ -74,7 +98,13 @@ struct Panel {
 
 /// The PNG bytes of a relation's picture.
 pub fn render_png(df: &DataFrame) -> Result<Vec<u8>> {
-    let panels = panels(df)?;
+    render_png_over(df, &|_| None)
+}
+
+/// The picture of a relation whose inputs are photos: `photo_of(input id)` gives each
+/// input's photo, drawn beside its maps and beneath them.
+pub fn render_png_over(df: &DataFrame, photo_of: &dyn Fn(i64) -> Option<Photo>) -> Result<Vec<u8>> {
+    let panels = panels(df, photo_of)?;
     if panels.is_empty() {
         return Err(Error::value("nothing to draw: the query returned no rows"));
     }
@@ -91,7 +121,7 @@ pub fn render_png(df: &DataFrame) -> Result<Vec<u8>> {
                 .unwrap_or(1);
             (TEXT_WIDTH, lines * TOKEN_LINE)
         }
-        Content::Map { .. } => (MAP, MAP),
+        Content::Map { .. } | Content::Photo(_) => (MAP, MAP),
     };
     let size = (panel_width, panel_height);
     let columns = panels.len().min(PER_ROW);
@@ -103,6 +133,7 @@ pub fn render_png(df: &DataFrame) -> Result<Vec<u8>> {
         .flat_map(|p| match &p.content {
             Content::Map { cells, .. } => cells.iter().flatten().copied().collect::<Vec<_>>(),
             Content::Bars { values, .. } | Content::Tokens { values, .. } => values.clone(),
+            Content::Photo(_) => Vec::new(),
         })
         .filter(|v| v.is_finite())
         .fold(0.0f32, |m, v| m.max(v.abs()));
@@ -120,11 +151,47 @@ pub fn render_png(df: &DataFrame) -> Result<Vec<u8>> {
                 .map_err(draw_err)?;
             let top = (y + TITLE) as i32;
             match &panel.content {
+                Content::Photo(photo) => {
+                    let (h, w) = (photo.height, photo.width);
+                    let side = (MAP / h.max(w).max(1) as u32).max(1);
+                    let (dh, dw) = (side as usize * h, side as usize * w);
+                    for y in 0..dh {
+                        for x in 0..dw {
+                            let [r, g, b] = photo.at((y, x), (dh, dw)).map(|v| (v * 255.0).round() as u8);
+                            root.draw_pixel((x as i32 + x0_of(k, size), y as i32 + top), &RGBColor(r, g, b))
+                                .map_err(draw_err)?;
+                        }
+                    }
+                }
+                Content::Map {
+                    height: h,
+                    width: w,
+                    cells,
+                    photo: Some(photo),
+                    ..
+                } => {
+                    // Drawn pixel by pixel: the photo at its own resolution, the map's
+                    // cell over it, blended by the size of the attribution.
+                    let side = (MAP / (*h).max(*w).max(1) as u32).max(1) as usize;
+                    let (dh, dw) = (side * h, side * w);
+                    for y in 0..dh {
+                        for x in 0..dw {
+                            let under = photo.at((y, x), (dh, dw));
+                            let colour = match cells[(y / side) * w + x / side] {
+                                Some(v) if v.is_finite() => blend(under, v / limit),
+                                _ => RGBColor(220, 220, 220),
+                            };
+                            root.draw_pixel((x as i32 + x0_of(k, size), y as i32 + top), &colour)
+                                .map_err(draw_err)?;
+                        }
+                    }
+                }
                 Content::Map {
                     height: h,
                     width: w,
                     cells,
                     base,
+                    photo: None,
                 } => {
                     for r in 0..*h {
                         for c in 0..*w {
@@ -214,6 +281,25 @@ pub fn render_png(df: &DataFrame) -> Result<Vec<u8>> {
     encode(&buffer, width, height)
 }
 
+/// The left edge of panel `k`.
+fn x0_of(k: usize, size: (u32, u32)) -> i32 {
+    panel_origin(k, size).0 as i32
+}
+
+/// The heat colour of `t` in [−1, 1] over a photo's colour: the photo shows where the
+/// attribution is zero, the map's colour takes over (to 75 %) as |t| grows.
+fn blend(photo: [f32; 3], t: f32) -> RGBColor {
+    let t = t.clamp(-1.0, 1.0);
+    let end = if t >= 0.0 {
+        [178.0, 24.0, 43.0]
+    } else {
+        [33.0, 102.0, 172.0]
+    };
+    let a = 0.75 * t.abs();
+    let mix = |c: usize| (photo[c] * 255.0 * (1.0 - a) + end[c] * a).round().clamp(0.0, 255.0) as u8;
+    RGBColor(mix(0), mix(1), mix(2))
+}
+
 /// Top-left corner of panel `k` of panels of `(width, height)`.
 fn panel_origin(k: usize, (width, height): (u32, u32)) -> (u32, u32) {
     let (row, col) = ((k / PER_ROW) as u32, (k % PER_ROW) as u32);
@@ -280,7 +366,7 @@ fn encode(rgb: &[u8], width: u32, height: u32) -> Result<Vec<u8>> {
 
 /// The panels of a relation: per input, per side (`a.attribution`, `b.attribution`, … of
 /// a join), per channel of a layer map.
-fn panels(df: &DataFrame) -> Result<Vec<Panel>> {
+fn panels(df: &DataFrame, photo_of: &dyn Fn(i64) -> Option<Photo>) -> Result<Vec<Panel>> {
     let names: Vec<String> = df.get_column_names().iter().map(|s| s.to_string()).collect();
     let has = |c: &str| names.iter().any(|n| n == c);
     // The sides: `x.attribution` columns of a join, else `attribution`.
@@ -320,6 +406,8 @@ fn panels(df: &DataFrame) -> Result<Vec<Panel>> {
         c
     };
     let per_channel = image && distinct_channels.len() > 1;
+    // GRANULARITY patch(k): a row per patch at its top-left pixel, the patch filled.
+    let grouped = has("group") && has("size");
     // Inputs in order of first appearance.
     let mut order: Vec<Option<i64>> = Vec::new();
     for i in &inputs {
@@ -387,6 +475,18 @@ fn panels(df: &DataFrame) -> Result<Vec<Panel>> {
     let mut panels = Vec::new();
     for input in &order {
         let picked: Vec<usize> = (0..n).filter(|&k| inputs[k] == *input).collect();
+        // A photo input: the photo first, then its maps drawn over it.
+        let photo = if image {
+            input.and_then(photo_of).map(std::sync::Arc::new)
+        } else {
+            None
+        };
+        if let (Some(p), Some(id)) = (&photo, input) {
+            panels.push(Panel {
+                title: format!("input {id} · photo"),
+                content: Content::Photo(p.clone()),
+            });
+        }
         for s in &sides {
             let (side, values, base_values) = (&s.name, &s.values, &s.base);
             // The first row's value: the same on every row of an input.
@@ -412,8 +512,13 @@ fn panels(df: &DataFrame) -> Result<Vec<Panel>> {
                     vec![None]
                 };
                 for g in groups {
-                    let mut cells = vec![None; height * width];
-                    let mut base = vec![None; height * width];
+                    // Patches of a photo cover the whole photo, past the last start.
+                    let (h, w) = match &photo {
+                        Some(p) if grouped && p.height >= height && p.width >= width => (p.height, p.width),
+                        _ => (height, width),
+                    };
+                    let mut cells = vec![None; h * w];
+                    let mut base = vec![None; h * w];
                     for &k in &picked {
                         if g.is_some() && channels[k] != g {
                             continue;
@@ -422,11 +527,14 @@ fn panels(df: &DataFrame) -> Result<Vec<Panel>> {
                             && r >= 0
                             && c >= 0
                         {
-                            let at = r as usize * width + c as usize;
+                            let at = r as usize * w + c as usize;
                             // Channels drawn together add up at a position.
                             cells[at] = Some(cells[at].unwrap_or(0.0) + v);
                             base[at] = base_values[k];
                         }
+                    }
+                    if grouped {
+                        fill_groups(&mut cells, h, w);
                     }
                     let title = match g {
                         Some(ch) => format!("{title} · ch {ch}"),
@@ -435,10 +543,11 @@ fn panels(df: &DataFrame) -> Result<Vec<Panel>> {
                     panels.push(Panel {
                         title,
                         content: Content::Map {
-                            height,
-                            width,
+                            height: h,
+                            width: w,
                             cells,
                             base,
+                            photo: photo.clone(),
                         },
                     });
                 }
@@ -467,6 +576,32 @@ fn panels(df: &DataFrame) -> Result<Vec<Panel>> {
         }
     }
     Ok(panels)
+}
+
+/// Patches are given at their top-left cells, on a grid: every other cell takes the value
+/// of the patch it lies in (the nearest start above and to the left).
+fn fill_groups(cells: &mut [Option<f32>], height: usize, width: usize) {
+    let starts = |along_rows: bool| -> Vec<usize> {
+        let mut s: Vec<usize> = (0..height * width)
+            .filter(|&i| cells[i].is_some())
+            .map(|i| if along_rows { i / width } else { i % width })
+            .collect();
+        s.sort_unstable();
+        s.dedup();
+        s
+    };
+    let (rows, cols) = (starts(true), starts(false));
+    let last_at_or_before = |s: &[usize], v: usize| s.iter().rev().find(|&&x| x <= v).copied();
+    let filled: Vec<Option<f32>> = (0..height * width)
+        .map(|i| {
+            cells[i].or_else(|| {
+                let r = last_at_or_before(&rows, i / width)?;
+                let c = last_at_or_before(&cols, i % width)?;
+                cells[r * width + c]
+            })
+        })
+        .collect();
+    cells.copy_from_slice(&filled);
 }
 
 fn qualified_name(side: &str, column: &str) -> String {

@@ -27,6 +27,8 @@ pub struct Report<'a> {
     pub dataset: &'a str,
     pub inputs: Vec<ReportInput>,
     pub table: &'a DataFrame,
+    /// The photo of an input, for datasets of photos (maps are drawn over it).
+    pub photo_of: &'a dyn Fn(i64) -> Option<picture::Photo>,
 }
 
 /// The most table rows the page carries (the rest are counted, not shown).
@@ -73,7 +75,7 @@ pub fn render_html(r: &Report) -> Result<String> {
         }
         h.push_str("</table></div>\n");
         // The query's maps of this input (every side of a join in one picture).
-        if let Some(png) = maps_of(r.table, input.id) {
+        if let Some(png) = maps_of(r.table, input.id, r.photo_of) {
             h.push_str(&figure(&png, "attributions"));
         }
         h.push_str("</div>\n</section>\n");
@@ -90,7 +92,7 @@ pub fn render_html(r: &Report) -> Result<String> {
 }
 
 /// The picture of one input's rows, if the relation can be drawn.
-fn maps_of(table: &DataFrame, id: i64) -> Option<Vec<u8>> {
+fn maps_of(table: &DataFrame, id: i64, photo_of: &dyn Fn(i64) -> Option<picture::Photo>) -> Option<Vec<u8>> {
     let rows = table
         .clone()
         .lazy()
@@ -100,7 +102,7 @@ fn maps_of(table: &DataFrame, id: i64) -> Option<Vec<u8>> {
     if rows.height() == 0 {
         return None;
     }
-    picture::render_png(&rows).ok()
+    picture::render_png_over(&rows, photo_of).ok()
 }
 
 fn figure(png: &[u8], caption: &str) -> String {
