@@ -231,3 +231,65 @@ fn zoo_underivable_extra_inputs_are_named() {
         )],
     );
 }
+
+/// A sequence model's windows and segments: occlusion of 8 positions of every channel
+/// equals Captum's Occlusion with sliding_window_shapes (3, 8), strides (3, 8); IG by
+/// segments of 8 positions sums Captum's IG over each segment; a WINDOW of positions and
+/// channels keeps the other features at their values, and image axes are refused.
+#[test]
+fn zoo_sequences_take_windows_of_positions_and_segments() {
+    let mut s = session(&format!(
+        "LOAD MODEL seq FROM '{}'; LOAD DATA s FROM '{}' LABELS '{}';",
+        zoo("seq_cnn.ts.onnx"),
+        zoo("seq_cnn.inputs.npy"),
+        zoo("seq_cnn.targets.npy"),
+    ));
+    let df = query(
+        &mut s,
+        "SELECT attribution FROM seq(s) USING occlusion(window = 8, stride = 8) TARGET LABEL ORDER BY input, feature",
+    );
+    let (_, want) = npy(&root().join(zoo("seq_cnn.occlusion.npy")));
+    assert_attr("occlusion", &column_f64(&df, "attribution"), &want, false);
+    let df = query(
+        &mut s,
+        "SELECT input, position, size, attribution FROM seq(s) USING integrated_gradients TARGET LABEL
+         GRANULARITY segment(8) ORDER BY input, group",
+    );
+    let (_, ig) = npy(&root().join(zoo("seq_cnn.ig.npy")));
+    let sums: Vec<f64> = (0..2)
+        .flat_map(|i| {
+            let ig = &ig;
+            (0..8).map(move |g| {
+                (0..3)
+                    .flat_map(|c| (0..8).map(move |p| ig[i * 192 + c * 64 + g * 8 + p]))
+                    .sum::<f64>()
+            })
+        })
+        .collect();
+    assert_eq!(column_f64(&df, "size"), vec![24.0; 16]);
+    assert_eq!(column_f64(&df, "position")[..3], [0.0, 8.0, 16.0]);
+    assert_attr("IG by segments", &column_f64(&df, "attribution"), &sums, false);
+    let df = query(
+        &mut s,
+        "SELECT channel, position FROM seq(s[0]) USING integrated_gradients WINDOW positions 8:16, channels 1:3",
+    );
+    assert_eq!(df.height(), 16);
+    assert!(column_f64(&df, "channel").iter().all(|c| *c >= 1.0));
+    assert_errors(
+        &mut s,
+        &[
+            (
+                "SELECT * FROM seq(s[0]) USING saliency WINDOW rows 0:1",
+                "its windows are positions a:b and channels a:b",
+            ),
+            (
+                "SELECT * FROM seq(s[0]) USING saliency GRANULARITY segment(65)",
+                "a segment is 1 to 64 positions long",
+            ),
+            (
+                "SELECT * FROM seq(s[0]) USING saliency GRANULARITY patch(2)",
+                "pixel and patch granularity apply to images",
+            ),
+        ],
+    );
+}

@@ -30,7 +30,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 import torchvision.models as tvm
-from captum.attr import IntegratedGradients, LayerGradCam, Saliency
+from captum.attr import IntegratedGradients, LayerGradCam, Occlusion, Saliency
 from torch import nn
 from torchvision.models.convnext import CNBlockConfig, ConvNeXt
 from torchvision.models.efficientnet import EfficientNet, _efficientnet_conf
@@ -197,6 +197,10 @@ def small_zoo(only):
         write(f"{name}.saliency.npy", Saliency(model).attribute(x, target=targets).detach().numpy())
         ig = IntegratedGradients(model).attribute(x, target=targets, n_steps=50, method="gausslegendre")
         write(f"{name}.ig.npy", ig.detach().numpy())
+        if name == "seq_cnn":
+            # Occlusion of 8 positions of every channel, moved 8 at a time.
+            occ = Occlusion(model).attribute(x.detach(), target=targets, sliding_window_shapes=(3, 8), strides=(3, 8))
+            write(f"{name}.occlusion.npy", occ.numpy())
         if cam_layer:
             cam = LayerGradCam(model, module(model, cam_layer)).attribute(x, target=targets)
             write(f"{name}.gradcam.npy", cam.detach().numpy())

@@ -89,6 +89,22 @@ impl Selection {
     }
 }
 
+impl Modality {
+    /// The (channels, height, width) grid of an image, or of a sequence seen as an image
+    /// of one row: windows and patches work on it.
+    pub fn grid(&self) -> Option<(usize, usize, usize)> {
+        match *self {
+            Modality::Image {
+                channels,
+                height,
+                width,
+            } => Some((channels, height, width)),
+            Modality::Sequence { channels, length } => Some((channels, 1, length)),
+            _ => None,
+        }
+    }
+}
+
 impl Dataset {
     pub fn new(
         name: &str,

@@ -881,13 +881,8 @@ pub(super) fn features(window: &WindowSpec, gran: &GranularitySpec, modality: &M
     let mut groups = 0usize;
     let mut order = Vec::new();
     let mut image = None;
-    match modality {
-        Modality::Image {
-            channels,
-            height,
-            width,
-        } => {
-            let (c, h, w) = (*channels, *height, *width);
+    match modality.grid() {
+        Some((c, h, w)) => {
             let rect = match window {
                 WindowSpec::Rect(r) => *r,
                 _ => Rect {

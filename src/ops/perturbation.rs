@@ -93,13 +93,15 @@ fn occlusion_patches(req: &Request, window: usize, stride: usize) -> Result<Vec<
     if let Some(((_, h, w), rect)) = f.image {
         let (r0, r1) = rect.rows;
         let (c0, c1) = rect.cols;
-        check_occlusion(r1 - r0, window, stride, "rows")?;
+        // A sequence is one row: its windows are `window` positions long.
+        let (rows_window, rows_stride) = if h == 1 { (1, 1) } else { (window, stride) };
+        check_occlusion(r1 - r0, rows_window, rows_stride, "rows")?;
         check_occlusion(c1 - c0, window, stride, "columns")?;
-        for r in window_starts(r1 - r0, window, stride) {
+        for r in window_starts(r1 - r0, rows_window, rows_stride) {
             for c in window_starts(c1 - c0, window, stride) {
                 let mut patch = Vec::new();
                 for ch in rect.channels.0..rect.channels.1 {
-                    for rr in r0 + r..(r0 + r + window).min(r1) {
+                    for rr in r0 + r..(r0 + r + rows_window).min(r1) {
                         for cc in c0 + c..(c0 + c + window).min(c1) {
                             patch.push(ch * h * w + rr * w + cc);
                         }

@@ -325,6 +325,17 @@ pub(super) fn plan_clauses(call: &ast::ModelCall, clauses: &Clauses, catalog: &d
                 }
                 GranularitySpec::Patch(k as usize)
             }
+            (GranularityKind::Segment(k), Modality::Sequence { length, .. }) => {
+                let k = resolve_int(k, catalog, "a segment length")?;
+                if k < 1 || k as usize > *length {
+                    return Err(Error::value(format!(
+                        "a segment is 1 to {length} positions long (the sequence's length), got {k}"
+                    ))
+                    .at(g.span));
+                }
+                // A one-row image's patches: k positions, every channel.
+                GranularitySpec::Patch(k as usize)
+            }
             (GranularityKind::Column, Modality::Tabular { .. }) => GranularitySpec::Column,
             (GranularityKind::Token, Modality::Text { .. }) => GranularitySpec::Feature,
             (GranularityKind::Word, Modality::Text { .. }) => {
@@ -342,6 +353,7 @@ pub(super) fn plan_clauses(call: &ast::ModelCall, clauses: &Clauses, catalog: &d
                 let what = match kind {
                     GranularityKind::Column => "column granularity applies to tabular data",
                     GranularityKind::Token | GranularityKind::Word => "token and word granularity apply to text",
+                    GranularityKind::Segment(_) => "segment granularity applies to sequences",
                     _ => "pixel and patch granularity apply to images",
                 };
                 return Err(Error::value(format!("{what}, but `{}` is {}", data.name, modality_name(m))).at(g.span));
@@ -379,6 +391,8 @@ pub(super) fn plan_clauses(call: &ast::ModelCall, clauses: &Clauses, catalog: &d
         *stride = Some(st);
         // The windows must fit what they slide over: the WINDOW's box, or the columns.
         let extents: Vec<(usize, &str)> = match (&window, &info.modality) {
+            (WindowSpec::Rect(r), Modality::Sequence { .. }) => vec![(r.cols.1 - r.cols.0, "positions")],
+            (_, Modality::Sequence { length, .. }) => vec![(*length, "positions")],
             (WindowSpec::Rect(r), _) => vec![(r.rows.1 - r.rows.0, "rows"), (r.cols.1 - r.cols.0, "columns")],
             (_, Modality::Image { height, width, .. }) => {
                 vec![(*height, "rows"), (*width, "columns")]
@@ -411,6 +425,16 @@ pub(super) fn plan_clauses(call: &ast::ModelCall, clauses: &Clauses, catalog: &d
     };
     let columns = relation_columns(&attribution);
     Ok(Node::new(NodeKind::Attribute(Box::new(attribution)), columns))
+}
+
+/// A window range's bounds, checked against the axis's length.
+fn window_bounds(r: &ast::WindowRange, name: &str, limit: usize, catalog: &dyn Catalog) -> Result<(usize, usize)> {
+    let a = resolve_int(&r.start, catalog, "a window bound")?;
+    let b = resolve_int(&r.end, catalog, "a window bound")?;
+    if a < 0 || b <= a || b as usize > limit {
+        return Err(Error::value(format!("window {name} {a}:{b} must satisfy 0 ≤ start < end ≤ {limit}")).at(r.span));
+    }
+    Ok((a as usize, b as usize))
 }
 
 /// A WINDOW (or the window of an input edit) as features of the dataset: a box of an
@@ -462,22 +486,35 @@ pub fn resolve_window(
                     Axis::Rows => ("rows", *height, &mut rect.rows),
                     Axis::Cols => ("cols", *width, &mut rect.cols),
                     Axis::Channels => ("channels", *channels, &mut rect.channels),
-                    Axis::Tokens => {
+                    Axis::Tokens | Axis::Positions => {
                         return Err(Error::value(format!(
-                            "a window of tokens applies to text, but `{data_name}` is an image dataset"
+                            "a window of tokens or positions applies to text or sequences, but `{data_name}` is an image dataset"
                         ))
                         .at(r.span));
                     }
                 };
-                let a = resolve_int(&r.start, catalog, "a window bound")?;
-                let b = resolve_int(&r.end, catalog, "a window bound")?;
-                if a < 0 || b <= a || b as usize > limit {
-                    return Err(
-                        Error::value(format!("window {name} {a}:{b} must satisfy 0 ≤ start < end ≤ {limit}"))
-                            .at(r.span),
-                    );
-                }
-                *slot = (a as usize, b as usize);
+                *slot = window_bounds(r, name, limit, catalog)?;
+            }
+            WindowSpec::Rect(rect)
+        }
+        (WindowKind::Image(ranges), Modality::Sequence { channels, length }) => {
+            let mut rect = Rect {
+                channels: (0, *channels),
+                rows: (0, 1),
+                cols: (0, *length),
+            };
+            for r in ranges {
+                let (name, limit, slot) = match r.axis {
+                    Axis::Positions => ("positions", *length, &mut rect.cols),
+                    Axis::Channels => ("channels", *channels, &mut rect.channels),
+                    _ => {
+                        return Err(Error::value(format!(
+                            "`{data_name}` is a sequence: its windows are positions a:b and channels a:b"
+                        ))
+                        .at(r.span));
+                    }
+                };
+                *slot = window_bounds(r, name, limit, catalog)?;
             }
             WindowSpec::Rect(rect)
         }

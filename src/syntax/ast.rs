@@ -428,6 +428,8 @@ pub enum Axis {
     Channels,
     /// Token positions of a text input.
     Tokens,
+    /// Positions of a sequence.
+    Positions,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -454,6 +456,8 @@ pub struct Granularity {
 pub enum GranularityKind {
     Pixel,
     Patch(Value),
+    /// k positions of a sequence, all channels together.
+    Segment(Value),
     Column,
     Token,
     /// The tokens of one word together (text).
@@ -1009,6 +1013,7 @@ impl fmt::Display for Window {
                             Axis::Cols => "cols",
                             Axis::Channels => "channels",
                             Axis::Tokens => "tokens",
+                            Axis::Positions => "positions",
                         };
                         format!("{axis} {}:{}", r.start, r.end)
                     })
@@ -1037,6 +1042,7 @@ impl fmt::Display for Granularity {
         match &self.kind {
             GranularityKind::Pixel => write!(f, "pixel"),
             GranularityKind::Patch(k) => write!(f, "patch({k})"),
+            GranularityKind::Segment(k) => write!(f, "segment({k})"),
             GranularityKind::Column => write!(f, "column"),
             GranularityKind::Token => write!(f, "token"),
             GranularityKind::Word => write!(f, "word"),

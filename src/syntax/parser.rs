@@ -706,10 +706,15 @@ fn visit_clauses<'a>(pairs: impl Iterator<Item = Pair<'a, Rule>>) -> Result<Clau
                     Rule::gran_column => GranularityKind::Column,
                     Rule::gran_token => GranularityKind::Token,
                     Rule::gran_word => GranularityKind::Word,
-                    _ => {
+                    rule => {
                         let mut pc = Children::of(inner);
                         pc.skip_keywords();
-                        GranularityKind::Patch(visit_int_value(pc.next()?)?)
+                        let k = visit_int_value(pc.next()?)?;
+                        if rule == Rule::gran_segment {
+                            GranularityKind::Segment(k)
+                        } else {
+                            GranularityKind::Patch(k)
+                        }
                     }
                 };
                 interp.granularity = Some(Granularity { kind, span: gsp });
@@ -824,6 +829,7 @@ fn visit_window(w: Pair<Rule>) -> Result<WindowKind> {
                     "rows" => Axis::Rows,
                     "cols" => Axis::Cols,
                     "tokens" => Axis::Tokens,
+                    "positions" => Axis::Positions,
                     _ => Axis::Channels,
                 };
                 let start = visit_int_value(rc.next()?)?;
