@@ -293,3 +293,52 @@ fn zoo_sequences_take_windows_of_positions_and_segments() {
         ],
     );
 }
+
+/// Transformers from token ids (no tokenizer beside them), both exporters: logits against
+/// onnxruntime at their scale, and integrated gradients through the lookup of the ids in
+/// the word embeddings against Captum's LayerIntegratedGradients on `word_embeddings`
+/// (zero ids as the baseline, summed over the embedding). Saliency has no gradient to give.
+fn check_token_model(name: &str) {
+    for exporter in ["ts", "dynamo"] {
+        let mut s = session(&format!(
+            "LOAD MODEL z FROM '{}'; LOAD DATA x FROM '{}' LABELS '{}';",
+            zoo(&format!("{name}.{exporter}.onnx")),
+            zoo(&format!("{name}.inputs.npy")),
+            zoo(&format!("{name}.targets.npy")),
+        ));
+        let what = format!("{name}.{exporter}");
+        let (shape, want) = npy(&root().join(zoo(&format!("{name}.{exporter}.logits.npy"))));
+        let df = query(&mut s, "SELECT * FROM PREDICT z(x)");
+        assert_attr(&format!("{what}: logits"), &logits(&df, shape[1]), &want, false);
+        let df = query(
+            &mut s,
+            "SELECT attribution FROM z(x) USING integrated_gradients TARGET LABEL ORDER BY input, feature",
+        );
+        let (_, want) = npy(&root().join(zoo(&format!("{name}.lig.npy"))));
+        assert_attr(&format!("{what}: IG"), &column_f64(&df, "attribution"), &want, false);
+        assert_errors(
+            &mut s,
+            &[("SELECT * FROM z(x[0]) USING saliency", "token ids have none")],
+        );
+    }
+}
+
+#[test]
+fn zoo_bert_from_token_ids() {
+    check_token_model("bert");
+}
+
+#[test]
+fn zoo_distilbert_from_token_ids() {
+    check_token_model("distilbert");
+}
+
+#[test]
+fn zoo_roberta_from_token_ids() {
+    check_token_model("roberta");
+}
+
+#[test]
+fn zoo_gpt2_last_position_from_token_ids() {
+    check_token_model("gpt2");
+}

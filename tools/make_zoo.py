@@ -163,7 +163,7 @@ def small_zoo(only):
     os.makedirs(OUT, exist_ok=True)
     manifest = []
     for name, (make, shape, cam_layer) in ZOO.items():
-        if only and name not in only:
+        if only is not None and name not in only:
             continue
         torch.manual_seed(11)
         model = make()
@@ -220,10 +220,13 @@ def small_zoo(only):
         manifest.append(entry)
         sizes = {k: v.get("bytes", v.get("error")) for k, v in entry["exports"].items()}
         print(f"{name}: {sizes}", file=sys.stderr)
+    text = text_zoo(only)
     if not only:
+        import transformers
         with open(os.path.join(OUT, "manifest.json"), "w") as f:
             json.dump({"torch": torch.__version__, "onnxruntime": ort.__version__, "opset": OPSET,
-                       "models": manifest}, f, indent=1)
+                       "transformers": transformers.__version__, "models": manifest, "text_models": text}, f,
+                      indent=1)
 
 
 class MeanPooled(nn.Module):
@@ -258,6 +261,96 @@ def bert_onnx():
     print(f"wrote {folder}/model.onnx", file=sys.stderr)
 
 
+class LastPosition(nn.Module):
+    """A causal language model's logits at the last position (GPT-2)."""
+
+    def __init__(self, lm):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, input_ids):
+        return self.lm(input_ids=input_ids).logits[:, -1, :]
+
+
+class Logits(nn.Module):
+    """A sequence classifier's logits from token ids alone (the mask all ones)."""
+
+    def __init__(self, clf):
+        super().__init__()
+        self.clf = clf
+
+    def forward(self, input_ids):
+        return self.clf(input_ids=input_ids).logits
+
+
+def text_zoo(only):
+    """Small transformers encoders and a decoder, token ids in, exported by both exporters;
+    references: onnxruntime's logits and Captum's LayerIntegratedGradients on the word
+    embeddings (zero ids as the baseline), summed over the embedding."""
+    from captum.attr import LayerIntegratedGradients
+    from transformers import (BertConfig, BertForSequenceClassification, DistilBertConfig,
+                              DistilBertForSequenceClassification, GPT2Config, GPT2LMHeadModel, RobertaConfig,
+                              RobertaForSequenceClassification)
+    small = dict(vocab_size=50, max_position_embeddings=32)
+    zoo = {
+        "bert": (lambda: Logits(BertForSequenceClassification(BertConfig(
+            hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, num_labels=3,
+            attn_implementation="eager", **small))), lambda m: m.clf.bert.embeddings.word_embeddings),
+        "distilbert": (lambda: Logits(DistilBertForSequenceClassification(DistilBertConfig(
+            dim=16, n_layers=2, n_heads=2, hidden_dim=32, num_labels=3, attn_implementation="eager", **small))),
+            lambda m: m.clf.distilbert.embeddings.word_embeddings),
+        "roberta": (lambda: Logits(RobertaForSequenceClassification(RobertaConfig(
+            hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, num_labels=3,
+            pad_token_id=1, attn_implementation="eager", vocab_size=50, max_position_embeddings=40))),
+            lambda m: m.clf.roberta.embeddings.word_embeddings),
+        "gpt2": (lambda: LastPosition(GPT2LMHeadModel(GPT2Config(
+            n_embd=16, n_layer=2, n_head=2, n_positions=32, vocab_size=50, attn_implementation="eager"))),
+            lambda m: m.lm.transformer.wte),
+    }
+    entries = []
+    for name, (make, embeddings) in zoo.items():
+        if only and name not in only:
+            continue
+        torch.manual_seed(17)
+        model = make().eval()
+        g = torch.Generator().manual_seed(19)
+        ids = torch.randint(3, 50, (2, 10), generator=g)
+        targets = torch.tensor([1, 2])
+        write(f"{name}.inputs.npy", ids.numpy())
+        write(f"{name}.targets.npy", targets.numpy())
+        entry = {"name": name, "exports": {}}
+        with torch.no_grad():
+            torch_logits = model(ids).numpy()
+        for exporter in ("ts", "dynamo"):
+            path = os.path.join(OUT, f"{name}.{exporter}.onnx")
+            try:
+                if exporter == "ts":
+                    torch.onnx.export(model, (ids,), path, opset_version=OPSET, input_names=["input_ids"],
+                                      output_names=["logits"], dynamic_axes={"input_ids": {0: "batch"}},
+                                      dynamo=False)
+                else:
+                    batch = torch.export.Dim("batch", min=1, max=1024)
+                    torch.onnx.export(model, (ids,), dynamo=True, opset_version=OPSET, input_names=["input_ids"],
+                                      output_names=["logits"], dynamic_shapes={"input_ids": {0: batch}},
+                                      optimize=True).save(path)
+                sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+                logits = sess.run(None, {sess.get_inputs()[0].name: ids.numpy()})[0]
+                write(f"{name}.{exporter}.logits.npy", logits)
+                entry["exports"][exporter] = {"file": os.path.basename(path), "bytes": os.path.getsize(path),
+                                              "ort_vs_torch": float(np.abs(logits - torch_logits).max())}
+            except Exception as e:  # noqa: BLE001 — recorded in the manifest, not hidden
+                entry["exports"][exporter] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+                traceback.print_exc()
+                if os.path.exists(path):
+                    os.remove(path)
+        lig = LayerIntegratedGradients(model, embeddings(model))
+        attr = lig.attribute(ids, baselines=torch.zeros_like(ids), target=targets, n_steps=50)
+        write(f"{name}.lig.npy", attr.sum(-1).detach().numpy())
+        entries.append(entry)
+        print(f"{name}: {entry['exports']}", file=sys.stderr)
+    return entries
+
+
 def full_zoo():
     out = os.path.join("models", "zoo")
     os.makedirs(out, exist_ok=True)
@@ -282,4 +375,4 @@ if __name__ == "__main__":
     elif args.bert:
         bert_onnx()
     else:
-        small_zoo(args.only)
+        small_zoo(args.only)  # names of text models run text_zoo alone

@@ -258,6 +258,20 @@ impl Model {
         })
     }
 
+    /// The layer that looks the model's input up in a table (token or byte ids into an
+    /// embedding), reached from the input through casts and reshapes only.
+    pub fn token_embedding(&self) -> Option<usize> {
+        let mut passes = vec![true];
+        for (i, l) in self.layers.iter().enumerate() {
+            let from_input = l.inputs.first().is_some_and(|&v| passes[v]);
+            if from_input && matches!(l.op, Op::Embedding { .. }) {
+                return Some(i);
+            }
+            passes.push(from_input && matches!(l.op, Op::Map(_) | Op::Select(_) | Op::Flatten | Op::Identity));
+        }
+        None
+    }
+
     /// The input's sample shape as shown: symbolic axes by name (`[3, height, width]`).
     pub fn input_text(&self) -> String {
         match &self.dynamic {

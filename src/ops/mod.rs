@@ -855,7 +855,7 @@ impl Request<'_> {
 /// Per-feature attributions (n × d, Captum's layout; zero outside the window) of the
 /// methods that attribute input features.
 pub fn attribute(method: &Method, req: &Request) -> Result<Vec<f32>> {
-    if req.model.text.is_some() {
+    if req.model.text.is_some() || req.model.token_embedding().is_some() {
         return text_attribute(method, req);
     }
     match method {
@@ -889,11 +889,19 @@ pub fn attribute(method: &Method, req: &Request) -> Result<Vec<f32>> {
 /// A text model's inputs are token ids, which have no gradient: integrated gradients
 /// runs on the embedding layer (Captum's LayerIntegratedGradients on the embeddings)
 /// and each token's attribution is the sum over its embedding; the perturbation methods
-/// replace tokens by the baseline's ([PAD] by default).
+/// replace tokens by the baseline's ([PAD] by default). A model of token or byte ids
+/// without a tokenizer (an ONNX export) is attributed through the lookup of its ids in
+/// the embedding table (LayerIntegratedGradients on the word embeddings), against the
+/// baseline's ids (0 by default).
 fn text_attribute(method: &Method, req: &Request) -> Result<Vec<f32>> {
     match method {
         Method::IntegratedGradients { steps, rule } => {
-            let layer = req.model.embeddings_layer().ok_or_else(|| {
+            let layer = if req.model.text.is_some() {
+                req.model.embeddings_layer()
+            } else {
+                req.model.token_embedding()
+            }
+            .ok_or_else(|| {
                 Error::model("this text model has no `embeddings` hook point for integrated gradients to start at")
             })?;
             let at_embeddings = Request {

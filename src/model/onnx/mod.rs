@@ -1222,6 +1222,57 @@ impl Importer {
             }
             "Slice" => self.slice(node),
             "Gather" => self.gather(node),
+            "CumSum" => self.cumsum(node),
+            "GatherElements" => {
+                let (data, index) = (node.input(0).unwrap_or_default(), node.input(1).unwrap_or_default());
+                if let (Sym::Const(table), Sym::Value { full, .. }) = (self.sym(data)?, self.sym(index)?)
+                    && let Some(&v) = table.data.first()
+                    && table.data.iter().all(|x| *x == v)
+                {
+                    // Gathering from a constant that is the same everywhere (RoBERTa's buffer
+                    // of token type ids, all zeros) gives that constant, whatever the indices.
+                    let k = Konst {
+                        shape: full.clone(),
+                        data: vec![v; full.iter().product()],
+                    };
+                    self.set_const(node, k);
+                    return Ok(());
+                }
+                let indices = self.konst(index)?.clone();
+                let a = node.int("axis", 0);
+                self.select_like(node, move |shape| {
+                    let ax = axis(a, shape.len())?;
+                    if indices.shape.len() != shape.len() {
+                        return Err(unsupported(format!(
+                            "GatherElements indices of shape {:?} for data of shape {shape:?}",
+                            indices.shape
+                        )));
+                    }
+                    let st = graph_ops::strides(shape);
+                    let len = shape[ax] as i64;
+                    let mut map = Vec::with_capacity(indices.data.len());
+                    let mut bad = None;
+                    graph_ops::for_each_index(&indices.shape, |flat, idx| {
+                        let i = indices.data[flat] as i64;
+                        let i = if i < 0 { i + len } else { i };
+                        if !(0..len).contains(&i) || idx.iter().zip(shape).any(|(k, d)| k >= d) {
+                            bad = Some(i);
+                        }
+                        let j: usize = idx
+                            .iter()
+                            .enumerate()
+                            .map(|(d, &k)| if d == ax { i.max(0) as usize } else { k } * st[d])
+                            .sum();
+                        map.push(j as u32);
+                    });
+                    if let Some(i) = bad {
+                        return Err(unsupported(format!(
+                            "GatherElements index {i} out of range for shape {shape:?}"
+                        )));
+                    }
+                    Ok((indices.shape.clone(), map))
+                })
+            }
             "Expand" => {
                 let target = self.konst(node.input(1).unwrap_or_default())?.ints();
                 self.select_like(node, move |shape| {
@@ -2032,6 +2083,63 @@ impl Importer {
         };
         self.push(&proto, name, op, inputs, in_full, out_full);
         self.layers.len()
+    }
+
+    /// CumSum along the last axis: a linear map of that axis (a triangle of ones), so its
+    /// gradient is exact; RoBERTa's position ids are the running count of real tokens.
+    fn cumsum(&mut self, node: &Node) -> Result<()> {
+        let name = node.input(0).ok_or_else(|| unsupported("input 0 is missing"))?;
+        let sym = self.sym(name)?.clone();
+        let shape = match &sym {
+            Sym::Value { full, .. } => full.clone(),
+            Sym::Const(k) => k.shape.clone(),
+        };
+        let a = self
+            .konst(node.input(1).unwrap_or_default())?
+            .data
+            .first()
+            .copied()
+            .ok_or_else(|| unsupported("a CumSum without an axis"))? as i64;
+        let ax = axis(a, shape.len())?;
+        let (exclusive, reverse) = (node.int("exclusive", 0) != 0, node.int("reverse", 0) != 0);
+        let len = shape[ax];
+        // W[o][i]: whether input i adds into output o.
+        let adds = |o: usize, i: usize| match (reverse, exclusive) {
+            (false, false) => i <= o,
+            (false, true) => i < o,
+            (true, false) => i >= o,
+            (true, true) => i > o,
+        };
+        match sym {
+            Sym::Const(k) => {
+                let st = graph_ops::strides(&shape);
+                let mut data = vec![0.0; k.data.len()];
+                graph_ops::for_each_index(&shape, |flat, idx| {
+                    let base = flat - idx[ax] * st[ax];
+                    data[flat] = (0..len)
+                        .filter(|&i| adds(idx[ax], i))
+                        .map(|i| k.data[base + i * st[ax]])
+                        .sum();
+                });
+                self.set_const(node, Konst { shape, data });
+            }
+            Sym::Value { slot, full } => {
+                if ax + 1 != full.len() {
+                    return Err(unsupported("a CumSum of a value along an axis other than the last"));
+                }
+                let weight = (0..len * len)
+                    .map(|w| f32::from(u8::from(adds(w / len, w % len))))
+                    .collect();
+                let op = Op::Linear {
+                    inp: len,
+                    out: len,
+                    weight,
+                    bias: None,
+                };
+                self.unary_layer(node, op, (slot, full.clone()), full);
+            }
+        }
+        Ok(())
     }
 
     /// Split: one layer per output, each a slice of the input along `axis`.
