@@ -70,29 +70,21 @@ fn check(name: &str, exporter: &str, cam_layer: Option<&str>, ties: bool) {
     let (shape, want) = npy(&root().join(zoo(&format!("{name}.{exporter}.logits.npy"))));
     let df = query(&mut s, "SELECT * FROM PREDICT z(x)");
     assert_close(&format!("{what}: logits"), &logits(&df, shape[1]), &want, 1e-4, 1e-4);
-    for (method, file) in [("saliency", "saliency"), ("integrated_gradients(steps = 50)", "ig")] {
+    let mut cases = vec![
+        ("saliency".to_string(), "saliency", "feature"),
+        ("integrated_gradients(steps = 50)".to_string(), "ig", "feature"),
+    ];
+    if let Some(layer) = cam_layer {
+        cases.push((format!("gradcam(relu = false) AT LAYER {layer}"), "gradcam", "unit"));
+    }
+    for (method, file, key) in cases {
         let df = query(
             &mut s,
-            &format!("SELECT attribution FROM z(x) USING {method} TARGET LABEL ORDER BY input, feature"),
+            &format!("SELECT attribution FROM z(x) USING {method} TARGET LABEL ORDER BY input, {key}"),
         );
         let (_, want) = npy(&root().join(zoo(&format!("{name}.{file}.npy"))));
         assert_attr(
             &format!("{what}: {method}"),
-            &column_f64(&df, "attribution"),
-            &want,
-            ties,
-        );
-    }
-    if let Some(layer) = cam_layer {
-        let df = query(
-            &mut s,
-            &format!(
-                "SELECT attribution FROM z(x) AT LAYER {layer} USING gradcam(relu = false) TARGET LABEL ORDER BY input, unit"
-            ),
-        );
-        let (_, want) = npy(&root().join(zoo(&format!("{name}.gradcam.npy"))));
-        assert_attr(
-            &format!("{what}: gradcam at {layer}"),
             &column_f64(&df, "attribution"),
             &want,
             ties,

@@ -915,31 +915,28 @@ impl State {
                 overwrite,
             } => {
                 let mut df = relational::run(&query, self)?;
-                if format == crate::plan::ExportFormat::Png
-                    && let Some(photo_of) = self.photo_lookup(&query)
-                {
-                    let bytes = crate::output::picture::render_png_over(&df, &photo_of)?;
+                // A report, and pictures drawn over photos, are rendered here (they need
+                // the session); the tables and plain pictures by the output stage.
+                let rendered = match format {
+                    crate::plan::ExportFormat::Report => Some((
+                        self.report(&query, &text, &df)?.into_bytes(),
+                        format!("wrote a report of {} rows to {}", df.height(), path.display()),
+                    )),
+                    crate::plan::ExportFormat::Png => match self.photo_lookup(&query) {
+                        Some(photo_of) => Some((
+                            crate::output::picture::render_png_over(&df, &photo_of)?,
+                            format!("drew {} rows over their photos in {}", df.height(), path.display()),
+                        )),
+                        None => None,
+                    },
+                    _ => None,
+                };
+                if let Some((bytes, message)) = rendered {
                     crate::output::write_atomically(&path, overwrite, &mut |out| {
                         out.write_all(&bytes)
-                            .map_err(|e| Error::io(format!("cannot write the picture: {e}")))
+                            .map_err(|e| Error::io(format!("cannot write {}: {e}", path.display())))
                     })?;
-                    return Ok(Output::Message(format!(
-                        "drew {} rows over their photos in {}",
-                        df.height(),
-                        path.display()
-                    )));
-                }
-                if format == crate::plan::ExportFormat::Report {
-                    let html = self.report(&query, &text, &df)?;
-                    crate::output::write_atomically(&path, overwrite, &mut |out| {
-                        out.write_all(html.as_bytes())
-                            .map_err(|e| Error::io(format!("cannot write the report: {e}")))
-                    })?;
-                    return Ok(Output::Message(format!(
-                        "wrote a report of {} rows to {}",
-                        df.height(),
-                        path.display()
-                    )));
+                    return Ok(Output::Message(message));
                 }
                 crate::output::write_frame(&mut df, &path, format, overwrite)?;
                 Ok(Output::Message(format!(
