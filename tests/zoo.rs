@@ -22,6 +22,25 @@ fn zoo(rel: &str) -> String {
     format!("tests/fixtures/zoo/{rel}")
 }
 
+/// A session with `z` (the export) and `x` (its inputs, labelled by their targets), whose
+/// logits have been checked against onnxruntime's (1e-4, and at the scale of the
+/// logits); and the name of the case for messages.
+fn loaded_with_logits_checked(name: &str, exporter: &str) -> (ialgebra::exec::Session, String) {
+    let mut s = session(&format!(
+        "LOAD MODEL z FROM '{}'; LOAD DATA x FROM '{}' LABELS '{}';",
+        zoo(&format!("{name}.{exporter}.onnx")),
+        zoo(&format!("{name}.inputs.npy")),
+        zoo(&format!("{name}.targets.npy")),
+    ));
+    let what = format!("{name}.{exporter}");
+    let (shape, want) = npy(&root().join(zoo(&format!("{name}.{exporter}.logits.npy"))));
+    let df = query(&mut s, "SELECT * FROM PREDICT z(x)");
+    let got = logits(&df, shape[1]);
+    assert_close(&format!("{what}: logits"), &got, &want, 1e-4, 1e-4);
+    assert_attr(&format!("{what}: logits at their scale"), &got, &want, false);
+    (s, what)
+}
+
 /// Closeness at the scale of the reference map (see the module doc); a map of zeros would
 /// test nothing and is refused.
 fn assert_attr(what: &str, got: &[f64], want: &[f64], ties: bool) {
@@ -60,16 +79,7 @@ fn correlation(a: &[f64], b: &[f64]) -> f64 {
 /// Loads one export with its inputs (labelled by the targets) and checks logits, saliency,
 /// integrated gradients and, where given, Grad-CAM at `cam_layer`.
 fn check(name: &str, exporter: &str, cam_layer: Option<&str>, ties: bool) {
-    let mut s = session(&format!(
-        "LOAD MODEL z FROM '{}'; LOAD DATA x FROM '{}' LABELS '{}';",
-        zoo(&format!("{name}.{exporter}.onnx")),
-        zoo(&format!("{name}.inputs.npy")),
-        zoo(&format!("{name}.targets.npy")),
-    ));
-    let what = format!("{name}.{exporter}");
-    let (shape, want) = npy(&root().join(zoo(&format!("{name}.{exporter}.logits.npy"))));
-    let df = query(&mut s, "SELECT * FROM PREDICT z(x)");
-    assert_close(&format!("{what}: logits"), &logits(&df, shape[1]), &want, 1e-4, 1e-4);
+    let (mut s, what) = loaded_with_logits_checked(name, exporter);
     let mut cases = vec![
         ("saliency".to_string(), "saliency", "feature"),
         ("integrated_gradients(steps = 50)".to_string(), "ig", "feature"),
@@ -292,16 +302,7 @@ fn zoo_sequences_take_windows_of_positions_and_segments() {
 /// (zero ids as the baseline, summed over the embedding). Saliency has no gradient to give.
 fn check_token_model(name: &str) {
     for exporter in ["ts", "dynamo"] {
-        let mut s = session(&format!(
-            "LOAD MODEL z FROM '{}'; LOAD DATA x FROM '{}' LABELS '{}';",
-            zoo(&format!("{name}.{exporter}.onnx")),
-            zoo(&format!("{name}.inputs.npy")),
-            zoo(&format!("{name}.targets.npy")),
-        ));
-        let what = format!("{name}.{exporter}");
-        let (shape, want) = npy(&root().join(zoo(&format!("{name}.{exporter}.logits.npy"))));
-        let df = query(&mut s, "SELECT * FROM PREDICT z(x)");
-        assert_attr(&format!("{what}: logits"), &logits(&df, shape[1]), &want, false);
+        let (mut s, what) = loaded_with_logits_checked(name, exporter);
         let df = query(
             &mut s,
             "SELECT attribution FROM z(x) USING integrated_gradients TARGET LABEL ORDER BY input, feature",

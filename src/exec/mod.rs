@@ -960,17 +960,22 @@ fn first_source(node: &crate::plan::Node) -> Option<(String, DatasetRef)> {
     }
 }
 
+/// What the planner needs to know of a model.
+fn model_info(m: &Model) -> ModelInfo {
+    ModelInfo {
+        input_shape: m.input_shape.clone(),
+        output_len: m.output_len(),
+        layers: m.layer_names(),
+        layer_shapes: m.layers.iter().map(|l| l.out_shape.clone()).collect(),
+        aliases: m.aliases.iter().map(|(a, i)| (a.clone(), *i)).collect(),
+        sequence_input: m.is_sequence(),
+        dynamic: m.dynamic.is_some(),
+    }
+}
+
 impl Catalog for State {
     fn model(&self, name: &str) -> Option<ModelInfo> {
-        self.models.get(name).map(|m| ModelInfo {
-            input_shape: m.model.input_shape.clone(),
-            output_len: m.model.output_len(),
-            layers: m.model.layer_names(),
-            layer_shapes: m.model.layers.iter().map(|l| l.out_shape.clone()).collect(),
-            aliases: m.model.aliases.iter().map(|(a, i)| (a.clone(), *i)).collect(),
-            sequence_input: m.model.is_sequence(),
-            dynamic: m.model.dynamic.is_some(),
-        })
+        self.models.get(name).map(|m| model_info(&m.model))
     }
     fn bind_model(&self, name: &str, sample_shape: &[usize]) -> Result<(String, ModelInfo)> {
         let dims: Vec<String> = sample_shape.iter().map(|d| d.to_string()).collect();
@@ -978,18 +983,7 @@ impl Catalog for State {
         let m = self
             .bound_model(&bound)?
             .ok_or_else(|| Error::model(format!("internal: `{name}` has no symbolic input axes")))?;
-        Ok((
-            bound,
-            ModelInfo {
-                input_shape: m.model.input_shape.clone(),
-                output_len: m.model.output_len(),
-                layers: m.model.layer_names(),
-                layer_shapes: m.model.layers.iter().map(|l| l.out_shape.clone()).collect(),
-                aliases: m.model.aliases.iter().map(|(a, i)| (a.clone(), *i)).collect(),
-                sequence_input: m.model.is_sequence(),
-                dynamic: false,
-            },
-        ))
+        Ok((bound, model_info(&m.model)))
     }
     fn model_names(&self) -> Vec<String> {
         self.models.keys().cloned().collect()
