@@ -209,6 +209,23 @@ case("conv1d_pool1d", [node("Conv", ["x", "w", "b"], ["c"], pads=[1, 2], strides
                        node("AveragePool", ["m"], ["y"], kernel_shape=[3], pads=[1, 1], count_include_pad=1)],
      [3, 9], inits=[const("w", w(4, 3, 4)), const("b", w(4))])
 
+case("resize_linear_half_pixel", [node("Resize", ["x", "", "sc"], mode="linear")], [2, 3, 4],
+     inits=[const("sc", np.array([1, 1, 2.5, 1.5], np.float32))], opset=18)
+case("resize_linear_align_corners", [node("Resize", ["x", "", "sc"], mode="linear",
+                                          coordinate_transformation_mode="align_corners")], [2, 4, 3],
+     inits=[const("sc", np.array([1, 1, 0.75, 2], np.float32))], opset=18)
+case("resize_cubic", [node("Resize", ["x", "", "sc"], mode="cubic", cubic_coeff_a=-0.75)], [1, 4, 5],
+     inits=[const("sc", np.array([1, 1, 2, 1.6], np.float32))], opset=18)
+case("group_norm_as_torch_exports", [node("Reshape", ["x", "s1"], ["r"]),
+                                     node("InstanceNormalization", ["r", "one", "zero"], ["n"], epsilon=1e-5),
+                                     node("Reshape", ["n", "s2"], ["b"]), node("Mul", ["b", "g"], ["m"]),
+                                     node("Add", ["m", "bias"])], [4, 3, 3],
+     inits=[const("s1", np.array([0, 2, -1], np.int64)), const("one", np.ones(2, np.float32)),
+            const("zero", np.zeros(2, np.float32)), const("s2", np.array([0, 4, 3, 3], np.int64)),
+            const("g", w(4, 1, 1)), const("bias", w(4, 1, 1))])
+case("group_normalization_op", [node("GroupNormalization", ["x", "g", "b"], num_groups=2, epsilon=1e-5)],
+     [4, 3, 3], inits=[const("g", w(4)), const("b", w(4))], opset=21)
+
 # A model of two inputs the second of which cannot be derived from the first (refused).
 x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
 other = helper.make_tensor_value_info("other", TensorProto.FLOAT, ["batch", 4])

@@ -406,6 +406,58 @@ impl Select {
     }
 }
 
+/// Each output value a weighted sum of input values (linear and cubic resizing): output
+/// `o` takes `taps[starts[o]..starts[o + 1]]`, (input position, weight) pairs.
+#[derive(Clone, Debug)]
+pub struct Mix {
+    pub starts: Vec<u32>,
+    pub taps: Vec<(u32, f32)>,
+}
+
+impl Mix {
+    pub fn from_rows(rows: Vec<Vec<(u32, f32)>>) -> Mix {
+        let mut starts = vec![0u32];
+        let mut taps = Vec::new();
+        for r in rows {
+            taps.extend(r);
+            starts.push(taps.len() as u32);
+        }
+        Mix { starts, taps }
+    }
+
+    fn outputs(&self) -> usize {
+        self.starts.len() - 1
+    }
+
+    fn row(&self, o: usize) -> &[(u32, f32)] {
+        &self.taps[self.starts[o] as usize..self.starts[o + 1] as usize]
+    }
+
+    pub fn forward(&self, x: &Batch) -> Vec<f32> {
+        let mut ys = Vec::with_capacity(x.rows() * self.outputs());
+        for r in 0..x.rows() {
+            let xs = x.row(r);
+            ys.extend((0..self.outputs()).map(|o| self.row(o).iter().map(|&(j, w)| w * xs[j as usize]).sum::<f32>()));
+        }
+        ys
+    }
+
+    pub fn backward(&self, x: &Batch, gy: &Batch) -> Vec<f32> {
+        let width = x.sample_len();
+        let mut gx = vec![0.0f32; x.rows() * width];
+        for r in 0..gy.rows() {
+            let g = gy.row(r);
+            let out = &mut gx[r * width..(r + 1) * width];
+            for (o, go) in g.iter().enumerate() {
+                for &(j, w) in self.row(o) {
+                    out[j as usize] += w * go;
+                }
+            }
+        }
+        gx
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReduceKind {
     Sum,

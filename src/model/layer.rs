@@ -67,6 +67,8 @@ pub enum Op {
     Nary(Nary),
     /// Values copied from the inputs: transpose, slice, gather, pad, expand, concat.
     Select(Select),
+    /// Weighted sums of the input's values: linear and cubic resizing.
+    Mix(graph_ops::Mix),
     Reduce(Reduce),
     /// The product of the layer's two inputs.
     MatMul(MatMul),
@@ -268,6 +270,7 @@ impl Layer {
             Op::Map(f) => map(xs, |v| f.apply(v)),
             Op::Nary(nary) => nary.forward(args, shape[1..].iter().product()),
             Op::Select(select) => select.forward(args),
+            Op::Mix(mix) => mix.forward(x),
             Op::Reduce(reduce) => {
                 let (ys, arg) = reduce.forward(x, shape[1..].iter().product());
                 if keep {
@@ -424,6 +427,7 @@ impl Layer {
                 reduce.backward(x, arg, gy).into_data()
             }
             Op::LayerNorm(ln) => ln.backward(xs, gys),
+            Op::Mix(mix) => mix.backward(x, gy),
             // Layers of several inputs return a gradient for each.
             Op::Nary(nary) => return Ok(nary.backward(args, y, gy)),
             Op::Select(select) => return Ok(select.backward(args, gy)),

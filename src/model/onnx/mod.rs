@@ -1034,7 +1034,14 @@ impl Importer {
                 })
             }
             "Resize" | "Upsample" => self.resize(node),
-            "InstanceNormalization" => self.instance_norm(node),
+            "InstanceNormalization" => self.instance_norm(node, None),
+            "GroupNormalization" => {
+                let groups = node.int("num_groups", 0);
+                if groups < 1 {
+                    return Err(unsupported("a GroupNormalization without num_groups"));
+                }
+                self.instance_norm(node, Some(groups as usize))
+            }
             "Erf" => self.map(node, MapFn::Erf),
             "Exp" => self.map(node, MapFn::Exp),
             "Log" => self.map(node, MapFn::Log),
@@ -2193,12 +2200,18 @@ impl Importer {
         Ok(())
     }
 
-    /// Resize / Upsample in nearest mode: each output position copies the input position
-    /// its coordinate maps to (ONNX's coordinate transformations and rounding modes).
+    /// Resize / Upsample: each output position maps to a coordinate of the input (ONNX's
+    /// coordinate transformations); nearest mode copies the input value there (its rounding
+    /// modes), linear and cubic modes weigh its neighbours, axis by axis, as onnxruntime
+    /// does (linear: the coordinate clamped to the axis; cubic: Keys' kernel with
+    /// `cubic_coeff_a`, neighbours past the edge clamped to it).
     fn resize(&mut self, node: &Node) -> Result<()> {
         let mode = node.string("mode", "nearest");
-        if mode != "nearest" {
-            return Err(unsupported(format!("Resize in {mode} mode (nearest is supported)")));
+        if !["nearest", "linear", "cubic"].contains(&mode.as_str()) {
+            return Err(unsupported(format!("Resize in {mode} mode")));
+        }
+        if node.int("antialias", 0) != 0 || node.int("exclude_outside", 0) != 0 {
+            return Err(unsupported("Resize with antialias or exclude_outside"));
         }
         let name = node.input(0).ok_or_else(|| unsupported("input 0 is missing"))?;
         let full_in = match self.sym(name)? {
@@ -2233,9 +2246,10 @@ impl Importer {
         };
         let transform = node.string("coordinate_transformation_mode", "half_pixel");
         let rounding = node.string("nearest_mode", "round_prefer_floor");
-        let source = |o: usize, d: usize| -> Result<usize> {
+        let a = node.float("cubic_coeff_a", -0.75) as f64;
+        let coordinate = |o: usize, d: usize| -> Result<f64> {
             let (len_in, len_out, s) = (full_in[d] as f64, out[d] as f64, scale[d]);
-            let x = match transform.as_str() {
+            Ok(match transform.as_str() {
                 "asymmetric" => o as f64 / s,
                 "align_corners" if len_out > 1.0 => o as f64 * (len_in - 1.0) / (len_out - 1.0),
                 "align_corners" => 0.0,
@@ -2245,49 +2259,124 @@ impl Importer {
                 "pytorch_half_pixel" => 0.0,
                 "tf_half_pixel_for_nn" => (o as f64 + 0.5) / s,
                 other => return Err(unsupported(format!("coordinate_transformation_mode {other}"))),
-            };
-            let i = match rounding.as_str() {
-                "floor" => x.floor(),
-                "ceil" => x.ceil(),
-                "round_prefer_ceil" => (x + 0.5).floor(),
-                _ => (x - 0.5).ceil(),
-            };
-            Ok(i.clamp(0.0, len_in - 1.0) as usize)
+            })
         };
-        let maps: Vec<Vec<usize>> = (0..r)
-            .map(|d| (0..out[d]).map(|o| source(o, d)).collect::<Result<_>>())
+        // For each axis and output position: the input positions it reads, with weights.
+        let taps_of = |o: usize, d: usize| -> Result<Vec<(usize, f64)>> {
+            let len = full_in[d];
+            let last = len as f64 - 1.0;
+            let x = coordinate(o, d)?;
+            Ok(match mode.as_str() {
+                "nearest" => {
+                    let i = match rounding.as_str() {
+                        "floor" => x.floor(),
+                        "ceil" => x.ceil(),
+                        "round_prefer_ceil" => (x + 0.5).floor(),
+                        _ => (x - 0.5).ceil(),
+                    };
+                    vec![(i.clamp(0.0, last) as usize, 1.0)]
+                }
+                "linear" => {
+                    let x = x.clamp(0.0, last);
+                    let i0 = x.floor() as usize;
+                    let i1 = (i0 + 1).min(len - 1);
+                    let t = x - i0 as f64;
+                    vec![(i0, 1.0 - t), (i1, t)]
+                }
+                _ => {
+                    let i0 = x.floor();
+                    let t = x - i0;
+                    let keys = |s: f64| {
+                        let s = s.abs();
+                        if s <= 1.0 {
+                            ((a + 2.0) * s - (a + 3.0)) * s * s + 1.0
+                        } else if s < 2.0 {
+                            ((a * s - 5.0 * a) * s + 8.0 * a) * s - 4.0 * a
+                        } else {
+                            0.0
+                        }
+                    };
+                    (-1..=2)
+                        .map(|k| {
+                            let at = (i0 + k as f64).clamp(0.0, last) as usize;
+                            (at, keys(t - k as f64))
+                        })
+                        .collect()
+                }
+            })
+        };
+        let taps: Vec<Vec<Vec<(usize, f64)>>> = (0..r)
+            .map(|d| (0..out[d]).map(|o| taps_of(o, d)).collect::<Result<_>>())
             .collect::<Result<_>>()?;
         let st = graph_ops::strides(&full_in);
-        self.select_like(node, move |shape| {
-            if shape != full_in.as_slice() {
-                return Err(unsupported("internal: a Resize input of another shape"));
+        // Each output's taps: the products over axes of the axes' taps.
+        let mut rows: Vec<Vec<(usize, f64)>> = Vec::with_capacity(out.iter().product());
+        graph_ops::for_each_index(&out, |_, idx| {
+            let mut row = vec![(0usize, 1.0f64)];
+            for (d, &i) in idx.iter().enumerate() {
+                let stride = st[d];
+                row = row
+                    .iter()
+                    .flat_map(|&(j, w)| taps[d][i].iter().map(move |&(k, v)| (j + k * stride, w * v)))
+                    .filter(|(_, w)| *w != 0.0)
+                    .collect();
             }
-            let mut map = Vec::with_capacity(out.iter().product());
-            graph_ops::for_each_index(&out, |_, idx| {
-                map.push(idx.iter().enumerate().map(|(d, &i)| maps[d][i] * st[d]).sum::<usize>() as u32);
+            rows.push(row);
+        });
+        if mode == "nearest" {
+            let map: Vec<u32> = rows.iter().map(|r| r.first().map_or(0, |t| t.0 as u32)).collect();
+            return self.select_like(node, move |shape| {
+                if shape != full_in.as_slice() {
+                    return Err(unsupported("internal: a Resize input of another shape"));
+                }
+                Ok((out.clone(), map.clone()))
             });
-            Ok((out.clone(), map))
-        })
+        }
+        match self.sym(name)?.clone() {
+            Sym::Const(k) => {
+                let data = rows
+                    .iter()
+                    .map(|r| r.iter().map(|&(j, w)| w * k.data[j]).sum())
+                    .collect();
+                self.set_const(node, Konst { shape: out, data });
+            }
+            Sym::Value { slot, full } => {
+                let mix = graph_ops::Mix::from_rows(
+                    rows.into_iter()
+                        .map(|r| r.into_iter().map(|(j, w)| (j as u32, w as f32)).collect())
+                        .collect(),
+                );
+                self.unary_layer(node, Op::Mix(mix), (slot, full), out);
+            }
+        }
+        Ok(())
     }
 
-    /// InstanceNormalization: each channel of each sample normalised over its positions
-    /// (a layer norm of the channel's plane), then scaled and shifted per channel.
-    fn instance_norm(&mut self, node: &Node) -> Result<()> {
+    /// InstanceNormalization (and GroupNormalization, `groups` of channels together): each
+    /// channel (group of channels) of each sample normalised over its positions — a layer
+    /// norm of the contiguous block — then scaled and shifted per channel.
+    fn instance_norm(&mut self, node: &Node, groups: Option<usize>) -> Result<()> {
         let (slot, full) = self.value_input(node, 0)?;
         if lead(&full) != 1 || full.len() < 3 {
             return Err(unsupported(format!("an instance norm of a value of shape {full:?}")));
         }
         let channels = full[1];
+        let groups = groups.unwrap_or(channels);
+        if groups == 0 || !channels.is_multiple_of(groups) {
+            return Err(unsupported(format!("{groups} groups of {channels} channels")));
+        }
+        // Per channel (opset 21), or per group (opset 18) spread over its channels.
         let per = |i: usize| -> Result<Vec<f32>> {
             let k = self.konst(node.input(i).unwrap_or_default())?;
-            if k.data.len() != channels {
-                return Err(unsupported(format!("{} values for {channels} channels", k.data.len())));
+            match k.data.len() {
+                n if n == channels => Ok(k.f32s()),
+                n if n == groups => Ok((0..channels).map(|c| k.data[c / (channels / groups)] as f32).collect()),
+                n => Err(unsupported(format!("{n} values for {channels} channels"))),
             }
-            Ok(k.f32s())
         };
         let (scale, shift) = (per(1)?, per(2)?);
         let ln = LayerNorm {
-            len: full[2..].iter().product(),
+            len: full[2..].iter().product::<usize>() * (channels / groups),
             eps: node.float("epsilon", 1e-5),
             scale: None,
             bias: None,
