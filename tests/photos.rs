@@ -125,3 +125,69 @@ fn bad_photos_are_errors_that_name_the_file() {
     assert!(query(&mut s, "SHOW DATA").height() == 0);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// CLASSES names a model's outputs (or a dataset's labels): PREDICT names each prediction,
+/// every relation its target, also across a JOIN; a names file of the wrong length, or
+/// labels past its names, are refused and leave the session as it was.
+#[test]
+fn class_names_give_predictions_and_relations_a_class_column() {
+    let mut s = session(
+        "LOAD MODEL resnet FROM 'tests/fixtures/zoo/resnet_basic.dynamic.onnx' CLASSES 'tests/fixtures/photos/zoo_classes.txt';
+         LOAD DATA photos FROM 'data/photos' IMAGES RESIZE 72 CROP 64 NORMALIZE imagenet;",
+    );
+    let names: Vec<String> = std::fs::read_to_string(fixture("photos/zoo_classes.txt"))
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    let df = query(&mut s, "SELECT prediction, class FROM PREDICT resnet(photos)");
+    let predictions = column_f64(&df, "prediction");
+    let classes = column_str(&df, "class");
+    for (p, c) in predictions.iter().zip(&classes) {
+        assert_eq!(&names[*p as usize], c);
+    }
+    let df = query(
+        &mut s,
+        "SELECT DISTINCT class FROM resnet(photos[0]) USING saliency TARGET 3",
+    );
+    assert_eq!(column_str(&df, "class"), ["tiger shark"]);
+    let df = query(
+        &mut s,
+        "SELECT * FROM resnet(photos[0]) AT LAYER layer4 USING gradcam TARGET 9",
+    );
+    assert!(column_str(&df, "class").iter().all(|c| c == "ostrich"));
+    // The photo folder's own classes name its labels (SHOW DATA lists them).
+    let data = query(&mut s, "SHOW DATA");
+    assert_eq!(column_str(&data, "classes"), ["animal, drink, people, space"]);
+    s.execute(
+        "LOAD DATA photos FROM 'tests/fixtures/photos/formats' IMAGES RESIZE 40 CROP 32 CLASSES 'tests/fixtures/photos/two_classes.txt'",
+    )
+    .unwrap();
+    assert_errors(
+        &mut s,
+        &[
+            (
+                "LOAD MODEL bad FROM 'models/digits_cnn.safetensors' ARCH 'models/digits_cnn.json' CLASSES 'tests/fixtures/photos/blank_line_classes.txt'",
+                "line 2 is empty",
+            ),
+            (
+                "LOAD MODEL bad FROM 'models/digits_cnn.safetensors' ARCH 'models/digits_cnn.json' CLASSES 'tests/fixtures/photos/two_classes.txt'",
+                "names 2 classes but `bad` has 10 outputs",
+            ),
+            (
+                "LOAD DATA photos FROM 'data/digits_test_x.npy' LABELS 'data/digits_test_y.npy' CLASSES 'tests/fixtures/photos/two_classes.txt'",
+                "has label 9 but its CLASSES name only 2 classes",
+            ),
+        ],
+    );
+    // The refused load left `photos` as it was.
+    assert_eq!(
+        query(&mut s, "SHOW DATA")
+            .column("shape")
+            .unwrap()
+            .str()
+            .unwrap()
+            .get(0),
+        Some("[3, 32, 32]")
+    );
+}

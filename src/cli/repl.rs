@@ -113,6 +113,7 @@ const KEYWORDS: &[&str] = &[
     "by",
     "cache",
     "channels",
+    "classes",
     "cols",
     "column",
     "columns",

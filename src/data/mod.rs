@@ -53,6 +53,8 @@ pub struct Dataset {
     ids: Vec<i64>,
     /// Photos: their files, classes and preprocessing (to show them as photos again).
     pub photos: Option<Arc<photos::Photos>>,
+    /// The names of the label classes (CLASSES, or a photo folder's class folders).
+    pub classes: Option<Arc<Vec<String>>>,
 }
 
 /// Rows of a dataset picked by a dataset expression (positions into the dataset).
@@ -137,6 +139,7 @@ impl Dataset {
             labels,
             ids: (0..n as i64).collect(),
             photos: None,
+            classes: None,
         })
     }
 
@@ -186,6 +189,7 @@ impl Dataset {
             labels: self.labels.as_ref().map(|l| rows.iter().map(|&r| l[r]).collect()),
             ids: rows.iter().map(|&r| self.ids[r]).collect(),
             photos: self.photos.clone(),
+            classes: self.classes.clone(),
         }
     }
 
@@ -236,6 +240,23 @@ impl Dataset {
             Modality::Text { .. } => format!("token {f}"),
         }
     }
+}
+
+/// Class names, one a line (`CLASSES 'names.txt'`, as ImageNet's `classes.txt`).
+pub fn read_class_names(path: &Path) -> Result<Vec<String>> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(format!("cannot read {shown}: {e}")))?;
+    let names: Vec<String> = text.trim_end().lines().map(|l| l.trim().to_string()).collect();
+    if let Some(blank) = names.iter().position(String::is_empty) {
+        return Err(Error::data(format!(
+            "{shown}: line {} is empty; give one class name a line",
+            blank + 1
+        )));
+    }
+    if names.is_empty() {
+        return Err(Error::data(format!("{shown} names no classes")));
+    }
+    Ok(names)
 }
 
 /// Loads a dataset from .npy (with optional labels), .csv or .parquet (with a label column

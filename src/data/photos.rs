@@ -116,6 +116,9 @@ pub fn load(name: &str, path: &Path, spec: &Images) -> Result<Dataset> {
     };
     let labels = (!classes.is_empty()).then_some(labels);
     let mut ds = Dataset::new(name, &source, vec![3, h, w], modality, values, labels)?;
+    if !classes.is_empty() {
+        ds.classes = Some(std::sync::Arc::new(classes.clone()));
+    }
     ds.photos = Some(std::sync::Arc::new(Photos {
         files,
         classes,

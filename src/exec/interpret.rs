@@ -220,7 +220,11 @@ pub(super) fn run_prediction(state: &mut State, p: &Prediction) -> Result<DataFr
         columns.push(Column::new(format!("top{}", k + 1).into(), classes));
         columns.push(Column::new(format!("top{}_confidence", k + 1).into(), probs));
     }
-    Ok(DataFrame::new(sel.len(), columns)?)
+    let df = DataFrame::new(sel.len(), columns)?;
+    match &p.classes {
+        Some(names) => with_class_names(df, "prediction", names),
+        None => Ok(df),
+    }
 }
 
 /// The attribution relation of an interpretation: one map, or with THROUGH LAYER * one
@@ -555,7 +559,35 @@ pub(super) fn cache_status(state: &mut State, a: &Attribution) -> Result<String>
     })
 }
 
+/// One relation of an interpretation, with the target's class name beside it when the
+/// classes have names.
 fn run_one(state: &mut State, a: &Attribution, through: Option<&LayerRef>) -> Result<DataFrame> {
+    let df = run_unnamed(state, a, through)?;
+    match &a.classes {
+        Some(names) => with_class_names(df, "target", names),
+        None => Ok(df),
+    }
+}
+
+/// A `class` column right after the class-index column `key`: the name of each row's
+/// class (null past the names).
+pub(super) fn with_class_names(mut df: DataFrame, key: &str, names: &[String]) -> Result<DataFrame> {
+    let index = df.column(key)?.cast(&DataType::Int64)?;
+    let class: Vec<Option<&str>> = index
+        .i64()?
+        .iter()
+        .map(|k| {
+            k.and_then(|k| usize::try_from(k).ok())
+                .and_then(|k| names.get(k))
+                .map(String::as_str)
+        })
+        .collect();
+    let at = df.get_column_index(key).map_or(df.width(), |i| i + 1);
+    df.insert_column(at, Column::new("class".into(), class))?;
+    Ok(df)
+}
+
+fn run_unnamed(state: &mut State, a: &Attribution, through: Option<&LayerRef>) -> Result<DataFrame> {
     let Prepared {
         mut inputs,
         values,

@@ -60,6 +60,8 @@ pub struct LoadedModel {
     pub arch: PathBuf,
     /// The loaded model it was derived from by activation edits (itself if none).
     pub base: Arc<Model>,
+    /// The names of its outputs (CLASSES).
+    pub classes: Option<Arc<Vec<String>>>,
 }
 
 /// The session's settings (`SET name = value`; SHOW SETTINGS lists them).
@@ -414,6 +416,16 @@ impl State {
         };
         let shape: Vec<usize> = dims.split('×').filter_map(|d| d.parse().ok()).collect();
         let model = graph.bind(&shape)?;
+        if let Some(c) = &loaded.classes
+            && c.len() != model.output_len()
+        {
+            return Err(Error::shape(format!(
+                "`{base}` names {} classes (CLASSES) but has {} outputs on inputs of shape {}",
+                c.len(),
+                model.output_len(),
+                crate::model::fmt_shape(&shape)
+            )));
+        }
         // A binding is a model instance of its own in the caches, fixed by (base, shape).
         let mut h = std::collections::hash_map::DefaultHasher::new();
         std::hash::Hash::hash(&(loaded.id, &shape), &mut h);
@@ -423,6 +435,7 @@ impl State {
             model,
             id,
             arch: loaded.arch.clone(),
+            classes: loaded.classes.clone(),
         }))
     }
 
@@ -447,14 +460,15 @@ impl State {
         if !current {
             let id = self.next_model_id;
             self.next_model_id += 1;
-            let arch = self.model(base)?.arch.clone();
+            let loaded = self.model(base)?;
             self.edited.insert(
                 name.clone(),
                 LoadedModel {
                     model: Arc::new(base_model.with_patches(patches)),
                     id,
-                    arch,
+                    arch: loaded.arch,
                     base: base_model,
+                    classes: loaded.classes,
                 },
             );
         }
@@ -721,6 +735,60 @@ impl State {
             .unwrap_or_else(|| interpret::auto_batch_rows(model, self.settings.memory_mb))
     }
 
+    /// LOAD DATA: a file of arrays or a table, texts, or photos.
+    fn load_data(
+        &mut self,
+        name: String,
+        path: std::path::PathBuf,
+        labels: Option<std::path::PathBuf>,
+        label_column: Option<String>,
+        text: Option<Option<String>>,
+        images: Option<crate::syntax::ast::Images>,
+    ) -> Result<Output> {
+        if self.models.contains_key(&name) {
+            return Err(Error::name(format!(
+                "`{name}` is already a model; choose another name for the dataset"
+            )));
+        }
+        if let Some(column) = text {
+            return self.load_text(&name, &path, column.as_deref(), label_column.as_deref());
+        }
+        if let Some(spec) = &images {
+            if labels.is_some() || label_column.is_some() {
+                return Err(Error::data(
+                    "photos take their labels from their class folders (ImageFolder), not LABELS",
+                ));
+            }
+            let ds = data::photos::load(&name, &path, spec)?;
+            let msg = format!(
+                "loaded data {name}: {} photos of shape {}{}",
+                ds.len(),
+                crate::model::fmt_shape(&ds.sample_shape),
+                match ds.photos.as_ref().map(|p| p.classes.len()).unwrap_or(0) {
+                    0 => String::new(),
+                    k => format!(", {k} classes (labels from the class folders)"),
+                }
+            );
+            self.datasets.insert(name, Arc::new(ds));
+            return Ok(Output::Message(msg));
+        }
+        let ds = data::load(
+            &name,
+            &path,
+            labels.as_deref(),
+            label_column.as_deref(),
+            self.settings.allow_nonfinite,
+        )?;
+        let msg = format!(
+            "loaded data {name}: {} inputs of shape {}{}",
+            ds.len(),
+            crate::model::fmt_shape(&ds.sample_shape),
+            if ds.has_labels() { ", with labels" } else { "" }
+        );
+        self.datasets.insert(name, Arc::new(ds));
+        Ok(Output::Message(msg))
+    }
+
     fn run(&mut self, plan: Plan) -> Result<Output> {
         match plan {
             Plan::LoadModel {
@@ -728,6 +796,7 @@ impl State {
                 weights,
                 arch,
                 head,
+                classes,
             } => {
                 let mut model = match &arch {
                     Some(arch) => Model::load(&weights, arch)?,
@@ -770,6 +839,23 @@ impl State {
                         untranslated.len()
                     );
                 }
+                let classes = match &classes {
+                    Some(path) => {
+                        let names = data::read_class_names(path)?;
+                        // A model bound to its data's shape is checked when it is bound.
+                        if model.dynamic.is_none() && names.len() != model.output_len() {
+                            return Err(Error::shape(format!(
+                                "{} names {} classes but `{name}` has {} outputs",
+                                path.display(),
+                                names.len(),
+                                model.output_len()
+                            )));
+                        }
+                        msg.push_str(&format!(", classes from {}", path.display()));
+                        Some(Arc::new(names))
+                    }
+                    None => None,
+                };
                 let id = self.next_model_id;
                 self.next_model_id += 1;
                 let model = Arc::new(model);
@@ -780,6 +866,7 @@ impl State {
                         model,
                         id,
                         arch,
+                        classes,
                     },
                 ) {
                     self.cache.forget_model(old.id);
@@ -794,49 +881,30 @@ impl State {
                 label_column,
                 text,
                 images,
+                classes,
             } => {
-                if self.models.contains_key(&name) {
-                    return Err(Error::name(format!(
-                        "`{name}` is already a model; choose another name for the dataset"
+                // Read before loading: a bad names file loads nothing.
+                let names = classes.as_deref().map(data::read_class_names).transpose()?;
+                let previous = self.datasets.get(&name).cloned();
+                let out = self.load_data(name.clone(), path, labels, label_column, text, images)?;
+                let (Some(names), Some(ds)) = (names, self.datasets.get_mut(&name)) else {
+                    return Ok(out);
+                };
+                if let Some(top) = (0..ds.len()).filter_map(|r| ds.label(r)).max()
+                    && top as usize >= names.len()
+                {
+                    // Nothing half-loaded: the dataset of that name is what it was.
+                    match previous {
+                        Some(p) => self.datasets.insert(name.clone(), p),
+                        None => self.datasets.remove(&name),
+                    };
+                    return Err(Error::data(format!(
+                        "`{name}` has label {top} but its CLASSES name only {} classes",
+                        names.len()
                     )));
                 }
-                if let Some(column) = text {
-                    return self.load_text(&name, &path, column.as_deref(), label_column.as_deref());
-                }
-                if let Some(spec) = &images {
-                    if labels.is_some() || label_column.is_some() {
-                        return Err(Error::data(
-                            "photos take their labels from their class folders (ImageFolder), not LABELS",
-                        ));
-                    }
-                    let ds = data::photos::load(&name, &path, spec)?;
-                    let msg = format!(
-                        "loaded data {name}: {} photos of shape {}{}",
-                        ds.len(),
-                        crate::model::fmt_shape(&ds.sample_shape),
-                        match ds.photos.as_ref().map(|p| p.classes.len()).unwrap_or(0) {
-                            0 => String::new(),
-                            k => format!(", {k} classes (labels from the class folders)"),
-                        }
-                    );
-                    self.datasets.insert(name, Arc::new(ds));
-                    return Ok(Output::Message(msg));
-                }
-                let ds = data::load(
-                    &name,
-                    &path,
-                    labels.as_deref(),
-                    label_column.as_deref(),
-                    self.settings.allow_nonfinite,
-                )?;
-                let msg = format!(
-                    "loaded data {name}: {} inputs of shape {}{}",
-                    ds.len(),
-                    crate::model::fmt_shape(&ds.sample_shape),
-                    if ds.has_labels() { ", with labels" } else { "" }
-                );
-                self.datasets.insert(name, Arc::new(ds));
-                Ok(Output::Message(msg))
+                Arc::make_mut(ds).classes = Some(Arc::new(names));
+                Ok(out)
             }
             Plan::Let { name, dataset } => {
                 let sel = self.select(&dataset)?;
@@ -961,8 +1029,10 @@ fn first_source(node: &crate::plan::Node) -> Option<(String, DatasetRef)> {
 }
 
 /// What the planner needs to know of a model.
-fn model_info(m: &Model) -> ModelInfo {
+fn model_info(loaded: &LoadedModel) -> ModelInfo {
+    let m = &loaded.model;
     ModelInfo {
+        classes: loaded.classes.clone(),
         input_shape: m.input_shape.clone(),
         output_len: m.output_len(),
         layers: m.layer_names(),
@@ -975,7 +1045,7 @@ fn model_info(m: &Model) -> ModelInfo {
 
 impl Catalog for State {
     fn model(&self, name: &str) -> Option<ModelInfo> {
-        self.models.get(name).map(|m| model_info(&m.model))
+        self.models.get(name).map(model_info)
     }
     fn bind_model(&self, name: &str, sample_shape: &[usize]) -> Result<(String, ModelInfo)> {
         let dims: Vec<String> = sample_shape.iter().map(|d| d.to_string()).collect();
@@ -983,13 +1053,14 @@ impl Catalog for State {
         let m = self
             .bound_model(&bound)?
             .ok_or_else(|| Error::model(format!("internal: `{name}` has no symbolic input axes")))?;
-        Ok((bound, model_info(&m.model)))
+        Ok((bound, model_info(&m)))
     }
     fn model_names(&self) -> Vec<String> {
         self.models.keys().cloned().collect()
     }
     fn dataset(&self, name: &str) -> Option<DatasetInfo> {
         self.datasets.get(name).map(|d| DatasetInfo {
+            classes: d.classes.clone(),
             len: d.len(),
             sample_shape: d.sample_shape.clone(),
             modality: d.modality.clone(),

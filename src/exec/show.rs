@@ -41,6 +41,7 @@ pub(super) fn datasets(state: &State) -> Result<Output> {
         "shape" => ds.iter().map(|d| fmt_shape(&d.sample_shape)).collect::<Vec<_>>(),
         "kind" => ds.iter().map(|d| kind(&d.modality)).collect::<Vec<_>>(),
         "labels" => ds.iter().map(|d| d.has_labels()).collect::<Vec<_>>(),
+        "classes" => ds.iter().map(|d| d.classes.as_ref().map(|c| crate::error::list_names(c, 8))).collect::<Vec<_>>(),
         "ids" => ds.iter().map(|d| d.id_range().map(|(a, b)| format!("{a}..{b}")).unwrap_or_default()).collect::<Vec<_>>(),
         "source" => ds.iter().map(|d| d.source.clone()).collect::<Vec<_>>(),
     )?;

@@ -422,6 +422,7 @@ pub(super) fn plan_clauses(call: &ast::ModelCall, clauses: &Clauses, catalog: &d
         input_filter: None,
         input_limit: None,
         chunk: None,
+        classes: class_names(&model, &info),
     };
     let columns = relation_columns(&attribution);
     Ok(Node::new(NodeKind::Attribute(Box::new(attribution)), columns))
@@ -733,6 +734,7 @@ pub(super) fn plan_prediction(p: &ast::Predict, catalog: &dyn Catalog) -> Result
     let (bound, model) = resolve_call_model(call, catalog)?;
     let (data, info) = resolve_model_input(&call.data, catalog, &model, &call.model.name, true)?;
     check_fits(&model, &info, &call.model.name, &data.name, call.data.span)?;
+    let classes = class_names(&model, &info);
     let top = match &p.top {
         None => 0,
         Some(v) => {
@@ -752,9 +754,19 @@ pub(super) fn plan_prediction(p: &ast::Predict, catalog: &dyn Catalog) -> Result
             model: bound,
             data,
             top,
+            classes: classes.clone(),
         }),
-        prediction_columns(model.output_len, top),
+        prediction_columns(model.output_len, top, classes.is_some()),
     ))
+}
+
+/// The names of the classes a model's outputs stand for: its own (CLASSES on LOAD MODEL),
+/// else its data's when there are as many (CLASSES on LOAD DATA, a photo folder's).
+fn class_names(model: &ModelInfo, data: &DatasetInfo) -> Option<std::sync::Arc<Vec<String>>> {
+    model
+        .classes
+        .clone()
+        .or_else(|| data.classes.clone().filter(|c| c.len() == model.output_len))
 }
 
 fn check_fits(model: &ModelInfo, data: &DatasetInfo, mname: &str, dname: &str, span: Span) -> Result<()> {
@@ -794,6 +806,16 @@ fn modality_name(m: &Modality) -> &'static str {
 
 /// The columns of the relation an interpretation gives.
 pub fn relation_columns(a: &Attribution) -> Vec<String> {
+    let mut cols = unnamed_relation_columns(a);
+    if a.classes.is_some() {
+        // The target's name, beside it.
+        let at = cols.iter().position(|c| c == "target").map_or(cols.len(), |i| i + 1);
+        cols.insert(at, "class".to_string());
+    }
+    cols
+}
+
+fn unnamed_relation_columns(a: &Attribution) -> Vec<String> {
     if !a.all_layers.is_empty() {
         // The stacked relations: every coordinate column any layer has.
         let mut coords: Vec<&str> = Vec::new();
@@ -899,11 +921,14 @@ pub fn attribution_columns(modality: &Modality, granularity: &GranularitySpec) -
 }
 
 /// The columns of a prediction relation: per input, then one logit column per output.
-pub fn prediction_columns(outputs: usize, top: usize) -> Vec<String> {
+pub fn prediction_columns(outputs: usize, top: usize, named: bool) -> Vec<String> {
     let mut cols: Vec<String> = ["input", "label", "prediction", "confidence", "correct"]
         .iter()
         .map(|s| s.to_string())
         .collect();
+    if named {
+        cols.insert(3, "class".to_string());
+    }
     cols.extend((0..outputs).map(|k| format!("logit_{k}")));
     for k in 1..=top {
         cols.push(format!("top{k}"));

@@ -15,6 +15,7 @@ pub enum Plan {
         weights: PathBuf,
         arch: Option<PathBuf>,
         head: Option<PathBuf>,
+        classes: Option<PathBuf>,
     },
     LoadData {
         name: String,
@@ -25,6 +26,7 @@ pub enum Plan {
         text: Option<Option<String>>,
         /// Photos (the path a folder, a file or a glob) and their preprocessing.
         images: Option<crate::syntax::ast::Images>,
+        classes: Option<PathBuf>,
     },
     ShowModels,
     ShowData,
@@ -339,6 +341,8 @@ pub struct Attribution {
     /// Set by the executor when it streams a dataset: only these input ids, already
     /// chosen by `input_filter` and `input_limit`.
     pub chunk: Option<Vec<i64>>,
+    /// The class names (the model's, else the data's): a `class` column names the target.
+    pub classes: Option<std::sync::Arc<Vec<String>>>,
 }
 
 /// How many inputs (after `input_filter`) a LIMIT above an attribution can see.
@@ -367,6 +371,9 @@ pub struct Prediction {
     pub data: DatasetRef,
     /// TOP k: the k most probable classes and their probabilities (0: none).
     pub top: usize,
+    /// The class names (the model's, else the data's): a `class` column names the
+    /// prediction.
+    pub classes: Option<std::sync::Arc<Vec<String>>>,
 }
 
 /// A relational operator and the columns it produces.

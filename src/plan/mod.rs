@@ -35,6 +35,8 @@ pub struct ModelInfo {
     /// The input has symbolic axes: the model is bound to the shape of its data
     /// (`Catalog::bind_model`) before anything else is resolved.
     pub dynamic: bool,
+    /// The names of its outputs (CLASSES).
+    pub classes: Option<std::sync::Arc<Vec<String>>>,
 }
 
 /// What the planner needs to know of a dataset.
@@ -46,6 +48,8 @@ pub struct DatasetInfo {
     pub has_labels: bool,
     /// The smallest and largest input id.
     pub id_range: (i64, i64),
+    /// The names of its label classes (CLASSES, or a photo folder's class folders).
+    pub classes: Option<std::sync::Arc<Vec<String>>>,
 }
 
 pub trait Catalog {
@@ -107,7 +111,13 @@ pub fn plan_subquery(q: &ast::Query, catalog: &dyn Catalog) -> Result<Node> {
 /// Plans one statement against the catalog.
 pub fn plan(stmt: &Statement, catalog: &dyn Catalog) -> Result<Plan> {
     Ok(match &stmt.kind {
-        StatementKind::LoadModel { name, path, arch, head } => {
+        StatementKind::LoadModel {
+            name,
+            path,
+            arch,
+            head,
+            classes,
+        } => {
             // A Hugging Face model is a directory.
             let weights = match resolve_path(path, catalog)? {
                 dir if dir.is_dir() => {
@@ -152,6 +162,7 @@ pub fn plan(stmt: &Statement, catalog: &dyn Catalog) -> Result<Plan> {
                 weights,
                 arch,
                 head: head.as_ref().map(|h| existing_path(h, catalog)).transpose()?,
+                classes: classes.as_ref().map(|c| existing_path(c, catalog)).transpose()?,
             }
         }
         StatementKind::LoadData {
@@ -161,7 +172,9 @@ pub fn plan(stmt: &Statement, catalog: &dyn Catalog) -> Result<Plan> {
             label_column,
             text,
             images,
+            classes,
         } => Plan::LoadData {
+            classes: classes.as_ref().map(|c| existing_path(c, catalog)).transpose()?,
             text: text.as_ref().map(|c| c.as_ref().map(|c| c.name.clone())),
             name: name.name.clone(),
             // A photo folder is a directory, or a glob the loader expands.

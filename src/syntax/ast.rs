@@ -47,6 +47,8 @@ pub enum StatementKind {
         arch: Option<Value>,
         /// `HEAD 'head.safetensors'`: a linear head on the model's output.
         head: Option<Value>,
+        /// `CLASSES 'names.txt'`: the names of the outputs.
+        classes: Option<Value>,
     },
     LoadData {
         name: Ident,
@@ -57,6 +59,8 @@ pub enum StatementKind {
         text: Option<Option<Ident>>,
         /// `IMAGES [RESIZE n] [CROP n] [NORMALIZE …]`: photos.
         images: Option<Images>,
+        /// `CLASSES 'names.txt'`: the names of the label classes.
+        classes: Option<Value>,
     },
     Show(Show),
     Set {
@@ -677,13 +681,22 @@ impl fmt::Display for Script {
 impl fmt::Display for Statement {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
-            StatementKind::LoadModel { name, path, arch, head } => {
+            StatementKind::LoadModel {
+                name,
+                path,
+                arch,
+                head,
+                classes,
+            } => {
                 write!(f, "LOAD MODEL {name} FROM {path}")?;
                 if let Some(a) = arch {
                     write!(f, " ARCH {a}")?;
                 }
                 if let Some(h) = head {
                     write!(f, " HEAD {h}")?;
+                }
+                if let Some(c) = classes {
+                    write!(f, " CLASSES {c}")?;
                 }
                 Ok(())
             }
@@ -694,6 +707,7 @@ impl fmt::Display for Statement {
                 label_column,
                 text,
                 images,
+                classes,
             } => {
                 write!(f, "LOAD DATA {name} FROM {path}")?;
                 match text {
@@ -709,6 +723,9 @@ impl fmt::Display for Statement {
                 }
                 if let Some(c) = label_column {
                     write!(f, " LABEL COLUMN {c}")?;
+                }
+                if let Some(c) = classes {
+                    write!(f, " CLASSES {c}")?;
                 }
                 Ok(())
             }

@@ -219,7 +219,14 @@ fn visit_statement(pair: Pair<Rule>) -> Result<Statement> {
             };
             let arch = c.take(Rule::arch_clause).map(clause).transpose()?;
             let head = c.take(Rule::head_clause).map(clause).transpose()?;
-            StatementKind::LoadModel { name, path, arch, head }
+            let classes = c.take(Rule::classes_clause).map(clause).transpose()?;
+            StatementKind::LoadModel {
+                name,
+                path,
+                arch,
+                head,
+                classes,
+            }
         }
         Rule::load_data => {
             let name = visit_ident(c.next()?)?;
@@ -248,6 +255,14 @@ fn visit_statement(pair: Pair<Rule>) -> Result<Statement> {
                 label_column = Some(visit_ident(lc.next()?)?);
                 lc.done();
             }
+            let classes = c
+                .take(Rule::classes_clause)
+                .map(|p| -> Result<Value> {
+                    let mut cc = Children::of(p);
+                    cc.skip_keywords();
+                    visit_path(cc.next()?)
+                })
+                .transpose()?;
             StatementKind::LoadData {
                 name,
                 path,
@@ -255,6 +270,7 @@ fn visit_statement(pair: Pair<Rule>) -> Result<Statement> {
                 label_column,
                 text,
                 images,
+                classes,
             }
         }
         Rule::show => {
