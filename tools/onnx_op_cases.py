@@ -226,6 +226,11 @@ case("group_norm_as_torch_exports", [node("Reshape", ["x", "s1"], ["r"]),
 case("group_normalization_op", [node("GroupNormalization", ["x", "g", "b"], num_groups=2, epsilon=1e-5)],
      [4, 3, 3], inits=[const("g", w(4)), const("b", w(4))], opset=21)
 
+case("einsum_attention", [node("Transpose", ["x"], ["t"], perm=[0, 1, 3, 2]),
+                          node("Einsum", ["x", "t"], ["s"], equation="bhid,bhdj->bhij"),
+                          node("Einsum", ["s", "x"], ["y"], equation="bhij,bhjd->bhid")], [2, 3, 4], opset=18)
+case("einsum_permuted_output", [node("Einsum", ["x", "x"], ["y"], equation="bij,bkj->bki")], [3, 4], opset=18)
+
 # A model of two inputs the second of which cannot be derived from the first (refused).
 x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
 other = helper.make_tensor_value_info("other", TensorProto.FLOAT, ["batch", 4])

@@ -35,6 +35,8 @@ use proto::{AttributeProto, NodeProto, TensorProto, data_type};
 struct Konst {
     shape: Vec<usize>,
     data: Vec<f64>,
+    /// Of an integer type: shape arithmetic, where Div truncates.
+    int: bool,
 }
 
 impl Konst {
@@ -44,8 +46,9 @@ impl Konst {
     fn ints(&self) -> Vec<i64> {
         self.data.iter().map(|v| *v as i64).collect()
     }
-    fn scalar(v: f64) -> Konst {
+    fn scalar(v: f64, int: bool) -> Konst {
         Konst {
+            int,
             shape: vec![],
             data: vec![v],
         }
@@ -377,6 +380,7 @@ impl Importer {
                         Sym::Const(Konst {
                             shape: full_shape.clone(),
                             data,
+                            int: true,
                         }),
                     );
                 }
@@ -452,7 +456,14 @@ pub enum Attr<'a> {
 impl GraphBuilder {
     pub fn constant(&mut self, name: &str, shape: Vec<usize>, data: Vec<f32>) -> String {
         let data = data.into_iter().map(f64::from).collect();
-        self.consts.push((name.to_string(), Konst { shape, data }));
+        self.consts.push((
+            name.to_string(),
+            Konst {
+                shape,
+                data,
+                int: false,
+            },
+        ));
         name.to_string()
     }
 
@@ -665,7 +676,8 @@ fn tensor(t: &TensorProto, shown: &str) -> Result<Konst> {
             shape
         )));
     }
-    Ok(Konst { shape, data })
+    let int = !matches!(t.data_type, data_type::FLOAT | data_type::DOUBLE | 10 | 16);
+    Ok(Konst { shape, data, int })
 }
 
 struct Importer {
@@ -878,18 +890,20 @@ impl Importer {
                 let k = if let Some(t) = node.attr("value").and_then(|a| a.t.as_ref()) {
                     tensor(t, &self.shown)?
                 } else if let Some(a) = node.attr("value_float") {
-                    Konst::scalar(a.f as f64)
+                    Konst::scalar(a.f as f64, false)
                 } else if let Some(a) = node.attr("value_int") {
-                    Konst::scalar(a.i as f64)
+                    Konst::scalar(a.i as f64, true)
                 } else if let Some(a) = node.attr("value_floats") {
                     Konst {
                         shape: vec![a.floats.len()],
                         data: a.floats.iter().map(|v| *v as f64).collect(),
+                        int: false,
                     }
                 } else if let Some(a) = node.attr("value_ints") {
                     Konst {
                         shape: vec![a.ints.len()],
                         data: a.ints.iter().map(|v| *v as f64).collect(),
+                        int: true,
                     }
                 } else {
                     return Err(unsupported("a Constant without a value"));
@@ -916,6 +930,7 @@ impl Importer {
                     Konst {
                         shape: vec![data.len()],
                         data,
+                        int: true,
                     },
                 );
                 Ok(())
@@ -926,9 +941,10 @@ impl Importer {
                     .attr("value")
                     .and_then(|a| a.t.as_ref())
                     .map(|t| tensor(t, &self.shown))
-                    .transpose()?
-                    .and_then(|k| k.data.first().copied())
-                    .unwrap_or(0.0);
+                    .transpose()?;
+                // The default value is a float zero.
+                let int = value.as_ref().is_some_and(|k| k.int);
+                let value = value.and_then(|k| k.data.first().copied()).unwrap_or(0.0);
                 let shape: Vec<usize> = dims.iter().map(|d| (*d).max(0) as usize).collect();
                 let count = shape.iter().product();
                 self.set_const(
@@ -936,19 +952,23 @@ impl Importer {
                     Konst {
                         shape,
                         data: vec![value; count],
+                        int,
                     },
                 );
                 Ok(())
             }
             "Range" => {
-                let scalar = |i: usize| -> Result<f64> {
-                    self.konst(node.input(i).unwrap_or_default())?
+                let scalar = |i: usize| -> Result<(f64, bool)> {
+                    let k = self.konst(node.input(i).unwrap_or_default())?;
+                    let v = k
                         .data
                         .first()
                         .copied()
-                        .ok_or_else(|| unsupported("an empty Range bound"))
+                        .ok_or_else(|| unsupported("an empty Range bound"))?;
+                    Ok((v, k.int))
                 };
-                let (start, limit, delta) = (scalar(0)?, scalar(1)?, scalar(2)?);
+                let ((start, a), (limit, b), (delta, c)) = (scalar(0)?, scalar(1)?, scalar(2)?);
+                let int = a && b && c;
                 if delta == 0.0 {
                     return Err(unsupported("a Range with step 0"));
                 }
@@ -959,6 +979,7 @@ impl Importer {
                     Konst {
                         shape: vec![count],
                         data,
+                        int,
                     },
                 );
                 Ok(())
@@ -972,6 +993,15 @@ impl Importer {
                 };
                 match f {
                     Some(f) => self.map(node, f),
+                    // A constant cast to a float type divides as floats from here on.
+                    None if let Sym::Const(k) = self.sym(node.input(0).unwrap_or_default())? => {
+                        let k = Konst {
+                            int: false,
+                            ..k.clone()
+                        };
+                        self.set_const(node, k);
+                        Ok(())
+                    }
                     None => self.select_like(node, |shape| {
                         Ok((shape.to_vec(), (0..shape.iter().product::<usize>() as u32).collect()))
                     }),
@@ -1230,6 +1260,52 @@ impl Importer {
             "Slice" => self.slice(node),
             "Gather" => self.gather(node),
             "CumSum" => self.cumsum(node),
+            "Einsum" => self.einsum(node),
+            "ScatterND" => {
+                // Only of constants (a shifted window's attention mask built by slices).
+                let (data, indices, updates) = (
+                    self.konst(node.input(0).unwrap_or_default())?.clone(),
+                    self.konst(node.input(1).unwrap_or_default())?.clone(),
+                    self.konst(node.input(2).unwrap_or_default())?,
+                );
+                if node.string("reduction", "none") != "none" {
+                    return Err(unsupported("ScatterND with a reduction"));
+                }
+                let k = indices.shape.last().copied().unwrap_or(0);
+                if k == 0 || k > data.shape.len() {
+                    return Err(unsupported(format!("ScatterND indices of shape {:?}", indices.shape)));
+                }
+                let st = graph_ops::strides(&data.shape);
+                let block: usize = data.shape[k..].iter().product();
+                let mut out = data.data.clone();
+                for (n, index) in indices.data.chunks(k).enumerate() {
+                    let mut at = 0usize;
+                    for (d, &i) in index.iter().enumerate() {
+                        let len = data.shape[d] as i64;
+                        let i = if i < 0.0 { i as i64 + len } else { i as i64 };
+                        if !(0..len).contains(&i) {
+                            return Err(unsupported(format!("a ScatterND index {i} past an axis of {len}")));
+                        }
+                        at += i as usize * st[d];
+                    }
+                    let from = updates.data.get(n * block..(n + 1) * block).ok_or_else(|| {
+                        unsupported(format!(
+                            "ScatterND updates of shape {:?} for these indices",
+                            updates.shape
+                        ))
+                    })?;
+                    out[at..at + block].copy_from_slice(from);
+                }
+                self.set_const(
+                    node,
+                    Konst {
+                        shape: data.shape,
+                        data: out,
+                        int: data.int,
+                    },
+                );
+                Ok(())
+            }
             "GatherElements" => {
                 let (data, index) = (node.input(0).unwrap_or_default(), node.input(1).unwrap_or_default());
                 if let (Sym::Const(table), Sym::Value { full, .. }) = (self.sym(data)?, self.sym(index)?)
@@ -1241,6 +1317,7 @@ impl Importer {
                     let k = Konst {
                         shape: full.clone(),
                         data: vec![v; full.iter().product()],
+                        int: table.int,
                     };
                     self.set_const(node, k);
                     return Ok(());
@@ -1298,8 +1375,29 @@ impl Importer {
         }
     }
 
-    /// An element-wise layer type of the architecture format (its rules apply).
+    /// An element-wise layer type of the architecture format (its rules apply); of a
+    /// constant, folded by running the layer on it.
     fn elementwise(&mut self, node: &Node, op: Op) -> Result<()> {
+        if let Sym::Const(k) = self.sym(node.input(0).unwrap_or_default())? {
+            let layer = Layer {
+                name: Self::out_name(node),
+                kind: node.proto.op_type.clone(),
+                op,
+                inputs: vec![0],
+                in_shape: k.shape.clone(),
+                out_shape: k.shape.clone(),
+            };
+            let mut batch_shape = vec![1];
+            batch_shape.extend_from_slice(&k.shape);
+            let (y, _) = layer.forward(&crate::model::Batch::new(batch_shape, k.f32s())?, false)?;
+            let k = Konst {
+                shape: k.shape.clone(),
+                data: y.data().iter().map(|v| *v as f64).collect(),
+                int: false,
+            };
+            self.set_const(node, k);
+            return Ok(());
+        }
         let (slot, shape) = self.value_input(node, 0)?;
         self.unary_layer(node, op, (slot, shape.clone()), shape);
         Ok(())
@@ -1312,6 +1410,8 @@ impl Importer {
             let k = Konst {
                 shape: k.shape.clone(),
                 data,
+                // A cast to an integer type makes integers; other maps keep the type.
+                int: k.int || matches!(f, MapFn::Trunc | MapFn::NonZero | MapFn::Not),
             };
             self.set_const(node, k);
             return Ok(());
@@ -1343,6 +1443,7 @@ impl Importer {
                 Sym::Const(_) => None,
             })
             .collect();
+        let int = syms.iter().all(|s| matches!(s, Sym::Const(k) if k.int));
         if values.is_empty() {
             let maps: Vec<Vec<u32>> = shapes.iter().map(|s| graph_ops::broadcast_map(s, &out)).collect();
             let data = (0..out.iter().product::<usize>())
@@ -1355,10 +1456,13 @@ impl Importer {
                             Sym::Value { .. } => 0.0,
                         })
                         .collect();
-                    kind.apply(&a)
+                    // Integers divide as integers (shape arithmetic: torch.chunk's sizes).
+                    let y = kind.apply(&a);
+                    if int && kind == NaryKind::Div { y.trunc() } else { y }
                 })
                 .collect();
-            self.set_const(node, Konst { shape: out, data });
+            let int = int && !matches!(kind, NaryKind::Pow);
+            self.set_const(node, Konst { shape: out, data, int });
             return Ok(());
         }
         let mut inputs = Vec::new();
@@ -1399,7 +1503,14 @@ impl Importer {
             Sym::Const(k) => {
                 let (shape, map) = f(&k.shape)?;
                 let data = map.iter().map(|&j| k.data[j as usize]).collect();
-                self.set_const(node, Konst { shape, data });
+                self.set_const(
+                    node,
+                    Konst {
+                        shape,
+                        data,
+                        int: k.int,
+                    },
+                );
             }
             Sym::Value { slot, full } => {
                 let (out, map) = f(&full)?;
@@ -1423,7 +1534,14 @@ impl Importer {
                 if shape.iter().product::<usize>() != k.data.len() {
                     return Err(unsupported(format!("{:?} cannot be reshaped to {shape:?}", k.shape)));
                 }
-                self.set_const(node, Konst { shape, data: k.data });
+                self.set_const(
+                    node,
+                    Konst {
+                        shape,
+                        data: k.data,
+                        int: k.int,
+                    },
+                );
             }
             Sym::Value { slot, full } => {
                 let out = f(&full)?;
@@ -1524,6 +1642,12 @@ impl Importer {
                 out.extend([m, n]);
                 let name = Self::out_name(node);
                 self.push(node.proto, name, Op::MatMul(mm), vec![sa, sb], &a, out);
+                Ok(())
+            }
+            (Sym::Const(a), Sym::Const(b)) => {
+                // Folded: a product of weights (Swin v2's position-bias MLP on its table).
+                let k = matmul_consts(&a, &b)?;
+                self.set_const(node, k);
                 Ok(())
             }
             _ => Err(unsupported("a MatMul whose left operand is a constant")),
@@ -1936,7 +2060,14 @@ impl Importer {
                     .iter()
                     .map(|j| j.map_or(fill as f64, |j| k.data[j as usize]))
                     .collect();
-                self.set_const(node, Konst { shape: out, data });
+                self.set_const(
+                    node,
+                    Konst {
+                        shape: out,
+                        data,
+                        int: k.int,
+                    },
+                );
             }
             Sym::Value { slot, full } => {
                 let picks = map.into_iter().map(|j| j.map_or((FILL, 0), |j| (0, j))).collect();
@@ -1999,7 +2130,8 @@ impl Importer {
         }
         if all_const {
             let data = picks.iter().map(|&(_, j)| consts[j as usize]).collect();
-            self.set_const(node, Konst { shape: out, data });
+            let int = syms.iter().all(|s| matches!(s, Sym::Const(k) if k.int));
+            self.set_const(node, Konst { shape: out, data, int });
             return Ok(());
         }
         let mut consts: Vec<f32> = consts.into_iter().map(|v| v as f32).collect();
@@ -2092,6 +2224,121 @@ impl Importer {
         self.layers.len()
     }
 
+    /// Einsum of two values that is a batched matrix product — one letter contracted, one
+    /// letter of each operand kept, the others shared batch letters (attention's
+    /// `bhid,bhjd->bhij`): the operands permuted to `[batch…, i, k]` and `[batch…, k, j]`,
+    /// multiplied, and the product permuted to the output's order.
+    fn einsum(&mut self, node: &Node) -> Result<()> {
+        let equation: String = node
+            .string("equation", "")
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect();
+        let refuse = || unsupported(format!("an Einsum `{equation}` that is not a batched matrix product"));
+        let (lhs, out) = equation.split_once("->").ok_or_else(refuse)?;
+        let (a, b) = lhs.split_once(',').ok_or_else(refuse)?;
+        let (a, b, out): (Vec<char>, Vec<char>, Vec<char>) =
+            (a.chars().collect(), b.chars().collect(), out.chars().collect());
+        let (sa, fa) = self.value_input(node, 0)?;
+        let (sb, fb) = self.value_input(node, 1)?;
+        let distinct = |v: &[char]| {
+            v.iter()
+                .enumerate()
+                .all(|(i, c)| c.is_ascii_alphabetic() && !v[..i].contains(c))
+        };
+        if !(distinct(&a) && distinct(&b) && distinct(&out)) || a.len() != fa.len() || b.len() != fb.len() {
+            return Err(refuse());
+        }
+        let batch: Vec<char> = out.iter().copied().filter(|c| a.contains(c) && b.contains(c)).collect();
+        let m: Vec<char> = out
+            .iter()
+            .copied()
+            .filter(|c| a.contains(c) && !b.contains(c))
+            .collect();
+        let n: Vec<char> = out
+            .iter()
+            .copied()
+            .filter(|c| b.contains(c) && !a.contains(c))
+            .collect();
+        let k: Vec<char> = a
+            .iter()
+            .copied()
+            .filter(|c| b.contains(c) && !out.contains(c))
+            .collect();
+        if m.len() != 1
+            || n.len() != 1
+            || k.len() != 1
+            || batch.len() + 2 != out.len()
+            || a.len() != batch.len() + 2
+            || b.len() != batch.len() + 2
+        {
+            return Err(refuse());
+        }
+        let size = |letters: &[char], full: &[usize], c: char| letters.iter().position(|x| *x == c).map(|i| full[i]);
+        for &c in batch.iter().chain(&k) {
+            if size(&a, &fa, c) != size(&b, &fb, c) {
+                return Err(unsupported(format!(
+                    "Einsum `{equation}`: axis {c} differs between its operands"
+                )));
+            }
+        }
+        let order = |letters: &[char], want: Vec<char>| -> Vec<usize> {
+            want.iter()
+                .filter_map(|c| letters.iter().position(|x| x == c))
+                .collect()
+        };
+        let with = |tail: [char; 2]| batch.iter().copied().chain(tail).collect::<Vec<char>>();
+        let (sa, fa) = self.permuted(node, "Transpose", (sa, fa), &order(&a, with([m[0], k[0]])));
+        let (sb, fb) = self.permuted(node, "Transpose", (sb, fb), &order(&b, with([k[0], n[0]])));
+        let r = fa.len();
+        let lead: usize = fa[..r - 2].iter().product();
+        let mm = MatMul {
+            lead,
+            b_lead: lead,
+            m: fa[r - 2],
+            k: fa[r - 1],
+            n: fb[r - 1],
+        };
+        let mut product = fa[..r - 2].to_vec();
+        product.extend([fa[r - 2], fb[r - 1]]);
+        let final_order = order(&with([m[0], n[0]]), out.clone());
+        if final_order.iter().enumerate().all(|(i, p)| i == *p) {
+            let name = Self::out_name(node);
+            self.push(node.proto, name, Op::MatMul(mm), vec![sa, sb], &fa, product);
+            return Ok(());
+        }
+        let slot = self.hidden_layer(node, "MatMul", Op::MatMul(mm), vec![sa, sb], &fa, product.clone());
+        let (out_shape, map) = graph_ops::transpose_map(&product, &final_order);
+        let op = Op::Select(Select {
+            picks: map.into_iter().map(|j| (0, j)).collect(),
+            consts: vec![0.0],
+        });
+        self.unary_layer(node, op, (slot, product), out_shape);
+        Ok(())
+    }
+
+    /// A value with its axes in the order `perm` (a hidden Select layer), or itself.
+    fn permuted(
+        &mut self,
+        node: &Node,
+        kind: &str,
+        (slot, full): (usize, Vec<usize>),
+        perm: &[usize],
+    ) -> (usize, Vec<usize>) {
+        if perm.iter().enumerate().all(|(i, p)| i == *p) {
+            return (slot, full);
+        }
+        let (out, map) = graph_ops::transpose_map(&full, perm);
+        let op = Op::Select(Select {
+            picks: map.into_iter().map(|j| (0, j)).collect(),
+            consts: vec![0.0],
+        });
+        // Each operand's permutation is a hook point of its own: `<output>:transpose`, then
+        // `<output>:transpose` again would clash, so the second is named by its slot.
+        let tag = format!("{kind}{}", self.layers.len());
+        (self.hidden_layer(node, &tag, op, vec![slot], &full, out.clone()), out)
+    }
+
     /// CumSum along the last axis: a linear map of that axis (a triangle of ones), so its
     /// gradient is exact; RoBERTa's position ids are the running count of real tokens.
     fn cumsum(&mut self, node: &Node) -> Result<()> {
@@ -2128,7 +2375,14 @@ impl Importer {
                         .map(|i| k.data[base + i * st[ax]])
                         .sum();
                 });
-                self.set_const(node, Konst { shape, data });
+                self.set_const(
+                    node,
+                    Konst {
+                        shape,
+                        data,
+                        int: k.int,
+                    },
+                );
             }
             Sym::Value { slot, full } => {
                 if ax + 1 != full.len() {
@@ -2184,8 +2438,14 @@ impl Importer {
             match &sym {
                 Sym::Const(k) => {
                     let data = map.iter().map(|&j| k.data[j as usize]).collect();
-                    self.syms
-                        .insert(out_name.clone(), Sym::Const(Konst { shape: out, data }));
+                    self.syms.insert(
+                        out_name.clone(),
+                        Sym::Const(Konst {
+                            shape: out,
+                            data,
+                            int: k.int,
+                        }),
+                    );
                 }
                 Sym::Value { slot, full } => {
                     let picks = map.into_iter().map(|j| (0, j)).collect();
@@ -2338,7 +2598,14 @@ impl Importer {
                     .iter()
                     .map(|r| r.iter().map(|&(j, w)| w * k.data[j]).sum())
                     .collect();
-                self.set_const(node, Konst { shape: out, data });
+                self.set_const(
+                    node,
+                    Konst {
+                        shape: out,
+                        data,
+                        int: false,
+                    },
+                );
             }
             Sym::Value { slot, full } => {
                 let mix = graph_ops::Mix::from_rows(
@@ -2442,6 +2709,38 @@ fn win_span(kernel: (usize, usize), dilation: (usize, usize), axis: usize) -> us
 /// The output shape of a planar operator in the rank of its input.
 fn unplanar(like: &[usize], [c, h, w]: [usize; 3]) -> Vec<usize> {
     if like.len() == 2 { vec![c, w] } else { vec![c, h, w] }
+}
+
+/// The product of two constant matrices (or stacks of them, leading axes broadcast).
+fn matmul_consts(a: &Konst, b: &Konst) -> Result<Konst> {
+    let (ra, rb) = (a.shape.len(), b.shape.len());
+    if ra < 2 || rb < 2 {
+        return Err(unsupported("a MatMul of constant vectors"));
+    }
+    let (m, k, k2, n) = (a.shape[ra - 2], a.shape[ra - 1], b.shape[rb - 2], b.shape[rb - 1]);
+    let lead = graph_ops::broadcast_shape(&a.shape[..ra - 2], &b.shape[..rb - 2])
+        .filter(|_| k == k2)
+        .ok_or_else(|| unsupported(format!("a MatMul of {:?} by {:?}", a.shape, b.shape)))?;
+    let (la, lb) = (
+        graph_ops::broadcast_map(&a.shape[..ra - 2], &lead),
+        graph_ops::broadcast_map(&b.shape[..rb - 2], &lead),
+    );
+    let mut data = Vec::with_capacity(la.len() * m * n);
+    for (&ia, &ib) in la.iter().zip(&lb) {
+        let (pa, pb) = (ia as usize * m * k, ib as usize * k * n);
+        for i in 0..m {
+            for j in 0..n {
+                data.push((0..k).map(|t| a.data[pa + i * k + t] * b.data[pb + t * n + j]).sum());
+            }
+        }
+    }
+    let mut shape = lead;
+    shape.extend([m, n]);
+    Ok(Konst {
+        shape,
+        data,
+        int: false,
+    })
 }
 
 /// ONNX Reshape: 0 copies the input's dimension (unless `allow_zero`), -1 is inferred.
