@@ -335,3 +335,36 @@ fn zoo_roberta_from_token_ids() {
 fn zoo_gpt2_last_position_from_token_ids() {
     check_token_model("gpt2");
 }
+
+/// An export with symbolic height and width whose architecture cannot follow them (ViT's
+/// position embedding is for 4×4 patches of 8): at 32 pixels it gives the fixed export's
+/// logits; at 48 the call is refused, naming the node and the shapes that do not fit.
+#[test]
+fn zoo_a_size_the_graph_cannot_take_names_the_node() {
+    let mut s = session(&format!(
+        "LOAD MODEL v FROM '{}'; LOAD DATA x FROM '{}';",
+        zoo("vit.dynamic.onnx"),
+        zoo("vit.inputs.npy"),
+    ));
+    let (_, want) = npy(&root().join(zoo("vit.ts.logits.npy")));
+    let df = query(&mut s, "SELECT * FROM PREDICT v(x)");
+    assert_close("vit at 32 pixels", &logits(&df, 10), &want, 1e-5, 1e-4);
+    s.execute(&format!(
+        "LOAD DATA big FROM '{}'",
+        zoo("resnet_basic.dynamic48.inputs.npy")
+    ))
+    .unwrap();
+    assert_errors(
+        &mut s,
+        &[(
+            "SELECT * FROM PREDICT v(big)",
+            "cannot run on inputs of shape [3, 48, 48]: operator Add (node `/encoder/Add`)",
+        )],
+    );
+    let err = s
+        .execute("SELECT * FROM PREDICT v(big)")
+        .err()
+        .map(|e| e.message)
+        .unwrap_or_default();
+    assert!(err.contains("[1, 37, 32], [1, 17, 32]"), "{err}");
+}
