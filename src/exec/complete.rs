@@ -57,6 +57,16 @@ const KEYWORDS: &[&str] = &[
     "WITH",
     "TO",
     "OVERWRITE",
+    // LOAD's clauses
+    "ARCH",
+    "HEAD",
+    "CLASSES",
+    "LABELS",
+    "TEXT",
+    "IMAGES",
+    "RESIZE",
+    "CROP",
+    "NORMALIZE imagenet",
 ];
 
 const SHOW_WHAT: &[&str] = &["MODELS", "DATA", "METHODS", "LAYERS OF", "CACHE", "SETTINGS"];
@@ -67,11 +77,13 @@ const COLUMNS: &[&str] = &[
     "label",
     "prediction",
     "target",
+    "class",
     "feature",
     "group",
     "channel",
     "row",
     "col",
+    "position",
     "column",
     "size",
     "value",
