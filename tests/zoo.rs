@@ -168,6 +168,12 @@ fn zoo_dynamic_shapes_bind_to_the_data() {
             false,
         );
     }
+    // A binding by its name: its layers have the shapes of that size.
+    let bound = query(&mut s, "SHOW LAYERS OF \"r[3×80×80]\"");
+    assert_eq!(
+        column_str(&bound, "output_shape").last().map(String::as_str),
+        Some("[10]")
+    );
     // Layers resolve on the bound model: Grad-CAM at layer4 of an 80×80 input is 3×3.
     let df = query(&mut s, "SELECT * FROM r(large[0]) AT LAYER layer4 USING gradcam");
     assert_eq!(df.height(), 9);

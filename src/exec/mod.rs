@@ -825,11 +825,14 @@ impl State {
                     crate::model::fmt_shape(&model.input_shape),
                     model.output_len()
                 );
-                if model.dynamic.is_some() {
+                if let Some(graph) = &model.dynamic {
+                    // An example binding: every symbolic axis at 224.
+                    let example: Vec<String> = graph.dims.iter().map(|d| d.size.unwrap_or(224).to_string()).collect();
                     msg = format!(
-                        "loaded model {name}: {} nodes, input {} (symbolic axes: shapes are bound by the data it runs on)",
+                        "loaded model {name}: {} nodes, input {} (symbolic axes: shapes are bound by the data it runs on; SHOW LAYERS OF \"{name}[{}]\" shows a binding)",
                         model.layers.len(),
-                        model.input_text()
+                        model.input_text(),
+                        example.join("×")
                     );
                 } else if let Some(crate::model::Op::Unsupported { reason }) = untranslated.first().map(|l| &l.op) {
                     // Loaded so that SHOW LAYERS can show it, but nothing can run.
@@ -1045,7 +1048,11 @@ fn model_info(loaded: &LoadedModel) -> ModelInfo {
 
 impl Catalog for State {
     fn model(&self, name: &str) -> Option<ModelInfo> {
-        self.models.get(name).map(model_info)
+        // A binding's name (`m[3×64×64]`) names the bound model (SHOW LAYERS OF it).
+        self.models
+            .get(name)
+            .map(model_info)
+            .or_else(|| self.bound_model(name).ok().flatten().map(|m| model_info(&m)))
     }
     fn bind_model(&self, name: &str, sample_shape: &[usize]) -> Result<(String, ModelInfo)> {
         let dims: Vec<String> = sample_shape.iter().map(|d| d.to_string()).collect();
