@@ -126,6 +126,7 @@ zoo_tests! {
     zoo_vit: "vit", None;
     zoo_swin: "swin", None;
     zoo_seq_cnn: "seq_cnn", Some("features");
+    zoo_volume_cnn: "volume_cnn", Some("features");
 }
 
 /// An export with symbolic height and width: one model serves datasets of two sizes (each

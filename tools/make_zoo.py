@@ -79,6 +79,23 @@ class SeqCNN(nn.Module):
         return self.fc(torch.flatten(self.pool(self.features(x)), 1))
 
 
+class VolumeCNN(nn.Module):
+    """A 3-D convolutional classifier of volumes (scans, video clips)."""
+
+    def __init__(self, classes=4):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv3d(1, 4, 3, padding=1), nn.BatchNorm3d(4), nn.ReLU(), nn.MaxPool3d(2),
+            nn.Conv3d(4, 6, (3, 3, 3), stride=(2, 1, 1), padding=(1, 1, 1), groups=2), nn.ReLU(),
+            nn.AvgPool3d((1, 2, 2)), nn.Conv3d(6, 6, (2, 3, 3), dilation=(1, 2, 1)), nn.ReLU(),
+        )
+        self.pool = nn.AdaptiveAvgPool3d(1)
+        self.fc = nn.Linear(6, classes)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.pool(self.features(x)), 1))
+
+
 def mobilenet():
     setting, last = _mobilenet_v3_conf("mobilenet_v3_large", width_mult=0.25, reduced_tail=True)
     return MobileNetV3(setting, last // 4, num_classes=10)
@@ -109,6 +126,7 @@ ZOO = {
     "swin": (lambda: SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[1, 1], num_heads=[1, 2],
                                      window_size=[4, 4], num_classes=10), (3, 32, 32), None),
     "seq_cnn": (SeqCNN, (3, 64), "features"),
+    "volume_cnn": (VolumeCNN, (1, 8, 24, 24), "features"),
 }
 
 
@@ -163,7 +181,7 @@ def small_zoo(only):
     os.makedirs(OUT, exist_ok=True)
     manifest = []
     for name, (make, shape, cam_layer) in ZOO.items():
-        if only is not None and name not in only:
+        if only and name not in only:
             continue
         torch.manual_seed(11)
         model = make()

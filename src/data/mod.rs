@@ -29,6 +29,15 @@ pub enum Modality {
     /// `channel`, `position`. Such data loads as a one-channel image and becomes a
     /// sequence when a sequence model reads it.
     Sequence { channels: usize, length: usize },
+    /// (channels, depth, height, width) of a volume model's input (3-D convolutions);
+    /// coordinates `channel`, `depth`, `row`, `col`. Such data loads as a tensor and
+    /// becomes a volume when a volume model reads it.
+    Volume {
+        channels: usize,
+        depth: usize,
+        height: usize,
+        width: usize,
+    },
     /// Any other shape; only the flat `feature` index.
     Tensor,
     /// Token ids of a text model, padded; coordinates `token` (position) and `text`.
@@ -236,6 +245,15 @@ impl Dataset {
             }
             Modality::Tabular { columns } => format!("column `{}`", columns[f]),
             Modality::Sequence { length, .. } => format!("channel {}, position {}", f / length, f % length),
+            Modality::Volume {
+                depth, height, width, ..
+            } => format!(
+                "channel {}, depth {}, row {}, col {}",
+                f / (depth * height * width),
+                f / (height * width) % depth,
+                f / width % height,
+                f % width
+            ),
             Modality::Tensor => format!("feature {f}"),
             Modality::Text { .. } => format!("token {f}"),
         }

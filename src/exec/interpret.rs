@@ -1112,6 +1112,25 @@ fn relation(
                     .collect::<Vec<&str>>(),
             ));
         }
+        Modality::Volume {
+            depth, height, width, ..
+        } => {
+            let (d, h, w) = (*depth as i64, *height as i64, *width as i64);
+            for (name, f) in [
+                (
+                    "channel",
+                    Box::new(move |x: i64| x / (d * h * w)) as Box<dyn Fn(i64) -> i64>,
+                ),
+                ("depth", Box::new(move |x: i64| x / (h * w) % d)),
+                ("row", Box::new(move |x: i64| x / w % h)),
+                ("col", Box::new(move |x: i64| x % w)),
+            ] {
+                columns.push(Column::new(
+                    name.into(),
+                    c_feature.iter().map(|x| f(*x)).collect::<Vec<i64>>(),
+                ));
+            }
+        }
         Modality::Sequence { length, .. } => {
             let l = *length as i64;
             columns.push(Column::new(

@@ -1042,6 +1042,7 @@ fn model_info(loaded: &LoadedModel) -> ModelInfo {
         layer_shapes: m.layers.iter().map(|l| l.out_shape.clone()).collect(),
         aliases: m.aliases.iter().map(|(a, i)| (a.clone(), *i)).collect(),
         sequence_input: m.is_sequence(),
+        volume_input: m.is_volume(),
         dynamic: m.dynamic.is_some(),
     }
 }

@@ -32,6 +32,7 @@ pub(super) fn datasets(state: &State) -> Result<Output> {
         Modality::Image { .. } => "image",
         Modality::Tabular { .. } => "tabular",
         Modality::Sequence { .. } => "sequence",
+        Modality::Volume { .. } => "volume",
         Modality::Tensor => "tensor",
         Modality::Text { .. } => "text",
     };

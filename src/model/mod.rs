@@ -258,6 +258,16 @@ impl Model {
         })
     }
 
+    /// Whether the input is a volume `[channels, depth, height, width]` that 3-D
+    /// convolutions or pools read (translated into depth slices of 2-D ones).
+    pub fn is_volume(&self) -> bool {
+        self.input_shape.len() == 4
+            && self
+                .layers
+                .iter()
+                .any(|l| l.kind.starts_with("Conv3d") || l.kind.starts_with("Pool3d"))
+    }
+
     /// The layer that looks the model's input up in a table (token or byte ids into an
     /// embedding), reached from the input through casts and reshapes only.
     pub fn token_embedding(&self) -> Option<usize> {

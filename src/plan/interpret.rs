@@ -799,6 +799,7 @@ fn modality_name(m: &Modality) -> &'static str {
         Modality::Image { .. } => "an image dataset",
         Modality::Tabular { .. } => "a tabular dataset",
         Modality::Sequence { .. } => "a sequence dataset",
+        Modality::Volume { .. } => "a volume dataset",
         Modality::Tensor => "a tensor dataset",
         Modality::Text { .. } => "a text dataset",
     }
@@ -870,6 +871,7 @@ pub fn unit_coordinates(shape: &[usize], modality: &Modality) -> &'static [&'sta
         // A text model's attention probabilities: heads × query tokens × key tokens.
         3 if text => &["head", "query", "key"],
         3 => &["channel", "row", "col"],
+        4 => &["channel", "depth", "row", "col"],
         2 if sequence => &["channel", "position"],
         2 => &["token", "dim"],
         1 => &["neuron"],
@@ -910,6 +912,7 @@ pub fn attribution_columns(modality: &Modality, granularity: &GranularitySpec) -
         Modality::Image { .. } => cols.extend(["channel", "row", "col"]),
         Modality::Tabular { .. } => cols.push("column"),
         Modality::Sequence { .. } => cols.extend(["channel", "position"]),
+        Modality::Volume { .. } => cols.extend(["channel", "depth", "row", "col"]),
         Modality::Tensor => {}
         Modality::Text { .. } => cols.extend(["token", "text"]),
     }

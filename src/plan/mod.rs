@@ -32,6 +32,8 @@ pub struct ModelInfo {
     pub aliases: Vec<(String, usize)>,
     /// The input is a sequence `[channels, length]` read by 1-D convolutions.
     pub sequence_input: bool,
+    /// The input is a volume `[channels, depth, height, width]` read by 3-D convolutions.
+    pub volume_input: bool,
     /// The input has symbolic axes: the model is bound to the shape of its data
     /// (`Catalog::bind_model`) before anything else is resolved.
     pub dynamic: bool,
@@ -454,6 +456,18 @@ fn resolve_dataset_of(
         info.modality = Modality::Sequence {
             channels: *height,
             length: *width,
+        };
+    }
+    // Arrays of shape (N, C, D, H, W) load as tensors; a volume model reads volumes.
+    if let (Some((m, _, _)), Modality::Tensor, [c, d, h, w]) = (model, &info.modality, info.sample_shape.as_slice())
+        && m.volume_input
+        && m.input_shape == info.sample_shape
+    {
+        info.modality = Modality::Volume {
+            channels: *c,
+            depth: *d,
+            height: *h,
+            width: *w,
         };
     }
     let (lo, hi) = info.id_range;

@@ -1127,6 +1127,20 @@ impl Importer {
             "ConvTranspose" => self.conv(node, true),
             "MaxPool" | "AveragePool" => self.pool(node),
             "GlobalAveragePool" | "GlobalMaxPool" => {
+                if let Some((slot, shape)) = self.volume_input(node)? {
+                    // Over depth, rows and columns of each channel: a reduction.
+                    let kind = if op == "GlobalAveragePool" {
+                        ReduceKind::Mean
+                    } else {
+                        ReduceKind::Max
+                    };
+                    let per: usize = shape[1..].iter().product();
+                    let map = (0..shape.iter().product::<usize>()).map(|i| (i / per) as u32).collect();
+                    let out = vec![1, shape[0], 1, 1, 1];
+                    let op = Op::Reduce(Reduce { kind, map, count: per });
+                    self.unary_layer(node, op, (slot, full(&shape)), out);
+                    return Ok(());
+                }
                 let (slot, shape) = self.planar_input(node)?;
                 let [c, h, w] = planar(&shape);
                 let out = unplanar(&shape, [c, 1, 1]);
@@ -1742,6 +1756,280 @@ impl Importer {
         ))
     }
 
+    /// The input of a 3-D convolution or pool, a volume `[channels, depth, height, width]`.
+    fn volume_input(&self, node: &Node) -> Result<Option<(usize, Vec<usize>)>> {
+        let (slot, full) = self.value_input(node, 0)?;
+        Ok((lead(&full) == 1 && full.len() == 5).then(|| (slot, sample(&full))))
+    }
+
+    /// The depth geometry of a 3-D window: kernel, stride, dilation, pads before and after,
+    /// and the 2-D window over rows and columns (symmetric pads only).
+    fn volume_window(node: &Node, kernel: [usize; 3]) -> Result<(usize, usize, usize, usize, Window2d)> {
+        let three = |name: &str, default: usize| -> Result<[usize; 3]> {
+            match node.ints(name) {
+                None => Ok([default; 3]),
+                Some(v) if v.len() == 3 && v.iter().all(|x| *x > 0) => {
+                    Ok([v[0] as usize, v[1] as usize, v[2] as usize])
+                }
+                Some(v) => Err(unsupported(format!("{name} {v:?} for a 3-D window"))),
+            }
+        };
+        let (stride, dilation) = (three("strides", 1)?, three("dilations", 1)?);
+        let pads = match node.string("auto_pad", "NOTSET").as_str() {
+            "NOTSET" | "VALID" => node.ints("pads").unwrap_or_else(|| vec![0; 6]),
+            other => return Err(unsupported(format!("auto_pad {other} for a 3-D window"))),
+        };
+        if pads.len() != 6 || pads.iter().any(|p| *p < 0) || pads[1] != pads[4] || pads[2] != pads[5] {
+            return Err(unsupported(format!(
+                "pads {pads:?} for a 3-D window (rows and columns symmetric)"
+            )));
+        }
+        let win = Window2d {
+            kernel: (kernel[1], kernel[2]),
+            stride: (stride[1], stride[2]),
+            padding: (pads[1] as usize, pads[2] as usize),
+            dilation: (dilation[1], dilation[2]),
+        };
+        Ok((stride[0], dilation[0], pads[0] as usize, pads[3] as usize, win))
+    }
+
+    /// The depth slices a 3-D window reads at kernel offset `t`, side by side as planes:
+    /// `[out_depth × channels, height, width]`, each output depth's channels together (a
+    /// depth before or past the volume is `fill`).
+    fn depth_slices(
+        shape: &[usize],
+        out_depth: usize,
+        (stride, dilation, before): (usize, usize, usize),
+        t: usize,
+        fill: f32,
+    ) -> Select {
+        let [c, d, h, w] = [shape[0], shape[1], shape[2], shape[3]];
+        let mut picks = Vec::with_capacity(out_depth * c * h * w);
+        for od in 0..out_depth {
+            let z = (od * stride + t * dilation) as i64 - before as i64;
+            for ch in 0..c {
+                for p in 0..h * w {
+                    picks.push(if (0..d as i64).contains(&z) {
+                        (0, ((ch * d + z as usize) * h * w + p) as u32)
+                    } else {
+                        (FILL, 0)
+                    });
+                }
+            }
+        }
+        Select {
+            picks,
+            consts: vec![fill],
+        }
+    }
+
+    /// A 3-D convolution as 2-D ones: for each kernel depth t, the input's depth slices
+    /// that t reads (every output depth's, side by side) go through one grouped 2-D
+    /// convolution with that depth's kernels; the kd results add up, and the sum is laid
+    /// out `[out, depth, rows, cols]`. Exact, with the 2-D kernels' gradients.
+    fn volume_conv(&mut self, node: &Node, (slot, shape): (usize, Vec<usize>)) -> Result<()> {
+        let w = self.konst(node.input(1).unwrap_or_default())?.clone();
+        let [o, cg, kd, kh, kw] = w.shape[..] else {
+            return Err(unsupported(format!("a 3-D convolution weight of shape {:?}", w.shape)));
+        };
+        let groups = node.int("group", 1).max(1) as usize;
+        let [c, d, h, wd] = [shape[0], shape[1], shape[2], shape[3]];
+        if c != cg * groups || o % groups != 0 {
+            return Err(unsupported(format!(
+                "a weight {:?} (groups {groups}) for {c} channels",
+                w.shape
+            )));
+        }
+        let (sd, dd, before, after, win) = Self::volume_window(node, [kd, kh, kw])?;
+        let span = dd * (kd - 1) + 1;
+        let od = (d + before + after)
+            .checked_sub(span)
+            .map(|v| v / sd + 1)
+            .ok_or_else(|| {
+                unsupported(format!(
+                    "a kernel of depth {kd} deeper than the padded volume {shape:?}"
+                ))
+            })?;
+        let (oh, ow) = win.out_hw(h, wd).ok_or_else(|| {
+            unsupported(format!(
+                "a kernel {:?} larger than the padded planes {shape:?}",
+                win.kernel
+            ))
+        })?;
+        let bias = self.opt_konst(node, 2)?.map(Konst::f32s);
+        let planes_in = vec![1, od * c, h, wd];
+        let planes_out = vec![1, od * o, oh, ow];
+        let mut sum: Option<usize> = None;
+        for t in 0..kd {
+            let slices = Self::depth_slices(&shape, od, (sd, dd, before), t, 0.0);
+            let s = self.hidden_layer(
+                node,
+                &format!("Conv3dSlices{t}"),
+                Op::Select(slices),
+                vec![slot],
+                &full(&shape),
+                planes_in.clone(),
+            );
+            // Kernel depth t of every output channel, once per output depth.
+            let per = cg * kh * kw;
+            let weight: Vec<f32> = (0..od)
+                .flat_map(|_| {
+                    let w = &w;
+                    (0..o).flat_map(move |oc| {
+                        (0..per).map(move |i| {
+                            let (ci, r) = (i / (kh * kw), i % (kh * kw));
+                            w.data[(((oc * cg + ci) * kd + t) * kh * kw) + r] as f32
+                        })
+                    })
+                })
+                .collect();
+            let op = Op::Conv2d {
+                out: od * o,
+                groups: od * groups,
+                win,
+                weight,
+                bias: bias
+                    .as_ref()
+                    .filter(|_| t == 0)
+                    .map(|b| (0..od).flat_map(|_| b.iter().copied()).collect()),
+            };
+            let conv = self.hidden_layer(
+                node,
+                &format!("Conv3dPlanes{t}"),
+                op,
+                vec![s],
+                &planes_in,
+                planes_out.clone(),
+            );
+            sum = Some(match sum {
+                None => conv,
+                Some(prev) => self.sum_layer(node, &format!("Conv3dSum{t}"), NaryKind::Add, prev, conv, &planes_out),
+            });
+        }
+        let sum = sum.ok_or_else(|| unsupported("a 3-D kernel of depth 0"))?;
+        self.depth_major(node, sum, [od, o, oh, ow])
+    }
+
+    /// A 3-D max or average pool as 2-D pools of depth slices, combined over the window's
+    /// depth (the maximum, or the mean: average pools without depth padding, or counting it).
+    fn volume_pool(&mut self, node: &Node, (slot, shape): (usize, Vec<usize>)) -> Result<()> {
+        let k = node.ints("kernel_shape").unwrap_or_default();
+        let [kd, kh, kw] = k[..] else {
+            return Err(unsupported(format!("kernel_shape {k:?} for a volume")));
+        };
+        let (kd, kh, kw) = (kd.max(1) as usize, kh.max(1) as usize, kw.max(1) as usize);
+        let max = node.proto.op_type == "MaxPool";
+        let count_include_pad = node.int("count_include_pad", 0) != 0;
+        if node.int("ceil_mode", 0) != 0 {
+            return Err(unsupported("a 3-D pool with ceil_mode"));
+        }
+        let (sd, dd, before, after, win) = Self::volume_window(node, [kd, kh, kw])?;
+        if !max && (before > 0 || after > 0) && !count_include_pad {
+            return Err(unsupported("a 3-D average pool with depth pads that are not counted"));
+        }
+        let [c, d, h, wd] = [shape[0], shape[1], shape[2], shape[3]];
+        let od = (d + before + after)
+            .checked_sub(dd * (kd - 1) + 1)
+            .map(|v| v / sd + 1)
+            .ok_or_else(|| unsupported(format!("a window of depth {kd} deeper than the volume {shape:?}")))?;
+        let (oh, ow) = win
+            .out_hw(h, wd)
+            .ok_or_else(|| unsupported(format!("a window {:?} larger than the planes", win.kernel)))?;
+        let planes_in = vec![1, od * c, h, wd];
+        let planes_out = vec![1, od * c, oh, ow];
+        let fill = if max { f32::NEG_INFINITY } else { 0.0 };
+        let mut acc: Option<usize> = None;
+        for t in 0..kd {
+            let slices = Self::depth_slices(&shape, od, (sd, dd, before), t, fill);
+            let s = self.hidden_layer(
+                node,
+                &format!("Pool3dSlices{t}"),
+                Op::Select(slices),
+                vec![slot],
+                &full(&shape),
+                planes_in.clone(),
+            );
+            let op = if max {
+                Op::MaxPool2d { win }
+            } else {
+                Op::AvgPool2d { win, count_include_pad }
+            };
+            let pooled = self.hidden_layer(
+                node,
+                &format!("Pool3dPlanes{t}"),
+                op,
+                vec![s],
+                &planes_in,
+                planes_out.clone(),
+            );
+            let kind = if max { NaryKind::Max } else { NaryKind::Add };
+            acc = Some(match acc {
+                None => pooled,
+                Some(prev) => self.sum_layer(node, &format!("Pool3dCombine{t}"), kind, prev, pooled, &planes_out),
+            });
+        }
+        let mut acc = acc.ok_or_else(|| unsupported("a 3-D window of depth 0"))?;
+        if !max && kd > 1 {
+            let args = vec![
+                Arg {
+                    operand: Operand::Input(0),
+                    map: None,
+                },
+                Arg {
+                    operand: Operand::Const(vec![1.0 / kd as f32]),
+                    map: Some(vec![0; planes_out.iter().product()]),
+                },
+            ];
+            acc = self.hidden_layer(
+                node,
+                "Pool3dMean",
+                Op::Nary(Nary {
+                    kind: NaryKind::Mul,
+                    args,
+                }),
+                vec![acc],
+                &planes_out,
+                planes_out.clone(),
+            );
+        }
+        self.depth_major(node, acc, [od, c, oh, ow])
+    }
+
+    /// `a op b` of two values of one shape, as a hidden layer.
+    fn sum_layer(&mut self, node: &Node, kind: &str, op: NaryKind, a: usize, b: usize, shape: &[usize]) -> usize {
+        let args = vec![
+            Arg {
+                operand: Operand::Input(0),
+                map: None,
+            },
+            Arg {
+                operand: Operand::Input(1),
+                map: None,
+            },
+        ];
+        self.hidden_layer(
+            node,
+            kind,
+            Op::Nary(Nary { kind: op, args }),
+            vec![a, b],
+            shape,
+            shape.to_vec(),
+        )
+    }
+
+    /// Planes `[depth × channels, rows, cols]` laid out as the node's output, a volume
+    /// `[channels, depth, rows, cols]`.
+    fn depth_major(&mut self, node: &Node, slot: usize, [od, c, oh, ow]: [usize; 4]) -> Result<()> {
+        let planes = vec![1, od, c, oh, ow];
+        let (out, map) = graph_ops::transpose_map(&planes, &[0, 2, 1, 3, 4]);
+        let op = Op::Select(Select {
+            picks: map.into_iter().map(|j| (0, j)).collect(),
+            consts: vec![0.0],
+        });
+        self.unary_layer(node, op, (slot, vec![1, od * c, oh, ow]), out);
+        Ok(())
+    }
+
     /// The input of a convolution or pool: its slot and the sample shape, a sequence
     /// `[channels, length]` or an image `[channels, height, width]`.
     fn planar_input(&self, node: &Node) -> Result<(usize, Vec<usize>)> {
@@ -1757,6 +2045,9 @@ impl Importer {
     }
 
     fn conv(&mut self, node: &Node, transposed: bool) -> Result<()> {
+        if !transposed && let Some(volume) = self.volume_input(node)? {
+            return self.volume_conv(node, volume);
+        }
         let (slot, shape) = self.planar_input(node)?;
         let w = self.konst(node.input(1).unwrap_or_default())?.clone();
         if !matches!((shape.len(), w.shape.len()), (3, 4) | (2, 3)) {
@@ -1856,6 +2147,9 @@ impl Importer {
     }
 
     fn pool(&mut self, node: &Node) -> Result<()> {
+        if let Some(volume) = self.volume_input(node)? {
+            return self.volume_pool(node, volume);
+        }
         let (slot, shape) = self.planar_input(node)?;
         let k = node.ints("kernel_shape").unwrap_or_default();
         let kernel = match (shape.len(), &k[..]) {
