@@ -378,6 +378,14 @@ pub struct Select {
 }
 
 impl Select {
+    /// Output i copies value `map[i]` of the (one) input.
+    pub fn copying(map: Vec<u32>) -> Select {
+        Select {
+            picks: map.into_iter().map(|j| (0, j)).collect(),
+            consts: vec![0.0],
+        }
+    }
+
     pub fn forward(&self, xs: &[&Batch]) -> Vec<f32> {
         let n = xs.first().map_or(1, |x| x.rows());
         let mut ys = Vec::with_capacity(n * self.picks.len());

@@ -1528,11 +1528,7 @@ impl Importer {
             }
             Sym::Value { slot, full } => {
                 let (out, map) = f(&full)?;
-                let picks = map.into_iter().map(|j| (0, j)).collect();
-                let op = Op::Select(Select {
-                    picks,
-                    consts: vec![0.0],
-                });
+                let op = Op::Select(Select::copying(map));
                 self.unary_layer(node, op, (slot, full), out);
             }
         }
@@ -2022,10 +2018,7 @@ impl Importer {
     fn depth_major(&mut self, node: &Node, slot: usize, [od, c, oh, ow]: [usize; 4]) -> Result<()> {
         let planes = vec![1, od, c, oh, ow];
         let (out, map) = graph_ops::transpose_map(&planes, &[0, 2, 1, 3, 4]);
-        let op = Op::Select(Select {
-            picks: map.into_iter().map(|j| (0, j)).collect(),
-            consts: vec![0.0],
-        });
+        let op = Op::Select(Select::copying(map));
         self.unary_layer(node, op, (slot, vec![1, od * c, oh, ow]), out);
         Ok(())
     }
@@ -2603,10 +2596,7 @@ impl Importer {
         }
         let slot = self.hidden_layer(node, "MatMul", Op::MatMul(mm), vec![sa, sb], &fa, product.clone());
         let (out_shape, map) = graph_ops::transpose_map(&product, &final_order);
-        let op = Op::Select(Select {
-            picks: map.into_iter().map(|j| (0, j)).collect(),
-            consts: vec![0.0],
-        });
+        let op = Op::Select(Select::copying(map));
         self.unary_layer(node, op, (slot, product), out_shape);
         Ok(())
     }
@@ -2623,10 +2613,7 @@ impl Importer {
             return (slot, full);
         }
         let (out, map) = graph_ops::transpose_map(&full, perm);
-        let op = Op::Select(Select {
-            picks: map.into_iter().map(|j| (0, j)).collect(),
-            consts: vec![0.0],
-        });
+        let op = Op::Select(Select::copying(map));
         // Each operand's permutation is a hook point of its own: `<output>:transpose`, then
         // `<output>:transpose` again would clash, so the second is named by its slot.
         let tag = format!("{kind}{}", self.layers.len());
@@ -2742,11 +2729,7 @@ impl Importer {
                     );
                 }
                 Sym::Value { slot, full } => {
-                    let picks = map.into_iter().map(|j| (0, j)).collect();
-                    let op = Op::Select(Select {
-                        picks,
-                        consts: vec![0.0],
-                    });
+                    let op = Op::Select(Select::copying(map));
                     self.push(node.proto, out_name.clone(), op, vec![*slot], full, out);
                 }
             }
