@@ -231,6 +231,10 @@ case("einsum_attention", [node("Transpose", ["x"], ["t"], perm=[0, 1, 3, 2]),
                           node("Einsum", ["s", "x"], ["y"], equation="bhij,bhjd->bhid")], [2, 3, 4], opset=18)
 case("einsum_permuted_output", [node("Einsum", ["x", "x"], ["y"], equation="bij,bkj->bki")], [3, 4], opset=18)
 
+case("lppool", [node("LpPool", ["x"], kernel_shape=[2, 3], strides=[2, 1], pads=[0, 1, 0, 1], p=2)],
+     [2, 4, 5])
+case("lppool_p3_1d", [node("LpPool", ["x"], kernel_shape=[3], p=3)], [2, 6])
+
 # A model of two inputs the second of which cannot be derived from the first (refused).
 x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
 other = helper.make_tensor_value_info("other", TensorProto.FLOAT, ["batch", 4])

@@ -1125,7 +1125,7 @@ impl Importer {
             "MatMul" => self.matmul(node),
             "Conv" => self.conv(node, false),
             "ConvTranspose" => self.conv(node, true),
-            "MaxPool" | "AveragePool" => self.pool(node),
+            "MaxPool" | "AveragePool" | "LpPool" => self.pool(node),
             "GlobalAveragePool" | "GlobalMaxPool" => {
                 if let Some((slot, shape)) = self.volume_input(node)? {
                     // Over depth, rows and columns of each channel: a reduction.
@@ -1966,27 +1966,8 @@ impl Importer {
         }
         let mut acc = acc.ok_or_else(|| unsupported("a 3-D window of depth 0"))?;
         if !max && kd > 1 {
-            let args = vec![
-                Arg {
-                    operand: Operand::Input(0),
-                    map: None,
-                },
-                Arg {
-                    operand: Operand::Const(vec![1.0 / kd as f32]),
-                    map: Some(vec![0; planes_out.iter().product()]),
-                },
-            ];
-            acc = self.hidden_layer(
-                node,
-                "Pool3dMean",
-                Op::Nary(Nary {
-                    kind: NaryKind::Mul,
-                    args,
-                }),
-                vec![acc],
-                &planes_out,
-                planes_out.clone(),
-            );
+            let mean = with_constant(NaryKind::Mul, 1.0 / kd as f32, planes_out.iter().product());
+            acc = self.hidden_layer(node, "Pool3dMean", mean, vec![acc], &planes_out, planes_out.clone());
         }
         self.depth_major(node, acc, [od, c, oh, ow])
     }
@@ -2143,7 +2124,16 @@ impl Importer {
         if let Some(volume) = self.volume_input(node)? {
             return self.volume_pool(node, volume);
         }
-        let (slot, shape) = self.planar_input(node)?;
+        let (mut slot, shape) = self.planar_input(node)?;
+        // LpPool: (Σ |x|^p)^(1/p) over each window, an average pool of |x|^p (pads
+        // counted, as zeros) times the window's size, to the power 1/p.
+        let lp = (node.proto.op_type == "LpPool").then(|| node.int("p", 2).max(1) as f32);
+        if let Some(p) = lp {
+            let f = full(&shape);
+            let abs = self.hidden_layer(node, "LpAbs", Op::Map(MapFn::Abs), vec![slot], &f, f.clone());
+            let power = with_constant(NaryKind::Pow, p, shape.iter().product());
+            slot = self.hidden_layer(node, "LpPower", power, vec![abs], &f, f.clone());
+        }
         let k = node.ints("kernel_shape").unwrap_or_default();
         let kernel = match (shape.len(), &k[..]) {
             (2, [kw]) => (1, (*kw).max(1) as usize),
@@ -2176,7 +2166,7 @@ impl Importer {
             }
         }
         let symmetric = pads[0] == pads[2] && pads[1] == pads[3];
-        let count_include_pad = node.int("count_include_pad", 0) != 0;
+        let count_include_pad = node.int("count_include_pad", 0) != 0 || lp.is_some();
         let (value, padded) = if symmetric {
             win.padding = (pads[0], pads[1]);
             ((slot, shape.clone()), shape.clone())
@@ -2198,11 +2188,20 @@ impl Importer {
         } else {
             Op::AvgPool2d { win, count_include_pad }
         };
+        let out = full(&unplanar(&padded, [c, oh, ow]));
+        let Some(p) = lp else {
+            self.unary_layer(node, op, (value.0, full(&value.1)), out);
+            return Ok(());
+        };
+        let len = out.iter().product();
+        let mean = self.hidden_layer(node, "LpMean", op, vec![value.0], &full(&value.1), out.clone());
+        let sum = with_constant(NaryKind::Mul, (kernel.0 * kernel.1) as f32, len);
+        let sums = self.hidden_layer(node, "LpSum", sum, vec![mean], &out, out.clone());
         self.unary_layer(
             node,
-            op,
-            (value.0, full(&value.1)),
-            full(&unplanar(&padded, [c, oh, ow])),
+            with_constant(NaryKind::Pow, 1.0 / p, len),
+            (sums, out.clone()),
+            out,
         );
         Ok(())
     }
@@ -2981,6 +2980,23 @@ fn win_span(kernel: (usize, usize), dilation: (usize, usize), axis: usize) -> us
     } else {
         dilation.1 * (kernel.1 - 1) + 1
     }
+}
+
+/// `x op c` for a value x of `len` elements and a constant c (a power, a scale).
+fn with_constant(kind: NaryKind, c: f32, len: usize) -> Op {
+    Op::Nary(Nary {
+        kind,
+        args: vec![
+            Arg {
+                operand: Operand::Input(0),
+                map: None,
+            },
+            Arg {
+                operand: Operand::Const(vec![c]),
+                map: Some(vec![0; len]),
+            },
+        ],
+    })
 }
 
 /// The output shape of a planar operator in the rank of its input.
