@@ -2,16 +2,14 @@
 //! initialised torchvision architectures, each exported by both torch exporters
 //! (TorchScript `ts`, torch.export `dynamo`), loaded through the query language.
 //!
-//! Tolerances: logits |ours − onnxruntime| ≤ 1e-4 + 1e-4·|ort|; attributions against
-//! Captum on the PyTorch module |ours − Captum| ≤ 1e-5·s + 1e-4·|Captum|, where s is the
-//! largest |Captum| value of the map: randomly initialised deep nets give maps of very
-//! different scales (MobileNetV3's saliency peaks at 5e-10), and an absolute 1e-5 would
-//! accept anything there. A float32 near-tie flipped in a max-pool or ReLU would show here
-//! as a local failure. Only SqueezeNet's integrated gradients show that (26 ReLUs, and
-//! the 50 scaled inputs near zero put many of them at the boundary): 588 of 24,576 values
-//! outside the strict bound, 153 outside 1e-3·|ref|, correlation 0.99999999, sums equal to
-//! 1e-7. A case marked `ties` is held to the issue's near-tie criterion instead: correlation
-//! ≥ 0.999 and ≥ 99 % of values within 1e-5·s + 1e-3·|ref|.
+//! Tolerances: logits |ours − onnxruntime| ≤ 1e-4 + 1e-4·|ort|, and at their scale as
+//! below; attributions against Captum on the PyTorch module |ours − Captum| ≤ 1e-5·s +
+//! 1e-4·|Captum|, where s is the largest |Captum| value of the map: randomly initialised
+//! deep nets give maps of very different scales (MobileNetV3's saliency peaks at 5e-10),
+//! and an absolute 1e-5 would accept anything there. Every model passes that strictly.
+//! A float32 near-tie flipped in a max-pool would show as a local failure: SqueezeNet's
+//! fixture has zero convolution biases for that reason (with them, the small inputs
+//! integrated gradients starts from all look alike and 2 % of its values differed).
 
 use crate::common::*;
 
@@ -37,48 +35,21 @@ fn loaded_with_logits_checked(name: &str, exporter: &str) -> (ialgebra::exec::Se
     let df = query(&mut s, "SELECT * FROM PREDICT z(x)");
     let got = logits(&df, shape[1]);
     assert_close(&format!("{what}: logits"), &got, &want, 1e-4, 1e-4);
-    assert_attr(&format!("{what}: logits at their scale"), &got, &want, false);
+    assert_attr(&format!("{what}: logits at their scale"), &got, &want);
     (s, what)
 }
 
 /// Closeness at the scale of the reference map (see the module doc); a map of zeros would
 /// test nothing and is refused.
-fn assert_attr(what: &str, got: &[f64], want: &[f64], ties: bool) {
+fn assert_attr(what: &str, got: &[f64], want: &[f64]) {
     let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
     assert!(scale > 0.0, "{what}: the reference map is all zeros");
-    if !ties {
-        return assert_close(what, got, want, ATOL * scale, RTOL);
-    }
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let loose = got
-        .iter()
-        .zip(want)
-        .filter(|(g, w)| (*g - *w).abs() > ATOL * scale + 1e-3 * w.abs())
-        .count();
-    let r = correlation(got, want);
-    assert!(r >= 0.999, "{what}: correlation {r} < 0.999");
-    assert!(
-        loose as f64 <= 0.01 * got.len() as f64,
-        "{what}: {loose} of {} values outside 1e-5·s + 1e-3·|ref|",
-        got.len()
-    );
-}
-
-fn correlation(a: &[f64], b: &[f64]) -> f64 {
-    let n = a.len() as f64;
-    let (ma, mb) = (a.iter().sum::<f64>() / n, b.iter().sum::<f64>() / n);
-    let (mut sab, mut saa, mut sbb) = (0.0, 0.0, 0.0);
-    for (x, y) in a.iter().zip(b) {
-        sab += (x - ma) * (y - mb);
-        saa += (x - ma) * (x - ma);
-        sbb += (y - mb) * (y - mb);
-    }
-    sab / (saa * sbb).sqrt()
+    assert_close(what, got, want, ATOL * scale, RTOL);
 }
 
 /// Loads one export with its inputs (labelled by the targets) and checks logits, saliency,
 /// integrated gradients and, where given, Grad-CAM at `cam_layer`.
-fn check(name: &str, exporter: &str, cam_layer: Option<&str>, ties: bool) {
+fn check(name: &str, exporter: &str, cam_layer: Option<&str>) {
     let (mut s, what) = loaded_with_logits_checked(name, exporter);
     let mut cases = vec![
         ("saliency".to_string(), "saliency", "feature"),
@@ -93,21 +64,16 @@ fn check(name: &str, exporter: &str, cam_layer: Option<&str>, ties: bool) {
             &format!("SELECT attribution FROM z(x) USING {method} TARGET LABEL ORDER BY input, {key}"),
         );
         let (_, want) = npy(&root().join(zoo(&format!("{name}.{file}.npy"))));
-        assert_attr(
-            &format!("{what}: {method}"),
-            &column_f64(&df, "attribution"),
-            &want,
-            ties,
-        );
+        assert_attr(&format!("{what}: {method}"), &column_f64(&df, "attribution"), &want);
     }
 }
 
 macro_rules! zoo_tests {
-    ($($test:ident: $name:literal, $cam:expr $(, $ties:ident)?;)*) => {$(
+    ($($test:ident: $name:literal, $cam:expr;)*) => {$(
         #[test]
         fn $test() {
             for exporter in ["ts", "dynamo"] {
-                check($name, exporter, $cam, false $(|| stringify!($ties) == "ties")?);
+                check($name, exporter, $cam);
             }
         }
     )*};
@@ -120,7 +86,7 @@ zoo_tests! {
     zoo_efficientnet: "efficientnet", Some("features");
     zoo_convnext: "convnext", Some("features");
     zoo_densenet: "densenet", Some("features");
-    zoo_squeezenet: "squeezenet", Some("features"), ties;
+    zoo_squeezenet: "squeezenet", Some("features");
     zoo_shufflenet_v2: "shufflenet_v2", Some("conv5");
     zoo_regnet: "regnet", Some("trunk_output");
     zoo_vit: "vit", None;
@@ -162,12 +128,7 @@ fn zoo_dynamic_shapes_bind_to_the_data() {
             ),
         );
         let (_, want) = npy(&root().join(zoo(&format!("resnet_basic.dynamic{side}.ig.npy"))));
-        assert_attr(
-            &format!("{side}x{side}: IG"),
-            &column_f64(&df, "attribution"),
-            &want,
-            false,
-        );
+        assert_attr(&format!("{side}x{side}: IG"), &column_f64(&df, "attribution"), &want);
     }
     // A binding by its name: its layers have the shapes of that size.
     let bound = query(&mut s, "SHOW LAYERS OF \"r[3×80×80]\"");
@@ -258,7 +219,7 @@ fn zoo_sequences_take_windows_of_positions_and_segments() {
         "SELECT attribution FROM seq(s) USING occlusion(window = 8, stride = 8) TARGET LABEL ORDER BY input, feature",
     );
     let (_, want) = npy(&root().join(zoo("seq_cnn.occlusion.npy")));
-    assert_attr("occlusion", &column_f64(&df, "attribution"), &want, false);
+    assert_attr("occlusion", &column_f64(&df, "attribution"), &want);
     let df = query(
         &mut s,
         "SELECT input, position, size, attribution FROM seq(s) USING integrated_gradients TARGET LABEL
@@ -277,7 +238,7 @@ fn zoo_sequences_take_windows_of_positions_and_segments() {
         .collect();
     assert_eq!(column_f64(&df, "size"), vec![24.0; 16]);
     assert_eq!(column_f64(&df, "position")[..3], [0.0, 8.0, 16.0]);
-    assert_attr("IG by segments", &column_f64(&df, "attribution"), &sums, false);
+    assert_attr("IG by segments", &column_f64(&df, "attribution"), &sums);
     let df = query(
         &mut s,
         "SELECT channel, position FROM seq(s[0]) USING integrated_gradients WINDOW positions 8:16, channels 1:3",
@@ -315,7 +276,7 @@ fn check_token_model(name: &str) {
             "SELECT attribution FROM z(x) USING integrated_gradients TARGET LABEL ORDER BY input, feature",
         );
         let (_, want) = npy(&root().join(zoo(&format!("{name}.lig.npy"))));
-        assert_attr(&format!("{what}: IG"), &column_f64(&df, "attribution"), &want, false);
+        assert_attr(&format!("{what}: IG"), &column_f64(&df, "attribution"), &want);
         assert_errors(
             &mut s,
             &[("SELECT * FROM z(x[0]) USING saliency", "token ids have none")],
