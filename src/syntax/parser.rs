@@ -154,8 +154,8 @@ fn visit_images(pair: Pair<Rule>) -> Result<Images> {
         n.as_str()
             .parse::<u32>()
             .ok()
-            .filter(|v| *v > 0)
-            .ok_or_else(|| Error::value(format!("{} is not a size in pixels (1 or more)", n.as_str())).at(sp))
+            .filter(|v| (1..=8192).contains(v))
+            .ok_or_else(|| Error::value(format!("{} is not a size in pixels (1 to 8192)", n.as_str())).at(sp))
     };
     let resize = c.take(Rule::resize).map(size).transpose()?;
     let crop = c.take(Rule::crop).map(size).transpose()?;
