@@ -18,16 +18,12 @@ const EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "bmp", "webp"];
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
-/// What a photo dataset was made from: the files in row order, the class names, and the
-/// normalisation (to show a row as the photo it came from).
+/// The normalisation a photo dataset was made with, to show a row as the photo it came
+/// from (its files, classes and transforms are in the dataset's source and classes).
 #[derive(Debug)]
 pub struct Photos {
-    pub files: Vec<PathBuf>,
-    pub classes: Vec<String>,
     pub mean: [f32; 3],
     pub std: [f32; 3],
-    /// The preprocessing as torchvision writes it: `Resize(256), CenterCrop(224), …`.
-    pub transforms: String,
 }
 
 impl Photos {
@@ -117,15 +113,9 @@ pub fn load(name: &str, path: &Path, spec: &Images) -> Result<Dataset> {
     let labels = (!classes.is_empty()).then_some(labels);
     let mut ds = Dataset::new(name, &source, vec![3, h, w], modality, values, labels)?;
     if !classes.is_empty() {
-        ds.classes = Some(std::sync::Arc::new(classes.clone()));
+        ds.classes = Some(std::sync::Arc::new(classes));
     }
-    ds.photos = Some(std::sync::Arc::new(Photos {
-        files,
-        classes,
-        mean,
-        std,
-        transforms,
-    }));
+    ds.photos = Some(std::sync::Arc::new(Photos { mean, std }));
     Ok(ds)
 }
 

@@ -366,10 +366,9 @@ impl State {
                 top.sort_by(|a, b| b.1.total_cmp(&a.1));
                 top.truncate(3);
                 // A photo is shown as the photo (de-normalised), other images scaled.
-                let picture = match &dataset.photos {
-                    Some(p) => image.and_then(|(_, h, w)| {
-                        crate::output::picture::input_png(&p.denormalize(dataset.row(r)), (3, h, w)).ok()
-                    }),
+                let picture = match &photo_of {
+                    Some(photo) => photo(dataset.id(r))
+                        .and_then(|p| crate::output::picture::input_png(&p.rgb, (3, p.height, p.width)).ok()),
                     None => image.and_then(|shape| crate::output::picture::input_png(dataset.row(r), shape).ok()),
                 };
                 crate::output::report::ReportInput {
@@ -764,7 +763,7 @@ impl State {
                 "loaded data {name}: {} photos of shape {}{}",
                 ds.len(),
                 crate::model::fmt_shape(&ds.sample_shape),
-                match ds.photos.as_ref().map(|p| p.classes.len()).unwrap_or(0) {
+                match ds.classes.as_ref().map_or(0, |c| c.len()) {
                     0 => String::new(),
                     k => format!(", {k} classes (labels from the class folders)"),
                 }

@@ -198,6 +198,15 @@ fn visit_images(pair: Pair<Rule>) -> Result<Images> {
     })
 }
 
+/// A clause of a keyword and a path (`ARCH 'a.json'`, `HEAD …`, `CLASSES …`).
+fn visit_path_clause(pair: Pair<Rule>) -> Result<Value> {
+    let mut c = Children::of(pair);
+    c.skip_keywords();
+    let path = visit_path(c.next()?)?;
+    c.done();
+    Ok(path)
+}
+
 fn is_keyword(rule: Rule) -> bool {
     format!("{rule:?}").starts_with("kw_")
 }
@@ -212,14 +221,9 @@ fn visit_statement(pair: Pair<Rule>) -> Result<Statement> {
             let name = visit_ident(c.next()?)?;
             c.skip_keywords();
             let path = visit_path(c.next()?)?;
-            let clause = |p: Pair<Rule>| -> Result<Value> {
-                let mut cc = Children::of(p);
-                cc.skip_keywords();
-                visit_path(cc.next()?)
-            };
-            let arch = c.take(Rule::arch_clause).map(clause).transpose()?;
-            let head = c.take(Rule::head_clause).map(clause).transpose()?;
-            let classes = c.take(Rule::classes_clause).map(clause).transpose()?;
+            let arch = c.take(Rule::arch_clause).map(visit_path_clause).transpose()?;
+            let head = c.take(Rule::head_clause).map(visit_path_clause).transpose()?;
+            let classes = c.take(Rule::classes_clause).map(visit_path_clause).transpose()?;
             StatementKind::LoadModel {
                 name,
                 path,
@@ -255,14 +259,7 @@ fn visit_statement(pair: Pair<Rule>) -> Result<Statement> {
                 label_column = Some(visit_ident(lc.next()?)?);
                 lc.done();
             }
-            let classes = c
-                .take(Rule::classes_clause)
-                .map(|p| -> Result<Value> {
-                    let mut cc = Children::of(p);
-                    cc.skip_keywords();
-                    visit_path(cc.next()?)
-                })
-                .transpose()?;
+            let classes = c.take(Rule::classes_clause).map(visit_path_clause).transpose()?;
             StatementKind::LoadData {
                 name,
                 path,

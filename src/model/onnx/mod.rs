@@ -46,6 +46,14 @@ impl Konst {
     fn ints(&self) -> Vec<i64> {
         self.data.iter().map(|v| *v as i64).collect()
     }
+    /// A constant of this one's type (integer or not) with other values.
+    fn with(&self, shape: Vec<usize>, data: Vec<f64>) -> Konst {
+        Konst {
+            shape,
+            data,
+            int: self.int,
+        }
+    }
     fn scalar(v: f64, int: bool) -> Konst {
         Konst {
             int,
@@ -1310,14 +1318,7 @@ impl Importer {
                     })?;
                     out[at..at + block].copy_from_slice(from);
                 }
-                self.set_const(
-                    node,
-                    Konst {
-                        shape: data.shape,
-                        data: out,
-                        int: data.int,
-                    },
-                );
+                self.set_const(node, data.with(data.shape.clone(), out));
                 Ok(())
             }
             "GatherElements" => {
@@ -1328,11 +1329,7 @@ impl Importer {
                 {
                     // Gathering from a constant that is the same everywhere (RoBERTa's buffer
                     // of token type ids, all zeros) gives that constant, whatever the indices.
-                    let k = Konst {
-                        shape: full.clone(),
-                        data: vec![v; full.iter().product()],
-                        int: table.int,
-                    };
+                    let k = table.with(full.clone(), vec![v; full.iter().product()]);
                     self.set_const(node, k);
                     return Ok(());
                 }
@@ -1517,14 +1514,7 @@ impl Importer {
             Sym::Const(k) => {
                 let (shape, map) = f(&k.shape)?;
                 let data = map.iter().map(|&j| k.data[j as usize]).collect();
-                self.set_const(
-                    node,
-                    Konst {
-                        shape,
-                        data,
-                        int: k.int,
-                    },
-                );
+                self.set_const(node, k.with(shape, data));
             }
             Sym::Value { slot, full } => {
                 let (out, map) = f(&full)?;
@@ -1544,14 +1534,7 @@ impl Importer {
                 if shape.iter().product::<usize>() != k.data.len() {
                     return Err(unsupported(format!("{:?} cannot be reshaped to {shape:?}", k.shape)));
                 }
-                self.set_const(
-                    node,
-                    Konst {
-                        shape,
-                        data: k.data,
-                        int: k.int,
-                    },
-                );
+                self.set_const(node, Konst { shape, ..k });
             }
             Sym::Value { slot, full } => {
                 let out = f(&full)?;
@@ -2346,14 +2329,7 @@ impl Importer {
                     .iter()
                     .map(|j| j.map_or(fill as f64, |j| k.data[j as usize]))
                     .collect();
-                self.set_const(
-                    node,
-                    Konst {
-                        shape: out,
-                        data,
-                        int: k.int,
-                    },
-                );
+                self.set_const(node, k.with(out, data));
             }
             Sym::Value { slot, full } => {
                 let picks = map.into_iter().map(|j| j.map_or((FILL, 0), |j| (0, j))).collect();
@@ -2655,14 +2631,7 @@ impl Importer {
                         .map(|i| k.data[base + i * st[ax]])
                         .sum();
                 });
-                self.set_const(
-                    node,
-                    Konst {
-                        shape,
-                        data,
-                        int: k.int,
-                    },
-                );
+                self.set_const(node, k.with(shape, data));
             }
             Sym::Value { slot, full } => {
                 if ax + 1 != full.len() {
@@ -2718,14 +2687,7 @@ impl Importer {
             match &sym {
                 Sym::Const(k) => {
                     let data = map.iter().map(|&j| k.data[j as usize]).collect();
-                    self.syms.insert(
-                        out_name.clone(),
-                        Sym::Const(Konst {
-                            shape: out,
-                            data,
-                            int: k.int,
-                        }),
-                    );
+                    self.syms.insert(out_name.clone(), Sym::Const(k.with(out, data)));
                 }
                 Sym::Value { slot, full } => {
                     let op = Op::Select(Select::copying(map));
