@@ -2,6 +2,13 @@
 //! them: `cargo bench` (release build). Each workload runs several times; the table shows
 //! the median and the spread (min–max) per input. The activation cache is off so that
 //! every run computes. Set BENCH_RUNS to change the number of runs.
+//!
+//! With the full-size exports of `tools/make_zoo.py --full` in `models/zoo` (git-ignored),
+//! the bench also runs the real-scale workloads (ResNet-18/50, MobileNetV3, ViT-B/16,
+//! ViT-S/16 at 224×224), prints this machine's peak f32 GFLOP/s (a large square product
+//! through gemm on every thread) and, per workload, the multiply-adds the engine ran as
+//! GFLOP/s and as a fraction of that peak. BENCH_ONLY=real skips the digits workloads,
+//! BENCH_ONLY=digits the real ones; BENCH_REAL_RUNS (default 3) sets their runs.
 
 use std::process::Command;
 use std::time::Instant;
@@ -25,6 +32,209 @@ struct Row {
     name: &'static str,
     inputs: usize,
     per_input_ms: Vec<f64>,
+}
+
+/// This machine's peak sustained f32 rate: the best of five 2048³ products through gemm
+/// with every rayon thread (the kernel every engine layer uses, at its most efficient size).
+fn peak_gflops() -> f64 {
+    let n = 2048;
+    let a: Vec<f32> = (0..n * n).map(|i| (i % 7) as f32 * 0.1).collect();
+    let b: Vec<f32> = (0..n * n).map(|i| (i % 5) as f32 * 0.1).collect();
+    let mut c = vec![0.0f32; n * n];
+    let threads = rayon::current_num_threads();
+    let mut best = 0.0f64;
+    for _ in 0..5 {
+        let t = Instant::now();
+        // SAFETY: three distinct n×n row-major buffers, strides in bounds.
+        unsafe {
+            gemm::gemm(
+                n,
+                n,
+                n,
+                c.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                a.as_ptr(),
+                1,
+                n as isize,
+                b.as_ptr(),
+                1,
+                n as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::Rayon(threads),
+            );
+        }
+        best = best.max(2.0 * (n * n * n) as f64 / t.elapsed().as_secs_f64() / 1e9);
+    }
+    best
+}
+
+/// A real-scale workload's result: per-input ms of each run and GFLOP/s of the products.
+struct Measured {
+    per_input_ms: Vec<f64>,
+    gflops: f64,
+}
+
+/// Times `text` (a warm-up, then `runs` runs) and counts the multiply-adds it ran.
+fn measure(s: &mut Session, text: &str, inputs: usize, runs: usize) -> Measured {
+    s.execute(text)
+        .unwrap_or_else(|e| panic!("{}", e.render(text, "bench")));
+    let before = ialgebra::model::kernels::multiply_adds();
+    let t = Instant::now();
+    let per_input_ms = (0..runs)
+        .map(|_| {
+            let t = Instant::now();
+            s.execute(text).unwrap();
+            t.elapsed().as_secs_f64() * 1e3 / inputs as f64
+        })
+        .collect();
+    let macs = (ialgebra::model::kernels::multiply_adds() - before) as f64;
+    Measured {
+        per_input_ms,
+        gflops: 2.0 * macs / t.elapsed().as_secs_f64() / 1e9,
+    }
+}
+
+/// The real-scale workloads on the full-size exports in models/zoo, when they exist.
+fn real_scale(peak: f64) {
+    let zoo = std::path::Path::new("models/zoo");
+    let runs: usize = std::env::var("BENCH_REAL_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    if !zoo.join("resnet18.onnx").is_file() || !zoo.join("images224_4.npy").is_file() {
+        println!("real scale: run tools/make_zoo.py --full first (writes models/zoo)");
+        return;
+    }
+    println!();
+    println!("real scale, 224×224 — {runs} runs each; peak {peak:.1} GFLOP/s (2048³ gemm, all threads)");
+    println!(
+        "{:<52} {:>6} {:>14} {:>22} {:>8} {:>6}",
+        "workload", "inputs", "ms/input (med)", "spread (min–max)", "GFLOP/s", "peak"
+    );
+    let mut s = Session::new();
+    let setup = |s: &mut Session, q: &str, what: &str| {
+        let t = Instant::now();
+        s.execute(q).unwrap_or_else(|e| panic!("{}", e.render(q, "bench")));
+        println!("{:<52} {:>6} {:>11.1} ms (one-off)", what, "", t.elapsed().as_secs_f64() * 1e3);
+    };
+    setup(
+        &mut s,
+        "SET cache_mb = 0;
+         LOAD DATA img4 FROM 'models/zoo/images224_4.npy';
+         LOAD DATA img32 FROM 'models/zoo/images224_32.npy';",
+        "setup: load the 224×224 inputs",
+    );
+    let row = |name: &str, n: usize, m: &Measured| {
+        let (med, lo, hi) = stats(&m.per_input_ms);
+        println!(
+            "{:<52} {:>6} {:>14.2} {:>10.2} – {:<10.2} {:>8.1} {:>5.0}%",
+            name,
+            n,
+            med,
+            lo,
+            hi,
+            m.gflops,
+            100.0 * m.gflops / peak
+        );
+    };
+    // (model, its last stage, an earlier stage, the data sets to run on)
+    let models: &[(&str, &str, &str, &[(&str, usize)])] = &[
+        ("resnet18", "layer4", "layer3", &[("img4", 4), ("img32", 32)]),
+        ("resnet50", "layer4", "layer3", &[("img4", 4), ("img32", 32)]),
+        ("mobilenet_v3_large", "features", "", &[("img4", 4)]),
+        ("vit_b_16", "", "", &[("img4", 4)]),
+        ("vit_s_16", "", "", &[("img4", 4)]),
+    ];
+    for (model, last, earlier, sets) in models {
+        let path = zoo.join(format!("{model}.onnx"));
+        if !path.is_file() {
+            println!("{model}: not in models/zoo");
+            continue;
+        }
+        setup(
+            &mut s,
+            &format!("LOAD MODEL {model} FROM '{}'", path.display()),
+            &format!("setup: LOAD MODEL {model}"),
+        );
+        for &(data, n) in *sets {
+            let mut work: Vec<(String, String, usize)> = vec![
+                (
+                    format!("{model} forward (PREDICT), {data}"),
+                    format!("SELECT count(*) FROM PREDICT {model}({data})"),
+                    n,
+                ),
+                (
+                    format!("{model} saliency, {data}"),
+                    format!("SELECT count(*) FROM {model}({data}) USING saliency"),
+                    n,
+                ),
+            ];
+            if !last.is_empty() {
+                work.push((
+                    format!("{model} gradcam at {last}, {data}"),
+                    format!("SELECT count(*) FROM {model}({data}) AT LAYER {last} USING gradcam"),
+                    n,
+                ));
+            }
+            // IG-50 on the small batch only (the large one is the forward's roofline case).
+            if n <= 4 {
+                work.push((
+                    format!("{model} integrated_gradients 50, one input"),
+                    format!("SELECT count(*) FROM {model}(img4[0]) USING integrated_gradients(steps = 50)"),
+                    1,
+                ));
+            }
+            if *model == "resnet18" && n <= 4 {
+                work.push((
+                    format!("{model} occlusion 16×16 stride 8, one input"),
+                    format!("SELECT count(*) FROM {model}(img4[0]) USING occlusion(window = 16, stride = 8)"),
+                    1,
+                ));
+            }
+            for (name, q, inputs) in work {
+                let m = measure(&mut s, &q, inputs, runs);
+                row(&name, inputs, &m);
+            }
+        }
+        // The drill-down session: four Grad-CAM queries on the same inputs (two layers ×
+        // two classes) in a session with the caches on, as an analyst runs them.
+        if !earlier.is_empty() {
+            let queries: Vec<String> = [(last, 1), (last, 2), (earlier, 1), (earlier, 2)]
+                .iter()
+                .map(|(layer, class)| {
+                    format!("SELECT count(*) FROM {model}(img4) TARGET {class} AT LAYER {layer} USING gradcam")
+                })
+                .collect();
+            let mut times = Vec::new();
+            let before = ialgebra::model::kernels::multiply_adds();
+            let start = Instant::now();
+            for _ in 0..runs {
+                let mut d = Session::new();
+                d.execute(&format!(
+                    "LOAD DATA img4 FROM 'models/zoo/images224_4.npy'; LOAD MODEL {model} FROM '{}'",
+                    path.display()
+                ))
+                .unwrap();
+                let t = Instant::now();
+                for q in &queries {
+                    d.execute(q).unwrap_or_else(|e| panic!("{}", e.render(q, "bench")));
+                }
+                times.push(t.elapsed().as_secs_f64() * 1e3 / 4.0);
+            }
+            let macs = (ialgebra::model::kernels::multiply_adds() - before) as f64;
+            let m = Measured {
+                per_input_ms: times,
+                gflops: 2.0 * macs / start.elapsed().as_secs_f64() / 1e9,
+            };
+            row(&format!("{model} drill-down: 4 gradcam (2 layers × 2 classes)"), 4, &m);
+        }
+    }
 }
 
 fn time_query(s: &mut Session, text: &str, inputs: usize, runs: usize) -> Vec<f64> {
@@ -52,6 +262,13 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(7);
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    if only != "digits" {
+        real_scale(peak_gflops());
+    }
+    if only == "real" {
+        return;
+    }
     let mut s = Session::new();
     s.execute(SETUP).unwrap();
     let workloads: &[(&str, &str, usize)] = &[

@@ -6,6 +6,11 @@ Setup (once, in a virtual environment outside the repository):
     python3 -m venv ~/captum-venv && ~/captum-venv/bin/pip install torch captum numpy
 Run from the repository root:
     ~/captum-venv/bin/python tools/captum_baseline.py
+
+With the full-size exports of `tools/make_zoo.py --full` in models/zoo (that tool also
+needs torchvision, onnx and onnxruntime), the real-scale workloads run as well, each in
+Captum and, for PREDICT, in onnxruntime on the same ONNX file. BENCH_ONLY=real or
+BENCH_ONLY=digits runs one part; BENCH_REAL_RUNS (default 3) sets the real runs.
 """
 
 import collections
@@ -237,5 +242,90 @@ def minilm_workloads():
     ]
 
 
+def real_scale():
+    """The bench's real-scale workloads on the models of `make_zoo.py --full` (rebuilt here
+    from the same seed, so the weights equal the ONNX files'), Captum with each whole batch
+    at once (its fastest), and PREDICT in onnxruntime too."""
+    if not os.path.exists("models/zoo/resnet18.onnx"):
+        print("real scale: run tools/make_zoo.py --full first (writes models/zoo)")
+        return
+    sys.path.insert(0, "tools")
+    import onnxruntime as ort
+    from make_zoo import FULL_MODELS, full_model
+
+    runs = int(os.environ.get("BENCH_REAL_RUNS", "3"))
+
+    def timed_real(fn, inputs):
+        fn()
+        out = []
+        for _ in range(runs):
+            t = time.perf_counter()
+            fn()
+            out.append((time.perf_counter() - t) * 1e3 / inputs)
+        return out
+
+    def show(name, n, v):
+        print(f"{name:<52} {n:>6} {statistics.median(v):>14.2f} {min(v):>10.2f} – {max(v):<10.2f}")
+
+    print(f"\nreal scale, 224×224 — Captum {__import__('captum').__version__}, torch {torch.__version__}, "
+          f"onnxruntime {ort.__version__}, {torch.get_num_threads()} threads, {runs} runs each")
+    print(f"{'workload':<52} {'inputs':>6} {'ms/input (med)':>14} {'spread (min–max)':>22}")
+    images = {n: torch.from_numpy(np.load(f"models/zoo/images224_{n}.npy")) for n in (4, 32)}
+    stages = {"resnet18": ("layer4", "layer3"), "resnet50": ("layer4", "layer3"),
+              "mobilenet_v3_large": ("features", None)}
+    sets = {"resnet18": (4, 32), "resnet50": (4, 32)}
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 2
+    opts.inter_op_num_threads = 1
+    for name, _ in FULL_MODELS:
+        path = f"models/zoo/{name}.onnx"
+        if not os.path.exists(path):
+            continue
+        model = full_model(name)
+        sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        last, earlier = stages.get(name, (None, None))
+        for n in sets.get(name, (4,)):
+            x = images[n]
+            with torch.no_grad():
+                t = model(x).argmax(1)
+            data = f"img{n}"
+
+            def forward():
+                with torch.no_grad():
+                    model(x)
+
+            xs = x.numpy()
+            show(f"{name} forward (PREDICT), {data}", n, timed_real(forward, n))
+            show(f"{name} onnxruntime forward, batch {n}", n, timed_real(lambda: sess.run(None, {"input": xs}), n))
+            show(f"{name} onnxruntime forward, batch 1", n,
+                 timed_real(lambda: [sess.run(None, {"input": xs[i:i + 1]}) for i in range(n)], n))
+            show(f"{name} saliency, {data}", n, timed_real(lambda: Saliency(model).attribute(x, target=t), n))
+            if last:
+                layer = getattr(model, last)
+                show(f"{name} gradcam at {last}, {data}", n,
+                     timed_real(lambda: LayerGradCam(model, layer).attribute(x, target=t), n))
+            if n <= 4:
+                x1, t1 = x[:1], t[:1]
+                show(f"{name} integrated_gradients 50, one input", 1, timed_real(
+                    lambda: IntegratedGradients(model).attribute(x1, baselines=torch.zeros_like(x1), target=t1,
+                                                                n_steps=50), 1))
+                if name == "resnet18":
+                    show(f"{name} occlusion 16×16 stride 8, one input", 1, timed_real(
+                        lambda: Occlusion(model).attribute(x1, sliding_window_shapes=(3, 16, 16), strides=(3, 8, 8),
+                                                           baselines=0, target=t1, perturbations_per_eval=16), 1))
+        if earlier:
+            x = images[4]
+
+            def drill():
+                for layer, cls in ((last, 1), (last, 2), (earlier, 1), (earlier, 2)):
+                    LayerGradCam(model, getattr(model, layer)).attribute(x, target=cls)
+
+            show(f"{name} drill-down: 4 gradcam (2 layers × 2 classes)", 4, timed_real(drill, 4))
+
+
 if __name__ == "__main__":
-    main()
+    only = os.environ.get("BENCH_ONLY", "")
+    if only != "digits":
+        real_scale()
+    if only != "real":
+        main()

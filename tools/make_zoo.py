@@ -397,17 +397,46 @@ def text_zoo(only):
     return entries
 
 
+def vit_s_16():
+    """ViT-S/16 (DeiT-S's shape: 12 layers, 6 heads, width 384), which torchvision lacks."""
+    return tvm.VisionTransformer(image_size=224, patch_size=16, num_layers=12, num_heads=6, hidden_dim=384,
+                                 mlp_dim=1536)
+
+
+# The benchmark models (tools/captum_baseline.py builds the same ones from the same seed).
+FULL_MODELS = (("resnet18", tvm.resnet18), ("resnet50", tvm.resnet50),
+               ("mobilenet_v3_large", tvm.mobilenet_v3_large), ("vit_b_16", tvm.vit_b_16),
+               ("vit_s_16", vit_s_16))
+
+
+def full_model(name):
+    """A benchmark model with its fixed random weights, in eval mode."""
+    make = dict(FULL_MODELS)[name]
+    torch.manual_seed(0)
+    model = make()
+    wake_zero_parameters(model)
+    return model.eval()
+
+
+def full_inputs(n):
+    """The benchmark's n inputs at 224×224 (standard normal, as normalised photos are)."""
+    g = torch.Generator().manual_seed(224)
+    return torch.randn((n, 3, 224, 224), generator=g)
+
+
 def full_zoo():
     out = os.path.join("models", "zoo")
     os.makedirs(out, exist_ok=True)
-    for name, make, side in (("resnet18", tvm.resnet18, 224), ("resnet50", tvm.resnet50, 224),
-                             ("vit_b_16", tvm.vit_b_16, 224)):
-        torch.manual_seed(0)
-        model = make()
-        wake_zero_parameters(model)
-        model.eval()
-        export(model, torch.randn(1, 3, side, side), os.path.join(out, f"{name}.onnx"), "ts")
-        print(f"wrote {out}/{name}.onnx", file=sys.stderr)
+    for name, _ in FULL_MODELS:
+        path = os.path.join(out, f"{name}.onnx")
+        if not os.path.exists(path):
+            export(full_model(name), torch.randn(1, 3, 224, 224), path, "ts")
+            print(f"wrote {path}", file=sys.stderr)
+    for n in (4, 32):
+        path = os.path.join(out, f"images224_{n}.npy")
+        if not os.path.exists(path):
+            np.save(path, full_inputs(n).numpy())
+            print(f"wrote {path}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -577,6 +577,7 @@ fn product(
     if m * n * k > 1 << 16 {
         return kernels::matmul(m, n, k, c, c_rs, a, a_rs, a_cs, b, b_rs, b_cs, accumulate);
     }
+    kernels::count_multiply_adds(m, n, k);
     for i in 0..m {
         let row = &mut c[i * c_rs..i * c_rs + n];
         if !accumulate {

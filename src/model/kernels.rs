@@ -3,6 +3,20 @@
 //! bookkeeping its backward needs. Every backward here returns the input gradient only.
 //! Work is single-threaded inside a kernel; the engine runs tiles in parallel instead.
 
+/// Multiply-adds done by the matrix products since the process started (the bench's
+/// achieved GFLOP/s: the work of the layers actually run, padding rows included).
+static MULTIPLY_ADDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The multiply-adds the matrix products have done so far.
+pub fn multiply_adds() -> u64 {
+    MULTIPLY_ADDS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Counts `m·n·k` multiply-adds (one relaxed add per product: far below its cost).
+pub fn count_multiply_adds(m: usize, n: usize, k: usize) {
+    MULTIPLY_ADDS.fetch_add((m * n * k) as u64, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// `c[m×n] = a[m×k] · b[k×n]` (or `+=` when `accumulate`), each operand given by its
 /// slice, row stride and column stride.
 #[allow(clippy::too_many_arguments)]
@@ -31,6 +45,7 @@ pub fn matmul(
         }
         return;
     }
+    count_multiply_adds(m, n, k);
     // The bounds the raw-pointer call below relies on.
     assert!((m - 1) * c_rs + n <= c.len(), "matmul: destination too small");
     assert!(
@@ -631,50 +646,60 @@ pub fn maxpool2d_forward(x: &[f32], g: Planes, win: &Window2d, y: &mut [f32], ke
         }
         return arg;
     }
+    // Any other window: a row of outputs at a time, tap by tap in PyTorch's scan order.
+    // Each input row is first split into its `stride` phases, so that a tap reads its
+    // candidates at unit stride and the loop (selection by masks, no branch) vectorizes:
+    // per-element branches made a ResNet's 3×3 stride-2 pool cost as much as a conv.
+    let sw = win.stride.1;
+    let taps: Vec<(usize, usize, (usize, usize))> = (0..win.kernel.1)
+        .map(|j| {
+            let off = (j * win.dilation.1) as isize - win.padding.1 as isize;
+            let (lo, hi) = valid_cols(ow, w, sw, off);
+            // Input column ox·sw + off = (ox + q)·sw + phase, q = floor(off / sw).
+            let phase = off.rem_euclid(sw as isize) as usize;
+            let start = (lo as isize + off.div_euclid(sw as isize)).max(0) as usize;
+            (phase, start, (lo, hi))
+        })
+        .collect();
+    let phase_len = w.div_ceil(sw);
+    let mut phases = vec![0.0f32; sw * phase_len];
     for pl in 0..planes {
         let src = &x[pl * h * w..(pl + 1) * h * w];
         let yp = &mut y[pl * oh * ow..(pl + 1) * oh * ow];
         let ap = &mut arg[pl * oh * ow..(pl + 1) * oh * ow];
         for oy in 0..oh {
-            for ox in 0..ow {
-                let mut best = f32::NEG_INFINITY;
-                let mut best_idx = u32::MAX;
-                if inside {
-                    // every window lies inside the plane: no bounds to check
-                    let base = oy * win.stride.0 * w + ox * win.stride.1;
-                    for i in 0..win.kernel.0 {
-                        let row = base + i * win.dilation.0 * w;
-                        for j in 0..win.kernel.1 {
-                            let idx = row + j * win.dilation.1;
-                            let v = src[idx];
-                            if v > best || v.is_nan() || best_idx == u32::MAX {
-                                best = v;
-                                best_idx = idx as u32;
-                            }
-                        }
-                    }
-                } else {
-                    for i in 0..win.kernel.0 {
-                        let iy = (oy * win.stride.0 + i * win.dilation.0) as isize - win.padding.0 as isize;
-                        if iy < 0 || iy >= h as isize {
-                            continue;
-                        }
-                        for j in 0..win.kernel.1 {
-                            let ix = (ox * win.stride.1 + j * win.dilation.1) as isize - win.padding.1 as isize;
-                            if ix < 0 || ix >= w as isize {
-                                continue;
-                            }
-                            let idx = iy as usize * w + ix as usize;
-                            let v = src[idx];
-                            if v > best || v.is_nan() || best_idx == u32::MAX {
-                                best = v;
-                                best_idx = idx as u32;
-                            }
-                        }
+            let best = &mut yp[oy * ow..(oy + 1) * ow];
+            let at = &mut ap[oy * ow..(oy + 1) * ow];
+            best.fill(f32::NEG_INFINITY);
+            for i in 0..win.kernel.0 {
+                let iy = (oy * win.stride.0 + i * win.dilation.0) as isize - win.padding.0 as isize;
+                if iy < 0 || iy >= h as isize {
+                    continue;
+                }
+                let row = &src[iy as usize * w..(iy as usize + 1) * w];
+                for (k, chunk) in row.chunks(sw).enumerate() {
+                    for (phase, v) in chunk.iter().enumerate() {
+                        phases[phase * phase_len + k] = *v;
                     }
                 }
-                yp[oy * ow + ox] = best;
-                ap[oy * ow + ox] = best_idx;
+                let row_start = (iy as usize * w) as u32;
+                for &(phase, start, (lo, hi)) in &taps {
+                    if hi <= lo {
+                        continue;
+                    }
+                    let count = hi - lo;
+                    let candidates = &phases[phase * phase_len + start..][..count];
+                    // Column of candidate t: (start + t)·sw + phase.
+                    let first = row_start + (start * sw + phase) as u32;
+                    let (b, a) = (&mut best[lo..hi], &mut at[lo..hi]);
+                    for (t, ((v, b), a)) in candidates.iter().zip(b.iter_mut()).zip(a.iter_mut()).enumerate() {
+                        let wins = (*v > *b) | v.is_nan() | (*a == u32::MAX);
+                        // Masks, not `if`: the compiler turns those back into branches.
+                        let keep = (wins as u32).wrapping_sub(1);
+                        *b = f32::from_bits((b.to_bits() & keep) | (v.to_bits() & !keep));
+                        *a = (*a & keep) | ((first + (t * sw) as u32) & !keep);
+                    }
+                }
             }
         }
     }
