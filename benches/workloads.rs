@@ -8,7 +8,9 @@
 //! ViT-S/16 at 224×224), prints this machine's peak f32 GFLOP/s (a large square product
 //! through gemm on every thread) and, per workload, the multiply-adds the engine ran as
 //! GFLOP/s and as a fraction of that peak. BENCH_ONLY=real skips the digits workloads,
-//! BENCH_ONLY=digits the real ones; BENCH_REAL_RUNS (default 3) sets their runs.
+//! BENCH_ONLY=digits the real ones; BENCH_REAL_RUNS (default 3) sets their runs and
+//! BENCH_MODELS (e.g. `resnet18,vit_s_16`) picks models; BENCH_SKIP (e.g. `occlusion,
+//! integrated`) leaves out workloads whose names contain those words.
 
 use std::process::Command;
 use std::time::Instant;
@@ -121,7 +123,12 @@ fn real_scale(peak: f64) {
     let setup = |s: &mut Session, q: &str, what: &str| {
         let t = Instant::now();
         s.execute(q).unwrap_or_else(|e| panic!("{}", e.render(q, "bench")));
-        println!("{:<52} {:>6} {:>11.1} ms (one-off)", what, "", t.elapsed().as_secs_f64() * 1e3);
+        println!(
+            "{:<52} {:>6} {:>11.1} ms (one-off)",
+            what,
+            "",
+            t.elapsed().as_secs_f64() * 1e3
+        );
     };
     setup(
         &mut s,
@@ -151,7 +158,13 @@ fn real_scale(peak: f64) {
         ("vit_b_16", "", "", &[("img4", 4)]),
         ("vit_s_16", "", "", &[("img4", 4)]),
     ];
+    let picked = std::env::var("BENCH_MODELS").unwrap_or_default();
+    let skip = std::env::var("BENCH_SKIP").unwrap_or_default();
+    let skipped = |name: &str| skip.split(',').any(|w| !w.is_empty() && name.contains(w));
     for (model, last, earlier, sets) in models {
+        if !picked.is_empty() && !picked.split(',').any(|m| m == *model) {
+            continue;
+        }
         let path = zoo.join(format!("{model}.onnx"));
         if !path.is_file() {
             println!("{model}: not in models/zoo");
@@ -198,13 +211,16 @@ fn real_scale(peak: f64) {
                 ));
             }
             for (name, q, inputs) in work {
+                if skipped(&name) {
+                    continue;
+                }
                 let m = measure(&mut s, &q, inputs, runs);
                 row(&name, inputs, &m);
             }
         }
         // The drill-down session: four Grad-CAM queries on the same inputs (two layers ×
         // two classes) in a session with the caches on, as an analyst runs them.
-        if !earlier.is_empty() {
+        if !earlier.is_empty() && !skipped("drill-down") {
             let queries: Vec<String> = [(last, 1), (last, 2), (earlier, 1), (earlier, 2)]
                 .iter()
                 .map(|(layer, class)| {

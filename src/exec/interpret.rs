@@ -70,14 +70,18 @@ pub(super) fn hook_values(
     if !missing.is_empty() {
         // Chunks no larger than the batch budget, and enough of them to keep every core busy
         // (eight per thread: measured faster than two for PREDICT over the 397 digits —
-        // smaller chunks stay in cache, and a slower core holds up less).
+        // smaller chunks stay in cache, and a slower core holds up less), but no fewer
+        // than one per thread: filling a wide layer's block of rows must not leave a core
+        // idle (ResNet-18's head made 4 inputs one chunk on one core).
+        let threads = rayon::current_num_threads();
         let rows = state
             .batch_rows(&model)
             .min(
                 missing
                     .len()
-                    .div_ceil(rayon::current_num_threads() * 8)
-                    .max(model.rows_filling_blocks()),
+                    .div_ceil(threads * 8)
+                    .max(model.rows_filling_blocks())
+                    .min(missing.len().div_ceil(threads)),
             )
             .max(1);
         let mut wanted: Vec<usize> = record.to_vec();

@@ -337,6 +337,7 @@ impl LayerSpec {
                         win,
                         weight,
                         bias,
+                        adjoint: Default::default(),
                     },
                     vec![out, oh, ow],
                 )

@@ -1,7 +1,11 @@
 //! Numeric kernels on plain slices: matrix products through the `gemm` crate (the one
 //! candle uses), convolution as im2col + one product per group, pooling with the
 //! bookkeeping its backward needs. Every backward here returns the input gradient only.
-//! Work is single-threaded inside a kernel; the engine runs tiles in parallel instead.
+//! Work on small images is single-threaded inside a kernel (the engine runs batches in
+//! parallel); a large image's convolution splits into tiles that run in parallel, so
+//! that one input keeps every core busy.
+
+use rayon::prelude::*;
 
 /// Multiply-adds done by the matrix products since the process started (the bench's
 /// achieved GFLOP/s: the work of the layers actually run, padding rows included).
@@ -404,6 +408,9 @@ fn col2im_keeping_width(col: &mut [f32], n: usize, c0: usize, g: &ConvGeom, gx: 
 
 /// Convolution forward: x [n, c, h, w], weight [out, c/groups, kh, kw] → [n, out, oh, ow].
 pub fn conv2d_forward(x: &[f32], n: usize, g: &ConvGeom, weight: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
+    if g.is_large() {
+        return conv2d_forward_tiled(x, n, g, weight, bias, y);
+    }
     let k = g.k();
     let p = g.p();
     let og = g.out / g.groups;
@@ -438,6 +445,9 @@ pub fn conv2d_forward(x: &[f32], n: usize, g: &ConvGeom, weight: &[f32], bias: O
 
 /// Convolution input gradient: gy [n, out, oh, ow] → gx [n, c, h, w] (gx is overwritten).
 pub fn conv2d_backward(gy: &[f32], n: usize, g: &ConvGeom, weight: &[f32], gx: &mut [f32]) {
+    if g.is_large() {
+        return conv2d_backward_tiled(gy, n, g, weight, gx);
+    }
     gx.fill(0.0);
     let k = g.k();
     let p = g.p();
@@ -470,6 +480,301 @@ pub fn conv2d_backward(gy: &[f32], n: usize, g: &ConvGeom, weight: &[f32], gx: &
             }
         }
     })
+}
+
+/// Values in one tile's im2col buffer on the large-image path: 512 KB, well inside a
+/// core's L2 (the whole-image buffer of a ResNet's first stage, 7 MB, went to memory and
+/// back between im2col and the product).
+const TILE_VALUES: usize = 1 << 18;
+
+impl ConvGeom {
+    /// An image too large for the batched path's 256 KB chunk: tiled, in parallel.
+    fn is_large(&self) -> bool {
+        self.k() * self.p() > 1 << 16
+    }
+
+    /// A 1×1 convolution with stride 1 and no padding: its im2col is its input.
+    fn is_pointwise(&self) -> bool {
+        self.win.kernel == (1, 1) && self.win.stride == (1, 1) && self.win.padding == (0, 0)
+    }
+
+    /// Output positions per tile: a multiple of 64, gemm's widest microkernel (on a 224-
+    /// column tile, 32 columns went through its half-width kernel at a third of the
+    /// speed); fixed by the geometry, so results never depend on the batch or threads.
+    fn tile_len(&self) -> usize {
+        (TILE_VALUES / self.k().max(1) / 64 * 64).max(64).min(self.p())
+    }
+
+    /// Input channels per task of the tiled backward: a divisor of the group's channels,
+    /// about a quarter of them, so that even one image gives every core work.
+    fn channel_block(&self) -> usize {
+        let cg = self.c / self.groups;
+        let target = cg.div_ceil(4).max(1);
+        (target..=cg).find(|b| cg.is_multiple_of(*b)).unwrap_or(cg)
+    }
+}
+
+/// The input gradient of a large stride-1 convolution is itself a convolution: of the
+/// output gradient, with the kernel flipped and its channel axes swapped, padded by
+/// `kernel − 1 − padding`. Its product contracts over `out·kh·kw` (576 in a ResNet's
+/// first stage) where im2col's adjoint contracts over `out` alone (64: gemm then spends
+/// its time loading and storing the destination) and needs no col2im. Returns that
+/// convolution's geometry, when it applies.
+pub fn adjoint_geom(g: &ConvGeom) -> Option<ConvGeom> {
+    let (kh, kw) = g.win.kernel;
+    let (ph, pw) = g.win.padding;
+    if !g.is_large() || g.win.stride != (1, 1) || g.win.dilation != (1, 1) || ph >= kh || pw >= kw {
+        return None;
+    }
+    let win = Window2d {
+        kernel: (kh, kw),
+        stride: (1, 1),
+        padding: (kh - 1 - ph, kw - 1 - pw),
+        dilation: (1, 1),
+    };
+    let adjoint = ConvGeom {
+        c: g.out,
+        h: g.oh,
+        w: g.ow,
+        out: g.c,
+        groups: g.groups,
+        win,
+        oh: g.h,
+        ow: g.w,
+    };
+    (win.out_hw(g.oh, g.ow) == Some((g.h, g.w))).then_some(adjoint)
+}
+
+/// The weights of `adjoint_geom`: W'[gi·cg + c, o, i, j] = W[gi·og + o, c, kh−1−i, kw−1−j].
+pub fn adjoint_weights(g: &ConvGeom, weight: &[f32]) -> Vec<f32> {
+    let (kh, kw) = g.win.kernel;
+    let (cg, og) = (g.c / g.groups, g.out / g.groups);
+    let mut flipped = vec![0.0f32; weight.len()];
+    for gi in 0..g.groups {
+        for c in 0..cg {
+            for o in 0..og {
+                for i in 0..kh {
+                    for j in 0..kw {
+                        let to = (((gi * cg + c) * og + o) * kh + i) * kw + j;
+                        let from = (((gi * og + o) * cg + c) * kh + (kh - 1 - i)) * kw + (kw - 1 - j);
+                        flipped[to] = weight[from];
+                    }
+                }
+            }
+        }
+    }
+    flipped
+}
+
+/// A destination that parallel tasks write disjoint parts of through raw pointers (no
+/// two `&mut` slices alias, even where the parts interleave).
+struct SharedOut {
+    ptr: *mut f32,
+    len: usize,
+}
+
+// SAFETY: the tasks that share it write disjoint ranges (each caller says why).
+unsafe impl Sync for SharedOut {}
+unsafe impl Send for SharedOut {}
+
+impl SharedOut {
+    /// Writes `src + bias` at `offset`.
+    ///
+    /// # Safety
+    /// No other task may read or write `offset..offset + src.len()` meanwhile.
+    unsafe fn write(&self, offset: usize, src: &[f32], bias: f32) {
+        assert!(offset + src.len() <= self.len, "tiled convolution: write out of bounds");
+        for (i, v) in src.iter().enumerate() {
+            // SAFETY: in bounds (asserted); exclusive by the caller's contract.
+            unsafe { *self.ptr.add(offset + i) = v + bias };
+        }
+    }
+}
+
+/// For output positions `range` (flat, row-major) of a plane `ow` wide: each output row
+/// touched, its first and last column in the range, and the offset of that first column
+/// from the range's start.
+fn row_spans(range: &std::ops::Range<usize>, ow: usize) -> impl Iterator<Item = (usize, usize, usize, usize)> + '_ {
+    let (first, last) = (range.start / ow, (range.end - 1) / ow);
+    (first..=last).map(move |oy| {
+        let c0 = range.start.max(oy * ow) - oy * ow;
+        let c1 = range.end.min((oy + 1) * ow) - oy * ow;
+        (oy, c0, c1, oy * ow + c0 - range.start)
+    })
+}
+
+/// im2col of output positions `range` of one image, for channels `c0..c0 + cg` (a
+/// group): col[K, range.len()].
+fn im2col_range(x: &[f32], c0: usize, g: &ConvGeom, range: std::ops::Range<usize>, col: &mut [f32]) {
+    let (kh, kw) = g.win.kernel;
+    let (sh, sw) = g.win.stride;
+    let (ph, pw) = g.win.padding;
+    let (dh, dw) = g.win.dilation;
+    let cols = range.len();
+    for c in 0..g.c / g.groups {
+        let plane = &x[(c0 + c) * g.h * g.w..][..g.h * g.w];
+        for i in 0..kh {
+            for j in 0..kw {
+                let krow = (c * kh + i) * kw + j;
+                let dst = &mut col[krow * cols..(krow + 1) * cols];
+                let off = (j * dw) as isize - pw as isize;
+                let (lo, hi) = valid_cols(g.ow, g.w, sw, off);
+                for (oy, x0, x1, at) in row_spans(&range, g.ow) {
+                    let drow = &mut dst[at..at + (x1 - x0)];
+                    let iy = (oy * sh + i * dh) as isize - ph as isize;
+                    let (lo, hi) = (lo.clamp(x0, x1), hi.clamp(x0, x1));
+                    if iy < 0 || iy >= g.h as isize || hi <= lo {
+                        drow.fill(0.0);
+                        continue;
+                    }
+                    let src = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
+                    drow[..lo - x0].fill(0.0);
+                    drow[hi - x0..].fill(0.0);
+                    let a = ((lo * sw) as isize + off) as usize;
+                    let d = &mut drow[lo - x0..hi - x0];
+                    if sw == 1 {
+                        d.copy_from_slice(&src[a..a + (hi - lo)]);
+                    } else {
+                        for (d, s) in d.iter_mut().zip(src[a..].iter().step_by(sw)) {
+                            *d = *s;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The adjoint of `im2col_range` for `cb` channels: adds col[cb·kh·kw, range.len()] into
+/// their planes `gx` (cb planes of h×w).
+fn col2im_range(col: &[f32], cb: usize, g: &ConvGeom, range: std::ops::Range<usize>, gx: &mut [f32]) {
+    let (kh, kw) = g.win.kernel;
+    let (sh, sw) = g.win.stride;
+    let (ph, pw) = g.win.padding;
+    let (dh, dw) = g.win.dilation;
+    let cols = range.len();
+    for c in 0..cb {
+        let plane = &mut gx[c * g.h * g.w..][..g.h * g.w];
+        for i in 0..kh {
+            for j in 0..kw {
+                let krow = (c * kh + i) * kw + j;
+                let src = &col[krow * cols..(krow + 1) * cols];
+                let off = (j * dw) as isize - pw as isize;
+                let (lo, hi) = valid_cols(g.ow, g.w, sw, off);
+                for (oy, x0, x1, at) in row_spans(&range, g.ow) {
+                    let iy = (oy * sh + i * dh) as isize - ph as isize;
+                    let (lo, hi) = (lo.clamp(x0, x1), hi.clamp(x0, x1));
+                    if iy < 0 || iy >= g.h as isize || hi <= lo {
+                        continue;
+                    }
+                    let drow = &mut plane[iy as usize * g.w..(iy as usize + 1) * g.w];
+                    let srow = &src[at + lo - x0..at + hi - x0];
+                    let a = ((lo * sw) as isize + off) as usize;
+                    if sw == 1 {
+                        for (d, s) in drow[a..a + (hi - lo)].iter_mut().zip(srow) {
+                            *d += *s;
+                        }
+                    } else {
+                        for (d, s) in drow[a..].iter_mut().step_by(sw).zip(srow) {
+                            *d += *s;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Convolution forward of large images: tasks of (image, group, tile of output positions) in
+/// parallel, each an im2col of its tile (none for a pointwise convolution, whose input
+/// is its own im2col) and one product.
+fn conv2d_forward_tiled(x: &[f32], n: usize, g: &ConvGeom, weight: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
+    let (k, p, plane) = (g.k(), g.p(), g.h * g.w);
+    let og = g.out / g.groups;
+    let cg = g.c / g.groups;
+    let tile = g.tile_len();
+    let tiles = p.div_ceil(tile);
+    let (img_in, img_out) = (g.c * plane, g.out * p);
+    let out = SharedOut {
+        ptr: y.as_mut_ptr(),
+        len: y.len().min(n * img_out),
+    };
+    (0..n * g.groups * tiles).into_par_iter().for_each(|task| {
+        let (img, gi, t) = (task / (g.groups * tiles), task / tiles % g.groups, task % tiles);
+        let range = t * tile..((t + 1) * tile).min(p);
+        let cols = range.len();
+        let xi = &x[img * img_in..(img + 1) * img_in];
+        let w = &weight[gi * og * k..(gi + 1) * og * k];
+        let col_len = if g.is_pointwise() { 0 } else { k * cols };
+        with_scratch(col_len, og * cols, |col, tmp| {
+            if g.is_pointwise() {
+                // The input planes of the group are the product's right operand.
+                let b = &xi[gi * cg * plane + range.start..];
+                matmul(og, cols, k, tmp, cols, w, k, 1, b, plane, 1, false);
+            } else {
+                im2col_range(xi, gi * cg, g, range.clone(), col);
+                matmul(og, cols, k, tmp, cols, w, k, 1, col, cols, 1, false);
+            }
+            for o in 0..og {
+                let oc = gi * og + o;
+                let b = bias.map_or(0.0, |b| b[oc]);
+                // SAFETY: (image, output channel, this range) belongs to this task alone.
+                unsafe { out.write(img * img_out + oc * p + range.start, &tmp[o * cols..(o + 1) * cols], b) };
+            }
+        })
+    });
+}
+
+/// Convolution input gradient of large images: tasks of (image, block of input
+/// channels) in parallel, each owning its planes of `gx`; a task's product reads the
+/// output gradient in place (one tile of positions at a time) and col2im adds it back.
+fn conv2d_backward_tiled(gy: &[f32], n: usize, g: &ConvGeom, weight: &[f32], gx: &mut [f32]) {
+    let (k, p, plane) = (g.k(), g.p(), g.h * g.w);
+    let (kh, kw) = g.win.kernel;
+    let og = g.out / g.groups;
+    let cg = g.c / g.groups;
+    let cb = g.channel_block();
+    let blocks = g.c / cb;
+    let tile = g.tile_len();
+    let img_out = g.out * p;
+    gx[..n * g.c * plane]
+        .par_chunks_mut(cb * plane)
+        .enumerate()
+        .for_each(|(task, gxb)| {
+            let (img, c_start) = (task / blocks, task % blocks * cb);
+            let gi = c_start / cg;
+            // Wᵀ rows of these channels: W[o, c, i, j] at o·k + krow.
+            let krow0 = (c_start % cg) * kh * kw;
+            let w = &weight[gi * og * k + krow0..(gi + 1) * og * k];
+            let gyi = &gy[img * img_out + gi * og * p..img * img_out + (gi + 1) * og * p];
+            if g.is_pointwise() {
+                matmul(cb, p, og, gxb, p, w, 1, k, gyi, p, 1, false);
+                return;
+            }
+            gxb.fill(0.0);
+            let m = cb * kh * kw;
+            with_scratch(m * tile, 0, |col, _| {
+                for start in (0..p).step_by(tile) {
+                    let range = start..(start + tile).min(p);
+                    let col = &mut col[..m * range.len()];
+                    matmul(
+                        m,
+                        range.len(),
+                        og,
+                        col,
+                        range.len(),
+                        w,
+                        1,
+                        k,
+                        &gyi[start..],
+                        p,
+                        1,
+                        false,
+                    );
+                    col2im_range(col, cb, g, range, gxb);
+                }
+            })
+        });
 }
 
 thread_local! {
@@ -817,8 +1122,8 @@ mod tests {
 
     fn values(len: usize, seed: u32) -> Vec<f32> {
         // small integers: sums are exact in any order
-        (0..len as u32)
-            .map(|i| ((i * 7919 + seed * 104_729) % 17) as f32 - 8.0)
+        (0..len as u64)
+            .map(|i| ((i * 7919 + seed as u64 * 104_729) % 17) as f32 - 8.0)
             .collect()
     }
 
@@ -868,6 +1173,90 @@ mod tests {
             col2im_keeping_width(&mut col.clone(), n, 0, &g, &mut fast);
             col2im_any(&col, n, 0, &g, &mut slow);
             assert_eq!(fast, slow, "col2im, case {case}");
+        }
+    }
+
+    /// The tiled, parallel paths of large images equal a direct convolution and its
+    /// adjoint exactly (small integers), over several tiles, strides, paddings,
+    /// dilations, groups and the pointwise shortcut.
+    #[test]
+    fn tiled_convolution_matches_the_direct_sums() {
+        let cases = [
+            // (c, h, w, out, groups, kernel, stride, padding, dilation)
+            (64, 24, 24, 5, 1, 3, 1, 1, 1),
+            (64, 50, 49, 4, 2, 3, 2, 1, 1),
+            (3, 96, 90, 4, 1, 7, 2, 3, 1),
+            (32, 70, 70, 6, 1, 1, 1, 0, 1),
+            (32, 100, 99, 4, 1, 1, 2, 0, 1),
+            (6, 60, 60, 6, 6, 5, 1, 2, 1),
+            (4, 48, 48, 5, 1, 3, 1, 2, 2),
+            (16, 40, 36, 6, 2, 3, 1, 0, 1),
+            (5, 64, 64, 3, 1, 5, 1, 1, 1),
+        ];
+        for (case, &(c, h, w, out, groups, kernel, stride, padding, dilation)) in cases.iter().enumerate() {
+            let win = Window2d {
+                kernel: (kernel, kernel),
+                stride: (stride, stride),
+                padding: (padding, padding),
+                dilation: (dilation, dilation),
+            };
+            let (oh, ow) = win.out_hw(h, w).unwrap();
+            let g = ConvGeom {
+                c,
+                h,
+                w,
+                out,
+                groups,
+                win,
+                oh,
+                ow,
+            };
+            assert!(g.is_large(), "case {case}");
+            let n = 2;
+            let (cg, og) = (c / groups, out / groups);
+            let x = values(n * c * h * w, case as u32);
+            let weight = values(out * g.k(), case as u32 + 9);
+            let bias: Vec<f32> = (0..out).map(|o| o as f32 - 2.0).collect();
+            let gy = values(n * out * oh * ow, case as u32 + 20);
+            let (mut want_y, mut want_gx) = (vec![0.0f32; gy.len()], vec![0.0f32; x.len()]);
+            for b in 0..n {
+                for o in 0..out {
+                    let gi = o / og;
+                    for oy in 0..oh {
+                        for ox in 0..ow {
+                            let yi = ((b * out + o) * oh + oy) * ow + ox;
+                            let mut sum = bias[o];
+                            for ci in 0..cg {
+                                for i in 0..kernel {
+                                    for j in 0..kernel {
+                                        let iy = (oy * stride + i * dilation) as isize - padding as isize;
+                                        let ix = (ox * stride + j * dilation) as isize - padding as isize;
+                                        if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                            continue;
+                                        }
+                                        let xi = ((b * c + gi * cg + ci) * h + iy as usize) * w + ix as usize;
+                                        let wv = weight[((o * cg + ci) * kernel + i) * kernel + j];
+                                        sum += wv * x[xi];
+                                        want_gx[xi] += wv * gy[yi];
+                                    }
+                                }
+                            }
+                            want_y[yi] = sum;
+                        }
+                    }
+                }
+            }
+            let mut y = vec![f32::NAN; want_y.len()];
+            conv2d_forward(&x, n, &g, &weight, Some(&bias), &mut y);
+            assert_eq!(y, want_y, "forward, case {case}");
+            let mut gx = vec![f32::NAN; x.len()];
+            conv2d_backward(&gy, n, &g, &weight, &mut gx);
+            assert_eq!(gx, want_gx, "backward, case {case}");
+            if let Some(adjoint) = adjoint_geom(&g) {
+                let mut gx = vec![f32::NAN; x.len()];
+                conv2d_forward(&gy, n, &adjoint, &adjoint_weights(&g, &weight), None, &mut gx);
+                assert_eq!(gx, want_gx, "backward as a convolution, case {case}");
+            }
         }
     }
 }

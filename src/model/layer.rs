@@ -6,6 +6,9 @@ use super::kernels::{self, ConvGeom, Planes, Window2d};
 use super::tensor::Batch;
 use crate::error::{Error, Result};
 
+/// A convolution's adjoint weights, computed once when first needed.
+pub type Adjoint = std::sync::Arc<std::sync::OnceLock<Vec<f32>>>;
+
 /// A layer with its weights, ready to run.
 #[derive(Clone, Debug)]
 pub enum Op {
@@ -21,6 +24,9 @@ pub enum Op {
         win: Window2d,
         weight: Vec<f32>,
         bias: Option<Vec<f32>>,
+        /// The weights of the input gradient as a convolution (`kernels::adjoint_geom`),
+        /// made at the first backward that uses them and shared by the model's copies.
+        adjoint: Adjoint,
     },
     Relu,
     LeakyRelu {
@@ -189,6 +195,7 @@ impl Layer {
                 win,
                 weight,
                 bias,
+                ..
             } => {
                 let mut ys = zeros();
                 let g = self.conv_geom(*out, *groups, win);
@@ -332,11 +339,18 @@ impl Layer {
                 groups,
                 win,
                 weight,
+                adjoint,
                 ..
             } => {
                 let mut gxs = zeros();
                 let g = self.conv_geom(*out, *groups, win);
-                kernels::conv2d_backward(gys, n, &g, weight, &mut gxs);
+                match kernels::adjoint_geom(&g) {
+                    Some(ag) => {
+                        let w = adjoint.get_or_init(|| kernels::adjoint_weights(&g, weight));
+                        kernels::conv2d_forward(gys, n, &ag, w, None, &mut gxs);
+                    }
+                    None => kernels::conv2d_backward(gys, n, &g, weight, &mut gxs),
+                }
                 gxs
             }
             // PyTorch's relu backward passes the gradient where the output is > 0.

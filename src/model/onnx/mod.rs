@@ -1871,6 +1871,7 @@ impl Importer {
                     .as_ref()
                     .filter(|_| t == 0)
                     .map(|b| (0..od).flat_map(|_| b.iter().copied()).collect()),
+                adjoint: Default::default(),
             };
             let conv = self.hidden_layer(
                 node,
@@ -2098,6 +2099,7 @@ impl Importer {
             win,
             weight,
             bias,
+            adjoint: Default::default(),
         };
         self.unary_layer(node, op, (value.0, full(&value.1)), full(&out_shape));
         Ok(())
