@@ -314,6 +314,15 @@ impl Nary {
 
     pub fn forward(&self, xs: &[&Batch], out_len: usize) -> Vec<f32> {
         let n = xs.first().map_or(1, |x| x.rows());
+        // The four arithmetic operations in float32 directly: rounding their f64 result
+        // to float32 gives the same bits (one correctly rounded operation either way).
+        match self.kind {
+            NaryKind::Add => return self.arithmetic(xs, n, out_len, |a, b| a + b),
+            NaryKind::Sub => return self.arithmetic(xs, n, out_len, |a, b| a - b),
+            NaryKind::Mul => return self.arithmetic(xs, n, out_len, |a, b| a * b),
+            NaryKind::Div => return self.arithmetic(xs, n, out_len, |a, b| a / b),
+            _ => {}
+        }
         let ops = self.operands(xs, n);
         let mut a = [0.0f32; 3];
         (0..n * out_len)
@@ -326,12 +335,84 @@ impl Nary {
             .collect()
     }
 
+    /// A binary arithmetic operation a row at a time, without laying the operands out
+    /// like the output first: an operand of the output's shape is read in place, a
+    /// constant gathered once, a broadcast input gathered one row at a time. (The
+    /// general path's per-element dispatch and its n-fold copies of each bias were a
+    /// third of a ViT's forward.)
+    fn arithmetic(&self, xs: &[&Batch], n: usize, out_len: usize, f: impl Fn(f32, f32) -> f32) -> Vec<f32> {
+        enum Row<'a> {
+            Each(&'a [f32]),
+            Same(std::borrow::Cow<'a, [f32]>),
+            Gather(&'a Batch, &'a [u32]),
+        }
+        let rows: Vec<Row> = self
+            .args
+            .iter()
+            .map(|arg| match (&arg.operand, &arg.map) {
+                (Operand::Input(k), None) => Row::Each(xs[*k].data()),
+                (Operand::Input(k), Some(m)) => Row::Gather(xs[*k], m),
+                (Operand::Const(c), None) => Row::Same(std::borrow::Cow::Borrowed(c)),
+                (Operand::Const(c), Some(m)) => Row::Same(m.iter().map(|&j| c[j as usize]).collect()),
+            })
+            .collect();
+        let mut out = vec![0.0f32; n * out_len];
+        let mut gathered = [vec![0.0f32; out_len], vec![0.0f32; out_len]];
+        for (r, dst) in out.chunks_exact_mut(out_len.max(1)).enumerate() {
+            for (row, buf) in rows.iter().zip(gathered.iter_mut()) {
+                if let Row::Gather(x, m) = row {
+                    let src = x.row(r);
+                    for (g, &j) in buf.iter_mut().zip(m.iter()) {
+                        *g = src[j as usize];
+                    }
+                }
+            }
+            let operand = |i: usize| -> &[f32] {
+                match &rows[i] {
+                    Row::Each(d) => &d[r * out_len..(r + 1) * out_len],
+                    Row::Same(c) => c,
+                    Row::Gather(..) => &gathered[i],
+                }
+            };
+            let (a, b) = (operand(0), operand(1));
+            for ((d, a), b) in dst.iter_mut().zip(a).zip(b) {
+                *d = f(*a, *b);
+            }
+        }
+        out
+    }
+
     /// The gradient for each of the layer's inputs (summed over broadcast positions).
     pub fn backward(&self, xs: &[&Batch], y: &Batch, gy: &Batch) -> Vec<Option<Batch>> {
         let n = y.rows();
         let out_len = y.sample_len();
-        let ops = self.operands(xs, n);
         let mut grads: Vec<Option<Batch>> = xs.iter().map(|x| Some(Batch::zeros(x.shape().to_vec()))).collect();
+        if matches!(self.kind, NaryKind::Add | NaryKind::Sub) {
+            // ∂/∂a = 1, ∂/∂b = ±1: the gradient itself, with no operand laid out (the
+            // general path's copies of every bias were most of a ViT's backward here).
+            for (k, arg) in self.args.iter().enumerate() {
+                let Operand::Input(input) = arg.operand else { continue };
+                let Some(gx) = grads[input].as_mut() else { continue };
+                let negate = self.kind == NaryKind::Sub && k == 1;
+                for r in 0..n {
+                    let (dst, src) = (gx.row_mut(r), gy.row(r));
+                    match &arg.map {
+                        None => {
+                            for (d, g) in dst.iter_mut().zip(src) {
+                                *d += if negate { -g } else { *g };
+                            }
+                        }
+                        Some(m) => {
+                            for (&j, g) in m.iter().zip(src) {
+                                dst[j as usize] += if negate { -g } else { *g };
+                            }
+                        }
+                    }
+                }
+            }
+            return grads;
+        }
+        let ops = self.operands(xs, n);
         let mut a = [0.0f32; 3];
         for (k, arg) in self.args.iter().enumerate() {
             let Operand::Input(input) = arg.operand else { continue };
@@ -389,12 +470,21 @@ impl Select {
     pub fn forward(&self, xs: &[&Batch]) -> Vec<f32> {
         let n = xs.first().map_or(1, |x| x.rows());
         let mut ys = Vec::with_capacity(n * self.picks.len());
+        // Copies from the first input alone (transposes, slices, reshapes: the common
+        // case) index one row slice, with no per-value test of the source.
+        let one_source = self.picks.iter().all(|&(k, _)| k == 0);
         for r in 0..n {
+            if one_source {
+                let src = xs[0].row(r);
+                ys.extend(self.picks.iter().map(|&(_, j)| src[j as usize]));
+                continue;
+            }
+            let rows: Vec<&[f32]> = xs.iter().map(|x| x.row(r)).collect();
             ys.extend(self.picks.iter().map(|&(k, j)| {
                 if k == FILL {
                     self.consts[j as usize]
                 } else {
-                    xs[k as usize].row(r)[j as usize]
+                    rows[k as usize][j as usize]
                 }
             }));
         }
@@ -403,7 +493,15 @@ impl Select {
 
     pub fn backward(&self, xs: &[&Batch], gy: &Batch) -> Vec<Option<Batch>> {
         let mut grads: Vec<Batch> = xs.iter().map(|x| Batch::zeros(x.shape().to_vec())).collect();
+        let one_source = grads.len() == 1 && self.picks.iter().all(|&(k, _)| k == 0);
         for r in 0..gy.rows() {
+            if one_source {
+                let dst = grads[0].row_mut(r);
+                for (&(_, j), g) in self.picks.iter().zip(gy.row(r)) {
+                    dst[j as usize] += g;
+                }
+                continue;
+            }
             for (&(k, j), g) in self.picks.iter().zip(gy.row(r)) {
                 if k != FILL {
                     grads[k as usize].row_mut(r)[j as usize] += g;
