@@ -81,6 +81,7 @@ fn conv(c: usize, h: usize, w: usize, out: usize, groups: usize, wn: Window2d, s
             win: wn,
             weight,
             bias,
+            adjoint: Default::default(),
         },
         &[c, h, w],
         &[out, oh, ow],
