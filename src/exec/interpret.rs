@@ -87,6 +87,23 @@ pub(super) fn hook_values(
         let mut wanted: Vec<usize> = record.to_vec();
         wanted.push(out_hook);
         wanted.push(hook);
+        if caching {
+            // The model's named stages (ResNet's layer1..layer4) are recorded too, while
+            // they take at most a quarter of the cache: a drill-down to another stage
+            // then runs only the head from there, not the whole forward again.
+            let budget = (state.settings.cache_mb << 20) / 4;
+            let mut bytes = 0usize;
+            // Top-level modules only (no node names, no submodules such as layer3.0).
+            let stages = model.aliases.iter().filter(|(name, _)| !name.contains(['.', '/']));
+            for (_, &stage) in stages {
+                let Some(layer) = model.layers.get(stage) else { continue };
+                bytes += 4 * missing.len() * layer.out_shape.iter().product::<usize>();
+                if bytes > budget {
+                    break;
+                }
+                wanted.push(stage);
+            }
+        }
         wanted.sort_unstable();
         wanted.dedup();
         let cancel = state.cancel.clone();
@@ -101,21 +118,32 @@ pub(super) fn hook_values(
                 for &i in chunk {
                     data.extend_from_slice(sel.dataset.row(sel.rows[i]));
                 }
-                let keep = wanted.len() > 1;
+                // The wanted values are copied as the pass makes them: a pass that kept
+                // every value and memo for this cost more than the forward itself.
+                let seen: std::sync::Mutex<Vec<Option<Vec<Vec<f32>>>>> =
+                    std::sync::Mutex::new(vec![None; wanted.len()]);
+                let copy = |layer: usize, y: &mut Batch| -> Result<()> {
+                    if let Ok(w) = wanted.binary_search(&layer) {
+                        let rows = (0..y.rows()).map(|r| y.row(r).to_vec()).collect();
+                        if let Ok(mut seen) = seen.lock() {
+                            seen[w] = Some(rows);
+                        }
+                    }
+                    Ok(())
+                };
                 let fwd = Forward {
                     from: 0,
                     to: model.layers.len(),
-                    keep,
-                    hook: None,
+                    keep: false,
+                    hook: Some(&copy),
                 };
-                let tape = model.run(Batch::new(batch_shape(chunk.len(), &model.input_shape), data)?, &fwd)?;
-                Ok(wanted
-                    .iter()
-                    .map(|&h| {
-                        let b = tape.hook(h).unwrap_or(tape.output());
-                        (0..chunk.len()).map(|r| b.row(r).to_vec()).collect()
-                    })
-                    .collect())
+                model.run(Batch::new(batch_shape(chunk.len(), &model.input_shape), data)?, &fwd)?;
+                let seen = seen
+                    .into_inner()
+                    .map_err(|_| Error::model("internal: a forward pass's hook panicked"))?;
+                seen.into_iter()
+                    .map(|v| v.ok_or_else(|| Error::model("internal: a hook point the forward pass did not reach")))
+                    .collect::<Result<Vec<_>>>()
             })
             .collect::<Result<_>>()?;
         for (chunk, per_hook) in missing.chunks(rows).zip(chunks) {
