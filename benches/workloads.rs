@@ -102,6 +102,15 @@ fn measure(s: &mut Session, text: &str, inputs: usize, runs: usize) -> Measured 
     }
 }
 
+/// A real-scale model: its name, its last stage, an earlier stage (Grad-CAM and the
+/// drill-down, none for ViTs) and the data sets (with their sizes) it runs on.
+type RealModel = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static [(&'static str, usize)],
+);
+
 /// The real-scale workloads on the full-size exports in models/zoo, when they exist.
 fn real_scale(peak: f64) {
     let zoo = std::path::Path::new("models/zoo");
@@ -150,8 +159,7 @@ fn real_scale(peak: f64) {
             100.0 * m.gflops / peak
         );
     };
-    // (model, its last stage, an earlier stage, the data sets to run on)
-    let models: &[(&str, &str, &str, &[(&str, usize)])] = &[
+    let models: &[RealModel] = &[
         ("resnet18", "layer4", "layer3", &[("img4", 4), ("img32", 32)]),
         ("resnet50", "layer4", "layer3", &[("img4", 4), ("img32", 32)]),
         ("mobilenet_v3_large", "features", "", &[("img4", 4)]),

@@ -72,10 +72,10 @@ def load(name):
     return model.eval()
 
 
-def timed(fn, inputs):
+def timed(fn, inputs, runs=RUNS):
     fn()  # warm-up
     out = []
-    for _ in range(RUNS):
+    for _ in range(runs):
         t = time.perf_counter()
         fn()
         out.append((time.perf_counter() - t) * 1e3 / inputs)
@@ -256,13 +256,7 @@ def real_scale():
     runs = int(os.environ.get("BENCH_REAL_RUNS", "3"))
 
     def timed_real(fn, inputs):
-        fn()
-        out = []
-        for _ in range(runs):
-            t = time.perf_counter()
-            fn()
-            out.append((time.perf_counter() - t) * 1e3 / inputs)
-        return out
+        return timed(fn, inputs, runs)
 
     def show(name, n, v):
         print(f"{name:<52} {n:>6} {statistics.median(v):>14.2f} {min(v):>10.2f} – {max(v):<10.2f}")
