@@ -284,6 +284,61 @@ pub struct Nary {
     pub args: Vec<Arg>,
 }
 
+/// The two operands of a binary element-wise layer, one output row at a time: an
+/// operand of the output's shape read in place, a constant gathered once, a broadcast
+/// input gathered per row.
+struct BinaryRows<'a> {
+    rows: Vec<RowSource<'a>>,
+    gathered: [Vec<f32>; 2],
+    out_len: usize,
+}
+
+enum RowSource<'a> {
+    Each(&'a [f32]),
+    Same(std::borrow::Cow<'a, [f32]>),
+    Gather(&'a Batch, &'a [u32]),
+}
+
+impl<'a> BinaryRows<'a> {
+    fn new(args: &'a [Arg], xs: &[&'a Batch], out_len: usize) -> BinaryRows<'a> {
+        let rows = args
+            .iter()
+            .map(|arg| match (&arg.operand, &arg.map) {
+                (Operand::Input(k), None) => RowSource::Each(xs[*k].data()),
+                (Operand::Input(k), Some(m)) => RowSource::Gather(xs[*k], m),
+                (Operand::Const(c), None) => RowSource::Same(std::borrow::Cow::Borrowed(c)),
+                (Operand::Const(c), Some(m)) => RowSource::Same(m.iter().map(|&j| c[j as usize]).collect()),
+            })
+            .collect();
+        BinaryRows {
+            rows,
+            gathered: [vec![0.0; out_len], vec![0.0; out_len]],
+            out_len,
+        }
+    }
+
+    /// Both operands of output row `r`.
+    fn row(&mut self, r: usize) -> (&[f32], &[f32]) {
+        for (source, buf) in self.rows.iter().zip(self.gathered.iter_mut()) {
+            if let RowSource::Gather(x, m) = source {
+                let src = x.row(r);
+                for (g, &j) in buf.iter_mut().zip(m.iter()) {
+                    *g = src[j as usize];
+                }
+            }
+        }
+        let len = self.out_len;
+        let operand = |i: usize| -> &[f32] {
+            match &self.rows[i] {
+                RowSource::Each(d) => &d[r * len..(r + 1) * len],
+                RowSource::Same(c) => c,
+                RowSource::Gather(..) => &self.gathered[i],
+            }
+        };
+        (operand(0), operand(1))
+    }
+}
+
 impl Nary {
     /// Each operand laid out like the output (n rows of `out_len`): an input of the
     /// output's shape is borrowed, the others are gathered through their maps once.
@@ -336,50 +391,55 @@ impl Nary {
     }
 
     /// A binary arithmetic operation a row at a time, without laying the operands out
-    /// like the output first: an operand of the output's shape is read in place, a
-    /// constant gathered once, a broadcast input gathered one row at a time. (The
-    /// general path's per-element dispatch and its n-fold copies of each bias were a
-    /// third of a ViT's forward.)
+    /// like the output first (the general path's per-element dispatch and its n-fold
+    /// copies of each bias were a third of a ViT's forward).
     fn arithmetic(&self, xs: &[&Batch], n: usize, out_len: usize, f: impl Fn(f32, f32) -> f32) -> Vec<f32> {
-        enum Row<'a> {
-            Each(&'a [f32]),
-            Same(std::borrow::Cow<'a, [f32]>),
-            Gather(&'a Batch, &'a [u32]),
-        }
-        let rows: Vec<Row> = self
-            .args
-            .iter()
-            .map(|arg| match (&arg.operand, &arg.map) {
-                (Operand::Input(k), None) => Row::Each(xs[*k].data()),
-                (Operand::Input(k), Some(m)) => Row::Gather(xs[*k], m),
-                (Operand::Const(c), None) => Row::Same(std::borrow::Cow::Borrowed(c)),
-                (Operand::Const(c), Some(m)) => Row::Same(m.iter().map(|&j| c[j as usize]).collect()),
-            })
-            .collect();
+        let mut ops = BinaryRows::new(&self.args, xs, out_len);
         let mut out = vec![0.0f32; n * out_len];
-        let mut gathered = [vec![0.0f32; out_len], vec![0.0f32; out_len]];
         for (r, dst) in out.chunks_exact_mut(out_len.max(1)).enumerate() {
-            for (row, buf) in rows.iter().zip(gathered.iter_mut()) {
-                if let Row::Gather(x, m) = row {
-                    let src = x.row(r);
-                    for (g, &j) in buf.iter_mut().zip(m.iter()) {
-                        *g = src[j as usize];
-                    }
-                }
-            }
-            let operand = |i: usize| -> &[f32] {
-                match &rows[i] {
-                    Row::Each(d) => &d[r * out_len..(r + 1) * out_len],
-                    Row::Same(c) => c,
-                    Row::Gather(..) => &gathered[i],
-                }
-            };
-            let (a, b) = (operand(0), operand(1));
+            let (a, b) = ops.row(r);
             for ((d, a), b) in dst.iter_mut().zip(a).zip(b) {
                 *d = f(*a, *b);
             }
         }
         out
+    }
+
+    /// Mul and Div backward a row at a time, with `partial`'s formulas (the same bits).
+    fn product_backward(&self, xs: &[&Batch], gy: &Batch, grads: &mut [Option<Batch>]) {
+        let (n, out_len) = (gy.rows(), gy.sample_len());
+        let mut ops = BinaryRows::new(&self.args, xs, out_len);
+        let mut partial = vec![0.0f32; out_len];
+        for r in 0..n {
+            let (a, b) = ops.row(r);
+            for (k, arg) in self.args.iter().enumerate() {
+                let Operand::Input(input) = arg.operand else { continue };
+                let Some(gx) = grads[input].as_mut() else { continue };
+                match (self.kind, k) {
+                    (NaryKind::Mul, 0) => partial.copy_from_slice(b),
+                    (NaryKind::Mul, _) => partial.copy_from_slice(a),
+                    (NaryKind::Div, 0) => partial.iter_mut().zip(b).for_each(|(p, b)| *p = 1.0 / b),
+                    _ => {
+                        for ((p, a), b) in partial.iter_mut().zip(a).zip(b) {
+                            *p = -a / (b * b);
+                        }
+                    }
+                }
+                let (dst, g) = (gx.row_mut(r), gy.row(r));
+                match &arg.map {
+                    None => {
+                        for ((d, g), p) in dst.iter_mut().zip(g).zip(&partial) {
+                            *d += g * p;
+                        }
+                    }
+                    Some(m) => {
+                        for ((&j, g), p) in m.iter().zip(g).zip(&partial) {
+                            dst[j as usize] += g * p;
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// The gradient for each of the layer's inputs (summed over broadcast positions).
@@ -410,6 +470,10 @@ impl Nary {
                     }
                 }
             }
+            return grads;
+        }
+        if matches!(self.kind, NaryKind::Mul | NaryKind::Div) {
+            self.product_backward(xs, gy, &mut grads);
             return grads;
         }
         let ops = self.operands(xs, n);
