@@ -405,13 +405,16 @@ impl Nary {
         out
     }
 
-    /// Mul and Div backward a row at a time, with `partial`'s formulas (the same bits).
-    fn product_backward(&self, xs: &[&Batch], gy: &Batch, grads: &mut [Option<Batch>]) {
+    /// Add, Sub, Mul and Div backward a row at a time, with `partial`'s formulas (the same
+    /// bits); Add and Sub read no operand (the general path's copies of every bias were
+    /// most of a ViT's backward).
+    fn arithmetic_backward(&self, xs: &[&Batch], gy: &Batch, grads: &mut [Option<Batch>]) {
         let (n, out_len) = (gy.rows(), gy.sample_len());
+        let products = matches!(self.kind, NaryKind::Mul | NaryKind::Div);
         let mut ops = BinaryRows::new(&self.args, xs, out_len);
         let mut partial = vec![0.0f32; out_len];
         for r in 0..n {
-            let (a, b) = ops.row(r);
+            let (a, b) = if products { ops.row(r) } else { (&[][..], &[][..]) };
             for (k, arg) in self.args.iter().enumerate() {
                 let Operand::Input(input) = arg.operand else { continue };
                 let Some(gx) = grads[input].as_mut() else { continue };
@@ -419,11 +422,13 @@ impl Nary {
                     (NaryKind::Mul, 0) => partial.copy_from_slice(b),
                     (NaryKind::Mul, _) => partial.copy_from_slice(a),
                     (NaryKind::Div, 0) => partial.iter_mut().zip(b).for_each(|(p, b)| *p = 1.0 / b),
-                    _ => {
+                    (NaryKind::Div, _) => {
                         for ((p, a), b) in partial.iter_mut().zip(a).zip(b) {
                             *p = -a / (b * b);
                         }
                     }
+                    (NaryKind::Sub, 1) => partial.fill(-1.0),
+                    _ => partial.fill(1.0),
                 }
                 let (dst, g) = (gx.row_mut(r), gy.row(r));
                 match &arg.map {
@@ -447,33 +452,8 @@ impl Nary {
         let n = y.rows();
         let out_len = y.sample_len();
         let mut grads: Vec<Option<Batch>> = xs.iter().map(|x| Some(Batch::zeros(x.shape().to_vec()))).collect();
-        if matches!(self.kind, NaryKind::Add | NaryKind::Sub) {
-            // ∂/∂a = 1, ∂/∂b = ±1: the gradient itself, with no operand laid out (the
-            // general path's copies of every bias were most of a ViT's backward here).
-            for (k, arg) in self.args.iter().enumerate() {
-                let Operand::Input(input) = arg.operand else { continue };
-                let Some(gx) = grads[input].as_mut() else { continue };
-                let negate = self.kind == NaryKind::Sub && k == 1;
-                for r in 0..n {
-                    let (dst, src) = (gx.row_mut(r), gy.row(r));
-                    match &arg.map {
-                        None => {
-                            for (d, g) in dst.iter_mut().zip(src) {
-                                *d += if negate { -g } else { *g };
-                            }
-                        }
-                        Some(m) => {
-                            for (&j, g) in m.iter().zip(src) {
-                                dst[j as usize] += if negate { -g } else { *g };
-                            }
-                        }
-                    }
-                }
-            }
-            return grads;
-        }
-        if matches!(self.kind, NaryKind::Mul | NaryKind::Div) {
-            self.product_backward(xs, gy, &mut grads);
+        if matches!(self.kind, NaryKind::Add | NaryKind::Sub | NaryKind::Mul | NaryKind::Div) {
+            self.arithmetic_backward(xs, gy, &mut grads);
             return grads;
         }
         let ops = self.operands(xs, n);

@@ -221,49 +221,12 @@ fn im2col(x: &[f32], n: usize, c0: usize, g: &ConvGeom, col: &mut [f32]) {
     }
 }
 
-/// im2col for any geometry, a row of the output at a time.
+/// im2col for any geometry: each image's whole plane as one range, its columns at
+/// `b·P` of rows `n·P` long.
 fn im2col_any(x: &[f32], n: usize, c0: usize, g: &ConvGeom, col: &mut [f32]) {
-    let (kh, kw) = g.win.kernel;
-    let (sh, sw) = g.win.stride;
-    let (ph, pw) = g.win.padding;
-    let (dh, dw) = g.win.dilation;
-    let cg = g.c / g.groups;
-    let np = n * g.p();
-    let img = g.c * g.h * g.w;
-    for c in 0..cg {
-        for i in 0..kh {
-            for j in 0..kw {
-                let krow = (c * kh + i) * kw + j;
-                let dst = &mut col[krow * np..(krow + 1) * np];
-                let off = (j * dw) as isize - pw as isize;
-                let (lo, hi) = valid_cols(g.ow, g.w, sw, off);
-                for b in 0..n {
-                    let plane = &x[b * img + (c0 + c) * g.h * g.w..][..g.h * g.w];
-                    let dst = &mut dst[b * g.p()..(b + 1) * g.p()];
-                    for oy in 0..g.oh {
-                        let iy = (oy * sh + i * dh) as isize - ph as isize;
-                        let drow = &mut dst[oy * g.ow..(oy + 1) * g.ow];
-                        if iy < 0 || iy >= g.h as isize {
-                            drow.fill(0.0);
-                            continue;
-                        }
-                        let src = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
-                        drow[..lo].fill(0.0);
-                        drow[hi..].fill(0.0);
-                        if hi <= lo {
-                            // the kernel tap misses the image on every column
-                        } else if sw == 1 {
-                            let a = (lo as isize + off) as usize;
-                            drow[lo..hi].copy_from_slice(&src[a..a + (hi - lo)]);
-                        } else {
-                            for (ox, d) in drow[lo..hi].iter_mut().enumerate() {
-                                *d = src[(((lo + ox) * sw) as isize + off) as usize];
-                            }
-                        }
-                    }
-                }
-            }
-        }
+    let (p, img) = (g.p(), g.c * g.h * g.w);
+    for b in 0..n {
+        im2col_range(&x[b * img..], c0, g, 0..p, &mut col[b * p..], n * p);
     }
 }
 
@@ -344,47 +307,13 @@ fn col2im(col: &mut [f32], n: usize, c0: usize, g: &ConvGeom, gx: &mut [f32]) {
     }
 }
 
+/// col2im for any geometry: the adjoint of `im2col_any`, image by image.
 fn col2im_any(col: &[f32], n: usize, c0: usize, g: &ConvGeom, gx: &mut [f32]) {
-    let (kh, kw) = g.win.kernel;
-    let (sh, sw) = g.win.stride;
-    let (ph, pw) = g.win.padding;
-    let (dh, dw) = g.win.dilation;
-    let cg = g.c / g.groups;
-    let np = n * g.p();
-    let img = g.c * g.h * g.w;
-    for c in 0..cg {
-        for i in 0..kh {
-            for j in 0..kw {
-                let krow = (c * kh + i) * kw + j;
-                let src = &col[krow * np..(krow + 1) * np];
-                let off = (j * dw) as isize - pw as isize;
-                let (lo, hi) = valid_cols(g.ow, g.w, sw, off);
-                for b in 0..n {
-                    let plane = &mut gx[b * img + (c0 + c) * g.h * g.w..][..g.h * g.w];
-                    let src = &src[b * g.p()..(b + 1) * g.p()];
-                    for oy in 0..g.oh {
-                        let iy = (oy * sh + i * dh) as isize - ph as isize;
-                        if iy < 0 || iy >= g.h as isize {
-                            continue;
-                        }
-                        let drow = &mut plane[iy as usize * g.w..(iy as usize + 1) * g.w];
-                        let srow = &src[oy * g.ow + lo..oy * g.ow + hi];
-                        if hi <= lo {
-                            // the kernel tap misses the image on every column
-                        } else if sw == 1 {
-                            let a = (lo as isize + off) as usize;
-                            for (d, s) in drow[a..a + (hi - lo)].iter_mut().zip(srow) {
-                                *d += *s;
-                            }
-                        } else {
-                            for (ox, s) in srow.iter().enumerate() {
-                                drow[(((lo + ox) * sw) as isize + off) as usize] += *s;
-                            }
-                        }
-                    }
-                }
-            }
-        }
+    let (p, plane) = (g.p(), g.h * g.w);
+    let img = g.c * plane;
+    for b in 0..n {
+        let planes = &mut gx[b * img + c0 * plane..];
+        col2im_range(&col[b * p..], g.c / g.groups, g, 0..p, planes, n * p);
     }
 }
 
@@ -604,8 +533,8 @@ fn row_spans(range: &std::ops::Range<usize>, ow: usize) -> impl Iterator<Item = 
 }
 
 /// im2col of output positions `range` of one image, for channels `c0..c0 + cg` (a
-/// group): col[K, range.len()].
-fn im2col_range(x: &[f32], c0: usize, g: &ConvGeom, range: std::ops::Range<usize>, col: &mut [f32]) {
+/// group): col[K, range.len()], its rows `stride` apart.
+fn im2col_range(x: &[f32], c0: usize, g: &ConvGeom, range: std::ops::Range<usize>, col: &mut [f32], stride: usize) {
     let (kh, kw) = g.win.kernel;
     let (sh, sw) = g.win.stride;
     let (ph, pw) = g.win.padding;
@@ -616,7 +545,7 @@ fn im2col_range(x: &[f32], c0: usize, g: &ConvGeom, range: std::ops::Range<usize
         for i in 0..kh {
             for j in 0..kw {
                 let krow = (c * kh + i) * kw + j;
-                let dst = &mut col[krow * cols..(krow + 1) * cols];
+                let dst = &mut col[krow * stride..krow * stride + cols];
                 let off = (j * dw) as isize - pw as isize;
                 let (lo, hi) = valid_cols(g.ow, g.w, sw, off);
                 for (oy, x0, x1, at) in row_spans(&range, g.ow) {
@@ -645,9 +574,9 @@ fn im2col_range(x: &[f32], c0: usize, g: &ConvGeom, range: std::ops::Range<usize
     }
 }
 
-/// The adjoint of `im2col_range` for `cb` channels: adds col[cb·kh·kw, range.len()] into
-/// their planes `gx` (cb planes of h×w).
-fn col2im_range(col: &[f32], cb: usize, g: &ConvGeom, range: std::ops::Range<usize>, gx: &mut [f32]) {
+/// The adjoint of `im2col_range` for `cb` channels: adds col[cb·kh·kw, range.len()] (rows
+/// `stride` apart) into their planes `gx` (cb planes of h×w).
+fn col2im_range(col: &[f32], cb: usize, g: &ConvGeom, range: std::ops::Range<usize>, gx: &mut [f32], stride: usize) {
     let (kh, kw) = g.win.kernel;
     let (sh, sw) = g.win.stride;
     let (ph, pw) = g.win.padding;
@@ -658,7 +587,7 @@ fn col2im_range(col: &[f32], cb: usize, g: &ConvGeom, range: std::ops::Range<usi
         for i in 0..kh {
             for j in 0..kw {
                 let krow = (c * kh + i) * kw + j;
-                let src = &col[krow * cols..(krow + 1) * cols];
+                let src = &col[krow * stride..krow * stride + cols];
                 let off = (j * dw) as isize - pw as isize;
                 let (lo, hi) = valid_cols(g.ow, g.w, sw, off);
                 for (oy, x0, x1, at) in row_spans(&range, g.ow) {
@@ -712,7 +641,7 @@ fn conv2d_forward_tiled(x: &[f32], n: usize, g: &ConvGeom, weight: &[f32], bias:
                 let b = &xi[gi * cg * plane + range.start..];
                 matmul(og, cols, k, tmp, cols, w, k, 1, b, plane, 1, false);
             } else {
-                im2col_range(xi, gi * cg, g, range.clone(), col);
+                im2col_range(xi, gi * cg, g, range.clone(), col, cols);
                 matmul(og, cols, k, tmp, cols, w, k, 1, col, cols, 1, false);
             }
             for o in 0..og {
@@ -771,7 +700,8 @@ fn conv2d_backward_tiled(gy: &[f32], n: usize, g: &ConvGeom, weight: &[f32], gx:
                         1,
                         false,
                     );
-                    col2im_range(col, cb, g, range, gxb);
+                    let cols = range.len();
+                    col2im_range(col, cb, g, range, gxb, cols);
                 }
             })
         });
