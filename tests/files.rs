@@ -322,6 +322,68 @@ fn bad_data_files_are_errors() {
     still_works(&mut s);
 }
 
+/// A .npy dataset is read from its file as queries need its rows (so that a dataset
+/// larger than memory streams): a file rewritten in place after LOAD is an error that
+/// says so, never other data or a crash; a file replaced by a new one (as `np.save`
+/// to a temporary name and a rename would) leaves the loaded data as they were.
+#[test]
+fn data_files_changed_after_load() {
+    let dir = scratch("changed");
+    let mut s = session(SETUP);
+    let path = dir.join("x.npy");
+    let original: Vec<f32> = (0..4 * 64).map(|i| (i % 17) as f32 / 17.0).collect();
+    std::fs::write(&path, write_npy_f32(&[4, 1, 8, 8], &original)).unwrap();
+    s.execute(&format!("LOAD DATA x FROM '{}'", path.display())).unwrap();
+    let q = "SELECT input, prediction, confidence FROM PREDICT cnn(x)";
+    let before = query(&mut s, q);
+    // Replaced: the loaded file stays readable under its old contents.
+    let next = dir.join("next.npy");
+    std::fs::write(&next, write_npy_f32(&[4, 1, 8, 8], &vec![0.25; 4 * 64])).unwrap();
+    std::fs::rename(&next, &path).unwrap();
+    assert!(query(&mut s, q).equals(&before));
+    s.execute(&format!("LOAD DATA x FROM '{}'", path.display())).unwrap();
+    // Rewritten in place, shorter: an error naming the file, and the session goes on.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::fs::write(&path, write_npy_f32(&[2, 1, 8, 8], &original[..2 * 64])).unwrap();
+    let msg = err(&mut s, q);
+    assert!(
+        msg.contains("x.npy changed on disk after it was loaded") && msg.contains("LOAD DATA"),
+        "{msg}"
+    );
+    still_works(&mut s);
+    s.execute(&format!("LOAD DATA x FROM '{}'", path.display())).unwrap();
+    assert_eq!(query(&mut s, q).height(), 2);
+}
+
+/// float64 .npy inputs (what NumPy writes by default) are read as float32, like a
+/// float32 file of the same values.
+#[test]
+fn float64_npy_loads_like_float32() {
+    let dir = scratch("float64");
+    let mut s = session(SETUP);
+    let values: Vec<f32> = (0..3 * 64).map(|i| (i % 13) as f32 / 13.0).collect();
+    let narrow = dir.join("x32.npy");
+    std::fs::write(&narrow, write_npy_f32(&[3, 1, 8, 8], &values)).unwrap();
+    let mut wide = write_npy_f32(&[3, 1, 8, 8], &[]);
+    let at = wide.windows(3).position(|w| w == b"<f4").unwrap();
+    wide[at..at + 3].copy_from_slice(b"<f8");
+    wide.extend(values.iter().flat_map(|&v| (v as f64).to_le_bytes()));
+    let wide_path = dir.join("x64.npy");
+    std::fs::write(&wide_path, wide).unwrap();
+    s.execute(&format!(
+        "LOAD DATA a FROM '{}'; LOAD DATA b FROM '{}'",
+        narrow.display(),
+        wide_path.display()
+    ))
+    .unwrap();
+    let q = |d: &str| {
+        format!("SELECT input, row, col, value, attribution FROM cnn({d}) USING saliency ORDER BY input, row, col")
+    };
+    let (a, b) = (query(&mut s, &q("a")), query(&mut s, &q("b")));
+    assert_eq!(a.height(), 3 * 64);
+    assert!(a.equals(&b));
+}
+
 #[test]
 fn tabular_files_load_from_csv_and_parquet() {
     use polars::prelude::*;

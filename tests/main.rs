@@ -13,6 +13,7 @@ mod errors;
 mod files;
 mod fuzz_corpus;
 mod layers;
+mod memory;
 mod mutations;
 mod onnx;
 mod parity;

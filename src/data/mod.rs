@@ -5,7 +5,8 @@ pub mod npy;
 pub mod photos;
 pub mod text;
 
-use std::path::Path;
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use polars::prelude::*;
@@ -56,7 +57,7 @@ pub struct Dataset {
     pub source: String,
     pub sample_shape: Vec<usize>,
     pub modality: Modality,
-    values: Vec<f32>,
+    values: Values,
     labels: Option<Vec<i64>>,
     /// The input id of each row: its index in the dataset it was loaded as.
     ids: Vec<i64>,
@@ -64,6 +65,77 @@ pub struct Dataset {
     pub photos: Option<Arc<photos::Photos>>,
     /// The names of the label classes (CLASSES, or a photo folder's class folders).
     pub classes: Option<Arc<Vec<String>>>,
+}
+
+/// Where a dataset's values are.
+#[derive(Clone, Debug)]
+enum Values {
+    Memory(Vec<f32>),
+    /// A float32 or float64 .npy file, read a block of rows at a time as they are needed, so that a
+    /// pass over a dataset larger than memory holds only the rows in flight.
+    File(Arc<NpyRows>),
+}
+
+/// The data of a float32 or float64 (little-endian, C-order) .npy file, kept open.
+#[derive(Debug)]
+struct NpyRows {
+    file: std::fs::File,
+    path: PathBuf,
+    data_start: u64,
+    /// Bytes per element: 4 or 8.
+    size: usize,
+    /// The file's length and modification time when it was loaded: rows are only read
+    /// from the file as it was then.
+    stamp: (u64, Option<std::time::SystemTime>),
+}
+
+/// Values read from a file in one go, at most (4 MB).
+const READ_BLOCK_VALUES: usize = 1 << 20;
+
+impl NpyRows {
+    fn stamp(meta: &std::fs::Metadata) -> (u64, Option<std::time::SystemTime>) {
+        (meta.len(), meta.modified().ok())
+    }
+
+    /// Appends `count` values from value `start` on to `out`.
+    fn read(&self, start: usize, count: usize, out: &mut Vec<f32>) -> Result<()> {
+        let shown = self.path.display();
+        let io = |e: std::io::Error| Error::io(format!("cannot read {shown}: {e}"));
+        let now = self.file.metadata().map_err(io)?;
+        if Self::stamp(&now) != self.stamp {
+            return Err(Error::data(format!("{shown} changed on disk after it was loaded"))
+                .hint("LOAD DATA it again to use the new contents"));
+        }
+        let size = self.size;
+        let mut bytes = vec![0u8; size * count];
+        read_exact_at(&self.file, &mut bytes, self.data_start + (size * start) as u64).map_err(io)?;
+        let element = |b: &[u8]| match *b {
+            [a, b, c, d] => f32::from_le_bytes([a, b, c, d]),
+            [a, b, c, d, e, f, g, h] => f64::from_le_bytes([a, b, c, d, e, f, g, h]) as f32,
+            _ => f32::NAN,
+        };
+        out.extend(bytes.chunks_exact(size).map(element));
+        Ok(())
+    }
+}
+
+#[cfg(unix)]
+fn read_exact_at(file: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+}
+
+#[cfg(windows)]
+fn read_exact_at(file: &std::fs::File, mut buf: &mut [u8], mut offset: u64) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        match std::os::windows::fs::FileExt::seek_read(file, buf, offset)? {
+            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            n => {
+                buf = &mut buf[n..];
+                offset += n as u64;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Rows of a dataset picked by a dataset expression (positions into the dataset).
@@ -85,12 +157,14 @@ impl Selection {
         self.rows.is_empty()
     }
     /// The selected samples, in order, as one contiguous buffer.
-    pub fn values(&self) -> Vec<f32> {
+    pub fn values(&self) -> Result<Vec<f32>> {
         let mut out = Vec::with_capacity(self.rows.len() * self.dataset.sample_len());
-        for &r in &self.rows {
-            out.extend_from_slice(self.dataset.row(r));
-        }
-        out
+        self.dataset.read_rows(&self.rows, &mut out)?;
+        Ok(out)
+    }
+    /// `f` of each selected sample, in order, reading a block of rows at a time.
+    pub fn map_rows<T>(&self, f: impl FnMut(&[f32]) -> T) -> Result<Vec<T>> {
+        self.dataset.map_rows(&self.rows, f)
     }
     pub fn ids(&self) -> Vec<i64> {
         self.rows.iter().map(|&r| self.dataset.id(r)).collect()
@@ -144,7 +218,7 @@ impl Dataset {
             source: source.to_string(),
             sample_shape,
             modality,
-            values,
+            values: Values::Memory(values),
             labels,
             ids: (0..n as i64).collect(),
             photos: None,
@@ -161,9 +235,53 @@ impl Dataset {
     pub fn sample_len(&self) -> usize {
         self.sample_shape.iter().product()
     }
-    pub fn row(&self, i: usize) -> &[f32] {
+    /// The values of row `i` (read from the file when the dataset is kept there).
+    pub fn row(&self, i: usize) -> Result<Cow<'_, [f32]>> {
         let len = self.sample_len();
-        &self.values[i * len..(i + 1) * len]
+        Ok(match &self.values {
+            Values::Memory(v) => Cow::Borrowed(&v[i * len..(i + 1) * len]),
+            Values::File(f) => {
+                let mut out = Vec::with_capacity(len);
+                f.read(i * len, len, &mut out)?;
+                Cow::Owned(out)
+            }
+        })
+    }
+    /// Appends the values of `rows` to `out`; from a file, runs of consecutive rows are
+    /// read in one go.
+    pub fn read_rows(&self, rows: &[usize], out: &mut Vec<f32>) -> Result<()> {
+        let len = self.sample_len();
+        match &self.values {
+            Values::Memory(v) => {
+                for &r in rows {
+                    out.extend_from_slice(&v[r * len..(r + 1) * len]);
+                }
+            }
+            Values::File(f) => {
+                let mut at = 0;
+                while at < rows.len() {
+                    let mut end = at + 1;
+                    while end < rows.len() && rows[end] == rows[end - 1] + 1 {
+                        end += 1;
+                    }
+                    f.read(rows[at] * len, (end - at) * len, out)?;
+                    at = end;
+                }
+            }
+        }
+        Ok(())
+    }
+    /// `f` of each of `rows`, in order, reading at most a block of values at a time.
+    pub fn map_rows<T>(&self, rows: &[usize], mut f: impl FnMut(&[f32]) -> T) -> Result<Vec<T>> {
+        let len = self.sample_len().max(1);
+        let mut out = Vec::with_capacity(rows.len());
+        let mut block = Vec::new();
+        for part in rows.chunks((READ_BLOCK_VALUES / len).max(1)) {
+            block.clear();
+            self.read_rows(part, &mut block)?;
+            out.extend(block.chunks(len).map(&mut f));
+        }
+        Ok(out)
     }
     pub fn label(&self, i: usize) -> Option<i64> {
         self.labels.as_ref().map(|l| l[i])
@@ -183,44 +301,51 @@ impl Dataset {
         Some((*self.ids.first()?, *self.ids.last()?))
     }
 
-    /// A derived dataset of some rows, keeping their input ids and labels.
-    pub fn subset(&self, name: &str, source: &str, rows: &[usize]) -> Dataset {
+    /// A derived dataset of some rows, keeping their input ids and labels (in memory).
+    pub fn subset(&self, name: &str, source: &str, rows: &[usize]) -> Result<Dataset> {
         let mut values = Vec::with_capacity(rows.len() * self.sample_len());
-        for &r in rows {
-            values.extend_from_slice(self.row(r));
-        }
-        Dataset {
+        self.read_rows(rows, &mut values)?;
+        Ok(Dataset {
             name: name.to_string(),
             source: source.to_string(),
             sample_shape: self.sample_shape.clone(),
             modality: self.modality.clone(),
-            values,
+            values: Values::Memory(values),
             labels: self.labels.as_ref().map(|l| rows.iter().map(|&r| l[r]).collect()),
             ids: rows.iter().map(|&r| self.ids[r]).collect(),
             photos: self.photos.clone(),
             classes: self.classes.clone(),
-        }
+        })
     }
 
-    /// Changes every row in place; `edit` gets each row's input id.
-    pub fn edit_rows(&mut self, mut edit: impl FnMut(i64, &mut [f32])) {
+    /// Changes every row in place; `edit` gets each row's input id. A dataset kept in its
+    /// file is read into memory first.
+    pub fn edit_rows(&mut self, mut edit: impl FnMut(i64, &mut [f32])) -> Result<()> {
         let len = self.sample_len();
-        for (id, row) in self.ids.iter().zip(self.values.chunks_mut(len)) {
-            edit(*id, row);
+        if let Values::File(_) = self.values {
+            let mut all = Vec::with_capacity(self.len() * len);
+            self.read_rows(&(0..self.len()).collect::<Vec<_>>(), &mut all)?;
+            self.values = Values::Memory(all);
         }
+        if let Values::Memory(values) = &mut self.values {
+            for (id, row) in self.ids.iter().zip(values.chunks_mut(len)) {
+                edit(*id, row);
+            }
+        }
+        Ok(())
     }
 
     /// The mean sample.
-    pub fn mean(&self) -> Vec<f32> {
+    pub fn mean(&self) -> Result<Vec<f32>> {
         let len = self.sample_len();
         let mut sum = vec![0.0f64; len];
-        for i in 0..self.len() {
-            for (s, v) in sum.iter_mut().zip(self.row(i)) {
+        self.map_rows(&(0..self.len()).collect::<Vec<_>>(), |row| {
+            for (s, v) in sum.iter_mut().zip(row) {
                 *s += *v as f64;
             }
-        }
+        })?;
         let n = self.len().max(1) as f64;
-        sum.into_iter().map(|s| (s / n) as f32).collect()
+        Ok(sum.into_iter().map(|s| (s / n) as f32).collect())
     }
 
     /// Names of the features, for column coordinates and WINDOW lists.
@@ -231,10 +356,18 @@ impl Dataset {
         }
     }
 
-    /// The first non-finite value, as (row, feature index).
-    fn first_nonfinite(&self) -> Option<(usize, usize)> {
-        let pos = self.values.iter().position(|v| !v.is_finite())?;
-        Some((pos / self.sample_len(), pos % self.sample_len()))
+    /// The first non-finite value, as (row, feature index, value).
+    fn first_nonfinite(&self) -> Result<Option<(usize, usize, f32)>> {
+        let rows = self.map_rows(&(0..self.len()).collect::<Vec<_>>(), |row| {
+            row.iter()
+                .enumerate()
+                .find(|(_, v)| !v.is_finite())
+                .map(|(f, v)| (f, *v))
+        })?;
+        Ok(rows
+            .into_iter()
+            .enumerate()
+            .find_map(|(r, bad)| bad.map(|(f, v)| (r, f, v))))
     }
 
     pub fn describe_feature(&self, f: usize) -> String {
@@ -295,16 +428,15 @@ pub fn load(
                     "LABEL COLUMN {col} applies to .csv and .parquet files; give LABELS 'labels.npy' for {shown}"
                 )));
             }
-            let bytes = read_file(path)?;
-            let array = npy::read_npy(&bytes, &shown)?;
-            if array.shape.len() < 2 {
+            let (header, file) = npy_header_of(path)?;
+            if header.shape.len() < 2 {
                 return Err(Error::shape(format!(
                     "{shown} has shape {} but inputs need a batch dimension first and features after it",
-                    fmt_shape(&array.shape)
+                    fmt_shape(&header.shape)
                 ))
                 .hint("for a single feature per input, save an array of shape (N, 1)"));
             }
-            let sample_shape = array.shape[1..].to_vec();
+            let sample_shape = header.shape[1..].to_vec();
             let modality = match sample_shape.as_slice() {
                 [c, h, w] => Modality::Image {
                     channels: *c,
@@ -321,7 +453,27 @@ pub fn load(
                 },
                 _ => Modality::Tensor,
             };
-            Dataset::new(name, &shown, sample_shape, modality, array.to_f32(), None)?
+            if let Some(size) = header.row_readable() {
+                let io = |e: std::io::Error| Error::io(format!("cannot read {shown}: {e}"));
+                let meta = file.metadata().map_err(io)?;
+                let available = (meta.len() as usize).saturating_sub(header.data_start);
+                npy::check_data_len(&header, available, &shown)?;
+                let mut ds = Dataset::new(name, &shown, sample_shape, modality, Vec::new(), None)?;
+                let n = header.shape[0];
+                ds.ids = (0..n as i64).collect();
+                ds.values = Values::File(Arc::new(NpyRows {
+                    file,
+                    path: path.to_path_buf(),
+                    data_start: header.data_start as u64,
+                    size,
+                    stamp: NpyRows::stamp(&meta),
+                }));
+                ds
+            } else {
+                drop(file);
+                let array = npy::read_npy(&read_file(path)?, &shown)?;
+                Dataset::new(name, &shown, sample_shape, modality, array.to_f32(), None)?
+            }
         }
         "csv" | "parquet" => {
             let df = if ext == "csv" {
@@ -361,14 +513,29 @@ pub fn load(
     if ds.is_empty() {
         return Err(Error::data(format!("{shown} holds no inputs")));
     }
-    if !allow_nonfinite && let Some((row, f)) = ds.first_nonfinite() {
-        let v = ds.row(row)[f];
+    if !allow_nonfinite && let Some((row, f, v)) = ds.first_nonfinite()? {
         return Err(
             Error::data(format!("{shown}: input {row} holds {v} at {}", ds.describe_feature(f)))
                 .hint("clean the data, or SET allow_nonfinite = true to load it anyway"),
         );
     }
     Ok(ds)
+}
+
+/// The header of a .npy file and the file, opened, positioned anywhere.
+fn npy_header_of(path: &Path) -> Result<(npy::Header, std::fs::File)> {
+    use std::io::Read;
+    let shown = path.display().to_string();
+    let io = |e: std::io::Error| Error::io(format!("cannot read {shown}: {e}"));
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let mut prefix = Vec::new();
+    (&mut file).take(12).read_to_end(&mut prefix).map_err(io)?;
+    let end = npy::header_end(&prefix, &shown)?;
+    (&mut file)
+        .take(end.saturating_sub(prefix.len()) as u64)
+        .read_to_end(&mut prefix)
+        .map_err(io)?;
+    Ok((npy::parse_header(&prefix, &shown)?, file))
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>> {

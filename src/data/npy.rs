@@ -53,29 +53,67 @@ impl NpyArray {
     }
 }
 
-pub fn read_npy(bytes: &[u8], origin: &str) -> Result<NpyArray> {
+/// What a .npy header says: the array's shape and element type, and where its data start.
+#[derive(Debug, Clone)]
+pub struct Header {
+    pub shape: Vec<usize>,
+    pub fortran: bool,
+    descr: String,
+    order: char,
+    kind: char,
+    size: usize,
+    /// Bytes before the data.
+    pub data_start: usize,
+    /// Elements (the product of the shape).
+    pub count: usize,
+}
+
+impl Header {
+    /// Bytes of data the shape needs.
+    pub fn data_len(&self) -> usize {
+        self.count * self.size
+    }
+    /// Little-endian float32 or float64 in C order: rows can be read from the file as
+    /// they are needed. The element size when they can.
+    pub fn row_readable(&self) -> Option<usize> {
+        let c_order = !(self.fortran && self.shape.len() > 1);
+        (self.kind == 'f' && matches!(self.size, 4 | 8) && self.order != '>' && c_order).then_some(self.size)
+    }
+}
+
+/// Bytes from the start of a .npy file to its data, from its first 12 bytes (fewer
+/// when the file is shorter).
+pub fn header_end(prefix: &[u8], origin: &str) -> Result<usize> {
     let bad = |why: &str| Error::data(format!("{origin} is not a readable .npy file: {why}"));
-    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+    if prefix.len() < 10 || &prefix[..6] != b"\x93NUMPY" {
         return Err(bad("it does not start with the NumPy magic bytes"));
     }
-    let major = bytes[6];
-    let (header_len, header_start): (usize, usize) = match major {
-        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+    let (header_len, header_start): (usize, usize) = match prefix[6] {
+        1 => (u16::from_le_bytes([prefix[8], prefix[9]]) as usize, 10),
         2 | 3 => {
-            if bytes.len() < 12 {
+            if prefix.len() < 12 {
                 return Err(bad("truncated header"));
             }
             (
-                u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+                u32::from_le_bytes([prefix[8], prefix[9], prefix[10], prefix[11]]) as usize,
                 12,
             )
         }
         v => return Err(bad(&format!("unknown format version {v}"))),
     };
-    let data_start = header_start
+    header_start
         .checked_add(header_len)
-        .filter(|&e| e <= bytes.len())
-        .ok_or_else(|| bad("truncated header"))?;
+        .ok_or_else(|| bad("truncated header"))
+}
+
+/// The header of a .npy file, from its first bytes (at least `header_end` of them).
+pub fn parse_header(bytes: &[u8], origin: &str) -> Result<Header> {
+    let bad = |why: &str| Error::data(format!("{origin} is not a readable .npy file: {why}"));
+    let data_start = header_end(bytes, origin)?;
+    if data_start > bytes.len() {
+        return Err(bad("truncated header"));
+    }
+    let header_start = if bytes[6] == 1 { 10 } else { 12 };
     let header = std::str::from_utf8(&bytes[header_start..data_start]).map_err(|_| bad("header is not text"))?;
     let descr = dict_str(header, "descr").ok_or_else(|| bad("header has no 'descr'"))?;
     let fortran = dict_raw(header, "fortran_order")
@@ -90,15 +128,45 @@ pub fn read_npy(bytes: &[u8], origin: &str) -> Result<NpyArray> {
         Error::data(format!("{origin}: unsupported dtype '{descr}'"))
             .hint("use float32/float64 inputs and integer labels")
     })?;
-    let body = &bytes[data_start..];
-    let needed = count.checked_mul(size).ok_or_else(|| bad("shape too large"))?;
-    if body.len() < needed {
-        return Err(bad(&format!(
-            "it holds {} bytes of data but its shape {:?} needs {needed}",
-            body.len(),
-            shape
+    count.checked_mul(size).ok_or_else(|| bad("shape too large"))?;
+    Ok(Header {
+        shape,
+        fortran,
+        descr,
+        order,
+        kind,
+        size,
+        data_start,
+        count,
+    })
+}
+
+/// The error for a file whose data are shorter than its shape needs.
+pub fn check_data_len(header: &Header, available: usize, origin: &str) -> Result<()> {
+    if available < header.data_len() {
+        return Err(Error::data(format!(
+            "{origin} is not a readable .npy file: it holds {available} bytes of data but its shape {:?} needs {}",
+            header.shape,
+            header.data_len()
         )));
     }
+    Ok(())
+}
+
+pub fn read_npy(bytes: &[u8], origin: &str) -> Result<NpyArray> {
+    let header = parse_header(bytes, origin)?;
+    let body = &bytes[header.data_start..];
+    check_data_len(&header, body.len(), origin)?;
+    let Header {
+        shape,
+        fortran,
+        descr,
+        order,
+        kind,
+        size,
+        count,
+        ..
+    } = header;
     let little = order != '>';
     let word = |i: usize| -> [u8; 8] {
         let mut w = [0u8; 8];

@@ -17,7 +17,7 @@ pub(super) fn apply(sel: Selection, edits: &[EditSpec], source: &str) -> Result<
     if edits.is_empty() {
         return Ok(sel);
     }
-    let mut ds = sel.dataset.subset(&sel.dataset.name, source, &sel.rows);
+    let mut ds = sel.dataset.subset(&sel.dataset.name, source, &sel.rows)?;
     let d = ds.sample_len();
     for edit in edits {
         match edit {
@@ -29,14 +29,14 @@ pub(super) fn apply(sel: Selection, edits: &[EditSpec], source: &str) -> Result<
                 };
                 let f = features(window, &GranularitySpec::Feature, &ds.modality, d)?;
                 let inside: Vec<usize> = (0..d).filter(|&k| f.in_window(k)).collect();
-                ds.edit_rows(|_, row| inside.iter().for_each(|&k| row[k] = value));
+                ds.edit_rows(|_, row| inside.iter().for_each(|&k| row[k] = value))?;
             }
             EditSpec::Noise { stdev, seed } => ds.edit_rows(|id, row| {
                 let mut rng = Rng::new(*seed, id as u64);
                 for v in row {
                     *v += (rng.normal() * *stdev as f64) as f32;
                 }
-            }),
+            })?,
             EditSpec::Blur { sigma } => {
                 let Modality::Image {
                     channels,
@@ -56,7 +56,7 @@ pub(super) fn apply(sel: Selection, edits: &[EditSpec], source: &str) -> Result<
                             &kernel,
                         );
                     }
-                });
+                })?;
             }
         }
     }

@@ -45,7 +45,7 @@ pub(super) fn hook_values(
     // Content hashes key the cache; with the cache off there is nothing to key.
     let caching = state.settings.cache_mb > 0;
     let hashes: Vec<u64> = if caching {
-        sel.rows.iter().map(|&r| input_hash(sel.dataset.row(r))).collect()
+        sel.map_rows(input_hash)?
     } else {
         vec![0; sel.len()]
     };
@@ -116,7 +116,7 @@ pub(super) fn hook_values(
                 }
                 let mut data = Vec::with_capacity(chunk.len() * d);
                 for &i in chunk {
-                    data.extend_from_slice(sel.dataset.row(sel.rows[i]));
+                    data.extend_from_slice(&sel.dataset.row(sel.rows[i])?);
                 }
                 // The wanted values are copied as the pass makes them: a pass that kept
                 // every value and memo for this cost more than the forward itself.
@@ -194,7 +194,7 @@ pub(super) fn run_prediction(state: &mut State, p: &Prediction) -> Result<DataFr
             .into_par_iter()
             .enumerate()
             .map(|(i, patches)| {
-                let row = Batch::new(shape.clone(), sel.dataset.row(sel.rows[i]).to_vec())?;
+                let row = Batch::new(shape.clone(), sel.dataset.row(sel.rows[i])?.into_owned())?;
                 Ok(base.with_patches(patches).logits(row)?.into_data())
             })
             .collect::<Result<Vec<_>>>()?
@@ -469,13 +469,21 @@ struct Prepared {
     memo_key: Key,
 }
 
+/// One hash of every selected input's contents (read a block at a time).
+fn contents_hash(sel: &Selection) -> Result<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    sel.map_rows(input_hash)?.hash(&mut h);
+    Ok(h.finish())
+}
+
 fn prepare(state: &mut State, a: &Attribution, through: Option<&LayerRef>) -> Result<Prepared> {
     let inputs = resolve_inputs(state, a)?;
     let loaded = state.model(&a.model)?;
     let (model, model_id) = (loaded.model.clone(), loaded.id);
     let d = model.input_len();
     let n = inputs.sel.len();
-    let values = inputs.sel.values();
+    let values = inputs.sel.values()?;
     let features = features(&a.window, &a.granularity, &a.modality, d)?;
     let mut baselines = baselines(state, a, n, d)?;
     // On text the zero baseline is [PAD] everywhere but [CLS] and [SEP] (as Captum's
@@ -515,11 +523,11 @@ fn prepare(state: &mut State, a: &Attribution, through: Option<&LayerRef>) -> Re
     .hash(&mut h);
     if let TargetSpec::Similarity(reference) = &a.target {
         // The reference's content, not only its name (a name can be loaded again).
-        input_hash(&state.select(reference)?.values()).hash(&mut h);
+        input_hash(&state.select(reference)?.values()?).hash(&mut h);
     }
     if through.is_some() {
         // The probe is fitted on the whole dataset.
-        input_hash(&Selection::all(state.dataset(&a.data.name)?).values()).hash(&mut h);
+        contents_hash(&Selection::all(state.dataset(&a.data.name)?))?.hash(&mut h);
     }
     inputs.ids.hash(&mut h);
     inputs.targets.hash(&mut h);
@@ -547,12 +555,12 @@ pub(super) fn cache_status(state: &mut State, a: &Attribution) -> Result<String>
     let id = state.model(&a.model)?.id;
     let out_hook = state.model(&a.model)?.model.layers.len() - 1;
     let cached = sel
-        .rows
-        .iter()
-        .filter(|&&r| {
+        .map_rows(input_hash)?
+        .into_iter()
+        .filter(|&input| {
             state.cache.contains(&Key {
                 model: id,
-                input: input_hash(sel.dataset.row(r)),
+                input,
                 hook: out_hook,
             })
         })
@@ -650,7 +658,7 @@ fn run_unnamed(state: &mut State, a: &Attribution, through: Option<&LayerRef>) -
                     sel.len()
                 )));
             }
-            let out = model.logits(Batch::new(batch_shape(1, &model.input_shape), sel.values())?)?;
+            let out = model.logits(Batch::new(batch_shape(1, &model.input_shape), sel.values()?)?)?;
             std::sync::Arc::new(model.with_cosine_head(out.data())?)
         }
         _ => model,
@@ -786,10 +794,11 @@ fn take_predictions(
     inputs.targets = inputs.predictions.clone();
     inputs.deferred = false;
     if state.settings.cache_mb > 0 {
-        for (i, row) in outputs.chunks(units).enumerate() {
+        let hashes = inputs.sel.map_rows(input_hash)?;
+        for (row, input) in outputs.chunks(units).zip(hashes) {
             let key = Key {
                 model: model_id,
-                input: input_hash(inputs.sel.dataset.row(inputs.sel.rows[i])),
+                input,
                 hook: out_hook,
             };
             state.cache.put(key, row.to_vec());
@@ -804,7 +813,7 @@ fn probe(state: &mut State, model_name: &str, data: &str, layer: &LayerRef) -> R
     let loaded = state.model(model_name)?;
     let (model, id) = (loaded.model.clone(), loaded.id);
     let sel = Selection::all(state.dataset(data)?);
-    let key = (id, layer.index, input_hash(&sel.values()));
+    let key = (id, layer.index, contents_hash(&sel)?);
     if let Some(p) = state.probes.get(&key) {
         return Ok(p.clone());
     }
@@ -820,7 +829,7 @@ fn probe(state: &mut State, model_name: &str, data: &str, layer: &LayerRef) -> R
         let rows = state.batch_rows(&model).max(1);
         let p: usize = layer.shape.iter().product();
         let mut h = Vec::with_capacity(n * p);
-        let values = sel.values();
+        let values = sel.values()?;
         let d = model.input_len();
         for chunk in values.chunks(rows * d) {
             let m = chunk.len() / d;
@@ -1011,10 +1020,10 @@ fn baselines(state: &State, a: &Attribution, n: usize, d: usize) -> Result<Vec<f
         // Text baselines are made from the inputs (in `prepare`).
         BaselineSpec::Zero | BaselineSpec::Tokens { .. } => vec![0.0; n * d],
         BaselineSpec::Constant(c) => vec![*c; n * d],
-        BaselineSpec::Mean(name) => state.dataset(name)?.mean().repeat(n),
+        BaselineSpec::Mean(name) => state.dataset(name)?.mean()?.repeat(n),
         BaselineSpec::Data(r) => {
             let sel = state.select(r)?;
-            let values = sel.values();
+            let values = sel.values()?;
             match sel.len() {
                 1 => values.repeat(n),
                 m if m == n => values,
@@ -1064,9 +1073,11 @@ fn relation(
     let mut c_label = Vec::with_capacity(rows);
     let mut c_pred = Vec::with_capacity(rows);
     let mut c_target = Vec::with_capacity(rows);
-    let mut c_group = Vec::with_capacity(rows);
+    // Group and size columns only when there are groups: a streamed chunk's memory is
+    // mostly these columns.
+    let mut c_group = Vec::with_capacity(if grouped { rows } else { 0 });
     let mut c_feature = Vec::with_capacity(rows);
-    let mut c_size = Vec::with_capacity(rows);
+    let mut c_size = Vec::with_capacity(if grouped { rows } else { 0 });
     let mut c_value = Vec::with_capacity(rows);
     let mut c_attr = Vec::with_capacity(rows);
     let mut c_text: Vec<String> = Vec::new();
@@ -1094,9 +1105,11 @@ fn relation(
             c_label.push(labels[i]);
             c_pred.push(predictions[i] as i64);
             c_target.push(targets[i] as i64);
-            c_group.push(g as i64);
+            if grouped {
+                c_group.push(g as i64);
+                c_size.push(m.len() as i64);
+            }
             c_feature.push(m[0] as i64);
-            c_size.push(m.len() as i64);
             c_value.push(m.iter().map(|&f| x[f]).sum::<f32>() / m.len() as f32);
             c_attr.push(if sum_groups {
                 m.iter().map(|&f| at[f]).sum::<f32>()
@@ -1111,7 +1124,7 @@ fn relation(
     }
     let c_feature_len = c_feature.len();
     let mut columns = vec![
-        Column::new("input".into(), c_input.clone()),
+        Column::new("input".into(), c_input),
         Column::new("label".into(), c_label),
         Column::new("prediction".into(), c_pred),
         Column::new("target".into(), c_target),
@@ -1282,12 +1295,15 @@ mod tests {
         assert_eq!(state.cache.len(), 6, "the output and conv2 of three inputs");
         // what was recorded is what a forward pass computes
         let tape = model
-            .run(Batch::new(vec![3, 1, 8, 8], sel.values()).unwrap(), &model.full())
+            .run(
+                Batch::new(vec![3, 1, 8, 8], sel.values().unwrap()).unwrap(),
+                &model.full(),
+            )
             .unwrap();
         for (i, &r) in sel.rows.iter().enumerate() {
             let key = Key {
                 model: id,
-                input: input_hash(sel.dataset.row(r)),
+                input: input_hash(&sel.dataset.row(r).unwrap()),
                 hook: conv2,
             };
             assert_eq!(

@@ -316,7 +316,7 @@ impl State {
             Some(crate::output::picture::Photo {
                 height,
                 width,
-                rgb: photos.denormalize(dataset.row(row)),
+                rgb: photos.denormalize(&dataset.row(row).ok()?),
             })
         })
     }
@@ -369,7 +369,9 @@ impl State {
                 let picture = match &photo_of {
                     Some(photo) => photo(dataset.id(r))
                         .and_then(|p| crate::output::picture::input_png(&p.rgb, (3, p.height, p.width)).ok()),
-                    None => image.and_then(|shape| crate::output::picture::input_png(dataset.row(r), shape).ok()),
+                    None => {
+                        image.and_then(|shape| crate::output::picture::input_png(&dataset.row(r).ok()?, shape).ok())
+                    }
                 };
                 crate::output::report::ReportInput {
                     id: dataset.id(r),
@@ -634,7 +636,7 @@ impl State {
         let whole = &sel.dataset;
         let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
         for r in 0..whole.len() {
-            for &v in whole.row(r) {
+            for &v in whole.row(r)?.iter() {
                 lo = lo.min(v);
                 hi = hi.max(v);
             }
@@ -644,7 +646,7 @@ impl State {
         let control = crate::ops::Control::new(&cancel);
         let adversarial = crate::ops::attack::perturb(
             &model,
-            &sel.values(),
+            &sel.values()?,
             &sel.ids(),
             &classes,
             &spec.attack,
@@ -655,12 +657,12 @@ impl State {
             &control,
         )?;
         let d = model.input_len();
-        let mut derived = sel.dataset.subset(name, text, &sel.rows);
+        let mut derived = sel.dataset.subset(name, text, &sel.rows)?;
         let mut next = 0;
         derived.edit_rows(|_, row| {
             row.copy_from_slice(&adversarial[next * d..(next + 1) * d]);
             next += 1;
-        });
+        })?;
         let derived = Arc::new(derived);
         let before = interpret::logits(self, &model_name, &sel, &[])?;
         let after = interpret::logits(self, &model_name, &Selection::all(derived.clone()), &[])?;
@@ -910,7 +912,7 @@ impl State {
             }
             Plan::Let { name, dataset } => {
                 let sel = self.select(&dataset)?;
-                let derived = Arc::new(sel.dataset.subset(&name, &dataset.to_string(), &sel.rows));
+                let derived = Arc::new(sel.dataset.subset(&name, &dataset.to_string(), &sel.rows)?);
                 let msg = format!("{name} = {dataset}: {} inputs", derived.len());
                 self.datasets.insert(name, derived);
                 Ok(Output::Message(msg))
