@@ -153,6 +153,64 @@ fn minilm_sentence_similarities_match_sentence_transformers() {
     std::fs::remove_file(&path).ok();
 }
 
+/// Texts are padded to the longest of their dataset, and the encoder runs built for
+/// that length: the same sentences beside a longer one (so padded further) give the same
+/// embeddings, attributions and similarities, to float32 noise (atol 1e-5, rtol 1e-4),
+/// and a similarity's reference may come from data of another length.
+#[test]
+fn padding_never_changes_a_result() {
+    let short = std::fs::read_to_string(fixture("tiny_bert/sentences.txt")).unwrap();
+    let path = std::env::temp_dir().join(format!("ialg-padding-{}.txt", std::process::id()));
+    let long = "The orchestra played a long symphony in the old hall tonight.";
+    std::fs::write(&path, format!("{}\n{long}\n", short.trim_end())).unwrap();
+    let mut s = session(&format!("{TINY} LOAD DATA l FROM '{}' TEXT;", path.display()));
+    std::fs::remove_file(&path).ok();
+    let shapes = query(&mut s, "SHOW DATA");
+    let (short_len, long_len) = (9, 12);
+    assert!(format!("{shapes}").contains(&format!("[{short_len}]")), "{shapes}");
+    assert!(format!("{shapes}").contains(&format!("[{long_len}]")), "{shapes}");
+    let same = |s: &mut ialgebra::exec::Session, q: &str, column: &str| {
+        let a = query(s, &q.replace("DATA", "s"));
+        let b = query(s, &q.replace("DATA", "l[0:3]"));
+        assert!(a.height() > 0);
+        assert_close(q, &column_f64(&a, column), &column_f64(&b, column), 1e-5, 1e-4);
+    };
+    for c in 0..16 {
+        same(
+            &mut s,
+            "SELECT * FROM PREDICT tiny(DATA) ORDER BY input",
+            &format!("logit_{c}"),
+        );
+    }
+    same(
+        &mut s,
+        "SELECT input, token, attribution FROM tiny(DATA) USING integrated_gradients TARGET 3 ORDER BY input, token",
+        "attribution",
+    );
+    same(
+        &mut s,
+        "SELECT input, token, attribution FROM tiny(DATA) USING occlusion(window = 1) TARGET 5 ORDER BY input, token",
+        "attribution",
+    );
+    // A reference from the longer data, for an input of the shorter, and the other way.
+    let a = query(
+        &mut s,
+        "SELECT token, attribution FROM tiny(s[0]) USING integrated_gradients TARGET similarity(s[0], l[1]) ORDER BY token",
+    );
+    let b = query(
+        &mut s,
+        "SELECT token, attribution FROM tiny(l[0]) USING integrated_gradients TARGET similarity(l[0], s[1]) ORDER BY token",
+    );
+    assert_eq!(a.height(), 9);
+    assert_close(
+        "similarity",
+        &column_f64(&a, "attribution"),
+        &column_f64(&b, "attribution"),
+        1e-5,
+        1e-4,
+    );
+}
+
 #[test]
 fn text_errors_say_what_to_do() {
     let mut s = session("");
@@ -177,8 +235,9 @@ fn text_errors_say_what_to_do() {
             "a range of tokens",
         ),
         (
+            // The texts are padded to their longest (9 tokens), not to max_tokens (12).
             "SELECT * FROM tiny(s) USING integrated_gradients WINDOW tokens 3:40",
-            "0 ≤ start < end ≤ 12",
+            "0 ≤ start < end ≤ 9",
         ),
         (
             "SELECT * FROM tiny(s[0]) USING integrated_gradients TARGET similarity(s)",

@@ -11,6 +11,8 @@ With the full-size exports of `tools/make_zoo.py --full` in models/zoo (that too
 needs torchvision, onnx and onnxruntime), the real-scale workloads run as well, each in
 Captum and, for PREDICT, in onnxruntime on the same ONNX file. BENCH_ONLY=real or
 BENCH_ONLY=digits runs one part; BENCH_REAL_RUNS (default 3) sets the real runs.
+BENCH_ONLY=memory measures the peak RSS of IG-50 on ResNet-50 for 32 inputs, with and
+without internal_batch_size.
 """
 
 import collections
@@ -317,8 +319,56 @@ def real_scale():
             show(f"{name} drill-down: 4 gradcam (2 layers × 2 classes)", 4, timed_real(drill, 4))
 
 
+def memory_child(internal_batch_size):
+    """One IG-50 job, ResNet-50 on the 32 images, in this process; prints its peak RSS."""
+    import resource
+
+    sys.path.insert(0, "tools")
+    from make_zoo import full_model
+
+    model = full_model("resnet50")
+    x = torch.from_numpy(np.load("models/zoo/images224_32.npy"))
+    with torch.no_grad():
+        t = model(x).argmax(1)
+    start = time.perf_counter()
+    attr = IntegratedGradients(model).attribute(x, baselines=torch.zeros_like(x), target=t, n_steps=50,
+                                                internal_batch_size=internal_batch_size)
+    seconds = time.perf_counter() - start
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(f"peak_rss_mb={peak_kb / 1024:.0f} seconds={seconds:.1f} total={float(attr.sum()):.6g}")
+
+
+def memory():
+    """The memory goal's job (IG-50, ResNet-50, 32 images at 224×224) in Captum, each
+    setting in a process of its own under a 16 GB address-space cap (the job without
+    internal_batch_size asks for the activations of 1600 images at once)."""
+    if not os.path.exists("models/zoo/resnet50.onnx"):
+        print("memory: run tools/make_zoo.py --full first (writes models/zoo)")
+        return
+    cap = 16 << 30
+    print("\nmemory — IG-50 on ResNet-50, 32 inputs at 224×224, peak RSS of a process of its own")
+    for ibs in (None, 50, 10):
+        child = subprocess.run(
+            [sys.executable, __file__, "--memory-child", str(ibs or 0)],
+            capture_output=True, text=True,
+            preexec_fn=lambda: __import__("resource").setrlimit(__import__("resource").RLIMIT_AS, (cap, cap)))
+        line = next((l for l in child.stdout.splitlines() if l.startswith("peak_rss_mb=")), None)
+        what = f"internal_batch_size={ibs}" if ibs else "no internal_batch_size"
+        if line:
+            print(f"captum {what:<28} {line}")
+        else:
+            tail = (child.stderr.strip().splitlines() or ["?"])[-1]
+            print(f"captum {what:<28} failed under the 16 GB cap: {tail[:160]}")
+
+
 if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--memory-child":
+        memory_child(int(sys.argv[2]) or None)
+        sys.exit(0)
     only = os.environ.get("BENCH_ONLY", "")
+    if only == "memory":
+        memory()
+        sys.exit(0)
     if only != "digits":
         real_scale()
     if only != "real":

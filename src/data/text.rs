@@ -89,10 +89,10 @@ impl TextCodec {
         })
     }
 
-    /// The ids padded to the model's length, as the model's input values.
-    pub fn padded(&self, ids: &[u32]) -> Vec<f32> {
+    /// The ids padded to `length` tokens, as a model's input values.
+    pub fn padded_to(&self, ids: &[u32], length: usize) -> Vec<f32> {
         let mut row: Vec<f32> = ids.iter().map(|&i| i as f32).collect();
-        row.resize(self.max_tokens, self.pad_id as f32);
+        row.resize(length, self.pad_id as f32);
         row
     }
 
@@ -195,20 +195,23 @@ pub fn load(
     if texts.is_empty() {
         return Err(Error::data(format!("{shown} holds no text")));
     }
-    let mut values = Vec::with_capacity(texts.len() * codec.max_tokens);
-    let (mut tokens, mut words) = (Vec::new(), Vec::new());
+    let (mut ids, mut tokens, mut words) = (Vec::new(), Vec::new(), Vec::new());
     let mut cut = 0;
     for t in &texts {
         let e = codec.encode(t)?;
         cut += usize::from(e.dropped > 0);
-        values.extend(codec.padded(&e.ids));
+        ids.push(e.ids);
         tokens.push(e.tokens);
         words.push(e.words);
     }
+    // Padded to the longest text, as sentence-transformers pads a batch: padding never
+    // changes a result (the model masks it), and a shorter sequence costs less.
+    let length = ids.iter().map(Vec::len).max().unwrap_or(0).max(2);
+    let values: Vec<f32> = ids.iter().flat_map(|ids| codec.padded_to(ids, length)).collect();
     let modality = super::Modality::Text {
         tokens: std::sync::Arc::new(tokens),
         words: std::sync::Arc::new(words),
     };
-    let ds = super::Dataset::new(name, &shown, vec![codec.max_tokens], modality, values, labels)?;
+    let ds = super::Dataset::new(name, &shown, vec![length], modality, values, labels)?;
     Ok((ds, cut))
 }

@@ -469,6 +469,20 @@ struct Prepared {
     memo_key: Key,
 }
 
+/// The model `name` (or the model it was bound from) bound to inputs of `shape`.
+fn model_for_shape(state: &mut State, name: &str, shape: &[usize]) -> Result<Arc<Model>> {
+    let base = name
+        .strip_suffix(']')
+        .and_then(|n| n.rsplit_once('['))
+        .map_or(name, |(base, _)| base);
+    let loaded = state.model(base)?.model;
+    if loaded.input_shape == shape {
+        return Ok(loaded);
+    }
+    let (bound, _) = crate::plan::Catalog::bind_model(&*state, base, shape)?;
+    Ok(state.model(&bound)?.model)
+}
+
 /// One hash of every selected input's contents (read a block at a time).
 fn contents_hash(sel: &Selection) -> Result<u64> {
     use std::hash::{Hash, Hasher};
@@ -658,7 +672,13 @@ fn run_unnamed(state: &mut State, a: &Attribution, through: Option<&LayerRef>) -
                     sel.len()
                 )));
             }
-            let out = model.logits(Batch::new(batch_shape(1, &model.input_shape), sel.values()?)?)?;
+            // A text reference of another length runs the encoder built for its length.
+            let embed = if sel.dataset.sample_shape == model.input_shape {
+                model.clone()
+            } else {
+                model_for_shape(state, &a.model, &sel.dataset.sample_shape)?
+            };
+            let out = embed.logits(Batch::new(batch_shape(1, &embed.input_shape), sel.values()?)?)?;
             std::sync::Arc::new(model.with_cosine_head(out.data())?)
         }
         _ => model,

@@ -412,11 +412,12 @@ impl State {
         let Some(loaded) = self.models.get(base) else {
             return Ok(None);
         };
-        let Some(graph) = &loaded.model.dynamic else {
-            return Ok(None);
-        };
         let shape: Vec<usize> = dims.split('×').filter_map(|d| d.parse().ok()).collect();
-        let model = graph.bind(&shape)?;
+        let model = match (&loaded.model.dynamic, &loaded.model.lengths, shape.as_slice()) {
+            (Some(graph), _, _) => graph.bind(&shape)?,
+            (None, Some(lengths), [length]) => lengths.bind(*length)?,
+            _ => return Ok(None),
+        };
         if let Some(c) = &loaded.classes
             && c.len() != model.output_len()
         {
@@ -715,9 +716,9 @@ impl State {
             })?;
         let (ds, cut) = data::text::load(name, path, column, label_column, &codec)?;
         let mut msg = format!(
-            "loaded data {name}: {} texts, tokenized by {model_name} into {} tokens each (padded){}",
+            "loaded data {name}: {} texts, tokenized by {model_name}, padded to the longest: {} tokens{}",
             ds.len(),
-            codec.max_tokens,
+            ds.sample_len(),
             if ds.has_labels() { ", with labels" } else { "" }
         );
         if cut > 0 {
@@ -806,6 +807,18 @@ impl State {
                 };
                 if let Some(head) = &head {
                     model = model.with_head_file(head)?;
+                }
+                if arch.is_none() && weights.is_dir() {
+                    // The encoder is built again (with its head) for the length of the
+                    // texts it meets: data are padded only to their longest text.
+                    let (dir, head) = (weights.clone(), head.clone());
+                    model.lengths = Some(Arc::new(crate::model::Lengths::new(move |length| {
+                        let m = crate::model::bert::load(&dir, length)?;
+                        match &head {
+                            Some(h) => m.with_head_file(h),
+                            None => Ok(m),
+                        }
+                    })));
                 }
                 // An ONNX file is its own architecture.
                 let arch = arch.unwrap_or_else(|| weights.clone());
@@ -1045,6 +1058,7 @@ fn model_info(loaded: &LoadedModel) -> ModelInfo {
         sequence_input: m.is_sequence(),
         volume_input: m.is_volume(),
         dynamic: m.dynamic.is_some(),
+        text_length: m.lengths.as_ref().map(|_| m.input_len()),
     }
 }
 

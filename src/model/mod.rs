@@ -41,6 +41,68 @@ pub struct Model {
     /// An ONNX graph with symbolic input axes: this model only lists its nodes, and the
     /// graph is bound to the shape of the data it meets (`DynamicGraph::bind`).
     pub dynamic: Option<std::sync::Arc<onnx::DynamicGraph>>,
+    /// A text model that can be built again for another sequence length: the data it
+    /// meets, padded only to their longest text, run the model built for that length.
+    pub lengths: Option<std::sync::Arc<Lengths>>,
+}
+
+/// A text model's builds for the sequence lengths it has met (the few most recent kept:
+/// each holds its own weights).
+pub struct Lengths {
+    build: Box<dyn Fn(usize) -> Result<Model> + Send + Sync>,
+    built: std::sync::Mutex<Vec<(usize, std::sync::Arc<Model>)>>,
+}
+
+/// Builds a text model keeps besides the one it was loaded as.
+const LENGTHS_KEPT: usize = 4;
+
+impl std::fmt::Debug for Lengths {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let built: Vec<usize> = self
+            .built
+            .lock()
+            .map(|b| b.iter().map(|(l, _)| *l).collect())
+            .unwrap_or_default();
+        write!(f, "Lengths(built for {built:?})")
+    }
+}
+
+impl Lengths {
+    pub fn new(build: impl Fn(usize) -> Result<Model> + Send + Sync + 'static) -> Lengths {
+        Lengths {
+            build: Box::new(build),
+            built: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The model for texts of `length` tokens, built on first use.
+    pub fn bind(&self, length: usize) -> Result<std::sync::Arc<Model>> {
+        let poisoned = || Error::model("internal: a poisoned lock");
+        if let Some(m) = self
+            .built
+            .lock()
+            .map_err(|_| poisoned())?
+            .iter()
+            .find(|(l, _)| *l == length)
+        {
+            return Ok(m.1.clone());
+        }
+        // Built outside the lock: a build reads the weights again.
+        let model = std::sync::Arc::new((self.build)(length)?);
+        if model.input_len() != length {
+            return Err(Error::shape(format!(
+                "`{}` takes at most {} tokens; these texts hold {length}",
+                model.source,
+                model.input_len()
+            )));
+        }
+        let mut built = self.built.lock().map_err(|_| poisoned())?;
+        if built.len() >= LENGTHS_KEPT {
+            built.remove(0);
+        }
+        built.push((length, model.clone()));
+        Ok(model)
+    }
 }
 
 /// An activation edit at a hook point: a block of units of a layer's output set, scaled
@@ -202,6 +264,7 @@ impl Model {
             aliases: Default::default(),
             text: None,
             dynamic: None,
+            lengths: None,
         })
     }
 
@@ -217,6 +280,7 @@ impl Model {
             aliases: self.aliases.clone(),
             text: self.text.clone(),
             dynamic: self.dynamic.clone(),
+            lengths: self.lengths.clone(),
         }
     }
 
@@ -376,6 +440,7 @@ impl Model {
             aliases: self.aliases.clone(),
             text: self.text.clone(),
             dynamic: self.dynamic.clone(),
+            lengths: self.lengths.clone(),
         }
     }
 
@@ -497,6 +562,7 @@ impl Model {
             aliases: self.aliases.clone(),
             text: self.text.clone(),
             dynamic: self.dynamic.clone(),
+            lengths: self.lengths.clone(),
         })
     }
 

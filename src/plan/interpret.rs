@@ -211,7 +211,13 @@ pub(super) fn plan_clauses(call: &ast::ModelCall, clauses: &Clauses, catalog: &d
                     }
                 };
                 let (r, rinfo) = resolve_dataset(reference, catalog)?;
-                same_features(&rinfo, model.input_shape.iter().product(), &r.name, reference.span)?;
+                // A text reference may be padded to another length: the encoder is
+                // built for its length too.
+                let text_pair =
+                    matches!(rinfo.modality, Modality::Text { .. }) && matches!(info.modality, Modality::Text { .. });
+                if !text_pair {
+                    same_features(&rinfo, model.input_shape.iter().product(), &r.name, reference.span)?;
+                }
                 TargetSpec::Similarity(r)
             }
         },

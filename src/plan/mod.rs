@@ -37,6 +37,9 @@ pub struct ModelInfo {
     /// The input has symbolic axes: the model is bound to the shape of its data
     /// (`Catalog::bind_model`) before anything else is resolved.
     pub dynamic: bool,
+    /// A text model that is built again for the length of its data: the length it is
+    /// built for.
+    pub text_length: Option<usize>,
     /// The names of its outputs (CLASSES).
     pub classes: Option<std::sync::Arc<Vec<String>>>,
 }
@@ -379,6 +382,16 @@ pub fn resolve_int(value: &Value, catalog: &dyn Catalog, what: &str) -> Result<i
 /// has symbolic axes is bound to the shape of `d` (named `m[3×48×48]`).
 pub fn resolve_call_model(call: &ast::ModelCall, catalog: &dyn Catalog) -> Result<(String, ModelInfo)> {
     let model = resolve_model(&call.model, catalog)?;
+    if let (Some(length), Some(info)) = (model.text_length, catalog.dataset(&call.data.name.name))
+        && matches!(info.modality, crate::data::Modality::Text { .. })
+        && info.sample_shape.len() == 1
+        && info.sample_shape[0] != length
+    {
+        // Texts padded to their longest run the encoder built for that length.
+        return catalog
+            .bind_model(&call.model.name, &info.sample_shape)
+            .map_err(|e| e.at(call.span));
+    }
     if !model.dynamic {
         return Ok((call.model.name.clone(), model));
     }

@@ -441,6 +441,7 @@ impl Importer {
             aliases,
             text: None,
             dynamic: None,
+            lengths: None,
         })
     }
 }
