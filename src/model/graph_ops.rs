@@ -48,7 +48,7 @@ impl MapFn {
         match self {
             MapFn::HardSigmoid { alpha, beta } => (alpha * x + beta).clamp(0.0, 1.0),
             MapFn::HardSwish => x * (x / 6.0 + 0.5).clamp(0.0, 1.0),
-            MapFn::Erf => libm::erff(x),
+            MapFn::Erf => super::kernels::erf(x),
             MapFn::Exp => x.exp(),
             MapFn::Log => x.ln(),
             MapFn::Sqrt => x.sqrt(),

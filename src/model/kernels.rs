@@ -1046,8 +1046,44 @@ pub fn adaptive_avgpool2d(x: &[f32], g: Planes, y: &mut [f32], backward: bool) {
     }
 }
 
+/// The error function in float32 without branches, so that a loop over a buffer
+/// vectorises: x·P(x²)/Q(x²) on [−4, 4] (beyond, erf is ±1 in float32), the rational
+/// approximation of Eigen and XLA. Within 4.2e-7 of libm's `erff` everywhere (tested;
+/// 3.5 float32 steps near ±1),
+/// where libm's scalar, branchy version was an eighth of a MiniLM forward.
+#[inline]
+pub fn erf(x: f32) -> f32 {
+    let x = x.clamp(-4.0, 4.0);
+    let x2 = x * x;
+    let mut p = x2 * -2.726_142_3e-10 + 2.770_681_4e-8;
+    p = x2 * p + -2.101_024e-6;
+    p = x2 * p + -5.692_506_4e-5;
+    p = x2 * p + -7.349_906_3e-4;
+    p = x2 * p + -2.954_600_1e-3;
+    p = x2 * p + -1.609_603_3e-2;
+    let mut q = x2 * -1.456_607_2e-5 + -2.133_740_6e-4;
+    q = x2 * q + -1.682_827e-3;
+    q = x2 * q + -7.373_329_4e-3;
+    q = x2 * q + -1.426_474e-2;
+    x * p / q
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn erf_is_within_float_noise_of_libm() {
+        let mut worst = 0.0f32;
+        for i in -80_000..=80_000 {
+            let x = i as f32 * 1e-4;
+            worst = worst.max((super::erf(x) - libm::erff(x)).abs());
+        }
+        for x in [0.0f32, 1e-30, -1e-8, 10.0, -50.0, f32::MAX, f32::MIN] {
+            worst = worst.max((super::erf(x) - libm::erff(x)).abs());
+        }
+        assert!(worst <= 4.5e-7, "erf differs from libm's by {worst}");
+        assert!(super::erf(f32::NAN).is_nan());
+    }
+
     use super::*;
 
     fn values(len: usize, seed: u32) -> Vec<f32> {

@@ -136,14 +136,15 @@ impl Op {
     }
 }
 
-// GELU in float32, as PyTorch computes it (libm's f32 erf and exp: a transformer's
-// GELUs are a tenth of its integrated gradients in f64).
+// GELU in float32, as PyTorch computes it (a float32 erf and exp: a transformer's
+// GELUs are a tenth of its integrated gradients in f64); the erf without branches, so
+// that the layer's loop vectorises.
 fn gelu_forward(x: f32, tanh_approx: bool) -> f32 {
     if tanh_approx {
         let k = (2.0 / std::f32::consts::PI).sqrt();
         0.5 * x * (1.0 + (k * (x + 0.044715 * x * x * x)).tanh())
     } else {
-        0.5 * x * (1.0 + libm::erff(x / std::f32::consts::SQRT_2))
+        0.5 * x * (1.0 + super::kernels::erf(x / std::f32::consts::SQRT_2))
     }
 }
 
@@ -153,7 +154,7 @@ fn gelu_grad(x: f32, tanh_approx: bool) -> f32 {
         let t = (k * (x + 0.044715 * x * x * x)).tanh();
         0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * k * (1.0 + 3.0 * 0.044715 * x * x)
     } else {
-        let cdf = 0.5 * (1.0 + libm::erff(x / std::f32::consts::SQRT_2));
+        let cdf = 0.5 * (1.0 + super::kernels::erf(x / std::f32::consts::SQRT_2));
         let pdf = (-0.5 * x * x).exp() / (2.0 * std::f32::consts::PI).sqrt();
         cdf + x * pdf
     }
@@ -206,7 +207,8 @@ impl Layer {
             Op::LeakyRelu { slope } => map(xs, |v| if v > 0.0 { v } else { v * slope }),
             Op::Sigmoid => map(xs, |v| 1.0 / (1.0 + (-v).exp())),
             Op::Tanh => map(xs, f32::tanh),
-            Op::Gelu { tanh_approx } => map(xs, |v| gelu_forward(v, *tanh_approx)),
+            Op::Gelu { tanh_approx: false } => map(xs, |v| gelu_forward(v, false)),
+            Op::Gelu { tanh_approx: true } => map(xs, |v| gelu_forward(v, true)),
             Op::Softmax { axis } => {
                 let mut ys = zeros();
                 let (outer, len, inner) = axis_split(&self.in_shape, *axis);
@@ -274,6 +276,8 @@ impl Layer {
                 }
                 ys
             }
+            // Erf alone, so that its loop vectorises (ONNX exports spell GELU with it).
+            Op::Map(MapFn::Erf) => map(xs, super::kernels::erf),
             Op::Map(f) => map(xs, |v| f.apply(v)),
             Op::Nary(nary) => nary.forward(args, shape[1..].iter().product()),
             Op::Select(select) => select.forward(args),
