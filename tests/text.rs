@@ -211,6 +211,32 @@ fn padding_never_changes_a_result() {
     );
 }
 
+/// A transformer's wide linear layers multiply all the rows of a batch in one product
+/// (no padded blocks): the bits of a result must not depend on how many sentences share
+/// a batch. PREDICT and IG on MiniLM, bit for bit, at batch sizes 1, 3 and auto.
+#[test]
+fn minilm_results_do_not_depend_on_the_batch_size() {
+    let Some(dir) = minilm() else { return };
+    let mut s = session(&format!(
+        "SET cache_mb = 0; LOAD MODEL m FROM '{dir}'; LOAD DATA p FROM 'data/sentences.csv' TEXT COLUMN sentence;"
+    ));
+    let queries = [
+        "SELECT * FROM PREDICT m(p) ORDER BY input",
+        "SELECT input, token, attribution FROM m(p[0:4]) USING integrated_gradients(steps = 8) TARGET similarity(p[5]) ORDER BY input, token",
+    ];
+    for q in queries {
+        let reference = query(&mut s, q);
+        for batch in ["1", "3", "auto"] {
+            s.execute(&format!("SET batch_size = {batch}")).unwrap();
+            assert!(
+                query(&mut s, q).equals_missing(&reference),
+                "{q} differs at batch_size = {batch}"
+            );
+        }
+        s.execute("SET batch_size = auto").unwrap();
+    }
+}
+
 #[test]
 fn text_errors_say_what_to_do() {
     let mut s = session("");

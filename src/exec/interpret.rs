@@ -80,7 +80,7 @@ pub(super) fn hook_values(
                 missing
                     .len()
                     .div_ceil(threads * 8)
-                    .max(model.rows_filling_blocks())
+                    .max(model.inputs_for_wide_products())
                     .min(missing.len().div_ceil(threads)),
             )
             .max(1);

@@ -738,12 +738,17 @@ fn with_scratch<R>(a: usize, b: usize, f: impl FnOnce(&mut [f32], &mut [f32]) ->
 /// zero rows) makes a row's result independent of how many rows share its batch, so that
 /// a query gives the same bits whatever SET batch_size is.
 const LINEAR_BLOCK: usize = 16;
-/// Wide layers (a transformer's, ≥ 2¹⁶ weights) take 128 rows at a time: gemm runs them
-/// 2.3× faster than 16 (384×384: 128 against 54 GFLOP/s on one core), which outweighs
-/// padding the last block. Fixed per layer shape, so still independent of the batch.
-pub const WIDE_BLOCK: usize = 128;
+/// Wide layers (a transformer's, ≥ 2¹⁶ weights) need no blocks: gemm sums each row of
+/// such a product in the same order whatever the number of rows, from 2 on (1 takes its
+/// vector path) — `wide_products_do_not_depend_on_their_row_count` holds it to that — so
+/// all rows go in one call (a lone row beside a zero row): no padded rows, the weights
+/// packed once, and the same bits as any batching.
+const WIDE_MIN_ROWS: usize = 2;
+/// Rows from which gemm runs a wide product near its best (forward chunks hold at least
+/// this many when they can).
+pub const WIDE_EFFICIENT_ROWS: usize = 64;
 
-/// Whether a linear layer of these sizes multiplies WIDE_BLOCK rows at a time.
+/// Whether a linear layer of these sizes multiplies all its rows in one product.
 pub fn is_wide(inp: usize, out: usize) -> bool {
     inp * out >= 1 << 16
 }
@@ -762,7 +767,11 @@ fn blocked_rows(
     y: &mut [f32],
     accumulate: bool,
 ) {
-    let block = if is_wide(inp, out) { WIDE_BLOCK } else { LINEAR_BLOCK };
+    let block = if is_wide(inp, out) {
+        rows.max(WIDE_MIN_ROWS)
+    } else {
+        LINEAR_BLOCK
+    };
     let full = rows / block * block;
     for start in (0..full).step_by(block) {
         matmul(
@@ -1070,6 +1079,40 @@ pub fn erf(x: f32) -> f32 {
 
 #[cfg(test)]
 mod tests {
+    /// What the unpadded wide products rely on (see WIDE_MIN_ROWS): a row's bits do not
+    /// depend on how many rows share its product, in the forward's and the backward's
+    /// operand layouts, at the wide shapes of MiniLM, BERT-base and ViTs.
+    #[test]
+    fn wide_products_do_not_depend_on_their_row_count() {
+        for (k, n) in [
+            (256, 256),
+            (384, 384),
+            (384, 1536),
+            (1536, 384),
+            (768, 3072),
+            (3072, 768),
+        ] {
+            let most = 700;
+            let a: Vec<f32> = (0..most * k).map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5).collect();
+            let w: Vec<f32> = (0..n * k).map(|i| ((i * 104_729) % 997) as f32 * 1e-3 - 0.5).collect();
+            // forward: y = x·Wᵀ with W [n, k]; backward: g·W with W [k, n]
+            for (rs, cs) in [(1, k), (n, 1)] {
+                let product = |m: usize| {
+                    let mut c = vec![0.0f32; m * n];
+                    super::matmul(m, n, k, &mut c, n, &a, k, 1, &w, rs, cs, false);
+                    c
+                };
+                let reference = product(most);
+                for m in [2, 3, 17, 40, 128, 129, 333] {
+                    assert!(
+                        product(m) == reference[..m * n],
+                        "{m} rows of a {k}×{n} product differ from the same rows among {most}"
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn erf_is_within_float_noise_of_libm() {
         let mut worst = 0.0f32;

@@ -289,15 +289,16 @@ impl Model {
         self.layers.last().map_or(0, |l| l.out_shape.iter().product())
     }
 
-    /// The fewest inputs that fill a wide linear layer's block of rows (a transformer's
-    /// layers see one row per token), so that a forward in chunks does not pad them.
-    pub fn rows_filling_blocks(&self) -> usize {
+    /// The fewest inputs that give a wide linear layer's product (a transformer's layers
+    /// see one row per token) the rows gemm runs efficiently, so that a forward in chunks
+    /// does not starve it.
+    pub fn inputs_for_wide_products(&self) -> usize {
         self.layers
             .iter()
             .filter_map(|l| match &l.op {
                 Op::Linear { inp, out, .. } if kernels::is_wide(*inp, *out) => {
                     let per_input = l.in_shape.iter().product::<usize>() / inp.max(&1);
-                    Some(kernels::WIDE_BLOCK.div_ceil(per_input.max(1)))
+                    Some(kernels::WIDE_EFFICIENT_ROWS.div_ceil(per_input.max(1)))
                 }
                 _ => None,
             })
