@@ -296,7 +296,16 @@ impl LayerSpec {
                 };
                 let mut shape = in_shape.to_vec();
                 *shape.last_mut().expect("rank ≥ 1") = out;
-                (Op::Linear { inp, out, weight, bias }, shape)
+                (
+                    Op::Linear {
+                        inp,
+                        out,
+                        weight,
+                        bias,
+                        transposed: Default::default(),
+                    },
+                    shape,
+                )
             }
             "conv2d" => {
                 self.need_rank(in_shape, &[3], "a [channels, height, width] input")?;

@@ -818,6 +818,35 @@ pub fn linear_forward(
     blocked_rows(x, rows, inp, out, weight, 1, inp, y, bias.is_some());
 }
 
+/// As `linear_forward`, with the weights given transposed: Wᵀ is [in, out].
+pub fn linear_forward_transposed(
+    x: &[f32],
+    rows: usize,
+    inp: usize,
+    out: usize,
+    weight_t: &[f32],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) {
+    if let Some(b) = bias {
+        for r in 0..rows {
+            y[r * out..(r + 1) * out].copy_from_slice(b);
+        }
+    }
+    blocked_rows(x, rows, inp, out, weight_t, out, 1, y, bias.is_some());
+}
+
+/// The [cols, rows] transpose of a row-major [rows, cols] matrix.
+pub fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0.0; rows * cols];
+    for (r, row) in m.chunks_exact(cols).enumerate() {
+        for (c, &v) in row.iter().enumerate() {
+            t[c * rows + r] = v;
+        }
+    }
+    t
+}
+
 /// Linear input gradient: gx[rows, in] = gy[rows, out] · W.
 pub fn linear_backward(gy: &[f32], rows: usize, inp: usize, out: usize, weight: &[f32], gx: &mut [f32]) {
     blocked_rows(gy, rows, out, inp, weight, inp, 1, gx, false);

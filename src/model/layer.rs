@@ -17,6 +17,9 @@ pub enum Op {
         out: usize,
         weight: Vec<f32>,
         bias: Option<Vec<f32>>,
+        /// Wᵀ ([inp, out]), made on a wide layer's first forward: gemm reads it without
+        /// the transposing pack it gave W on every call (a third of a MiniLM forward).
+        transposed: Adjoint,
     },
     Conv2d {
         out: usize,
@@ -185,9 +188,21 @@ impl Layer {
         let mut memo = Memo::None;
         // Element-wise layers collect their output; the others write into zeros.
         let data = match &self.op {
-            Op::Linear { inp, out, weight, bias } => {
+            Op::Linear {
+                inp,
+                out,
+                weight,
+                bias,
+                transposed,
+            } => {
                 let mut ys = zeros();
-                kernels::linear_forward(xs, xs.len() / inp, *inp, *out, weight, bias.as_deref(), &mut ys);
+                let rows = xs.len() / inp;
+                if kernels::is_wide(*inp, *out) {
+                    let wt = transposed.get_or_init(|| kernels::transpose(weight, *out, *inp));
+                    kernels::linear_forward_transposed(xs, rows, *inp, *out, wt, bias.as_deref(), &mut ys);
+                } else {
+                    kernels::linear_forward(xs, rows, *inp, *out, weight, bias.as_deref(), &mut ys);
+                }
                 ys
             }
             Op::Conv2d {

@@ -427,6 +427,7 @@ impl Model {
                 out,
                 weight,
                 bias: Some(bias),
+                transposed: Default::default(),
             },
             in_shape: vec![units],
             out_shape: vec![out],

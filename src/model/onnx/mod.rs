@@ -1585,7 +1585,13 @@ impl Importer {
             }
             Some(k) => return Err(unsupported(format!("a Gemm bias of shape {:?}", k.shape))),
         };
-        let op = Op::Linear { inp, out, weight, bias };
+        let op = Op::Linear {
+            inp,
+            out,
+            weight,
+            bias,
+            transposed: Default::default(),
+        };
         let mut out_shape = shape.clone();
         *out_shape.last_mut().expect("rank ≥ 1") = out;
         self.unary_layer(node, op, (slot, shape), out_shape);
@@ -1610,6 +1616,7 @@ impl Importer {
                     out: n,
                     weight,
                     bias: None,
+                    transposed: Default::default(),
                 };
                 self.unary_layer(node, op, (slot, shape), out);
                 Ok(())
@@ -2648,6 +2655,7 @@ impl Importer {
                     out: len,
                     weight,
                     bias: None,
+                    transposed: Default::default(),
                 };
                 self.unary_layer(node, op, (slot, full.clone()), full);
             }
