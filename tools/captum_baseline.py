@@ -10,7 +10,8 @@ Run from the repository root:
 With the full-size exports of `tools/make_zoo.py --full` in models/zoo (that tool also
 needs torchvision, onnx and onnxruntime), the real-scale workloads run as well, each in
 Captum and, for PREDICT, in onnxruntime on the same ONNX file. BENCH_ONLY=real or
-BENCH_ONLY=digits runs one part; BENCH_REAL_RUNS (default 3) sets the real runs.
+BENCH_ONLY=digits runs one part; BENCH_REAL_RUNS (default 3) sets the real runs;
+BENCH_MODELS (e.g. resnet18,vit_s_16) and BENCH_SKIP=integrated pick as the bench does.
 BENCH_ONLY=memory measures the peak RSS of IG-50 on ResNet-50 for 32 inputs, with and
 without internal_batch_size.
 """
@@ -280,9 +281,11 @@ def real_scale():
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 2
     opts.inter_op_num_threads = 1
+    picked = [m for m in os.environ.get("BENCH_MODELS", "").split(",") if m]
+    skip = [w for w in os.environ.get("BENCH_SKIP", "").split(",") if w]
     for name, _ in FULL_MODELS:
         path = f"models/zoo/{name}.onnx"
-        if not os.path.exists(path):
+        if not os.path.exists(path) or (picked and name not in picked):
             continue
         model = full_model(name)
         sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
@@ -307,7 +310,7 @@ def real_scale():
                 layer = getattr(model, last)
                 show(f"{name} gradcam at {last}, {data}", n,
                      timed_real(lambda: LayerGradCam(model, layer).attribute(x, target=t), n))
-            if n <= 4:
+            if n <= 4 and "integrated" not in skip:
                 x1, t1 = x[:1], t[:1]
                 show(f"{name} integrated_gradients 50, one input", 1, timed_real(
                     lambda: IntegratedGradients(model).attribute(x1, baselines=torch.zeros_like(x1), target=t1,
