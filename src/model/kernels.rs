@@ -800,13 +800,22 @@ fn blocked_rows(
     }
 }
 
-/// Linear forward over `rows` rows: y[rows, out] = x[rows, in] · Wᵀ + b, W is [out, in].
+/// A linear layer's weights as a product reads them.
+#[derive(Clone, Copy)]
+pub enum Weights<'a> {
+    /// W, [out, in], as PyTorch stores it.
+    Rows(&'a [f32]),
+    /// Wᵀ, [in, out]: gemm reads it without a transposing pack.
+    Transposed(&'a [f32]),
+}
+
+/// Linear forward over `rows` rows: y[rows, out] = x[rows, in] · Wᵀ + b.
 pub fn linear_forward(
     x: &[f32],
     rows: usize,
     inp: usize,
     out: usize,
-    weight: &[f32],
+    weights: Weights,
     bias: Option<&[f32]>,
     y: &mut [f32],
 ) {
@@ -815,25 +824,11 @@ pub fn linear_forward(
             y[r * out..(r + 1) * out].copy_from_slice(b);
         }
     }
-    blocked_rows(x, rows, inp, out, weight, 1, inp, y, bias.is_some());
-}
-
-/// As `linear_forward`, with the weights given transposed: Wᵀ is [in, out].
-pub fn linear_forward_transposed(
-    x: &[f32],
-    rows: usize,
-    inp: usize,
-    out: usize,
-    weight_t: &[f32],
-    bias: Option<&[f32]>,
-    y: &mut [f32],
-) {
-    if let Some(b) = bias {
-        for r in 0..rows {
-            y[r * out..(r + 1) * out].copy_from_slice(b);
-        }
-    }
-    blocked_rows(x, rows, inp, out, weight_t, out, 1, y, bias.is_some());
+    let (w, w_rs, w_cs) = match weights {
+        Weights::Rows(w) => (w, 1, inp),
+        Weights::Transposed(w) => (w, out, 1),
+    };
+    blocked_rows(x, rows, inp, out, w, w_rs, w_cs, y, bias.is_some());
 }
 
 /// The [cols, rows] transpose of a row-major [rows, cols] matrix.

@@ -197,12 +197,12 @@ impl Layer {
             } => {
                 let mut ys = zeros();
                 let rows = xs.len() / inp;
-                if kernels::is_wide(*inp, *out) {
-                    let wt = transposed.get_or_init(|| kernels::transpose(weight, *out, *inp));
-                    kernels::linear_forward_transposed(xs, rows, *inp, *out, wt, bias.as_deref(), &mut ys);
+                let weights = if kernels::is_wide(*inp, *out) {
+                    kernels::Weights::Transposed(transposed.get_or_init(|| kernels::transpose(weight, *out, *inp)))
                 } else {
-                    kernels::linear_forward(xs, rows, *inp, *out, weight, bias.as_deref(), &mut ys);
-                }
+                    kernels::Weights::Rows(weight)
+                };
+                kernels::linear_forward(xs, rows, *inp, *out, weights, bias.as_deref(), &mut ys);
                 ys
             }
             Op::Conv2d {
