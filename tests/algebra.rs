@@ -421,6 +421,47 @@ fn layer_methods_share_cached_activations() {
     assert_eq!(cached, computed);
 }
 
+/// A drill-down session (Grad-CAM at the last stage for two classes, then an earlier
+/// stage, then layer gradient × activation at a still earlier one for the predicted
+/// class): the first query's forward keeps its passes from an early stage, and every
+/// later query runs only the backward part — no forward pass at all — with the same
+/// tables as a session without caches.
+#[test]
+fn drill_down_runs_only_the_backward_part() {
+    let session = |cache_mb: usize| {
+        let mut s = Session::new();
+        s.execute(&format!(
+            "SET cache_mb = {cache_mb};
+             LOAD DATA x FROM 'tests/fixtures/zoo/resnet_basic.inputs.npy';
+             LOAD MODEL m FROM 'tests/fixtures/zoo/resnet_basic.ts.onnx'"
+        ))
+        .unwrap();
+        s
+    };
+    let queries = [
+        "SELECT * FROM m(x) TARGET 1 AT LAYER layer4 USING gradcam ORDER BY input, unit",
+        "SELECT * FROM m(x) TARGET 2 AT LAYER layer4 USING gradcam ORDER BY input, unit",
+        "SELECT * FROM m(x) TARGET 1 AT LAYER layer3 USING gradcam ORDER BY input, unit",
+        "SELECT * FROM m(x) AT LAYER layer2 USING layer_gradient_x_activation ORDER BY input, unit",
+    ];
+    let mut cached = session(256);
+    let mut fresh = session(0);
+    let model = cached.model("m").unwrap();
+    let passes = || model.passes.load(std::sync::atomic::Ordering::Relaxed);
+    let mut after_first = 0;
+    for (i, q) in queries.iter().enumerate() {
+        let got = query(&mut cached, q);
+        if i == 0 {
+            after_first = passes();
+        }
+        assert!(got.height() > 0, "a test that cannot fail");
+        assert_eq!(got, query(&mut fresh, q), "{q}");
+    }
+    assert_eq!(passes(), after_first, "the later queries ran no forward pass");
+    let cache = query(&mut cached, "SHOW CACHE");
+    assert_eq!(column_f64(&cache, "passes"), [1.0]);
+}
+
 /// A whole-dataset audit grouped by input streams: with a small memory budget the
 /// inputs are attributed and aggregated a chunk at a time, with the same answer.
 #[test]

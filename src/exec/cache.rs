@@ -19,10 +19,14 @@ pub struct Key {
 /// The `hook` of a memo entry, whose `input` hashes the whole interpretation.
 pub const MEMO: usize = usize::MAX;
 
+/// The `hook` of kept forward passes, whose `input` hashes the inputs they ran on.
+pub const TAPES: usize = usize::MAX - 1;
+
 #[derive(Clone)]
 enum Stored {
     Values(Arc<Vec<f32>>),
     Relation(polars::prelude::DataFrame),
+    Tapes(Arc<crate::ops::KeptTapes>),
 }
 
 struct Entry {
@@ -82,7 +86,7 @@ impl ActivationCache {
     pub fn get(&mut self, key: &Key) -> Option<Arc<Vec<f32>>> {
         match self.lookup(key)? {
             Stored::Values(v) => Some(v),
-            Stored::Relation(_) => None,
+            _ => None,
         }
     }
 
@@ -90,7 +94,15 @@ impl ActivationCache {
     pub fn get_relation(&mut self, key: &Key) -> Option<polars::prelude::DataFrame> {
         match self.lookup(key)? {
             Stored::Relation(df) => Some(df),
-            Stored::Values(_) => None,
+            _ => None,
+        }
+    }
+
+    /// Forward passes kept for a drill-down on the same inputs.
+    pub fn get_tapes(&mut self, key: &Key) -> Option<Arc<crate::ops::KeptTapes>> {
+        match self.lookup(key)? {
+            Stored::Tapes(t) => Some(t),
+            _ => None,
         }
     }
 
@@ -102,6 +114,11 @@ impl ActivationCache {
     pub fn put(&mut self, key: Key, values: Vec<f32>) {
         let bytes = entry_bytes(&values);
         self.store(key, Stored::Values(Arc::new(values)), bytes);
+    }
+
+    pub fn put_tapes(&mut self, key: Key, tapes: crate::ops::KeptTapes) {
+        let bytes = tapes.bytes() + 64;
+        self.store(key, Stored::Tapes(Arc::new(tapes)), bytes);
     }
 
     pub fn put_relation(&mut self, key: Key, df: polars::prelude::DataFrame) {
@@ -126,10 +143,11 @@ impl ActivationCache {
         self.evict_to(self.budget_bytes);
     }
 
-    /// (activation entries, memoised results).
-    pub fn counts(&self) -> (usize, usize) {
+    /// (activation entries, memoised results, kept forward passes).
+    pub fn counts(&self) -> (usize, usize, usize) {
         let memo = self.entries.keys().filter(|k| k.hook == MEMO).count();
-        (self.entries.len() - memo, memo)
+        let tapes = self.entries.keys().filter(|k| k.hook == TAPES).count();
+        (self.entries.len() - memo - tapes, memo, tapes)
     }
 
     fn evict_to(&mut self, budget: usize) {

@@ -9,7 +9,7 @@ use rayon::prelude::*;
 use super::State;
 use std::sync::Arc;
 
-use super::cache::{Key, MEMO, input_hash};
+use super::cache::{Key, MEMO, TAPES, input_hash};
 use crate::data::{Modality, Selection};
 use crate::error::{Error, Result};
 use crate::model::{Batch, Forward, Model, Op};
@@ -25,7 +25,62 @@ use crate::plan::{
 /// are stored in the cache.
 pub(super) fn logits(state: &mut State, model_name: &str, sel: &Selection, record: &[usize]) -> Result<Vec<Vec<f32>>> {
     let last = state.model(model_name)?.model.layers.len() - 1;
-    hook_values(state, model_name, sel, last, record)
+    hook_values(state, model_name, sel, last, record, None)
+}
+
+/// The layer of a query a drill-down session can answer from kept forward passes: a
+/// Grad-CAM or layer gradient × activation at a layer, for classes of the model's own
+/// output, with the cache on. Such a query's forward pass keeps what a backward from an
+/// earlier stage needs, so the next target or earlier layer runs only the backward part.
+fn drill_layer(state: &State, a: &Attribution) -> Option<usize> {
+    let applies = state.settings.cache_mb > 0
+        && a.is_layer_relation()
+        && a.through.is_none()
+        && a.contrast.is_none()
+        && matches!(a.method, Method::GradCam { .. } | Method::LayerGradientXActivation)
+        && matches!(
+            a.target,
+            TargetSpec::Predicted | TargetSpec::PredictedBy(_) | TargetSpec::Class(_) | TargetSpec::Label
+        );
+    applies.then(|| a.layer.as_ref().map(|l| l.index)).flatten()
+}
+
+/// One chunk's forward pass: per wanted hook point, each input's values; and what the
+/// pass kept for a drill-down.
+type ChunkForward = (Vec<Vec<Vec<f32>>>, Option<crate::model::Tape>);
+
+/// The key of the forward passes kept over these inputs, in this order.
+fn tapes_key(model: u64, hashes: &[u64]) -> Key {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    use std::hash::{Hash, Hasher};
+    hashes.hash(&mut h);
+    Key {
+        model,
+        input: h.finish(),
+        hook: TAPES,
+    }
+}
+
+/// Where a forward pass for a drill-down at `layer` starts keeping: after the earliest of
+/// the model's named stages up to `layer` (or `layer` itself) that later layers read only
+/// through, and whose kept values for `inputs` inputs fit `budget` bytes.
+fn drill_start(model: &Model, layer: usize, inputs: usize, budget: usize) -> Option<usize> {
+    let mut hooks: Vec<usize> = model
+        .aliases
+        .iter()
+        .filter(|(name, _)| !name.contains(['.', '/']))
+        .map(|(_, &stage)| stage)
+        .filter(|&stage| stage < layer)
+        .chain([layer])
+        .collect();
+    hooks.sort_unstable();
+    hooks.into_iter().find_map(|hook| {
+        let kept: usize = model.layers[hook..]
+            .iter()
+            .map(|l| l.out_shape.iter().product::<usize>())
+            .sum();
+        (4 * kept * inputs <= budget && model.can_start_at(hook + 1)).then_some(hook + 1)
+    })
 }
 
 /// The values of hook point `hook` for every selected input, as `logits` gets the
@@ -37,6 +92,7 @@ pub(super) fn hook_values(
     sel: &Selection,
     hook: usize,
     record: &[usize],
+    drill: Option<usize>,
 ) -> Result<Vec<Vec<f32>>> {
     let loaded = state.model(model_name)?;
     let (model, model_id) = (loaded.model.clone(), loaded.id);
@@ -106,9 +162,17 @@ pub(super) fn hook_values(
         }
         wanted.sort_unstable();
         wanted.dedup();
+        // A drill-down's first forward keeps its passes from a stage on (when it runs
+        // for all the inputs, in their order: what a later query looks them up by).
+        let keep_from = match drill {
+            Some(layer) if caching && missing.len() == sel.len() => {
+                drill_start(&model, layer, sel.len(), (state.settings.cache_mb << 20) / 4)
+            }
+            _ => None,
+        };
         let cancel = state.cancel.clone();
         // Forward the missing inputs chunk by chunk, in parallel; keep the wanted hook points.
-        let chunks: Vec<Vec<Vec<Vec<f32>>>> = missing
+        let chunks: Vec<ChunkForward> = missing
             .par_chunks(rows)
             .map(|chunk| {
                 if cancel.load(std::sync::atomic::Ordering::Relaxed) {
@@ -131,21 +195,42 @@ pub(super) fn hook_values(
                     }
                     Ok(())
                 };
-                let fwd = Forward {
+                let input = Batch::new(batch_shape(chunk.len(), &model.input_shape), data)?;
+                let split = keep_from.unwrap_or(model.layers.len());
+                let head = Forward {
                     from: 0,
-                    to: model.layers.len(),
+                    to: split,
                     keep: false,
                     hook: Some(&copy),
                 };
-                model.run(Batch::new(batch_shape(chunk.len(), &model.input_shape), data)?, &fwd)?;
+                let mut tape = None;
+                let mid = model.run(input, &head)?.into_output();
+                if split < model.layers.len() {
+                    let tail = Forward {
+                        from: split,
+                        to: model.layers.len(),
+                        keep: true,
+                        hook: Some(&copy),
+                    };
+                    tape = Some(model.run(mid, &tail)?);
+                }
                 let seen = seen
                     .into_inner()
                     .map_err(|_| Error::model("internal: a forward pass's hook panicked"))?;
-                seen.into_iter()
+                let seen = seen
+                    .into_iter()
                     .map(|v| v.ok_or_else(|| Error::model("internal: a hook point the forward pass did not reach")))
-                    .collect::<Result<Vec<_>>>()
+                    .collect::<Result<Vec<_>>>()?;
+                Ok((seen, tape))
             })
             .collect::<Result<_>>()?;
+        let (chunks, tapes): (Vec<_>, Vec<_>) = chunks.into_iter().unzip();
+        if keep_from.is_some() {
+            let tapes = ops::KeptTapes {
+                tapes: tapes.into_iter().flatten().collect(),
+            };
+            state.cache.put_tapes(tapes_key(model_id, &hashes), tapes);
+        }
         for (chunk, per_hook) in missing.chunks(rows).zip(chunks) {
             for (j, &i) in chunk.iter().enumerate() {
                 for (h, values) in wanted.iter().zip(&per_hook) {
@@ -360,7 +445,12 @@ fn resolve_inputs(state: &mut State, a: &Attribution) -> Result<Inputs> {
     let predictions: Vec<usize> = if deferred {
         vec![0; n]
     } else {
-        logits(state, &a.model, &sel, &[])?.iter().map(|l| argmax(l)).collect()
+        let last = model.layers.len() - 1;
+        let drill = drill_layer(state, a);
+        hook_values(state, &a.model, &sel, last, &[], drill)?
+            .iter()
+            .map(|l| argmax(l))
+            .collect()
     };
     let labels = sel.labels();
     let ids = sel.ids();
@@ -710,10 +800,26 @@ fn run_unnamed(state: &mut State, a: &Attribution, through: Option<&LayerRef>) -
     // an earlier forward pass), so the layer methods run the model's head only once.
     let layer_values: Option<Vec<f32>> = match (&a.layer, through) {
         (Some(l), None) if a.is_layer_relation() && state.settings.cache_mb > 0 => {
-            Some(hook_values(state, &a.model, &inputs.sel, l.index, &[])?.concat())
+            let drill = drill_layer(state, a);
+            Some(hook_values(state, &a.model, &inputs.sel, l.index, &[], drill)?.concat())
         }
         _ => None,
     };
+    // A drill-down: the passes an earlier query on these inputs kept, if they reach back
+    // to this layer; else this query keeps the passes it runs from its layer.
+    let tapes_key = match drill_layer(state, a) {
+        Some(_) => {
+            let d = model.input_len().max(1);
+            let hashes: Vec<u64> = values.chunks(d).map(input_hash).collect();
+            Some(tapes_key(state.model(&a.model)?.id, &hashes))
+        }
+        None => None,
+    };
+    let kept = match (&tapes_key, &a.layer) {
+        (Some(key), Some(l)) => state.cache.get_tapes(key).filter(|k| k.covers(l.index, n)),
+        _ => None,
+    };
+    let sink = ops::TapeSink::default();
     let predicted = ops::PredictedOutputs::default();
     let req = Request {
         model: &model,
@@ -729,10 +835,15 @@ fn run_unnamed(state: &mut State, a: &Attribution, through: Option<&LayerRef>) -
         neuron,
         layer_values: layer_values.as_deref(),
         predicted: inputs.deferred.then_some(&predicted),
+        kept: kept.as_deref(),
+        keep: (tapes_key.is_some() && kept.is_none()).then_some(&sink),
     };
     state.stats.attributed_inputs += n;
     let df = if a.is_layer_relation() {
         let result = ops::layer::attribute(&a.method, &req)?;
+        if let (Some(key), Some(tapes)) = (tapes_key, sink.take()) {
+            state.cache.put_tapes(key, tapes);
+        }
         take_predictions(state, &a.model, &mut inputs, &predicted)?;
         layer_relation(&inputs, &result, a)?
     } else {

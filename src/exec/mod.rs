@@ -495,7 +495,7 @@ impl State {
                     if sel.is_empty() {
                         return Err(Error::value(format!("`{donor}` holds no input to patch from")));
                     }
-                    let values = interpret::hook_values(self, base, &sel, layer, &[])?;
+                    let values = interpret::hook_values(self, base, &sel, layer, &[], None)?;
                     values
                         .iter()
                         .map(|v| PatchAction::Values(v[e.units.clone()].to_vec()))

@@ -114,11 +114,12 @@ pub(super) fn layers(state: &State, name: &str) -> Result<Output> {
 
 pub(super) fn cache(state: &State) -> Result<Output> {
     let c = &state.cache;
-    let (activations, memo) = c.counts();
+    let (activations, memo, passes) = c.counts();
     let df = df!(
         "entries" => [c.len() as i64],
         "activations" => [activations as i64],
         "results" => [memo as i64],
+        "passes" => [passes as i64],
         "bytes" => [c.bytes() as i64],
         "budget_bytes" => [c.budget() as i64],
         "hits" => [c.hits as i64],

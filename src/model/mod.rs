@@ -179,6 +179,41 @@ impl Tape {
     pub fn hook(&self, layer: usize) -> Option<&Batch> {
         layer.checked_sub(self.start).and_then(|i| self.values.get(i + 1))
     }
+    /// The value at hook point `layer` if this pass holds it: a layer it ran and kept, or
+    /// the one just before its first (its input).
+    pub fn at_hook(&self, layer: usize) -> Option<&Batch> {
+        if layer + 1 == self.start {
+            self.values.first()
+        } else {
+            self.hook(layer)
+        }
+    }
+    /// One past the last layer the pass ran.
+    pub fn end(&self) -> usize {
+        self.start + self.values.len() - 1
+    }
+    /// Rows in the pass.
+    pub fn rows(&self) -> usize {
+        self.values.first().map_or(0, Batch::rows)
+    }
+    /// The bytes the kept values and memos hold.
+    pub fn bytes(&self) -> usize {
+        let values: usize = self
+            .values
+            .iter()
+            .chain(self.unpatched.iter().flatten())
+            .map(|v| v.data().len())
+            .sum();
+        let memos: usize = self
+            .memos
+            .iter()
+            .map(|m| match m {
+                Memo::None => 0,
+                Memo::Argmax(a) => a.len(),
+            })
+            .sum();
+        4 * (values + memos)
+    }
     /// The (first) input of `layer`, if this pass computed and kept it.
     pub fn input_of(&self, layer: usize) -> Option<&Batch> {
         let reads = self.reads.get(layer.checked_sub(self.start)?)?;
@@ -738,6 +773,37 @@ impl Model {
         rule: &dyn BackwardRule,
         observe: &mut dyn FnMut(usize, &Batch),
     ) -> Result<Batch> {
+        self.backward_down_to(tape, grad, rule, observe, 0)
+    }
+
+    /// The gradient at hook point `layer` (the output of `layer`, or the tape's input when
+    /// `layer` is the one before its first): the backward runs only through the layers
+    /// after it. A kept tape thus answers a new target or an earlier layer with the
+    /// backward part alone.
+    pub fn gradient_at(&self, tape: &Tape, grad: Batch, rule: &dyn BackwardRule, layer: usize) -> Result<Batch> {
+        let position = (layer + 1)
+            .checked_sub(tape.start)
+            .filter(|p| *p < tape.values.len())
+            .ok_or_else(|| {
+                Error::model(format!(
+                    "internal: hook point {layer} is outside a kept pass from layer {}",
+                    tape.start
+                ))
+            })?;
+        self.backward_down_to(tape, grad, rule, &mut |_, _| {}, position)
+    }
+
+    /// Back-propagates to the value at `position` of the tape (0: its input). Every layer
+    /// that reads a value comes after it, so once the layers from `position` on are done
+    /// that value's gradient is complete.
+    fn backward_down_to(
+        &self,
+        tape: &Tape,
+        grad: Batch,
+        rule: &dyn BackwardRule,
+        observe: &mut dyn FnMut(usize, &Batch),
+        position: usize,
+    ) -> Result<Batch> {
         if tape.memos.len() + 1 != tape.values.len() {
             return Err(Error::model(
                 "internal: backward over a forward pass that kept no values",
@@ -747,7 +813,7 @@ impl Model {
         let count = tape.values.len();
         let mut grads: Vec<Option<Batch>> = (0..count).map(|_| None).collect();
         grads[count - 1] = Some(grad);
-        for i in (0..tape.memos.len()).rev() {
+        for i in (position..tape.memos.len()).rev() {
             let index = tape.start + i;
             let layer = &self.layers[index];
             let y = &tape.values[i + 1];
@@ -788,9 +854,15 @@ impl Model {
                 }
             }
         }
-        Ok(grads[0]
+        Ok(grads[position]
             .take()
-            .unwrap_or_else(|| Batch::zeros(tape.values[0].shape().to_vec())))
+            .unwrap_or_else(|| Batch::zeros(tape.values[position].shape().to_vec())))
+    }
+
+    /// Whether a pass may start at layer `from` with only the value before it: no later
+    /// layer reads anything computed earlier.
+    pub fn can_start_at(&self, from: usize) -> bool {
+        from <= self.layers.len() && self.reads(from, self.layers.len(), false).is_ok()
     }
 }
 

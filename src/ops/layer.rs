@@ -6,11 +6,9 @@
 //! there. Running the tail from a given activation is overwriting the hook point, so
 //! layer integrated gradients interpolates the layer's output itself, as Captum does.
 
-use super::gradient::{
-    batch_shape, gradients_from, par_items, predicted_gradients_from, tile_rows, zero_outside_window,
-};
+use super::gradient::{argmax, batch_shape, gradients_from, one_hot, par_items, tile_rows, zero_outside_window};
 use super::integrated::{integrate, path};
-use super::{Method, Request, Rule};
+use super::{KeptTapes, Method, Request, Rule};
 use crate::error::{Error, Result};
 use crate::model::{Batch, Forward, Gradient, Model};
 
@@ -59,46 +57,90 @@ pub fn attribute(method: &Method, req: &Request) -> Result<LayerAttribution> {
     let (n, d) = (req.n(), req.d());
     match method {
         Method::LayerActivation | Method::LayerGradientXActivation | Method::GradCam { .. } => {
-            let tile = tile_rows(req.batch_rows, n);
+            // Passes an earlier query kept give the tiles; else tiles of the batch budget.
+            let kept = req
+                .kept
+                .filter(|k| *method != Method::LayerActivation && k.covers(layer, n) && k.end() == req.out_layer + 1);
+            let bounds: Vec<(usize, usize)> = match kept {
+                Some(k) => k
+                    .tapes
+                    .iter()
+                    .scan(0, |a, t| {
+                        *a += t.rows();
+                        Some((*a - t.rows(), *a))
+                    })
+                    .collect(),
+                None => {
+                    let tile = tile_rows(req.batch_rows, n);
+                    (0..n.div_ceil(tile))
+                        .map(|t| (t * tile, ((t + 1) * tile).min(n)))
+                        .collect()
+                }
+            };
             let per_tile = par_items(
-                n.div_ceil(tile),
+                bounds.len(),
                 req.control,
-                |t| tile.min(n - t * tile),
+                |t| bounds[t].1 - bounds[t].0,
                 |t| {
-                    let (a, b) = (t * tile, ((t + 1) * tile).min(n));
+                    let (a, b) = bounds[t];
                     let inputs = rows_of(req, &req.inputs[a * d..b * d], b - a)?;
-                    let h = match req.layer_values {
-                        Some(v) => Batch::new(batch_shape(b - a, &out_shape), v[a * units..b * units].to_vec())?,
-                        None => head(model, inputs.clone(), layer)?,
-                    };
-                    if *method == Method::LayerActivation {
-                        return Ok((h.data().to_vec(), h.into_data(), Vec::new()));
-                    }
-                    let (g, outputs) = match req.predicted {
-                        Some(_) => {
-                            let start = (layer + 1, Some(&inputs));
-                            let (g, out) = predicted_gradients_from(model, h.clone(), start, req.out_layer, &Gradient)?;
-                            (g, out.into_data())
+                    let mut fresh = None;
+                    let tape: &crate::model::Tape = match kept {
+                        Some(k) => &k.tapes[t],
+                        None => {
+                            let h = match req.layer_values {
+                                Some(v) => {
+                                    Batch::new(batch_shape(b - a, &out_shape), v[a * units..b * units].to_vec())?
+                                }
+                                None => head(model, inputs.clone(), layer)?,
+                            };
+                            if *method == Method::LayerActivation {
+                                return Ok((h.data().to_vec(), h.into_data(), Vec::new(), None));
+                            }
+                            // The tail from the layer, kept for the backward (and for the
+                            // next query on these inputs, when the caller keeps it).
+                            let fwd = Forward {
+                                from: layer + 1,
+                                to: req.out_layer + 1,
+                                keep: true,
+                                hook: None,
+                            };
+                            fresh.insert(model.run_in(h, &fwd, Some(&inputs))?)
                         }
-                        None => (
-                            tail_gradient(req, h.clone(), layer, &req.targets[a..b], &inputs)?,
-                            Vec::new(),
-                        ),
                     };
+                    let h = tape
+                        .at_hook(layer)
+                        .ok_or_else(|| Error::model("internal: a kept pass without its layer's value"))?;
+                    let output = tape.output();
+                    let (targets, outputs) = match req.predicted {
+                        Some(_) => (
+                            (0..output.rows()).map(|r| argmax(output.row(r))).collect(),
+                            output.data().to_vec(),
+                        ),
+                        None => (req.targets[a..b].to_vec(), Vec::new()),
+                    };
+                    let g = model.gradient_at(tape, one_hot(output, &targets)?, &Gradient, layer)?;
                     let values = match method {
                         Method::GradCam { per_channel, relu, .. } => {
                             gradcam(h.data(), g.data(), b - a, &out_shape, *per_channel, *relu)
                         }
                         _ => h.data().iter().zip(g.data()).map(|(h, g)| h * g).collect(),
                     };
-                    Ok((values, h.into_data(), outputs))
+                    let acts = h.data().to_vec();
+                    Ok((values, acts, outputs, fresh.take()))
                 },
             )?;
-            let (mut values, mut acts, mut outputs) = (Vec::new(), Vec::new(), Vec::new());
-            for (v, a, o) in per_tile {
+            let (mut values, mut acts, mut outputs, mut tapes) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for (v, a, o, tape) in per_tile {
                 values.extend(v);
                 acts.extend(a);
                 outputs.extend(o);
+                tapes.extend(tape);
+            }
+            if let Some(sink) = req.keep
+                && tapes.len() == bounds.len()
+            {
+                sink.put(KeptTapes { tapes });
             }
             if let Some(sink) = req.predicted {
                 sink.put(outputs);

@@ -805,6 +805,50 @@ pub struct Request<'a> {
     /// holds placeholders): the method finds each input's prediction in its own forward
     /// pass, saving the pass that would find it first, and leaves the outputs here.
     pub predicted: Option<&'a PredictedOutputs>,
+    /// Forward passes kept from an earlier query on the same inputs (a drill-down): a
+    /// layer method whose layer they cover runs only the backward part.
+    pub kept: Option<&'a KeptTapes>,
+    /// Where a layer method leaves the passes it ran from its layer, for the next query.
+    pub keep: Option<&'a TapeSink>,
+}
+
+/// Forward passes over a request's inputs, in order, tile by tile, each from one hook
+/// point to the model's output, keeping what a backward needs.
+pub struct KeptTapes {
+    pub tapes: Vec<crate::model::Tape>,
+}
+
+impl KeptTapes {
+    /// The first layer the passes ran.
+    pub fn start(&self) -> usize {
+        self.tapes.first().map_or(usize::MAX, |t| t.start)
+    }
+    /// One past the last layer the passes ran.
+    pub fn end(&self) -> usize {
+        self.tapes.first().map_or(0, |t| t.end())
+    }
+    /// Whether they hold `layer`'s value and every layer after it, for `n` inputs.
+    pub fn covers(&self, layer: usize, n: usize) -> bool {
+        self.start() <= layer + 1 && self.tapes.iter().map(|t| t.rows()).sum::<usize>() == n
+    }
+    pub fn bytes(&self) -> usize {
+        self.tapes.iter().map(|t| t.bytes()).sum()
+    }
+}
+
+/// The passes a method ran, left for the caller to keep.
+#[derive(Default)]
+pub struct TapeSink(std::sync::Mutex<Option<KeptTapes>>);
+
+impl TapeSink {
+    pub fn put(&self, tapes: KeptTapes) {
+        if let Ok(mut slot) = self.0.lock() {
+            *slot = Some(tapes);
+        }
+    }
+    pub fn take(&self) -> Option<KeptTapes> {
+        self.0.lock().ok().and_then(|mut slot| slot.take())
+    }
 }
 
 /// The model outputs a method that predicts its own targets leaves (n × outputs).
@@ -908,6 +952,8 @@ fn text_attribute(method: &Method, req: &Request) -> Result<Vec<f32>> {
                 layer: Some(layer),
                 layer_values: None,
                 predicted: None,
+                kept: None,
+                keep: None,
                 ..*req
             };
             let lig = Method::LayerIntegratedGradients {
