@@ -285,10 +285,11 @@ pub struct Nary {
 }
 
 /// The two operands of a binary element-wise layer, one output row at a time: an
-/// operand of the output's shape read in place, a constant gathered once, a broadcast
-/// input gathered per row.
+/// operand of the output's shape read in place, a scalar or a bias along the last axes
+/// read as it is, another constant gathered once, a broadcast input gathered per row.
 struct BinaryRows<'a> {
     rows: Vec<RowSource<'a>>,
+    /// Row buffers, allocated for the operands that need one.
     gathered: [Vec<f32>; 2],
     out_len: usize,
 }
@@ -296,29 +297,70 @@ struct BinaryRows<'a> {
 enum RowSource<'a> {
     Each(&'a [f32]),
     Same(std::borrow::Cow<'a, [f32]>),
+    /// One value everywhere.
+    Scalar(f32),
+    /// The constant repeated along the row (a bias over the last axes).
+    Cycle(&'a [f32]),
     Gather(&'a Batch, &'a [u32]),
+}
+
+/// One operand of one output row, as the forward reads it.
+#[derive(Clone, Copy)]
+enum RowOperand<'a> {
+    Slice(&'a [f32]),
+    Scalar(f32),
+    Cycle(&'a [f32]),
 }
 
 impl<'a> BinaryRows<'a> {
     fn new(args: &'a [Arg], xs: &[&'a Batch], out_len: usize) -> BinaryRows<'a> {
-        let rows = args
+        let rows: Vec<RowSource> = args
             .iter()
             .map(|arg| match (&arg.operand, &arg.map) {
                 (Operand::Input(k), None) => RowSource::Each(xs[*k].data()),
                 (Operand::Input(k), Some(m)) => RowSource::Gather(xs[*k], m),
                 (Operand::Const(c), None) => RowSource::Same(std::borrow::Cow::Borrowed(c)),
+                (Operand::Const(c), Some(_)) if c.len() == 1 => RowSource::Scalar(c[0]),
+                (Operand::Const(c), Some(m)) if is_cycle(m, c.len()) => RowSource::Cycle(c),
                 (Operand::Const(c), Some(m)) => RowSource::Same(m.iter().map(|&j| c[j as usize]).collect()),
             })
             .collect();
-        BinaryRows {
+        let buffer = |i: usize| match rows.get(i) {
+            Some(RowSource::Gather(..) | RowSource::Scalar(_) | RowSource::Cycle(_)) => vec![0.0; out_len],
+            _ => Vec::new(),
+        };
+        let gathered = [buffer(0), buffer(1)];
+        let mut rows = BinaryRows {
             rows,
-            gathered: [vec![0.0; out_len], vec![0.0; out_len]],
+            gathered,
             out_len,
+        };
+        // A scalar or cycled constant laid out once, for the backward's row slices.
+        for (source, buf) in rows.rows.iter().zip(rows.gathered.iter_mut()) {
+            match source {
+                RowSource::Scalar(v) => buf.fill(*v),
+                RowSource::Cycle(c) => buf.chunks_exact_mut(c.len()).for_each(|b| b.copy_from_slice(c)),
+                _ => {}
+            }
         }
+        rows
     }
 
-    /// Both operands of output row `r`.
-    fn row(&mut self, r: usize) -> (&[f32], &[f32]) {
+    /// A forward's operands of row `r`, without laying out scalars and biases.
+    fn operands(&mut self, r: usize) -> (RowOperand<'_>, RowOperand<'_>) {
+        self.gather(r);
+        let len = self.out_len;
+        let operand = |i: usize| match &self.rows[i] {
+            RowSource::Each(d) => RowOperand::Slice(&d[r * len..(r + 1) * len]),
+            RowSource::Same(c) => RowOperand::Slice(c),
+            RowSource::Scalar(v) => RowOperand::Scalar(*v),
+            RowSource::Cycle(c) => RowOperand::Cycle(c),
+            RowSource::Gather(..) => RowOperand::Slice(&self.gathered[i]),
+        };
+        (operand(0), operand(1))
+    }
+
+    fn gather(&mut self, r: usize) {
         for (source, buf) in self.rows.iter().zip(self.gathered.iter_mut()) {
             if let RowSource::Gather(x, m) = source {
                 let src = x.row(r);
@@ -327,15 +369,58 @@ impl<'a> BinaryRows<'a> {
                 }
             }
         }
+    }
+
+    /// Both operands of output row `r`.
+    fn row(&mut self, r: usize) -> (&[f32], &[f32]) {
+        self.gather(r);
         let len = self.out_len;
         let operand = |i: usize| -> &[f32] {
             match &self.rows[i] {
                 RowSource::Each(d) => &d[r * len..(r + 1) * len],
                 RowSource::Same(c) => c,
-                RowSource::Gather(..) => &self.gathered[i],
+                _ => &self.gathered[i],
             }
         };
         (operand(0), operand(1))
+    }
+}
+
+/// Whether `map` reads a `period`-long constant over and over (i ↦ i mod period).
+fn is_cycle(map: &[u32], period: usize) -> bool {
+    period > 0
+        && map.len().is_multiple_of(period)
+        && map
+            .chunks_exact(period)
+            .all(|c| c.iter().enumerate().all(|(i, &j)| j as usize == i))
+}
+
+/// `f` over one output row; the operand kinds matched so each loop vectorises.
+fn apply_row(dst: &mut Vec<f32>, len: usize, a: RowOperand, b: RowOperand, f: impl Fn(f32, f32) -> f32 + Copy) {
+    use RowOperand::{Cycle, Scalar, Slice};
+    match (a, b) {
+        (Slice(a), Slice(b)) => dst.extend(a.iter().zip(b).map(|(a, b)| f(*a, *b))),
+        (Slice(a), Scalar(b)) => dst.extend(a.iter().map(|a| f(*a, b))),
+        (Scalar(a), Slice(b)) => dst.extend(b.iter().map(|b| f(a, *b))),
+        (Slice(a), Cycle(c)) => {
+            for a in a.chunks_exact(c.len()) {
+                dst.extend(a.iter().zip(c).map(|(a, b)| f(*a, *b)));
+            }
+        }
+        (Cycle(c), Slice(b)) => {
+            for b in b.chunks_exact(c.len()) {
+                dst.extend(c.iter().zip(b).map(|(a, b)| f(*a, *b)));
+            }
+        }
+        // Two constants: folded by the loader, but kept correct here.
+        (a, b) => {
+            let at = |o: RowOperand, i: usize| match o {
+                Slice(s) => s[i],
+                Scalar(v) => v,
+                Cycle(c) => c[i % c.len()],
+            };
+            dst.extend((0..len).map(|i| f(at(a, i), at(b, i))));
+        }
     }
 }
 
@@ -393,14 +478,12 @@ impl Nary {
     /// A binary arithmetic operation a row at a time, without laying the operands out
     /// like the output first (the general path's per-element dispatch and its n-fold
     /// copies of each bias were a third of a ViT's forward).
-    fn arithmetic(&self, xs: &[&Batch], n: usize, out_len: usize, f: impl Fn(f32, f32) -> f32) -> Vec<f32> {
+    fn arithmetic(&self, xs: &[&Batch], n: usize, out_len: usize, f: impl Fn(f32, f32) -> f32 + Copy) -> Vec<f32> {
         let mut ops = BinaryRows::new(&self.args, xs, out_len);
-        let mut out = vec![0.0f32; n * out_len];
-        for (r, dst) in out.chunks_exact_mut(out_len.max(1)).enumerate() {
-            let (a, b) = ops.row(r);
-            for ((d, a), b) in dst.iter_mut().zip(a).zip(b) {
-                *d = f(*a, *b);
-            }
+        let mut out = Vec::with_capacity(n * out_len);
+        for r in 0..n {
+            let (a, b) = ops.operands(r);
+            apply_row(&mut out, out_len, a, b, f);
         }
         out
     }

@@ -227,18 +227,28 @@ impl Layer {
             Op::Softmax { axis } => {
                 let mut ys = zeros();
                 let (outer, len, inner) = axis_split(&self.in_shape, *axis);
-                for block in 0..n * outer {
-                    for i in 0..inner {
-                        let at = |k: usize| block * len * inner + k * inner + i;
-                        let max = (0..len).map(|k| xs[at(k)]).fold(f32::NEG_INFINITY, f32::max);
-                        let mut sum = 0.0f32;
-                        for k in 0..len {
-                            let e = (xs[at(k)] - max).exp();
-                            ys[at(k)] = e;
-                            sum += e;
-                        }
-                        for k in 0..len {
-                            ys[at(k)] /= sum;
+                if inner == 1 {
+                    // The softmax axis is the last: each slice in place, loops that vectorise.
+                    for (x, y) in xs.chunks_exact(len.max(1)).zip(ys.chunks_exact_mut(len.max(1))) {
+                        let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                        y.iter_mut().zip(x).for_each(|(y, x)| *y = kernels::exp(x - max));
+                        let sum: f32 = y.iter().sum();
+                        y.iter_mut().for_each(|y| *y /= sum);
+                    }
+                } else {
+                    for block in 0..n * outer {
+                        for i in 0..inner {
+                            let at = |k: usize| block * len * inner + k * inner + i;
+                            let max = (0..len).map(|k| xs[at(k)]).fold(f32::NEG_INFINITY, f32::max);
+                            let mut sum = 0.0f32;
+                            for k in 0..len {
+                                let e = kernels::exp(xs[at(k)] - max);
+                                ys[at(k)] = e;
+                                sum += e;
+                            }
+                            for k in 0..len {
+                                ys[at(k)] /= sum;
+                            }
                         }
                     }
                 }
