@@ -32,6 +32,9 @@ const QUERIES: &[&str] = &[
     "SELECT input, feature, attribution FROM cnn(digits[0:9]) USING smoothgrad(samples = 7, stdev = 0.2, seed = 5)",
     "SELECT input, feature, attribution FROM mlp(cancer[0:9]) USING shapley_sampling(samples = 20, seed = 3)",
     "SELECT input, feature, attribution FROM cnn(digits[0:9]) USING integrated_gradients(steps = 20)",
+    // One input: its steps run in batches on every thread at once, summed in step order.
+    "SELECT input, feature, attribution FROM cnn(digits[4]) USING integrated_gradients(steps = 25)",
+    "SELECT input, unit, attribution FROM cnn(digits[4]) AT LAYER conv2 USING layer_integrated_gradients(steps = 15)",
     "SELECT input, feature, attribution FROM cnn(digits[0:9]) USING occlusion(window = 2, stride = 1)",
     "SELECT input, unit, attribution FROM cnn(digits[0:9]) AT LAYER fc1 USING layer_conductance(steps = 10)",
     "SELECT * FROM PREDICT cnn(digits[0:9] WITH NOISE(0.3, 11))",

@@ -8,6 +8,8 @@
 //! linear in the output gradient, the weighted sum of the step gradients goes back through
 //! it once. Same integral; the rounding differs from Captum's order by float32 ulps.
 
+use rayon::prelude::*;
+
 use super::gradient::{batch_shape, gradients, gradients_from, par_items, zero_outside_window};
 use super::{Control, Request, Rule};
 use crate::error::Result;
@@ -16,6 +18,7 @@ use crate::model::{Batch, Gradient, Layer, Model, Op};
 pub fn attribute(steps: usize, rule: Rule, req: &Request) -> Result<Vec<f32>> {
     let (alphas, weights) = rule.points(steps);
     let first = affine_first_layer(req.model, req.out_layer);
+    let chunks = Chunks::new(req.batch_rows, req.n());
     let per_input = par_items(
         req.n(),
         req.control,
@@ -24,18 +27,10 @@ pub fn attribute(steps: usize, rule: Rule, req: &Request) -> Result<Vec<f32>> {
             let target = req.targets[i];
             let (x, b) = (req.input(i), req.baseline(i));
             let Some(first) = first else {
-                return integrate(
-                    x,
-                    b,
-                    &alphas,
-                    &weights,
-                    req.batch_rows,
-                    req.control,
-                    &|points, count| {
-                        let batch = Batch::new(batch_shape(count, &req.model.input_shape), points)?;
-                        gradients(req.model, batch, req.out_layer, &vec![target; count], &Gradient)
-                    },
-                );
+                return integrate(x, b, &alphas, &weights, chunks, req.control, &|points, count| {
+                    let batch = Batch::new(batch_shape(count, &req.model.input_shape), points)?;
+                    gradients(req.model, batch, req.out_layer, &vec![target; count], &Gradient)
+                });
             };
             let ends = Batch::new(batch_shape(2, &req.model.input_shape), [x, b].concat())?;
             let (z, _) = first.forward(&ends, false)?;
@@ -44,7 +39,7 @@ pub fn attribute(steps: usize, rule: Rule, req: &Request) -> Result<Vec<f32>> {
                 z.row(1),
                 &alphas,
                 &weights,
-                req.batch_rows,
+                chunks,
                 req.control,
                 &|points, count| {
                     let batch = Batch::new(batch_shape(count, &first.out_shape), points)?;
@@ -84,19 +79,39 @@ fn affine_first_layer(model: &Model, out_layer: usize) -> Option<&Layer> {
     (affine && only_reader && out_layer > 0 && !model.patches.iter().any(|p| p.layer == 0)).then_some(first)
 }
 
+/// How a path's points are evaluated: `rows` at a time, `lanes` batches at once — more
+/// than one when there are fewer inputs than threads, so that one input's steps keep
+/// every core busy (a ViT's IG of one input ran on one of two).
+#[derive(Clone, Copy)]
+pub(crate) struct Chunks {
+    pub rows: usize,
+    pub lanes: usize,
+}
+
+impl Chunks {
+    pub fn new(batch_rows: usize, inputs: usize) -> Chunks {
+        Chunks {
+            rows: batch_rows.max(1),
+            lanes: (rayon::current_num_threads() / inputs.max(1)).max(1),
+        }
+    }
+}
+
+/// The gradient at each of `count` points (given one after another).
+pub(crate) type PointGradients<'a> = &'a (dyn Fn(Vec<f32>, usize) -> Result<Batch> + Sync);
+
 /// The path integral shared by integrated gradients and its layer and neuron forms:
-/// (x − b) · Σ_k w_k ∇(b + α_k (x − b)), with the points evaluated `chunk` at a time;
-/// `gradient(points, count)` gives the gradient at each of `count` points.
+/// (x − b) · Σ_k w_k ∇(b + α_k (x − b)), with the points evaluated in `chunks`.
 pub(crate) fn integrate(
     x: &[f32],
     b: &[f32],
     alphas: &[f32],
     weights: &[f32],
-    chunk: usize,
+    chunks: Chunks,
     control: &Control,
-    gradient: &dyn Fn(Vec<f32>, usize) -> Result<Batch>,
+    gradient: PointGradients,
 ) -> Result<Vec<f32>> {
-    let total = weighted_gradient_sum(x, b, alphas, weights, chunk, control, gradient)?;
+    let total = weighted_gradient_sum(x, b, alphas, weights, chunks, control, gradient)?;
     Ok(times_difference(&total, x, b))
 }
 
@@ -105,28 +120,39 @@ fn times_difference(g: &[f32], x: &[f32], b: &[f32]) -> Vec<f32> {
     g.iter().zip(x.iter().zip(b)).map(|(g, (x, b))| g * (x - b)).collect()
 }
 
-/// Σ_k w_k ∇(b + α_k (x − b)), the points evaluated `chunk` at a time.
+/// Σ_k w_k ∇(b + α_k (x − b)). Batches run `chunks.lanes` at once; the sum is taken in
+/// step order whatever ran together (a row's gradient does not depend on its batch), so
+/// the result has the same bits for any batch size or thread count.
 fn weighted_gradient_sum(
     x: &[f32],
     b: &[f32],
     alphas: &[f32],
     weights: &[f32],
-    chunk: usize,
+    chunks: Chunks,
     control: &Control,
-    gradient: &dyn Fn(Vec<f32>, usize) -> Result<Batch>,
+    gradient: PointGradients,
 ) -> Result<Vec<f32>> {
+    let lanes = chunks.lanes.max(1);
+    // Enough batches for the lanes, none above the budget.
+    let rows = chunks.rows.max(1).min(alphas.len().div_ceil(lanes).max(1));
+    let bounds: Vec<(usize, usize)> = (0..alphas.len())
+        .step_by(rows)
+        .map(|start| (start, (start + rows).min(alphas.len())))
+        .collect();
     let mut total = vec![0.0f32; x.len()];
-    let mut start = 0;
-    while start < alphas.len() {
-        let end = (start + chunk.max(1)).min(alphas.len());
-        let grads = gradient(path(b, x, &alphas[start..end]), end - start)?;
-        for (k, w) in weights[start..end].iter().enumerate() {
-            for (t, g) in total.iter_mut().zip(grads.row(k)) {
-                *t += g * w;
+    for wave in bounds.chunks(lanes) {
+        let grads: Vec<Batch> = wave
+            .par_iter()
+            .map(|&(start, end)| gradient(path(b, x, &alphas[start..end]), end - start))
+            .collect::<Result<_>>()?;
+        for (&(start, end), grads) in wave.iter().zip(&grads) {
+            for (k, w) in weights[start..end].iter().enumerate() {
+                for (t, g) in total.iter_mut().zip(grads.row(k)) {
+                    *t += g * w;
+                }
             }
         }
         control.check()?;
-        start = end;
     }
     Ok(total)
 }

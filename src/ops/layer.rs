@@ -7,7 +7,7 @@
 //! layer integrated gradients interpolates the layer's output itself, as Captum does.
 
 use super::gradient::{argmax, batch_shape, gradients_from, one_hot, par_items, tile_rows, zero_outside_window};
-use super::integrated::{integrate, path};
+use super::integrated::{Chunks, integrate, path};
 use super::{KeptTapes, Method, Request, Rule};
 use crate::error::{Error, Result};
 use crate::model::{Batch, Forward, Gradient, Model};
@@ -234,7 +234,7 @@ pub fn attribute(method: &Method, req: &Request) -> Result<LayerAttribution> {
         }
         Method::LayerIntegratedGradients { steps, rule } => {
             let (alphas, weights) = rule.points(*steps);
-            let chunk = req.batch_rows.max(1);
+            let chunks = Chunks::new(req.batch_rows, n);
             let hx = match req.layer_values {
                 Some(v) => Batch::new(batch_shape(n, &out_shape), v.to_vec())?,
                 None => head(model, rows_of(req, req.inputs, n)?, layer)?,
@@ -253,7 +253,7 @@ pub fn attribute(method: &Method, req: &Request) -> Result<LayerAttribution> {
                         hb.row(i),
                         &alphas,
                         &weights,
-                        chunk,
+                        chunks,
                         req.control,
                         &|points, count| {
                             let h = Batch::new(batch_shape(count, &out_shape), points)?;
@@ -387,7 +387,7 @@ pub fn neuron_conductance(steps: usize, rule: Rule, req: &Request) -> Result<Vec
         .ok_or_else(|| Error::value("neuron_conductance needs TARGET l[i]"))?;
     let model = req.model;
     let (alphas, weights) = rule.points(steps);
-    let chunk = req.batch_rows.max(1);
+    let chunks = Chunks::new(req.batch_rows, req.n());
     let per_input = par_items(
         req.n(),
         req.control,
@@ -395,7 +395,7 @@ pub fn neuron_conductance(steps: usize, rule: Rule, req: &Request) -> Result<Vec
         |i| {
             let target = req.targets[i];
             let (x, b) = (req.input(i), req.baseline(i));
-            integrate(x, b, &alphas, &weights, chunk, req.control, &|points, count| {
+            integrate(x, b, &alphas, &weights, chunks, req.control, &|points, count| {
                 let fwd = Forward {
                     from: 0,
                     to: layer + 1,
