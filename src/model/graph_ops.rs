@@ -44,6 +44,7 @@ pub enum MapFn {
 }
 
 impl MapFn {
+    #[inline]
     pub fn apply(self, x: f32) -> f32 {
         match self {
             MapFn::HardSigmoid { alpha, beta } => (alpha * x + beta).clamp(0.0, 1.0),
@@ -80,7 +81,50 @@ impl MapFn {
         }
     }
 
+    /// `apply` over a slice, dispatched once per call: in each arm the variant is known,
+    /// so `apply`'s match folds away and the loop vectorises (a per-value dispatch made
+    /// MobileNetV3's hard-swish a sixth of its forward).
+    pub fn apply_all(self, xs: &[f32]) -> Vec<f32> {
+        macro_rules! each {
+            ($f:expr) => {
+                xs.iter().map(|&x| $f.apply(x)).collect()
+            };
+        }
+        match self {
+            MapFn::HardSwish => each!(MapFn::HardSwish),
+            MapFn::HardSigmoid { alpha, beta } => each!(MapFn::HardSigmoid { alpha, beta }),
+            MapFn::Erf => each!(MapFn::Erf),
+            MapFn::Clip { min, max } => each!(MapFn::Clip { min, max }),
+            MapFn::Neg => each!(MapFn::Neg),
+            MapFn::Abs => each!(MapFn::Abs),
+            MapFn::Reciprocal => each!(MapFn::Reciprocal),
+            MapFn::Sqrt => each!(MapFn::Sqrt),
+            other => each!(other),
+        }
+    }
+
+    /// `g · derivative(x, y)` over slices, dispatched once per call as `apply_all`.
+    pub fn backward_all(self, xs: &[f32], ys: &[f32], gys: &[f32]) -> Vec<f32> {
+        macro_rules! each {
+            ($f:expr) => {
+                xs.iter()
+                    .zip(ys)
+                    .zip(gys)
+                    .map(|((x, y), g)| g * $f.derivative(*x, *y))
+                    .collect()
+            };
+        }
+        match self {
+            MapFn::HardSwish => each!(MapFn::HardSwish),
+            MapFn::HardSigmoid { alpha, beta } => each!(MapFn::HardSigmoid { alpha, beta }),
+            MapFn::Erf => each!(MapFn::Erf),
+            MapFn::Clip { min, max } => each!(MapFn::Clip { min, max }),
+            other => each!(other),
+        }
+    }
+
     /// dy/dx at input x with output y (PyTorch's conventions at the kinks).
+    #[inline]
     pub fn derivative(self, x: f32, y: f32) -> f32 {
         match self {
             MapFn::HardSigmoid { alpha, beta } => {

@@ -337,6 +337,9 @@ fn col2im_keeping_width(col: &mut [f32], n: usize, c0: usize, g: &ConvGeom, gx: 
 
 /// Convolution forward: x [n, c, h, w], weight [out, c/groups, kh, kw] → [n, out, oh, ow].
 pub fn conv2d_forward(x: &[f32], n: usize, g: &ConvGeom, weight: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
+    if g.is_depthwise() {
+        return depthwise_forward(x, n, g, weight, bias, y);
+    }
     if g.is_large() {
         return conv2d_forward_tiled(x, n, g, weight, bias, y);
     }
@@ -374,6 +377,9 @@ pub fn conv2d_forward(x: &[f32], n: usize, g: &ConvGeom, weight: &[f32], bias: O
 
 /// Convolution input gradient: gy [n, out, oh, ow] → gx [n, c, h, w] (gx is overwritten).
 pub fn conv2d_backward(gy: &[f32], n: usize, g: &ConvGeom, weight: &[f32], gx: &mut [f32]) {
+    if g.is_depthwise() {
+        return depthwise_backward(gy, n, g, weight, gx);
+    }
     if g.is_large() {
         return conv2d_backward_tiled(gy, n, g, weight, gx);
     }
@@ -420,6 +426,12 @@ impl ConvGeom {
     /// An image too large for the batched path's 256 KB chunk: tiled, in parallel.
     fn is_large(&self) -> bool {
         self.k() * self.p() > 1 << 16
+    }
+
+    /// One input channel per output channel, each its own group (MobileNet's depthwise
+    /// layers): a 1-row product per channel, which the direct kernels replace.
+    pub fn is_depthwise(&self) -> bool {
+        self.groups == self.c && self.out == self.c && self.c > 1
     }
 
     /// A 1×1 convolution with stride 1 and no padding: its im2col is its input.
@@ -493,6 +505,107 @@ pub fn adjoint_weights(g: &ConvGeom, weight: &[f32]) -> Vec<f32> {
         }
     }
     flipped
+}
+
+/// For kernel column `j`: the output columns whose input column ox·stride + j·dilation −
+/// padding lies inside the row, and that input column for the first of them (as i64).
+fn tap_columns(g: &ConvGeom, j: usize) -> (usize, usize, i64) {
+    let (sw, dw, pw) = (g.win.stride.1, g.win.dilation.1, g.win.padding.1 as i64);
+    let shift = (j * dw) as i64 - pw;
+    // first ox with ox·sw + shift ≥ 0; one past the last with ox·sw + shift ≤ w − 1
+    let lo = if shift >= 0 {
+        0
+    } else {
+        ((-shift) as usize).div_ceil(sw)
+    };
+    let reach = g.w as i64 - 1 - shift;
+    let hi = if reach < 0 {
+        0
+    } else {
+        (reach as usize / sw + 1).min(g.ow)
+    };
+    (lo.min(hi), hi, lo as i64 * sw as i64 + shift)
+}
+
+/// Depthwise convolution, directly: each output row of a channel is the sum over the
+/// kernel's taps of a weight times a run of an input row (unit stride runs vectorise),
+/// plus the bias. Planes (image, channel) run in parallel.
+fn depthwise_forward(x: &[f32], n: usize, g: &ConvGeom, weight: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
+    let (kh, kw) = g.win.kernel;
+    let (sh, sw) = g.win.stride;
+    let (dh, ph) = (g.win.dilation.0, g.win.padding.0 as i64);
+    let (plane_in, plane_out) = (g.h * g.w, g.oh * g.ow);
+    let taps: Vec<(usize, usize, i64)> = (0..kw).map(|j| tap_columns(g, j)).collect();
+    y[..n * g.c * plane_out]
+        .par_chunks_mut(plane_out)
+        .enumerate()
+        .for_each(|(task, out)| {
+            let c = task % g.c;
+            let xp = &x[task * plane_in..(task + 1) * plane_in];
+            let w = &weight[c * kh * kw..(c + 1) * kh * kw];
+            let b = bias.map_or(0.0, |b| b[c]);
+            for (oy, row) in out.chunks_exact_mut(g.ow).enumerate() {
+                row.fill(0.0);
+                for i in 0..kh {
+                    let iy = (oy * sh + i * dh) as i64 - ph;
+                    if iy < 0 || iy >= g.h as i64 {
+                        continue;
+                    }
+                    let src = &xp[iy as usize * g.w..(iy as usize + 1) * g.w];
+                    for (j, &(lo, hi, first)) in taps.iter().enumerate() {
+                        let wv = w[i * kw + j];
+                        let dst = &mut row[lo..hi];
+                        if sw == 1 {
+                            let run = &src[first as usize..first as usize + dst.len()];
+                            dst.iter_mut().zip(run).for_each(|(d, s)| *d += wv * s);
+                        } else {
+                            let run = src[first as usize..].iter().step_by(sw);
+                            dst.iter_mut().zip(run).for_each(|(d, s)| *d += wv * s);
+                        }
+                    }
+                }
+                row.iter_mut().for_each(|v| *v += b);
+            }
+        });
+}
+
+/// The input gradient of a depthwise convolution, directly: each output row's gradient,
+/// times a tap's weight, added back onto the input row run it read.
+fn depthwise_backward(gy: &[f32], n: usize, g: &ConvGeom, weight: &[f32], gx: &mut [f32]) {
+    let (kh, kw) = g.win.kernel;
+    let (sh, sw) = g.win.stride;
+    let (dh, ph) = (g.win.dilation.0, g.win.padding.0 as i64);
+    let (plane_in, plane_out) = (g.h * g.w, g.oh * g.ow);
+    let taps: Vec<(usize, usize, i64)> = (0..kw).map(|j| tap_columns(g, j)).collect();
+    gx[..n * g.c * plane_in]
+        .par_chunks_mut(plane_in)
+        .enumerate()
+        .for_each(|(task, gxp)| {
+            let c = task % g.c;
+            let gyp = &gy[task * plane_out..(task + 1) * plane_out];
+            let w = &weight[c * kh * kw..(c + 1) * kh * kw];
+            gxp.fill(0.0);
+            for (oy, grow) in gyp.chunks_exact(g.ow).enumerate() {
+                for i in 0..kh {
+                    let iy = (oy * sh + i * dh) as i64 - ph;
+                    if iy < 0 || iy >= g.h as i64 {
+                        continue;
+                    }
+                    let dst = &mut gxp[iy as usize * g.w..(iy as usize + 1) * g.w];
+                    for (j, &(lo, hi, first)) in taps.iter().enumerate() {
+                        let wv = w[i * kw + j];
+                        let src = &grow[lo..hi];
+                        if sw == 1 {
+                            let run = &mut dst[first as usize..first as usize + src.len()];
+                            run.iter_mut().zip(src).for_each(|(d, s)| *d += wv * s);
+                        } else {
+                            let run = dst[first as usize..].iter_mut().step_by(sw);
+                            run.zip(src).for_each(|(d, s)| *d += wv * s);
+                        }
+                    }
+                }
+            }
+        });
 }
 
 /// A destination that parallel tasks write disjoint parts of through raw pointers (no
@@ -1199,6 +1312,87 @@ mod tests {
         assert_eq!(super::exp(-1e9), 0.0);
         assert_eq!(super::exp(100.0), f32::INFINITY);
         assert!(super::exp(f32::NAN).is_nan());
+    }
+
+    /// The direct depthwise kernels against the definition, at MobileNet's geometries and
+    /// odd ones (stride 2 on odd widths, dilation, asymmetric kernels), forward and input
+    /// gradient (⟨conv(x), g⟩ = ⟨x, conv_backward(g)⟩ is checked against naive loops too).
+    #[test]
+    fn depthwise_kernels_match_the_definition() {
+        use super::{ConvGeom, Window2d};
+        for (h, w, k, s, p, d) in [
+            (12, 12, (3, 3), (1, 1), (1, 1), (1, 1)),
+            (13, 11, (3, 3), (2, 2), (1, 1), (1, 1)),
+            (14, 14, (5, 5), (2, 2), (2, 2), (1, 1)),
+            (9, 10, (5, 5), (1, 1), (2, 2), (1, 1)),
+            (10, 9, (3, 5), (1, 2), (0, 2), (2, 1)),
+            (7, 7, (3, 3), (1, 1), (0, 0), (1, 1)),
+        ] {
+            let (c, n) = (3, 2);
+            let win = Window2d {
+                kernel: k,
+                stride: s,
+                padding: p,
+                dilation: d,
+            };
+            let (oh, ow) = win.out_hw(h, w).unwrap();
+            let g = ConvGeom {
+                c,
+                h,
+                w,
+                out: c,
+                groups: c,
+                win,
+                oh,
+                ow,
+            };
+            assert!(g.is_depthwise());
+            let x: Vec<f32> = (0..n * c * h * w)
+                .map(|i| ((i * 7919) % 211) as f32 / 100.0 - 1.0)
+                .collect();
+            let wt: Vec<f32> = (0..c * k.0 * k.1)
+                .map(|i| ((i * 104_729) % 97) as f32 / 50.0 - 1.0)
+                .collect();
+            let bias = [0.5f32, -0.25, 1.0];
+            let gy: Vec<f32> = (0..n * c * oh * ow)
+                .map(|i| ((i * 31) % 17) as f32 / 8.0 - 1.0)
+                .collect();
+            let (mut y, mut gx) = (vec![0.0f32; gy.len()], vec![1.0f32; x.len()]);
+            super::conv2d_forward(&x, n, &g, &wt, Some(&bias), &mut y);
+            super::conv2d_backward(&gy, n, &g, &wt, &mut gx);
+            let (mut want_y, mut want_gx) = (vec![0.0f32; y.len()], vec![0.0f32; x.len()]);
+            for img in 0..n {
+                for ch in 0..c {
+                    for oy in 0..oh {
+                        for ox in 0..ow {
+                            let o = ((img * c + ch) * oh + oy) * ow + ox;
+                            want_y[o] = bias[ch];
+                            for i in 0..k.0 {
+                                for j in 0..k.1 {
+                                    let iy = (oy * s.0 + i * d.0) as i64 - p.0 as i64;
+                                    let ix = (ox * s.1 + j * d.1) as i64 - p.1 as i64;
+                                    if iy < 0 || ix < 0 || iy >= h as i64 || ix >= w as i64 {
+                                        continue;
+                                    }
+                                    let xi = ((img * c + ch) * h + iy as usize) * w + ix as usize;
+                                    let wv = wt[(ch * k.0 + i) * k.1 + j];
+                                    want_y[o] += wv * x[xi];
+                                    want_gx[xi] += wv * gy[o];
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            for (got, want) in [(&y, &want_y), (&gx, &want_gx)] {
+                let worst = got
+                    .iter()
+                    .zip(want.iter())
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0f32, f32::max);
+                assert!(worst < 1e-5, "{h}×{w} kernel {k:?} stride {s:?}: off by {worst}");
+            }
+        }
     }
 
     #[test]

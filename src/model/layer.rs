@@ -303,7 +303,7 @@ impl Layer {
             }
             // Erf alone, so that its loop vectorises (ONNX exports spell GELU with it).
             Op::Map(MapFn::Erf) => map(xs, super::kernels::erf),
-            Op::Map(f) => map(xs, |v| f.apply(v)),
+            Op::Map(f) => f.apply_all(xs),
             Op::Nary(nary) => nary.forward(args, shape[1..].iter().product()),
             Op::Select(select) => select.forward(args),
             Op::Mix(mix) => mix.forward(x),
@@ -450,12 +450,7 @@ impl Layer {
                 );
                 gxs
             }
-            Op::Map(f) => xs
-                .iter()
-                .zip(ys)
-                .zip(gys)
-                .map(|((x, y), g)| g * f.derivative(*x, *y))
-                .collect(),
+            Op::Map(f) => f.backward_all(xs, ys, gys),
             Op::Reduce(reduce) => {
                 let arg = match memo {
                     Memo::Argmax(arg) => arg.as_slice(),
