@@ -33,7 +33,9 @@ pub(super) fn logits(state: &mut State, model_name: &str, sel: &Selection, recor
 /// output, with the cache on. Such a query's forward pass keeps what a backward from an
 /// earlier stage needs, so the next target or earlier layer runs only the backward part.
 fn drill_layer(state: &State, a: &Attribution) -> Option<usize> {
+    // (Not for a streamed audit's chunks: no later query asks for the same inputs.)
     let applies = state.settings.cache_mb > 0
+        && a.chunk.is_none()
         && a.is_layer_relation()
         && a.through.is_none()
         && a.contrast.is_none()

@@ -524,42 +524,66 @@ fn tap_columns(g: &ConvGeom, j: usize) -> (usize, usize, i64) {
     } else {
         (reach as usize / sw + 1).min(g.ow)
     };
-    (lo.min(hi), hi, lo as i64 * sw as i64 + shift)
+    // (a tap past the row's end — big padding on a narrow input — reads nothing)
+    if lo < hi {
+        (lo, hi, lo as i64 * sw as i64 + shift)
+    } else {
+        (hi, hi, 0)
+    }
+}
+
+/// A depthwise convolution's taps, worked out once: for each output row, which kernel
+/// rows read inside the input, and for each kernel column which output columns do.
+struct DepthwiseTaps {
+    kernel: (usize, usize),
+    plane_in: usize,
+    plane_out: usize,
+    columns: Vec<(usize, usize, i64)>,
+}
+
+impl DepthwiseTaps {
+    fn new(g: &ConvGeom) -> DepthwiseTaps {
+        DepthwiseTaps {
+            kernel: g.win.kernel,
+            plane_in: g.h * g.w,
+            plane_out: g.oh * g.ow,
+            columns: (0..g.win.kernel.1).map(|j| tap_columns(g, j)).collect(),
+        }
+    }
+
+    /// The input row kernel row `i` reads for output row `oy`, if inside the input.
+    fn input_row(&self, g: &ConvGeom, oy: usize, i: usize) -> Option<usize> {
+        let iy = (oy * g.win.stride.0 + i * g.win.dilation.0) as i64 - g.win.padding.0 as i64;
+        (iy >= 0 && iy < g.h as i64).then_some(iy as usize)
+    }
 }
 
 /// Depthwise convolution, directly: each output row of a channel is the sum over the
 /// kernel's taps of a weight times a run of an input row (unit stride runs vectorise),
 /// plus the bias. Planes (image, channel) run in parallel.
 fn depthwise_forward(x: &[f32], n: usize, g: &ConvGeom, weight: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
-    let (kh, kw) = g.win.kernel;
-    let (sh, sw) = g.win.stride;
-    let (dh, ph) = (g.win.dilation.0, g.win.padding.0 as i64);
-    let (plane_in, plane_out) = (g.h * g.w, g.oh * g.ow);
-    let taps: Vec<(usize, usize, i64)> = (0..kw).map(|j| tap_columns(g, j)).collect();
-    y[..n * g.c * plane_out]
-        .par_chunks_mut(plane_out)
+    let taps = DepthwiseTaps::new(g);
+    let (k, sw) = (taps.kernel.0 * taps.kernel.1, g.win.stride.1);
+    y[..n * g.c * taps.plane_out]
+        .par_chunks_mut(taps.plane_out)
         .enumerate()
         .for_each(|(task, out)| {
             let c = task % g.c;
-            let xp = &x[task * plane_in..(task + 1) * plane_in];
-            let w = &weight[c * kh * kw..(c + 1) * kh * kw];
+            let xp = &x[task * taps.plane_in..(task + 1) * taps.plane_in];
             let b = bias.map_or(0.0, |b| b[c]);
+            let w = &weight[c * k..(c + 1) * k];
             for (oy, row) in out.chunks_exact_mut(g.ow).enumerate() {
                 row.fill(0.0);
-                for i in 0..kh {
-                    let iy = (oy * sh + i * dh) as i64 - ph;
-                    if iy < 0 || iy >= g.h as i64 {
-                        continue;
-                    }
-                    let src = &xp[iy as usize * g.w..(iy as usize + 1) * g.w];
-                    for (j, &(lo, hi, first)) in taps.iter().enumerate() {
-                        let wv = w[i * kw + j];
-                        let dst = &mut row[lo..hi];
+                for i in 0..taps.kernel.0 {
+                    let Some(iy) = taps.input_row(g, oy, i) else { continue };
+                    let src = &xp[iy * g.w..(iy + 1) * g.w];
+                    for (&(lo, hi, first), &wv) in taps.columns.iter().zip(&w[i * taps.kernel.1..]) {
+                        let (dst, first) = (&mut row[lo..hi], first as usize);
                         if sw == 1 {
-                            let run = &src[first as usize..first as usize + dst.len()];
+                            let run = &src[first..first + dst.len()];
                             dst.iter_mut().zip(run).for_each(|(d, s)| *d += wv * s);
                         } else {
-                            let run = src[first as usize..].iter().step_by(sw);
+                            let run = src[first..].iter().step_by(sw);
                             dst.iter_mut().zip(run).for_each(|(d, s)| *d += wv * s);
                         }
                     }
@@ -572,34 +596,27 @@ fn depthwise_forward(x: &[f32], n: usize, g: &ConvGeom, weight: &[f32], bias: Op
 /// The input gradient of a depthwise convolution, directly: each output row's gradient,
 /// times a tap's weight, added back onto the input row run it read.
 fn depthwise_backward(gy: &[f32], n: usize, g: &ConvGeom, weight: &[f32], gx: &mut [f32]) {
-    let (kh, kw) = g.win.kernel;
-    let (sh, sw) = g.win.stride;
-    let (dh, ph) = (g.win.dilation.0, g.win.padding.0 as i64);
-    let (plane_in, plane_out) = (g.h * g.w, g.oh * g.ow);
-    let taps: Vec<(usize, usize, i64)> = (0..kw).map(|j| tap_columns(g, j)).collect();
-    gx[..n * g.c * plane_in]
-        .par_chunks_mut(plane_in)
+    let taps = DepthwiseTaps::new(g);
+    let (k, sw) = (taps.kernel.0 * taps.kernel.1, g.win.stride.1);
+    gx[..n * g.c * taps.plane_in]
+        .par_chunks_mut(taps.plane_in)
         .enumerate()
         .for_each(|(task, gxp)| {
             let c = task % g.c;
-            let gyp = &gy[task * plane_out..(task + 1) * plane_out];
-            let w = &weight[c * kh * kw..(c + 1) * kh * kw];
+            let gyp = &gy[task * taps.plane_out..(task + 1) * taps.plane_out];
             gxp.fill(0.0);
+            let w = &weight[c * k..(c + 1) * k];
             for (oy, grow) in gyp.chunks_exact(g.ow).enumerate() {
-                for i in 0..kh {
-                    let iy = (oy * sh + i * dh) as i64 - ph;
-                    if iy < 0 || iy >= g.h as i64 {
-                        continue;
-                    }
-                    let dst = &mut gxp[iy as usize * g.w..(iy as usize + 1) * g.w];
-                    for (j, &(lo, hi, first)) in taps.iter().enumerate() {
-                        let wv = w[i * kw + j];
-                        let src = &grow[lo..hi];
+                for i in 0..taps.kernel.0 {
+                    let Some(iy) = taps.input_row(g, oy, i) else { continue };
+                    let dst = &mut gxp[iy * g.w..(iy + 1) * g.w];
+                    for (&(lo, hi, first), &wv) in taps.columns.iter().zip(&w[i * taps.kernel.1..]) {
+                        let (src, first) = (&grow[lo..hi], first as usize);
                         if sw == 1 {
-                            let run = &mut dst[first as usize..first as usize + src.len()];
+                            let run = &mut dst[first..first + src.len()];
                             run.iter_mut().zip(src).for_each(|(d, s)| *d += wv * s);
                         } else {
-                            let run = dst[first as usize..].iter_mut().step_by(sw);
+                            let run = dst[first..].iter_mut().step_by(sw);
                             run.zip(src).for_each(|(d, s)| *d += wv * s);
                         }
                     }
@@ -1327,6 +1344,8 @@ mod tests {
             (9, 10, (5, 5), (1, 1), (2, 2), (1, 1)),
             (10, 9, (3, 5), (1, 2), (0, 2), (2, 1)),
             (7, 7, (3, 3), (1, 1), (0, 0), (1, 1)),
+            (1, 1, (5, 5), (1, 1), (2, 2), (1, 1)),
+            (3, 2, (5, 5), (2, 2), (2, 2), (1, 1)),
         ] {
             let (c, n) = (3, 2);
             let win = Window2d {
