@@ -320,6 +320,28 @@ pub enum Operand {
 pub struct Arg {
     pub operand: Operand,
     pub map: Option<Vec<u32>>,
+    /// A constant read over and over along the output (map i ↦ i mod its length: a bias
+    /// over the last axes), found once here so that the forward reads it in place.
+    cycles: bool,
+}
+
+impl Arg {
+    pub fn input(k: usize, map: Option<Vec<u32>>) -> Arg {
+        Arg {
+            operand: Operand::Input(k),
+            map,
+            cycles: false,
+        }
+    }
+
+    pub fn constant(values: Vec<f32>, map: Option<Vec<u32>>) -> Arg {
+        let cycles = map.as_deref().is_some_and(|m| is_cycle(m, values.len()));
+        Arg {
+            operand: Operand::Const(values),
+            map,
+            cycles,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -365,29 +387,20 @@ impl<'a> BinaryRows<'a> {
                 (Operand::Input(k), Some(m)) => RowSource::Gather(xs[*k], m),
                 (Operand::Const(c), None) => RowSource::Same(std::borrow::Cow::Borrowed(c)),
                 (Operand::Const(c), Some(_)) if c.len() == 1 => RowSource::Scalar(c[0]),
-                (Operand::Const(c), Some(m)) if is_cycle(m, c.len()) => RowSource::Cycle(c),
+                (Operand::Const(c), Some(_)) if arg.cycles => RowSource::Cycle(c),
                 (Operand::Const(c), Some(m)) => RowSource::Same(m.iter().map(|&j| c[j as usize]).collect()),
             })
             .collect();
         let buffer = |i: usize| match rows.get(i) {
-            Some(RowSource::Gather(..) | RowSource::Scalar(_) | RowSource::Cycle(_)) => vec![0.0; out_len],
+            Some(RowSource::Gather(..)) => vec![0.0; out_len],
             _ => Vec::new(),
         };
         let gathered = [buffer(0), buffer(1)];
-        let mut rows = BinaryRows {
+        BinaryRows {
             rows,
             gathered,
             out_len,
-        };
-        // A scalar or cycled constant laid out once, for the backward's row slices.
-        for (source, buf) in rows.rows.iter().zip(rows.gathered.iter_mut()) {
-            match source {
-                RowSource::Scalar(v) => buf.fill(*v),
-                RowSource::Cycle(c) => buf.chunks_exact_mut(c.len()).for_each(|b| b.copy_from_slice(c)),
-                _ => {}
-            }
         }
-        rows
     }
 
     /// A forward's operands of row `r`, without laying out scalars and biases.
@@ -415,8 +428,17 @@ impl<'a> BinaryRows<'a> {
         }
     }
 
-    /// Both operands of output row `r`.
+    /// Both operands of output row `r`, as slices: a scalar or cycled constant is laid out
+    /// once, on the first call (only the backward's products read them so).
     fn row(&mut self, r: usize) -> (&[f32], &[f32]) {
+        let len = self.out_len;
+        for (source, buf) in self.rows.iter().zip(self.gathered.iter_mut()) {
+            match source {
+                RowSource::Scalar(v) if buf.is_empty() => buf.resize(len, *v),
+                RowSource::Cycle(c) if buf.is_empty() => buf.extend(c.iter().cycle().take(len)),
+                _ => {}
+            }
+        }
         self.gather(r);
         let len = self.out_len;
         let operand = |i: usize| -> &[f32] {

@@ -524,7 +524,7 @@ impl Model {
     /// The model with a head computing the cosine similarity of its output with
     /// `reference` (one output of the model): one output unit, the similarity.
     pub fn with_cosine_head(&self, reference: &[f32]) -> Result<Model> {
-        use graph_ops::{Arg, MapFn, Nary, NaryKind, Operand, Reduce, ReduceKind};
+        use graph_ops::{Arg, MapFn, Nary, NaryKind, Reduce, ReduceKind};
         let shape = self.layers.last().map(|l| l.out_shape.clone()).unwrap_or_default();
         let units: usize = shape.iter().product();
         if reference.len() != units {
@@ -540,10 +540,7 @@ impl Model {
             ));
         }
         let mut layers: Vec<Layer> = self.layers.to_vec();
-        let value = |k: usize| Arg {
-            operand: Operand::Input(k),
-            map: None,
-        };
+        let value = |k: usize| Arg::input(k, None);
         let sum = || {
             Op::Reduce(Reduce {
                 kind: ReduceKind::Sum,
@@ -567,13 +564,7 @@ impl Model {
         let scaled: Vec<f32> = reference.iter().map(|v| (*v as f64 / norm) as f32).collect();
         let product = Op::Nary(Nary {
             kind: NaryKind::Mul,
-            args: vec![
-                value(0),
-                Arg {
-                    operand: Operand::Const(scaled),
-                    map: None,
-                },
-            ],
+            args: vec![value(0), Arg::constant(scaled, None)],
         });
         let weighted = push("product", product, vec![out], shape.clone(), shape.clone());
         let dot = push("dot", sum(), vec![weighted], shape.clone(), vec![1]);

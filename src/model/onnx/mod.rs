@@ -23,7 +23,7 @@ use prost::Message;
 
 use super::Model;
 use super::graph_ops::{
-    self, Arg, FILL, LayerNorm, MapFn, MatMul, Nary, NaryKind, Operand, PadMode, Reduce, ReduceKind, Select,
+    self, Arg, FILL, LayerNorm, MapFn, MatMul, Nary, NaryKind, PadMode, Reduce, ReduceKind, Select,
 };
 use super::kernels::Window2d;
 use super::layer::{Layer, Op, planar};
@@ -332,16 +332,7 @@ impl Importer {
         for (name, kind) in derived {
             match kind {
                 Derived::Mask => {
-                    let args = vec![
-                        Arg {
-                            operand: Operand::Input(0),
-                            map: None,
-                        },
-                        Arg {
-                            operand: Operand::Const(vec![pad_id]),
-                            map: Some(vec![0; count]),
-                        },
-                    ];
+                    let args = vec![Arg::input(0, None), Arg::constant(vec![pad_id], Some(vec![0; count]))];
                     let equal = Op::Nary(Nary {
                         kind: NaryKind::Equal,
                         args,
@@ -1489,15 +1480,12 @@ impl Importer {
                             inputs.push(*slot);
                             inputs.len() - 1
                         });
-                        Arg {
-                            operand: Operand::Input(k),
-                            map,
-                        }
+                        Arg::input(k, map)
                     }
-                    Sym::Const(k) => Arg {
-                        operand: Operand::Const(k.f32s()),
-                        map: Some(map.unwrap_or_else(|| (0..k.data.len() as u32).collect())),
-                    },
+                    Sym::Const(k) => Arg::constant(
+                        k.f32s(),
+                        Some(map.unwrap_or_else(|| (0..k.data.len() as u32).collect())),
+                    ),
                 }
             })
             .collect();
@@ -1966,16 +1954,7 @@ impl Importer {
 
     /// `a op b` of two values of one shape, as a hidden layer.
     fn sum_layer(&mut self, node: &Node, kind: &str, op: NaryKind, a: usize, b: usize, shape: &[usize]) -> usize {
-        let args = vec![
-            Arg {
-                operand: Operand::Input(0),
-                map: None,
-            },
-            Arg {
-                operand: Operand::Input(1),
-                map: None,
-            },
-        ];
+        let args = vec![Arg::input(0, None), Arg::input(1, None)];
         self.hidden_layer(
             node,
             kind,
@@ -2959,16 +2938,7 @@ fn win_span(kernel: (usize, usize), dilation: (usize, usize), axis: usize) -> us
 fn with_constant(kind: NaryKind, c: f32, len: usize) -> Op {
     Op::Nary(Nary {
         kind,
-        args: vec![
-            Arg {
-                operand: Operand::Input(0),
-                map: None,
-            },
-            Arg {
-                operand: Operand::Const(vec![c]),
-                map: Some(vec![0; len]),
-            },
-        ],
+        args: vec![Arg::input(0, None), Arg::constant(vec![c], Some(vec![0; len]))],
     })
 }
 
