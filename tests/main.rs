@@ -15,6 +15,7 @@ mod fuzz_corpus;
 mod layers;
 mod memory;
 mod mutations;
+mod occlusion;
 mod onnx;
 mod parity;
 mod patching;

@@ -130,6 +130,38 @@ impl Op {
         }
     }
 
+    /// The output of an element-wise layer (each value a function of the value at the
+    /// same position, and of its channel for batch norm: `inner` values per channel), or
+    /// None for other layers. Shared by the forward and by the forward over a box
+    /// (`model::local`), which sees the same functions on fewer values.
+    pub fn pointwise(&self, xs: &[f32], inner: usize) -> Option<Vec<f32>> {
+        Some(match self {
+            Op::Relu => map(xs, |v| if v > 0.0 { v } else { 0.0 }),
+            Op::LeakyRelu { slope } => map(xs, |v| if v > 0.0 { v } else { v * slope }),
+            Op::Sigmoid => map(xs, |v| 1.0 / (1.0 + (-v).exp())),
+            Op::Tanh => map(xs, f32::tanh),
+            // A constant flag per loop, so that each loop vectorises.
+            Op::Gelu { tanh_approx: false } => map(xs, |v| gelu_forward(v, false)),
+            Op::Gelu { tanh_approx: true } => map(xs, |v| gelu_forward(v, true)),
+            // Erf alone, so that its loop vectorises (ONNX exports spell GELU with it).
+            Op::Map(MapFn::Erf) => map(xs, super::kernels::erf),
+            Op::Map(f) => f.apply_all(xs),
+            Op::Identity => xs.to_vec(),
+            Op::BatchNorm { scale, shift } => {
+                let channels = scale.len();
+                let inner = inner.max(1);
+                xs.iter()
+                    .enumerate()
+                    .map(|(i, v)| {
+                        let c = (i / inner) % channels;
+                        v * scale[c] + shift[c]
+                    })
+                    .collect()
+            }
+            _ => return None,
+        })
+    }
+
     /// True for element-wise nonlinearities, whose backward a rule may replace.
     pub fn is_nonlinearity(&self) -> bool {
         matches!(
@@ -218,12 +250,19 @@ impl Layer {
                 kernels::conv2d_forward(xs, n, &g, weight, bias.as_deref(), &mut ys);
                 ys
             }
-            Op::Relu => map(xs, |v| if v > 0.0 { v } else { 0.0 }),
-            Op::LeakyRelu { slope } => map(xs, |v| if v > 0.0 { v } else { v * slope }),
-            Op::Sigmoid => map(xs, |v| 1.0 / (1.0 + (-v).exp())),
-            Op::Tanh => map(xs, f32::tanh),
-            Op::Gelu { tanh_approx: false } => map(xs, |v| gelu_forward(v, false)),
-            Op::Gelu { tanh_approx: true } => map(xs, |v| gelu_forward(v, true)),
+            Op::Relu
+            | Op::LeakyRelu { .. }
+            | Op::Sigmoid
+            | Op::Tanh
+            | Op::Gelu { .. }
+            | Op::Map(_)
+            | Op::Identity
+            | Op::BatchNorm { .. } => {
+                let inner = self.in_shape.get(1..).map_or(1, |s| s.iter().product());
+                self.op
+                    .pointwise(xs, inner)
+                    .ok_or_else(|| Error::model(format!("internal: `{}` is not an element-wise layer", self.name)))?
+            }
             Op::Softmax { axis } => {
                 let mut ys = zeros();
                 let (outer, len, inner) = axis_split(&self.in_shape, *axis);
@@ -272,18 +311,7 @@ impl Layer {
                 kernels::adaptive_avgpool2d(xs, self.planes(n), &mut ys, false);
                 ys
             }
-            Op::Flatten | Op::Identity => xs.to_vec(),
-            Op::BatchNorm { scale, shift } => {
-                let channels = scale.len();
-                let inner: usize = self.in_shape[1..].iter().product();
-                xs.iter()
-                    .enumerate()
-                    .map(|(i, v)| {
-                        let c = (i / inner) % channels;
-                        v * scale[c] + shift[c]
-                    })
-                    .collect()
-            }
+            Op::Flatten => xs.to_vec(),
             Op::ConvTranspose2d {
                 out,
                 groups,
@@ -301,9 +329,6 @@ impl Layer {
                 }
                 ys
             }
-            // Erf alone, so that its loop vectorises (ONNX exports spell GELU with it).
-            Op::Map(MapFn::Erf) => map(xs, super::kernels::erf),
-            Op::Map(f) => f.apply_all(xs),
             Op::Nary(nary) => nary.forward(args, shape[1..].iter().product()),
             Op::Select(select) => select.forward(args),
             Op::Mix(mix) => mix.forward(x),

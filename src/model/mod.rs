@@ -10,6 +10,7 @@ pub mod graph_ops;
 pub mod kernels;
 pub mod layer;
 pub mod loader;
+pub mod local;
 pub mod onnx;
 pub mod tensor;
 

@@ -10,31 +10,34 @@ use super::rng::Rng;
 use super::{Method, Request};
 use crate::error::{Error, Result};
 use crate::model::Batch;
+use crate::model::local::{LocalPass, Region, Span};
 
-/// The target output (a unit of layer `req.out_layer`) for `count` copies of `start`,
-/// copy k modified by `fill(k, row)`.
+/// The target output (a unit of layer `req.out_layer`) for `count` copies, in batches of
+/// at most `batch_rows`: `make(k, row)` writes copy k's value where the copies enter the
+/// model (`sample` shaped), and `run` takes a batch of them to the outputs of
+/// `req.out_layer`.
+#[allow(clippy::too_many_arguments)]
 fn evaluate(
     req: &Request,
-    start: &[f32],
+    sample: &[usize],
     count: usize,
     target: usize,
     batch_rows: usize,
-    fill: &(dyn Fn(usize, &mut [f32]) + Sync),
+    make: &(dyn Fn(usize, &mut [f32]) -> Result<()> + Sync),
+    run: &(dyn Fn(Batch) -> Result<Batch> + Sync),
 ) -> Result<Vec<f32>> {
-    let d = start.len();
+    let d: usize = sample.iter().product();
     let chunk = batch_rows.max(1);
     let outputs: Vec<Vec<f32>> = (0..count.div_ceil(chunk))
         .into_par_iter()
         .map(|c| {
+            req.control.check()?;
             let (a, b) = (c * chunk, ((c + 1) * chunk).min(count));
-            let mut rows = Vec::with_capacity((b - a) * d);
-            for k in a..b {
-                let at = rows.len();
-                rows.extend_from_slice(start);
-                fill(k, &mut rows[at..at + d]);
-            }
-            let model = req.model;
-            let logits = model.output_of(Batch::new(batch_shape(b - a, &model.input_shape), rows)?, req.out_layer)?;
+            let mut rows = vec![0.0f32; (b - a) * d];
+            rows.par_chunks_mut(d.max(1))
+                .enumerate()
+                .try_for_each(|(j, row)| make(a + j, row))?;
+            let logits = run(Batch::new(batch_shape(b - a, sample), rows)?)?;
             let classes = logits.sample_len();
             if target >= classes {
                 return Err(Error::value(format!(
@@ -45,6 +48,24 @@ fn evaluate(
         })
         .collect::<Result<_>>()?;
     Ok(outputs.concat())
+}
+
+/// `evaluate` for copies of the model input `start`, copy k modified by `fill(k, row)`.
+fn evaluate_inputs(
+    req: &Request,
+    start: &[f32],
+    count: usize,
+    target: usize,
+    batch_rows: usize,
+    fill: &(dyn Fn(usize, &mut [f32]) + Sync),
+) -> Result<Vec<f32>> {
+    let make = |k: usize, row: &mut [f32]| {
+        row.copy_from_slice(start);
+        fill(k, row);
+        Ok(())
+    };
+    let run = |batch: Batch| req.model.output_of(batch, req.out_layer);
+    evaluate(req, &req.model.input_shape, count, target, batch_rows, &make, &run)
 }
 
 pub fn attribute(method: &Method, req: &Request) -> Result<Vec<f32>> {
@@ -124,14 +145,57 @@ fn occlusion_patches(req: &Request, window: usize, stride: usize) -> Result<Vec<
 /// (the unperturbed input is row 0).
 fn drops(req: &Request, i: usize, sets: &[Vec<usize>]) -> Result<Vec<f32>> {
     let (x, b) = (req.input(i), req.baseline(i));
-    let out = evaluate(req, x, sets.len() + 1, req.targets[i], req.batch_rows, &|k, row| {
-        if k > 0 {
-            for &f in &sets[k - 1] {
-                row[f] = b[f];
-            }
+    let (count, target) = (sets.len() + 1, req.targets[i]);
+    let out = match local_pass(req, x, sets)? {
+        Some((pass, spans)) => {
+            let (h, w) = (spans.1, spans.2);
+            let make = |k: usize, row: &mut [f32]| match k.checked_sub(1) {
+                None => {
+                    row.copy_from_slice(pass.base_at_cut());
+                    Ok(())
+                }
+                Some(k) => {
+                    let span = spans.0[k];
+                    let mut data = pass.input_box(span);
+                    let (bh, bw) = (span.height(), span.width());
+                    for &f in &sets[k] {
+                        let (ch, r, c) = (f / (h * w), (f / w) % h, f % w);
+                        data[ch * bh * bw + (r - span.rows.0) * bw + c - span.cols.0] = b[f];
+                    }
+                    pass.copy_at_cut(Region { span, data }, row)
+                }
+            };
+            let run = |batch: Batch| pass.finish(batch.into_data());
+            evaluate(req, pass.cut_shape(), count, target, req.batch_rows, &make, &run)?
         }
-    })?;
+        None => evaluate_inputs(req, x, count, target, req.batch_rows, &|k, row| {
+            if k > 0 {
+                for &f in &sets[k - 1] {
+                    row[f] = b[f];
+                }
+            }
+        })?,
+    };
     Ok(out[1..].iter().map(|y| out[0] - y).collect())
+}
+
+/// The spans of an image's feature sets, with its planes' height and width.
+type Spans = (Vec<Span>, usize, usize);
+
+/// When the sets are boxes of an image small enough that the first layers can recompute
+/// only what each changes (`model::local`), the pass that does so and the sets' spans.
+fn local_pass<'m>(req: &Request<'m>, x: &[f32], sets: &[Vec<usize>]) -> Result<Option<(LocalPass<'m>, Spans)>> {
+    let Some(((_, h, w), _)) = req.features.image else {
+        return Ok(None);
+    };
+    let Some(spans) = sets
+        .iter()
+        .map(|s| Span::of_features(s, h, w))
+        .collect::<Option<Vec<_>>>()
+    else {
+        return Ok(None);
+    };
+    Ok(LocalPass::plan(req.model, x, &spans, req.out_layer + 1)?.map(|pass| (pass, (spans, h, w))))
 }
 
 /// Captum's Occlusion: each feature gets the mean, over the windows covering it, of
@@ -175,7 +239,7 @@ fn shapley(req: &Request, i: usize, samples: usize, seed: u64) -> Result<Vec<f32
     let mut rng = Rng::new(seed, req.ids[i] as u64);
     let (x, b) = (req.input(i), req.baseline(i));
     let target = req.targets[i];
-    let at_baseline = evaluate(req, b, 1, target, 1, &|_, _| {})?[0];
+    let at_baseline = evaluate_inputs(req, b, 1, target, 1, &|_, _| {})?[0];
     let mut credit = vec![0.0f32; g];
     // Orders are drawn and evaluated a batch's worth at a time, so memory stays bounded
     // however many samples are asked for; the draws are the same either way.
@@ -185,7 +249,7 @@ fn shapley(req: &Request, i: usize, samples: usize, seed: u64) -> Result<Vec<f32
         let m = per_chunk.min(samples - done);
         let perms: Vec<Vec<usize>> = (0..m).map(|_| rng.permutation(g)).collect();
         // Row s·g + j has the first j + 1 groups of order s added to the baseline.
-        let out = evaluate(req, b, m * g, target, req.batch_rows, &|k, row| {
+        let out = evaluate_inputs(req, b, m * g, target, req.batch_rows, &|k, row| {
             let (s, j) = (k / g, k % g);
             for &grp in &perms[s][..=j] {
                 for &f in &members[grp] {
