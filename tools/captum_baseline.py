@@ -11,7 +11,8 @@ With the full-size exports of `tools/make_zoo.py --full` in models/zoo (that too
 needs torchvision, onnx and onnxruntime), the real-scale workloads run as well, each in
 Captum and, for PREDICT, in onnxruntime on the same ONNX file. BENCH_ONLY=real or
 BENCH_ONLY=digits runs one part; BENCH_REAL_RUNS (default 3) sets the real runs;
-BENCH_MODELS (e.g. resnet18,vit_s_16) and BENCH_SKIP=integrated pick as the bench does.
+BENCH_MODELS (e.g. resnet18,vit_s_16) and BENCH_SKIP (words of workload names, e.g.
+integrated,occlusion) pick as the bench does.
 BENCH_ONLY=memory measures the peak RSS of IG-50 on ResNet-50 for 32 inputs, with and
 without internal_batch_size.
 """
@@ -271,6 +272,11 @@ def real_scale():
     def show(name, n, v):
         print(f"{name:<52} {n:>6} {statistics.median(v):>14.2f} {min(v):>10.2f} – {max(v):<10.2f}")
 
+    def bench(name, n, fn):
+        """Times `fn` (n inputs) unless BENCH_SKIP names a word of the workload."""
+        if not any(w in name for w in skip):
+            show(name, n, timed_real(fn, n))
+
     print(f"\nreal scale, 224×224 — Captum {__import__('captum').__version__}, torch {torch.__version__}, "
           f"onnxruntime {ort.__version__}, {torch.get_num_threads()} threads, {runs} runs each")
     print(f"{'workload':<52} {'inputs':>6} {'ms/input (med)':>14} {'spread (min–max)':>22}")
@@ -301,24 +307,24 @@ def real_scale():
                     model(x)
 
             xs = x.numpy()
-            show(f"{name} forward (PREDICT), {data}", n, timed_real(forward, n))
-            show(f"{name} onnxruntime forward, batch {n}", n, timed_real(lambda: sess.run(None, {"input": xs}), n))
-            show(f"{name} onnxruntime forward, batch 1", n,
-                 timed_real(lambda: [sess.run(None, {"input": xs[i:i + 1]}) for i in range(n)], n))
-            show(f"{name} saliency, {data}", n, timed_real(lambda: Saliency(model).attribute(x, target=t), n))
+            bench(f"{name} forward (PREDICT), {data}", n, forward)
+            bench(f"{name} onnxruntime forward, batch {n}", n, lambda: sess.run(None, {"input": xs}))
+            bench(f"{name} onnxruntime forward, batch 1", n,
+                  lambda: [sess.run(None, {"input": xs[i:i + 1]}) for i in range(n)])
+            bench(f"{name} saliency, {data}", n, lambda: Saliency(model).attribute(x, target=t))
             if last:
                 layer = getattr(model, last)
-                show(f"{name} gradcam at {last}, {data}", n,
-                     timed_real(lambda: LayerGradCam(model, layer).attribute(x, target=t), n))
-            if n <= 4 and "integrated" not in skip:
+                bench(f"{name} gradcam at {last}, {data}", n,
+                      lambda: LayerGradCam(model, layer).attribute(x, target=t))
+            if n <= 4:
                 x1, t1 = x[:1], t[:1]
-                show(f"{name} integrated_gradients 50, one input", 1, timed_real(
-                    lambda: IntegratedGradients(model).attribute(x1, baselines=torch.zeros_like(x1), target=t1,
-                                                                n_steps=50), 1))
+                bench(f"{name} integrated_gradients 50, one input", 1,
+                      lambda: IntegratedGradients(model).attribute(x1, baselines=torch.zeros_like(x1), target=t1,
+                                                                  n_steps=50))
                 if name == "resnet18":
-                    show(f"{name} occlusion 16×16 stride 8, one input", 1, timed_real(
-                        lambda: Occlusion(model).attribute(x1, sliding_window_shapes=(3, 16, 16), strides=(3, 8, 8),
-                                                           baselines=0, target=t1, perturbations_per_eval=16), 1))
+                    bench(f"{name} occlusion 16×16 stride 8, one input", 1,
+                          lambda: Occlusion(model).attribute(x1, sliding_window_shapes=(3, 16, 16), strides=(3, 8, 8),
+                                                             baselines=0, target=t1, perturbations_per_eval=16))
         if earlier:
             x = images[4]
 
@@ -326,7 +332,7 @@ def real_scale():
                 for layer, cls in ((last, 1), (last, 2), (earlier, 1), (earlier, 2)):
                     LayerGradCam(model, getattr(model, layer)).attribute(x, target=cls)
 
-            show(f"{name} drill-down: 4 gradcam (2 layers × 2 classes)", 4, timed_real(drill, 4))
+            bench(f"{name} drill-down: 4 gradcam (2 layers × 2 classes)", 4, drill)
 
 
 def memory_child(internal_batch_size):
