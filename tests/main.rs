@@ -2,6 +2,7 @@
 
 mod algebra;
 mod attacks;
+mod cam;
 mod case_studies;
 mod cli;
 mod common;

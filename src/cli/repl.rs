@@ -401,7 +401,7 @@ pub fn help_topic(topic: &str) -> Result<String, crate::error::Error> {
         return Ok(format!("{name}\n  {}\n", text.replace('\n', "\n  ")));
     }
     if let Some(m) = crate::ops::method_info(topic) {
-        let mut out = format!("{} — {} (Captum: {})\n", m.name, m.summary, m.captum);
+        let mut out = format!("{} — {} (as {})\n", m.name, m.summary, m.reference);
         for p in m.params {
             let default = p.default.unwrap_or("required");
             out.push_str(&format!("  {} = {default}\n", p.name));

@@ -39,7 +39,10 @@ fn drill_layer(state: &State, a: &Attribution) -> Option<usize> {
         && a.is_layer_relation()
         && a.through.is_none()
         && a.contrast.is_none()
-        && matches!(a.method, Method::GradCam { .. } | Method::LayerGradientXActivation)
+        && matches!(
+            a.method,
+            Method::GradCam { .. } | Method::Cam { .. } | Method::LayerGradientXActivation
+        )
         && matches!(
             a.target,
             TargetSpec::Predicted | TargetSpec::PredictedBy(_) | TargetSpec::Class(_) | TargetSpec::Label

@@ -75,7 +75,7 @@ pub(super) fn methods() -> Result<Output> {
         "method" => METHODS.iter().map(|m| m.name).collect::<Vec<_>>(),
         "kind" => METHODS.iter().map(|m| match m.family { crate::ops::Family::Gradient => "gradient", crate::ops::Family::Perturbation => "perturbation" }).collect::<Vec<_>>(),
         "parameters" => params,
-        "captum" => METHODS.iter().map(|m| m.captum).collect::<Vec<_>>(),
+        "reference" => METHODS.iter().map(|m| m.reference).collect::<Vec<_>>(),
         "description" => METHODS.iter().map(|m| m.summary).collect::<Vec<_>>(),
     )?;
     Ok(Output::Table(df))

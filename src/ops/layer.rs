@@ -6,6 +6,7 @@
 //! there. Running the tail from a given activation is overwriting the hook point, so
 //! layer integrated gradients interpolates the layer's output itself, as Captum does.
 
+use super::cam::{self, CamKind};
 use super::gradient::{argmax, batch_shape, gradients_from, one_hot, par_items, tile_rows, zero_outside_window};
 use super::integrated::{Chunks, integrate, path};
 use super::{KeptTapes, Method, Request, Rule};
@@ -56,7 +57,12 @@ pub fn attribute(method: &Method, req: &Request) -> Result<LayerAttribution> {
     let units: usize = out_shape.iter().product();
     let (n, d) = (req.n(), req.d());
     match method {
-        Method::LayerActivation | Method::LayerGradientXActivation | Method::GradCam { .. } => {
+        Method::LayerActivation | Method::LayerGradientXActivation | Method::GradCam { .. } | Method::Cam { .. } => {
+            // CAM reads the head's weights for each target (and refuses other models).
+            let class_weights = match method {
+                Method::Cam { kind: CamKind::Cam, .. } => Some(cam::head_weights(model, layer, req.out_layer)?),
+                _ => None,
+            };
             // Passes an earlier query kept give the tiles; else tiles of the batch budget.
             let kept = req
                 .kept
@@ -119,12 +125,22 @@ pub fn attribute(method: &Method, req: &Request) -> Result<LayerAttribution> {
                         ),
                         None => (req.targets[a..b].to_vec(), Vec::new()),
                     };
-                    let g = model.gradient_at(tape, one_hot(output, &targets)?, &Gradient, layer)?;
                     let values = match method {
-                        Method::GradCam { per_channel, relu, .. } => {
-                            gradcam(h.data(), g.data(), b - a, &out_shape, *per_channel, *relu)
+                        Method::Cam { kind, .. } if !kind.uses_gradient() => {
+                            cam_maps(*kind, h.data(), &[], &targets, &out_shape, class_weights.as_deref())?
                         }
-                        _ => h.data().iter().zip(g.data()).map(|(h, g)| h * g).collect(),
+                        _ => {
+                            let g = model.gradient_at(tape, one_hot(output, &targets)?, &Gradient, layer)?;
+                            match method {
+                                Method::GradCam { per_channel, relu, .. } => {
+                                    gradcam(h.data(), g.data(), b - a, &out_shape, *per_channel, *relu)
+                                }
+                                Method::Cam { kind, .. } => {
+                                    cam_maps(*kind, h.data(), g.data(), &targets, &out_shape, None)?
+                                }
+                                _ => h.data().iter().zip(g.data()).map(|(h, g)| h * g).collect(),
+                            }
+                        }
                     };
                     let acts = h.data().to_vec();
                     Ok((values, acts, outputs, fresh.take()))
@@ -145,16 +161,32 @@ pub fn attribute(method: &Method, req: &Request) -> Result<LayerAttribution> {
             if let Some(sink) = req.predicted {
                 sink.put(outputs);
             }
-            match method {
+            let map_options = match method {
                 Method::GradCam {
                     per_channel,
                     upsample,
                     bilinear,
                     ..
+                } => Some((*per_channel, *upsample, *bilinear)),
+                Method::Cam {
+                    normalize,
+                    upsample,
+                    bilinear,
+                    ..
                 } => {
+                    if *normalize {
+                        let per = values.len() / n.max(1);
+                        values.chunks_mut(per.max(1)).for_each(cam::normalize);
+                    }
+                    Some((false, *upsample, *bilinear))
+                }
+                _ => None,
+            };
+            match map_options {
+                Some((per_channel, upsample, bilinear)) => {
                     let (channels, h, w) = spatial(&out_shape);
-                    let shown = if *per_channel { channels } else { 1 };
-                    if *upsample {
+                    let shown = if per_channel { channels } else { 1 };
+                    if upsample {
                         let (_, hh, ww) = input_image(req)?;
                         if out_shape.len() != 3 {
                             return Err(Error::value(format!(
@@ -166,7 +198,7 @@ pub fn attribute(method: &Method, req: &Request) -> Result<LayerAttribution> {
                         let per = shown * h * w;
                         let values = (0..n)
                             .flat_map(|i| {
-                                interpolate(&values[i * per..(i + 1) * per], shown, (h, w), (hh, ww), *bilinear)
+                                interpolate(&values[i * per..(i + 1) * per], shown, (h, w), (hh, ww), bilinear)
                             })
                             .collect();
                         return Ok(LayerAttribution {
@@ -175,14 +207,14 @@ pub fn attribute(method: &Method, req: &Request) -> Result<LayerAttribution> {
                             shape: vec![shown, hh, ww],
                         });
                     }
-                    let shape = gradcam_shape(&out_shape, *per_channel);
+                    let shape = gradcam_shape(&out_shape, per_channel);
                     Ok(LayerAttribution {
                         values,
                         activations: per_channel.then_some(acts),
                         shape,
                     })
                 }
-                _ => Ok(LayerAttribution {
+                None => Ok(LayerAttribution {
                     values,
                     activations: Some(acts),
                     shape: out_shape,
@@ -298,6 +330,35 @@ pub fn gradcam_shape(out_shape: &[usize], per_channel: bool) -> Vec<usize> {
         _ if per_channel => out_shape.to_vec(),
         _ => vec![1],
     }
+}
+
+/// The CAM family's map of each row (one map of the layer's positions per row):
+/// activations `h`, gradients `g` (empty when the kind reads none), the rows' targets,
+/// and the head's weights for CAM.
+fn cam_maps(
+    kind: CamKind,
+    h: &[f32],
+    g: &[f32],
+    targets: &[usize],
+    shape: &[usize],
+    head: Option<&[f32]>,
+) -> Result<Vec<f32>> {
+    let (channels, _, _) = spatial(shape);
+    let per: usize = shape.iter().product();
+    let mut out = Vec::with_capacity(h.len() / channels.max(1));
+    for (i, &target) in targets.iter().enumerate() {
+        let a = &h[i * per..(i + 1) * per];
+        let gi = g.get(i * per..(i + 1) * per).unwrap_or(&[]);
+        let weights = match head {
+            Some(w) => Some(
+                w.get(target * channels..(target + 1) * channels)
+                    .ok_or_else(|| Error::value(format!("target {target} is out of range of the linear head")))?,
+            ),
+            None => None,
+        };
+        out.extend(cam::map(kind, a, gi, channels, weights));
+    }
+    Ok(out)
 }
 
 /// Captum's LayerGradCam for `n` rows: channel weights α_c = the mean over positions of

@@ -4,6 +4,7 @@
 //! sampling. Each method follows Captum's definition and defaults to the letter.
 
 pub mod attack;
+pub mod cam;
 pub mod gradient;
 pub mod integrated;
 pub mod layer;
@@ -69,6 +70,14 @@ pub enum Method {
         per_channel: bool,
         bilinear: bool,
     },
+    /// A member of the CAM family at the AT LAYER layer, as pytorch-grad-cam computes it;
+    /// `normalize`: its ReLU and per-input min-max scaling.
+    Cam {
+        kind: cam::CamKind,
+        normalize: bool,
+        upsample: bool,
+        bilinear: bool,
+    },
     LayerActivation,
     LayerGradientXActivation,
     LayerConductance {
@@ -115,6 +124,7 @@ impl Method {
             Method::DeepLift => "deeplift",
             Method::GuidedGradCam => "guided_gradcam",
             Method::GradCam { .. } => "gradcam",
+            Method::Cam { kind, .. } => kind.name(),
             Method::LayerActivation => "layer_activation",
             Method::LayerGradientXActivation => "layer_gradient_x_activation",
             Method::LayerConductance { .. } => "layer_conductance",
@@ -170,6 +180,18 @@ impl fmt::Display for Method {
                 write!(f, "(steps = {steps}, rule = {})", rule.name())
             }
             Method::LayerConductance { steps } => write!(f, "(steps = {steps})"),
+            Method::Cam {
+                normalize,
+                upsample,
+                bilinear,
+                ..
+            } => {
+                let mode = if *bilinear { "bilinear" } else { "nearest" };
+                write!(
+                    f,
+                    "(normalize = {normalize}, upsample = {upsample}, interpolate = {mode})"
+                )
+            }
             Method::GradCam {
                 relu,
                 upsample,
@@ -242,7 +264,8 @@ pub struct MethodInfo {
     pub family: Family,
     pub needs: Needs,
     pub params: &'static [ParamSpec],
-    pub captum: &'static str,
+    /// The implementation the method follows to the letter (and is tested against).
+    pub reference: &'static str,
     pub summary: &'static str,
 }
 
@@ -279,6 +302,26 @@ const fn rule(default: &'static str) -> ParamSpec {
 
 const STEPS: ParamSpec = int("steps", 1, Some("50"), Some("steps"));
 
+const INTERPOLATE: ParamSpec = ParamSpec {
+    name: "interpolate",
+    kind: ParamKind::Choice(&["nearest", "bilinear"]),
+    default: Some("nearest"),
+    setting: None,
+};
+
+const CAM_PARAMS: &[ParamSpec] = &[flag("normalize", "false"), flag("upsample", "false"), INTERPOLATE];
+
+const fn cam_method(name: &'static str, reference: &'static str, summary: &'static str) -> MethodInfo {
+    MethodInfo {
+        name,
+        family: Family::Gradient,
+        needs: Needs::Layer,
+        params: CAM_PARAMS,
+        reference,
+        summary,
+    }
+}
+
 const SEED: ParamSpec = ParamSpec {
     name: "seed",
     kind: ParamKind::Int { min: 0, max: i64::MAX },
@@ -297,7 +340,7 @@ pub const METHODS: &[MethodInfo] = &[
             default: Some("true"),
             setting: None,
         }],
-        captum: "Saliency",
+        reference: "Captum Saliency",
         summary: "gradient of the target output (absolute value by default)",
     },
     MethodInfo {
@@ -305,7 +348,7 @@ pub const METHODS: &[MethodInfo] = &[
         family: Family::Gradient,
         needs: Needs::Nothing,
         params: &[],
-        captum: "InputXGradient",
+        reference: "Captum InputXGradient",
         summary: "input times gradient",
     },
     MethodInfo {
@@ -313,7 +356,7 @@ pub const METHODS: &[MethodInfo] = &[
         family: Family::Gradient,
         needs: Needs::Nothing,
         params: &[STEPS, rule("gausslegendre")],
-        captum: "IntegratedGradients",
+        reference: "Captum IntegratedGradients",
         summary: "path integral of gradients from the baseline to the input",
     },
     MethodInfo {
@@ -336,7 +379,7 @@ pub const METHODS: &[MethodInfo] = &[
                 setting: None,
             },
         ],
-        captum: "NoiseTunnel(Saliency), nt_type='smoothgrad'",
+        reference: "Captum NoiseTunnel(Saliency), nt_type='smoothgrad'",
         summary: "saliency averaged over noisy copies of the input",
     },
     MethodInfo {
@@ -344,7 +387,7 @@ pub const METHODS: &[MethodInfo] = &[
         family: Family::Gradient,
         needs: Needs::Nothing,
         params: &[],
-        captum: "GuidedBackprop",
+        reference: "Captum GuidedBackprop",
         summary: "gradient with ReLUs passing only positive gradients of positive inputs",
     },
     MethodInfo {
@@ -352,7 +395,7 @@ pub const METHODS: &[MethodInfo] = &[
         family: Family::Gradient,
         needs: Needs::Nothing,
         params: &[],
-        captum: "Deconvolution",
+        reference: "Captum Deconvolution",
         summary: "gradient with ReLUs applied to the gradient instead of the input",
     },
     MethodInfo {
@@ -360,7 +403,7 @@ pub const METHODS: &[MethodInfo] = &[
         family: Family::Perturbation,
         needs: Needs::Nothing,
         params: &[int("window", 1, None, None), int("stride", 1, Some("1"), None)],
-        captum: "Occlusion",
+        reference: "Captum Occlusion",
         summary: "output change when a sliding window is set to the baseline (mean over covering windows)",
     },
     MethodInfo {
@@ -368,7 +411,7 @@ pub const METHODS: &[MethodInfo] = &[
         family: Family::Perturbation,
         needs: Needs::Nothing,
         params: &[],
-        captum: "FeatureAblation",
+        reference: "Captum FeatureAblation",
         summary: "output change when a feature (or GRANULARITY group) is set to the baseline",
     },
     MethodInfo {
@@ -376,7 +419,7 @@ pub const METHODS: &[MethodInfo] = &[
         family: Family::Perturbation,
         needs: Needs::Nothing,
         params: &[int("samples", 1, Some("25"), None), SEED],
-        captum: "ShapleyValueSampling",
+        reference: "Captum ShapleyValueSampling",
         summary: "Shapley values estimated from random feature permutations",
     },
     MethodInfo {
@@ -384,7 +427,7 @@ pub const METHODS: &[MethodInfo] = &[
         family: Family::Gradient,
         needs: Needs::Nothing,
         params: &[],
-        captum: "DeepLift (rescale rule)",
+        reference: "Captum DeepLift (rescale rule)",
         summary: "difference from the baseline times multipliers of the rescale rule (conservative)",
     },
     MethodInfo {
@@ -392,7 +435,7 @@ pub const METHODS: &[MethodInfo] = &[
         family: Family::Gradient,
         needs: Needs::Layer,
         params: &[],
-        captum: "GuidedGradCam",
+        reference: "Captum GuidedGradCam",
         summary: "guided backprop times the AT LAYER Grad-CAM map upsampled to the input",
     },
     MethodInfo {
@@ -403,22 +446,52 @@ pub const METHODS: &[MethodInfo] = &[
             flag("relu", "false"),
             flag("upsample", "false"),
             flag("per_channel", "false"),
-            ParamSpec {
-                name: "interpolate",
-                kind: ParamKind::Choice(&["nearest", "bilinear"]),
-                default: Some("nearest"),
-                setting: None,
-            },
+            INTERPOLATE,
         ],
-        captum: "LayerGradCam (+ LayerAttribution.interpolate)",
+        reference: "Captum LayerGradCam (+ LayerAttribution.interpolate)",
         summary: "channel weights (mean gradient) times activations, summed over channels",
     },
+    cam_method(
+        "gradcam_plus_plus",
+        "pytorch-grad-cam GradCAMPlusPlus",
+        "channel weights Σ ReLU(G)·G²/(2G² + ΣA·G³) (Grad-CAM++) times activations",
+    ),
+    cam_method(
+        "xgradcam",
+        "pytorch-grad-cam XGradCAM",
+        "channel weights Σ G·A / ΣA (XGrad-CAM) times activations",
+    ),
+    cam_method(
+        "hirescam",
+        "pytorch-grad-cam HiResCAM",
+        "gradient times activation at each position, summed over channels",
+    ),
+    cam_method(
+        "layercam",
+        "pytorch-grad-cam LayerCAM",
+        "positive gradient times activation at each position, summed over channels",
+    ),
+    cam_method(
+        "eigencam",
+        "pytorch-grad-cam EigenCAM",
+        "the activations' first principal component (no gradient; sign: largest value positive)",
+    ),
+    cam_method(
+        "eigengradcam",
+        "pytorch-grad-cam EigenGradCAM",
+        "first principal component of gradient × activation",
+    ),
+    cam_method(
+        "cam",
+        "CAM (Zhou et al. 2016)",
+        "Σ_k W[class, k]·A_k for a layer followed by global average pooling and a linear head",
+    ),
     MethodInfo {
         name: "layer_activation",
         family: Family::Gradient,
         needs: Needs::Layer,
         params: &[],
-        captum: "LayerActivation",
+        reference: "Captum LayerActivation",
         summary: "the layer's output",
     },
     MethodInfo {
@@ -426,7 +499,7 @@ pub const METHODS: &[MethodInfo] = &[
         family: Family::Gradient,
         needs: Needs::Layer,
         params: &[],
-        captum: "LayerGradientXActivation",
+        reference: "Captum LayerGradientXActivation",
         summary: "the layer's output times the target's gradient there",
     },
     MethodInfo {
@@ -434,7 +507,7 @@ pub const METHODS: &[MethodInfo] = &[
         family: Family::Gradient,
         needs: Needs::Layer,
         params: &[STEPS],
-        captum: "LayerConductance",
+        reference: "Captum LayerConductance",
         summary: "flow of the target's change through each unit along the input path",
     },
     MethodInfo {
@@ -442,7 +515,7 @@ pub const METHODS: &[MethodInfo] = &[
         family: Family::Gradient,
         needs: Needs::Layer,
         params: &[STEPS, rule("gausslegendre")],
-        captum: "LayerIntegratedGradients",
+        reference: "Captum LayerIntegratedGradients",
         summary: "integrated gradients in the layer's output space (the hook point is overwritten)",
     },
     MethodInfo {
@@ -450,7 +523,7 @@ pub const METHODS: &[MethodInfo] = &[
         family: Family::Gradient,
         needs: Needs::Unit,
         params: &[],
-        captum: "NeuronGradient",
+        reference: "Captum NeuronGradient",
         summary: "gradient of a unit (TARGET l[i]) with respect to the input",
     },
     MethodInfo {
@@ -458,7 +531,7 @@ pub const METHODS: &[MethodInfo] = &[
         family: Family::Gradient,
         needs: Needs::Unit,
         params: &[STEPS, rule("gausslegendre")],
-        captum: "NeuronIntegratedGradients",
+        reference: "Captum NeuronIntegratedGradients",
         summary: "integrated gradients of a unit (TARGET l[i])",
     },
     MethodInfo {
@@ -466,7 +539,7 @@ pub const METHODS: &[MethodInfo] = &[
         family: Family::Gradient,
         needs: Needs::Unit,
         params: &[STEPS, rule("riemann_trapezoid")],
-        captum: "NeuronConductance",
+        reference: "Captum NeuronConductance",
         summary: "how much of the class output flows through a unit (TARGET l[i]), per input feature",
     },
 ];
@@ -602,6 +675,14 @@ pub fn resolve_method(
         }
         Ok((steps, rule))
     };
+    if let Some(kind) = cam::CamKind::parse(info.name) {
+        return Ok(Method::Cam {
+            kind,
+            normalize: flag("normalize"),
+            upsample: flag("upsample"),
+            bilinear: text("interpolate").eq_ignore_ascii_case("bilinear"),
+        });
+    }
     let method = match info.name {
         "saliency" => Method::Saliency { abs: flag("abs") },
         "input_x_gradient" => Method::InputXGradient,
@@ -877,6 +958,7 @@ pub fn predicts_own_targets(method: &Method) -> bool {
             | Method::Deconvolution
             | Method::DeepLift
             | Method::GradCam { .. }
+            | Method::Cam { .. }
             | Method::LayerGradientXActivation
     )
 }
@@ -920,6 +1002,7 @@ pub fn attribute(method: &Method, req: &Request) -> Result<Vec<f32>> {
         Method::NeuronConductance { steps, rule } => layer::neuron_conductance(*steps, *rule, req),
         Method::GuidedGradCam => layer::guided_gradcam(req),
         Method::GradCam { .. }
+        | Method::Cam { .. }
         | Method::LayerActivation
         | Method::LayerGradientXActivation
         | Method::LayerConductance { .. }

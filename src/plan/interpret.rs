@@ -225,7 +225,7 @@ pub(super) fn plan_clauses(call: &ast::ModelCall, clauses: &Clauses, catalog: &d
     check_selection(&method, method_span, &i, &at_layer, &target, &info)?;
     if every_layer {
         let span = i.c.at_layer.as_ref().map_or(method_span, |l| l.span);
-        if !method.attributes_layer() || matches!(method, Method::GradCam { .. }) {
+        if !method.attributes_layer() || matches!(method, Method::GradCam { .. } | Method::Cam { .. }) {
             return Err(Error::value(format!(
                 "AT LAYER * runs the method at every layer and stacks the results; {} does not apply to every layer",
                 method.name()
@@ -865,6 +865,10 @@ pub fn result_shape(a: &Attribution) -> Vec<usize> {
                 _ => crate::ops::layer::gradcam_shape(&l.shape, *per_channel),
             }
         }
+        Method::Cam { upsample, .. } => match &a.modality {
+            Modality::Image { height, width, .. } if *upsample => vec![1, *height, *width],
+            _ => crate::ops::layer::gradcam_shape(&l.shape, false),
+        },
         _ => l.shape.clone(),
     }
 }

@@ -1,0 +1,125 @@
+//! The CAM family against pytorch-grad-cam 1.5.5 (`tests/fixtures/cam`, written by
+//! `tools/cam_references.py`). Raw maps (before the library's ReLU and scaling) at the
+//! layer's resolution: |ours − ref| ≤ 1e-5·s + 1e-4·|ref|, s the reference map's largest
+//! magnitude (the zoo's rule: random deep nets give maps of very different scales).
+//! Normalised maps (`normalize = true`: ReLU, per-input min-max) on the digits CNN's
+//! `relu2`, whose 8×8 resolution is the input's, so the library's output involves no
+//! resize: atol 1e-4. Eigen-CAM's principal direction has no sign: raw maps are compared
+//! up to a sign per input.
+
+use crate::common::*;
+
+const DIGITS: &str = "LOAD MODEL cnn FROM 'models/digits_cnn.safetensors' ARCH 'models/digits_cnn.json';
+    LOAD DATA digits FROM 'data/digits_test_x.npy' LABELS 'data/digits_test_y.npy';";
+
+const METHODS: [&str; 6] = [
+    "gradcam_plus_plus",
+    "xgradcam",
+    "hirescam",
+    "layercam",
+    "eigencam",
+    "eigengradcam",
+];
+
+fn reference(name: &str) -> Vec<f64> {
+    npy(&fixture(&format!("cam/{name}.npy"))).1
+}
+
+/// Checks maps of `per` values per input against `want`, flipping each input's map to
+/// the reference's sign first when `any_sign`.
+fn assert_maps(what: &str, got: &[f64], want: &[f64], per: usize, any_sign: bool) {
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "{what}: {} values, reference {}",
+        got.len(),
+        want.len()
+    );
+    let mut aligned = got.to_vec();
+    if any_sign {
+        for (g, w) in aligned.chunks_mut(per).zip(want.chunks(per)) {
+            let dot: f64 = g.iter().zip(w).map(|(a, b)| a * b).sum();
+            if dot < 0.0 {
+                g.iter_mut().for_each(|v| *v = -*v);
+            }
+        }
+    }
+    let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    assert!(scale > 0.0, "{what}: the reference map is all zeros");
+    assert_close(what, &aligned, want, 1e-5 * scale, 1e-4);
+}
+
+#[test]
+fn cam_family_matches_pytorch_grad_cam_on_the_digits() {
+    let mut s = session(DIGITS);
+    for method in METHODS {
+        let eigen = method.starts_with("eigen");
+        let from = |normalize: bool| {
+            format!(
+                "SELECT attribution FROM cnn(digits[0:10]) AT LAYER relu2 USING {method}(normalize = {normalize}) ORDER BY input, unit"
+            )
+        };
+        let raw = column_f64(&query(&mut s, &from(false)), "attribution");
+        let what = format!("digits {method}, raw");
+        assert_maps(&what, &raw, &reference(&format!("digits_cnn__{method}.raw")), 64, eigen);
+        if !eigen {
+            let scaled = column_f64(&query(&mut s, &from(true)), "attribution");
+            let want = reference(&format!("digits_cnn__{method}"));
+            assert_close(&format!("digits {method}, normalised"), &scaled, &want, 1e-4, 0.0);
+        }
+    }
+    // The library's own targets are the predicted classes, as the engine's default.
+    let df = query(
+        &mut s,
+        "SELECT DISTINCT input, target FROM cnn(digits[0:10]) AT LAYER relu2 USING layercam ORDER BY input",
+    );
+    let (_, targets) = npy(&fixture("cam/digits_cnn__targets.npy"));
+    assert_eq!(column_f64(&df, "target"), targets);
+}
+
+#[test]
+fn cam_family_matches_pytorch_grad_cam_on_a_resnet() {
+    for exporter in ["ts", "dynamo"] {
+        let mut s = session(&format!(
+            "LOAD MODEL z FROM '{}'; LOAD DATA x FROM '{}' LABELS '{}';",
+            fixture(&format!("zoo/resnet_basic.{exporter}.onnx")).display(),
+            fixture("zoo/resnet_basic.inputs.npy").display(),
+            fixture("zoo/resnet_basic.targets.npy").display(),
+        ));
+        for (layer, per) in [("layer2", 64), ("layer4", 4)] {
+            let mut methods = METHODS.to_vec();
+            if layer == "layer4" {
+                methods.push("cam");
+            }
+            for method in methods {
+                let df = query(
+                    &mut s,
+                    &format!(
+                        "SELECT attribution FROM z(x) AT LAYER {layer} USING {method} TARGET LABEL ORDER BY input, unit"
+                    ),
+                );
+                let want = reference(&format!("resnet_basic.{layer}__{method}.raw"));
+                let what = format!("resnet_basic.{exporter} {layer} {method}");
+                assert_maps(
+                    &what,
+                    &column_f64(&df, "attribution"),
+                    &want,
+                    per,
+                    method.starts_with("eigen"),
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn cam_needs_a_pooled_linear_head_and_says_so() {
+    let mut s = session(DIGITS);
+    assert_errors(
+        &mut s,
+        &[(
+            "SELECT * FROM cnn(digits[0:2]) AT LAYER relu2 USING cam",
+            "cam needs the layer to be followed by a global average pool and a linear head: `pool` (maxpool2d) comes where a global average pool should",
+        )],
+    );
+}

@@ -1,0 +1,93 @@
+"""Reference maps of the CAM family, computed with pytorch-grad-cam (PyPI `grad-cam`) on
+the shipped digits CNN and on the zoo's ResNet: written to tests/fixtures/cam/ for the
+parity tests. Optional, outside CI; run from the repository root with the zoo's
+environment (tools/make_zoo.py) plus `pip install grad-cam`:
+
+    /root/zoo-venv/bin/python tools/cam_references.py
+
+Per model and method, `<model>__<method>.raw.npy` is the map at the layer's resolution
+before pytorch-grad-cam's ReLU and scaling (its `get_cam_image`), and, on the digits
+CNN, whose layer `relu2` keeps the 8×8 input resolution (no resize involved),
+`<model>__<method>.npy` is the library's own output (ReLU, per-input min-max). CAM (no
+class in pytorch-grad-cam) is Σ_k W[c,k]·A_k with the head's weights, in torch.
+"""
+
+import os
+import sys
+import warnings
+
+import numpy as np
+import torch
+from pytorch_grad_cam import (EigenCAM, EigenGradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM)
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+sys.path.insert(0, os.path.dirname(__file__))
+from captum_baseline import load  # noqa: E402
+
+warnings.filterwarnings("ignore")
+torch.set_num_threads(2)
+OUT = "tests/fixtures/cam"
+METHODS = {
+    "gradcam_plus_plus": GradCAMPlusPlus,
+    "xgradcam": XGradCAM,
+    "hirescam": HiResCAM,
+    "layercam": LayerCAM,
+    "eigencam": EigenCAM,
+    "eigengradcam": EigenGradCAM,
+}
+
+
+def save(name, array):
+    np.save(os.path.join(OUT, name), np.ascontiguousarray(array, dtype=np.float32))
+
+
+def references(tag, model, layer, x, targets, full_output):
+    for name, cls in METHODS.items():
+        cam = cls(model=model, target_layers=[layer])
+        wanted = [ClassifierOutputTarget(int(t)) for t in targets]
+        output = cam(input_tensor=x, targets=wanted)
+        acts = cam.activations_and_grads.activations[0].cpu().numpy()
+        grads = cam.activations_and_grads.gradients[0].cpu().numpy() if cam.activations_and_grads.gradients else None
+        raw = cam.get_cam_image(x, layer, wanted, acts, grads, False)
+        save(f"{tag}__{name}.raw.npy", raw)
+        if full_output:
+            save(f"{tag}__{name}.npy", output)
+        print(tag, name, raw.shape, file=sys.stderr)
+
+
+def main():
+    os.makedirs(OUT, exist_ok=True)
+    cnn = load("digits_cnn")
+    x = torch.from_numpy(np.load("data/digits_test_x.npy")[:10])
+    t = cnn(x).argmax(1)
+    save("digits_cnn__inputs.npy", x.numpy())
+    np.save(os.path.join(OUT, "digits_cnn__targets.npy"), t.numpy().astype(np.int64))
+    references("digits_cnn", cnn, cnn.relu2, x, t, True)
+
+    # The zoo's ResNet, rebuilt as tools/make_zoo.py builds it (same seed: same weights).
+    import make_zoo
+
+    make, _, _ = make_zoo.ZOO["resnet_basic"]
+    torch.manual_seed(11)
+    model = make()
+    make_zoo.randomise_norms(model)
+    make_zoo.wake_zero_parameters(model)
+    model.eval()
+    zx = torch.from_numpy(np.load("tests/fixtures/zoo/resnet_basic.inputs.npy"))
+    zt = torch.from_numpy(np.load("tests/fixtures/zoo/resnet_basic.targets.npy")).long()
+    # layer2: 8×8 positions, more than its channels; layer4: 2×2, fewer (the two ways
+    # to the principal component).
+    references("resnet_basic.layer2", model, model.layer2, zx, zt, False)
+    references("resnet_basic.layer4", model, model.layer4, zx, zt, False)
+    # CAM: the layer feeds a global average pool and the linear head `fc`.
+    acts = {}
+    handle = model.layer4.register_forward_hook(lambda m, i, o: acts.setdefault("a", o.detach()))
+    with torch.no_grad():
+        model(zx)
+    handle.remove()
+    w = model.fc.weight.detach()[zt]  # [n, channels]
+    save("resnet_basic.layer4__cam.raw.npy", torch.einsum("nc,nchw->nhw", w, acts["a"]).numpy())
+
+
+if __name__ == "__main__":
+    main()
