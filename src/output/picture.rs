@@ -147,7 +147,27 @@ pub fn render_png_over(df: &DataFrame, photo_of: &dyn Fn(i64) -> Option<Photo>) 
         let font = ("sans-serif", 13).into_font().color(&BLACK);
         for (k, panel) in panels.iter().enumerate() {
             let (x, y) = panel_origin(k, size);
-            root.draw(&Text::new(panel.title.clone(), (x as i32, y as i32 + 4), font.clone()))
+            // A long title (a JOIN side's method and the input's target and prediction)
+            // is set smaller, then cut, so that it stays over its own panel.
+            let (mut title, mut points) = (panel.title.clone(), 13.0);
+            let fits = |t: &str, points: f64| {
+                let style = ("sans-serif", points).into_font().color(&BLACK);
+                root.estimate_text_size(t, &style)
+                    .map_or(true, |(w, _)| w <= panel_width)
+            };
+            while !fits(&title, points) && points > 10.0 {
+                points -= 1.0;
+            }
+            while !fits(&title, points) && title.chars().count() > 2 {
+                title.pop();
+                while title.ends_with(' ') {
+                    title.pop();
+                }
+                title.pop();
+                title.push('…');
+            }
+            let style = ("sans-serif", points).into_font().color(&BLACK);
+            root.draw(&Text::new(title, (x as i32, y as i32 + 4), style))
                 .map_err(draw_err)?;
             let top = (y + TITLE) as i32;
             match &panel.content {
