@@ -12,13 +12,15 @@ use crate::common::*;
 const DIGITS: &str = "LOAD MODEL cnn FROM 'models/digits_cnn.safetensors' ARCH 'models/digits_cnn.json';
     LOAD DATA digits FROM 'data/digits_test_x.npy' LABELS 'data/digits_test_y.npy';";
 
-const METHODS: [&str; 6] = [
+const METHODS: [&str; 8] = [
     "gradcam_plus_plus",
     "xgradcam",
     "hirescam",
     "layercam",
     "eigencam",
     "eigengradcam",
+    "scorecam",
+    "ablationcam",
 ];
 
 fn reference(name: &str) -> Vec<f64> {
@@ -122,4 +124,53 @@ fn cam_needs_a_pooled_linear_head_and_says_so() {
             "cam needs the layer to be followed by a global average pool and a linear head: `pool` (maxpool2d) comes where a global average pool should",
         )],
     );
+}
+
+/// FullGrad (no AT LAYER: every convolution's bias and every batch norm's, with the
+/// input's gradient × input), the library's normalised output, on the digits CNN and on
+/// the zoo ResNet, whose ONNX exports fold each batch norm's bias into its convolution
+/// (the same bias FullGrad reads from BatchNorm2d). Every channel of a pixel carries the
+/// pixel's value, so the first channel is compared: atol 1e-4 (the ResNet's stage maps
+/// are resized from 32×32 … 2×2, bilinearly, as cv2.resize).
+#[test]
+fn fullgrad_matches_pytorch_grad_cam() {
+    let zoo = |exporter: &str| {
+        format!(
+            "LOAD MODEL z FROM '{}'; LOAD DATA x FROM '{}' LABELS '{}';",
+            fixture(&format!("zoo/resnet_basic.{exporter}.onnx")).display(),
+            fixture("zoo/resnet_basic.inputs.npy").display(),
+            fixture("zoo/resnet_basic.targets.npy").display(),
+        )
+    };
+    let on_zoo = "z(x) USING fullgrad(normalize = true) TARGET LABEL";
+    let cases = [
+        (DIGITS.to_string(), "cnn(digits[0:10])", "digits_cnn", 64, 1),
+        (zoo("ts"), on_zoo, "resnet_basic", 64 * 64, 3),
+        (zoo("dynamo"), on_zoo, "resnet_basic", 64 * 64, 3),
+    ];
+    for (setup, from, name, plane, channels) in cases {
+        let mut s = session(&setup);
+        let from = if from.contains("USING") {
+            from.to_string()
+        } else {
+            format!("{from} USING fullgrad(normalize = true)")
+        };
+        let df = query(
+            &mut s,
+            &format!("SELECT attribution FROM {from} ORDER BY input, feature"),
+        );
+        let got = column_f64(&df, "attribution");
+        let per = plane * channels;
+        let first: Vec<f64> = got.chunks(per).flat_map(|c| c[..plane].to_vec()).collect();
+        for c in got.chunks(per) {
+            assert_eq!(&c[..plane], &c[plane * (channels - 1)..], "{name}: channels differ");
+        }
+        assert_close(
+            &format!("{name} fullgrad"),
+            &first,
+            &reference(&format!("{name}__fullgrad")),
+            1e-4,
+            0.0,
+        );
+    }
 }

@@ -8,8 +8,9 @@ environment (tools/make_zoo.py) plus `pip install grad-cam`:
 Per model and method, `<model>__<method>.raw.npy` is the map at the layer's resolution
 before pytorch-grad-cam's ReLU and scaling (its `get_cam_image`), and, on the digits
 CNN, whose layer `relu2` keeps the 8×8 input resolution (no resize involved),
-`<model>__<method>.npy` is the library's own output (ReLU, per-input min-max). CAM (no
-class in pytorch-grad-cam) is Σ_k W[c,k]·A_k with the head's weights, in torch.
+`<model>__<method>.npy` is the library's own output (ReLU, per-input min-max), as is
+`<model>__fullgrad.npy` (FullGrad takes no layer). CAM (no class in pytorch-grad-cam) is
+Σ_k W[c,k]·A_k with the head's weights, in torch.
 """
 
 import os
@@ -18,7 +19,8 @@ import warnings
 
 import numpy as np
 import torch
-from pytorch_grad_cam import (EigenCAM, EigenGradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM)
+from pytorch_grad_cam import (AblationCAM, EigenCAM, EigenGradCAM, FullGrad, GradCAMPlusPlus, HiResCAM, LayerCAM,
+                              ScoreCAM, XGradCAM)
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -34,6 +36,8 @@ METHODS = {
     "layercam": LayerCAM,
     "eigencam": EigenCAM,
     "eigengradcam": EigenGradCAM,
+    "scorecam": ScoreCAM,
+    "ablationcam": AblationCAM,
 }
 
 
@@ -55,6 +59,13 @@ def references(tag, model, layer, x, targets, full_output):
         print(tag, name, raw.shape, file=sys.stderr)
 
 
+def fullgrad(tag, model, x, targets):
+    """FullGrad's own output (it takes every bias layer, no target layer)."""
+    cam = FullGrad(model=model, target_layers=[])
+    save(f"{tag}__fullgrad.npy", cam(input_tensor=x, targets=[ClassifierOutputTarget(int(t)) for t in targets]))
+    print(tag, "fullgrad", file=sys.stderr)
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     cnn = load("digits_cnn")
@@ -63,6 +74,7 @@ def main():
     save("digits_cnn__inputs.npy", x.numpy())
     np.save(os.path.join(OUT, "digits_cnn__targets.npy"), t.numpy().astype(np.int64))
     references("digits_cnn", cnn, cnn.relu2, x, t, True)
+    fullgrad("digits_cnn", cnn, x, t)
 
     # The zoo's ResNet, rebuilt as tools/make_zoo.py builds it (same seed: same weights).
     import make_zoo
@@ -79,6 +91,7 @@ def main():
     # to the principal component).
     references("resnet_basic.layer2", model, model.layer2, zx, zt, False)
     references("resnet_basic.layer4", model, model.layer4, zx, zt, False)
+    fullgrad("resnet_basic", model, zx, zt)
     # CAM: the layer feeds a global average pool and the linear head `fc`.
     acts = {}
     handle = model.layer4.register_forward_hook(lambda m, i, o: acts.setdefault("a", o.detach()))

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::model::{Batch, Forward, Model, Op};
 use crate::ops::Method;
 use crate::ops::gradient::batch_shape;
-use crate::ops::{self, Control, Family, Features, OUTSIDE, Rect, Request};
+use crate::ops::{self, Control, Features, OUTSIDE, Rect, Request};
 use crate::plan::{
     Attribution, BaselineSpec, GranularitySpec, InputLimit, LayerRef, Prediction, TargetSpec, ThroughSpec, WindowSpec,
 };
@@ -1202,7 +1202,7 @@ fn relation(
         fs.sort_unstable();
         fs.into_iter().map(|f| vec![f]).collect()
     };
-    let sum_groups = a.method.family() == Family::Gradient;
+    let sum_groups = a.method.sums_groups();
     let rows = sel.len() * members.len();
     let ids = sel.ids();
     let mut c_input = Vec::with_capacity(rows);

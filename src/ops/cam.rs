@@ -18,10 +18,12 @@ pub enum CamKind {
     EigenCam,
     EigenGradCam,
     Cam,
+    ScoreCam,
+    AblationCam,
 }
 
 impl CamKind {
-    pub const ALL: [CamKind; 7] = [
+    pub const ALL: [CamKind; 9] = [
         CamKind::GradCamPlusPlus,
         CamKind::XGradCam,
         CamKind::HiResCam,
@@ -29,6 +31,8 @@ impl CamKind {
         CamKind::EigenCam,
         CamKind::EigenGradCam,
         CamKind::Cam,
+        CamKind::ScoreCam,
+        CamKind::AblationCam,
     ];
 
     pub fn name(self) -> &'static str {
@@ -40,6 +44,8 @@ impl CamKind {
             CamKind::EigenCam => "eigencam",
             CamKind::EigenGradCam => "eigengradcam",
             CamKind::Cam => "cam",
+            CamKind::ScoreCam => "scorecam",
+            CamKind::AblationCam => "ablationcam",
         }
     }
 
@@ -48,9 +54,18 @@ impl CamKind {
     }
 
     /// Whether the map reads the target's gradient at the layer (Eigen-CAM reads the
-    /// activations alone; CAM the head's weights).
+    /// activations alone; CAM the head's weights; Score-CAM and Ablation-CAM forward
+    /// passes of changed copies).
     pub fn uses_gradient(self) -> bool {
-        !matches!(self, CamKind::EigenCam | CamKind::Cam)
+        !matches!(
+            self,
+            CamKind::EigenCam | CamKind::Cam | CamKind::ScoreCam | CamKind::AblationCam
+        )
+    }
+
+    /// Whether the channel weights come from forward passes of perturbed copies.
+    pub fn perturbs(self) -> bool {
+        matches!(self, CamKind::ScoreCam | CamKind::AblationCam)
     }
 }
 
@@ -154,13 +169,223 @@ pub fn map(kind: CamKind, a: &[f32], g: &[f32], channels: usize, class_weights: 
         }),
         CamKind::HiResCam => elementwise(&|a, g| g * a),
         CamKind::LayerCam => elementwise(&|a, g| g.max(0.0) * a),
-        CamKind::Cam => weighted(&|c| class_weights.map_or(0.0, |w| w[c] as f64)),
+        // CAM's weights are the head's row; Score-CAM's and Ablation-CAM's come from
+        // their forward passes (`perturbed_weights`), passed the same way.
+        CamKind::Cam | CamKind::ScoreCam | CamKind::AblationCam => {
+            weighted(&|c| class_weights.map_or(0.0, |w| w[c] as f64))
+        }
         CamKind::EigenCam => first_component(a, channels),
         CamKind::EigenGradCam => {
             let product: Vec<f32> = a.iter().zip(g).map(|(a, g)| a * g).collect();
             first_component(&product, channels)
         }
     }
+}
+
+/// Score-CAM's or Ablation-CAM's channel weights for one input, from one forward pass per
+/// channel through the perturbation engine: `input` the input, `a` its activation at
+/// `layer` (channels × h × w), `score` its target output.
+///
+/// Score-CAM: each channel, brought to the input's size (bilinear, corners aligned, as
+/// torch's UpsamplingBilinear2d) and min-max scaled (ε 1e-8), masks the input; the
+/// weights are the softmax over channels of the masked inputs' target outputs.
+/// Ablation-CAM: each channel of the activation set to 0 (to min − 1e7 where the
+/// activation is not a ReLU's, whose minimum is 0), the rest of the model run from the
+/// layer; weight = (score − ablated score) / score.
+#[allow(clippy::too_many_arguments)]
+pub fn perturbed_weights(
+    kind: CamKind,
+    req: &super::Request,
+    input: &[f32],
+    a: &[f32],
+    layer: usize,
+    target: usize,
+    score: f32,
+) -> Result<Vec<f32>> {
+    use crate::model::{Batch, Forward};
+    let model = req.model;
+    let shape = &model.layers[layer].out_shape;
+    let (channels, h, w) = match shape.as_slice() {
+        [c, h, w] => (*c, *h, *w),
+        _ => {
+            return Err(Error::value(format!(
+                "{} needs a layer with channels, rows and columns; `{}` has shape {}",
+                kind.name(),
+                model.layers[layer].name,
+                crate::model::fmt_shape(shape)
+            )));
+        }
+    };
+    let plane = h * w;
+    match kind {
+        CamKind::ScoreCam => {
+            let Some(((ci, hh, ww), _)) = req.features.image else {
+                return Err(Error::value(
+                    "scorecam masks the input with the layer's maps: it needs image inputs",
+                ));
+            };
+            let masks: Vec<Vec<f32>> = (0..channels)
+                .map(|c| {
+                    let up = upsample_aligned(&a[c * plane..(c + 1) * plane], (h, w), (hh, ww));
+                    let (min, max) = up.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), v| {
+                        (lo.min(*v), hi.max(*v))
+                    });
+                    up.iter().map(|v| (v - min) / (max - min + 1e-8)).collect()
+                })
+                .collect();
+            let make = |k: usize, row: &mut [f32]| {
+                for (i, (r, x)) in row.iter_mut().zip(input).enumerate() {
+                    *r = x * masks[k][i % (hh * ww)];
+                }
+                debug_assert_eq!(row.len(), ci * hh * ww);
+                Ok(())
+            };
+            let run = |batch: Batch| model.output_of(batch, req.out_layer);
+            let scores =
+                super::perturbation::evaluate(req, &model.input_shape, channels, target, req.batch_rows, &make, &run)?;
+            // torch's softmax in float32: exp(s − max) / Σ.
+            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let exps: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
+            let sum: f32 = exps.iter().sum();
+            Ok(exps.iter().map(|e| e / sum).collect())
+        }
+        CamKind::AblationCam => {
+            let min = a.iter().copied().fold(f32::INFINITY, f32::min);
+            let ablated = if min == 0.0 { 0.0 } else { min - 1e7 };
+            let make = |k: usize, row: &mut [f32]| {
+                row.copy_from_slice(a);
+                row[k * plane..(k + 1) * plane].fill(ablated);
+                Ok(())
+            };
+            let context = Batch::new(super::gradient::batch_shape(1, &model.input_shape), input.to_vec())?;
+            let run = |batch: Batch| {
+                let fwd = Forward {
+                    from: layer + 1,
+                    to: req.out_layer + 1,
+                    keep: false,
+                    hook: None,
+                };
+                Ok(model.run_in(batch, &fwd, Some(&context))?.into_output())
+            };
+            let scores = super::perturbation::evaluate(req, shape, channels, target, req.batch_rows, &make, &run)?;
+            Ok(scores.iter().map(|s| (score - s) / score).collect())
+        }
+        other => Err(Error::value(format!(
+            "internal: {} has no perturbed weights",
+            other.name()
+        ))),
+    }
+}
+
+/// torch's UpsamplingBilinear2d (bilinear, align_corners = True) of one plane.
+fn upsample_aligned(plane: &[f32], from: (usize, usize), to: (usize, usize)) -> Vec<f32> {
+    let ((h, w), (hh, ww)) = (from, to);
+    let axis = |o: usize, len: usize, out: usize| -> (usize, usize, f32) {
+        let scale = if out > 1 {
+            (len - 1) as f32 / (out - 1) as f32
+        } else {
+            0.0
+        };
+        let src = o as f32 * scale;
+        let i0 = (src.floor() as usize).min(len - 1);
+        let i1 = (i0 + 1).min(len - 1);
+        (i0, i1, src - i0 as f32)
+    };
+    let mut out = Vec::with_capacity(hh * ww);
+    for r in 0..hh {
+        let (r0, r1, lr) = axis(r, h, hh);
+        for c in 0..ww {
+            let (c0, c1, lc) = axis(c, w, ww);
+            let top = (1.0 - lc) * plane[r0 * w + c0] + lc * plane[r0 * w + c1];
+            let bottom = (1.0 - lc) * plane[r1 * w + c0] + lc * plane[r1 * w + c1];
+            out.push((1.0 - lr) * top + lr * bottom);
+        }
+    }
+    out
+}
+
+/// pytorch-grad-cam's FullGrad of each input, a map of its pixels: |∂F/∂x · x| of every
+/// input channel, plus, for every convolution with a bias and every batch norm (its
+/// shift: the bias BatchNorm2d contributes, which an ONNX export folds into the
+/// convolution before it), |b_k · ∂F/∂z_k| of each of its channels k at its output z —
+/// each plane min-max scaled ((v − min) / (max + 1e-7)) and brought to the input's size
+/// (bilinear, half-pixel centres, as cv2.resize) before the sum. `normalize`: the
+/// library's final min-max of the sum. Every channel of a pixel carries its value.
+pub fn fullgrad(req: &super::Request, normalize: bool) -> Result<Vec<f32>> {
+    use crate::model::{Batch, Forward, Gradient};
+    let Some(((channels, hh, ww), _)) = req.features.image else {
+        return Err(Error::value(
+            "fullgrad maps the pixels of an image: it needs image inputs",
+        ));
+    };
+    let model = req.model;
+    let biases: Vec<Option<&[f32]>> = model
+        .layers
+        .iter()
+        .map(|l| match (&l.op, l.out_shape.len()) {
+            (Op::Conv2d { bias: Some(b), .. }, 3) => Some(b.as_slice()),
+            (Op::BatchNorm { shift, .. }, 3) => Some(shift.as_slice()),
+            _ => None,
+        })
+        .collect();
+    let plane = hh * ww;
+    let per_input = super::gradient::par_items(
+        req.n(),
+        req.control,
+        |_| 1,
+        |i| {
+            let x = req.input(i);
+            let rows = Batch::new(super::gradient::batch_shape(1, &model.input_shape), x.to_vec())?;
+            let fwd = Forward {
+                from: 0,
+                to: req.out_layer + 1,
+                keep: true,
+                hook: None,
+            };
+            let tape = model.run(rows, &fwd)?;
+            let seed = super::gradient::one_hot(tape.output(), &[req.targets[i]])?;
+            let mut total = vec![0.0f32; plane];
+            let mut add_scaled = |values: &[f32], (h, w): (usize, usize)| {
+                let mut scaled = values.to_vec();
+                let min = scaled.iter().copied().fold(f32::INFINITY, f32::min);
+                scaled.iter_mut().for_each(|v| *v -= min);
+                let max = scaled.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                scaled.iter_mut().for_each(|v| *v /= 1e-7 + max);
+                let resized = if (h, w) == (hh, ww) {
+                    scaled
+                } else {
+                    super::layer::interpolate(&scaled, 1, (h, w), (hh, ww), true)
+                };
+                total.iter_mut().zip(&resized).for_each(|(t, v)| *t += v);
+            };
+            let mut observe = |index: usize, g: &Batch| {
+                let Some(bias) = biases.get(index).copied().flatten() else {
+                    return;
+                };
+                let shape = &model.layers[index].out_shape;
+                let (h, w) = (shape[1], shape[2]);
+                for (k, b) in bias.iter().enumerate() {
+                    let gk = &g.row(0)[k * h * w..(k + 1) * h * w];
+                    let product: Vec<f32> = gk.iter().map(|v| (b * v).abs()).collect();
+                    add_scaled(&product, (h, w));
+                }
+            };
+            let gx = model.backward(&tape, seed, &Gradient, &mut observe)?;
+            for c in 0..channels {
+                let part: Vec<f32> = (0..plane)
+                    .map(|p| (gx.row(0)[c * plane + p] * x[c * plane + p]).abs())
+                    .collect();
+                add_scaled(&part, (hh, ww));
+            }
+            if normalize {
+                self::normalize(&mut total);
+            }
+            Ok((0..channels).flat_map(|_| total.iter().copied()).collect::<Vec<f32>>())
+        },
+    )?;
+    let mut out = per_input.concat();
+    super::gradient::zero_outside_window(&mut out, req);
+    Ok(out)
 }
 
 /// pytorch-grad-cam's `get_2d_projection`: the positions × channels matrix, each channel

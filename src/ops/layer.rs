@@ -126,6 +126,19 @@ pub fn attribute(method: &Method, req: &Request) -> Result<LayerAttribution> {
                         None => (req.targets[a..b].to_vec(), Vec::new()),
                     };
                     let values = match method {
+                        Method::Cam { kind, .. } if kind.perturbs() => {
+                            let per = units;
+                            let mut maps = Vec::with_capacity((b - a) * per);
+                            for (r, &target) in targets.iter().enumerate() {
+                                let act = &h.data()[r * per..(r + 1) * per];
+                                let score = output.row(r).get(target).copied().ok_or_else(|| {
+                                    Error::value(format!("target {target} is out of range of the model's outputs"))
+                                })?;
+                                let w = cam::perturbed_weights(*kind, req, inputs.row(r), act, layer, target, score)?;
+                                maps.extend(cam_maps(*kind, act, &[], &[0], &out_shape, Some(&w))?);
+                            }
+                            maps
+                        }
                         Method::Cam { kind, .. } if !kind.uses_gradient() => {
                             cam_maps(*kind, h.data(), &[], &targets, &out_shape, class_weights.as_deref())?
                         }

@@ -78,6 +78,10 @@ pub enum Method {
         upsample: bool,
         bilinear: bool,
     },
+    /// pytorch-grad-cam's FullGrad: input-gradient and bias-gradient maps of every layer.
+    FullGrad {
+        normalize: bool,
+    },
     LayerActivation,
     LayerGradientXActivation,
     LayerConductance {
@@ -125,6 +129,7 @@ impl Method {
             Method::GuidedGradCam => "guided_gradcam",
             Method::GradCam { .. } => "gradcam",
             Method::Cam { kind, .. } => kind.name(),
+            Method::FullGrad { .. } => "fullgrad",
             Method::LayerActivation => "layer_activation",
             Method::LayerGradientXActivation => "layer_gradient_x_activation",
             Method::LayerConductance { .. } => "layer_conductance",
@@ -149,6 +154,13 @@ impl Method {
             Method::Occlusion { .. } | Method::FeatureAblation | Method::ShapleySampling { .. } => Family::Perturbation,
             _ => Family::Gradient,
         }
+    }
+
+    /// Whether a GRANULARITY group's attribution is the sum over its features (gradient
+    /// methods) rather than the value every feature of it carries (perturbation methods,
+    /// and FullGrad, whose pixel value every channel carries: GRANULARITY pixel is its map).
+    pub fn sums_groups(&self) -> bool {
+        self.family() == Family::Gradient && !matches!(self, Method::FullGrad { .. })
     }
 
     /// Whether the method compares against a baseline (BASELINE applies).
@@ -180,6 +192,7 @@ impl fmt::Display for Method {
                 write!(f, "(steps = {steps}, rule = {})", rule.name())
             }
             Method::LayerConductance { steps } => write!(f, "(steps = {steps})"),
+            Method::FullGrad { normalize } => write!(f, "(normalize = {normalize})"),
             Method::Cam {
                 normalize,
                 upsample,
@@ -486,6 +499,24 @@ pub const METHODS: &[MethodInfo] = &[
         "CAM (Zhou et al. 2016)",
         "Σ_k W[class, k]·A_k for a layer followed by global average pooling and a linear head",
     ),
+    cam_method(
+        "scorecam",
+        "pytorch-grad-cam ScoreCAM",
+        "channel weights: softmax of the target output on the input masked by each channel's map",
+    ),
+    cam_method(
+        "ablationcam",
+        "pytorch-grad-cam AblationCAM",
+        "channel weights: the target output's relative drop when the channel is set to 0",
+    ),
+    MethodInfo {
+        name: "fullgrad",
+        family: Family::Gradient,
+        needs: Needs::Nothing,
+        params: &[flag("normalize", "false")],
+        reference: "pytorch-grad-cam FullGrad",
+        summary: "|input × gradient| plus |bias × gradient| of every convolution and batch norm, each plane scaled, at the input's resolution",
+    },
     MethodInfo {
         name: "layer_activation",
         family: Family::Gradient,
@@ -691,6 +722,9 @@ pub fn resolve_method(
             Method::IntegratedGradients { steps, rule }
         }
         "deeplift" => Method::DeepLift,
+        "fullgrad" => Method::FullGrad {
+            normalize: flag("normalize"),
+        },
         "guided_gradcam" => Method::GuidedGradCam,
         "gradcam" => Method::GradCam {
             relu: flag("relu"),
@@ -1001,6 +1035,7 @@ pub fn attribute(method: &Method, req: &Request) -> Result<Vec<f32>> {
         }
         Method::NeuronConductance { steps, rule } => layer::neuron_conductance(*steps, *rule, req),
         Method::GuidedGradCam => layer::guided_gradcam(req),
+        Method::FullGrad { normalize } => cam::fullgrad(req, *normalize),
         Method::GradCam { .. }
         | Method::Cam { .. }
         | Method::LayerActivation

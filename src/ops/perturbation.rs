@@ -17,7 +17,7 @@ use crate::model::local::{LocalPass, Region, Span};
 /// model (`sample` shaped), and `run` takes a batch of them to the outputs of
 /// `req.out_layer`.
 #[allow(clippy::too_many_arguments)]
-fn evaluate(
+pub(crate) fn evaluate(
     req: &Request,
     sample: &[usize],
     count: usize,
