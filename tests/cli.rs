@@ -116,7 +116,7 @@ fn scripts_from_stdin_stop_at_the_first_error_unless_keep_going() {
 #[test]
 fn repl_reads_multi_line_statements_and_survives_errors() {
     let input = format!(
-        "{LOAD}\nSELECT count(*) AS n\n  FROM PREDICT cnn(digits);\nSELECT nope FROM PREDICT cnn(digits);\n\\help\nPREDICT cnn(digits[5]);\n\\q\n"
+        "{LOAD}\nSELECT count(*) AS n\n  FROM PREDICT cnn(digits);\nSELECT nope FROM PREDICT cnn(digits);\nSELEC 1;\n\\help\nPREDICT cnn(digits[5]);\n\\q\n"
     );
     let out = ialg(&["repl"], Some(&input));
     let stdout = text(&out.stdout);
@@ -125,6 +125,9 @@ fn repl_reads_multi_line_statements_and_survives_errors() {
     assert!(stdout.contains("\\layers m"), "help lists the meta-commands");
     assert!(stdout.contains("│     5 │"), "the session survived the error: {stdout}");
     assert!(text(&out.stderr).contains("unknown column `nope`"));
+    // Piped input: a statement that does not parse is reported once, and the lines after
+    // it are statements of their own.
+    assert_eq!(text(&out.stderr).matches("SELEC 1").count(), 1, "{}", text(&out.stderr));
     assert!(root().join("target/test-scratch/xdg/ialgebra/history.txt").exists());
 }
 

@@ -20,6 +20,9 @@ use crate::output::Format;
 /// the loaded models, data and layers) and hands it back before the line runs.
 struct IqlHelper {
     session: Option<Session>,
+    /// A terminal keeps a statement that does not parse in the editor, to be fixed;
+    /// piped input runs it (and reports its error), or every later line would join it.
+    interactive: bool,
 }
 
 impl Helper for IqlHelper {}
@@ -79,6 +82,9 @@ impl Validator for IqlHelper {
         let input = ctx.input();
         if !statement_complete(input) {
             return Ok(ValidationResult::Incomplete);
+        }
+        if !self.interactive {
+            return Ok(ValidationResult::Valid(None));
         }
         Ok(match check_input(input) {
             Ok(()) => ValidationResult::Valid(None),
@@ -508,7 +514,10 @@ pub fn run(runner: &mut Runner) -> bool {
             return false;
         }
     };
-    editor.set_helper(Some(IqlHelper { session: None }));
+    editor.set_helper(Some(IqlHelper {
+        session: None,
+        interactive: std::io::IsTerminal::is_terminal(&std::io::stdin()),
+    }));
     let history = history_path();
     if let Some(h) = &history {
         let _ = editor.load_history(h);
