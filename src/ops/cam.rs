@@ -207,6 +207,8 @@ pub fn perturbed_weights(
     let shape = &model.layers[layer].out_shape;
     let (channels, h, w) = match shape.as_slice() {
         [c, h, w] => (*c, *h, *w),
+        // A sequence model's layer: a one-row map.
+        [c, l] if model.is_sequence() => (*c, 1, *l),
         _ => {
             return Err(Error::value(format!(
                 "{} needs a layer with channels, rows and columns; `{}` has shape {}",

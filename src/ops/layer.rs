@@ -58,6 +58,18 @@ pub fn attribute(method: &Method, req: &Request) -> Result<LayerAttribution> {
     let (n, d) = (req.n(), req.d());
     match method {
         Method::LayerActivation | Method::LayerGradientXActivation | Method::GradCam { .. } | Method::Cam { .. } => {
+            if let Method::Cam { kind, .. } = method {
+                let planes = out_shape.len() == 3 || (out_shape.len() == 2 && model.is_sequence());
+                if !planes {
+                    return Err(Error::value(format!(
+                        "{} weighs the channels of a layer's map: `{}` has shape {}, not channels × rows × columns",
+                        kind.name(),
+                        model.layers[layer].name,
+                        crate::model::fmt_shape(&out_shape)
+                    ))
+                    .hint("pick a convolutional layer; a transformer's tokens would first have to be laid out on their grid"));
+                }
+            }
             // CAM reads the head's weights for each target (and refuses other models).
             let class_weights = match method {
                 Method::Cam { kind: CamKind::Cam, .. } => Some(cam::head_weights(model, layer, req.out_layer)?),
