@@ -3,7 +3,9 @@ models: written to tests/fixtures/captum_extra/<model>__<case>/{attributions,inp
 for the parity tests. Optional, outside CI (it needs torch and captum; see
 tools/captum_baseline.py for the setup). Run from the repository root:
 
-    ~/captum-venv/bin/python tools/captum_extra_cases.py
+    ~/captum-venv/bin/python tools/captum_extra_cases.py [noise]
+
+(`noise` writes the NoiseTunnel cases alone.)
 """
 
 import os
@@ -12,7 +14,7 @@ import warnings
 
 import numpy as np
 import torch
-from captum.attr import Deconvolution, FeatureAblation, IntegratedGradients, Occlusion
+from captum.attr import Deconvolution, FeatureAblation, IntegratedGradients, NoiseTunnel, Occlusion, Saliency
 
 sys.path.insert(0, os.path.dirname(__file__))
 from captum_baseline import load  # noqa: E402
@@ -54,5 +56,24 @@ def main():
     save("digits_cnn__ig_target3_gl_8", x, torch.full_like(t, 3), IntegratedGradients(cnn).attribute(x, baselines=torch.zeros_like(x), target=3, n_steps=8))
 
 
+def noise_tunnel():
+    """NoiseTunnel(Saliency) on 3 digits, 1000 samples of N(0, 0.2²), each nt_type, with
+    torch seeds 0 and 1: random, so the tests compare the engine's own draws with them
+    within the distance the two seeds have from each other."""
+    cnn = load("digits_cnn")
+    x = torch.from_numpy(np.load("data/digits_test_x.npy")[:3])
+    t = cnn(x).argmax(1)
+    for nt_type in ["smoothgrad", "smoothgrad_sq", "vargrad"]:
+        for seed in (0, 1):
+            torch.manual_seed(seed)
+            attr = NoiseTunnel(Saliency(cnn)).attribute(x, nt_type=nt_type, nt_samples=1000,
+                                                         nt_samples_batch_size=250, stdevs=0.2, target=t)
+            save(f"digits_cnn__noise_tunnel_{nt_type}_seed{seed}", x, t, attr)
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["noise"]:
+        noise_tunnel()
+    else:
+        main()
+        noise_tunnel()

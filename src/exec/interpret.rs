@@ -863,7 +863,12 @@ fn run_unnamed(state: &mut State, a: &Attribution, through: Option<&LayerRef>) -
                 // computes as φ(f) − φ(f_other) (they are linear in the explained output).
                 let signed = match &a.method {
                     Method::Saliency { .. } => Method::Saliency { abs: false },
-                    Method::SmoothGrad { abs: true, .. } | Method::GuidedGradCam => {
+                    Method::SmoothGrad { abs: true, .. }
+                    | Method::SmoothGrad {
+                        variant: ops::NoiseVariant::Squared | ops::NoiseVariant::Variance,
+                        ..
+                    }
+                    | Method::GuidedGradCam => {
                         return Err(Error::value(format!(
                             "{} of a difference of two models is not the difference of their maps",
                             a.method

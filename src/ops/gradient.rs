@@ -7,7 +7,7 @@ use rayon::prelude::*;
 
 use super::rng::Rng;
 use super::rules::{Deconvolution, DeepLift, GuidedBackprop};
-use super::{Control, Method, Request};
+use super::{Control, Method, NoiseVariant, Request};
 use crate::error::{Error, Result};
 use crate::model::{BackwardRule, Batch, Forward, Gradient, Model};
 
@@ -134,6 +134,7 @@ pub fn attribute(method: &Method, req: &Request) -> Result<Vec<f32>> {
             stdev,
             seed,
             abs,
+            variant,
         } => {
             // Captum's NoiseTunnel: the mean over samples of saliency at x + N(0, stdev²);
             // noise only inside the window (outside, the input is held as it is).
@@ -144,7 +145,9 @@ pub fn attribute(method: &Method, req: &Request) -> Result<Vec<f32>> {
                 |i| {
                     let mut rng = Rng::new(*seed, req.ids[i] as u64);
                     let x = req.input(i);
-                    let mut sum = vec![0.0f32; d];
+                    // Sums in f64: the variance is a difference of two of them.
+                    let mut sum = vec![0.0f64; d];
+                    let mut squares = vec![0.0f64; d];
                     // Noisy copies are made a batch at a time, so memory stays bounded.
                     let chunk = req.batch_rows.max(1);
                     let mut done = 0;
@@ -169,14 +172,27 @@ pub fn attribute(method: &Method, req: &Request) -> Result<Vec<f32>> {
                             &Gradient,
                         )?;
                         for r in 0..rows {
-                            for (s, g) in sum.iter_mut().zip(grads.row(r)) {
-                                *s += if *abs { g.abs() } else { *g };
+                            for ((s, q), g) in sum.iter_mut().zip(squares.iter_mut()).zip(grads.row(r)) {
+                                let a = if *abs { g.abs() } else { *g } as f64;
+                                *s += a;
+                                *q += a * a;
                             }
                         }
                         req.control.check()?;
                         done += rows;
                     }
-                    Ok(sum.into_iter().map(|s| s / *samples as f32).collect::<Vec<f32>>())
+                    // Captum's NoiseTunnel: the mean, the mean of squares, or their
+                    // difference from the squared mean.
+                    let k = *samples as f64;
+                    Ok(sum
+                        .into_iter()
+                        .zip(squares)
+                        .map(|(s, q)| match variant {
+                            NoiseVariant::Mean => s / k,
+                            NoiseVariant::Squared => q / k,
+                            NoiseVariant::Variance => q / k - (s / k) * (s / k),
+                        } as f32)
+                        .collect::<Vec<f32>>())
                 },
             )?;
             per_input.concat()

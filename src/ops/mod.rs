@@ -47,6 +47,7 @@ pub enum Method {
         stdev: f64,
         seed: u64,
         abs: bool,
+        variant: NoiseVariant,
     },
     GuidedBackprop,
     Deconvolution,
@@ -100,6 +101,38 @@ pub enum Method {
         steps: usize,
         rule: Rule,
     },
+}
+
+/// How SmoothGrad combines the saliency maps of its noisy copies (Captum's NoiseTunnel
+/// `nt_type`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoiseVariant {
+    /// The mean of the maps.
+    Mean,
+    /// The mean of their squares.
+    Squared,
+    /// Their variance: the mean of the squares less the square of the mean.
+    Variance,
+}
+
+impl NoiseVariant {
+    pub const NAMES: &'static [&'static str] = &["smoothgrad", "smoothgrad_sq", "vargrad"];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            NoiseVariant::Mean => "smoothgrad",
+            NoiseVariant::Squared => "smoothgrad_sq",
+            NoiseVariant::Variance => "vargrad",
+        }
+    }
+
+    fn parse(name: &str) -> NoiseVariant {
+        match name.to_ascii_lowercase().as_str() {
+            "smoothgrad_sq" => NoiseVariant::Squared,
+            "vargrad" => NoiseVariant::Variance,
+            _ => NoiseVariant::Mean,
+        }
+    }
 }
 
 /// What a method needs besides the model and inputs.
@@ -222,7 +255,12 @@ impl fmt::Display for Method {
                 stdev,
                 seed,
                 abs,
-            } => write!(f, "(samples = {samples}, stdev = {stdev}, seed = {seed}, abs = {abs})"),
+                variant,
+            } => write!(
+                f,
+                "(samples = {samples}, stdev = {stdev}, seed = {seed}, abs = {abs}, variant = {})",
+                variant.name()
+            ),
             Method::Occlusion { window, stride } => match (window, stride) {
                 (Some(w), Some(s)) => write!(f, "(window = {w}, stride = {s})"),
                 (Some(w), None) => write!(f, "(window = {w})"),
@@ -391,9 +429,15 @@ pub const METHODS: &[MethodInfo] = &[
                 default: Some("true"),
                 setting: None,
             },
+            ParamSpec {
+                name: "variant",
+                kind: ParamKind::Choice(NoiseVariant::NAMES),
+                default: Some("smoothgrad"),
+                setting: None,
+            },
         ],
-        reference: "Captum NoiseTunnel(Saliency), nt_type='smoothgrad'",
-        summary: "saliency averaged over noisy copies of the input",
+        reference: "Captum NoiseTunnel(Saliency), nt_type = variant",
+        summary: "saliency averaged over noisy copies of the input (or their mean square, or variance)",
     },
     MethodInfo {
         name: "guided_backprop",
@@ -755,6 +799,7 @@ pub fn resolve_method(
             stdev: num("stdev"),
             seed: num("seed") as u64,
             abs: flag("abs"),
+            variant: NoiseVariant::parse(&text("variant")),
         },
         "guided_backprop" => Method::GuidedBackprop,
         "deconvolution" => Method::Deconvolution,
