@@ -692,6 +692,19 @@ fn neuron_gradient_and_conductance() {
         "cancer_mlp__neuron_conductance_fc1_5",
         "mlp(cancer[0:10]) TARGET fc1[5] USING neuron_conductance(steps = 50, rule = riemann_trapezoid)",
     );
+    // Captum's NeuronGuidedBackprop / NeuronDeconvolution (tools/captum_extra_cases.py).
+    for method in ["guided_backprop", "deconvolution"] {
+        check_extra(
+            &mut s,
+            &format!("digits_cnn__neuron_{method}_fc1_5"),
+            &format!("cnn(digits[0:10]) TARGET fc1[5] USING neuron_{method}"),
+        );
+        check_extra(
+            &mut c,
+            &format!("cancer_mlp__neuron_{method}_fc1_5"),
+            &format!("mlp(cancer[0:10]) TARGET fc1[5] USING neuron_{method}"),
+        );
+    }
 }
 
 /// Captum's GuidedGradCam has no oracle case; it is guided backprop (checked above)

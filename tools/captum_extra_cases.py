@@ -3,9 +3,9 @@ models: written to tests/fixtures/captum_extra/<model>__<case>/{attributions,inp
 for the parity tests. Optional, outside CI (it needs torch and captum; see
 tools/captum_baseline.py for the setup). Run from the repository root:
 
-    ~/captum-venv/bin/python tools/captum_extra_cases.py [noise]
+    ~/captum-venv/bin/python tools/captum_extra_cases.py [noise] [neurons]
 
-(`noise` writes the NoiseTunnel cases alone.)
+(`noise`, `neurons`: only the NoiseTunnel or the neuron cases.)
 """
 
 import os
@@ -14,7 +14,8 @@ import warnings
 
 import numpy as np
 import torch
-from captum.attr import Deconvolution, FeatureAblation, IntegratedGradients, NoiseTunnel, Occlusion, Saliency
+from captum.attr import (Deconvolution, FeatureAblation, IntegratedGradients, NeuronDeconvolution,
+                         NeuronGuidedBackprop, NoiseTunnel, Occlusion, Saliency)
 
 sys.path.insert(0, os.path.dirname(__file__))
 from captum_baseline import load  # noqa: E402
@@ -56,6 +57,22 @@ def main():
     save("digits_cnn__ig_target3_gl_8", x, torch.full_like(t, 3), IntegratedGradients(cnn).attribute(x, baselines=torch.zeros_like(x), target=3, n_steps=8))
 
 
+def neurons():
+    """Guided backprop and deconvolution of unit 5 of fc1 (no class targets)."""
+    import csv
+
+    cnn = load("digits_cnn")
+    mlp = load("cancer_mlp")
+    x = torch.from_numpy(np.load("data/digits_test_x.npy")[:10])
+    rows = list(csv.reader(open("data/cancer_test.csv")))
+    cx = torch.tensor([[float(v) for v in r[:-1]] for r in rows[1:11]], dtype=torch.float32)
+    none = torch.zeros(0, dtype=torch.int64)
+    for name, model, inputs in (("digits_cnn", cnn, x), ("cancer_mlp", mlp, cx)):
+        for label, cls in (("guided_backprop", NeuronGuidedBackprop), ("deconvolution", NeuronDeconvolution)):
+            attr = cls(model, model.fc1).attribute(inputs, neuron_selector=5)
+            save(f"{name}__neuron_{label}_fc1_5", inputs, none, attr)
+
+
 def noise_tunnel():
     """NoiseTunnel(Saliency) on 3 digits, 1000 samples of N(0, 0.2²), each nt_type, with
     torch seeds 0 and 1: random, so the tests compare the engine's own draws with them
@@ -72,8 +89,11 @@ def noise_tunnel():
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["noise"]:
-        noise_tunnel()
+    parts = {"noise": noise_tunnel, "neurons": neurons}
+    if sys.argv[1:]:
+        for part in sys.argv[1:]:
+            parts[part]()
     else:
         main()
+        neurons()
         noise_tunnel()

@@ -93,6 +93,8 @@ pub enum Method {
         rule: Rule,
     },
     NeuronGradient,
+    NeuronGuidedBackprop,
+    NeuronDeconvolution,
     NeuronIntegratedGradients {
         steps: usize,
         rule: Rule,
@@ -168,6 +170,8 @@ impl Method {
             Method::LayerConductance { .. } => "layer_conductance",
             Method::LayerIntegratedGradients { .. } => "layer_integrated_gradients",
             Method::NeuronGradient => "neuron_gradient",
+            Method::NeuronGuidedBackprop => "neuron_guided_backprop",
+            Method::NeuronDeconvolution => "neuron_deconvolution",
             Method::NeuronIntegratedGradients { .. } => "neuron_integrated_gradients",
             Method::NeuronConductance { .. } => "neuron_conductance",
         }
@@ -602,6 +606,22 @@ pub const METHODS: &[MethodInfo] = &[
         summary: "gradient of a unit (TARGET l[i]) with respect to the input",
     },
     MethodInfo {
+        name: "neuron_guided_backprop",
+        family: Family::Gradient,
+        needs: Needs::Unit,
+        params: &[],
+        reference: "Captum NeuronGuidedBackprop",
+        summary: "guided backprop of a unit (TARGET l[i]): ReLUs pass only positive gradients of positive inputs",
+    },
+    MethodInfo {
+        name: "neuron_deconvolution",
+        family: Family::Gradient,
+        needs: Needs::Unit,
+        params: &[],
+        reference: "Captum NeuronDeconvolution",
+        summary: "deconvolution of a unit (TARGET l[i]): ReLUs applied to the gradient",
+    },
+    MethodInfo {
         name: "neuron_integrated_gradients",
         family: Family::Gradient,
         needs: Needs::Unit,
@@ -786,6 +806,8 @@ pub fn resolve_method(
             Method::LayerIntegratedGradients { steps, rule }
         }
         "neuron_gradient" => Method::NeuronGradient,
+        "neuron_guided_backprop" => Method::NeuronGuidedBackprop,
+        "neuron_deconvolution" => Method::NeuronDeconvolution,
         "neuron_integrated_gradients" => {
             let (steps, rule) = steps_and_rule()?;
             Method::NeuronIntegratedGradients { steps, rule }
@@ -1072,6 +1094,9 @@ pub fn attribute(method: &Method, req: &Request) -> Result<Vec<f32>> {
         | Method::DeepLift => gradient::attribute(method, req),
         // Captum's NeuronGradient is the signed gradient of the unit.
         Method::NeuronGradient => gradient::attribute(&Method::Saliency { abs: false }, req),
+        // The unit is the target (`req.out_layer`, `req.targets`): the rules as for a class.
+        Method::NeuronGuidedBackprop => gradient::attribute(&Method::GuidedBackprop, req),
+        Method::NeuronDeconvolution => gradient::attribute(&Method::Deconvolution, req),
         Method::IntegratedGradients { steps, rule } | Method::NeuronIntegratedGradients { steps, rule } => {
             integrated::attribute(*steps, *rule, req)
         }
