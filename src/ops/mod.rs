@@ -95,6 +95,7 @@ pub enum Method {
     NeuronGradient,
     NeuronGuidedBackprop,
     NeuronDeconvolution,
+    NeuronDeepLift,
     NeuronIntegratedGradients {
         steps: usize,
         rule: Rule,
@@ -172,6 +173,7 @@ impl Method {
             Method::NeuronGradient => "neuron_gradient",
             Method::NeuronGuidedBackprop => "neuron_guided_backprop",
             Method::NeuronDeconvolution => "neuron_deconvolution",
+            Method::NeuronDeepLift => "neuron_deeplift",
             Method::NeuronIntegratedGradients { .. } => "neuron_integrated_gradients",
             Method::NeuronConductance { .. } => "neuron_conductance",
         }
@@ -209,6 +211,7 @@ impl Method {
                 | Method::FeatureAblation
                 | Method::ShapleySampling { .. }
                 | Method::DeepLift
+                | Method::NeuronDeepLift
                 | Method::LayerConductance { .. }
                 | Method::LayerIntegratedGradients { .. }
                 | Method::NeuronIntegratedGradients { .. }
@@ -622,6 +625,14 @@ pub const METHODS: &[MethodInfo] = &[
         summary: "deconvolution of a unit (TARGET l[i]): ReLUs applied to the gradient",
     },
     MethodInfo {
+        name: "neuron_deeplift",
+        family: Family::Gradient,
+        needs: Needs::Unit,
+        params: &[],
+        reference: "Captum NeuronDeepLift",
+        summary: "DeepLift (rescale rule) of a unit (TARGET l[i]) against the baseline",
+    },
+    MethodInfo {
         name: "neuron_integrated_gradients",
         family: Family::Gradient,
         needs: Needs::Unit,
@@ -808,6 +819,7 @@ pub fn resolve_method(
         "neuron_gradient" => Method::NeuronGradient,
         "neuron_guided_backprop" => Method::NeuronGuidedBackprop,
         "neuron_deconvolution" => Method::NeuronDeconvolution,
+        "neuron_deeplift" => Method::NeuronDeepLift,
         "neuron_integrated_gradients" => {
             let (steps, rule) = steps_and_rule()?;
             Method::NeuronIntegratedGradients { steps, rule }
@@ -1097,6 +1109,7 @@ pub fn attribute(method: &Method, req: &Request) -> Result<Vec<f32>> {
         // The unit is the target (`req.out_layer`, `req.targets`): the rules as for a class.
         Method::NeuronGuidedBackprop => gradient::attribute(&Method::GuidedBackprop, req),
         Method::NeuronDeconvolution => gradient::attribute(&Method::Deconvolution, req),
+        Method::NeuronDeepLift => gradient::attribute(&Method::DeepLift, req),
         Method::IntegratedGradients { steps, rule } | Method::NeuronIntegratedGradients { steps, rule } => {
             integrated::attribute(*steps, *rule, req)
         }
