@@ -885,3 +885,22 @@ fn smoothgrad_variants_match_captum_statistically() {
         0.0,
     );
 }
+
+/// Captum's LRP with its default rules (ε = 1e-9 on linear, convolution and pooling
+/// layers; ReLUs pass relevance unchanged), on the digits CNN (its flatten done in
+/// forward: Captum refuses an nn.Flatten module) and the cancer MLP
+/// (tools/captum_extra_cases.py lrp). A residual network is refused until its sums have
+/// a rule.
+#[test]
+fn lrp_matches_captum() {
+    let mut s = digits();
+    check_extra(&mut s, "digits_cnn__lrp", "cnn(digits[0:10]) USING lrp");
+    let mut c = cancer();
+    check_extra(&mut c, "cancer_mlp__lrp", "mlp(cancer[0:10]) USING lrp");
+    let mut z = session(&format!(
+        "LOAD MODEL z FROM '{}'; LOAD DATA x FROM '{}';",
+        fixture("zoo/resnet_basic.ts.onnx").display(),
+        fixture("zoo/resnet_basic.inputs.npy").display(),
+    ));
+    assert_errors(&mut z, &[("SELECT * FROM z(x) USING lrp", "lrp has no rule for layer")]);
+}

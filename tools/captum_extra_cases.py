@@ -3,9 +3,9 @@ models: written to tests/fixtures/captum_extra/<model>__<case>/{attributions,inp
 for the parity tests. Optional, outside CI (it needs torch and captum; see
 tools/captum_baseline.py for the setup). Run from the repository root:
 
-    ~/captum-venv/bin/python tools/captum_extra_cases.py [noise] [neurons]
+    ~/captum-venv/bin/python tools/captum_extra_cases.py [noise] [neurons] [lrp]
 
-(`noise`, `neurons`: only the NoiseTunnel or the neuron cases.)
+(`noise`, `neurons`, `lrp`: only those cases.)
 """
 
 import os
@@ -14,8 +14,8 @@ import warnings
 
 import numpy as np
 import torch
-from captum.attr import (Deconvolution, FeatureAblation, IntegratedGradients, NeuronDeconvolution, NeuronDeepLift,
-                         NeuronGuidedBackprop, NoiseTunnel, Occlusion, Saliency)
+from captum.attr import (LRP, Deconvolution, FeatureAblation, IntegratedGradients, NeuronDeconvolution,
+                         NeuronDeepLift, NeuronGuidedBackprop, NoiseTunnel, Occlusion, Saliency)
 
 sys.path.insert(0, os.path.dirname(__file__))
 from captum_baseline import load  # noqa: E402
@@ -79,6 +79,34 @@ def neurons():
             save(f"{name}__neuron_deeplift_fc1_5", inputs, none, attr)
 
 
+class FunctionalFlatten(torch.nn.Module):
+    """The digits CNN with its flatten done in forward: Captum's LRP has no rule for an
+    nn.Flatten module (it refuses it), and a reshape needs none."""
+
+    def __init__(self, cnn):
+        super().__init__()
+        self.features = torch.nn.Sequential(cnn.conv1, cnn.relu1, cnn.conv2, cnn.relu2, cnn.pool)
+        self.head = torch.nn.Sequential(cnn.fc1, cnn.relu3, cnn.fc2)
+
+    def forward(self, x):
+        return self.head(self.features(x).flatten(1))
+
+
+def lrp():
+    """Captum's LRP with its default rules (ε = 1e-9 everywhere) on both models, at the
+    predicted class."""
+    import csv
+
+    cnn = FunctionalFlatten(load("digits_cnn")).eval()
+    mlp = load("cancer_mlp")
+    x = torch.from_numpy(np.load("data/digits_test_x.npy")[:10])
+    rows = list(csv.reader(open("data/cancer_test.csv")))
+    cx = torch.tensor([[float(v) for v in r[:-1]] for r in rows[1:11]], dtype=torch.float32)
+    for name, model, inputs in (("digits_cnn", cnn, x), ("cancer_mlp", mlp, cx)):
+        t = model(inputs).argmax(1)
+        save(f"{name}__lrp", inputs, t, LRP(model).attribute(inputs, target=t))
+
+
 def noise_tunnel():
     """NoiseTunnel(Saliency) on 3 digits, 1000 samples of N(0, 0.2²), each nt_type, with
     torch seeds 0 and 1: random, so the tests compare the engine's own draws with them
@@ -95,11 +123,12 @@ def noise_tunnel():
 
 
 if __name__ == "__main__":
-    parts = {"noise": noise_tunnel, "neurons": neurons}
+    parts = {"noise": noise_tunnel, "neurons": neurons, "lrp": lrp}
     if sys.argv[1:]:
         for part in sys.argv[1:]:
             parts[part]()
     else:
         main()
         neurons()
+        lrp()
         noise_tunnel()

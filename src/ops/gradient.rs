@@ -6,7 +6,7 @@
 use rayon::prelude::*;
 
 use super::rng::Rng;
-use super::rules::{Deconvolution, DeepLift, GuidedBackprop};
+use super::rules::{Deconvolution, DeepLift, GuidedBackprop, Lrp};
 use super::{Control, Method, NoiseVariant, Request};
 use crate::error::{Error, Result};
 use crate::model::{BackwardRule, Batch, Forward, Gradient, Model};
@@ -219,6 +219,36 @@ pub fn attribute(method: &Method, req: &Request) -> Result<Vec<f32>> {
                     } else {
                         rule
                     };
+                    if let Method::Lrp { epsilon } = method {
+                        // A layer of several inputs (a residual sum) would take the
+                        // relevance whole to each input: refused until it has a rule.
+                        let layers = &req.model.layers[..=req.out_layer];
+                        if let Some(l) = layers.iter().find(|l| l.inputs.len() > 1) {
+                            return Err(super::rules::no_lrp_rule(l));
+                        }
+                        // Relevance starts as the target's output value (Captum scales its
+                        // result by it; the rules are linear in the relevance).
+                        let lrp = Lrp {
+                            epsilon: *epsilon as f32,
+                        };
+                        let tape = forward_keeping(req.model, rows, (0, None), req.out_layer)?;
+                        let output = tape.output().clone();
+                        let targets: Vec<usize> = match req.predicted {
+                            Some(_) => (0..output.rows()).map(|r| argmax(output.row(r))).collect(),
+                            None => req.targets[a..b].to_vec(),
+                        };
+                        let mut seed = one_hot(&output, &targets)?;
+                        for (r, &t) in targets.iter().enumerate() {
+                            seed.row_mut(r)[t] = output.row(r)[t];
+                        }
+                        let relevance = req.model.backward(&tape, seed, &lrp, &mut |_, _| {})?;
+                        let outputs = if req.predicted.is_some() {
+                            output.into_data()
+                        } else {
+                            Vec::new()
+                        };
+                        return Ok((relevance.into_data(), outputs));
+                    }
                     if req.predicted.is_some() {
                         let (grads, outputs) =
                             predicted_gradients_from(req.model, rows, (0, None), req.out_layer, rule)?;

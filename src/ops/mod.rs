@@ -63,6 +63,10 @@ pub enum Method {
         seed: u64,
     },
     DeepLift,
+    /// Layer-wise relevance propagation (Captum's LRP with its default ε-rules).
+    Lrp {
+        epsilon: f64,
+    },
     /// Guided backprop times the Grad-CAM map of the AT LAYER layer, upsampled to the input.
     GuidedGradCam,
     GradCam {
@@ -162,6 +166,7 @@ impl Method {
             Method::FeatureAblation => "feature_ablation",
             Method::ShapleySampling { .. } => "shapley_sampling",
             Method::DeepLift => "deeplift",
+            Method::Lrp { .. } => "lrp",
             Method::GuidedGradCam => "guided_gradcam",
             Method::GradCam { .. } => "gradcam",
             Method::Cam { kind, .. } => kind.name(),
@@ -233,6 +238,7 @@ impl fmt::Display for Method {
             }
             Method::LayerConductance { steps } => write!(f, "(steps = {steps})"),
             Method::FullGrad { normalize } => write!(f, "(normalize = {normalize})"),
+            Method::Lrp { epsilon } => write!(f, "(epsilon = {epsilon})"),
             Method::Cam {
                 normalize,
                 upsample,
@@ -493,6 +499,19 @@ pub const METHODS: &[MethodInfo] = &[
         params: &[],
         reference: "Captum DeepLift (rescale rule)",
         summary: "difference from the baseline times multipliers of the rescale rule (conservative)",
+    },
+    MethodInfo {
+        name: "lrp",
+        family: Family::Gradient,
+        needs: Needs::Nothing,
+        params: &[ParamSpec {
+            name: "epsilon",
+            kind: ParamKind::Float { min: 0.0 },
+            default: Some("1e-9"),
+            setting: None,
+        }],
+        reference: "Captum LRP (default rules: EpsilonRule on linear, conv, pool, batch norm)",
+        summary: "relevance of the target output propagated back by the ε-rule (ReLUs pass it unchanged)",
     },
     MethodInfo {
         name: "guided_gradcam",
@@ -797,6 +816,9 @@ pub fn resolve_method(
             Method::IntegratedGradients { steps, rule }
         }
         "deeplift" => Method::DeepLift,
+        "lrp" => Method::Lrp {
+            epsilon: num("epsilon"),
+        },
         "fullgrad" => Method::FullGrad {
             normalize: flag("normalize"),
         },
@@ -1070,6 +1092,7 @@ pub fn predicts_own_targets(method: &Method) -> bool {
             | Method::GuidedBackprop
             | Method::Deconvolution
             | Method::DeepLift
+            | Method::Lrp { .. }
             | Method::GradCam { .. }
             | Method::Cam { .. }
             | Method::LayerGradientXActivation
@@ -1103,7 +1126,8 @@ pub fn attribute(method: &Method, req: &Request) -> Result<Vec<f32>> {
         | Method::SmoothGrad { .. }
         | Method::GuidedBackprop
         | Method::Deconvolution
-        | Method::DeepLift => gradient::attribute(method, req),
+        | Method::DeepLift
+        | Method::Lrp { .. } => gradient::attribute(method, req),
         // Captum's NeuronGradient is the signed gradient of the unit.
         Method::NeuronGradient => gradient::attribute(&Method::Saliency { abs: false }, req),
         // The unit is the target (`req.out_layer`, `req.targets`): the rules as for a class.

@@ -102,3 +102,45 @@ impl DeepLift<'_> {
         Ok(gx)
     }
 }
+
+/// Layer-wise relevance propagation with Captum's default rules: the ε-rule on linear,
+/// convolution, pooling and batch-norm layers — R_in = x ⊙ backward(R_out / (z + ε·s)),
+/// z the layer's output, s its sign (+1 at 0) — and relevance passed through ReLU and
+/// Tanh (and reshapes) unchanged. Other layers have no rule here: an error names them.
+pub struct Lrp {
+    pub epsilon: f32,
+}
+
+impl BackwardRule for Lrp {
+    fn backward(&self, step: &Step) -> Option<Result<Batch>> {
+        match &step.layer.op {
+            Op::Linear { .. }
+            | Op::Conv2d { .. }
+            | Op::MaxPool2d { .. }
+            | Op::AvgPool2d { .. }
+            | Op::AdaptiveAvgPool2d { .. }
+            | Op::BatchNorm { .. } => {
+                let mut scaled = step.gy.clone();
+                for (r, z) in scaled.data_mut().iter_mut().zip(step.y.data()) {
+                    let sign = if *z < 0.0 { -1.0 } else { 1.0 };
+                    *r /= z + sign * self.epsilon;
+                }
+                Some(step.layer.backward(step.x, step.y, step.memo, &scaled).map(|mut g| {
+                    g.data_mut().iter_mut().zip(step.x.data()).for_each(|(g, x)| *g *= x);
+                    g
+                }))
+            }
+            Op::Relu | Op::Tanh | Op::Flatten | Op::Identity => Some(Ok(step.gy.clone())),
+            _ => Some(Err(no_lrp_rule(step.layer))),
+        }
+    }
+}
+
+/// Why LRP cannot pass a layer.
+pub fn no_lrp_rule(layer: &crate::model::Layer) -> Error {
+    Error::value(format!(
+        "lrp has no rule for layer `{}` ({}): Captum's default rules cover linear, convolution, pooling and batch-norm layers, ReLU and Tanh",
+        layer.name, layer.kind
+    ))
+    .hint("use deeplift or integrated_gradients, which take every layer")
+}
