@@ -887,16 +887,31 @@ fn smoothgrad_variants_match_captum_statistically() {
 }
 
 /// Captum's LRP with its default rules (ε = 1e-9 on linear, convolution and pooling
-/// layers; ReLUs pass relevance unchanged), on the digits CNN (its flatten done in
+/// layers; ReLUs pass relevance unchanged), and with GammaRule(0.25) or
+/// Alpha1_Beta0_Rule on every linear and convolution layer, on the digits CNN (its flatten done in
 /// forward: Captum refuses an nn.Flatten module) and the cancer MLP
 /// (tools/captum_extra_cases.py lrp). A residual network is refused until its sums have
 /// a rule.
 #[test]
 fn lrp_matches_captum() {
     let mut s = digits();
-    check_extra(&mut s, "digits_cnn__lrp", "cnn(digits[0:10]) USING lrp");
     let mut c = cancer();
-    check_extra(&mut c, "cancer_mlp__lrp", "mlp(cancer[0:10]) USING lrp");
+    for (case, args) in [
+        ("lrp", ""),
+        ("lrp_gamma", "(rule = gamma)"),
+        ("lrp_z_plus", "(rule = z_plus)"),
+    ] {
+        check_extra(
+            &mut s,
+            &format!("digits_cnn__{case}"),
+            &format!("cnn(digits[0:10]) USING lrp{args}"),
+        );
+        check_extra(
+            &mut c,
+            &format!("cancer_mlp__{case}"),
+            &format!("mlp(cancer[0:10]) USING lrp{args}"),
+        );
+    }
     let mut z = session(&format!(
         "LOAD MODEL z FROM '{}'; LOAD DATA x FROM '{}';",
         fixture("zoo/resnet_basic.ts.onnx").display(),

@@ -102,9 +102,18 @@ def lrp():
     x = torch.from_numpy(np.load("data/digits_test_x.npy")[:10])
     rows = list(csv.reader(open("data/cancer_test.csv")))
     cx = torch.tensor([[float(v) for v in r[:-1]] for r in rows[1:11]], dtype=torch.float32)
+    from captum.attr._utils.lrp_rules import Alpha1_Beta0_Rule, GammaRule
+
     for name, model, inputs in (("digits_cnn", cnn, x), ("cancer_mlp", mlp, cx)):
         t = model(inputs).argmax(1)
         save(f"{name}__lrp", inputs, t, LRP(model).attribute(inputs, target=t))
+        # The other rules on every linear and convolution layer (pools keep ε); Captum
+        # removes the rules after each call.
+        for label, rule in (("gamma", lambda: GammaRule(gamma=0.25)), ("z_plus", Alpha1_Beta0_Rule)):
+            for m in model.modules():
+                if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)):
+                    m.rule = rule()
+            save(f"{name}__lrp_{label}", inputs, t, LRP(model).attribute(inputs, target=t))
 
 
 def noise_tunnel():

@@ -219,7 +219,7 @@ pub fn attribute(method: &Method, req: &Request) -> Result<Vec<f32>> {
                     } else {
                         rule
                     };
-                    if let Method::Lrp { epsilon } = method {
+                    if let Method::Lrp { epsilon, rule } = method {
                         // A layer of several inputs (a residual sum) would take the
                         // relevance whole to each input: refused until it has a rule.
                         let layers = &req.model.layers[..=req.out_layer];
@@ -228,9 +228,7 @@ pub fn attribute(method: &Method, req: &Request) -> Result<Vec<f32>> {
                         }
                         // Relevance starts as the target's output value (Captum scales its
                         // result by it; the rules are linear in the relevance).
-                        let lrp = Lrp {
-                            epsilon: *epsilon as f32,
-                        };
+                        let lrp = Lrp::new(*epsilon as f32, *rule);
                         let tape = forward_keeping(req.model, rows, (0, None), req.out_layer)?;
                         let output = tape.output().clone();
                         let targets: Vec<usize> = match req.predicted {

@@ -66,6 +66,7 @@ pub enum Method {
     /// Layer-wise relevance propagation (Captum's LRP with its default ε-rules).
     Lrp {
         epsilon: f64,
+        rule: rules::LrpRule,
     },
     /// Guided backprop times the Grad-CAM map of the AT LAYER layer, upsampled to the input.
     GuidedGradCam,
@@ -238,7 +239,11 @@ impl fmt::Display for Method {
             }
             Method::LayerConductance { steps } => write!(f, "(steps = {steps})"),
             Method::FullGrad { normalize } => write!(f, "(normalize = {normalize})"),
-            Method::Lrp { epsilon } => write!(f, "(epsilon = {epsilon})"),
+            Method::Lrp { epsilon, rule } => match rule {
+                rules::LrpRule::Epsilon => write!(f, "(rule = epsilon, epsilon = {epsilon})"),
+                rules::LrpRule::Gamma(g) => write!(f, "(rule = gamma, gamma = {g}, epsilon = {epsilon})"),
+                rules::LrpRule::ZPlus => write!(f, "(rule = z_plus, epsilon = {epsilon})"),
+            },
             Method::Cam {
                 normalize,
                 upsample,
@@ -504,13 +509,27 @@ pub const METHODS: &[MethodInfo] = &[
         name: "lrp",
         family: Family::Gradient,
         needs: Needs::Nothing,
-        params: &[ParamSpec {
-            name: "epsilon",
-            kind: ParamKind::Float { min: 0.0 },
-            default: Some("1e-9"),
-            setting: None,
-        }],
-        reference: "Captum LRP (default rules: EpsilonRule on linear, conv, pool, batch norm)",
+        params: &[
+            ParamSpec {
+                name: "rule",
+                kind: ParamKind::Choice(&["epsilon", "gamma", "z_plus"]),
+                default: Some("epsilon"),
+                setting: None,
+            },
+            ParamSpec {
+                name: "epsilon",
+                kind: ParamKind::Float { min: 0.0 },
+                default: Some("1e-9"),
+                setting: None,
+            },
+            ParamSpec {
+                name: "gamma",
+                kind: ParamKind::Float { min: 0.0 },
+                default: Some("0.25"),
+                setting: None,
+            },
+        ],
+        reference: "Captum LRP (EpsilonRule by default; GammaRule / Alpha1_Beta0_Rule on linear and conv layers)",
         summary: "relevance of the target output propagated back by the ε-rule (ReLUs pass it unchanged)",
     },
     MethodInfo {
@@ -818,6 +837,11 @@ pub fn resolve_method(
         "deeplift" => Method::DeepLift,
         "lrp" => Method::Lrp {
             epsilon: num("epsilon"),
+            rule: match text("rule").to_ascii_lowercase().as_str() {
+                "gamma" => rules::LrpRule::Gamma(num("gamma") as f32),
+                "z_plus" => rules::LrpRule::ZPlus,
+                _ => rules::LrpRule::Epsilon,
+            },
         },
         "fullgrad" => Method::FullGrad {
             normalize: flag("normalize"),

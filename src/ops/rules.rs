@@ -2,7 +2,7 @@
 //! modules the same way).
 
 use crate::error::{Error, Result};
-use crate::model::{BackwardRule, Batch, Op, Step, Tape};
+use crate::model::{BackwardRule, Batch, Layer, Op, Step, Tape};
 
 /// Guided backpropagation: the ReLU's gradient, then only its positive part.
 pub struct GuidedBackprop;
@@ -103,12 +103,71 @@ impl DeepLift<'_> {
     }
 }
 
-/// Layer-wise relevance propagation with Captum's default rules: the ε-rule on linear,
-/// convolution, pooling and batch-norm layers — R_in = x ⊙ backward(R_out / (z + ε·s)),
-/// z the layer's output, s its sign (+1 at 0) — and relevance passed through ReLU and
-/// Tanh (and reshapes) unchanged. Other layers have no rule here: an error names them.
+/// How LRP treats linear and convolution layers (Captum's rules; pooling and batch-norm
+/// layers always take the ε-rule).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum LrpRule {
+    /// EpsilonRule: the layer as it is.
+    Epsilon,
+    /// GammaRule(γ): weights w + γ·max(w, 0), favouring positive contributions.
+    Gamma(f32),
+    /// Alpha1_Beta0_Rule (z⁺): the positive weights alone.
+    ZPlus,
+}
+
+/// Layer-wise relevance propagation as Captum computes it: on linear, convolution,
+/// pooling and batch-norm layers R_in = x ⊙ backward'(R_out / (z' + ε·s)), where the
+/// primed layer has the rule's weights, z' = its output on the layer's input x and s the
+/// sign of z' (+1 at 0); ReLU and Tanh (and reshapes) pass relevance unchanged. Other
+/// layers have no rule here: an error names them.
 pub struct Lrp {
     pub epsilon: f32,
+    pub rule: LrpRule,
+    /// The layers with the rule's weights, made once per layer.
+    modified: std::sync::Mutex<std::collections::HashMap<usize, std::sync::Arc<Layer>>>,
+}
+
+impl Lrp {
+    pub fn new(epsilon: f32, rule: LrpRule) -> Lrp {
+        Lrp {
+            epsilon,
+            rule,
+            modified: Default::default(),
+        }
+    }
+
+    /// The layer `index` with the rule's weights (itself for the ε-rule and for pools).
+    fn primed(&self, index: usize, layer: &Layer) -> Result<Option<std::sync::Arc<Layer>>> {
+        let map = |w: f32| match self.rule {
+            LrpRule::Epsilon => w,
+            LrpRule::Gamma(g) => w + g * w.max(0.0),
+            LrpRule::ZPlus => w.max(0.0),
+        };
+        if self.rule == LrpRule::Epsilon || !matches!(layer.op, Op::Linear { .. } | Op::Conv2d { .. }) {
+            return Ok(None);
+        }
+        let mut cache = self
+            .modified
+            .lock()
+            .map_err(|_| Error::model("internal: a poisoned lock"))?;
+        let primed = cache.entry(index).or_insert_with(|| {
+            let mut copy = layer.clone();
+            match &mut copy.op {
+                // Fresh caches: the copy's transposed or flipped weights are its own.
+                Op::Linear { weight, transposed, .. } => {
+                    weight.iter_mut().for_each(|w| *w = map(*w));
+                    *transposed = Default::default();
+                }
+                Op::Conv2d { weight, adjoint, .. } => {
+                    weight.iter_mut().for_each(|w| *w = map(*w));
+                    *adjoint = Default::default();
+                }
+                _ => {}
+            }
+            std::sync::Arc::new(copy)
+        });
+        Ok(Some(primed.clone()))
+    }
 }
 
 impl BackwardRule for Lrp {
@@ -119,20 +178,35 @@ impl BackwardRule for Lrp {
             | Op::MaxPool2d { .. }
             | Op::AvgPool2d { .. }
             | Op::AdaptiveAvgPool2d { .. }
-            | Op::BatchNorm { .. } => {
-                let mut scaled = step.gy.clone();
-                for (r, z) in scaled.data_mut().iter_mut().zip(step.y.data()) {
-                    let sign = if *z < 0.0 { -1.0 } else { 1.0 };
-                    *r /= z + sign * self.epsilon;
-                }
-                Some(step.layer.backward(step.x, step.y, step.memo, &scaled).map(|mut g| {
-                    g.data_mut().iter_mut().zip(step.x.data()).for_each(|(g, x)| *g *= x);
-                    g
-                }))
-            }
+            | Op::BatchNorm { .. } => Some(self.propagate(step)),
             Op::Relu | Op::Tanh | Op::Flatten | Op::Identity => Some(Ok(step.gy.clone())),
             _ => Some(Err(no_lrp_rule(step.layer))),
         }
+    }
+}
+
+impl Lrp {
+    fn propagate(&self, step: &Step) -> Result<Batch> {
+        let primed = self.primed(step.index, step.layer)?;
+        let (layer, z, memo) = match &primed {
+            Some(l) => {
+                let (z, memo) = l.forward(step.x, true)?;
+                (l.as_ref(), std::borrow::Cow::Owned(z), std::borrow::Cow::Owned(memo))
+            }
+            None => (
+                step.layer,
+                std::borrow::Cow::Borrowed(step.y),
+                std::borrow::Cow::Borrowed(step.memo),
+            ),
+        };
+        let mut scaled = step.gy.clone();
+        for (r, z) in scaled.data_mut().iter_mut().zip(z.data()) {
+            let sign = if *z < 0.0 { -1.0 } else { 1.0 };
+            *r /= z + sign * self.epsilon;
+        }
+        let mut g = layer.backward(step.x, &z, &memo, &scaled)?;
+        g.data_mut().iter_mut().zip(step.x.data()).for_each(|(g, x)| *g *= x);
+        Ok(g)
     }
 }
 
