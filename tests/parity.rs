@@ -890,8 +890,8 @@ fn smoothgrad_variants_match_captum_statistically() {
 /// layers; ReLUs pass relevance unchanged), and with GammaRule(0.25) or
 /// Alpha1_Beta0_Rule on every linear and convolution layer, on the digits CNN (its flatten done in
 /// forward: Captum refuses an nn.Flatten module) and the cancer MLP
-/// (tools/captum_extra_cases.py lrp). A residual network is refused until its sums have
-/// a rule.
+/// (tools/captum_extra_cases.py lrp); LayerLRP at a convolution and a linear layer. A
+/// residual network is refused until its sums have a rule.
 #[test]
 fn lrp_matches_captum() {
     let mut s = digits();
@@ -912,10 +912,33 @@ fn lrp_matches_captum() {
             &format!("mlp(cancer[0:10]) USING lrp{args}"),
         );
     }
+    // Captum's LayerLRP: the relevance arriving at a layer's output.
+    for (digits, case, from) in [
+        (true, "digits_cnn__layer_lrp_conv2", "cnn(digits[0:10]) AT LAYER conv2"),
+        (true, "digits_cnn__layer_lrp_fc1", "cnn(digits[0:10]) AT LAYER fc1"),
+        (false, "cancer_mlp__layer_lrp_fc1", "mlp(cancer[0:10]) AT LAYER fc1"),
+    ] {
+        let session = if digits { &mut s } else { &mut c };
+        let df = query(
+            session,
+            &format!("SELECT attribution FROM {from} USING layer_lrp ORDER BY input, unit"),
+        );
+        let want = npy(&fixture(&format!("captum_extra/{case}/attributions.npy"))).1;
+        assert_close(case, &column_f64(&df, "attribution"), &want, ATOL, RTOL);
+    }
     let mut z = session(&format!(
         "LOAD MODEL z FROM '{}'; LOAD DATA x FROM '{}';",
         fixture("zoo/resnet_basic.ts.onnx").display(),
         fixture("zoo/resnet_basic.inputs.npy").display(),
     ));
-    assert_errors(&mut z, &[("SELECT * FROM z(x) USING lrp", "lrp has no rule for layer")]);
+    assert_errors(
+        &mut z,
+        &[
+            ("SELECT * FROM z(x) USING lrp", "lrp has no rule for layer"),
+            (
+                "SELECT * FROM z(x) AT LAYER layer3 USING layer_lrp",
+                "lrp has no rule for layer",
+            ),
+        ],
+    );
 }

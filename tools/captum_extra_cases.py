@@ -14,7 +14,7 @@ import warnings
 
 import numpy as np
 import torch
-from captum.attr import (LRP, Deconvolution, FeatureAblation, IntegratedGradients, NeuronDeconvolution,
+from captum.attr import (LRP, Deconvolution, LayerLRP, FeatureAblation, IntegratedGradients, NeuronDeconvolution,
                          NeuronDeepLift, NeuronGuidedBackprop, NoiseTunnel, Occlusion, Saliency)
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -114,6 +114,12 @@ def lrp():
                 if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)):
                     m.rule = rule()
             save(f"{name}__lrp_{label}", inputs, t, LRP(model).attribute(inputs, target=t))
+    # LayerLRP: the relevance at a layer's output (ε-rule).
+    t = cnn(x).argmax(1)
+    for label, layer in (("conv2", cnn.features[2]), ("fc1", cnn.head[0])):
+        save(f"digits_cnn__layer_lrp_{label}", x, t, LayerLRP(cnn, layer).attribute(x, target=t))
+    t = mlp(cx).argmax(1)
+    save("cancer_mlp__layer_lrp_fc1", cx, t, LayerLRP(mlp, mlp.fc1).attribute(cx, target=t))
 
 
 def noise_tunnel():

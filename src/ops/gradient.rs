@@ -96,6 +96,15 @@ pub(crate) fn one_hot(out: &Batch, targets: &[usize]) -> Result<Batch> {
     Ok(seed)
 }
 
+/// LRP's starting relevance: each row's target output at its target, 0 elsewhere.
+pub(crate) fn output_seed(out: &Batch, targets: &[usize]) -> Result<Batch> {
+    let mut seed = one_hot(out, targets)?;
+    for (r, &t) in targets.iter().enumerate() {
+        seed.row_mut(r)[t] = out.row(r)[t];
+    }
+    Ok(seed)
+}
+
 /// Runs `work` on every item in parallel, stopping early if the statement is cancelled;
 /// `units(i)` is how much progress item i makes.
 pub fn par_items<T: Send>(
@@ -235,10 +244,7 @@ pub fn attribute(method: &Method, req: &Request) -> Result<Vec<f32>> {
                             Some(_) => (0..output.rows()).map(|r| argmax(output.row(r))).collect(),
                             None => req.targets[a..b].to_vec(),
                         };
-                        let mut seed = one_hot(&output, &targets)?;
-                        for (r, &t) in targets.iter().enumerate() {
-                            seed.row_mut(r)[t] = output.row(r)[t];
-                        }
+                        let seed = output_seed(&output, &targets)?;
                         let relevance = req.model.backward(&tape, seed, &lrp, &mut |_, _| {})?;
                         let outputs = if req.predicted.is_some() {
                             output.into_data()

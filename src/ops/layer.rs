@@ -7,8 +7,11 @@
 //! layer integrated gradients interpolates the layer's output itself, as Captum does.
 
 use super::cam::{self, CamKind};
-use super::gradient::{argmax, batch_shape, gradients_from, one_hot, par_items, tile_rows, zero_outside_window};
+use super::gradient::{
+    argmax, batch_shape, gradients_from, one_hot, output_seed, par_items, tile_rows, zero_outside_window,
+};
 use super::integrated::{Chunks, integrate, path};
+use super::rules::Lrp;
 use super::{KeptTapes, Method, Request, Rule};
 use crate::error::{Error, Result};
 use crate::model::{Batch, Forward, Gradient, Model};
@@ -322,6 +325,45 @@ pub fn attribute(method: &Method, req: &Request) -> Result<LayerAttribution> {
             Ok(LayerAttribution {
                 values: per_input.concat(),
                 activations: Some(hx.into_data()),
+                shape: out_shape,
+            })
+        }
+        Method::LayerLrp { epsilon, rule } => {
+            // Layers between the hook point and the target with several inputs (residual
+            // sums) have no rule yet.
+            let after = model.layers.get(layer + 1..=req.out_layer).unwrap_or(&[]);
+            if let Some(l) = after.iter().find(|l| l.inputs.len() > 1) {
+                return Err(super::rules::no_lrp_rule(l));
+            }
+            let lrp = Lrp::new(*epsilon as f32, *rule);
+            let tile = tile_rows(req.batch_rows, n);
+            let per_tile = par_items(
+                n.div_ceil(tile),
+                req.control,
+                |t| tile.min(n - t * tile),
+                |t| {
+                    let (a, b) = (t * tile, ((t + 1) * tile).min(n));
+                    let fwd = Forward {
+                        from: 0,
+                        to: req.out_layer + 1,
+                        keep: true,
+                        hook: None,
+                    };
+                    let tape = model.run(rows_of(req, &req.inputs[a * d..b * d], b - a)?, &fwd)?;
+                    let seed = output_seed(tape.output(), &req.targets[a..b])?;
+                    let relevance = model.gradient_at(&tape, seed, &lrp, layer)?;
+                    let acts = tape
+                        .at_hook(layer)
+                        .ok_or_else(|| Error::model("internal: a pass without its layer's value"))?
+                        .data()
+                        .to_vec();
+                    Ok((relevance.into_data(), acts))
+                },
+            )?;
+            let (values, acts): (Vec<Vec<f32>>, Vec<Vec<f32>>) = per_tile.into_iter().unzip();
+            Ok(LayerAttribution {
+                values: values.concat(),
+                activations: Some(acts.concat()),
                 shape: out_shape,
             })
         }

@@ -90,6 +90,11 @@ pub enum Method {
     },
     LayerActivation,
     LayerGradientXActivation,
+    /// LRP's relevance at the AT LAYER layer's output (Captum's LayerLRP).
+    LayerLrp {
+        epsilon: f64,
+        rule: rules::LrpRule,
+    },
     LayerConductance {
         steps: usize,
     },
@@ -174,6 +179,7 @@ impl Method {
             Method::FullGrad { .. } => "fullgrad",
             Method::LayerActivation => "layer_activation",
             Method::LayerGradientXActivation => "layer_gradient_x_activation",
+            Method::LayerLrp { .. } => "layer_lrp",
             Method::LayerConductance { .. } => "layer_conductance",
             Method::LayerIntegratedGradients { .. } => "layer_integrated_gradients",
             Method::NeuronGradient => "neuron_gradient",
@@ -239,7 +245,7 @@ impl fmt::Display for Method {
             }
             Method::LayerConductance { steps } => write!(f, "(steps = {steps})"),
             Method::FullGrad { normalize } => write!(f, "(normalize = {normalize})"),
-            Method::Lrp { epsilon, rule } => match rule {
+            Method::Lrp { epsilon, rule } | Method::LayerLrp { epsilon, rule } => match rule {
                 rules::LrpRule::Epsilon => write!(f, "(rule = epsilon, epsilon = {epsilon})"),
                 rules::LrpRule::Gamma(g) => write!(f, "(rule = gamma, gamma = {g}, epsilon = {epsilon})"),
                 rules::LrpRule::ZPlus => write!(f, "(rule = z_plus, epsilon = {epsilon})"),
@@ -378,6 +384,27 @@ const INTERPOLATE: ParamSpec = ParamSpec {
     setting: None,
 };
 
+const LRP_PARAMS: &[ParamSpec] = &[
+    ParamSpec {
+        name: "rule",
+        kind: ParamKind::Choice(&["epsilon", "gamma", "z_plus"]),
+        default: Some("epsilon"),
+        setting: None,
+    },
+    ParamSpec {
+        name: "epsilon",
+        kind: ParamKind::Float { min: 0.0 },
+        default: Some("1e-9"),
+        setting: None,
+    },
+    ParamSpec {
+        name: "gamma",
+        kind: ParamKind::Float { min: 0.0 },
+        default: Some("0.25"),
+        setting: None,
+    },
+];
+
 const CAM_PARAMS: &[ParamSpec] = &[flag("normalize", "false"), flag("upsample", "false"), INTERPOLATE];
 
 const fn cam_method(name: &'static str, reference: &'static str, summary: &'static str) -> MethodInfo {
@@ -509,26 +536,7 @@ pub const METHODS: &[MethodInfo] = &[
         name: "lrp",
         family: Family::Gradient,
         needs: Needs::Nothing,
-        params: &[
-            ParamSpec {
-                name: "rule",
-                kind: ParamKind::Choice(&["epsilon", "gamma", "z_plus"]),
-                default: Some("epsilon"),
-                setting: None,
-            },
-            ParamSpec {
-                name: "epsilon",
-                kind: ParamKind::Float { min: 0.0 },
-                default: Some("1e-9"),
-                setting: None,
-            },
-            ParamSpec {
-                name: "gamma",
-                kind: ParamKind::Float { min: 0.0 },
-                default: Some("0.25"),
-                setting: None,
-            },
-        ],
+        params: LRP_PARAMS,
         reference: "Captum LRP (EpsilonRule by default; GammaRule / Alpha1_Beta0_Rule on linear and conv layers)",
         summary: "relevance of the target output propagated back by the ε-rule (ReLUs pass it unchanged)",
     },
@@ -621,6 +629,14 @@ pub const METHODS: &[MethodInfo] = &[
         params: &[],
         reference: "Captum LayerGradientXActivation",
         summary: "the layer's output times the target's gradient there",
+    },
+    MethodInfo {
+        name: "layer_lrp",
+        family: Family::Gradient,
+        needs: Needs::Layer,
+        params: LRP_PARAMS,
+        reference: "Captum LayerLRP",
+        summary: "LRP's relevance at the layer's output (the rules of lrp)",
     },
     MethodInfo {
         name: "layer_conductance",
@@ -835,14 +851,19 @@ pub fn resolve_method(
             Method::IntegratedGradients { steps, rule }
         }
         "deeplift" => Method::DeepLift,
-        "lrp" => Method::Lrp {
-            epsilon: num("epsilon"),
-            rule: match text("rule").to_ascii_lowercase().as_str() {
+        "lrp" | "layer_lrp" => {
+            let epsilon = num("epsilon");
+            let rule = match text("rule").to_ascii_lowercase().as_str() {
                 "gamma" => rules::LrpRule::Gamma(num("gamma") as f32),
                 "z_plus" => rules::LrpRule::ZPlus,
                 _ => rules::LrpRule::Epsilon,
-            },
-        },
+            };
+            if info.name == "lrp" {
+                Method::Lrp { epsilon, rule }
+            } else {
+                Method::LayerLrp { epsilon, rule }
+            }
+        }
         "fullgrad" => Method::FullGrad {
             normalize: flag("normalize"),
         },
@@ -1169,6 +1190,7 @@ pub fn attribute(method: &Method, req: &Request) -> Result<Vec<f32>> {
         Method::FullGrad { normalize } => cam::fullgrad(req, *normalize),
         Method::GradCam { .. }
         | Method::Cam { .. }
+        | Method::LayerLrp { .. }
         | Method::LayerActivation
         | Method::LayerGradientXActivation
         | Method::LayerConductance { .. }
