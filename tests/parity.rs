@@ -710,6 +710,18 @@ fn neuron_gradient_and_conductance() {
             &format!("mlp(cancer[0:10]) TARGET fc1[5] USING neuron_{method}"),
         );
     }
+    // Captum's LayerDeepLift at fc1 (zero baseline, predicted class).
+    for (session, case, from) in [
+        (&mut s, "digits_cnn__layer_deeplift_fc1", "cnn(digits[0:10])"),
+        (&mut c, "cancer_mlp__layer_deeplift_fc1", "mlp(cancer[0:10])"),
+    ] {
+        let df = query(
+            session,
+            &format!("SELECT attribution FROM {from} AT LAYER fc1 USING layer_deeplift ORDER BY input, unit"),
+        );
+        let want = npy(&fixture(&format!("captum_extra/{case}/attributions.npy"))).1;
+        assert_close(case, &column_f64(&df, "attribution"), &want, ATOL, RTOL);
+    }
     // Each input's attributions sum to the unit's change from the (zero) baseline.
     s.execute("LOAD DATA zero FROM 'tests/fixtures/data/digits_zero.npy';")
         .unwrap();

@@ -14,7 +14,7 @@ import warnings
 
 import numpy as np
 import torch
-from captum.attr import (LRP, Deconvolution, LayerLRP, FeatureAblation, IntegratedGradients, NeuronDeconvolution,
+from captum.attr import (LRP, Deconvolution, LayerDeepLift, LayerLRP, FeatureAblation, IntegratedGradients, NeuronDeconvolution,
                          NeuronDeepLift, NeuronGuidedBackprop, NoiseTunnel, Occlusion, Saliency)
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -59,7 +59,7 @@ def main():
 
 def neurons():
     """Guided backprop, deconvolution and DeepLift (zero baseline) of unit 5 of fc1 (no
-    class targets)."""
+    class targets), and LayerDeepLift at fc1."""
     import csv
 
     cnn = load("digits_cnn")
@@ -77,6 +77,11 @@ def neurons():
             # test checks the unit's conservation there instead.)
             attr = NeuronDeepLift(model, model.fc1).attribute(inputs, neuron_selector=5, baselines=0)
             save(f"{name}__neuron_deeplift_fc1_5", inputs, none, attr)
+        # LayerDeepLift at fc1 (zero baseline), at the predicted class (after the max-pool,
+        # so Captum's rule is conservative on the digits too).
+        t = model(inputs).argmax(1)
+        attr = LayerDeepLift(model, model.fc1).attribute(inputs, baselines=0, target=t)
+        save(f"{name}__layer_deeplift_fc1", inputs, t, attr)
 
 
 class FunctionalFlatten(torch.nn.Module):

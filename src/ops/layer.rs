@@ -11,7 +11,7 @@ use super::gradient::{
     argmax, batch_shape, gradients_from, one_hot, output_seed, par_items, tile_rows, zero_outside_window,
 };
 use super::integrated::{Chunks, integrate, path};
-use super::rules::Lrp;
+use super::rules::{DeepLift, Lrp};
 use super::{KeptTapes, Method, Request, Rule};
 use crate::error::{Error, Result};
 use crate::model::{Batch, Forward, Gradient, Model};
@@ -328,6 +328,20 @@ pub fn attribute(method: &Method, req: &Request) -> Result<LayerAttribution> {
                 shape: out_shape,
             })
         }
+        Method::LayerDeepLift => rule_at_layer(req, layer, out_shape, |a, b, tape, fwd| {
+            let reference = model.run(rows_of(req, &req.baselines[a * d..b * d], b - a)?, fwd)?;
+            let rule = DeepLift { reference: &reference };
+            let seed = one_hot(tape.output(), &req.targets[a..b])?;
+            let multipliers = model.gradient_at(tape, seed, &rule, layer)?;
+            let hx = at_layer(tape, layer)?;
+            let hb = at_layer(&reference, layer)?;
+            Ok(multipliers
+                .data()
+                .iter()
+                .zip(hx.iter().zip(hb))
+                .map(|(m, (x, b))| m * (x - b))
+                .collect())
+        }),
         Method::LayerLrp { epsilon, rule } => {
             // Layers between the hook point and the target with several inputs (residual
             // sums) have no rule yet.
@@ -336,35 +350,9 @@ pub fn attribute(method: &Method, req: &Request) -> Result<LayerAttribution> {
                 return Err(super::rules::no_lrp_rule(l));
             }
             let lrp = Lrp::new(*epsilon as f32, *rule);
-            let tile = tile_rows(req.batch_rows, n);
-            let per_tile = par_items(
-                n.div_ceil(tile),
-                req.control,
-                |t| tile.min(n - t * tile),
-                |t| {
-                    let (a, b) = (t * tile, ((t + 1) * tile).min(n));
-                    let fwd = Forward {
-                        from: 0,
-                        to: req.out_layer + 1,
-                        keep: true,
-                        hook: None,
-                    };
-                    let tape = model.run(rows_of(req, &req.inputs[a * d..b * d], b - a)?, &fwd)?;
-                    let seed = output_seed(tape.output(), &req.targets[a..b])?;
-                    let relevance = model.gradient_at(&tape, seed, &lrp, layer)?;
-                    let acts = tape
-                        .at_hook(layer)
-                        .ok_or_else(|| Error::model("internal: a pass without its layer's value"))?
-                        .data()
-                        .to_vec();
-                    Ok((relevance.into_data(), acts))
-                },
-            )?;
-            let (values, acts): (Vec<Vec<f32>>, Vec<Vec<f32>>) = per_tile.into_iter().unzip();
-            Ok(LayerAttribution {
-                values: values.concat(),
-                activations: Some(acts.concat()),
-                shape: out_shape,
+            rule_at_layer(req, layer, out_shape, |a, b, tape, _| {
+                let seed = output_seed(tape.output(), &req.targets[a..b])?;
+                Ok(model.gradient_at(tape, seed, &lrp, layer)?.into_data())
             })
         }
         other => Err(Error::value(format!(
@@ -372,6 +360,48 @@ pub fn attribute(method: &Method, req: &Request) -> Result<LayerAttribution> {
             other.name()
         ))),
     }
+}
+
+/// A layer method computed from a kept forward pass of each tile of inputs: `work(a, b,
+/// pass, forward)` gives the values of inputs a..b at the layer; the activations come
+/// from the pass.
+fn rule_at_layer(
+    req: &Request,
+    layer: usize,
+    out_shape: Vec<usize>,
+    work: impl Fn(usize, usize, &crate::model::Tape, &Forward) -> Result<Vec<f32>> + Sync,
+) -> Result<LayerAttribution> {
+    let (n, d) = (req.n(), req.d());
+    let tile = tile_rows(req.batch_rows, n);
+    let fwd = Forward {
+        from: 0,
+        to: req.out_layer + 1,
+        keep: true,
+        hook: None,
+    };
+    let per_tile = par_items(
+        n.div_ceil(tile),
+        req.control,
+        |t| tile.min(n - t * tile),
+        |t| {
+            let (a, b) = (t * tile, ((t + 1) * tile).min(n));
+            let tape = req.model.run(rows_of(req, &req.inputs[a * d..b * d], b - a)?, &fwd)?;
+            Ok((work(a, b, &tape, &fwd)?, at_layer(&tape, layer)?.to_vec()))
+        },
+    )?;
+    let (values, acts): (Vec<Vec<f32>>, Vec<Vec<f32>>) = per_tile.into_iter().unzip();
+    Ok(LayerAttribution {
+        values: values.concat(),
+        activations: Some(acts.concat()),
+        shape: out_shape,
+    })
+}
+
+/// A kept pass's value at hook point `layer`.
+fn at_layer(tape: &crate::model::Tape, layer: usize) -> Result<&[f32]> {
+    tape.at_hook(layer)
+        .map(|b| b.data())
+        .ok_or_else(|| Error::model("internal: a kept pass without its layer's value"))
 }
 
 /// A layer's output shape as (channels, rows, cols); a dense layer is (units, 1, 1).

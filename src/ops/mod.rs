@@ -90,6 +90,9 @@ pub enum Method {
     },
     LayerActivation,
     LayerGradientXActivation,
+    /// DeepLift at the AT LAYER layer: (h(x) − h(baseline)) × the rescale rule's
+    /// multipliers there (Captum's LayerDeepLift).
+    LayerDeepLift,
     /// LRP's relevance at the AT LAYER layer's output (Captum's LayerLRP).
     LayerLrp {
         epsilon: f64,
@@ -180,6 +183,7 @@ impl Method {
             Method::LayerActivation => "layer_activation",
             Method::LayerGradientXActivation => "layer_gradient_x_activation",
             Method::LayerLrp { .. } => "layer_lrp",
+            Method::LayerDeepLift => "layer_deeplift",
             Method::LayerConductance { .. } => "layer_conductance",
             Method::LayerIntegratedGradients { .. } => "layer_integrated_gradients",
             Method::NeuronGradient => "neuron_gradient",
@@ -224,6 +228,7 @@ impl Method {
                 | Method::ShapleySampling { .. }
                 | Method::DeepLift
                 | Method::NeuronDeepLift
+                | Method::LayerDeepLift
                 | Method::LayerConductance { .. }
                 | Method::LayerIntegratedGradients { .. }
                 | Method::NeuronIntegratedGradients { .. }
@@ -631,6 +636,14 @@ pub const METHODS: &[MethodInfo] = &[
         summary: "the layer's output times the target's gradient there",
     },
     MethodInfo {
+        name: "layer_deeplift",
+        family: Family::Gradient,
+        needs: Needs::Layer,
+        params: &[],
+        reference: "Captum LayerDeepLift",
+        summary: "the layer's change from the baseline times DeepLift's multipliers there (rescale rule)",
+    },
+    MethodInfo {
         name: "layer_lrp",
         family: Family::Gradient,
         needs: Needs::Layer,
@@ -876,6 +889,7 @@ pub fn resolve_method(
         },
         "layer_activation" => Method::LayerActivation,
         "layer_gradient_x_activation" => Method::LayerGradientXActivation,
+        "layer_deeplift" => Method::LayerDeepLift,
         "layer_conductance" => Method::LayerConductance {
             steps: num("steps") as usize,
         },
@@ -1191,6 +1205,7 @@ pub fn attribute(method: &Method, req: &Request) -> Result<Vec<f32>> {
         Method::GradCam { .. }
         | Method::Cam { .. }
         | Method::LayerLrp { .. }
+        | Method::LayerDeepLift
         | Method::LayerActivation
         | Method::LayerGradientXActivation
         | Method::LayerConductance { .. }
