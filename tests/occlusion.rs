@@ -132,3 +132,33 @@ fn occlusion_on_boxes_matches_captum() {
         }
     }
 }
+
+/// PLAN says how the copies run: on boxes through the first layers of the zoo ResNet,
+/// densely on the 8×8 digits (where boxes would not pay).
+#[test]
+fn plan_says_where_copies_run_on_boxes() {
+    let mut s = session(&format!(
+        "LOAD MODEL z FROM '{}'; LOAD DATA x FROM '{}';
+         LOAD MODEL cnn FROM 'models/digits_cnn.safetensors' ARCH 'models/digits_cnn.json';
+         LOAD DATA digits FROM 'data/digits_test_x.npy';",
+        fixture("zoo/resnet_basic.ts.onnx").display(),
+        fixture("zoo/resnet_basic.inputs.npy").display(),
+    ));
+    let plan = |s: &mut ialgebra::exec::Session, q: &str| match s.execute(q).unwrap().pop() {
+        Some(ialgebra::exec::Output::Plan(text)) => text,
+        other => panic!("{q}: {other:?}"),
+    };
+    let text = plan(
+        &mut s,
+        "PLAN SELECT * FROM z(x[0]) USING occlusion(window = 12, stride = 4)",
+    );
+    assert!(
+        text.contains("197 copies per input, recomputed only where they differ through `"),
+        "{text}"
+    );
+    let text = plan(&mut s, "PLAN SELECT * FROM cnn(digits[0]) USING occlusion(window = 2)");
+    assert!(
+        text.contains("50 copies per input, each a dense forward pass"),
+        "{text}"
+    );
+}

@@ -988,6 +988,9 @@ impl State {
                             a.data,
                             a.method.name()
                         ));
+                        if let Some(how) = interpret::perturbation_strategy(self, a)? {
+                            text.push_str(&format!("    copies: {how}\n"));
+                        }
                     }
                 }
                 Ok(Output::Plan(text))

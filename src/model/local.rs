@@ -170,11 +170,12 @@ const BOX_OVERHEAD: f64 = 1.5;
 const BOX_FIXED_COST: f64 = 2e4;
 
 /// The layer where copies changed inside `spans` should continue densely so that the
-/// least work is done (0: run them densely from the start).
-fn best_cut(model: &Model, spans: &[Span], to: usize) -> usize {
+/// least work is done (0: run them densely from the start), with the work estimated for
+/// that choice and for the dense pass through the layers boxes could take.
+fn best_cut(model: &Model, spans: &[Span], to: usize) -> (usize, f64, f64) {
     let layers = &model.layers[..to.min(model.layers.len())];
     if !model.patches.is_empty() || model.input_shape.len() != 3 || spans.is_empty() {
-        return 0;
+        return (0, 0.0, 0.0);
     }
     let reaches: Vec<Reach> = layers.iter().map_while(|l| reach(model, l)).collect();
     let local = reaches.len();
@@ -195,7 +196,8 @@ fn best_cut(model: &Model, spans: &[Span], to: usize) -> usize {
         .zip(&reaches)
         .map(|(l, &r)| copies * (l.out_shape[1] * l.out_shape[2] * work_per_position(l, r)) as f64)
         .collect();
-    let mut best = (dense.iter().sum::<f64>(), 0);
+    let all_dense = dense.iter().sum::<f64>();
+    let mut best = (all_dense, 0);
     for cut in 1..=local {
         if model.reads(cut, to, false).is_err() {
             continue;
@@ -206,7 +208,15 @@ fn best_cut(model: &Model, spans: &[Span], to: usize) -> usize {
             best = (work, cut);
         }
     }
-    best.1
+    (best.1, best.0, all_dense)
+}
+
+/// For PLAN: where copies changed inside `spans` continue densely (0: from the start),
+/// and the share of the dense work (in multiply-adds, through the layers boxes could
+/// take) that the boxes leave.
+pub fn work_share(model: &Model, spans: &[Span], to: usize) -> (usize, f64) {
+    let (cut, work, dense) = best_cut(model, spans, to);
+    (cut, if dense > 0.0 { work / dense } else { 1.0 })
 }
 
 /// The layers where copies carried on boxes through the layers before may continue
@@ -235,7 +245,7 @@ impl<'m> LocalPass<'m> {
     /// `..to`, or None when carrying boxes would save no work (they grow over the map at
     /// once, or the first layer reads the whole input).
     pub fn plan(model: &'m Model, base: &[f32], spans: &[Span], to: usize) -> Result<Option<LocalPass<'m>>> {
-        match best_cut(model, spans, to) {
+        match best_cut(model, spans, to).0 {
             0 => Ok(None),
             cut => Self::with_cut(model, base, cut, to).map(Some),
         }

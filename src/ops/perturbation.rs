@@ -7,7 +7,7 @@ use rayon::prelude::*;
 
 use super::gradient::{batch_shape, par_items};
 use super::rng::Rng;
-use super::{Method, Request};
+use super::{Features, Method, Request};
 use crate::error::{Error, Result};
 use crate::model::Batch;
 use crate::model::local::{LocalPass, Region, Span};
@@ -108,8 +108,7 @@ pub fn check_occlusion(extent: usize, window: usize, stride: usize, what: &str) 
 }
 
 /// The feature sets the sliding windows cover (within the query's window).
-fn occlusion_patches(req: &Request, window: usize, stride: usize) -> Result<Vec<Vec<usize>>> {
-    let f = req.features;
+pub fn occlusion_sets(f: &Features, window: usize, stride: usize) -> Result<Vec<Vec<usize>>> {
     let mut patches = Vec::new();
     if let Some(((_, h, w), rect)) = f.image {
         let (r0, r1) = rect.rows;
@@ -201,7 +200,7 @@ fn local_pass<'m>(req: &Request<'m>, x: &[f32], sets: &[Vec<usize>]) -> Result<O
 /// Captum's Occlusion: each feature gets the mean, over the windows covering it, of
 /// F(x) − F(x with the window at the baseline).
 fn occlusion(req: &Request, i: usize, window: usize, stride: usize) -> Result<Vec<f32>> {
-    let patches = occlusion_patches(req, window, stride)?;
+    let patches = occlusion_sets(req.features, window, stride)?;
     let d = req.d();
     let mut total = vec![0.0f32; d];
     let mut count = vec![0u32; d];
