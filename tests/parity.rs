@@ -902,8 +902,10 @@ fn smoothgrad_variants_match_captum_statistically() {
 /// layers; ReLUs pass relevance unchanged), and with GammaRule(0.25) or
 /// Alpha1_Beta0_Rule on every linear and convolution layer, on the digits CNN (its flatten done in
 /// forward: Captum refuses an nn.Flatten module) and the cancer MLP
-/// (tools/captum_extra_cases.py lrp); LayerLRP at a convolution and a linear layer. A
-/// residual network is refused until its sums have a rule.
+/// (tools/captum_extra_cases.py lrp); LayerLRP at a convolution and a linear layer; a
+/// small residual CNN whose sum is Captum's Addition_Module (tools/captum_extra_cases.py
+/// residual); the zoo ResNet's two exports agree (1e-5 + 1e-3 rel: the same weights,
+/// folded or spelled differently).
 #[test]
 fn lrp_matches_captum() {
     let mut s = digits();
@@ -938,19 +940,37 @@ fn lrp_matches_captum() {
         let want = npy(&fixture(&format!("captum_extra/{case}/attributions.npy"))).1;
         assert_close(case, &column_f64(&df, "attribution"), &want, ATOL, RTOL);
     }
-    let mut z = session(&format!(
-        "LOAD MODEL z FROM '{}'; LOAD DATA x FROM '{}';",
-        fixture("zoo/resnet_basic.ts.onnx").display(),
-        fixture("zoo/resnet_basic.inputs.npy").display(),
+    // Through a residual sum (Captum's Addition_Module: each input takes its share).
+    let mut r = session(&format!(
+        "LOAD MODEL r FROM '{}'; LOAD DATA x FROM '{}';",
+        fixture("captum_extra/residual__lrp/model.onnx").display(),
+        fixture("captum_extra/residual__lrp/inputs.npy").display(),
     ));
-    assert_errors(
-        &mut z,
-        &[
-            ("SELECT * FROM z(x) USING lrp", "lrp has no rule for layer"),
-            (
-                "SELECT * FROM z(x) AT LAYER layer3 USING layer_lrp",
-                "lrp has no rule for layer",
-            ),
-        ],
+    check_extra(&mut r, "residual__lrp", "r(x) USING lrp");
+    // The zoo ResNet: its two exports pool by GlobalAveragePool and by ReduceMean, both
+    // given the ε-rule, so they agree; a layer without a rule is refused, naming it.
+    let relevance = |exporter: &str| {
+        let mut z = session(&format!(
+            "LOAD MODEL z FROM '{}'; LOAD DATA x FROM '{}';",
+            fixture(&format!("zoo/resnet_basic.{exporter}.onnx")).display(),
+            fixture("zoo/resnet_basic.inputs.npy").display(),
+        ));
+        column_f64(
+            &query(&mut z, "SELECT attribution FROM z(x) USING lrp ORDER BY input, feature"),
+            "attribution",
+        )
+    };
+    assert_close(
+        "resnet_basic lrp, dynamo vs ts",
+        &relevance("dynamo"),
+        &relevance("ts"),
+        1e-5,
+        1e-3,
     );
+    let mut v = session(&format!(
+        "LOAD MODEL v FROM '{}'; LOAD DATA x FROM '{}';",
+        fixture("zoo/vit.ts.onnx").display(),
+        fixture("zoo/vit.inputs.npy").display(),
+    ));
+    assert_errors(&mut v, &[("SELECT * FROM v(x) USING lrp", "lrp has no rule for layer")]);
 }

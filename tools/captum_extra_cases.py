@@ -3,7 +3,7 @@ models: written to tests/fixtures/captum_extra/<model>__<case>/{attributions,inp
 for the parity tests. Optional, outside CI (it needs torch and captum; see
 tools/captum_baseline.py for the setup). Run from the repository root:
 
-    ~/captum-venv/bin/python tools/captum_extra_cases.py [noise] [neurons] [lrp]
+    ~/captum-venv/bin/python tools/captum_extra_cases.py [noise] [neurons] [lrp] [residual]
 
 (`noise`, `neurons`, `lrp`: only those cases.)
 """
@@ -127,6 +127,44 @@ def lrp():
     save("cancer_mlp__layer_lrp_fc1", cx, t, LayerLRP(mlp, mlp.fc1).attribute(cx, target=t))
 
 
+class Residual(torch.nn.Module):
+    """A small residual CNN whose sum is Captum's Addition_Module (LRP's rule for it) and
+    whose pool is a module (AdaptiveAvgPool2d), exported to ONNX for the engine."""
+
+    def __init__(self):
+        super().__init__()
+        from captum.attr._utils.custom_modules import Addition_Module
+
+        self.conv1 = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.relu1 = torch.nn.ReLU()
+        self.conv2 = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.relu2 = torch.nn.ReLU()
+        self.conv3 = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.add = Addition_Module()
+        self.relu3 = torch.nn.ReLU()
+        self.pool = torch.nn.AdaptiveAvgPool2d(1)
+        self.fc = torch.nn.Linear(8, 5)
+
+    def forward(self, x):
+        a = self.relu1(self.conv1(x))
+        b = self.conv3(self.relu2(self.conv2(a)))
+        return self.fc(self.pool(self.relu3(self.add(b, a))).flatten(1))
+
+
+def residual():
+    """LRP (ε-rule) through a residual sum: the model's ONNX export, inputs and Captum's
+    relevance, in captum_extra/residual__lrp/."""
+    torch.manual_seed(5)
+    model = Residual().eval()
+    x = torch.randn(4, 3, 12, 12, generator=torch.Generator().manual_seed(6))
+    t = model(x).argmax(1)
+    d = os.path.join(OUT, "residual__lrp")
+    os.makedirs(d, exist_ok=True)
+    torch.onnx.export(model, (x,), os.path.join(d, "model.onnx"), input_names=["input"], output_names=["logits"],
+                      dynamo=False, opset_version=18)
+    save("residual__lrp", x, t, LRP(model).attribute(x, target=t))
+
+
 def noise_tunnel():
     """NoiseTunnel(Saliency) on 3 digits, 1000 samples of N(0, 0.2²), each nt_type, with
     torch seeds 0 and 1: random, so the tests compare the engine's own draws with them
@@ -143,7 +181,7 @@ def noise_tunnel():
 
 
 if __name__ == "__main__":
-    parts = {"noise": noise_tunnel, "neurons": neurons, "lrp": lrp}
+    parts = {"noise": noise_tunnel, "neurons": neurons, "lrp": lrp, "residual": residual}
     if sys.argv[1:]:
         for part in sys.argv[1:]:
             parts[part]()
@@ -151,4 +189,5 @@ if __name__ == "__main__":
         main()
         neurons()
         lrp()
+        residual()
         noise_tunnel()

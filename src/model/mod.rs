@@ -269,6 +269,17 @@ impl Step<'_> {
 /// Replaces the backward of chosen layers. Returning `None` keeps the layer's gradient.
 pub trait BackwardRule: Sync {
     fn backward(&self, step: &Step) -> Option<Result<Batch>>;
+
+    /// The gradient for each input of a layer of several inputs (`None`: the layer's own).
+    fn backward_args(
+        &self,
+        _layer: &Layer,
+        _args: &[&Batch],
+        _y: &Batch,
+        _gy: &Batch,
+    ) -> Option<Result<Vec<Option<Batch>>>> {
+        None
+    }
 }
 
 /// The plain gradient: no layer's backward is replaced.
@@ -835,7 +846,10 @@ impl Model {
                     .iter()
                     .map(|&p| tape.value(p).ok_or_else(missing))
                     .collect::<Result<_>>()?;
-                layer.backward_args(&args, y, &tape.memos[i], &grad)?
+                match rule.backward_args(layer, &args, y, &grad) {
+                    Some(result) => result?,
+                    None => layer.backward_args(&args, y, &tape.memos[i], &grad)?,
+                }
             };
             for (&p, g) in reads.iter().zip(input_grads) {
                 // A carried value is a constant of the pass.

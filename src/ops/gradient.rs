@@ -229,12 +229,6 @@ pub fn attribute(method: &Method, req: &Request) -> Result<Vec<f32>> {
                         rule
                     };
                     if let Method::Lrp { epsilon, rule } = method {
-                        // A layer of several inputs (a residual sum) would take the
-                        // relevance whole to each input: refused until it has a rule.
-                        let layers = &req.model.layers[..=req.out_layer];
-                        if let Some(l) = layers.iter().find(|l| l.inputs.len() > 1) {
-                            return Err(super::rules::no_lrp_rule(l));
-                        }
                         // Relevance starts as the target's output value (Captum scales its
                         // result by it; the rules are linear in the relevance).
                         let lrp = Lrp::new(*epsilon as f32, *rule);

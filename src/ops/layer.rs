@@ -343,12 +343,6 @@ pub fn attribute(method: &Method, req: &Request) -> Result<LayerAttribution> {
                 .collect())
         }),
         Method::LayerLrp { epsilon, rule } => {
-            // Layers between the hook point and the target with several inputs (residual
-            // sums) have no rule yet.
-            let after = model.layers.get(layer + 1..=req.out_layer).unwrap_or(&[]);
-            if let Some(l) = after.iter().find(|l| l.inputs.len() > 1) {
-                return Err(super::rules::no_lrp_rule(l));
-            }
             let lrp = Lrp::new(*epsilon as f32, *rule);
             rule_at_layer(req, layer, out_shape, |a, b, tape, _| {
                 let seed = output_seed(tape.output(), &req.targets[a..b])?;

@@ -2,6 +2,7 @@
 //! modules the same way).
 
 use crate::error::{Error, Result};
+use crate::model::graph_ops::ReduceKind;
 use crate::model::{BackwardRule, Batch, Layer, Op, Step, Tape};
 
 /// Guided backpropagation: the ReLU's gradient, then only its positive part.
@@ -118,8 +119,9 @@ pub enum LrpRule {
 /// Layer-wise relevance propagation as Captum computes it: on linear, convolution,
 /// pooling and batch-norm layers R_in = x ⊙ backward'(R_out / (z' + ε·s)), where the
 /// primed layer has the rule's weights, z' = its output on the layer's input x and s the
-/// sign of z' (+1 at 0); ReLU and Tanh (and reshapes) pass relevance unchanged. Other
-/// layers have no rule here: an error names them.
+/// sign of z' (+1 at 0); a residual sum splits R_out in proportion to its inputs; ReLU
+/// and Tanh (and reshapes) pass relevance unchanged. Other layers have no rule here: an
+/// error names them.
 pub struct Lrp {
     pub epsilon: f32,
     pub rule: LrpRule,
@@ -179,9 +181,49 @@ impl BackwardRule for Lrp {
             | Op::AvgPool2d { .. }
             | Op::AdaptiveAvgPool2d { .. }
             | Op::BatchNorm { .. } => Some(self.propagate(step)),
+            // A mean or sum over axes (an export's spelling of a global pool) is linear:
+            // the ε-rule, as for the pool.
+            Op::Reduce(r) if matches!(r.kind, ReduceKind::Mean | ReduceKind::Sum) => Some(self.propagate(step)),
             Op::Relu | Op::Tanh | Op::Flatten | Op::Identity => Some(Ok(step.gy.clone())),
             _ => Some(Err(no_lrp_rule(step.layer))),
         }
+    }
+
+    /// A sum of inputs of the output's shape (a residual connection; Captum's
+    /// Addition_Module): each input takes R_i = x_i ⊙ R / (z + ε·s), its share of the sum.
+    fn backward_args(
+        &self,
+        layer: &Layer,
+        args: &[&Batch],
+        y: &Batch,
+        gy: &Batch,
+    ) -> Option<Result<Vec<Option<Batch>>>> {
+        use crate::model::graph_ops::{NaryKind, Operand};
+        let sum = match &layer.op {
+            Op::Nary(n) => {
+                n.kind == NaryKind::Add
+                    && n.args
+                        .iter()
+                        .all(|a| matches!(a.operand, Operand::Input(_)) && a.map.is_none())
+            }
+            _ => false,
+        };
+        if !sum {
+            return Some(Err(no_lrp_rule(layer)));
+        }
+        let mut scaled = gy.clone();
+        for (r, z) in scaled.data_mut().iter_mut().zip(y.data()) {
+            let sign = if *z < 0.0 { -1.0 } else { 1.0 };
+            *r /= z + sign * self.epsilon;
+        }
+        Some(Ok(args
+            .iter()
+            .map(|x| {
+                let mut share = scaled.clone();
+                share.data_mut().iter_mut().zip(x.data()).for_each(|(r, x)| *r *= x);
+                Some(share)
+            })
+            .collect()))
     }
 }
 
