@@ -108,10 +108,7 @@ fn occlusion_on_boxes_matches_captum() {
         for exporter in ["ts", "dynamo"] {
             let path = fixture(&format!("zoo/{name}.{exporter}.onnx"));
             let model = onnx::load(&path, 64).unwrap();
-            let (_, inputs) = npy(&fixture(&format!("zoo/{name}.inputs.npy")));
-            let x: Vec<f32> = inputs[..3 * 64 * 64].iter().map(|v| *v as f32).collect();
-            let pass = LocalPass::plan(&model, &x, &windows_12_by_4(), model.layers.len()).unwrap();
-            let cut = pass.map_or(0, |p| p.cut);
+            let (cut, _) = local::work_share(&model, &windows_12_by_4(), model.layers.len());
             assert!(cut > 3, "{name}.{exporter}: windows run densely from layer {cut}");
             let mut s = session(&format!(
                 "LOAD MODEL z FROM '{}'; LOAD DATA x FROM '{}' LABELS '{}';",

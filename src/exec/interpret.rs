@@ -712,11 +712,6 @@ pub(super) fn cache_status(state: &mut State, a: &Attribution) -> Result<String>
 /// copies are recomputed on boxes through the first layers (`model::local`), and the
 /// share of the dense work that leaves.
 pub(super) fn perturbation_strategy(state: &State, a: &Attribution) -> Result<Option<String>> {
-    let (window, stride) = match a.method {
-        Method::Occlusion { window, stride } => (window, stride),
-        Method::FeatureAblation => (None, None),
-        _ => return Ok(None),
-    };
     let model = &state.model(&a.model)?.model;
     if model.dynamic.is_some()
         || !matches!(
@@ -727,34 +722,16 @@ pub(super) fn perturbation_strategy(state: &State, a: &Attribution) -> Result<Op
         return Ok(None);
     }
     let features = features(&a.window, &a.granularity, &a.modality, model.input_len())?;
-    let Some(((_, h, w), _)) = features.image else {
+    let Some(copies) = ops::perturbation::Copies::new(&a.method, &features, model, model.layers.len())? else {
         return Ok(None);
     };
-    let sets = match (window, stride) {
-        (Some(k), s) => ops::perturbation::occlusion_sets(&features, k, s.unwrap_or(1))?,
-        (None, Some(_)) => return Ok(None),
-        (None, None) => match &a.granularity {
-            GranularitySpec::Patch(k) if matches!(a.method, Method::Occlusion { .. }) => {
-                ops::perturbation::occlusion_sets(&features, *k, *k)?
-            }
-            _ => features.members(),
-        },
-    };
-    let Some(spans) = sets
-        .iter()
-        .map(|s| crate::model::local::Span::of_features(s, h, w))
-        .collect::<Option<Vec<_>>>()
-    else {
-        return Ok(None);
-    };
-    let (cut, share) = crate::model::local::work_share(model, &spans, model.layers.len());
-    Ok(Some(match cut {
-        0 => format!("{} copies per input, each a dense forward pass", sets.len() + 1),
-        cut => format!(
-            "{} copies per input, recomputed only where they differ through `{}`, then dense: an estimated {:.0}% of the dense work (of the layers boxes can take)",
-            sets.len() + 1,
-            model.layers[cut - 1].name,
-            100.0 * share
+    let count = copies.sets.len() + 1;
+    Ok(Some(match copies.boxes {
+        None => format!("{count} copies per input, each a dense forward pass"),
+        Some(b) => format!(
+            "{count} copies per input, recomputed only where they differ through `{}`, then dense: an estimated {:.0}% of the dense work (of the layers boxes can take)",
+            model.layers[b.cut - 1].name,
+            100.0 * b.share
         ),
     }))
 }

@@ -241,17 +241,8 @@ pub struct LocalPass<'m> {
 }
 
 impl<'m> LocalPass<'m> {
-    /// A pass for copies of `base` changed inside `spans` (one per copy) through layers
-    /// `..to`, or None when carrying boxes would save no work (they grow over the map at
-    /// once, or the first layer reads the whole input).
-    pub fn plan(model: &'m Model, base: &[f32], spans: &[Span], to: usize) -> Result<Option<LocalPass<'m>>> {
-        match best_cut(model, spans, to).0 {
-            0 => Ok(None),
-            cut => Self::with_cut(model, base, cut, to).map(Some),
-        }
-    }
-
-    /// As `plan`, with the layer where the copies continue densely chosen by the caller.
+    /// A pass for copies of `base` (each changed inside a box) through layers `..to`: the
+    /// layers before `cut` on boxes (`work_share` finds the best), the rest densely.
     pub fn with_cut(model: &'m Model, base: &[f32], cut: usize, to: usize) -> Result<LocalPass<'m>> {
         let to = to.min(model.layers.len());
         let reaches: Vec<Reach> = model.layers[..to].iter().map_while(|l| reach(model, l)).collect();
@@ -312,12 +303,15 @@ impl<'m> LocalPass<'m> {
     /// Writes the value at the cut of the copy whose input is `change` inside its span
     /// (and the base input elsewhere) into `out`.
     pub fn copy_at_cut(&self, change: Region, out: &mut [f32]) -> Result<()> {
+        // Each value's span (kept after its box is dropped: no later layer reads it).
+        let mut spans: Vec<Option<Span>> = vec![None; self.cut + 1];
+        spans[0] = Some(change.span);
         let mut boxes: Vec<Option<Region>> = (0..=self.cut).map(|_| None).collect();
         boxes[0] = Some(change);
         for (i, layer) in self.model.layers[..self.cut].iter().enumerate() {
-            let spans: Vec<Option<Span>> = boxes.iter().map(|b| b.as_ref().map(|b| b.span)).collect();
             if let Some(span) = out_span(layer, self.reaches[i], &spans) {
                 let data = self.forward_box(layer, self.reaches[i], span, &boxes)?;
+                spans[i + 1] = Some(span);
                 boxes[i + 1] = Some(Region { span, data });
             }
             // A box no later layer reads is dropped.

@@ -205,19 +205,8 @@ pub fn perturbed_weights(
     use crate::model::{Batch, Forward};
     let model = req.model;
     let shape = &model.layers[layer].out_shape;
-    let (channels, h, w) = match shape.as_slice() {
-        [c, h, w] => (*c, *h, *w),
-        // A sequence model's layer: a one-row map.
-        [c, l] if model.is_sequence() => (*c, 1, *l),
-        _ => {
-            return Err(Error::value(format!(
-                "{} needs a layer with channels, rows and columns; `{}` has shape {}",
-                kind.name(),
-                model.layers[layer].name,
-                crate::model::fmt_shape(shape)
-            )));
-        }
-    };
+    // (The layer's shape was checked before: channels × rows × columns, or a sequence.)
+    let [channels, h, w] = crate::model::layer::planar(shape);
     let plane = h * w;
     match kind {
         CamKind::ScoreCam => {

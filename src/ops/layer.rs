@@ -142,15 +142,15 @@ pub fn attribute(method: &Method, req: &Request) -> Result<LayerAttribution> {
                     };
                     let values = match method {
                         Method::Cam { kind, .. } if kind.perturbs() => {
-                            let per = units;
-                            let mut maps = Vec::with_capacity((b - a) * per);
+                            let (channels, _, _) = spatial(&out_shape);
+                            let mut maps = Vec::with_capacity((b - a) * units / channels.max(1));
                             for (r, &target) in targets.iter().enumerate() {
-                                let act = &h.data()[r * per..(r + 1) * per];
+                                let act = &h.data()[r * units..(r + 1) * units];
                                 let score = output.row(r).get(target).copied().ok_or_else(|| {
                                     Error::value(format!("target {target} is out of range of the model's outputs"))
                                 })?;
                                 let w = cam::perturbed_weights(*kind, req, inputs.row(r), act, layer, target, score)?;
-                                maps.extend(cam_maps(*kind, act, &[], &[0], &out_shape, Some(&w))?);
+                                maps.extend(cam::map(*kind, act, &[], channels, Some(&w)));
                             }
                             maps
                         }

@@ -69,18 +69,65 @@ fn evaluate_inputs(
 }
 
 pub fn attribute(method: &Method, req: &Request) -> Result<Vec<f32>> {
+    // Occlusion's windows and ablation's groups, and how their copies run, are the same
+    // for every input: found once.
+    let copies = Copies::new(method, req.features, req.model, req.out_layer + 1)?;
     let per_input = par_items(
         req.n(),
         req.control,
         |_| 1,
-        |i| match method {
-            Method::Occlusion { window, stride } => occlusion(req, i, window.unwrap_or(1), stride.unwrap_or(1)),
-            Method::FeatureAblation => ablation(req, i),
-            Method::ShapleySampling { samples, seed } => shapley(req, i, *samples, *seed),
+        |i| match (method, &copies) {
+            (Method::Occlusion { .. }, Some(c)) => occlusion(req, i, c),
+            (Method::FeatureAblation, Some(c)) => ablation(req, i, c),
+            (Method::ShapleySampling { samples, seed }, _) => shapley(req, i, *samples, *seed),
             _ => Err(Error::value(format!("{} is not a perturbation method", method.name()))),
         },
     )?;
     Ok(per_input.concat())
+}
+
+/// The copies occlusion and feature ablation make of each input: the feature sets each
+/// sets to the baseline, and, where the sets are boxes of an image whose first layers
+/// can recompute only what each changes (`model::local`), their spans and the layer
+/// where the copies continue densely.
+pub struct Copies {
+    pub sets: Vec<Vec<usize>>,
+    pub boxes: Option<Boxes>,
+}
+
+pub struct Boxes {
+    pub spans: Vec<Span>,
+    /// The image's planes' height and width.
+    pub plane: (usize, usize),
+    /// Layers before it run on boxes.
+    pub cut: usize,
+    /// The cost model's share of the dense work that remains (for PLAN).
+    pub share: f64,
+}
+
+impl Copies {
+    /// None for a method that makes other copies (Shapley sampling).
+    pub fn new(method: &Method, features: &Features, model: &crate::model::Model, to: usize) -> Result<Option<Copies>> {
+        let sets = match method {
+            Method::Occlusion { window, stride } => occlusion_sets(features, window.unwrap_or(1), stride.unwrap_or(1))?,
+            Method::FeatureAblation => features.members(),
+            _ => return Ok(None),
+        };
+        let boxes = features.image.and_then(|((_, h, w), _)| {
+            let spans = sets
+                .iter()
+                .map(|s| Span::of_features(s, h, w))
+                .collect::<Option<Vec<_>>>()?;
+            let (cut, share) = crate::model::local::work_share(model, &spans, to);
+            (cut > 0).then_some(Boxes {
+                spans,
+                plane: (h, w),
+                cut,
+                share,
+            })
+        });
+        Ok(Some(Copies { sets, boxes }))
+    }
 }
 
 /// Where occlusion windows start along an axis of `len`, as Captum places them: every
@@ -142,19 +189,21 @@ pub fn occlusion_sets(f: &Features, window: usize, stride: usize) -> Result<Vec<
 
 /// For each feature set, F(x) − F(x with that set at the baseline), in one batched pass
 /// (the unperturbed input is row 0).
-fn drops(req: &Request, i: usize, sets: &[Vec<usize>]) -> Result<Vec<f32>> {
+fn drops(req: &Request, i: usize, copies: &Copies) -> Result<Vec<f32>> {
     let (x, b) = (req.input(i), req.baseline(i));
+    let sets = &copies.sets;
     let (count, target) = (sets.len() + 1, req.targets[i]);
-    let out = match local_pass(req, x, sets)? {
-        Some((pass, spans)) => {
-            let (h, w) = (spans.1, spans.2);
+    let out = match &copies.boxes {
+        Some(boxes) => {
+            let pass = LocalPass::with_cut(req.model, x, boxes.cut, req.out_layer + 1)?;
+            let (h, w) = boxes.plane;
             let make = |k: usize, row: &mut [f32]| match k.checked_sub(1) {
                 None => {
                     row.copy_from_slice(pass.base_at_cut());
                     Ok(())
                 }
                 Some(k) => {
-                    let span = spans.0[k];
+                    let span = boxes.spans[k];
                     let mut data = pass.input_box(span);
                     let (bh, bw) = (span.height(), span.width());
                     for &f in &sets[k] {
@@ -178,33 +227,13 @@ fn drops(req: &Request, i: usize, sets: &[Vec<usize>]) -> Result<Vec<f32>> {
     Ok(out[1..].iter().map(|y| out[0] - y).collect())
 }
 
-/// The spans of an image's feature sets, with its planes' height and width.
-type Spans = (Vec<Span>, usize, usize);
-
-/// When the sets are boxes of an image small enough that the first layers can recompute
-/// only what each changes (`model::local`), the pass that does so and the sets' spans.
-fn local_pass<'m>(req: &Request<'m>, x: &[f32], sets: &[Vec<usize>]) -> Result<Option<(LocalPass<'m>, Spans)>> {
-    let Some(((_, h, w), _)) = req.features.image else {
-        return Ok(None);
-    };
-    let Some(spans) = sets
-        .iter()
-        .map(|s| Span::of_features(s, h, w))
-        .collect::<Option<Vec<_>>>()
-    else {
-        return Ok(None);
-    };
-    Ok(LocalPass::plan(req.model, x, &spans, req.out_layer + 1)?.map(|pass| (pass, (spans, h, w))))
-}
-
 /// Captum's Occlusion: each feature gets the mean, over the windows covering it, of
 /// F(x) − F(x with the window at the baseline).
-fn occlusion(req: &Request, i: usize, window: usize, stride: usize) -> Result<Vec<f32>> {
-    let patches = occlusion_sets(req.features, window, stride)?;
+fn occlusion(req: &Request, i: usize, copies: &Copies) -> Result<Vec<f32>> {
     let d = req.d();
     let mut total = vec![0.0f32; d];
     let mut count = vec![0u32; d];
-    for (patch, diff) in patches.iter().zip(drops(req, i, &patches)?) {
+    for (patch, diff) in copies.sets.iter().zip(drops(req, i, copies)?) {
         for &f in patch {
             total[f] += diff;
             count[f] += 1;
@@ -219,10 +248,9 @@ fn occlusion(req: &Request, i: usize, window: usize, stride: usize) -> Result<Ve
 }
 
 /// Captum's FeatureAblation: every feature of a group gets F(x) − F(x with the group at the baseline).
-fn ablation(req: &Request, i: usize) -> Result<Vec<f32>> {
-    let members = req.features.members();
+fn ablation(req: &Request, i: usize, copies: &Copies) -> Result<Vec<f32>> {
     let mut attr = vec![0.0f32; req.d()];
-    for (group, diff) in members.iter().zip(drops(req, i, &members)?) {
+    for (group, diff) in copies.sets.iter().zip(drops(req, i, copies)?) {
         for &f in group {
             attr[f] = diff;
         }
