@@ -28,5 +28,6 @@ mod relational;
 mod report;
 mod roundtrip;
 mod slt;
+mod surrogates;
 mod text;
 mod zoo;

@@ -3,9 +3,9 @@ models: written to tests/fixtures/captum_extra/<model>__<case>/{attributions,inp
 for the parity tests. Optional, outside CI (it needs torch and captum; see
 tools/captum_baseline.py for the setup). Run from the repository root:
 
-    ~/captum-venv/bin/python tools/captum_extra_cases.py [noise] [neurons] [lrp] [residual]
+    ~/captum-venv/bin/python tools/captum_extra_cases.py [noise] [neurons] [lrp] [residual] [surrogates]
 
-(`noise`, `neurons`, `lrp`: only those cases.)
+(`noise`, `neurons`, `lrp`, …: only those cases. `surrogates` also needs scikit-learn.)
 """
 
 import os
@@ -14,7 +14,7 @@ import warnings
 
 import numpy as np
 import torch
-from captum.attr import (LRP, Deconvolution, LayerDeepLift, LayerLRP, FeatureAblation, IntegratedGradients, NeuronDeconvolution,
+from captum.attr import (LRP, Deconvolution, FeaturePermutation, KernelShap, Lime, LayerDeepLift, LayerLRP, FeatureAblation, IntegratedGradients, NeuronDeconvolution,
                          NeuronDeepLift, NeuronGuidedBackprop, NoiseTunnel, Occlusion, Saliency)
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -180,8 +180,200 @@ def noise_tunnel():
             save(f"digits_cnn__noise_tunnel_{nt_type}_seed{seed}", x, t, attr)
 
 
+def patch_mask(size, patch):
+    """Captum's feature_mask of square patches over a [1, size, size] image, numbered in
+    row-major order of the patches (the engine's GRANULARITY patch(k) groups)."""
+    per_row = -(-size // patch)
+    return torch.tensor([[(r // patch) * per_row + c // patch for c in range(size)] for r in range(size)]).reshape(1, 1, size, size)
+
+
+class EngineRng:
+    """The engine's generator (src/ops/rng.rs: xoshiro256** seeded by splitmix64), so
+    that Captum can be given the very coalitions the engine draws."""
+
+    M = (1 << 64) - 1
+
+    def __init__(self, seed, stream):
+        st = (seed ^ (stream * 0xD1B54A32D192ED03)) & self.M
+        self.s = []
+        for _ in range(4):
+            st = (st + 0x9E3779B97F4A7C15) & self.M
+            z = st
+            z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & self.M
+            z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & self.M
+            self.s.append(z ^ (z >> 31))
+
+    def next_u64(self):
+        s, M = self.s, self.M
+        rotl = lambda x, k: ((x << k) | (x >> (64 - k))) & M
+        result = (rotl((s[1] * 5) & M, 7) * 9) & M
+        t = (s[1] << 17) & M
+        s[2] ^= s[0]
+        s[3] ^= s[1]
+        s[1] ^= s[2]
+        s[0] ^= s[3]
+        s[2] ^= t
+        s[3] = rotl(s[3], 45)
+        return result
+
+    def uniform(self):
+        return (self.next_u64() >> 11) * (1.0 / (1 << 53))
+
+    def below(self, n):
+        zone = self.M - self.M % n
+        while True:
+            v = self.next_u64()
+            if v < zone:
+                return v % n
+
+    def permutation(self, n):
+        p = list(range(n))
+        for i in range(n - 1, 0, -1):
+            j = self.below(i + 1)
+            p[i], p[j] = p[j], p[i]
+        return p
+
+
+def engine_coalitions(kind, seed, stream, samples, groups):
+    """The coalitions src/ops/perturbation.rs draws for one input (kernel_shap or lime)."""
+    rng = EngineRng(seed, stream)
+    out = []
+    if kind == "lime":
+        for _ in range(samples):
+            out.append([1 if rng.uniform() < 0.5 else 0 for _ in range(groups)])
+        return out
+    sizes = [1.0 / (k * (groups - k)) for k in range(1, groups)]
+    total = sum(sizes)
+    for s in range(samples):
+        if s == 0:
+            k = groups
+        elif s == 1:
+            k = 0
+        else:
+            u = rng.uniform() * total
+            k = len(sizes)
+            for j, p in enumerate(sizes):
+                if u < p:
+                    k = j + 1
+                    break
+                u -= p
+        present = [0] * groups
+        for g in rng.permutation(groups)[:k]:
+            present[g] = 1
+        out.append(present)
+    return out
+
+
+def with_engine_draws(model, kind, x, t, samples, seed, mask=None, groups=None):
+    """Captum's Lime / KernelShap on each input, fed the engine's coalitions through
+    perturb_func (everything else Captum's default)."""
+    from captum._utils.models.linear_model import SkLearnLasso, SkLearnLinearRegression
+    from captum.attr._core.lime import get_exp_kernel_similarity_function
+
+    rows = []
+    for i in range(x.shape[0]):
+        draws = iter(engine_coalitions(kind, seed, i, samples, groups))
+        perturb = lambda original_inp, **kwargs: torch.tensor([next(draws)])
+        if kind == "lime":
+            explainer = Lime(model, SkLearnLasso(alpha=0.01), get_exp_kernel_similarity_function(), perturb)
+        else:
+            ks = KernelShap(model)
+            explainer = Lime(model, SkLearnLinearRegression(), ks.kernel_shap_similarity_kernel, perturb)
+        rows.append(explainer.attribute(x[i : i + 1], target=int(t[i]), n_samples=samples, feature_mask=mask))
+    return torch.cat(rows)
+
+
+def float64_fits(model, kind, x, t, samples, seed, mask, groups):
+    """The same coalitions, outputs and weights as `with_engine_draws`, fitted by
+    scikit-learn in float64 (the Lasso to convergence), which Captum's float32 fit only
+    approximates; per-feature, as Captum returns them."""
+    from sklearn.linear_model import Lasso, LinearRegression
+
+    out = []
+    for i in range(x.shape[0]):
+        coalitions = np.array(engine_coalitions(kind, seed, i, samples, groups), dtype=np.float64)
+        flat_mask = (mask.reshape(-1) if mask is not None else torch.arange(groups)).numpy()
+        keep = torch.tensor(coalitions[:, flat_mask], dtype=torch.float32).reshape((samples,) + tuple(x.shape[1:]))
+        copies = keep * x[i]  # the baseline is 0
+        with torch.no_grad():
+            y = model(copies)[:, int(t[i])].double().numpy()
+        if kind == "lime":
+            xi = x[i].reshape(-1).double()
+            flat = copies.reshape(samples, -1).double()
+            cos = (flat @ xi) / (torch.clamp(flat.norm(dim=1), min=1e-8) * max(xi.norm().item(), 1e-8))
+            w = torch.exp(-((1 - cos) ** 2) / 2).numpy()
+            fit = Lasso(alpha=0.01, tol=1e-14, max_iter=1_000_000).fit(coalitions, y, sample_weight=w)
+        else:
+            k = coalitions.sum(1)
+            w = np.where((k == 0) | (k == groups), 1e6, 1.0)
+            fit = LinearRegression().fit(coalitions, y, sample_weight=w)
+        out.append(fit.coef_[flat_mask].reshape(tuple(x.shape[1:])))
+    return np.stack(out)
+
+
+def surrogates():
+    """KernelShap and Lime (Captum's defaults but n_samples) with torch seeds 0 and 1,
+    on 3 cancer patients (every column a feature) and 3 digits (2×2 patches), for the
+    statistical tests; FeaturePermutation on 2 inputs (whose only non-identity
+    permutation is the swap), exact; and scikit-learn's Lasso and LinearRegression on
+    a fixed weighted problem, for the surrogate fits themselves."""
+    import csv
+
+    from sklearn.linear_model import Lasso, LinearRegression
+
+    cnn = load("digits_cnn")
+    mlp = load("cancer_mlp")
+    x = torch.from_numpy(np.load("data/digits_test_x.npy")[:3])
+    t = cnn(x).argmax(1)
+    rows = list(csv.reader(open("data/cancer_test.csv")))
+    cx = torch.tensor([[float(v) for v in r[:-1]] for r in rows[1:4]], dtype=torch.float32)
+    ct = mlp(cx).argmax(1)
+    mask = patch_mask(8, 2)
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        save(f"cancer_mlp__kernel_shap_2000_seed{seed}", cx, ct, KernelShap(mlp).attribute(cx, target=ct, n_samples=2000, perturbations_per_eval=500))
+        torch.manual_seed(seed)
+        save(f"digits_cnn__kernel_shap_patch2_1000_seed{seed}", x, t, KernelShap(cnn).attribute(x, target=t, n_samples=1000, feature_mask=mask, perturbations_per_eval=500))
+        torch.manual_seed(seed)
+        save(f"cancer_mlp__lime_2000_seed{seed}", cx, ct, Lime(mlp).attribute(cx, target=ct, n_samples=2000, perturbations_per_eval=500))
+        torch.manual_seed(seed)
+        save(f"digits_cnn__lime_patch2_1000_seed{seed}", x, t, Lime(cnn).attribute(x, target=t, n_samples=1000, feature_mask=mask, perturbations_per_eval=500))
+    # The engine's own draws (seed 3, input ids 0–2) through Captum: exact comparisons.
+    for kind in ("kernel_shap", "lime"):
+        for name, model, inputs, targets, samples, m, groups in (
+            (f"cancer_mlp__{kind}_engine_draws", mlp, cx, ct, 300, None, 30),
+            (f"digits_cnn__{kind}_patch2_engine_draws", cnn, x, t, 200, mask, 16),
+        ):
+            save(name, inputs, targets, with_engine_draws(model, kind, inputs, targets, samples, 3, mask=m, groups=groups))
+            np.save(os.path.join(OUT, name, "float64_fit.npy"), float64_fits(model, kind, inputs, targets, samples, 3, m, groups).astype(np.float32))
+    save("cancer_mlp__feature_permutation_2", cx[:2], ct[:2], FeaturePermutation(mlp).attribute(cx[:2], target=ct[:2]))
+    save("digits_cnn__feature_permutation_patch2_2", x[:2], t[:2], FeaturePermutation(cnn).attribute(x[:2], target=t[:2], feature_mask=mask))
+    # The surrogate fits: 40 coalitions of 12 features, outputs and weights as LIME
+    # makes them; and 10 coalitions (fewer than the features) with the Shapley kernel's
+    # two heavy rows, as KernelSHAP makes them.
+    rng = np.random.default_rng(5)
+    d = os.path.join(OUT, "surrogate_fits")
+    os.makedirs(d, exist_ok=True)
+    X = (rng.random((40, 12)) < 0.5).astype(np.float64)
+    y = X @ rng.normal(size=12) + 0.3 * rng.normal(size=40) + 1.5
+    w = np.exp(-rng.random(40))
+    tight = Lasso(alpha=0.01, tol=1e-14, max_iter=1_000_000).fit(X, y, sample_weight=w)
+    default = Lasso(alpha=0.01).fit(X.astype(np.float32), y.astype(np.float32), sample_weight=w.astype(np.float32))
+    print("Lasso at sklearn's default tol (float32, as Captum calls it) vs converged: max |Δcoef| =", np.abs(default.coef_ - tight.coef_).max())
+    Xs = (rng.random((10, 12)) < 0.5).astype(np.float64)
+    Xs[0], Xs[1] = 1, 0
+    ys = Xs @ rng.normal(size=12) + 0.5
+    ws = np.ones(10)
+    ws[:2] = 1e6
+    lr = LinearRegression().fit(Xs, ys, sample_weight=ws)
+    for name, v in [("lasso_x", X), ("lasso_y", y), ("lasso_w", w), ("lasso_coef", tight.coef_), ("lasso_intercept", np.array([tight.intercept_])),
+                    ("ls_x", Xs), ("ls_y", ys), ("ls_w", ws), ("ls_coef", lr.coef_), ("ls_intercept", np.array([lr.intercept_]))]:
+        np.save(os.path.join(d, f"{name}.npy"), np.asarray(v, dtype=np.float64))
+    print("surrogate_fits")
+
+
 if __name__ == "__main__":
-    parts = {"noise": noise_tunnel, "neurons": neurons, "lrp": lrp, "residual": residual}
+    parts = {"noise": noise_tunnel, "neurons": neurons, "lrp": lrp, "residual": residual, "surrogates": surrogates}
     if sys.argv[1:]:
         for part in sys.argv[1:]:
             parts[part]()
@@ -191,3 +383,4 @@ if __name__ == "__main__":
         lrp()
         residual()
         noise_tunnel()
+        surrogates()

@@ -896,7 +896,8 @@ fn run_unnamed(state: &mut State, a: &Attribution, through: Option<&LayerRef>) -
                         variant: ops::NoiseVariant::Squared | ops::NoiseVariant::Variance,
                         ..
                     }
-                    | Method::GuidedGradCam => {
+                    | Method::GuidedGradCam
+                    | Method::Lime { .. } => {
                         return Err(Error::value(format!(
                             "{} of a difference of two models is not the difference of their maps",
                             a.method

@@ -4,6 +4,7 @@
 //! (Σₖ W[c,k]·Aₖ through a global-average-pooled linear head). The maps are computed in
 //! f64 from float32 values (pytorch-grad-cam's numpy sums are float32 and pairwise).
 
+use super::linalg::{gram, top_eigen};
 use crate::error::{Error, Result};
 use crate::model::graph_ops::ReduceKind;
 use crate::model::{Model, Op};
@@ -418,80 +419,6 @@ fn first_component(values: &[f32], channels: usize) -> Vec<f32> {
     projection.iter().map(|x| (sign * x) as f32).collect()
 }
 
-/// MᵀM (`columns`: channels × channels) or MMᵀ (positions × positions) of the row-major
-/// positions × channels matrix `m`.
-fn gram(m: &[f64], rows: usize, cols: usize, columns: bool) -> Vec<f64> {
-    let n = if columns { cols } else { rows };
-    let mut g = vec![0.0f64; n * n];
-    for i in 0..n {
-        for j in i..n {
-            let s: f64 = if columns {
-                (0..rows).map(|p| m[p * cols + i] * m[p * cols + j]).sum()
-            } else {
-                (0..cols).map(|c| m[i * cols + c] * m[j * cols + c]).sum()
-            };
-            g[i * n + j] = s;
-            g[j * n + i] = s;
-        }
-    }
-    g
-}
-
-/// The largest eigenvalue of a symmetric matrix and its unit eigenvector, by cyclic
-/// Jacobi rotations (exact to rounding, whatever the gap to the second eigenvalue).
-fn top_eigen(mut a: Vec<f64>, n: usize) -> (f64, Vec<f64>) {
-    let mut v = vec![0.0f64; n * n];
-    for i in 0..n {
-        v[i * n + i] = 1.0;
-    }
-    for _sweep in 0..100 {
-        let off: f64 = (0..n)
-            .flat_map(|i| (0..n).filter(move |&j| j != i).map(move |j| (i, j)))
-            .map(|(i, j)| a[i * n + j] * a[i * n + j])
-            .sum();
-        let scale: f64 = (0..n)
-            .map(|i| a[i * n + i] * a[i * n + i])
-            .sum::<f64>()
-            .max(f64::MIN_POSITIVE);
-        if off <= 1e-30 * scale {
-            break;
-        }
-        for p in 0..n {
-            for q in p + 1..n {
-                let apq = a[p * n + q];
-                if apq == 0.0 {
-                    continue;
-                }
-                let theta = (a[q * n + q] - a[p * n + p]) / (2.0 * apq);
-                let t = theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt());
-                let t = if theta == 0.0 { 1.0 } else { t };
-                let c = 1.0 / (t * t + 1.0).sqrt();
-                let s = t * c;
-                for k in 0..n {
-                    let (akp, akq) = (a[k * n + p], a[k * n + q]);
-                    a[k * n + p] = c * akp - s * akq;
-                    a[k * n + q] = s * akp + c * akq;
-                }
-                for k in 0..n {
-                    let (apk, aqk) = (a[p * n + k], a[q * n + k]);
-                    a[p * n + k] = c * apk - s * aqk;
-                    a[q * n + k] = s * apk + c * aqk;
-                }
-                for k in 0..n {
-                    let (vkp, vkq) = (v[k * n + p], v[k * n + q]);
-                    v[k * n + p] = c * vkp - s * vkq;
-                    v[k * n + q] = s * vkp + c * vkq;
-                }
-            }
-        }
-    }
-    let top = (0..n)
-        .max_by(|&i, &j| a[i * n + i].total_cmp(&a[j * n + j]))
-        .unwrap_or(0);
-    let vector = (0..n).map(|k| v.get(k * n + top).copied().unwrap_or(0.0)).collect();
-    (a.get(top * n + top).copied().unwrap_or(0.0), vector)
-}
-
 /// pytorch-grad-cam's output scaling of one map: ReLU, then min-max to [0, 1]:
 /// (y − min y) / (max(y − min y) + 1e-7).
 pub fn normalize(map: &mut [f32]) {
@@ -505,15 +432,6 @@ pub fn normalize(map: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn jacobi_finds_the_top_eigenpair() {
-        // [[2, 1], [1, 2]]: eigenvalues 3 (1, 1)/√2 and 1.
-        let (lambda, v) = top_eigen(vec![2.0, 1.0, 1.0, 2.0], 2);
-        assert!((lambda - 3.0).abs() < 1e-12);
-        assert!((v[0].abs() - std::f64::consts::FRAC_1_SQRT_2).abs() < 1e-12);
-        assert!((v[0] - v[1]).abs() < 1e-12);
-    }
 
     #[test]
     fn both_gram_matrices_give_the_same_projection() {

@@ -8,6 +8,7 @@ pub mod cam;
 pub mod gradient;
 pub mod integrated;
 pub mod layer;
+pub mod linalg;
 pub mod perturbation;
 pub mod probe;
 pub mod quadrature;
@@ -60,6 +61,26 @@ pub enum Method {
     FeatureAblation,
     ShapleySampling {
         samples: usize,
+        seed: u64,
+    },
+    /// Captum's KernelShap: a weighted linear regression on random coalitions of the
+    /// features (or GRANULARITY groups), sized by the Shapley kernel.
+    KernelShap {
+        samples: usize,
+        seed: u64,
+    },
+    /// Captum's Lime: a Lasso fitted to random coalitions weighted by their similarity
+    /// to the input (an exponential kernel of the cosine or Euclidean distance).
+    Lime {
+        samples: usize,
+        seed: u64,
+        kernel_width: f64,
+        alpha: f64,
+        euclidean: bool,
+    },
+    /// Captum's FeaturePermutation: the output's drop when a feature (group) takes the
+    /// values of other inputs of the query (a random permutation of them).
+    FeaturePermutation {
         seed: u64,
     },
     DeepLift,
@@ -174,6 +195,9 @@ impl Method {
             Method::Occlusion { .. } => "occlusion",
             Method::FeatureAblation => "feature_ablation",
             Method::ShapleySampling { .. } => "shapley_sampling",
+            Method::KernelShap { .. } => "kernel_shap",
+            Method::Lime { .. } => "lime",
+            Method::FeaturePermutation { .. } => "feature_permutation",
             Method::DeepLift => "deeplift",
             Method::Lrp { .. } => "lrp",
             Method::GuidedGradCam => "guided_gradcam",
@@ -206,7 +230,12 @@ impl Method {
 
     pub fn family(&self) -> Family {
         match self {
-            Method::Occlusion { .. } | Method::FeatureAblation | Method::ShapleySampling { .. } => Family::Perturbation,
+            Method::Occlusion { .. }
+            | Method::FeatureAblation
+            | Method::ShapleySampling { .. }
+            | Method::KernelShap { .. }
+            | Method::Lime { .. }
+            | Method::FeaturePermutation { .. } => Family::Perturbation,
             _ => Family::Gradient,
         }
     }
@@ -218,6 +247,12 @@ impl Method {
         self.family() == Family::Gradient && !matches!(self, Method::FullGrad { .. })
     }
 
+    /// Whether an input's result depends on that input alone (not on which others share
+    /// the query): only then may a WHERE or LIMIT choose the inputs before it runs.
+    pub fn each_input_alone(&self) -> bool {
+        !matches!(self, Method::FeaturePermutation { .. })
+    }
+
     /// Whether the method compares against a baseline (BASELINE applies).
     pub fn uses_baseline(&self) -> bool {
         matches!(
@@ -226,6 +261,8 @@ impl Method {
                 | Method::Occlusion { .. }
                 | Method::FeatureAblation
                 | Method::ShapleySampling { .. }
+                | Method::KernelShap { .. }
+                | Method::Lime { .. }
                 | Method::DeepLift
                 | Method::NeuronDeepLift
                 | Method::LayerDeepLift
@@ -295,9 +332,23 @@ impl fmt::Display for Method {
                 (Some(w), None) => write!(f, "(window = {w})"),
                 _ => Ok(()),
             },
-            Method::ShapleySampling { samples, seed } => {
+            Method::ShapleySampling { samples, seed } | Method::KernelShap { samples, seed } => {
                 write!(f, "(samples = {samples}, seed = {seed})")
             }
+            Method::Lime {
+                samples,
+                seed,
+                kernel_width,
+                alpha,
+                euclidean,
+            } => {
+                let distance = if *euclidean { "euclidean" } else { "cosine" };
+                write!(
+                    f,
+                    "(samples = {samples}, seed = {seed}, kernel_width = {kernel_width}, alpha = {alpha}, distance = {distance})"
+                )
+            }
+            Method::FeaturePermutation { seed } => write!(f, "(seed = {seed})"),
             _ => Ok(()),
         }
     }
@@ -528,6 +579,51 @@ pub const METHODS: &[MethodInfo] = &[
         params: &[int("samples", 1, Some("25"), None), SEED],
         reference: "Captum ShapleyValueSampling",
         summary: "Shapley values estimated from random feature permutations",
+    },
+    MethodInfo {
+        name: "kernel_shap",
+        family: Family::Perturbation,
+        needs: Needs::Nothing,
+        params: &[int("samples", 1, Some("25"), None), SEED],
+        reference: "Captum KernelShap",
+        summary: "Shapley values as a weighted linear regression on random coalitions of features (Shapley kernel)",
+    },
+    MethodInfo {
+        name: "lime",
+        family: Family::Perturbation,
+        needs: Needs::Nothing,
+        params: &[
+            int("samples", 1, Some("50"), None),
+            SEED,
+            ParamSpec {
+                name: "kernel_width",
+                kind: ParamKind::Float { min: f64::MIN_POSITIVE },
+                default: Some("1.0"),
+                setting: None,
+            },
+            ParamSpec {
+                name: "alpha",
+                kind: ParamKind::Float { min: 0.0 },
+                default: Some("0.01"),
+                setting: None,
+            },
+            ParamSpec {
+                name: "distance",
+                kind: ParamKind::Choice(&["cosine", "euclidean"]),
+                default: Some("cosine"),
+                setting: None,
+            },
+        ],
+        reference: "Captum Lime (SkLearnLasso(alpha), exponential kernel of the distance)",
+        summary: "a Lasso fitted to random coalitions of features, weighted by their similarity to the input",
+    },
+    MethodInfo {
+        name: "feature_permutation",
+        family: Family::Perturbation,
+        needs: Needs::Nothing,
+        params: &[SEED],
+        reference: "Captum FeaturePermutation",
+        summary: "output drop when a feature (group) is shuffled among the query's inputs",
     },
     MethodInfo {
         name: "deeplift",
@@ -927,6 +1023,20 @@ pub fn resolve_method(
             samples: num("samples") as usize,
             seed: num("seed") as u64,
         },
+        "kernel_shap" => Method::KernelShap {
+            samples: num("samples") as usize,
+            seed: num("seed") as u64,
+        },
+        "lime" => Method::Lime {
+            samples: num("samples") as usize,
+            seed: num("seed") as u64,
+            kernel_width: num("kernel_width"),
+            alpha: num("alpha"),
+            euclidean: text("distance").eq_ignore_ascii_case("euclidean"),
+        },
+        "feature_permutation" => Method::FeaturePermutation {
+            seed: num("seed") as u64,
+        },
         other => {
             return Err(Error::name(format!("method `{other}` has no implementation")));
         }
@@ -1196,9 +1306,12 @@ pub fn attribute(method: &Method, req: &Request) -> Result<Vec<f32>> {
         Method::IntegratedGradients { steps, rule } | Method::NeuronIntegratedGradients { steps, rule } => {
             integrated::attribute(*steps, *rule, req)
         }
-        Method::Occlusion { .. } | Method::FeatureAblation | Method::ShapleySampling { .. } => {
-            perturbation::attribute(method, req)
-        }
+        Method::Occlusion { .. }
+        | Method::FeatureAblation
+        | Method::ShapleySampling { .. }
+        | Method::KernelShap { .. }
+        | Method::Lime { .. }
+        | Method::FeaturePermutation { .. } => perturbation::attribute(method, req),
         Method::NeuronConductance { steps, rule } => layer::neuron_conductance(*steps, *rule, req),
         Method::GuidedGradCam => layer::guided_gradcam(req),
         Method::FullGrad { normalize } => cam::fullgrad(req, *normalize),
@@ -1253,9 +1366,7 @@ fn text_attribute(method: &Method, req: &Request) -> Result<Vec<f32>> {
             gradient::zero_outside_window(&mut out, req);
             Ok(out)
         }
-        Method::Occlusion { .. } | Method::FeatureAblation | Method::ShapleySampling { .. } => {
-            perturbation::attribute(method, req)
-        }
+        m if m.family() == Family::Perturbation => perturbation::attribute(method, req),
         other => Err(Error::value(format!(
             "{} needs the gradient with respect to the input, and token ids have none",
             other.name()

@@ -1,11 +1,14 @@
 //! The perturbation engine: copies of an input, each with some features set to the
-//! baseline (or, for Shapley sampling, some set to the input), run forward in batches of
-//! at most `batch_rows`, keeping only the target output. Occlusion, feature ablation and
-//! Shapley sampling differ only in which copies they make and how they credit the change.
+//! baseline (or, for Shapley sampling, KernelSHAP and LIME, some set to the input; for
+//! feature permutation, to another input's), run forward in batches of at most
+//! `batch_rows`, keeping only the target output. The methods differ only in which copies
+//! they make and how they credit the change: directly, or through a linear surrogate
+//! fitted to the copies' outputs (KernelSHAP, LIME).
 
 use rayon::prelude::*;
 
 use super::gradient::{batch_shape, par_items};
+use super::linalg;
 use super::rng::Rng;
 use super::{Features, Method, Request};
 use crate::error::{Error, Result};
@@ -72,6 +75,9 @@ pub fn attribute(method: &Method, req: &Request) -> Result<Vec<f32>> {
     // Occlusion's windows and ablation's groups, and how their copies run, are the same
     // for every input: found once.
     let copies = Copies::new(method, req.features, req.model, req.out_layer + 1)?;
+    if let Method::FeaturePermutation { seed } = method {
+        return permutation(req, *seed);
+    }
     let per_input = par_items(
         req.n(),
         req.control,
@@ -80,6 +86,7 @@ pub fn attribute(method: &Method, req: &Request) -> Result<Vec<f32>> {
             (Method::Occlusion { .. }, Some(c)) => occlusion(req, i, c),
             (Method::FeatureAblation, Some(c)) => ablation(req, i, c),
             (Method::ShapleySampling { samples, seed }, _) => shapley(req, i, *samples, *seed),
+            (Method::KernelShap { .. } | Method::Lime { .. }, _) => surrogate(req, i, method),
             _ => Err(Error::value(format!("{} is not a perturbation method", method.name()))),
         },
     )?;
@@ -302,4 +309,179 @@ fn shapley(req: &Request, i: usize, samples: usize, seed: u64) -> Result<Vec<f32
         }
     }
     Ok(attr)
+}
+
+/// KernelSHAP and LIME, as Captum's LimeBase runs them: `samples` random coalitions of
+/// the interpretable features (the GRANULARITY groups), each a copy of the input whose
+/// absent groups are at the baseline; the target output of every copy; a linear model
+/// fitted to (coalition, output) pairs with the method's weights; each feature gets its
+/// group's coefficient.
+fn surrogate(req: &Request, i: usize, method: &Method) -> Result<Vec<f32>> {
+    let members = req.features.members();
+    let groups = members.len();
+    let (x, b) = (req.input(i), req.baseline(i));
+    let mut attr = vec![0.0f32; x.len()];
+    if groups == 0 {
+        return Ok(attr);
+    }
+    let (samples, seed) = match method {
+        Method::KernelShap { samples, seed } | Method::Lime { samples, seed, .. } => (*samples, *seed),
+        _ => return Err(Error::value(format!("{} fits no surrogate", method.name()))),
+    };
+    let mut rng = Rng::new(seed, req.ids[i] as u64);
+    let coalitions: Vec<Vec<bool>> = match method {
+        Method::KernelShap { .. } => kernel_shap_coalitions(&mut rng, samples, groups),
+        _ => (0..samples)
+            .map(|_| (0..groups).map(|_| rng.uniform() < 0.5).collect())
+            .collect(),
+    };
+    let copy = |k: usize, row: &mut [f32]| {
+        for (present, fs) in coalitions[k].iter().zip(&members) {
+            if *present {
+                for &f in fs {
+                    row[f] = x[f];
+                }
+            }
+        }
+    };
+    let outputs = evaluate_inputs(req, b, samples, req.targets[i], req.batch_rows, &copy)?;
+    let weights: Vec<f64> = match method {
+        Method::Lime {
+            kernel_width,
+            euclidean,
+            ..
+        } => (0..samples)
+            .map(|k| {
+                let mut row = b.to_vec();
+                copy(k, &mut row);
+                let distance = if *euclidean {
+                    x.iter()
+                        .zip(&row)
+                        .map(|(p, q)| ((p - q) as f64).powi(2))
+                        .sum::<f64>()
+                        .sqrt()
+                } else {
+                    1.0 - cosine_similarity(x, &row)
+                };
+                (-distance * distance / (2.0 * kernel_width * kernel_width)).exp()
+            })
+            .collect(),
+        // The Shapley kernel's infinite weights of the empty and full coalitions, as
+        // Captum approximates them.
+        _ => coalitions
+            .iter()
+            .map(|c| match c.iter().filter(|p| **p).count() {
+                0 => 1e6,
+                k if k == groups => 1e6,
+                _ => 1.0,
+            })
+            .collect(),
+    };
+    let design: Vec<f64> = coalitions
+        .iter()
+        .flatten()
+        .map(|p| if *p { 1.0 } else { 0.0 })
+        .collect();
+    let targets: Vec<f64> = outputs.iter().map(|&v| v as f64).collect();
+    let fit = match method {
+        Method::Lime { alpha, .. } => linalg::lasso(&design, &targets, &weights, groups, *alpha),
+        _ => linalg::least_squares(&design, &targets, &weights, groups),
+    };
+    for (fs, c) in members.iter().zip(&fit.coef) {
+        for &f in fs {
+            attr[f] = *c as f32;
+        }
+    }
+    Ok(attr)
+}
+
+/// Captum's KernelSHAP coalitions: all groups, then none, then each a uniformly random
+/// set of k groups, k drawn with probability ∝ (M − 1) / (k (M − k)) for 0 < k < M
+/// (which with equal weights is the Shapley kernel). With one group, k alternates.
+fn kernel_shap_coalitions(rng: &mut Rng, samples: usize, groups: usize) -> Vec<Vec<bool>> {
+    let sizes: Vec<f64> = (1..groups).map(|k| 1.0 / (k * (groups - k)) as f64).collect();
+    let total: f64 = sizes.iter().sum();
+    (0..samples)
+        .map(|s| {
+            let k = match s {
+                0 => groups,
+                1 => 0,
+                _ if sizes.is_empty() => s % 2 * groups,
+                _ => {
+                    let mut u = rng.uniform() * total;
+                    let mut k = sizes.len();
+                    for (j, p) in sizes.iter().enumerate() {
+                        if u < *p {
+                            k = j + 1;
+                            break;
+                        }
+                        u -= p;
+                    }
+                    k
+                }
+            };
+            let mut present = vec![false; groups];
+            for g in rng.permutation(groups).into_iter().take(k) {
+                present[g] = true;
+            }
+            present
+        })
+        .collect()
+}
+
+/// torch's `CosineSimilarity(dim = 0)` of two flattened inputs (0 when one is zero).
+fn cosine_similarity(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(p, q)| *p as f64 * *q as f64).sum();
+    let norm = |v: &[f32]| v.iter().map(|p| (*p as f64).powi(2)).sum::<f64>().sqrt().max(1e-8);
+    dot / (norm(a) * norm(b))
+}
+
+/// Captum's FeaturePermutation over the query's inputs: for each group, a random
+/// permutation of the inputs (never the identity), drawn from the seed and the group's
+/// index; every input gets F(x) − F(x with the group's features taken from the input the
+/// permutation assigns it). Needs two or more inputs.
+fn permutation(req: &Request, seed: u64) -> Result<Vec<f32>> {
+    let n = req.n();
+    if n < 2 {
+        return Err(Error::value(format!(
+            "feature_permutation shuffles features among the query's inputs, and it has {n}"
+        ))
+        .hint("select two or more inputs, e.g. FROM m(d[0:32])"));
+    }
+    let members = req.features.members();
+    let mut perms = Vec::with_capacity(members.len());
+    for g in 0..members.len() {
+        let mut rng = Rng::new(seed, g as u64);
+        let identity: Vec<usize> = (0..n).collect();
+        let mut p = rng.permutation(n);
+        while p == identity {
+            p = rng.permutation(n);
+        }
+        perms.push(p);
+    }
+    let d = req.d();
+    let per_input = par_items(
+        n,
+        req.control,
+        |_| 1,
+        |i| {
+            let x = req.input(i);
+            let out = evaluate_inputs(req, x, members.len() + 1, req.targets[i], req.batch_rows, &|k, row| {
+                if k > 0 {
+                    let from = req.input(perms[k - 1][i]);
+                    for &f in &members[k - 1] {
+                        row[f] = from[f];
+                    }
+                }
+            })?;
+            let mut attr = vec![0.0f32; d];
+            for (fs, y) in members.iter().zip(&out[1..]) {
+                for &f in fs {
+                    attr[f] = out[0] - y;
+                }
+            }
+            Ok(attr)
+        },
+    )?;
+    Ok(per_input.concat())
 }

@@ -5,6 +5,9 @@
 //!   per-input columns (`input`, `label`, `prediction`, `target`) move below the method, so
 //!   it runs only on the inputs that pass (`WHERE prediction != label` over a whole
 //!   dataset attributes the misclassified inputs alone).
+//!
+//! Neither rule applies to a method whose result for one input depends on the others
+//! (feature permutation shuffles among them).
 
 use super::logical::{INPUT_COLUMNS, InputLimit, Node, NodeKind};
 use crate::syntax::ast::{BinaryOp, Expr, ExprKind};
@@ -34,7 +37,9 @@ fn limit_inputs(node: &mut Node, rows: usize, grouped: bool) {
             }
         }
         // Stacked maps (THROUGH LAYER *) put every input in each layer's block.
-        NodeKind::Attribute(a) if !matches!(a.through, Some(super::logical::ThroughSpec::All(_))) => {
+        NodeKind::Attribute(a)
+            if !matches!(a.through, Some(super::logical::ThroughSpec::All(_))) && a.method.each_input_alone() =>
+        {
             a.input_limit = Some(if grouped {
                 InputLimit::Inputs(rows)
             } else {
@@ -112,6 +117,18 @@ fn push_input_predicates(node: Node) -> Node {
             columns,
         };
     };
+    if !a.method.each_input_alone() {
+        return Node {
+            kind: NodeKind::Filter {
+                input: Box::new(Node {
+                    kind: NodeKind::Attribute(a),
+                    columns: input.columns,
+                }),
+                predicate,
+            },
+            columns,
+        };
+    }
     let (pushed, kept): (Vec<Expr>, Vec<Expr>) = conjuncts(predicate)
         .into_iter()
         .partition(|c| reads_only(c, INPUT_COLUMNS));
