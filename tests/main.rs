@@ -27,6 +27,7 @@ mod pty;
 mod relational;
 mod report;
 mod roundtrip;
+mod shap;
 mod slt;
 mod surrogates;
 mod text;

@@ -3,7 +3,7 @@ models: written to tests/fixtures/captum_extra/<model>__<case>/{attributions,inp
 for the parity tests. Optional, outside CI (it needs torch and captum; see
 tools/captum_baseline.py for the setup). Run from the repository root:
 
-    ~/captum-venv/bin/python tools/captum_extra_cases.py [noise] [neurons] [lrp] [residual] [surrogates]
+    ~/captum-venv/bin/python tools/captum_extra_cases.py [noise] [neurons] [lrp] [residual] [surrogates] [shap]
 
 (`noise`, `neurons`, `lrp`, …: only those cases. `surrogates` also needs scikit-learn.)
 """
@@ -14,7 +14,7 @@ import warnings
 
 import numpy as np
 import torch
-from captum.attr import (LRP, Deconvolution, FeaturePermutation, KernelShap, Lime, LayerDeepLift, LayerLRP, FeatureAblation, IntegratedGradients, NeuronDeconvolution,
+from captum.attr import (LRP, DeepLiftShap, Deconvolution, FeaturePermutation, GradientShap, KernelShap, LayerGradientShap, Lime, NeuronGradientShap, LayerDeepLift, LayerLRP, FeatureAblation, IntegratedGradients, NeuronDeconvolution,
                          NeuronDeepLift, NeuronGuidedBackprop, NoiseTunnel, Occlusion, Saliency)
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -372,8 +372,43 @@ def surrogates():
     print("surrogate_fits")
 
 
+def shap():
+    """DeepLiftShap (exact) on 3 cancer patients against 10 others as the distribution;
+    GradientShap, LayerGradientShap (fc1, conv2) and NeuronGradientShap (fc1 unit 5) with
+    torch/numpy seeds 0 and 1 (Captum draws baselines and points with numpy), for the
+    statistical tests, baselines digits[20:30] / cancer[20:30], noise stdev 0.1."""
+    import csv
+
+    cnn = load("digits_cnn")
+    mlp = load("cancer_mlp")
+    digits = torch.from_numpy(np.load("data/digits_test_x.npy"))
+    x, xb = digits[:3], digits[20:30]
+    t = cnn(x).argmax(1)
+    rows = list(csv.reader(open("data/cancer_test.csv")))
+    cancer = torch.tensor([[float(v) for v in r[:-1]] for r in rows[1:]], dtype=torch.float32)
+    cx, cb = cancer[:3], cancer[20:30]
+    ct = mlp(cx).argmax(1)
+    save("cancer_mlp__deeplift_shap", cx, ct, DeepLiftShap(mlp).attribute(cx, baselines=cb, target=ct))
+    none = torch.zeros(0, dtype=torch.int64)
+    for seed in (0, 1):
+        def reseed():
+            torch.manual_seed(seed)
+            np.random.seed(seed)
+        reseed()
+        save(f"cancer_mlp__gradient_shap_seed{seed}", cx, ct, GradientShap(mlp).attribute(cx, baselines=cb, n_samples=2000, stdevs=0.1, target=ct))
+        reseed()
+        save(f"digits_cnn__gradient_shap_seed{seed}", x, t, GradientShap(cnn).attribute(x, baselines=xb, n_samples=1000, stdevs=0.1, target=t))
+        for layer in ("fc1", "conv2"):
+            reseed()
+            attr = LayerGradientShap(cnn, getattr(cnn, layer)).attribute(x, baselines=xb, n_samples=1000, stdevs=0.1, target=t)
+            save(f"digits_cnn__layer_gradient_shap_{layer}_seed{seed}", x, t, attr)
+        reseed()
+        attr = NeuronGradientShap(cnn, cnn.fc1).attribute(x, neuron_selector=5, baselines=xb, n_samples=1000, stdevs=0.1)
+        save(f"digits_cnn__neuron_gradient_shap_fc1_5_seed{seed}", x, none, attr)
+
+
 if __name__ == "__main__":
-    parts = {"noise": noise_tunnel, "neurons": neurons, "lrp": lrp, "residual": residual, "surrogates": surrogates}
+    parts = {"noise": noise_tunnel, "neurons": neurons, "lrp": lrp, "residual": residual, "surrogates": surrogates, "shap": shap}
     if sys.argv[1:]:
         for part in sys.argv[1:]:
             parts[part]()
@@ -384,3 +419,4 @@ if __name__ == "__main__":
         residual()
         noise_tunnel()
         surrogates()
+        shap()

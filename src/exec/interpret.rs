@@ -610,8 +610,9 @@ fn prepare(state: &mut State, a: &Attribution, through: Option<&LayerRef>) -> Re
                 .collect();
         }
     }
-    // Projection: outside the window the input is part of the baseline.
-    for i in 0..n {
+    // Projection: outside the window the input is part of the baseline (a distribution's
+    // draws are projected as they are drawn).
+    for i in (0..n).filter(|_| !a.method.draws_baselines()) {
         for f in 0..d {
             if !features.in_window(f) {
                 baselines[i * d + f] = values[i * d + f];
@@ -1186,6 +1187,11 @@ pub(super) fn features(window: &WindowSpec, gran: &GranularitySpec, modality: &M
 }
 
 fn baselines(state: &State, a: &Attribution, n: usize, d: usize) -> Result<Vec<f32>> {
+    // A distribution to draw from: one row for a single baseline, every row of a dataset.
+    let n = if a.method.draws_baselines() { 1 } else { n };
+    if let (true, BaselineSpec::Data(r)) = (a.method.draws_baselines(), &a.baseline) {
+        return state.select(r)?.values();
+    }
     Ok(match &a.baseline {
         // Text baselines are made from the inputs (in `prepare`).
         BaselineSpec::Zero | BaselineSpec::Tokens { .. } => vec![0.0; n * d],

@@ -349,6 +349,18 @@ pub fn attribute(method: &Method, req: &Request) -> Result<LayerAttribution> {
                 Ok(model.gradient_at(tape, seed, &lrp, layer)?.into_data())
             })
         }
+        Method::LayerGradientShap { samples, stdev, seed } => {
+            let values = super::shap::layer_gradient_shap(req, layer, units, (*samples, *stdev, *seed))?;
+            let activations = match req.layer_values {
+                Some(v) => v.to_vec(),
+                None => head(model, rows_of(req, req.inputs, n)?, layer)?.into_data(),
+            };
+            Ok(LayerAttribution {
+                values,
+                activations: Some(activations),
+                shape: out_shape,
+            })
+        }
         other => Err(Error::value(format!(
             "{} does not attribute the units of a layer",
             other.name()

@@ -14,6 +14,7 @@ pub mod probe;
 pub mod quadrature;
 pub mod rng;
 pub mod rules;
+pub mod shap;
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -84,6 +85,15 @@ pub enum Method {
         seed: u64,
     },
     DeepLift,
+    /// Captum's GradientShap: input × gradient at random points between the (noisy)
+    /// input and baselines drawn from the BASELINE distribution.
+    GradientShap {
+        samples: usize,
+        stdev: f64,
+        seed: u64,
+    },
+    /// Captum's DeepLiftShap: DeepLift against every baseline of the distribution, averaged.
+    DeepLiftShap,
     /// Layer-wise relevance propagation (Captum's LRP with its default ε-rules).
     Lrp {
         epsilon: f64,
@@ -114,6 +124,12 @@ pub enum Method {
     /// DeepLift at the AT LAYER layer: (h(x) − h(baseline)) × the rescale rule's
     /// multipliers there (Captum's LayerDeepLift).
     LayerDeepLift,
+    /// GradientShap at the AT LAYER layer (Captum's LayerGradientShap).
+    LayerGradientShap {
+        samples: usize,
+        stdev: f64,
+        seed: u64,
+    },
     /// LRP's relevance at the AT LAYER layer's output (Captum's LayerLRP).
     LayerLrp {
         epsilon: f64,
@@ -130,6 +146,11 @@ pub enum Method {
     NeuronGuidedBackprop,
     NeuronDeconvolution,
     NeuronDeepLift,
+    NeuronGradientShap {
+        samples: usize,
+        stdev: f64,
+        seed: u64,
+    },
     NeuronIntegratedGradients {
         steps: usize,
         rule: Rule,
@@ -199,6 +220,10 @@ impl Method {
             Method::Lime { .. } => "lime",
             Method::FeaturePermutation { .. } => "feature_permutation",
             Method::DeepLift => "deeplift",
+            Method::GradientShap { .. } => "gradient_shap",
+            Method::DeepLiftShap => "deeplift_shap",
+            Method::LayerGradientShap { .. } => "layer_gradient_shap",
+            Method::NeuronGradientShap { .. } => "neuron_gradient_shap",
             Method::Lrp { .. } => "lrp",
             Method::GuidedGradCam => "guided_gradcam",
             Method::GradCam { .. } => "gradcam",
@@ -253,6 +278,19 @@ impl Method {
         !matches!(self, Method::FeaturePermutation { .. })
     }
 
+    /// Whether BASELINE d[a:b] is a distribution the method draws from (every input of it
+    /// one draw, whatever the number of explained inputs) rather than one baseline per
+    /// explained input.
+    pub fn draws_baselines(&self) -> bool {
+        matches!(
+            self,
+            Method::GradientShap { .. }
+                | Method::DeepLiftShap
+                | Method::LayerGradientShap { .. }
+                | Method::NeuronGradientShap { .. }
+        )
+    }
+
     /// Whether the method compares against a baseline (BASELINE applies).
     pub fn uses_baseline(&self) -> bool {
         matches!(
@@ -266,6 +304,10 @@ impl Method {
                 | Method::DeepLift
                 | Method::NeuronDeepLift
                 | Method::LayerDeepLift
+                | Method::GradientShap { .. }
+                | Method::DeepLiftShap
+                | Method::LayerGradientShap { .. }
+                | Method::NeuronGradientShap { .. }
                 | Method::LayerConductance { .. }
                 | Method::LayerIntegratedGradients { .. }
                 | Method::NeuronIntegratedGradients { .. }
@@ -349,6 +391,11 @@ impl fmt::Display for Method {
                 )
             }
             Method::FeaturePermutation { seed } => write!(f, "(seed = {seed})"),
+            Method::GradientShap { samples, stdev, seed }
+            | Method::LayerGradientShap { samples, stdev, seed }
+            | Method::NeuronGradientShap { samples, stdev, seed } => {
+                write!(f, "(samples = {samples}, stdev = {stdev}, seed = {seed})")
+            }
             _ => Ok(()),
         }
     }
@@ -480,6 +527,17 @@ const SEED: ParamSpec = ParamSpec {
     default: Some("0"),
     setting: Some("seed"),
 };
+
+const SHAP_PARAMS: &[ParamSpec] = &[
+    int("samples", 1, Some("5"), None),
+    ParamSpec {
+        name: "stdev",
+        kind: ParamKind::Float { min: 0.0 },
+        default: Some("0.0"),
+        setting: None,
+    },
+    SEED,
+];
 
 pub const METHODS: &[MethodInfo] = &[
     MethodInfo {
@@ -634,6 +692,22 @@ pub const METHODS: &[MethodInfo] = &[
         summary: "difference from the baseline times multipliers of the rescale rule (conservative)",
     },
     MethodInfo {
+        name: "gradient_shap",
+        family: Family::Gradient,
+        needs: Needs::Nothing,
+        params: SHAP_PARAMS,
+        reference: "Captum GradientShap",
+        summary: "expected input × gradient at random points between the noisy input and baselines drawn from BASELINE d[a:b]",
+    },
+    MethodInfo {
+        name: "deeplift_shap",
+        family: Family::Gradient,
+        needs: Needs::Nothing,
+        params: &[],
+        reference: "Captum DeepLiftShap",
+        summary: "DeepLift against every baseline of BASELINE d[a:b], averaged",
+    },
+    MethodInfo {
         name: "lrp",
         family: Family::Gradient,
         needs: Needs::Nothing,
@@ -740,6 +814,14 @@ pub const METHODS: &[MethodInfo] = &[
         summary: "the layer's change from the baseline times DeepLift's multipliers there (rescale rule)",
     },
     MethodInfo {
+        name: "layer_gradient_shap",
+        family: Family::Gradient,
+        needs: Needs::Layer,
+        params: SHAP_PARAMS,
+        reference: "Captum LayerGradientShap",
+        summary: "gradient_shap at the layer: (h(x̃) − h(b)) × the gradient at random points between them",
+    },
+    MethodInfo {
         name: "layer_lrp",
         family: Family::Gradient,
         needs: Needs::Layer,
@@ -796,6 +878,14 @@ pub const METHODS: &[MethodInfo] = &[
         summary: "DeepLift (rescale rule) of a unit (TARGET l[i]) against the baseline",
     },
     MethodInfo {
+        name: "neuron_gradient_shap",
+        family: Family::Gradient,
+        needs: Needs::Unit,
+        params: SHAP_PARAMS,
+        reference: "Captum NeuronGradientShap",
+        summary: "gradient_shap of a unit (TARGET l[i])",
+    },
+    MethodInfo {
         name: "neuron_integrated_gradients",
         family: Family::Gradient,
         needs: Needs::Unit,
@@ -815,6 +905,17 @@ pub const METHODS: &[MethodInfo] = &[
 
 pub fn method_info(name: &str) -> Option<&'static MethodInfo> {
     METHODS.iter().find(|m| m.name.eq_ignore_ascii_case(name))
+}
+
+/// The methods BASELINE applies to, for hints.
+pub fn baseline_methods() -> String {
+    let setting = |_: &str| None;
+    METHODS
+        .iter()
+        .filter(|m| resolve_method(m, &[], &setting).is_ok_and(|r| r.uses_baseline()))
+        .map(|m| m.name)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 pub fn method_names() -> Vec<String> {
@@ -960,6 +1061,15 @@ pub fn resolve_method(
             Method::IntegratedGradients { steps, rule }
         }
         "deeplift" => Method::DeepLift,
+        "deeplift_shap" => Method::DeepLiftShap,
+        "gradient_shap" | "layer_gradient_shap" | "neuron_gradient_shap" => {
+            let (samples, stdev, seed) = (num("samples") as usize, num("stdev"), num("seed") as u64);
+            match info.name {
+                "gradient_shap" => Method::GradientShap { samples, stdev, seed },
+                "layer_gradient_shap" => Method::LayerGradientShap { samples, stdev, seed },
+                _ => Method::NeuronGradientShap { samples, stdev, seed },
+            }
+        }
         "lrp" | "layer_lrp" => {
             let epsilon = num("epsilon");
             let rule = match text("rule").to_ascii_lowercase().as_str() {
@@ -1167,7 +1277,9 @@ pub struct Request<'a> {
     pub model: &'a Model,
     /// n inputs of `model.input_len()` features each.
     pub inputs: &'a [f32],
-    /// n baselines, already equal to the input outside the window.
+    /// n baselines, already equal to the input outside the window; for the methods that
+    /// draw baselines from a distribution (`Method::draws_baselines`), the
+    /// distribution's rows (any number, as given: the method projects each draw).
     pub baselines: &'a [f32],
     pub targets: &'a [usize],
     /// Input ids, which seed the random streams of stochastic methods.
@@ -1303,6 +1415,10 @@ pub fn attribute(method: &Method, req: &Request) -> Result<Vec<f32>> {
         Method::NeuronGuidedBackprop => gradient::attribute(&Method::GuidedBackprop, req),
         Method::NeuronDeconvolution => gradient::attribute(&Method::Deconvolution, req),
         Method::NeuronDeepLift => gradient::attribute(&Method::DeepLift, req),
+        Method::GradientShap { samples, stdev, seed } | Method::NeuronGradientShap { samples, stdev, seed } => {
+            shap::gradient_shap(req, *samples, *stdev, *seed)
+        }
+        Method::DeepLiftShap => shap::deeplift_shap(req),
         Method::IntegratedGradients { steps, rule } | Method::NeuronIntegratedGradients { steps, rule } => {
             integrated::attribute(*steps, *rule, req)
         }
@@ -1319,6 +1435,7 @@ pub fn attribute(method: &Method, req: &Request) -> Result<Vec<f32>> {
         | Method::Cam { .. }
         | Method::LayerLrp { .. }
         | Method::LayerDeepLift
+        | Method::LayerGradientShap { .. }
         | Method::LayerActivation
         | Method::LayerGradientXActivation
         | Method::LayerConductance { .. }

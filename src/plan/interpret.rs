@@ -259,9 +259,7 @@ pub(super) fn plan_clauses(call: &ast::ModelCall, clauses: &Clauses, catalog: &d
             if !method.uses_baseline() {
                 return Err(Error::value(format!("{} takes no BASELINE", method.name()))
                     .at(b.span)
-                    .hint(
-                        "baselines apply to integrated_gradients, occlusion, feature_ablation and shapley_sampling",
-                    ));
+                    .hint(format!("baselines apply to {}", crate::ops::baseline_methods())));
             }
             match &b.kind {
                 BaselineKind::Zero => BaselineSpec::Zero,
