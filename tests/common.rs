@@ -117,3 +117,18 @@ pub fn assert_errors(s: &mut ialgebra::exec::Session, cases: &[(&str, &str)]) {
         assert!(text.contains(want), "{q}: expected `{want}` in\n{text}");
     }
 }
+
+/// For a random method: how far ours is from the mean of a reference's runs with two
+/// seeds, relative to how far those two runs are from each other — (largest difference
+/// ratio, mean difference ratio). IID draws put both near √(3/4).
+pub fn distance_ratios(ours: &[f64], a0: &[f64], a1: &[f64]) -> (f64, f64) {
+    let largest = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+    let mean = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum::<f64>() / a.len() as f64;
+    assert_eq!(ours.len(), a0.len(), "ours and the reference differ in length");
+    assert!(largest(a0, a1) > 0.0, "the reference's two seeds agree exactly");
+    let reference: Vec<f64> = a0.iter().zip(a1).map(|(x, y)| (x + y) / 2.0).collect();
+    (
+        largest(ours, &reference) / largest(a0, a1),
+        mean(ours, &reference) / mean(a0, a1),
+    )
+}

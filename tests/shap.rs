@@ -18,19 +18,6 @@ fn attributions(s: &mut ialgebra::exec::Session, query_text: &str) -> Vec<f64> {
     column_f64(&query(s, query_text), "attribution")
 }
 
-/// (largest, mean) distance of ours from the mean of Captum's two seeds, over the
-/// distance between the seeds.
-fn distance_ratios(ours: &[f64], a0: &[f64], a1: &[f64]) -> (f64, f64) {
-    let largest = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
-    let mean = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum::<f64>() / a.len() as f64;
-    assert_eq!(ours.len(), a0.len());
-    let captum: Vec<f64> = a0.iter().zip(a1).map(|(x, y)| (x + y) / 2.0).collect();
-    (
-        largest(ours, &captum) / largest(a0, a1),
-        mean(ours, &captum) / mean(a0, a1),
-    )
-}
-
 const SAMPLED: &[(&str, &str)] = &[
     (
         "cancer_mlp__gradient_shap",

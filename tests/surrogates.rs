@@ -15,21 +15,6 @@ fn fixture_array(case: &str, key: &str) -> Vec<f64> {
     npy(&fixture(&format!("captum_extra/{case}/{key}.npy"))).1
 }
 
-/// How far ours is from the mean of Captum's runs with torch seeds 0 and 1, relative to
-/// how far those two runs are from each other: (largest difference ratio, mean
-/// difference ratio).
-fn distance_ratios(ours: &[f64], a0: &[f64], a1: &[f64]) -> (f64, f64) {
-    let largest = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
-    let mean = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum::<f64>() / a.len() as f64;
-    let captum: Vec<f64> = a0.iter().zip(a1).map(|(x, y)| (x + y) / 2.0).collect();
-    assert_eq!(ours.len(), captum.len());
-    assert!(largest(a0, a1) > 0.0, "Captum's two seeds agree exactly");
-    (
-        largest(ours, &captum) / largest(a0, a1),
-        mean(ours, &captum) / mean(a0, a1),
-    )
-}
-
 /// Our attributions (one row per feature, or per GRANULARITY group: its first
 /// feature) and the rows of Captum's per-feature arrays `arrays` they correspond to.
 fn ours_and_captum(s: &mut ialgebra::exec::Session, from: &str, arrays: &[&[f64]]) -> (Vec<f64>, Vec<Vec<f64>>) {
