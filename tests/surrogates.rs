@@ -143,8 +143,8 @@ fn kernel_shap_is_nearly_efficient() {
 }
 
 /// Captum's FeaturePermutation on two inputs, whose only permutation that is not the
-/// identity is the swap: exact (1e-5 + 1e-4 rel). A WHERE on input does not shrink the
-/// inputs the features are shuffled among.
+/// identity is the swap: exact (1e-5 + 1e-4 rel). A WHERE on input, or streaming in
+/// chunks, does not shrink the inputs the features are shuffled among.
 #[test]
 fn feature_permutation_matches_captum() {
     let mut s = session(SETUP);
@@ -171,6 +171,20 @@ fn feature_permutation_matches_captum() {
     );
     let want = fixture_array("cancer_mlp__feature_permutation_2", "attributions");
     assert_close("WHERE input = 1", &all, &want[30..], 1e-5, 1e-4);
+    // Nor does a memory budget that streams a GROUP BY input in chunks (109 of the 119
+    // patients per chunk at 1 MB): the permutations span all of them.
+    let totals = |s: &mut ialgebra::exec::Session| {
+        column_f64(
+            &query(
+                s,
+                "SELECT input, sum(attribution) AS total FROM mlp(cancer) USING feature_permutation(seed = 1) GROUP BY input ORDER BY input",
+            ),
+            "total",
+        )
+    };
+    let whole = totals(&mut s);
+    s.execute("SET memory_mb = 1").expect("SET");
+    assert_eq!(totals(&mut s), whole);
 }
 
 /// The surrogate fits against scikit-learn (float64): Lasso(alpha = 0.01) with sample

@@ -222,9 +222,13 @@ fn stream_aggregate(
                 filters.push(predicate);
                 node = input;
             }
-            // Stacked maps (THROUGH LAYER *) order their groups layer by layer.
+            // Stacked maps (THROUGH LAYER *) order their groups layer by layer; a method
+            // whose inputs' results depend on each other (feature permutation) needs them
+            // all at once.
             NodeKind::Attribute(a)
-                if !matches!(a.through, Some(crate::plan::ThroughSpec::All(_))) && a.all_layers.is_empty() =>
+                if !matches!(a.through, Some(crate::plan::ThroughSpec::All(_)))
+                    && a.all_layers.is_empty()
+                    && a.method.each_input_alone() =>
             {
                 break a;
             }
