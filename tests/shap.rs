@@ -96,7 +96,7 @@ fn deeplift_shap_is_deeplift_averaged_over_the_distribution() {
 
 /// GradientShap against the input itself (no noise) is 0; and a dataset baseline is a
 /// distribution, so its size need not match the explained inputs' (it is an error for
-/// integrated gradients, which pairs them).
+/// integrated gradients, which pairs them); an empty distribution is an error.
 #[test]
 fn gradient_shap_takes_a_distribution() {
     let mut s = session(SETUP);
@@ -112,9 +112,15 @@ fn gradient_shap_takes_a_distribution() {
     assert_eq!(rows.height(), 2);
     assert_errors(
         &mut s,
-        &[(
-            "SELECT * FROM mlp(cancer[0:2]) USING integrated_gradients BASELINE cancer[10:17]",
-            "holds 7 inputs",
-        )],
+        &[
+            (
+                "SELECT * FROM mlp(cancer[0:2]) USING integrated_gradients BASELINE cancer[10:17]",
+                "holds 7 inputs",
+            ),
+            (
+                "SELECT * FROM mlp(cancer[0]) USING gradient_shap BASELINE cancer[5:5]",
+                "BASELINE cancer[5:5] holds no inputs: gradient_shap draws its baselines from it",
+            ),
+        ],
     );
 }

@@ -612,11 +612,9 @@ fn prepare(state: &mut State, a: &Attribution, through: Option<&LayerRef>) -> Re
     }
     // Projection: outside the window the input is part of the baseline (a distribution's
     // draws are projected as they are drawn).
-    for i in (0..n).filter(|_| !a.method.draws_baselines()) {
-        for f in 0..d {
-            if !features.in_window(f) {
-                baselines[i * d + f] = values[i * d + f];
-            }
+    if !a.method.draws_baselines() {
+        for (row, input) in baselines.chunks_mut(d.max(1)).zip(values.chunks(d.max(1))) {
+            features.hold_outside(row, input);
         }
     }
     // The memo key: everything that determines the result.
@@ -1190,7 +1188,14 @@ fn baselines(state: &State, a: &Attribution, n: usize, d: usize) -> Result<Vec<f
     // A distribution to draw from: one row for a single baseline, every row of a dataset.
     let n = if a.method.draws_baselines() { 1 } else { n };
     if let (true, BaselineSpec::Data(r)) = (a.method.draws_baselines(), &a.baseline) {
-        return state.select(r)?.values();
+        let sel = state.select(r)?;
+        if sel.is_empty() {
+            return Err(Error::shape(format!(
+                "BASELINE {r} holds no inputs: {} draws its baselines from it",
+                a.method.name()
+            )));
+        }
+        return sel.values();
     }
     Ok(match &a.baseline {
         // Text baselines are made from the inputs (in `prepare`).

@@ -164,14 +164,7 @@ pub fn attribute(method: &Method, req: &Request) -> Result<Vec<f32>> {
                         let rows = chunk.min(samples - done);
                         let mut noisy = Vec::with_capacity(rows * d);
                         for _ in 0..rows {
-                            for (f, &v) in x.iter().enumerate() {
-                                let noise = if req.features.in_window(f) {
-                                    (rng.normal() * stdev) as f32
-                                } else {
-                                    0.0
-                                };
-                                noisy.push(v + noise);
-                            }
+                            push_noisy(&mut noisy, x, req, &mut rng, *stdev);
                         }
                         let grads = gradients(
                             req.model,
@@ -276,6 +269,19 @@ pub fn attribute(method: &Method, req: &Request) -> Result<Vec<f32>> {
     };
     zero_outside_window(&mut out, req);
     Ok(out)
+}
+
+/// Appends a copy of input `x` with N(0, stdev²) noise on the window's features (outside
+/// it the input is held as it is), drawn in feature order.
+pub(crate) fn push_noisy(out: &mut Vec<f32>, x: &[f32], req: &Request, rng: &mut Rng, stdev: f64) {
+    for (f, &v) in x.iter().enumerate() {
+        let noise = if req.features.in_window(f) {
+            (rng.normal() * stdev) as f32
+        } else {
+            0.0
+        };
+        out.push(v + noise);
+    }
 }
 
 /// Rows per work tile for `n` inputs: at most the batch budget and 64 (larger tiles

@@ -460,6 +460,15 @@ const fn int(name: &'static str, min: i64, default: Option<&'static str>, settin
     }
 }
 
+const fn float(name: &'static str, min: f64, default: &'static str) -> ParamSpec {
+    ParamSpec {
+        name,
+        kind: ParamKind::Float { min },
+        default: Some(default),
+        setting: None,
+    }
+}
+
 const fn flag(name: &'static str, default: &'static str) -> ParamSpec {
     ParamSpec {
         name,
@@ -494,18 +503,8 @@ const LRP_PARAMS: &[ParamSpec] = &[
         default: Some("epsilon"),
         setting: None,
     },
-    ParamSpec {
-        name: "epsilon",
-        kind: ParamKind::Float { min: 0.0 },
-        default: Some("1e-9"),
-        setting: None,
-    },
-    ParamSpec {
-        name: "gamma",
-        kind: ParamKind::Float { min: 0.0 },
-        default: Some("0.25"),
-        setting: None,
-    },
+    float("epsilon", 0.0, "1e-9"),
+    float("gamma", 0.0, "0.25"),
 ];
 
 const CAM_PARAMS: &[ParamSpec] = &[flag("normalize", "false"), flag("upsample", "false"), INTERPOLATE];
@@ -528,16 +527,7 @@ const SEED: ParamSpec = ParamSpec {
     setting: Some("seed"),
 };
 
-const SHAP_PARAMS: &[ParamSpec] = &[
-    int("samples", 1, Some("5"), None),
-    ParamSpec {
-        name: "stdev",
-        kind: ParamKind::Float { min: 0.0 },
-        default: Some("0.0"),
-        setting: None,
-    },
-    SEED,
-];
+const SHAP_PARAMS: &[ParamSpec] = &[int("samples", 1, Some("5"), None), float("stdev", 0.0, "0.0"), SEED];
 
 pub const METHODS: &[MethodInfo] = &[
     MethodInfo {
@@ -575,12 +565,7 @@ pub const METHODS: &[MethodInfo] = &[
         needs: Needs::Nothing,
         params: &[
             int("samples", 1, Some("5"), None),
-            ParamSpec {
-                name: "stdev",
-                kind: ParamKind::Float { min: 0.0 },
-                default: Some("1.0"),
-                setting: None,
-            },
+            float("stdev", 0.0, "1.0"),
             SEED,
             ParamSpec {
                 name: "abs",
@@ -653,18 +638,8 @@ pub const METHODS: &[MethodInfo] = &[
         params: &[
             int("samples", 1, Some("50"), None),
             SEED,
-            ParamSpec {
-                name: "kernel_width",
-                kind: ParamKind::Float { min: f64::MIN_POSITIVE },
-                default: Some("1.0"),
-                setting: None,
-            },
-            ParamSpec {
-                name: "alpha",
-                kind: ParamKind::Float { min: 0.0 },
-                default: Some("0.01"),
-                setting: None,
-            },
+            float("kernel_width", f64::MIN_POSITIVE, "1.0"),
+            float("alpha", 0.0, "0.01"),
             ParamSpec {
                 name: "distance",
                 kind: ParamKind::Choice(&["cosine", "euclidean"]),
@@ -1260,6 +1235,16 @@ impl Features {
     pub fn in_window(&self, f: usize) -> bool {
         self.group_of[f] != OUTSIDE
     }
+    /// Projection of a baseline (or noisy copy) onto the window: outside it, the
+    /// features take the input's values.
+    pub fn hold_outside(&self, row: &mut [f32], input: &[f32]) {
+        for (f, v) in row.iter_mut().enumerate() {
+            if !self.in_window(f) {
+                *v = input[f];
+            }
+        }
+    }
+
     /// The features of each group, in feature order.
     pub fn members(&self) -> Vec<Vec<usize>> {
         let mut out = vec![Vec::new(); self.groups];

@@ -256,13 +256,19 @@ fn occlusion(req: &Request, i: usize, copies: &Copies) -> Result<Vec<f32>> {
 
 /// Captum's FeatureAblation: every feature of a group gets F(x) − F(x with the group at the baseline).
 fn ablation(req: &Request, i: usize, copies: &Copies) -> Result<Vec<f32>> {
-    let mut attr = vec![0.0f32; req.d()];
-    for (group, diff) in copies.sets.iter().zip(drops(req, i, copies)?) {
+    Ok(spread(&copies.sets, drops(req, i, copies)?, req.d()))
+}
+
+/// Per-feature attributions from one value per group: every feature of a group carries
+/// the group's value (Captum's feature_mask convention), features of no group 0.
+fn spread(groups: &[Vec<usize>], values: impl IntoIterator<Item = f32>, d: usize) -> Vec<f32> {
+    let mut attr = vec![0.0f32; d];
+    for (group, v) in groups.iter().zip(values) {
         for &f in group {
-            attr[f] = diff;
+            attr[f] = v;
         }
     }
-    Ok(attr)
+    attr
 }
 
 /// Captum's ShapleyValueSampling: for each random order of the groups, add them one at a
@@ -302,13 +308,7 @@ fn shapley(req: &Request, i: usize, samples: usize, seed: u64) -> Result<Vec<f32
         req.control.check()?;
         done += m;
     }
-    let mut attr = vec![0.0f32; x.len()];
-    for (grp, fs) in members.iter().enumerate() {
-        for &f in fs {
-            attr[f] = credit[grp] / samples as f32;
-        }
-    }
-    Ok(attr)
+    Ok(spread(&members, credit.iter().map(|c| c / samples as f32), x.len()))
 }
 
 /// KernelSHAP and LIME, as Captum's LimeBase runs them: `samples` random coalitions of
@@ -320,9 +320,8 @@ fn surrogate(req: &Request, i: usize, method: &Method) -> Result<Vec<f32>> {
     let members = req.features.members();
     let groups = members.len();
     let (x, b) = (req.input(i), req.baseline(i));
-    let mut attr = vec![0.0f32; x.len()];
     if groups == 0 {
-        return Ok(attr);
+        return Ok(vec![0.0; x.len()]);
     }
     let (samples, seed) = match method {
         Method::KernelShap { samples, seed } | Method::Lime { samples, seed, .. } => (*samples, *seed),
@@ -371,8 +370,7 @@ fn surrogate(req: &Request, i: usize, method: &Method) -> Result<Vec<f32>> {
         _ => coalitions
             .iter()
             .map(|c| match c.iter().filter(|p| **p).count() {
-                0 => 1e6,
-                k if k == groups => 1e6,
+                k if k == 0 || k == groups => 1e6,
                 _ => 1.0,
             })
             .collect(),
@@ -387,12 +385,7 @@ fn surrogate(req: &Request, i: usize, method: &Method) -> Result<Vec<f32>> {
         Method::Lime { alpha, .. } => linalg::lasso(&design, &targets, &weights, groups, *alpha),
         _ => linalg::least_squares(&design, &targets, &weights, groups),
     };
-    for (fs, c) in members.iter().zip(&fit.coef) {
-        for &f in fs {
-            attr[f] = *c as f32;
-        }
-    }
-    Ok(attr)
+    Ok(spread(&members, fit.coef.iter().map(|&c| c as f32), x.len()))
 }
 
 /// Captum's KernelSHAP coalitions: all groups, then none, then each a uniformly random
@@ -449,10 +442,10 @@ fn permutation(req: &Request, seed: u64) -> Result<Vec<f32>> {
         .hint("select two or more inputs, e.g. FROM m(d[0:32])"));
     }
     let members = req.features.members();
+    let identity: Vec<usize> = (0..n).collect();
     let mut perms = Vec::with_capacity(members.len());
     for g in 0..members.len() {
         let mut rng = Rng::new(seed, g as u64);
-        let identity: Vec<usize> = (0..n).collect();
         let mut p = rng.permutation(n);
         while p == identity {
             p = rng.permutation(n);
@@ -474,13 +467,7 @@ fn permutation(req: &Request, seed: u64) -> Result<Vec<f32>> {
                     }
                 }
             })?;
-            let mut attr = vec![0.0f32; d];
-            for (fs, y) in members.iter().zip(&out[1..]) {
-                for &f in fs {
-                    attr[f] = out[0] - y;
-                }
-            }
-            Ok(attr)
+            Ok(spread(&members, out[1..].iter().map(|y| out[0] - y), d))
         },
     )?;
     Ok(per_input.concat())

@@ -3,7 +3,7 @@
 //! draws, whatever the number of explained inputs, where other methods pair one baseline
 //! with each input. The request's `baselines` then hold the distribution's rows.
 
-use super::gradient::{self, batch_shape, gradients, par_items, zero_outside_window};
+use super::gradient::{self, batch_shape, gradients, par_items, push_noisy, zero_outside_window};
 use super::rng::Rng;
 use super::{Method, Request};
 use crate::error::Result;
@@ -28,18 +28,10 @@ fn draws(req: &Request, i: usize, rng: &mut Rng, count: usize, stdev: f64) -> Dr
     };
     for _ in 0..count {
         let start = out.noisy.len();
-        for (f, &v) in x.iter().enumerate() {
-            let noise = if req.features.in_window(f) && stdev > 0.0 {
-                (rng.normal() * stdev) as f32
-            } else {
-                0.0
-            };
-            out.noisy.push(v + noise);
-        }
+        push_noisy(&mut out.noisy, x, req, rng, stdev);
         let j = rng.below(pool.max(1));
-        let b = &req.baselines[j * d..(j + 1) * d];
-        out.baselines
-            .extend((0..d).map(|f| if req.features.in_window(f) { b[f] } else { x[f] }));
+        out.baselines.extend_from_slice(&req.baselines[j * d..(j + 1) * d]);
+        req.features.hold_outside(&mut out.baselines[start..], x);
         let alpha = rng.uniform() as f32;
         for f in 0..d {
             let (xs, bs) = (out.noisy[start + f], out.baselines[start + f]);
@@ -75,25 +67,25 @@ fn average_over_draws(
             while done < samples {
                 let count = chunk.min(samples - done);
                 let drawn = draws(req, i, &mut rng, count, stdev);
-                for (s, v) in sum.iter_mut().zip(work(i, &drawn, count)?.chunks(units).fold(
-                    vec![0.0f64; units],
-                    |mut acc, row| {
-                        acc.iter_mut().zip(row).for_each(|(a, r)| *a += *r as f64);
-                        acc
-                    },
-                )) {
-                    *s += v;
-                }
+                add_rows(&mut sum, &work(i, &drawn, count)?);
                 req.control.check()?;
                 done += count;
             }
-            Ok(sum
-                .iter()
-                .map(|s| (s / samples.max(1) as f64) as f32)
-                .collect::<Vec<f32>>())
+            Ok(mean(&sum, samples))
         },
     )?;
     Ok(per_input.concat())
+}
+
+/// Adds each row of `values` (rows of `sum.len()`) to `sum`.
+fn add_rows(sum: &mut [f64], values: &[f32]) {
+    for row in values.chunks(sum.len().max(1)) {
+        sum.iter_mut().zip(row).for_each(|(s, v)| *s += *v as f64);
+    }
+}
+
+fn mean(sum: &[f64], count: usize) -> Vec<f32> {
+    sum.iter().map(|s| (s / count.max(1) as f64) as f32).collect()
 }
 
 /// GradientShap (and NeuronGradientShap, whose target is a unit): the mean over samples
@@ -158,11 +150,7 @@ pub fn deeplift_shap(req: &Request) -> Result<Vec<f32>> {
             let inputs: Vec<f32> = x.repeat(pool);
             let mut baselines = req.baselines.to_vec();
             for row in baselines.chunks_mut(d.max(1)) {
-                for (f, v) in row.iter_mut().enumerate() {
-                    if !req.features.in_window(f) {
-                        *v = x[f];
-                    }
-                }
+                req.features.hold_outside(row, x);
             }
             let targets = vec![req.targets[i]; pool];
             let ids = vec![req.ids[i]; pool];
@@ -178,14 +166,9 @@ pub fn deeplift_shap(req: &Request) -> Result<Vec<f32>> {
                 ..*req
             };
             let attr = gradient::attribute(&Method::DeepLift, &each)?;
-            let mut mean = vec![0.0f64; d];
-            for row in attr.chunks(d.max(1)) {
-                mean.iter_mut().zip(row).for_each(|(m, v)| *m += *v as f64);
-            }
-            Ok(mean
-                .iter()
-                .map(|m| (m / pool.max(1) as f64) as f32)
-                .collect::<Vec<f32>>())
+            let mut sum = vec![0.0f64; d];
+            add_rows(&mut sum, &attr);
+            Ok(mean(&sum, pool))
         },
     )?;
     Ok(per_input.concat())
