@@ -31,4 +31,5 @@ mod shap;
 mod slt;
 mod surrogates;
 mod text;
+mod zennit;
 mod zoo;

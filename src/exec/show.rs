@@ -58,7 +58,8 @@ pub(super) fn methods() -> Result<Output> {
                 .map(|p| {
                     let range = match p.kind {
                         ParamKind::Int { min, .. } => format!(" ≥ {min}"),
-                        ParamKind::Float { min } => format!(" ≥ {min}"),
+                        ParamKind::Float { min } if min > f64::MIN => format!(" ≥ {min}"),
+                        ParamKind::Float { .. } => String::new(),
                         ParamKind::Bool => String::new(),
                         ParamKind::Choice(c) => format!(" in {}", c.join("|")),
                     };

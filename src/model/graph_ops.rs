@@ -44,6 +44,19 @@ pub enum MapFn {
 }
 
 impl MapFn {
+    /// An activation function as a module (what Zennit's composites let relevance pass).
+    pub fn is_activation(self) -> bool {
+        matches!(
+            self,
+            MapFn::HardSigmoid { .. }
+                | MapFn::HardSwish
+                | MapFn::Elu { .. }
+                | MapFn::Selu { .. }
+                | MapFn::Softplus
+                | MapFn::Clip { .. }
+        )
+    }
+
     #[inline]
     pub fn apply(self, x: f32) -> f32 {
         match self {

@@ -6,7 +6,7 @@
 use rayon::prelude::*;
 
 use super::rng::Rng;
-use super::rules::{Deconvolution, DeepLift, GuidedBackprop, Lrp};
+use super::rules::{Deconvolution, DeepLift, GuidedBackprop};
 use super::{Control, Method, NoiseVariant, Request};
 use crate::error::{Error, Result};
 use crate::model::{BackwardRule, Batch, Forward, Gradient, Model};
@@ -221,18 +221,16 @@ pub fn attribute(method: &Method, req: &Request) -> Result<Vec<f32>> {
                     } else {
                         rule
                     };
-                    if let Method::Lrp { epsilon, rule } = method {
-                        // Relevance starts as the target's output value (Captum scales its
-                        // result by it; the rules are linear in the relevance).
-                        let lrp = Lrp::new(*epsilon as f32, *rule);
+                    if let Method::Lrp { spec } = method {
+                        let lrp = spec.backward_rule(&req.model.layers);
                         let tape = forward_keeping(req.model, rows, (0, None), req.out_layer)?;
                         let output = tape.output().clone();
                         let targets: Vec<usize> = match req.predicted {
                             Some(_) => (0..output.rows()).map(|r| argmax(output.row(r))).collect(),
                             None => req.targets[a..b].to_vec(),
                         };
-                        let seed = output_seed(&output, &targets)?;
-                        let relevance = req.model.backward(&tape, seed, &lrp, &mut |_, _| {})?;
+                        let seed = spec.seed(&output, &targets)?;
+                        let relevance = req.model.backward(&tape, seed, lrp.as_ref(), &mut |_, _| {})?;
                         let outputs = if req.predicted.is_some() {
                             output.into_data()
                         } else {

@@ -7,11 +7,9 @@
 //! layer integrated gradients interpolates the layer's output itself, as Captum does.
 
 use super::cam::{self, CamKind};
-use super::gradient::{
-    argmax, batch_shape, gradients_from, one_hot, output_seed, par_items, tile_rows, zero_outside_window,
-};
+use super::gradient::{argmax, batch_shape, gradients_from, one_hot, par_items, tile_rows, zero_outside_window};
 use super::integrated::{Chunks, integrate, path};
-use super::rules::{DeepLift, Lrp};
+use super::rules::DeepLift;
 use super::{KeptTapes, Method, Request, Rule};
 use crate::error::{Error, Result};
 use crate::model::{Batch, Forward, Gradient, Model};
@@ -342,11 +340,11 @@ pub fn attribute(method: &Method, req: &Request) -> Result<LayerAttribution> {
                 .map(|(m, (x, b))| m * (x - b))
                 .collect())
         }),
-        Method::LayerLrp { epsilon, rule } => {
-            let lrp = Lrp::new(*epsilon as f32, *rule);
+        Method::LayerLrp { spec } => {
+            let lrp = spec.backward_rule(&model.layers);
             rule_at_layer(req, layer, out_shape, |a, b, tape, _| {
-                let seed = output_seed(tape.output(), &req.targets[a..b])?;
-                Ok(model.gradient_at(tape, seed, &lrp, layer)?.into_data())
+                let seed = spec.seed(tape.output(), &req.targets[a..b])?;
+                Ok(model.gradient_at(tape, seed, lrp.as_ref(), layer)?.into_data())
             })
         }
         Method::LayerGradientShap { samples, stdev, seed } => {

@@ -9,6 +9,7 @@ pub mod gradient;
 pub mod integrated;
 pub mod layer;
 pub mod linalg;
+pub mod lrp;
 pub mod perturbation;
 pub mod probe;
 pub mod quadrature;
@@ -94,10 +95,10 @@ pub enum Method {
     },
     /// Captum's DeepLiftShap: DeepLift against every baseline of the distribution, averaged.
     DeepLiftShap,
-    /// Layer-wise relevance propagation (Captum's LRP with its default ε-rules).
+    /// Layer-wise relevance propagation: Captum's LRP (its rules) or Zennit's (its rules
+    /// and composites).
     Lrp {
-        epsilon: f64,
-        rule: rules::LrpRule,
+        spec: lrp::LrpSpec,
     },
     /// Guided backprop times the Grad-CAM map of the AT LAYER layer, upsampled to the input.
     GuidedGradCam,
@@ -132,8 +133,7 @@ pub enum Method {
     },
     /// LRP's relevance at the AT LAYER layer's output (Captum's LayerLRP).
     LayerLrp {
-        epsilon: f64,
-        rule: rules::LrpRule,
+        spec: lrp::LrpSpec,
     },
     LayerConductance {
         steps: usize,
@@ -329,11 +329,7 @@ impl fmt::Display for Method {
             }
             Method::LayerConductance { steps } => write!(f, "(steps = {steps})"),
             Method::FullGrad { normalize } => write!(f, "(normalize = {normalize})"),
-            Method::Lrp { epsilon, rule } | Method::LayerLrp { epsilon, rule } => match rule {
-                rules::LrpRule::Epsilon => write!(f, "(rule = epsilon, epsilon = {epsilon})"),
-                rules::LrpRule::Gamma(g) => write!(f, "(rule = gamma, gamma = {g}, epsilon = {epsilon})"),
-                rules::LrpRule::ZPlus => write!(f, "(rule = z_plus, epsilon = {epsilon})"),
-            },
+            Method::Lrp { spec } | Method::LayerLrp { spec } => write!(f, "{spec}"),
             Method::Cam {
                 normalize,
                 upsample,
@@ -499,12 +495,23 @@ const INTERPOLATE: ParamSpec = ParamSpec {
 const LRP_PARAMS: &[ParamSpec] = &[
     ParamSpec {
         name: "rule",
-        kind: ParamKind::Choice(&["epsilon", "gamma", "z_plus"]),
+        kind: ParamKind::Choice(&["epsilon", "gamma", "z_plus", "alpha_beta", "flat", "w_square", "z_box"]),
         default: Some("epsilon"),
         setting: None,
     },
+    ParamSpec {
+        name: "composite",
+        kind: ParamKind::Choice(&["none", "epsilon_plus_flat", "epsilon_gamma_box", "epsilon_alpha2_beta1"]),
+        default: Some("none"),
+        setting: None,
+    },
+    // Captum's default; Zennit's rules and composites take 1e-6 unless it is given.
     float("epsilon", 0.0, "1e-9"),
     float("gamma", 0.0, "0.25"),
+    float("alpha", 0.0, "2"),
+    float("beta", 0.0, "1"),
+    float("low", f64::NEG_INFINITY, "0"),
+    float("high", f64::NEG_INFINITY, "1"),
 ];
 
 const CAM_PARAMS: &[ParamSpec] = &[flag("normalize", "false"), flag("upsample", "false"), INTERPOLATE];
@@ -687,8 +694,8 @@ pub const METHODS: &[MethodInfo] = &[
         family: Family::Gradient,
         needs: Needs::Nothing,
         params: LRP_PARAMS,
-        reference: "Captum LRP (EpsilonRule by default; GammaRule / Alpha1_Beta0_Rule on linear and conv layers)",
-        summary: "relevance of the target output propagated back by the ε-rule (ReLUs pass it unchanged)",
+        reference: "Captum LRP (rule epsilon, the default, gamma, z_plus); Zennit 0.5.1 (rule alpha_beta, flat, w_square, z_box; the composites)",
+        summary: "relevance of the target propagated back layer by layer: from the target's output by Captum's rules, from 1 (one-hot) by Zennit's",
     },
     MethodInfo {
         name: "guided_gradcam",
@@ -801,8 +808,8 @@ pub const METHODS: &[MethodInfo] = &[
         family: Family::Gradient,
         needs: Needs::Layer,
         params: LRP_PARAMS,
-        reference: "Captum LayerLRP",
-        summary: "LRP's relevance at the layer's output (the rules of lrp)",
+        reference: "Captum LayerLRP; Zennit's rules and composites as lrp",
+        summary: "LRP's relevance at the layer's output (the rules and composites of lrp)",
     },
     MethodInfo {
         name: "layer_conductance",
@@ -993,6 +1000,90 @@ impl Params {
     }
 }
 
+/// `lrp(…)`'s parameters: a rule or a composite, with the parameters that one uses (a
+/// parameter it would ignore is an error, not silently dropped).
+fn lrp_spec(params: &Params, given: &[GivenParam]) -> Result<lrp::LrpSpec> {
+    use lrp::{Composite, LrpRule};
+    let num = |n: &str| params.num(n) as f32;
+    let span_of = |n: &str| given.iter().find(|g| g.name == n).map(|g| (g.name_span, g.value_span));
+    let rule_name = params.text("rule").to_ascii_lowercase();
+    let composite = match params.text("composite").to_ascii_lowercase().as_str() {
+        "epsilon_plus_flat" => Some(Composite::EpsilonPlusFlat),
+        "epsilon_gamma_box" => Some(Composite::EpsilonGammaBox {
+            gamma: num("gamma"),
+            low: num("low"),
+            high: num("high"),
+        }),
+        "epsilon_alpha2_beta1" => Some(Composite::EpsilonAlpha2Beta1),
+        _ => None,
+    };
+    if let (Some(c), Some((name, _))) = (composite, span_of("rule")) {
+        return Err(Error::value(format!(
+            "lrp takes a rule or a composite, not both: composite {} chooses the rule of each layer",
+            c.name()
+        ))
+        .at(name));
+    }
+    // One of alpha and beta given: the other follows from α − β = 1.
+    let (alpha, beta) = match (span_of("alpha"), span_of("beta")) {
+        (Some(_), None) => (params.num("alpha"), params.num("alpha") - 1.0),
+        (None, Some(_)) => (params.num("beta") + 1.0, params.num("beta")),
+        _ => (params.num("alpha"), params.num("beta")),
+    };
+    let rule = match rule_name.as_str() {
+        "gamma" => LrpRule::Gamma(num("gamma")),
+        "z_plus" => LrpRule::ZPlus,
+        "alpha_beta" => LrpRule::AlphaBeta {
+            alpha: alpha as f32,
+            beta: beta as f32,
+        },
+        "flat" => LrpRule::Flat,
+        "w_square" => LrpRule::WSquare,
+        "z_box" => LrpRule::ZBox {
+            low: num("low"),
+            high: num("high"),
+        },
+        _ => LrpRule::Epsilon,
+    };
+    if matches!(rule, LrpRule::AlphaBeta { .. })
+        && composite.is_none()
+        && ((alpha - beta - 1.0).abs() > 1e-9 || beta < 0.0)
+    {
+        let err = Error::value(format!(
+            "alpha − beta must be 1 with both ≥ 0 (Zennit's AlphaBeta rule; it conserves relevance only then), got alpha = {alpha}, beta = {beta}"
+        ));
+        return Err(match span_of("alpha").or(span_of("beta")) {
+            Some((_, value)) => err.at(value),
+            None => err,
+        });
+    }
+    let box_composite = matches!(composite, Some(Composite::EpsilonGammaBox { .. }));
+    let used = |p: &str| match p {
+        "gamma" => (composite.is_none() && rule_name == "gamma") || box_composite,
+        "alpha" | "beta" => composite.is_none() && rule_name == "alpha_beta",
+        "low" | "high" => (composite.is_none() && rule_name == "z_box") || box_composite,
+        _ => true,
+    };
+    if let Some(unused) = given.iter().find(|g| !used(g.name)) {
+        let chosen = match composite {
+            Some(c) => format!("composite {}", c.name()),
+            None => format!("rule {rule_name}"),
+        };
+        return Err(Error::value(format!("`{}` has no effect with {chosen}", unused.name))
+            .at(unused.name_span)
+            .hint("gamma goes with rule = gamma or composite = 'epsilon_gamma_box'; alpha and beta with rule = alpha_beta; low and high with rule = z_box or composite = 'epsilon_gamma_box'"));
+    }
+    let mut spec = lrp::LrpSpec {
+        epsilon: num("epsilon"),
+        rule,
+        composite,
+    };
+    if spec.zennit() && span_of("epsilon").is_none() {
+        spec.epsilon = lrp::ZENNIT_STABILIZER;
+    }
+    Ok(spec)
+}
+
 /// Resolves a method call: checks every parameter's name and range, fills defaults
 /// (session settings first), and builds the `Method`.
 pub fn resolve_method(
@@ -1046,16 +1137,11 @@ pub fn resolve_method(
             }
         }
         "lrp" | "layer_lrp" => {
-            let epsilon = num("epsilon");
-            let rule = match text("rule").to_ascii_lowercase().as_str() {
-                "gamma" => rules::LrpRule::Gamma(num("gamma") as f32),
-                "z_plus" => rules::LrpRule::ZPlus,
-                _ => rules::LrpRule::Epsilon,
-            };
+            let spec = lrp_spec(&params, given)?;
             if info.name == "lrp" {
-                Method::Lrp { epsilon, rule }
+                Method::Lrp { spec }
             } else {
-                Method::LayerLrp { epsilon, rule }
+                Method::LayerLrp { spec }
             }
         }
         "fullgrad" => Method::FullGrad {
