@@ -208,6 +208,24 @@ fn relevance_is_conserved_without_biases() {
     assert_close("flat first layer conserves", &input, &conv1, 1e-5, 1e-5);
 }
 
+/// Transformers: Zennit has no rule for attention (on torchvision's ViT it fails), so
+/// the composites refuse them naming the layer, as Captum's rules do.
+#[test]
+fn composites_refuse_attention() {
+    let mut v = session(&format!(
+        "LOAD MODEL v FROM '{}'; LOAD DATA x FROM '{}';",
+        fixture("zoo/vit.ts.onnx").display(),
+        fixture("zoo/vit.inputs.npy").display(),
+    ));
+    assert_errors(
+        &mut v,
+        &[(
+            "SELECT * FROM v(x) USING lrp(composite = 'epsilon_plus_flat')",
+            "lrp with Zennit's rules has no rule for layer",
+        )],
+    );
+}
+
 #[test]
 fn bad_lrp_parameters_are_refused_with_a_reason() {
     let mut s = session(SHIPPED);

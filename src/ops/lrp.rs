@@ -328,6 +328,15 @@ pub fn no_lrp_rule(layer: &Layer) -> Error {
     .hint("use deeplift or integrated_gradients, which take every layer; or a Zennit composite (lrp(composite = 'epsilon_plus_flat')), which passes other layers by their gradient")
 }
 
+/// Why Zennit's framework refuses a layer.
+fn no_composite_rule(layer: &Layer) -> Error {
+    Error::value(format!(
+        "lrp with Zennit's rules has no rule for layer `{}` ({}): its composites cover linear, convolution, pooling, batch-norm and activation layers and residual sums, not attention",
+        layer.name, layer.kind
+    ))
+    .hint("for transformers use integrated_gradients or gradient_shap; LRP through attention needs rules (AttnLRP) that Zennit does not ship")
+}
+
 /// How a branch of a Zennit rule modifies the layer's input.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum InputMod {
@@ -463,8 +472,14 @@ enum Treatment {
     Pass,
     /// Average pools and residual sums: the ε-rule with Zennit's stabiliser.
     Norm,
-    /// Everything else (max-pools, reshapes, layers Zennit has no rule for): the gradient.
+    /// Everything else (max-pools, reshapes, products such as squeeze-excitation's): the
+    /// gradient, as Zennit leaves modules without a rule.
     Gradient,
+    /// Attention (products of two activations, softmax): Zennit's composites have no
+    /// rule for it (on torchvision's ViT Zennit itself fails), and its gradient does not
+    /// carry relevance (the sums ran to 10⁵ on the zoo ViT): refused. (Layer norms, as in
+    /// ConvNeXt, pass their gradient, as Zennit leaves them.)
+    Refused,
 }
 
 /// Zennit's framework over one model's layers.
@@ -515,6 +530,7 @@ impl Zennit {
                 }
                 Op::Map(f) if f.is_activation() => Treatment::Pass,
                 op if is_pool(op) => Treatment::Norm,
+                Op::Softmax { .. } | Op::MatMul(_) => Treatment::Refused,
                 _ => Treatment::Gradient,
             };
             treatments.push(t);
@@ -703,6 +719,7 @@ impl BackwardRule for Zennit {
                 ZENNIT_STABILIZER,
             )),
             Treatment::Gradient => None,
+            Treatment::Refused => Some(Err(no_composite_rule(step.layer))),
         }
     }
 
@@ -713,6 +730,9 @@ impl BackwardRule for Zennit {
         y: &Batch,
         gy: &Batch,
     ) -> Option<Result<Vec<Option<Batch>>>> {
+        if matches!(layer.op, Op::MatMul(_)) {
+            return Some(Err(no_composite_rule(layer)));
+        }
         // A sum of same-shaped inputs is Zennit's `Sum` (ResNetCanonizer); any other layer
         // of several inputs passes its gradient, as Zennit leaves such operations alone.
         share_of_sum(layer, args, y, gy, ZENNIT_STABILIZER).map(Ok)
