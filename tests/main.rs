@@ -31,5 +31,6 @@ mod shap;
 mod slt;
 mod surrogates;
 mod text;
+mod visualize;
 mod zennit;
 mod zoo;

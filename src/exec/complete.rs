@@ -179,13 +179,14 @@ impl Session {
             {
                 let mut c = datasets;
                 c.push("ATTACK".into());
+                c.push("VISUALIZE".into());
                 c
             }
             (_, Some("ATTACK")) => crate::ops::attack::ATTACKS
                 .iter()
                 .map(|a| format!("{}(", a.name))
                 .collect(),
-            (_, Some("ON")) => models,
+            (_, Some("ON")) | (_, Some("VISUALIZE")) => models,
             (_, Some("TARGET")) => {
                 let mut c = owned(&["PREDICTED", "LABEL"]);
                 c.extend(self.layers_of(&tokens));

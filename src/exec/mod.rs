@@ -696,6 +696,44 @@ impl State {
         Ok(msg)
     }
 
+    /// Renders a feature visualization and keeps its images as the dataset `name` (ids
+    /// 0.., no labels); says how far the objective rose.
+    fn visualize(&mut self, name: &str, spec: &crate::plan::logical::VisualizeSpec, text: &str) -> Result<String> {
+        let model = self.model(&spec.model)?.model.clone();
+        let mut vis = spec.visualization.clone();
+        if let Some(path) = &spec.init {
+            let shown = path.display().to_string();
+            let bytes = std::fs::read(path).map_err(|e| Error::io(format!("cannot read {shown}: {e}")))?;
+            vis.init = Some(data::npy::read_npy(&bytes, &shown)?.to_f32());
+        }
+        let cancel = self.cancel.clone();
+        let control = crate::ops::Control::new(&cancel);
+        let rendered = crate::ops::visualize::render(&model, &vis, &control)?;
+        let shape = model.input_shape.clone();
+        let modality = match shape.as_slice() {
+            [channels, height, width] => data::Modality::Image {
+                channels: *channels,
+                height: *height,
+                width: *width,
+            },
+            [d] => data::Modality::Tabular {
+                columns: (0..*d).map(|i| format!("x{i}")).collect(),
+            },
+            _ => data::Modality::Tensor,
+        };
+        let n = rendered.start.len();
+        let ds = data::Dataset::new(name, text, shape, modality, rendered.images, None)?;
+        self.datasets.insert(name.to_string(), Arc::new(ds));
+        let fmt = |v: &[f32]| v.iter().map(|x| format!("{x:.4}")).collect::<Vec<_>>().join(", ");
+        Ok(format!(
+            "{name} = {text}: {n} image{}, objective {} → {} after {} steps",
+            if n == 1 { "" } else { "s" },
+            fmt(&rendered.start),
+            fmt(&rendered.end),
+            vis.steps
+        ))
+    }
+
     /// LOAD DATA … TEXT: tokenized by the most recently loaded text model's tokenizer.
     fn load_text(
         &mut self,
@@ -932,6 +970,49 @@ impl State {
             }
             Plan::LetAttack { name, attack, text } => {
                 let msg = self.attack(&name, &attack, &text)?;
+                Ok(Output::Message(msg))
+            }
+            Plan::ExportData {
+                dataset,
+                path,
+                png,
+                overwrite,
+            } => {
+                let sel = self.select(&dataset)?;
+                let shape = sel.dataset.sample_shape.clone();
+                let values = sel.values()?;
+                let bytes = if png {
+                    let (c, h, w) = match shape.as_slice() {
+                        [c, h, w] => (*c, *h, *w),
+                        _ => return Err(Error::value(format!("`{}` is not images", dataset.name))),
+                    };
+                    let d = c * h * w;
+                    let panels: Vec<(String, &[f32])> = sel
+                        .ids()
+                        .iter()
+                        .enumerate()
+                        .map(|(i, id)| (format!("{} · input {id}", dataset.name), &values[i * d..(i + 1) * d]))
+                        .collect();
+                    crate::output::picture::inputs_png(&panels, (c, h, w))?
+                } else {
+                    let mut full = vec![sel.len()];
+                    full.extend_from_slice(&shape);
+                    data::npy::write_npy_f32(&full, &values)
+                };
+                crate::output::write_atomically(&path, overwrite, &mut |out| {
+                    out.write_all(&bytes)
+                        .map_err(|e| Error::io(format!("cannot write {}: {e}", path.display())))
+                })?;
+                let what = if png { "drew" } else { "wrote" };
+                Ok(Output::Message(format!(
+                    "{what} {} inputs of {} in {}",
+                    sel.len(),
+                    dataset.name,
+                    path.display()
+                )))
+            }
+            Plan::LetVisualize { name, visualize, text } => {
+                let msg = self.visualize(&name, &visualize, &text)?;
                 Ok(Output::Message(msg))
             }
             Plan::Set { name, value } => {

@@ -60,7 +60,7 @@ pub(super) fn methods() -> Result<Output> {
                         ParamKind::Int { min, .. } => format!(" ≥ {min}"),
                         ParamKind::Float { min } if min > f64::MIN => format!(" ≥ {min}"),
                         ParamKind::Float { .. } => String::new(),
-                        ParamKind::Bool => String::new(),
+                        ParamKind::Bool | ParamKind::Path => String::new(),
                         ParamKind::Choice(c) => format!(" in {}", c.join("|")),
                     };
                     match p.default {

@@ -16,6 +16,7 @@ pub mod quadrature;
 pub mod rng;
 pub mod rules;
 pub mod shap;
+pub mod visualize;
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -417,10 +418,17 @@ impl fmt::Display for ParamValue {
 
 #[derive(Clone, Copy, Debug)]
 pub enum ParamKind {
-    Int { min: i64, max: i64 },
-    Float { min: f64 },
+    Int {
+        min: i64,
+        max: i64,
+    },
+    Float {
+        min: f64,
+    },
     Bool,
     Choice(&'static [&'static str]),
+    /// A file path (a quoted string).
+    Path,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -1237,6 +1245,7 @@ fn check_param(owner: &str, spec: &ParamSpec, value: &ParamValue) -> Result<()> 
             }
         }
         (ParamKind::Bool, ParamValue::Bool(_)) => Ok(()),
+        (ParamKind::Path, ParamValue::Text(_)) => Ok(()),
         (ParamKind::Choice(choices), ParamValue::Text(t)) => {
             if choices.iter().any(|c| c.eq_ignore_ascii_case(t)) || (name == "rule" && Rule::parse(t).is_some()) {
                 Ok(())
@@ -1250,6 +1259,7 @@ fn check_param(owner: &str, spec: &ParamSpec, value: &ParamValue) -> Result<()> 
                 ParamKind::Int { .. } => "a whole number",
                 ParamKind::Float { .. } => "a number",
                 ParamKind::Bool => "true or false",
+                ParamKind::Path => "a quoted file path",
                 ParamKind::Choice(c) => {
                     return Err(Error::value(format!("{name} must be one of {}, got {v}", c.join(", "))));
                 }

@@ -640,6 +640,61 @@ fn picture_error(names: &[String]) -> Error {
     .hint("export the attribution relation itself, e.g. EXPORT SELECT * FROM m(d[0]) USING … TO 'map.png'")
 }
 
+/// A grid of input images (a dataset's, e.g. feature visualizations: `EXPORT v TO
+/// 'v.png'`), each titled, at the heatmaps' size, each scaled to its own range as
+/// `input_png` does (one channel as ink on paper, three as colour).
+pub fn inputs_png(panels: &[(String, &[f32])], (channels, height, width): (usize, usize, usize)) -> Result<Vec<u8>> {
+    if panels.is_empty() {
+        return Err(Error::value("nothing to draw: the dataset picks no inputs"));
+    }
+    if height == 0 || width == 0 {
+        return Err(Error::value("cannot draw an input of no pixels"));
+    }
+    let columns = panels.len().min(PER_ROW);
+    let rows = panels.len().div_ceil(PER_ROW);
+    let size = (MAP, MAP);
+    let (total_w, total_h) = (
+        GAP + columns as u32 * (MAP + GAP),
+        GAP + rows as u32 * (TITLE + MAP + GAP),
+    );
+    register_font();
+    let mut buffer = vec![255u8; (total_w * total_h * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buffer, (total_w, total_h)).into_drawing_area();
+        let draw_err = |e: DrawingAreaErrorKind<_>| Error::io(format!("cannot draw the picture: {e}"));
+        let style = ("sans-serif", 13).into_font().color(&BLACK);
+        let side = (MAP as usize / height.max(width)).max(1);
+        let plane = height * width;
+        for (k, (title, values)) in panels.iter().enumerate() {
+            let (x, y) = panel_origin(k, size);
+            root.draw(&Text::new(title.clone(), (x as i32, y as i32 + 4), style.clone()))
+                .map_err(draw_err)?;
+            let (lo, hi) = values
+                .iter()
+                .filter(|v| v.is_finite())
+                .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), v| (a.min(*v), b.max(*v)));
+            let span = if hi > lo { hi - lo } else { 1.0 };
+            let level = |v: f32| -> u8 { (255.0 * ((v - lo) / span).clamp(0.0, 1.0)).round() as u8 };
+            for py in 0..height * side {
+                for px in 0..width * side {
+                    let at = (py / side) * width + px / side;
+                    let colour = if channels == 3 {
+                        let [r, g, b] = [0, 1, 2].map(|c| level(values[c * plane + at]));
+                        RGBColor(r, g, b)
+                    } else {
+                        let v = 255 - level(values[at]);
+                        RGBColor(v, v, v)
+                    };
+                    root.draw_pixel((x as i32 + px as i32, (y + TITLE) as i32 + py as i32), &colour)
+                        .map_err(draw_err)?;
+                }
+            }
+        }
+        root.present().map_err(draw_err)?;
+    }
+    encode(&buffer, total_w, total_h)
+}
+
 /// A PNG of one input image (channels × height × width values), scaled to its own range
 /// (dark = high, as ink on paper) and enlarged to about `MAP / 2` pixels; three channels
 /// are shown as colour.

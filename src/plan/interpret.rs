@@ -42,6 +42,161 @@ fn resolve_class(v: &Value, model: &ModelInfo, model_name: &str, catalog: &dyn C
     Ok(k as usize)
 }
 
+/// Plans `VISUALIZE m AT LAYER l CHANNEL k | AT LAYER l UNIT (…) | TARGET k (params)`.
+pub(super) fn plan_visualize(v: &ast::Visualize, catalog: &dyn Catalog) -> Result<crate::plan::logical::VisualizeSpec> {
+    use crate::ops::visualize::{Objective, PARAMS, Visualization};
+    let model = super::resolve_model(&v.model, catalog)?;
+    let model_name = &v.model.name;
+    if model.dynamic || model.text_length.is_some() {
+        let why = if model.text_length.is_some() {
+            "reads token ids, which gradient ascent cannot change"
+        } else {
+            "has symbolic input axes: its input size is not fixed"
+        };
+        return Err(Error::value(format!(
+            "VISUALIZE needs a model of fixed numeric inputs; `{model_name}` {why}"
+        ))
+        .at(v.model.span));
+    }
+    let given = given_params(&v.params, catalog)?;
+    let p = ops::Params::resolve("VISUALIZE", PARAMS, &given, &|s| catalog.setting(s)).map_err(|e| e.at(v.span))?;
+    let (layer, objectives) = match &v.objective {
+        ast::VisObjective::Channel { layer, channel: None } => {
+            let l = resolve_layer(layer, &model, model_name)?;
+            let channels = l.shape.first().copied().unwrap_or(1);
+            if p.given("diversity").is_some() {
+                return Err(
+                    Error::value("CHANNEL * makes one image per channel; diversity needs one channel").at(v.span),
+                );
+            }
+            (l.index, (0..channels).map(Objective::Channel).collect())
+        }
+        ast::VisObjective::Channel {
+            layer,
+            channel: Some(channel),
+        } => {
+            let l = resolve_layer(layer, &model, model_name)?;
+            let k = resolve_int(channel, catalog, "a channel")?;
+            let channels = l.shape.first().copied().unwrap_or(1);
+            if k < 0 || k as usize >= channels {
+                return Err(Error::value(format!(
+                    "channel {k} is out of range: layer `{}` has channels 0..{} (its output is {:?})",
+                    l.name,
+                    channels.saturating_sub(1),
+                    l.shape
+                ))
+                .at(channel.span));
+            }
+            (l.index, vec![Objective::Channel(k as usize)])
+        }
+        ast::VisObjective::Unit { layer, index } => {
+            let l = resolve_layer(layer, &model, model_name)?;
+            let units: usize = l.shape.iter().product();
+            let ix: Vec<i64> = index
+                .iter()
+                .map(|v| resolve_int(v, catalog, "a unit index"))
+                .collect::<Result<_>>()?;
+            let flat = if ix.len() == 1 {
+                ix[0]
+            } else if ix.len() == l.shape.len() {
+                let mut flat = 0i64;
+                for ((&i, &n), v) in ix.iter().zip(&l.shape).zip(index) {
+                    if i < 0 || i as usize >= n {
+                        return Err(Error::value(format!(
+                            "index {i} is out of range 0..{} of layer `{}`'s output {:?}",
+                            n.saturating_sub(1),
+                            l.name,
+                            l.shape
+                        ))
+                        .at(v.span));
+                    }
+                    flat = flat * n as i64 + i;
+                }
+                flat
+            } else {
+                return Err(Error::value(format!(
+                    "UNIT takes one flat index or {} coordinates for layer `{}` (output {:?}), got {}",
+                    l.shape.len(),
+                    l.name,
+                    l.shape,
+                    ix.len()
+                ))
+                .at(v.span));
+            };
+            if flat < 0 || flat as usize >= units {
+                return Err(Error::value(format!(
+                    "unit {flat} is out of range: layer `{}` has {units} units",
+                    l.name
+                ))
+                .at(v.span));
+            }
+            (l.index, vec![Objective::Unit(flat as usize)])
+        }
+        ast::VisObjective::Target(t) => match &t.kind {
+            TargetKind::Class(c) => (
+                model.layers.len() - 1,
+                vec![Objective::Class(resolve_class(c, &model, model_name, catalog)?)],
+            ),
+            _ => return Err(Error::value("VISUALIZE's TARGET is a class index").at(t.span)),
+        },
+    };
+    let image = model.input_shape.len() == 3;
+    let large = image && model.input_shape[1] >= 32 && model.input_shape[2] >= 32;
+    let fourier = match p.text("param").to_ascii_lowercase().as_str() {
+        "fourier" if !image => {
+            return Err(Error::value(format!(
+                "param = fourier needs image inputs (channels, height, width); `{model_name}` takes {:?}",
+                model.input_shape
+            ))
+            .at(v.span));
+        }
+        "fourier" => true,
+        "pixel" => false,
+        _ => large,
+    };
+    let (lower, upper) = (p.num("lower") as f32, p.num("upper") as f32);
+    if lower >= upper {
+        return Err(Error::value(format!("lower ({lower}) must be below upper ({upper})")).at(v.span));
+    }
+    let images = if objectives.len() > 1 {
+        objectives.len()
+    } else {
+        p.num("diversity") as usize
+    };
+    if images > 1 && matches!(objectives[0], Objective::Class(_)) {
+        return Err(Error::value("diversity compares the images at a layer: use AT LAYER l CHANNEL k").at(v.span));
+    }
+    let init = match p.given("init") {
+        Some(ParamValue::Text(path)) => Some(PathBuf::from(path)),
+        _ => None,
+    };
+    Ok(crate::plan::logical::VisualizeSpec {
+        model: model_name.clone(),
+        visualization: Visualization {
+            layer,
+            objectives,
+            images,
+            diversity_weight: p.num("diversity_weight") as f32,
+            steps: p.num("steps") as usize,
+            lr: p.num("lr") as f32,
+            seed: p.num("seed") as u64,
+            lower,
+            upper,
+            fourier,
+            decorrelate: p.flag("decorrelate"),
+            // Lucent's transforms shift by up to 12 pixels: for images of 32×32 and up
+            // unless asked for.
+            transforms: if p.given("transforms").is_some() {
+                p.flag("transforms")
+            } else {
+                large
+            },
+            init: None,
+        },
+        init,
+    })
+}
+
 /// Plans `ATTACK method(params) ON m(d) [TARGET k]`.
 pub(super) fn plan_attack(a: &ast::Attack, catalog: &dyn Catalog) -> Result<AttackSpec> {
     let (model_name, model) = resolve_call_model(&a.call, catalog)?;

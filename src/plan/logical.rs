@@ -56,7 +56,20 @@ pub enum Plan {
         /// The statement as written (the derived dataset's source).
         text: String,
     },
+    /// Images made by feature visualization (`VISUALIZE …`), ids 0.., no labels.
+    LetVisualize {
+        name: String,
+        visualize: VisualizeSpec,
+        text: String,
+    },
     Query(Node),
+    /// A dataset's inputs as a picture (`png`: true) or an .npy array.
+    ExportData {
+        dataset: DatasetRef,
+        path: PathBuf,
+        png: bool,
+        overwrite: bool,
+    },
     Export {
         query: Node,
         /// The query as canonical IQL (for a report).
@@ -66,6 +79,14 @@ pub enum Plan {
         overwrite: bool,
     },
     Explain(Node),
+}
+
+/// A checked `VISUALIZE m …`: the optimisation, and a file of starting parameters.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VisualizeSpec {
+    pub model: String,
+    pub visualization: crate::ops::visualize::Visualization,
+    pub init: Option<PathBuf>,
 }
 
 /// A checked `ATTACK … ON m(d) [TARGET k]`.

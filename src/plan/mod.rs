@@ -225,7 +225,47 @@ pub fn plan(stmt: &Statement, catalog: &dyn Catalog) -> Result<Plan> {
                 text: format!("ATTACK {} ON {}{}", attack.method, attack.call, attack.clauses),
             }
         }
+        StatementKind::LetVisualize { name, visualize } => {
+            check_dataset_name(name, catalog)?;
+            Plan::LetVisualize {
+                name: name.name.clone(),
+                visualize: interpret::plan_visualize(visualize, catalog)?,
+                text: visualize.to_string(),
+            }
+        }
         StatementKind::Query(q) => Plan::Query(optimize::optimize(query::plan_query(q, catalog)?)),
+        StatementKind::ExportData {
+            dataset,
+            path,
+            overwrite,
+        } => {
+            let file = resolve_path(path, catalog)?;
+            let ext = file.extension().and_then(|e| e.to_str()).unwrap_or("").to_lowercase();
+            let png = match ext.as_str() {
+                "png" => true,
+                "npy" => false,
+                _ => {
+                    return Err(Error::value(format!(
+                        "a dataset exports as a picture (.png) or an array (.npy), not `{}`",
+                        file.display()
+                    ))
+                    .at(path.span)
+                    .hint("to export a relation, write EXPORT SELECT … TO 'f.csv'"));
+                }
+            };
+            let (dataset, info) = resolve_dataset(dataset, catalog)?;
+            if png && !matches!(info.modality, crate::data::Modality::Image { .. }) {
+                return Err(
+                    Error::value(format!("`{}` is not images: export it as an .npy array", dataset.name)).at(path.span),
+                );
+            }
+            Plan::ExportData {
+                dataset,
+                path: file,
+                png,
+                overwrite: *overwrite,
+            }
+        }
         StatementKind::Plan(q) => Plan::Explain(optimize::optimize(query::plan_query(q, catalog)?)),
         StatementKind::Export {
             query: q,

@@ -80,7 +80,18 @@ pub enum StatementKind {
         name: Ident,
         attack: Box<Attack>,
     },
+    /// `LET name = VISUALIZE m AT LAYER l CHANNEL k (params)`.
+    LetVisualize {
+        name: Ident,
+        visualize: Box<Visualize>,
+    },
     Query(Query),
+    /// `EXPORT d TO 'f.png' | 'f.npy'`: a dataset's inputs as pictures or an array.
+    ExportData {
+        dataset: DatasetExpr,
+        path: Value,
+        overwrite: bool,
+    },
     Export {
         query: Query,
         path: Value,
@@ -296,6 +307,53 @@ impl fmt::Display for Predict {
         write!(f, "PREDICT {}", self.call)?;
         if let Some(k) = &self.top {
             write!(f, " TOP {k}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Feature visualization: images made by gradient ascent on an objective of model `m`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Visualize {
+    pub model: Ident,
+    pub objective: VisObjective,
+    pub params: Vec<Param>,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum VisObjective {
+    /// `AT LAYER l CHANNEL k`: the channel's mean activation (`CHANNEL *`, None: one
+    /// image per channel).
+    Channel { layer: Ident, channel: Option<Value> },
+    /// `AT LAYER l UNIT (c, r, k)`: one value of the layer's output.
+    Unit { layer: Ident, index: Vec<Value> },
+    /// `TARGET k`: a class logit.
+    Target(Target),
+}
+
+impl fmt::Display for Visualize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "VISUALIZE {}", self.model)?;
+        match &self.objective {
+            VisObjective::Channel {
+                layer,
+                channel: Some(k),
+            } => write!(f, " AT LAYER {layer} CHANNEL {k}")?,
+            VisObjective::Channel { layer, channel: None } => write!(f, " AT LAYER {layer} CHANNEL *")?,
+            VisObjective::Unit { layer, index } => {
+                let ix: Vec<String> = index.iter().map(|v| v.to_string()).collect();
+                write!(f, " AT LAYER {layer} UNIT ({})", ix.join(", "))?
+            }
+            VisObjective::Target(t) => write!(f, " TARGET {t}")?,
+        }
+        if !self.params.is_empty() {
+            let ps: Vec<String> = self
+                .params
+                .iter()
+                .map(|p| format!("{} = {}", p.name, p.value))
+                .collect();
+            write!(f, " ({})", ps.join(", "))?;
         }
         Ok(())
     }
@@ -746,6 +804,18 @@ impl fmt::Display for Statement {
                     "LET {name} = ATTACK {} ON {}{}",
                     attack.method, attack.call, attack.clauses
                 )
+            }
+            StatementKind::LetVisualize { name, visualize } => write!(f, "LET {name} = {visualize}"),
+            StatementKind::ExportData {
+                dataset,
+                path,
+                overwrite,
+            } => {
+                write!(f, "EXPORT {dataset} TO {path}")?;
+                if *overwrite {
+                    write!(f, " OVERWRITE")?;
+                }
+                Ok(())
             }
             StatementKind::Query(q) => write!(f, "{q}"),
             StatementKind::Export {

@@ -317,6 +317,11 @@ fn visit_statement(pair: Pair<Rule>) -> Result<Statement> {
                         span: sp,
                     }),
                 }
+            } else if value.as_rule() == Rule::visualize {
+                StatementKind::LetVisualize {
+                    name,
+                    visualize: Box::new(visit_visualize(value)?),
+                }
             } else {
                 StatementKind::Let {
                     name,
@@ -336,6 +341,17 @@ fn visit_statement(pair: Pair<Rule>) -> Result<Statement> {
                 path,
                 overwrite,
                 report,
+            }
+        }
+        Rule::export_data => {
+            let dataset = visit_dataset(c.next()?)?;
+            c.skip_keywords();
+            let path = visit_path(c.next()?)?;
+            let overwrite = c.take(Rule::overwrite).is_some();
+            StatementKind::ExportData {
+                dataset,
+                path,
+                overwrite,
             }
         }
         Rule::plan_stmt => StatementKind::Plan(visit_query(c.next()?)?),
@@ -765,6 +781,64 @@ fn visit_clauses<'a>(pairs: impl Iterator<Item = Pair<'a, Rule>>) -> Result<Clau
         }
     }
     Ok(interp)
+}
+
+fn visit_visualize(pair: Pair<Rule>) -> Result<Visualize> {
+    let sp = span(&pair);
+    let mut c = Children::of(pair);
+    c.skip_keywords();
+    let model = visit_ident(c.next()?)?;
+    let objective = match c.take(Rule::vis_layer) {
+        Some(l) => {
+            let mut lc = Children::of(l);
+            lc.skip_keywords();
+            let layer = visit_ident(lc.next()?)?;
+            let which = lc.next()?;
+            lc.done();
+            let rule = which.as_rule();
+            let mut wc = Children::of(which);
+            wc.skip_keywords();
+            let every = wc.take(Rule::all_layers).is_some();
+            let mut values = Vec::new();
+            while let Some(v) = wc.take(Rule::int_value) {
+                values.push(visit_int_value(v)?);
+            }
+            wc.done();
+            match rule {
+                Rule::vis_channel => VisObjective::Channel {
+                    layer,
+                    channel: if every { None } else { values.into_iter().next() },
+                },
+                _ => VisObjective::Unit { layer, index: values },
+            }
+        }
+        None => {
+            let clauses = visit_clauses(std::iter::once(c.next()?))?;
+            let target = clauses.target.ok_or_else(|| {
+                Error::syntax("VISUALIZE needs AT LAYER l CHANNEL k, AT LAYER l UNIT (…) or TARGET k").at(sp)
+            })?;
+            VisObjective::Target(target)
+        }
+    };
+    let mut params = Vec::new();
+    if let Some(ps) = c.take(Rule::vis_params) {
+        let mut pc = Children::of(ps);
+        while let Some(p) = pc.take(Rule::param) {
+            let mut one = Children::of(p);
+            let name = visit_ident(one.next()?)?;
+            let value = visit_value(one.next()?)?;
+            one.done();
+            params.push(Param { name, value });
+        }
+        pc.done();
+    }
+    c.done();
+    Ok(Visualize {
+        model,
+        objective,
+        params,
+        span: sp,
+    })
 }
 
 fn visit_method_call(pair: Pair<Rule>) -> Result<MethodCall> {
@@ -1200,7 +1274,7 @@ fn rule_name(rule: &Rule) -> String {
         Rule::set_stmt => "SET".into(),
         Rule::var_stmt => "VAR".into(),
         Rule::let_stmt => "LET".into(),
-        Rule::export => "EXPORT".into(),
+        Rule::export | Rule::export_data => "EXPORT".into(),
         Rule::plan_stmt => "PLAN".into(),
         Rule::predict_query | Rule::predict_source => "PREDICT".into(),
         Rule::subquery => "`(`".into(),
