@@ -114,6 +114,70 @@ fn cam_family_matches_pytorch_grad_cam_on_a_resnet() {
     }
 }
 
+/// A vision transformer's tokens: at the last block's ln_1 (17 tokens of 32), the class
+/// token dropped and the 16 patch tokens laid out on their 4×4 grid, channels first —
+/// pytorch-grad-cam's reshape_transform recipe for ViTs — with both exporters; the map
+/// is a 4×4 picture (rows and columns), upsampled to the 32×32 input on request. The
+/// methods that mask or ablate channels of a convolutional map, and CAM (the head reads
+/// the class token), are refused on tokens.
+#[test]
+fn cam_family_lays_a_vits_tokens_on_their_grid() {
+    for (exporter, layer) in [
+        (
+            "ts",
+            "\"/encoder/layers/encoder_layer_1/ln_1/LayerNormalization_output_0\"",
+        ),
+        ("dynamo", "layer_norm_2"),
+    ] {
+        let mut s = session(&format!(
+            "LOAD MODEL v FROM '{}'; LOAD DATA x FROM '{}' LABELS '{}';",
+            fixture(&format!("zoo/vit.{exporter}.onnx")).display(),
+            fixture("zoo/vit.inputs.npy").display(),
+            fixture("zoo/vit.targets.npy").display(),
+        ));
+        for method in METHODS.iter().filter(|m| !matches!(**m, "scorecam" | "ablationcam")) {
+            let df = query(
+                &mut s,
+                &format!(
+                    "SELECT row, col, attribution FROM v(x) AT LAYER {layer} USING {method} TARGET LABEL ORDER BY input, row, col"
+                ),
+            );
+            assert_eq!(column_f64(&df, "row").iter().copied().fold(0.0, f64::max), 3.0);
+            let got = column_f64(&df, "attribution");
+            let want = reference(&format!("vit.ln_1__{method}.raw"));
+            if *method == "xgradcam" {
+                // XGrad-CAM divides by each channel's sum over the tokens, and a layer
+                // norm's outputs nearly cancel: one channel sums to 1.4e-3 from values
+                // near 1, so float32 sums in another order differ by ~1e-3 relative.
+                let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+                assert_close(&format!("vit.{exporter} xgradcam"), &got, &want, 1e-5 * scale, 5e-3);
+                continue;
+            }
+            assert_maps(
+                &format!("vit.{exporter} {method}"),
+                &got,
+                &want,
+                16,
+                method.starts_with("eigen"),
+            );
+        }
+        let up = query(
+            &mut s,
+            &format!("SELECT attribution FROM v(x) AT LAYER {layer} USING layercam(upsample = true) TARGET LABEL"),
+        );
+        assert_eq!(up.height(), 2 * 32 * 32);
+        for refused in ["scorecam", "ablationcam", "cam"] {
+            assert_errors(
+                &mut s,
+                &[(
+                    &format!("SELECT * FROM v(x) AT LAYER {layer} USING {refused} TARGET LABEL"),
+                    "on a transformer's tokens",
+                )],
+            );
+        }
+    }
+}
+
 #[test]
 fn cam_needs_a_pooled_linear_head_and_says_so() {
     let mut s = session(DIGITS);

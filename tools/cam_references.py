@@ -10,7 +10,9 @@ before pytorch-grad-cam's ReLU and scaling (its `get_cam_image`), and, on the di
 CNN, whose layer `relu2` keeps the 8×8 input resolution (no resize involved),
 `<model>__<method>.npy` is the library's own output (ReLU, per-input min-max), as is
 `<model>__fullgrad.npy` (FullGrad takes no layer). CAM (no class in pytorch-grad-cam) is
-Σ_k W[c,k]·A_k with the head's weights, in torch.
+Σ_k W[c,k]·A_k with the head's weights, in torch. On the zoo's ViT, `vit.ln_1__<method>.raw.npy`
+are the maps of the last block's ln_1 tokens laid out on their 4×4 grid (pytorch-grad-cam's
+reshape_transform recipe for ViTs).
 """
 
 import os
@@ -100,6 +102,40 @@ def main():
     handle.remove()
     w = model.fc.weight.detach()[zt]  # [n, channels]
     save("resnet_basic.layer4__cam.raw.npy", torch.einsum("nc,nchw->nhw", w, acts["a"]).numpy())
+    vit_tokens(make_zoo)
+
+
+def vit_tokens(make_zoo):
+    """The zoo's ViT (4×4 patches and a class token), at the last block's ln_1 with
+    pytorch-grad-cam's ViT recipe: reshape_transform drops the class token and lays the
+    patch tokens out on their grid, channels first."""
+    make, _, _ = make_zoo.ZOO["vit"]
+    torch.manual_seed(11)
+    model = make()
+    make_zoo.randomise_norms(model)
+    make_zoo.wake_zero_parameters(model)
+    model.eval()
+    vx = torch.from_numpy(np.load("tests/fixtures/zoo/vit.inputs.npy"))
+    vt = torch.from_numpy(np.load("tests/fixtures/zoo/vit.targets.npy")).long()
+    logits = np.load("tests/fixtures/zoo/vit.ts.logits.npy")
+    assert np.abs(model(vx).detach().numpy() - logits).max() < 1e-4, "the zoo's ViT was not rebuilt"
+
+    def reshape_transform(tensor, side=4):
+        result = tensor[:, 1:, :].reshape(tensor.size(0), side, side, tensor.size(2))
+        return result.transpose(2, 3).transpose(1, 2)
+
+    layer = model.encoder.layers[-1].ln_1
+    for name, cls in METHODS.items():
+        if name in ("scorecam", "ablationcam"):
+            continue
+        cam = cls(model=model, target_layers=[layer], reshape_transform=reshape_transform)
+        wanted = [ClassifierOutputTarget(int(t)) for t in vt]
+        cam(input_tensor=vx, targets=wanted)
+        acts = cam.activations_and_grads.activations[0].cpu().numpy()
+        grads = cam.activations_and_grads.gradients[0].cpu().numpy() if cam.activations_and_grads.gradients else None
+        raw = cam.get_cam_image(vx, layer, wanted, acts, grads, False)
+        save(f"vit.ln_1__{name}.raw.npy", raw)
+        print("vit", name, raw.shape, file=sys.stderr)
 
 
 if __name__ == "__main__":

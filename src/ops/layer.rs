@@ -59,8 +59,25 @@ pub fn attribute(method: &Method, req: &Request) -> Result<LayerAttribution> {
     let (n, d) = (req.n(), req.d());
     match method {
         Method::LayerActivation | Method::LayerGradientXActivation | Method::GradCam { .. } | Method::Cam { .. } => {
+            // A vision transformer's tokens, laid out on their patch grid for the CAM
+            // family (pytorch-grad-cam's reshape_transform).
+            let grid = match method {
+                Method::Cam { .. } if req.features.image.is_some() => TokenGrid::of(&out_shape),
+                _ => None,
+            };
+            let map_shape = grid.map_or_else(|| out_shape.clone(), |g| vec![g.dim, g.side, g.side]);
+            if let (Some(_), Method::Cam { kind, .. }) = (grid, method)
+                && (kind.perturbs() || *kind == CamKind::Cam)
+            {
+                return Err(Error::value(format!(
+                    "{} on a transformer's tokens (`{}`) is not supported: it masks or ablates channels of a convolutional map",
+                    kind.name(),
+                    model.layers[layer].name
+                ))
+                .hint("use gradcam_plus_plus, xgradcam, hirescam, layercam, eigencam or eigengradcam, which lay the tokens out on their grid"));
+            }
             if let Method::Cam { kind, .. } = method {
-                let planes = out_shape.len() == 3 || (out_shape.len() == 2 && model.is_sequence());
+                let planes = out_shape.len() == 3 || (out_shape.len() == 2 && model.is_sequence()) || grid.is_some();
                 if !planes {
                     return Err(Error::value(format!(
                         "{} weighs the channels of a layer's map: `{}` has shape {}, not channels × rows × columns",
@@ -153,7 +170,8 @@ pub fn attribute(method: &Method, req: &Request) -> Result<LayerAttribution> {
                             maps
                         }
                         Method::Cam { kind, .. } if !kind.uses_gradient() => {
-                            cam_maps(*kind, h.data(), &[], &targets, &out_shape, class_weights.as_deref())?
+                            let h = TokenGrid::lay_out(grid, h.data(), units);
+                            cam_maps(*kind, &h, &[], &targets, &map_shape, class_weights.as_deref())?
                         }
                         _ => {
                             let g = model.gradient_at(tape, one_hot(output, &targets)?, &Gradient, layer)?;
@@ -162,7 +180,11 @@ pub fn attribute(method: &Method, req: &Request) -> Result<LayerAttribution> {
                                     gradcam(h.data(), g.data(), b - a, &out_shape, *per_channel, *relu)
                                 }
                                 Method::Cam { kind, .. } => {
-                                    cam_maps(*kind, h.data(), g.data(), &targets, &out_shape, None)?
+                                    let (h, g) = (
+                                        TokenGrid::lay_out(grid, h.data(), units),
+                                        TokenGrid::lay_out(grid, g.data(), units),
+                                    );
+                                    cam_maps(*kind, &h, &g, &targets, &map_shape, None)?
                                 }
                                 _ => h.data().iter().zip(g.data()).map(|(h, g)| h * g).collect(),
                             }
@@ -210,11 +232,11 @@ pub fn attribute(method: &Method, req: &Request) -> Result<LayerAttribution> {
             };
             match map_options {
                 Some((per_channel, upsample, bilinear)) => {
-                    let (channels, h, w) = spatial(&out_shape);
+                    let (channels, h, w) = spatial(&map_shape);
                     let shown = if per_channel { channels } else { 1 };
                     if upsample {
                         let (_, hh, ww) = input_image(req)?;
-                        if out_shape.len() != 3 {
+                        if map_shape.len() != 3 {
                             return Err(Error::value(format!(
                                 "upsample needs a layer with rows and columns; `{}` has shape {}",
                                 model.layers[layer].name,
@@ -233,7 +255,7 @@ pub fn attribute(method: &Method, req: &Request) -> Result<LayerAttribution> {
                             shape: vec![shown, hh, ww],
                         });
                     }
-                    let shape = gradcam_shape(&out_shape, per_channel);
+                    let shape = gradcam_shape(&map_shape, per_channel);
                     Ok(LayerAttribution {
                         values,
                         activations: per_channel.then_some(acts),
@@ -409,6 +431,52 @@ fn at_layer(tape: &crate::model::Tape, layer: usize) -> Result<&[f32]> {
 }
 
 /// A layer's output shape as (channels, rows, cols); a dense layer is (units, 1, 1).
+/// A transformer layer's tokens [tokens, dim] that are a square grid of patches after
+/// `skip` leading tokens (0: none, as Swin; 1: a class token, as ViT; 2: class and
+/// distillation tokens, as DeiT).
+#[derive(Clone, Copy, Debug)]
+struct TokenGrid {
+    skip: usize,
+    side: usize,
+    dim: usize,
+}
+
+impl TokenGrid {
+    fn of(shape: &[usize]) -> Option<TokenGrid> {
+        let [tokens, dim] = *shape else { return None };
+        (0..=2usize.min(tokens.saturating_sub(1))).find_map(|skip| {
+            let n = tokens - skip;
+            let side = (n as f64).sqrt().round() as usize;
+            (side >= 2 && side * side == n).then_some(TokenGrid { skip, side, dim })
+        })
+    }
+
+    /// Rows of `per` values ([tokens, dim]) as [dim, side, side] without the skipped
+    /// tokens (pytorch-grad-cam's ViT reshape_transform); rows as they are without a grid.
+    fn lay_out(grid: Option<TokenGrid>, values: &[f32], per: usize) -> std::borrow::Cow<'_, [f32]> {
+        let Some(g) = grid else {
+            return std::borrow::Cow::Borrowed(values);
+        };
+        let cells = g.side * g.side;
+        let mut out = Vec::with_capacity(values.len() / per * g.dim * cells);
+        for row in values.chunks(per) {
+            for d in 0..g.dim {
+                out.extend((0..cells).map(|t| row[(g.skip + t) * g.dim + d]));
+            }
+        }
+        std::borrow::Cow::Owned(out)
+    }
+}
+
+/// The shape the CAM family maps at a layer of output `shape`: a transformer's tokens on
+/// their patch grid [dim, side, side] when the model reads images, else the layer's.
+pub fn cam_map_shape(shape: &[usize], image_input: bool) -> Vec<usize> {
+    match TokenGrid::of(shape) {
+        Some(g) if image_input => vec![g.dim, g.side, g.side],
+        _ => shape.to_vec(),
+    }
+}
+
 fn spatial(shape: &[usize]) -> (usize, usize, usize) {
     match shape {
         [c, h, w] => (*c, *h, *w),

@@ -1020,6 +1020,9 @@ pub fn result_shape(a: &Attribution) -> Vec<usize> {
         }
         Method::Cam { upsample, .. } => match &a.modality {
             Modality::Image { height, width, .. } if *upsample => vec![1, *height, *width],
+            Modality::Image { .. } => {
+                crate::ops::layer::gradcam_shape(&crate::ops::layer::cam_map_shape(&l.shape, true), false)
+            }
             _ => crate::ops::layer::gradcam_shape(&l.shape, false),
         },
         _ => l.shape.clone(),
