@@ -230,6 +230,37 @@ fn visualizations_export_as_pictures_and_arrays() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// `m(VISUALIZE …)` written in place of a dataset renders the same images as a LET
+/// (seeded), for that statement only; a statement prints back as it was written.
+#[test]
+fn visualizations_written_in_place_are_datasets_for_one_statement() {
+    let mut s = session(DIGITS);
+    let vis = "VISUALIZE cnn AT LAYER conv2 CHANNEL 5 (steps = 32, seed = 3)";
+    s.execute(&format!("LET v = {vis}")).unwrap();
+    let from_let = column_f64(
+        &query(&mut s, "SELECT value FROM cnn(v) USING saliency ORDER BY feature"),
+        "value",
+    );
+    let text = format!("SELECT value FROM cnn({vis}) USING saliency ORDER BY feature");
+    let in_place = column_f64(&query(&mut s, &text), "value");
+    assert_close("in place vs LET", &in_place, &from_let, 0.0, 0.0);
+    let shown = ialgebra::syntax::parse(&text).unwrap().statements[0].to_string();
+    assert_eq!(
+        ialgebra::syntax::parse(&shown).unwrap(),
+        ialgebra::syntax::parse(&text).unwrap()
+    );
+    assert!(shown.contains(vis), "{shown}");
+    let datasets = column_str(&query(&mut s, "SHOW DATA"), "dataset");
+    assert!(!datasets.iter().any(|d| d.starts_with("VISUALIZE")), "{datasets:?}");
+    assert_errors(
+        &mut s,
+        &[(
+            "SELECT * FROM cnn(VISUALIZE cnn AT LAYER conv2 CHANNEL 99)",
+            "channel 99 is out of range",
+        )],
+    );
+}
+
 #[test]
 fn bad_visualizations_are_refused_with_a_reason() {
     let mut s = session(DIGITS);

@@ -218,6 +218,34 @@ impl Session {
     /// Runs one parsed statement.
     pub fn execute_statement(&mut self, stmt: &Statement) -> Result<Output> {
         self.state.cancel.store(false, std::sync::atomic::Ordering::Relaxed);
+        // `m(VISUALIZE …)`: the images are rendered first, kept for this statement only.
+        let mut made = Vec::new();
+        let result = self
+            .render_inline(stmt, &mut made)
+            .and_then(|_| self.run_statement(stmt));
+        for name in made {
+            self.state.datasets.remove(&name);
+        }
+        result
+    }
+
+    fn render_inline(&mut self, stmt: &Statement, made: &mut Vec<String>) -> Result<()> {
+        for v in &stmt.inline {
+            let name = v.to_string();
+            if made.contains(&name) {
+                continue;
+            }
+            let spec = plan::plan_visualization(v, &self.state)?;
+            self.state.visualize(&name, &spec, &name).map_err(|e| match e.span {
+                None => e.at(v.span),
+                Some(_) => e,
+            })?;
+            made.push(name);
+        }
+        Ok(())
+    }
+
+    fn run_statement(&mut self, stmt: &Statement) -> Result<Output> {
         let plan = plan::plan(stmt, &self.state)?;
         // A failure inside a third-party library must not end the session.
         let state = &mut self.state;

@@ -418,6 +418,11 @@ pub fn resolve_int(value: &Value, catalog: &dyn Catalog, what: &str) -> Result<i
     }
 }
 
+/// A feature visualization written in place of a dataset, checked.
+pub fn plan_visualization(v: &ast::Visualize, catalog: &dyn Catalog) -> Result<logical::VisualizeSpec> {
+    interpret::plan_visualize(v, catalog)
+}
+
 /// The model a call `m(d)` runs, and the name the plan knows it by: a model whose input
 /// has symbolic axes is bound to the shape of `d` (named `m[3×48×48]`).
 pub fn resolve_call_model(call: &ast::ModelCall, catalog: &dyn Catalog) -> Result<(String, ModelInfo)> {

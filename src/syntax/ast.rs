@@ -37,6 +37,9 @@ pub struct Script {
 pub struct Statement {
     pub kind: StatementKind,
     pub span: Span,
+    /// The feature visualizations written inside the statement (`m(VISUALIZE …)`), in
+    /// order: the session renders them before planning it and drops them after.
+    pub inline: Vec<Visualize>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -377,7 +380,10 @@ pub struct ModelCall {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct DatasetExpr {
+    /// The dataset's name; for `VISUALIZE …` written in place, that text.
     pub name: Ident,
+    /// Images made on the spot by feature visualization (named by `name`).
+    pub visualize: Option<Box<Visualize>>,
     pub index: Option<Index>,
     /// Input edits (`WITH SET …`, `WITH MASK …`, `WITH NOISE(…)`, `WITH BLUR(…)`), in order.
     pub edits: Vec<Edit>,
@@ -1002,7 +1008,10 @@ impl fmt::Display for ModelCall {
 
 impl fmt::Display for DatasetExpr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.name)?;
+        match &self.visualize {
+            Some(v) => write!(f, "{v}")?,
+            None => write!(f, "{}", self.name)?,
+        }
         match &self.index {
             None => Ok(()),
             Some(Index::One(v)) => write!(f, "[{v}]"),

@@ -214,6 +214,15 @@ fn is_keyword(rule: Rule) -> bool {
 fn visit_statement(pair: Pair<Rule>) -> Result<Statement> {
     let sp = span(&pair);
     let rule = pair.as_rule();
+    // Feature visualizations written where a dataset goes, anywhere in the statement.
+    let inline = pair
+        .clone()
+        .into_inner()
+        .flatten()
+        .filter(|p| p.as_rule() == Rule::dataset)
+        .filter_map(|d| d.into_inner().next().filter(|p| p.as_rule() == Rule::visualize))
+        .map(visit_visualize)
+        .collect::<Result<Vec<_>>>()?;
     let mut c = Children::of(pair);
     c.skip_keywords();
     let kind = match rule {
@@ -360,6 +369,7 @@ fn visit_statement(pair: Pair<Rule>) -> Result<Statement> {
             return Ok(Statement {
                 kind: StatementKind::Query(visit_query_children(c, sp)?),
                 span: sp,
+                inline,
             });
         }
         other => {
@@ -367,7 +377,7 @@ fn visit_statement(pair: Pair<Rule>) -> Result<Statement> {
         }
     };
     c.done();
-    Ok(Statement { kind, span: sp })
+    Ok(Statement { kind, span: sp, inline })
 }
 
 fn visit_path(pair: Pair<Rule>) -> Result<Value> {
@@ -869,7 +879,17 @@ fn visit_model_call(pair: Pair<Rule>) -> Result<ModelCall> {
 fn visit_dataset(pair: Pair<Rule>) -> Result<DatasetExpr> {
     let sp = span(&pair);
     let mut c = Children::of(pair);
-    let name = visit_ident(c.next()?)?;
+    let (name, visualize) = match c.take(Rule::visualize) {
+        Some(v) => {
+            let v = visit_visualize(v)?;
+            let name = Ident {
+                name: v.to_string(),
+                span: v.span,
+            };
+            (name, Some(Box::new(v)))
+        }
+        None => (visit_ident(c.next()?)?, None),
+    };
     let index = match c.take(Rule::index_spec) {
         None => None,
         Some(spec) => {
@@ -894,6 +914,7 @@ fn visit_dataset(pair: Pair<Rule>) -> Result<DatasetExpr> {
     let edits = c.inner.by_ref().map(visit_edit).collect::<Result<Vec<_>>>()?;
     Ok(DatasetExpr {
         name,
+        visualize,
         index,
         edits,
         span: sp,
