@@ -82,12 +82,7 @@ fn cam_family_matches_pytorch_grad_cam_on_the_digits() {
 #[test]
 fn cam_family_matches_pytorch_grad_cam_on_a_resnet() {
     for exporter in ["ts", "dynamo"] {
-        let mut s = session(&format!(
-            "LOAD MODEL z FROM '{}'; LOAD DATA x FROM '{}' LABELS '{}';",
-            fixture(&format!("zoo/resnet_basic.{exporter}.onnx")).display(),
-            fixture("zoo/resnet_basic.inputs.npy").display(),
-            fixture("zoo/resnet_basic.targets.npy").display(),
-        ));
+        let mut s = session(&zoo_setup("resnet_basic", exporter));
         for (layer, per) in [("layer2", 64), ("layer4", 4)] {
             let mut methods = METHODS.to_vec();
             if layer == "layer4" {
@@ -129,17 +124,12 @@ fn cam_family_lays_a_vits_tokens_on_their_grid() {
         ),
         ("dynamo", "layer_norm_2"),
     ] {
-        let mut s = session(&format!(
-            "LOAD MODEL v FROM '{}'; LOAD DATA x FROM '{}' LABELS '{}';",
-            fixture(&format!("zoo/vit.{exporter}.onnx")).display(),
-            fixture("zoo/vit.inputs.npy").display(),
-            fixture("zoo/vit.targets.npy").display(),
-        ));
+        let mut s = session(&zoo_setup("vit", exporter));
         for method in METHODS.iter().filter(|m| !matches!(**m, "scorecam" | "ablationcam")) {
             let df = query(
                 &mut s,
                 &format!(
-                    "SELECT row, col, attribution FROM v(x) AT LAYER {layer} USING {method} TARGET LABEL ORDER BY input, row, col"
+                    "SELECT row, col, attribution FROM z(x) AT LAYER {layer} USING {method} TARGET LABEL ORDER BY input, row, col"
                 ),
             );
             assert_eq!(column_f64(&df, "row").iter().copied().fold(0.0, f64::max), 3.0);
@@ -163,14 +153,14 @@ fn cam_family_lays_a_vits_tokens_on_their_grid() {
         }
         let up = query(
             &mut s,
-            &format!("SELECT attribution FROM v(x) AT LAYER {layer} USING layercam(upsample = true) TARGET LABEL"),
+            &format!("SELECT attribution FROM z(x) AT LAYER {layer} USING layercam(upsample = true) TARGET LABEL"),
         );
         assert_eq!(up.height(), 2 * 32 * 32);
         for refused in ["scorecam", "ablationcam", "cam"] {
             assert_errors(
                 &mut s,
                 &[(
-                    &format!("SELECT * FROM v(x) AT LAYER {layer} USING {refused} TARGET LABEL"),
+                    &format!("SELECT * FROM z(x) AT LAYER {layer} USING {refused} TARGET LABEL"),
                     "on a transformer's tokens",
                 )],
             );
@@ -198,14 +188,7 @@ fn cam_needs_a_pooled_linear_head_and_says_so() {
 /// are resized from 32×32 … 2×2, bilinearly, as cv2.resize).
 #[test]
 fn fullgrad_matches_pytorch_grad_cam() {
-    let zoo = |exporter: &str| {
-        format!(
-            "LOAD MODEL z FROM '{}'; LOAD DATA x FROM '{}' LABELS '{}';",
-            fixture(&format!("zoo/resnet_basic.{exporter}.onnx")).display(),
-            fixture("zoo/resnet_basic.inputs.npy").display(),
-            fixture("zoo/resnet_basic.targets.npy").display(),
-        )
-    };
+    let zoo = |exporter: &str| zoo_setup("resnet_basic", exporter);
     let on_zoo = "z(x) USING fullgrad(normalize = true) TARGET LABEL";
     let cases = [
         (DIGITS.to_string(), "cnn(digits[0:10])", "digits_cnn", 64, 1),

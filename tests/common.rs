@@ -69,6 +69,17 @@ pub fn session(setup: &str) -> ialgebra::exec::Session {
     s
 }
 
+/// The statements that load zoo export `name.exporter.onnx` as model `z` and its inputs,
+/// labelled by the classes they are explained for, as `x`.
+pub fn zoo_setup(name: &str, exporter: &str) -> String {
+    format!(
+        "LOAD MODEL z FROM '{}'; LOAD DATA x FROM '{}' LABELS '{}';",
+        fixture(&format!("zoo/{name}.{exporter}.onnx")).display(),
+        fixture(&format!("zoo/{name}.inputs.npy")).display(),
+        fixture(&format!("zoo/{name}.targets.npy")).display(),
+    )
+}
+
 /// Runs a query that must return a table.
 pub fn query(s: &mut ialgebra::exec::Session, text: &str) -> polars::prelude::DataFrame {
     match s.execute(text) {

@@ -82,12 +82,7 @@ fn composites_and_rules_match_zennit_on_the_shipped_models() {
 #[test]
 fn composites_match_zennit_on_a_resnet() {
     for exporter in ["ts", "dynamo"] {
-        let mut s = session(&format!(
-            "LOAD MODEL z FROM '{}'; LOAD DATA x FROM '{}' LABELS '{}';",
-            fixture(&format!("zoo/resnet_basic.{exporter}.onnx")).display(),
-            fixture("zoo/resnet_basic.inputs.npy").display(),
-            fixture("zoo/resnet_basic.targets.npy").display(),
-        ));
+        let mut s = session(&zoo_setup("resnet_basic", exporter));
         for composite in COMPOSITES {
             let extra = if *composite == "epsilon_gamma_box" {
                 ", low = -4, high = 4"

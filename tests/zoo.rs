@@ -24,12 +24,7 @@ fn zoo(rel: &str) -> String {
 /// logits have been checked against onnxruntime's (1e-4, and at the scale of the
 /// logits); and the name of the case for messages.
 fn loaded_with_logits_checked(name: &str, exporter: &str) -> (ialgebra::exec::Session, String) {
-    let mut s = session(&format!(
-        "LOAD MODEL z FROM '{}'; LOAD DATA x FROM '{}' LABELS '{}';",
-        zoo(&format!("{name}.{exporter}.onnx")),
-        zoo(&format!("{name}.inputs.npy")),
-        zoo(&format!("{name}.targets.npy")),
-    ));
+    let mut s = session(&zoo_setup(name, exporter));
     let what = format!("{name}.{exporter}");
     let (shape, want) = npy(&root().join(zoo(&format!("{name}.{exporter}.logits.npy"))));
     let df = query(&mut s, "SELECT * FROM PREDICT z(x)");

@@ -81,14 +81,7 @@ def main():
     # The zoo's ResNet, rebuilt as tools/make_zoo.py builds it (same seed: same weights).
     import make_zoo
 
-    make, _, _ = make_zoo.ZOO["resnet_basic"]
-    torch.manual_seed(11)
-    model = make()
-    make_zoo.randomise_norms(model)
-    make_zoo.wake_zero_parameters(model)
-    model.eval()
-    zx = torch.from_numpy(np.load("tests/fixtures/zoo/resnet_basic.inputs.npy"))
-    zt = torch.from_numpy(np.load("tests/fixtures/zoo/resnet_basic.targets.npy")).long()
+    model, zx, zt = make_zoo.rebuilt("resnet_basic")
     # layer2: 8×8 positions, more than its channels; layer4: 2×2, fewer (the two ways
     # to the principal component).
     references("resnet_basic.layer2", model, model.layer2, zx, zt, False)
@@ -109,16 +102,7 @@ def vit_tokens(make_zoo):
     """The zoo's ViT (4×4 patches and a class token), at the last block's ln_1 with
     pytorch-grad-cam's ViT recipe: reshape_transform drops the class token and lays the
     patch tokens out on their grid, channels first."""
-    make, _, _ = make_zoo.ZOO["vit"]
-    torch.manual_seed(11)
-    model = make()
-    make_zoo.randomise_norms(model)
-    make_zoo.wake_zero_parameters(model)
-    model.eval()
-    vx = torch.from_numpy(np.load("tests/fixtures/zoo/vit.inputs.npy"))
-    vt = torch.from_numpy(np.load("tests/fixtures/zoo/vit.targets.npy")).long()
-    logits = np.load("tests/fixtures/zoo/vit.ts.logits.npy")
-    assert np.abs(model(vx).detach().numpy() - logits).max() < 1e-4, "the zoo's ViT was not rebuilt"
+    model, vx, vt = make_zoo.rebuilt("vit")
 
     def reshape_transform(tensor, side=4):
         result = tensor[:, 1:, :].reshape(tensor.size(0), side, side, tensor.size(2))

@@ -174,6 +174,24 @@ def wake_zero_parameters(model):
                 p.copy_(torch.randn(p.shape, generator=g) * 0.1)
 
 
+def rebuilt(name):
+    """The zoo model `name` rebuilt as small_zoo builds it (same seed: the exported
+    weights), in eval mode, with its fixture inputs and targets; checked against the
+    export's recorded logits, so that a reference is never computed on other weights."""
+    torch.manual_seed(11)
+    model = ZOO[name][0]()
+    randomise_norms(model)
+    wake_zero_parameters(model)
+    model.eval()
+    x = torch.from_numpy(np.load(os.path.join(OUT, f"{name}.inputs.npy")))
+    targets = torch.from_numpy(np.load(os.path.join(OUT, f"{name}.targets.npy"))).long()
+    logits = np.load(os.path.join(OUT, f"{name}.ts.logits.npy"))
+    with torch.no_grad():
+        gap = np.abs(model(x).numpy() - logits).max()
+    assert gap < 1e-4, f"the zoo's {name} was not rebuilt (logits differ by {gap})"
+    return model, x, targets
+
+
 def module(model, path):
     for part in path.split("."):
         model = getattr(model, part)

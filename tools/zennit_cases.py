@@ -140,17 +140,9 @@ def main():
     cases("cancer_mlp", mlp, cx, mlp(cx).argmax(1), -4.0, 4.0)
 
     sys.path.insert(0, os.path.dirname(__file__))
-    from make_zoo import ZOO, randomise_norms as zoo_norms, wake_zero_parameters
+    from make_zoo import rebuilt
 
-    torch.manual_seed(11)
-    resnet = ZOO["resnet_basic"][0]()
-    zoo_norms(resnet)
-    wake_zero_parameters(resnet)
-    resnet.eval()
-    rx = torch.from_numpy(np.load("tests/fixtures/zoo/resnet_basic.inputs.npy"))
-    rt = torch.from_numpy(np.load("tests/fixtures/zoo/resnet_basic.targets.npy")).long()
-    logits = np.load("tests/fixtures/zoo/resnet_basic.ts.logits.npy")
-    assert np.abs(resnet(rx).detach().numpy() - logits).max() < 1e-4, "the zoo's weights were not rebuilt"
+    resnet, rx, rt = rebuilt("resnet_basic")
     cases("resnet_basic", resnet, rx, rt, -4.0, 4.0, canonizers=lambda: [ResNetCanonizer()], rules=False)
 
     torch.manual_seed(21)

@@ -351,12 +351,7 @@ impl fmt::Display for Visualize {
             VisObjective::Target(t) => write!(f, " TARGET {t}")?,
         }
         if !self.params.is_empty() {
-            let ps: Vec<String> = self
-                .params
-                .iter()
-                .map(|p| format!("{} = {}", p.name, p.value))
-                .collect();
-            write!(f, " ({})", ps.join(", "))?;
+            write!(f, " ({})", fmt_params(&self.params))?;
         }
         Ok(())
     }
@@ -1052,16 +1047,20 @@ impl fmt::Display for DatasetExpr {
     }
 }
 
+/// `name = value, …` of a call's parameters.
+fn fmt_params(params: &[Param]) -> String {
+    params
+        .iter()
+        .map(|p| format!("{} = {}", p.name, p.value))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 impl fmt::Display for MethodCall {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.name)?;
         if !self.params.is_empty() {
-            let ps: Vec<String> = self
-                .params
-                .iter()
-                .map(|p| format!("{} = {}", p.name, p.value))
-                .collect();
-            write!(f, "({})", ps.join(", "))?;
+            write!(f, "({})", fmt_params(&self.params))?;
         }
         Ok(())
     }
