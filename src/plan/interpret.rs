@@ -807,7 +807,6 @@ fn check_selection(
     info: &DatasetInfo,
 ) -> Result<()> {
     let name = method.name();
-    let layer_methods = "gradcam, layer_activation, layer_gradient_x_activation, layer_conductance, layer_integrated_gradients, guided_gradcam";
     match (method.needs(), at_layer) {
         (Needs::Layer, None) => {
             return Err(Error::value(format!("{name} attributes to a layer: add AT LAYER l"))
@@ -820,7 +819,7 @@ fn check_selection(
                 "AT LAYER takes a layer method; {name} attributes input features"
             ))
             .at(span)
-            .hint(format!("layer methods: {layer_methods}")));
+            .hint(layer_methods_hint(name)));
         }
         _ => {}
     }
@@ -1027,6 +1026,23 @@ pub fn result_shape(a: &Attribution) -> Vec<usize> {
         },
         _ => l.shape.clone(),
     }
+}
+
+/// The layer methods (from the method table), the layer form of `name` first if it has
+/// one (`lrp` → `layer_lrp`).
+fn layer_methods_hint(name: &str) -> String {
+    let mut names: Vec<&str> = ops::METHODS
+        .iter()
+        .filter(|m| m.needs == Needs::Layer)
+        .map(|m| m.name)
+        .collect();
+    let own = format!("layer_{name}");
+    if let Some(i) = names.iter().position(|n| *n == own) {
+        let m = names.remove(i);
+        names.insert(0, m);
+        return format!("{own} is {name} at a layer; layer methods: {}", names.join(", "));
+    }
+    format!("layer methods: {}", names.join(", "))
 }
 
 /// The coordinate columns of a layer's units, by the rank of its output.
