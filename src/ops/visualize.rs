@@ -97,21 +97,40 @@ fn colour_matrix() -> [[f32; 3]; 3] {
 
 /// A Fourier parameterisation of (channels, h, w) planes: a half spectrum (h × bins, real
 /// and imaginary) per plane, scaled by 1 / max(f, 1 / max(h, w)), and its inverse real
-/// DFT (orthonormal) divided by 4, exactly as Lucent's `fft_image`.
+/// DFT (orthonormal) divided by 4, exactly as Lucent's `fft_image`. The DFT is done as
+/// four real matrix products (by the gemm kernels: at 224×224 a naive transform costs
+/// more than the model's pass): Z = E_y·X along the rows, then the real part of Z·E_x
+/// along the columns, E the cos/sin tables.
 struct Spectrum {
     h: usize,
     w: usize,
     /// Lucent's bins per row: w/2 + 1, or w/2 + 2 for odd w (the last one unused).
     bins: usize,
+    /// The bins the inverse transform reads (numpy/torch irfft): w/2 + 1.
+    used: usize,
     scale: Vec<f32>,
-    /// e^{2πi ky y / h} ([ky][y]) and e^{2πi kx x / w} ([x][kx]) as (cos, sin) tables.
-    ey: Vec<(f64, f64)>,
-    ex_t: Vec<(f64, f64)>,
+    /// cos and sin of 2π·ky·y/h ([h × h], symmetric).
+    cy: Vec<f32>,
+    sy: Vec<f32>,
+    /// c_kx·cos and c_kx·sin of 2π·kx·x/w ([used × w]), c = 2 for the bins that stand
+    /// for their conjugates too, else 1; all times the orthonormal 1/√(hw) and Lucent's ÷ 4.
+    cx: Vec<f32>,
+    sx: Vec<f32>,
+}
+
+/// `c = a·b` (or `+=`), a [m×k], b [k×n], row-major; `a_t` / `b_t`: the operand is
+/// stored transposed.
+#[allow(clippy::too_many_arguments)]
+fn product(m: usize, n: usize, k: usize, a: &[f32], a_t: bool, b: &[f32], b_t: bool, c: &mut [f32], add: bool) {
+    let (a_rs, a_cs) = if a_t { (1, m) } else { (k, 1) };
+    let (b_rs, b_cs) = if b_t { (1, k) } else { (n, 1) };
+    crate::model::kernels::matmul(m, n, k, c, n, a, a_rs, a_cs, b, b_rs, b_cs, add);
 }
 
 impl Spectrum {
     fn new(h: usize, w: usize) -> Spectrum {
         let bins = if w % 2 == 1 { w / 2 + 2 } else { w / 2 + 1 };
+        let used = w / 2 + 1;
         let freq = |k: usize, n: usize| {
             // numpy's fftfreq: 0, 1, …, (n−1)/2, −n/2, …, −1 over n.
             let k = k as f64;
@@ -126,24 +145,36 @@ impl Spectrum {
                 scale.push((1.0 / f.max(floor)) as f32);
             }
         }
-        // rows × cols of e^{2πi r c / period}
-        let table = |rows: usize, cols: usize, period: usize| {
-            let mut t = Vec::with_capacity(rows * cols);
-            for k in 0..rows {
-                for p in 0..cols {
-                    let a = 2.0 * std::f64::consts::PI * ((k * p) % period) as f64 / period as f64;
-                    t.push((a.cos(), a.sin()));
-                }
+        let angle =
+            |a: usize, b: usize, period: usize| 2.0 * std::f64::consts::PI * ((a * b) % period) as f64 / period as f64;
+        let (mut cy, mut sy) = (Vec::with_capacity(h * h), Vec::with_capacity(h * h));
+        for ky in 0..h {
+            for y in 0..h {
+                let a = angle(ky, y, h);
+                cy.push(a.cos() as f32);
+                sy.push(a.sin() as f32);
             }
-            t
-        };
+        }
+        let norm = 1.0 / ((h * w) as f64).sqrt() / 4.0;
+        let (mut cx, mut sx) = (Vec::with_capacity(used * w), Vec::with_capacity(used * w));
+        for kx in 0..used {
+            let weight = if kx == 0 || 2 * kx == w { 1.0 } else { 2.0 };
+            for x in 0..w {
+                let a = angle(kx, x, w);
+                cx.push((weight * norm * a.cos()) as f32);
+                sx.push((weight * norm * a.sin()) as f32);
+            }
+        }
         Spectrum {
             h,
             w,
             bins,
+            used,
             scale,
-            ey: table(h, h, h),
-            ex_t: table(w, w / 2 + 1, w),
+            cy,
+            sy,
+            cx,
+            sx,
         }
     }
 
@@ -151,94 +182,51 @@ impl Spectrum {
         self.h * self.bins * 2
     }
 
-    /// The bins the inverse transform reads (numpy/torch irfft: w/2 + 1), each with its
-    /// weight (2 for the bins that stand for their conjugates too).
-    fn used_bins(&self) -> impl Iterator<Item = (usize, f64)> + '_ {
-        let w = self.w;
-        (0..w / 2 + 1).map(move |k| (k, if k == 0 || 2 * k == w { 1.0 } else { 2.0 }))
-    }
-
-    fn norm(&self) -> f64 {
-        1.0 / ((self.h * self.w) as f64).sqrt() / 4.0
-    }
-
-    /// The plane of one spectrum. (Loops ordered so that the inner one runs along
-    /// contiguous memory: at 224×224 the transform is a sizeable part of a step.)
+    /// The plane of one spectrum: Re(E_y·X·E_x).
     fn image(&self, spec: &[f32], out: &mut [f32]) {
-        let (h, w, bins) = (self.h, self.w, self.bins);
-        let used = w / 2 + 1;
-        // Z[y][kx] = Σ_ky X[ky][kx] e^{2πi ky y / h}, X scaled.
-        let mut z = vec![(0.0f64, 0.0f64); h * used];
-        let mut row = vec![(0.0f64, 0.0f64); used];
+        let (h, w, bins, used) = (self.h, self.w, self.bins, self.used);
+        let (mut xr, mut xi) = (vec![0.0f32; h * used], vec![0.0f32; h * used]);
         for ky in 0..h {
-            for (kx, r) in row.iter_mut().enumerate() {
-                let i = (ky * bins + kx) * 2;
-                let s = self.scale[ky * bins + kx] as f64;
-                *r = (spec[i] as f64 * s, spec[i + 1] as f64 * s);
-            }
-            for y in 0..h {
-                let (c, sn) = self.ey[ky * h + y];
-                for (cell, &(re, im)) in z[y * used..(y + 1) * used].iter_mut().zip(&row) {
-                    cell.0 += re * c - im * sn;
-                    cell.1 += re * sn + im * c;
-                }
+            for kx in 0..used {
+                let i = ky * bins + kx;
+                xr[ky * used + kx] = spec[2 * i] * self.scale[i];
+                xi[ky * used + kx] = spec[2 * i + 1] * self.scale[i];
             }
         }
-        let norm = self.norm();
-        let weights: Vec<f64> = self.used_bins().map(|(_, wt)| wt).collect();
-        for y in 0..h {
-            let zy = &z[y * used..(y + 1) * used];
-            for x in 0..w {
-                let ex = &self.ex_t[x * used..(x + 1) * used];
-                let mut v = 0.0;
-                for ((&(re, im), &(c, sn)), wt) in zy.iter().zip(ex).zip(&weights) {
-                    v += wt * (re * c - im * sn);
-                }
-                out[y * w + x] = (v * norm) as f32;
-            }
-        }
+        // Z = (Cy + i·Sy)(Xr + i·Xi)
+        let (mut zr, mut zi) = (vec![0.0f32; h * used], vec![0.0f32; h * used]);
+        let neg_xi: Vec<f32> = xi.iter().map(|v| -v).collect();
+        product(h, used, h, &self.cy, false, &xr, false, &mut zr, false);
+        product(h, used, h, &self.sy, false, &neg_xi, false, &mut zr, true);
+        product(h, used, h, &self.sy, false, &xr, false, &mut zi, false);
+        product(h, used, h, &self.cy, false, &xi, false, &mut zi, true);
+        // image = Zr·Cx − Zi·Sx
+        let neg_zi: Vec<f32> = zi.iter().map(|v| -v).collect();
+        product(h, w, used, &zr, false, &self.cx, false, out, false);
+        product(h, w, used, &neg_zi, false, &self.sx, false, out, true);
     }
 
-    /// The gradient of a plane's spectrum parameters given the gradient of its image.
+    /// The gradient of a plane's spectrum parameters given the gradient of its image
+    /// (the transpose of `image`: image = Re(Σ X·E), so ∂/∂Re X = Re E, ∂/∂Im X = −Im E).
     fn adjoint(&self, g: &[f32], out: &mut [f32]) {
-        let (h, w, bins) = (self.h, self.w, self.bins);
-        let used = w / 2 + 1;
-        let weights: Vec<f64> = self.used_bins().map(|(_, wt)| wt).collect();
-        // T[y][kx] = c_kx Σ_x g[y][x] e^{2πi kx x / w}
-        let mut t = vec![(0.0f64, 0.0f64); h * used];
-        for y in 0..h {
-            let ty = &mut t[y * used..(y + 1) * used];
-            for x in 0..w {
-                let v = g[y * w + x] as f64;
-                let ex = &self.ex_t[x * used..(x + 1) * used];
-                for (cell, &(c, sn)) in ty.iter_mut().zip(ex) {
-                    cell.0 += v * c;
-                    cell.1 += v * sn;
-                }
-            }
-            for (cell, wt) in ty.iter_mut().zip(&weights) {
-                cell.0 *= wt;
-                cell.1 *= wt;
-            }
-        }
-        let norm = self.norm();
+        let (h, w, bins, used) = (self.h, self.w, self.bins, self.used);
+        // T = G·(Cx + i·Sx)ᵀ
+        let (mut tr, mut ti) = (vec![0.0f32; h * used], vec![0.0f32; h * used]);
+        product(h, used, w, g, false, &self.cx, true, &mut tr, false);
+        product(h, used, w, g, false, &self.sx, true, &mut ti, false);
+        // S = (Cy + i·Sy)·T (both tables symmetric)
+        let (mut sr, mut si) = (vec![0.0f32; h * used], vec![0.0f32; h * used]);
+        let neg_ti: Vec<f32> = ti.iter().map(|v| -v).collect();
+        product(h, used, h, &self.cy, false, &tr, false, &mut sr, false);
+        product(h, used, h, &self.sy, false, &neg_ti, false, &mut sr, true);
+        product(h, used, h, &self.sy, false, &tr, false, &mut si, false);
+        product(h, used, h, &self.cy, false, &ti, false, &mut si, true);
         out.iter_mut().for_each(|v| *v = 0.0);
-        let mut acc = vec![(0.0f64, 0.0f64); used];
         for ky in 0..h {
-            acc.iter_mut().for_each(|a| *a = (0.0, 0.0));
-            for y in 0..h {
-                let (c, sn) = self.ey[ky * h + y];
-                for (a, &(re, im)) in acc.iter_mut().zip(&t[y * used..(y + 1) * used]) {
-                    a.0 += re * c - im * sn;
-                    a.1 += re * sn + im * c;
-                }
-            }
-            for (kx, &(re, im)) in acc.iter().enumerate() {
-                let s = self.scale[ky * bins + kx] as f64 * norm;
-                let i = (ky * bins + kx) * 2;
-                // image = Re(Σ X·E): ∂/∂Re X = Re E, ∂/∂Im X = −Im E.
-                out[i] = (re * s) as f32;
-                out[i + 1] = (-im * s) as f32;
+            for kx in 0..used {
+                let i = ky * bins + kx;
+                out[2 * i] = sr[ky * used + kx] * self.scale[i];
+                out[2 * i + 1] = -si[ky * used + kx] * self.scale[i];
             }
         }
     }
