@@ -192,6 +192,35 @@ fn diversity_pushes_images_apart() {
     );
 }
 
+/// The warp's extent is configurable: with no shift, scale or rotation it is the
+/// identity (the same images as without transforms); with Lucent's it changes them.
+#[test]
+fn transforms_are_configurable() {
+    let mut s = session(&format!(
+        "LOAD MODEL z FROM '{}';",
+        fixture("zoo/resnet_basic.ts.onnx").display()
+    ));
+    let image = |s: &mut ialgebra::exec::Session, name: &str, args: &str| {
+        s.execute(&format!(
+            "LET {name} = VISUALIZE z AT LAYER layer2 CHANNEL 3 (steps = 8, {args})"
+        ))
+        .unwrap();
+        column_f64(
+            &query(
+                s,
+                &format!("SELECT value FROM z({name}) USING saliency ORDER BY feature"),
+            ),
+            "value",
+        )
+    };
+    let plain = image(&mut s, "a", "transforms = false");
+    let still = image(&mut s, "b", "transforms = true, jitter = 0, scale = 0, rotate = 0");
+    let moved = image(&mut s, "c", "transforms = true");
+    assert_close("a warp that does not move", &still, &plain, 0.0, 0.0);
+    let apart = moved.iter().zip(&plain).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    assert!(apart > 1e-3, "the default warp changed nothing ({apart})");
+}
+
 /// `EXPORT v TO 'v.png'` draws the images; `… TO 'v.npy'` writes them as an array.
 #[test]
 fn visualizations_export_as_pictures_and_arrays() {

@@ -335,7 +335,7 @@ const TOPICS: &[(&str, &str)] = &[
     ),
     (
         "VISUALIZE",
-        "LET v = VISUALIZE m AT LAYER l CHANNEL k | AT LAYER l UNIT (c, r, k) | TARGET k [(steps = 512, lr = 0.05, seed, lower = 0, upper = 1, param = auto|fourier|pixel, decorrelate = true, transforms = true from 32×32, diversity = 1, diversity_weight = 10, init = 'spectrum.npy')];\nfeature visualization (Lucid/Lucent): Adam ascent on a channel's mean, a unit or a class logit; images of 32×32 and up as a 1/f Fourier spectrum with decorrelated colour, smaller inputs as pixels, through a sigmoid into [lower, upper]; random shifts, scales and rotations each step; diversity = n images pushed apart by Gram-matrix similarity. The images are a dataset: query m(v), EXPORT v TO 'v.png' or 'v.npy'; written in place of a dataset (m(VISUALIZE …)) they are made for that statement only",
+        "LET v = VISUALIZE m AT LAYER l CHANNEL k | AT LAYER l UNIT (c, r, k) | TARGET k [(steps = 512, lr = 0.05, seed, lower = 0, upper = 1, param = auto|fourier|pixel, decorrelate = true, transforms = true from 32×32, jitter = 8, scale = 0.1, rotate = 10, diversity = 1, diversity_weight = 10, init = 'spectrum.npy')];\nfeature visualization (Lucid/Lucent): Adam ascent on a channel's mean, a unit or a class logit; images of 32×32 and up as a 1/f Fourier spectrum with decorrelated colour, smaller inputs as pixels, through a sigmoid into [lower, upper]; random shifts, scales and rotations each step; diversity = n images pushed apart by Gram-matrix similarity. The images are a dataset: query m(v), EXPORT v TO 'v.png' or 'v.npy'; written in place of a dataset (m(VISUALIZE …)) they are made for that statement only",
     ),
     (
         "ATTACK",

@@ -39,6 +39,9 @@ pub const PARAMS: &[ParamSpec] = &[
     param("decorrelate", ParamKind::Bool, Some("true")),
     // true for images of 32×32 and up, false below (the planner decides when not given).
     param("transforms", ParamKind::Bool, Some("auto")),
+    param("jitter", ParamKind::Int { min: 0, max: 1024 }, Some("8")),
+    param("scale", ParamKind::Float { min: 0.0 }, Some("0.1")),
+    param("rotate", ParamKind::Int { min: 0, max: 180 }, Some("10")),
     param("diversity", ParamKind::Int { min: 1, max: 64 }, Some("1")),
     param("diversity_weight", ParamKind::Float { min: 0.0 }, Some("10")),
     param("init", ParamKind::Path, None),
@@ -72,7 +75,8 @@ pub struct Visualization {
     pub upper: f32,
     pub fourier: bool,
     pub decorrelate: bool,
-    pub transforms: bool,
+    /// The random warp of each step (None: transforms off).
+    pub transforms: Option<Transforms>,
     /// Starting parameters (a spectrum or pixels, as the parameterisation has them)
     /// instead of Lucent's N(0, 0.01²) draw.
     pub init: Option<Vec<f32>>,
@@ -322,6 +326,29 @@ fn sigmoid(u: f32) -> f32 {
     1.0 / (1.0 + (-u).exp())
 }
 
+/// How far each step's random warp goes (Lucent's standard transforms: jitter 8 then 4
+/// pixels, scales 0.9–1.1 in steps of 0.02, rotations of whole degrees to ±10 with 0
+/// five times more likely).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Transforms {
+    /// Pixels of the first shift (a second of half as many follows).
+    pub jitter: usize,
+    /// The largest relative change of size (11 scales from 1 − s to 1 + s).
+    pub scale: f32,
+    /// The largest rotation in degrees.
+    pub rotate: usize,
+}
+
+impl Default for Transforms {
+    fn default() -> Transforms {
+        Transforms {
+            jitter: 8,
+            scale: 0.1,
+            rotate: 10,
+        }
+    }
+}
+
 /// One random warp of an image (Lucent's standard transforms as a same-size warp): a
 /// shift, a scale and a rotation about the centre, sampled bilinearly, outside the image
 /// the middle of [lower, upper] (Lucent pads with 0.5).
@@ -334,16 +361,14 @@ struct Warp {
 }
 
 impl Warp {
-    fn draw(rng: &mut Rng) -> Warp {
-        // Lucent: jitter(8) then jitter(4), scales 0.9–1.1 in 0.02 steps, rotations
-        // −10°…10° (0 five more times).
-        let jitter = |rng: &mut Rng, n: i64| (rng.below(2 * n as usize + 1) as i64 - n) as f32;
-        let dy = jitter(rng, 8) + jitter(rng, 4);
-        let dx = jitter(rng, 8) + jitter(rng, 4);
-        let scale = 1.0 + (rng.below(11) as f32 - 5.0) / 50.0;
-        let angles = 21 + 5;
-        let a = rng.below(angles);
-        let degrees = if a < 21 { a as f32 - 10.0 } else { 0.0 };
+    fn draw(rng: &mut Rng, t: &Transforms) -> Warp {
+        let jitter = |rng: &mut Rng, n: usize| (rng.below(2 * n + 1) as i64 - n as i64) as f32;
+        let dy = jitter(rng, t.jitter) + jitter(rng, t.jitter / 2);
+        let dx = jitter(rng, t.jitter) + jitter(rng, t.jitter / 2);
+        let scale = 1.0 + (rng.below(11) as f32 - 5.0) / 5.0 * t.scale;
+        let angles = 2 * t.rotate + 1;
+        let a = rng.below(angles + 5);
+        let degrees = if a < angles { a as f32 - t.rotate as f32 } else { 0.0 };
         Warp {
             dy,
             dx,
@@ -459,7 +484,11 @@ pub fn render(model: &Model, v: &Visualization, control: &Control) -> Result<Ren
             break;
         }
         let warps: Vec<Option<Taps>> = (0..n)
-            .map(|_| (v.transforms && image_like).then(|| Warp::draw(&mut rng).taps(shape.1, shape.2)))
+            .map(|_| {
+                v.transforms
+                    .filter(|_| image_like)
+                    .map(|t| Warp::draw(&mut rng, &t).taps(shape.1, shape.2))
+            })
             .collect();
         let warped: Vec<Vec<f32>> = images
             .iter()
@@ -645,7 +674,7 @@ mod tests {
         let mut rng = Rng::new(5, 0);
         let (c, h, w) = (3, 9, 11);
         for _ in 0..5 {
-            let taps = Warp::draw(&mut rng).taps(h, w);
+            let taps = Warp::draw(&mut rng, &Transforms::default()).taps(h, w);
             let x: Vec<f32> = (0..c * h * w).map(|_| rng.normal() as f32).collect();
             let g: Vec<f32> = (0..c * h * w).map(|_| rng.normal() as f32).collect();
             let lhs: f64 = warp_apply(&taps, &x, 0.0)

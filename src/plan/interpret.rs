@@ -186,11 +186,16 @@ pub(super) fn plan_visualize(v: &ast::Visualize, catalog: &dyn Catalog) -> Resul
             decorrelate: p.flag("decorrelate"),
             // Lucent's transforms shift by up to 12 pixels: for images of 32×32 and up
             // unless asked for.
-            transforms: if p.given("transforms").is_some() {
+            transforms: (if p.given("transforms").is_some() {
                 p.flag("transforms")
             } else {
                 large
-            },
+            })
+            .then(|| crate::ops::visualize::Transforms {
+                jitter: p.num("jitter") as usize,
+                scale: p.num("scale") as f32,
+                rotate: p.num("rotate") as usize,
+            }),
             init: None,
         },
         init,
