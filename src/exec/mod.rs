@@ -735,7 +735,15 @@ impl State {
             vis.init = Some(data::npy::read_npy(&bytes, &shown)?.to_f32());
         }
         let cancel = self.cancel.clone();
-        let control = crate::ops::Control::new(&cancel);
+        let mut control = crate::ops::Control::new(&cancel);
+        let progress =
+            crate::output::progress::Progress::counting(format!("VISUALIZE {}", spec.model), vis.steps, "steps");
+        let report = |done: usize| {
+            if let Some(p) = &progress {
+                p.update(done)
+            }
+        };
+        control.on_progress = Some(&report);
         let rendered = crate::ops::visualize::render(&model, &vis, &control)?;
         let shape = model.input_shape.clone();
         let modality = match shape.as_slice() {

@@ -474,6 +474,7 @@ pub fn render(model: &Model, v: &Visualization, control: &Control) -> Result<Ren
     let fill = (v.lower + v.upper) / 2.0;
     for step in 0..=v.steps {
         control.check()?;
+        control.advance(usize::from(step > 0));
         let logits: Vec<Vec<f32>> = (0..n).map(|i| par.logits(&params[i * per..(i + 1) * per])).collect();
         let images: Vec<Vec<f32>> = logits.iter().map(|l| par.image(l)).collect();
         if step == v.steps {

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 pub struct Progress {
     label: String,
     total: usize,
+    /// What is counted ("inputs", "steps").
+    unit: &'static str,
     start: Instant,
     last_draw: Mutex<Option<Instant>>,
 }
@@ -17,11 +19,17 @@ pub struct Progress {
 const QUIET_FOR: Duration = Duration::from_millis(300);
 
 impl Progress {
-    /// A progress line if stderr is a terminal, else None.
+    /// A progress line over inputs if stderr is a terminal, else None.
     pub fn on_terminal(label: impl Into<String>, total: usize) -> Option<Progress> {
+        Self::counting(label, total, "inputs")
+    }
+
+    /// A progress line over `total` of `unit` if stderr is a terminal, else None.
+    pub fn counting(label: impl Into<String>, total: usize, unit: &'static str) -> Option<Progress> {
         std::io::stderr().is_terminal().then(|| Progress {
             label: label.into(),
             total,
+            unit,
             start: Instant::now(),
             last_draw: Mutex::new(None),
         })
@@ -47,8 +55,8 @@ impl Progress {
         let mut err = std::io::stderr().lock();
         let _ = write!(
             err,
-            "\r{} {bar} {done}/{} inputs  {rate:.1}/s  ETA {eta}  ",
-            self.label, self.total
+            "\r{} {bar} {done}/{} {}  {rate:.1}/s  ETA {eta}  ",
+            self.label, self.total, self.unit
         );
         let _ = err.flush();
     }
