@@ -221,6 +221,50 @@ fn transforms_are_configurable() {
     assert!(apart > 1e-3, "the default warp changed nothing ({apart})");
 }
 
+/// `normalize = imagenet`: the ascent is over a [0, 1] image and the model reads it
+/// normalised (Lucent's preprocess for torchvision models); the dataset holds what the
+/// model reads, so the layer's activation on it is the objective reported.
+#[test]
+fn normalised_models_read_normalised_images() {
+    let mut s = session(&format!(
+        "LOAD MODEL z FROM '{}';",
+        fixture("zoo/resnet_basic.ts.onnx").display()
+    ));
+    let (_, end) = objectives(
+        &mut s,
+        "LET v = VISUALIZE z AT LAYER layer2 CHANNEL 3 (steps = 16, normalize = imagenet)",
+    );
+    let values = column_f64(
+        &query(&mut s, "SELECT value FROM z(v) USING saliency ORDER BY feature"),
+        "value",
+    );
+    let (mean, std) = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]);
+    for (k, v) in values.iter().enumerate() {
+        let c = k / (64 * 64);
+        let pixel = v * std[c] + mean[c];
+        assert!(
+            (-1e-5..=1.0 + 1e-5).contains(&pixel),
+            "value {v} of channel {c} is not a normalised pixel"
+        );
+    }
+    let on_image = column_f64(
+        &query(
+            &mut s,
+            "SELECT mean(attribution) AS a FROM z(v) AT LAYER layer2 USING layer_activation WHERE channel = 3",
+        ),
+        "a",
+    )[0];
+    assert!((on_image - end[0]).abs() < 1e-4, "{on_image} vs {}", end[0]);
+    let mut d = session(DIGITS);
+    assert_errors(
+        &mut d,
+        &[(
+            "LET v = VISUALIZE cnn TARGET 1 (normalize = imagenet)",
+            "normalize = imagenet needs three-channel images",
+        )],
+    );
+}
+
 /// `EXPORT v TO 'v.png'` draws the images; `… TO 'v.npy'` writes them as an array.
 #[test]
 fn visualizations_export_as_pictures_and_arrays() {

@@ -758,7 +758,11 @@ impl State {
             _ => data::Modality::Tensor,
         };
         let n = rendered.start.len();
-        let ds = data::Dataset::new(name, text, shape, modality, rendered.images, None)?;
+        let mut ds = data::Dataset::new(name, text, shape, modality, rendered.images, None)?;
+        // Normalised images are shown as the images they stand for.
+        ds.photos = vis
+            .normalize
+            .map(|(mean, std)| Arc::new(data::photos::Photos { mean, std }));
         self.datasets.insert(name.to_string(), Arc::new(ds));
         let fmt = |v: &[f32]| v.iter().map(|x| format!("{x:.4}")).collect::<Vec<_>>().join(", ");
         Ok(format!(
@@ -1023,6 +1027,11 @@ impl State {
                         _ => return Err(Error::value(format!("`{}` is not images", dataset.name))),
                     };
                     let d = c * h * w;
+                    // Normalised photos are drawn as the photos they stand for.
+                    let values: Vec<f32> = match &sel.dataset.photos {
+                        Some(p) => values.chunks(d).flat_map(|row| p.denormalize(row)).collect(),
+                        None => values,
+                    };
                     let panels: Vec<(String, &[f32])> = sel
                         .ids()
                         .iter()

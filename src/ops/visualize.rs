@@ -36,6 +36,7 @@ pub const PARAMS: &[ParamSpec] = &[
     param("lower", ParamKind::Float { min: f64::MIN }, Some("0")),
     param("upper", ParamKind::Float { min: f64::MIN }, Some("1")),
     param("param", ParamKind::Choice(&["auto", "fourier", "pixel"]), Some("auto")),
+    param("normalize", ParamKind::Choice(&["none", "imagenet"]), Some("none")),
     param("decorrelate", ParamKind::Bool, Some("true")),
     // true for images of 32×32 and up, false below (the planner decides when not given).
     param("transforms", ParamKind::Bool, Some("auto")),
@@ -73,6 +74,10 @@ pub struct Visualization {
     pub seed: u64,
     pub lower: f32,
     pub upper: f32,
+    /// The model reads images normalised by (mean, std) per channel (Lucent's
+    /// `preprocess` for torchvision models): the ascent is over the [lower, upper]
+    /// image, the model sees (image − mean) / std.
+    pub normalize: Option<([f32; 3], [f32; 3])>,
     pub fourier: bool,
     pub decorrelate: bool,
     /// The random warp of each step (None: transforms off).
@@ -82,7 +87,8 @@ pub struct Visualization {
     pub init: Option<Vec<f32>>,
 }
 
-/// The images (n × the model's input), and the objective of each at the start and the end.
+/// The images as the model reads them (n × the model's input: normalised when
+/// `normalize`), and the objective of each at the start and the end.
 pub struct Rendered {
     pub images: Vec<f32>,
     pub start: Vec<f32>,
@@ -405,6 +411,22 @@ impl Warp {
     }
 }
 
+/// An image of three channels as a model that normalises by (mean, std) reads it.
+fn normalized(image: &[f32], normalize: Option<([f32; 3], [f32; 3])>) -> Vec<f32> {
+    let Some((mean, std)) = normalize else {
+        return image.to_vec();
+    };
+    let plane = image.len() / 3;
+    image
+        .iter()
+        .enumerate()
+        .map(|(k, v)| {
+            let c = (k / plane.max(1)).min(2);
+            (v - mean[c]) / std[c]
+        })
+        .collect()
+}
+
 /// Each output position's four bilinear taps (source position or outside, weight).
 type Taps = Vec<[(Option<usize>, f32); 4]>;
 
@@ -479,9 +501,10 @@ pub fn render(model: &Model, v: &Visualization, control: &Control) -> Result<Ren
         let images: Vec<Vec<f32>> = logits.iter().map(|l| par.image(l)).collect();
         if step == v.steps {
             // The last pass only measures the objective of the final images.
-            let (values, _) = objective(model, v, &images, &layer_shape, d)?;
+            let inputs: Vec<Vec<f32>> = images.iter().map(|img| normalized(img, v.normalize)).collect();
+            let (values, _) = objective(model, v, &inputs, &layer_shape, d)?;
             end = values;
-            params = images.concat();
+            params = inputs.concat();
             break;
         }
         let warps: Vec<Option<Taps>> = (0..n)
@@ -498,8 +521,16 @@ pub fn render(model: &Model, v: &Visualization, control: &Control) -> Result<Ren
                 None => img.clone(),
                 Some(taps) => warp_apply(taps, img, fill),
             })
+            .map(|img| normalized(&img, v.normalize))
             .collect();
-        let (values, g_input) = objective(model, v, &warped, &layer_shape, d)?;
+        let (values, mut g_input) = objective(model, v, &warped, &layer_shape, d)?;
+        if let Some((_, std)) = v.normalize {
+            // Through (x − mean) / std.
+            let plane = d / 3;
+            for (k, g) in g_input.iter_mut().enumerate() {
+                *g /= std[(k % d) / plane.max(1)];
+            }
+        }
         if step == 0 {
             start = values;
         }

@@ -158,6 +158,17 @@ pub(super) fn plan_visualize(v: &ast::Visualize, catalog: &dyn Catalog) -> Resul
     if lower >= upper {
         return Err(Error::value(format!("lower ({lower}) must be below upper ({upper})")).at(v.span));
     }
+    let normalize = match p.text("normalize").to_ascii_lowercase().as_str() {
+        "imagenet" if !(image && model.input_shape[0] == 3) => {
+            return Err(Error::value(format!(
+                "normalize = imagenet needs three-channel images; `{model_name}` takes {:?}",
+                model.input_shape
+            ))
+            .at(v.span));
+        }
+        "imagenet" => Some((crate::data::photos::IMAGENET_MEAN, crate::data::photos::IMAGENET_STD)),
+        _ => None,
+    };
     let images = if objectives.len() > 1 {
         objectives.len()
     } else {
@@ -182,6 +193,7 @@ pub(super) fn plan_visualize(v: &ast::Visualize, catalog: &dyn Catalog) -> Resul
             seed: p.num("seed") as u64,
             lower,
             upper,
+            normalize,
             fourier,
             decorrelate: p.flag("decorrelate"),
             // Lucent's transforms shift by up to 12 pixels: for images of 32×32 and up
