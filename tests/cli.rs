@@ -73,6 +73,21 @@ fn run_file_with_variables_and_formats() {
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(stdout.contains("│    42 │"), "the --var value is used: {stdout}");
+    // An empty script says so (and is no failure).
+    for empty in ["", ";;;", "/* nothing */ ;"] {
+        let out = ialg(&["-c", empty], None);
+        assert!(out.status.success());
+        assert!(text(&out.stderr).contains("no statements to run"), "{empty:?}");
+    }
+    // A misspelt variable is an error naming the script's variables, before anything runs.
+    let out = ialg(&["run", "queries/quickstart.iql", "--var", "inptu=42"], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stdout).is_empty(), "nothing ran: {}", text(&out.stdout));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("--var inptu: the script has no such variable (its variables: input)"),
+        "{stderr}"
+    );
     let out = ialg(
         &[
             "--format",

@@ -549,3 +549,21 @@ fn real_pytorch_checkpoints_with_nested_names_and_batch_norm() {
         assert!(msg.contains(want), "{file}: {msg}");
     }
 }
+
+/// Loading under a name already taken says so ("replaced model cnn", "replaced data d"),
+/// rather than replacing it silently.
+#[test]
+fn loading_under_a_taken_name_says_it_replaced() {
+    let mut s = Session::new();
+    let load_model = "LOAD MODEL cnn FROM 'models/digits_cnn.safetensors' ARCH 'models/digits_cnn.json'";
+    let load_data = "LOAD DATA d FROM 'data/digits_test_x.npy'";
+    let message = |s: &mut Session, text: &str| match s.execute(text).unwrap().pop() {
+        Some(ialgebra::exec::Output::Message(m)) => m,
+        other => panic!("{text}: {other:?}"),
+    };
+    std::env::set_current_dir(crate::common::root()).unwrap();
+    assert!(message(&mut s, load_model).starts_with("loaded model cnn:"));
+    assert!(message(&mut s, load_model).starts_with("replaced model cnn:"));
+    assert!(message(&mut s, load_data).starts_with("loaded data d:"));
+    assert!(message(&mut s, load_data).starts_with("replaced data d:"));
+}

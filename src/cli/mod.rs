@@ -70,13 +70,13 @@ pub fn main() -> ExitCode {
     }
     runner.install_interrupt_handler();
     let ok = match (&cli.command, &cli.sub) {
-        (Some(text), _) => runner.run_text(text, "<command>"),
+        (Some(text), _) => check_vars(text, &cli.vars) && runner.run_text(text, "<command>"),
         (None, Some(Sub::Run { file })) => {
             if file.as_os_str() == "-" {
-                runner.run_stdin()
+                runner.run_stdin(&cli.vars)
             } else {
                 match std::fs::read_to_string(file) {
-                    Ok(text) => runner.run_text(&text, &file.display().to_string()),
+                    Ok(text) => check_vars(&text, &cli.vars) && runner.run_text(&text, &file.display().to_string()),
                     Err(e) => {
                         eprintln!("error[io]: cannot read {}: {e}", file.display());
                         false
@@ -89,11 +89,63 @@ pub fn main() -> ExitCode {
             if std::io::stdin().is_terminal() {
                 repl::run(&mut runner)
             } else {
-                runner.run_stdin()
+                runner.run_stdin(&cli.vars)
             }
         }
     };
     if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+/// Whether every `--var` names a variable of the script (a VAR it declares or a `:name`
+/// it reads); a misspelt one would otherwise be ignored silently. Says which are not.
+fn check_vars(text: &str, vars: &[(String, String)]) -> bool {
+    let Ok(script) = crate::syntax::parse(text) else {
+        // The run reports the syntax error.
+        return true;
+    };
+    if script.statements.is_empty() {
+        // An empty script (or only `;` and comments) is worth a word, not silence.
+        eprintln!("no statements to run");
+    }
+    let mut known: Vec<String> = script
+        .statements
+        .iter()
+        .filter_map(|s| match &s.kind {
+            crate::syntax::ast::StatementKind::Var { name, .. } => Some(name.name.clone()),
+            _ => None,
+        })
+        .collect();
+    // `:name` wherever a literal may stand (a text scan: a name inside a string only
+    // makes a typo pass, never a right name fail).
+    let bytes = text.as_bytes();
+    for (i, _) in text.match_indices(':') {
+        let name: String = text[i + 1..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        let starts_like_a_name = bytes.get(i + 1).is_some_and(|b| b.is_ascii_alphabetic() || *b == b'_');
+        if starts_like_a_name && !known.contains(&name) {
+            known.push(name);
+        }
+    }
+    let unknown: Vec<&str> = vars
+        .iter()
+        .map(|(k, _)| k.as_str())
+        .filter(|k| !known.iter().any(|n| n == k))
+        .collect();
+    if unknown.is_empty() {
+        return true;
+    }
+    let listed = if known.is_empty() {
+        "none".to_string()
+    } else {
+        known.join(", ")
+    };
+    eprintln!(
+        "error[name]: --var {}: the script has no such variable (its variables: {listed})",
+        unknown.join(", ")
+    );
+    false
 }
 
 /// Executes text through the session and prints what comes back.
@@ -122,13 +174,13 @@ impl Runner {
         let _ = ctrlc::set_handler(move || flag.store(true, std::sync::atomic::Ordering::Relaxed));
     }
 
-    fn run_stdin(&mut self) -> bool {
+    fn run_stdin(&mut self, vars: &[(String, String)]) -> bool {
         let mut text = String::new();
         if let Err(e) = std::io::stdin().read_to_string(&mut text) {
             eprintln!("error[io]: cannot read standard input: {e}");
             return false;
         }
-        self.run_text(&text, "<stdin>")
+        check_vars(&text, vars) && self.run_text(&text, "<stdin>")
     }
 
     /// Runs a script, printing each result as it arrives and each error with its caret.

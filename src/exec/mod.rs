@@ -966,6 +966,8 @@ impl State {
                 ) {
                     self.cache.forget_model(old.id);
                     self.probes.retain(|k, _| k.0 != old.id);
+                    // Say so: the earlier model under this name is gone.
+                    msg = msg.replacen("loaded model", "replaced model", 1);
                 }
                 Ok(Output::Message(msg))
             }
@@ -981,7 +983,11 @@ impl State {
                 // Read before loading: a bad names file loads nothing.
                 let names = classes.as_deref().map(data::read_class_names).transpose()?;
                 let previous = self.datasets.get(&name).cloned();
-                let out = self.load_data(name.clone(), path, labels, label_column, text, images)?;
+                let mut out = self.load_data(name.clone(), path, labels, label_column, text, images)?;
+                if let (Some(_), Output::Message(m)) = (&previous, &mut out) {
+                    // Say so: the earlier data under this name are gone.
+                    *m = m.replacen("loaded data", "replaced data", 1);
+                }
                 let (Some(names), Some(ds)) = (names, self.datasets.get_mut(&name)) else {
                     return Ok(out);
                 };
