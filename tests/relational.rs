@@ -154,3 +154,36 @@ fn subquery_and_window_errors() {
     assert_errors(&mut s, &cases);
     assert_eq!(query(&mut s, "SELECT * FROM PREDICT cnn(digits[0])").height(), 1);
 }
+
+/// LIMIT and OFFSET say what a count must be: a negative, fractional or huge one is a
+/// value error naming the clause (a negative one used to be a syntax error).
+#[test]
+fn limits_say_what_a_count_is() {
+    let mut s = loaded();
+    assert_errors(
+        &mut s,
+        &[
+            (
+                "SELECT input FROM PREDICT cnn(digits) LIMIT -1",
+                "LIMIT is the number of rows to keep: 0 or more, got -1",
+            ),
+            (
+                "SELECT input FROM PREDICT cnn(digits) LIMIT 2.5",
+                "LIMIT must be a whole number, got 2.5",
+            ),
+            (
+                "SELECT input FROM PREDICT cnn(digits) LIMIT 99999999999999999999",
+                "LIMIT is too large",
+            ),
+            (
+                "SELECT input FROM PREDICT cnn(digits) LIMIT 2 OFFSET -3",
+                "OFFSET is the number of rows to skip",
+            ),
+        ],
+    );
+    let rows = query(
+        &mut s,
+        "SELECT input FROM PREDICT cnn(digits) ORDER BY input LIMIT 2 OFFSET 1",
+    );
+    assert_eq!(column_f64(&rows, "input"), vec![1.0, 2.0]);
+}

@@ -414,6 +414,9 @@ fn existing_path(value: &Value, catalog: &dyn Catalog) -> Result<PathBuf> {
 pub fn resolve_int(value: &Value, catalog: &dyn Catalog, what: &str) -> Result<i64> {
     match resolve_literal(value, catalog)? {
         Literal::Number(n) if n.fract() == 0.0 && n.abs() < 9e15 => Ok(n as i64),
+        Literal::Number(n) if n.fract() == 0.0 => {
+            Err(Error::value(format!("{what} is too large: {n} (whole numbers here go up to 9·10¹⁵)")).at(value.span))
+        }
         other => Err(Error::value(format!("{what} must be a whole number, got {other}")).at(value.span)),
     }
 }

@@ -428,8 +428,15 @@ fn plan_select(s: &Select, catalog: &dyn Catalog) -> Result<Node> {
             .map(|o| resolve_int(o, catalog, "OFFSET"))
             .transpose()?
             .unwrap_or(0);
-        if count < 0 || offset < 0 {
-            return Err(Error::value("LIMIT and OFFSET must be ≥ 0").at(l.count.span));
+        if count < 0 {
+            return Err(
+                Error::value(format!("LIMIT is the number of rows to keep: 0 or more, got {count}")).at(l.count.span),
+            );
+        }
+        if let (Some(o), true) = (&l.offset, offset < 0) {
+            return Err(
+                Error::value(format!("OFFSET is the number of rows to skip: 0 or more, got {offset}")).at(o.span),
+            );
         }
         node = node.then(|input| NodeKind::Limit {
             input,

@@ -504,7 +504,7 @@ fn visit_select(pair: Pair<Rule>) -> Result<Select> {
         lc.skip_keywords();
         let count = visit_int_value(lc.next()?)?;
         lc.skip_keywords();
-        let offset = lc.take(Rule::int_value).map(visit_int_value).transpose()?;
+        let offset = lc.take(Rule::count_value).map(visit_int_value).transpose()?;
         lc.done();
         select.limit = Some(Limit { count, offset });
     }
@@ -1286,6 +1286,7 @@ fn rule_name(rule: &Rule) -> String {
         Rule::having => "HAVING".into(),
         Rule::order_by => "ORDER BY".into(),
         Rule::limit => "LIMIT".into(),
+        Rule::count_value => "a count".into(),
         Rule::order_dir => "ASC / DESC".into(),
         Rule::overwrite => "OVERWRITE".into(),
         Rule::param => "a parameter (name = value)".into(),
