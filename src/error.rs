@@ -175,10 +175,11 @@ impl Error {
             let caret_start = line_text[..col].chars().count();
             let caret_end = (col + (end - start)).min(line_text.len());
             let caret_len = line_text[col..snap(line_text, caret_end, true)].chars().count().max(1);
+            let (shown, caret_at, caret_len) = clip_line(line_text, caret_start, caret_len);
             out.push_str(&format!(
-                "\n{pad}--> {origin}:{line_no}:{}\n{pad} |\n{line_no} | {line_text}\n{pad} | {}{}",
+                "\n{pad}--> {origin}:{line_no}:{}\n{pad} |\n{line_no} | {shown}\n{pad} | {}{}",
                 caret_start + 1,
-                " ".repeat(caret_start),
+                " ".repeat(caret_at),
                 "^".repeat(caret_len),
                 pad = " ".repeat(gutter),
             ));
@@ -220,6 +221,30 @@ fn polars_message(err: &polars::prelude::PolarsError) -> String {
     let text = err.to_string();
     let first = text.lines().next().unwrap_or("").trim();
     first.to_string()
+}
+
+/// Characters of a source line shown around the caret: a statement of a few lines shows
+/// whole, a megabyte-long generated line does not flood the terminal.
+const SHOWN_CHARS: usize = 160;
+
+/// The part of `line` shown with the caret (at char `caret`, `len` chars long): the whole
+/// line when short, else a window from up to 60 chars before the caret, cut ends marked
+/// with `…`; returns the text, the caret's column in it and its (capped) length.
+fn clip_line(line: &str, caret: usize, len: usize) -> (String, usize, usize) {
+    let count = line.chars().count();
+    if count <= SHOWN_CHARS {
+        return (line.to_string(), caret, len);
+    }
+    let from = caret.saturating_sub(60).min(count.saturating_sub(SHOWN_CHARS));
+    let to = (from + SHOWN_CHARS).min(count);
+    let mut shown: String = if from > 0 { "…".into() } else { String::new() };
+    let lead = usize::from(from > 0);
+    shown.extend(line.chars().skip(from).take(to - from));
+    if to < count {
+        shown.push('…');
+    }
+    let at = caret - from + lead;
+    (shown, at, len.min(to.saturating_sub(caret)).max(1))
 }
 
 /// The nearest character boundary at or before (or, with `up`, at or after) `offset`.
@@ -329,5 +354,30 @@ mod tests {
         assert_eq!(closest("fc", &known), Some("fc1"));
         assert_eq!(closest("zzzzzz", &known), None);
         assert_eq!(closest("CONV1", &known), Some("conv1"));
+    }
+
+    /// A megabyte-long line is shown as a window around the caret, its cut ends marked;
+    /// the column in the `-->` line stays the true one; short lines show whole.
+    #[test]
+    fn long_lines_are_clipped_around_the_caret() {
+        let source = format!("SELECT {} FROM nowhere", "x, ".repeat(500_000));
+        let at = source.find("nowhere").unwrap();
+        let err = Error::name("unknown dataset `nowhere`").at(Span {
+            start: at,
+            end: at + "nowhere".len(),
+        });
+        let text = err.render(&source, "q");
+        assert!(text.len() < 1000, "{} bytes of error", text.len());
+        assert!(text.contains(&format!("q:1:{}", at + 1)), "{text}");
+        let lines: Vec<&str> = text.lines().collect();
+        let (shown, caret) = (lines[3], lines[4]);
+        assert!(shown.contains("…x, x, ") && shown.ends_with("nowhere"), "{shown}");
+        // The caret sits under the name (both lines share the gutter).
+        let col = caret.find('^').unwrap();
+        assert_eq!(shown.chars().skip(col).take(7).collect::<String>(), "nowhere");
+        let short = Error::name("x")
+            .at(Span { start: 7, end: 8 })
+            .render("SELECT y FROM z", "q");
+        assert!(short.contains("1 | SELECT y FROM z\n  |        ^"), "{short}");
     }
 }
