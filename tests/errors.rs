@@ -259,3 +259,25 @@ fn deep_and_long_queries_are_refused_cleanly() {
         .unwrap_err();
     assert_eq!(err.kind, ialgebra::error::ErrorKind::Syntax);
 }
+
+/// A misspelt first word names the statements and the likely one (`SELEC` → SELECT,
+/// `PREDIKT` → PREDICT), underlining the word, instead of "expected script" at 1:1.
+#[test]
+fn misspelt_statements_are_named() {
+    let mut s = ialgebra::exec::Session::new();
+    for (text, guess) in [
+        ("SELEC * FROM d", "SELECT"),
+        ("PREDIKT cnn(d)", "PREDICT"),
+        ("LAOD DATA d FROM 'x'", "LOAD"),
+    ] {
+        let err = s.execute(text).err().unwrap_or_else(|| panic!("{text} should fail"));
+        let shown = err.render(text, "q");
+        assert!(
+            shown.contains("expected a statement: EXPORT, LET, LOAD, PLAN, PREDICT, SELECT"),
+            "{shown}"
+        );
+        assert!(shown.contains(&format!("did you mean {guess}?")), "{shown}");
+        let word = text.split(' ').next().unwrap_or_default();
+        assert!(shown.contains(&format!("  | {}", "^".repeat(word.len()))), "{shown}");
+    }
+}

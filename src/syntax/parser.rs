@@ -44,7 +44,7 @@ pub const MAX_CHAIN: usize = 2000;
 /// Parses a script of statements separated by `;`.
 pub fn parse_script(text: &str) -> Result<Script> {
     check_nesting(text)?;
-    let mut pairs = IqlParser::parse(Rule::script, text).map_err(convert_error)?;
+    let mut pairs = IqlParser::parse(Rule::script, text).map_err(|e| convert_error(e, text))?;
     let script = pairs.next().ok_or_else(|| Error::syntax("empty parse"))?;
     let statements = script
         .into_inner()
@@ -1265,7 +1265,7 @@ fn rule_name(rule: &Rule) -> String {
         Rule::select_item | Rule::select_list => "a column or expression".into(),
         Rule::star => "`*`".into(),
         Rule::dataset => "a dataset (name, name[i] or name[a:b])".into(),
-        Rule::query | Rule::select | Rule::intersect_term => "a query (SELECT …)".into(),
+        Rule::query | Rule::select | Rule::intersect_term => "a query (SELECT … or PREDICT …)".into(),
         Rule::statement => "a statement".into(),
         Rule::op_eq => "`=`".into(),
         Rule::op_ne => "`!=`".into(),
@@ -1323,7 +1323,12 @@ fn rule_name(rule: &Rule) -> String {
 
 /// Converts pest's error once, at the boundary: a span and a sentence naming what was
 /// expected in words a user knows.
-fn convert_error(err: pest::error::Error<Rule>) -> Error {
+/// The words a statement starts with.
+const STATEMENT_WORDS: &[&str] = &[
+    "EXPORT", "LET", "LOAD", "PLAN", "PREDICT", "SELECT", "SET", "SHOW", "VAR",
+];
+
+fn convert_error(err: pest::error::Error<Rule>, text: &str) -> Error {
     use pest::error::{ErrorVariant, InputLocation};
     let (start, end) = match err.location {
         InputLocation::Pos(p) => (p, p + 1),
@@ -1384,5 +1389,22 @@ fn convert_error(err: pest::error::Error<Rule>) -> Error {
         }
         ErrorVariant::CustomError { message } => message.clone(),
     };
+    // Where a statement should begin, pest can only say that the script failed: name
+    // the statements, and the one a misspelt first word was probably meant to be.
+    if message == "expected script" {
+        let word: String = text
+            .get(start..)
+            .unwrap_or("")
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        let known: Vec<String> = STATEMENT_WORDS.iter().map(|w| w.to_string()).collect();
+        let end = start + word.len().max(1);
+        let mut err = Error::syntax(format!("expected a statement: {}", STATEMENT_WORDS.join(", ")));
+        if let Some(guess) = crate::error::closest(&word, &known) {
+            err = err.hint(format!("did you mean {guess}?"));
+        }
+        return err.at(Span::new(start, end));
+    }
     Error::syntax(message).at(Span::new(start, end))
 }
