@@ -1317,17 +1317,18 @@ fn rule_name(rule: &Rule) -> String {
         Rule::label_column => "LABEL COLUMN".into(),
         Rule::distinct => "DISTINCT".into(),
         Rule::slice | Rule::index_spec => "an index or a slice a:b".into(),
+        Rule::join_op | Rule::op_join | Rule::op_antijoin => "JOIN or ANTIJOIN".into(),
         _ => s.replace('_', " "),
     }
 }
 
-/// Converts pest's error once, at the boundary: a span and a sentence naming what was
-/// expected in words a user knows.
 /// The words a statement starts with.
 const STATEMENT_WORDS: &[&str] = &[
     "EXPORT", "LET", "LOAD", "PLAN", "PREDICT", "SELECT", "SET", "SHOW", "VAR",
 ];
 
+/// Converts pest's error once, at the boundary: a span and a sentence naming what was
+/// expected in words a user knows.
 fn convert_error(err: pest::error::Error<Rule>, text: &str) -> Error {
     use pest::error::{ErrorVariant, InputLocation};
     let (start, end) = match err.location {
