@@ -502,7 +502,7 @@ pub fn render(model: &Model, v: &Visualization, control: &Control) -> Result<Ren
         if step == v.steps {
             // The last pass only measures the objective of the final images.
             let inputs: Vec<Vec<f32>> = images.iter().map(|img| normalized(img, v.normalize)).collect();
-            let (values, _) = objective(model, v, &inputs, &layer_shape, d)?;
+            let (values, _) = objective(model, v, &inputs, &layer_shape, d, false)?;
             end = values;
             params = inputs.concat();
             break;
@@ -523,7 +523,7 @@ pub fn render(model: &Model, v: &Visualization, control: &Control) -> Result<Ren
             })
             .map(|img| normalized(&img, v.normalize))
             .collect();
-        let (values, mut g_input) = objective(model, v, &warped, &layer_shape, d)?;
+        let (values, mut g_input) = objective(model, v, &warped, &layer_shape, d, true)?;
         if let Some((_, std)) = v.normalize {
             // Through (x − mean) / std.
             let plane = d / 3;
@@ -567,14 +567,16 @@ pub fn render(model: &Model, v: &Visualization, control: &Control) -> Result<Ren
     })
 }
 
-/// Each image's objective, and the gradient of Σ objectives − the diversity penalty with
-/// respect to the (warped) inputs, through the one gradient engine.
+/// Each image's objective, and (with `gradient`; the final measurement needs none) the
+/// gradient of Σ objectives − the diversity penalty with respect to the (warped) inputs,
+/// through the one gradient engine.
 fn objective(
     model: &Model,
     v: &Visualization,
     images: &[Vec<f32>],
     layer_shape: &[usize],
     d: usize,
+    gradient: bool,
 ) -> Result<(Vec<f32>, Vec<f32>)> {
     let n = images.len();
     let mut shape = vec![n];
@@ -585,7 +587,7 @@ fn objective(
         &Forward {
             from: 0,
             to: v.layer + 1,
-            keep: true,
+            keep: gradient,
             hook: None,
         },
     )?;
@@ -614,6 +616,9 @@ fn objective(
                 g[k] = share;
             }
         }
+    }
+    if !gradient {
+        return Ok((values, Vec::new()));
     }
     if n > 1 && v.objectives.len() == 1 && v.diversity_weight > 0.0 {
         diversity_gradient(out, channels, positions, v.diversity_weight, &mut seed);
