@@ -74,6 +74,21 @@ fn names_of_what_is_loaded() {
     assert!(words(&s, "SELECT * FROM cnn(digits[0]) THROUGH LAYER ").contains(&"*".to_string()));
     let target = words(&s, "SELECT * FROM cnn(digits[0]) TARGET ");
     assert!(target.contains(&"PREDICTED".to_string()) && target.contains(&"fc1".to_string()));
+    // tables: WITH names written so far and tables kept by LET, after FROM and JOIN
+    let mut s = loaded();
+    s.execute("LET ranking = (SELECT input FROM PREDICT cnn(digits[0:3]));").unwrap();
+    assert_eq!(
+        words(&s, "WITH scores AS (PREDICT cnn(digits)), top AS (SELECT * FROM s"),
+        vec!["scores"]
+    );
+    let from = words(&s, "WITH scores AS (PREDICT cnn(digits)) SELECT * FROM scores JOIN ");
+    for t in ["scores", "ranking", "PREDICT", "cnn"] {
+        assert!(from.contains(&t.to_string()), "{t} in {from:?}");
+    }
+    assert_eq!(words(&s, "EXPORT ra"), vec!["ranking"]);
+    assert!(words(&s, "LET t = ").contains(&"(SELECT".to_string()));
+    assert!(words(&s, "w").contains(&"WITH".to_string()));
+    assert!(words(&s, "WITH ").is_empty());
     // where the word starts, for the shell to replace it
     assert_eq!(at_end(&s, "SHOW LAYERS OF cn").0, "SHOW LAYERS OF ".len());
 }

@@ -68,6 +68,10 @@ const TRICKY: &[&str] = &[
     "SELECT * FROM mlp(c[0]) WINDOW columns a, 'has \"quote\" and ''apostrophe''', \"odd[name\";",
     "SELECT ((SELECT max(x) FROM PREDICT m(d))) + (1), x IN ((SELECT a FROM m(d))), (((x))) FROM m(d);",
     "-- a comment\nSELECT /* inline */ x FROM m(d) -- trailing\n;",
+    "WITH a AS (SELECT input FROM PREDICT m(d)), \"b c\" AS ((SELECT * FROM a) UNION (SELECT 1 AS input FROM a)) SELECT * FROM \"b c\" AS x WHERE input IN (WITH z AS (SELECT 2 AS q FROM a) SELECT q FROM z);",
+    "LET t = (WITH a AS (PREDICT m(d)) SELECT * FROM a); EXPORT t TO 't.csv' OVERWRITE; SELECT (WITH a AS (PREDICT m(d)) SELECT max(input) FROM a) FROM t;",
+    "SELECT * FROM t JOIN PREDICT m(d) TOP 2 AS p USING (input, label); SELECT * FROM (SELECT * FROM t) AS a JOIN u AS b ON a.input = b.input AND label = b.k;",
+    "WITH a AS (PREDICT m(d)) (WITH b AS (SELECT * FROM a) SELECT * FROM b) UNION (SELECT * FROM a);",
 ];
 
 #[test]

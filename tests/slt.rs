@@ -16,7 +16,8 @@
 //! 1 | 8
 //! ```
 //!
-//! Floats print with six significant digits. `IALG_UPDATE=1 cargo test` rewrites the
+//! A `query` whose statement is a PLAN expects the plan's lines. Floats print with six
+//! significant digits. `IALG_UPDATE=1 cargo test` rewrites the
 //! expected tables (review the diff).
 
 use std::path::Path;
@@ -141,6 +142,8 @@ fn run_file(path: &Path) -> (Vec<String>, String) {
                 let got = match s.execute(&sql) {
                     Ok(mut outs) => match outs.pop() {
                         Some(Output::Table(df)) => Some(table_lines(&df)),
+                        // PLAN: the plan's lines are the expected block.
+                        Some(Output::Plan(text)) => Some(text.lines().map(|l| l.trim_end().to_string()).collect()),
                         other => {
                             failures.push(format!("{at}: expected a table, got {other:?}"));
                             None

@@ -331,7 +331,7 @@ const TOPICS: &[(&str, &str)] = &[
     ),
     (
         "LET",
-        "LET name = d[a:b] [WITH …];  a derived dataset; it keeps the input ids of its origin\nLET adv = ATTACK pgd(eps = 0.1, steps = 20) ON m(d[0:100]) [TARGET k];  see \\help ATTACK\nLET v = VISUALIZE m AT LAYER l CHANNEL k (steps = 512);  see \\help VISUALIZE",
+        "LET name = d[a:b] [WITH …];  a derived dataset; it keeps the input ids of its origin\nLET adv = ATTACK pgd(eps = 0.1, steps = 20) ON m(d[0:100]) [TARGET k];  see \\help ATTACK\nLET v = VISUALIZE m AT LAYER l CHANNEL k (steps = 512);  see \\help VISUALIZE\nLET t = (SELECT …);  a table kept in the session: FROM t, JOIN t, IN (SELECT … FROM t), EXPORT t TO 't.csv'; SHOW DATA lists it",
     ),
     (
         "VISUALIZE",
@@ -343,7 +343,7 @@ const TOPICS: &[(&str, &str)] = &[
     ),
     (
         "WITH",
-        "d WITH SET rows a:b, cols c:d = v | WITH SET column = v | WITH MASK <window> | WITH NOISE(stdev[, seed]) | WITH BLUR(sigma)  — input edits\nm(d WITH LAYER l[i, …] = v | WITH LAYER l SCALE s | WITH LAYER l FROM d[k])  — activation edits: indices fix the leading axes (conv2[3] = channel 3); FROM patches in one input's activations (in PREDICT, FROM d[a:b] pairs donor i with input i)",
+        "WITH a AS (SELECT …), b AS (SELECT … FROM a) SELECT … FROM b  — named results for one query: each computed once, read by later ones, the query and its subqueries\nd WITH SET rows a:b, cols c:d = v | WITH SET column = v | WITH MASK <window> | WITH NOISE(stdev[, seed]) | WITH BLUR(sigma)  — input edits\nm(d WITH LAYER l[i, …] = v | WITH LAYER l SCALE s | WITH LAYER l FROM d[k])  — activation edits: indices fix the leading axes (conv2[3] = channel 3); FROM patches in one input's activations (in PREDICT, FROM d[a:b] pairs donor i with input i)",
     ),
     (
         "OVER",
@@ -399,7 +399,7 @@ const TOPICS: &[(&str, &str)] = &[
     ),
     (
         "JOIN",
-        "a JOIN b [clauses]  — two interpretations on the same features; a.attribution, b.attribution, attribution = their mean",
+        "a JOIN b [clauses]  — two interpretations on the same features; a.attribution, b.attribution, attribution = their mean\nt1 [AS a] JOIN t2 [AS b] USING (input) | ON a.input = b.input [AND …]  — tables (WITH names, LET tables, subqueries; a PREDICT on the right) joined on equal columns: an inner join keeping the left's order",
     ),
     (
         "ANTIJOIN",

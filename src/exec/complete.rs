@@ -8,6 +8,7 @@ use crate::ops::METHODS;
 /// Statement forms offered at the start of a statement.
 const STATEMENTS: &[&str] = &[
     "SELECT",
+    "WITH",
     "PREDICT",
     "LOAD MODEL",
     "LOAD DATA",
@@ -159,9 +160,16 @@ impl Session {
             (_, Some("SHOW")) => owned(SHOW_WHAT),
             (_, Some("LOAD")) => owned(&["MODEL", "DATA"]),
             (Some("LAYERS"), Some("OF")) | (Some("EXPORT" | "PLAN"), Some("FROM")) => models,
-            (_, Some("FROM")) => {
+            (_, Some("FROM" | "JOIN")) => {
                 let mut c = models;
                 c.push("PREDICT".into());
+                c.extend(self.tables_in(&tokens));
+                c
+            }
+            (_, Some("EXPORT")) => {
+                let mut c = owned(&["SELECT", "WITH", "REPORT"]);
+                c.extend(self.tables_in(&tokens));
+                c.extend(datasets);
                 c
             }
             (_, Some("PREDICT")) => models,
@@ -173,6 +181,8 @@ impl Session {
                 }
                 c
             }
+            // A WITH that opens a query names a table next: nothing to offer.
+            (None | Some("("), Some("WITH")) => Vec::new(),
             (_, Some("WITH")) => owned(&["SET", "MASK", "NOISE(", "BLUR(", "LAYER"]),
             (Some(_), Some("="))
                 if tokens.first().is_some_and(|t| t.eq_ignore_ascii_case("LET")) && tokens.len() == 3 =>
@@ -180,6 +190,7 @@ impl Session {
                 let mut c = datasets;
                 c.push("ATTACK".into());
                 c.push("VISUALIZE".into());
+                c.push("(SELECT".into());
                 c
             }
             (_, Some("ATTACK")) => crate::ops::attack::ATTACKS
@@ -206,6 +217,13 @@ impl Session {
                 }
                 let mut c = owned(COLUMNS);
                 c.extend(self.tabular_columns());
+                for t in self.state.tables.values() {
+                    for name in t.frame.get_column_names() {
+                        if !c.iter().any(|k| k == name.as_str()) {
+                            c.push(name.to_string());
+                        }
+                    }
+                }
                 if matches!(last.as_deref(), Some("SELECT" | "," | "HAVING")) {
                     c.extend(owned(FUNCTIONS));
                 }
@@ -221,6 +239,24 @@ impl Session {
                 owned(KEYWORDS)
             }
         }
+    }
+
+    /// The tables a FROM may read here: the WITH names written so far in the statement
+    /// (`WITH name AS (`, `, name AS (`), then the session's kept tables.
+    fn tables_in(&self, tokens: &[String]) -> Vec<String> {
+        let mut out: Vec<String> = tokens
+            .windows(4)
+            .filter(|w| {
+                (w[0].eq_ignore_ascii_case("WITH") || w[0] == ",") && w[2].eq_ignore_ascii_case("AS") && w[3] == "("
+            })
+            .map(|w| w[1].clone())
+            .collect();
+        for t in self.state.tables.keys() {
+            if !out.contains(t) {
+                out.push(t.clone());
+            }
+        }
+        out
     }
 
     /// Inside `USING method(`: the method's parameters not given yet, as `name = `.

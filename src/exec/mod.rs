@@ -24,7 +24,7 @@ use crate::model::{Model, Patch, PatchAction};
 use crate::ops::ParamValue;
 use crate::plan::{
     self, ActivationAction, ActivationEdit, Catalog, DatasetInfo, DatasetRef, Literal, ModelInfo, Node, NodeKind, Pick,
-    Plan, Setting, TargetSpec,
+    Plan, Setting, TableInfo, TableSource, TargetSpec,
 };
 use crate::syntax::{self, ast::Statement};
 
@@ -117,6 +117,16 @@ pub(crate) struct State {
     probes: std::collections::HashMap<(u64, usize, u64), Arc<interpret::Probed>>,
     /// Work counters, for tests and benchmarks.
     stats: Stats,
+    /// Tables kept by `LET t = (SELECT …)`.
+    tables: BTreeMap<String, KeptTable>,
+    /// The tables of the WITHs running now, innermost last.
+    with_frames: Vec<(String, DataFrame)>,
+}
+
+/// A table kept in the session, and the query that made it (SHOW DATA's source).
+pub(crate) struct KeptTable {
+    frame: DataFrame,
+    query: String,
 }
 
 /// What the session has computed so far.
@@ -160,6 +170,8 @@ impl Session {
                 edited: BTreeMap::new(),
                 probes: Default::default(),
                 stats: Stats::default(),
+                tables: BTreeMap::new(),
+                with_frames: Vec::new(),
             },
         }
     }
@@ -552,9 +564,21 @@ impl State {
         Ok(lists)
     }
 
+    /// The rows of a table read by name.
+    fn table_frame(&self, name: &str, source: TableSource) -> Result<DataFrame> {
+        let found = match source {
+            TableSource::With => self.with_frames.iter().rev().find(|(n, _)| n == name).map(|(_, f)| f),
+            TableSource::Session => self.tables.get(name).map(|t| &t.frame),
+        };
+        found
+            .cloned()
+            .ok_or_else(|| Error::unknown("table", name, &self.table_names(), "tables"))
+    }
+
     /// Points every interpretation and prediction whose inputs carry activation edits at
-    /// the model with those edits.
-    fn bind_edited_models(&mut self, node: &mut Node) -> Result<()> {
+    /// the model with those edits — inside a WITH only if `through_with` (a WITH's parts
+    /// are bound when they run, and binding twice would apply the edits twice).
+    fn bind_edited_models(&mut self, node: &mut Node, through_with: bool) -> Result<()> {
         match &mut node.kind {
             NodeKind::Attribute(a) => {
                 let edits: Vec<ActivationEdit> = a.data.activation_edits().into_iter().cloned().collect();
@@ -585,19 +609,13 @@ impl State {
             }
             _ => {}
         }
-        match &mut node.kind {
-            NodeKind::Filter { input, .. }
-            | NodeKind::Aggregate { input, .. }
-            | NodeKind::Project { input, .. }
-            | NodeKind::Sort { input, .. }
-            | NodeKind::Limit { input, .. }
-            | NodeKind::Distinct { input } => self.bind_edited_models(input),
-            NodeKind::SetOp { left, right, .. } | NodeKind::Join { left, right, .. } => {
-                self.bind_edited_models(left)?;
-                self.bind_edited_models(right)
-            }
-            _ => Ok(()),
+        if matches!(node.kind, NodeKind::With { .. }) && !through_with {
+            return Ok(());
         }
+        for input in node.inputs_mut() {
+            self.bind_edited_models(input, through_with)?;
+        }
+        Ok(())
     }
 
     fn dataset(&self, name: &str) -> Result<Arc<Dataset>> {
@@ -870,6 +888,26 @@ impl State {
     }
 
     fn run(&mut self, plan: Plan) -> Result<Output> {
+        // Datasets and kept tables share one namespace: a new dataset takes the name.
+        let dataset = match &plan {
+            Plan::LoadData { name, .. }
+            | Plan::Let { name, .. }
+            | Plan::LetAttack { name, .. }
+            | Plan::LetVisualize { name, .. } => Some(name.clone()),
+            _ => None,
+        };
+        let mut out = self.run_plan(plan)?;
+        if let Some(name) = dataset
+            && self.datasets.contains_key(&name)
+            && self.tables.remove(&name).is_some()
+            && let Output::Message(m) = &mut out
+        {
+            m.push_str(&format!(" (replaced table {name})"));
+        }
+        Ok(out)
+    }
+
+    fn run_plan(&mut self, plan: Plan) -> Result<Output> {
         match plan {
             Plan::LoadModel {
                 name,
@@ -1014,6 +1052,23 @@ impl State {
                 self.datasets.insert(name, derived);
                 Ok(Output::Message(msg))
             }
+            Plan::LetTable { name, query, text } => {
+                let frame = relational::run(&query, self)?;
+                let plural = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
+                let mut msg = format!(
+                    "kept table {name}: {} × {}",
+                    plural(frame.height(), "row"),
+                    plural(frame.width(), "column")
+                );
+                if self.tables.contains_key(&name) {
+                    msg = msg.replacen("kept table", "replaced table", 1);
+                } else if self.datasets.remove(&name).is_some() {
+                    // One namespace: a table takes the name from a dataset.
+                    msg.push_str(&format!(" (replaced data {name})"));
+                }
+                self.tables.insert(name, KeptTable { frame, query: text });
+                Ok(Output::Message(msg))
+            }
             Plan::LetAttack { name, attack, text } => {
                 let msg = self.attack(&name, &attack, &text)?;
                 Ok(Output::Message(msg))
@@ -1108,7 +1163,7 @@ impl State {
                 // The tree, then what the caches will serve for each interpretation.
                 let mut text = node.to_string();
                 let mut bound = node.clone();
-                self.bind_edited_models(&mut bound)?;
+                self.bind_edited_models(&mut bound, true)?;
                 let attributions = bound.attributions();
                 if !attributions.is_empty() {
                     text.push_str("cache:\n");
@@ -1240,6 +1295,28 @@ impl Catalog for State {
     }
     fn variable(&self, name: &str) -> Option<Literal> {
         self.variables.get(name).cloned()
+    }
+    fn table(&self, name: &str) -> Option<TableInfo> {
+        let columns = |f: &DataFrame| f.get_column_names().iter().map(|c| c.to_string()).collect();
+        match self.with_frames.iter().rev().find(|(n, _)| n == name) {
+            Some((_, f)) => Some(TableInfo {
+                columns: columns(f),
+                source: TableSource::With,
+            }),
+            None => self.tables.get(name).map(|t| TableInfo {
+                columns: columns(&t.frame),
+                source: TableSource::Session,
+            }),
+        }
+    }
+    fn table_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.with_frames.iter().rev().map(|(n, _)| n.clone()).collect();
+        for n in self.tables.keys() {
+            if !names.contains(n) {
+                names.push(n.clone());
+            }
+        }
+        names
     }
     fn variable_names(&self) -> Vec<String> {
         self.variables.keys().cloned().collect()

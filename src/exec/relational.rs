@@ -20,7 +20,7 @@ pub(super) fn run(node: &Node, state: &mut State) -> Result<DataFrame> {
             node.try_map_exprs(&mut |e| with_subqueries_run(e, state))?;
         }
         if edits {
-            state.bind_edited_models(&mut node)?;
+            state.bind_edited_models(&mut node, false)?;
         }
         return Ok(build(&node, state)?.collect()?);
     }
@@ -164,6 +164,20 @@ fn build(node: &Node, state: &mut State) -> Result<LazyFrame> {
             let r = build(right, state)?.collect()?;
             set_op(*op, l, r)?.lazy()
         }
+        NodeKind::With { tables, body } => run_with(tables, body, state)?.lazy(),
+        NodeKind::Table { name, source } => state.table_frame(name, *source)?.lazy(),
+        NodeKind::TableJoin {
+            left,
+            right,
+            on,
+            left_out,
+            right_out,
+            ..
+        } => {
+            let l = build(left, state)?.collect()?;
+            let r = build(right, state)?.collect()?;
+            table_join(l, r, on, left_out, right_out)?
+        }
         NodeKind::Join {
             kind,
             left,
@@ -178,6 +192,75 @@ fn build(node: &Node, state: &mut State) -> Result<LazyFrame> {
                 .select(node.columns.iter().map(|c| col(c.as_str())).collect::<Vec<_>>())
         }
     })
+}
+
+/// A WITH: each table computed once, in order, and visible by name (to the later ones,
+/// the body, and the subqueries in them) until the body has run.
+fn run_with(tables: &[(String, Node)], body: &Node, state: &mut State) -> Result<DataFrame> {
+    fn each(tables: &[(String, Node)], body: &Node, state: &mut State) -> Result<DataFrame> {
+        for (name, node) in tables {
+            let df = run(node, state)?;
+            state.with_frames.push((name.clone(), df));
+        }
+        run(body, state)
+    }
+    let depth = state.with_frames.len();
+    let result = each(tables, body, state);
+    state.with_frames.truncate(depth);
+    result
+}
+
+/// An inner join on pairs of equal columns (`on`: left column, right column), the left's
+/// rows in order, each with its matches on the right in their order; the kept columns
+/// renamed as `left_out` / `right_out` say.
+fn table_join(
+    left: DataFrame,
+    right: DataFrame,
+    on: &[(String, String)],
+    left_out: &[(String, String)],
+    right_out: &[(String, String)],
+) -> Result<LazyFrame> {
+    let mut left_keys = Vec::new();
+    let mut right_keys = Vec::new();
+    let mut left_cols: Vec<Expr> = left_out.iter().map(|(c, o)| col(c.as_str()).alias(o.as_str())).collect();
+    let mut right_cols: Vec<Expr> = right_out.iter().map(|(c, o)| col(c.as_str()).alias(o.as_str())).collect();
+    for (i, (l, r)) in on.iter().enumerate() {
+        let (lt, rt) = (left.column(l)?.dtype().clone(), right.column(r)?.dtype().clone());
+        // Keys compare as values: an integer id meets a float id, text only text.
+        let common = if lt == rt {
+            None
+        } else if lt.is_primitive_numeric() && rt.is_primitive_numeric() {
+            Some(DataType::Float64)
+        } else {
+            let kind = |t: &DataType| match t {
+                t if t.is_primitive_numeric() => "numbers",
+                DataType::String => "text",
+                DataType::Boolean => "true/false",
+                _ => "other values",
+            };
+            return Err(Error::value(format!(
+                "JOIN compares `{l}` on the left, {}, with `{r}` on the right, {}: a key must hold the same kind of value on both sides",
+                kind(&lt),
+                kind(&rt)
+            )));
+        };
+        let key = |c: &str, name: String| match &common {
+            Some(t) => col(c).cast(t.clone()).alias(name),
+            None => col(c).alias(name),
+        };
+        left_cols.push(key(l, format!("__left_key{i}")));
+        right_cols.push(key(r, format!("__right_key{i}")));
+        left_keys.push(col(format!("__left_key{i}").as_str()));
+        right_keys.push(col(format!("__right_key{i}").as_str()));
+    }
+    let mut args = JoinArgs::new(JoinType::Inner);
+    args.maintain_order = MaintainOrderJoin::LeftRight;
+    let out: Vec<Expr> = left_out.iter().chain(right_out).map(|(_, o)| col(o.as_str())).collect();
+    Ok(left
+        .lazy()
+        .select(left_cols)
+        .join(right.lazy().select(right_cols), left_keys, right_keys, args)
+        .select(out))
 }
 
 fn aggregate(lf: LazyFrame, keys: &[(String, Ast)], aggregates: &[(String, Ast)]) -> Result<LazyFrame> {

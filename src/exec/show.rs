@@ -25,6 +25,8 @@ pub(super) fn models(state: &State) -> Result<Output> {
     Ok(Output::Table(df))
 }
 
+/// The datasets, then the tables kept by LET (kind `table`: rows, and its columns for a
+/// shape).
 pub(super) fn datasets(state: &State) -> Result<Output> {
     let names: Vec<&str> = state.datasets.keys().map(|s| s.as_str()).collect();
     let ds: Vec<_> = state.datasets.values().collect();
@@ -46,7 +48,22 @@ pub(super) fn datasets(state: &State) -> Result<Output> {
         "ids" => ds.iter().map(|d| d.id_range().map(|(a, b)| format!("{a}..{b}")).unwrap_or_default()).collect::<Vec<_>>(),
         "source" => ds.iter().map(|d| d.source.clone()).collect::<Vec<_>>(),
     )?;
-    Ok(Output::Table(df))
+    let tables = &state.tables;
+    let columns = |t: &super::KeptTable| {
+        let names: Vec<String> = t.frame.get_column_names().iter().map(|c| c.to_string()).collect();
+        format!("columns {}", crate::error::list_names(&names, 8))
+    };
+    let kept = df!(
+        "dataset" => tables.keys().map(|s| s.as_str()).collect::<Vec<_>>(),
+        "inputs" => tables.values().map(|t| t.frame.height() as i64).collect::<Vec<_>>(),
+        "shape" => tables.values().map(columns).collect::<Vec<_>>(),
+        "kind" => vec!["table"; tables.len()],
+        "labels" => vec![false; tables.len()],
+        "classes" => vec![None::<String>; tables.len()],
+        "ids" => vec![String::new(); tables.len()],
+        "source" => tables.values().map(|t| t.query.clone()).collect::<Vec<_>>(),
+    )?;
+    Ok(Output::Table(df.vstack(&kept)?))
 }
 
 pub(super) fn methods() -> Result<Output> {

@@ -63,6 +63,13 @@ pub enum Plan {
         text: String,
     },
     Query(Node),
+    /// `LET name = (SELECT …)`: the result kept in the session as a table.
+    LetTable {
+        name: String,
+        query: Node,
+        /// The query as canonical IQL (SHOW DATA's source).
+        text: String,
+    },
     /// A dataset's inputs as a picture (`png`: true) or an .npy array.
     ExportData {
         dataset: DatasetRef,
@@ -397,6 +404,15 @@ pub struct Prediction {
     pub classes: Option<std::sync::Arc<Vec<String>>>,
 }
 
+/// Where a table read by name comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TableSource {
+    /// A `WITH name AS (…)` of the query around it.
+    With,
+    /// A table kept in the session by `LET name = (SELECT …)`.
+    Session,
+}
+
 /// A relational operator and the columns it produces.
 #[derive(Clone, Debug)]
 pub struct Node {
@@ -440,6 +456,29 @@ pub enum NodeKind {
         left: Box<Node>,
         right: Box<Node>,
     },
+    /// `WITH name AS (…), … body`: each named result computed once, in order, then the
+    /// body, which reads them (and so may each later one) as `Table`s.
+    With {
+        tables: Vec<(String, Node)>,
+        body: Box<Node>,
+    },
+    /// The rows of a named table.
+    Table {
+        name: String,
+        source: TableSource,
+    },
+    /// Two tables joined on equal columns (an inner join): the left's rows in order, each
+    /// followed by its matches on the right in their order. `left_out` / `right_out` name
+    /// each kept column of a side in the result; `on` pairs the sides' key columns.
+    TableJoin {
+        left: Box<Node>,
+        right: Box<Node>,
+        on: Vec<(String, String)>,
+        left_out: Vec<(String, String)>,
+        right_out: Vec<(String, String)>,
+        /// How the condition was written, for PLAN.
+        condition: String,
+    },
     /// JOIN / ANTIJOIN of two interpretations on their shared key columns; the sides'
     /// other columns are qualified by `names`.
     Join {
@@ -457,7 +496,8 @@ impl Node {
     }
 
     /// Every expression of this operator and those below it (pushed-down input filters
-    /// too) rewritten by `f`.
+    /// too) rewritten by `f` — down to a WITH, whose parts are rewritten when it runs
+    /// (their subqueries may read its names).
     pub fn try_map_exprs<E>(
         &mut self,
         f: &mut dyn FnMut(&Expr) -> std::result::Result<Expr, E>,
@@ -468,53 +508,68 @@ impl Node {
                     a.input_filter = Some(f(filter)?);
                 }
             }
-            NodeKind::Predict(_) => {}
-            NodeKind::Filter { input, predicate } => {
-                *predicate = f(predicate)?;
-                input.try_map_exprs(f)?;
-            }
-            NodeKind::Aggregate {
-                input,
-                keys,
-                aggregates,
-            } => {
+            NodeKind::With { .. } => return Ok(()),
+            NodeKind::Filter { predicate, .. } => *predicate = f(predicate)?,
+            NodeKind::Aggregate { keys, aggregates, .. } => {
                 for (_, e) in keys.iter_mut().chain(aggregates.iter_mut()) {
                     *e = f(e)?;
                 }
-                input.try_map_exprs(f)?;
             }
-            NodeKind::Project { input, exprs } => {
+            NodeKind::Project { exprs, .. } => {
                 for (_, e) in exprs.iter_mut() {
                     *e = f(e)?;
                 }
-                input.try_map_exprs(f)?;
             }
-            NodeKind::Sort { input, keys } => {
+            NodeKind::Sort { keys, .. } => {
                 for (e, _) in keys.iter_mut() {
                     *e = f(e)?;
                 }
-                input.try_map_exprs(f)?;
             }
-            NodeKind::Limit { input, .. } | NodeKind::Distinct { input } => input.try_map_exprs(f)?,
-            NodeKind::SetOp { left, right, .. } | NodeKind::Join { left, right, .. } => {
-                left.try_map_exprs(f)?;
-                right.try_map_exprs(f)?;
-            }
+            NodeKind::Predict(_)
+            | NodeKind::Table { .. }
+            | NodeKind::Limit { .. }
+            | NodeKind::Distinct { .. }
+            | NodeKind::SetOp { .. }
+            | NodeKind::Join { .. }
+            | NodeKind::TableJoin { .. } => {}
+        }
+        for input in self.inputs_mut() {
+            input.try_map_exprs(f)?;
         }
         Ok(())
     }
 
-    /// The operators this one reads from, left to right.
+    /// The operators this one reads from, left to right (a WITH's tables, then its body).
     pub fn inputs(&self) -> Vec<&Node> {
         match &self.kind {
-            NodeKind::Attribute(_) | NodeKind::Predict(_) => Vec::new(),
+            NodeKind::Attribute(_) | NodeKind::Predict(_) | NodeKind::Table { .. } => Vec::new(),
             NodeKind::Filter { input, .. }
             | NodeKind::Aggregate { input, .. }
             | NodeKind::Project { input, .. }
             | NodeKind::Sort { input, .. }
             | NodeKind::Limit { input, .. }
             | NodeKind::Distinct { input } => vec![input],
-            NodeKind::SetOp { left, right, .. } | NodeKind::Join { left, right, .. } => vec![left, right],
+            NodeKind::SetOp { left, right, .. }
+            | NodeKind::Join { left, right, .. }
+            | NodeKind::TableJoin { left, right, .. } => vec![left, right],
+            NodeKind::With { tables, body } => tables.iter().map(|(_, n)| n).chain([&**body]).collect(),
+        }
+    }
+
+    /// `inputs`, to change them in place: the one walk every rewrite shares.
+    pub fn inputs_mut(&mut self) -> Vec<&mut Node> {
+        match &mut self.kind {
+            NodeKind::Attribute(_) | NodeKind::Predict(_) | NodeKind::Table { .. } => Vec::new(),
+            NodeKind::Filter { input, .. }
+            | NodeKind::Aggregate { input, .. }
+            | NodeKind::Project { input, .. }
+            | NodeKind::Sort { input, .. }
+            | NodeKind::Limit { input, .. }
+            | NodeKind::Distinct { input } => vec![input],
+            NodeKind::SetOp { left, right, .. }
+            | NodeKind::Join { left, right, .. }
+            | NodeKind::TableJoin { left, right, .. } => vec![left, right],
+            NodeKind::With { tables, body } => tables.iter_mut().map(|(_, n)| n).chain([&mut **body]).collect(),
         }
     }
 
@@ -688,6 +743,30 @@ impl Node {
                         keys.join(", ")
                     }
                 )?;
+                left.fmt_tree(f, depth + 1)?;
+                right.fmt_tree(f, depth + 1)
+            }
+            NodeKind::With { tables, body } => {
+                let names: Vec<&str> = tables.iter().map(|(n, _)| n.as_str()).collect();
+                writeln!(f, "{pad}{arrow}With {} (each computed once)", names.join(", "))?;
+                for (name, table) in tables {
+                    writeln!(f, "{pad}   {name} =")?;
+                    table.fmt_tree(f, depth + 1)?;
+                }
+                writeln!(f, "{pad}   then")?;
+                body.fmt_tree(f, depth + 1)
+            }
+            NodeKind::Table { name, source } => {
+                let from = match source {
+                    TableSource::With => "the WITH above",
+                    TableSource::Session => "kept in the session",
+                };
+                writeln!(f, "{pad}{arrow}Table {name} ({from})")
+            }
+            NodeKind::TableJoin {
+                left, right, condition, ..
+            } => {
+                writeln!(f, "{pad}{arrow}Join {condition}")?;
                 left.fmt_tree(f, depth + 1)?;
                 right.fmt_tree(f, depth + 1)
             }

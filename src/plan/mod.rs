@@ -66,12 +66,30 @@ pub trait Catalog {
     fn setting(&self, name: &str) -> Option<ParamValue>;
     fn variable(&self, name: &str) -> Option<Literal>;
     fn variable_names(&self) -> Vec<String>;
+    /// A table read by name (`FROM t`): a WITH name in scope, or a table kept by
+    /// `LET t = (SELECT …)`.
+    fn table(&self, name: &str) -> Option<TableInfo> {
+        let _ = name;
+        None
+    }
+    /// The tables `table` knows, innermost WITH names first.
+    fn table_names(&self) -> Vec<String> {
+        Vec::new()
+    }
     /// The model `name` (whose input has symbolic axes) bound to inputs of `sample_shape`:
     /// the name of that binding and what it is.
     fn bind_model(&self, name: &str, sample_shape: &[usize]) -> Result<(String, ModelInfo)> {
         let _ = sample_shape;
         Err(Error::model(format!("`{name}` cannot be bound to a shape here")))
     }
+}
+
+/// What the planner needs to know of a table.
+#[derive(Clone, Debug)]
+pub struct TableInfo {
+    pub columns: Vec<String>,
+    /// Where it comes from: a WITH of the query, or the session (LET).
+    pub source: TableSource,
 }
 
 /// Settings a user may SET, with what they accept.
@@ -95,11 +113,11 @@ pub const SETTINGS: &[(&str, &str)] = &[
     ("allow_nonfinite", "load data holding NaN or infinity (true or false)"),
 ];
 
-/// A new dataset's name must not be a model's.
-fn check_dataset_name(name: &ast::Ident, catalog: &dyn Catalog) -> Result<()> {
+/// A new dataset's (or kept table's: `what`) name must not be a model's.
+fn check_dataset_name(name: &ast::Ident, catalog: &dyn Catalog, what: &str) -> Result<()> {
     if catalog.model(&name.name).is_some() {
         return Err(Error::name(format!(
-            "`{}` is a model; choose another name for the dataset",
+            "`{}` is a model; choose another name for the {what}",
             name.name
         ))
         .at(name.span));
@@ -211,14 +229,14 @@ pub fn plan(stmt: &Statement, catalog: &dyn Catalog) -> Result<Plan> {
             value: resolve_literal(value, catalog)?,
         },
         StatementKind::Let { name, dataset } => {
-            check_dataset_name(name, catalog)?;
+            check_dataset_name(name, catalog, "dataset")?;
             Plan::Let {
                 name: name.name.clone(),
                 dataset: resolve_dataset(dataset, catalog)?.0,
             }
         }
         StatementKind::LetAttack { name, attack } => {
-            check_dataset_name(name, catalog)?;
+            check_dataset_name(name, catalog, "dataset")?;
             Plan::LetAttack {
                 name: name.name.clone(),
                 attack: interpret::plan_attack(attack, catalog)?,
@@ -226,14 +244,51 @@ pub fn plan(stmt: &Statement, catalog: &dyn Catalog) -> Result<Plan> {
             }
         }
         StatementKind::LetVisualize { name, visualize } => {
-            check_dataset_name(name, catalog)?;
+            check_dataset_name(name, catalog, "dataset")?;
             Plan::LetVisualize {
                 name: name.name.clone(),
                 visualize: interpret::plan_visualize(visualize, catalog)?,
                 text: visualize.to_string(),
             }
         }
+        StatementKind::LetTable { name, query: q } => {
+            check_dataset_name(name, catalog, "table")?;
+            Plan::LetTable {
+                name: name.name.clone(),
+                query: optimize::optimize(query::plan_query(q, catalog)?),
+                text: q.to_string(),
+            }
+        }
         StatementKind::Query(q) => Plan::Query(optimize::optimize(query::plan_query(q, catalog)?)),
+        // `EXPORT t TO 'f.csv'` for a kept table: the table's rows.
+        StatementKind::ExportData {
+            dataset,
+            path,
+            overwrite,
+        } if dataset.visualize.is_none()
+            && dataset.index.is_none()
+            && dataset.edits.is_empty()
+            && catalog.table(&dataset.name.name).is_some() =>
+        {
+            let table = ast::Query {
+                kind: ast::QueryKind::Select(Box::new(ast::Select {
+                    distinct: false,
+                    items: vec![ast::SelectItem::Wildcard(dataset.span)],
+                    from: ast::Source::Table {
+                        name: dataset.name.clone(),
+                        alias: None,
+                    },
+                    filter: None,
+                    group_by: Vec::new(),
+                    having: None,
+                    order_by: Vec::new(),
+                    limit: None,
+                    span: dataset.span,
+                })),
+                span: dataset.span,
+            };
+            plan_export(&table, path, *overwrite, false, catalog)?
+        }
         StatementKind::ExportData {
             dataset,
             path,
@@ -272,12 +327,19 @@ pub fn plan(stmt: &Statement, catalog: &dyn Catalog) -> Result<Plan> {
             path,
             overwrite,
             report,
-        } => {
+        } => plan_export(q, path, *overwrite, *report, catalog)?,
+    })
+}
+
+/// `EXPORT [REPORT] query TO path [OVERWRITE]`: the format from the file's extension.
+fn plan_export(q: &ast::Query, path: &Value, overwrite: bool, report: bool, catalog: &dyn Catalog) -> Result<Plan> {
+    {
+        {
             let file = resolve_path(path, catalog)?;
             let ext = file.extension().and_then(|e| e.to_str()).unwrap_or("").to_lowercase();
             let format = match ext.as_str() {
-                "html" | "htm" if *report => ExportFormat::Report,
-                _ if *report => {
+                "html" | "htm" if report => ExportFormat::Report,
+                _ if report => {
                     return Err(
                         Error::value(format!("a report is an HTML file, not `{}`", file.display()))
                             .at(path.span)
@@ -301,20 +363,20 @@ pub fn plan(stmt: &Statement, catalog: &dyn Catalog) -> Result<Plan> {
                     );
                 }
             };
-            if !*overwrite && file.exists() {
+            if !overwrite && file.exists() {
                 return Err(Error::io(format!("{} already exists", file.display()))
                     .at(path.span)
                     .hint("add OVERWRITE to replace it"));
             }
-            Plan::Export {
+            Ok(Plan::Export {
                 query: optimize::optimize(query::plan_query(q, catalog)?),
                 text: q.to_string(),
                 path: file,
                 format,
-                overwrite: *overwrite,
-            }
+                overwrite,
+            })
         }
-    })
+    }
 }
 
 fn plan_setting(name: &ast::Ident, value: &Value, catalog: &dyn Catalog) -> Result<Setting> {

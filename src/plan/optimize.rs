@@ -9,7 +9,7 @@
 //! Neither rule applies to a method whose result for one input depends on the others
 //! (feature permutation shuffles among them).
 
-use super::logical::{INPUT_COLUMNS, InputLimit, Node, NodeKind};
+use super::logical::{INPUT_COLUMNS, InputLimit, Node, NodeKind, TableSource};
 use crate::syntax::ast::{BinaryOp, Expr, ExprKind};
 
 pub fn optimize(node: Node) -> Node {
@@ -51,59 +51,21 @@ fn limit_inputs(node: &mut Node, rows: usize, grouped: bool) {
     }
 }
 
-/// Applies `f` to the inputs of a node.
-fn map_inputs(node: Node, f: fn(Node) -> Node) -> Node {
-    let Node { kind, columns } = node;
-    let boxed = |n: Box<Node>| Box::new(f(*n));
-    let kind = match kind {
-        NodeKind::Filter { input, predicate } => NodeKind::Filter {
-            input: boxed(input),
-            predicate,
-        },
-        NodeKind::Aggregate {
-            input,
-            keys,
-            aggregates,
-        } => NodeKind::Aggregate {
-            input: boxed(input),
-            keys,
-            aggregates,
-        },
-        NodeKind::Project { input, exprs } => NodeKind::Project {
-            input: boxed(input),
-            exprs,
-        },
-        NodeKind::Sort { input, keys } => NodeKind::Sort {
-            input: boxed(input),
-            keys,
-        },
-        NodeKind::Limit { input, count, offset } => NodeKind::Limit {
-            input: boxed(input),
-            count,
-            offset,
-        },
-        NodeKind::Distinct { input } => NodeKind::Distinct { input: boxed(input) },
-        NodeKind::SetOp { op, left, right } => NodeKind::SetOp {
-            op,
-            left: boxed(left),
-            right: boxed(right),
-        },
-        NodeKind::Join {
-            kind,
-            left,
-            right,
-            names,
-            keys,
-        } => NodeKind::Join {
-            kind,
-            left: boxed(left),
-            right: boxed(right),
-            names,
-            keys,
-        },
-        leaf @ (NodeKind::Attribute(_) | NodeKind::Predict(_)) => leaf,
-    };
-    Node { kind, columns }
+/// Applies `f` to the inputs of a node (a WITH's tables and body too).
+fn map_inputs(mut node: Node, f: fn(Node) -> Node) -> Node {
+    for input in node.inputs_mut() {
+        // Moved out and back: `f` takes its node by value.
+        let placeholder = Node::new(
+            NodeKind::Table {
+                name: String::new(),
+                source: TableSource::With,
+            },
+            Vec::new(),
+        );
+        let taken = std::mem::replace(input, placeholder);
+        *input = f(taken);
+    }
+    node
 }
 
 fn push_input_predicates(node: Node) -> Node {

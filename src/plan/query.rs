@@ -5,7 +5,8 @@
 use super::interpret::{plan_clauses, plan_interpretation, plan_prediction};
 use super::*;
 use crate::syntax::ast::{
-    Expr, ExprKind, Ident, Join, JoinKind, JoinSide, Query, QueryKind, Select, SelectItem, SetOp, Source,
+    Cte, Expr, ExprKind, Ident, Join, JoinCondition, JoinKind, JoinSide, Query, QueryKind, Select, SelectItem, SetOp,
+    Source, TableJoin,
 };
 
 /// Functions that exist only over a window (`… OVER (…)`).
@@ -40,6 +41,7 @@ pub(super) fn plan_query(q: &Query, catalog: &dyn Catalog) -> Result<Node> {
     match &q.kind {
         QueryKind::Select(s) => plan_select(s, catalog),
         QueryKind::Predict(p) => plan_prediction(p, catalog),
+        QueryKind::With { tables, body } => plan_with(tables, body, catalog),
         QueryKind::SetOp { op, left, right } => {
             let l = plan_query(left, catalog)?;
             let r = plan_query(right, catalog)?;
@@ -71,14 +73,260 @@ pub(super) fn plan_query(q: &Query, catalog: &dyn Catalog) -> Result<Node> {
     }
 }
 
-fn plan_source(source: &Source, catalog: &dyn Catalog) -> Result<(Node, Option<String>)> {
+/// A name by which a SELECT may qualify columns (`s.score`), and the source columns it
+/// reaches.
+type Side = (String, Vec<String>);
+
+fn plan_source(source: &Source, catalog: &dyn Catalog) -> Result<(Node, Vec<Side>)> {
+    let named = |node: Node, alias: Option<&Ident>| {
+        let sides = alias.map(|a| (a.name.clone(), node.columns.clone())).into_iter().collect();
+        (node, sides)
+    };
     match source {
-        Source::Interpretation(i) => Ok((plan_interpretation(i, catalog)?, None)),
-        Source::Predict(p) => Ok((plan_prediction(p, catalog)?, None)),
-        Source::PredictJoin(j) => Ok((plan_predict_join(j, catalog)?, None)),
-        Source::Subquery { query, alias } => Ok((plan_query(query, catalog)?, alias.as_ref().map(|a| a.name.clone()))),
-        Source::Join(j) => Ok((plan_join(j, catalog)?, None)),
+        Source::Interpretation(i) => Ok((plan_interpretation(i, catalog)?, Vec::new())),
+        Source::Predict(p) => Ok((plan_prediction(p, catalog)?, Vec::new())),
+        Source::PredictJoin(j) => Ok((plan_predict_join(j, catalog)?, Vec::new())),
+        Source::Subquery { query, alias } => Ok(named(plan_query(query, catalog)?, alias.as_ref())),
+        Source::Join(j) => Ok((plan_join(j, catalog)?, Vec::new())),
+        Source::Table { name, alias } => Ok(named(plan_table(name, catalog)?, Some(alias.as_ref().unwrap_or(name)))),
+        Source::TableJoin(j) => plan_table_join(j, catalog),
     }
+}
+
+/// The catalog inside a WITH: its names so far, then whatever is outside.
+struct WithScope<'a> {
+    outer: &'a dyn Catalog,
+    tables: Vec<(String, Vec<String>)>,
+}
+
+impl Catalog for WithScope<'_> {
+    fn model(&self, name: &str) -> Option<ModelInfo> {
+        self.outer.model(name)
+    }
+    fn model_names(&self) -> Vec<String> {
+        self.outer.model_names()
+    }
+    fn dataset(&self, name: &str) -> Option<DatasetInfo> {
+        self.outer.dataset(name)
+    }
+    fn dataset_names(&self) -> Vec<String> {
+        self.outer.dataset_names()
+    }
+    fn setting(&self, name: &str) -> Option<crate::ops::ParamValue> {
+        self.outer.setting(name)
+    }
+    fn variable(&self, name: &str) -> Option<Literal> {
+        self.outer.variable(name)
+    }
+    fn variable_names(&self) -> Vec<String> {
+        self.outer.variable_names()
+    }
+    fn bind_model(&self, name: &str, sample_shape: &[usize]) -> Result<(String, ModelInfo)> {
+        self.outer.bind_model(name, sample_shape)
+    }
+    fn table(&self, name: &str) -> Option<TableInfo> {
+        match self.tables.iter().rev().find(|(n, _)| n == name) {
+            Some((_, columns)) => Some(TableInfo {
+                columns: columns.clone(),
+                source: TableSource::With,
+            }),
+            None => self.outer.table(name),
+        }
+    }
+    fn table_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.tables.iter().rev().map(|(n, _)| n.clone()).collect();
+        for outer in self.outer.table_names() {
+            if !names.contains(&outer) {
+                names.push(outer);
+            }
+        }
+        names
+    }
+}
+
+/// `WITH a AS (…), b AS (…) body`: each table planned with the ones before it in scope.
+fn plan_with(tables: &[Cte], body: &Query, catalog: &dyn Catalog) -> Result<Node> {
+    let mut scope = WithScope {
+        outer: catalog,
+        tables: Vec::new(),
+    };
+    let mut planned = Vec::new();
+    for t in tables {
+        if scope.tables.iter().any(|(n, _)| *n == t.name.name) {
+            return Err(Error::name(format!("WITH names `{}` twice", t.name.name))
+                .at(t.name.span)
+                .hint("give each table its own name"));
+        }
+        let node = plan_query(&t.query, &scope)?;
+        scope.tables.push((t.name.name.clone(), node.columns.clone()));
+        planned.push((t.name.name.clone(), node));
+    }
+    let body = plan_query(body, &scope)?;
+    let columns = body.columns.clone();
+    Ok(Node::new(
+        NodeKind::With {
+            tables: planned,
+            body: Box::new(body),
+        },
+        columns,
+    ))
+}
+
+/// `FROM t`: a WITH name or a kept table; a model or dataset named here is a mistake
+/// worth explaining.
+fn plan_table(name: &Ident, catalog: &dyn Catalog) -> Result<Node> {
+    if let Some(info) = catalog.table(&name.name) {
+        return Ok(Node::new(
+            NodeKind::Table {
+                name: name.name.clone(),
+                source: info.source,
+            },
+            info.columns,
+        ));
+    }
+    let n = &name.name;
+    if catalog.model(n).is_some() {
+        let data = catalog.dataset_names().into_iter().next().unwrap_or_else(|| "d".into());
+        return Err(Error::name(format!("`{n}` is a model: read it on a dataset"))
+            .at(name.span)
+            .hint(format!("FROM {n}({data}) USING saliency, or FROM PREDICT {n}({data})")));
+    }
+    if catalog.dataset(n).is_some() {
+        let model = catalog.model_names().into_iter().next().unwrap_or_else(|| "m".into());
+        return Err(Error::name(format!("`{n}` is a dataset: its rows come through a model"))
+            .at(name.span)
+            .hint(format!("FROM PREDICT {model}({n}), or FROM {model}({n}) USING saliency")));
+    }
+    Err(Error::unknown("table", n, &catalog.table_names(), "tables")
+        .at(name.span)
+        .hint("a table is a WITH name AS (SELECT …) before the query, or kept by LET name = (SELECT …)"))
+}
+
+/// `left JOIN right USING (c, …) | ON l.x = r.y AND …`: an inner equi-join.
+fn plan_table_join(j: &TableJoin, catalog: &dyn Catalog) -> Result<(Node, Vec<Side>)> {
+    let side_name = |s: &Source, default: &str| match s {
+        Source::Table { name, alias } => alias.as_ref().unwrap_or(name).name.clone(),
+        Source::Subquery { alias: Some(a), .. } => a.name.clone(),
+        _ => default.to_string(),
+    };
+    let names = [side_name(&j.left, "a"), side_name(&j.right, "b")];
+    if names[0] == names[1] {
+        return Err(Error::query(format!("both sides of JOIN are named `{}`", names[0]))
+            .at(j.span)
+            .hint("give them different names with AS"));
+    }
+    let (left, _) = plan_source(&j.left, catalog)?;
+    let (right, _) = plan_source(&j.right, catalog)?;
+    let missing = |side: usize, column: &Ident, node: &Node| {
+        Error::unknown("column", &column.name, &node.columns, &format!("columns of `{}`", names[side]))
+            .at(column.span)
+    };
+    let mut on: Vec<(String, String)> = Vec::new();
+    // USING keeps one copy of each key; ON keeps both sides' columns.
+    let using = matches!(j.condition, JoinCondition::Using(_));
+    match &j.condition {
+        JoinCondition::Using(columns) => {
+            for c in columns {
+                if !left.columns.contains(&c.name) {
+                    return Err(missing(0, c, &left));
+                }
+                if !right.columns.contains(&c.name) {
+                    return Err(missing(1, c, &right));
+                }
+                on.push((c.name.clone(), c.name.clone()));
+            }
+        }
+        JoinCondition::On(pairs) => {
+            // Each equality pairs a column of each side, in either order.
+            let side_of = |e: &Expr| -> Result<(usize, String)> {
+                let ExprKind::Column { qualifier, name } = &e.kind else {
+                    return Err(Error::query("ON compares columns: a.column = b.column").at(e.span));
+                };
+                let found = |side: usize, node: &Node| node.columns.contains(&name.name).then_some((side, name.name.clone()));
+                let hit = match qualifier {
+                    Some(q) if q.name == names[0] => found(0, &left).ok_or_else(|| missing(0, name, &left))?,
+                    Some(q) if q.name == names[1] => found(1, &right).ok_or_else(|| missing(1, name, &right))?,
+                    Some(q) => {
+                        return Err(Error::unknown("table", &q.name, &names, "sides of this JOIN").at(q.span));
+                    }
+                    None => match (found(0, &left), found(1, &right)) {
+                        (Some(l), None) => l,
+                        (None, Some(r)) => r,
+                        (Some(_), Some(_)) => {
+                            return Err(Error::query(format!("`{}` is a column of both sides", name.name))
+                                .at(e.span)
+                                .hint(format!("say which: {}.{} or {}.{}", names[0], name.name, names[1], name.name)));
+                        }
+                        (None, None) => {
+                            let mut both = left.columns.clone();
+                            both.extend(right.columns.iter().cloned());
+                            return Err(Error::unknown("column", &name.name, &both, "columns").at(e.span));
+                        }
+                    },
+                };
+                Ok(hit)
+            };
+            for (a, b) in pairs {
+                let (sa, ca) = side_of(a)?;
+                let (sb, cb) = side_of(b)?;
+                if sa == sb {
+                    return Err(Error::query(format!("both columns of this equality are from `{}`", names[sa]))
+                        .at(a.span.to(b.span))
+                        .hint("ON pairs a column of each side: a.column = b.column"));
+                }
+                on.push(if sa == 0 { (ca, cb) } else { (cb, ca) });
+            }
+        }
+    }
+    // The result's columns: the keys once (USING), then each side's own; a name both
+    // sides keep is qualified by the side's name.
+    let keys: Vec<&String> = if using { on.iter().map(|(l, _)| l).collect() } else { Vec::new() };
+    let kept = |node: &Node| -> Vec<String> { node.columns.iter().filter(|c| !keys.contains(c)).cloned().collect() };
+    let (lk, rk) = (kept(&left), kept(&right));
+    let out = |own: &[String], other: &[String], name: &str| -> Vec<(String, String)> {
+        own.iter()
+            .map(|c| {
+                let shown = if other.contains(c) { format!("{name}.{c}") } else { c.clone() };
+                (c.clone(), shown)
+            })
+            .collect()
+    };
+    let mut left_out: Vec<(String, String)> = keys.iter().map(|k| ((*k).clone(), (*k).clone())).collect();
+    left_out.extend(out(&lk, &rk, &names[0]));
+    let right_out = out(&rk, &lk, &names[1]);
+    let columns: Vec<String> = left_out.iter().chain(&right_out).map(|(_, o)| o.clone()).collect();
+    // A side's name reaches its columns that kept their own name.
+    let reach = |outs: &[(String, String)]| -> Vec<String> {
+        outs.iter().filter(|(c, o)| c == o).map(|(c, _)| c.clone()).collect()
+    };
+    let left_reach = reach(&left_out);
+    let mut right_reach = reach(&right_out);
+    right_reach.extend(keys.iter().map(|k| (*k).clone()));
+    let condition = match &j.condition {
+        JoinCondition::Using(_) => {
+            let k: Vec<&str> = on.iter().map(|(l, _)| l.as_str()).collect();
+            format!("{} ⋈ {} using ({})", names[0], names[1], k.join(", "))
+        }
+        JoinCondition::On(_) => {
+            let k: Vec<String> = on.iter().map(|(l, r)| format!("{}.{l} = {}.{r}", names[0], names[1])).collect();
+            format!("{} ⋈ {} on {}", names[0], names[1], k.join(" and "))
+        }
+    };
+    let sides = vec![(names[0].clone(), left_reach), (names[1].clone(), right_reach)];
+    Ok((
+        Node::new(
+            NodeKind::TableJoin {
+                left: Box::new(left),
+                right: Box::new(right),
+                on,
+                left_out,
+                right_out,
+                condition,
+            },
+            columns,
+        ),
+        sides,
+    ))
 }
 
 /// Columns a JOIN keeps per side (qualified `a.` / `b.`); the rest are the shared keys.
@@ -247,10 +495,10 @@ fn plan_predict_join(j: &ast::PredictJoin, catalog: &dyn Catalog) -> Result<Node
 type Grouping = (Vec<(String, Expr)>, Vec<(String, Expr)>, Option<Expr>);
 
 fn plan_select(s: &Select, catalog: &dyn Catalog) -> Result<Node> {
-    let (mut node, alias) = plan_source(&s.from, catalog)?;
+    let (mut node, sides) = plan_source(&s.from, catalog)?;
     let scope = Scope {
         columns: node.columns.clone(),
-        alias,
+        sides,
     };
 
     if let Some(w) = &s.filter {
@@ -552,10 +800,11 @@ fn rewrite_grouped(e: &Expr, keys: &[(String, Expr)], aggs: &mut Vec<(String, Ex
     }
 }
 
-/// The columns visible to a SELECT: its source's, reachable also as `alias.column`.
+/// The columns visible to a SELECT: its source's, some reachable also as `name.column`
+/// (a source's alias, a joined side's name).
 struct Scope {
     columns: Vec<String>,
-    alias: Option<String>,
+    sides: Vec<Side>,
 }
 
 impl Scope {
@@ -574,8 +823,11 @@ impl Scope {
                 };
                 let resolved = if self.has(&full) {
                     full
-                } else if qualifier.as_ref().is_some_and(|q| Some(&q.name) == self.alias.as_ref())
-                    && self.has(&name.name)
+                } else if qualifier.as_ref().is_some_and(|q| {
+                    self.sides
+                        .iter()
+                        .any(|(side, reach)| *side == q.name && reach.contains(&name.name))
+                }) && self.has(&name.name)
                 {
                     name.name.clone()
                 } else {

@@ -88,6 +88,11 @@ pub enum StatementKind {
         name: Ident,
         visualize: Box<Visualize>,
     },
+    /// `LET name = (SELECT …)`: the query's result kept in the session as a table.
+    LetTable {
+        name: Ident,
+        query: Query,
+    },
     Query(Query),
     /// `EXPORT d TO 'f.png' | 'f.npy'`: a dataset's inputs as pictures or an array.
     ExportData {
@@ -131,6 +136,18 @@ pub enum QueryKind {
         left: Box<Query>,
         right: Box<Query>,
     },
+    /// `WITH a AS (…), b AS (…) body`: named results the body (and each later one) reads.
+    With {
+        tables: Vec<Cte>,
+        body: Box<Query>,
+    },
+}
+
+/// One `name AS (query)` of a WITH.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Cte {
+    pub name: Ident,
+    pub query: Query,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -183,6 +200,30 @@ pub enum Source {
         alias: Option<Ident>,
     },
     Join(Box<Join>),
+    /// A table by name: a WITH name or a table kept by LET.
+    Table {
+        name: Ident,
+        alias: Option<Ident>,
+    },
+    /// Two tables joined on equal columns (each side a `Table` or a `Subquery`).
+    TableJoin(Box<TableJoin>),
+}
+
+/// `left JOIN right USING (…) | ON …`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TableJoin {
+    pub left: Source,
+    pub right: Source,
+    pub condition: JoinCondition,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum JoinCondition {
+    /// Columns of the same name on both sides, kept once.
+    Using(Vec<Ident>),
+    /// Pairs of equal columns (`a.x = b.y AND …`), each a column reference.
+    On(Vec<(Expr, Expr)>),
 }
 
 /// How photos are brought to the model: torchvision's Resize (shorter side), CenterCrop
@@ -807,6 +848,7 @@ impl fmt::Display for Statement {
                 )
             }
             StatementKind::LetVisualize { name, visualize } => write!(f, "LET {name} = {visualize}"),
+            StatementKind::LetTable { name, query } => write!(f, "LET {name} = ({query})"),
             StatementKind::ExportData {
                 dataset,
                 path,
@@ -851,6 +893,20 @@ impl fmt::Display for Query {
                 };
                 // Parenthesise every operand: always valid, and keeps the tree's shape.
                 write!(f, "({left}) {word} ({right})")
+            }
+            QueryKind::With { tables, body } => {
+                write!(f, "WITH ")?;
+                for (i, t) in tables.iter().enumerate() {
+                    if i > 0 {
+                        write!(f, ", ")?;
+                    }
+                    write!(f, "{} AS ({})", t.name, t.query)?;
+                }
+                // A body that is itself a WITH keeps its own scope in parentheses.
+                match body.kind {
+                    QueryKind::With { .. } => write!(f, " ({body})"),
+                    _ => write!(f, " {body}"),
+                }
             }
         }
     }
@@ -929,6 +985,26 @@ impl fmt::Display for Source {
                 Ok(())
             }
             Source::Join(j) => write!(f, "{j}"),
+            Source::Table { name, alias } => {
+                write!(f, "{name}")?;
+                if let Some(a) = alias {
+                    write!(f, " AS {a}")?;
+                }
+                Ok(())
+            }
+            Source::TableJoin(j) => {
+                write!(f, "{} JOIN {}", j.left, j.right)?;
+                match &j.condition {
+                    JoinCondition::Using(cols) => {
+                        let c: Vec<String> = cols.iter().map(|c| c.to_string()).collect();
+                        write!(f, " USING ({})", c.join(", "))
+                    }
+                    JoinCondition::On(pairs) => {
+                        let c: Vec<String> = pairs.iter().map(|(a, b)| format!("{a} = {b}")).collect();
+                        write!(f, " ON {}", c.join(" AND "))
+                    }
+                }
+            }
         }
     }
 }

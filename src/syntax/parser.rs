@@ -326,6 +326,11 @@ fn visit_statement(pair: Pair<Rule>) -> Result<Statement> {
                         span: sp,
                     }),
                 }
+            } else if value.as_rule() == Rule::let_table {
+                StatementKind::LetTable {
+                    name,
+                    query: visit_query(Children::of(value).next()?)?,
+                }
             } else if value.as_rule() == Rule::visualize {
                 StatementKind::LetVisualize {
                     name,
@@ -398,6 +403,10 @@ fn visit_query_children(mut c: Children, sp: Span) -> Result<Query> {
     if terms > MAX_NESTING {
         return Err(Error::syntax(format!("more than {MAX_NESTING} queries joined by set operations")).at(sp));
     }
+    let tables = match c.take(Rule::with_clause) {
+        Some(w) => Some(visit_with(w)?),
+        None => None,
+    };
     let mut left = visit_intersect(c.next()?)?;
     while let Some(op) = c.inner.next() {
         let op = match op.as_rule() {
@@ -416,8 +425,33 @@ fn visit_query_children(mut c: Children, sp: Span) -> Result<Query> {
             span: s,
         };
     }
-    let _ = sp;
-    Ok(left)
+    Ok(match tables {
+        Some(tables) => Query {
+            kind: QueryKind::With {
+                tables,
+                body: Box::new(left),
+            },
+            span: sp,
+        },
+        None => left,
+    })
+}
+
+/// `WITH name AS (query), …`: the named queries in order.
+fn visit_with(pair: Pair<Rule>) -> Result<Vec<Cte>> {
+    let mut c = Children::of(pair);
+    c.skip_keywords();
+    let mut tables = Vec::new();
+    while let Some(cte) = c.take(Rule::cte) {
+        let mut tc = Children::of(cte);
+        let name = visit_ident(tc.next()?)?;
+        tc.skip_keywords();
+        let query = visit_query(tc.next()?)?;
+        tc.done();
+        tables.push(Cte { name, query });
+    }
+    c.done();
+    Ok(tables)
 }
 
 fn visit_intersect(pair: Pair<Rule>) -> Result<Query> {
@@ -543,17 +577,7 @@ fn visit_source(pair: Pair<Rule>) -> Result<Source> {
     let inner = c.next()?;
     c.done();
     match inner.as_rule() {
-        Rule::subquery => {
-            let mut sc = Children::of(inner);
-            let query = visit_query(sc.next()?)?;
-            sc.skip_keywords();
-            let alias = sc.take(Rule::ident).map(visit_ident).transpose()?;
-            sc.done();
-            Ok(Source::Subquery {
-                query: Box::new(query),
-                alias,
-            })
-        }
+        Rule::table_source => visit_table_source(inner),
         Rule::predict_source => Ok(Source::Predict(Box::new(visit_predict(&mut Children::of(inner))?))),
         Rule::predict_join => {
             let sp = span(&inner);
@@ -579,6 +603,88 @@ fn visit_source(pair: Pair<Rule>) -> Result<Source> {
         Rule::join_source => Ok(Source::Join(Box::new(visit_join(inner)?))),
         _ => Ok(Source::Interpretation(Box::new(visit_interpretation(inner)?))),
     }
+}
+
+/// A table, a subquery, or two of them joined (`… JOIN … USING (…) | ON …`).
+fn visit_table_source(pair: Pair<Rule>) -> Result<Source> {
+    let sp = span(&pair);
+    let mut c = Children::of(pair);
+    let left = visit_table_item(c.next()?)?;
+    if c.inner.peek().is_none() {
+        return Ok(left);
+    }
+    c.skip_keywords();
+    let right = visit_table_item(c.next()?)?;
+    let cond = c.next()?;
+    let condition = match cond.as_rule() {
+        Rule::join_using => {
+            let mut cc = Children::of(cond);
+            cc.skip_keywords();
+            JoinCondition::Using(cc.inner.by_ref().map(visit_ident).collect::<Result<_>>()?)
+        }
+        _ => {
+            let mut cc = Children::of(cond);
+            let mut pairs = Vec::new();
+            while let Some(equal) = cc.inner.next() {
+                if is_keyword(equal.as_rule()) {
+                    continue;
+                }
+                let mut ec = Children::of(equal);
+                let a = visit_primary(ec.next()?)?;
+                ec.next()?;
+                let b = visit_primary(ec.next()?)?;
+                ec.done();
+                pairs.push((a, b));
+            }
+            JoinCondition::On(pairs)
+        }
+    };
+    c.done();
+    Ok(Source::TableJoin(Box::new(TableJoin {
+        left,
+        right,
+        condition,
+        span: sp,
+    })))
+}
+
+/// One side of a table source: a table by name, a subquery, or a PREDICT (kept as the
+/// subquery `(PREDICT …) AS p`, which prints back the same).
+fn visit_table_item(pair: Pair<Rule>) -> Result<Source> {
+    let sp = span(&pair);
+    let rule = pair.as_rule();
+    let mut c = Children::of(pair);
+    let source = match rule {
+        Rule::table_ref => {
+            let name = visit_ident(c.next()?)?;
+            c.skip_keywords();
+            let alias = c.take(Rule::ident).map(visit_ident).transpose()?;
+            Source::Table { name, alias }
+        }
+        Rule::predict_side => {
+            let predict = visit_predict(&mut c)?;
+            c.skip_keywords();
+            let alias = c.take(Rule::ident).map(visit_ident).transpose()?;
+            Source::Subquery {
+                query: Box::new(Query {
+                    kind: QueryKind::Predict(Box::new(predict)),
+                    span: sp,
+                }),
+                alias,
+            }
+        }
+        _ => {
+            let query = visit_query(c.next()?)?;
+            c.skip_keywords();
+            let alias = c.take(Rule::ident).map(visit_ident).transpose()?;
+            Source::Subquery {
+                query: Box::new(query),
+                alias,
+            }
+        }
+    };
+    c.done();
+    Ok(source)
 }
 
 /// `expr [ASC | DESC]`: the expression and whether it sorts descending.
@@ -1305,9 +1411,15 @@ fn rule_name(rule: &Rule) -> String {
         Rule::plan_stmt => "PLAN".into(),
         Rule::predict_query | Rule::predict_source => "PREDICT".into(),
         Rule::subquery => "`(`".into(),
-        Rule::source | Rule::interpretation | Rule::model_call => {
-            "model(data), PREDICT model(data) or a (subquery)".into()
+        Rule::source | Rule::interpretation | Rule::model_call | Rule::table_source | Rule::table_ref => {
+            "model(data), PREDICT model(data), a table or a (subquery)".into()
         }
+        Rule::with_clause => "WITH".into(),
+        Rule::cte => "name AS (query)".into(),
+        Rule::let_table => "`(` query `)`".into(),
+        Rule::join_using => "USING (columns)".into(),
+        Rule::join_on => "ON a.column = b.column".into(),
+        Rule::join_equal => "a.column = b.column".into(),
         Rule::window_range | Rule::window_axis => "rows a:b / cols a:b / channels a:b".into(),
         Rule::window_columns => "COLUMNS".into(),
         Rule::granularity => "pixel, patch(k) or column".into(),
@@ -1324,7 +1436,7 @@ fn rule_name(rule: &Rule) -> String {
 
 /// The words a statement starts with.
 const STATEMENT_WORDS: &[&str] = &[
-    "EXPORT", "LET", "LOAD", "PLAN", "PREDICT", "SELECT", "SET", "SHOW", "VAR",
+    "EXPORT", "LET", "LOAD", "PLAN", "PREDICT", "SELECT", "SET", "SHOW", "VAR", "WITH",
 ];
 
 /// Converts pest's error once, at the boundary: a span and a sentence naming what was
