@@ -265,6 +265,31 @@ pub fn locate(source: &str, offset: usize) -> (usize, usize, &str) {
     (line_no, offset - line_start, &source[line_start..line_end])
 }
 
+/// "no such file: p": a relative path says what it was relative to (the current
+/// directory, which is not always the one the user thinks), and a file of a close name
+/// in the same folder is suggested.
+pub fn missing_file(path: &std::path::Path, what: &str) -> Error {
+    let shown = if path.is_relative() {
+        match std::env::current_dir() {
+            Ok(cwd) => format!("{what}: {} (relative to {})", path.display(), cwd.display()),
+            Err(_) => format!("{what}: {}", path.display()),
+        }
+    } else {
+        format!("{what}: {}", path.display())
+    };
+    let mut err = Error::io(shown);
+    let folder = path.parent().filter(|p| !p.as_os_str().is_empty());
+    let listing = std::fs::read_dir(folder.unwrap_or(std::path::Path::new(".")));
+    if let (Some(name), Ok(entries)) = (path.file_name().and_then(|n| n.to_str()), listing) {
+        let names: Vec<String> = entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect();
+        if let Some(guess) = closest(name, &names) {
+            let guess = folder.map_or(std::path::PathBuf::from(guess), |f| f.join(guess));
+            err = err.hint(format!("did you mean {}?", guess.display()));
+        }
+    }
+    err
+}
+
 /// The known name closest to `name` by edit distance, if close enough to be a likely typo.
 pub fn closest<'a>(name: &str, known: &'a [String]) -> Option<&'a str> {
     let lower = name.to_lowercase();

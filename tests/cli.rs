@@ -166,3 +166,38 @@ fn no_progress_line_when_stderr_is_a_pipe() {
     );
     assert!(!stderr.contains('\r'));
 }
+
+/// Labels outside the model's outputs (here counted from 1) load, and the first query
+/// of that model on them warns once, on stderr, saying which labels and why it matters.
+#[test]
+fn labels_outside_the_classes_warn_once() {
+    let out = ialg(
+        &[
+            "-c",
+            "LOAD MODEL cnn FROM 'models/digits_cnn.safetensors' ARCH 'models/digits_cnn.json';
+             LOAD DATA d FROM 'tests/fixtures/labels/digits20_x.npy' LABELS 'tests/fixtures/labels/digits20_y_from1.npy';
+             SELECT count(*) AS n FROM PREDICT cnn(d) WHERE correct;
+             SELECT count(*) AS n FROM cnn(d) USING saliency;",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    let warnings: Vec<&str> = stderr.lines().filter(|l| l.starts_with("warning:")).collect();
+    assert_eq!(
+        warnings,
+        vec![
+            "warning: 2 of the labels of `d` (10) are not outputs of `cnn` (0 to 9): `correct` is false and TARGET LABEL fails for those inputs"
+        ],
+        "{stderr}"
+    );
+    // The labels inside the classes are off by one too: few predictions are "correct".
+    let mut s = crate::common::session(
+        "LOAD MODEL cnn FROM 'models/digits_cnn.safetensors' ARCH 'models/digits_cnn.json';
+         LOAD DATA d FROM 'tests/fixtures/labels/digits20_x.npy' LABELS 'tests/fixtures/labels/digits20_y_from1.npy';",
+    );
+    s.execute("PREDICT cnn(d);").unwrap();
+    assert_eq!(s.take_warnings().len(), 1);
+    s.execute("PREDICT cnn(d[0:3]);").unwrap();
+    assert!(s.take_warnings().is_empty(), "once per model and dataset");
+}

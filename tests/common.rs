@@ -59,6 +59,14 @@ pub fn assert_close(what: &str, got: &[f64], want: &[f64], atol: f64, rtol: f64)
     }
 }
 
+/// Says that a test skipped its work, on the terminal itself: the harness shows what a
+/// passing test prints only with --nocapture, and it captures only the print macros, so
+/// this writes to stderr's handle directly. A skip must not pass unseen as `ok`.
+pub fn announce_skip(what: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "\n    SKIPPED {what}");
+}
+
 /// A session with the setup statements run (paths relative to the crate root).
 pub fn session(setup: &str) -> ialgebra::exec::Session {
     std::env::set_current_dir(root()).unwrap();

@@ -76,7 +76,8 @@ fn names_of_what_is_loaded() {
     assert!(target.contains(&"PREDICTED".to_string()) && target.contains(&"fc1".to_string()));
     // tables: WITH names written so far and tables kept by LET, after FROM and JOIN
     let mut s = loaded();
-    s.execute("LET ranking = (SELECT input FROM PREDICT cnn(digits[0:3]));").unwrap();
+    s.execute("LET ranking = (SELECT input FROM PREDICT cnn(digits[0:3]));")
+        .unwrap();
     assert_eq!(
         words(&s, "WITH scores AS (PREDICT cnn(digits)), top AS (SELECT * FROM s"),
         vec!["scores"]

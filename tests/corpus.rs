@@ -3,7 +3,7 @@
 
 use ialgebra::exec::{Output, Session};
 
-use crate::common::root;
+use crate::common::{announce_skip, root};
 
 #[test]
 fn every_saved_query_runs() {
@@ -28,10 +28,10 @@ fn every_saved_query_runs() {
                 .join("models/downloaded/all-MiniLM-L6-v2/model.safetensors")
                 .is_file()
         {
-            eprintln!(
-                "SKIPPED {}: run `sh tools/fetch_minilm.sh` to fetch the model it uses",
+            announce_skip(&format!(
+                "{}: run `sh tools/fetch_minilm.sh` to fetch the model it uses",
                 f.display()
-            );
+            ));
             continue;
         }
         let mut s = Session::new();

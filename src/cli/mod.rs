@@ -191,22 +191,26 @@ impl Runner {
         let timing = self.timing;
         let mut prev_end = 0usize;
         let started = std::cell::Cell::new(std::time::Instant::now());
-        let mut sink = |stmt: &crate::syntax::ast::Statement, result: crate::error::Result<Output>| {
-            if echo {
-                let from = leading_comments_start(text, prev_end, stmt.span.start);
-                println!("{};", text[from..stmt.span.end].trim());
-            }
-            prev_end = stmt.span.end;
-            match result {
-                Ok(out) => print_output(&out, format),
-                Err(e) => eprintln!("{}", e.render(text, origin)),
-            }
-            if timing {
-                println!("Time: {:.3} ms", started.get().elapsed().as_secs_f64() * 1e3);
-            }
-            let _ = std::io::stdout().flush();
-            started.set(std::time::Instant::now());
-        };
+        let mut sink =
+            |stmt: &crate::syntax::ast::Statement, result: crate::error::Result<Output>, warnings: &[String]| {
+                if echo {
+                    let from = leading_comments_start(text, prev_end, stmt.span.start);
+                    println!("{};", text[from..stmt.span.end].trim());
+                }
+                prev_end = stmt.span.end;
+                match result {
+                    Ok(out) => print_output(&out, format),
+                    Err(e) => eprintln!("{}", e.render(text, origin)),
+                }
+                for w in warnings {
+                    eprintln!("warning: {w}");
+                }
+                if timing {
+                    println!("Time: {:.3} ms", started.get().elapsed().as_secs_f64() * 1e3);
+                }
+                let _ = std::io::stdout().flush();
+                started.set(std::time::Instant::now());
+            };
         match self.session.run_script(text, self.keep_going, &mut sink) {
             Ok(ok) => ok,
             Err(e) => {

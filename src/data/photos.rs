@@ -122,7 +122,6 @@ pub fn load(name: &str, path: &Path, spec: &Images) -> Result<Dataset> {
 /// The photo files in row order, their labels and the class names (none unless the
 /// path is a folder of class folders).
 fn list(path: &Path) -> Result<(Vec<PathBuf>, Vec<i64>, Vec<String>)> {
-    let shown = path.display().to_string();
     let text = path.to_string_lossy();
     if text.contains('*') || text.contains('?') {
         return Ok((glob(path)?, Vec::new(), Vec::new()));
@@ -131,7 +130,7 @@ fn list(path: &Path) -> Result<(Vec<PathBuf>, Vec<i64>, Vec<String>)> {
         return Ok((vec![path.to_path_buf()], Vec::new(), Vec::new()));
     }
     if !path.is_dir() {
-        return Err(Error::io(format!("no such file or folder: {shown}")));
+        return Err(crate::error::missing_file(path, "no such file or folder"));
     }
     let entries = read_dir(path)?;
     let class_dirs: Vec<&PathBuf> = entries.iter().filter(|p| p.is_dir()).collect();

@@ -263,6 +263,7 @@ pub(super) use crate::ops::gradient::argmax;
 
 /// The prediction relation: input, label, prediction, confidence, correct, logits.
 pub(super) fn run_prediction(state: &mut State, p: &Prediction) -> Result<DataFrame> {
+    state.check_labels(&p.model, &p.data);
     let sel = state.select(&p.data)?;
     let edits: Vec<crate::plan::ActivationEdit> = p.data.activation_edits().into_iter().cloned().collect();
     let logits = if edits.is_empty() {
@@ -352,6 +353,7 @@ pub(super) fn run_prediction(state: &mut State, p: &Prediction) -> Result<DataFr
 /// The attribution relation of an interpretation: one map, or with THROUGH LAYER * one
 /// per layer, stacked.
 pub(super) fn run_attribution(state: &mut State, a: &Attribution) -> Result<DataFrame> {
+    state.check_labels(&a.model, &a.data);
     if !a.all_layers.is_empty() {
         // AT LAYER *: each layer's relation, padded to the stacked columns (a coordinate
         // a layer lacks is NULL there).

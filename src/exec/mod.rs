@@ -121,6 +121,10 @@ pub(crate) struct State {
     tables: BTreeMap<String, KeptTable>,
     /// The tables of the WITHs running now, innermost last.
     with_frames: Vec<(String, DataFrame)>,
+    /// Warnings of the statement running now (the CLI prints them after its result).
+    warnings: Vec<String>,
+    /// (model id, dataset) pairs whose labels outside the model's outputs were reported.
+    label_warned: std::collections::HashSet<(u64, usize)>,
 }
 
 /// A table kept in the session, and the query that made it (SHOW DATA's source).
@@ -172,6 +176,8 @@ impl Session {
                 stats: Stats::default(),
                 tables: BTreeMap::new(),
                 with_frames: Vec::new(),
+                warnings: Vec::new(),
+                label_warned: Default::default(),
             },
         }
     }
@@ -180,10 +186,16 @@ impl Session {
     pub fn execute(&mut self, text: &str) -> Result<Vec<Output>> {
         let mut outputs = Vec::new();
         let mut failure = None;
-        self.run_script(text, false, &mut |_, result| match result {
-            Ok(out) => outputs.push(out),
-            Err(e) => failure = Some(e),
+        let mut warnings = Vec::new();
+        self.run_script(text, false, &mut |_, result, w| {
+            warnings.extend_from_slice(w);
+            match result {
+                Ok(out) => outputs.push(out),
+                Err(e) => failure = Some(e),
+            }
         })?;
+        // Kept for `take_warnings`.
+        self.state.warnings = warnings;
         match failure {
             Some(e) => Err(e),
             None => Ok(outputs),
@@ -191,20 +203,22 @@ impl Session {
     }
 
     /// Parses a script (a syntax error anywhere stops it before anything runs), then runs
-    /// its statements in order, handing each result to `sink`. Stops at the first failed
-    /// statement unless `keep_going`. Returns whether every statement succeeded.
+    /// its statements in order, handing each result and its warnings to `sink`. Stops at
+    /// the first failed statement unless `keep_going`. Returns whether every statement
+    /// succeeded.
     pub fn run_script(
         &mut self,
         text: &str,
         keep_going: bool,
-        sink: &mut dyn FnMut(&Statement, Result<Output>),
+        sink: &mut dyn FnMut(&Statement, Result<Output>, &[String]),
     ) -> Result<bool> {
         let script = syntax::parse(text)?;
         let mut ok = true;
         for stmt in &script.statements {
             let result = self.execute_statement(stmt);
             let failed = result.is_err();
-            sink(stmt, result);
+            let warnings = std::mem::take(&mut self.state.warnings);
+            sink(stmt, result, &warnings);
             if failed {
                 ok = false;
                 if !keep_going {
@@ -296,6 +310,11 @@ impl Session {
         };
         self.state.variables.insert(name.to_string(), lit);
         self.state.external_variables.insert(name.to_string());
+    }
+
+    /// The warnings of the last `execute` (labels outside a model's classes, …), taken.
+    pub fn take_warnings(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.state.warnings)
     }
 
     /// The flag a Ctrl-C handler sets to cancel the running statement.
@@ -562,6 +581,39 @@ impl State {
             }
         }
         Ok(lists)
+    }
+
+    /// Warns (once per model and dataset) when labels fall outside the model's outputs:
+    /// `correct` is then false and TARGET LABEL fails for those inputs — usually labels
+    /// counted from 1, or data meant for another model.
+    pub(crate) fn check_labels(&mut self, model: &str, data: &DatasetRef) {
+        let (Ok(m), Ok(ds)) = (self.model(model), self.dataset(&data.name)) else {
+            return;
+        };
+        let key = (m.id, Arc::as_ptr(&ds) as usize);
+        if !ds.has_labels() || self.label_warned.contains(&key) {
+            return;
+        }
+        self.label_warned.insert(key);
+        let outputs = m.model.output_len() as i64;
+        let outside: Vec<i64> = (0..ds.len())
+            .filter_map(|r| ds.label(r))
+            .filter(|l| *l < 0 || *l >= outputs)
+            .collect();
+        let (Some(low), Some(high)) = (outside.iter().min(), outside.iter().max()) else {
+            return;
+        };
+        let range = if low == high {
+            format!("{low}")
+        } else {
+            format!("{low} to {high}")
+        };
+        self.warnings.push(format!(
+            "{} of the labels of `{}` ({range}) are not outputs of `{model}` (0 to {}): `correct` is false and TARGET LABEL fails for those inputs",
+            outside.len(),
+            data.name,
+            outputs - 1
+        ));
     }
 
     /// The rows of a table read by name.

@@ -222,8 +222,14 @@ fn table_join(
 ) -> Result<LazyFrame> {
     let mut left_keys = Vec::new();
     let mut right_keys = Vec::new();
-    let mut left_cols: Vec<Expr> = left_out.iter().map(|(c, o)| col(c.as_str()).alias(o.as_str())).collect();
-    let mut right_cols: Vec<Expr> = right_out.iter().map(|(c, o)| col(c.as_str()).alias(o.as_str())).collect();
+    let mut left_cols: Vec<Expr> = left_out
+        .iter()
+        .map(|(c, o)| col(c.as_str()).alias(o.as_str()))
+        .collect();
+    let mut right_cols: Vec<Expr> = right_out
+        .iter()
+        .map(|(c, o)| col(c.as_str()).alias(o.as_str()))
+        .collect();
     for (i, (l, r)) in on.iter().enumerate() {
         let (lt, rt) = (left.column(l)?.dtype().clone(), right.column(r)?.dtype().clone());
         // Keys compare as values: an integer id meets a float id, text only text.

@@ -464,7 +464,7 @@ fn resolve_path(value: &Value, catalog: &dyn Catalog) -> Result<PathBuf> {
 fn existing_path(value: &Value, catalog: &dyn Catalog) -> Result<PathBuf> {
     let path = resolve_path(value, catalog)?;
     if !path.exists() {
-        return Err(Error::io(format!("no such file: {}", path.display())).at(value.span));
+        return Err(crate::error::missing_file(&path, "no such file").at(value.span));
     }
     if path.is_dir() {
         return Err(Error::io(format!("{} is a directory, not a file", path.display())).at(value.span));

@@ -79,7 +79,10 @@ type Side = (String, Vec<String>);
 
 fn plan_source(source: &Source, catalog: &dyn Catalog) -> Result<(Node, Vec<Side>)> {
     let named = |node: Node, alias: Option<&Ident>| {
-        let sides = alias.map(|a| (a.name.clone(), node.columns.clone())).into_iter().collect();
+        let sides = alias
+            .map(|a| (a.name.clone(), node.columns.clone()))
+            .into_iter()
+            .collect();
         (node, sides)
     };
     match source {
@@ -193,9 +196,13 @@ fn plan_table(name: &Ident, catalog: &dyn Catalog) -> Result<Node> {
     }
     if catalog.dataset(n).is_some() {
         let model = catalog.model_names().into_iter().next().unwrap_or_else(|| "m".into());
-        return Err(Error::name(format!("`{n}` is a dataset: its rows come through a model"))
-            .at(name.span)
-            .hint(format!("FROM PREDICT {model}({n}), or FROM {model}({n}) USING saliency")));
+        return Err(
+            Error::name(format!("`{n}` is a dataset: its rows come through a model"))
+                .at(name.span)
+                .hint(format!(
+                    "FROM PREDICT {model}({n}), or FROM {model}({n}) USING saliency"
+                )),
+        );
     }
     Err(Error::unknown("table", n, &catalog.table_names(), "tables")
         .at(name.span)
@@ -218,8 +225,13 @@ fn plan_table_join(j: &TableJoin, catalog: &dyn Catalog) -> Result<(Node, Vec<Si
     let (left, _) = plan_source(&j.left, catalog)?;
     let (right, _) = plan_source(&j.right, catalog)?;
     let missing = |side: usize, column: &Ident, node: &Node| {
-        Error::unknown("column", &column.name, &node.columns, &format!("columns of `{}`", names[side]))
-            .at(column.span)
+        Error::unknown(
+            "column",
+            &column.name,
+            &node.columns,
+            &format!("columns of `{}`", names[side]),
+        )
+        .at(column.span)
     };
     let mut on: Vec<(String, String)> = Vec::new();
     // USING keeps one copy of each key; ON keeps both sides' columns.
@@ -242,7 +254,8 @@ fn plan_table_join(j: &TableJoin, catalog: &dyn Catalog) -> Result<(Node, Vec<Si
                 let ExprKind::Column { qualifier, name } = &e.kind else {
                     return Err(Error::query("ON compares columns: a.column = b.column").at(e.span));
                 };
-                let found = |side: usize, node: &Node| node.columns.contains(&name.name).then_some((side, name.name.clone()));
+                let found =
+                    |side: usize, node: &Node| node.columns.contains(&name.name).then_some((side, name.name.clone()));
                 let hit = match qualifier {
                     Some(q) if q.name == names[0] => found(0, &left).ok_or_else(|| missing(0, name, &left))?,
                     Some(q) if q.name == names[1] => found(1, &right).ok_or_else(|| missing(1, name, &right))?,
@@ -255,7 +268,10 @@ fn plan_table_join(j: &TableJoin, catalog: &dyn Catalog) -> Result<(Node, Vec<Si
                         (Some(_), Some(_)) => {
                             return Err(Error::query(format!("`{}` is a column of both sides", name.name))
                                 .at(e.span)
-                                .hint(format!("say which: {}.{} or {}.{}", names[0], name.name, names[1], name.name)));
+                                .hint(format!(
+                                    "say which: {}.{} or {}.{}",
+                                    names[0], name.name, names[1], name.name
+                                )));
                         }
                         (None, None) => {
                             let mut both = left.columns.clone();
@@ -270,9 +286,11 @@ fn plan_table_join(j: &TableJoin, catalog: &dyn Catalog) -> Result<(Node, Vec<Si
                 let (sa, ca) = side_of(a)?;
                 let (sb, cb) = side_of(b)?;
                 if sa == sb {
-                    return Err(Error::query(format!("both columns of this equality are from `{}`", names[sa]))
-                        .at(a.span.to(b.span))
-                        .hint("ON pairs a column of each side: a.column = b.column"));
+                    return Err(
+                        Error::query(format!("both columns of this equality are from `{}`", names[sa]))
+                            .at(a.span.to(b.span))
+                            .hint("ON pairs a column of each side: a.column = b.column"),
+                    );
                 }
                 on.push(if sa == 0 { (ca, cb) } else { (cb, ca) });
             }
@@ -280,13 +298,21 @@ fn plan_table_join(j: &TableJoin, catalog: &dyn Catalog) -> Result<(Node, Vec<Si
     }
     // The result's columns: the keys once (USING), then each side's own; a name both
     // sides keep is qualified by the side's name.
-    let keys: Vec<&String> = if using { on.iter().map(|(l, _)| l).collect() } else { Vec::new() };
+    let keys: Vec<&String> = if using {
+        on.iter().map(|(l, _)| l).collect()
+    } else {
+        Vec::new()
+    };
     let kept = |node: &Node| -> Vec<String> { node.columns.iter().filter(|c| !keys.contains(c)).cloned().collect() };
     let (lk, rk) = (kept(&left), kept(&right));
     let out = |own: &[String], other: &[String], name: &str| -> Vec<(String, String)> {
         own.iter()
             .map(|c| {
-                let shown = if other.contains(c) { format!("{name}.{c}") } else { c.clone() };
+                let shown = if other.contains(c) {
+                    format!("{name}.{c}")
+                } else {
+                    c.clone()
+                };
                 (c.clone(), shown)
             })
             .collect()
@@ -308,7 +334,10 @@ fn plan_table_join(j: &TableJoin, catalog: &dyn Catalog) -> Result<(Node, Vec<Si
             format!("{} ⋈ {} using ({})", names[0], names[1], k.join(", "))
         }
         JoinCondition::On(_) => {
-            let k: Vec<String> = on.iter().map(|(l, r)| format!("{}.{l} = {}.{r}", names[0], names[1])).collect();
+            let k: Vec<String> = on
+                .iter()
+                .map(|(l, r)| format!("{}.{l} = {}.{r}", names[0], names[1]))
+                .collect();
             format!("{} ⋈ {} on {}", names[0], names[1], k.join(" and "))
         }
     };
