@@ -28,6 +28,9 @@ use crate::plan::{
 };
 use crate::syntax::{self, ast::Statement};
 
+/// Receives each statement of a script as it finishes: its result and its warnings.
+pub type StatementSink<'a> = dyn FnMut(&Statement, Result<Output>, &[String]) + 'a;
+
 /// What a statement produced.
 #[derive(Debug, Clone)]
 pub enum Output {
@@ -210,7 +213,7 @@ impl Session {
         &mut self,
         text: &str,
         keep_going: bool,
-        sink: &mut dyn FnMut(&Statement, Result<Output>, &[String]),
+        sink: &mut StatementSink,
     ) -> Result<bool> {
         let script = syntax::parse(text)?;
         let mut ok = true;

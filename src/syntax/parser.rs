@@ -625,7 +625,7 @@ fn visit_table_source(pair: Pair<Rule>) -> Result<Source> {
         _ => {
             let mut cc = Children::of(cond);
             let mut pairs = Vec::new();
-            while let Some(equal) = cc.inner.next() {
+            for equal in cc.inner.by_ref() {
                 if is_keyword(equal.as_rule()) {
                     continue;
                 }
