@@ -415,7 +415,20 @@ fn tabular_files_load_from_csv_and_parquet() {
     );
     assert!(a.equals_missing(&b));
     assert_eq!(a.column("column").unwrap().str().unwrap().get(0), Some("mean_radius"));
-    // 64 pixel columns feed the 1×8×8 CNN; the relation names them by column
+    // 64 pixel columns are not a 1×8×8 image until the load says so (SHAPE): without it
+    // the CNN refuses them, naming both shapes and the clause
+    let refused = s
+        .execute("SELECT input, prediction FROM PREDICT cnn(digits_csv)")
+        .unwrap_err()
+        .render("", "q");
+    assert!(
+        refused.contains("holds inputs of shape [64] but `cnn` takes [1, 8, 8]") && refused.contains("SHAPE (1, 8, 8)"),
+        "{refused}"
+    );
+    s.execute(
+        "LOAD DATA digits_csv FROM 'tests/fixtures/data/digits_test_x.csv' SHAPE (1, 8, 8) LABELS 'tests/fixtures/data/digits_test_y.csv';",
+    )
+    .unwrap();
     let npy = query(
         &mut s,
         "SELECT input, label, prediction, confidence FROM PREDICT cnn(digits)",
@@ -425,19 +438,24 @@ fn tabular_files_load_from_csv_and_parquet() {
         "SELECT input, label, prediction, confidence FROM PREDICT cnn(digits_csv)",
     );
     assert!(npy.equals_missing(&csv));
-    let top = query(
-        &mut s,
-        "SELECT column FROM cnn(digits_csv[17]) USING saliency ORDER BY attribution DESC LIMIT 1",
-    );
-    assert!(
-        top.column("column")
-            .unwrap()
-            .str()
-            .unwrap()
-            .get(0)
-            .unwrap()
-            .starts_with('p')
-    );
+    let mut top = |d: &str| {
+        query(
+            &mut s,
+            &format!("SELECT row, col FROM cnn({d}[17]) USING saliency ORDER BY attribution DESC LIMIT 1"),
+        )
+    };
+    let (from_npy, from_csv) = (top("digits"), top("digits_csv"));
+    assert!(from_npy.equals_missing(&from_csv));
+    // [8, 8] images (no channel axis) are the model's [1, 8, 8]: axes of 1 change nothing
+    s.execute("LOAD DATA flat FROM 'data/digits_test_x.npy' SHAPE (8, 8); PREDICT cnn(flat[0]);")
+        .unwrap();
+    // a SHAPE must hold the file's values
+    let wrong = s
+        .execute("LOAD DATA bad FROM 'data/digits_test_x.npy' SHAPE (3, 8, 8);")
+        .unwrap_err()
+        .render("", "q");
+    assert!(wrong.contains("SHAPE (3, 8, 8) holds 192 values per input"), "{wrong}");
+    assert!(!s.dataset_names().contains(&"bad".to_string()));
 }
 
 /// An export killed at any moment (SIGKILL: no chance to clean up) leaves either no file

@@ -71,6 +71,7 @@ const TRICKY: &[&str] = &[
     "WITH a AS (SELECT input FROM PREDICT m(d)), \"b c\" AS ((SELECT * FROM a) UNION (SELECT 1 AS input FROM a)) SELECT * FROM \"b c\" AS x WHERE input IN (WITH z AS (SELECT 2 AS q FROM a) SELECT q FROM z);",
     "LET t = (WITH a AS (PREDICT m(d)) SELECT * FROM a); EXPORT t TO 't.csv' OVERWRITE; SELECT (WITH a AS (PREDICT m(d)) SELECT max(input) FROM a) FROM t;",
     "SELECT * FROM t JOIN PREDICT m(d) TOP 2 AS p USING (input, label); SELECT * FROM (SELECT * FROM t) AS a JOIN u AS b ON a.input = b.input AND label = b.k;",
+    "LOAD DATA f FROM 'x.npy' SHAPE (1, 8, 8) LABELS 'y.npy' CLASSES 'c.txt'; LOAD DATA g FROM 't.csv' SHAPE (64) LABEL COLUMN y;",
     "WITH a AS (PREDICT m(d)) (WITH b AS (SELECT * FROM a) SELECT * FROM b) UNION (SELECT * FROM a);",
 ];
 

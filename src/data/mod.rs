@@ -412,6 +412,53 @@ pub fn read_class_names(path: &Path) -> Result<Vec<String>> {
 
 /// Loads a dataset from .npy (with optional labels), .csv or .parquet (with a label column
 /// or a labels file). Non-finite inputs are refused unless `allow_nonfinite`.
+/// What an array's sample shape reads as: [c, h, w] or [h, w] images, [d] columns
+/// (named x0, x1, …), anything else a tensor.
+fn modality_of_shape(shape: &[usize]) -> Modality {
+    match *shape {
+        [c, h, w] => Modality::Image {
+            channels: c,
+            height: h,
+            width: w,
+        },
+        [h, w] => Modality::Image {
+            channels: 1,
+            height: h,
+            width: w,
+        },
+        [d] => Modality::Tabular {
+            columns: (0..d).map(|i| format!("x{i}")).collect(),
+        },
+        _ => Modality::Tensor,
+    }
+}
+
+impl Dataset {
+    /// The same values read as inputs of another shape (`LOAD DATA … SHAPE (…)`), in
+    /// their order in the file; the shape must hold as many values.
+    pub fn reshape(&mut self, shape: Vec<usize>) -> Result<()> {
+        let want: usize = shape.iter().product();
+        if want != self.sample_len() {
+            return Err(Error::shape(format!(
+                "SHAPE ({}) holds {want} values per input, but {} has {} per input (shape {})",
+                shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "),
+                self.source,
+                self.sample_len(),
+                fmt_shape(&self.sample_shape)
+            )));
+        }
+        self.modality = match (&self.modality, shape.as_slice()) {
+            // A table keeps its column names when it stays flat.
+            (Modality::Tabular { columns }, [_]) => Modality::Tabular {
+                columns: columns.clone(),
+            },
+            _ => modality_of_shape(&shape),
+        };
+        self.sample_shape = shape;
+        Ok(())
+    }
+}
+
 pub fn load(
     name: &str,
     path: &Path,
@@ -437,22 +484,7 @@ pub fn load(
                 .hint("for a single feature per input, save an array of shape (N, 1)"));
             }
             let sample_shape = header.shape[1..].to_vec();
-            let modality = match sample_shape.as_slice() {
-                [c, h, w] => Modality::Image {
-                    channels: *c,
-                    height: *h,
-                    width: *w,
-                },
-                [h, w] => Modality::Image {
-                    channels: 1,
-                    height: *h,
-                    width: *w,
-                },
-                [d] => Modality::Tabular {
-                    columns: (0..*d).map(|i| format!("x{i}")).collect(),
-                },
-                _ => Modality::Tensor,
-            };
+            let modality = modality_of_shape(&sample_shape);
             if let Some(size) = header.row_readable() {
                 let io = |e: std::io::Error| Error::io(format!("cannot read {shown}: {e}"));
                 let meta = file.metadata().map_err(io)?;

@@ -209,12 +209,7 @@ impl Session {
     /// its statements in order, handing each result and its warnings to `sink`. Stops at
     /// the first failed statement unless `keep_going`. Returns whether every statement
     /// succeeded.
-    pub fn run_script(
-        &mut self,
-        text: &str,
-        keep_going: bool,
-        sink: &mut StatementSink,
-    ) -> Result<bool> {
+    pub fn run_script(&mut self, text: &str, keep_going: bool, sink: &mut StatementSink) -> Result<bool> {
         let script = syntax::parse(text)?;
         let mut ok = true;
         for stmt in &script.statements {
@@ -1072,11 +1067,42 @@ impl State {
                 text,
                 images,
                 classes,
+                shape,
             } => {
                 // Read before loading: a bad names file loads nothing.
                 let names = classes.as_deref().map(data::read_class_names).transpose()?;
                 let previous = self.datasets.get(&name).cloned();
                 let mut out = self.load_data(name.clone(), path, labels, label_column, text, images)?;
+                if let Some(shape) = shape {
+                    let loaded = self.datasets.get_mut(&name).and_then(Arc::get_mut);
+                    let reshaped = match loaded {
+                        Some(ds) => {
+                            let file = crate::model::fmt_shape(&ds.sample_shape);
+                            ds.reshape(shape)
+                                .map(|_| (file, crate::model::fmt_shape(&ds.sample_shape)))
+                        }
+                        None => Err(Error::data("internal: the loaded dataset is shared")),
+                    };
+                    match reshaped {
+                        Ok((file, now)) => {
+                            if let Output::Message(m) = &mut out {
+                                *m = m.replacen(
+                                    &format!("of shape {file}"),
+                                    &format!("of shape {now} (SHAPE; the file's {file})"),
+                                    1,
+                                );
+                            }
+                        }
+                        Err(e) => {
+                            // Nothing half-loaded: the dataset of that name is what it was.
+                            match previous {
+                                Some(p) => self.datasets.insert(name.clone(), p),
+                                None => self.datasets.remove(&name),
+                            };
+                            return Err(e);
+                        }
+                    }
+                }
                 if let (Some(_), Output::Message(m)) = (&previous, &mut out) {
                     // Say so: the earlier data under this name are gone.
                     *m = m.replacen("loaded data", "replaced data", 1);

@@ -944,16 +944,35 @@ fn class_names(model: &ModelInfo, data: &DatasetInfo) -> Option<std::sync::Arc<V
         .or_else(|| data.classes.clone().filter(|c| c.len() == model.output_len))
 }
 
+/// The data's inputs must have the model's shape — up to axes of size 1, which change
+/// no layout ([8, 8] images for a [1, 8, 8] model). The same number of values in another
+/// arrangement ([64] for [1, 8, 8]) is refused too: read as the model's shape it would
+/// silently mean something else; `LOAD DATA … SHAPE (…)` says how to read it.
 fn check_fits(model: &ModelInfo, data: &DatasetInfo, mname: &str, dname: &str, span: Span) -> Result<()> {
     let want: usize = model.input_shape.iter().product();
     let have: usize = data.sample_shape.iter().product();
+    let squeezed = |s: &[usize]| s.iter().copied().filter(|&d| d != 1).collect::<Vec<_>>();
+    let (data_shape, model_shape) = (
+        crate::model::fmt_shape(&data.sample_shape),
+        crate::model::fmt_shape(&model.input_shape),
+    );
     if want != have {
         return Err(Error::shape(format!(
-            "`{dname}` holds inputs of shape {} but `{mname}` takes {}",
-            crate::model::fmt_shape(&data.sample_shape),
-            crate::model::fmt_shape(&model.input_shape)
+            "`{dname}` holds inputs of shape {data_shape} but `{mname}` takes {model_shape}"
         ))
         .at(span));
+    }
+    // Text models read token ids, whatever the data's own shape.
+    if model.text_length.is_none() && squeezed(&data.sample_shape) != squeezed(&model.input_shape) {
+        let dims: Vec<String> = model.input_shape.iter().map(|d| d.to_string()).collect();
+        return Err(Error::shape(format!(
+            "`{dname}` holds inputs of shape {data_shape} but `{mname}` takes {model_shape}: the same number of values, arranged otherwise"
+        ))
+        .at(span)
+        .hint(format!(
+            "if each input's values are in the model's order, load them so: LOAD DATA {dname} FROM '…' SHAPE ({})",
+            dims.join(", ")
+        )));
     }
     Ok(())
 }

@@ -27,6 +27,8 @@ pub enum Plan {
         /// Photos (the path a folder, a file or a glob) and their preprocessing.
         images: Option<crate::syntax::ast::Images>,
         classes: Option<PathBuf>,
+        /// SHAPE: each input's shape, in place of the file's.
+        shape: Option<Vec<usize>>,
     },
     ShowModels,
     ShowData,

@@ -196,7 +196,20 @@ pub fn plan(stmt: &Statement, catalog: &dyn Catalog) -> Result<Plan> {
             text,
             images,
             classes,
+            shape,
         } => Plan::LoadData {
+            shape: match shape {
+                Some((dims, sp)) => {
+                    if dims.contains(&0) {
+                        return Err(Error::shape("SHAPE takes axes of 1 or more").at(*sp));
+                    }
+                    if text.is_some() || images.is_some() {
+                        return Err(Error::data("SHAPE applies to arrays and tables, not to texts or photos").at(*sp));
+                    }
+                    Some(dims.clone())
+                }
+                None => None,
+            },
             classes: classes.as_ref().map(|c| existing_path(c, catalog)).transpose()?,
             text: text.as_ref().map(|c| c.as_ref().map(|c| c.name.clone())),
             name: name.name.clone(),

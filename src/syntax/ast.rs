@@ -62,6 +62,8 @@ pub enum StatementKind {
         text: Option<Option<Ident>>,
         /// `IMAGES [RESIZE n] [CROP n] [NORMALIZE …]`: photos.
         images: Option<Images>,
+        /// `SHAPE (c, h, w)`: each input's shape, read from the file in its order.
+        shape: Option<(Vec<usize>, Span)>,
         /// `CLASSES 'names.txt'`: the names of the label classes.
         classes: Option<Value>,
     },
@@ -808,8 +810,13 @@ impl fmt::Display for Statement {
                 text,
                 images,
                 classes,
+                shape,
             } => {
                 write!(f, "LOAD DATA {name} FROM {path}")?;
+                if let Some((dims, _)) = shape {
+                    let d: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
+                    write!(f, " SHAPE ({})", d.join(", "))?;
+                }
                 match text {
                     Some(Some(c)) => write!(f, " TEXT COLUMN {c}")?,
                     Some(None) => write!(f, " TEXT")?,

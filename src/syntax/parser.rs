@@ -245,6 +245,24 @@ fn visit_statement(pair: Pair<Rule>) -> Result<Statement> {
             let name = visit_ident(c.next()?)?;
             c.skip_keywords();
             let path = visit_path(c.next()?)?;
+            let shape = match c.take(Rule::shape_clause) {
+                Some(s) => {
+                    let sp = span(&s);
+                    let mut sc = Children::of(s);
+                    sc.skip_keywords();
+                    let dims = sc
+                        .inner
+                        .by_ref()
+                        .map(|d| {
+                            d.as_str().parse::<usize>().map_err(|_| {
+                                Error::syntax(format!("`{}` is too large for an axis", d.as_str())).at(span(&d))
+                            })
+                        })
+                        .collect::<Result<Vec<_>>>()?;
+                    Some((dims, sp))
+                }
+                None => None,
+            };
             let mut labels = None;
             let mut label_column = None;
             let mut text = None;
@@ -277,6 +295,7 @@ fn visit_statement(pair: Pair<Rule>) -> Result<Statement> {
                 text,
                 images,
                 classes,
+                shape,
             }
         }
         Rule::show => {
@@ -1426,6 +1445,7 @@ fn rule_name(rule: &Rule) -> String {
         Rule::target => "PREDICTED, LABEL or a class index".into(),
         Rule::baseline => "zero, mean, a number or a dataset".into(),
         Rule::labels_file => "LABELS".into(),
+        Rule::shape_clause => "SHAPE (…)".into(),
         Rule::label_column => "LABEL COLUMN".into(),
         Rule::distinct => "DISTINCT".into(),
         Rule::slice | Rule::index_spec => "an index or a slice a:b".into(),
