@@ -1,7 +1,8 @@
 //! The real `ialg repl` in a pseudo-terminal, as a user at a keyboard drives it: a
 //! multi-line query and its table, tab completion, a parse error reported before the
-//! statement runs, Ctrl-C on a long query (the prompt returns and the session, with its
-//! models and data, is intact), and Ctrl-D to leave.
+//! statement runs, Ctrl-C on a long query and inside one input's million IG steps (the
+//! prompt returns and the session, with its models and data, is intact), and Ctrl-D to
+//! leave.
 
 use std::process::Command;
 
@@ -47,10 +48,25 @@ fn the_shell_in_a_terminal() {
         .unwrap();
     // Wait for the progress line: the query is running and the terminal has left the
     // line editor's raw mode, so Ctrl-C is a signal rather than a typed character.
-    p.exp_string("inputs").unwrap();
+    p.exp_string("steps").unwrap();
     p.send_control('c').unwrap();
     p.exp_string("cancelled").unwrap();
     p.exp_string("iql> ").unwrap();
+    // One input with a million steps, either rule: progress counts steps, and Ctrl-C
+    // stops it between batches of steps (a million Gauss–Legendre nodes take a fraction
+    // of a second; they once took minutes and ignored Ctrl-C).
+    for rule in ["gausslegendre", "riemann_trapezoid"] {
+        p.send_line(&format!(
+            "SELECT sum(attribution) FROM cnn(digits[3]) USING integrated_gradients(steps = 1000000, rule = {rule});"
+        ))
+        .unwrap();
+        p.exp_string("/1000000 steps").unwrap();
+        let asked = std::time::Instant::now();
+        p.send_control('c').unwrap();
+        p.exp_string("cancelled").unwrap();
+        p.exp_string("iql> ").unwrap();
+        eprintln!("{rule}: Ctrl-C answered in {:?}", asked.elapsed());
+    }
     p.send_line("SELECT prediction FROM PREDICT cnn(digits[5]);").unwrap();
     p.exp_string("1 row").unwrap();
 

@@ -814,7 +814,12 @@ fn run_unnamed(state: &mut State, a: &Attribution, through: Option<&LayerRef>) -
 
     let cancel = state.cancel.clone();
     let mut control = Control::new(&cancel);
-    let progress = crate::output::progress::Progress::on_terminal(format!("{} {}", a.method.name(), a.data), n);
+    let label = format!("{} {}", a.method.name(), a.data);
+    let progress = match a.method.path_points() {
+        // Path methods count steps: one input of many steps shows its progress.
+        Some(points) => crate::output::progress::Progress::counting(label, n * points, "steps"),
+        None => crate::output::progress::Progress::on_terminal(label, n),
+    };
     let report = |done: usize| {
         if let Some(p) = &progress {
             p.update(done)

@@ -740,7 +740,22 @@ impl State {
         }
         let bounds = (spec.bounds.0.unwrap_or(lo), spec.bounds.1.unwrap_or(hi));
         let cancel = self.cancel.clone();
-        let control = crate::ops::Control::new(&cancel);
+        let mut control = crate::ops::Control::new(&cancel);
+        let steps = match spec.attack {
+            crate::ops::attack::Attack::Fgsm { .. } => 1,
+            crate::ops::attack::Attack::Pgd { steps, .. } => steps,
+        };
+        let progress = crate::output::progress::Progress::counting(
+            format!("ATTACK {} ON {}", spec.attack.name(), spec.model),
+            sel.len() * steps,
+            "input-steps",
+        );
+        let report = |done: usize| {
+            if let Some(p) = &progress {
+                p.update(done)
+            }
+        };
+        control.on_progress = Some(&report);
         let adversarial = crate::ops::attack::perturb(
             &model,
             &sel.values()?,

@@ -179,7 +179,10 @@ pub fn perturb(
             };
             let mut x = x0.to_vec();
             match *attack {
-                Attack::Fgsm { eps } => step(&mut x, eps)?,
+                Attack::Fgsm { eps } => {
+                    step(&mut x, eps)?;
+                    control.advance(n);
+                }
                 Attack::Pgd {
                     eps,
                     steps,
@@ -202,10 +205,11 @@ pub fn perturb(
                         for (v, v0) in x.iter_mut().zip(x0) {
                             *v = (v0 + (*v - v0).clamp(-eps, eps)).clamp(lo, hi);
                         }
+                        // Progress counts input-steps: a long attack on few inputs moves.
+                        control.advance(n);
                     }
                 }
             }
-            control.advance(n);
             Ok(x)
         })
         .collect::<Result<_>>()?;

@@ -19,10 +19,11 @@ pub fn attribute(steps: usize, rule: Rule, req: &Request) -> Result<Vec<f32>> {
     let (alphas, weights) = rule.points(steps);
     let first = affine_first_layer(req.model, req.out_layer);
     let chunks = Chunks::new(req.batch_rows, req.n());
+    // Progress counts path steps (`Method::path_points`), advanced as they are done.
     let per_input = par_items(
         req.n(),
         req.control,
-        |_| 1,
+        |_| 0,
         |i| {
             let target = req.targets[i];
             let (x, b) = (req.input(i), req.baseline(i));
@@ -122,7 +123,8 @@ fn times_difference(g: &[f32], x: &[f32], b: &[f32]) -> Vec<f32> {
 
 /// Σ_k w_k ∇(b + α_k (x − b)). Batches run `chunks.lanes` at once; the sum is taken in
 /// step order whatever ran together (a row's gradient does not depend on its batch), so
-/// the result has the same bits for any batch size or thread count.
+/// the result has the same bits for any batch size or thread count. Each wave of batches
+/// counts its steps as progress and is a point where Ctrl-C stops the statement.
 fn weighted_gradient_sum(
     x: &[f32],
     b: &[f32],
@@ -151,6 +153,7 @@ fn weighted_gradient_sum(
                     *t += g * w;
                 }
             }
+            control.advance(end - start);
         }
         control.check()?;
     }

@@ -276,7 +276,7 @@ pub fn attribute(method: &Method, req: &Request) -> Result<LayerAttribution> {
             let per_input = par_items(
                 n,
                 req.control,
-                |_| 1,
+                |_| 0,
                 |i| {
                     let (x, b) = (req.input(i), req.baseline(i));
                     let mut total = vec![0.0f32; units];
@@ -296,6 +296,7 @@ pub fn attribute(method: &Method, req: &Request) -> Result<LayerAttribution> {
                             }
                             previous = Some((hk.to_vec(), gk.to_vec()));
                         }
+                        req.control.advance(end - start);
                         req.control.check()?;
                         start = end;
                     }
@@ -323,7 +324,7 @@ pub fn attribute(method: &Method, req: &Request) -> Result<LayerAttribution> {
             let per_input = par_items(
                 n,
                 req.control,
-                |_| 1,
+                |_| 0,
                 |i| {
                     let target = req.targets[i];
                     let input = rows_of(req, req.input(i), 1)?;
@@ -621,7 +622,7 @@ pub fn neuron_conductance(steps: usize, rule: Rule, req: &Request) -> Result<Vec
     let per_input = par_items(
         req.n(),
         req.control,
-        |_| 1,
+        |_| 0,
         |i| {
             let target = req.targets[i];
             let (x, b) = (req.input(i), req.baseline(i));

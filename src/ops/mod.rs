@@ -292,6 +292,21 @@ impl Method {
         )
     }
 
+    /// The points of the path integral a method evaluates per input, for the methods
+    /// whose engines count progress in path steps (one input's million steps must show
+    /// progress and stop on Ctrl-C); None: progress counts inputs.
+    pub fn path_points(&self) -> Option<usize> {
+        match self {
+            Method::IntegratedGradients { steps, .. }
+            | Method::LayerIntegratedGradients { steps, .. }
+            | Method::NeuronIntegratedGradients { steps, .. }
+            | Method::NeuronConductance { steps, .. } => Some(*steps),
+            // Captum's LayerConductance evaluates steps + 1 points.
+            Method::LayerConductance { steps } => Some(steps + 1),
+            _ => None,
+        }
+    }
+
     /// Whether the method compares against a baseline (BASELINE applies).
     pub fn uses_baseline(&self) -> bool {
         matches!(
