@@ -162,3 +162,32 @@ fn dotted_and_onnx_layer_names() {
     // a qualified column is still completed after its dot
     assert!(words(&s, "SELECT a.attr").iter().all(|w| !w.contains('.')));
 }
+
+/// Inside quotes, Tab completes file paths (relative to the current directory, as the
+/// statement's paths are): folders end in `/`, the word replaced is the last component.
+#[test]
+fn file_paths_inside_quotes() {
+    let s = loaded();
+    assert_eq!(
+        at_end(&s, "LOAD MODEL m FROM 'models/digits_cnn.saf"),
+        (
+            "LOAD MODEL m FROM 'models/".len(),
+            vec!["digits_cnn.safetensors".to_string()]
+        )
+    );
+    assert!(words(&s, "LOAD DATA d FROM 'da").contains(&"data/".to_string()));
+    let in_data = words(&s, "LOAD DATA d FROM 'data/digits_test_");
+    assert_eq!(in_data, vec!["digits_test_x.npy", "digits_test_y.npy"]);
+    // after the string closes, the statement's words again
+    assert!(words(&s, "LOAD DATA d FROM 'data/digits_test_x.npy' ").contains(&"LABELS".to_string()));
+    assert!(words(&s, "LOAD DATA d FROM 'no/such/dir/x").is_empty());
+}
+
+#[test]
+fn across_lines_of_one_statement() {
+    let s = loaded();
+    assert_eq!(
+        words(&s, "SELECT * FROM cnn(digits[0])\nAT LAYER co"),
+        vec!["conv1", "conv2"]
+    );
+}

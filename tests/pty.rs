@@ -26,10 +26,34 @@ fn the_shell_in_a_terminal() {
         .unwrap();
     p.exp_string("loaded data digits").unwrap();
 
-    // a query over two lines runs when the `;` arrives, and prints its table
+    // a query over two lines runs when the `;` arrives, and prints its table; the second
+    // line has the continuation prompt
     p.send_line("SELECT input, label, prediction").unwrap();
+    p.exp_string("iql-> ").unwrap();
     p.send_line("FROM PREDICT cnn(digits[0:2]);").unwrap();
     p.exp_string("2 rows").unwrap();
+
+    // completion on a continuation line sees the model named on the first
+    p.send_line("SELECT * FROM cnn(digits[0])").unwrap();
+    p.exp_string("iql-> ").unwrap();
+    p.send("AT LAYER co").unwrap();
+    // the first Tab completes the common part (conv), the second lists the candidates
+    p.send("\t").unwrap();
+    p.send("\t").unwrap();
+    // `send` is line-buffered: push the keys without an Enter
+    p.flush().unwrap();
+    p.exp_string("conv2").unwrap();
+    p.send_control('c').unwrap();
+    p.exp_string("iql> ").unwrap();
+
+    // an error in an earlier line: reported, and the whole statement offered again
+    p.send_line("SELECT * FRM cnn(digits[0])").unwrap();
+    p.exp_string("iql-> ").unwrap();
+    p.send_line(";").unwrap();
+    p.exp_string("error[syntax]").unwrap();
+    p.exp_regex(r"iql> \x1b\[[0-9;]*mSELECT\x1b\[0m \* FRM").unwrap();
+    p.send_control('c').unwrap();
+    p.exp_string("iql> ").unwrap();
 
     // tab completion: the layers of the model being interpreted
     p.send("SHOW LAYERS OF cn").unwrap();
@@ -37,9 +61,14 @@ fn the_shell_in_a_terminal() {
     p.send_line(";").unwrap();
     p.exp_string("fc2").unwrap();
 
-    // a statement that does not parse is reported before it runs; Ctrl-C clears the line
+    // a statement that does not parse is reported before it runs and stays to be fixed;
+    // its error is still shown after a key that does not change the line (←); Ctrl-C
+    // clears the line
     p.send_line("SELECT * FRM cnn(digits[0]);").unwrap();
     p.exp_string("error[syntax]").unwrap();
+    p.send("\x1b[D").unwrap();
+    p.flush().unwrap();
+    p.exp_string("expected").unwrap();
     p.send_control('c').unwrap();
     p.exp_string("iql> ").unwrap();
 

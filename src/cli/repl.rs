@@ -1,14 +1,16 @@
-//! The interactive shell: rustyline with multi-line input until `;` (a statement that
-//! does not parse is reported before it runs), tab completion asked of the engine
-//! (`Session::complete`), syntax highlighting, a hint, history in the user's data
-//! directory, and backslash meta-commands.
+//! The interactive shell: rustyline, a statement read line by line until its `;` with a
+//! continuation prompt (`iql-> `, as psql's), a statement that does not parse reported
+//! before it runs and kept to be fixed (the error stays under it until the line changes),
+//! tab completion asked of the engine (`Session::complete`: names, keywords, file paths
+//! inside quotes), syntax highlighting, a hint, history in the user's data directory, and
+//! backslash meta-commands.
 
 use std::borrow::Cow;
 
 use rustyline::completion::{Completer, Pair};
 use rustyline::error::ReadlineError;
 use rustyline::highlight::{CmdKind, Highlighter};
-use rustyline::hint::Hinter;
+use rustyline::hint::{Hint, Hinter};
 use rustyline::validate::{ValidationContext, ValidationResult, Validator};
 use rustyline::{Context, Editor, Helper};
 
@@ -23,6 +25,44 @@ struct IqlHelper {
     /// A terminal keeps a statement that does not parse in the editor, to be fixed;
     /// piped input runs it (and reports its error), or every later line would join it.
     interactive: bool,
+    /// The lines of the statement read so far (the line being edited continues them):
+    /// completion and the parse check see the whole statement.
+    pending: String,
+    /// The last line refused for a syntax error, and the error: shown under it until the
+    /// line changes.
+    refused: std::cell::RefCell<Option<(String, String)>>,
+}
+
+impl IqlHelper {
+    /// The statement so far with `line` as its last line, and where `line` starts in it.
+    fn whole(&self, line: &str) -> (String, usize) {
+        if self.pending.is_empty() {
+            (line.to_string(), 0)
+        } else {
+            (format!("{}\n{line}", self.pending), self.pending.len() + 1)
+        }
+    }
+}
+
+/// A hint: the rest of the only completion (→ accepts it), or the error of a refused
+/// line (shown, never inserted).
+enum IqlHint {
+    Completion(String),
+    Error(String),
+}
+
+impl Hint for IqlHint {
+    fn display(&self) -> &str {
+        match self {
+            IqlHint::Completion(s) | IqlHint::Error(s) => s,
+        }
+    }
+    fn completion(&self) -> Option<&str> {
+        match self {
+            IqlHint::Completion(s) => Some(s),
+            IqlHint::Error(_) => None,
+        }
+    }
 }
 
 impl Helper for IqlHelper {}
@@ -36,7 +76,10 @@ impl Completer for IqlHelper {
         let Some(session) = &self.session else {
             return Ok((pos, Vec::new()));
         };
-        let (start, words) = session.complete(line, pos);
+        // Completed in the whole statement (a model named lines ago decides the layers).
+        let (whole, offset) = self.whole(line);
+        let (start, words) = session.complete(&whole, offset + pos);
+        let start = start.saturating_sub(offset);
         let pairs = words
             .into_iter()
             .map(|w| Pair {
@@ -49,17 +92,24 @@ impl Completer for IqlHelper {
 }
 
 impl Hinter for IqlHelper {
-    type Hint = String;
-    /// The rest of the only completion, when there is exactly one and the cursor is at
-    /// the end of a word.
-    fn hint(&self, line: &str, pos: usize, _: &Context<'_>) -> Option<String> {
+    type Hint = IqlHint;
+    /// The error of a refused line while it is unchanged; else the rest of the only
+    /// completion, when there is exactly one and the cursor is at the end of a word.
+    fn hint(&self, line: &str, pos: usize, _: &Context<'_>) -> Option<IqlHint> {
+        if let Some((refused, error)) = self.refused.borrow().as_ref()
+            && refused == line
+        {
+            return Some(IqlHint::Error(format!("\n{error}")));
+        }
         let session = self.session.as_ref()?;
         if pos < line.len() || line.ends_with(char::is_whitespace) || line.trim_start().starts_with('\\') {
             return None;
         }
-        let (start, words) = session.complete(line, pos);
+        let (whole, offset) = self.whole(line);
+        let (start, words) = session.complete(&whole, offset + pos);
+        let start = start.saturating_sub(offset);
         match words.as_slice() {
-            [only] if pos > start => only.get(pos - start..).map(str::to_string),
+            [only] if pos > start => only.get(pos - start..).map(|s| IqlHint::Completion(s.to_string())),
             _ => None,
         }
     }
@@ -70,7 +120,12 @@ impl Highlighter for IqlHelper {
         Cow::Owned(highlight(line))
     }
     fn highlight_hint<'h>(&self, hint: &'h str) -> Cow<'h, str> {
-        Cow::Owned(format!("\x1b[2m{hint}\x1b[0m"))
+        // A refused line's error (it starts on a line of its own) in red, a completion dim.
+        if hint.starts_with('\n') {
+            Cow::Owned(format!("\x1b[31m{hint}\x1b[0m"))
+        } else {
+            Cow::Owned(format!("\x1b[2m{hint}\x1b[0m"))
+        }
     }
     fn highlight_char(&self, _line: &str, _pos: usize, _kind: CmdKind) -> bool {
         true
@@ -78,17 +133,23 @@ impl Highlighter for IqlHelper {
 }
 
 impl Validator for IqlHelper {
+    /// Enter hands the line to the loop — which reads the next line of an unfinished
+    /// statement under the continuation prompt — unless it completes a statement that
+    /// does not parse with the error in this line: then the line stays to be fixed, its
+    /// error under it. (An error in an earlier line is reported by the loop, which offers
+    /// the whole statement again.)
     fn validate(&self, ctx: &mut ValidationContext) -> rustyline::Result<ValidationResult> {
-        let input = ctx.input();
-        if !statement_complete(input) {
-            return Ok(ValidationResult::Incomplete);
-        }
-        if !self.interactive {
+        let (whole, offset) = self.whole(ctx.input());
+        if !self.interactive || !statement_complete(&whole) {
             return Ok(ValidationResult::Valid(None));
         }
-        Ok(match check_input(input) {
-            Ok(()) => ValidationResult::Valid(None),
-            Err(shown) => ValidationResult::Invalid(Some(format!("\n{shown}"))),
+        Ok(match crate::syntax::parse(&whole) {
+            Err(e) if !whole.trim_start().starts_with('\\') && e.span.is_none_or(|s| s.start >= offset) => {
+                let shown = e.render(&whole, "<input>").trim_end().to_string();
+                *self.refused.borrow_mut() = Some((ctx.input().to_string(), shown.clone()));
+                ValidationResult::Invalid(Some(format!("\n{shown}")))
+            }
+            _ => ValidationResult::Valid(None),
         })
     }
 }
@@ -146,7 +207,11 @@ pub fn highlight(line: &str) -> String {
                 j += 1;
             }
             Some(NUMBER)
-        } else if c.is_alphabetic() || c == '_' || c == ':' {
+        } else if c.is_alphabetic()
+            || c == '_'
+            // `:name` is a variable; `0:2` a slice
+            || (c == ':' && chars.get(j).is_some_and(|(_, n)| n.is_alphabetic() || *n == '_'))
+        {
             while j < chars.len() && (chars[j].1.is_alphanumeric() || chars[j].1 == '_') {
                 j += 1;
             }
@@ -432,9 +497,12 @@ pub fn run(runner: &mut Runner) -> bool {
             return false;
         }
     };
+    let interactive = std::io::IsTerminal::is_terminal(&std::io::stdin());
     editor.set_helper(Some(IqlHelper {
         session: None,
-        interactive: std::io::IsTerminal::is_terminal(&std::io::stdin()),
+        interactive,
+        pending: String::new(),
+        refused: Default::default(),
     }));
     let history = history_path();
     if let Some(h) = &history {
@@ -444,33 +512,70 @@ pub fn run(runner: &mut Runner) -> bool {
         "ialgebra {} — type \\help for help, \\q to quit.",
         env!("CARGO_PKG_VERSION")
     );
+    // The lines of an unfinished statement, and a statement offered again to be fixed.
+    let mut pending = String::new();
+    let mut offer: Option<String> = None;
     loop {
         // The helper holds the session while the line is read (for completion), and
         // gives it back before anything runs.
         if let Some(h) = editor.helper_mut() {
             h.session = Some(std::mem::take(&mut runner.session));
+            h.pending = pending.clone();
         }
-        let read = editor.readline("iql> ");
-        if let Some(session) = editor.helper_mut().and_then(|h| h.session.take()) {
-            runner.session = session;
+        let prompt = if pending.is_empty() { "iql> " } else { "iql-> " };
+        let read = match offer.take() {
+            Some(text) => editor.readline_with_initial(prompt, (&text, "")),
+            None => editor.readline(prompt),
+        };
+        if let Some(h) = editor.helper_mut() {
+            if let Some(session) = h.session.take() {
+                runner.session = session;
+            }
+            *h.refused.borrow_mut() = None;
         }
         match read {
             Ok(line) => {
-                let text = line.trim();
-                if text.is_empty() {
+                if pending.is_empty() && line.trim().is_empty() {
                     continue;
                 }
-                let _ = editor.add_history_entry(text);
-                if text.starts_with('\\') {
+                if pending.is_empty() && line.trim_start().starts_with('\\') {
+                    let text = line.trim();
+                    let _ = editor.add_history_entry(text);
                     if !meta(runner, text) {
                         break;
                     }
-                } else {
-                    runner.run_text(text, "<input>");
+                    continue;
                 }
+                let text = if pending.is_empty() {
+                    line
+                } else {
+                    format!("{pending}\n{line}")
+                };
+                if !statement_complete(&text) {
+                    pending = text;
+                    continue;
+                }
+                pending.clear();
+                let text = text.trim().to_string();
+                let _ = editor.add_history_entry(&text);
+                // At a terminal, a statement that does not parse (its error in an earlier
+                // line) is reported and offered again whole, to be fixed.
+                if interactive && let Err(shown) = check_input(&text) {
+                    eprintln!("{shown}");
+                    offer = Some(text);
+                    continue;
+                }
+                runner.run_text(&text, "<input>");
             }
-            Err(ReadlineError::Interrupted) => continue,
-            Err(ReadlineError::Eof) => break,
+            // Ctrl-C drops the statement being typed.
+            Err(ReadlineError::Interrupted) => pending.clear(),
+            Err(ReadlineError::Eof) => {
+                // Piped input may end without the last `;`.
+                if !pending.trim().is_empty() {
+                    runner.run_text(pending.trim(), "<input>");
+                }
+                break;
+            }
             Err(e) => {
                 eprintln!("error: {e}");
                 break;
@@ -534,6 +639,7 @@ mod tests {
         assert!(shown.contains("\x1b[36m2.5\x1b[0m"));
         assert!(shown.contains("\x1b[2m-- note\x1b[0m"));
         assert!(shown.contains("\x1b[35m:i\x1b[0m"));
+        assert!(!highlight("d[0:2]").contains("\x1b[35m"), "a slice is not a variable");
         assert!(
             !shown.contains("\x1b[1;34mrow"),
             "`row` is a column here, not a keyword"

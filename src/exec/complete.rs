@@ -120,6 +120,13 @@ impl Session {
     pub fn complete(&self, line: &str, pos: usize) -> (usize, Vec<String>) {
         let pos = floor_char_boundary(line, pos.min(line.len()));
         let before = &line[..pos];
+        // Inside a quoted string (an odd number of quotes before the cursor; '' inside a
+        // string pairs up): a file path.
+        if before.matches('\'').count() % 2 == 1
+            && let Some(quote) = before.rfind('\'')
+        {
+            return complete_path(&before[quote + 1..], quote + 1);
+        }
         let word_start = |dots: bool| {
             before
                 .char_indices()
@@ -326,6 +333,33 @@ impl Session {
         }
         out
     }
+}
+
+/// The files and folders whose path starts with `partial` (relative to the current
+/// directory, as the statement's paths are), as (where the last path component starts,
+/// candidates); a folder ends in `/` so that the next Tab goes into it. Hidden entries
+/// only when the component starts with a dot.
+fn complete_path(partial: &str, offset: usize) -> (usize, Vec<String>) {
+    let (dir, prefix) = match partial.rfind('/') {
+        Some(slash) => (&partial[..slash + 1], &partial[slash + 1..]),
+        None => ("", partial),
+    };
+    let listing = match std::fs::read_dir(if dir.is_empty() { "." } else { dir }) {
+        Ok(entries) => entries,
+        Err(_) => return (offset + dir.len(), Vec::new()),
+    };
+    let mut out: Vec<String> = listing
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let name = e.file_name().into_string().ok()?;
+            if !name.starts_with(prefix) || (name.starts_with('.') && !prefix.starts_with('.')) {
+                return None;
+            }
+            Some(if e.path().is_dir() { format!("{name}/") } else { name })
+        })
+        .collect();
+    out.sort();
+    (offset + dir.len(), out)
 }
 
 /// Words and punctuation of a statement, skipping strings and comments (enough to see
