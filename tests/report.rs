@@ -1,5 +1,6 @@
 //! EXPORT REPORT … TO 'f.html': one self-contained page (no external URL, pictures
-//! inlined) naming every input of the result, with the query and its plan.
+//! inlined) naming every input of the result with each model's reading of it, the query
+//! and its plan.
 
 use crate::common::*;
 
@@ -35,10 +36,32 @@ fn the_report_is_self_contained_and_names_every_input() {
     assert!(html.contains("<h2>Plan</h2>") && html.contains("Join (attribution = mean of the sides)"));
     // the result table with its 3 × 64 rows, sortable
     assert_eq!(
-        html.matches("<tr><td>").count() - 9,
+        html.matches("<tr><td>").count() - 18,
         192,
-        "3 × 3 top-class rows, then the table"
+        "3 inputs × 2 models × 3 top-class rows, then the table"
     );
+    // each side's reading of each input: the models disagree on input 57
+    for side in ["cnn(digits[55:58])", "cnn_b(digits[55:58])"] {
+        assert_eq!(
+            html.matches(&format!("<th colspan=\"2\">{side}</th>")).count(),
+            3,
+            "{side}"
+        );
+    }
+    let mut predicted = |model: &str| {
+        let df = query(&mut s, &format!("SELECT prediction FROM PREDICT {model}(digits[57])"));
+        column_f64(&df, "prediction")[0] as i64
+    };
+    let (a, b) = (predicted("cnn"), predicted("cnn_b"));
+    assert_ne!(a, b);
+    let section = &html[html.find("<h3>input 57</h3>").unwrap()..];
+    let section = &section[..section.find("</section>").unwrap()];
+    for p in [a, b] {
+        assert!(
+            section.contains(&format!("<tr><th>prediction</th><td>{p}</td></tr>")),
+            "input 57 shows prediction {p}: {section}"
+        );
+    }
     assert!(html.contains("onclick=\"sortBy(0)\""));
     // a report is HTML, and HTML is only a report
     let err = s

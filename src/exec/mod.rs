@@ -378,11 +378,15 @@ impl State {
         })
     }
 
-    /// The HTML of EXPORT REPORT: each input of the result with its prediction, top
-    /// classes and picture, the query's maps, the query, its plan and the table.
+    /// The HTML of EXPORT REPORT: each input of the result with its picture, what each
+    /// `model(data)` of the query predicts for it (both sides of a JOIN) with the top
+    /// classes, the query's maps, the query, its plan and the table.
     fn report(&mut self, query: &crate::plan::Node, text: &str, df: &DataFrame) -> Result<String> {
-        let (model_name, data) =
-            first_source(query).ok_or_else(|| Error::value("a report needs a query over model(data)"))?;
+        let sources = all_sources(query);
+        let (_, data) = sources
+            .first()
+            .cloned()
+            .ok_or_else(|| Error::value("a report needs a query over model(data)"))?;
         let dataset = self.dataset(&data.name)?;
         let photo_of = self.photo_lookup(query);
         // The inputs the result names, in order; without an `input` column, those queried.
@@ -403,7 +407,34 @@ impl State {
             dataset: dataset.clone(),
             rows,
         };
-        let logits = interpret::logits(self, &model_name, &sel, &[])?;
+        // Each source's reading of the inputs (its own data, edits applied), by input id.
+        let mut readings: Vec<std::collections::HashMap<i64, crate::output::report::SideFacts>> = Vec::new();
+        for (model, data) in &sources {
+            let all = self.select(data)?;
+            let rows: Vec<usize> = ids.iter().filter_map(|&id| all.dataset.position_of(id)).collect();
+            let side = Selection {
+                dataset: all.dataset.clone(),
+                rows,
+            };
+            let logits = interpret::logits(self, model, &side, &[])?;
+            let source = format!("{model}({data})");
+            readings.push(
+                side.rows
+                    .iter()
+                    .zip(&logits)
+                    .map(|(&r, l)| {
+                        let top = top_classes(l, 3);
+                        let facts = crate::output::report::SideFacts {
+                            source: source.clone(),
+                            label: side.dataset.label(r),
+                            prediction: top.first().map_or(0, |t| t.0),
+                            top,
+                        };
+                        (side.dataset.id(r), facts)
+                    })
+                    .collect(),
+            );
+        }
         let image = match dataset.modality {
             crate::data::Modality::Image {
                 channels,
@@ -415,13 +446,7 @@ impl State {
         let inputs = sel
             .rows
             .iter()
-            .zip(&logits)
-            .map(|(&r, l)| {
-                let max = l.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let z: f32 = l.iter().map(|v| (v - max).exp()).sum();
-                let mut top: Vec<(usize, f32)> = l.iter().map(|v| (v - max).exp() / z).enumerate().collect();
-                top.sort_by(|a, b| b.1.total_cmp(&a.1));
-                top.truncate(3);
+            .map(|&r| {
                 // A photo is shown as the photo (de-normalised), other images scaled.
                 let picture = match &photo_of {
                     Some(photo) => photo(dataset.id(r))
@@ -430,20 +455,19 @@ impl State {
                         image.and_then(|shape| crate::output::picture::input_png(&dataset.row(r).ok()?, shape).ok())
                     }
                 };
+                let id = dataset.id(r);
                 crate::output::report::ReportInput {
-                    id: dataset.id(r),
-                    label: dataset.label(r),
-                    prediction: top.first().map_or(0, |t| t.0),
-                    top,
+                    id,
+                    sides: readings.iter_mut().filter_map(|side| side.remove(&id)).collect(),
                     picture,
                 }
             })
             .collect();
+        let names: Vec<String> = sources.iter().map(|(m, d)| format!("{m}({d})")).collect();
         crate::output::report::render_html(&crate::output::report::Report {
             query: text,
             plan: &query.to_string(),
-            model: &model_name,
-            dataset: &data.name,
+            sources: &names,
             inputs,
             table: df,
             photo_of: &|id| photo_of.as_ref().and_then(|f| f(id)),
@@ -1319,6 +1343,36 @@ impl State {
             }
         }
     }
+}
+
+/// Every model(data) the query reads, in plan order, each once.
+fn all_sources(node: &crate::plan::Node) -> Vec<(String, DatasetRef)> {
+    use crate::plan::NodeKind;
+    let mut out: Vec<(String, DatasetRef)> = Vec::new();
+    let mut add = |m: &str, d: &DatasetRef| {
+        if !out.iter().any(|(om, od)| om == m && od == d) {
+            out.push((m.to_string(), d.clone()));
+        }
+    };
+    fn walk(node: &crate::plan::Node, add: &mut dyn FnMut(&str, &DatasetRef)) {
+        match &node.kind {
+            NodeKind::Attribute(a) => add(&a.model, &a.data),
+            NodeKind::Predict(p) => add(&p.model, &p.data),
+            _ => node.inputs().into_iter().for_each(|n| walk(n, add)),
+        }
+    }
+    walk(node, &mut add);
+    out
+}
+
+/// The `k` most probable classes of one output's logits (softmax), best first.
+fn top_classes(logits: &[f32], k: usize) -> Vec<(usize, f32)> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let z: f32 = logits.iter().map(|v| (v - max).exp()).sum();
+    let mut top: Vec<(usize, f32)> = logits.iter().map(|v| (v - max).exp() / z).enumerate().collect();
+    top.sort_by(|a, b| b.1.total_cmp(&a.1));
+    top.truncate(k);
+    top
 }
 
 /// The interpretation a query is about: the first model(data) of its plan.

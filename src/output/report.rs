@@ -12,19 +12,27 @@ use crate::error::Result;
 /// What the report shows of one input.
 pub struct ReportInput {
     pub id: i64,
+    /// What each `model(data)` of the query makes of it (both sides of a JOIN).
+    pub sides: Vec<SideFacts>,
+    /// A PNG of the input (images only).
+    pub picture: Option<Vec<u8>>,
+}
+
+/// One model's reading of one input.
+pub struct SideFacts {
+    /// `model(data)`, as the query names it.
+    pub source: String,
     pub label: Option<i64>,
     pub prediction: usize,
     /// The most probable classes with their softmax probability, best first.
     pub top: Vec<(usize, f32)>,
-    /// A PNG of the input (images only).
-    pub picture: Option<Vec<u8>>,
 }
 
 pub struct Report<'a> {
     pub query: &'a str,
     pub plan: &'a str,
-    pub model: &'a str,
-    pub dataset: &'a str,
+    /// The query's `model(data)` sources, in order.
+    pub sources: &'a [String],
     pub inputs: Vec<ReportInput>,
     pub table: &'a DataFrame,
     /// The photo of an input, for datasets of photos (maps are drawn over it).
@@ -40,10 +48,10 @@ pub fn render_html(r: &Report) -> Result<String> {
     h.push_str(&format!("<title>ialgebra report: {}</title>\n", escape(r.query)));
     h.push_str(STYLE);
     h.push_str("</head>\n<body>\n");
+    let sources: Vec<String> = r.sources.iter().map(|s| format!("<b>{}</b>", escape(s))).collect();
     h.push_str(&format!(
-        "<h1>ialgebra report</h1>\n<p class=\"meta\">model <b>{}</b> on <b>{}</b> · {} input(s) · {} row(s) · ialgebra {}</p>\n",
-        escape(r.model),
-        escape(r.dataset),
+        "<h1>ialgebra report</h1>\n<p class=\"meta\">{} · {} input(s) · {} row(s) · ialgebra {}</p>\n",
+        sources.join(" · "),
         r.inputs.len(),
         r.table.height(),
         env!("CARGO_PKG_VERSION")
@@ -59,21 +67,27 @@ pub fn render_html(r: &Report) -> Result<String> {
         if let Some(png) = &input.picture {
             h.push_str(&figure(png, "the input"));
         }
-        h.push_str("<div class=\"facts\"><table class=\"small\">");
-        h.push_str(&format!(
-            "<tr><th>label</th><td>{}</td></tr><tr><th>prediction</th><td>{}</td></tr>",
-            input.label.map_or("—".to_string(), |l| l.to_string()),
-            input.prediction
-        ));
-        h.push_str("<tr><th colspan=\"2\">top classes</th></tr>");
-        for (class, p) in &input.top {
+        // Each side's reading of the input, side by side.
+        for side in &input.sides {
+            h.push_str("<div class=\"facts\"><table class=\"small\">");
+            if input.sides.len() > 1 {
+                h.push_str(&format!("<tr><th colspan=\"2\">{}</th></tr>", escape(&side.source)));
+            }
             h.push_str(&format!(
-                "<tr><td>{class}</td><td><span class=\"bar\" style=\"width:{:.0}px\"></span> {:.3}</td></tr>",
-                p * 80.0,
-                p
+                "<tr><th>label</th><td>{}</td></tr><tr><th>prediction</th><td>{}</td></tr>",
+                side.label.map_or("—".to_string(), |l| l.to_string()),
+                side.prediction
             ));
+            h.push_str("<tr><th colspan=\"2\">top classes</th></tr>");
+            for (class, p) in &side.top {
+                h.push_str(&format!(
+                    "<tr><td>{class}</td><td><span class=\"bar\" style=\"width:{:.0}px\"></span> {:.3}</td></tr>",
+                    p * 80.0,
+                    p
+                ));
+            }
+            h.push_str("</table></div>\n");
         }
-        h.push_str("</table></div>\n");
         // The query's maps of this input (every side of a join in one picture).
         if let Some(png) = maps_of(r.table, input.id, r.photo_of) {
             h.push_str(&figure(&png, "attributions"));
