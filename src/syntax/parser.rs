@@ -1450,6 +1450,75 @@ fn rule_name(rule: &Rule) -> String {
         Rule::distinct => "DISTINCT".into(),
         Rule::slice | Rule::index_spec => "an index or a slice a:b".into(),
         Rule::join_op | Rule::op_join | Rule::op_antijoin => "JOIN or ANTIJOIN".into(),
+        Rule::script => "a statement".into(),
+        Rule::arch_clause => "ARCH".into(),
+        Rule::head_clause => "HEAD".into(),
+        Rule::classes_clause => "CLASSES".into(),
+        Rule::text_column => "TEXT".into(),
+        Rule::images => "IMAGES".into(),
+        Rule::resize => "RESIZE".into(),
+        Rule::crop => "CROP".into(),
+        Rule::normalize => "NORMALIZE".into(),
+        Rule::triple => "three numbers (a, b, c)".into(),
+        Rule::show_models
+        | Rule::show_data
+        | Rule::show_methods
+        | Rule::show_layers
+        | Rule::show_cache
+        | Rule::show_settings => "MODELS, DATA, METHODS, LAYERS OF, CACHE or SETTINGS".into(),
+        Rule::attack => "ATTACK".into(),
+        Rule::report => "REPORT".into(),
+        Rule::top_clause => "TOP".into(),
+        Rule::predict_join | Rule::predict_side => "PREDICT".into(),
+        Rule::join_source | Rule::join_side => "model(data)".into(),
+        Rule::edit => "WITH (an edit)".into(),
+        Rule::edit_layer => "LAYER".into(),
+        Rule::layer_set => "= value".into(),
+        Rule::layer_scale => "SCALE".into(),
+        Rule::layer_from => "FROM".into(),
+        Rule::donor => "a dataset".into(),
+        Rule::edit_set => "SET".into(),
+        Rule::edit_mask => "MASK".into(),
+        Rule::edit_noise => "NOISE(…)".into(),
+        Rule::edit_blur => "BLUR(…)".into(),
+        Rule::slice_start | Rule::slice_end => "a number".into(),
+        Rule::at_layer_clause => "AT LAYER".into(),
+        Rule::through_clause => "THROUGH LAYER".into(),
+        Rule::all_layers => "`*`".into(),
+        Rule::target_similarity => "SIMILARITY(…)".into(),
+        Rule::target_unit => "a unit layer[i, …]".into(),
+        Rule::target_predicted => "PREDICTED".into(),
+        Rule::target_label => "LABEL".into(),
+        Rule::baseline_zero => "ZERO".into(),
+        Rule::baseline_mean => "MEAN".into(),
+        Rule::baseline_constant => "a number".into(),
+        Rule::window_image => "rows a:b / cols a:b / channels a:b".into(),
+        Rule::column_item => "a column".into(),
+        Rule::column_range => "a range of columns a:b".into(),
+        Rule::gran_pixel
+        | Rule::gran_patch
+        | Rule::gran_segment
+        | Rule::gran_column
+        | Rule::gran_token
+        | Rule::gran_word => "pixel, patch(k), segment(k), column, token or word".into(),
+        Rule::order_item => "an expression".into(),
+        Rule::op_not | Rule::negated => "NOT".into(),
+        Rule::op_neg => "`-`".into(),
+        Rule::scalar_subquery => "(SELECT …)".into(),
+        Rule::over_clause => "OVER".into(),
+        Rule::partition_by => "PARTITION BY".into(),
+        Rule::window_order => "ORDER BY".into(),
+        Rule::word => "a word".into(),
+        Rule::boolean => "true or false".into(),
+        Rule::null => "NULL".into(),
+        Rule::layer_ident | Rule::dotted_ident => "a layer name".into(),
+        Rule::reserved | Rule::ident_start | Rule::ident_char => "a name".into(),
+        Rule::set_op => "UNION / INTERSECT / EXCEPT".into(),
+        Rule::query_term => "a query (SELECT … or PREDICT …)".into(),
+        Rule::table_item | Rule::join_right => "a table or a (subquery)".into(),
+        Rule::join_condition => "USING (columns) or ON a.column = b.column".into(),
+        Rule::interp_clause => "USING, TARGET, BASELINE, WINDOW, GRANULARITY, AT LAYER or THROUGH LAYER".into(),
+        Rule::unsigned_body => "a number".into(),
         _ => s.replace('_', " "),
     }
 }
@@ -1540,4 +1609,24 @@ fn convert_error(err: pest::error::Error<Rule>, text: &str) -> Error {
         return err.at(Span::new(start, end));
     }
     Error::syntax(message).at(Span::new(start, end))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An "expected …" message never shows a grammar-internal name: every rule whose name
+    /// is not a plain word has a name a user knows.
+    #[test]
+    fn every_rule_has_a_name_for_users() {
+        let internal: Vec<String> = Rule::all_rules()
+            .iter()
+            .filter(|r| {
+                let raw = format!("{r:?}");
+                raw.contains('_') && !raw.starts_with("kw_") && rule_name(r) == raw.replace('_', " ")
+            })
+            .map(|r| format!("{r:?}"))
+            .collect();
+        assert!(internal.is_empty(), "rules without a user's name: {internal:?}");
+    }
 }
