@@ -27,6 +27,7 @@ mod pty;
 mod relational;
 mod report;
 mod roundtrip;
+mod serve;
 mod shap;
 mod slt;
 mod surrogates;

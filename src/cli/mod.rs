@@ -2,6 +2,7 @@
 //! All of them end in `Runner::run_text`, which executes through the one `Session`.
 
 mod repl;
+pub mod serve;
 
 use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
@@ -47,6 +48,18 @@ enum Sub {
     },
     /// Start the interactive shell.
     Repl,
+    /// Serve a web page over one session (query editor, tables, maps, plans).
+    Serve {
+        /// A script to run first (e.g. the LOADs).
+        file: Option<PathBuf>,
+        /// The port (0: any free one).
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// The address to listen on; anything but this machine requires the token printed
+        /// at start-up.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+    },
 }
 
 fn parse_format(s: &str) -> Result<Format, String> {
@@ -68,7 +81,10 @@ pub fn main() -> ExitCode {
     for (k, v) in &cli.vars {
         runner.session.set_variable(k, v);
     }
-    runner.install_interrupt_handler();
+    // Ctrl-C cancels a running statement; it stops the server itself.
+    if !matches!(cli.sub, Some(Sub::Serve { .. })) {
+        runner.install_interrupt_handler();
+    }
     let ok = match (&cli.command, &cli.sub) {
         (Some(text), _) => check_vars(text, &cli.vars) && runner.run_text(text, "<command>"),
         (None, Some(Sub::Run { file })) => {
@@ -85,6 +101,24 @@ pub fn main() -> ExitCode {
             }
         }
         (None, Some(Sub::Repl)) => repl::run(&mut runner),
+        (None, Some(Sub::Serve { file, port, host })) => {
+            let script = match file {
+                Some(f) => match std::fs::read_to_string(f) {
+                    Ok(text) => Some((text, f.display().to_string())),
+                    Err(e) => {
+                        eprintln!("error[io]: cannot read {}: {e}", f.display());
+                        return ExitCode::FAILURE;
+                    }
+                },
+                None => None,
+            };
+            if let Some((text, _)) = &script
+                && !check_vars(text, &cli.vars)
+            {
+                return ExitCode::FAILURE;
+            }
+            serve::serve(std::mem::take(&mut runner.session), host, *port, script)
+        }
         (None, None) => {
             if std::io::stdin().is_terminal() {
                 repl::run(&mut runner)

@@ -165,15 +165,7 @@ pub fn check_input(input: &str) -> Result<(), String> {
         .map_err(|e| e.render(input, "<input>").trim_end().to_string())
 }
 
-/// Every keyword of the grammar (highlighted in the shell), read from the grammar itself
-/// (its `kw_x = @{ ^"x" … }` rules), so that a new keyword needs no second list.
-static KEYWORDS: std::sync::LazyLock<Vec<&'static str>> = std::sync::LazyLock::new(|| {
-    include_str!("../../grammar/iql.pest")
-        .lines()
-        .filter(|l| l.starts_with("kw_"))
-        .filter_map(|l| l.split('"').nth(1))
-        .collect()
-});
+use crate::syntax::KEYWORDS;
 
 /// The line with ANSI colours: keywords bold blue, strings green, numbers cyan, comments
 /// and variables dim/magenta. Only colours are added, so the text is unchanged.

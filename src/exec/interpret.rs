@@ -817,8 +817,10 @@ fn run_unnamed(state: &mut State, a: &Attribution, through: Option<&LayerRef>) -
     let label = format!("{} {}", a.method.name(), a.data);
     let progress = match a.method.path_points() {
         // Path methods count steps: one input of many steps shows its progress.
-        Some(points) => crate::output::progress::Progress::counting(label, n * points, "steps"),
-        None => crate::output::progress::Progress::on_terminal(label, n),
+        Some(points) => {
+            crate::output::progress::Progress::counting(label, n * points, "steps", state.progress_observer.clone())
+        }
+        None => crate::output::progress::Progress::on_terminal(label, n, state.progress_observer.clone()),
     };
     let report = |done: usize| {
         if let Some(p) = &progress {

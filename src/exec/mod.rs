@@ -128,6 +128,8 @@ pub(crate) struct State {
     warnings: Vec<String>,
     /// (model id, dataset) pairs whose labels outside the model's outputs were reported.
     label_warned: std::collections::HashSet<(u64, usize)>,
+    /// Who else hears of a long statement's progress (`ialg serve`).
+    progress_observer: Option<crate::output::progress::ProgressObserver>,
 }
 
 /// A table kept in the session, and the query that made it (SHOW DATA's source).
@@ -181,6 +183,7 @@ impl Session {
                 with_frames: Vec::new(),
                 warnings: Vec::new(),
                 label_warned: Default::default(),
+                progress_observer: None,
             },
         }
     }
@@ -308,6 +311,29 @@ impl Session {
         };
         self.state.variables.insert(name.to_string(), lit);
         self.state.external_variables.insert(name.to_string());
+    }
+
+    /// The picture of a query's result — its maps, drawn over the photos when the query
+    /// reads photos — or None when the relation is not one that draws (no attribution, or
+    /// a statement that is not a query). What EXPORT … TO 'f.png' would write.
+    pub fn picture_of(&self, stmt: &Statement, df: &DataFrame) -> Option<Vec<u8>> {
+        let has = |c: &str| df.column(c).is_ok();
+        if !matches!(stmt.kind, syntax::ast::StatementKind::Query(_)) || !(has("attribution") || has("activation")) {
+            return None;
+        }
+        let Ok(Plan::Query(node)) = plan::plan(stmt, &self.state) else {
+            return None;
+        };
+        match self.state.photo_lookup(&node) {
+            Some(photo_of) => crate::output::picture::render_png_over(df, &photo_of).ok(),
+            None => crate::output::picture::render_png(df).ok(),
+        }
+    }
+
+    /// Reports of long statements' progress go to `observer` too (a front end that is not
+    /// the terminal).
+    pub fn set_progress_observer(&mut self, observer: crate::output::progress::ProgressObserver) {
+        self.state.progress_observer = Some(observer);
     }
 
     /// The warnings of the last `execute` (labels outside a model's classes, …), taken.
@@ -773,6 +799,7 @@ impl State {
             format!("ATTACK {} ON {}", spec.attack.name(), spec.model),
             sel.len() * steps,
             "input-steps",
+            self.progress_observer.clone(),
         );
         let report = |done: usize| {
             if let Some(p) = &progress {
@@ -843,8 +870,12 @@ impl State {
         }
         let cancel = self.cancel.clone();
         let mut control = crate::ops::Control::new(&cancel);
-        let progress =
-            crate::output::progress::Progress::counting(format!("VISUALIZE {}", spec.model), vis.steps, "steps");
+        let progress = crate::output::progress::Progress::counting(
+            format!("VISUALIZE {}", spec.model),
+            vis.steps,
+            "steps",
+            self.progress_observer.clone(),
+        );
         let report = |done: usize| {
             if let Some(p) = &progress {
                 p.update(done)

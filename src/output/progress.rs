@@ -1,10 +1,24 @@
 //! A progress line on stderr for long statements (whole datasets, many steps): done and
 //! total, rate and ETA, redrawn at most ten times a second, and only when stderr is a
-//! terminal — scripts, pipes and tests see nothing.
+//! terminal — scripts, pipes and tests see nothing. A front end (`ialg serve`) may observe
+//! the same reports instead.
 
 use std::io::{IsTerminal, Write};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// Where a running statement is, for a front end other than the terminal (`ialg serve`).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct ProgressReport {
+    pub label: String,
+    pub done: usize,
+    pub total: usize,
+    /// What is counted ("inputs", "steps").
+    pub unit: &'static str,
+}
+
+/// Receives progress reports (at most ten a second).
+pub type ProgressObserver = Arc<dyn Fn(&ProgressReport) + Send + Sync>;
 
 pub struct Progress {
     label: String,
@@ -13,25 +27,37 @@ pub struct Progress {
     unit: &'static str,
     start: Instant,
     last_draw: Mutex<Option<Instant>>,
+    /// Draw on stderr (a terminal).
+    terminal: bool,
+    observer: Option<ProgressObserver>,
 }
 
 /// Statements shorter than this draw nothing.
 const QUIET_FOR: Duration = Duration::from_millis(300);
 
 impl Progress {
-    /// A progress line over inputs if stderr is a terminal, else None.
-    pub fn on_terminal(label: impl Into<String>, total: usize) -> Option<Progress> {
-        Self::counting(label, total, "inputs")
+    /// A progress line over inputs if stderr is a terminal (or someone observes), else None.
+    pub fn on_terminal(label: impl Into<String>, total: usize, observer: Option<ProgressObserver>) -> Option<Progress> {
+        Self::counting(label, total, "inputs", observer)
     }
 
-    /// A progress line over `total` of `unit` if stderr is a terminal, else None.
-    pub fn counting(label: impl Into<String>, total: usize, unit: &'static str) -> Option<Progress> {
-        std::io::stderr().is_terminal().then(|| Progress {
+    /// Progress over `total` of `unit`: drawn if stderr is a terminal, reported to the
+    /// observer if there is one; None if neither.
+    pub fn counting(
+        label: impl Into<String>,
+        total: usize,
+        unit: &'static str,
+        observer: Option<ProgressObserver>,
+    ) -> Option<Progress> {
+        let terminal = std::io::stderr().is_terminal();
+        (terminal || observer.is_some()).then(|| Progress {
             label: label.into(),
             total,
             unit,
             start: Instant::now(),
             last_draw: Mutex::new(None),
+            terminal,
+            observer,
         })
     }
 
@@ -43,6 +69,17 @@ impl Progress {
             return;
         }
         *last = Some(now);
+        if let Some(observe) = &self.observer {
+            observe(&ProgressReport {
+                label: self.label.clone(),
+                done,
+                total: self.total,
+                unit: self.unit,
+            });
+        }
+        if !self.terminal {
+            return;
+        }
         let rate = done as f64 / elapsed.as_secs_f64().max(1e-9);
         let eta = if rate > 0.0 {
             format!("{:.0}s", (self.total.saturating_sub(done)) as f64 / rate)
@@ -64,7 +101,7 @@ impl Progress {
 
 impl Drop for Progress {
     fn drop(&mut self) {
-        if self.last_draw.lock().is_ok_and(|l| l.is_some()) {
+        if self.terminal && self.last_draw.lock().is_ok_and(|l| l.is_some()) {
             // Clear the line so the table starts clean.
             let _ = write!(std::io::stderr(), "\r\x1b[2K");
         }

@@ -1390,7 +1390,7 @@ fn rule_name(rule: &Rule) -> String {
         Rule::select_item | Rule::select_list => "a column or expression".into(),
         Rule::star => "`*`".into(),
         Rule::dataset => "a dataset (name, name[i] or name[a:b])".into(),
-        Rule::query | Rule::select | Rule::intersect_term => "a query (SELECT … or PREDICT …)".into(),
+        Rule::query | Rule::select | Rule::intersect_term => "a query (SELECT …, PREDICT … or WITH …)".into(),
         Rule::statement => "a statement".into(),
         Rule::op_eq => "`=`".into(),
         Rule::op_ne => "`!=`".into(),
@@ -1593,7 +1593,9 @@ fn convert_error(err: pest::error::Error<Rule>, text: &str) -> Error {
     };
     // Where a statement should begin, pest can only say that the script failed: name
     // the statements, and the one a misspelt first word was probably meant to be.
-    if message == "expected script" {
+    // The same after a `;`, where pest lists the statements' first words.
+    let after_semicolon = text.get(..start).is_some_and(|t| t.trim_end().ends_with(';'));
+    if message == "expected a statement" || (after_semicolon && message.contains("EXPORT, LET, LOAD")) {
         let word: String = text
             .get(start..)
             .unwrap_or("")
