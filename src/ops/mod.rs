@@ -254,16 +254,9 @@ impl Method {
         self.needs() == Needs::Layer && *self != Method::GuidedGradCam
     }
 
+    /// Gradient or perturbation, as the method table says.
     pub fn family(&self) -> Family {
-        match self {
-            Method::Occlusion { .. }
-            | Method::FeatureAblation
-            | Method::ShapleySampling { .. }
-            | Method::KernelShap { .. }
-            | Method::Lime { .. }
-            | Method::FeaturePermutation { .. } => Family::Perturbation,
-            _ => Family::Gradient,
-        }
+        method_info(self.name()).map_or(Family::Gradient, |m| m.family)
     }
 
     /// Whether a GRANULARITY group's attribution is the sum over its features (gradient
@@ -307,28 +300,10 @@ impl Method {
         }
     }
 
-    /// Whether the method compares against a baseline (BASELINE applies).
+    /// Whether the method compares against a baseline (BASELINE applies), as the method
+    /// table says.
     pub fn uses_baseline(&self) -> bool {
-        matches!(
-            self,
-            Method::IntegratedGradients { .. }
-                | Method::Occlusion { .. }
-                | Method::FeatureAblation
-                | Method::ShapleySampling { .. }
-                | Method::KernelShap { .. }
-                | Method::Lime { .. }
-                | Method::DeepLift
-                | Method::NeuronDeepLift
-                | Method::LayerDeepLift
-                | Method::GradientShap { .. }
-                | Method::DeepLiftShap
-                | Method::LayerGradientShap { .. }
-                | Method::NeuronGradientShap { .. }
-                | Method::LayerConductance { .. }
-                | Method::LayerIntegratedGradients { .. }
-                | Method::NeuronIntegratedGradients { .. }
-                | Method::NeuronConductance { .. }
-        )
+        method_info(self.name()).is_some_and(|m| m.baseline)
     }
 }
 
@@ -460,6 +435,8 @@ pub struct MethodInfo {
     pub name: &'static str,
     pub family: Family,
     pub needs: Needs,
+    /// Whether the method compares against a baseline (BASELINE applies).
+    pub baseline: bool,
     pub params: &'static [ParamSpec],
     /// The implementation the method follows to the letter (and is tested against).
     pub reference: &'static str,
@@ -544,6 +521,7 @@ const fn cam_method(name: &'static str, reference: &'static str, summary: &'stat
         name,
         family: Family::Gradient,
         needs: Needs::Layer,
+        baseline: false,
         params: CAM_PARAMS,
         reference,
         summary,
@@ -564,6 +542,7 @@ pub const METHODS: &[MethodInfo] = &[
         name: "saliency",
         family: Family::Gradient,
         needs: Needs::Nothing,
+        baseline: false,
         params: &[ParamSpec {
             name: "abs",
             kind: ParamKind::Bool,
@@ -577,6 +556,7 @@ pub const METHODS: &[MethodInfo] = &[
         name: "input_x_gradient",
         family: Family::Gradient,
         needs: Needs::Nothing,
+        baseline: false,
         params: &[],
         reference: "Captum InputXGradient",
         summary: "input times gradient",
@@ -585,6 +565,7 @@ pub const METHODS: &[MethodInfo] = &[
         name: "integrated_gradients",
         family: Family::Gradient,
         needs: Needs::Nothing,
+        baseline: true,
         params: &[STEPS, rule("gausslegendre")],
         reference: "Captum IntegratedGradients",
         summary: "path integral of gradients from the baseline to the input",
@@ -593,6 +574,7 @@ pub const METHODS: &[MethodInfo] = &[
         name: "smoothgrad",
         family: Family::Gradient,
         needs: Needs::Nothing,
+        baseline: false,
         params: &[
             int("samples", 1, Some("5"), None),
             float("stdev", 0.0, "1.0"),
@@ -617,6 +599,7 @@ pub const METHODS: &[MethodInfo] = &[
         name: "guided_backprop",
         family: Family::Gradient,
         needs: Needs::Nothing,
+        baseline: false,
         params: &[],
         reference: "Captum GuidedBackprop",
         summary: "gradient with ReLUs passing only positive gradients of positive inputs",
@@ -625,6 +608,7 @@ pub const METHODS: &[MethodInfo] = &[
         name: "deconvolution",
         family: Family::Gradient,
         needs: Needs::Nothing,
+        baseline: false,
         params: &[],
         reference: "Captum Deconvolution",
         summary: "gradient with ReLUs applied to the gradient instead of the input",
@@ -633,6 +617,7 @@ pub const METHODS: &[MethodInfo] = &[
         name: "occlusion",
         family: Family::Perturbation,
         needs: Needs::Nothing,
+        baseline: true,
         params: &[int("window", 1, None, None), int("stride", 1, Some("1"), None)],
         reference: "Captum Occlusion",
         summary: "output change when a sliding window is set to the baseline (mean over covering windows)",
@@ -641,6 +626,7 @@ pub const METHODS: &[MethodInfo] = &[
         name: "feature_ablation",
         family: Family::Perturbation,
         needs: Needs::Nothing,
+        baseline: true,
         params: &[],
         reference: "Captum FeatureAblation",
         summary: "output change when a feature (or GRANULARITY group) is set to the baseline",
@@ -649,6 +635,7 @@ pub const METHODS: &[MethodInfo] = &[
         name: "shapley_sampling",
         family: Family::Perturbation,
         needs: Needs::Nothing,
+        baseline: true,
         params: &[int("samples", 1, Some("25"), None), SEED],
         reference: "Captum ShapleyValueSampling",
         summary: "Shapley values estimated from random feature permutations",
@@ -657,6 +644,7 @@ pub const METHODS: &[MethodInfo] = &[
         name: "kernel_shap",
         family: Family::Perturbation,
         needs: Needs::Nothing,
+        baseline: true,
         params: &[int("samples", 1, Some("25"), None), SEED],
         reference: "Captum KernelShap",
         summary: "Shapley values as a weighted linear regression on random coalitions of features (Shapley kernel)",
@@ -665,6 +653,7 @@ pub const METHODS: &[MethodInfo] = &[
         name: "lime",
         family: Family::Perturbation,
         needs: Needs::Nothing,
+        baseline: true,
         params: &[
             int("samples", 1, Some("50"), None),
             SEED,
@@ -684,6 +673,7 @@ pub const METHODS: &[MethodInfo] = &[
         name: "feature_permutation",
         family: Family::Perturbation,
         needs: Needs::Nothing,
+        baseline: false,
         params: &[SEED],
         reference: "Captum FeaturePermutation",
         summary: "output drop when a feature (group) is shuffled among the query's inputs",
@@ -692,6 +682,7 @@ pub const METHODS: &[MethodInfo] = &[
         name: "deeplift",
         family: Family::Gradient,
         needs: Needs::Nothing,
+        baseline: true,
         params: &[],
         reference: "Captum DeepLift (rescale rule)",
         summary: "difference from the baseline times multipliers of the rescale rule (conservative)",
@@ -700,6 +691,7 @@ pub const METHODS: &[MethodInfo] = &[
         name: "gradient_shap",
         family: Family::Gradient,
         needs: Needs::Nothing,
+        baseline: true,
         params: SHAP_PARAMS,
         reference: "Captum GradientShap",
         summary: "expected input × gradient at random points between the noisy input and baselines drawn from BASELINE d[a:b]",
@@ -708,6 +700,7 @@ pub const METHODS: &[MethodInfo] = &[
         name: "deeplift_shap",
         family: Family::Gradient,
         needs: Needs::Nothing,
+        baseline: true,
         params: &[],
         reference: "Captum DeepLiftShap",
         summary: "DeepLift against every baseline of BASELINE d[a:b], averaged",
@@ -716,6 +709,7 @@ pub const METHODS: &[MethodInfo] = &[
         name: "lrp",
         family: Family::Gradient,
         needs: Needs::Nothing,
+        baseline: false,
         params: LRP_PARAMS,
         reference: "Captum LRP (rule epsilon, the default, gamma, z_plus); Zennit 0.5.1 (rule alpha_beta, flat, w_square, z_box; the composites)",
         summary: "relevance of the target propagated back layer by layer: from the target's output by Captum's rules, from 1 (one-hot) by Zennit's",
@@ -724,6 +718,7 @@ pub const METHODS: &[MethodInfo] = &[
         name: "guided_gradcam",
         family: Family::Gradient,
         needs: Needs::Layer,
+        baseline: false,
         params: &[],
         reference: "Captum GuidedGradCam",
         summary: "guided backprop times the AT LAYER Grad-CAM map upsampled to the input",
@@ -732,6 +727,7 @@ pub const METHODS: &[MethodInfo] = &[
         name: "gradcam",
         family: Family::Gradient,
         needs: Needs::Layer,
+        baseline: false,
         params: &[
             flag("relu", "false"),
             flag("upsample", "false"),
@@ -790,6 +786,7 @@ pub const METHODS: &[MethodInfo] = &[
         name: "fullgrad",
         family: Family::Gradient,
         needs: Needs::Nothing,
+        baseline: false,
         params: &[flag("normalize", "false")],
         reference: "pytorch-grad-cam FullGrad",
         summary: "|input × gradient| plus |bias × gradient| of every convolution and batch norm, each plane scaled, at the input's resolution",
@@ -798,6 +795,7 @@ pub const METHODS: &[MethodInfo] = &[
         name: "layer_activation",
         family: Family::Gradient,
         needs: Needs::Layer,
+        baseline: false,
         params: &[],
         reference: "Captum LayerActivation",
         summary: "the layer's output",
@@ -806,6 +804,7 @@ pub const METHODS: &[MethodInfo] = &[
         name: "layer_gradient_x_activation",
         family: Family::Gradient,
         needs: Needs::Layer,
+        baseline: false,
         params: &[],
         reference: "Captum LayerGradientXActivation",
         summary: "the layer's output times the target's gradient there",
@@ -814,6 +813,7 @@ pub const METHODS: &[MethodInfo] = &[
         name: "layer_deeplift",
         family: Family::Gradient,
         needs: Needs::Layer,
+        baseline: true,
         params: &[],
         reference: "Captum LayerDeepLift",
         summary: "the layer's change from the baseline times DeepLift's multipliers there (rescale rule)",
@@ -822,6 +822,7 @@ pub const METHODS: &[MethodInfo] = &[
         name: "layer_gradient_shap",
         family: Family::Gradient,
         needs: Needs::Layer,
+        baseline: true,
         params: SHAP_PARAMS,
         reference: "Captum LayerGradientShap",
         summary: "gradient_shap at the layer: (h(x̃) − h(b)) × the gradient at random points between them",
@@ -830,6 +831,7 @@ pub const METHODS: &[MethodInfo] = &[
         name: "layer_lrp",
         family: Family::Gradient,
         needs: Needs::Layer,
+        baseline: false,
         params: LRP_PARAMS,
         reference: "Captum LayerLRP; Zennit's rules and composites as lrp",
         summary: "LRP's relevance at the layer's output (the rules and composites of lrp)",
@@ -838,6 +840,7 @@ pub const METHODS: &[MethodInfo] = &[
         name: "layer_conductance",
         family: Family::Gradient,
         needs: Needs::Layer,
+        baseline: true,
         params: &[STEPS],
         reference: "Captum LayerConductance",
         summary: "flow of the target's change through each unit along the input path",
@@ -846,6 +849,7 @@ pub const METHODS: &[MethodInfo] = &[
         name: "layer_integrated_gradients",
         family: Family::Gradient,
         needs: Needs::Layer,
+        baseline: true,
         params: &[STEPS, rule("gausslegendre")],
         reference: "Captum LayerIntegratedGradients",
         summary: "integrated gradients in the layer's output space (the hook point is overwritten)",
@@ -854,6 +858,7 @@ pub const METHODS: &[MethodInfo] = &[
         name: "neuron_gradient",
         family: Family::Gradient,
         needs: Needs::Unit,
+        baseline: false,
         params: &[],
         reference: "Captum NeuronGradient",
         summary: "gradient of a unit (TARGET l[i]) with respect to the input",
@@ -862,6 +867,7 @@ pub const METHODS: &[MethodInfo] = &[
         name: "neuron_guided_backprop",
         family: Family::Gradient,
         needs: Needs::Unit,
+        baseline: false,
         params: &[],
         reference: "Captum NeuronGuidedBackprop",
         summary: "guided backprop of a unit (TARGET l[i]): ReLUs pass only positive gradients of positive inputs",
@@ -870,6 +876,7 @@ pub const METHODS: &[MethodInfo] = &[
         name: "neuron_deconvolution",
         family: Family::Gradient,
         needs: Needs::Unit,
+        baseline: false,
         params: &[],
         reference: "Captum NeuronDeconvolution",
         summary: "deconvolution of a unit (TARGET l[i]): ReLUs applied to the gradient",
@@ -878,6 +885,7 @@ pub const METHODS: &[MethodInfo] = &[
         name: "neuron_deeplift",
         family: Family::Gradient,
         needs: Needs::Unit,
+        baseline: true,
         params: &[],
         reference: "Captum NeuronDeepLift",
         summary: "DeepLift (rescale rule) of a unit (TARGET l[i]) against the baseline",
@@ -886,6 +894,7 @@ pub const METHODS: &[MethodInfo] = &[
         name: "neuron_gradient_shap",
         family: Family::Gradient,
         needs: Needs::Unit,
+        baseline: true,
         params: SHAP_PARAMS,
         reference: "Captum NeuronGradientShap",
         summary: "gradient_shap of a unit (TARGET l[i])",
@@ -894,6 +903,7 @@ pub const METHODS: &[MethodInfo] = &[
         name: "neuron_integrated_gradients",
         family: Family::Gradient,
         needs: Needs::Unit,
+        baseline: true,
         params: &[STEPS, rule("gausslegendre")],
         reference: "Captum NeuronIntegratedGradients",
         summary: "integrated gradients of a unit (TARGET l[i])",
@@ -902,6 +912,7 @@ pub const METHODS: &[MethodInfo] = &[
         name: "neuron_conductance",
         family: Family::Gradient,
         needs: Needs::Unit,
+        baseline: true,
         params: &[STEPS, rule("riemann_trapezoid")],
         reference: "Captum NeuronConductance",
         summary: "how much of the class output flows through a unit (TARGET l[i]), per input feature",
@@ -914,10 +925,9 @@ pub fn method_info(name: &str) -> Option<&'static MethodInfo> {
 
 /// The methods BASELINE applies to, for hints.
 pub fn baseline_methods() -> String {
-    let setting = |_: &str| None;
     METHODS
         .iter()
-        .filter(|m| resolve_method(m, &[], &setting).is_ok_and(|r| r.uses_baseline()))
+        .filter(|m| m.baseline)
         .map(|m| m.name)
         .collect::<Vec<_>>()
         .join(", ")

@@ -412,7 +412,7 @@ fn plan_join(j: &Join, catalog: &dyn Catalog) -> Result<Node> {
                 a.method.name()
             ))
             .at(j.span)
-            .hint("use integrated_gradients, deeplift, occlusion, feature_ablation or shapley_sampling"));
+            .hint(format!("use one that does: {}", crate::ops::baseline_methods())));
         }
         if a.model == b.model {
             // One model on two inputs: each against the other as the baseline.
