@@ -5,6 +5,9 @@
 //!   per-input columns (`input`, `label`, `prediction`, `target`) move below the method, so
 //!   it runs only on the inputs that pass (`WHERE prediction != label` over a whole
 //!   dataset attributes the misclassified inputs alone).
+//! - `push_input_limit`: a LIMIT above an attribution, with nothing between them that
+//!   reorders or merges rows (a Project, or one GROUP BY input), records how many inputs
+//!   it can see, so the method runs only on those.
 //!
 //! Neither rule applies to a method whose result for one input depends on the others
 //! (feature permutation shuffles among them).
@@ -161,4 +164,140 @@ fn visit_columns(e: &Expr, f: &mut dyn FnMut(&str)) {
         visit_columns(c, f);
         Ok(c.clone())
     });
+}
+
+/// The optimizer's rules as plan text before and after, on a small fake catalog (no
+/// model runs: the planner sees the session only through `Catalog`).
+#[cfg(test)]
+mod tests {
+    use crate::data::Modality;
+    use crate::error::Result;
+    use crate::ops::ParamValue;
+    use crate::plan::{Catalog, DatasetInfo, Literal, ModelInfo, Node, Plan};
+
+    /// One 1×8×8 CNN `m` with ten outputs and one dataset `d` of 20 labelled digits.
+    struct Fake;
+
+    impl Catalog for Fake {
+        fn model(&self, name: &str) -> Option<ModelInfo> {
+            (name == "m").then(|| ModelInfo {
+                input_shape: vec![1, 8, 8],
+                output_len: 10,
+                layers: vec!["conv1".into(), "relu1".into(), "flatten".into(), "fc".into()],
+                layer_shapes: vec![vec![4, 8, 8], vec![4, 8, 8], vec![256], vec![10]],
+                aliases: Vec::new(),
+                sequence_input: false,
+                volume_input: false,
+                dynamic: false,
+                text_length: None,
+                classes: None,
+            })
+        }
+        fn model_names(&self) -> Vec<String> {
+            vec!["m".into()]
+        }
+        fn dataset(&self, name: &str) -> Option<DatasetInfo> {
+            (name == "d").then(|| DatasetInfo {
+                len: 20,
+                sample_shape: vec![1, 8, 8],
+                modality: Modality::Image {
+                    channels: 1,
+                    height: 8,
+                    width: 8,
+                },
+                has_labels: true,
+                id_range: (0, 19),
+                classes: None,
+            })
+        }
+        fn dataset_names(&self) -> Vec<String> {
+            vec!["d".into()]
+        }
+        fn setting(&self, _: &str) -> Option<ParamValue> {
+            None
+        }
+        fn variable(&self, _: &str) -> Option<Literal> {
+            None
+        }
+        fn variable_names(&self) -> Vec<String> {
+            Vec::new()
+        }
+    }
+
+    /// The plan of `text` without the optimizer, and with it.
+    fn before_after(text: &str) -> Result<(String, String)> {
+        let script = crate::syntax::parse(text)?;
+        let crate::syntax::ast::StatementKind::Query(q) = &script.statements[0].kind else {
+            panic!("{text} is not a query");
+        };
+        let raw: Node = super::super::query::plan_query(q, &Fake)?;
+        let Plan::Query(optimized) = super::super::plan(&script.statements[0], &Fake)? else {
+            panic!("{text} did not plan as a query");
+        };
+        Ok((raw.to_string(), optimized.to_string()))
+    }
+
+    #[test]
+    fn push_input_predicates_moves_per_input_conjuncts_below_the_method() {
+        let (before, after) =
+            before_after("SELECT row, col FROM m(d) USING saliency WHERE prediction != label AND attribution > 0.5")
+                .unwrap();
+        assert_eq!(
+            before,
+            "Project row, col
+  └─ Filter (prediction != label) AND (attribution > 0.5)
+    └─ Attribute m(d) USING saliency(abs = true)
+       target predicted, window all features, granularity feature
+"
+        );
+        assert_eq!(
+            after,
+            "Project row, col
+  └─ Filter attribution > 0.5
+    └─ Attribute m(d) USING saliency(abs = true)
+       only inputs where prediction != label  [rule push_input_predicates]
+       target predicted, window all features, granularity feature
+"
+        );
+    }
+
+    #[test]
+    fn push_input_limit_runs_the_method_on_the_first_inputs_only() {
+        let (before, after) =
+            before_after("SELECT input, sum(attribution) AS s FROM m(d) USING saliency GROUP BY input LIMIT 3")
+                .unwrap();
+        assert!(!before.contains("rule push_input_limit"), "{before}");
+        assert!(
+            after.contains("only the first 3 inputs  [rule push_input_limit]"),
+            "{after}"
+        );
+        // rows, not inputs, without the GROUP BY input
+        let (_, after) = before_after("SELECT * FROM m(d) USING saliency LIMIT 70").unwrap();
+        assert!(
+            after.contains("only the inputs of the first 70 rows  [rule push_input_limit]"),
+            "{after}"
+        );
+        // an ORDER BY between them may reorder rows: nothing is pushed
+        let (_, after) = before_after("SELECT * FROM m(d) USING saliency ORDER BY attribution DESC LIMIT 5").unwrap();
+        assert!(!after.contains("push_input_limit"), "{after}");
+    }
+
+    #[test]
+    fn neither_rule_touches_a_method_whose_inputs_depend_on_each_other() {
+        let (before, after) =
+            before_after("SELECT * FROM m(d) USING feature_permutation WHERE input < 5 LIMIT 10").unwrap();
+        assert_eq!(before, after);
+    }
+
+    #[test]
+    fn the_rules_reach_inside_a_with() {
+        let (_, after) = before_after(
+            "WITH s AS (SELECT input, max(attribution) AS a FROM m(d) USING saliency WHERE label = 3 GROUP BY input) SELECT * FROM s",
+        )
+        .unwrap();
+        assert!(
+            after.contains("only inputs where label = 3  [rule push_input_predicates]"),
+            "{after}"
+        );
+    }
 }
