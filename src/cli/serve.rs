@@ -11,7 +11,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -59,12 +59,12 @@ impl App {
         })
     }
 
-    fn authorized(&self, headers: &HeaderMap, query: &TokenQuery) -> bool {
+    /// Whether a request may be answered: always on this machine; beyond it, with the
+    /// token as the `x-ialg-token` header or the `token` parameter of the address.
+    fn authorized(&self, headers: &HeaderMap, query: Option<&str>) -> bool {
         let Some(token) = &self.token else { return true };
-        let given = headers
-            .get("x-ialg-token")
-            .and_then(|v| v.to_str().ok())
-            .or(query.token.as_deref());
+        let in_address = query.and_then(|q| q.split('&').find_map(|pair| pair.strip_prefix("token=")));
+        let given = headers.get("x-ialg-token").and_then(|v| v.to_str().ok()).or(in_address);
         given == Some(token.as_str())
     }
 }
@@ -79,6 +79,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/progress", get(progress))
         .route("/api/history", get(history))
         .route("/api/keywords", get(keywords))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), require_token))
         .with_state(app)
 }
 
@@ -167,23 +168,24 @@ fn random_token() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-#[derive(Deserialize, Default)]
-struct TokenQuery {
-    token: Option<String>,
-}
-
-fn forbidden() -> Response {
-    (
-        StatusCode::FORBIDDEN,
-        "this server needs its token: open the address it printed at start-up",
-    )
-        .into_response()
-}
-
-async fn page(State(app): State<Arc<App>>, headers: HeaderMap, Query(q): Query<TokenQuery>) -> Response {
-    if !app.authorized(&headers, &q) {
-        return forbidden();
+/// Every route asks for the token first (when there is one).
+async fn require_token(
+    State(app): State<Arc<App>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if app.authorized(request.headers(), request.uri().query()) {
+        next.run(request).await
+    } else {
+        (
+            StatusCode::FORBIDDEN,
+            "this server needs its token: open the address it printed at start-up",
+        )
+            .into_response()
     }
+}
+
+async fn page() -> Response {
     (
         [(
             header::CONTENT_SECURITY_POLICY,
@@ -217,15 +219,7 @@ struct StatementResult {
     warnings: Vec<String>,
 }
 
-async fn run(
-    State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    Query(q): Query<TokenQuery>,
-    Json(req): Json<RunRequest>,
-) -> Response {
-    if !app.authorized(&headers, &q) {
-        return forbidden();
-    }
+async fn run(State(app): State<Arc<App>>, Json(req): Json<RunRequest>) -> Response {
     if app.running.swap(true, Ordering::SeqCst) {
         return (
             StatusCode::CONFLICT,
@@ -371,15 +365,7 @@ struct Completions {
     candidates: Vec<String>,
 }
 
-async fn complete(
-    State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    Query(q): Query<TokenQuery>,
-    Json(req): Json<CompleteRequest>,
-) -> Response {
-    if !app.authorized(&headers, &q) {
-        return forbidden();
-    }
+async fn complete(State(app): State<Arc<App>>, Json(req): Json<CompleteRequest>) -> Response {
     // While a statement runs the session is busy: no completion rather than a wait.
     let Ok(session) = app.session.try_lock() else {
         return Json(Completions {
@@ -398,10 +384,7 @@ async fn complete(
     .into_response()
 }
 
-async fn cancel(State(app): State<Arc<App>>, headers: HeaderMap, Query(q): Query<TokenQuery>) -> Response {
-    if !app.authorized(&headers, &q) {
-        return forbidden();
-    }
+async fn cancel(State(app): State<Arc<App>>) -> Response {
     app.cancel.store(true, Ordering::Relaxed);
     StatusCode::NO_CONTENT.into_response()
 }
@@ -412,10 +395,7 @@ struct ProgressState {
     progress: Option<ProgressReport>,
 }
 
-async fn progress(State(app): State<Arc<App>>, headers: HeaderMap, Query(q): Query<TokenQuery>) -> Response {
-    if !app.authorized(&headers, &q) {
-        return forbidden();
-    }
+async fn progress(State(app): State<Arc<App>>) -> Response {
     Json(ProgressState {
         running: app.running.load(Ordering::SeqCst),
         progress: app.progress.lock().ok().and_then(|p| p.clone()),
@@ -423,16 +403,10 @@ async fn progress(State(app): State<Arc<App>>, headers: HeaderMap, Query(q): Que
     .into_response()
 }
 
-async fn history(State(app): State<Arc<App>>, headers: HeaderMap, Query(q): Query<TokenQuery>) -> Response {
-    if !app.authorized(&headers, &q) {
-        return forbidden();
-    }
+async fn history(State(app): State<Arc<App>>) -> Response {
     Json(app.history.lock().map(|h| h.clone()).unwrap_or_default()).into_response()
 }
 
-async fn keywords(State(app): State<Arc<App>>, headers: HeaderMap, Query(q): Query<TokenQuery>) -> Response {
-    if !app.authorized(&headers, &q) {
-        return forbidden();
-    }
+async fn keywords() -> Response {
     Json(crate::syntax::KEYWORDS.clone()).into_response()
 }

@@ -50,17 +50,12 @@ impl State {
             crate::ops::attack::Attack::Fgsm { .. } => 1,
             crate::ops::attack::Attack::Pgd { steps, .. } => steps,
         };
-        let progress = crate::output::progress::Progress::counting(
+        let progress = self.progress(
             format!("ATTACK {} ON {}", spec.attack.name(), spec.model),
             sel.len() * steps,
             "input-steps",
-            self.progress_observer.clone(),
         );
-        let report = |done: usize| {
-            if let Some(p) = &progress {
-                p.update(done)
-            }
-        };
+        let report = crate::output::progress::reporter(&progress);
         control.on_progress = Some(&report);
         let adversarial = crate::ops::attack::perturb(
             &model,
@@ -130,17 +125,8 @@ impl State {
         }
         let cancel = self.cancel.clone();
         let mut control = crate::ops::Control::new(&cancel);
-        let progress = crate::output::progress::Progress::counting(
-            format!("VISUALIZE {}", spec.model),
-            vis.steps,
-            "steps",
-            self.progress_observer.clone(),
-        );
-        let report = |done: usize| {
-            if let Some(p) = &progress {
-                p.update(done)
-            }
-        };
+        let progress = self.progress(format!("VISUALIZE {}", spec.model), vis.steps, "steps");
+        let report = crate::output::progress::reporter(&progress);
         control.on_progress = Some(&report);
         let rendered = crate::ops::visualize::render(&model, &vis, &control)?;
         let shape = model.input_shape.clone();

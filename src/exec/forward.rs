@@ -11,9 +11,9 @@ use super::cache::{Key, TAPES, input_hash};
 use crate::data::Selection;
 use crate::error::{Error, Result};
 use crate::model::{Batch, Forward, Model, Op};
+use crate::ops;
 use crate::ops::Method;
 use crate::ops::gradient::batch_shape;
-use crate::ops;
 use crate::plan::{Attribution, TargetSpec};
 
 /// Logits of every selected input: from the cache where present, else from one batched

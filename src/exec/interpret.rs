@@ -562,16 +562,10 @@ fn run_unnamed(state: &mut State, a: &Attribution, through: Option<&LayerRef>) -
     let label = format!("{} {}", a.method.name(), a.data);
     let progress = match a.method.path_points() {
         // Path methods count steps: one input of many steps shows its progress.
-        Some(points) => {
-            crate::output::progress::Progress::counting(label, n * points, "steps", state.progress_observer.clone())
-        }
-        None => crate::output::progress::Progress::on_terminal(label, n, state.progress_observer.clone()),
+        Some(points) => state.progress(label, n * points, "steps"),
+        None => state.progress(label, n, "inputs"),
     };
-    let report = |done: usize| {
-        if let Some(p) = &progress {
-            p.update(done)
-        }
-    };
+    let report = crate::output::progress::reporter(&progress);
     control.on_progress = Some(&report);
     let out_layer = match &a.target {
         TargetSpec::Unit(l, _) if !matches!(a.method, Method::NeuronConductance { .. }) => l.index,

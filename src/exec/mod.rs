@@ -419,6 +419,12 @@ impl State {
         ));
     }
 
+    /// Progress over `total` of `unit` for the statement running now: on the terminal,
+    /// and to the observer (`ialg serve`).
+    fn progress(&self, label: String, total: usize, unit: &'static str) -> Option<crate::output::progress::Progress> {
+        crate::output::progress::Progress::counting(label, total, unit, self.progress_observer.clone())
+    }
+
     /// The rows of a table read by name.
     fn table_frame(&self, name: &str, source: TableSource) -> Result<DataFrame> {
         let found = match source {

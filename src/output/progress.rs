@@ -36,11 +36,6 @@ pub struct Progress {
 const QUIET_FOR: Duration = Duration::from_millis(300);
 
 impl Progress {
-    /// A progress line over inputs if stderr is a terminal (or someone observes), else None.
-    pub fn on_terminal(label: impl Into<String>, total: usize, observer: Option<ProgressObserver>) -> Option<Progress> {
-        Self::counting(label, total, "inputs", observer)
-    }
-
     /// Progress over `total` of `unit`: drawn if stderr is a terminal, reported to the
     /// observer if there is one; None if neither.
     pub fn counting(
@@ -96,6 +91,15 @@ impl Progress {
             self.label, self.total, self.unit
         );
         let _ = err.flush();
+    }
+}
+
+/// The callback a `Control` reports done work to: it updates the progress, if any.
+pub fn reporter(progress: &Option<Progress>) -> impl Fn(usize) + Sync + '_ {
+    move |done| {
+        if let Some(p) = progress {
+            p.update(done)
+        }
     }
 }
 
