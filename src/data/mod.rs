@@ -12,7 +12,12 @@ use std::sync::Arc;
 use polars::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::model::fmt_shape;
+
+/// A shape as messages print it: `[1, 8, 8]`.
+pub fn fmt_shape(shape: &[usize]) -> String {
+    let parts: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    format!("[{}]", parts.join(", "))
+}
 
 /// How the features of one sample are laid out, which decides the coordinate columns
 /// of an attribution relation.

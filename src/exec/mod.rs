@@ -536,7 +536,7 @@ impl State {
             let msg = format!(
                 "loaded data {name}: {} photos of shape {}{}",
                 ds.len(),
-                crate::model::fmt_shape(&ds.sample_shape),
+                crate::data::fmt_shape(&ds.sample_shape),
                 match ds.classes.as_ref().map_or(0, |c| c.len()) {
                     0 => String::new(),
                     k => format!(", {k} classes (labels from the class folders)"),
@@ -555,7 +555,7 @@ impl State {
         let msg = format!(
             "loaded data {name}: {} inputs of shape {}{}",
             ds.len(),
-            crate::model::fmt_shape(&ds.sample_shape),
+            crate::data::fmt_shape(&ds.sample_shape),
             if ds.has_labels() { ", with labels" } else { "" }
         );
         self.datasets.insert(name, Arc::new(ds));
@@ -627,7 +627,7 @@ impl State {
                     "loaded model {name}: {} layers, {} parameters, input {}, {} outputs",
                     model.layers.len(),
                     model.param_count(),
-                    crate::model::fmt_shape(&model.input_shape),
+                    crate::data::fmt_shape(&model.input_shape),
                     model.output_len()
                 );
                 if let Some(graph) = &model.dynamic {
@@ -702,9 +702,9 @@ impl State {
                     let loaded = self.datasets.get_mut(&name).and_then(Arc::get_mut);
                     let reshaped = match loaded {
                         Some(ds) => {
-                            let file = crate::model::fmt_shape(&ds.sample_shape);
+                            let file = crate::data::fmt_shape(&ds.sample_shape);
                             ds.reshape(shape)
-                                .map(|_| (file, crate::model::fmt_shape(&ds.sample_shape)))
+                                .map(|_| (file, crate::data::fmt_shape(&ds.sample_shape)))
                         }
                         None => Err(Error::data("internal: the loaded dataset is shared")),
                     };
@@ -899,11 +899,11 @@ impl State {
                 // A report, and pictures drawn over photos, are rendered here (they need
                 // the session); the tables and plain pictures by the output stage.
                 let rendered = match format {
-                    crate::plan::ExportFormat::Report => Some((
+                    crate::output::export::ExportFormat::Report => Some((
                         self.report(&query, &text, &df)?.into_bytes(),
                         format!("wrote a report of {} rows to {}", df.height(), path.display()),
                     )),
-                    crate::plan::ExportFormat::Png => match self.photo_lookup(&query) {
+                    crate::output::export::ExportFormat::Png => match self.photo_lookup(&query) {
                         Some(photo_of) => Some((
                             crate::output::picture::render_png_over(&df, &photo_of)?,
                             format!("drew {} rows over their photos in {}", df.height(), path.display()),

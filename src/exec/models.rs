@@ -37,7 +37,7 @@ impl State {
                 "`{base}` names {} classes (CLASSES) but has {} outputs on inputs of shape {}",
                 c.len(),
                 model.output_len(),
-                crate::model::fmt_shape(&shape)
+                crate::data::fmt_shape(&shape)
             )));
         }
         // A binding is a model instance of its own in the caches, fixed by (base, shape).

@@ -4,8 +4,8 @@ use polars::prelude::*;
 
 use super::{Output, Settings, State};
 use crate::data::Modality;
+use crate::data::fmt_shape;
 use crate::error::Result;
-use crate::model::fmt_shape;
 use crate::ops::{METHODS, ParamKind};
 use crate::plan::SETTINGS;
 

@@ -7,7 +7,7 @@ use serde_json::Value as Json;
 
 use super::kernels::Window2d;
 use super::layer::{Layer, Op};
-use super::tensor::fmt_shape;
+use crate::data::fmt_shape;
 use crate::error::{Error, Result};
 
 /// A named tensor read from a weight file.

@@ -18,8 +18,9 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub use layer::{Layer, Memo, Op};
-pub use tensor::{Batch, fmt_shape};
+pub use tensor::Batch;
 
+use crate::data::fmt_shape;
 use crate::error::{Error, Result};
 
 #[derive(Debug)]

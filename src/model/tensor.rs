@@ -2,6 +2,7 @@
 //! works on plain slices (see ../shared/CANDLE.md for why), so this is deliberately a
 //! shape and a Vec rather than a candle Tensor.
 
+use crate::data::fmt_shape;
 use crate::error::{Error, Result};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -94,9 +95,4 @@ impl Batch {
         shape.extend_from_slice(sample_shape);
         Batch { shape, data }
     }
-}
-
-pub fn fmt_shape(shape: &[usize]) -> String {
-    let parts: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    format!("[{}]", parts.join(", "))
 }

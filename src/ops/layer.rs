@@ -83,7 +83,7 @@ pub fn attribute(method: &Method, req: &Request) -> Result<LayerAttribution> {
                         "{} weighs the channels of a layer's map: `{}` has shape {}, not channels × rows × columns",
                         kind.name(),
                         model.layers[layer].name,
-                        crate::model::fmt_shape(&out_shape)
+                        crate::data::fmt_shape(&out_shape)
                     ))
                     .hint("pick a convolutional layer; a transformer's tokens would first have to be laid out on their grid"));
                 }
@@ -240,7 +240,7 @@ pub fn attribute(method: &Method, req: &Request) -> Result<LayerAttribution> {
                             return Err(Error::value(format!(
                                 "upsample needs a layer with rows and columns; `{}` has shape {}",
                                 model.layers[layer].name,
-                                crate::model::fmt_shape(&out_shape)
+                                crate::data::fmt_shape(&out_shape)
                             )));
                         }
                         let per = shown * h * w;

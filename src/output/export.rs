@@ -10,7 +10,18 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use polars::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::plan::ExportFormat;
+
+/// The file an EXPORT writes (the planner picks it from the file name).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExportFormat {
+    Csv,
+    Parquet,
+    Json,
+    /// A picture of the relation (heatmaps or bar charts).
+    Png,
+    /// A self-contained HTML report (EXPORT REPORT).
+    Report,
+}
 
 /// Serialises a frame to a writer in the given format.
 pub fn write_to(df: &mut DataFrame, out: &mut dyn Write, format: ExportFormat) -> Result<()> {

@@ -35,9 +35,9 @@ pub fn render(df: &DataFrame, format: Format, width: usize, max_rows: usize) -> 
                 &mut df.clone(),
                 &mut buf,
                 if format == Format::Csv {
-                    crate::plan::ExportFormat::Csv
+                    crate::output::export::ExportFormat::Csv
                 } else {
-                    crate::plan::ExportFormat::Json
+                    crate::output::export::ExportFormat::Json
                 },
             )?;
             String::from_utf8(buf).map_err(|e| Error::io(e.to_string()))

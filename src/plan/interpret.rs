@@ -778,7 +778,7 @@ fn resolve_unit(layer: &LayerRef, index: &[Value], span: Span, catalog: &dyn Cat
         .iter()
         .map(|v| resolve_int(v, catalog, "a unit index"))
         .collect::<Result<Vec<_>>>()?;
-    let shape = crate::model::fmt_shape(&layer.shape);
+    let shape = crate::data::fmt_shape(&layer.shape);
     if coords.len() == 1 {
         let u = coords[0];
         if u < 0 || u as usize >= units {
@@ -953,8 +953,8 @@ fn check_fits(model: &ModelInfo, data: &DatasetInfo, mname: &str, dname: &str, s
     let have: usize = data.sample_shape.iter().product();
     let squeezed = |s: &[usize]| s.iter().copied().filter(|&d| d != 1).collect::<Vec<_>>();
     let (data_shape, model_shape) = (
-        crate::model::fmt_shape(&data.sample_shape),
-        crate::model::fmt_shape(&model.input_shape),
+        crate::data::fmt_shape(&data.sample_shape),
+        crate::data::fmt_shape(&model.input_shape),
     );
     if want != have {
         return Err(Error::shape(format!(

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use crate::data::Modality;
 use crate::ops::{Method, Rect};
+pub use crate::output::export::ExportFormat;
 use crate::syntax::ast::{Expr, JoinKind, SetOp};
 
 #[derive(Clone, Debug)]
@@ -139,17 +140,6 @@ pub enum Setting {
     MaxTokens(usize),
     MemoryMb(usize),
     AllowNonfinite(bool),
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ExportFormat {
-    Csv,
-    Parquet,
-    Json,
-    /// A picture of the relation (heatmaps or bar charts).
-    Png,
-    /// A self-contained HTML report (EXPORT REPORT).
-    Report,
 }
 
 /// Rows of a loaded dataset picked by input id, with input edits applied in order.

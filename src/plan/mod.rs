@@ -693,7 +693,7 @@ fn resolve_activation_edit(
         return Err(Error::value(format!(
             "layer `{}` has shape {}: at most {} indices, not {}",
             l.name,
-            crate::model::fmt_shape(&l.shape),
+            crate::data::fmt_shape(&l.shape),
             l.shape.len(),
             index.len()
         ))
@@ -708,7 +708,7 @@ fn resolve_activation_edit(
                 "index {i} is out of range 0..{} for axis {k} of layer `{}` (shape {})",
                 len - 1,
                 l.name,
-                crate::model::fmt_shape(&l.shape)
+                crate::data::fmt_shape(&l.shape)
             ))
             .at(v.span));
         }
@@ -731,8 +731,8 @@ fn resolve_activation_edit(
                 return Err(Error::shape(format!(
                     "`{}` holds inputs of shape {}, but `{model_name}` takes {}",
                     donor.name,
-                    crate::model::fmt_shape(&dinfo.sample_shape),
-                    crate::model::fmt_shape(&model.input_shape)
+                    crate::data::fmt_shape(&dinfo.sample_shape),
+                    crate::data::fmt_shape(&model.input_shape)
                 ))
                 .at(d.span));
             }

@@ -295,7 +295,7 @@ impl DynamicGraph {
                 "{} takes inputs of shape {}, not {}",
                 self.source.shown,
                 self.shape_text(),
-                super::fmt_shape(shape)
+                crate::data::fmt_shape(shape)
             )));
         }
         let mut bound = self
@@ -313,7 +313,7 @@ impl DynamicGraph {
             return Err(Error::shape(format!(
                 "{} cannot run on inputs of shape {}: {reason}",
                 self.source.shown,
-                super::fmt_shape(shape)
+                crate::data::fmt_shape(shape)
             )));
         }
         let model = std::sync::Arc::new(model);
