@@ -585,6 +585,19 @@ pub fn run(runner: &mut Runner) -> bool {
 #[cfg(test)]
 mod tests {
 
+    /// The hand-kept lists follow the grammar: every statement's first word has a
+    /// completion and a `\help` topic.
+    #[test]
+    fn every_statement_has_completion_and_help() {
+        for word in crate::syntax::STATEMENT_WORDS {
+            assert!(
+                crate::exec::complete::STATEMENTS.iter().any(|s| s.starts_with(word)),
+                "{word} is not offered at the start of a statement"
+            );
+            assert!(help_topic(word).is_ok(), "\\help {word} says nothing");
+        }
+    }
+
     #[test]
     fn keywords_are_highlighted() {
         for word in ["select", "with", "shape", "antijoin", "visualize"] {

@@ -6,7 +6,7 @@ use super::Session;
 use crate::ops::METHODS;
 
 /// Statement forms offered at the start of a statement.
-const STATEMENTS: &[&str] = &[
+pub(crate) const STATEMENTS: &[&str] = &[
     "SELECT",
     "WITH",
     "PREDICT",

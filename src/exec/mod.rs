@@ -3,7 +3,7 @@
 //! that the REPL, the script runner, `-c` and the Rust API all share.
 
 mod cache;
-mod complete;
+pub(crate) mod complete;
 mod derive;
 mod edit;
 mod forward;

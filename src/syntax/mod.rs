@@ -3,6 +3,7 @@
 pub mod ast;
 mod parser;
 
+pub use parser::STATEMENT_WORDS;
 pub use parser::parse_script as parse;
 
 /// Every keyword of the grammar (highlighted by the shell and the web page), read from the

@@ -1524,7 +1524,7 @@ fn rule_name(rule: &Rule) -> String {
 }
 
 /// The words a statement starts with.
-const STATEMENT_WORDS: &[&str] = &[
+pub const STATEMENT_WORDS: &[&str] = &[
     "EXPORT", "LET", "LOAD", "PLAN", "PREDICT", "SELECT", "SET", "SHOW", "VAR", "WITH",
 ];
 
