@@ -145,6 +145,46 @@ pub fn window_starts(len: usize, window: usize, stride: usize) -> Vec<usize> {
     (0..count).map(|p| p * stride).collect()
 }
 
+/// Occlusion's window and stride, settled: from `window = k` (features one by one), or
+/// from GRANULARITY patch(k) (patch by patch, stride k) — not both, and not with another
+/// grouping — then checked against each extent the window slides over.
+pub fn settle_occlusion(
+    window: &mut Option<usize>,
+    stride: &mut Option<usize>,
+    patch: Option<usize>,
+    per_feature: bool,
+    extents: &[(usize, &str)],
+) -> Result<()> {
+    match (*window, patch) {
+        (Some(_), _) if per_feature => {}
+        (Some(_), _) => {
+            return Err(Error::value(
+                "occlusion takes its window either from window = k or from GRANULARITY patch(k), not both",
+            ));
+        }
+        (None, Some(k)) => {
+            if stride.is_some_and(|s| s != k) {
+                return Err(Error::value(format!(
+                    "with GRANULARITY patch({k}) occlusion moves patch by patch: leave out stride, or give stride = {k}"
+                )));
+            }
+            *window = Some(k);
+            *stride = Some(k);
+        }
+        (None, None) => {
+            return Err(Error::value("occlusion needs a window size").hint(
+                "write USING occlusion(window = 2, stride = 1), or GRANULARITY patch(2) to occlude whole patches",
+            ));
+        }
+    }
+    let (k, st) = (window.unwrap_or(1), stride.unwrap_or(1));
+    *stride = Some(st);
+    for &(extent, what) in extents {
+        check_occlusion(extent, k, st, what)?;
+    }
+    Ok(())
+}
+
 /// Checks an occlusion window against the extent it slides over (Captum's rules).
 pub fn check_occlusion(extent: usize, window: usize, stride: usize, what: &str) -> Result<()> {
     if window > extent {

@@ -537,35 +537,9 @@ pub(super) fn plan_clauses(call: &ast::ModelCall, clauses: &Clauses, catalog: &d
         },
     };
 
-    // Occlusion's window comes from its parameters or from GRANULARITY patch(k).
+    // Occlusion's window comes from its parameters or from GRANULARITY patch(k), and
+    // must fit what it slides over: the WINDOW's box, or the columns.
     if let Method::Occlusion { window: w, stride } = &mut method {
-        match (&w, &granularity) {
-            (Some(_), GranularitySpec::Feature | GranularitySpec::Column) => {}
-            (Some(_), _) => {
-                return Err(Error::value(
-                    "occlusion takes its window either from window = k or from GRANULARITY patch(k), not both",
-                )
-                .at(method_span));
-            }
-            (None, GranularitySpec::Patch(k)) => {
-                if stride.is_some_and(|s| s != *k) {
-                    return Err(Error::value(format!(
-                        "with GRANULARITY patch({k}) occlusion moves patch by patch: leave out stride, or give stride = {k}"
-                    ))
-                    .at(method_span));
-                }
-                *w = Some(*k);
-                *stride = Some(*k);
-            }
-            (None, _) => {
-                return Err(Error::value("occlusion needs a window size").at(method_span).hint(
-                    "write USING occlusion(window = 2, stride = 1), or GRANULARITY patch(2) to occlude whole patches",
-                ));
-            }
-        }
-        let (k, st) = (w.unwrap_or(1), stride.unwrap_or(1));
-        *stride = Some(st);
-        // The windows must fit what they slide over: the WINDOW's box, or the columns.
         let extents: Vec<(usize, &str)> = match (&window, &info.modality) {
             (WindowSpec::Rect(r), Modality::Sequence { .. }) => vec![(r.cols.1 - r.cols.0, "positions")],
             (_, Modality::Sequence { length, .. }) => vec![(*length, "positions")],
@@ -576,9 +550,13 @@ pub(super) fn plan_clauses(call: &ast::ModelCall, clauses: &Clauses, catalog: &d
             (WindowSpec::Columns(c), _) => vec![(c.len(), "features")],
             _ => vec![(d, "features")],
         };
-        for (extent, what) in extents {
-            crate::ops::perturbation::check_occlusion(extent, k, st, what).map_err(|e| e.at(method_span))?;
-        }
+        let patch = match granularity {
+            GranularitySpec::Patch(k) => Some(k),
+            _ => None,
+        };
+        let per_feature = matches!(granularity, GranularitySpec::Feature | GranularitySpec::Column);
+        crate::ops::perturbation::settle_occlusion(w, stride, patch, per_feature, &extents)
+            .map_err(|e| e.at(method_span))?;
     }
 
     let attribution = Attribution {
