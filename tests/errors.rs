@@ -155,6 +155,11 @@ const CASES: &[(&str, &str)] = &[
         "SELECT * FROM cnn(digits[0]) AT LAYER * USING gradcam;",
     ),
     (
+        "a two-model difference by a method that does not take differences",
+        "LOAD MODEL cnn_b FROM 'models/digits_cnn_b.safetensors' ARCH 'models/digits_cnn_b.json';
+SELECT * FROM cnn(digits[0]) ANTIJOIN cnn_b(digits[0]) USING lime;",
+    ),
+    (
         "a file name one letter off",
         "LOAD MODEL m FROM 'models/digits_cnn.safetenors' ARCH 'models/digits_cnn.json';",
     ),

@@ -636,21 +636,9 @@ fn run_unnamed(state: &mut State, a: &Attribution, through: Option<&LayerRef>) -
             Some(other) => {
                 // Two models on one input: φ of f − f_other, which every supported method
                 // computes as φ(f) − φ(f_other) (they are linear in the explained output).
+                // (The planner refused the methods for which it is not: maps_differences.)
                 let signed = match &a.method {
                     Method::Saliency { .. } => Method::Saliency { abs: false },
-                    Method::SmoothGrad { abs: true, .. }
-                    | Method::SmoothGrad {
-                        variant: ops::NoiseVariant::Squared | ops::NoiseVariant::Variance,
-                        ..
-                    }
-                    | Method::GuidedGradCam
-                    | Method::Lime { .. } => {
-                        return Err(Error::value(format!(
-                            "{} of a difference of two models is not the difference of their maps",
-                            a.method
-                        ))
-                        .hint("use integrated_gradients, deeplift, occlusion, feature_ablation or shapley_sampling"));
-                    }
                     m => m.clone(),
                 };
                 let mut mine = ops::attribute(&signed, &req)?;

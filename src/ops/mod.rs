@@ -300,6 +300,22 @@ impl Method {
         }
     }
 
+    /// Whether the map of a difference of two models' outputs is the difference of the
+    /// two maps (the method is linear in the explained output, up to saliency's absolute
+    /// value, which the difference drops): what a two-model ANTIJOIN needs.
+    pub fn maps_differences(&self) -> bool {
+        !matches!(
+            self,
+            Method::SmoothGrad { abs: true, .. }
+                | Method::SmoothGrad {
+                    variant: NoiseVariant::Squared | NoiseVariant::Variance,
+                    ..
+                }
+                | Method::GuidedGradCam
+                | Method::Lime { .. }
+        )
+    }
+
     /// Whether the method compares against a baseline (BASELINE applies), as the method
     /// table says.
     pub fn uses_baseline(&self) -> bool {

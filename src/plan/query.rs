@@ -422,6 +422,14 @@ fn plan_join(j: &Join, catalog: &dyn Catalog) -> Result<Node> {
             b.against_other_side = true;
         } else if a.data == b.data {
             // Two models on one input: the difference of their target outputs.
+            if !a.method.maps_differences() {
+                return Err(Error::value(format!(
+                    "{} of a difference of two models is not the difference of their maps",
+                    a.method.name()
+                ))
+                .at(j.span)
+                .hint("use integrated_gradients, deeplift, occlusion, feature_ablation or shapley_sampling"));
+            }
             if a.layer.is_some() || a.through.is_some() {
                 return Err(Error::value(
                     "an ANTIJOIN of two models explains the difference of their outputs at the input; it does not combine with AT LAYER or THROUGH LAYER",
