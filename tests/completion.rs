@@ -191,3 +191,13 @@ fn across_lines_of_one_statement() {
         vec!["conv1", "conv2"]
     );
 }
+
+/// SHOW's completions come from the grammar's SHOW rules.
+#[test]
+fn show_offers_what_the_grammar_shows() {
+    let s = loaded();
+    assert_eq!(
+        words(&s, "SHOW "),
+        vec!["MODELS", "DATA", "METHODS", "LAYERS OF", "CACHE", "SETTINGS"]
+    );
+}

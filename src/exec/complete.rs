@@ -70,7 +70,21 @@ const KEYWORDS: &[&str] = &[
     "NORMALIZE imagenet",
 ];
 
-const SHOW_WHAT: &[&str] = &["MODELS", "DATA", "METHODS", "LAYERS OF", "CACHE", "SETTINGS"];
+/// What SHOW takes, read from the grammar's `show_x = { kw_… }` rules (their keywords, in
+/// order: `LAYERS OF`), so that a new SHOW needs no second list.
+static SHOW_WHAT: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+    include_str!("../../grammar/iql.pest")
+        .lines()
+        .filter(|l| l.starts_with("show_"))
+        .map(|l| {
+            l.split_whitespace()
+                .filter_map(|t| t.strip_prefix("kw_"))
+                .map(str::to_uppercase)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect()
+});
 
 /// Columns of the relations (DESIGN.md), offered where an expression may stand.
 const COLUMNS: &[&str] = &[
@@ -164,7 +178,7 @@ impl Session {
         let datasets = self.dataset_names();
         match (prev.as_deref(), last.as_deref()) {
             (_, None) => owned(STATEMENTS),
-            (_, Some("SHOW")) => owned(SHOW_WHAT),
+            (_, Some("SHOW")) => SHOW_WHAT.clone(),
             (_, Some("LOAD")) => owned(&["MODEL", "DATA"]),
             (Some("LAYERS"), Some("OF")) | (Some("EXPORT" | "PLAN"), Some("FROM")) => models,
             (_, Some("FROM" | "JOIN")) => {
