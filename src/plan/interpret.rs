@@ -14,11 +14,7 @@ fn given_params<'a>(params: &'a [ast::Param], catalog: &dyn Catalog) -> Result<V
     params
         .iter()
         .map(|p| {
-            let value = match resolve_literal(&p.value, catalog)? {
-                Literal::Number(n) => ParamValue::Number(n),
-                Literal::Bool(b) => ParamValue::Bool(b),
-                Literal::Text(t) => ParamValue::Text(t),
-            };
+            let value = resolve_literal(&p.value, catalog)?;
             Ok(GivenParam {
                 name: &p.name.name,
                 name_span: p.name.span,

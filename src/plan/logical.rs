@@ -111,23 +111,9 @@ pub struct AttackSpec {
     pub bounds: (Option<f32>, Option<f32>),
 }
 
-/// A resolved literal (no script variables left).
-#[derive(Clone, Debug, PartialEq)]
-pub enum Literal {
-    Number(f64),
-    Text(String),
-    Bool(bool),
-}
-
-impl fmt::Display for Literal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Literal::Number(n) => write!(f, "{n}"),
-            Literal::Text(t) => write!(f, "{t}"),
-            Literal::Bool(b) => write!(f, "{b}"),
-        }
-    }
-}
+/// A resolved literal (no script variables left): the same values a method parameter
+/// takes, so one type serves both.
+pub type Literal = crate::ops::ParamValue;
 
 /// A checked session setting.
 #[derive(Clone, Debug, PartialEq)]

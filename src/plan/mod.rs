@@ -404,7 +404,10 @@ fn plan_setting(name: &ast::Ident, value: &Value, catalog: &dyn Catalog) -> Resu
     };
     Ok(match name.name.to_lowercase().as_str() {
         "method" => {
-            let text = lit.to_string();
+            let text = match &lit {
+                Literal::Text(t) => t.clone(),
+                other => other.to_string(),
+            };
             match crate::ops::method_info(&text) {
                 Some(info) => Setting::Method(info.name.to_string()),
                 None => {
