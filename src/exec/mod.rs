@@ -138,7 +138,7 @@ pub(crate) struct State {
 }
 
 /// A table kept in the session, and the query that made it (SHOW DATA's source).
-pub(crate) struct KeptTable {
+pub(super) struct KeptTable {
     frame: DataFrame,
     query: String,
 }

@@ -10,7 +10,7 @@ impl State {
         &self,
         query: &crate::plan::Node,
     ) -> Option<impl Fn(i64) -> Option<crate::output::picture::Photo> + use<>> {
-        let (_, data) = first_source(query)?;
+        let (_, data) = all_sources(query).into_iter().next()?;
         let dataset = self.dataset(&data.name).ok()?;
         let photos = dataset.photos.clone()?;
         let (height, width) = match dataset.modality {
@@ -152,14 +152,4 @@ fn top_classes(logits: &[f32], k: usize) -> Vec<(usize, f32)> {
     top.sort_by(|a, b| b.1.total_cmp(&a.1));
     top.truncate(k);
     top
-}
-
-/// The interpretation a query is about: the first model(data) of its plan.
-fn first_source(node: &crate::plan::Node) -> Option<(String, DatasetRef)> {
-    use crate::plan::NodeKind;
-    match &node.kind {
-        NodeKind::Attribute(a) => Some((a.model.clone(), a.data.clone())),
-        NodeKind::Predict(p) => Some((p.model.clone(), p.data.clone())),
-        _ => node.inputs().into_iter().find_map(first_source),
-    }
 }

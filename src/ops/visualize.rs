@@ -204,16 +204,24 @@ impl Spectrum {
             }
         }
         // Z = (Cy + i·Sy)(Xr + i·Xi)
-        let (mut zr, mut zi) = (vec![0.0f32; h * used], vec![0.0f32; h * used]);
-        let neg_xi: Vec<f32> = xi.iter().map(|v| -v).collect();
-        product(h, used, h, &self.cy, false, &xr, false, &mut zr, false);
-        product(h, used, h, &self.sy, false, &neg_xi, false, &mut zr, true);
-        product(h, used, h, &self.sy, false, &xr, false, &mut zi, false);
-        product(h, used, h, &self.cy, false, &xi, false, &mut zi, true);
+        let (zr, zi) = self.columns(&xr, &xi);
         // image = Zr·Cx − Zi·Sx
         let neg_zi: Vec<f32> = zi.iter().map(|v| -v).collect();
         product(h, w, used, &zr, false, &self.cx, false, out, false);
         product(h, w, used, &neg_zi, false, &self.sx, false, out, true);
+    }
+
+    /// (Cy + i·Sy)·(Xr + i·Xi) for planes of h × used: the column transform both ways
+    /// share (the tables are symmetric). Returns (real, imaginary).
+    fn columns(&self, xr: &[f32], xi: &[f32]) -> (Vec<f32>, Vec<f32>) {
+        let (h, used) = (self.h, self.used);
+        let (mut zr, mut zi) = (vec![0.0f32; h * used], vec![0.0f32; h * used]);
+        let neg_xi: Vec<f32> = xi.iter().map(|v| -v).collect();
+        product(h, used, h, &self.cy, false, xr, false, &mut zr, false);
+        product(h, used, h, &self.sy, false, &neg_xi, false, &mut zr, true);
+        product(h, used, h, &self.sy, false, xr, false, &mut zi, false);
+        product(h, used, h, &self.cy, false, xi, false, &mut zi, true);
+        (zr, zi)
     }
 
     /// The gradient of a plane's spectrum parameters given the gradient of its image
@@ -225,12 +233,7 @@ impl Spectrum {
         product(h, used, w, g, false, &self.cx, true, &mut tr, false);
         product(h, used, w, g, false, &self.sx, true, &mut ti, false);
         // S = (Cy + i·Sy)·T (both tables symmetric)
-        let (mut sr, mut si) = (vec![0.0f32; h * used], vec![0.0f32; h * used]);
-        let neg_ti: Vec<f32> = ti.iter().map(|v| -v).collect();
-        product(h, used, h, &self.cy, false, &tr, false, &mut sr, false);
-        product(h, used, h, &self.sy, false, &neg_ti, false, &mut sr, true);
-        product(h, used, h, &self.sy, false, &tr, false, &mut si, false);
-        product(h, used, h, &self.cy, false, &ti, false, &mut si, true);
+        let (sr, si) = self.columns(&tr, &ti);
         out.iter_mut().for_each(|v| *v = 0.0);
         for ky in 0..h {
             for kx in 0..used {
