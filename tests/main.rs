@@ -15,6 +15,7 @@ mod files;
 mod fuzz_corpus;
 mod layers;
 mod memory;
+mod metrics;
 mod mutations;
 mod occlusion;
 mod onnx;

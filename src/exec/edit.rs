@@ -46,21 +46,24 @@ pub(super) fn apply(sel: Selection, edits: &[EditSpec], source: &str) -> Result<
                 else {
                     return Err(Error::value("BLUR applies to images"));
                 };
-                let kernel = gaussian(*sigma);
-                ds.edit_rows(|_, row| {
-                    for c in 0..channels {
-                        blur_plane(
-                            &mut row[c * height * width..(c + 1) * height * width],
-                            height,
-                            width,
-                            &kernel,
-                        );
-                    }
-                })?;
+                ds.edit_rows(|_, row| blur_image(row, channels, height, width, *sigma))?;
             }
         }
     }
     Ok(Selection::all(Arc::new(ds)))
+}
+
+/// One image row (channels × height × width) blurred in place, as `WITH BLUR(σ)` does.
+pub(super) fn blur_image(row: &mut [f32], channels: usize, height: usize, width: usize, sigma: f32) {
+    let kernel = gaussian(sigma);
+    for c in 0..channels {
+        blur_plane(
+            &mut row[c * height * width..(c + 1) * height * width],
+            height,
+            width,
+            &kernel,
+        );
+    }
 }
 
 /// A normalised Gaussian kernel of radius ⌈3σ⌉.

@@ -309,6 +309,9 @@ pub(super) fn extent(state: &mut State, a: &Attribution) -> Result<(Vec<i64>, us
 
 /// Rows of the relation per input.
 fn rows_per_input(a: &Attribution, d: usize) -> Result<usize> {
+    if !a.metrics.is_empty() {
+        return Ok(a.metrics.len());
+    }
     if a.is_layer_relation() {
         return Ok(crate::plan::result_shape(a).iter().product());
     }
@@ -390,8 +393,8 @@ fn prepare(state: &mut State, a: &Attribution, through: Option<&LayerRef>) -> Re
         state.model(other)?.id.hash(&mut h);
     }
     format!(
-        "{}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
-        a.method, a.window, a.granularity, a.layer, through, a.target, a.modality
+        "{}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
+        a.method, a.window, a.granularity, a.layer, through, a.target, a.modality, a.metrics
     )
     .hash(&mut h);
     if let TargetSpec::Similarity(reference) = &a.target {
@@ -652,6 +655,24 @@ fn run_unnamed(state: &mut State, a: &Attribution, through: Option<&LayerRef>) -
                 mine
             }
         };
+        if !a.metrics.is_empty() {
+            let df = super::evaluate::evaluation_relation(&super::evaluate::Judged {
+                a,
+                model: &model,
+                inputs: &inputs,
+                values: &values,
+                baselines: &baselines,
+                features: &features,
+                attr: &attr,
+                out_layer,
+                batch_rows,
+                cancel: &cancel,
+            })?;
+            if state.settings.cache_mb > 0 {
+                state.cache.put_relation(memo_key, df.clone());
+            }
+            return Ok(df);
+        }
         let mut df = relation(
             &inputs.sel,
             &inputs.labels,

@@ -6,6 +6,7 @@ mod cache;
 pub(crate) mod complete;
 mod derive;
 mod edit;
+mod evaluate;
 mod forward;
 mod interpret;
 mod models;

@@ -10,6 +10,7 @@ pub mod integrated;
 pub mod layer;
 pub mod linalg;
 pub mod lrp;
+pub mod metrics;
 pub mod perturbation;
 pub mod probe;
 pub mod quadrature;

@@ -29,6 +29,28 @@ pub(crate) fn evaluate(
     make: &(dyn Fn(usize, &mut [f32]) -> Result<()> + Sync),
     run: &(dyn Fn(Batch) -> Result<Batch> + Sync),
 ) -> Result<Vec<f32>> {
+    let pick = |_: usize, out: &[f32]| {
+        out.get(target).copied().ok_or_else(|| {
+            Error::value(format!(
+                "target {target} is out of range: the model has {} outputs",
+                out.len()
+            ))
+        })
+    };
+    evaluate_with(req, sample, count, batch_rows, make, run, &pick)
+}
+
+/// `evaluate` with what is kept of each copy's outputs chosen by `pick(k, outputs)` (the
+/// metrics' copies belong to many inputs, each with its own target).
+pub(crate) fn evaluate_with(
+    req: &Request,
+    sample: &[usize],
+    count: usize,
+    batch_rows: usize,
+    make: &(dyn Fn(usize, &mut [f32]) -> Result<()> + Sync),
+    run: &(dyn Fn(Batch) -> Result<Batch> + Sync),
+    pick: &(dyn Fn(usize, &[f32]) -> Result<f32> + Sync),
+) -> Result<Vec<f32>> {
     let d: usize = sample.iter().product();
     let chunk = batch_rows.max(1);
     let outputs: Vec<Vec<f32>> = (0..count.div_ceil(chunk))
@@ -40,14 +62,8 @@ pub(crate) fn evaluate(
             rows.par_chunks_mut(d.max(1))
                 .enumerate()
                 .try_for_each(|(j, row)| make(a + j, row))?;
-            let logits = run(Batch::new(batch_shape(b - a, sample), rows)?)?;
-            let classes = logits.sample_len();
-            if target >= classes {
-                return Err(Error::value(format!(
-                    "target {target} is out of range: the model has {classes} outputs"
-                )));
-            }
-            Ok((0..b - a).map(|r| logits.row(r)[target]).collect())
+            let outputs = run(Batch::new(batch_shape(b - a, sample), rows)?)?;
+            (0..b - a).map(|r| pick(a + r, outputs.row(r))).collect()
         })
         .collect::<Result<_>>()?;
     Ok(outputs.concat())

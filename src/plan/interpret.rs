@@ -4,6 +4,7 @@
 //! that cannot run fails before any forward pass.
 
 use super::*;
+use crate::ops::metrics::{self, Asked, Metric};
 use crate::ops::{self, GivenParam, Method, Needs, Rect};
 use crate::syntax::ast::{
     Axis, BaselineKind, Clauses, ColumnItem, GranularityKind, Interpretation, TargetKind, WindowKind,
@@ -23,6 +24,84 @@ fn given_params<'a>(params: &'a [ast::Param], catalog: &dyn Catalog) -> Result<V
             })
         })
         .collect()
+}
+
+/// The metrics of an EVALUATE clause, checked against what they judge: a map of the
+/// input features (not a layer's units) of a class output.
+#[allow(clippy::too_many_arguments)]
+fn plan_metrics(
+    evaluate: Option<&ast::Evaluate>,
+    method: &Method,
+    at_layer: &Option<LayerRef>,
+    every_layer: bool,
+    through: &Option<ThroughSpec>,
+    target: &TargetSpec,
+    info: &DatasetInfo,
+    catalog: &dyn Catalog,
+) -> Result<Vec<Asked>> {
+    let Some(e) = evaluate else { return Ok(Vec::new()) };
+    let refuse = |what: &str| Error::value(format!("EVALUATE judges a map of the input features; {what}")).at(e.span);
+    if every_layer || (at_layer.is_some() && method.attributes_layer()) {
+        return Err(
+            refuse(&format!("{} AT LAYER attributes a layer's units", method.name()))
+                .hint("evaluate an input-feature method (integrated_gradients, saliency, occlusion, guided_gradcam …)"),
+        );
+    }
+    if through.is_some() {
+        return Err(refuse(
+            "THROUGH LAYER explains a probe, which the metrics cannot perturb",
+        ));
+    }
+    if matches!(target, TargetSpec::Unit(..) | TargetSpec::Similarity(_)) {
+        return Err(refuse(
+            "the metrics score a class output (TARGET PREDICTED, LABEL or a class)",
+        ));
+    }
+    let mut metrics = Vec::with_capacity(e.metrics.len());
+    for call in &e.metrics {
+        let minfo = metrics::metric_info(&call.name.name).ok_or_else(|| {
+            Error::unknown("metric", &call.name.name, &metrics::metric_names(), "metrics").at(call.name.span)
+        })?;
+        let given = given_params(&call.params, catalog)?;
+        let m =
+            metrics::resolve_metric(minfo, &given, &|s| catalog.setting(s)).map_err(|err| err.at(call.name.span))?;
+        if m.perturbs_values() && matches!(info.modality, Modality::Text { .. }) {
+            return Err(Error::value(format!(
+                "{} adds noise to the inputs, and token ids take none",
+                m.name()
+            ))
+            .at(call.span)
+            .hint("on text: deletion, insertion, sparseness, complexity"));
+        }
+        if matches!(
+            m,
+            Metric::Curve {
+                fill: metrics::Fill::Blur(_),
+                ..
+            }
+        ) && !matches!(info.modality, Modality::Image { .. })
+        {
+            return Err(Error::value(format!(
+                "fill = 'blur' blurs images, and this data is {}",
+                modality_name(&info.modality)
+            ))
+            .at(call.span));
+        }
+        if metrics.iter().any(|other: &Asked| other.metric == m) {
+            return Err(Error::value(format!("{m} is asked twice")).at(call.span));
+        }
+        // The column names the metric as written, its name in lower case.
+        let label = ast::MethodCall {
+            name: ast::Ident {
+                name: minfo.name.to_string(),
+                ..call.name.clone()
+            },
+            ..call.clone()
+        }
+        .to_string();
+        metrics.push(Asked { label, metric: m });
+    }
+    Ok(metrics)
 }
 
 /// `TARGET k`: a class among the model's outputs.
@@ -421,10 +500,21 @@ pub(super) fn plan_clauses(call: &ast::ModelCall, clauses: &Clauses, catalog: &d
         }),
     };
 
+    let metrics = plan_metrics(
+        i.c.evaluate.as_ref(),
+        &method,
+        &at_layer,
+        every_layer,
+        &through,
+        &target,
+        &info,
+        catalog,
+    )?;
+
     let baseline = match &i.c.baseline {
         None => BaselineSpec::Zero,
         Some(b) => {
-            if !method.uses_baseline() {
+            if !method.uses_baseline() && !metrics.iter().any(|m| m.metric.uses_baseline()) {
                 return Err(Error::value(format!("{} takes no BASELINE", method.name()))
                     .at(b.span)
                     .hint(format!("baselines apply to {}", crate::ops::baseline_methods())));
@@ -573,6 +663,7 @@ pub(super) fn plan_clauses(call: &ast::ModelCall, clauses: &Clauses, catalog: &d
         input_limit: None,
         chunk: None,
         classes: class_names(&model, &info),
+        metrics,
     };
     let columns = relation_columns(&attribution);
     Ok(Node::new(NodeKind::Attribute(Box::new(attribution)), columns))
@@ -975,7 +1066,11 @@ fn modality_name(m: &Modality) -> &'static str {
 
 /// The columns of the relation an interpretation gives.
 pub fn relation_columns(a: &Attribution) -> Vec<String> {
-    let mut cols = unnamed_relation_columns(a);
+    let mut cols = if a.metrics.is_empty() {
+        unnamed_relation_columns(a)
+    } else {
+        EVALUATION_COLUMNS.iter().map(|c| c.to_string()).collect()
+    };
     if a.classes.is_some() {
         // The target's name, beside it.
         let at = cols.iter().position(|c| c == "target").map_or(cols.len(), |i| i + 1);
@@ -983,6 +1078,9 @@ pub fn relation_columns(a: &Attribution) -> Vec<String> {
     }
     cols
 }
+
+/// The relation of an interpretation with EVALUATE: a row per input and metric.
+pub const EVALUATION_COLUMNS: &[&str] = &["input", "label", "prediction", "target", "method", "metric", "value"];
 
 fn unnamed_relation_columns(a: &Attribution) -> Vec<String> {
     if !a.all_layers.is_empty() {

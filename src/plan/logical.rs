@@ -349,6 +349,8 @@ pub struct Attribution {
     pub chunk: Option<Vec<i64>>,
     /// The class names (the model's, else the data's): a `class` column names the target.
     pub classes: Option<std::sync::Arc<Vec<String>>>,
+    /// EVALUATE: instead of the map, a row per input and metric judging it.
+    pub metrics: Vec<crate::ops::metrics::Asked>,
 }
 
 /// How many inputs (after `input_filter`) a LIMIT above an attribution can see.
@@ -644,12 +646,21 @@ impl Node {
                     GranularitySpec::Column => "column".to_string(),
                     GranularitySpec::Word => "word".to_string(),
                 };
-                let base = if a.method.uses_baseline() {
+                let base = if a.method.uses_baseline() || a.metrics.iter().any(|m| m.metric.uses_baseline()) {
                     format!(", baseline {baseline}")
                 } else {
                     String::new()
                 };
-                writeln!(f, "{pad}   target {target}{base}, window {window}, granularity {gran}")
+                writeln!(f, "{pad}   target {target}{base}, window {window}, granularity {gran}")?;
+                if !a.metrics.is_empty() {
+                    let metrics: Vec<String> = a.metrics.iter().map(|m| m.metric.to_string()).collect();
+                    writeln!(
+                        f,
+                        "{pad}   evaluate {} (a row per input and metric)",
+                        metrics.join(", ")
+                    )?;
+                }
+                Ok(())
             }
             NodeKind::Predict(p) => {
                 let top = if p.top > 0 {

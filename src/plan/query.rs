@@ -384,6 +384,11 @@ fn plan_join(j: &Join, catalog: &dyn Catalog) -> Result<Node> {
         JoinKind::AntiJoin => "ANTIJOIN",
     };
     let (lc, rc) = (clauses(&j.left), clauses(&j.right));
+    if let Some(e) = lc.evaluate.as_ref().or(rc.evaluate.as_ref()) {
+        return Err(Error::value(format!("EVALUATE judges one interpretation, not a {word}"))
+            .at(e.span)
+            .hint("evaluate each side and join the tables: WITH a AS (SELECT * FROM m(d) USING x EVALUATE …), b AS (…) SELECT * FROM a JOIN b USING (input, metric)"));
+    }
     let mut left = plan_clauses(&j.left.interp.call, &lc, catalog)?;
     let mut right = plan_clauses(&j.right.interp.call, &rc, catalog)?;
     let names = [

@@ -283,6 +283,15 @@ pub struct Clauses {
     /// `AT LAYER l`; `AT LAYER *` is the name `*`.
     pub at_layer: Option<Ident>,
     pub through: Option<Through>,
+    /// `EVALUATE metric(…), …`: the explanation's quality, a row per input and metric.
+    pub evaluate: Option<Evaluate>,
+}
+
+/// The metrics of an EVALUATE clause, in the order given.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Evaluate {
+    pub metrics: Vec<MethodCall>,
+    pub span: Span,
 }
 
 impl Clauses {
@@ -296,6 +305,7 @@ impl Clauses {
             granularity: self.granularity.clone().or_else(|| shared.granularity.clone()),
             at_layer: self.at_layer.clone().or_else(|| shared.at_layer.clone()),
             through: self.through.clone().or_else(|| shared.through.clone()),
+            evaluate: self.evaluate.clone().or_else(|| shared.evaluate.clone()),
         }
     }
 }
@@ -1073,6 +1083,10 @@ impl fmt::Display for Clauses {
                 Some(l) => write!(f, " THROUGH LAYER {l}")?,
                 None => write!(f, " THROUGH LAYER *")?,
             }
+        }
+        if let Some(e) = &self.evaluate {
+            let metrics: Vec<String> = e.metrics.iter().map(|m| m.to_string()).collect();
+            write!(f, " EVALUATE {}", metrics.join(", "))?;
         }
         Ok(())
     }

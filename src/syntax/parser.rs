@@ -898,6 +898,16 @@ fn visit_clauses<'a>(pairs: impl Iterator<Item = Pair<'a, Rule>>) -> Result<Clau
                     visit_ident(l)?
                 });
             }
+            Rule::evaluate_clause => {
+                if interp.evaluate.is_some() {
+                    return Err(twice("EVALUATE"));
+                }
+                let mut metrics = Vec::new();
+                while let Some(m) = cc.take(Rule::method_call) {
+                    metrics.push(visit_method_call(m)?);
+                }
+                interp.evaluate = Some(Evaluate { metrics, span: csp });
+            }
             Rule::through_clause => {
                 if interp.through.is_some() {
                     return Err(twice("THROUGH LAYER"));
@@ -1484,6 +1494,7 @@ fn rule_name(rule: &Rule) -> String {
         Rule::slice_start | Rule::slice_end => "a number".into(),
         Rule::at_layer_clause => "AT LAYER".into(),
         Rule::through_clause => "THROUGH LAYER".into(),
+        Rule::evaluate_clause => "EVALUATE".into(),
         Rule::all_layers => "`*`".into(),
         Rule::target_similarity => "SIMILARITY(…)".into(),
         Rule::target_unit => "a unit layer[i, …]".into(),

@@ -1,0 +1,197 @@
+"""Reference values for EVALUATE's metrics on the shipped digits CNN (first 10 test
+inputs, predicted targets), written to tests/fixtures/metrics/<case>.npy for
+tests/metrics.rs. Optional, outside CI (needs torch, torchvision and captum; see
+tools/captum_baseline.py for the setup). Run from the repository root:
+
+    ~/captum-venv/bin/python tools/metric_cases.py
+
+- infidelity and sensitivity_max: Captum 0.9's `captum.metrics` themselves, given the
+  very perturbations the engine draws (its xoshiro256** generator, seeded per input id,
+  is re-implemented below), so the comparison is exact rather than statistical;
+- deletion and insertion: RISE's procedure written out in torch (point k of `steps` has
+  the ⌊k·G/steps⌋ most attributed units set to the substrate / put back, ties by lower
+  index; AUC = (Σs − s₀/2 − s_last/2)/steps of the softmax probability of the target);
+- sparseness and complexity: Quantus' formulas in numpy (Gini of |a|/max|a| + 1e-7;
+  entropy of |a|/Σ|a|).
+"""
+
+import math
+import os
+import sys
+import warnings
+
+import numpy as np
+import torch
+import torchvision.transforms.functional as TF
+from captum.attr import IntegratedGradients, Saliency
+from captum.metrics import infidelity, sensitivity_max
+
+sys.path.insert(0, os.path.dirname(__file__))
+from captum_baseline import load  # noqa: E402
+
+warnings.filterwarnings("ignore")
+torch.set_num_threads(2)
+OUT = "tests/fixtures/metrics"
+M = (1 << 64) - 1
+
+
+def _splitmix(state):
+    state = (state + 0x9E3779B97F4A7C15) & M
+    z = state
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M
+    return state, z ^ (z >> 31)
+
+
+def _rotl(x, k):
+    return ((x << k) | (x >> (64 - k))) & M
+
+
+class Rng:
+    """src/ops/rng.rs: xoshiro256** seeded by splitmix64 from (seed, stream)."""
+
+    def __init__(self, seed, stream):
+        st = (seed ^ ((stream * 0xD1B54A32D192ED03) & M)) & M
+        self.s = []
+        for _ in range(4):
+            st, v = _splitmix(st)
+            self.s.append(v)
+
+    def next_u64(self):
+        s = self.s
+        result = (_rotl((s[1] * 5) & M, 7) * 9) & M
+        t = (s[1] << 17) & M
+        s[2] ^= s[0]
+        s[3] ^= s[1]
+        s[1] ^= s[2]
+        s[0] ^= s[3]
+        s[2] ^= t
+        s[3] = _rotl(s[3], 45)
+        return result
+
+    def uniform(self):
+        return (self.next_u64() >> 11) * (1.0 / (1 << 53))
+
+    def normal(self):
+        u1 = 1.0 - self.uniform()
+        u2 = self.uniform()
+        return math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)
+
+
+def engine_noise(ids, samples, d, seed, draw):
+    """(len(ids)·samples, d) float32: input i's sample s, feature f, in that order."""
+    rows = []
+    for i in ids:
+        rng = Rng(seed, int(i))
+        for _ in range(samples):
+            rows.append([np.float32(draw(rng)) for _ in range(d)])
+    return torch.tensor(np.array(rows, dtype=np.float32))
+
+
+def save(name, values):
+    os.makedirs(OUT, exist_ok=True)
+    np.save(os.path.join(OUT, f"{name}.npy"), np.asarray(values, dtype=np.float64))
+    print(name, np.round(np.asarray(values)[:3], 6))
+
+
+def curve(model, x, t, attr, steps, insert, substrate, block=1):
+    """RISE deletion / insertion AUC per input; units are block×block patches."""
+    out = []
+    n, c, h, w = x.shape
+    for i in range(n):
+        a = attr[i].sum(0)  # one channel
+        if block > 1:
+            scores = a.reshape(h // block, block, w // block, block).sum((1, 3)).flatten()
+        else:
+            scores = a.flatten()
+        g = scores.numel()
+        order = sorted(range(g), key=lambda u: (-float(scores[u]), u))
+        copies = []
+        for k in range(steps + 1):
+            take = order[: k * g // steps]
+            mask = torch.zeros(h, w, dtype=torch.bool)
+            for u in take:
+                if block > 1:
+                    r, q = divmod(u, w // block)
+                    mask[r * block:(r + 1) * block, q * block:(q + 1) * block] = True
+                else:
+                    mask[u // w, u % w] = True
+            if insert:
+                copies.append(torch.where(mask, x[i], substrate[i]))
+            else:
+                copies.append(torch.where(mask, substrate[i], x[i]))
+        with torch.no_grad():
+            p = torch.softmax(model(torch.stack(copies)).double(), 1)[:, t[i]]
+        out.append(float((p.sum() - p[0] / 2 - p[-1] / 2) / steps))
+    return out
+
+
+def sparseness(a):
+    a = np.abs(a.astype(np.float64).flatten())
+    a = a / a.max() + 1e-7
+    a = np.sort(a)
+    n = a.shape[0]
+    return float(np.sum((2 * np.arange(1, n + 1) - n - 1) * a) / (n * np.sum(a)))
+
+
+def complexity(a):
+    a = np.abs(a.astype(np.float64).flatten())
+    p = a / a.sum()
+    p = p[p > 0]
+    return float(-(p * np.log(p)).sum())
+
+
+def main():
+    cnn = load("digits_cnn")
+    x = torch.from_numpy(np.load("data/digits_test_x.npy")[:10])
+    ids = list(range(10))
+    with torch.no_grad():
+        t = cnn(x).argmax(1)
+    d = 64
+    ig = IntegratedGradients(cnn)
+    sal = Saliency(cnn)
+    maps = {
+        "ig": ig.attribute(x, baselines=torch.zeros_like(x), target=t, n_steps=50).detach(),
+        "saliency": sal.attribute(x, target=t).detach(),
+    }
+    for name, attr in maps.items():
+        for stdev, normalize, seed in ((0.003, False, 0), (0.1, True, 7)):
+            noise = engine_noise(ids, 10, d, seed, lambda r: r.normal() * stdev).reshape(-1, 1, 8, 8)
+
+            def perturb(inputs, noise=noise):
+                return noise, inputs - noise
+
+            v = infidelity(cnn, perturb, x, attr, target=t, n_perturb_samples=10, normalize=normalize)
+            save(f"infidelity_{name}_{stdev}_{normalize}_{seed}", v.detach().numpy())
+        for radius, seed in ((0.02, 0), (0.2, 3)):
+            uni = engine_noise(ids, 5, d, seed, lambda r: radius * (2.0 * r.uniform() - 1.0)).reshape(-1, 1, 8, 8)
+
+            def perturb_u(inputs, perturb_radius, uni=uni):
+                if isinstance(inputs, tuple):
+                    return (inputs[0] + uni,)
+                return inputs + uni
+
+            # (A tuple back: Captum 0.9's sensitivity_max iterates over what the
+            # explanation function returns for the unperturbed inputs, and a bare
+            # tensor would be iterated over its batch.)
+            def explain(inp, target, name=name):
+                inp = inp[0] if isinstance(inp, tuple) else inp
+                if name == "ig":
+                    return (ig.attribute(inp, baselines=torch.zeros_like(inp), target=target, n_steps=50),)
+                return (sal.attribute(inp, target=target),)
+            v = sensitivity_max(explain, x, perturb_func=perturb_u, perturb_radius=radius, n_perturb_samples=5, target=t)
+            save(f"sensitivity_max_{name}_{radius}_{seed}", v.detach().numpy())
+        zeros = torch.zeros_like(x)
+        save(f"deletion_{name}_10", curve(cnn, x, t, attr, 10, False, zeros))
+        save(f"insertion_{name}_20", curve(cnn, x, t, attr, 20, True, zeros))
+        save(f"deletion_{name}_7_patch2", curve(cnn, x, t, attr, 7, False, zeros, block=2))
+        blurred = TF.gaussian_blur(x, kernel_size=7, sigma=1.0)
+        save(f"insertion_{name}_12_blur1", curve(cnn, x, t, attr, 12, True, blurred))
+        half = torch.full_like(x, 0.5)
+        save(f"deletion_{name}_10_base05", curve(cnn, x, t, attr, 10, False, half))
+        save(f"sparseness_{name}", [sparseness(a.numpy()) for a in attr])
+        save(f"complexity_{name}", [complexity(a.numpy()) for a in attr])
+
+
+if __name__ == "__main__":
+    main()
