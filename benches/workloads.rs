@@ -372,6 +372,31 @@ fn main() {
             397,
         ),
         (
+            "EVALUATE infidelity(10) of IG-50 maps",
+            "SELECT count(*) FROM cnn(digits) USING integrated_gradients EVALUATE infidelity",
+            397,
+        ),
+        (
+            "EVALUATE deletion(20) of saliency maps",
+            "SELECT count(*) FROM cnn(digits) USING saliency EVALUATE deletion",
+            397,
+        ),
+        (
+            "EVALUATE deletion(20), 5 methods (per map)",
+            "SELECT count(*) FROM (
+                SELECT * FROM cnn(digits) USING saliency EVALUATE deletion UNION ALL
+                SELECT * FROM cnn(digits) USING input_x_gradient EVALUATE deletion UNION ALL
+                SELECT * FROM cnn(digits) USING integrated_gradients EVALUATE deletion UNION ALL
+                SELECT * FROM cnn(digits) USING guided_backprop EVALUATE deletion UNION ALL
+                SELECT * FROM cnn(digits) USING occlusion(window = 2, stride = 1) EVALUATE deletion)",
+            5 * 397,
+        ),
+        (
+            "EVALUATE sensitivity_max(10) of saliency",
+            "SELECT count(*) FROM cnn(digits) USING saliency EVALUATE sensitivity_max",
+            397,
+        ),
+        (
             "contamination score: max IG-50 per sample",
             "SELECT input, max(attribution) AS score FROM bd(train) USING integrated_gradients GROUP BY input",
             1400,

@@ -115,6 +115,16 @@ fn methods_and_their_parameters() {
         vec!["rule = "]
     );
     assert!(words(&s, "SELECT * FROM cnn(digits[0]) USING smoothgrad(seed =").is_empty());
+    // EVALUATE's metrics, and each metric's parameters (after a comma too)
+    let metrics = words(&s, "SELECT * FROM cnn(digits[0]) USING saliency EVALUATE ");
+    assert!(metrics.contains(&"deletion".to_string()), "{metrics:?}");
+    assert_eq!(
+        words(
+            &s,
+            "SELECT * FROM cnn(digits[0]) USING saliency EVALUATE sparseness, deletion(steps = 5, "
+        ),
+        vec!["fill = ", "sigma = "]
+    );
 }
 
 #[test]

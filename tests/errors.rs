@@ -160,6 +160,22 @@ const CASES: &[(&str, &str)] = &[
 SELECT * FROM cnn(digits[0]) ANTIJOIN cnn_b(digits[0]) USING lime;",
     ),
     (
+        "an unknown metric",
+        "SELECT * FROM cnn(digits[0]) USING saliency EVALUATE delection(steps = 5);",
+    ),
+    (
+        "EVALUATE of a layer method",
+        "SELECT * FROM cnn(digits[0]) AT LAYER conv2 USING gradcam EVALUATE deletion;",
+    ),
+    (
+        "EVALUATE on both sides of a JOIN",
+        "SELECT * FROM cnn(digits[0]) JOIN cnn(digits[1]) USING saliency EVALUATE sparseness;",
+    ),
+    (
+        "a blur parameter without the blur",
+        "SELECT * FROM cnn(digits[0]) USING saliency EVALUATE insertion(sigma = 2);",
+    ),
+    (
         "a file name one letter off",
         "LOAD MODEL m FROM 'models/digits_cnn.safetenors' ARCH 'models/digits_cnn.json';",
     ),

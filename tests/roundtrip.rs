@@ -43,6 +43,8 @@ const TRICKY: &[&str] = &[
     "SELECT a.attribution, y.value FROM m(d) ANTIJOIN (m(e) AT LAYER conv2) AS y AT LAYER fc1 USING layer_integrated_gradients;",
     "SELECT * FROM m(d) TARGET conv2[1, 2, 3] USING neuron_gradient THROUGH LAYER *;",
     "SELECT * FROM m(d[0:3]) THROUGH LAYER \"odd name\" TARGET fc1[:unit];",
+    "SELECT method, avg(value) FROM m(d) USING saliency EVALUATE deletion(steps = 10, fill = 'blur'), sparseness GROUP BY method;",
+    "SELECT * FROM m(d) EVALUATE infidelity(samples = :n) WHERE value > 0.1;",
     "SELECT a - -b, -(a + b) * c, NOT a = b AND c OR d FROM m(d);",
     "SELECT * FROM m(d) WHERE x NOT IN (1, 2.5, 'a''b') AND y IS NOT NULL OR z IS NULL;",
     "SELECT \"group\", \"weird name\", target FROM m(d[:i]) TARGET :t BASELINE mean(x) WINDOW rows :a:4, cols 0:8;",

@@ -381,6 +381,36 @@ pub fn help_topic(topic: &str) -> Result<String, crate::error::Error> {
     if let Some((name, text)) = TOPICS.iter().find(|(n, _)| *n == normal) {
         return Ok(format!("{name}\n  {}\n", text.replace('\n', "\n  ")));
     }
+    if normal == "EVALUATE" {
+        let mut out = String::from(
+            "EVALUATE\n  SELECT … FROM m(d) USING method EVALUATE metric[(p = v, …)][, …];  a row per input and metric:\n  input, label, prediction, target, method, metric, value (GROUP BY method to rank methods)\n",
+        );
+        for m in crate::ops::metrics::METRICS {
+            let better = if m.higher_is_better {
+                "higher is better"
+            } else {
+                "lower is better"
+            };
+            out.push_str(&format!("  {} — {} ({better})\n", m.name, m.summary));
+        }
+        out.push_str("  \\help <metric> for its parameters and definition\n");
+        return Ok(out);
+    }
+    if let Some(m) = crate::ops::metrics::metric_info(topic) {
+        let better = if m.higher_is_better {
+            "higher is better"
+        } else {
+            "lower is better"
+        };
+        let mut out = format!("{} — {} ({better}; as {})\n", m.name, m.summary, m.reference);
+        for p in m.params {
+            out.push_str(&format!("  {} = {}\n", p.name, p.default.unwrap_or("required")));
+        }
+        if m.params.is_empty() {
+            out.push_str("  (no parameters)\n");
+        }
+        return Ok(out);
+    }
     if let Some(m) = crate::ops::method_info(topic) {
         let mut out = format!("{} — {} (as {})\n", m.name, m.summary, m.reference);
         for p in m.params {
@@ -394,6 +424,8 @@ pub fn help_topic(topic: &str) -> Result<String, crate::error::Error> {
     }
     let mut known: Vec<String> = TOPICS.iter().map(|(n, _)| n.to_string()).collect();
     known.extend(crate::ops::method_names());
+    known.push("EVALUATE".into());
+    known.extend(crate::ops::metrics::metric_names());
     Err(crate::error::Error::unknown("help topic", topic, &known, "topics"))
 }
 
@@ -406,7 +438,7 @@ fn help() -> String {
     }
     let topics: Vec<&str> = TOPICS.iter().map(|(n, _)| *n).collect();
     s.push_str(&format!(
-        "Help topics: {}, and every method (\\help integrated_gradients).\n",
+        "Help topics: {}, EVALUATE, every method (\\help integrated_gradients) and metric (\\help deletion).\n",
         topics.join(", ")
     ));
     s

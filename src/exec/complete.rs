@@ -51,6 +51,7 @@ const KEYWORDS: &[&str] = &[
     "GRANULARITY",
     "AT LAYER",
     "THROUGH LAYER",
+    "EVALUATE",
     "PREDICT",
     "TOP",
     "OVER",
@@ -225,6 +226,7 @@ impl Session {
                 c
             }
             (_, Some("USING")) => METHODS.iter().map(|m| m.name.to_string()).collect(),
+            (_, Some("EVALUATE")) => crate::ops::metrics::metric_names(),
             (_, Some("BASELINE")) => {
                 let mut c = owned(&["zero", "mean"]);
                 c.extend(datasets);
@@ -280,20 +282,31 @@ impl Session {
         out
     }
 
-    /// Inside `USING method(`: the method's parameters not given yet, as `name = `.
+    /// Inside `USING method(` or `EVALUATE metric(`: the parameters not given yet, as
+    /// `name = `.
     fn open_method(&self, tokens: &[String]) -> Option<Vec<String>> {
         let open = tokens.iter().rposition(|t| t == "(")?;
-        if tokens[open..].iter().any(|t| t == ")") || open < 2 || !tokens[open - 2].eq_ignore_ascii_case("USING") {
+        if tokens[open..].iter().any(|t| t == ")") || open < 2 {
             return None;
         }
-        let info = crate::ops::method_info(&tokens[open - 1])?;
+        // A method after USING, or a metric of an EVALUATE list (after EVALUATE or a comma
+        // that follows one).
+        let params = if tokens[open - 2].eq_ignore_ascii_case("USING") {
+            crate::ops::method_info(&tokens[open - 1])?.params
+        } else if (tokens[open - 2].eq_ignore_ascii_case("EVALUATE") || tokens[open - 2] == ",")
+            && tokens[..open].iter().any(|t| t.eq_ignore_ascii_case("EVALUATE"))
+        {
+            crate::ops::metrics::metric_info(&tokens[open - 1])?.params
+        } else {
+            return None;
+        };
         // After `name =` a value comes, not a parameter.
         if tokens.last().is_some_and(|t| t == "=") {
             return Some(Vec::new());
         }
         let given: Vec<&String> = tokens[open..].iter().collect();
         Some(
-            info.params
+            params
                 .iter()
                 .filter(|p| !given.iter().any(|g| g.eq_ignore_ascii_case(p.name)))
                 .map(|p| format!("{} = ", p.name))
