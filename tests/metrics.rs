@@ -1,7 +1,8 @@
 //! EVALUATE's metrics against references on the digits CNN (first 10 test inputs,
 //! predicted targets): Captum 0.9's `infidelity` and `sensitivity_max` given the very
 //! perturbations the engine draws (so exact, not statistical), RISE's deletion and
-//! insertion written out in torch, Quantus' sparseness and complexity formulas
+//! insertion written out in torch, Quantus 0.6's PixelFlipping and FaithfulnessCorrelation
+//! (its subsets the engine's), Quantus' sparseness and complexity formulas
 //! (tools/metric_cases.py → tests/fixtures/metrics). Tolerance: |a − b| ≤ 1e-4 + 1e-4·|b|
 //! (the maps themselves agree with Captum to ~1e-6; the curves read softmax
 //! probabilities of the same copies). And the clause as a relation: GROUP BY, ORDER BY,
@@ -71,6 +72,26 @@ fn metrics_match_captum_rise_and_quantus() {
                 format!("insertion_{method}_12_blur1"),
                 using.to_string(),
                 "insertion(steps = 12, fill = 'blur', sigma = 1)".into(),
+            ),
+            (
+                format!("pixel_flipping_{method}_1"),
+                using.to_string(),
+                "pixel_flipping".into(),
+            ),
+            (
+                format!("pixel_flipping_{method}_4"),
+                using.to_string(),
+                "pixel_flipping(features_in_step = 4)".into(),
+            ),
+            (
+                format!("faithfulness_correlation_{method}_50_16_0"),
+                using.to_string(),
+                "faithfulness_correlation(samples = 50, subset = 16)".into(),
+            ),
+            (
+                format!("faithfulness_correlation_{method}_30_5_9"),
+                using.to_string(),
+                "faithfulness_correlation(samples = 30, subset = 5, seed = 9)".into(),
             ),
             (format!("sparseness_{method}"), using.to_string(), "sparseness".into()),
             (format!("complexity_{method}"), using.to_string(), "complexity".into()),

@@ -11,6 +11,8 @@ tools/captum_baseline.py for the setup). Run from the repository root:
 - deletion and insertion: RISE's procedure written out in torch (point k of `steps` has
   the ⌊k·G/steps⌋ most attributed units set to the substrate / put back, ties by lower
   index; AUC = (Σs − s₀/2 − s_last/2)/steps of the softmax probability of the target);
+- pixel_flipping and faithfulness_correlation: Quantus 0.6 itself ("black" = the input's
+  minimum, 0 on these digits), its np.random.choice answering with the engine's subsets;
 - sparseness and complexity: Quantus' formulas in numpy (Gini of |a|/max|a| + 1e-7;
   entropy of |a|/Σ|a|).
 """
@@ -86,6 +88,55 @@ def engine_noise(ids, samples, d, seed, draw):
         for _ in range(samples):
             rows.append([np.float32(draw(rng)) for _ in range(d)])
     return torch.tensor(np.array(rows, dtype=np.float32))
+
+
+def engine_subsets(ids, samples, g, k, seed):
+    """Each input's `samples` subsets of k of g units: the first k of a Fisher–Yates
+    permutation from the input's stream (src/ops/rng.rs `permutation`, `below`)."""
+    out = {}
+    for i in ids:
+        rng = Rng(seed, int(i))
+        subsets = []
+        for _ in range(samples):
+            p = list(range(g))
+            for j in range(g - 1, 0, -1):
+                n = j + 1
+                zone = M - M % n
+                while True:
+                    v = rng.next_u64()
+                    if v < zone:
+                        break
+                r = v % n
+                p[j], p[r] = p[r], p[j]
+            subsets.append(p[:k])
+        out[int(i)] = subsets
+    return out
+
+
+def quantus_faithfulness_correlation(model, x, t, attr, samples, k, seed):
+    """Quantus 0.6's FaithfulnessCorrelation, its np.random.choice answering with the
+    engine's subsets (Quantus draws one subset per input, input by input, run by run)."""
+    import quantus
+
+    subsets = engine_subsets(range(x.shape[0]), samples, x[0].numel(), k, seed)
+    calls = iter([subsets[i][r] for r in range(samples) for i in range(x.shape[0])])
+    real_choice = np.random.choice
+    np.random.choice = lambda *a, **kw: np.array(next(calls))
+    try:
+        metric = quantus.FaithfulnessCorrelation(nr_runs=samples, subset_size=k, perturb_baseline="black", return_aggregate=False, disable_warnings=True)
+        return metric(model=model, x_batch=x.numpy(), y_batch=t.numpy(), a_batch=attr.numpy(), device="cpu", softmax=False)
+    finally:
+        np.random.choice = real_choice
+
+
+def quantus_pixel_flipping(model, x, t, attr, step):
+    import quantus
+
+    if not hasattr(np, "trapz"):  # Quantus 0.6 calls np.trapz, which numpy 2.4 renamed
+        np.trapz = np.trapezoid
+
+    metric = quantus.PixelFlipping(features_in_step=step, perturb_baseline="black", return_auc_per_sample=True, disable_warnings=True)
+    return metric(model=model, x_batch=x.numpy(), y_batch=t.numpy(), a_batch=attr.numpy(), device="cpu", softmax=True)
 
 
 def save(name, values):
@@ -189,6 +240,10 @@ def main():
         save(f"insertion_{name}_12_blur1", curve(cnn, x, t, attr, 12, True, blurred))
         half = torch.full_like(x, 0.5)
         save(f"deletion_{name}_10_base05", curve(cnn, x, t, attr, 10, False, half))
+        save(f"pixel_flipping_{name}_1", quantus_pixel_flipping(cnn, x, t, attr, 1))
+        save(f"pixel_flipping_{name}_4", quantus_pixel_flipping(cnn, x, t, attr, 4))
+        save(f"faithfulness_correlation_{name}_50_16_0", quantus_faithfulness_correlation(cnn, x, t, attr, 50, 16, 0))
+        save(f"faithfulness_correlation_{name}_30_5_9", quantus_faithfulness_correlation(cnn, x, t, attr, 30, 5, 9))
         save(f"sparseness_{name}", [sparseness(a.numpy()) for a in attr])
         save(f"complexity_{name}", [complexity(a.numpy()) for a in attr])
 

@@ -89,8 +89,14 @@ pub(super) fn evaluation_relation(j: &Judged) -> Result<DataFrame> {
     let mut rows: Vec<(usize, usize, f64)> = Vec::with_capacity(n * a.metrics.len());
     let mut per_metric = Vec::with_capacity(a.metrics.len());
     for Asked { metric, .. } in &a.metrics {
-        let substrate: &[f32] = match metric {
-            Metric::Curve { fill, .. } => {
+        // What the removal metrics set units to.
+        let fill = match metric {
+            Metric::Curve { fill, .. } => Some(*fill),
+            Metric::PixelFlipping { .. } | Metric::FaithfulnessCorrelation { .. } => Some(Fill::Baseline),
+            _ => None,
+        };
+        let substrate: &[f32] = match &fill {
+            Some(fill) => {
                 if !substrates.iter().any(|(f, _)| f == fill) {
                     substrates.push((*fill, substrate(j, *fill)?));
                 }

@@ -28,6 +28,18 @@ pub enum Metric {
     SensitivityMax { samples: usize, radius: f64, seed: u64 },
     /// RISE's deletion (`insert = false`) and insertion AUC.
     Curve { insert: bool, steps: usize, fill: Fill },
+    /// Quantus' PixelFlipping: the trapezoid area (dx = 1) under the target's probability
+    /// as the units are set to the baseline `features_in_step` at a time, most attributed
+    /// first.
+    PixelFlipping { features_in_step: usize },
+    /// Quantus' FaithfulnessCorrelation: Pearson's r between Σφ over random subsets of
+    /// units and the drop of the target's logit when they are set to the baseline.
+    FaithfulnessCorrelation {
+        samples: usize,
+        /// Units per subset; None: a quarter of them.
+        subset: Option<usize>,
+        seed: u64,
+    },
     /// The Gini index of |φ| (Quantus' Sparseness).
     Sparseness,
     /// The entropy of |φ| / Σ|φ| (Quantus' Complexity).
@@ -58,6 +70,8 @@ impl Metric {
             Metric::SensitivityMax { .. } => "sensitivity_max",
             Metric::Curve { insert: false, .. } => "deletion",
             Metric::Curve { insert: true, .. } => "insertion",
+            Metric::PixelFlipping { .. } => "pixel_flipping",
+            Metric::FaithfulnessCorrelation { .. } => "faithfulness_correlation",
             Metric::Sparseness => "sparseness",
             Metric::Complexity => "complexity",
         }
@@ -100,6 +114,11 @@ impl fmt::Display for Metric {
             Metric::Curve { steps, fill, .. } => match fill {
                 Fill::Baseline => write!(f, "(steps = {steps}, fill = 'baseline')"),
                 Fill::Blur(sigma) => write!(f, "(steps = {steps}, fill = 'blur', sigma = {sigma})"),
+            },
+            Metric::PixelFlipping { features_in_step } => write!(f, "(features_in_step = {features_in_step})"),
+            Metric::FaithfulnessCorrelation { samples, subset, seed } => match subset {
+                Some(k) => write!(f, "(samples = {samples}, subset = {k}, seed = {seed})"),
+                None => write!(f, "(samples = {samples}, subset = auto, seed = {seed})"),
             },
             Metric::Sparseness | Metric::Complexity => Ok(()),
         }
@@ -195,6 +214,32 @@ pub const METRICS: &[MetricInfo] = &[
         higher_is_better: true,
     },
     MetricInfo {
+        name: "pixel_flipping",
+        params: &[int("features_in_step", "1")],
+        reference: "Quantus PixelFlipping (Bach et al. 2015) with return_auc_per_sample: np.trapz of the softmax probability",
+        summary: "units set to the baseline most-attributed first, features_in_step at a time: the area under the target's probability",
+        higher_is_better: false,
+    },
+    MetricInfo {
+        name: "faithfulness_correlation",
+        params: &[
+            int("samples", "100"),
+            ParamSpec {
+                name: "subset",
+                kind: ParamKind::Int {
+                    min: 0,
+                    max: super::MAX_COUNT,
+                },
+                default: Some("0"),
+                setting: None,
+            },
+            SEED,
+        ],
+        reference: "Quantus FaithfulnessCorrelation (Bhatt et al. 2020): Pearson r, logits (softmax = False)",
+        summary: "Pearson correlation between the attribution of random subsets and the logit's drop when they are removed (subset 0: a quarter of the units)",
+        higher_is_better: true,
+    },
+    MetricInfo {
         name: "sparseness",
         params: &[],
         reference: "Quantus Sparseness (Chalasani et al. 2020): Gini index of |φ| / max|φ| + 1e-7",
@@ -254,6 +299,17 @@ pub fn resolve_metric(
                 fill: if blur { Fill::Blur(num("sigma")) } else { Fill::Baseline },
             }
         }
+        "pixel_flipping" => Metric::PixelFlipping {
+            features_in_step: num("features_in_step") as usize,
+        },
+        "faithfulness_correlation" => Metric::FaithfulnessCorrelation {
+            samples: num("samples") as usize,
+            subset: match num("subset") as usize {
+                0 => None,
+                k => Some(k),
+            },
+            seed: num("seed") as u64,
+        },
         "sparseness" => Metric::Sparseness,
         "complexity" => Metric::Complexity,
         other => return Err(Error::value(format!("internal: no metric {other}"))),
@@ -284,6 +340,9 @@ impl Units {
     }
 }
 
+/// The method's map of copies of the inputs (see `Evaluation::explain`).
+pub type Explain<'a> = dyn Fn(&[f32], &[usize]) -> Result<Vec<f32>> + Sync + 'a;
+
 /// What a metric reads besides the request: the explanation (n × d), the units, the
 /// substrate of the curves (n × d: the baseline, or the blurred input, equal to the
 /// input outside the window), and the method itself for the metrics that recompute it.
@@ -293,7 +352,7 @@ pub struct Evaluation<'a> {
     pub substrate: &'a [f32],
     /// The explanation of copies of the inputs (n' × d), copy c made from the input at
     /// position `owners[c]` (whose target, id and baseline it keeps).
-    pub explain: &'a (dyn Fn(&[f32], &[usize]) -> Result<Vec<f32>> + Sync),
+    pub explain: &'a Explain<'a>,
 }
 
 /// One value per input.
@@ -306,7 +365,23 @@ pub fn evaluate(metric: &Metric, req: &Request, ev: &Evaluation) -> Result<Vec<f
             normalize,
         } => infidelity(req, ev, *samples, *stdev, *seed, *normalize),
         Metric::SensitivityMax { samples, radius, seed } => sensitivity_max(req, ev, *samples, *radius, *seed),
-        Metric::Curve { insert, steps, .. } => curve(req, ev, *insert, *steps),
+        Metric::Curve { insert, steps, .. } => {
+            let g = ev.units.members.len();
+            let counts: Vec<usize> = (0..=*steps).map(|k| k * g / steps).collect();
+            let curves = removal_curves(req, ev, *insert, &counts)?;
+            Ok(curves.iter().map(|s| trapezoid(s) / *steps as f64).collect())
+        }
+        Metric::PixelFlipping { features_in_step } => {
+            let g = ev.units.members.len();
+            let counts: Vec<usize> = (1..=g.div_ceil(*features_in_step))
+                .map(|j| (j * features_in_step).min(g))
+                .collect();
+            let curves = removal_curves(req, ev, false, &counts)?;
+            Ok(curves.iter().map(|s| trapezoid(s)).collect())
+        }
+        Metric::FaithfulnessCorrelation { samples, subset, seed } => {
+            faithfulness_correlation(req, ev, *samples, *subset, *seed)
+        }
         Metric::Sparseness => Ok((0..req.n())
             .map(|i| sparseness(&ev.units.scores(row(ev.attr, i, req.d()))))
             .collect()),
@@ -468,13 +543,14 @@ fn order(units: &Units, attr: &[f32]) -> Vec<usize> {
     order
 }
 
-fn curve(req: &Request, ev: &Evaluation, insert: bool, steps: usize) -> Result<Vec<f64>> {
+/// The target's softmax probability at each point of a removal (or insertion) curve:
+/// point k has the first `counts[k]` units of the input's order set to the substrate
+/// (deletion) or taken from the input into the substrate (insertion). All inputs'
+/// points run in full batches.
+fn removal_curves(req: &Request, ev: &Evaluation, insert: bool, counts: &[usize]) -> Result<Vec<Vec<f64>>> {
     let (n, d) = (req.n(), req.d());
     let orders: Vec<Vec<usize>> = (0..n).map(|i| order(ev.units, row(ev.attr, i, d))).collect();
-    let groups = ev.units.members.len();
-    let per = steps + 1;
-    // Point k of input i has the first ⌊k·G/steps⌋ units removed (deletion: set to the
-    // substrate) or inserted (insertion: taken from the input into the substrate).
+    let per = counts.len().max(1);
     let make = |c: usize, out: &mut [f32]| {
         let (i, k) = (c / per, c % per);
         let (from, into) = if insert {
@@ -483,7 +559,7 @@ fn curve(req: &Request, ev: &Evaluation, insert: bool, steps: usize) -> Result<V
             (row(ev.substrate, i, d), req.input(i))
         };
         out.copy_from_slice(into);
-        for &g in &orders[i][..k * groups / steps] {
+        for &g in &orders[i][..counts[k]] {
             for &f in &ev.units.members[g] {
                 out[f] = from[f];
             }
@@ -493,12 +569,79 @@ fn curve(req: &Request, ev: &Evaluation, insert: bool, steps: usize) -> Result<V
     let probs = target_outputs(req, n * per, per, &make, true)?;
     Ok(probs
         .chunks(per)
-        .map(|s| {
-            let total: f64 = s.iter().map(|&p| p as f64).sum();
-            let ends = (s[0] as f64 + s[per - 1] as f64) / 2.0;
-            (total - ends) / steps as f64
+        .map(|s| s.iter().map(|&p| p as f64).collect())
+        .collect())
+}
+
+/// The trapezoid rule with unit spacing (np.trapz): Σs − s₀/2 − s_last/2.
+fn trapezoid(s: &[f64]) -> f64 {
+    match s {
+        [] | [_] => 0.0,
+        [first, .., last] => s.iter().sum::<f64>() - (first + last) / 2.0,
+    }
+}
+
+fn faithfulness_correlation(
+    req: &Request,
+    ev: &Evaluation,
+    samples: usize,
+    subset: Option<usize>,
+    seed: u64,
+) -> Result<Vec<f64>> {
+    let (n, d) = (req.n(), req.d());
+    let g = ev.units.members.len();
+    let k = subset.unwrap_or((g / 4).max(1));
+    if k > g {
+        return Err(Error::value(format!(
+            "faithfulness_correlation's subset = {k} is more than the {g} units it draws from"
+        ))
+        .hint(format!("give subset = 1 … {g}")));
+    }
+    // Each input's subsets: the first k of a random permutation of the units, drawn from
+    // the input's stream (`tools/metric_cases.py` draws the same).
+    let subsets: Vec<Vec<Vec<usize>>> = (0..n)
+        .map(|i| {
+            let mut rng = Rng::new(seed, req.ids[i] as u64);
+            (0..samples).map(|_| rng.permutation(g)[..k].to_vec()).collect()
+        })
+        .collect();
+    let per = samples + 1;
+    let make = |c: usize, out: &mut [f32]| {
+        let (i, s) = (c / per, c % per);
+        out.copy_from_slice(req.input(i));
+        if s > 0 {
+            let substrate = row(ev.substrate, i, d);
+            for &u in &subsets[i][s - 1] {
+                for &f in &ev.units.members[u] {
+                    out[f] = substrate[f];
+                }
+            }
+        }
+        Ok(())
+    };
+    let outputs = target_outputs(req, n * per, per, &make, false)?;
+    Ok((0..n)
+        .map(|i| {
+            let scores = ev.units.scores(row(ev.attr, i, d));
+            let fx = outputs[i * per] as f64;
+            let sums: Vec<f64> = subsets[i].iter().map(|s| s.iter().map(|&u| scores[u]).sum()).collect();
+            let drops: Vec<f64> = (1..per).map(|s| fx - outputs[i * per + s] as f64).collect();
+            pearson(&sums, &drops)
         })
         .collect())
+}
+
+/// Pearson's r (NaN when either side is constant, as scipy's).
+fn pearson(a: &[f64], b: &[f64]) -> f64 {
+    let n = a.len() as f64;
+    let (ma, mb) = (a.iter().sum::<f64>() / n, b.iter().sum::<f64>() / n);
+    let cov: f64 = a.iter().zip(b).map(|(x, y)| (x - ma) * (y - mb)).sum();
+    let va: f64 = a.iter().map(|x| (x - ma).powi(2)).sum();
+    let vb: f64 = b.iter().map(|y| (y - mb).powi(2)).sum();
+    if va == 0.0 || vb == 0.0 {
+        return f64::NAN;
+    }
+    cov / (va.sqrt() * vb.sqrt())
 }
 
 /// Quantus' Sparseness: the Gini index of |a| normalised by its maximum, plus 1e-7.
