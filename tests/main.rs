@@ -13,6 +13,7 @@ mod edits;
 mod errors;
 mod files;
 mod fuzz_corpus;
+mod influence;
 mod layers;
 mod memory;
 mod metrics;

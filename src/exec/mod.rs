@@ -8,6 +8,7 @@ mod derive;
 mod edit;
 mod evaluate;
 mod forward;
+mod influence;
 mod interpret;
 mod models;
 mod relation;

@@ -128,6 +128,7 @@ fn build(node: &Node, state: &mut State) -> Result<LazyFrame> {
     Ok(match &node.kind {
         NodeKind::Attribute(a) => run_attribution(state, a)?.lazy(),
         NodeKind::Predict(p) => run_prediction(state, p)?.lazy(),
+        NodeKind::Influence(i) => super::influence::run_influence(state, i)?.lazy(),
         NodeKind::Filter { input, predicate } => build(input, state)?.filter(expr(predicate)?),
         NodeKind::Aggregate {
             input,

@@ -137,6 +137,10 @@ fn all_sources(node: &crate::plan::Node) -> Vec<(String, DatasetRef)> {
         match &node.kind {
             NodeKind::Attribute(a) => add(&a.model, &a.data),
             NodeKind::Predict(p) => add(&p.model, &p.data),
+            NodeKind::Influence(i) => {
+                add(&i.model, &i.train);
+                add(&i.model, &i.test);
+            }
             _ => node.inputs().into_iter().for_each(|n| walk(n, add)),
         }
     }

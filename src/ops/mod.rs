@@ -6,6 +6,7 @@
 pub mod attack;
 pub mod cam;
 pub mod gradient;
+pub mod influence;
 pub mod integrated;
 pub mod layer;
 pub mod linalg;
@@ -1025,7 +1026,7 @@ impl Params {
         let spec = self.specs.iter().find(|p| p.name == name);
         match spec.and_then(|s| s.default.map(|d| (s.kind, d))) {
             Some((ParamKind::Bool, d)) => ParamValue::Bool(d == "true"),
-            Some((ParamKind::Choice(_), d)) => ParamValue::Text(d.to_string()),
+            Some((ParamKind::Choice(_) | ParamKind::Path, d)) => ParamValue::Text(d.to_string()),
             Some((_, d)) => ParamValue::Number(d.parse().unwrap_or(0.0)),
             None => ParamValue::Number(0.0),
         }

@@ -384,6 +384,36 @@ pub struct Prediction {
     pub classes: Option<std::sync::Arc<Vec<String>>>,
 }
 
+/// Training-data attribution (`INFLUENCE OF m(train) ON m(test)`): TracIn on the
+/// loaded weights.
+#[derive(Clone, Debug)]
+pub struct Influence {
+    pub model: String,
+    pub train: DatasetRef,
+    pub test: DatasetRef,
+    pub layers: InfluenceLayers,
+    /// The cosine of the two gradients instead of their dot product.
+    pub normalize: bool,
+    /// The class whose loss the test input's gradient is of: its prediction (default), a
+    /// class, or its label.
+    pub target: TargetSpec,
+    /// `ON m(train)` with the training set itself: each sample's influence on itself.
+    pub self_influence: bool,
+}
+
+/// The layers whose weights and biases TracIn's gradients are taken over.
+#[derive(Clone, Debug, PartialEq)]
+pub enum InfluenceLayers {
+    /// The last linear layer.
+    Last,
+    /// Every linear and convolution layer.
+    All,
+    Named(Vec<LayerRef>),
+}
+
+/// The influence relation: a row per training sample and test input.
+pub const INFLUENCE_COLUMNS: &[&str] = &["input", "label", "test_input", "influence"];
+
 /// Where a table read by name comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TableSource {
@@ -404,6 +434,7 @@ pub struct Node {
 pub enum NodeKind {
     Attribute(Box<Attribution>),
     Predict(Prediction),
+    Influence(Box<Influence>),
     Filter {
         input: Box<Node>,
         predicate: Expr,
@@ -506,6 +537,7 @@ impl Node {
                 }
             }
             NodeKind::Predict(_)
+            | NodeKind::Influence(_)
             | NodeKind::Table { .. }
             | NodeKind::Limit { .. }
             | NodeKind::Distinct { .. }
@@ -522,7 +554,9 @@ impl Node {
     /// The operators this one reads from, left to right (a WITH's tables, then its body).
     pub fn inputs(&self) -> Vec<&Node> {
         match &self.kind {
-            NodeKind::Attribute(_) | NodeKind::Predict(_) | NodeKind::Table { .. } => Vec::new(),
+            NodeKind::Attribute(_) | NodeKind::Predict(_) | NodeKind::Influence(_) | NodeKind::Table { .. } => {
+                Vec::new()
+            }
             NodeKind::Filter { input, .. }
             | NodeKind::Aggregate { input, .. }
             | NodeKind::Project { input, .. }
@@ -539,7 +573,9 @@ impl Node {
     /// `inputs`, to change them in place: the one walk every rewrite shares.
     pub fn inputs_mut(&mut self) -> Vec<&mut Node> {
         match &mut self.kind {
-            NodeKind::Attribute(_) | NodeKind::Predict(_) | NodeKind::Table { .. } => Vec::new(),
+            NodeKind::Attribute(_) | NodeKind::Predict(_) | NodeKind::Influence(_) | NodeKind::Table { .. } => {
+                Vec::new()
+            }
             NodeKind::Filter { input, .. }
             | NodeKind::Aggregate { input, .. }
             | NodeKind::Project { input, .. }
@@ -661,6 +697,29 @@ impl Node {
                     )?;
                 }
                 Ok(())
+            }
+            NodeKind::Influence(i) => {
+                let layers = match &i.layers {
+                    InfluenceLayers::Last => "the last linear layer".to_string(),
+                    InfluenceLayers::All => "every linear and convolution layer".to_string(),
+                    InfluenceLayers::Named(ls) => ls.iter().map(|l| l.name.as_str()).collect::<Vec<_>>().join(", "),
+                };
+                let on = if i.self_influence {
+                    "itself (self-influence)".to_string()
+                } else {
+                    format!("{}({})", i.model, i.test)
+                };
+                let target = match &i.target {
+                    TargetSpec::Class(c) => format!("class {c}"),
+                    TargetSpec::Label => "label".to_string(),
+                    _ => "predicted".to_string(),
+                };
+                writeln!(f, "{pad}{arrow}Influence of {}({}) on {on}", i.model, i.train)?;
+                writeln!(
+                    f,
+                    "{pad}   TracIn over {layers}{}, test target {target}",
+                    if i.normalize { ", cosine" } else { "" }
+                )
             }
             NodeKind::Predict(p) => {
                 let top = if p.top > 0 {

@@ -209,6 +209,18 @@ pub enum Source {
     },
     /// Two tables joined on equal columns (each side a `Table` or a `Subquery`).
     TableJoin(Box<TableJoin>),
+    /// `INFLUENCE OF m(train) ON m(test) [USING tracin(…)] [TARGET k]`.
+    Influence(Box<Influence>),
+}
+
+/// Training-data attribution: the training inputs and the test inputs they influence.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Influence {
+    pub train: ModelCall,
+    pub test: ModelCall,
+    pub method: Option<MethodCall>,
+    pub target: Option<Target>,
+    pub span: Span,
 }
 
 /// `left JOIN right USING (…) | ON …`.
@@ -983,6 +995,16 @@ impl fmt::Display for Source {
         match self {
             Source::Interpretation(i) => write!(f, "{i}"),
             Source::Predict(p) => write!(f, "{p}"),
+            Source::Influence(i) => {
+                write!(f, "INFLUENCE OF {} ON {}", i.train, i.test)?;
+                if let Some(m) = &i.method {
+                    write!(f, " USING {m}")?;
+                }
+                if let Some(t) = &i.target {
+                    write!(f, " TARGET {t}")?;
+                }
+                Ok(())
+            }
             Source::PredictJoin(j) => {
                 write!(f, "{}", j.left)?;
                 if let Some(a) = &j.left_alias {

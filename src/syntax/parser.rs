@@ -598,6 +598,22 @@ fn visit_source(pair: Pair<Rule>) -> Result<Source> {
     match inner.as_rule() {
         Rule::table_source => visit_table_source(inner),
         Rule::predict_source => Ok(Source::Predict(Box::new(visit_predict(&mut Children::of(inner))?))),
+        Rule::influence_source => {
+            let sp = span(&inner);
+            let mut ic = Children::of(inner);
+            ic.skip_keywords();
+            let train = visit_model_call(ic.next()?)?;
+            ic.skip_keywords();
+            let test = visit_model_call(ic.next()?)?;
+            let clauses = visit_clauses(ic.inner.by_ref())?;
+            Ok(Source::Influence(Box::new(Influence {
+                train,
+                test,
+                method: clauses.using,
+                target: clauses.target,
+                span: sp,
+            })))
+        }
         Rule::predict_join => {
             let sp = span(&inner);
             let mut jc = Children::of(inner);
@@ -1495,6 +1511,7 @@ fn rule_name(rule: &Rule) -> String {
         Rule::at_layer_clause => "AT LAYER".into(),
         Rule::through_clause => "THROUGH LAYER".into(),
         Rule::evaluate_clause => "EVALUATE".into(),
+        Rule::influence_source => "INFLUENCE OF m(train) ON m(test)".into(),
         Rule::all_layers => "`*`".into(),
         Rule::target_similarity => "SIMILARITY(…)".into(),
         Rule::target_unit => "a unit layer[i, …]".into(),

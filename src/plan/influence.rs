@@ -1,0 +1,147 @@
+//! Planning `INFLUENCE OF m(train) ON m(test) [USING tracin(…)] [TARGET k]`: one model,
+//! a labelled training set, the layers and the test target checked.
+
+use super::interpret::resolve_layer;
+use super::*;
+use crate::ops::{GivenParam, ParamKind, ParamSpec, Params};
+use crate::syntax::ast::{self, TargetKind};
+
+/// `tracin`'s parameters.
+pub const TRACIN_PARAMS: &[ParamSpec] = &[
+    ParamSpec {
+        name: "layers",
+        kind: ParamKind::Path,
+        default: Some("last"),
+        setting: None,
+    },
+    ParamSpec {
+        name: "normalize",
+        kind: ParamKind::Bool,
+        default: Some("false"),
+        setting: None,
+    },
+];
+
+pub(super) fn plan_influence(i: &ast::Influence, catalog: &dyn Catalog) -> Result<Node> {
+    if !i.train.model.name.eq_ignore_ascii_case(&i.test.model.name) {
+        return Err(Error::value(format!(
+            "INFLUENCE compares gradients of one model, got `{}` and `{}`",
+            i.train.model.name, i.test.model.name
+        ))
+        .at(i.test.model.span)
+        .hint(format!(
+            "INFLUENCE OF {}(train) ON {}(test)",
+            i.train.model, i.train.model
+        )));
+    }
+    let (bound, model) = resolve_call_model(&i.train, catalog)?;
+    let (train, train_info) = resolve_model_input(&i.train.data, catalog, &model, &i.train.model.name, true)?;
+    if !train_info.has_labels {
+        return Err(Error::value(format!(
+            "INFLUENCE takes each training sample's loss at its label, and `{}` has no labels",
+            train.name
+        ))
+        .at(i.train.data.span)
+        .hint("load the training set with LABELS 'y.npy' (or LABEL COLUMN c)"));
+    }
+    let (test, _) = resolve_model_input(&i.test.data, catalog, &model, &i.test.model.name, true)?;
+    let self_influence = i.train.data.to_string() == i.test.data.to_string();
+    for (d, expr) in [(&train, &i.train.data), (&test, &i.test.data)] {
+        if !d.activation_edits().is_empty() {
+            return Err(Error::value(
+                "INFLUENCE takes the model's own weights: activation edits (WITH LAYER) do not apply",
+            )
+            .at(expr.span)
+            .hint("input edits (WITH SET, MASK, NOISE, BLUR) do"));
+        }
+    }
+
+    let method = i.method.as_ref();
+    if let Some(m) = method
+        && !m.name.name.eq_ignore_ascii_case("tracin")
+    {
+        return Err(Error::unknown(
+            "influence method",
+            &m.name.name,
+            &["tracin".to_string()],
+            "influence methods",
+        )
+        .at(m.name.span));
+    }
+    let given: Vec<GivenParam> = match method {
+        Some(m) => m
+            .params
+            .iter()
+            .map(|p| {
+                Ok(GivenParam {
+                    name: &p.name.name,
+                    name_span: p.name.span,
+                    value: resolve_literal(&p.value, catalog)?,
+                    value_span: p.value.span,
+                })
+            })
+            .collect::<Result<_>>()?,
+        None => Vec::new(),
+    };
+    let params = Params::resolve("tracin", TRACIN_PARAMS, &given, &|_| None)?;
+    let layers_span = given
+        .iter()
+        .find(|g| g.name.eq_ignore_ascii_case("layers"))
+        .map(|g| g.value_span);
+    let layers = match params.text("layers").trim().to_ascii_lowercase().as_str() {
+        "last" => InfluenceLayers::Last,
+        "all" => InfluenceLayers::All,
+        _ => {
+            let text = params.text("layers");
+            let mut named = Vec::new();
+            for name in text.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                let ident = ast::Ident {
+                    name: name.to_string(),
+                    span: layers_span.unwrap_or(i.span),
+                };
+                named.push(resolve_layer(&ident, &model, &i.train.model.name)?);
+            }
+            if named.is_empty() {
+                return Err(Error::value("layers names none: give 'last', 'all' or 'fc1,fc2'")
+                    .at(layers_span.unwrap_or(i.span)));
+            }
+            InfluenceLayers::Named(named)
+        }
+    };
+    let target = match i.target.as_ref().map(|t| (&t.kind, t.span)) {
+        None | Some((TargetKind::Predicted, _)) => TargetSpec::Predicted,
+        Some((TargetKind::Label, span)) => {
+            if !catalog.dataset(&test.name).is_some_and(|d| d.has_labels) {
+                return Err(Error::value(format!("TARGET LABEL needs labels, and `{}` has none", test.name)).at(span));
+            }
+            TargetSpec::Label
+        }
+        Some((TargetKind::Class(v), span)) => {
+            let k = resolve_int(v, catalog, "a class")?;
+            if k < 0 || k as usize >= model.output_len {
+                return Err(Error::value(format!(
+                    "class {k} is out of range: `{}` has {} outputs",
+                    i.train.model.name, model.output_len
+                ))
+                .at(span));
+            }
+            TargetSpec::Class(k as usize)
+        }
+        Some((_, span)) => {
+            return Err(Error::value("INFLUENCE takes a class target: TARGET PREDICTED, LABEL or a class").at(span));
+        }
+    };
+    let influence = Influence {
+        model: bound,
+        train,
+        test,
+        layers,
+        normalize: params.flag("normalize"),
+        target,
+        self_influence,
+    };
+    Ok(Node::new(
+        NodeKind::Influence(Box::new(influence)),
+        INFLUENCE_COLUMNS.iter().map(|c| c.to_string()).collect(),
+    ))
+}
