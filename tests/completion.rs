@@ -115,6 +115,14 @@ fn methods_and_their_parameters() {
         vec!["rule = "]
     );
     assert!(words(&s, "SELECT * FROM cnn(digits[0]) USING smoothgrad(seed =").is_empty());
+    // INFLUENCE: the words, the models, tracin
+    assert!(words(&s, "SELECT * FROM ").contains(&"INFLUENCE OF".to_string()));
+    assert!(words(&s, "SELECT * FROM INFLUENCE OF ").contains(&"cnn".to_string()));
+    assert!(words(&s, "SELECT * FROM INFLUENCE OF cnn(digits) ON ").contains(&"cnn".to_string()));
+    assert_eq!(
+        words(&s, "SELECT * FROM INFLUENCE OF cnn(digits) ON cnn(digits[0]) USING "),
+        vec!["tracin"]
+    );
     // EVALUATE's metrics, and each metric's parameters (after a comma too)
     let metrics = words(&s, "SELECT * FROM cnn(digits[0]) USING saliency EVALUATE ");
     assert!(metrics.contains(&"deletion".to_string()), "{metrics:?}");

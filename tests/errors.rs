@@ -176,6 +176,16 @@ SELECT * FROM cnn(digits[0]) ANTIJOIN cnn_b(digits[0]) USING lime;",
         "SELECT * FROM cnn(digits[0]) USING saliency EVALUATE insertion(sigma = 2);",
     ),
     (
+        "INFLUENCE of an unlabelled training set",
+        "LOAD DATA bare FROM 'data/digits_train_x.npy';
+SELECT * FROM INFLUENCE OF cnn(bare) ON cnn(digits[0]);",
+    ),
+    (
+        "a TracIn layer without weights",
+        "LOAD DATA train FROM 'data/digits_train_x.npy' LABELS 'data/digits_train_y.npy';
+SELECT * FROM INFLUENCE OF cnn(train) ON cnn(digits[0]) USING tracin(layers = 'relu1');",
+    ),
+    (
         "a file name one letter off",
         "LOAD MODEL m FROM 'models/digits_cnn.safetenors' ARCH 'models/digits_cnn.json';",
     ),

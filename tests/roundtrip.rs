@@ -45,6 +45,8 @@ const TRICKY: &[&str] = &[
     "SELECT * FROM m(d[0:3]) THROUGH LAYER \"odd name\" TARGET fc1[:unit];",
     "SELECT method, avg(value) FROM m(d) USING saliency EVALUATE deletion(steps = 10, fill = 'blur'), sparseness GROUP BY method;",
     "SELECT * FROM m(d) EVALUATE infidelity(samples = :n) WHERE value > 0.1;",
+    "SELECT * FROM INFLUENCE OF m(train) ON m(test[3] WITH SET rows 6:8, cols 6:8 = 1) USING tracin(layers = 'all', normalize = true) TARGET 0 ORDER BY influence DESC LIMIT 10;",
+    "SELECT input, influence FROM INFLUENCE OF m(train) ON m(train);",
     "SELECT a - -b, -(a + b) * c, NOT a = b AND c OR d FROM m(d);",
     "SELECT * FROM m(d) WHERE x NOT IN (1, 2.5, 'a''b') AND y IS NOT NULL OR z IS NULL;",
     "SELECT \"group\", \"weird name\", target FROM m(d[:i]) TARGET :t BASELINE mean(x) WINDOW rows :a:4, cols 0:8;",

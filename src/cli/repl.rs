@@ -381,6 +381,9 @@ pub fn help_topic(topic: &str) -> Result<String, crate::error::Error> {
     if let Some((name, text)) = TOPICS.iter().find(|(n, _)| *n == normal) {
         return Ok(format!("{name}\n  {}\n", text.replace('\n', "\n  ")));
     }
+    if normal == "INFLUENCE" || normal == "TRACIN" {
+        return Ok("INFLUENCE\n  SELECT … FROM INFLUENCE OF m(train) ON m(test) [USING tracin(layers = 'last' | 'all' | 'fc1,fc2', normalize = false)] [TARGET k | LABEL];\n  TracIn (Pruthi et al. 2020) on the loaded weights: for each training sample z (at its label) and test input z′\n  (at its prediction, or TARGET), ∇θ loss(z) · ∇θ loss(z′), θ the weights and biases of the layers (default: the\n  last linear layer; 'all': every linear and convolution layer); normalize = true: their cosine.\n  Columns: input (the training id), label, test_input, influence. ON m(train) with the training set itself:\n  each sample's self-influence (its gradient's squared norm; mislabelled and poisoned samples rank high).\n".to_string());
+    }
     if normal == "EVALUATE" {
         let mut out = String::from(
             "EVALUATE\n  SELECT … FROM m(d) USING method EVALUATE metric[(p = v, …)][, …];  a row per input and metric:\n  input, label, prediction, target, method, metric, value (GROUP BY method to rank methods)\n",
@@ -425,6 +428,7 @@ pub fn help_topic(topic: &str) -> Result<String, crate::error::Error> {
     let mut known: Vec<String> = TOPICS.iter().map(|(n, _)| n.to_string()).collect();
     known.extend(crate::ops::method_names());
     known.push("EVALUATE".into());
+    known.push("INFLUENCE".into());
     known.extend(crate::ops::metrics::metric_names());
     Err(crate::error::Error::unknown("help topic", topic, &known, "topics"))
 }
@@ -438,7 +442,7 @@ fn help() -> String {
     }
     let topics: Vec<&str> = TOPICS.iter().map(|(n, _)| *n).collect();
     s.push_str(&format!(
-        "Help topics: {}, EVALUATE, every method (\\help integrated_gradients) and metric (\\help deletion).\n",
+        "Help topics: {}, EVALUATE, INFLUENCE, every method (\\help integrated_gradients) and metric (\\help deletion).\n",
         topics.join(", ")
     ));
     s

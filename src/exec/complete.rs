@@ -182,9 +182,18 @@ impl Session {
             (_, Some("SHOW")) => SHOW_WHAT.clone(),
             (_, Some("LOAD")) => owned(&["MODEL", "DATA"]),
             (Some("LAYERS"), Some("OF")) | (Some("EXPORT" | "PLAN"), Some("FROM")) => models,
+            (Some("INFLUENCE"), Some("OF")) | (_, Some("ON"))
+                if tokens.iter().any(|t| t.eq_ignore_ascii_case("INFLUENCE")) =>
+            {
+                models
+            }
+            (_, Some("INFLUENCE")) => owned(&["OF"]),
             (_, Some("FROM" | "JOIN")) => {
                 let mut c = models;
                 c.push("PREDICT".into());
+                if last.as_deref() == Some("FROM") {
+                    c.push("INFLUENCE OF".into());
+                }
                 c.extend(self.tables_in(&tokens));
                 c
             }
@@ -225,6 +234,7 @@ impl Session {
                 c.extend(self.layers_of(&tokens));
                 c
             }
+            (_, Some("USING")) if tokens.iter().any(|t| t.eq_ignore_ascii_case("INFLUENCE")) => owned(&["tracin"]),
             (_, Some("USING")) => METHODS.iter().map(|m| m.name.to_string()).collect(),
             (_, Some("EVALUATE")) => crate::ops::metrics::metric_names(),
             (_, Some("BASELINE")) => {
