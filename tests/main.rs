@@ -8,6 +8,7 @@ mod cli;
 mod common;
 mod completion;
 mod corpus;
+mod detectors;
 mod determinism;
 mod edits;
 mod errors;

@@ -399,6 +399,16 @@ pub fn help_topic(topic: &str) -> Result<String, crate::error::Error> {
         out.push_str("  \\help <metric> for its parameters and definition\n");
         return Ok(out);
     }
+    if let Some(d) = crate::ops::detect::detector_info(topic) {
+        let mut out = format!(
+            "{} — {} (as {})\n  SELECT input, label, class, score FROM m(train) USING {}(…) AT LAYER l;\n",
+            d.name, d.summary, d.reference, d.name
+        );
+        for p in d.params {
+            out.push_str(&format!("  {} = {}\n", p.name, p.default.unwrap_or("required")));
+        }
+        return Ok(out);
+    }
     if let Some(m) = crate::ops::metrics::metric_info(topic) {
         let better = if m.higher_is_better {
             "higher is better"
@@ -429,6 +439,7 @@ pub fn help_topic(topic: &str) -> Result<String, crate::error::Error> {
     known.extend(crate::ops::method_names());
     known.push("EVALUATE".into());
     known.push("INFLUENCE".into());
+    known.extend(crate::ops::detect::DETECTORS.iter().map(|d| d.name.to_string()));
     known.extend(crate::ops::metrics::metric_names());
     Err(crate::error::Error::unknown("help topic", topic, &known, "topics"))
 }

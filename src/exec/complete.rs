@@ -235,7 +235,11 @@ impl Session {
                 c
             }
             (_, Some("USING")) if tokens.iter().any(|t| t.eq_ignore_ascii_case("INFLUENCE")) => owned(&["tracin"]),
-            (_, Some("USING")) => METHODS.iter().map(|m| m.name.to_string()).collect(),
+            (_, Some("USING")) => METHODS
+                .iter()
+                .map(|m| m.name.to_string())
+                .chain(crate::ops::detect::DETECTORS.iter().map(|d| d.name.to_string()))
+                .collect(),
             (_, Some("EVALUATE")) => crate::ops::metrics::metric_names(),
             (_, Some("BASELINE")) => {
                 let mut c = owned(&["zero", "mean"]);

@@ -5,6 +5,7 @@
 mod cache;
 pub(crate) mod complete;
 mod derive;
+mod detect;
 mod edit;
 mod evaluate;
 mod forward;

@@ -129,6 +129,7 @@ fn build(node: &Node, state: &mut State) -> Result<LazyFrame> {
         NodeKind::Attribute(a) => run_attribution(state, a)?.lazy(),
         NodeKind::Predict(p) => run_prediction(state, p)?.lazy(),
         NodeKind::Influence(i) => super::influence::run_influence(state, i)?.lazy(),
+        NodeKind::Detect(d) => super::detect::run_detection(state, d)?.lazy(),
         NodeKind::Filter { input, predicate } => build(input, state)?.filter(expr(predicate)?),
         NodeKind::Aggregate {
             input,

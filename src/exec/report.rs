@@ -137,6 +137,7 @@ fn all_sources(node: &crate::plan::Node) -> Vec<(String, DatasetRef)> {
         match &node.kind {
             NodeKind::Attribute(a) => add(&a.model, &a.data),
             NodeKind::Predict(p) => add(&p.model, &p.data),
+            NodeKind::Detect(d) => add(&d.model, &d.data),
             NodeKind::Influence(i) => {
                 add(&i.model, &i.train);
                 add(&i.model, &i.test);

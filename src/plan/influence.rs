@@ -1,5 +1,7 @@
-//! Planning `INFLUENCE OF m(train) ON m(test) [USING tracin(…)] [TARGET k]`: one model,
-//! a labelled training set, the layers and the test target checked.
+//! Planning the questions about training data: `INFLUENCE OF m(train) ON m(test) [USING
+//! tracin(…)] [TARGET k]` (one model, a labelled training set, the layers and the test
+//! target checked) and the poisoned-data detectors (`m(d) USING spectral_signature AT
+//! LAYER l`).
 
 use super::interpret::resolve_layer;
 use super::*;
@@ -143,5 +145,89 @@ pub(super) fn plan_influence(i: &ast::Influence, catalog: &dyn Catalog) -> Resul
     Ok(Node::new(
         NodeKind::Influence(Box::new(influence)),
         INFLUENCE_COLUMNS.iter().map(|c| c.to_string()).collect(),
+    ))
+}
+
+/// `m(d) USING <detector>(…) AT LAYER l`: the detector's parameters and its layer; the
+/// clauses of an attribution do not apply.
+pub(super) fn plan_detection(
+    call: &ast::ModelCall,
+    clauses: &ast::Clauses,
+    using: &ast::MethodCall,
+    info: &'static crate::ops::detect::DetectorInfo,
+    catalog: &dyn Catalog,
+) -> Result<Node> {
+    let (bound, model) = resolve_call_model(call, catalog)?;
+    let (data, data_info) = resolve_model_input(&call.data, catalog, &model, &call.model.name, true)?;
+    let refuse = |what: &str, span: Span| {
+        Err(Error::value(format!(
+            "{} scores inputs from a layer's activations; {what} does not apply",
+            info.name
+        ))
+        .at(span))
+    };
+    if let Some(t) = &clauses.target {
+        return refuse("TARGET", t.span);
+    }
+    if let Some(b) = &clauses.baseline {
+        return refuse("BASELINE", b.span);
+    }
+    if let Some(w) = &clauses.window {
+        return refuse("WINDOW", w.span);
+    }
+    if let Some(g) = &clauses.granularity {
+        return refuse("GRANULARITY", g.span);
+    }
+    if let Some(t) = &clauses.through {
+        return refuse("THROUGH LAYER", t.span);
+    }
+    if let Some(e) = &clauses.evaluate {
+        return refuse("EVALUATE", e.span);
+    }
+    let layer = match &clauses.at_layer {
+        Some(l) if l.name != "*" => resolve_layer(l, &model, &call.model.name)?,
+        Some(l) => return refuse("AT LAYER *", l.span),
+        None => {
+            return Err(Error::value(format!("{} needs a layer: AT LAYER l", info.name))
+                .at(using.span)
+                .hint(format!(
+                    "e.g. AT LAYER {}",
+                    model.layers.iter().rev().nth(1).map_or("fc1", String::as_str)
+                )));
+        }
+    };
+    let given: Vec<GivenParam> = using
+        .params
+        .iter()
+        .map(|p| {
+            Ok(GivenParam {
+                name: &p.name.name,
+                name_span: p.name.span,
+                value: resolve_literal(&p.value, catalog)?,
+                value_span: p.value.span,
+            })
+        })
+        .collect::<Result<_>>()?;
+    let detector = crate::ops::detect::resolve_detector(info, &given, &|s| catalog.setting(s))
+        .map_err(|e| e.at(using.name.span))?;
+    if detector.by_label() && !data_info.has_labels {
+        return Err(Error::value(format!("by = 'label' needs labels, and `{}` has none", data.name)).at(using.span));
+    }
+    if !data.activation_edits().is_empty() {
+        return Err(Error::value(format!(
+            "{} reads the model's own activations: activation edits do not apply",
+            info.name
+        ))
+        .at(call.data.span));
+    }
+    let columns = detection_columns(&detector);
+    Ok(Node::new(
+        NodeKind::Detect(Box::new(Detection {
+            model: bound,
+            data,
+            layer,
+            detector,
+        })),
+        columns,
     ))
 }

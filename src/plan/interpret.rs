@@ -383,6 +383,11 @@ pub(super) fn plan_interpretation(i: &Interpretation, catalog: &dyn Catalog) -> 
 
 /// Plans `call` with `clauses` (an interpretation, or one side of a JOIN).
 pub(super) fn plan_clauses(call: &ast::ModelCall, clauses: &Clauses, catalog: &dyn Catalog) -> Result<Node> {
+    if let Some(using) = &clauses.using
+        && let Some(info) = ops::detect::detector_info(&using.name.name)
+    {
+        return super::influence::plan_detection(call, clauses, using, info, catalog);
+    }
     let i = Interp { call, c: clauses };
     let (bound, model) = resolve_call_model(i.call, catalog)?;
     let (data, info) = resolve_model_input(&i.call.data, catalog, &model, &i.call.model.name, false)?;

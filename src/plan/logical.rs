@@ -411,6 +411,25 @@ pub enum InfluenceLayers {
     Named(Vec<LayerRef>),
 }
 
+/// A poisoned-data detector (`m(d) USING spectral_signature AT LAYER l`): a score per
+/// input from its representation at the layer, class by class.
+#[derive(Clone, Debug)]
+pub struct Detection {
+    pub model: String,
+    pub data: DatasetRef,
+    pub layer: LayerRef,
+    pub detector: crate::ops::detect::Detector,
+}
+
+/// The columns of a detector's relation.
+pub fn detection_columns(d: &crate::ops::detect::Detector) -> Vec<String> {
+    let mut cols = vec!["input", "label", "prediction", "class", "layer", "score"];
+    if matches!(d, crate::ops::detect::Detector::ActivationClustering { .. }) {
+        cols.extend(["cluster", "cluster_share", "suspicious"]);
+    }
+    cols.into_iter().map(String::from).collect()
+}
+
 /// The influence relation: a row per training sample and test input.
 pub const INFLUENCE_COLUMNS: &[&str] = &["input", "label", "test_input", "influence"];
 
@@ -435,6 +454,7 @@ pub enum NodeKind {
     Attribute(Box<Attribution>),
     Predict(Prediction),
     Influence(Box<Influence>),
+    Detect(Box<Detection>),
     Filter {
         input: Box<Node>,
         predicate: Expr,
@@ -538,6 +558,7 @@ impl Node {
             }
             NodeKind::Predict(_)
             | NodeKind::Influence(_)
+            | NodeKind::Detect(_)
             | NodeKind::Table { .. }
             | NodeKind::Limit { .. }
             | NodeKind::Distinct { .. }
@@ -554,9 +575,11 @@ impl Node {
     /// The operators this one reads from, left to right (a WITH's tables, then its body).
     pub fn inputs(&self) -> Vec<&Node> {
         match &self.kind {
-            NodeKind::Attribute(_) | NodeKind::Predict(_) | NodeKind::Influence(_) | NodeKind::Table { .. } => {
-                Vec::new()
-            }
+            NodeKind::Attribute(_)
+            | NodeKind::Predict(_)
+            | NodeKind::Influence(_)
+            | NodeKind::Detect(_)
+            | NodeKind::Table { .. } => Vec::new(),
             NodeKind::Filter { input, .. }
             | NodeKind::Aggregate { input, .. }
             | NodeKind::Project { input, .. }
@@ -573,9 +596,11 @@ impl Node {
     /// `inputs`, to change them in place: the one walk every rewrite shares.
     pub fn inputs_mut(&mut self) -> Vec<&mut Node> {
         match &mut self.kind {
-            NodeKind::Attribute(_) | NodeKind::Predict(_) | NodeKind::Influence(_) | NodeKind::Table { .. } => {
-                Vec::new()
-            }
+            NodeKind::Attribute(_)
+            | NodeKind::Predict(_)
+            | NodeKind::Influence(_)
+            | NodeKind::Detect(_)
+            | NodeKind::Table { .. } => Vec::new(),
             NodeKind::Filter { input, .. }
             | NodeKind::Aggregate { input, .. }
             | NodeKind::Project { input, .. }
@@ -697,6 +722,19 @@ impl Node {
                     )?;
                 }
                 Ok(())
+            }
+            NodeKind::Detect(d) => {
+                writeln!(
+                    f,
+                    "{pad}{arrow}Detect {}({}) USING {} AT LAYER {}",
+                    d.model, d.data, d.detector, d.layer.name
+                )?;
+                writeln!(
+                    f,
+                    "{pad}   a score per input from its activations at {}, class by class ({})",
+                    d.layer.name,
+                    if d.detector.by_label() { "labels" } else { "predictions" }
+                )
             }
             NodeKind::Influence(i) => {
                 let layers = match &i.layers {

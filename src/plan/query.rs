@@ -385,6 +385,17 @@ fn plan_join(j: &Join, catalog: &dyn Catalog) -> Result<Node> {
         JoinKind::AntiJoin => "ANTIJOIN",
     };
     let (lc, rc) = (clauses(&j.left), clauses(&j.right));
+    for side in [&lc, &rc] {
+        if let Some(u) = &side.using
+            && crate::ops::detect::detector_info(&u.name.name).is_some()
+        {
+            return Err(
+                Error::value(format!("{} scores one dataset, not a {word}", u.name.name))
+                    .at(u.span)
+                    .hint("score each side and join the tables on input"),
+            );
+        }
+    }
     if let Some(e) = lc.evaluate.as_ref().or(rc.evaluate.as_ref()) {
         return Err(Error::value(format!("EVALUATE judges one interpretation, not a {word}"))
             .at(e.span)
