@@ -19,6 +19,7 @@ from captum.attr import (LRP, DeepLiftShap, Deconvolution, FeaturePermutation, G
 
 sys.path.insert(0, os.path.dirname(__file__))
 from captum_baseline import load  # noqa: E402
+from engine_rng import EngineRng  # noqa: E402
 
 warnings.filterwarnings("ignore")
 torch.set_num_threads(2)
@@ -185,53 +186,6 @@ def patch_mask(size, patch):
     row-major order of the patches (the engine's GRANULARITY patch(k) groups)."""
     per_row = -(-size // patch)
     return torch.tensor([[(r // patch) * per_row + c // patch for c in range(size)] for r in range(size)]).reshape(1, 1, size, size)
-
-
-class EngineRng:
-    """The engine's generator (src/ops/rng.rs: xoshiro256** seeded by splitmix64), so
-    that Captum can be given the very coalitions the engine draws."""
-
-    M = (1 << 64) - 1
-
-    def __init__(self, seed, stream):
-        st = (seed ^ (stream * 0xD1B54A32D192ED03)) & self.M
-        self.s = []
-        for _ in range(4):
-            st = (st + 0x9E3779B97F4A7C15) & self.M
-            z = st
-            z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & self.M
-            z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & self.M
-            self.s.append(z ^ (z >> 31))
-
-    def next_u64(self):
-        s, M = self.s, self.M
-        rotl = lambda x, k: ((x << k) | (x >> (64 - k))) & M
-        result = (rotl((s[1] * 5) & M, 7) * 9) & M
-        t = (s[1] << 17) & M
-        s[2] ^= s[0]
-        s[3] ^= s[1]
-        s[1] ^= s[2]
-        s[0] ^= s[3]
-        s[2] ^= t
-        s[3] = rotl(s[3], 45)
-        return result
-
-    def uniform(self):
-        return (self.next_u64() >> 11) * (1.0 / (1 << 53))
-
-    def below(self, n):
-        zone = self.M - self.M % n
-        while True:
-            v = self.next_u64()
-            if v < zone:
-                return v % n
-
-    def permutation(self, n):
-        p = list(range(n))
-        for i in range(n - 1, 0, -1):
-            j = self.below(i + 1)
-            p[i], p[j] = p[j], p[i]
-        return p
 
 
 def engine_coalitions(kind, seed, stream, samples, groups):

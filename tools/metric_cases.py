@@ -17,7 +17,6 @@ tools/captum_baseline.py for the setup). Run from the repository root:
   entropy of |a|/Σ|a|).
 """
 
-import math
 import os
 import sys
 import warnings
@@ -30,56 +29,11 @@ from captum.metrics import infidelity, sensitivity_max
 
 sys.path.insert(0, os.path.dirname(__file__))
 from captum_baseline import load  # noqa: E402
+from engine_rng import EngineRng as Rng  # noqa: E402
 
 warnings.filterwarnings("ignore")
 torch.set_num_threads(2)
 OUT = "tests/fixtures/metrics"
-M = (1 << 64) - 1
-
-
-def _splitmix(state):
-    state = (state + 0x9E3779B97F4A7C15) & M
-    z = state
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M
-    return state, z ^ (z >> 31)
-
-
-def _rotl(x, k):
-    return ((x << k) | (x >> (64 - k))) & M
-
-
-class Rng:
-    """src/ops/rng.rs: xoshiro256** seeded by splitmix64 from (seed, stream)."""
-
-    def __init__(self, seed, stream):
-        st = (seed ^ ((stream * 0xD1B54A32D192ED03) & M)) & M
-        self.s = []
-        for _ in range(4):
-            st, v = _splitmix(st)
-            self.s.append(v)
-
-    def next_u64(self):
-        s = self.s
-        result = (_rotl((s[1] * 5) & M, 7) * 9) & M
-        t = (s[1] << 17) & M
-        s[2] ^= s[0]
-        s[3] ^= s[1]
-        s[1] ^= s[2]
-        s[0] ^= s[3]
-        s[2] ^= t
-        s[3] = _rotl(s[3], 45)
-        return result
-
-    def uniform(self):
-        return (self.next_u64() >> 11) * (1.0 / (1 << 53))
-
-    def normal(self):
-        u1 = 1.0 - self.uniform()
-        u2 = self.uniform()
-        return math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)
-
-
 def engine_noise(ids, samples, d, seed, draw):
     """(len(ids)·samples, d) float32: input i's sample s, feature f, in that order."""
     rows = []
@@ -96,19 +50,7 @@ def engine_subsets(ids, samples, g, k, seed):
     out = {}
     for i in ids:
         rng = Rng(seed, int(i))
-        subsets = []
-        for _ in range(samples):
-            p = list(range(g))
-            for j in range(g - 1, 0, -1):
-                n = j + 1
-                zone = M - M % n
-                while True:
-                    v = rng.next_u64()
-                    if v < zone:
-                        break
-                r = v % n
-                p[j], p[r] = p[r], p[j]
-            subsets.append(p[:k])
+        subsets = [rng.permutation(g)[:k] for _ in range(samples)]
         out[int(i)] = subsets
     return out
 

@@ -3,7 +3,7 @@
 //! target checked) and the poisoned-data detectors (`m(d) USING spectral_signature AT
 //! LAYER l`).
 
-use super::interpret::resolve_layer;
+use super::interpret::{given_params, resolve_layer};
 use super::*;
 use crate::ops::{GivenParam, ParamKind, ParamSpec, Params};
 use crate::syntax::ast::{self, TargetKind};
@@ -71,18 +71,7 @@ pub(super) fn plan_influence(i: &ast::Influence, catalog: &dyn Catalog) -> Resul
         .at(m.name.span));
     }
     let given: Vec<GivenParam> = match method {
-        Some(m) => m
-            .params
-            .iter()
-            .map(|p| {
-                Ok(GivenParam {
-                    name: &p.name.name,
-                    name_span: p.name.span,
-                    value: resolve_literal(&p.value, catalog)?,
-                    value_span: p.value.span,
-                })
-            })
-            .collect::<Result<_>>()?,
+        Some(m) => given_params(&m.params, catalog)?,
         None => Vec::new(),
     };
     let params = Params::resolve("tracin", TRACIN_PARAMS, &given, &|_| None)?;
@@ -196,18 +185,7 @@ pub(super) fn plan_detection(
                 )));
         }
     };
-    let given: Vec<GivenParam> = using
-        .params
-        .iter()
-        .map(|p| {
-            Ok(GivenParam {
-                name: &p.name.name,
-                name_span: p.name.span,
-                value: resolve_literal(&p.value, catalog)?,
-                value_span: p.value.span,
-            })
-        })
-        .collect::<Result<_>>()?;
+    let given = given_params(&using.params, catalog)?;
     let detector = crate::ops::detect::resolve_detector(info, &given, &|s| catalog.setting(s))
         .map_err(|e| e.at(using.name.span))?;
     if detector.by_label() && !data_info.has_labels {

@@ -11,7 +11,7 @@ use crate::syntax::ast::{
 };
 
 /// The parameters of a call as written, with script variables replaced.
-fn given_params<'a>(params: &'a [ast::Param], catalog: &dyn Catalog) -> Result<Vec<GivenParam<'a>>> {
+pub(super) fn given_params<'a>(params: &'a [ast::Param], catalog: &dyn Catalog) -> Result<Vec<GivenParam<'a>>> {
     params
         .iter()
         .map(|p| {
