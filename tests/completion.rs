@@ -123,6 +123,10 @@ fn methods_and_their_parameters() {
         words(&s, "SELECT * FROM INFLUENCE OF cnn(digits) ON cnn(digits[0]) USING "),
         vec!["tracin"]
     );
+    // TCAV: the models, then the concepts (datasets) inside CONCEPTS (…)
+    assert!(words(&s, "SELECT * FROM ").contains(&"TCAV".to_string()));
+    assert!(words(&s, "SELECT * FROM TCAV ").contains(&"cnn".to_string()));
+    assert!(words(&s, "SELECT * FROM TCAV cnn(digits) AT LAYER fc1 CONCEPTS (dig").contains(&"digits".to_string()));
     // EVALUATE's metrics, and each metric's parameters (after a comma too)
     let metrics = words(&s, "SELECT * FROM cnn(digits[0]) USING saliency EVALUATE ");
     assert!(metrics.contains(&"deletion".to_string()), "{metrics:?}");

@@ -7,6 +7,7 @@ mod case_studies;
 mod cli;
 mod common;
 mod completion;
+mod concepts;
 mod corpus;
 mod detectors;
 mod determinism;

@@ -290,6 +290,10 @@ const TOPICS: &[(&str, &str)] = &[
     ),
     ("SHOW", "SHOW MODELS | DATA | METHODS | LAYERS OF m | CACHE | SETTINGS;"),
     (
+        "CONCEPT",
+        "CONCEPT name = d[…] [WITH …];  a set of examples of a concept (a dataset, as LET), for TCAV:\nSELECT * FROM TCAV m(d) AT LAYER l CONCEPTS (name, …) [RANDOM n] [TARGET k];  columns concept, layer, target, tcav_score, random_score, p_value\n(Captum's TCAV: a logistic-regression CAV per concept against each of n random sets of d (default 10), the score the fraction of d's inputs\nwhose target output grows along it, p from a t-test against random-vs-random CAVs; SET seed draws other random sets)",
+    ),
+    (
         "SET",
         "SET name = value;  settings: method, steps, seed, batch_size, memory_mb, cache_mb, allow_nonfinite (SHOW SETTINGS)",
     ),

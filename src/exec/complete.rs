@@ -16,6 +16,7 @@ pub(crate) const STATEMENTS: &[&str] = &[
     "SET",
     "VAR",
     "LET",
+    "CONCEPT",
     "EXPORT",
     "PLAN",
 ];
@@ -188,11 +189,19 @@ impl Session {
                 models
             }
             (_, Some("INFLUENCE")) => owned(&["OF"]),
+            (_, Some("TCAV")) => models,
+            (_, Some("CONCEPTS")) => owned(&["("]),
+            (Some("CONCEPTS"), Some("(")) | (_, Some(","))
+                if tokens.iter().any(|t| t.eq_ignore_ascii_case("CONCEPTS")) =>
+            {
+                datasets
+            }
             (_, Some("FROM" | "JOIN")) => {
                 let mut c = models;
                 c.push("PREDICT".into());
                 if last.as_deref() == Some("FROM") {
                     c.push("INFLUENCE OF".into());
+                    c.push("TCAV".into());
                 }
                 c.extend(self.tables_in(&tokens));
                 c

@@ -16,6 +16,7 @@ mod relation;
 mod relational;
 mod report;
 mod show;
+mod tcav;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

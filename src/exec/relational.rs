@@ -130,6 +130,7 @@ fn build(node: &Node, state: &mut State) -> Result<LazyFrame> {
         NodeKind::Predict(p) => run_prediction(state, p)?.lazy(),
         NodeKind::Influence(i) => super::influence::run_influence(state, i)?.lazy(),
         NodeKind::Detect(d) => super::detect::run_detection(state, d)?.lazy(),
+        NodeKind::Tcav(t) => super::tcav::run_tcav(state, t)?.lazy(),
         NodeKind::Filter { input, predicate } => build(input, state)?.filter(expr(predicate)?),
         NodeKind::Aggregate {
             input,

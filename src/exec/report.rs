@@ -138,6 +138,7 @@ fn all_sources(node: &crate::plan::Node) -> Vec<(String, DatasetRef)> {
             NodeKind::Attribute(a) => add(&a.model, &a.data),
             NodeKind::Predict(p) => add(&p.model, &p.data),
             NodeKind::Detect(d) => add(&d.model, &d.data),
+            NodeKind::Tcav(t) => add(&t.model, &t.data),
             NodeKind::Influence(i) => {
                 add(&i.model, &i.train);
                 add(&i.model, &i.test);

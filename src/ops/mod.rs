@@ -5,6 +5,7 @@
 
 pub mod attack;
 pub mod cam;
+pub mod concepts;
 pub mod detect;
 pub mod gradient;
 pub mod influence;

@@ -5,7 +5,7 @@
 
 use super::interpret::{given_params, resolve_layer};
 use super::*;
-use crate::ops::{GivenParam, ParamKind, ParamSpec, Params};
+use crate::ops::{GivenParam, ParamKind, ParamSpec, ParamValue, Params};
 use crate::syntax::ast::{self, TargetKind};
 
 /// `tracin`'s parameters.
@@ -207,5 +207,98 @@ pub(super) fn plan_detection(
             detector,
         })),
         columns,
+    ))
+}
+
+/// `TCAV m(d) AT LAYER l CONCEPTS (a, …) [RANDOM n] [TARGET k]`.
+pub(super) fn plan_tcav(t: &ast::Tcav, catalog: &dyn Catalog) -> Result<Node> {
+    let (bound, model) = resolve_call_model(&t.call, catalog)?;
+    let (data, info) = resolve_model_input(&t.call.data, catalog, &model, &t.call.model.name, true)?;
+    let layer = resolve_layer(&t.layer, &model, &t.call.model.name)?;
+    let width: usize = info.sample_shape.iter().product();
+    let mut concepts = Vec::new();
+    for c in &t.concepts {
+        let Some(ci) = catalog.dataset(&c.name) else {
+            return Err(Error::unknown("concept", &c.name, &catalog.dataset_names(), "datasets")
+                .at(c.span)
+                .hint(format!("define it first: CONCEPT {} = dataset[…];", c.name)));
+        };
+        if ci.sample_shape.iter().product::<usize>() != width {
+            return Err(Error::shape(format!(
+                "concept `{}` holds inputs of shape {:?}, and `{}` reads {:?}",
+                c.name, ci.sample_shape, t.call.model.name, model.input_shape
+            ))
+            .at(c.span));
+        }
+        if ci.len < 2 {
+            return Err(Error::value(format!(
+                "concept `{}` holds {} input; a CAV needs at least 2",
+                c.name, ci.len
+            ))
+            .at(c.span));
+        }
+        if concepts.contains(&c.name) {
+            return Err(Error::value(format!("concept `{}` is named twice", c.name)).at(c.span));
+        }
+        concepts.push(c.name.clone());
+    }
+    let random = match &t.random {
+        None => 10,
+        Some(v) => {
+            let n = resolve_int(v, catalog, "RANDOM's count")?;
+            if !(2..=500).contains(&n) {
+                return Err(Error::value(format!(
+                    "RANDOM takes 2 to 500 random sets (a t-test needs two), got {n}"
+                ))
+                .at(v.span));
+            }
+            n as usize
+        }
+    };
+    if info.len < 4 {
+        return Err(Error::value(format!(
+            "`{}` holds {} inputs: too few to draw random sets from",
+            data.name, info.len
+        ))
+        .at(t.call.data.span));
+    }
+    let target = match t.target.as_ref().map(|x| (&x.kind, x.span)) {
+        None | Some((TargetKind::Predicted, _)) => TargetSpec::Predicted,
+        Some((TargetKind::Label, span)) => {
+            if !info.has_labels {
+                return Err(Error::value(format!("TARGET LABEL needs labels, and `{}` has none", data.name)).at(span));
+            }
+            TargetSpec::Label
+        }
+        Some((TargetKind::Class(v), span)) => {
+            let k = resolve_int(v, catalog, "a class")?;
+            if k < 0 || k as usize >= model.output_len {
+                return Err(Error::value(format!(
+                    "class {k} is out of range: `{}` has {} outputs",
+                    t.call.model.name, model.output_len
+                ))
+                .at(span));
+            }
+            TargetSpec::Class(k as usize)
+        }
+        Some((_, span)) => {
+            return Err(Error::value("TCAV takes a class target: TARGET PREDICTED, LABEL or a class").at(span));
+        }
+    };
+    let seed = match catalog.setting("seed") {
+        Some(ParamValue::Number(n)) if n >= 0.0 => n as u64,
+        _ => 0,
+    };
+    Ok(Node::new(
+        NodeKind::Tcav(Box::new(TcavSpec {
+            model: bound,
+            data,
+            layer,
+            concepts,
+            random,
+            target,
+            seed,
+        })),
+        TCAV_COLUMNS.iter().map(|c| c.to_string()).collect(),
     ))
 }

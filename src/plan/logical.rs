@@ -430,6 +430,22 @@ pub fn detection_columns(d: &crate::ops::detect::Detector) -> Vec<String> {
     cols.into_iter().map(String::from).collect()
 }
 
+/// TCAV (Kim et al. 2018, as Captum's `TCAV`): concepts' activation vectors at a layer
+/// against random sets of the explained data.
+#[derive(Clone, Debug)]
+pub struct TcavSpec {
+    pub model: String,
+    pub data: DatasetRef,
+    pub layer: LayerRef,
+    pub concepts: Vec<String>,
+    /// How many random sets (and so CAVs per concept, and random-vs-random CAVs).
+    pub random: usize,
+    pub target: TargetSpec,
+    pub seed: u64,
+}
+
+pub const TCAV_COLUMNS: &[&str] = &["concept", "layer", "target", "tcav_score", "random_score", "p_value"];
+
 /// The influence relation: a row per training sample and test input.
 pub const INFLUENCE_COLUMNS: &[&str] = &["input", "label", "test_input", "influence"];
 
@@ -455,6 +471,7 @@ pub enum NodeKind {
     Predict(Prediction),
     Influence(Box<Influence>),
     Detect(Box<Detection>),
+    Tcav(Box<TcavSpec>),
     Filter {
         input: Box<Node>,
         predicate: Expr,
@@ -559,6 +576,7 @@ impl Node {
             NodeKind::Predict(_)
             | NodeKind::Influence(_)
             | NodeKind::Detect(_)
+            | NodeKind::Tcav(_)
             | NodeKind::Table { .. }
             | NodeKind::Limit { .. }
             | NodeKind::Distinct { .. }
@@ -579,6 +597,7 @@ impl Node {
             | NodeKind::Predict(_)
             | NodeKind::Influence(_)
             | NodeKind::Detect(_)
+            | NodeKind::Tcav(_)
             | NodeKind::Table { .. } => Vec::new(),
             NodeKind::Filter { input, .. }
             | NodeKind::Aggregate { input, .. }
@@ -600,6 +619,7 @@ impl Node {
             | NodeKind::Predict(_)
             | NodeKind::Influence(_)
             | NodeKind::Detect(_)
+            | NodeKind::Tcav(_)
             | NodeKind::Table { .. } => Vec::new(),
             NodeKind::Filter { input, .. }
             | NodeKind::Aggregate { input, .. }
@@ -722,6 +742,26 @@ impl Node {
                     )?;
                 }
                 Ok(())
+            }
+            NodeKind::Tcav(t) => {
+                writeln!(
+                    f,
+                    "{pad}{arrow}TCAV {}({}) AT LAYER {} CONCEPTS ({})",
+                    t.model,
+                    t.data,
+                    t.layer.name,
+                    t.concepts.join(", ")
+                )?;
+                let target = match &t.target {
+                    TargetSpec::Class(c) => format!("class {c}"),
+                    TargetSpec::Label => "label".to_string(),
+                    _ => "predicted".to_string(),
+                };
+                writeln!(
+                    f,
+                    "{pad}   {} random sets of {} (seed {}), target {target}",
+                    t.random, t.data.name, t.seed
+                )
             }
             NodeKind::Detect(d) => {
                 writeln!(

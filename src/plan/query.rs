@@ -89,6 +89,7 @@ fn plan_source(source: &Source, catalog: &dyn Catalog) -> Result<(Node, Vec<Side
         Source::Interpretation(i) => Ok((plan_interpretation(i, catalog)?, Vec::new())),
         Source::Predict(p) => Ok((plan_prediction(p, catalog)?, Vec::new())),
         Source::Influence(i) => Ok((super::influence::plan_influence(i, catalog)?, Vec::new())),
+        Source::Tcav(t) => Ok((super::influence::plan_tcav(t, catalog)?, Vec::new())),
         Source::PredictJoin(j) => Ok((plan_predict_join(j, catalog)?, Vec::new())),
         Source::Subquery { query, alias } => Ok(named(plan_query(query, catalog)?, alias.as_ref())),
         Source::Join(j) => Ok((plan_join(j, catalog)?, Vec::new())),

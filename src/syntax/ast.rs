@@ -211,6 +211,19 @@ pub enum Source {
     TableJoin(Box<TableJoin>),
     /// `INFLUENCE OF m(train) ON m(test) [USING tracin(…)] [TARGET k]`.
     Influence(Box<Influence>),
+    /// `TCAV m(d) AT LAYER l CONCEPTS (a, …) [RANDOM n] [TARGET k]`.
+    Tcav(Box<Tcav>),
+}
+
+/// Testing with concept activation vectors: the concepts are datasets.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tcav {
+    pub call: ModelCall,
+    pub layer: Ident,
+    pub concepts: Vec<Ident>,
+    pub random: Option<Value>,
+    pub target: Option<Target>,
+    pub span: Span,
 }
 
 /// Training-data attribution: the training inputs and the test inputs they influence.
@@ -995,6 +1008,23 @@ impl fmt::Display for Source {
         match self {
             Source::Interpretation(i) => write!(f, "{i}"),
             Source::Predict(p) => write!(f, "{p}"),
+            Source::Tcav(t) => {
+                let concepts: Vec<String> = t.concepts.iter().map(|c| c.to_string()).collect();
+                write!(
+                    f,
+                    "TCAV {} AT LAYER {} CONCEPTS ({})",
+                    t.call,
+                    t.layer,
+                    concepts.join(", ")
+                )?;
+                if let Some(r) = &t.random {
+                    write!(f, " RANDOM {r}")?;
+                }
+                if let Some(k) = &t.target {
+                    write!(f, " TARGET {k}")?;
+                }
+                Ok(())
+            }
             Source::Influence(i) => {
                 write!(f, "INFLUENCE OF {} ON {}", i.train, i.test)?;
                 if let Some(m) = &i.method {

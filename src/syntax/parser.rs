@@ -325,6 +325,13 @@ fn visit_statement(pair: Pair<Rule>) -> Result<Statement> {
                 StatementKind::Var { name, value }
             }
         }
+        Rule::concept_stmt => {
+            let name = visit_ident(c.next()?)?;
+            StatementKind::Let {
+                name,
+                dataset: visit_dataset(c.next()?)?,
+            }
+        }
         Rule::let_stmt => {
             let name = visit_ident(c.next()?)?;
             let value = c.next()?;
@@ -598,6 +605,38 @@ fn visit_source(pair: Pair<Rule>) -> Result<Source> {
     match inner.as_rule() {
         Rule::table_source => visit_table_source(inner),
         Rule::predict_source => Ok(Source::Predict(Box::new(visit_predict(&mut Children::of(inner))?))),
+        Rule::tcav_source => {
+            let sp = span(&inner);
+            let mut tc = Children::of(inner);
+            tc.skip_keywords();
+            let call = visit_model_call(tc.next()?)?;
+            let at = tc.next()?;
+            let mut ac = Children::of(at);
+            ac.skip_keywords();
+            let layer = visit_ident(ac.next()?)?;
+            tc.skip_keywords();
+            let mut concepts = Vec::new();
+            while let Some(c) = tc.take(Rule::ident) {
+                concepts.push(visit_ident(c)?);
+            }
+            let random = match tc.take(Rule::tcav_random) {
+                Some(r) => {
+                    let mut rc = Children::of(r);
+                    rc.skip_keywords();
+                    Some(visit_int_value(rc.next()?)?)
+                }
+                None => None,
+            };
+            let target = visit_clauses(tc.inner.by_ref())?.target;
+            Ok(Source::Tcav(Box::new(Tcav {
+                call,
+                layer,
+                concepts,
+                random,
+                target,
+                span: sp,
+            })))
+        }
         Rule::influence_source => {
             let sp = span(&inner);
             let mut ic = Children::of(inner);
@@ -1512,6 +1551,9 @@ fn rule_name(rule: &Rule) -> String {
         Rule::through_clause => "THROUGH LAYER".into(),
         Rule::evaluate_clause => "EVALUATE".into(),
         Rule::influence_source => "INFLUENCE OF m(train) ON m(test)".into(),
+        Rule::tcav_source => "TCAV m(d) AT LAYER l CONCEPTS (…)".into(),
+        Rule::tcav_random => "RANDOM n".into(),
+        Rule::concept_stmt => "CONCEPT".into(),
         Rule::all_layers => "`*`".into(),
         Rule::target_similarity => "SIMILARITY(…)".into(),
         Rule::target_unit => "a unit layer[i, …]".into(),
@@ -1553,7 +1595,7 @@ fn rule_name(rule: &Rule) -> String {
 
 /// The words a statement starts with.
 pub const STATEMENT_WORDS: &[&str] = &[
-    "EXPORT", "LET", "LOAD", "PLAN", "PREDICT", "SELECT", "SET", "SHOW", "VAR", "WITH",
+    "CONCEPT", "EXPORT", "LET", "LOAD", "PLAN", "PREDICT", "SELECT", "SET", "SHOW", "VAR", "WITH",
 ];
 
 /// Converts pest's error once, at the boundary: a span and a sentence naming what was
