@@ -323,7 +323,7 @@ fn misspelt_statements_are_named() {
         let err = s.execute(text).err().unwrap_or_else(|| panic!("{text} should fail"));
         let shown = err.render(text, "q");
         assert!(
-            shown.contains("expected a statement: EXPORT, LET, LOAD, PLAN, PREDICT, SELECT"),
+            shown.contains("expected a statement: CONCEPT, EXPORT, LET, LOAD, PLAN, PREDICT, SELECT"),
             "{shown}"
         );
         assert!(shown.contains(&format!("did you mean {guess}?")), "{shown}");

@@ -96,6 +96,38 @@ fn tracin_matches_torch_on_both_backdoors() {
     check("TARGET 3", &got, &want);
 }
 
+/// TracInCP: three epochs' checkpoints of a CNN trained on the poisoned set
+/// (tools/tracin_checkpoints.py), each term scaled by its learning rate, against float64
+/// torch; the test inputs' targets are the final weights' predictions.
+#[test]
+fn tracincp_sums_the_checkpoints() {
+    let mut s = session(
+        "LOAD MODEL m FROM 'tests/fixtures/checkpoints/e3.safetensors' ARCH 'models/digits_cnn_backdoor.json'
+             CHECKPOINTS ('tests/fixtures/checkpoints/e1.safetensors' RATE 0.1, 'tests/fixtures/checkpoints/e2.safetensors' RATE 0.1,
+                          'tests/fixtures/checkpoints/e3.safetensors' RATE 0.1);
+         LOAD DATA train FROM 'data/digits_backdoor_train_x.npy' LABELS 'data/digits_backdoor_train_y.npy';
+         LOAD DATA test FROM 'data/digits_test_x.npy' LABELS 'data/digits_test_y.npy';",
+    );
+    let want = npy(&fixture("checkpoints/tracincp_last.npy")).1;
+    let mut got = matrix(&mut s, "test[0:3]", "");
+    got.extend(matrix(&mut s, "test[5] WITH SET rows 6:8, cols 6:8 = 1.0", ""));
+    check("TracInCP", &got, &want);
+    let want = npy(&fixture("checkpoints/tracincp_last_self.npy")).1;
+    let df = query(
+        &mut s,
+        "SELECT influence FROM INFLUENCE OF m(train) ON m(train) ORDER BY input",
+    );
+    check("TracInCP self-influence", &column_f64(&df, "influence"), &want);
+    // A checkpoint of another architecture is refused when it loads.
+    assert_errors(
+        &mut s,
+        &[(
+            "LOAD MODEL bad FROM 'models/digits_cnn.safetensors' ARCH 'models/digits_cnn.json' CHECKPOINTS ('models/cancer_mlp.safetensors')",
+            "cancer_mlp",
+        )],
+    );
+}
+
 #[test]
 fn influence_errors() {
     let mut s = setup("digits_cnn_backdoor", "digits_backdoor");

@@ -49,6 +49,7 @@ const TRICKY: &[&str] = &[
     "SELECT input, influence FROM INFLUENCE OF m(train) ON m(train);",
     "SELECT * FROM m(train) USING activation_clustering(dims = 5) AT LAYER fc1 WHERE suspicious;",
     "CONCEPT stripes = d[0:30] WITH SET rows 0:2, cols 0:8 = 1;",
+    "LOAD MODEL m FROM 'e3.safetensors' ARCH 'm.json' CHECKPOINTS ('e1.safetensors' RATE 0.1, 'e2.safetensors', :third RATE :lr);",
     "SELECT concept, p_value FROM TCAV m(d[0:50]) AT LAYER fc1 CONCEPTS (stripes, dots) RANDOM 20 TARGET 7;",
     "SELECT a - -b, -(a + b) * c, NOT a = b AND c OR d FROM m(d);",
     "SELECT * FROM m(d) WHERE x NOT IN (1, 2.5, 'a''b') AND y IS NOT NULL OR z IS NULL;",

@@ -286,7 +286,7 @@ const META: &[(&str, &str)] = &[
 const TOPICS: &[(&str, &str)] = &[
     (
         "LOAD",
-        "LOAD MODEL m FROM 'weights.safetensors' ARCH 'arch.json';  (or .pth)\nLOAD DATA d FROM 'x.npy' [LABELS 'y.npy'];  LOAD DATA t FROM 't.csv' LABEL COLUMN c;  (or .parquet)\nLOAD DATA d FROM 'x.npy' SHAPE (1, 8, 8) [LABELS …];  each input's values read as that shape (an (N, 64) array, 64 pixel columns)",
+        "LOAD MODEL m FROM 'weights.safetensors' ARCH 'arch.json';  (or .pth)\nLOAD DATA d FROM 'x.npy' [LABELS 'y.npy'];  LOAD DATA t FROM 't.csv' LABEL COLUMN c;  (or .parquet)\nLOAD DATA d FROM 'x.npy' SHAPE (1, 8, 8) [LABELS …];  each input's values read as that shape (an (N, 64) array, 64 pixel columns)\nLOAD MODEL m FROM 'final.safetensors' ARCH 'm.json' CHECKPOINTS ('e1.safetensors' RATE 0.1, …);  earlier weights for TracInCP (INFLUENCE)",
     ),
     ("SHOW", "SHOW MODELS | DATA | METHODS | LAYERS OF m | CACHE | SETTINGS;"),
     (

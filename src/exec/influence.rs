@@ -11,7 +11,15 @@ use crate::ops::influence::{influence, loss_gradients, norm, parameter_layers};
 use crate::plan::{Influence, InfluenceLayers, TargetSpec};
 
 pub(super) fn run_influence(state: &mut State, i: &Influence) -> Result<DataFrame> {
-    let model = state.model(&i.model)?.model.clone();
+    let loaded = state.model(&i.model)?;
+    let model = loaded.model.clone();
+    // TracInCP: the sum over the checkpoints, each term scaled by its learning rate; else
+    // TracIn on the loaded weights.
+    let weights: Vec<(std::sync::Arc<crate::model::Model>, f64)> = if loaded.checkpoints.is_empty() {
+        vec![(model.clone(), 1.0)]
+    } else {
+        loaded.checkpoints.clone()
+    };
     let layers = match &i.layers {
         InfluenceLayers::Last => parameter_layers(&model, None, false)?,
         InfluenceLayers::All => parameter_layers(&model, None, true)?,
@@ -40,30 +48,17 @@ pub(super) fn run_influence(state: &mut State, i: &Influence) -> Result<DataFram
     } else {
         Some(state.select(&i.test)?)
     };
-    let total = train.len() + test.as_ref().map_or(0, |t| t.len());
+    let total = (train.len() + test.as_ref().map_or(0, |t| t.len())) * weights.len();
     let progress = state.progress(format!("tracin {}", i.train), total, "inputs");
     let report = crate::output::progress::reporter(&progress);
     control.on_progress = Some(&report);
 
-    let train_grads = loss_gradients(&model, &train.values()?, &classes, &layers, batch_rows, &control)?;
+    let train_values = train.values()?;
     let train_ids = train.ids();
-    let (mut c_input, mut c_label, mut c_test, mut c_influence) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    match &test {
-        None => {
-            for (k, g) in train_grads.iter().enumerate() {
-                let value = influence(g, g);
-                c_input.push(train_ids[k]);
-                c_label.push(labels[k]);
-                c_test.push(train_ids[k]);
-                c_influence.push(if i.normalize {
-                    cosine(value, norm(g), norm(g))
-                } else {
-                    value
-                });
-            }
-        }
+    // The test inputs and their targets (at the loaded weights' predictions).
+    let test_part = match &test {
+        None => None,
         Some(test) => {
-            let values = test.values()?;
             let targets: Vec<usize> = match &i.target {
                 TargetSpec::Class(c) => vec![*c; test.len()],
                 TargetSpec::Label => test
@@ -81,24 +76,60 @@ pub(super) fn run_influence(state: &mut State, i: &Influence) -> Result<DataFram
                     logits.iter().map(|row| argmax(&row[..out.min(row.len())])).collect()
                 }
             };
-            let test_grads = loss_gradients(&model, &values, &targets, &layers, batch_rows, &control)?;
-            let train_norms: Vec<f64> = train_grads.iter().map(|g| norm(g)).collect();
-            for (t, tg) in test_grads.iter().enumerate() {
-                let tnorm = norm(tg);
+            Some((test.values()?, targets, test.ids()))
+        }
+    };
+    let (n_train, n_test) = (train.len(), test_part.as_ref().map_or(1, |t| t.2.len()));
+    let mut sums = vec![0.0f64; n_train * n_test];
+    for (weights_k, rate) in &weights {
+        let layers_k = match &i.layers {
+            InfluenceLayers::Last => parameter_layers(weights_k, None, false)?,
+            InfluenceLayers::All => parameter_layers(weights_k, None, true)?,
+            InfluenceLayers::Named(_) => layers.clone(),
+        };
+        let train_grads = loss_gradients(weights_k, &train_values, &classes, &layers_k, batch_rows, &control)?;
+        match &test_part {
+            None => {
                 for (k, g) in train_grads.iter().enumerate() {
-                    let value = influence(g, tg);
-                    c_input.push(train_ids[k]);
-                    c_label.push(labels[k]);
-                    c_test.push(test.ids()[t]);
-                    c_influence.push(if i.normalize {
-                        cosine(value, train_norms[k], tnorm)
-                    } else {
-                        value
-                    });
+                    let value = influence(g, g);
+                    sums[k] += rate
+                        * if i.normalize {
+                            cosine(value, norm(g), norm(g))
+                        } else {
+                            value
+                        };
+                }
+            }
+            Some((values, targets, _)) => {
+                let test_grads = loss_gradients(weights_k, values, targets, &layers_k, batch_rows, &control)?;
+                let train_norms: Vec<f64> = train_grads.iter().map(|g| norm(g)).collect();
+                for (t, tg) in test_grads.iter().enumerate() {
+                    let tnorm = norm(tg);
+                    for (k, g) in train_grads.iter().enumerate() {
+                        let value = influence(g, tg);
+                        sums[t * n_train + k] += rate
+                            * if i.normalize {
+                                cosine(value, train_norms[k], tnorm)
+                            } else {
+                                value
+                            };
+                    }
                 }
             }
         }
     }
+    let (mut c_input, mut c_label, mut c_test) = (Vec::new(), Vec::new(), Vec::new());
+    for t in 0..n_test {
+        for k in 0..n_train {
+            c_input.push(train_ids[k]);
+            c_label.push(labels[k]);
+            c_test.push(match &test_part {
+                None => train_ids[k],
+                Some((_, _, ids)) => ids[t],
+            });
+        }
+    }
+    let c_influence = sums;
     let rows = c_input.len();
     Ok(DataFrame::new(
         rows,

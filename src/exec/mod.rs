@@ -74,6 +74,8 @@ pub struct LoadedModel {
     pub base: Arc<Model>,
     /// The names of its outputs (CLASSES).
     pub classes: Option<Arc<Vec<String>>>,
+    /// CHECKPOINTS: earlier weights and their learning rates, for TracInCP.
+    pub checkpoints: Vec<(Arc<Model>, f64)>,
 }
 
 /// The session's settings (`SET name = value`; SHOW SETTINGS lists them).
@@ -594,6 +596,7 @@ impl State {
                 arch,
                 head,
                 classes,
+                checkpoints,
             } => {
                 let mut model = match &arch {
                     Some(arch) => Model::load(&weights, arch)?,
@@ -668,6 +671,32 @@ impl State {
                     }
                     None => None,
                 };
+                // Checkpoints load as the model does (the same ARCH) and must match it.
+                let mut kept = Vec::with_capacity(checkpoints.len());
+                for (path, rate) in &checkpoints {
+                    let mut cp = if arch == weights {
+                        crate::model::onnx::load(path, self.settings.max_tokens)?
+                    } else {
+                        Model::load(path, &arch)?
+                    };
+                    if let Some(h) = &head {
+                        cp = cp.with_head_file(h)?;
+                    }
+                    if cp.layers.len() != model.layers.len() || cp.param_count() != model.param_count() {
+                        return Err(Error::shape(format!(
+                            "checkpoint {} has {} layers and {} parameters; `{name}` has {} and {}",
+                            path.display(),
+                            cp.layers.len(),
+                            cp.param_count(),
+                            model.layers.len(),
+                            model.param_count()
+                        )));
+                    }
+                    kept.push((Arc::new(cp), *rate));
+                }
+                if !kept.is_empty() {
+                    msg.push_str(&format!(", {} checkpoints for TracInCP", kept.len()));
+                }
                 let id = self.next_model_id;
                 self.next_model_id += 1;
                 let model = Arc::new(model);
@@ -678,6 +707,7 @@ impl State {
                         model,
                         id,
                         arch,
+                        checkpoints: kept,
                         classes,
                     },
                 ) {

@@ -50,6 +50,7 @@ impl State {
             id,
             arch: loaded.arch.clone(),
             classes: loaded.classes.clone(),
+            checkpoints: loaded.checkpoints.clone(),
         }))
     }
 
@@ -83,6 +84,7 @@ impl State {
                     arch: loaded.arch,
                     base: base_model,
                     classes: loaded.classes,
+                    checkpoints: loaded.checkpoints,
                 },
             );
         }

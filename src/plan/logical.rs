@@ -17,6 +17,8 @@ pub enum Plan {
         arch: Option<PathBuf>,
         head: Option<PathBuf>,
         classes: Option<PathBuf>,
+        /// Earlier weights of the same architecture and their learning rates (TracInCP).
+        checkpoints: Vec<(PathBuf, f64)>,
     },
     LoadData {
         name: String,

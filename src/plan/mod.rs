@@ -141,6 +141,7 @@ pub fn plan(stmt: &Statement, catalog: &dyn Catalog) -> Result<Plan> {
             arch,
             head,
             classes,
+            checkpoints,
         } => {
             // A Hugging Face model is a directory.
             let weights = match resolve_path(path, catalog)? {
@@ -181,12 +182,31 @@ pub fn plan(stmt: &Statement, catalog: &dyn Catalog) -> Result<Plan> {
                 .hint("or load an ONNX export: LOAD MODEL m FROM 'm.onnx'")
                 .at(path.span));
             }
+            let checkpoints = checkpoints
+                .iter()
+                .map(|(p, rate)| {
+                    let rate = match rate {
+                        None => 1.0,
+                        Some(v) => match resolve_literal(v, catalog)? {
+                            Literal::Number(r) if r.is_finite() && r > 0.0 => r,
+                            other => {
+                                return Err(
+                                    Error::value(format!("a learning rate is a positive number, got {other}"))
+                                        .at(v.span),
+                                );
+                            }
+                        },
+                    };
+                    Ok((existing_path(p, catalog)?, rate))
+                })
+                .collect::<Result<Vec<_>>>()?;
             Plan::LoadModel {
                 name: name.name.clone(),
                 weights,
                 arch,
                 head: head.as_ref().map(|h| existing_path(h, catalog)).transpose()?,
                 classes: classes.as_ref().map(|c| existing_path(c, catalog)).transpose()?,
+                checkpoints,
             }
         }
         StatementKind::LoadData {

@@ -52,6 +52,8 @@ pub enum StatementKind {
         head: Option<Value>,
         /// `CLASSES 'names.txt'`: the names of the outputs.
         classes: Option<Value>,
+        /// `CHECKPOINTS ('e1.safetensors' RATE 0.1, …)`: earlier weights, for TracInCP.
+        checkpoints: Vec<(Value, Option<Value>)>,
     },
     LoadData {
         name: Ident,
@@ -824,6 +826,7 @@ impl fmt::Display for Statement {
                 arch,
                 head,
                 classes,
+                checkpoints,
             } => {
                 write!(f, "LOAD MODEL {name} FROM {path}")?;
                 if let Some(a) = arch {
@@ -834,6 +837,16 @@ impl fmt::Display for Statement {
                 }
                 if let Some(c) = classes {
                     write!(f, " CLASSES {c}")?;
+                }
+                if !checkpoints.is_empty() {
+                    let each: Vec<String> = checkpoints
+                        .iter()
+                        .map(|(p, r)| match r {
+                            Some(r) => format!("{p} RATE {r}"),
+                            None => p.to_string(),
+                        })
+                        .collect();
+                    write!(f, " CHECKPOINTS ({})", each.join(", "))?;
                 }
                 Ok(())
             }

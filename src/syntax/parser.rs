@@ -233,12 +233,25 @@ fn visit_statement(pair: Pair<Rule>) -> Result<Statement> {
             let arch = c.take(Rule::arch_clause).map(visit_path_clause).transpose()?;
             let head = c.take(Rule::head_clause).map(visit_path_clause).transpose()?;
             let classes = c.take(Rule::classes_clause).map(visit_path_clause).transpose()?;
+            let mut checkpoints = Vec::new();
+            if let Some(cp) = c.take(Rule::checkpoints_clause) {
+                let mut cc = Children::of(cp);
+                cc.skip_keywords();
+                while let Some(one) = cc.take(Rule::checkpoint) {
+                    let mut oc = Children::of(one);
+                    let path = visit_path(oc.next()?)?;
+                    oc.skip_keywords();
+                    let rate = oc.take(Rule::number_value).map(visit_int_value).transpose()?;
+                    checkpoints.push((path, rate));
+                }
+            }
             StatementKind::LoadModel {
                 name,
                 path,
                 arch,
                 head,
                 classes,
+                checkpoints,
             }
         }
         Rule::load_data => {
@@ -1554,6 +1567,8 @@ fn rule_name(rule: &Rule) -> String {
         Rule::tcav_source => "TCAV m(d) AT LAYER l CONCEPTS (…)".into(),
         Rule::tcav_random => "RANDOM n".into(),
         Rule::concept_stmt => "CONCEPT".into(),
+        Rule::checkpoints_clause => "CHECKPOINTS (…)".into(),
+        Rule::checkpoint => "a checkpoint file ('e1.safetensors' [RATE r])".into(),
         Rule::all_layers => "`*`".into(),
         Rule::target_similarity => "SIMILARITY(…)".into(),
         Rule::target_unit => "a unit layer[i, …]".into(),
