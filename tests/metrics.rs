@@ -2,7 +2,9 @@
 //! predicted targets): Captum 0.9's `infidelity` and `sensitivity_max` given the very
 //! perturbations the engine draws (so exact, not statistical), RISE's deletion and
 //! insertion written out in torch, Quantus 0.6's PixelFlipping and FaithfulnessCorrelation
-//! (its subsets the engine's), Quantus' sparseness and complexity formulas
+//! (its subsets the engine's), Quantus' ModelParameterRandomisation (scipy's Spearman of
+//! the maps of copies re-initialised with the engine's draws), Quantus' sparseness and
+//! complexity formulas
 //! (tools/metric_cases.py → tests/fixtures/metrics). Tolerance: |a − b| ≤ 1e-4 + 1e-4·|b|
 //! (the maps themselves agree with Captum to ~1e-6; the curves read softmax
 //! probabilities of the same copies). And the clause as a relation: GROUP BY, ORDER BY,
@@ -92,6 +94,16 @@ fn metrics_match_captum_rise_and_quantus() {
                 format!("faithfulness_correlation_{method}_30_5_9"),
                 using.to_string(),
                 "faithfulness_correlation(samples = 30, subset = 5, seed = 9)".into(),
+            ),
+            (
+                format!("randomization_{method}_top_down_0"),
+                using.to_string(),
+                "randomization".into(),
+            ),
+            (
+                format!("randomization_{method}_independent_5"),
+                using.to_string(),
+                "randomization(layers = 'independent', seed = 5)".into(),
             ),
             (format!("sparseness_{method}"), using.to_string(), "sparseness".into()),
             (format!("complexity_{method}"), using.to_string(), "complexity".into()),

@@ -17,6 +17,7 @@ tools/captum_baseline.py for the setup). Run from the repository root:
   entropy of |a|/Σ|a|).
 """
 
+import math
 import os
 import sys
 import warnings
@@ -79,6 +80,43 @@ def quantus_pixel_flipping(model, x, t, attr, step):
 
     metric = quantus.PixelFlipping(features_in_step=step, perturb_baseline="black", return_auc_per_sample=True, disable_warnings=True)
     return metric(model=model, x_batch=x.numpy(), y_batch=t.numpy(), a_batch=attr.numpy(), device="cpu", softmax=True)
+
+
+def engine_reinitialised(model, layers, seed):
+    """src/model/mod.rs `reinitialised`: a copy with the weights, then the bias, of each
+    layer (its index in the architecture) drawn uniform in ±1/√fan_in from the engine's
+    generator (seed, layer index)."""
+    import copy
+
+    m = copy.deepcopy(model)
+    modules = list(m.children())
+    for l in layers:
+        mod = modules[l]
+        fan_in = mod.weight[0].numel()
+        bound = 1.0 / math.sqrt(fan_in)
+        rng = Rng(seed, l)
+        with torch.no_grad():
+            w = [np.float32(bound * (2.0 * rng.uniform() - 1.0)) for _ in range(mod.weight.numel())]
+            mod.weight.copy_(torch.tensor(np.array(w, dtype=np.float32)).reshape(mod.weight.shape))
+            b = [np.float32(bound * (2.0 * rng.uniform() - 1.0)) for _ in range(mod.bias.numel())]
+            mod.bias.copy_(torch.tensor(np.array(b, dtype=np.float32)))
+    return m
+
+
+def randomization(model, x, t, attr, explain, cascade, seed):
+    """Quantus' ModelParameterRandomisation with return_average_correlation: the mean over
+    the steps of scipy's Spearman ρ between |φ| and |φ| of the re-initialised model."""
+    from scipy.stats import spearmanr
+
+    weighted = [k for k, mod in enumerate(model.children()) if isinstance(mod, (torch.nn.Linear, torch.nn.Conv2d))]
+    sums = np.zeros(len(x))
+    for step in range(len(weighted)):
+        chosen = weighted[len(weighted) - 1 - step:] if cascade else [weighted[len(weighted) - 1 - step]]
+        rand = engine_reinitialised(model, chosen, seed)
+        other = explain(rand, x, t).detach()
+        for i in range(len(x)):
+            sums[i] += spearmanr(attr[i].abs().flatten().numpy(), other[i].abs().flatten().numpy()).statistic
+    return sums / len(weighted)
 
 
 def save(name, values):
@@ -186,6 +224,13 @@ def main():
         save(f"pixel_flipping_{name}_4", quantus_pixel_flipping(cnn, x, t, attr, 4))
         save(f"faithfulness_correlation_{name}_50_16_0", quantus_faithfulness_correlation(cnn, x, t, attr, 50, 16, 0))
         save(f"faithfulness_correlation_{name}_30_5_9", quantus_faithfulness_correlation(cnn, x, t, attr, 30, 5, 9))
+        def explain_with(m, inp, target, name=name):
+            if name == "ig":
+                return IntegratedGradients(m).attribute(inp, baselines=torch.zeros_like(inp), target=target, n_steps=50)
+            return Saliency(m).attribute(inp, target=target)
+
+        save(f"randomization_{name}_top_down_0", randomization(cnn, x, t, attr, explain_with, True, 0))
+        save(f"randomization_{name}_independent_5", randomization(cnn, x, t, attr, explain_with, False, 5))
         save(f"sparseness_{name}", [sparseness(a.numpy()) for a in attr])
         save(f"complexity_{name}", [complexity(a.numpy()) for a in attr])
 

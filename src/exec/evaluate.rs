@@ -63,7 +63,7 @@ pub(super) fn evaluation_relation(j: &Judged) -> Result<DataFrame> {
     // The map of copies of the inputs (copy c of the input at position owners[c]): its
     // target, its id (a stochastic method's stream) and its baseline (a distribution's
     // rows stay as they are).
-    let explain = |inputs: &[f32], owners: &[usize]| -> Result<Vec<f32>> {
+    let explain = |model: Option<&crate::model::Model>, inputs: &[f32], owners: &[usize]| -> Result<Vec<f32>> {
         let targets: Vec<usize> = owners.iter().map(|&i| j.inputs.targets[i]).collect();
         let ids: Vec<i64> = owners.iter().map(|&i| j.inputs.ids[i]).collect();
         let baselines: Vec<f32> = if a.method.draws_baselines() {
@@ -77,6 +77,7 @@ pub(super) fn evaluation_relation(j: &Judged) -> Result<DataFrame> {
         ops::attribute(
             &a.method,
             &Request {
+                model: model.unwrap_or(req.model),
                 inputs,
                 baselines: &baselines,
                 targets: &targets,

@@ -117,6 +117,11 @@ pub struct Layer {
 }
 
 impl Op {
+    /// Whether the op has weights a training would change (linear and convolution).
+    pub fn has_weights(&self) -> bool {
+        matches!(self, Op::Linear { .. } | Op::Conv2d { .. })
+    }
+
     pub fn param_count(&self) -> usize {
         match self {
             Op::Linear { weight, bias, .. }

@@ -332,6 +332,65 @@ impl Model {
         }
     }
 
+    /// A copy with the weights and biases of `layers` (linear or convolution) drawn again
+    /// as torch initialises them — uniform in ±1/√fan_in — from the engine's generator
+    /// (seed, layer index), the weights first, then the bias; no activation edits.
+    pub fn reinitialised(&self, layers: &[usize], seed: u64) -> Result<Model> {
+        let mut copy: Vec<Layer> = self.layers.as_ref().clone();
+        for &l in layers {
+            let layer = copy
+                .get_mut(l)
+                .ok_or_else(|| Error::model(format!("internal: no layer {l} to re-initialise")))?;
+            let mut rng = crate::ops::rng::Rng::new(seed, l as u64);
+            let mut draw = |values: &mut Vec<f32>, fan_in: usize| {
+                let bound = 1.0 / (fan_in.max(1) as f64).sqrt();
+                for v in values.iter_mut() {
+                    *v = (bound * (2.0 * rng.uniform() - 1.0)) as f32;
+                }
+            };
+            match &mut layer.op {
+                Op::Linear {
+                    inp,
+                    weight,
+                    bias,
+                    transposed,
+                    ..
+                } => {
+                    let fan_in = *inp;
+                    draw(weight, fan_in);
+                    if let Some(b) = bias {
+                        draw(b, fan_in);
+                    }
+                    *transposed = Default::default();
+                }
+                Op::Conv2d {
+                    out,
+                    weight,
+                    bias,
+                    adjoint,
+                    ..
+                } => {
+                    let fan_in = weight.len() / (*out).max(1);
+                    draw(weight, fan_in);
+                    if let Some(b) = bias {
+                        draw(b, fan_in);
+                    }
+                    *adjoint = Default::default();
+                }
+                _ => {
+                    return Err(Error::model(format!(
+                        "layer {} has no weights to re-initialise",
+                        layer.name
+                    )));
+                }
+            }
+        }
+        Ok(Model {
+            layers: std::sync::Arc::new(copy),
+            ..self.with_patches(Vec::new())
+        })
+    }
+
     /// The flat length of one output (the number of classes of a classifier).
     pub fn output_len(&self) -> usize {
         self.layers.last().map_or(0, |l| l.out_shape.iter().product())

@@ -40,6 +40,11 @@ pub enum Metric {
         subset: Option<usize>,
         seed: u64,
     },
+    /// The sanity check of Adebayo et al. (Quantus' ModelParameterRandomisation): the
+    /// Spearman correlation between |φ| and |φ| of the model with its weighted layers
+    /// re-initialised — cumulatively from the top (`top_down`) or one at a time — averaged
+    /// over the steps. A map that survives randomisation does not explain the model.
+    Randomization { cascade: bool, seed: u64 },
     /// The Gini index of |φ| (Quantus' Sparseness).
     Sparseness,
     /// The entropy of |φ| / Σ|φ| (Quantus' Complexity).
@@ -72,6 +77,7 @@ impl Metric {
             Metric::Curve { insert: true, .. } => "insertion",
             Metric::PixelFlipping { .. } => "pixel_flipping",
             Metric::FaithfulnessCorrelation { .. } => "faithfulness_correlation",
+            Metric::Randomization { .. } => "randomization",
             Metric::Sparseness => "sparseness",
             Metric::Complexity => "complexity",
         }
@@ -120,6 +126,11 @@ impl fmt::Display for Metric {
                 Some(k) => write!(f, "(samples = {samples}, subset = {k}, seed = {seed})"),
                 None => write!(f, "(samples = {samples}, subset = auto, seed = {seed})"),
             },
+            Metric::Randomization { cascade, seed } => write!(
+                f,
+                "(layers = '{}', seed = {seed})",
+                if *cascade { "top_down" } else { "independent" }
+            ),
             Metric::Sparseness | Metric::Complexity => Ok(()),
         }
     }
@@ -240,6 +251,21 @@ pub const METRICS: &[MetricInfo] = &[
         higher_is_better: true,
     },
     MetricInfo {
+        name: "randomization",
+        params: &[
+            ParamSpec {
+                name: "layers",
+                kind: ParamKind::Choice(&["top_down", "independent"]),
+                default: Some("top_down"),
+                setting: None,
+            },
+            SEED,
+        ],
+        reference: "Quantus ModelParameterRandomisation (Adebayo et al. 2018), return_average_correlation: Spearman of |φ|, torch's default re-initialisation U(±1/√fan_in)",
+        summary: "how much the map survives re-initialising the model's weighted layers from the top (Spearman, averaged over the cascade): near 0 is good",
+        higher_is_better: false,
+    },
+    MetricInfo {
         name: "sparseness",
         params: &[],
         reference: "Quantus Sparseness (Chalasani et al. 2020): Gini index of |φ| / max|φ| + 1e-7",
@@ -310,6 +336,10 @@ pub fn resolve_metric(
             },
             seed: num("seed") as u64,
         },
+        "randomization" => Metric::Randomization {
+            cascade: params.text("layers").eq_ignore_ascii_case("top_down"),
+            seed: num("seed") as u64,
+        },
         "sparseness" => Metric::Sparseness,
         "complexity" => Metric::Complexity,
         other => return Err(Error::value(format!("internal: no metric {other}"))),
@@ -341,7 +371,7 @@ impl Units {
 }
 
 /// The method's map of copies of the inputs (see `Evaluation::explain`).
-pub type Explain<'a> = dyn Fn(&[f32], &[usize]) -> Result<Vec<f32>> + Sync + 'a;
+pub type Explain<'a> = dyn Fn(Option<&crate::model::Model>, &[f32], &[usize]) -> Result<Vec<f32>> + Sync + 'a;
 
 /// What a metric reads besides the request: the explanation (n × d), the units, the
 /// substrate of the curves (n × d: the baseline, or the blurred input, equal to the
@@ -351,7 +381,8 @@ pub struct Evaluation<'a> {
     pub units: &'a Units,
     pub substrate: &'a [f32],
     /// The explanation of copies of the inputs (n' × d), copy c made from the input at
-    /// position `owners[c]` (whose target, id and baseline it keeps).
+    /// position `owners[c]` (whose target, id and baseline it keeps), by the model or by
+    /// another (a re-initialised copy).
     pub explain: &'a Explain<'a>,
 }
 
@@ -382,6 +413,7 @@ pub fn evaluate(metric: &Metric, req: &Request, ev: &Evaluation) -> Result<Vec<f
         Metric::FaithfulnessCorrelation { samples, subset, seed } => {
             faithfulness_correlation(req, ev, *samples, *subset, *seed)
         }
+        Metric::Randomization { cascade, seed } => randomization(req, ev, *cascade, *seed),
         Metric::Sparseness => Ok((0..req.n())
             .map(|i| sparseness(&ev.units.scores(row(ev.attr, i, req.d()))))
             .collect()),
@@ -508,7 +540,7 @@ fn sensitivity_max(req: &Request, ev: &Evaluation, samples: usize, radius: f64, 
             }
         }
         req.control.check()?;
-        let perturbed = (ev.explain)(&copies, &owners)?;
+        let perturbed = (ev.explain)(None, &copies, &owners)?;
         for i in start..end {
             let phi = row(ev.attr, i, d);
             let norm = phi.iter().map(|&a| (a as f64).powi(2)).sum::<f64>().sqrt();
@@ -642,6 +674,65 @@ fn pearson(a: &[f64], b: &[f64]) -> f64 {
         return f64::NAN;
     }
     cov / (va.sqrt() * vb.sqrt())
+}
+
+fn randomization(req: &Request, ev: &Evaluation, cascade: bool, seed: u64) -> Result<Vec<f64>> {
+    let (n, d) = (req.n(), req.d());
+    let weighted: Vec<usize> = (0..req.model.layers.len())
+        .filter(|&l| req.model.layers[l].op.has_weights())
+        .collect();
+    if weighted.is_empty() {
+        return Err(Error::value(
+            "randomization re-initialises weighted layers, and the model has none",
+        ));
+    }
+    let owners: Vec<usize> = (0..n).collect();
+    let original: Vec<Vec<f64>> = (0..n)
+        .map(|i| row(ev.attr, i, d).iter().map(|v| v.abs() as f64).collect())
+        .collect();
+    let mut sums = vec![0.0f64; n];
+    // Top down: the last weighted layer, then it and the one before, …; independent: each
+    // alone, in the same order.
+    for step in 0..weighted.len() {
+        req.control.check()?;
+        let chosen: Vec<usize> = if cascade {
+            weighted[weighted.len() - 1 - step..].to_vec()
+        } else {
+            vec![weighted[weighted.len() - 1 - step]]
+        };
+        let random = req.model.reinitialised(&chosen, seed)?;
+        let maps = (ev.explain)(Some(&random), req.inputs, &owners)?;
+        for (i, sum) in sums.iter_mut().enumerate() {
+            let other: Vec<f64> = row(&maps, i, d).iter().map(|v| v.abs() as f64).collect();
+            *sum += spearman(&original[i], &other);
+        }
+    }
+    Ok(sums.into_iter().map(|s| s / weighted.len() as f64).collect())
+}
+
+/// Ranks from 1, ties given their average rank (scipy.stats.rankdata).
+fn ranks(v: &[f64]) -> Vec<f64> {
+    let mut order: Vec<usize> = (0..v.len()).collect();
+    order.sort_by(|&a, &b| v[a].total_cmp(&v[b]));
+    let mut out = vec![0.0f64; v.len()];
+    let mut k = 0;
+    while k < order.len() {
+        let mut end = k;
+        while end + 1 < order.len() && v[order[end + 1]] == v[order[k]] {
+            end += 1;
+        }
+        let rank = (k + end) as f64 / 2.0 + 1.0;
+        for &i in &order[k..=end] {
+            out[i] = rank;
+        }
+        k = end + 1;
+    }
+    out
+}
+
+/// Spearman's ρ: Pearson's r of the ranks (NaN when either side is constant).
+fn spearman(a: &[f64], b: &[f64]) -> f64 {
+    pearson(&ranks(a), &ranks(b))
 }
 
 /// Quantus' Sparseness: the Gini index of |a| normalised by its maximum, plus 1e-7.
