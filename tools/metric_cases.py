@@ -119,6 +119,37 @@ def randomization(model, x, t, attr, explain, cascade, seed):
     return sums / len(weighted)
 
 
+def grad_cam_road(model, x, t, attr, morf, percentiles, seed, noise=0.01):
+    """pytorch-grad-cam 1.5's ROADMostRelevantFirstAverage / ROADLeastRelevantFirstAverage
+    (ClassifierOutputTarget: the target's logit, after − before), the map summed over
+    channels, its imputation noise (torch.randn_like) answered with the engine's draws:
+    for input i and the k-th percentile, stream (seed, id · 16 + k), channel by channel,
+    the removed pixels in index order."""
+    import pytorch_grad_cam.metrics.road as road
+    from pytorch_grad_cam.metrics.road import ROADLeastRelevantFirstAverage, ROADMostRelevantFirstAverage
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    cams = attr.sum(1).numpy()
+    out = np.zeros(len(x))
+    real = road.torch.randn_like
+    for i in range(len(x)):
+        draws = iter([Rng(seed, i * 16 + k) for k in range(len(percentiles))])
+
+        def randn_like(t_, draws=draws):
+            rng = next(draws)
+            vals = np.array([rng.normal() for _ in range(t_.numel())], dtype=np.float32)
+            return torch.from_numpy(vals).reshape(t_.shape)
+
+        road.torch.randn_like = randn_like
+        try:
+            cls = ROADMostRelevantFirstAverage if morf else ROADLeastRelevantFirstAverage
+            metric = cls(percentiles=percentiles)
+            out[i] = metric(x[i:i + 1], cams[i:i + 1], [ClassifierOutputTarget(int(t[i]))], model)[0]
+        finally:
+            road.torch.randn_like = real
+    return out
+
+
 def save(name, values):
     os.makedirs(OUT, exist_ok=True)
     np.save(os.path.join(OUT, f"{name}.npy"), np.asarray(values, dtype=np.float64))
@@ -231,6 +262,8 @@ def main():
 
         save(f"randomization_{name}_top_down_0", randomization(cnn, x, t, attr, explain_with, True, 0))
         save(f"randomization_{name}_independent_5", randomization(cnn, x, t, attr, explain_with, False, 5))
+        save(f"road_{name}_morf", grad_cam_road(cnn, x, t, attr, True, [10, 20, 30, 40, 50, 60, 70, 80, 90], 0))
+        save(f"road_{name}_lerf_50_3", grad_cam_road(cnn, x, t, attr, False, [50], 3))
         save(f"sparseness_{name}", [sparseness(a.numpy()) for a in attr])
         save(f"complexity_{name}", [complexity(a.numpy()) for a in attr])
 
