@@ -3,8 +3,8 @@
 //! perturbations the engine draws (so exact, not statistical), RISE's deletion and
 //! insertion written out in torch, Quantus 0.6's PixelFlipping and FaithfulnessCorrelation
 //! (its subsets the engine's), Quantus' ModelParameterRandomisation (scipy's Spearman of
-//! the maps of copies re-initialised with the engine's draws), Quantus' sparseness and
-//! complexity formulas
+//! the maps of copies re-initialised with the engine's draws), pytorch-grad-cam's ROAD
+//! (its imputation noise the engine's), Quantus' sparseness and complexity formulas
 //! (tools/metric_cases.py → tests/fixtures/metrics). Tolerance: |a − b| ≤ 1e-4 + 1e-4·|b|
 //! (the maps themselves agree with Captum to ~1e-6; the curves read softmax
 //! probabilities of the same copies). And the clause as a relation: GROUP BY, ORDER BY,
@@ -104,6 +104,12 @@ fn metrics_match_captum_rise_and_quantus() {
                 format!("randomization_{method}_independent_5"),
                 using.to_string(),
                 "randomization(layers = 'independent', seed = 5)".into(),
+            ),
+            (format!("road_{method}_morf"), using.to_string(), "road".into()),
+            (
+                format!("road_{method}_lerf_50_3"),
+                using.to_string(),
+                "road(mode = 'lerf', percentile = 50, seed = 3)".into(),
             ),
             (format!("sparseness_{method}"), using.to_string(), "sparseness".into()),
             (format!("complexity_{method}"), using.to_string(), "complexity".into()),

@@ -45,6 +45,14 @@ pub enum Metric {
     /// re-initialised — cumulatively from the top (`top_down`) or one at a time — averaged
     /// over the steps. A map that survives randomisation does not explain the model.
     Randomization { cascade: bool, seed: u64 },
+    /// pytorch-grad-cam's ROAD (Rong et al. 2022): the pixels above (MoRF) or below
+    /// (LeRF) a percentile of the map replaced by noisy linear imputation from their
+    /// neighbours; the change of the target's logit, averaged over the percentiles.
+    Road {
+        morf: bool,
+        percentiles: Vec<u32>,
+        seed: u64,
+    },
     /// The Gini index of |φ| (Quantus' Sparseness).
     Sparseness,
     /// The entropy of |φ| / Σ|φ| (Quantus' Complexity).
@@ -78,6 +86,7 @@ impl Metric {
             Metric::PixelFlipping { .. } => "pixel_flipping",
             Metric::FaithfulnessCorrelation { .. } => "faithfulness_correlation",
             Metric::Randomization { .. } => "randomization",
+            Metric::Road { .. } => "road",
             Metric::Sparseness => "sparseness",
             Metric::Complexity => "complexity",
         }
@@ -131,6 +140,19 @@ impl fmt::Display for Metric {
                 "(layers = '{}', seed = {seed})",
                 if *cascade { "top_down" } else { "independent" }
             ),
+            Metric::Road {
+                morf,
+                percentiles,
+                seed,
+            } => {
+                let p = if percentiles.len() == 1 {
+                    percentiles[0].to_string()
+                } else {
+                    "all".to_string()
+                };
+                let mode = if *morf { "morf" } else { "lerf" };
+                write!(f, "(mode = '{mode}', percentile = {p}, seed = {seed})")
+            }
             Metric::Sparseness | Metric::Complexity => Ok(()),
         }
     }
@@ -266,6 +288,27 @@ pub const METRICS: &[MetricInfo] = &[
         higher_is_better: false,
     },
     MetricInfo {
+        name: "road",
+        params: &[
+            ParamSpec {
+                name: "mode",
+                kind: ParamKind::Choice(&["morf", "lerf"]),
+                default: Some("morf"),
+                setting: None,
+            },
+            ParamSpec {
+                name: "percentile",
+                kind: ParamKind::Int { min: 0, max: 99 },
+                default: Some("0"),
+                setting: None,
+            },
+            SEED,
+        ],
+        reference: "pytorch-grad-cam ROADMostRelevantFirstAverage / ROADLeastRelevantFirstAverage (ClassifierOutputTarget; percentile 0: 10, 20, …, 90)",
+        summary: "pixels above (morf) / below (lerf) a percentile of the map imputed from their neighbours: the change of the target's logit (morf: more negative is better)",
+        higher_is_better: false,
+    },
+    MetricInfo {
         name: "sparseness",
         params: &[],
         reference: "Quantus Sparseness (Chalasani et al. 2020): Gini index of |φ| / max|φ| + 1e-7",
@@ -338,6 +381,14 @@ pub fn resolve_metric(
         },
         "randomization" => Metric::Randomization {
             cascade: params.text("layers").eq_ignore_ascii_case("top_down"),
+            seed: num("seed") as u64,
+        },
+        "road" => Metric::Road {
+            morf: params.text("mode").eq_ignore_ascii_case("morf"),
+            percentiles: match num("percentile") as u32 {
+                0 => (1..=9).map(|k| k * 10).collect(),
+                p => vec![p],
+            },
             seed: num("seed") as u64,
         },
         "sparseness" => Metric::Sparseness,
@@ -414,6 +465,11 @@ pub fn evaluate(metric: &Metric, req: &Request, ev: &Evaluation) -> Result<Vec<f
             faithfulness_correlation(req, ev, *samples, *subset, *seed)
         }
         Metric::Randomization { cascade, seed } => randomization(req, ev, *cascade, *seed),
+        Metric::Road {
+            morf,
+            percentiles,
+            seed,
+        } => road(req, ev, *morf, percentiles, *seed),
         Metric::Sparseness => Ok((0..req.n())
             .map(|i| sparseness(&ev.units.scores(row(ev.attr, i, req.d()))))
             .collect()),
@@ -708,6 +764,166 @@ fn randomization(req: &Request, ev: &Evaluation, cascade: bool, seed: u64) -> Re
         }
     }
     Ok(sums.into_iter().map(|s| s / weighted.len() as f64).collect())
+}
+
+/// The image layout (channels, height, width) of the request's inputs.
+fn image_of(req: &Request) -> Result<(usize, usize, usize)> {
+    match req.features.image {
+        Some(((c, h, w), _)) => Ok((c, h, w)),
+        None => Err(Error::value(
+            "road imputes pixels from their neighbours: it needs images",
+        )),
+    }
+}
+
+fn road(req: &Request, ev: &Evaluation, morf: bool, percentiles: &[u32], seed: u64) -> Result<Vec<f64>> {
+    let (n, d) = (req.n(), req.d());
+    let (channels, h, w) = image_of(req)?;
+    let plane = h * w;
+    // The map per pixel (summed over channels), negated for LeRF as pytorch-grad-cam
+    // thresholds 1 − map.
+    let maps: Vec<Vec<f64>> = (0..n)
+        .map(|i| {
+            let a = row(ev.attr, i, d);
+            (0..plane)
+                .map(|p| {
+                    let v: f64 = (0..channels).map(|c| a[c * plane + p] as f64).sum();
+                    if morf { v } else { 1.0 - v }
+                })
+                .collect()
+        })
+        .collect();
+    let per = percentiles.len() + 1;
+    let make = |c: usize, out: &mut [f32]| {
+        let (i, k) = (c / per, c % per);
+        out.copy_from_slice(req.input(i));
+        if k == 0 {
+            return Ok(());
+        }
+        let map = &maps[i];
+        let threshold = percentile(map, percentiles[k - 1] as f64);
+        let keep: Vec<bool> = map.iter().map(|&v| v < threshold).collect();
+        let mut rng = Rng::new(seed, req.ids[i] as u64 * 16 + (k - 1) as u64);
+        impute(out, channels, h, w, &keep, &mut rng);
+        Ok(())
+    };
+    let outputs = target_outputs(req, n * per, per, &make, false)?;
+    Ok((0..n)
+        .map(|i| {
+            let before = outputs[i * per];
+            // pytorch-grad-cam keeps the differences as float32 and averages them so.
+            let diffs: f32 = (1..per).map(|k| outputs[i * per + k] - before).sum();
+            (diffs / percentiles.len() as f32) as f64
+        })
+        .collect())
+}
+
+/// numpy's percentile (linear interpolation between the closest ranks).
+fn percentile(values: &[f64], p: f64) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let rank = p / 100.0 * (v.len() - 1) as f64;
+    let lo = rank.floor() as usize;
+    let hi = (lo + 1).min(v.len() - 1);
+    v[lo] + (v[hi] - v[lo]) * (rank - lo as f64)
+}
+
+/// pytorch-grad-cam's noisy linear imputation: each removed pixel (`keep` false) equal
+/// to the weighted mean of its 8 neighbours (1/6 beside, 1/12 across a corner; the
+/// weights of neighbours off the image dropped), solved per channel by conjugate
+/// gradients (the system is symmetric and, with any pixel kept, definite), then noise
+/// 0.01·N(0, 1) drawn channel by channel over the removed pixels in index order.
+fn impute(image: &mut [f32], channels: usize, h: usize, w: usize, keep: &[bool], rng: &mut Rng) {
+    const NEIGHBOURS: [((i64, i64), f64); 8] = [
+        ((1, 1), 1.0 / 12.0),
+        ((0, 1), 1.0 / 6.0),
+        ((-1, 1), 1.0 / 12.0),
+        ((1, -1), 1.0 / 12.0),
+        ((0, -1), 1.0 / 6.0),
+        ((-1, -1), 1.0 / 12.0),
+        ((1, 0), 1.0 / 6.0),
+        ((-1, 0), 1.0 / 6.0),
+    ];
+    let unknown: Vec<usize> = (0..h * w).filter(|&p| !keep[p]).collect();
+    if unknown.is_empty() {
+        return;
+    }
+    let mut index = vec![usize::MAX; h * w];
+    for (k, &p) in unknown.iter().enumerate() {
+        index[p] = k;
+    }
+    // −A as sparse rows: the diagonal (the valid neighbours' weight) and the unknown
+    // neighbours' −weights.
+    let mut diagonal = vec![0.0f64; unknown.len()];
+    let mut links: Vec<Vec<(usize, f64)>> = vec![Vec::new(); unknown.len()];
+    let mut known: Vec<Vec<(usize, f64)>> = vec![Vec::new(); unknown.len()];
+    for (k, &p) in unknown.iter().enumerate() {
+        let (r, c) = ((p / w) as i64, (p % w) as i64);
+        for ((dr, dc), weight) in NEIGHBOURS {
+            let (nr, nc) = (r + dr, c + dc);
+            if nr < 0 || nc < 0 || nr >= h as i64 || nc >= w as i64 {
+                continue;
+            }
+            diagonal[k] += weight;
+            let q = nr as usize * w + nc as usize;
+            if keep[q] {
+                known[k].push((q, weight));
+            } else {
+                links[k].push((index[q], weight));
+            }
+        }
+    }
+    let apply = |x: &[f64]| -> Vec<f64> {
+        (0..x.len())
+            .map(|k| diagonal[k] * x[k] - links[k].iter().map(|&(j, wt)| wt * x[j]).sum::<f64>())
+            .collect()
+    };
+    let plane = h * w;
+    let mut solved: Vec<Vec<f64>> = Vec::with_capacity(channels);
+    for ch in 0..channels {
+        let values = &image[ch * plane..(ch + 1) * plane];
+        let b: Vec<f64> = (0..unknown.len())
+            .map(|k| known[k].iter().map(|&(q, wt)| wt * values[q] as f64).sum())
+            .collect();
+        solved.push(conjugate_gradient(&apply, &b));
+    }
+    for (ch, x) in solved.iter().enumerate() {
+        for (k, &p) in unknown.iter().enumerate() {
+            image[ch * plane + p] = x[k] as f32 + 0.01f32 * rng.normal() as f32;
+        }
+    }
+}
+
+/// Solves M x = b for a symmetric positive definite M given as a product.
+fn conjugate_gradient(m: &dyn Fn(&[f64]) -> Vec<f64>, b: &[f64]) -> Vec<f64> {
+    let n = b.len();
+    let mut x = vec![0.0f64; n];
+    let mut r = b.to_vec();
+    let mut p = r.clone();
+    let mut rr: f64 = r.iter().map(|v| v * v).sum();
+    let target = 1e-26 * b.iter().map(|v| v * v).sum::<f64>().max(1e-300);
+    for _ in 0..(10 * n).max(100) {
+        if rr <= target {
+            break;
+        }
+        let mp = m(&p);
+        let pmp: f64 = p.iter().zip(&mp).map(|(a, c)| a * c).sum();
+        if pmp <= 0.0 {
+            break;
+        }
+        let alpha = rr / pmp;
+        for k in 0..n {
+            x[k] += alpha * p[k];
+            r[k] -= alpha * mp[k];
+        }
+        let next: f64 = r.iter().map(|v| v * v).sum();
+        let beta = next / rr;
+        rr = next;
+        for k in 0..n {
+            p[k] = r[k] + beta * p[k];
+        }
+    }
+    x
 }
 
 /// Ranks from 1, ties given their average rank (scipy.stats.rankdata).

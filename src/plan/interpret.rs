@@ -73,6 +73,13 @@ fn plan_metrics(
             .at(call.span)
             .hint("on text: deletion, insertion, sparseness, complexity"));
         }
+        if matches!(m, Metric::Road { .. }) && !matches!(info.modality, Modality::Image { .. }) {
+            return Err(Error::value(format!(
+                "road imputes pixels from their neighbours, and this data is {}",
+                modality_name(&info.modality)
+            ))
+            .at(call.span));
+        }
         if matches!(
             m,
             Metric::Curve {
