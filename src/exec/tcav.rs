@@ -7,7 +7,7 @@ use polars::prelude::*;
 use super::State;
 use crate::data::Selection;
 use crate::error::{Error, Result};
-use crate::model::{Batch, Forward, Gradient, Model};
+use crate::model::{Batch, Gradient, Model};
 use crate::ops::concepts::{cav, score, t_test};
 use crate::ops::gradient::{argmax, batch_shape, one_hot};
 use crate::ops::rng::Rng;
@@ -27,20 +27,7 @@ pub(super) fn run_tcav(state: &mut State, t: &TcavSpec) -> Result<DataFrame> {
     for start in (0..n).step_by(batch_rows.max(1)) {
         state.cancel_check()?;
         let end = (start + batch_rows.max(1)).min(n);
-        let rows = Batch::new(
-            batch_shape(end - start, &model.input_shape),
-            values[start * d..end * d].to_vec(),
-        )?;
-        let tape = model.run_in(
-            rows,
-            &Forward {
-                from: 0,
-                to: model.layers.len(),
-                keep: true,
-                hook: None,
-            },
-            None,
-        )?;
+        let tape = crate::ops::gradient::full_pass(&model, &values[start * d..end * d], end - start)?;
         let out = tape.output();
         let chunk: Vec<usize> = match &t.target {
             TargetSpec::Class(c) => vec![*c; end - start],

@@ -27,6 +27,13 @@ pub fn gradients_from(
     model.backward(&tape, one_hot(tape.output(), targets)?, rule, &mut |_, _| {})
 }
 
+/// The whole model on `count` model inputs (`values`, row-major), keeping what a
+/// backward pass needs: the pass INFLUENCE and TCAV take gradients at layers from.
+pub fn full_pass(model: &Model, values: &[f32], count: usize) -> Result<crate::model::Tape> {
+    let rows = Batch::new(batch_shape(count, &model.input_shape), values.to_vec())?;
+    forward_keeping(model, rows, (0, None), model.layers.len() - 1)
+}
+
 /// Layers `from..=out_layer` on `rows`, keeping what a backward pass needs.
 fn forward_keeping(
     model: &Model,

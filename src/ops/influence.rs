@@ -13,7 +13,7 @@ use rayon::prelude::*;
 
 use super::Control;
 use crate::error::{Error, Result};
-use crate::model::{Batch, Forward, Gradient, Model, Op};
+use crate::model::{Batch, Gradient, Model, Op};
 
 /// One input's loss gradient at one layer.
 #[derive(Clone, Debug)]
@@ -137,20 +137,7 @@ pub fn loss_gradients(
         .map(|t| {
             control.check()?;
             let (a, b) = (t * tile, ((t + 1) * tile).min(n));
-            let rows = Batch::new(
-                super::gradient::batch_shape(b - a, &model.input_shape),
-                inputs[a * d..b * d].to_vec(),
-            )?;
-            let tape = model.run_in(
-                rows,
-                &Forward {
-                    from: 0,
-                    to: model.layers.len(),
-                    keep: true,
-                    hook: None,
-                },
-                None,
-            )?;
+            let tape = super::gradient::full_pass(model, &inputs[a * d..b * d], b - a)?;
             let logits = tape.output();
             let seeds: Vec<Vec<f64>> = (0..b - a).map(|r| loss_seed(logits.row(r), classes[a + r])).collect();
             let mut seed = Batch::zeros(logits.shape().to_vec());

@@ -99,29 +99,16 @@ pub(super) fn plan_influence(i: &ast::Influence, catalog: &dyn Catalog) -> Resul
             InfluenceLayers::Named(named)
         }
     };
-    let target = match i.target.as_ref().map(|t| (&t.kind, t.span)) {
-        None | Some((TargetKind::Predicted, _)) => TargetSpec::Predicted,
-        Some((TargetKind::Label, span)) => {
-            if !catalog.dataset(&test.name).is_some_and(|d| d.has_labels) {
-                return Err(Error::value(format!("TARGET LABEL needs labels, and `{}` has none", test.name)).at(span));
-            }
-            TargetSpec::Label
-        }
-        Some((TargetKind::Class(v), span)) => {
-            let k = resolve_int(v, catalog, "a class")?;
-            if k < 0 || k as usize >= model.output_len {
-                return Err(Error::value(format!(
-                    "class {k} is out of range: `{}` has {} outputs",
-                    i.train.model.name, model.output_len
-                ))
-                .at(span));
-            }
-            TargetSpec::Class(k as usize)
-        }
-        Some((_, span)) => {
-            return Err(Error::value("INFLUENCE takes a class target: TARGET PREDICTED, LABEL or a class").at(span));
-        }
-    };
+    let test_labelled = catalog.dataset(&test.name).is_some_and(|d| d.has_labels);
+    let target = class_target(
+        i.target.as_ref(),
+        test_labelled,
+        &test.name,
+        &model,
+        &i.train.model.name,
+        "INFLUENCE",
+        catalog,
+    )?;
     let influence = Influence {
         model: bound,
         train,
@@ -262,29 +249,15 @@ pub(super) fn plan_tcav(t: &ast::Tcav, catalog: &dyn Catalog) -> Result<Node> {
         ))
         .at(t.call.data.span));
     }
-    let target = match t.target.as_ref().map(|x| (&x.kind, x.span)) {
-        None | Some((TargetKind::Predicted, _)) => TargetSpec::Predicted,
-        Some((TargetKind::Label, span)) => {
-            if !info.has_labels {
-                return Err(Error::value(format!("TARGET LABEL needs labels, and `{}` has none", data.name)).at(span));
-            }
-            TargetSpec::Label
-        }
-        Some((TargetKind::Class(v), span)) => {
-            let k = resolve_int(v, catalog, "a class")?;
-            if k < 0 || k as usize >= model.output_len {
-                return Err(Error::value(format!(
-                    "class {k} is out of range: `{}` has {} outputs",
-                    t.call.model.name, model.output_len
-                ))
-                .at(span));
-            }
-            TargetSpec::Class(k as usize)
-        }
-        Some((_, span)) => {
-            return Err(Error::value("TCAV takes a class target: TARGET PREDICTED, LABEL or a class").at(span));
-        }
-    };
+    let target = class_target(
+        t.target.as_ref(),
+        info.has_labels,
+        &data.name,
+        &model,
+        &t.call.model.name,
+        "TCAV",
+        catalog,
+    )?;
     let seed = match catalog.setting("seed") {
         Some(ParamValue::Number(n)) if n >= 0.0 => n as u64,
         _ => 0,
@@ -301,4 +274,43 @@ pub(super) fn plan_tcav(t: &ast::Tcav, catalog: &dyn Catalog) -> Result<Node> {
         })),
         TCAV_COLUMNS.iter().map(|c| c.to_string()).collect(),
     ))
+}
+
+/// The class a loss or a directional derivative is taken at: the prediction (default),
+/// the label, or a class of the model's outputs; `what` names the statement in errors.
+fn class_target(
+    target: Option<&ast::Target>,
+    labelled: bool,
+    data_name: &str,
+    model: &ModelInfo,
+    model_name: &str,
+    what: &str,
+    catalog: &dyn Catalog,
+) -> Result<TargetSpec> {
+    Ok(match target.map(|t| (&t.kind, t.span)) {
+        None | Some((TargetKind::Predicted, _)) => TargetSpec::Predicted,
+        Some((TargetKind::Label, span)) => {
+            if !labelled {
+                return Err(Error::value(format!("TARGET LABEL needs labels, and `{data_name}` has none")).at(span));
+            }
+            TargetSpec::Label
+        }
+        Some((TargetKind::Class(v), span)) => {
+            let k = resolve_int(v, catalog, "a class")?;
+            if k < 0 || k as usize >= model.output_len {
+                return Err(Error::value(format!(
+                    "class {k} is out of range: `{model_name}` has {} outputs",
+                    model.output_len
+                ))
+                .at(span));
+            }
+            TargetSpec::Class(k as usize)
+        }
+        Some((_, span)) => {
+            return Err(Error::value(format!(
+                "{what} takes a class target: TARGET PREDICTED, LABEL or a class"
+            ))
+            .at(span));
+        }
+    })
 }
