@@ -381,7 +381,11 @@ const TOPICS: &[(&str, &str)] = &[
 
 /// Help on one topic: a statement, a clause, or a method with its parameters.
 pub fn help_topic(topic: &str) -> Result<String, crate::error::Error> {
-    let normal = topic.split_whitespace().collect::<Vec<_>>().join(" ").to_uppercase();
+    let mut normal = topic.split_whitespace().collect::<Vec<_>>().join(" ").to_uppercase();
+    if normal == "TCAV" || normal == "CONCEPTS" {
+        // TCAV's help lives with the statement that names its concepts.
+        normal = "CONCEPT".to_string();
+    }
     if let Some((name, text)) = TOPICS.iter().find(|(n, _)| *n == normal) {
         return Ok(format!("{name}\n  {}\n", text.replace('\n', "\n  ")));
     }
