@@ -21,9 +21,10 @@ pub(super) fn run_tcav(state: &mut State, t: &TcavSpec) -> Result<DataFrame> {
     let d = model.input_len().max(1);
     let n = sel.len();
     let dim: usize = t.layer.shape.iter().product();
-    // The inputs' gradients at the layer, each at its target.
+    // The inputs' gradients at the layer, each at its target, and their activations there
+    // (the random sets are drawn from them), from one kept pass per tile.
     let mut gradients = Vec::with_capacity(n * dim);
-    let mut targets = Vec::with_capacity(n);
+    let mut all = Vec::with_capacity(n * dim);
     for start in (0..n).step_by(batch_rows.max(1)) {
         state.cancel_check()?;
         let end = (start + batch_rows.max(1)).min(n);
@@ -42,9 +43,12 @@ pub(super) fn run_tcav(state: &mut State, t: &TcavSpec) -> Result<DataFrame> {
             _ => (0..end - start).map(|r| argmax(out.row(r))).collect(),
         };
         let seed = one_hot(out, &chunk)?;
+        let acts = tape
+            .hook(t.layer.index)
+            .ok_or_else(|| Error::model("internal: the pass kept no activations at the layer"))?;
+        all.extend(acts.data().iter().map(|&v| v as f64));
         let g = model.gradient_at(&tape, seed, &Gradient, t.layer.index)?;
         gradients.extend(g.data().iter().map(|&v| v as f64));
-        targets.extend(chunk);
     }
     // Random sets drawn from the explained data, as large as the largest concept (at
     // most the data), one more than asked: set 0 is the random-vs-random reference.
@@ -61,7 +65,6 @@ pub(super) fn run_tcav(state: &mut State, t: &TcavSpec) -> Result<DataFrame> {
         .min(n)
         .max(2);
     let mut random_acts = Vec::with_capacity(t.random + 1);
-    let all = activations(&model, &values, t.layer.index, batch_rows)?;
     for r in 0..=t.random {
         let mut rng = Rng::new(t.seed, 0x7CA7_0000 + r as u64);
         let pick = rng.permutation(n);
@@ -92,7 +95,6 @@ pub(super) fn run_tcav(state: &mut State, t: &TcavSpec) -> Result<DataFrame> {
         c_p.push(t_test(&scores, &random_scores));
     }
     let rows = c_concept.len();
-    let _ = targets;
     Ok(DataFrame::new(
         rows,
         vec![

@@ -116,10 +116,45 @@ pub struct Layer {
     pub out_shape: Vec<usize>,
 }
 
+/// A layer's weights, bias and (when laid out output channel first) output channels.
+pub type WeightsMut<'a> = (&'a mut Vec<f32>, &'a mut Option<Vec<f32>>, Option<usize>);
+
 impl Op {
-    /// Whether the op has weights a training would change (linear and convolution).
-    pub fn has_weights(&self) -> bool {
+    /// A linear or (non-transposed) convolution layer: the layers TracIn takes gradients
+    /// of and randomization re-initialises.
+    pub fn is_linear_or_conv(&self) -> bool {
         matches!(self, Op::Linear { .. } | Op::Conv2d { .. })
+    }
+
+    /// The weights and bias of a linear or convolution layer's own copy, for changing
+    /// them: the caches made from the weights (a transposed or flipped copy) are reset,
+    /// since a clone shares them. Also the layer's output channels when its weights are
+    /// laid out output channel first (not a transposed convolution's).
+    pub fn weights_mut(&mut self) -> Option<WeightsMut<'_>> {
+        match self {
+            Op::Linear {
+                out,
+                weight,
+                bias,
+                transposed,
+                ..
+            } => {
+                *transposed = Default::default();
+                Some((weight, bias, Some(*out)))
+            }
+            Op::Conv2d {
+                out,
+                weight,
+                bias,
+                adjoint,
+                ..
+            } => {
+                *adjoint = Default::default();
+                Some((weight, bias, Some(*out)))
+            }
+            Op::ConvTranspose2d { weight, bias, .. } => Some((weight, bias, None)),
+            _ => None,
+        }
     }
 
     pub fn param_count(&self) -> usize {

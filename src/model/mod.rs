@@ -342,47 +342,15 @@ impl Model {
                 .get_mut(l)
                 .ok_or_else(|| Error::model(format!("internal: no layer {l} to re-initialise")))?;
             let mut rng = crate::ops::rng::Rng::new(seed, l as u64);
-            let mut draw = |values: &mut Vec<f32>, fan_in: usize| {
-                let bound = 1.0 / (fan_in.max(1) as f64).sqrt();
-                for v in values.iter_mut() {
-                    *v = (bound * (2.0 * rng.uniform() - 1.0)) as f32;
-                }
+            let name = layer.name.clone();
+            // Linear and convolution layers (a transposed convolution lays its weights out
+            // otherwise: refused); torch's fan-in is the weights per output (channel).
+            let Some((weight, bias, Some(out))) = layer.op.weights_mut() else {
+                return Err(Error::model(format!("layer {name} has no weights to re-initialise")));
             };
-            match &mut layer.op {
-                Op::Linear {
-                    inp,
-                    weight,
-                    bias,
-                    transposed,
-                    ..
-                } => {
-                    let fan_in = *inp;
-                    draw(weight, fan_in);
-                    if let Some(b) = bias {
-                        draw(b, fan_in);
-                    }
-                    *transposed = Default::default();
-                }
-                Op::Conv2d {
-                    out,
-                    weight,
-                    bias,
-                    adjoint,
-                    ..
-                } => {
-                    let fan_in = weight.len() / (*out).max(1);
-                    draw(weight, fan_in);
-                    if let Some(b) = bias {
-                        draw(b, fan_in);
-                    }
-                    *adjoint = Default::default();
-                }
-                _ => {
-                    return Err(Error::model(format!(
-                        "layer {} has no weights to re-initialise",
-                        layer.name
-                    )));
-                }
+            let bound = 1.0 / ((weight.len() / out.max(1)).max(1) as f64).sqrt();
+            for v in weight.iter_mut().chain(bias.iter_mut().flatten()) {
+                *v = (bound * (2.0 * rng.uniform() - 1.0)) as f32;
             }
         }
         Ok(Model {

@@ -53,7 +53,7 @@ pub fn norm(a: &[Factor]) -> f64 {
 
 /// The layers `Last` and `All` stand for, or why a named one cannot be used.
 pub fn parameter_layers(model: &Model, named: Option<&[usize]>, all: bool) -> Result<Vec<usize>> {
-    let has_weights = |l: usize| matches!(model.layers[l].op, Op::Linear { .. } | Op::Conv2d { .. });
+    let has_weights = |l: usize| model.layers[l].op.is_linear_or_conv();
     match named {
         Some(ls) => {
             for &l in ls {

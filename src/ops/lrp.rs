@@ -201,44 +201,10 @@ fn is_pool(op: &Op) -> bool {
     }
 }
 
-/// A layer's weights, bias and (when laid out output channel first) output channels.
-type WeightsMut<'a> = (&'a mut Vec<f32>, &'a mut Option<Vec<f32>>, Option<usize>);
-
-/// The weights and bias of a linear or convolution layer's own copy, for changing them:
-/// the caches made from the weights (a transposed or flipped copy) are reset, since a
-/// clone shares them. Also the layer's output channels when its weights are laid out
-/// output channel first (not a transposed convolution's).
-fn params_mut(op: &mut Op) -> Option<WeightsMut<'_>> {
-    match op {
-        Op::Linear {
-            out,
-            weight,
-            bias,
-            transposed,
-            ..
-        } => {
-            *transposed = Default::default();
-            Some((weight, bias, Some(*out)))
-        }
-        Op::Conv2d {
-            out,
-            weight,
-            bias,
-            adjoint,
-            ..
-        } => {
-            *adjoint = Default::default();
-            Some((weight, bias, Some(*out)))
-        }
-        Op::ConvTranspose2d { weight, bias, .. } => Some((weight, bias, None)),
-        _ => None,
-    }
-}
-
 /// `layer` with every weight and bias mapped. Bias `None` stays `None`.
 fn with_params(layer: &Layer, weight_map: impl Fn(f32) -> f32, bias_map: impl Fn(f32) -> f32) -> Layer {
     let mut copy = layer.clone();
-    if let Some((weight, bias, _)) = params_mut(&mut copy.op) {
+    if let Some((weight, bias, _)) = copy.op.weights_mut() {
         weight.iter_mut().for_each(|w| *w = weight_map(*w));
         bias.iter_mut().flatten().for_each(|b| *b = bias_map(*b));
     }
@@ -671,7 +637,7 @@ fn merge_batch_norms(layers: &[Layer]) -> HashMap<usize, Arc<Layer>> {
             continue;
         }
         let mut copy = layers[i].clone();
-        let folded = match params_mut(&mut copy.op) {
+        let folded = match copy.op.weights_mut() {
             Some((weight, bias, Some(out))) if out == scale.len() => fold(weight, bias, scale, shift),
             _ => false,
         };

@@ -735,7 +735,7 @@ fn pearson(a: &[f64], b: &[f64]) -> f64 {
 fn randomization(req: &Request, ev: &Evaluation, cascade: bool, seed: u64) -> Result<Vec<f64>> {
     let (n, d) = (req.n(), req.d());
     let weighted: Vec<usize> = (0..req.model.layers.len())
-        .filter(|&l| req.model.layers[l].op.has_weights())
+        .filter(|&l| req.model.layers[l].op.is_linear_or_conv())
         .collect();
     if weighted.is_empty() {
         return Err(Error::value(
