@@ -547,14 +547,70 @@ pub fn load(
         }
         ds.labels = Some(l);
     }
+    check_loaded(ds, &shown, allow_nonfinite)
+}
+
+/// A dataset from an array in memory (a front end's numpy array): `shape` is the array's,
+/// N first, `values` its elements in C order. `ids` (increasing) keep the input ids of
+/// rows taken from a larger dataset, so that a block of it answers with the whole's ids.
+pub fn from_array(
+    name: &str,
+    source: &str,
+    shape: &[usize],
+    values: Vec<f32>,
+    labels: Option<Vec<i64>>,
+    ids: Option<Vec<i64>>,
+    allow_nonfinite: bool,
+) -> Result<Dataset> {
+    if shape.len() < 2 {
+        return Err(Error::shape(format!(
+            "{source} has shape {} but inputs need a batch dimension first and features after it",
+            fmt_shape(shape)
+        ))
+        .hint("for a single feature per input, pass an array of shape (N, 1)"));
+    }
+    let want: usize = shape.iter().product();
+    if values.len() != want {
+        return Err(Error::shape(format!(
+            "{source}: shape {} holds {want} values, not {}",
+            fmt_shape(shape),
+            values.len()
+        )));
+    }
+    let sample_shape = shape[1..].to_vec();
+    let modality = modality_of_shape(&sample_shape);
+    let mut ds = Dataset::new(name, source, sample_shape, modality, values, labels)?;
+    if let Some(ids) = ids {
+        if ids.len() != ds.len() {
+            return Err(Error::shape(format!(
+                "{source}: {} inputs but {} ids",
+                ds.len(),
+                ids.len()
+            )));
+        }
+        if let Some(w) = ids.windows(2).find(|w| w[0] >= w[1]) {
+            return Err(Error::data(format!(
+                "{source}: input ids must increase, but {} comes after {}",
+                w[1], w[0]
+            )));
+        }
+        ds.ids = ids;
+    }
+    check_loaded(ds, source, allow_nonfinite)
+}
+
+/// What every loader refuses: no inputs, or NaN/infinity unless allowed.
+fn check_loaded(ds: Dataset, shown: &str, allow_nonfinite: bool) -> Result<Dataset> {
     if ds.is_empty() {
         return Err(Error::data(format!("{shown} holds no inputs")));
     }
     if !allow_nonfinite && let Some((row, f, v)) = ds.first_nonfinite()? {
-        return Err(
-            Error::data(format!("{shown}: input {row} holds {v} at {}", ds.describe_feature(f)))
-                .hint("clean the data, or SET allow_nonfinite = true to load it anyway"),
-        );
+        return Err(Error::data(format!(
+            "{shown}: input {} holds {v} at {}",
+            ds.id(row),
+            ds.describe_feature(f)
+        ))
+        .hint("clean the data, or SET allow_nonfinite = true to load it anyway"));
     }
     Ok(ds)
 }

@@ -141,6 +141,8 @@ pub(crate) struct State {
     label_warned: std::collections::HashSet<(u64, usize)>,
     /// Who else hears of a long statement's progress (`ialg serve`).
     progress_observer: Option<crate::output::progress::ProgressObserver>,
+    /// Whether long statements draw their progress on stderr when it is a terminal.
+    terminal_progress: bool,
 }
 
 /// A table kept in the session, and the query that made it (SHOW DATA's source).
@@ -195,6 +197,7 @@ impl Session {
                 warnings: Vec::new(),
                 label_warned: Default::default(),
                 progress_observer: None,
+                terminal_progress: true,
             },
         }
     }
@@ -341,10 +344,56 @@ impl Session {
         }
     }
 
+    /// Loads an array held in memory as dataset `name` — what `LOAD DATA` does with a
+    /// .npy file, for a front end that has the array already (Python's numpy). `shape` is
+    /// the array's, N first; `values` its elements in C order. `ids` (increasing) keep the
+    /// input ids of rows taken from a larger dataset (a block of a distributed job), so
+    /// results name inputs as the whole dataset does.
+    pub fn load_array(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        values: Vec<f32>,
+        labels: Option<Vec<i64>>,
+        ids: Option<Vec<i64>>,
+    ) -> Result<Output> {
+        self.state.load_array(name, shape, values, labels, ids)
+    }
+
+    /// Keeps `frame` as table `name`, as `LET name = (SELECT …)` would: queries read it
+    /// with `FROM name`. `source` is what SHOW DATA shows as where it came from.
+    pub fn keep_table(&mut self, name: &str, frame: DataFrame, source: &str) -> Result<Output> {
+        check_new_name(name, "table")?;
+        if self.state.models.contains_key(name) {
+            return Err(Error::name(format!(
+                "`{name}` is a model; choose another name for the table"
+            )));
+        }
+        let msg = self.state.keep_table(name.to_string(), frame, source.to_string());
+        Ok(Output::Message(msg))
+    }
+
     /// Reports of long statements' progress go to `observer` too (a front end that is not
     /// the terminal).
     pub fn set_progress_observer(&mut self, observer: crate::output::progress::ProgressObserver) {
         self.state.progress_observer = Some(observer);
+    }
+
+    /// Whether long statements draw their own progress line on stderr (when it is a
+    /// terminal); a front end that draws progress itself turns it off.
+    pub fn set_terminal_progress(&mut self, on: bool) {
+        self.state.terminal_progress = on;
+    }
+
+    /// The HTML report of a query's result: what EXPORT REPORT … writes.
+    pub fn report_of(&mut self, stmt: &Statement, df: &DataFrame) -> Result<String> {
+        let syntax::ast::StatementKind::Query(query) = &stmt.kind else {
+            return Err(Error::query("a report is of a query (SELECT …)").at(stmt.span));
+        };
+        let Plan::Query(node) = plan::plan(stmt, &self.state)? else {
+            return Err(Error::query("a report is of a query (SELECT …)").at(stmt.span));
+        };
+        self.state.report(&node, &query.to_string(), df)
     }
 
     /// The warnings of the last `execute` (labels outside a model's classes, …), taken.
@@ -428,7 +477,13 @@ impl State {
     /// Progress over `total` of `unit` for the statement running now: on the terminal,
     /// and to the observer (`ialg serve`).
     fn progress(&self, label: String, total: usize, unit: &'static str) -> Option<crate::output::progress::Progress> {
-        crate::output::progress::Progress::counting(label, total, unit, self.progress_observer.clone())
+        crate::output::progress::Progress::counting(
+            label,
+            total,
+            unit,
+            self.progress_observer.clone(),
+            self.terminal_progress,
+        )
     }
 
     /// The rows of a table read by name.
@@ -565,6 +620,54 @@ impl State {
             if ds.has_labels() { ", with labels" } else { "" }
         );
         self.datasets.insert(name, Arc::new(ds));
+        Ok(Output::Message(msg))
+    }
+
+    /// Keeps `frame` as table `name` (LET, or a front end's table); says what it did.
+    fn keep_table(&mut self, name: String, frame: DataFrame, query: String) -> String {
+        let plural = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
+        let mut msg = format!(
+            "kept table {name}: {} × {}",
+            plural(frame.height(), "row"),
+            plural(frame.width(), "column")
+        );
+        if self.tables.contains_key(&name) {
+            msg = msg.replacen("kept table", "replaced table", 1);
+        } else if self.datasets.remove(&name).is_some() {
+            // One namespace: a table takes the name from a dataset.
+            msg.push_str(&format!(" (replaced data {name})"));
+        }
+        self.tables.insert(name, KeptTable { frame, query });
+        msg
+    }
+
+    /// A dataset from an array in memory (see [`Session::load_array`]).
+    fn load_array(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        values: Vec<f32>,
+        labels: Option<Vec<i64>>,
+        ids: Option<Vec<i64>>,
+    ) -> Result<Output> {
+        check_new_name(name, "dataset")?;
+        if self.models.contains_key(name) {
+            return Err(Error::name(format!(
+                "`{name}` is already a model; choose another name for the dataset"
+            )));
+        }
+        let source = format!("array {name}");
+        let ds = data::from_array(name, &source, shape, values, labels, ids, self.settings.allow_nonfinite)?;
+        let mut msg = format!(
+            "loaded data {name}: {} inputs of shape {}{}",
+            ds.len(),
+            crate::data::fmt_shape(&ds.sample_shape),
+            if ds.has_labels() { ", with labels" } else { "" }
+        );
+        if self.tables.remove(name).is_some() {
+            msg.push_str(&format!(" (replaced table {name})"));
+        }
+        self.datasets.insert(name.to_string(), Arc::new(ds));
         Ok(Output::Message(msg))
     }
 
@@ -794,20 +897,7 @@ impl State {
             }
             Plan::LetTable { name, query, text } => {
                 let frame = relational::run(&query, self)?;
-                let plural = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
-                let mut msg = format!(
-                    "kept table {name}: {} × {}",
-                    plural(frame.height(), "row"),
-                    plural(frame.width(), "column")
-                );
-                if self.tables.contains_key(&name) {
-                    msg = msg.replacen("kept table", "replaced table", 1);
-                } else if self.datasets.remove(&name).is_some() {
-                    // One namespace: a table takes the name from a dataset.
-                    msg.push_str(&format!(" (replaced data {name})"));
-                }
-                self.tables.insert(name, KeptTable { frame, query: text });
-                Ok(Output::Message(msg))
+                Ok(Output::Message(self.keep_table(name, frame, text)))
             }
             Plan::LetAttack { name, attack, text } => {
                 let msg = self.attack(&name, &attack, &text)?;
@@ -1050,5 +1140,18 @@ impl Catalog for State {
     }
     fn variable_names(&self) -> Vec<String> {
         self.variables.keys().cloned().collect()
+    }
+}
+
+/// A name given from outside a script must be one a query can name: an identifier.
+fn check_new_name(name: &str, what: &str) -> Result<()> {
+    let mut chars = name.chars();
+    let ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::name(format!("`{name}` cannot name a {what}"))
+            .hint("use letters, digits and _, starting with a letter or _"))
     }
 }

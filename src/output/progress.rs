@@ -36,15 +36,16 @@ pub struct Progress {
 const QUIET_FOR: Duration = Duration::from_millis(300);
 
 impl Progress {
-    /// Progress over `total` of `unit`: drawn if stderr is a terminal, reported to the
-    /// observer if there is one; None if neither.
+    /// Progress over `total` of `unit`: drawn if stderr is a terminal (and `draw` allows),
+    /// reported to the observer if there is one; None if neither.
     pub fn counting(
         label: impl Into<String>,
         total: usize,
         unit: &'static str,
         observer: Option<ProgressObserver>,
+        draw: bool,
     ) -> Option<Progress> {
-        let terminal = std::io::stderr().is_terminal();
+        let terminal = draw && std::io::stderr().is_terminal();
         (terminal || observer.is_some()).then(|| Progress {
             label: label.into(),
             total,

@@ -2,6 +2,7 @@
 //! `Catalog` trait (models, datasets, settings, variables), so it can be tested with a
 //! small fake; every name is resolved and every parameter checked here, with spans.
 
+pub mod distribute;
 mod influence;
 mod interpret;
 pub mod logical;
