@@ -17,6 +17,7 @@ mod files;
 mod fuzz_corpus;
 mod influence;
 mod layers;
+mod library;
 mod memory;
 mod metrics;
 mod mutations;

@@ -23,9 +23,10 @@ Which clauses run where (``plan(query)`` says it for a given query):
 - Joins, set operations, WITH, INFLUENCE, TCAV and the dataset-wide detectors do not split
   and are refused: run them in one session.
 
-Failures: an actor that dies is restarted and its block retried (Ray's ``max_restarts`` /
-``max_task_retries``); a partition is never half-written; running the same job again
-skips the blocks whose partitions are already there (a resumable audit).
+Failures: an actor that dies (its process killed, its node lost) is restarted and its
+block retried — Ray Data's actor pools do so by default; an error in the query itself
+is not retried but raised. A partition is never half-written; running the same job again
+skips the inputs whose partitions are already there (a resumable audit).
 """
 
 from __future__ import annotations
@@ -84,7 +85,10 @@ def _partition_name(ids: np.ndarray) -> str:
 class _Worker:
     """A Ray actor: a Session with the setup run once, answering blocks."""
 
-    def __init__(self, setup: str, query: str, dataset: str, out: str, vars, cwd: str, columns, settings):
+    def __init__(self, setup, query, dataset, out, vars, cwd, columns, settings, done_ids, threads):
+        # The engine's thread pool, made at its first use, as wide as the CPUs Ray gave
+        # this actor: two actors on two cores must not run four threads.
+        os.environ.setdefault("RAYON_NUM_THREADS", str(threads))
         # On a local cluster the driver's folder is here too: relative paths in the
         # setup script then mean what they meant to the driver.
         if os.path.isdir(cwd):
@@ -95,12 +99,21 @@ class _Worker:
         if setup.strip():
             self.session.execute(setup)
         self.query, self.dataset, self.out, self.columns = query, dataset, out, columns
+        # Inputs whose partitions an earlier run wrote (a resumed audit skips them).
+        import ray
+
+        if isinstance(done_ids, ray.ObjectRef):  # passed by reference: it may be large
+            done_ids = ray.get(done_ids)
+        self.done_ids = np.asarray(done_ids, dtype=np.int64)
 
     def __call__(self, batch: Mapping[str, np.ndarray]) -> dict:
         id_column, values_column, label_column = self.columns
         ids = np.asarray(batch[id_column], dtype=np.int64)
-        order = np.argsort(ids, kind="stable")
+        keep = ~np.isin(ids, self.done_ids)
+        order = np.flatnonzero(keep)[np.argsort(ids[keep], kind="stable")]
         ids = ids[order]
+        if len(ids) == 0:
+            return {"partition": np.array([""]), "rows": np.array([-1], dtype=np.int64)}
         name = _partition_name(ids)
         final = os.path.join(self.out, name + ".parquet")
         if not os.path.exists(final):
@@ -208,7 +221,6 @@ def run(
     id_column: str = ID,
     values_column: str = VALUES,
     label_column: Optional[str] = LABEL,
-    retries: int = 3,
     cpus_per_worker: float = 1,
 ) -> Result:
     """Runs ``query`` over the Ray Dataset ``data`` on ``workers`` actors and returns a
@@ -218,9 +230,14 @@ def run(
     dataset need not exist there — every block is loaded under its name. ``out`` is the
     folder of partitions: a second run with the same ``out`` skips what is done. Blocks
     of ``batch_size`` inputs go to the workers (a worker holds one block's inputs and
-    their attributions at a time). ``vars`` binds ``:name`` in setup and query.
+    their attributions at a time). ``vars`` binds ``:name`` in setup and query;
+    ``settings`` are the workers' session settings (``{"memory_mb": 1024}``). Each worker
+    takes ``cpus_per_worker`` CPUs from Ray and runs that many engine threads. The data's
+    columns are ``id_column`` (int64 input ids), ``values_column`` (one array per input)
+    and ``label_column`` (optional).
     """
     import ray
+    import ray.data
 
     split = plan(query)
     os.makedirs(out, exist_ok=True)
@@ -230,16 +247,8 @@ def run(
     done_ids = np.concatenate(list(done.values())) if done else np.empty(0, dtype=np.int64)
     if label_column and label_column not in data.schema().names:
         label_column = None
-    remaining = data
-    if len(done_ids):
-
-        def not_done(batch):
-            keep = ~np.isin(np.asarray(batch[id_column]), done_ids)
-            return {k: np.asarray(v)[keep] for k, v in batch.items()}
-
-        remaining = data.map_batches(not_done, batch_format="numpy")
     started = time.perf_counter()
-    summary = remaining.map_batches(
+    summary = data.map_batches(
         _Worker,
         fn_constructor_args=(
             setup,
@@ -250,13 +259,15 @@ def run(
             os.getcwd(),
             (id_column, values_column, label_column),
             settings,
+            ray.put(done_ids),
+            max(1, int(cpus_per_worker)),
         ),
         batch_size=batch_size,
         batch_format="numpy",
-        concurrency=workers,
+        compute=ray.data.ActorPoolStrategy(size=workers),
         num_cpus=cpus_per_worker,
-        max_restarts=retries,
-        max_task_retries=retries,
+        # A worker that dies is started again and its block retried: Ray Data's actor
+        # pools restart actors and retry their tasks by default.
     ).take_all()
     seconds = time.perf_counter() - started
     written = sum(1 for r in summary if r["rows"] >= 0)

@@ -32,6 +32,14 @@ def ialg_binary() -> str:
     pytest.fail("no ialg binary: run `cargo build` (or set IALG_BIN) before these tests")
 
 
+def require(module: str):
+    """Imports an optional test tool (Ray, nbclient, torch): skips without it, except
+    where IALG_REQUIRE_PYTHON_EXTRAS is set (CI), where a missing tool fails."""
+    if os.environ.get("IALG_REQUIRE_PYTHON_EXTRAS") and module != "torch":
+        return __import__(module)
+    return pytest.importorskip(module)
+
+
 @pytest.fixture
 def session():
     """A Session with the digits CNN as `cnn` and the test digits as `digits`."""

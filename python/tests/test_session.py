@@ -14,7 +14,7 @@ import polars as pl
 import pytest
 
 import ialgebra
-from conftest import CNN, CNN_ARCH, DIGITS_X, DIGITS_Y, ROOT, ialg_binary
+from conftest import CNN, CNN_ARCH, DIGITS_X, DIGITS_Y, ROOT, ialg_binary, require
 
 SETUP = (
     f"LOAD MODEL cnn FROM '{CNN}' ARCH '{CNN_ARCH}'; "
@@ -108,7 +108,7 @@ def test_numpy_torch_and_array_likes_load_without_files(session):
 
 
 def test_torch_tensors_load_and_from_torch_exports():
-    torch = pytest.importorskip("torch")
+    torch = require("torch")
     x = np.load(DIGITS_X)[:4]
     s = ialgebra.Session(progress=False)
     s.load_model("cnn", CNN, arch=CNN_ARCH)
