@@ -8,6 +8,7 @@ workers and once in a single Session, and exits non-zero unless the two tables a
 
     python examples/ray_audit.py                  # a local cluster of 2 CPUs
     python examples/ray_audit.py --workers 1 2    # throughput with 1 and with 2 workers
+    python examples/ray_audit.py --workers 1 2 --steps 1000   # more work per input
     RAY_ADDRESS=ray://head:10001 python examples/ray_audit.py --address auto  # a real cluster
 
 On a real cluster the model and data paths must be readable by every worker (shared
@@ -38,7 +39,7 @@ SETUP = f"LOAD MODEL m FROM '{MODEL}' ARCH '{ARCH}';"
 # Every training sample's score, most suspicious first.
 AUDIT = """
 SELECT input, label, prediction, max(attribution) AS score
-FROM m(train) USING integrated_gradients
+FROM m(train) USING integrated_gradients(steps = :steps)
 GROUP BY input, label, prediction
 ORDER BY score DESC, input
 """
@@ -50,6 +51,7 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=128, help="inputs per block")
     parser.add_argument("--out", help="the partitions' folder (default: a temporary one)")
     parser.add_argument("--address", help="a running Ray cluster (default: start a local one)")
+    parser.add_argument("--steps", type=int, default=50, help="integrated-gradients steps (more: more work per input)")
     args = parser.parse_args()
 
     x, y = np.load(TRAIN_X), np.load(TRAIN_Y)
@@ -58,7 +60,8 @@ def main() -> int:
     session = ialgebra.Session(progress=False)
     session.sql(SETUP)
     session.load_data("train", x, labels=y)
-    expected = session.sql(AUDIT)
+    variables = {"steps": args.steps}
+    expected = session.sql(AUDIT, vars=variables)
     one_session = time.perf_counter() - started
     print(f"one Session: {len(x)} inputs in {one_session:.2f} s ({len(x) / one_session:.0f} inputs/s)")
 
@@ -77,7 +80,9 @@ def main() -> int:
     for workers in args.workers:
         out = args.out or tempfile.mkdtemp(prefix="ialgebra-audit-")
         try:
-            result = iray.run(AUDIT, data, out=out, setup=SETUP, workers=workers, batch_size=args.batch_size)
+            result = iray.run(
+                AUDIT, data, out=out, setup=SETUP, vars=variables, workers=workers, batch_size=args.batch_size
+            )
         finally:
             if not args.out:
                 shutil.rmtree(out, ignore_errors=True)
@@ -86,7 +91,8 @@ def main() -> int:
         print(
             f"Ray, {workers} worker{'s' if workers > 1 else ''}: {result.inputs} inputs in {result.seconds:.2f} s "
             f"({result.inputs / result.seconds:.0f} inputs/s, actor start-up included); "
-            f"{result.written} partitions; equal to one Session: {same}"
+            f"{result.written} partitions; worker peak memory {result.worker_peak_rss / 2**20:.0f} MB; "
+            f"equal to one Session: {same}"
         )
         if not same:
             diff = result.table.join(expected, on="input", suffix="_single")

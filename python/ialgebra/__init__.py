@@ -399,9 +399,15 @@ def from_torch(
         dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
         opset_version=17,
     )
-    try:
-        torch.onnx.export(module, (example_input,), path, dynamo=False, **kwargs)
-    except TypeError:  # torch before 2.5 has no `dynamo` argument
-        torch.onnx.export(module, (example_input,), path, **kwargs)
+    import warnings
+
+    with warnings.catch_warnings():
+        # TorchScript's exporter: needs no onnxscript, and the engine reads both exporters'
+        # graphs; torch ≥ 2.9 warns that it is no longer the default.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            torch.onnx.export(module, (example_input,), path, dynamo=False, **kwargs)
+        except TypeError:  # torch before 2.5 has no `dynamo` argument
+            torch.onnx.export(module, (example_input,), path, **kwargs)
     session.load_model(name, path)
     return session

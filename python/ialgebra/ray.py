@@ -85,7 +85,7 @@ def _partition_name(ids: np.ndarray) -> str:
 class _Worker:
     """A Ray actor: a Session with the setup run once, answering blocks."""
 
-    def __init__(self, setup, query, dataset, out, vars, cwd, columns, settings, done_ids, threads):
+    def __init__(self, setup, query, dataset, out, vars, cwd, columns, settings, done_ids, threads, shape):
         # The engine's thread pool, made at its first use, as wide as the CPUs Ray gave
         # this actor: two actors on two cores must not run four threads.
         os.environ.setdefault("RAYON_NUM_THREADS", str(threads))
@@ -99,6 +99,7 @@ class _Worker:
         if setup.strip():
             self.session.execute(setup)
         self.query, self.dataset, self.out, self.columns = query, dataset, out, columns
+        self.shape = shape
         # Inputs whose partitions an earlier run wrote (a resumed audit skips them).
         import ray
 
@@ -113,7 +114,11 @@ class _Worker:
         order = np.flatnonzero(keep)[np.argsort(ids[keep], kind="stable")]
         ids = ids[order]
         if len(ids) == 0:
-            return {"partition": np.array([""]), "rows": np.array([-1], dtype=np.int64)}
+            return {
+                "partition": np.array([""]),
+                "rows": np.array([-1], dtype=np.int64),
+                "peak_rss": np.array([_peak_rss()], dtype=np.int64),
+            }
         name = _partition_name(ids)
         final = os.path.join(self.out, name + ".parquet")
         if not os.path.exists(final):
@@ -121,7 +126,7 @@ class _Worker:
             labels = batch.get(label_column) if label_column else None
             self.session.load_data(
                 self.dataset,
-                np.asarray(batch[values_column])[order],
+                self._values(batch[values_column])[order],
                 labels=None if labels is None else np.asarray(labels)[order],
                 ids=ids,
             )
@@ -136,7 +141,21 @@ class _Worker:
             rows = frame.height
         else:
             rows = -1
-        return {"partition": np.array([name]), "rows": np.array([rows], dtype=np.int64)}
+        return {
+            "partition": np.array([name]),
+            "rows": np.array([rows], dtype=np.int64),
+            "peak_rss": np.array([_peak_rss()], dtype=np.int64),
+        }
+
+    def _values(self, column) -> np.ndarray:
+        """The block's inputs as one array: Parquet's list columns arrive as an array of
+        arrays; ``shape`` gives each input its shape (a flat list of 64 → (1, 8, 8))."""
+        values = np.asarray(column)
+        if values.dtype == object:
+            values = np.stack([np.asarray(v, dtype=np.float32) for v in values])
+        if self.shape is not None:
+            values = values.reshape((len(values),) + tuple(self.shape))
+        return values
 
     def _crash_once(self) -> None:
         # Fault injection for the tests: with IALGEBRA_RAY_CRASH_ONCE=<folder>, the first
@@ -150,6 +169,16 @@ class _Worker:
                 return
             os.close(fd)
             os._exit(17)
+
+
+def _peak_rss() -> int:
+    """This process's peak resident memory, in bytes (0 where unknown)."""
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    except (ImportError, OSError):
+        return 0
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
@@ -195,12 +224,14 @@ def merge(out: str) -> pl.DataFrame:
 
 class Result:
     """What :func:`run` did: ``table`` (the answer), ``plan`` (see :func:`plan`), the
-    partitions written now and skipped as already there, the inputs attributed, and the
-    seconds the blocks took."""
+    partitions written now and skipped as already there, the inputs in the partitions,
+    the seconds the blocks took, and the largest peak resident memory of a worker
+    (bytes)."""
 
-    def __init__(self, table, plan, written, skipped, inputs, seconds):
+    def __init__(self, table, plan, written, skipped, inputs, seconds, worker_peak_rss=0):
         self.table, self.plan = table, plan
         self.written, self.skipped, self.inputs, self.seconds = written, skipped, inputs, seconds
+        self.worker_peak_rss = worker_peak_rss
 
     def __repr__(self) -> str:
         return (
@@ -222,6 +253,7 @@ def run(
     values_column: str = VALUES,
     label_column: Optional[str] = LABEL,
     cpus_per_worker: float = 1,
+    shape: Optional[tuple] = None,
 ) -> Result:
     """Runs ``query`` over the Ray Dataset ``data`` on ``workers`` actors and returns a
     :class:`Result` whose ``table`` is the answer one Session would give.
@@ -234,7 +266,8 @@ def run(
     ``settings`` are the workers' session settings (``{"memory_mb": 1024}``). Each worker
     takes ``cpus_per_worker`` CPUs from Ray and runs that many engine threads. The data's
     columns are ``id_column`` (int64 input ids), ``values_column`` (one array per input)
-    and ``label_column`` (optional).
+    and ``label_column`` (optional); ``shape`` reshapes each input (rows read from
+    Parquet as flat lists: ``shape=(1, 8, 8)``).
     """
     import ray
     import ray.data
@@ -248,6 +281,13 @@ def run(
     if label_column and label_column not in data.schema().names:
         label_column = None
     started = time.perf_counter()
+    cluster_cpus = ray.cluster_resources().get("CPU", 0)
+    if workers * cpus_per_worker >= cluster_cpus:
+        # A pool that takes every CPU would starve the tasks reading the data (Ray Data
+        # schedules reads as tasks upstream of the actors): read it first, into Ray's
+        # object store (which spills to disk). With CPUs to spare, reads stream into the
+        # workers instead.
+        data = data.materialize()
     summary = data.map_batches(
         _Worker,
         fn_constructor_args=(
@@ -261,6 +301,7 @@ def run(
             settings,
             ray.put(done_ids),
             max(1, int(cpus_per_worker)),
+            None if shape is None else tuple(int(d) for d in shape),
         ),
         batch_size=batch_size,
         batch_format="numpy",
@@ -281,4 +322,5 @@ def run(
             driver._bind(vars)
         driver.table(MERGED, merged)
         table = driver.sql(split["after"])
-    return Result(table, split, written, len(done), inputs, seconds)
+    peak = max((int(r["peak_rss"]) for r in summary), default=0)
+    return Result(table, split, written, len(done), inputs, seconds, peak)

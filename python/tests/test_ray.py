@@ -111,3 +111,28 @@ def test_what_cannot_split_is_refused_before_ray_starts(tmp_path):
     with pytest.raises(ialgebra.RelationError):
         iray.run("SELECT * FROM m(train[0:5])", data=None, out=tmp_path, setup=SETUP)
     assert not any(pathlib.Path(tmp_path).iterdir())
+
+
+def test_a_parquet_dataset_with_flat_rows(cluster, train, tmp_path):
+    # What a data lake holds: a Parquet file of ids, flat feature lists and labels.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    x, y = train
+    flat = x.reshape(len(x), -1)
+    table = pa.table(
+        {
+            "id": pa.array(np.arange(len(x)) + 1000, pa.int64()),
+            "pixels": pa.array(list(flat), pa.list_(pa.float32())),
+            "digit": pa.array(y, pa.int64()),
+        }
+    )
+    pq.write_table(table, tmp_path / "train.parquet", row_group_size=64)
+    data = ray.data.read_parquet(str(tmp_path / "train.parquet"))
+    q = "SELECT input, label, prediction FROM PREDICT m(train) ORDER BY input"
+    result = iray.run(
+        q, data, out=tmp_path / "out", setup=SETUP, batch_size=80,
+        id_column="id", values_column="pixels", label_column="digit", shape=(1, 8, 8),
+    )
+    expected = single(q, x, y).with_columns(input=np.arange(len(x)) + 1000)
+    assert result.table.equals(expected)
