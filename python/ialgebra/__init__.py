@@ -80,14 +80,15 @@ class Output(NamedTuple):
     warnings: list
 
 
-def _write_atomically(path: Union[str, os.PathLike], data: bytes) -> None:
-    """Writes ``data`` to ``path`` whole or not at all (a temporary file, then rename)."""
+def _replace_atomically(path: Union[str, os.PathLike], write) -> None:
+    """Has ``write(tmp)`` write a temporary file beside ``path``, then renames it to
+    ``path``: the file is whole or not there, whatever happens on the way."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".ialgebra-", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -95,6 +96,16 @@ def _write_atomically(path: Union[str, os.PathLike], data: bytes) -> None:
         except OSError:
             pass
         raise
+
+
+def _write_atomically(path: Union[str, os.PathLike], data: bytes) -> None:
+    """Writes ``data`` to ``path`` whole or not at all."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(data)
+
+    _replace_atomically(path, write)
 
 
 class Picture:
@@ -222,6 +233,15 @@ class Session:
                 text = os.fspath(value) if isinstance(value, os.PathLike) else str(value)
             self._s.set_variable(name, text)
 
+    def _run(self, engine_call, text: str, vars: Vars):
+        """``engine_call(text, progress)`` with ``vars`` bound and a progress bar."""
+        self._bind(vars)
+        bar = _ProgressBar(self.progress)
+        try:
+            return engine_call(text, bar)
+        finally:
+            bar.close()
+
     def execute(self, text: str, vars: Vars = None) -> list:
         """Runs one or more statements; returns every statement's :class:`Output`, in order.
 
@@ -230,12 +250,7 @@ class Session:
         statement raises a :class:`QueryError` (the statements before it have run); a
         syntax error anywhere raises before anything runs.
         """
-        self._bind(vars)
-        bar = _ProgressBar(self.progress)
-        try:
-            raw = self._s.run(text, bar)
-        finally:
-            bar.close()
+        raw = self._run(self._s.run, text, vars)
         return [
             Output(kind, statement, pl.DataFrame(value) if kind == "table" else value, warnings)
             for kind, statement, value, warnings in raw
@@ -319,12 +334,7 @@ class Session:
     def picture(self, query: str, vars: Vars = None) -> Picture:
         """Runs ``query`` (and any statements before it) and returns the picture of its
         result's maps — shown inline in Jupyter, ``.save(path)`` writes the PNG."""
-        self._bind(vars)
-        bar = _ProgressBar(self.progress)
-        try:
-            png = self._s.picture(query, bar)
-        finally:
-            bar.close()
+        png = self._run(self._s.picture, query, vars)
         if png is None:
             raise BadValueError(
                 "the query's result has no maps to draw (it needs an attribution or activation column)"
@@ -334,13 +344,7 @@ class Session:
     def report(self, query: str, vars: Vars = None) -> Report:
         """Runs ``query`` and returns an HTML report of its result (inputs, maps,
         predictions) — shown inline in Jupyter, ``.save(path)`` writes it."""
-        self._bind(vars)
-        bar = _ProgressBar(self.progress)
-        try:
-            html = self._s.report(query, bar)
-        finally:
-            bar.close()
-        return Report(html)
+        return Report(self._run(self._s.report, query, vars))
 
     # What the session holds -----------------------------------------------------------
 

@@ -39,7 +39,7 @@ from typing import Any, Mapping, Optional
 import numpy as np
 import polars as pl
 
-from . import Session, _ialgebra, _write_atomically
+from . import Session, _ialgebra, _replace_atomically, _write_atomically
 
 __all__ = ["run", "plan", "from_numpy", "merge", "Result"]
 
@@ -137,7 +137,7 @@ class _Worker:
             # the partition's rename is the commit.
             id_bytes = _npy_bytes(ids)
             _write_atomically(os.path.join(self.out, name + ".ids.npy"), id_bytes)
-            _write_parquet_atomically(frame, final)
+            _replace_atomically(final, frame.write_parquet)
             rows = frame.height
         else:
             rows = -1
@@ -187,19 +187,6 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, array)
     return buf.getvalue()
-
-
-def _write_parquet_atomically(frame: pl.DataFrame, path: str) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        frame.write_parquet(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def _done(out: str) -> dict:

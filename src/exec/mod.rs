@@ -357,7 +357,28 @@ impl Session {
         labels: Option<Vec<i64>>,
         ids: Option<Vec<i64>>,
     ) -> Result<Output> {
-        self.state.load_array(name, shape, values, labels, ids)
+        check_new_name(name, "dataset")?;
+        if self.state.models.contains_key(name) {
+            return Err(Error::name(format!(
+                "`{name}` is already a model; choose another name for the dataset"
+            )));
+        }
+        let source = format!("array {name}");
+        let ds = data::from_array(
+            name,
+            &source,
+            shape,
+            values,
+            labels,
+            ids,
+            self.state.settings.allow_nonfinite,
+        )?;
+        let mut msg = loaded_message(name.as_ref(), &ds);
+        if self.state.tables.remove(name).is_some() {
+            msg.push_str(&format!(" (replaced table {name})"));
+        }
+        self.state.datasets.insert(name.to_string(), Arc::new(ds));
+        Ok(Output::Message(msg))
     }
 
     /// Keeps `frame` as table `name`, as `LET name = (SELECT …)` would: queries read it
@@ -613,12 +634,7 @@ impl State {
             label_column.as_deref(),
             self.settings.allow_nonfinite,
         )?;
-        let msg = format!(
-            "loaded data {name}: {} inputs of shape {}{}",
-            ds.len(),
-            crate::data::fmt_shape(&ds.sample_shape),
-            if ds.has_labels() { ", with labels" } else { "" }
-        );
+        let msg = loaded_message(name.as_ref(), &ds);
         self.datasets.insert(name, Arc::new(ds));
         Ok(Output::Message(msg))
     }
@@ -639,36 +655,6 @@ impl State {
         }
         self.tables.insert(name, KeptTable { frame, query });
         msg
-    }
-
-    /// A dataset from an array in memory (see [`Session::load_array`]).
-    fn load_array(
-        &mut self,
-        name: &str,
-        shape: &[usize],
-        values: Vec<f32>,
-        labels: Option<Vec<i64>>,
-        ids: Option<Vec<i64>>,
-    ) -> Result<Output> {
-        check_new_name(name, "dataset")?;
-        if self.models.contains_key(name) {
-            return Err(Error::name(format!(
-                "`{name}` is already a model; choose another name for the dataset"
-            )));
-        }
-        let source = format!("array {name}");
-        let ds = data::from_array(name, &source, shape, values, labels, ids, self.settings.allow_nonfinite)?;
-        let mut msg = format!(
-            "loaded data {name}: {} inputs of shape {}{}",
-            ds.len(),
-            crate::data::fmt_shape(&ds.sample_shape),
-            if ds.has_labels() { ", with labels" } else { "" }
-        );
-        if self.tables.remove(name).is_some() {
-            msg.push_str(&format!(" (replaced table {name})"));
-        }
-        self.datasets.insert(name.to_string(), Arc::new(ds));
-        Ok(Output::Message(msg))
     }
 
     fn run(&mut self, plan: Plan) -> Result<Output> {
@@ -1141,6 +1127,16 @@ impl Catalog for State {
     fn variable_names(&self) -> Vec<String> {
         self.variables.keys().cloned().collect()
     }
+}
+
+/// What LOAD DATA says of an array or a file it loaded.
+fn loaded_message(name: &str, ds: &Dataset) -> String {
+    format!(
+        "loaded data {name}: {} inputs of shape {}{}",
+        ds.len(),
+        crate::data::fmt_shape(&ds.sample_shape),
+        if ds.has_labels() { ", with labels" } else { "" }
+    )
 }
 
 /// A name given from outside a script must be one a query can name: an identifier.
