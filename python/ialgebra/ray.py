@@ -26,7 +26,8 @@ Which clauses run where (``plan(query)`` says it for a given query):
 Failures: an actor that dies (its process killed, its node lost) is restarted and its
 block retried — Ray Data's actor pools do so by default; an error in the query itself
 is not retried but raised. A partition is never half-written; running the same job again
-skips the inputs whose partitions are already there (a resumable audit).
+skips the inputs whose partitions are already there (a resumable audit); ``job.json``
+in the folder names the job, and another query aimed at the folder is refused.
 """
 
 from __future__ import annotations
@@ -189,6 +190,24 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _claim(out: str, job: dict) -> None:
+    """Records which job the partitions in ``out`` belong to (job.json), or checks that a
+    resumed run is the same job: partitions of another query must not be merged in."""
+    import json
+
+    path = os.path.join(out, "job.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            earlier = json.load(f)
+        if earlier != job:
+            raise ValueError(
+                f"{out} holds partitions of another job (query, setup or variables differ: "
+                f"it ran {earlier['pushed']!r}); give this job a folder of its own"
+            )
+    else:
+        _write_atomically(path, json.dumps(job, indent=1).encode())
+
+
 def _done(out: str) -> dict:
     """The partitions already written: name → their input ids."""
     done = {}
@@ -262,6 +281,7 @@ def run(
     split = plan(query)
     os.makedirs(out, exist_ok=True)
     out = os.path.abspath(out)
+    _claim(out, {"pushed": split["pushed"], "setup": setup, "vars": {k: str(v) for k, v in (vars or {}).items()}})
     settings = dict(settings or {})
     done = _done(out)
     done_ids = np.concatenate(list(done.values())) if done else np.empty(0, dtype=np.int64)

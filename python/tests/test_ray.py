@@ -93,6 +93,9 @@ def test_a_rerun_skips_written_partitions_and_ignores_partial_files(cluster, tra
     # Nothing left to do: nothing is attributed.
     third = iray.run(AUDIT, data, out=tmp_path, setup=SETUP, batch_size=100)
     assert third.written == 0 and third.table.equals(first.table)
+    # Another query must not merge the first one's partitions.
+    with pytest.raises(ValueError, match="another job"):
+        iray.run(AUDIT.replace("max(", "min("), data, out=tmp_path, setup=SETUP)
 
 
 def test_groups_across_inputs_are_finished_after_the_merge(cluster, train, tmp_path):
