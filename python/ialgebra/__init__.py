@@ -180,6 +180,18 @@ def _as_array(data: Any, dtype, what: str) -> np.ndarray:
     return np.ascontiguousarray(array, dtype=dtype)
 
 
+def _tqdm():
+    """tqdm's notebook widget where Jupyter's widgets are installed, its text bar
+    elsewhere (tqdm.auto without ipywidgets warns, then draws text anyway)."""
+    try:
+        import ipywidgets  # noqa: F401
+
+        from tqdm.auto import tqdm
+    except ImportError:
+        from tqdm import tqdm
+    return tqdm
+
+
 class _ProgressBar:
     """A tqdm bar for one long statement, made at its first report."""
 
@@ -196,9 +208,7 @@ class _ProgressBar:
             return
         if self.bar is None or label != self.label:
             self.close()
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, desc=label, unit=f" {unit}", leave=False)
+            self.bar = _tqdm()(total=total, desc=label, unit=f" {unit}", leave=False)
             self.label = label
         self.bar.n = done
         self.bar.refresh()
