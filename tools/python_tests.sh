@@ -29,5 +29,6 @@ rm -rf "$root/target/wheels"
     "$root"/target/wheels/ialgebra-*.whl
 # Tests that need an optional tool (Ray, nbclient) skip without it, except here.
 export IALG_REQUIRE_PYTHON_EXTRAS=1
-cd "$root/python"
-"$venv/bin/python" -m pytest -q -p no:cacheprovider tests
+# pytest's own script from the repository's root: `python -m pytest` in python/ would put
+# the source folder python/ialgebra (which has no compiled engine) before the wheel.
+"$venv/bin/pytest" -q -p no:cacheprovider python/tests
