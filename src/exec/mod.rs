@@ -373,7 +373,7 @@ impl Session {
             ids,
             self.state.settings.allow_nonfinite,
         )?;
-        let mut msg = loaded_message(name.as_ref(), &ds);
+        let mut msg = loaded_message(name, &ds);
         if self.state.tables.remove(name).is_some() {
             msg.push_str(&format!(" (replaced table {name})"));
         }
