@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from typing import Any, Iterable, Mapping, NamedTuple, Optional, Union
 
 import numpy as np
@@ -224,10 +225,14 @@ class Session:
 
     ``Session(batch_size=64, seed=1)`` is ``Session()`` then ``SET batch_size = 64;
     SET seed = 1``. ``progress=False`` hides the progress bars of long statements.
+    A session runs one statement at a time: a call from a second thread waits for the
+    running one (statements run without the GIL, so other threads go on meanwhile).
     """
 
     def __init__(self, progress: bool = True, **settings: Any):
         self._s = _ialgebra.Session()
+        # One statement at a time: a call from a second thread waits for the first.
+        self._lock = threading.RLock()
         self.progress = progress
         self._temporary: list = []
         for name, value in settings.items():
@@ -245,12 +250,13 @@ class Session:
 
     def _run(self, engine_call, text: str, vars: Vars):
         """``engine_call(text, progress)`` with ``vars`` bound and a progress bar."""
-        self._bind(vars)
-        bar = _ProgressBar(self.progress)
-        try:
-            return engine_call(text, bar)
-        finally:
-            bar.close()
+        with self._lock:
+            self._bind(vars)
+            bar = _ProgressBar(self.progress)
+            try:
+                return engine_call(text, bar)
+            finally:
+                bar.close()
 
     def execute(self, text: str, vars: Vars = None) -> list:
         """Runs one or more statements; returns every statement's :class:`Output`, in order.
@@ -323,13 +329,14 @@ class Session:
         x = _as_array(data, np.float32, "data")
         y = None if labels is None else _as_array(labels, np.int64, "labels").reshape(-1)
         i = None if ids is None else _as_array(ids, np.int64, "ids").reshape(-1)
-        return self._s.load_array(
-            name,
-            list(x.shape),
-            x.tobytes(),
-            None if y is None else y.tobytes(),
-            None if i is None else i.tobytes(),
-        )
+        with self._lock:
+            return self._s.load_array(
+                name,
+                list(x.shape),
+                x.tobytes(),
+                None if y is None else y.tobytes(),
+                None if i is None else i.tobytes(),
+            )
 
     def table(self, name: str, frame: Any) -> str:
         """Keeps a table (a polars DataFrame, or anything with ``__arrow_c_stream__``) under
@@ -337,7 +344,8 @@ class Session:
         may join it with interpretation results."""
         if not hasattr(frame, "__arrow_c_stream__"):
             frame = pl.DataFrame(frame)
-        return self._s.keep_table(name, frame)
+        with self._lock:
+            return self._s.keep_table(name, frame)
 
     # Pictures and reports -----------------------------------------------------------
 

@@ -269,3 +269,19 @@ def test_help_is_useful():
     doc = ialgebra.Session.sql.__doc__
     assert "polars" in doc and "DataFrame" in doc and "QueryError" in doc
     assert ialgebra.__doc__ and "Session" in ialgebra.__doc__
+
+
+def test_a_second_thread_waits_for_the_running_statement(session):
+    results = {}
+
+    def long():
+        results["long"] = session.sql("SELECT * FROM cnn(digits[3]) USING integrated_gradients(steps = 20000)")
+
+    worker = threading.Thread(target=long)
+    worker.start()
+    time.sleep(0.3)
+    # The engine runs without the GIL, so this thread runs meanwhile; its statement
+    # waits for the session instead of failing.
+    quick = session.sql("SELECT prediction FROM PREDICT cnn(digits[0])")
+    worker.join()
+    assert quick.height == 1 and results["long"].height == 64
