@@ -219,9 +219,10 @@ def _done(out: str) -> dict:
     return done
 
 
-def merge(out: str) -> pl.DataFrame:
-    """The partitions in ``out``, concatenated in input order."""
-    names = sorted(_done(out))
+def merge(out: str, done: Optional[dict] = None) -> pl.DataFrame:
+    """The partitions in ``out`` (``done``: as :func:`_done` read them), concatenated in
+    input order."""
+    names = sorted(_done(out) if done is None else done)
     if not names:
         raise FileNotFoundError(f"no partitions in {out}")
     frames = [pl.read_parquet(os.path.join(out, n + ".parquet")) for n in names]
@@ -319,8 +320,9 @@ def run(
     ).take_all()
     seconds = time.perf_counter() - started
     written = sum(1 for r in summary if r["rows"] >= 0)
-    merged = merge(out)
-    inputs = sum(len(v) for v in _done(out).values())
+    partitions = _done(out)
+    merged = merge(out, partitions)
+    inputs = sum(len(v) for v in partitions.values())
     if split["after"] is None:
         table = merged
     else:

@@ -193,10 +193,9 @@ enum Want {
     Report,
 }
 
-/// What the worker thread hands back.
+/// What a script gave: each statement's output, and the picture or report asked for.
 struct Ran {
     outputs: Vec<(String, Output, Vec<String>)>,
-    failure: Option<Error>,
     extra: Option<Result<Vec<u8>, Error>>,
 }
 
@@ -241,9 +240,6 @@ impl PySession {
         progress: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyList>> {
         let ran = self.run_text(py, text, Want::Outputs, progress.as_ref())?;
-        if let Some(e) = &ran.failure {
-            return Err(to_py_err(py, e, text));
-        }
         outputs_to_py(py, ran.outputs)
     }
 
@@ -256,11 +252,7 @@ impl PySession {
         text: &str,
         progress: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Option<Bound<'py, PyBytes>>> {
-        let ran = self.run_text(py, text, Want::Picture, progress.as_ref())?;
-        if let Some(e) = &ran.failure {
-            return Err(to_py_err(py, e, text));
-        }
-        match ran.extra {
+        match self.run_text(py, text, Want::Picture, progress.as_ref())?.extra {
             Some(Ok(png)) => Ok(Some(PyBytes::new(py, &png))),
             Some(Err(e)) => Err(to_py_err(py, &e, text)),
             None => Ok(None),
@@ -271,11 +263,7 @@ impl PySession {
     /// EXPORT REPORT … writes).
     #[pyo3(signature = (text, progress=None))]
     fn report<'py>(&mut self, py: Python<'py>, text: &str, progress: Option<Bound<'py, PyAny>>) -> PyResult<String> {
-        let ran = self.run_text(py, text, Want::Report, progress.as_ref())?;
-        if let Some(e) = &ran.failure {
-            return Err(to_py_err(py, e, text));
-        }
-        match ran.extra {
+        match self.run_text(py, text, Want::Report, progress.as_ref())?.extra {
             Some(Ok(html)) => String::from_utf8(html).map_err(|e| PyValueError::new_err(e.to_string())),
             Some(Err(e)) => Err(to_py_err(py, &e, text)),
             None => Err(BadValueError::new_err("the last statement gave no table to report on")),
@@ -341,7 +329,8 @@ impl PySession {
 
 impl PySession {
     /// Runs a script on a thread of its own; this thread waits without the GIL, checking
-    /// for Ctrl-C and passing progress to `progress` every 100 ms.
+    /// for Ctrl-C and passing progress to `progress` every 100 ms. The first failed
+    /// statement is raised as its QueryError (as a script stops there).
     fn run_text(
         &mut self,
         py: Python<'_>,
@@ -398,9 +387,13 @@ impl PySession {
         if let Some(e) = interrupted {
             return Err(e);
         }
-        ran.map_err(|_| {
-            PyException::new_err("the engine's worker thread failed; the session may have lost its last statement")
-        })
+        match ran {
+            Ok(Ok(ran)) => Ok(ran),
+            Ok(Err(e)) => Err(to_py_err(py, &e, text)),
+            Err(_) => Err(PyException::new_err(
+                "the engine's worker thread failed; the session may have lost its last statement",
+            )),
+        }
     }
 }
 
@@ -413,23 +406,17 @@ fn report_progress(latest: &Mutex<Option<ProgressReport>>, progress: Option<&Bou
     }
 }
 
-fn run_statements(session: &mut Session, statements: &[Statement], text: &str, want: Want) -> Ran {
+fn run_statements(session: &mut Session, statements: &[Statement], text: &str, want: Want) -> Result<Ran, Error> {
     let mut ran = Ran {
         outputs: Vec::new(),
-        failure: None,
         extra: None,
     };
     for stmt in statements {
         let shown = text
             .get(stmt.span.start..stmt.span.end)
             .map_or_else(|| stmt.to_string(), |s| s.trim().to_string());
-        match session.execute_statement(stmt) {
-            Ok(out) => ran.outputs.push((shown, out, session.take_warnings())),
-            Err(e) => {
-                ran.failure = Some(e);
-                return ran;
-            }
-        }
+        let out = session.execute_statement(stmt)?;
+        ran.outputs.push((shown, out, session.take_warnings()));
     }
     let last = statements.last().zip(ran.outputs.last());
     ran.extra = match (want, last) {
@@ -440,7 +427,7 @@ fn run_statements(session: &mut Session, statements: &[Statement], text: &str, w
         }
         (_, Some(_)) => None,
     };
-    ran
+    Ok(ran)
 }
 
 fn message_of(out: Output) -> String {

@@ -1141,10 +1141,7 @@ fn loaded_message(name: &str, ds: &Dataset) -> String {
 
 /// A name given from outside a script must be one a query can name: an identifier.
 fn check_new_name(name: &str, what: &str) -> Result<()> {
-    let mut chars = name.chars();
-    let ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if ok {
+    if syntax::ast::is_identifier(name) {
         Ok(())
     } else {
         Err(Error::name(format!("`{name}` cannot name a {what}"))

@@ -20,7 +20,7 @@ use crate::syntax::{
     ast::{Expr, ExprKind, Ident, Limit, OrderItem, QueryKind, Select, SelectItem, Source, StatementKind},
 };
 
-use super::query::AGGREGATES;
+use super::query::{find_aggregate, find_window};
 
 /// How one query runs over blocks.
 #[derive(Clone, Debug, PartialEq)]
@@ -67,7 +67,9 @@ pub fn split_for_blocks(text: &str, merged: &str) -> Result<BlockSplit> {
     let dataset = match &select.from {
         Source::Interpretation(i) => {
             if let Some(m) = &i.clauses.using
-                && DATASET_WIDE_METHODS.contains(&m.name.name.to_lowercase().as_str())
+                && crate::ops::detect::DETECTORS
+                    .iter()
+                    .any(|d| d.name.eq_ignore_ascii_case(&m.name.name))
             {
                 return Err(Error::query(format!(
                     "`{}` compares every input of the dataset with the others, so it cannot run block by block",
@@ -78,7 +80,7 @@ pub fn split_for_blocks(text: &str, merged: &str) -> Result<BlockSplit> {
                 .hint("or run it on a sample that fits one machine"));
             }
             if let Some(b) = &i.clauses.baseline
-                && b.to_string().to_lowercase().contains("mean")
+                && matches!(b.kind, syntax::ast::BaselineKind::Mean(_))
             {
                 return Err(
                     Error::query("a mean baseline is the mean of the whole dataset, which no block holds")
@@ -102,10 +104,10 @@ pub fn split_for_blocks(text: &str, merged: &str) -> Result<BlockSplit> {
     let aggregated = !select.group_by.is_empty()
         || select.having.is_some()
         || select.items.iter().any(|item| match item {
-            SelectItem::Expr { expr, .. } => find(expr, &is_aggregate).is_some(),
+            SelectItem::Expr { expr, .. } => find_aggregate(expr).is_some(),
             SelectItem::Wildcard(_) => false,
         });
-    let windowed = select_exprs(select).any(|e| find(e, &|k| matches!(k, ExprKind::Window { .. })).is_some());
+    let windowed = select_exprs(select).any(|e| find_window(e).is_some());
     let per_input = select.group_by.iter().any(
         |g| matches!(&g.kind, ExprKind::Column { qualifier: None, name } if name.name.eq_ignore_ascii_case("input")),
     );
@@ -250,9 +252,6 @@ pub fn split_for_blocks(text: &str, merged: &str) -> Result<BlockSplit> {
     })
 }
 
-/// Methods whose answer for one input depends on the other inputs.
-const DATASET_WIDE_METHODS: &[&str] = &["spectral_signature", "activation_clustering"];
-
 fn not_distributable(span: crate::error::Span) -> Error {
     Error::query("a distributed run reads one model's attributions or predictions of one dataset")
         .at(span)
@@ -326,25 +325,17 @@ fn select_exprs(select: &Select) -> impl Iterator<Item = &Expr> {
         .chain(select.order_by.iter().map(|o| &o.expr))
 }
 
-fn is_aggregate(kind: &ExprKind) -> bool {
-    matches!(kind, ExprKind::Call { name, .. } if AGGREGATES.contains(&name.name.to_lowercase().as_str()))
-}
-
-/// The span of the first sub-expression of `e` that `hit` accepts.
+/// The span of the first sub-expression of `e` (itself included) that `hit` accepts.
 fn find(e: &Expr, hit: &dyn Fn(&ExprKind) -> bool) -> Option<crate::error::Span> {
     if hit(&e.kind) {
         return Some(e.span);
     }
-    match &e.kind {
-        ExprKind::Unary { expr, .. } | ExprKind::IsNull { expr, .. } => find(expr, hit),
-        ExprKind::Binary { left, right, .. } => find(left, hit).or_else(|| find(right, hit)),
-        ExprKind::Call { args, .. } => args.iter().find_map(|a| find(a, hit)),
-        ExprKind::InList { expr, list, .. } => find(expr, hit).or_else(|| list.iter().find_map(|a| find(a, hit))),
-        ExprKind::Window { call, partition, order } => find(call, hit)
-            .or_else(|| partition.iter().find_map(|a| find(a, hit)))
-            .or_else(|| order.iter().find_map(|(a, _)| find(a, hit))),
-        _ => None,
-    }
+    // The shared traversal, stopped by the first hit.
+    e.map_children(&mut |c| match find(c, hit) {
+        Some(span) => Err(span),
+        None => Ok(c.clone()),
+    })
+    .err()
 }
 
 /// The names of the query's output columns that can be named again after the merge;
@@ -384,17 +375,11 @@ fn over_outputs(key: &Expr, select: &Select, outputs: &Option<Vec<String>>) -> R
     let Some(outputs) = outputs else {
         return Ok(key.clone());
     };
-    let mut missing = None;
-    let _ = find(key, &|k| {
-        if let ExprKind::Column { name, .. } = k
-            && !outputs.iter().any(|o| o.eq_ignore_ascii_case(&name.name))
-        {
-            return true;
-        }
-        is_aggregate(k)
-    })
-    .map(|span| missing = Some(span));
-    match missing {
+    let unknown = find(
+        key,
+        &|k| matches!(k, ExprKind::Column { name, .. } if !outputs.iter().any(|o| o.eq_ignore_ascii_case(&name.name))),
+    );
+    match unknown.or_else(|| find_aggregate(key).map(|a| a.span)) {
         None => Ok(key.clone()),
         Some(span) => Err(Error::query(
             "ORDER BY across blocks runs over the merged results, so it can name only the query's output columns",

@@ -770,15 +770,16 @@ const RESERVED: &[&str] = &[
     "using",
 ];
 
+/// Whether `name` is written as an identifier: a letter or `_`, then letters, digits, `_`.
+pub fn is_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
 impl fmt::Display for Ident {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let bare = self
-            .name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && self.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-            && !RESERVED.contains(&self.name.to_lowercase().as_str());
+        let bare = is_identifier(&self.name) && !RESERVED.contains(&self.name.to_lowercase().as_str());
         if bare {
             write!(f, "{}", self.name)
         } else {
